@@ -1,0 +1,255 @@
+"""Configuration: one TOML file (``smtpgate.toml``), validated at start-up.
+
+Every key has a default, so no file is needed to start. Errors name the file, the key and the
+problem (``smtpgate.toml: listeners[0].tls: Input should be 'none', 'starttls' or 'implicit'``).
+A string value of the form ``env:NAME`` or ``file:/path`` is read from the environment or a
+file, so secrets need not sit in the config file.
+
+Each section is its own model; the part of the gateway that uses a section owns its class.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.context import FEATURES
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the file, the key and the problem."""
+
+
+def resolve_secret(value: Any) -> Any:
+    """``env:NAME`` -> the environment variable, ``file:PATH`` -> the file's content (stripped)."""
+    if isinstance(value, str):
+        if value.startswith("env:"):
+            name = value[4:]
+            if name not in os.environ:
+                raise ValueError(f"environment variable {name} is not set")
+            return os.environ[name]
+        if value.startswith("file:"):
+            path = Path(value[5:]).expanduser()
+            try:
+                return path.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
+    return value
+
+
+Secret = Annotated[str, BeforeValidator(resolve_secret)]
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class GatewaySection(Section):
+    hostname: str = Field(default_factory=socket.getfqdn)
+    data_dir: Path = Path("smtpgate-data")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ListenerSection(Section):
+    name: str = ""
+    address: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+    tls: Literal["none", "starttls", "implicit"] = "starttls"
+    require_tls: bool = True  # TLS required before AUTH and MAIL
+
+
+def _default_listeners() -> list[ListenerSection]:
+    return [
+        ListenerSection(name="submission", address="127.0.0.1", port=2525, tls="starttls"),
+        ListenerSection(name="smtps", address="127.0.0.1", port=4650, tls="implicit"),
+    ]
+
+
+class TLSSection(Section):
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+class LimitsSection(Section):
+    max_message_size: int = Field(default=25 * 1024 * 1024, gt=0)
+    max_recipients: int = Field(default=100, gt=0)
+    max_connections: int = Field(default=200, gt=0)
+    max_connections_per_ip: int = Field(default=20, gt=0)
+    idle_timeout: float = Field(default=300.0, gt=0)
+    auth_failures_per_minute: int = Field(default=5, gt=0)
+    shutdown_grace: float = Field(default=30.0, ge=0)
+
+
+class ChainSection(Section):
+    """Which plugins run, in which order (one list both enables and orders, like Haraka)."""
+
+    plugins: list[str] = Field(
+        default_factory=lambda: [
+            "header_validation",
+            "campaign_tag",
+            "css_inline",
+            "click_tracking",
+            "open_pixel",
+            "dkim_sign",
+        ]
+    )
+    timeout: float = Field(default=10.0, gt=0)
+
+
+class CredentialSection(Section):
+    """A credential declared in the config file (``smtpgate credentials add`` keeps others in the data dir)."""
+
+    name: str
+    kind: Literal["apikey", "password", "ip"] = "password"
+    username: str | None = None
+    secret: Secret | None = None  # plain secret (prefer env:/file:); hashed at load
+    secret_hash: str | None = None
+    networks: list[str] = Field(default_factory=list)  # CIDRs for kind = "ip"
+    features: dict[str, bool] = Field(default_factory=dict)
+    locked: list[str] = Field(default_factory=list)
+    sandbox: bool = False
+    disabled: bool = False
+    allowed_sender_domains: list[str] = Field(default_factory=list)
+    max_message_size: int | None = None
+    max_recipients: int | None = None
+    messages_per_minute: int | None = None
+    egress: str | None = None
+    webhooks: list[str] = Field(default_factory=list)
+    list_unsubscribe: bool = False
+
+
+class RelaySection(Section):
+    local_domains: list[str] = Field(default_factory=list)  # domains we accept mail for without AUTH
+    sink_addresses: list[str] = Field(default_factory=list)  # accepted and dropped (Sendsay's test@test.ru)
+
+
+class SpoolSection(Section):
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    retry_min: float = Field(default=300.0, gt=0)  # seconds; Postfix minimal_backoff_time
+    retry_max: float = Field(default=3600.0, gt=0)  # Postfix maximal_backoff_time
+    lifetime: float = Field(default=5 * 86400.0, gt=0)  # Postfix maximal_queue_lifetime
+    max_plugin_attempts: int = Field(default=5, ge=1)
+
+
+class EgressSection(Section):
+    type: Literal["maildir", "smtp", "mx", "null"] = "maildir"
+    maildir: Path | None = None  # default: <data_dir>/maildir
+    host: str = "127.0.0.1"
+    port: int = 25
+    tls: Literal["none", "starttls", "implicit", "opportunistic"] = "starttls"
+    verify_certificates: bool = True
+    username: str | None = None
+    password: Secret | None = None
+    timeout: float = Field(default=60.0, gt=0)
+
+
+class TrackingSection(Section):
+    listen_address: str = "127.0.0.1"
+    listen_port: int = Field(default=8080, ge=0, le=65535)
+    base_url: str = "http://127.0.0.1:8080"
+    key_id: str = "k1"
+    keys: dict[str, Secret] = Field(default_factory=dict)  # key id -> secret; generated when empty
+    bounce_domain: str | None = None
+
+
+class Config(Section):
+    """The whole configuration; ``Config()`` is the embedded default."""
+
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
+    listeners: list[ListenerSection] = Field(default_factory=_default_listeners)
+    tls: TLSSection = Field(default_factory=TLSSection)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
+    features: dict[str, bool] = Field(
+        default_factory=lambda: {
+            "inlinecss": True,
+            "trackclicks": True,
+            "trackopens": True,
+            "trackbounces": False,
+            "dkim": True,
+            "campaign": True,
+            "validate": True,
+        }
+    )
+    chain: ChainSection = Field(default_factory=ChainSection)
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    credentials: list[CredentialSection] = Field(default_factory=list)
+    relay: RelaySection = Field(default_factory=RelaySection)
+    spool: SpoolSection = Field(default_factory=SpoolSection)
+    egress: EgressSection = Field(default_factory=EgressSection)
+    egresses: dict[str, EgressSection] = Field(default_factory=dict)  # named, for per-credential egress
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
+
+    source: str = Field(default="<defaults>", exclude=True)
+
+    @field_validator("features")
+    @classmethod
+    def _known_features(cls, v: dict[str, bool]) -> dict[str, bool]:
+        defaults = dict.fromkeys(FEATURES, False)
+        defaults.update(v)
+        return defaults
+
+    @property
+    def data_dir(self) -> Path:
+        return self.gateway.data_dir
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def format_validation_error(source: str, exc: ValidationError, prefix: str = "") -> str:
+    """One line per problem: ``file: key: problem``."""
+    lines = []
+    for err in exc.errors():
+        key = _loc(tuple(err["loc"]))
+        key = f"{prefix}.{key}" if prefix and key else (prefix or key)
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        lines.append(f"{source}: {key or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<defaults>") -> Config:
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from None
+    cfg.source = source
+    env_dir = os.environ.get("SMTPGATE_DATA_DIR")
+    if env_dir and "data_dir" not in data.get("gateway", {}):
+        cfg.gateway.data_dir = Path(env_dir)
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load ``path``, else ``$SMTPGATE_CONFIG``, else the embedded defaults."""
+    if path is None:
+        path = os.environ.get("SMTPGATE_CONFIG") or None
+    if path is None:
+        return parse_config({})
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    return parse_config(data, str(p))

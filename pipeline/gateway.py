@@ -1,0 +1,72 @@
+"""The composition root: one :class:`Gateway` holds the config, the plugin chain and the stores,
+and ``serve()`` starts the services in data-flow order (ingress, workers and egress, tracking).
+
+Services share one asyncio loop in the main process; CPU-heavy processing runs in worker
+processes started by the processing service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from pipeline.chain import Chain
+from pipeline.config import Config
+from pipeline.context import Event
+from pipeline.loader import PluginSet
+
+log = logging.getLogger("smtpgate")
+
+
+class Service(Protocol):
+    """A long-running part of the gateway."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
+class Gateway:
+    """One gateway instance (tests start several side by side on ephemeral ports)."""
+
+    def __init__(self, config: Config, extra_plugins: list[Any] | None = None) -> None:
+        self.config = config
+        self.plugins = PluginSet(config, extra_plugins)
+        self.chain = Chain(self.plugins)
+        self.services: list[Service] = []
+        self._spool: Any = None
+
+    @property
+    def spool(self) -> Any:
+        """The spool (opened on first use, so commands that don't need it don't create it)."""
+        if self._spool is None:
+            from pipeline.spool.sqlite import SqliteSpool
+
+            self._spool = SqliteSpool(self.config.data_dir / "spool.db")
+        return self._spool
+
+    async def emit(self, event: Event) -> None:
+        """Record an event and hand it to ``on_event`` plugins."""
+        await self.chain.emit(event)
+
+    async def start(self) -> None:
+        for service in self.services:
+            await service.start()
+            log.info("started %s", service.name)
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.config.limits.shutdown_grace if grace is None else grace
+        for service in reversed(self.services):
+            await service.stop(grace)
+        if self._spool is not None:
+            self._spool.close()
+
+    async def serve_forever(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()

@@ -1,0 +1,502 @@
+"""The message editing API: parse once, edit through methods that record who changed what, serialise once.
+
+Why not ``email.message``: re-serialising with the standard library refolds headers and can
+change parts nobody touched. Here the message is split into a tree of raw byte ranges; a part
+that no plugin edited is emitted from its original bytes, so attachments and untouched
+alternatives come out byte-identical. Only edited parts are re-encoded, in their own charset
+and transfer encoding.
+
+Line endings are normalised to CRLF on parse: a bare CR or LF relayed to the next hop is the
+raw material of SMTP smuggling, so nothing downstream ever sees one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextvars
+import email.header
+import email.message
+import email.utils
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+CRLF = b"\r\n"
+
+#: Name of the plugin whose hook is running; the chain sets it so edits are attributed.
+current_actor: contextvars.ContextVar[str] = contextvars.ContextVar("smtpgate_actor", default="core")
+
+_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' (RFC 5322 ftext)
+
+
+class MessageError(ValueError):
+    """The bytes are not a usable RFC 5322 message, or an edit is malformed."""
+
+
+class SealedError(RuntimeError):
+    """An edit was attempted after the message was signed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """One recorded change, milter-style (addheader, chgheader, replacebody, chgfrom, addrcpt, delrcpt)."""
+
+    plugin: str
+    action: str
+    target: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        detail = f" = {self.detail}" if self.detail else ""
+        return f"{self.plugin}: {self.action} {self.target}{detail}"
+
+
+def normalize_newlines(raw: bytes) -> bytes:
+    """Every line ending becomes CRLF (bare CR and bare LF included)."""
+    if b"\r" not in raw:
+        return raw.replace(b"\n", CRLF)
+    return raw.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
+
+
+def decode_header_value(value: str) -> str:
+    """Decode RFC 2047 encoded-words; on malformed input return the value unchanged."""
+    if "=?" not in value:
+        return value
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except (ValueError, LookupError, UnicodeDecodeError, email.errors.HeaderParseError):
+        return value
+
+
+def check_header(name: str, value: str) -> None:
+    """Refuse a header name or value that could inject another header (CR/LF) or is malformed."""
+    if not _HEADER_NAME.match(name):
+        raise MessageError(f"invalid header name {name!r}")
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise MessageError(f"header {name}: value contains CR, LF or NUL")
+
+
+def format_header(name: str, value: str) -> bytes:
+    """``Name: value`` as wire bytes: ASCII kept as is (folded if very long), other text RFC 2047-encoded."""
+    check_header(name, value)
+    if value.isascii():
+        line = f"{name}: {value}"
+        if len(line) <= 998:
+            return line.encode("ascii")
+        return email.header.Header(value, "us-ascii", header_name=name).encode(linesep="\r\n").join(
+            [f"{name}: ", ""]
+        ).encode("ascii")
+    encoded = email.header.Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+    return f"{name}: {encoded}".encode("ascii")
+
+
+class Header:
+    """One header field as it stands on the wire (folding kept)."""
+
+    __slots__ = ("name", "raw", "_value")
+
+    def __init__(self, name: str, raw: bytes) -> None:
+        self.name = name
+        self.raw = raw
+        self._value: str | None = None
+
+    @property
+    def raw_value(self) -> str:
+        """The unfolded value, not RFC 2047-decoded (undecodable bytes kept as surrogates)."""
+        text = self.raw.decode("utf-8", "surrogateescape")
+        _, _, value = text.partition(":")
+        return re.sub(r"\r\n(?=[ \t])", "", value).strip()
+
+    @property
+    def value(self) -> str:
+        """The unfolded, RFC 2047-decoded value."""
+        if self._value is None:
+            self._value = decode_header_value(self.raw_value)
+        return self._value
+
+    def has_8bit(self) -> bool:
+        """True when the field holds raw 8-bit bytes (not allowed in RFC 5322 headers)."""
+        return not self.raw.isascii()
+
+    def __repr__(self) -> str:
+        return f"Header({self.name!r}, {self.value!r})"
+
+
+def _parse_headers(block: bytes) -> list[Header]:
+    headers: list[Header] = []
+    if not block:
+        return headers
+    for line in block.split(CRLF):
+        if line[:1] in (b" ", b"\t") and headers:
+            prev = headers[-1]
+            prev.raw = prev.raw + CRLF + line
+            continue
+        name, sep, _ = line.partition(b":")
+        headers.append(Header(name.decode("ascii", "replace").strip() if sep else "", line))
+    return headers
+
+
+def _params(content_type: str) -> email.message.Message:
+    m = email.message.Message()
+    m["Content-Type"] = content_type
+    return m
+
+
+class Part:
+    """A MIME entity: its headers, and either a raw body (leaf) or children (multipart)."""
+
+    def __init__(self, raw: bytes, path: str = "") -> None:
+        self.path = path or "1"
+        self._raw: bytes | None = raw
+        if raw.startswith(CRLF):
+            head, body = b"", raw[2:]
+        else:
+            head, sep, body = raw.partition(CRLF + CRLF)
+            if not sep:  # headers only, no body
+                head, body = raw.rstrip(b"\r\n") if raw.endswith(CRLF) else raw, b""
+        self.headers: list[Header] = _parse_headers(head)
+        self._head_sep = not raw.startswith(CRLF)
+        self.body: bytes = body
+        self.children: list[Part] | None = None
+        self.preamble = b""
+        self.epilogue = b""
+        self._delims: list[bytes] = []
+        ctype = self.get_header("Content-Type") or ""
+        params = _params(ctype)
+        self.content_type = params.get_content_type()
+        if self.content_type.startswith("multipart/"):
+            boundary = params.get_param("boundary")
+            if isinstance(boundary, str) and boundary:
+                self._split(boundary.encode("utf-8", "surrogateescape"))
+        self.charset: str | None = params.get_content_charset()
+
+    # -- structure -------------------------------------------------------------------------
+    def _split(self, boundary: bytes) -> None:
+        pat = re.compile(rb"(?:\A|\r\n)--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r\n|\Z)")
+        matches = list(pat.finditer(self.body))
+        if not matches:
+            return  # not really multipart: keep as an opaque leaf
+        self.preamble = self.body[: matches[0].start()]
+        children: list[Part] = []
+        delims: list[bytes] = []
+        closed_at: int | None = None
+        for i, m in enumerate(matches):
+            delims.append(m.group(0))
+            if m.group(1):  # closing delimiter: what follows is the epilogue
+                closed_at = m.end()
+                break
+            stop = matches[i + 1].start() if i + 1 < len(matches) else len(self.body)
+            children.append(Part(self.body[m.end() : stop], f"{self.path}.{len(children) + 1}"))
+        self.epilogue = self.body[closed_at:] if closed_at is not None else b""
+        self.children = children
+        self._delims = delims
+
+    @property
+    def is_multipart(self) -> bool:
+        return self.children is not None
+
+    def walk(self) -> Iterator[Part]:
+        """This part and every part below it, depth first."""
+        yield self
+        for child in self.children or ():
+            yield from child.walk()
+
+    # -- headers ---------------------------------------------------------------------------
+    def get_header(self, name: str) -> str | None:
+        lname = name.lower()
+        for h in self.headers:
+            if h.name.lower() == lname:
+                return h.value
+        return None
+
+    @property
+    def cte(self) -> str:
+        """Content-Transfer-Encoding, lower-case (default ``7bit``)."""
+        return (self.get_header("Content-Transfer-Encoding") or "7bit").strip().lower()
+
+    @property
+    def is_attachment(self) -> bool:
+        disp = (self.get_header("Content-Disposition") or "").split(";")[0].strip().lower()
+        return disp == "attachment"
+
+    # -- payload ---------------------------------------------------------------------------
+    def payload_bytes(self) -> bytes:
+        """The body with its transfer encoding undone."""
+        cte = self.cte
+        if cte == "base64":
+            try:
+                return binascii.a2b_base64(self.body)
+            except binascii.Error:
+                return base64.b64decode(self.body + b"===", validate=False)
+        if cte == "quoted-printable":
+            return binascii.a2b_qp(self.body)
+        return self.body
+
+    @property
+    def codec(self) -> str:
+        return self.charset or "us-ascii"
+
+    def text(self) -> str:
+        """The decoded text (charset honoured; undecodable bytes survive a round trip)."""
+        data = self.payload_bytes()
+        try:
+            return data.decode(self.codec, "surrogateescape")
+        except LookupError:
+            return data.decode("utf-8", "surrogateescape")
+
+    def _set_text(self, text: str) -> None:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        codec = self.codec
+        try:
+            data = text.encode(codec, "surrogateescape")
+        except (UnicodeEncodeError, LookupError):
+            data = text.encode("utf-8", "surrogateescape")
+            self._set_param("charset", "utf-8")
+        cte = self.cte
+        if cte == "base64":
+            body = base64.encodebytes(data.replace(b"\n", CRLF)).replace(b"\n", CRLF)
+        elif cte == "quoted-printable":
+            body = binascii.b2a_qp(data, quotetabs=False, istext=True).replace(b"\n", CRLF)
+        else:
+            longest = max((len(line) for line in data.split(b"\n")), default=0)
+            if longest > 998 or (cte == "7bit" and not data.isascii()):
+                body = binascii.b2a_qp(data, quotetabs=False, istext=True).replace(b"\n", CRLF)
+                self._replace_header("Content-Transfer-Encoding", "quoted-printable")
+            else:
+                body = data.replace(b"\n", CRLF)
+        self.body = body
+        self._raw = None
+
+    def _set_param(self, param: str, value: str) -> None:
+        msg = _params(self.get_header("Content-Type") or "text/plain")
+        msg.set_param(param, value)
+        self._replace_header("Content-Type", str(msg["Content-Type"]))
+        self.charset = value if param == "charset" else self.charset
+
+    def _replace_header(self, name: str, value: str) -> None:
+        raw = format_header(name, value)
+        lname = name.lower()
+        for h in self.headers:
+            if h.name.lower() == lname:
+                h.raw, h._value = raw, None
+                break
+        else:
+            self.headers.append(Header(name, raw))
+        self._raw = None
+
+    # -- serialisation ---------------------------------------------------------------------
+    def as_bytes(self) -> bytes:
+        if self._raw is not None:
+            return self._raw
+        out = [CRLF.join(h.raw for h in self.headers)]
+        if self._head_sep or self.headers:
+            out.append(CRLF + CRLF if self.headers else CRLF)
+        if self.children is not None:
+            out.append(self.preamble)
+            for delim, child in zip(self._delims, self.children, strict=False):
+                out.append(delim)
+                out.append(child.as_bytes())
+            out.extend(self._delims[len(self.children) :])
+            out.append(self.epilogue)
+        else:
+            out.append(self.body)
+        return b"".join(out)
+
+    def _invalidate(self) -> None:
+        self._raw = None
+
+
+class Message:
+    """A message with its envelope; every change goes through a method that records an :class:`Edit`."""
+
+    def __init__(self, raw: bytes, mail_from: str | None = None, rcpt_tos: Sequence[str] = ()) -> None:
+        if not isinstance(raw, bytes | bytearray):
+            raise MessageError("a message is bytes")
+        raw = normalize_newlines(bytes(raw))
+        if not raw.strip():
+            raise MessageError("empty message")
+        first_line = raw.split(CRLF, 1)[0]
+        if first_line and not first_line.startswith((b" ", b"\t")) and b":" not in first_line:
+            raise MessageError("not an RFC 5322 message: the first line is not a header field")
+        self.root = Part(raw)
+        self._mail_from = mail_from
+        self._rcpt_tos = list(rcpt_tos)
+        self.edits: list[Edit] = []
+        self.sealed_by: str | None = None
+        self._cache: bytes | None = raw
+
+    @classmethod
+    def from_file(cls, path: str) -> Message:
+        with open(path, "rb") as fh:
+            return cls(fh.read())
+
+    # -- bookkeeping ----------------------------------------------------------------------
+    def _record(self, action: str, target: str, detail: str = "") -> None:
+        if self.sealed_by is not None:
+            raise SealedError(f"message was signed by {self.sealed_by}; {current_actor.get()} tried to {action}")
+        if len(detail) > 200:
+            detail = detail[:197] + "..."
+        self.edits.append(Edit(current_actor.get(), action, target, detail))
+        self._cache = None
+
+    def seal(self) -> None:
+        """Forbid further edits: called by a signer, so nothing changes the bytes it signed."""
+        self.sealed_by = current_actor.get()
+
+    # -- headers ---------------------------------------------------------------------------
+    @property
+    def headers(self) -> list[Header]:
+        """The top-level header fields in order (read-only view; edit through the methods)."""
+        return list(self.root.headers)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """First value of a header, decoded; ``default`` when absent."""
+        value = self.root.get_header(name)
+        return default if value is None else value
+
+    def get_all(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [h.value for h in self.root.headers if h.name.lower() == lname]
+
+    def __contains__(self, name: str) -> bool:
+        return self.root.get_header(name) is not None
+
+    def add_header(self, name: str, value: str, *, first: bool = False) -> None:
+        """Add a header at the end of the header block (``first=True``: at the top)."""
+        header = Header(name, format_header(name, value))
+        self._record("add_header", name, value)
+        self._insert(header, first)
+
+    def insert_raw_header(self, raw: bytes, *, first: bool = True) -> None:
+        """Insert an already formatted (and folded) field, e.g. a ``DKIM-Signature`` from a signer."""
+        raw = raw.rstrip(b"\r\n")
+        lines = raw.split(CRLF)
+        name, sep, _ = lines[0].partition(b":")
+        if not sep or any(not line[:1] in (b" ", b"\t") for line in lines[1:]) or b"\n" in raw.replace(CRLF, b""):
+            raise MessageError("raw header must be one field, continuation lines indented")
+        header = Header(name.decode("ascii"), raw)
+        check_header(header.name, "")
+        self._record("add_header", header.name, header.raw_value)
+        self._insert(header, first)
+
+    def _insert(self, header: Header, first: bool) -> None:
+        if first:
+            self.root.headers.insert(0, header)
+        else:
+            self.root.headers.append(header)
+        self.root._invalidate()
+
+    def change_header(self, name: str, value: str, index: int = 0) -> None:
+        """Change the ``index``-th occurrence of a header (milter chgheader); add it if absent."""
+        lname = name.lower()
+        found = [h for h in self.root.headers if h.name.lower() == lname]
+        if index < len(found):
+            self._record("change_header", name, value)
+            h = found[index]
+            h.raw, h._value = format_header(h.name, value), None
+            self.root._invalidate()
+        else:
+            self.add_header(name, value)
+
+    def remove_header(self, name: str) -> int:
+        """Remove every occurrence of a header; returns how many were removed."""
+        lname = name.lower()
+        keep = [h for h in self.root.headers if h.name.lower() != lname]
+        removed = len(self.root.headers) - len(keep)
+        if removed:
+            self._record("remove_header", name, f"{removed} field(s)" if removed > 1 else "")
+            self.root.headers[:] = keep
+            self.root._invalidate()
+        return removed
+
+    # -- body ------------------------------------------------------------------------------
+    def walk(self) -> Iterator[Part]:
+        return self.root.walk()
+
+    def _text_leaves(self, subtype: str) -> list[Part]:
+        return [
+            p
+            for p in self.root.walk()
+            if not p.is_multipart and p.content_type == f"text/{subtype}" and not p.is_attachment
+        ]
+
+    def html_parts(self) -> list[Part]:
+        """HTML bodies (not attachments), in document order."""
+        return self._text_leaves("html")
+
+    def text_parts(self) -> list[Part]:
+        """Plain-text bodies (not attachments), in document order."""
+        return self._text_leaves("plain")
+
+    def replace_html(self, part: Part, html: str) -> None:
+        """Replace an HTML part's text; charset and transfer encoding are kept (or safely upgraded)."""
+        self._replace_body(part, html, "replace_html")
+
+    def replace_text(self, part: Part, text: str) -> None:
+        """Replace a plain-text part's text."""
+        self._replace_body(part, text, "replace_text")
+
+    def _replace_body(self, part: Part, text: str, action: str) -> None:
+        chain = self._ancestors(part)
+        if chain is None:
+            raise MessageError("that part does not belong to this message")
+        self._record(action, f"part {part.path} ({part.content_type})", f"{len(text)} chars")
+        part._set_text(text)
+        for p in chain:
+            p._invalidate()
+
+    def _ancestors(self, target: Part) -> list[Part] | None:
+        def visit(node: Part, trail: list[Part]) -> list[Part] | None:
+            if node is target:
+                return trail + [node]
+            for child in node.children or ():
+                found = visit(child, trail + [node])
+                if found is not None:
+                    return found
+            return None
+
+        return visit(self.root, [])
+
+    # -- envelope --------------------------------------------------------------------------
+    @property
+    def mail_from(self) -> str | None:
+        return self._mail_from
+
+    @property
+    def rcpt_tos(self) -> list[str]:
+        return list(self._rcpt_tos)
+
+    def change_sender(self, address: str) -> None:
+        """Change the envelope sender (milter chgfrom), e.g. to a VERP bounce address."""
+        check_header("X-Envelope-From", address)
+        self._record("change_sender", "MAIL FROM", address)
+        self._mail_from = address
+
+    def add_recipient(self, address: str) -> None:
+        check_header("X-Envelope-To", address)
+        self._record("add_rcpt", "RCPT TO", address)
+        self._rcpt_tos.append(address)
+
+    def remove_recipient(self, address: str) -> None:
+        if address not in self._rcpt_tos:
+            raise MessageError(f"{address} is not a recipient")
+        self._record("remove_rcpt", "RCPT TO", address)
+        self._rcpt_tos.remove(address)
+
+    # -- output ----------------------------------------------------------------------------
+    def as_bytes(self) -> bytes:
+        """The message as it would go on the wire (CRLF line endings)."""
+        if self._cache is None:
+            self._cache = self.root.as_bytes()
+        return self._cache
+
+    def copy(self, rcpt_tos: Sequence[str] | None = None) -> Message:
+        """An independent copy (for per-recipient fan-out); the edit log is carried over."""
+        clone = Message(self.as_bytes(), self._mail_from, self._rcpt_tos if rcpt_tos is None else rcpt_tos)
+        clone.edits = list(self.edits)
+        return clone
+
+    def addresses(self, name: str) -> list[tuple[str, str]]:
+        """``(display name, address)`` pairs of an address header."""
+        return email.utils.getaddresses(self.get_all(name))

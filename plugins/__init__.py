@@ -1,0 +1,1 @@
+"""Built-in plugins. Each is an ordinary plugin that uses only the public API in :mod:`pipeline`."""
