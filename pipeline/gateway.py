@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from pipeline.chain import Chain
@@ -38,6 +39,13 @@ class Gateway:
         self.chain = Chain(self.plugins)
         self.services: list[Service] = []
         self._spool: Any = None
+        # Domains the gateway itself receives mail for (e.g. the VERP bounce domain): the ingress
+        # accepts RCPT for them without AUTH and hands the message to the handler, not the chain.
+        self.inbound_handlers: dict[str, Callable[[str, list[str], bytes], Awaitable[None]]] = {}
+
+    def build_services(self, workers: int | None = None) -> None:
+        """Create the long-running services, in data-flow order. Each area adds its own line."""
+        self.services = []
 
     @property
     def spool(self) -> Any:
