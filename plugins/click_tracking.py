@@ -1,0 +1,135 @@
+"""click_tracking: rewrite links to signed redirect URLs, once per recipient copy (feature ``trackclicks``).
+
+Every ``http``/``https`` ``<a href>`` in an HTML part becomes ``{base_url}/c/{token}``; the
+token (:mod:`pipeline.tokens`) carries the original URL, queue id, recipient, campaign, letter
+id and credential, so the redirect needs no database. The URL signed is what a browser would
+request: entities decoded (``&amp;`` -> ``&``), percent escapes untouched.
+
+Only the ``href`` values are replaced, by offset, in the original text (:func:`pipeline.html.splice`):
+every other byte of the part stays as it was, which is the only safe way with email HTML.
+
+Never rewritten: other schemes (``mailto:``, ``tel:``, ...), ``#anchors`` and relative links,
+template placeholders (``{{ url }}``), links already on the tracking base, links carrying an
+opt-out attribute (``data-no-track``, ``clicktracking="off"``, ``data-track-disabled``,
+``ses:no-track``; the attribute is left in place), links inside MSO conditional comments, and,
+with ``skip_visible_urls`` (default on), links whose visible text is itself a URL: showing one
+address and going through another is what phishing filters flag (SMTPeter's "preventscam").
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import field_validator
+
+from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Verdict, hookimpl
+from pipeline.html import Link, find_links, is_placeholder, splice
+from pipeline.tokens import TokenSigner, load_signer
+
+_HTTP = ("http://", "https://")
+_VISIBLE_URL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|www\.)\S+$", re.IGNORECASE)
+_TEXT_URL = re.compile(r"https?://[^\s<>\"'`{}|\\^\[\]]+", re.IGNORECASE)
+_TRAILING = ".,;:!?)'\""
+_PRESENCE_OPT_OUTS = ("data-no-track", "data-track-disabled", "ses:no-track")
+_OFF_VALUES = {"off", "false", "0", "no"}
+_NEGATIVE = {"false", "0", "no"}  # data-no-track="false" does not opt out
+
+
+def validate_base_url(value: str) -> str:
+    """A tracking base must be an absolute http(s) URL; the trailing slash is dropped."""
+    if not value.lower().startswith(_HTTP) or len(value) <= len("https://"):
+        raise ValueError(f"base_url must be an absolute http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def skip_reason(link: Link, base_url: str, skip_visible_urls: bool) -> str | None:
+    """Why a link is left alone (``None``: track it)."""
+    url = link.url
+    if is_placeholder(link.raw_href):
+        return "placeholder"
+    if not url.lower().startswith(_HTTP):
+        return "not http(s)"
+    if url.startswith(base_url + "/"):
+        return "already tracked"
+    for name in _PRESENCE_OPT_OUTS:
+        if name in link.attrs and (link.attrs[name] or "").strip().lower() not in _NEGATIVE:
+            return f"opt-out ({name})"
+    ct = link.attrs.get("clicktracking")
+    if ct is not None and ct.strip().lower() in _OFF_VALUES:
+        return "opt-out (clicktracking)"
+    if skip_visible_urls and _VISIBLE_URL.match(link.text):
+        return "visible text is a URL"
+    return None
+
+
+class ClickTracking(Plugin):
+    """Per recipient: every trackable link becomes a signed redirect through the tracking service."""
+
+    name = "click_tracking"
+    feature = "trackclicks"
+    version = "1.0"
+
+    class Config(PluginConfig):
+        base_url: str | None = None  # default: [tracking] base_url
+        text_parts: bool = False  # also rewrite bare URLs in text/plain parts
+        skip_visible_urls: bool = True  # SMTPeter's preventscam rule
+
+        @field_validator("base_url")
+        @classmethod
+        def _base(cls, v: str | None) -> str | None:
+            return None if v is None else validate_base_url(v)
+
+    def __init__(self, config: Any, env: PluginEnv) -> None:
+        super().__init__(config, env)
+        tracking = env.config.tracking
+        self.signer: TokenSigner = load_signer(tracking.keys, tracking.key_id, env.data_dir)
+        self.base_url = config.base_url or validate_base_url(tracking.base_url)
+
+    def _payload(self, ctx: MessageContext) -> dict[str, Any]:
+        return {
+            "k": "c",
+            "u": None,
+            "q": ctx.queue_id,
+            "r": ctx.recipient,
+            "c": ctx.campaign_id,
+            "l": ctx.letter_id,
+            "s": ctx.credential.name if ctx.credential else None,
+        }
+
+    def tracking_url(self, url: str, base: dict[str, Any]) -> str:
+        return f"{self.base_url}/c/{self.signer.sign({**base, 'u': url})}"
+
+    @hookimpl
+    def on_personalize(self, ctx: MessageContext) -> Verdict | None:
+        message = ctx.message
+        base = self._payload(ctx)
+        for part in message.html_parts():
+            text = part.text()
+            edits: list[tuple[int, int, str]] = []
+            for link in find_links(text):
+                if skip_reason(link, self.base_url, self.config.skip_visible_urls) is not None:
+                    continue
+                new = self.tracking_url(link.url, base)
+                edits.append((link.value_start, link.value_end, new if link.quote else f'"{new}"'))
+            if edits:
+                message.replace_html(part, splice(text, edits))
+        if self.config.text_parts:
+            for part in message.text_parts():
+                text = part.text()
+                out = _TEXT_URL.sub(lambda m: self._text_url(m, base), text)
+                if out != text:
+                    message.replace_text(part, out)
+        return None
+
+    def _text_url(self, m: re.Match[str], base: dict[str, Any]) -> str:
+        found = m.group(0)
+        if m.string.startswith(("{{", "{%"), m.end()):  # https://x/?u={{ id }}: merged later
+            return found
+        url = found.rstrip(_TRAILING)
+        if found.endswith(")") and url.count("(") > url.count(")"):
+            url += ")"  # https://en.wikipedia.org/wiki/Foo_(bar)
+        rest = found[len(url) :]
+        if url.startswith(self.base_url + "/") or len(url) <= len("https://"):
+            return found
+        return self.tracking_url(url, base) + rest

@@ -1,0 +1,118 @@
+"""css_inline: move ``<style>`` rules into ``style`` attributes, once per message (feature ``inlinecss``).
+
+Gmail and many webmail clients ignore or strip ``<style>`` blocks, so rules are inlined before
+fan-out. Two engines behind one interface: ``premailer`` (default; lxml + cssutils) and
+``css_inline`` (the Rust library, much faster). Both run with the network off: a
+``<link rel=stylesheet>`` in a submitted message never makes the gateway fetch a URL; the tag
+is left in place for the clients that honour it. ``@media`` rules keep their ``!important``
+(they override inlined styles on phones), and the doctype, MSO conditional comments,
+``{{ }}`` placeholders, entities and URL attributes come back as written (see
+:mod:`pipeline.html`). Parts without a stylesheet are not touched at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Literal, Protocol
+
+import css_inline as _css_inline
+import cssutils
+from premailer import Premailer
+
+from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Verdict, hookimpl
+from pipeline.html import HtmlDocument, fit_charset, has_stylesheet, protect
+
+cssutils.log.setLevel(logging.CRITICAL)  # cssutils logs every unknown property (mso-*) as an error
+
+
+class Engine(Protocol):
+    """One CSS inliner: HTML text in, HTML text out."""
+
+    name: str
+
+    def inline(self, html: str) -> str: ...
+
+
+class PremailerEngine:
+    """premailer on a tree parsed once by :class:`pipeline.html.HtmlDocument`."""
+
+    name = "premailer"
+
+    def __init__(self, keep_style_tags: bool) -> None:
+        self._premailer = Premailer(
+            base_url=None,
+            disable_link_rewrites=True,
+            keep_style_tags=keep_style_tags,
+            strip_important=False,
+            allow_network=False,
+            allow_loading_external_files=False,
+            cssutils_logging_level=logging.CRITICAL,
+            disable_validation=True,  # keep properties cssutils does not know (mso-*, -webkit-*)
+        )
+
+    def inline(self, html: str) -> str:
+        doc = HtmlDocument(html)
+        doc.apply(lambda root: self._premailer.transform(root))
+        return doc.serialise()
+
+
+_SECTION = re.compile(r"<(head|body)\b[^>]*>(.*?)</\1\s*>", re.IGNORECASE | re.DOTALL)
+
+
+class CssInlineEngine:
+    """The ``css_inline`` library (html5ever + Servo's selectors), on protected text."""
+
+    name = "css_inline"
+
+    def __init__(self, keep_style_tags: bool) -> None:
+        self._inliner = _css_inline.CSSInliner(
+            inline_style_tags=True,
+            keep_style_tags=keep_style_tags,
+            keep_link_tags=True,
+            keep_at_rules=True,
+            load_remote_stylesheets=False,
+            base_url=None,
+        )
+
+    def inline(self, html: str) -> str:
+        prot = protect(html)
+        out = self._inliner.inline(prot.text)
+        if prot.fragment:  # html5ever wrapped the fragment: keep only what was inside
+            out = "".join(m.group(2) for m in _SECTION.finditer(out))
+        elif out.lstrip()[:9].lower() == "<!doctype":  # the original doctype is in prot.prefix
+            out = out.lstrip()
+            out = out[out.index(">") + 1 :]
+        return prot.restore(out)
+
+
+class CssInline(Plugin):
+    """Inline CSS in every HTML part; charset and transfer encoding kept (via ``Message.replace_html``)."""
+
+    name = "css_inline"
+    feature = "inlinecss"
+    version = "1.0"
+
+    class Config(PluginConfig):
+        engine: Literal["premailer", "css_inline"] = "premailer"
+        keep_style_tags: bool = False  # True: leave the original <style> blocks too (rules also inlined)
+
+    def __init__(self, config: Any, env: PluginEnv) -> None:
+        super().__init__(config, env)
+        engines: dict[str, type[PremailerEngine] | type[CssInlineEngine]] = {
+            "premailer": PremailerEngine,
+            "css_inline": CssInlineEngine,
+        }
+        self.engine: Engine = engines[config.engine](config.keep_style_tags)
+
+    @hookimpl
+    def on_transform(self, ctx: MessageContext) -> Verdict | None:
+        message = ctx.message
+        for part in message.html_parts():
+            text = part.text()
+            if not has_stylesheet(text):
+                continue
+            out = fit_charset(self.engine.inline(text), part.codec)
+            if out != text:
+                message.replace_html(part, out)
+        return None

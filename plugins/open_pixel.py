@@ -1,0 +1,81 @@
+"""open_pixel: one signed 1x1 transparent GIF per HTML part, per recipient copy (feature ``trackopens``).
+
+The ``<img>`` goes just before the last ``</body>`` (outside comments), so it is never before
+the preheader (the first thing in ``<body>``, which inbox previews show); without ``</body>``
+it goes before ``</html>``, and without either at the end of the part (a bare fragment is not
+wrapped). It is spliced into the original text: nothing else in the part changes.
+
+``alt=""`` keeps screen readers and "images off" views quiet; ``width``/``height`` attributes
+and the inline style make it take no visible space (``display:block`` avoids the line box an
+inline image would open at the end of the body).
+"""
+
+from __future__ import annotations
+
+import html as _html
+from typing import Any
+
+from pydantic import field_validator
+
+from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Verdict, hookimpl
+from pipeline.html import insert_before_body_end
+from pipeline.tokens import TokenSigner, load_signer
+
+PIXEL_STYLE = (
+    "display:block;width:1px;height:1px;max-width:1px;max-height:1px;"
+    "border:0;margin:0;padding:0;overflow:hidden;opacity:0;"
+)
+
+
+def _validate_base_url(value: str) -> str:
+    if not value.lower().startswith(("http://", "https://")) or len(value) <= len("https://"):
+        raise ValueError(f"base_url must be an absolute http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+class OpenPixel(Plugin):
+    """Per recipient: a tracking pixel whose token names the queue id, recipient, campaign and letter."""
+
+    name = "open_pixel"
+    feature = "trackopens"
+    version = "1.0"
+
+    class Config(PluginConfig):
+        base_url: str | None = None  # default: [tracking] base_url
+
+        @field_validator("base_url")
+        @classmethod
+        def _base(cls, v: str | None) -> str | None:
+            return None if v is None else _validate_base_url(v)
+
+    def __init__(self, config: Any, env: PluginEnv) -> None:
+        super().__init__(config, env)
+        tracking = env.config.tracking
+        self.signer: TokenSigner = load_signer(tracking.keys, tracking.key_id, env.data_dir)
+        self.base_url = config.base_url or _validate_base_url(tracking.base_url)
+
+    def pixel(self, ctx: MessageContext) -> str:
+        """The ``<img>`` tag for one recipient copy."""
+        token = self.signer.sign(
+            {
+                "k": "o",
+                "q": ctx.queue_id,
+                "r": ctx.recipient,
+                "c": ctx.campaign_id,
+                "l": ctx.letter_id,
+                "s": ctx.credential.name if ctx.credential else None,
+            }
+        )
+        src = _html.escape(f"{self.base_url}/o/{token}.gif")
+        return f'<img src="{src}" width="1" height="1" alt="" border="0" style="{PIXEL_STYLE}" />'
+
+    @hookimpl
+    def on_personalize(self, ctx: MessageContext) -> Verdict | None:
+        message = ctx.message
+        parts = message.html_parts()
+        if not parts:
+            return None
+        tag = self.pixel(ctx)
+        for part in parts:
+            message.replace_html(part, insert_before_body_end(part.text(), tag))
+        return None
