@@ -1,0 +1,80 @@
+"""campaign_tag: read ``X-Campaign-Id`` / ``X-Letter-Id`` into the message context at DATA.
+
+The ids travel with the message (spool record, events, tracking tokens, webhooks), so they
+are checked strictly here: Sendsay's alphabet ``[A-Za-z0-9_-]``, 1 to 64 characters, one
+field each. A value outside it (a space, an encoded word, a folded line: the shapes a CRLF
+injection takes once parsed) is rejected with ``550 5.6.0`` naming the header rather than
+cleaned up, so a sender never sees statistics under an id it did not send.
+
+A message without ``X-Campaign-Id`` joins the daily campaign named after its UTC arrival date
+(Sendsay groups SMTP mail into one issue per day).
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+
+from pydantic import field_validator
+
+from pipeline import MessageContext, Plugin, PluginConfig, Reject, hookimpl
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+CAMPAIGN_HEADER = "X-Campaign-Id"
+LETTER_HEADER = "X-Letter-Id"
+
+
+class CampaignTag(Plugin):
+    """Validates the campaign and letter ids and records them on ``ctx``."""
+
+    name = "campaign_tag"
+    feature = "campaign"
+    version = "1.0"
+
+    class Config(PluginConfig):
+        keep_headers: bool = True
+        daily_campaign: str = "%Y-%m-%d"  # strftime of the UTC arrival date; "" = no default campaign
+
+        @field_validator("daily_campaign")
+        @classmethod
+        def _valid_id(cls, v: str) -> str:
+            sample = datetime.datetime(2026, 12, 31, 23, 59, 59, tzinfo=datetime.UTC).strftime(v)
+            if v and not ID_PATTERN.fullmatch(sample):
+                raise ValueError(f"{v!r} gives {sample!r}, not an id of 1-64 characters from A-Z a-z 0-9 _ -")
+            return v
+
+    @hookimpl
+    def on_message(self, ctx: MessageContext) -> Reject | None:
+        campaign = read_id(ctx, CAMPAIGN_HEADER)
+        if isinstance(campaign, Reject):
+            return campaign
+        letter = read_id(ctx, LETTER_HEADER)
+        if isinstance(letter, Reject):
+            return letter
+        if campaign is None and self.config.daily_campaign:
+            arrived = datetime.datetime.fromtimestamp(ctx.received_at, datetime.UTC)
+            campaign = arrived.strftime(self.config.daily_campaign)
+        ctx.campaign_id = campaign
+        ctx.letter_id = letter
+        if not self.config.keep_headers:
+            ctx.message.remove_header(CAMPAIGN_HEADER)
+            ctx.message.remove_header(LETTER_HEADER)
+        return None
+
+
+def read_id(ctx: MessageContext, name: str) -> str | Reject | None:
+    """The header's value if present and valid; a ``550 5.6.0`` naming it otherwise.
+
+    The raw value is checked (not the RFC 2047-decoded one): an id is a plain ASCII token, and
+    an encoded word could smuggle CR/LF past a check made after decoding.
+    """
+    lname = name.lower()
+    fields = [h for h in ctx.message.headers if h.name.lower() == lname]
+    if not fields:
+        return None
+    if len(fields) > 1:
+        return Reject(550, "5.6.0", f"Message has {len(fields)} {name}: headers")
+    value = fields[0].raw_value
+    if not ID_PATTERN.fullmatch(value):
+        return Reject(550, "5.6.0", f"Invalid {name} header: expected 1-64 characters from A-Z a-z 0-9 _ -")
+    return value

@@ -1,0 +1,298 @@
+"""header_validation: refuse at DATA what receivers (and our own DKIM signer) would refuse later.
+
+Sendsay accepts a message without its required headers and then drops it silently; we answer
+the DATA command with ``550 5.6.0`` naming the header instead, so the sender learns at once.
+``Message-Id`` and ``Date`` are added when missing (Postfix's ``always_add_missing_headers``):
+receivers such as Gmail refuse messages without them. Raw 8-bit bytes in a header are
+RFC 2047-encoded (or rejected, by config), since RFC 5322 headers are ASCII.
+"""
+
+from __future__ import annotations
+
+import codecs
+import datetime
+import email.errors
+import email.header
+import email.headerregistry
+import email.policy
+import email.utils
+import re
+import secrets
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from pipeline import MessageContext, Plugin, PluginConfig, Reject, hookimpl
+from pipeline.message import CRLF, Header
+
+DEFAULT_REQUIRED = ["Message-Id", "Date", "From", "To", "Subject", "MIME-Version", "Content-Type"]
+"""Sendsay's list: the headers its DKIM signature covers."""
+
+RFC5322_SINGLETONS = [
+    "Date",
+    "From",
+    "Sender",
+    "Reply-To",
+    "To",
+    "Cc",
+    "Bcc",
+    "Message-Id",
+    "In-Reply-To",
+    "References",
+    "Subject",
+]
+"""Fields RFC 5322 section 3.6 allows at most once (Gmail refuses duplicates of these)."""
+
+ADDABLE = ("message-id", "date", "mime-version", "content-type", "from", "to")
+
+ADDRESS_HEADERS = frozenset(
+    {
+        "from",
+        "sender",
+        "reply-to",
+        "to",
+        "cc",
+        "bcc",
+        "resent-from",
+        "resent-sender",
+        "resent-to",
+        "resent-cc",
+    }
+)
+"""Headers whose 8-bit bytes may only sit in display names (encoded-words cannot hold an address)."""
+
+STRUCTURED_PREFIXES = ("content-", "list-", "dkim-", "arc-", "authentication-results")
+STRUCTURED_HEADERS = frozenset(
+    {
+        "date",
+        "message-id",
+        "in-reply-to",
+        "references",
+        "mime-version",
+        "received",
+        "return-path",
+        "resent-date",
+        "resent-message-id",
+        "feedback-id",
+    }
+)
+"""Structured headers: RFC 2047 encoded-words are not allowed in them, so 8-bit bytes are rejected."""
+
+_FIELD_START = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")  # RFC 5322 ftext then ':' (no space before it)
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+)
+
+
+class HeaderValidation(Plugin):
+    """Required, unique and well-formed top-level headers, checked at the end of DATA."""
+
+    name = "header_validation"
+    feature = "validate"
+    version = "1.0"
+
+    class Config(PluginConfig):
+        required: list[str] = Field(default_factory=lambda: list(DEFAULT_REQUIRED))
+        add_missing: list[str] = Field(default_factory=lambda: ["Message-Id", "Date"])
+        unique: list[str] = Field(default_factory=lambda: list(RFC5322_SINGLETONS))
+        eight_bit_headers: Literal["encode", "reject"] = "encode"
+        eight_bit_fallback_charset: str = "latin-1"
+        max_headers: int = Field(default=500, gt=0)
+        max_header_line: int = Field(default=998, ge=78, le=998)
+
+        @field_validator("required", "unique", "add_missing")
+        @classmethod
+        def _header_names(cls, v: list[str]) -> list[str]:
+            for name in v:
+                if not re.fullmatch(r"[!-9;-~]+", name):
+                    raise ValueError(f"{name!r} is not a header name")
+            return v
+
+        @field_validator("add_missing")
+        @classmethod
+        def _addable(cls, v: list[str]) -> list[str]:
+            for name in v:
+                if name.lower() not in ADDABLE:
+                    raise ValueError(
+                        f"cannot generate a {name} header (only Message-Id, Date, MIME-Version, "
+                        "Content-Type, From and To can be added)"
+                    )
+            return v
+
+        @field_validator("eight_bit_fallback_charset")
+        @classmethod
+        def _codec(cls, v: str) -> str:
+            try:
+                codecs.lookup(v)
+            except LookupError:
+                raise ValueError(f"unknown charset {v!r}") from None
+            return v
+
+    @hookimpl
+    def on_message(self, ctx: MessageContext) -> Reject | None:
+        msg = ctx.message
+        headers = msg.headers
+        verdict = self._check_shape(headers) or self._check_unique(headers)
+        if verdict:
+            return verdict
+        present = {h.name.lower() for h in headers}
+        required = {n.lower() for n in self.config.required}
+        add_missing = {n.lower(): n for n in self.config.add_missing}
+        to_add: dict[str, tuple[str, str]] = {}
+        for name in self.config.required + self.config.add_missing:
+            lname = name.lower()
+            if lname in present or lname in to_add:
+                continue
+            value = self._generate(add_missing[lname], ctx) if lname in add_missing else None
+            if value is None:
+                if lname in required:
+                    return Reject(550, "5.6.0", f"Message has no {name}: header")
+                continue
+            to_add[lname] = (add_missing[lname], value)
+        rewrites = self._plan_8bit(headers)
+        if isinstance(rewrites, Reject):
+            return rewrites
+        # The raw (not RFC 2047-decoded) value: a decoded display name may hold a comma.
+        from_value = next((h.raw_value for h in headers if h.name.lower() == "from"), None)
+        from_value = next((v for (h, _, v) in rewrites if h.name.lower() == "from"), from_value)
+        if from_value is None and "from" in to_add:
+            from_value = to_add["from"][1]
+        if from_value is not None:
+            verdict = check_from(from_value)
+            if verdict:
+                return verdict
+        for header, index, value in rewrites:
+            msg.change_header(header.name, value, index)
+        for name, value in to_add.values():
+            msg.add_header(name, value)
+        return None
+
+    # -- checks ---------------------------------------------------------------------------
+    def _check_shape(self, headers: list[Header]) -> Reject | None:
+        if len(headers) > self.config.max_headers:
+            return Reject(
+                552,
+                "5.3.4",
+                f"Message has too many header fields ({len(headers)}, limit {self.config.max_headers})",
+            )
+        limit = self.config.max_header_line
+        for number, header in enumerate(headers, 1):
+            if not header.name or not _FIELD_START.match(header.raw):
+                return Reject(550, "5.6.0", f"Malformed header field number {number}: expected Name: value")
+            longest = max(len(line) for line in header.raw.split(CRLF))
+            if longest > limit:
+                return Reject(
+                    550, "5.6.0", f"Header line too long in {header.name}: ({longest} octets, limit {limit})"
+                )
+        return None
+
+    def _check_unique(self, headers: list[Header]) -> Reject | None:
+        counts: dict[str, int] = {}
+        for header in headers:
+            counts[header.name.lower()] = counts.get(header.name.lower(), 0) + 1
+        for name in self.config.unique:
+            n = counts.get(name.lower(), 0)
+            if n > 1:
+                return Reject(550, "5.6.0", f"Message has {n} {name}: headers")
+        return None
+
+    # -- missing headers ------------------------------------------------------------------
+    def _generate(self, name: str, ctx: MessageContext) -> str | None:
+        lname = name.lower()
+        if lname == "message-id":
+            return f"<{ctx.queue_id}.{secrets.token_hex(4)}@{self.env.hostname}>"
+        if lname == "date":
+            when = datetime.datetime.fromtimestamp(ctx.received_at, datetime.UTC)
+            return email.utils.format_datetime(when)
+        if lname == "mime-version":
+            return "1.0"
+        if lname == "content-type":
+            return "text/plain; charset=us-ascii"  # RFC 2045 section 5.2: the implicit default
+        if lname == "from":
+            sender = ctx.message.mail_from
+            return sender or None  # the null sender cannot stand in for an author
+        if lname == "to":
+            return "undisclosed-recipients:;"
+        return None
+
+    # -- 8-bit headers --------------------------------------------------------------------
+    def _plan_8bit(self, headers: list[Header]) -> list[tuple[Header, int, str]] | Reject:
+        """``(header, occurrence index, new ASCII value)`` for each 8-bit header, or a Reject."""
+        plan: list[tuple[Header, int, str]] = []
+        seen: dict[str, int] = {}
+        for header in headers:
+            lname = header.name.lower()
+            index = seen.get(lname, 0)
+            seen[lname] = index + 1
+            if not header.has_8bit():
+                continue
+            if self.config.eight_bit_headers == "reject":
+                return Reject(
+                    550, "5.6.0", f"Raw 8-bit bytes in {header.name}: header; use RFC 2047 encoding"
+                )
+            if lname in STRUCTURED_HEADERS or lname.startswith(STRUCTURED_PREFIXES):
+                return Reject(
+                    550,
+                    "5.6.0",
+                    f"Raw 8-bit bytes in {header.name}: header (a structured field must be ASCII)",
+                )
+            text = self._decode_raw(header)
+            if lname in ADDRESS_HEADERS:
+                value = encode_address_header(header.name, text)
+                if isinstance(value, Reject):
+                    return value
+            else:
+                value = text  # Message.change_header RFC 2047-encodes non-ASCII text as UTF-8
+            plan.append((header, index, value))
+        return plan
+
+    def _decode_raw(self, header: Header) -> str:
+        """The field's value bytes as text: UTF-8 when they are valid UTF-8, else the fallback charset."""
+        _, _, value = header.raw.partition(b":")
+        value = re.sub(rb"\r\n(?=[ \t])", b"", value).strip()
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value.decode(self.config.eight_bit_fallback_charset, "replace")
+
+
+def check_from(value: str) -> Reject | None:
+    """enKod's "invalid from email": exactly one address, with a local part and a host-name domain."""
+    parsed = email.policy.default.header_factory("From", value)
+    assert isinstance(parsed, email.headerregistry.AddressHeader)
+    addresses = parsed.addresses
+    invalid = any(isinstance(d, email.errors.InvalidHeaderDefect) for d in parsed.defects)
+    if len(addresses) > 1 and not invalid:
+        return Reject(550, "5.6.0", f"Invalid From: header: {len(addresses)} addresses, exactly one allowed")
+    if len(addresses) != 1 or not addresses[0].username or invalid:
+        if len(addresses) == 1 and addresses[0].username and not addresses[0].domain:
+            return Reject(550, "5.6.0", "Invalid From: header: the address has no domain")
+        return Reject(550, "5.6.0", "Invalid From: header: no valid email address")
+    if not _HOSTNAME.match(addresses[0].domain):
+        return Reject(550, "5.6.0", "Invalid From: header: the domain is not a valid host name")
+    return None
+
+
+def encode_address_header(name: str, text: str) -> str | Reject:
+    """Re-render an address list with RFC 2047-encoded display names; non-ASCII addresses are refused."""
+    parsed = email.policy.default.header_factory(name, text)
+    assert isinstance(parsed, email.headerregistry.AddressHeader)
+    if any(isinstance(d, email.errors.InvalidHeaderDefect) for d in parsed.defects):
+        return Reject(550, "5.6.0", f"Invalid {name}: header: cannot parse the address list")
+    rendered: list[str] = []
+    for group in parsed.groups:
+        members = []
+        for addr in group.addresses:
+            if not addr.addr_spec.isascii():
+                return Reject(
+                    550, "5.6.7", f"Non-ASCII address in {name}: header (SMTPUTF8 is not supported)"
+                )
+            members.append(email.utils.formataddr((addr.display_name, addr.addr_spec), charset="utf-8"))
+        if group.display_name is None:
+            rendered.extend(members)
+        else:
+            label = group.display_name
+            if not label.isascii():
+                label = email.header.Header(label, "utf-8").encode()
+            rendered.append(f"{label}: {', '.join(members)};")
+    return ", ".join(rendered)
