@@ -131,11 +131,14 @@ class RelaySection(Section):
 
 
 class SpoolSection(Section):
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=0)  # 0: in the main process
     retry_min: float = Field(default=300.0, gt=0)  # seconds; Postfix minimal_backoff_time
     retry_max: float = Field(default=3600.0, gt=0)  # Postfix maximal_backoff_time
     lifetime: float = Field(default=5 * 86400.0, gt=0)  # Postfix maximal_queue_lifetime
     max_plugin_attempts: int = Field(default=5, ge=1)
+    lease: float = Field(default=300.0, gt=0)  # seconds a claimed recipient stays "processing"
+    poll_interval: float = Field(default=1.0, gt=0)  # how often the queue is re-read (CLI retry/flush)
+    max_in_flight: int = Field(default=64, ge=1)  # messages being processed or delivered at once
 
 
 class EgressSection(Section):
@@ -148,6 +151,10 @@ class EgressSection(Section):
     username: str | None = None
     password: Secret | None = None
     timeout: float = Field(default=60.0, gt=0)
+    ca_file: Path | None = None  # CA bundle for certificate verification (default: system store)
+    mx_port: int = Field(default=25, ge=1, le=65535)  # port for direct (mx) delivery and verify
+    helo_name: str | None = None  # default: [gateway] hostname
+    connections_per_hop: int = Field(default=4, ge=1)  # reused SMTP connections per next hop
 
 
 class TrackingSection(Section):

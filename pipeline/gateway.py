@@ -46,6 +46,9 @@ class Gateway:
     def build_services(self, workers: int | None = None) -> None:
         """Create the long-running services, in data-flow order. Each area adds its own line."""
         self.services = []
+        from pipeline.delivery import DeliveryService
+
+        self.services.append(DeliveryService(self, workers=workers))  # spool -> workers -> egress, retries
 
     @property
     def spool(self) -> Any:

@@ -2,17 +2,27 @@
 
 Concurrent sessions' commits are batched: every ``enqueue`` waits on one shared transaction
 that a single writer commits, so N sessions finishing DATA together cost one fsync, not N.
+Delivery results are batched the same way (:meth:`SqliteSpool.record`).
+
+State per recipient: ``queued`` -> ``processing`` (claimed, with a lease) -> ``delivered`` |
+``deferred`` (with ``next_attempt``) | ``bounced`` | ``expired`` | ``failed`` | ``discarded``.
+A message row is removed once every recipient has reached a final state (like Postfix: the
+queue holds only what still has work to do; the event store keeps the history).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pipeline.context import MessageContext
+from pipeline.spool import FINAL_STATES, QueuedMessage, RecipientUpdate
 from pipeline.storage import open_sqlite
 
 SCHEMA = """
@@ -31,10 +41,15 @@ CREATE TABLE IF NOT EXISTS recipients (
     next_attempt REAL NOT NULL DEFAULT 0,
     last_reply   TEXT,
     updated_at   REAL NOT NULL,
+    lease_until  REAL NOT NULL DEFAULT 0,
+    plugin_failures INTEGER NOT NULL DEFAULT 0,
+    next_hop     TEXT,
     PRIMARY KEY (queue_id, recipient)
 );
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients(state, next_attempt);
 """
+
+_FINAL_SQL = ",".join(f"'{s}'" for s in sorted(FINAL_STATES))
 
 
 class SqliteSpool:
@@ -47,8 +62,18 @@ class SqliteSpool:
         self._lock = threading.Lock()
         self._pending: list[tuple[tuple[object, ...], list[str], asyncio.Future[None]]] = []
         self._flushing = False
+        self._updates: list[tuple[list[RecipientUpdate], asyncio.Future[None]]] = []
+        self._recording = False
+        self._listeners: list[Callable[[], None]] = []
+
+    # -- ingress side ---------------------------------------------------------------------
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (in the event loop) after each committed enqueue: wakes the delivery service."""
+        self._listeners.append(callback)
 
     async def enqueue(self, ctx: MessageContext, data: bytes, recipients: list[str]) -> None:
+        """Commit the message durably (fsync'd) before returning; raise on failure."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         row = (ctx.queue_id, ctx.message.mail_from or "", data, json.dumps(ctx.to_record()), time.time())
@@ -72,6 +97,8 @@ class SqliteSpool:
                     for _, _, fut in batch:
                         if not fut.done():
                             fut.set_result(None)
+                    for callback in self._listeners:
+                        callback()
         finally:
             self._flushing = False
 
@@ -85,12 +112,239 @@ class SqliteSpool:
                     cur.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?)", row)
                     cur.executemany(
                         "INSERT INTO recipients (queue_id, recipient, updated_at) VALUES (?, ?, ?)",
-                        [(row[0], r, now) for r in rcpts],
+                        [(row[0], r, now) for r in dict.fromkeys(rcpts)],
                     )
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
+
+    # -- delivery side --------------------------------------------------------------------
+
+    def _transaction(self, fn: Callable[[sqlite3.Cursor], Any]) -> Any:
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(cur)
+                cur.execute("COMMIT")
+                return result
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
+    def recover(self) -> int:
+        """Hand every recipient left in ``processing`` (a crash, a kill -9) back to the queue.
+
+        One delivery service runs per spool file, so at start nothing is legitimately in flight.
+        Returns the number of recipients resumed.
+        """
+
+        def run(cur: sqlite3.Cursor) -> int:
+            cur.execute("UPDATE recipients SET state='queued', lease_until=0 WHERE state='processing'")
+            return cur.rowcount
+
+        return int(self._transaction(run))
+
+    def claim(self, limit: int, lease: float, now: float | None = None) -> list[QueuedMessage]:
+        """Mark up to ``limit`` messages' due recipients ``processing`` (leased) and return them."""
+        now = time.time() if now is None else now
+
+        def run(cur: sqlite3.Cursor) -> list[QueuedMessage]:
+            rows = cur.execute(
+                "SELECT queue_id, recipient, attempts, plugin_failures FROM recipients "
+                "WHERE (state IN ('queued','deferred') AND next_attempt <= ?) "
+                "OR (state = 'processing' AND lease_until < ?) "
+                "ORDER BY next_attempt, queue_id",
+                (now, now),
+            ).fetchall()
+            by_msg: dict[str, list[tuple[str, int, int]]] = {}
+            for qid, rcpt, attempts, pfail in rows:
+                if qid not in by_msg:
+                    if len(by_msg) >= limit:
+                        continue
+                    by_msg[qid] = []
+                by_msg[qid].append((rcpt, attempts, pfail))
+            out = []
+            for qid, rcpts in by_msg.items():
+                msg = cur.execute(
+                    "SELECT mail_from, data, context, created_at FROM messages WHERE queue_id=?", (qid,)
+                ).fetchone()
+                if msg is None:
+                    continue
+                cur.executemany(
+                    "UPDATE recipients SET state='processing', lease_until=?, updated_at=? "
+                    "WHERE queue_id=? AND recipient=?",
+                    [(now + lease, now, qid, r) for r, _, _ in rcpts],
+                )
+                out.append(
+                    QueuedMessage(
+                        queue_id=qid,
+                        mail_from=msg[0],
+                        data=bytes(msg[1]),
+                        context=json.loads(msg[2]),
+                        created_at=msg[3],
+                        recipients=[r for r, _, _ in rcpts],
+                        attempts={r: a for r, a, _ in rcpts},
+                        plugin_failures={r: p for r, _, p in rcpts},
+                    )
+                )
+            return out
+
+        return list(self._transaction(run))
+
+    def next_due(self) -> float | None:
+        """When the earliest queued or deferred recipient is due (``None``: nothing waiting)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT MIN(next_attempt) FROM recipients WHERE state IN ('queued','deferred')"
+            ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    async def record(self, updates: Sequence[RecipientUpdate]) -> None:
+        """Commit recipients' results; concurrent callers share one transaction (one fsync)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._updates.append((list(updates), fut))
+        if not self._recording:
+            self._recording = True
+            loop.create_task(self._flush_updates())
+        await fut
+
+    async def _flush_updates(self) -> None:
+        try:
+            while self._updates:
+                batch, self._updates = self._updates, []
+                try:
+                    await asyncio.to_thread(self.record_sync, [u for ups, _ in batch for u in ups])
+                except Exception as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                else:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_result(None)
+        finally:
+            self._recording = False
+
+    def record_sync(self, updates: Sequence[RecipientUpdate]) -> None:
+        """Apply results in one transaction; drop messages whose recipients are all final."""
+
+        def run(cur: sqlite3.Cursor) -> None:
+            now = time.time()
+            cur.executemany(
+                "UPDATE recipients SET state=?, attempts=?, next_attempt=?, last_reply=?, "
+                "plugin_failures=?, next_hop=?, lease_until=0, updated_at=? WHERE queue_id=? AND recipient=?",
+                [
+                    (
+                        u.state,
+                        u.attempts,
+                        u.next_attempt,
+                        u.last_reply,
+                        u.plugin_failures,
+                        u.next_hop,
+                        now,
+                        u.queue_id,
+                        u.recipient,
+                    )
+                    for u in updates
+                ],
+            )
+            for qid in {u.queue_id for u in updates}:
+                open_left = cur.execute(
+                    f"SELECT 1 FROM recipients WHERE queue_id=? AND state NOT IN ({_FINAL_SQL}) LIMIT 1", (qid,)
+                ).fetchone()
+                if open_left is None:
+                    cur.execute("DELETE FROM messages WHERE queue_id=?", (qid,))
+
+        self._transaction(run)
+
+    def release(self, queue_id: str, recipients: Sequence[str]) -> None:
+        """Hand claimed recipients back untouched (shutdown with the message still in hand)."""
+
+        def run(cur: sqlite3.Cursor) -> None:
+            cur.executemany(
+                "UPDATE recipients SET state='queued', lease_until=0 "
+                "WHERE queue_id=? AND recipient=? AND state='processing'",
+                [(queue_id, r) for r in recipients],
+            )
+
+        self._transaction(run)
+
+    # -- queue tools ----------------------------------------------------------------------
+
+    def list_recipients(self) -> list[dict[str, Any]]:
+        """Every recipient still in the queue, oldest message first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT m.queue_id, m.mail_from, length(m.data), m.created_at, r.recipient, r.state, "
+                "r.attempts, r.next_attempt, r.last_reply, r.next_hop "
+                "FROM messages m JOIN recipients r ON r.queue_id = m.queue_id "
+                "ORDER BY m.created_at, m.queue_id, r.recipient"
+            ).fetchall()
+        keys = (
+            "queue_id",
+            "mail_from",
+            "size",
+            "created_at",
+            "recipient",
+            "state",
+            "attempts",
+            "next_attempt",
+            "last_reply",
+            "next_hop",
+        )
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def show(self, queue_id: str) -> dict[str, Any] | None:
+        """One message: envelope, context, raw bytes and each recipient's state."""
+        with self._lock:
+            msg = self._conn.execute(
+                "SELECT mail_from, data, context, created_at FROM messages WHERE queue_id=?", (queue_id,)
+            ).fetchone()
+            if msg is None:
+                return None
+            rcpts = self._conn.execute(
+                "SELECT recipient, state, attempts, next_attempt, last_reply, next_hop "
+                "FROM recipients WHERE queue_id=? ORDER BY recipient",
+                (queue_id,),
+            ).fetchall()
+        return {
+            "queue_id": queue_id,
+            "mail_from": msg[0],
+            "data": bytes(msg[1]),
+            "context": json.loads(msg[2]),
+            "created_at": msg[3],
+            "recipients": [
+                dict(zip(("recipient", "state", "attempts", "next_attempt", "last_reply", "next_hop"), r, strict=True))
+                for r in rcpts
+            ],
+        }
+
+    def retry(self, queue_id: str | None = None) -> int:
+        """Make deferred recipients (of one message, or all with ``None``) due now; returns how many."""
+
+        def run(cur: sqlite3.Cursor) -> int:
+            if queue_id is None:
+                cur.execute("UPDATE recipients SET next_attempt=0 WHERE state IN ('deferred','queued')")
+            else:
+                cur.execute(
+                    "UPDATE recipients SET next_attempt=0 WHERE queue_id=? AND state IN ('deferred','queued')",
+                    (queue_id,),
+                )
+            return cur.rowcount
+
+        return int(self._transaction(run))
+
+    def delete(self, queue_id: str) -> bool:
+        """Remove a message and its recipients from the queue."""
+
+        def run(cur: sqlite3.Cursor) -> bool:
+            cur.execute("DELETE FROM messages WHERE queue_id=?", (queue_id,))
+            return cur.rowcount > 0
+
+        return bool(self._transaction(run))
 
     def count(self) -> int:
         with self._lock:

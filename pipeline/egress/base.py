@@ -1,0 +1,67 @@
+"""The common egress contract: a copy in, a per-recipient result out."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Status = Literal["sent", "deferred", "bounced"]
+
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One recipient's final bytes, ready for the next hop."""
+
+    queue_id: str
+    recipient: str
+    mail_from: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """What happened to one copy: ``sent`` (2xx), ``deferred`` (4xx, connection trouble) or ``bounced`` (5xx)."""
+
+    recipient: str
+    status: Status
+    dsn: str
+    reply: str
+    relay: str = "none"
+
+    @classmethod
+    def from_reply(cls, recipient: str, code: int, text: str, relay: str) -> DeliveryResult:
+        """Classify an SMTP reply: 2xx sent, 4xx deferred, 5xx bounced (anything else deferred)."""
+        text = " ".join(text.split())
+        status: Status = "sent" if 200 <= code < 300 else "bounced" if 500 <= code < 600 else "deferred"
+        return cls(recipient, status, dsn_of(code, text), f"{code} {text}".strip(), relay)
+
+    @classmethod
+    def deferred(cls, recipient: str, dsn: str, reply: str, relay: str = "none") -> DeliveryResult:
+        return cls(recipient, "deferred", dsn, reply, relay)
+
+    @classmethod
+    def bounced(cls, recipient: str, dsn: str, reply: str, relay: str = "none") -> DeliveryResult:
+        return cls(recipient, "bounced", dsn, reply, relay)
+
+
+def dsn_of(code: int, text: str) -> str:
+    """The enhanced status code in a reply text, else the generic ``X.0.0`` for the reply class."""
+    m = _ENHANCED.match(text)
+    if m and m.group(1) == str(code)[0]:
+        return m.group(0)
+    first = str(code)[0] if 200 <= code < 600 else "4"
+    return f"{first}.0.0"
+
+
+class Egress(Protocol):
+    """A next hop. ``deliver`` never raises for delivery trouble: it reports it per copy."""
+
+    name: str
+
+    async def deliver(self, copies: Sequence[Copy]) -> list[DeliveryResult]: ...
+
+    async def close(self) -> None: ...

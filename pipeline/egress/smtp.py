@@ -1,0 +1,246 @@
+"""SMTP delivery with aiosmtplib: the smarthost egress, and the connection pool it shares with ``mx``.
+
+One pool per next hop keeps a few authenticated connections open and reuses them for the next
+messages (no new TCP + TLS + AUTH per message). A connection that errored is closed, never
+reused; after a refused recipient or a failed ``MAIL`` aiosmtplib has already sent ``RSET``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from pipeline.config import EgressSection
+from pipeline.egress.base import Copy, DeliveryResult, dsn_of
+
+log = logging.getLogger("smtpgate.egress")
+
+IDLE_SECONDS = 30.0  # an idle pooled connection older than this is closed instead of reused
+
+
+class ConnectFailed(Exception):
+    """Could not get a usable session with the next hop (connect, TLS, EHLO or AUTH)."""
+
+    def __init__(self, dsn: str, reply: str, relay: str) -> None:
+        super().__init__(reply)
+        self.dsn = dsn
+        self.reply = reply
+        self.relay = relay
+
+
+def relay_name(host: str, conn: aiosmtplib.SMTP | None, port: int) -> str:
+    """Postfix's ``host[ip]:port``."""
+    ip = host
+    if conn is not None and conn.transport is not None:
+        peer = conn.transport.get_extra_info("peername")
+        if peer:
+            ip = peer[0]
+    return f"{host}[{ip}]:{port}"
+
+
+@dataclass
+class _Idle:
+    conn: aiosmtplib.SMTP
+    since: float
+
+
+class HopPool:
+    """Up to ``size`` connections to one next hop; idle ones are reused."""
+
+    def __init__(self, host: str, port: int, size: int, factory: Callable[[], Awaitable[aiosmtplib.SMTP]]) -> None:
+        self.host = host
+        self.port = port
+        self._factory = factory
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[_Idle] = []
+
+    async def acquire(self) -> aiosmtplib.SMTP:
+        await self._slots.acquire()
+        loop = asyncio.get_running_loop()
+        while self._idle:
+            idle = self._idle.pop()
+            if idle.conn.is_connected and loop.time() - idle.since < IDLE_SECONDS:
+                return idle.conn
+            _close(idle.conn)
+        try:
+            return await self._factory()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def release(self, conn: aiosmtplib.SMTP, reusable: bool) -> None:
+        if reusable and conn.is_connected:
+            self._idle.append(_Idle(conn, asyncio.get_running_loop().time()))
+        else:
+            _close(conn)
+        self._slots.release()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for item in idle:
+            try:
+                await asyncio.wait_for(item.conn.quit(), 2.0)
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                _close(item.conn)
+
+
+def _close(conn: aiosmtplib.SMTP) -> None:
+    try:
+        conn.close()
+    except Exception:  # closing a broken transport must never take delivery down
+        pass
+
+
+async def open_connection(
+    host: str,
+    port: int,
+    *,
+    helo: str,
+    timeout: float,
+    tls: str,
+    verify: bool,
+    ca_file: str | None,
+    username: str | None = None,
+    password: str | None = None,
+) -> aiosmtplib.SMTP:
+    """Connect, EHLO, TLS as configured, AUTH; raise :class:`ConnectFailed` with a DSN on trouble.
+
+    ``tls``: ``none``, ``starttls`` (required), ``implicit``, or ``opportunistic`` (STARTTLS when
+    offered, without certificate checks, falling back to plaintext if the handshake fails).
+    """
+    start_tls: bool | None = {"none": False, "starttls": True, "implicit": False, "opportunistic": None}[tls]
+    validate = verify and tls != "opportunistic"
+    conn = aiosmtplib.SMTP(
+        hostname=host,
+        port=port,
+        use_tls=tls == "implicit",
+        start_tls=start_tls,
+        validate_certs=validate,
+        cert_bundle=ca_file if validate else None,
+        timeout=timeout,
+        local_hostname=helo,
+    )
+    relay = f"{host}[{host}]:{port}"
+    try:
+        await conn.connect()
+    except (ssl.SSLError, aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected) as exc:
+        if tls == "opportunistic" and _is_tls_error(exc):
+            return await open_connection(
+                host, port, helo=helo, timeout=timeout, tls="none", verify=False, ca_file=None,
+                username=username, password=password,
+            )
+        _close(conn)
+        cause = exc.__cause__ or exc
+        if _is_tls_error(exc):
+            raise ConnectFailed("4.7.5", f"TLS with {host}:{port} failed: {cause}", relay) from None
+        raise ConnectFailed("4.4.1", f"connect to {host}:{port}: {cause}", relay) from None
+    except aiosmtplib.SMTPTimeoutError:
+        _close(conn)
+        raise ConnectFailed("4.4.2", f"connect to {host}:{port}: timed out", relay) from None
+    except aiosmtplib.SMTPResponseException as exc:
+        _close(conn)
+        raise ConnectFailed(dsn_of(exc.code, exc.message).replace("5.", "4.", 1), f"{exc.code} {exc.message}", relay) from None
+    except aiosmtplib.SMTPException as exc:  # e.g. STARTTLS required but not offered
+        _close(conn)
+        raise ConnectFailed("4.7.4", f"{host}:{port}: {exc}", relay) from None
+    except OSError as exc:
+        _close(conn)
+        raise ConnectFailed("4.4.1", f"connect to {host}:{port}: {exc.strerror or exc}", relay) from None
+    relay = relay_name(host, conn, port)
+    if username:
+        try:
+            await conn.login(username, password or "")
+        except aiosmtplib.SMTPException as exc:
+            _close(conn)
+            code = getattr(exc, "code", 0)
+            # Our credentials being refused is our problem, not the recipient's: defer, never bounce.
+            raise ConnectFailed("4.7.0", f"AUTH at {relay} failed: {code or ''} {exc}".replace("  ", " "), relay) from None
+    return conn
+
+
+def _is_tls_error(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
+def _options(conn: aiosmtplib.SMTP, copy: Copy) -> list[str]:
+    opts = []
+    if not (copy.mail_from + copy.recipient).isascii():
+        opts.append("SMTPUTF8")
+    if conn.supports_extension("8bitmime") and not copy.data.isascii():
+        opts.append("BODY=8BITMIME")
+    return opts
+
+
+async def send_copy(pool: HopPool, copy: Copy) -> DeliveryResult:
+    """One transaction on a pooled connection; :class:`ConnectFailed` when no session could be had."""
+    conn = await pool.acquire()
+    relay = relay_name(pool.host, conn, pool.port)
+    reusable = False
+    try:
+        _, reply = await conn.sendmail(copy.mail_from, [copy.recipient], copy.data, mail_options=_options(conn, copy))
+        reusable = True
+        return DeliveryResult.from_reply(copy.recipient, 250, reply, relay)
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        reusable = True
+        refused = exc.recipients[0]
+        return DeliveryResult.from_reply(copy.recipient, refused.code, refused.message, relay)
+    except aiosmtplib.SMTPServerDisconnected as exc:
+        return DeliveryResult.deferred(copy.recipient, "4.4.2", f"lost connection with {relay}: {exc}", relay)
+    except aiosmtplib.SMTPNotSupported as exc:
+        reusable = True
+        return DeliveryResult.bounced(copy.recipient, "5.6.7", f"{relay}: {exc}", relay)
+    except aiosmtplib.SMTPResponseException as exc:
+        reusable = exc.code != 421
+        return DeliveryResult.from_reply(copy.recipient, exc.code, exc.message, relay)
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        return DeliveryResult.deferred(copy.recipient, "4.4.2", f"conversation with {relay} failed: {exc}", relay)
+    except ValueError as exc:  # an address aiosmtplib refuses to put on the wire
+        reusable = True
+        return DeliveryResult.bounced(copy.recipient, "5.1.3", f"bad address syntax: {exc}", relay)
+    finally:
+        pool.release(conn, reusable)
+
+
+class SmtpEgress:
+    """A smarthost: every copy goes to one host, over pooled connections."""
+
+    def __init__(self, settings: EgressSection, helo: str, name: str = "smtp") -> None:
+        self.name = name
+        self.settings = settings
+        self.helo = settings.helo_name or helo
+        self.pool = HopPool(settings.host, settings.port, settings.connections_per_hop, self._connect)
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        return await open_connection(
+            s.host,
+            s.port,
+            helo=self.helo,
+            timeout=s.timeout,
+            tls=s.tls,
+            verify=s.verify_certificates,
+            ca_file=str(s.ca_file) if s.ca_file else None,
+            username=s.username,
+            password=s.password,
+        )
+
+    async def deliver(self, copies: Sequence[Copy]) -> list[DeliveryResult]:
+        return list(await asyncio.gather(*(self._one(c) for c in copies)))
+
+    async def _one(self, copy: Copy) -> DeliveryResult:
+        try:
+            return await send_copy(self.pool, copy)
+        except ConnectFailed as exc:
+            return DeliveryResult.deferred(copy.recipient, exc.dsn, exc.reply, exc.relay)
+
+    async def close(self) -> None:
+        await self.pool.close()
