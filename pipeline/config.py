@@ -124,6 +124,16 @@ class CredentialSection(Section):
     webhooks: list[str] = Field(default_factory=list)
     list_unsubscribe: bool = False
 
+    @field_validator("features")
+    @classmethod
+    def _lower_features(cls, v: dict[str, bool]) -> dict[str, bool]:
+        return {k.lower(): val for k, val in v.items()}  # switch names are case-insensitive
+
+    @field_validator("locked")
+    @classmethod
+    def _lower_locked(cls, v: list[str]) -> list[str]:
+        return [k.lower() for k in v]
+
 
 class RelaySection(Section):
     local_domains: list[str] = Field(default_factory=list)  # domains we accept mail for without AUTH
@@ -199,7 +209,7 @@ class Config(Section):
     @classmethod
     def _known_features(cls, v: dict[str, bool]) -> dict[str, bool]:
         defaults = dict.fromkeys(FEATURES, False)
-        defaults.update(v)
+        defaults.update({k.lower(): val for k, val in v.items()})  # switch names are case-insensitive
         return defaults
 
     @property

@@ -105,19 +105,25 @@ def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
 def resolve(name: str) -> tuple[Any, str]:
     """The plugin class for a ``[chain] plugins`` entry, and a description of its source."""
     if name in BUILTINS:
-        return _import_object(BUILTINS[name]), "built-in"
+        try:
+            return _import_object(BUILTINS[name]), "built-in"
+        except Exception as exc:  # a broken install: one line naming the plugin, not a traceback
+            raise ConfigError(f"chain.plugins: built-in plugin {name!r} cannot be loaded: {exc}") from None
     eps = _entry_points()
     if name in eps:
         ep = eps[name]
         dist = ep.dist.name if ep.dist else "?"
-        return ep.load(), f"entry point ({dist})"
+        try:
+            return ep.load(), f"entry point ({dist})"
+        except Exception as exc:
+            raise ConfigError(f"chain.plugins: plugin {name!r} from {dist} cannot be loaded: {exc}") from None
     if name.endswith(".py") or ".py:" in name or "/" in name:
         return _load_file(name), f"file {name}"
     if ":" in name:
         try:
             return _import_object(name), f"module {name.partition(':')[0]}"
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"chain.plugins: cannot import {name}: {exc}") from None
+        except Exception as exc:  # ImportError, AttributeError, or whatever the module raises
+            raise ConfigError(f"chain.plugins: cannot import {name}: {type(exc).__name__}: {exc}") from None
     known = sorted(set(BUILTINS) | set(eps))
     raise ConfigError(f"chain.plugins: unknown plugin {name!r} (known: {', '.join(known)})")
 
@@ -151,7 +157,11 @@ class PluginSet:
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise ConfigError(f"plugin {exc.plugin_name if hasattr(exc, 'plugin_name') else ''}: {exc}") from None
+            who = self.pm.get_name(exc.plugin) or type(exc.plugin).__name__
+            problem = str(exc).split(" in plugin ")[0]  # pluggy appends the instance's repr
+            raise ConfigError(
+                f"plugin {who}: {problem} (hooks: {', '.join(hookspecs.ALL_PHASES)})"
+            ) from None
         self._check_signers()
 
     def _instantiate(self, obj: Any, source: str, env: PluginEnv) -> LoadedPlugin:
@@ -168,6 +178,9 @@ class PluginSet:
         ]
         if stray:
             raise ConfigError(f"plugin {name}: unknown hook {stray[0]!r} (hooks: {', '.join(hookspecs.ALL_PHASES)})")
+        unmarked = [n for n in hookspecs.ALL_PHASES if callable(getattr(obj, n, None)) and n not in hooks]
+        if unmarked:  # would silently never run
+            raise ConfigError(f"plugin {name}: method {unmarked[0]} is not marked @hookimpl")
         cfg_model = getattr(obj, "Config", PluginConfig)
         raw_cfg = self.config.plugins.get(name, {})
         try:
@@ -180,6 +193,8 @@ class PluginSet:
             raise
         except (ValueError, OSError) as exc:
             raise ConfigError(f"{self.config.source}: plugins.{name}: {exc}") from None
+        except Exception as exc:  # a plugin that cannot start is a start-up error, not a traceback
+            raise ConfigError(f"{self.config.source}: plugins.{name}: cannot start: {type(exc).__name__}: {exc}") from None
         return LoadedPlugin(
             name=name,
             instance=instance,

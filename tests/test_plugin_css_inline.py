@@ -1,0 +1,219 @@
+"""css_inline, with both engines: rules inlined, the network never used, and what email clients
+rely on (doctype, conditional comments, @media with !important, placeholders, entities, charset)
+kept."""
+
+from __future__ import annotations
+
+import http.server
+import logging
+import re
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lxml import etree
+
+from pipeline import Message
+from pipeline.config import ConfigError
+from pipeline.testing import make_chain, make_config, run_chain
+from tests.conftest import SAMPLES
+
+ENGINES = ["premailer", "css_inline"]
+COND_BLOCK = re.compile(r"<!--\[if.*?<!\[endif\]-->", re.DOTALL)
+
+
+def inline(raw: bytes, engine: str, tmp_path: Path, **cfg: Any) -> Message:
+    config = {
+        "gateway": {"data_dir": str(tmp_path / "data")},
+        "plugins": {"css_inline": {"engine": engine, **cfg}},
+    }
+    result = run_chain(raw, ["css_inline"], config=config)
+    assert result.verdict is None
+    (copy,) = result.copies
+    assert copy.deliverable, copy.verdict
+    return Message(copy.data)
+
+
+def html_message(body: str, charset: str = "utf-8", cte: str = "8bit") -> bytes:
+    head = (
+        "From: a@example.com\r\nTo: b@example.com\r\nSubject: t\r\nMIME-Version: 1.0\r\n"
+        f"Content-Type: text/html; charset={charset}\r\nContent-Transfer-Encoding: {cte}\r\n\r\n"
+    )
+    return head.encode("ascii") + body.encode(charset)
+
+
+def style_of(html: str, xpath: str) -> str:
+    el = etree.fromstring(html, etree.HTMLParser()).find(xpath)
+    assert el is not None, xpath
+    return (el.get("style") or "").replace(" ", "")
+
+
+class CountingHandler(http.server.BaseHTTPRequestHandler):
+    requests: list[str]
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        self.requests.append(self.path)
+        body = b"p { color: #ff0000; }"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/css")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def css_server() -> Iterator[tuple[int, list[str]]]:
+    """A real HTTP server on 127.0.0.1 serving a stylesheet and recording every request."""
+    seen: list[str] = []
+    handler = type("Handler", (CountingHandler,), {"requests": seen})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_link_stylesheet_is_never_fetched(engine: str, css_server: tuple[int, list[str]], tmp_path: Path) -> None:
+    port, seen = css_server
+    url = f"http://127.0.0.1:{port}/x.css"
+    body = (
+        f'<!DOCTYPE html><html><head><link rel="stylesheet" href="{url}">'
+        "<style>h1 { font-size: 20px; }</style></head><body><h1>Hi</h1><p>text</p></body></html>"
+    )
+    html = inline(html_message(body), engine, tmp_path).html_parts()[0].text()
+    assert seen == []
+    assert "font-size:20px" in style_of(html, ".//h1")
+    assert "color" not in style_of(html, ".//p")  # the remote rule was not applied
+    assert f'href="{url}"' in html  # the tag is left for clients that honour it
+    # the server does answer: the zero above is not a broken counter
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        assert resp.status == 200
+    assert seen == ["/x.css"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_rules_inlined_and_media_queries_kept_with_important(engine: str, tmp_path: Path) -> None:
+    raw = (SAMPLES / "03-mso-conditional.eml").read_bytes()
+    html = inline(raw, engine, tmp_path).html_parts()[0].text()
+    assert "max-width:600px" in style_of(html, ".//table[@class='card']")
+    assert "font-size:26px" in style_of(html, ".//h1")
+    outside_comments = re.sub(r"<!--.*?-->", "", html, flags=re.DOTALL)
+    media = re.search(r"<style[^>]*>(.*?)</style>", outside_comments, re.DOTALL | re.IGNORECASE)
+    assert media is not None and "@media" in media.group(1)
+    assert re.search(r"width:\s*100%\s*!important", media.group(1))
+    assert re.search(r"font-size:\s*22px\s*!important", media.group(1))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_lowercase_doctype_and_conditional_comments_survive_byte_for_byte(engine: str, tmp_path: Path) -> None:
+    raw = (SAMPLES / "03-mso-conditional.eml").read_bytes()
+    before = Message(raw).html_parts()[0].text()
+    after = inline(raw, engine, tmp_path).html_parts()[0].text()
+    assert after != before  # something was inlined
+    assert after.startswith("<!doctype html>\r\n<html lang=")
+    assert COND_BLOCK.findall(after) == COND_BLOCK.findall(before)
+    assert after.count("<!--[if !mso]><!-->") == before.count("<!--[if !mso]><!-->") == 1
+    assert after.count("<!--<![endif]-->") == 1
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_placeholders_entities_and_urls_come_back_as_written(engine: str, tmp_path: Path) -> None:
+    body = (
+        "<html><head><style>p { color: #333333; }</style></head><body>"
+        "<p>Hi {{ first_name }},&nbsp;caf&eacute; &copy; &#8217; &amp; &lt;tag&gt;</p>"
+        '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a> '
+        "<a href='https://example.com/a b/caf\u00e9?x=1&amp;y=%2F'>Shop</a> "
+        '<img src="https://img.example.com/{% raw %}x{% endraw %}.png" alt="&quot;logo&quot;"></p>'
+        "</body></html>"
+    )
+    html = inline(html_message(body), engine, tmp_path).html_parts()[0].text()
+    assert "color:#333" in style_of(html, ".//p")
+    for kept in (
+        "Hi {{ first_name }},&nbsp;caf&eacute; &copy; &#8217; &amp; &lt;tag&gt;",
+        'href="{{ unsubscribe_url }}"',
+        "href='https://example.com/a b/caf\u00e9?x=1&amp;y=%2F'",
+        'src="https://img.example.com/{% raw %}x{% endraw %}.png"',
+        'alt="&quot;logo&quot;"',
+    ):
+        assert kept in html, kept
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_eight_bit_windows_1251_part_stays_in_its_charset(engine: str, tmp_path: Path) -> None:
+    body = (
+        '<html><head><meta charset="windows-1251"><style>.t { color: #111111; }</style></head>'
+        '<body><p class="t">Привет, мир &#9731;</p></body></html>'
+    )
+    part = inline(html_message(body, "windows-1251"), engine, tmp_path).html_parts()[0]
+    assert (part.charset, part.cte) == ("windows-1251", "8bit")
+    assert "Привет, мир &#9731;" in part.text()
+    assert "color:#111" in style_of(part.text(), ".//p")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_quoted_printable_part_is_reencoded_quoted_printable(engine: str, tmp_path: Path) -> None:
+    raw = (SAMPLES / "11-smtpeter-control-headers.eml").read_bytes()
+    part = inline(raw, engine, tmp_path).html_parts()[0]
+    assert part.cte == "quoted-printable"
+    assert all(len(line) <= 76 for line in part.body.split(b"\r\n"))
+    assert "background-color" in style_of(part.text(), ".//a[@class='button']")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fragment_with_style_is_not_wrapped_in_html_body(engine: str, tmp_path: Path) -> None:
+    body = "<style>p { color: #ff0000; }</style><p>Hi</p>\r\n<p>There</p>\r\n"
+    html = inline(html_message(body), engine, tmp_path).html_parts()[0].text()
+    assert "<html" not in html and "<body" not in html and "<head" not in html
+    assert html.count('<p style="color') == 2
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_parts_without_a_stylesheet_and_other_parts_are_byte_identical(engine: str, tmp_path: Path) -> None:
+    raw = (SAMPLES / "13-tricky-links.eml").read_bytes()  # no <style>: nothing to inline
+    assert inline(raw, engine, tmp_path).as_bytes() == Message(raw).as_bytes()
+    raw = (SAMPLES / "07-attachment-pdf.eml").read_bytes()
+    before, after = Message(raw), inline(raw, engine, tmp_path)
+    changed = [(a.path, a.content_type) for a, b in zip(after.walk(), before.walk(), strict=True)
+               if not a.is_multipart and a.as_bytes() != b.as_bytes()]
+    assert changed == [("1.1.2", "text/html")]
+
+
+def test_cssutils_warnings_are_silenced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Old-IE hacks and unknown @-rules are common in email CSS; cssutils would log each as an ERROR."""
+    body = (
+        "<html><head><style>p { *zoom: 1; color: red;; } @-ms-viewport { width: device-width; }</style>"
+        "</head><body><p>x</p></body></html>"
+    )
+    with caplog.at_level(logging.DEBUG):
+        html = inline(html_message(body), "premailer", tmp_path).html_parts()[0].text()
+    assert "color:red" in style_of(html, ".//p")
+    assert [r for r in caplog.records if r.name.upper().startswith("CSSUTILS")] == []
+
+
+def test_keep_style_tags_keeps_the_original_block(tmp_path: Path) -> None:
+    body = "<html><head><style>p { color: #ff0000; }</style></head><body><p>x</p></body></html>"
+    html = inline(html_message(body), "premailer", tmp_path, keep_style_tags=True).html_parts()[0].text()
+    assert "<style>p { color: #ff0000; }</style>" in html and "color:#f00" in style_of(html, ".//p")
+
+
+def test_unknown_engine_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    cfg = make_config({"plugins": {"css_inline": {"engine": "juice"}}}, ["css_inline"])
+    with pytest.raises(ConfigError, match=r"plugins\.css_inline\.engine: Input should be 'premailer' or 'css_inline'"):
+        make_chain(cfg)
+
+
+def test_inlinecss_off_leaves_the_message_alone(tmp_path: Path) -> None:
+    raw = (SAMPLES / "03-mso-conditional.eml").read_bytes()
+    result = run_chain(raw, ["css_inline"], config={"features": {"inlinecss": False}})
+    assert result.copies[0].data == Message(raw).as_bytes()
