@@ -56,7 +56,7 @@ class Trace:
         lines = []
         for e in self.entries:
             who = f" [{e.recipient}]" if e.recipient else ""
-            lines.append(f"{e.phase:<15} {e.plugin:<20} {e.verdict:<22} {e.ms:8.2f} ms{who}")
+            lines.append(f"{e.phase:<15} {e.plugin:<20} {e.verdict:<26} {e.ms:8.2f} ms{who}")
             if e.error:
                 lines.append(f"{'':<15} error: {e.error}")
             for edit in e.edits:
@@ -133,8 +133,34 @@ class Chain:
         message = ctx.message if ctx is not None else None
         queue_id = ctx.queue_id if ctx is not None else (trace.queue_id if trace else "")
         recipient = ctx.recipient if ctx is not None else None
-        for call in self._calls.get(phase, ()):
+        calls = self._calls.get(phase, ())
+        if not calls:
+            return None
+        alarm = _Deadline.install()
+        try:
+            return await self._run(phase, calls, alarm, features, trace, message, queue_id, recipient, kwargs)
+        finally:
+            if alarm:  # the timer is re-armed per call and left running between calls; stop it once
+                signal.setitimer(signal.ITIMER_REAL, 0)
+
+    async def _run(
+        self,
+        phase: str,
+        calls: list[_Call],
+        alarm: bool,
+        features: Mapping[str, bool] | None,
+        trace: Trace | None,
+        message: Any,
+        queue_id: str,
+        recipient: str | None,
+        kwargs: dict[str, Any],
+    ) -> Verdict | None:
+        for call in calls:
             if call.feature is not None and features is not None and not features.get(call.feature, False):
+                if trace is not None:
+                    trace.entries.append(
+                        TraceEntry(phase, call.plugin, f"skipped ({call.feature} off)", 0.0, recipient=recipient)
+                    )
                 continue
             n_edits = len(message.edits) if message is not None else 0
             args = {k: kwargs[k] for k in call.argnames}
@@ -142,7 +168,7 @@ class Chain:
             token = current_actor.set(call.plugin)
             start = time.perf_counter()
             try:
-                result = self._call_sync(call, args)
+                result = self._call_sync(call, args, alarm)
                 if inspect.isawaitable(result):
                     result = await asyncio.wait_for(result, self.timeout)
                 if result is not None and not isinstance(result, Verdict):
@@ -165,8 +191,14 @@ class Chain:
                 return result
         return None
 
-    def _call_sync(self, call: _Call, args: dict[str, Any]) -> Any:
-        if not _Deadline.install():
+    def _call_sync(self, call: _Call, args: dict[str, Any], alarm: bool) -> Any:
+        """Call the hook; a synchronous one is interrupted by SIGALRM when it overruns.
+
+        Outside the main thread no signal can interrupt it: the overrun is detected afterwards.
+        One ``setitimer`` per call (re-arming replaces the previous deadline); the flag, not a
+        second syscall, makes a late tick between calls harmless.
+        """
+        if not alarm:
             start = time.monotonic()
             result = call.func(**args)
             if not inspect.isawaitable(result) and time.monotonic() - start > self.timeout:
@@ -178,7 +210,6 @@ class Chain:
             return call.func(**args)
         finally:
             _Deadline.armed = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
 
     async def emit(self, event: Event) -> None:
         """Deliver an event to every ``on_event`` hook; errors are logged, never raised."""

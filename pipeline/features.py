@@ -18,6 +18,10 @@ from pipeline.verdicts import Reject
 log = logging.getLogger("smtpgate.features")
 
 CONTROL_PREFIX = "x-smtpeter-"
+#: The switches a message may set by header. The others (dkim, validate, campaign, plugin
+#: features) are policy: only the config and the credential decide them, so a sender cannot
+#: switch off validation or signing with a header.
+HEADER_FEATURES = frozenset({"inlinecss", "trackclicks", "trackopens", "trackbounces"})
 _TRUE = {"true"}
 _FALSE = {"false"}
 
@@ -41,8 +45,8 @@ def resolve_features(
     controls = [h for h in message.headers if h.name.lower().startswith(CONTROL_PREFIX)]
     for header in controls:
         feature = header.name.lower()[len(CONTROL_PREFIX) :]
-        if feature not in features:
-            log.info("ignoring unknown control header %s", header.name)
+        if feature not in HEADER_FEATURES:
+            log.info("ignoring control header %s: not a switch a message may set", header.name)
             continue
         value = header.value.strip().lower()
         if value in _TRUE:

@@ -28,6 +28,11 @@ CRLF = b"\r\n"
 current_actor: contextvars.ContextVar[str] = contextvars.ContextVar("smtpgate_actor", default="core")
 
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' (RFC 5322 ftext)
+_BAD_ADDRESS = re.compile(r"[\s<>\0]")  # would break out of MAIL FROM:<...> / RCPT TO:<...>
+
+ADDRESS_HEADERS = frozenset(
+    ["from", "to", "cc", "bcc", "reply-to", "sender", "resent-from", "resent-to", "resent-cc", "resent-sender"]
+)
 
 
 class MessageError(ValueError):
@@ -56,6 +61,9 @@ def normalize_newlines(raw: bytes) -> bytes:
     """Every line ending becomes CRLF (bare CR and bare LF included)."""
     if b"\r" not in raw:
         return raw.replace(b"\n", CRLF)
+    crlf = raw.count(CRLF)
+    if crlf == raw.count(b"\r") == raw.count(b"\n"):  # already CRLF only: the common case, no copy
+        return raw
     return raw.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
 
 
@@ -77,6 +85,12 @@ def check_header(name: str, value: str) -> None:
         raise MessageError(f"header {name}: value contains CR, LF or NUL")
 
 
+def check_address(address: str) -> None:
+    """Refuse an envelope address that could inject SMTP syntax (whitespace, CR/LF, angle brackets)."""
+    if _BAD_ADDRESS.search(address):
+        raise MessageError(f"invalid envelope address {address!r}")
+
+
 def format_header(name: str, value: str) -> bytes:
     """``Name: value`` as wire bytes: ASCII kept as is (folded if very long), other text RFC 2047-encoded."""
     check_header(name, value)
@@ -87,6 +101,12 @@ def format_header(name: str, value: str) -> bytes:
         return email.header.Header(value, "us-ascii", header_name=name).encode(linesep="\r\n").join(
             [f"{name}: ", ""]
         ).encode("ascii")
+    if name.lower() in ADDRESS_HEADERS:
+        # Encode display names only: an address inside an encoded-word is no address at all.
+        pairs = email.utils.getaddresses([value])
+        if pairs and all(addr and addr.isascii() for _, addr in pairs):
+            encoded = ", ".join(email.utils.formataddr(pair, charset="utf-8") for pair in pairs)
+            return f"{name}: {encoded}".encode("ascii")
     encoded = email.header.Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
     return f"{name}: {encoded}".encode("ascii")
 
@@ -173,21 +193,36 @@ class Part:
 
     # -- structure -------------------------------------------------------------------------
     def _split(self, boundary: bytes) -> None:
-        pat = re.compile(rb"(?:\A|\r\n)--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r\n|\Z)")
-        matches = list(pat.finditer(self.body))
+        # A delimiter is CRLF "--" boundary (or "--" boundary at the very start). The pattern starts
+        # with the literal "--boundary" so the regex engine can scan fast (a leading alternation
+        # made parsing several times slower); the CRLF before it is checked by hand.
+        body = self.body
+        pat = re.compile(rb"--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r\n|\Z)")
+        matches: list[tuple[int, int, bool]] = []  # (start incl. leading CRLF, end, closing)
+        prev_end = 0
+        for m in pat.finditer(body):
+            start = m.start()
+            if start == 0:
+                pass
+            elif start - 2 >= prev_end and body[start - 2 : start] == CRLF:
+                start -= 2
+            else:
+                continue
+            matches.append((start, m.end(), bool(m.group(1))))
+            prev_end = m.end()
         if not matches:
             return  # not really multipart: keep as an opaque leaf
-        self.preamble = self.body[: matches[0].start()]
+        self.preamble = body[: matches[0][0]]
         children: list[Part] = []
         delims: list[bytes] = []
         closed_at: int | None = None
-        for i, m in enumerate(matches):
-            delims.append(m.group(0))
-            if m.group(1):  # closing delimiter: what follows is the epilogue
-                closed_at = m.end()
+        for i, (start, end, closing) in enumerate(matches):
+            delims.append(body[start:end])
+            if closing:  # closing delimiter: what follows is the epilogue
+                closed_at = end
                 break
-            stop = matches[i + 1].start() if i + 1 < len(matches) else len(self.body)
-            children.append(Part(self.body[m.end() : stop], f"{self.path}.{len(children) + 1}"))
+            stop = matches[i + 1][0] if i + 1 < len(matches) else len(body)
+            children.append(Part(body[end:stop], f"{self.path}.{len(children) + 1}"))
         self.epilogue = self.body[closed_at:] if closed_at is not None else b""
         self.children = children
         self._delims = delims
@@ -373,9 +408,16 @@ class Message:
         raw = raw.rstrip(b"\r\n")
         lines = raw.split(CRLF)
         name, sep, _ = lines[0].partition(b":")
-        if not sep or any(not line[:1] in (b" ", b"\t") for line in lines[1:]) or b"\n" in raw.replace(CRLF, b""):
+        unfolded = raw.replace(CRLF, b"")
+        if (
+            not sep
+            or any(line[:1] not in (b" ", b"\t") for line in lines[1:])
+            or b"\n" in unfolded
+            or b"\r" in unfolded
+            or b"\0" in raw
+        ):
             raise MessageError("raw header must be one field, continuation lines indented")
-        header = Header(name.decode("ascii"), raw)
+        header = Header(name.decode("ascii", "replace"), raw)
         check_header(header.name, "")
         self._record("add_header", header.name, header.raw_value)
         self._insert(header, first)
@@ -392,9 +434,10 @@ class Message:
         lname = name.lower()
         found = [h for h in self.root.headers if h.name.lower() == lname]
         if index < len(found):
-            self._record("change_header", name, value)
             h = found[index]
-            h.raw, h._value = format_header(h.name, value), None
+            raw = format_header(h.name, value)  # validate before recording: a refused edit leaves no trace
+            self._record("change_header", name, value)
+            h.raw, h._value = raw, None
             self.root._invalidate()
         else:
             self.add_header(name, value)
@@ -469,12 +512,14 @@ class Message:
 
     def change_sender(self, address: str) -> None:
         """Change the envelope sender (milter chgfrom), e.g. to a VERP bounce address."""
-        check_header("X-Envelope-From", address)
+        check_address(address)
         self._record("change_sender", "MAIL FROM", address)
         self._mail_from = address
 
     def add_recipient(self, address: str) -> None:
-        check_header("X-Envelope-To", address)
+        if not address:
+            raise MessageError("a recipient address cannot be empty")
+        check_address(address)
         self._record("add_rcpt", "RCPT TO", address)
         self._rcpt_tos.append(address)
 

@@ -27,7 +27,7 @@ class Verdict:
 
 
 def _check(code: int, enhanced: str, text: str, first_digit: int, kind: str) -> None:
-    if code // 100 != first_digit:
+    if not isinstance(code, int) or isinstance(code, bool) or code // 100 != first_digit:
         raise VerdictError(f"{kind} needs a {first_digit}xx code, got {code}")
     if not _ENHANCED.match(enhanced) or int(enhanced[0]) != first_digit:
         raise VerdictError(f"{kind} needs an enhanced code {first_digit}.x.y, got {enhanced!r}")
