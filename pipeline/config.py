@@ -94,9 +94,12 @@ class ChainSection(Section):
         default_factory=lambda: [
             "header_validation",
             "campaign_tag",
+            "suppression",
             "css_inline",
             "click_tracking",
             "open_pixel",
+            "bounce_tracking",
+            "list_unsubscribe",
             "dkim_sign",
         ]
     )
@@ -174,6 +177,35 @@ class TrackingSection(Section):
     key_id: str = "k1"
     keys: dict[str, Secret] = Field(default_factory=dict)  # key id -> secret; generated when empty
     bounce_domain: str | None = None
+    # Opens/clicks within this many seconds of delivery, or from a known proxy/scanner user agent,
+    # are flagged as machine-made (the statistics show human and machine counts apart).
+    machine_seconds: float = Field(default=5.0, ge=0)
+    machine_user_agents: list[str] = Field(default_factory=list)  # extra regexes (case-insensitive)
+    # /stats, /api/stats and /metrics: only from these networks, and with this bearer token if set.
+    admin_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    admin_token: Secret | None = None
+
+
+class WebhooksSection(Section):
+    """Global webhook URLs (credentials add their own) and the outbox's retry policy."""
+
+    urls: list[str] = Field(default_factory=list)
+    secret: Secret | None = None  # HMAC key; generated into <data_dir>/webhook.key when unset
+    timeout: float = Field(default=10.0, gt=0)
+    retry_min: float = Field(default=30.0, gt=0)  # first retry delay; doubles per attempt
+    retry_max: float = Field(default=3600.0, gt=0)
+    max_attempts: int = Field(default=20, ge=1)  # then the delivery is marked dead
+    poll_interval: float = Field(default=5.0, gt=0)  # also picks up rows written by other processes
+    concurrency: int = Field(default=4, ge=1)
+
+
+class SuppressionSection(Section):
+    """Which events add an address to the stoplist, and whether it is per credential or global."""
+
+    scope: Literal["credential", "global"] = "credential"
+    hard_bounces: bool = True
+    unsubscribes: bool = True
+    complaints: bool = True
 
 
 class Config(Section):
@@ -202,6 +234,8 @@ class Config(Section):
     egress: EgressSection = Field(default_factory=EgressSection)
     egresses: dict[str, EgressSection] = Field(default_factory=dict)  # named, for per-credential egress
     tracking: TrackingSection = Field(default_factory=TrackingSection)
+    webhooks: WebhooksSection = Field(default_factory=WebhooksSection)
+    suppression: SuppressionSection = Field(default_factory=SuppressionSection)
 
     source: str = Field(default="<defaults>", exclude=True)
 

@@ -8,6 +8,7 @@ processes started by the processing service.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -42,6 +43,13 @@ class Gateway:
         # Domains the gateway itself receives mail for (e.g. the VERP bounce domain): the ingress
         # accepts RCPT for them without AUTH and hands the message to the handler, not the chain.
         self.inbound_handlers: dict[str, Callable[[str, list[str], bytes], Awaitable[None]]] = {}
+        # Process-wide counters for /metrics; keys are "name:label" with bounded label values.
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._events: Any = None
+        if config.tracking.bounce_domain:
+            from pipeline.events.inbound import InboundHandler
+
+            self.inbound_handlers[config.tracking.bounce_domain.lower()] = InboundHandler(self)
 
     def build_services(self, workers: int | None = None) -> None:
         """Create the long-running services, in data-flow order. Each area adds its own line."""
@@ -49,6 +57,9 @@ class Gateway:
         from pipeline.delivery import DeliveryService
 
         self.services.append(DeliveryService(self, workers=workers))  # spool -> workers -> egress, retries
+        from pipeline.tracking import tracking_services
+
+        self.services += tracking_services(self)  # HTTP clicks/opens/unsubscribe/stats, webhook sender
 
     @property
     def spool(self) -> Any:
@@ -59,8 +70,23 @@ class Gateway:
             self._spool = SqliteSpool(self.config.data_dir / "spool.db")
         return self._spool
 
-    async def emit(self, event: Event) -> None:
-        """Record an event and hand it to ``on_event`` plugins."""
+    @property
+    def events(self) -> Any:
+        """The event store, ``<data_dir>/events.db`` (opened on first use, like the spool)."""
+        if self._events is None:
+            from pipeline.events import open_event_store
+
+            self._events = open_event_store(self.config)
+        return self._events
+
+    async def emit(self, event: Event, *, strict: bool = False) -> None:
+        """Record an event (event store, webhook outbox, suppression) and hand it to ``on_event`` plugins.
+
+        A store failure is logged, not raised, unless ``strict`` (see ``pipeline.events.record_event``).
+        """
+        from pipeline.events import record_event
+
+        await record_event(self, event, strict=strict)
         await self.chain.emit(event)
 
     async def start(self) -> None:
@@ -74,6 +100,9 @@ class Gateway:
             await service.stop(grace)
         if self._spool is not None:
             self._spool.close()
+        if self._events is not None:
+            self._events.close()
+            self._events = None
 
     async def serve_forever(self, stop: asyncio.Event) -> None:
         await self.start()

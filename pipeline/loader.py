@@ -36,6 +36,9 @@ BUILTINS: dict[str, str] = {
     "css_inline": "plugins.css_inline:CssInline",
     "click_tracking": "plugins.click_tracking:ClickTracking",
     "open_pixel": "plugins.open_pixel:OpenPixel",
+    "suppression": "plugins.suppression:Suppression",
+    "bounce_tracking": "plugins.bounce_tracking:BounceTracking",
+    "list_unsubscribe": "plugins.list_unsubscribe:ListUnsubscribe",
     "dkim_sign": "plugins.dkim_sign:DkimSign",
 }
 

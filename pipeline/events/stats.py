@@ -1,0 +1,155 @@
+"""Campaign statistics from the event store: per campaign (and per day), with rates, and a
+timeline for the chart. Human and machine opens/clicks are counted apart.
+
+"sent" counts accepted recipient copies; rates are over delivered copies (opens, clicks,
+unsubscribes) or over sent ones (delivery, bounces); unique counts are distinct copies
+(queue id + recipient).
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime
+from typing import Any, Protocol
+
+
+class _Queryable(Protocol):
+    def query(self, sql: str, args: Any = ()) -> list[tuple[Any, ...]]: ...
+
+
+COUNT_COLUMNS: dict[str, str] = {
+    "sent": "SUM(CASE WHEN type = 'accepted' THEN weight ELSE 0 END)",
+    "delivered": "SUM(type = 'delivered')",
+    "bounced": "SUM(type = 'bounced')",
+    "bounced_hard": "SUM(type = 'bounced' AND bounce_class = 'hard')",
+    "bounced_soft": "SUM(type = 'bounced' AND bounce_class = 'soft')",
+    "deferred": "SUM(type = 'deferred')",
+    "expired": "SUM(type = 'expired')",
+    "failed": "SUM(type = 'failed')",
+    "complaints": "SUM(type = 'complained')",
+    "opens": "SUM(type = 'opened' AND machine = 0)",
+    "unique_opens": "COUNT(DISTINCT CASE WHEN type = 'opened' AND machine = 0 THEN {copy} END)",
+    "machine_opens": "SUM(type = 'opened' AND machine = 1)",
+    "unique_machine_opens": "COUNT(DISTINCT CASE WHEN type = 'opened' AND machine = 1 THEN {copy} END)",
+    "clicks": "SUM(type = 'clicked' AND machine = 0)",
+    "unique_clicks": "COUNT(DISTINCT CASE WHEN type = 'clicked' AND machine = 0 THEN {copy} END)",
+    "machine_clicks": "SUM(type = 'clicked' AND machine = 1)",
+    "unique_machine_clicks": "COUNT(DISTINCT CASE WHEN type = 'clicked' AND machine = 1 THEN {copy} END)",
+    "unsubscribes": "COUNT(DISTINCT CASE WHEN type = 'unsubscribed' THEN {copy} END)",
+}
+_COPY = "COALESCE(queue_id, '') || '|' || COALESCE(recipient, '')"
+
+TIMELINE_TYPES = ("accepted", "delivered", "bounced", "opened", "clicked", "unsubscribed", "complained")
+
+
+def parse_date(text: str, *, end: bool = False) -> float:
+    """``YYYY-MM-DD`` (UTC; the end of that day when ``end``) or an ISO date-time, as a timestamp."""
+    text = text.strip()
+    try:
+        if len(text) == 10:
+            day = datetime.date.fromisoformat(text)
+            ts = float(calendar.timegm(day.timetuple()))
+            return ts + 86400 if end else ts
+        dt = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"invalid date {text!r}: expected YYYY-MM-DD or an ISO date-time") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=datetime.UTC)
+    return dt.timestamp()
+
+
+def _ratio(num: int, den: int) -> float:
+    return round(num / den, 4) if den else 0.0
+
+
+def add_rates(row: dict[str, Any]) -> dict[str, Any]:
+    sent, delivered = row["sent"], row["delivered"]
+    row["delivery_rate"] = _ratio(delivered, sent)
+    row["bounce_rate"] = _ratio(row["bounced"], sent)
+    row["open_rate"] = _ratio(row["unique_opens"], delivered)
+    row["click_rate"] = _ratio(row["unique_clicks"], delivered)
+    row["click_to_open_rate"] = _ratio(row["unique_clicks"], row["unique_opens"])
+    row["unsubscribe_rate"] = _ratio(row["unsubscribes"], delivered)
+    row["complaint_rate"] = _ratio(row["complaints"], delivered)
+    return row
+
+
+def _where(campaign: str | None, since: float | None, until: float | None) -> tuple[str, list[Any]]:
+    clauses, args = [], []
+    if campaign is not None:
+        clauses.append("COALESCE(campaign_id, '') = ?")
+        args.append(campaign)
+    if since is not None:
+        clauses.append("time >= ?")
+        args.append(since)
+    if until is not None:
+        clauses.append("time < ?")
+        args.append(until)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+def campaign_stats(
+    store: _Queryable,
+    *,
+    campaign: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    by_day: bool = False,
+) -> list[dict[str, Any]]:
+    """One row per campaign (``""`` for mail without one), or per campaign and UTC day."""
+    cols = ", ".join(f"{expr.format(copy=_COPY)} AS {name}" for name, expr in COUNT_COLUMNS.items())
+    where, args = _where(campaign, since, until)
+    keys = "COALESCE(campaign_id, ''), day" if by_day else "COALESCE(campaign_id, '')"
+    sql = f"SELECT {keys}, {cols} FROM events{where} GROUP BY {keys} ORDER BY {keys}"
+    out = []
+    for row in store.query(sql, args):
+        head = {"campaign": row[0]}
+        rest = row[1:]
+        if by_day:
+            head["day"] = row[1]
+            rest = row[2:]
+        counts = {name: int(v or 0) for name, v in zip(COUNT_COLUMNS, rest, strict=True)}
+        out.append(add_rates({**head, **counts}))
+    return out
+
+
+def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum of per-campaign rows (unique counts add up: a copy belongs to one campaign)."""
+    total = {name: sum(int(r[name]) for r in rows) for name in COUNT_COLUMNS}
+    return add_rates(total)
+
+
+def timeline(
+    store: _Queryable, *, campaign: str | None = None, since: float | None = None, until: float | None = None
+) -> dict[str, Any]:
+    """Event counts per time bucket (hours when the data spans two days or less, else days)."""
+    where, args = _where(campaign, since, until)
+    span = store.query(f"SELECT MIN(time), MAX(time) FROM events{where}", args)
+    lo, hi = span[0] if span else (None, None)
+    if lo is None:
+        return {"bucket": "day", "labels": [], "series": {t: [] for t in TIMELINE_TYPES}}
+    hourly = hi - lo <= 2 * 86400
+    fmt = "%Y-%m-%d %H:00" if hourly else "%Y-%m-%d"
+    rows = store.query(
+        f"SELECT strftime('{fmt}', time, 'unixepoch') AS b, type, COUNT(*) FROM events{where} GROUP BY b, type", args
+    )
+    labels = sorted({r[0] for r in rows})
+    index = {label: i for i, label in enumerate(labels)}
+    series = {t: [0] * len(labels) for t in TIMELINE_TYPES}
+    for b, type_, n in rows:
+        if type_ in series:
+            series[type_][index[b]] = int(n)
+    return {"bucket": "hour" if hourly else "day", "labels": labels, "series": series}
+
+
+def stats_report(
+    store: _Queryable, *, campaign: str | None = None, since: float | None = None, until: float | None = None
+) -> dict[str, Any]:
+    """What ``GET /api/stats`` returns: campaigns, days, totals and the timeline."""
+    campaigns = campaign_stats(store, campaign=campaign, since=since, until=until)
+    return {
+        "campaigns": campaigns,
+        "days": campaign_stats(store, campaign=campaign, since=since, until=until, by_day=True),
+        "totals": totals(campaigns),
+        "timeline": timeline(store, campaign=campaign, since=since, until=until),
+    }

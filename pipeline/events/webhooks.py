@@ -1,0 +1,223 @@
+"""Webhooks: every event, as JSON, to the URLs of its credential and the global ones.
+
+Deliveries sit in the outbox table of the event store (written in the same transaction as the
+event), so a crash or restart loses none: the sender picks up whatever is pending when it
+starts. Delivery is at least once; receivers de-duplicate on ``X-Smtpgate-Event-Id``.
+
+Each request carries ``X-Smtpgate-Timestamp`` (Unix seconds of this attempt) and
+``X-Smtpgate-Signature: sha256=<hex>``, the HMAC-SHA256 of ``"{timestamp}.{body}"`` with the
+webhook secret; a receiver recomputes it and refuses old timestamps, which stops replays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from pipeline.events.sqlite import OutboxItem, SqliteEventStore, StoredEvent
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
+
+log = logging.getLogger("smtpgate.webhooks")
+
+USER_AGENT = "smtpgate-webhooks/1"
+
+
+def load_webhook_secret(config: Config) -> bytes:
+    """The configured secret, or one generated once into ``<data_dir>/webhook.key`` (mode 0600)."""
+    if config.webhooks.secret:
+        return config.webhooks.secret.encode("utf-8")
+    path = config.data_dir / "webhook.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(32))
+    return path.read_text().strip().encode("utf-8")
+
+
+def sign_webhook(secret: bytes, timestamp: str, body: bytes) -> str:
+    """``sha256=<hex>`` over ``"{timestamp}.{body}"``."""
+    mac = hmac.new(secret, timestamp.encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={mac}"
+
+
+def verify_webhook(
+    secret: bytes, timestamp: str, body: bytes, signature: str, *, tolerance: float = 300.0, now: float | None = None
+) -> bool:
+    """What a receiver does: the signature matches and the timestamp is recent (no replays)."""
+    try:
+        ts = int(timestamp)
+    except ValueError:
+        return False
+    if abs((time.time() if now is None else now) - ts) > tolerance:
+        return False
+    return hmac.compare_digest(sign_webhook(secret, timestamp, body), signature)
+
+
+def webhook_payload(stored: StoredEvent) -> dict[str, Any]:
+    """The JSON body: the event, its id, and the letter id also as Sendsay's ``gate.uniq``."""
+    e = stored.event
+    body: dict[str, Any] = {
+        "id": stored.id,
+        "event": e.type,
+        "time": e.time,
+        "queue_id": e.queue_id,
+        "recipient": e.recipient,
+        "credential": e.credential,
+        "campaign_id": e.campaign_id,
+        "letter_id": e.letter_id,
+        "gate": {"uniq": e.letter_id},
+        "machine": stored.machine,
+        "data": e.data,
+    }
+    if e.url is not None:
+        body["url"] = e.url
+    if stored.bounce_class is not None:
+        body["bounce_class"] = stored.bounce_class
+    return body
+
+
+def webhook_urls(config: Config, credential: str | None, lookup: Callable[[str], Iterable[str]] | None = None) -> list[str]:
+    """Global URLs plus the credential's (from the config file, and ``lookup`` for stored ones)."""
+    urls = list(config.webhooks.urls)
+    if credential:
+        for cred in config.credentials:
+            if cred.name == credential:
+                urls.extend(cred.webhooks)
+        if lookup is not None:
+            urls.extend(lookup(credential))
+    return list(dict.fromkeys(urls))
+
+
+class WebhookSender:
+    """The service that drains the outbox: concurrent POSTs, exponential backoff, then ``dead``."""
+
+    name = "webhooks"
+
+    def __init__(self, store: SqliteEventStore, config: Config) -> None:
+        self.store = store
+        self.cfg = config.webhooks
+        self.secret = load_webhook_secret(config)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[int] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self.sent = 0
+        self.failures = 0
+
+    def wake(self) -> None:
+        """A new delivery was queued: look now instead of at the next poll."""
+        self._wake.set()
+
+    def backoff(self, attempts: int) -> float:
+        """Delay before the next try after ``attempts`` failed ones (doubling, capped)."""
+        return float(min(self.cfg.retry_max, self.cfg.retry_min * 2 ** max(attempts - 1, 0)))
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.cfg.timeout), headers={"User-Agent": USER_AGENT}
+        )
+        self._task = asyncio.create_task(self._run(), name="webhook-sender")
+
+    async def stop(self, grace: float) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _run(self) -> None:
+        sem = asyncio.Semaphore(self.cfg.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    items = self.store.due_webhooks(time.time(), self.cfg.concurrency * 4, tuple(self._inflight))
+                except Exception as exc:  # a locked or broken DB must not kill the sender
+                    log.error("webhook outbox read failed: %s", exc)
+                    items = []
+                for item in items:
+                    self._inflight.add(item.id)
+                    task = asyncio.create_task(self._deliver(item, sem))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                await self._sleep()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _sleep(self) -> None:
+        delay = self.cfg.poll_interval
+        with contextlib.suppress(Exception):
+            nxt = self.store.next_webhook_at()
+            if nxt is not None:
+                delay = min(delay, max(nxt - time.time(), 0.0))
+        if delay <= 0 and self._inflight:
+            delay = 0.05  # everything due is in flight: don't spin
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _deliver(self, item: OutboxItem, sem: asyncio.Semaphore) -> None:
+        try:
+            async with sem:
+                error = await self._post(item)
+            attempts = item.attempts + 1
+            if error is None:
+                await asyncio.to_thread(self.store.webhook_delivered, item.id)
+                self.sent += 1
+                return
+            self.failures += 1
+            give_up = attempts >= self.cfg.max_attempts
+            nxt = None if give_up else time.time() + self.backoff(attempts)
+            log.warning(
+                "webhook %s event %s attempt %d failed: %s%s",
+                item.url, item.event.id, attempts, error, " (giving up)" if give_up else "",
+            )
+            await asyncio.to_thread(self.store.webhook_failed, item.id, error, nxt)
+        except Exception as exc:
+            log.error("webhook %s: cannot record attempt: %s", item.id, exc)
+        finally:
+            self._inflight.discard(item.id)
+            self._wake.set()
+
+    async def _post(self, item: OutboxItem) -> str | None:
+        """One attempt; ``None`` on a 2xx answer, else what went wrong."""
+        assert self._session is not None
+        body = json.dumps(webhook_payload(item.event), separators=(",", ":"), default=str).encode("utf-8")
+        ts = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "X-Smtpgate-Event": item.event.event.type,
+            "X-Smtpgate-Event-Id": str(item.event.id),
+            "X-Smtpgate-Timestamp": ts,
+            "X-Smtpgate-Signature": sign_webhook(self.secret, ts, body),
+        }
+        if item.event.event.letter_id:
+            headers["X-Letter-Id"] = item.event.event.letter_id
+        try:
+            async with self._session.post(item.url, data=body, headers=headers, allow_redirects=False) as resp:
+                await resp.read()
+                if 200 <= resp.status < 300:
+                    return None
+                return f"HTTP {resp.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            return f"{type(exc).__name__}: {exc}"[:300]

@@ -1,0 +1,249 @@
+"""The tracking endpoints.
+
+- ``GET /c/{token}``: a genuine click token records ``clicked`` and answers ``302`` to exactly the
+  signed URL; anything else (tampered, truncated, another key, another kind) is a 404 page,
+  never a redirect, so the service can't be used as an open redirect.
+- ``GET /o/{token}.gif``: always the 1x1 GIF with ``Cache-Control: no-store``; only a genuine
+  open token records ``opened``.
+- ``GET /u/{token}``: a confirmation page with a button; ``POST /u/{token}`` (RFC 8058 one-click)
+  records ``unsubscribed`` (which suppresses the address) and answers 200, never a redirect.
+- ``/healthz``; ``/metrics``, ``/api/stats`` and ``/stats`` for admin networks (and token) only.
+
+Recording waits for the event store's group commit but at most ``RECORD_TIMEOUT`` seconds:
+a redirect must not wait on a stuck disk (the commit still completes in the background).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import html
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from pipeline.config import ConfigError
+from pipeline.context import Event
+from pipeline.events.machine import MachineDetector
+from pipeline.events.stats import parse_date, stats_report
+from pipeline.tokens import load_signer
+from pipeline.tracking.metrics import render_metrics
+from pipeline.tracking.page import render_stats_page
+
+log = logging.getLogger("smtpgate.tracking")
+
+RECORD_TIMEOUT = 2.0
+
+PIXEL = (
+    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
+    b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+)
+NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0", "Pragma": "no-cache", "Expires": "0"}
+
+_NOT_FOUND = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Link not found</title></head>
+<body><h1>Link not found</h1><p>This link is not valid. Check that it was copied completely.</p></body></html>"""
+
+_UNSUB_FORM = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Unsubscribe</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body style="font-family: sans-serif; max-width: 32em; margin: 3em auto">
+<h1>Unsubscribe</h1><p>Stop sending mail to <strong>{address}</strong>?</p>
+<form method="post"><input type="hidden" name="List-Unsubscribe" value="One-Click">
+<button type="submit" id="unsubscribe">Unsubscribe</button></form></body></html>"""
+
+_UNSUB_DONE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Unsubscribed</title></head>
+<body style="font-family: sans-serif; max-width: 32em; margin: 3em auto">
+<h1>You are unsubscribed</h1><p><strong>{address}</strong> will get no more of these messages.</p></body></html>"""
+
+
+def _safe_url(url: Any) -> bool:
+    """Only http(s) URLs without control characters are redirect targets, even when signed."""
+    if not isinstance(url, str) or not url:
+        return False
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        return False
+    return url.lower().startswith(("http://", "https://"))
+
+
+class TrackingApp:
+    """Handlers bound to one gateway (its signer, event store and counters)."""
+
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway
+        cfg = gateway.config.tracking
+        self.signer = load_signer(cfg.keys, cfg.key_id, gateway.config.data_dir)
+        self.detector = MachineDetector(cfg.machine_user_agents, cfg.machine_seconds)
+        try:
+            self.admin_networks = [ipaddress.ip_network(n, strict=False) for n in cfg.admin_networks]
+        except ValueError as exc:
+            raise ConfigError(f"{gateway.config.source}: tracking.admin_networks: {exc}") from None
+        self.admin_token = cfg.admin_token
+        self.counters = gateway.counters
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _payload(self, token: str, kind: str) -> dict[str, Any] | None:
+        payload = self.signer.verify(token)
+        if payload is None or payload.get("k") != kind:
+            return None
+        return payload
+
+    def _event(self, type_: str, payload: dict[str, Any], request: web.Request, **extra: Any) -> Event:
+        data: dict[str, Any] = {}
+        ua = request.headers.get("User-Agent", "")
+        now = time.time()
+        if type_ in ("opened", "clicked"):
+            delivered = None
+            if payload.get("q") and payload.get("r") and self.detector.seconds > 0:
+                try:
+                    delivered = self.gateway.events.delivered_at(payload["q"], payload["r"])
+                except Exception as exc:  # a busy database must not break a redirect
+                    log.warning("delivered_at look-up failed: %s", exc)
+            reason = self.detector.reason(ua, now, delivered)
+            data["machine"] = reason is not None
+            if reason:
+                data["machine_reason"] = reason
+        data["user_agent"] = ua[:300]
+        return Event(
+            type=type_, queue_id=payload.get("q"), recipient=payload.get("r"), credential=payload.get("s"),
+            campaign_id=payload.get("c"), letter_id=payload.get("l"), time=now, data=data, **extra,
+        )
+
+    async def _record(self, event: Event, *, strict: bool = False) -> bool:
+        """Record within ``RECORD_TIMEOUT``; ``False`` if that failed or took too long."""
+        task = asyncio.ensure_future(self.gateway.emit(event, strict=strict))
+        try:
+            await asyncio.wait_for(asyncio.shield(task), RECORD_TIMEOUT)
+            return True
+        except TimeoutError:
+            log.warning("recording %s took over %g s; answering anyway", event.type, RECORD_TIMEOUT)
+            return False
+        except Exception as exc:
+            log.error("recording %s failed: %s", event.type, exc)
+            return False
+
+    def _admin_ok(self, request: web.Request) -> bool:
+        try:
+            peer = ipaddress.ip_address((request.remote or "").split("%")[0])
+        except ValueError:
+            return False
+        if not any(peer in net for net in self.admin_networks):
+            return False
+        if self.admin_token:
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            given = given or request.query.get("token", "")
+            return hmac.compare_digest(given.encode(), self.admin_token.encode())
+        return True
+
+    @staticmethod
+    def _not_found() -> web.Response:
+        return web.Response(status=404, text=_NOT_FOUND, content_type="text/html", headers=NO_STORE)
+
+    # -- handlers -----------------------------------------------------------------------------
+    async def click(self, request: web.Request) -> web.Response:
+        payload = self._payload(request.match_info["token"], "c")
+        url = payload.get("u") if payload else None
+        if payload is None or not _safe_url(url):
+            self.counters["clicks_total:invalid"] += 1
+            return self._not_found()
+        assert isinstance(url, str)
+        await self._record(self._event("clicked", payload, request, url=url))
+        return web.Response(status=302, headers={"Location": url, **NO_STORE})
+
+    async def open(self, request: web.Request) -> web.Response:
+        payload = self._payload(request.match_info["token"], "o")
+        if payload is not None:
+            await self._record(self._event("opened", payload, request))
+        else:
+            self.counters["opens_total:invalid"] += 1
+        return web.Response(body=PIXEL, content_type="image/gif", headers=NO_STORE)
+
+    async def unsubscribe_form(self, request: web.Request) -> web.Response:
+        payload = self._payload(request.match_info["token"], "u")
+        if payload is None:
+            return self._not_found()
+        page = _UNSUB_FORM.format(address=html.escape(str(payload.get("r") or "this address")))
+        return web.Response(text=page, content_type="text/html", headers=NO_STORE)
+
+    async def unsubscribe(self, request: web.Request) -> web.Response:
+        payload = self._payload(request.match_info["token"], "u")
+        if payload is None:
+            return self._not_found()
+        await request.read()  # "List-Unsubscribe=One-Click" (RFC 8058); any body is accepted
+        if not await self._record(self._event("unsubscribed", payload, request), strict=True):
+            return web.Response(status=503, text="Try again later", headers={"Retry-After": "60", **NO_STORE})
+        page = _UNSUB_DONE.format(address=html.escape(str(payload.get("r") or "this address")))
+        return web.Response(text=page, content_type="text/html", headers=NO_STORE)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        try:
+            await asyncio.to_thread(self.gateway.events.counts_by_type)
+        except Exception as exc:
+            return web.Response(status=503, text=f"event store: {exc}\n")
+        return web.Response(text="ok\n")
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        if not self._admin_ok(request):
+            return web.Response(status=403, text="forbidden\n")
+        text = await asyncio.to_thread(render_metrics, self.gateway)
+        return web.Response(text=text, content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type": "text/plain; version=0.0.4"})
+
+    def _stats_args(self, request: web.Request) -> dict[str, Any]:
+        q = request.query
+        args: dict[str, Any] = {"campaign": q.get("campaign") or None}
+        args["since"] = parse_date(q["since"]) if q.get("since") else None
+        args["until"] = parse_date(q["until"], end=True) if q.get("until") else None
+        return args
+
+    async def api_stats(self, request: web.Request) -> web.Response:
+        if not self._admin_ok(request):
+            return web.json_response({"error": "forbidden"}, status=403)
+        try:
+            args = self._stats_args(request)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        report = await asyncio.to_thread(stats_report, self.gateway.events, **args)
+        return web.json_response(report, headers=NO_STORE)
+
+    async def stats_page(self, request: web.Request) -> web.Response:
+        if not self._admin_ok(request):
+            return web.Response(status=403, text="forbidden\n")
+        try:
+            args = self._stats_args(request)
+        except ValueError as exc:
+            return web.Response(status=400, text=f"{exc}\n")
+        report = await asyncio.to_thread(stats_report, self.gateway.events, **args)
+        query = {k: request.query.get(k, "") for k in ("campaign", "since", "until")}
+        return web.Response(text=render_stats_page(report, query), content_type="text/html", headers=NO_STORE)
+
+
+def _count_requests(counters: Any) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        name = request.match_info.route.name or "other"
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:
+            counters[f"http_requests_total:{name}|{exc.status}"] += 1
+            raise
+        counters[f"http_requests_total:{name}|{resp.status}"] += 1
+        return resp
+
+    return middleware
+
+
+def build_app(gateway: Any) -> web.Application:
+    t = TrackingApp(gateway)
+    app = web.Application(middlewares=[_count_requests(gateway.counters)], client_max_size=64 * 1024)
+    app.router.add_get("/c/{token}", t.click, name="click")
+    app.router.add_get("/o/{token}.gif", t.open, name="open")
+    app.router.add_get("/u/{token}", t.unsubscribe_form, name="unsubscribe_form")
+    app.router.add_post("/u/{token}", t.unsubscribe, name="unsubscribe")
+    app.router.add_get("/healthz", t.healthz, name="healthz")
+    app.router.add_get("/metrics", t.metrics, name="metrics")
+    app.router.add_get("/api/stats", t.api_stats, name="api_stats")
+    app.router.add_get("/stats", t.stats_page, name="stats")
+    return app

@@ -1,0 +1,64 @@
+"""bounce_tracking: the envelope sender of each recipient copy becomes a VERP address
+``bounces+{token}@{bounce_domain}`` (feature ``trackbounces``), so a bounce names its copy.
+
+The token is signed with the tracking keys (kind ``b``) and carries only the queue id and the
+recipient, to stay short: the campaign, letter id and credential are looked up from the event
+store when the bounce arrives. The gateway accepts mail for the bounce domain and turns DSNs and
+ARF reports into ``bounced`` / ``complained`` events (``pipeline.events.inbound``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import field_validator
+
+from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, TempFail, Verdict, hookimpl
+from pipeline.tokens import TokenSigner, load_signer
+
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$|^localhost$")
+
+
+class BounceTracking(Plugin):
+    """Per recipient copy: MAIL FROM := bounces+token@bounce_domain."""
+
+    name = "bounce_tracking"
+    feature = "trackbounces"
+    version = "1.0"
+
+    class Config(PluginConfig):
+        prefix: str = "bounces"
+
+        @field_validator("prefix")
+        @classmethod
+        def _prefix(cls, v: str) -> str:
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,20}", v):
+                raise ValueError("prefix must be 1-20 letters, digits, '_' or '-'")
+            return v
+
+    def __init__(self, config: Any, env: PluginEnv) -> None:
+        super().__init__(config, env)
+        tracking = env.config.tracking
+        self.domain = tracking.bounce_domain
+        if self.domain is not None and not _DOMAIN.match(self.domain):
+            raise ValueError(f"tracking.bounce_domain {self.domain!r} is not a domain name")
+        if self.domain is None and env.config.features.get("trackbounces"):
+            raise ValueError("features.trackbounces is on but tracking.bounce_domain is not set")
+        self.signer: TokenSigner = load_signer(tracking.keys, tracking.key_id, env.data_dir)
+
+    def address(self, ctx: MessageContext) -> str:
+        token = self.signer.sign({"k": "b", "q": ctx.queue_id, "r": ctx.recipient})
+        return f"{self.config.prefix}+{token}@{self.domain}"
+
+    @hookimpl
+    def on_personalize(self, ctx: MessageContext) -> Verdict | None:
+        if not ctx.message.mail_from:
+            return None  # a null sender (a bounce we relay) must stay null: bounces never bounce
+        if self.domain is None:
+            # Asked for by a credential or header but not configured: hold the mail (and log)
+            # rather than send it untracked.
+            self.log.error("trackbounces requested for %s but tracking.bounce_domain is not set", ctx.queue_id)
+            return TempFail(451, "4.3.5", "Bounce tracking is not configured")
+        ctx.message.change_sender(self.address(ctx))
+        return None

@@ -1,0 +1,82 @@
+"""list_unsubscribe: per recipient copy, ``List-Unsubscribe: <{base_url}/u/{token}>`` (RFC 2369)
+and ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058), where the credential
+enables it (``list_unsubscribe = true``) or ``[plugins.list_unsubscribe] always = true``.
+
+With ``mailto = true`` (and ``[tracking] bounce_domain`` set) the header also offers
+``<mailto:unsubscribe+{token}@{bounce_domain}>``, which the gateway's bounce-domain handler
+turns into an ``unsubscribed`` event. A sender's own List-Unsubscribe is kept unless
+``replace = true``. Runs before the signer, so DKIM signs both fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import field_validator
+
+from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Verdict, hookimpl
+from pipeline.tokens import TokenSigner, load_signer
+
+
+class ListUnsubscribe(Plugin):
+    """One-click unsubscribe headers with a signed per-recipient token."""
+
+    name = "list_unsubscribe"
+    version = "1.0"
+
+    class Config(PluginConfig):
+        always: bool = False  # for every credential, not only those with list_unsubscribe = true
+        mailto: bool = False
+        replace: bool = False
+        base_url: str | None = None  # default: [tracking] base_url
+
+        @field_validator("base_url")
+        @classmethod
+        def _base(cls, v: str | None) -> str | None:
+            if v is not None and not v.lower().startswith(("http://", "https://")):
+                raise ValueError(f"base_url must be an absolute http:// or https:// URL, got {v!r}")
+            return v
+
+    def __init__(self, config: Any, env: PluginEnv) -> None:
+        super().__init__(config, env)
+        tracking = env.config.tracking
+        self.base_url = (config.base_url or tracking.base_url).rstrip("/")
+        if not self.base_url.lower().startswith("https://"):
+            self.log.debug("List-Unsubscribe base URL is not https (%s); Gmail and Yahoo expect https", self.base_url)
+        self.domain = tracking.bounce_domain
+        if config.mailto and not self.domain:
+            raise ValueError("mailto = true needs [tracking] bounce_domain (the address that receives it)")
+        self.signer: TokenSigner = load_signer(tracking.keys, tracking.key_id, env.data_dir)
+
+    def enabled_for(self, ctx: MessageContext) -> bool:
+        return self.config.always or bool(ctx.credential and ctx.credential.list_unsubscribe)
+
+    def header_value(self, ctx: MessageContext) -> str:
+        token = self.signer.sign(
+            {
+                "k": "u",
+                "q": ctx.queue_id,
+                "r": ctx.recipient,
+                "c": ctx.campaign_id,
+                "l": ctx.letter_id,
+                "s": ctx.credential.name if ctx.credential else None,
+            }
+        )
+        value = f"<{self.base_url}/u/{token}>"
+        if self.config.mailto:
+            value += f", <mailto:unsubscribe+{token}@{self.domain}?subject=unsubscribe>"
+        return value
+
+    @hookimpl
+    def on_personalize(self, ctx: MessageContext) -> Verdict | None:
+        if not self.enabled_for(ctx) or not ctx.recipient:
+            return None
+        message = ctx.message
+        if "List-Unsubscribe" in message:
+            if not self.config.replace:
+                return None
+            message.remove_header("List-Unsubscribe")
+            message.remove_header("List-Unsubscribe-Post")
+        message.add_header("List-Unsubscribe", self.header_value(ctx))
+        message.add_header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
+        return None
