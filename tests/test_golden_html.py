@@ -1,0 +1,121 @@
+"""Golden tests: css_inline + click_tracking + open_pixel together over every sample and every real
+template in ../shared/corpus/eml, with both CSS engines.
+
+What must hold for each output: the standard library parses it and decodes the HTML to the same
+text we produced; doctype and conditional comments are intact; every tracked link decodes to
+exactly the URL the original href meant; one pixel per HTML part; attachments and text/plain
+parts are byte-identical.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lxml import etree
+
+from pipeline import Message
+from pipeline.html import count_conditional_comments
+from pipeline.testing import run_chain
+from pipeline.tokens import TokenSigner
+from tests.conftest import corpus_files, sample_files
+
+BASE = "https://track.example.net"
+KEY = "golden-secret"
+SIGNER = TokenSigner({"k1": KEY.encode()}, "k1")
+CLICK = re.compile(re.escape(BASE) + r"/c/([A-Za-z0-9_-]+\.k1\.[A-Za-z0-9_-]+)")
+PIXEL = re.compile(r'<img src="' + re.escape(BASE) + r'/o/([A-Za-z0-9_-]+\.k1\.[A-Za-z0-9_-]+)\.gif"')
+COND_BLOCK = re.compile(r"<!--\[if.*?-->|<!--<!\[endif\]-->", re.DOTALL | re.IGNORECASE)  # each comment on its own
+DOCTYPE = re.compile(r"\A\s*(<!doctype[^>]*>)", re.IGNORECASE)
+RCPTS = ["first@example.com", "second@example.org"]
+
+
+def run_all(raw: bytes, engine: str, tmp_path: Path) -> list[Message]:
+    config: dict[str, Any] = {
+        "gateway": {"data_dir": str(tmp_path / "data")},
+        "tracking": {"keys": {"k1": KEY}, "base_url": BASE},
+        "plugins": {"css_inline": {"engine": engine}},
+        "features": {"inlinecss": True, "trackclicks": True, "trackopens": True},
+    }
+    result = run_chain(raw, ["css_inline", "click_tracking", "open_pixel"], config=config, rcpt_tos=RCPTS)
+    assert result.verdict is None
+    assert [c.recipient for c in result.copies] == RCPTS
+    assert all(c.deliverable for c in result.copies), [c.verdict for c in result.copies]
+    return [Message(c.data) for c in result.copies]
+
+
+def lxml_hrefs(html: str) -> list[str]:
+    root = etree.fromstring(html, etree.HTMLParser())
+    return [] if root is None else [a.get("href") for a in root.iter("a") if a.get("href") is not None]
+
+
+def control_headers_removed(raw: bytes) -> Message:
+    """The input as the chain sees it after admission (X-SMTPeter-* headers consumed)."""
+    msg = Message(raw)
+    for name in {h.name for h in msg.headers if h.name.lower().startswith("x-smtpeter-")}:
+        msg.remove_header(name)
+    return msg
+
+
+@pytest.mark.parametrize("engine", ["premailer", "css_inline"])
+@pytest.mark.parametrize("path", sample_files() + corpus_files(), ids=lambda p: p.name)
+def test_all_html_plugins_golden(path: Path, engine: str, tmp_path: Path) -> None:
+    raw = path.read_bytes()
+    before = control_headers_removed(raw)
+    tracks_clicks = "X-SMTPeter-TrackClicks: false" not in raw.decode("ascii", "replace")
+    for rcpt, after in zip(RCPTS, run_all(raw, engine, tmp_path), strict=True):
+        # 1. the standard library parses it, and decodes each HTML part to the text we wrote
+        parsed = email.message_from_bytes(after.as_bytes(), policy=email.policy.default)
+        std_html = [p for p in parsed.walk() if p.get_content_type() == "text/html" and not p.is_attachment()]
+        assert len(std_html) == len(after.html_parts())
+        for std, ours in zip(std_html, after.html_parts(), strict=True):
+            assert std.get_content().replace("\r\n", "\n") == ours.text().replace("\r\n", "\n")
+
+        # 2. MIME structure kept; attachments and text/plain parts byte-identical
+        old_leaves = [p for p in before.walk() if not p.is_multipart]
+        new_leaves = [p for p in after.walk() if not p.is_multipart]
+        assert [(p.path, p.content_type) for p in new_leaves] == [(p.path, p.content_type) for p in old_leaves]
+        for old, new in zip(old_leaves, new_leaves, strict=True):
+            if old.content_type != "text/html" or old.is_attachment:
+                assert new.as_bytes() == old.as_bytes(), old.path
+            else:
+                assert (new.charset or "us-ascii").lower() == (old.charset or "us-ascii").lower()
+
+        for old_part, new_part in zip(before.html_parts(), after.html_parts(), strict=True):
+            old, new = old_part.text(), new_part.text()
+            # 3. doctype and conditional comments
+            d_old, d_new = DOCTYPE.match(old), DOCTYPE.match(new)
+            assert (d_new and d_new.group(1)) == (d_old and d_old.group(1))
+            assert count_conditional_comments(new) == count_conditional_comments(old)
+            assert [b.replace("\r\n", "\n") for b in COND_BLOCK.findall(new)] == [
+                b.replace("\r\n", "\n") for b in COND_BLOCK.findall(old)
+            ]
+            # 4. every tracked link decodes to exactly the original href, in document order
+            restored = []
+            for href in lxml_hrefs(new):
+                m = CLICK.fullmatch(href)
+                if m:
+                    payload = SIGNER.verify(m.group(1))
+                    assert payload is not None and payload["r"] == rcpt and payload["k"] == "c"
+                    restored.append(payload["u"])
+                else:
+                    restored.append(href)
+            assert restored == lxml_hrefs(old)
+            if not tracks_clicks:
+                assert not CLICK.search(new)
+            # 5. exactly one pixel, for this recipient
+            pixels = PIXEL.findall(new)
+            assert len(pixels) == 1
+            assert SIGNER.verify(pixels[0])["r"] == rcpt
+
+
+def test_golden_inputs_are_present() -> None:
+    """The golden test above is vacuous without its inputs."""
+    assert len(sample_files()) >= 18
+    assert len(corpus_files()) >= 11
+    tracked_samples = [p for p in sample_files() if "<a " in p.read_text("latin-1")]
+    assert len(tracked_samples) >= 10
