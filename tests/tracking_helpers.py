@@ -1,0 +1,41 @@
+"""Shared helpers for the tracking/events tests: a gateway with the tracking services on port 0."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.gateway import Gateway
+from pipeline.testing import make_config
+from pipeline.tokens import TokenSigner
+from pipeline.tracking import TrackingService
+
+KEY = "test-tracking-key-one"
+HUMAN_UA = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+
+
+def tracking_config(data_dir: Path, overrides: dict[str, Any] | None = None, plugins: list[str] | None = None) -> Any:
+    data: dict[str, Any] = {
+        "gateway": {"data_dir": str(data_dir), "hostname": "gw.test"},
+        "tracking": {"listen_port": 0, "keys": {"k1": KEY}, "key_id": "k1", "base_url": "https://t.example.com"},
+        "webhooks": {"secret": "whsec-test", "retry_min": 0.2, "retry_max": 1.0, "poll_interval": 0.2},
+    }
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return make_config(data, plugins or [])
+
+
+def signer() -> TokenSigner:
+    return TokenSigner({"k1": KEY.encode()}, "k1")
+
+
+async def start_tracking(config: Any) -> tuple[Gateway, TrackingService]:
+    """A gateway running only the tracking HTTP service (ephemeral port)."""
+    gw = Gateway(config)
+    service = TrackingService(gw, port=0)
+    gw.services = [service]
+    await gw.start()
+    return gw, service
