@@ -9,7 +9,6 @@ from pathlib import Path
 import dns.name
 import dns.resolver
 import pytest
-from smtp_sink import start_sink
 
 from pipeline.config import EgressSection
 from pipeline.egress.base import Copy, dsn_of
@@ -18,6 +17,7 @@ from pipeline.egress.mx import MxEgress
 from pipeline.egress.null import NullEgress
 from pipeline.egress.resolver import DnsPermanentError, DnsResolver, StaticResolver
 from pipeline.egress.smtp import SmtpEgress
+from tests.smtp_sink import start_sink
 
 MSG = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nhello\r\n"
 

@@ -1,0 +1,305 @@
+"""The delivery service end to end: spool -> processing -> egress -> results, events, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import Discard, Plugin, Reject, TempFail, hookimpl
+from pipeline.context import Credential, MessageContext
+from pipeline.delivery import DeliveryService
+from pipeline.gateway import Gateway
+from pipeline.message import Message
+from pipeline.testing import make_config
+from tests.smtp_sink import EventRecorder, start_sink
+
+RAW = b"From: app@example.org\r\nTo: someone@example.net\r\nSubject: test\r\n\r\nHello\r\n"
+FAST = {"retry_min": 0.05, "retry_max": 0.2, "lifetime": 60.0, "poll_interval": 0.05}
+
+
+class TempFailPlugin(Plugin):
+    """Fails every personalize call temporarily (a plugin bug, a missing key...)."""
+
+    name = "tempfail"
+
+    @hookimpl
+    def on_personalize(self, ctx: Any) -> Any:
+        return TempFail(451, "4.3.0", "key server unreachable")
+
+
+class VerdictByRecipient(Plugin):
+    """Rejects reject@..., discards discard@..., lets the rest through, adds a header."""
+
+    name = "verdicts"
+
+    @hookimpl
+    def on_personalize(self, ctx: Any) -> Any:
+        if ctx.recipient.startswith("reject@"):
+            return Reject(550, "5.7.1", "policy says no")
+        if ctx.recipient.startswith("discard@"):
+            return Discard("test discard")
+        ctx.message.add_header("X-Processed-For", ctx.recipient)
+        return None
+
+
+@pytest.fixture(autouse=True)
+def _events():
+    EventRecorder.reset()
+    yield
+    EventRecorder.reset()
+
+
+@pytest.fixture
+async def sinks():
+    started = []
+
+    def make(**kw):
+        controller, handler = start_sink(**kw)
+        started.append(controller)
+        return controller, handler
+
+    yield make
+    for c in started:
+        c.stop()
+
+
+async def start_service(
+    data_dir: Path, *, egress: dict | None = None, spool: dict | None = None, plugins: tuple = (), workers: int = 0,
+    egresses: dict | None = None,
+) -> tuple[Gateway, DeliveryService]:
+    overrides: dict[str, Any] = {"gateway": {"data_dir": str(data_dir)}, "spool": {**FAST, **(spool or {})}}
+    if egress:
+        overrides["egress"] = egress
+    if egresses:
+        overrides["egresses"] = egresses
+    gw = Gateway(make_config(overrides), extra_plugins=[EventRecorder, *plugins])
+    svc = DeliveryService(gw, workers=workers)
+    await svc.start()
+    return gw, svc
+
+
+async def enqueue(gw: Gateway, rcpts: list[str], raw: bytes = RAW, credential: Credential | None = None,
+                  campaign: str | None = None) -> str:
+    ctx = MessageContext(message=Message(raw, "app@example.org", rcpts), credential=credential, campaign_id=campaign)
+    await gw.spool.enqueue(ctx, raw, rcpts)
+    return ctx.queue_id
+
+
+async def stop(gw: Gateway, svc: DeliveryService) -> None:
+    await svc.stop(5.0)
+    gw.spool.close()
+
+
+def smtp_egress(port: int, **kw: Any) -> dict[str, Any]:
+    return {"type": "smtp", "host": "127.0.0.1", "port": port, "tls": "none", **kw}
+
+
+async def test_smarthost_delivery_with_starttls_and_auth_emits_delivered(sinks, data_dir, tls_cert):
+    controller, sink = sinks(tls=tls_cert, require_starttls=True, auth=("gw", "pw"))
+    gw, svc = await start_service(
+        data_dir,
+        egress=smtp_egress(controller.port, tls="starttls", ca_file=str(tls_cert[0]), username="gw", password="pw"),
+    )
+    try:
+        qid = await enqueue(gw, ["a@example.net", "b@example.net"], campaign="spring")
+        await EventRecorder.until(lambda: len(EventRecorder.of("delivered")) == 2)
+    finally:
+        await stop(gw, svc)
+    assert sorted(m.rcpt_tos[0] for m in sink.messages) == ["a@example.net", "b@example.net"]
+    assert all(m.tls and m.login == "gw" for m in sink.messages)
+    ev = EventRecorder.of("delivered", "a@example.net")[0]
+    assert ev.queue_id == qid and ev.campaign_id == "spring"
+    assert ev.data["dsn"] == "2.0.0" and ev.data["relay"].endswith(f":{controller.port}")
+    assert gw.spool.path.exists()
+
+
+async def test_4xx_is_deferred_then_retried_until_delivered(sinks, data_dir):
+    controller, sink = sinks(replies={"slow@example.net": ["451 4.7.1 greylisted", "451 4.7.1 greylisted"]})
+    gw, svc = await start_service(data_dir, egress=smtp_egress(controller.port))
+    try:
+        await enqueue(gw, ["slow@example.net"])
+        await EventRecorder.until(lambda: bool(EventRecorder.of("delivered")))
+    finally:
+        await stop(gw, svc)
+    deferred = EventRecorder.of("deferred")
+    assert [e.data["dsn"] for e in deferred] == ["4.7.1", "4.7.1"]
+    assert deferred[0].data["next_attempt"] > deferred[0].time - 1
+    assert EventRecorder.of("delivered")[0].data["attempts"] == 3
+    assert len(sink.messages) == 1
+
+
+async def test_5xx_bounces_with_event_and_leaves_queue(sinks, data_dir):
+    controller, sink = sinks(replies={"gone@example.net": ["550 5.1.1 user unknown"]})
+    gw, svc = await start_service(data_dir, egress=smtp_egress(controller.port))
+    try:
+        qid = await enqueue(gw, ["gone@example.net", "here@example.net"])
+        await EventRecorder.until(lambda: EventRecorder.of("bounced") and EventRecorder.of("delivered"))
+        [bounce] = EventRecorder.of("bounced")
+        assert bounce.recipient == "gone@example.net" and bounce.queue_id == qid
+        assert bounce.data["dsn"] == "5.1.1" and bounce.data["reply"] == "550 5.1.1 user unknown"
+        await EventRecorder.until(lambda: gw.spool.show(qid) is None)
+    finally:
+        await stop(gw, svc)
+
+
+async def test_refused_connection_is_deferred_and_stays_queued(data_dir):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    gw, svc = await start_service(data_dir, egress=smtp_egress(port), spool={"retry_min": 30, "retry_max": 60})
+    try:
+        qid = await enqueue(gw, ["x@example.net"])
+        await EventRecorder.until(lambda: bool(EventRecorder.of("deferred")))
+        row = gw.spool.show(qid)["recipients"][0]
+    finally:
+        await stop(gw, svc)
+    assert row["state"] == "deferred" and row["attempts"] == 1 and "4.4.1" in row["last_reply"]
+    assert EventRecorder.of("deferred")[0].data["dsn"] == "4.4.1"
+
+
+async def test_deferred_past_lifetime_expires_with_447(data_dir):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    gw, svc = await start_service(data_dir, egress=smtp_egress(port), spool={"lifetime": 0.3})
+    try:
+        qid = await enqueue(gw, ["x@example.net"])
+        await EventRecorder.until(lambda: bool(EventRecorder.of("expired")))
+        assert gw.spool.show(qid) is None
+    finally:
+        await stop(gw, svc)
+    [expired] = EventRecorder.of("expired")
+    assert expired.data["dsn"] == "4.4.7" and "expired" in expired.data["reply"]
+    assert len(EventRecorder.of("deferred")) >= 1
+
+
+async def test_plugin_tempfail_is_retried_then_failed_with_event(data_dir, caplog):
+    gw, svc = await start_service(data_dir, egress={"type": "null"}, plugins=(TempFailPlugin,),
+                                  spool={"max_plugin_attempts": 3})
+    try:
+        qid = await enqueue(gw, ["x@example.net"])
+        await EventRecorder.until(lambda: bool(EventRecorder.of("failed")))
+    finally:
+        await stop(gw, svc)
+    assert len(EventRecorder.of("deferred")) == 2
+    [failed] = EventRecorder.of("failed")
+    assert "key server unreachable" in failed.data["reply"]
+    assert any(qid in r.getMessage() and "status=failed" in r.getMessage() for r in caplog.records)
+    assert EventRecorder.of("delivered") == []
+
+
+async def test_reject_bounces_discard_discards_rest_delivered_to_default_maildir(data_dir):
+    gw, svc = await start_service(data_dir, plugins=(VerdictByRecipient,))
+    try:
+        await enqueue(gw, ["reject@example.net", "discard@example.net", "ok@example.net"])
+        await EventRecorder.until(lambda: len(EventRecorder.events) >= 3)
+    finally:
+        await stop(gw, svc)
+    assert {(e.type, e.recipient) for e in EventRecorder.events} == {
+        ("bounced", "reject@example.net"),
+        ("discarded", "discard@example.net"),
+        ("delivered", "ok@example.net"),
+    }
+    assert EventRecorder.of("bounced")[0].data["dsn"] == "5.7.1"
+    files = list((data_dir / "maildir" / "new").iterdir())
+    assert len(files) == 1 and b"X-Processed-For: ok@example.net" in files[0].read_bytes()
+
+
+async def test_sandbox_credential_never_leaves_even_with_smtp_egress(sinks, data_dir):
+    controller, sink = sinks()
+    gw, svc = await start_service(data_dir, egress=smtp_egress(controller.port))
+    try:
+        await enqueue(gw, ["x@example.net"], credential=Credential("demo", sandbox=True))
+        await EventRecorder.until(lambda: bool(EventRecorder.of("delivered")))
+    finally:
+        await stop(gw, svc)
+    assert sink.messages == []
+    assert len(os.listdir(data_dir / "sandbox" / "new")) == 1
+    assert EventRecorder.of("delivered")[0].credential == "demo"
+
+
+async def test_credential_named_egress_overrides_default(sinks, data_dir):
+    controller, sink = sinks()
+    gw, svc = await start_service(data_dir, egresses={"relay": smtp_egress(controller.port)})
+    try:
+        await enqueue(gw, ["x@example.net"], credential=Credential("app", egress="relay"))
+        await enqueue(gw, ["y@example.net"])
+        await EventRecorder.until(lambda: len(EventRecorder.of("delivered")) == 2)
+    finally:
+        await stop(gw, svc)
+    assert [m.rcpt_tos for m in sink.messages] == [["x@example.net"]]
+    assert len(os.listdir(data_dir / "maildir" / "new")) == 1
+
+
+async def test_unknown_credential_egress_defers_not_drops(data_dir):
+    gw, svc = await start_service(data_dir, spool={"retry_min": 30})
+    try:
+        await enqueue(gw, ["x@example.net"], credential=Credential("app", egress="nope"))
+        await EventRecorder.until(lambda: bool(EventRecorder.of("deferred")))
+    finally:
+        await stop(gw, svc)
+    assert "nope" in EventRecorder.of("deferred")[0].data["reply"]
+
+
+async def test_worker_processes_run_the_chain(sinks, data_dir):
+    controller, sink = sinks()
+    gw, svc = await start_service(data_dir, egress=smtp_egress(controller.port), plugins=(VerdictByRecipient,),
+                                  workers=2)
+    try:
+        await asyncio.gather(*(enqueue(gw, [f"r{i}@example.net"]) for i in range(20)))
+        await EventRecorder.until(lambda: len(EventRecorder.of("delivered")) == 20, timeout=30)
+    finally:
+        await stop(gw, svc)
+    assert all(m.header("X-Processed-For") == m.rcpt_tos[0] for m in sink.messages)
+
+
+async def test_restart_resumes_recipients_left_in_processing(sinks, data_dir):
+    controller, sink = sinks()
+    gw, svc = await start_service(data_dir, egress=smtp_egress(controller.port))
+    await svc.stop(0)
+    qid = await enqueue(gw, ["x@example.net"])
+    claimed = gw.spool.claim(10, lease=3600)  # as if a previous run died holding it
+    assert [m.queue_id for m in claimed] == [qid]
+    gw.spool.close()
+    gw2, svc2 = await start_service(data_dir, egress=smtp_egress(controller.port))
+    try:
+        await EventRecorder.until(lambda: bool(EventRecorder.of("delivered")))
+    finally:
+        await stop(gw2, svc2)
+    assert len(sink.messages) == 1
+
+
+async def test_stop_hands_back_the_message_in_hand(data_dir):
+    release, entered = asyncio.Event(), asyncio.Event()
+    gw, svc = await start_service(data_dir, egress={"type": "null"})
+
+    class Stuck:
+        name = "stuck"
+
+        async def deliver(self, copies):
+            entered.set()
+            await release.wait()
+            return []
+
+        async def close(self):
+            return None
+
+    svc.router._egresses["default"] = Stuck()
+    qid = await enqueue(gw, ["x@example.net"])
+    await asyncio.wait_for(entered.wait(), 10)
+    assert gw.spool.show(qid)["recipients"][0]["state"] == "processing"
+    await svc.stop(0.05)
+    row = gw.spool.show(qid)["recipients"][0]
+    gw.spool.close()
+    assert row["state"] == "queued" and row["attempts"] == 0
+    assert EventRecorder.events == []
