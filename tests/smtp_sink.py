@@ -37,6 +37,7 @@ class SinkHandler:
     messages: list[Received] = field(default_factory=list)
     rcpt_log: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    known: set[str] | None = None  # when set, RCPT for anyone else gets 550 5.1.1
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
@@ -45,6 +46,8 @@ class SinkHandler:
             script = self.replies.get(address.lower())
             reply = script.pop(0) if script else None
             self.cond.notify_all()
+        if reply is None and self.known is not None and address.lower() not in self.known:
+            reply = f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         if reply and not reply.startswith("2"):
             return reply
         envelope.rcpt_tos.append(address)
@@ -105,8 +108,9 @@ def start_sink(
     require_starttls: bool = False,
     auth: tuple[str, str] | None = None,
     replies: dict[str, list[str]] | None = None,
+    known: set[str] | None = None,
 ) -> tuple[SinkController, SinkHandler]:
-    handler = SinkHandler(replies={k.lower(): list(v) for k, v in (replies or {}).items()})
+    handler = SinkHandler(replies={k.lower(): list(v) for k, v in (replies or {}).items()}, known=known)
     kwargs: dict[str, Any] = {"data_size_limit": 0}
     if tls:
         kwargs["tls_context"] = server_tls(*tls)

@@ -1,0 +1,104 @@
+"""``smtpgate queue``: list, show, retry, delete, flush on a real spool file."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.context import Credential, MessageContext
+from pipeline.message import Message
+from pipeline.spool import RecipientUpdate
+from pipeline.spool.sqlite import SqliteSpool
+
+RAW = b"From: app@example.org\r\nTo: a@example.net\r\nSubject: Queue test\r\n\r\nbody\r\n"
+
+
+def fill(data_dir: Path) -> tuple[str, str]:
+    """Two messages: one deferred (a@), one queued for a sandbox credential."""
+    spool = SqliteSpool(data_dir / "spool.db")
+
+    async def go() -> tuple[str, str]:
+        c1 = MessageContext(message=Message(RAW, "app@example.org", ["a@example.net"]), campaign_id="spring")
+        c2 = MessageContext(message=Message(RAW, "app@example.org", ["b@example.net"]),
+                            credential=Credential("demo", sandbox=True))
+        await spool.enqueue(c1, RAW, ["a@example.net"])
+        await spool.enqueue(c2, RAW, ["b@example.net"])
+        return c1.queue_id, c2.queue_id
+
+    q1, q2 = asyncio.run(go())
+    spool.claim(1, lease=60)
+    spool.record_sync([RecipientUpdate(q1, "a@example.net", "deferred", 1, time.time() + 3600,
+                                       "4.7.1 451 4.7.1 greylisted", 0, "mx[1.2.3.4]:25")])
+    spool.close()
+    return q1, q2
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, ["queue", *args])
+
+
+def test_list_shows_messages_states_and_summary(data_dir):
+    q1, q2 = fill(data_dir)
+    result = run("list")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert q1 in out and q2 in out
+    assert "a@example.net  [deferred, next attempt" in out and "greylisted" in out
+    assert "b@example.net  [queued]" in out
+    assert "By state: deferred 1, queued 1" in out
+    assert "sandbox maildir" in out and "maildir " in out
+    assert "in 2 Requests" in out
+
+
+def test_list_on_fresh_data_dir_is_empty_and_creates_nothing(data_dir):
+    result = run("list")
+    assert result.exit_code == 0 and "Mail queue is empty" in result.output
+    assert not (data_dir / "spool.db").exists()
+
+
+def test_show_prints_envelope_recipients_and_headers(data_dir):
+    q1, _ = fill(data_dir)
+    result = run("show", q1)
+    assert result.exit_code == 0
+    assert "Campaign:   spring" in result.output
+    assert "a@example.net  deferred, 1 attempt(s)" in result.output
+    assert "Subject: Queue test" in result.output and "body" not in result.output
+    assert "body" in run("show", "--body", q1).output
+
+
+def test_retry_makes_deferred_due_now(data_dir):
+    q1, _ = fill(data_dir)
+    result = run("retry", q1)
+    assert result.exit_code == 0 and "1 recipient(s) due now" in result.output
+    spool = SqliteSpool(data_dir / "spool.db")
+    assert spool.show(q1)["recipients"][0]["next_attempt"] == 0
+    spool.close()
+
+
+def test_flush_makes_everything_due_now(data_dir):
+    fill(data_dir)
+    result = run("flush")
+    assert result.exit_code == 0 and "2 recipient(s) due now" in result.output
+    spool = SqliteSpool(data_dir / "spool.db")
+    assert spool.next_due() == 0
+    spool.close()
+
+
+def test_delete_removes_message(data_dir):
+    q1, q2 = fill(data_dir)
+    assert run("delete", q1).exit_code == 0
+    out = run("list").output
+    assert q1 not in out and q2 in out
+
+
+def test_unknown_id_is_one_line_error(data_dir):
+    fill(data_dir)
+    for cmd in ("show", "retry", "delete"):
+        result = run(cmd, "NOSUCHID")
+        assert result.exit_code == 1
+        assert result.output.strip().count("\n") == 0 and "no message NOSUCHID" in result.output
+        assert "Traceback" not in result.output
