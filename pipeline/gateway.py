@@ -54,6 +54,9 @@ class Gateway:
     def build_services(self, workers: int | None = None) -> None:
         """Create the long-running services, in data-flow order. Each area adds its own line."""
         self.services = []
+        from pipeline.ingress import IngressService
+
+        self.services.append(IngressService(self))  # SMTP listeners -> admission -> spool
         from pipeline.delivery import DeliveryService
 
         self.services.append(DeliveryService(self, workers=workers))  # spool -> workers -> egress, retries

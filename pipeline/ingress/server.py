@@ -1,0 +1,729 @@
+"""One SMTP session: aiosmtpd's protocol, adapted to smtpgate.
+
+aiosmtpd does the socket work, command loop, STARTTLS and line limits; this subclass replaces the
+commands whose behaviour the seeds pin down (EHLO, AUTH, MAIL, RCPT, DATA), runs the admission
+hooks at each phase, and fixes aiosmtpd's known gaps:
+
+* AUTH on an implicit-TLS listener (aiosmtpd issues #274/#281: it only knows about STARTTLS);
+* mechanism names are case-insensitive (enKod sends ``auth plain``) and the LOGIN prompts are
+  ``334 VXNlcm5hbWU6`` / ``334 UGFzc3dvcmQ6`` as every seed shows;
+* every reply gets an enhanced status code (:func:`~pipeline.ingress.replies.with_enhanced`);
+* DATA ends only at ``CRLF . CRLF``; a lone dot next to a bare CR or LF (SMTP smuggling) is
+  refused, and the content is normalised to CRLF before anything else sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import collections
+import logging
+import ssl
+import time
+from base64 import b64decode
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.smtp import SMTP
+
+from pipeline.admission import admit_message
+from pipeline.config import ListenerSection
+from pipeline.context import Credential, Event, Session, Transaction
+from pipeline.features import resolve_features
+from pipeline.ingress import replies as R
+from pipeline.ingress.addresses import AddressError, domain_matches, domain_of, parse_path
+from pipeline.message import current_actor
+from pipeline.verdicts import Discard, Reject, TempFail, Verdict
+
+if TYPE_CHECKING:
+    from pipeline.ingress.service import IngressService
+
+log = logging.getLogger("smtpgate.ingress")
+
+_USERNAME_PROMPT = "334 VXNlcm5hbWU6"  # base64("Username:")
+_PASSWORD_PROMPT = "334 UGFzc3dvcmQ6"  # base64("Password:")
+_TIMER_EVERY = 256  # DATA lines between idle-timer resets
+
+
+def _refusal(verdict: Verdict | None) -> str | None:
+    """The reply for a verdict that stops the command (Reject / TempFail), else ``None``."""
+    if isinstance(verdict, Reject | TempFail):
+        return verdict.reply()
+    return None
+
+
+def _safe_login(login: str) -> str:
+    """A login as it may appear in a log line: never something that looks like a secret."""
+    if login.startswith("sg_") or len(login) > 64:
+        return "<redacted>"
+    return "".join(ch if ch.isprintable() else "?" for ch in login)
+
+
+def _smuggling(line: bytes) -> bool:
+    """Whether a DATA line (ending in CRLF) hides a lone dot next to a bare CR or LF."""
+    body = line[:-2]
+    if b"\r" not in body and b"\n" not in body:
+        return False
+    if body.startswith((b".\n", b".\r")) or body in (b".",):
+        return True
+    return any(seq in line for seq in (b"\n.\n", b"\n.\r", b"\r.\n", b"\r.\r"))
+
+
+class _Hooks:
+    """aiosmtpd needs a handler object; every command it would delegate is overridden here."""
+
+
+class GatewaySMTP(SMTP):
+    """The SMTP protocol for one connection on one listener."""
+
+    def __init__(self, ingress: IngressService, listener: ListenerSection, tls_context: ssl.SSLContext | None) -> None:
+        cfg = ingress.config
+        self.ingress = ingress
+        self.listener = listener
+        self.gw = Session(listener=listener.name)
+        self.txn: Transaction | None = None
+        self.is_tls = False
+        self._counted = False
+        self._raw_push = False
+        self._in_command = False
+        self._started = time.monotonic()
+        self._messages = 0
+        self._rejected = 0
+        self._end = "closed"
+        self._events: list[Event] = []
+        self._writer: asyncio.StreamWriter | None = None
+        super().__init__(
+            _Hooks(),
+            data_size_limit=cfg.limits.max_message_size,
+            hostname=cfg.gateway.hostname,
+            ident="ESMTP smtpgate",
+            tls_context=tls_context if listener.tls == "starttls" else None,
+            require_starttls=False,
+            timeout=cfg.limits.idle_timeout,
+            auth_require_tls=listener.require_tls,
+            loop=asyncio.get_running_loop(),
+        )
+        # aiosmtpd keeps this dict on the class and grows it on every EHLO; keep ours private.
+        self.command_size_limits = collections.defaultdict(lambda: 512, {"AUTH": 1000})  # type: ignore[misc]
+        self.command_size_limit = 512
+        for name, method in list(self._smtp_methods.items()):
+            self._smtp_methods[name] = self._guard(name, method)
+
+    # -- plumbing --------------------------------------------------------------------------
+    @property
+    def max_command_size_limit(self) -> int:
+        return 1000
+
+    @property
+    def config(self) -> Any:
+        return self.ingress.config
+
+    def _guard(self, name: str, method: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        """Wrap a command: during shutdown, a session between transactions gets 421 4.3.2."""
+
+        async def run(arg: Any) -> None:
+            if self.ingress.draining and name != "QUIT" and self.txn is None:
+                self._end = "shutdown"
+                await self.push(R.SHUTTING_DOWN)
+                self.close()
+                return
+            self._in_command = True
+            try:
+                await method(arg)
+            finally:
+                self._in_command = False
+
+        return run
+
+    @property
+    def idle(self) -> bool:
+        """Between transactions and not running a command: safe to close with 421 at shutdown."""
+        return self.txn is None and not self._in_command
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    async def push(self, status: str | bytes) -> None:
+        """Send a reply; str replies get their enhanced status code here (the one place)."""
+        if isinstance(status, str):
+            if not self._raw_push:
+                status = with_enhanced_multiline(status)
+            status = status.encode("ascii", "replace")
+        self._raw_push = False
+        if self._writer is None or self._writer.is_closing():
+            return
+        self._writer.write(status + b"\r\n")
+        await self._writer.drain()
+
+    async def _push_lines(self, lines: list[str]) -> None:
+        """A multi-line reply written at once (EHLO), without enhanced codes (RFC 2034 s3)."""
+        out = [f"{code}-{text}" for code, text in (("250", t) for t in lines[:-1])]
+        out.append(f"250 {lines[-1]}")
+        self._raw_push = True
+        await self.push("\r\n".join(out))
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("session=%s peer=%s internal error: %s: %s", self.gw.session_id, self.gw.peer_ip,
+                  type(error).__name__, error, exc_info=error)
+        return R.INTERNAL_ERROR
+
+    def _features(self) -> dict[str, bool]:
+        features = resolve_features(self.config.features, self.gw.credential)
+        return features if isinstance(features, dict) else dict(self.config.features)
+
+    async def _hook(self, phase: str, **kwargs: Any) -> Verdict | None:
+        return await self.ingress.gateway.chain.run(phase, features=self._features(), session=self.gw, **kwargs)
+
+    def _auth_allowed(self) -> bool:
+        return self.is_tls or not self.listener.require_tls
+
+    def _set_post_data_state(self) -> None:
+        super()._set_post_data_state()
+        self.txn = None
+
+    # -- connection ------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        starttls = self._original_transport is not None
+        super().connection_made(transport)
+        if starttls:
+            # RFC 3207 4.2: forget what the client told us before TLS (EHLO, AUTH), keep the peer.
+            self.is_tls = True
+            self.gw.tls = True
+            self.gw.helo = None
+            self.gw.credential = self.ingress.authenticator.match_ip(self.gw.peer_ip)
+            self.data_size_limit = self.config.limits.max_message_size
+            return
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.gw.peer = (str(peer[0]), int(peer[1]))
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:  # implicit TLS: aiosmtpd doesn't know (#274/#281)
+            self.is_tls = True
+            self.gw.tls = True
+            assert self.session is not None
+            self.session.ssl = {"ssl_object": ssl_object, "cipher": transport.get_extra_info("cipher")}
+        self.ingress.sessions.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        try:
+            super().connection_lost(error)
+        finally:
+            self.ingress.sessions.discard(self)
+            if self._counted:
+                self._counted = False
+                self.ingress.connections.release(self.gw.peer_ip)
+                cred = self.gw.credential.name if self.gw.credential else "-"
+                log.info(
+                    "session=%s peer=%s:%d listener=%s tls=%s helo=%s credential=%s messages=%d rejected=%d "
+                    "duration=%.2fs end=%s",
+                    self.gw.session_id, self.gw.peer[0], self.gw.peer[1], self.listener.name,
+                    "yes" if self.is_tls else "no", self.gw.helo or "-", cred, self._messages, self._rejected,
+                    time.monotonic() - self._started, self._end,
+                )
+            self.ingress.session_closed()
+
+    def _timeout_cb(self) -> None:
+        self._end = "idle timeout"
+        try:
+            if self._writer is not None and not self._writer.is_closing():
+                self._writer.write(R.IDLE_TIMEOUT.encode() + b"\r\n")
+        finally:
+            super()._timeout_cb()
+
+    async def _handle_client(self) -> None:
+        refusal = self.ingress.admit_connection(self)
+        if refusal is None:
+            self._counted = True
+            refusal = _refusal(await self._hook("on_connect"))
+            if refusal is None:
+                cred = self.ingress.authenticator.match_ip(self.gw.peer_ip)
+                if cred is not None:
+                    verdict = await self._hook("on_auth", credential=cred)
+                    if _refusal(verdict) is None:
+                        self.gw.credential = cred
+                    else:
+                        log.info("session=%s on_auth refused allow-listed credential %s: %s",
+                                 self.gw.session_id, cred.name, _refusal(verdict))
+        if refusal is not None:
+            self._end = f"refused ({refusal[:3]})"
+            await self.push(refusal)
+            self.close()
+            return
+        self._raw_push = True  # the greeting: "220 <hostname> ESMTP smtpgate", no enhanced code
+        await super()._handle_client()
+
+    # -- HELO / EHLO -----------------------------------------------------------------------
+    async def smtp_HELO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: HELO hostname")
+            return
+        refusal = _refusal(await self._hook("on_helo", hostname=hostname))
+        if refusal:
+            await self.push(refusal)
+            return
+        self._set_rset_state()
+        assert self.session is not None
+        self.session.extended_smtp = False
+        self.session.host_name = hostname
+        self.gw.helo = hostname
+        self._raw_push = True
+        await self.push(f"250 {self.hostname}")
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: EHLO hostname")
+            return
+        refusal = _refusal(await self._hook("on_helo", hostname=hostname))
+        if refusal:
+            await self.push(refusal)
+            return
+        self._set_rset_state()
+        assert self.session is not None
+        self.session.extended_smtp = True
+        self.session.host_name = hostname
+        self.gw.helo = hostname
+        lines = [self.hostname, "PIPELINING", f"SIZE {self.data_size_limit}", "8BITMIME"]
+        if self.tls_context and not self.is_tls:
+            lines.append("STARTTLS")
+        if self._auth_allowed():
+            lines.append("AUTH PLAIN LOGIN")
+        lines.append("ENHANCEDSTATUSCODES")
+        await self._push_lines(lines)
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self.is_tls:
+            await self.push(R.TLS_ACTIVE)
+        elif not self.tls_context:
+            await self.push(R.TLS_NOT_AVAILABLE)
+        elif arg:
+            await self.push("501 5.5.4 Syntax: STARTTLS")
+        else:
+            await super().smtp_STARTTLS(arg)
+
+    # -- AUTH ------------------------------------------------------------------------------
+    async def _challenge(self, prompt: str) -> bytes | None:
+        """Send a 334 prompt and read the client's base64 answer (``None``: reply already sent)."""
+        self._raw_push = True
+        await self.push(prompt)
+        try:
+            line = await self._reader.readline()
+        except ValueError:  # longer than the stream limit
+            await self.push(R.AUTH_LINE_TOO_LONG)
+            return None
+        if not line.endswith(b"\n"):  # connection closed
+            self.close()
+            return None
+        return await self._decode(line.strip())
+
+    async def _decode(self, blob: bytes) -> bytes | None:
+        if blob == b"*":
+            await self.push(R.AUTH_ABORTED)
+            return None
+        if blob == b"=":
+            return b""
+        try:
+            return b64decode(blob, validate=True)
+        except (binascii.Error, ValueError):
+            await self.push(R.AUTH_BASE64)
+            return None
+
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        assert self.session is not None
+        if not self.session.host_name:
+            await self.push(R.NEED_HELO)
+            return
+        if not self.session.extended_smtp:
+            await self.push(R.AUTH_NEEDS_EHLO)
+            return
+        if not self._auth_allowed():
+            await self.push(R.ENCRYPTION_REQUIRED)
+            return
+        if self.session.authenticated:
+            await self.push(R.AUTH_ALREADY)
+            return
+        if self.txn is not None:
+            await self.push("503 5.5.1 AUTH not allowed during a mail transaction")
+            return
+        args = (arg or "").split()
+        if not 1 <= len(args) <= 2:
+            await self.push(R.AUTH_SYNTAX)
+            return
+        mechanism = args[0].upper()
+        if mechanism not in ("PLAIN", "LOGIN"):
+            await self.push(R.AUTH_MECHANISM)
+            return
+        ip = self.gw.peer_ip
+        limit = self.config.limits.auth_failures_per_minute
+        if self.ingress.auth_failures.count(ip) >= limit:
+            log.warning("session=%s peer=%s AUTH refused: throttled after repeated failures", self.gw.session_id, ip)
+            self._end = "auth throttled"
+            await self.push(R.AUTH_THROTTLED)
+            self.close()
+            return
+        initial = await self._decode(args[1].encode()) if len(args) == 2 else b""
+        if initial is None:
+            return
+        if mechanism == "PLAIN":
+            response = initial if len(args) == 2 else await self._challenge("334 ")
+            if response is None:
+                return
+            parts = response.split(b"\0")
+            if len(parts) != 3:
+                await self.push(R.AUTH_PLAIN_FORMAT)
+                return
+            login_b, password_b = parts[1], parts[2]
+        else:
+            login_b = initial if len(args) == 2 else await self._challenge(_USERNAME_PROMPT)
+            if login_b is None:
+                return
+            password_b = await self._challenge(_PASSWORD_PROMPT)
+            if password_b is None:
+                return
+        login = login_b.decode("utf-8", "surrogateescape")
+        password = password_b.decode("utf-8", "surrogateescape")
+        outcome = await self.ingress.authenticator.authenticate(login, password)
+        if outcome.credential is None:
+            failures = self.ingress.auth_failures.add(ip)
+            log.warning(
+                "session=%s peer=%s AUTH %s failed: login=%r reason=%s credential=%s failures=%d/min",
+                self.gw.session_id, ip, mechanism, _safe_login(login), outcome.reason, outcome.name or "-", failures,
+            )
+            if failures >= limit:
+                self._end = "auth throttled"
+                await self.push(R.AUTH_THROTTLED)
+                self.close()
+            else:
+                await self.push(R.AUTH_DISABLED if outcome.reason == "disabled" else R.AUTH_INVALID)
+            return
+        cred = outcome.credential
+        refusal = _refusal(await self.ingress.gateway.chain.run(
+            "on_auth", features=self._features_for(cred), session=self.gw, credential=cred))
+        if refusal:
+            await self.push(refusal)
+            return
+        self.session.authenticated = True
+        self.gw.credential = cred
+        if cred.max_message_size:
+            self.data_size_limit = min(self.config.limits.max_message_size, cred.max_message_size)
+        log.info("session=%s peer=%s AUTH %s ok: credential=%s%s", self.gw.session_id, ip, mechanism, cred.name,
+                 " sandbox" if cred.sandbox else "")
+        await self.push(R.AUTH_OK)
+
+    def _features_for(self, cred: Credential) -> dict[str, bool]:
+        features = resolve_features(self.config.features, cred)
+        return features if isinstance(features, dict) else dict(self.config.features)
+
+    # -- MAIL / RCPT -----------------------------------------------------------------------
+    @staticmethod
+    def _strip_keyword(keyword: str, arg: str | None) -> str | None:
+        if arg is None or arg[: len(keyword)].upper() != keyword:
+            return None
+        return arg[len(keyword):].strip()
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        assert self.session is not None
+        if not self.session.host_name:
+            await self.push(R.NEED_HELO)
+            return
+        rest = self._strip_keyword("FROM:", arg)
+        if rest is None:
+            await self.push(R.MAIL_SYNTAX)
+            return
+        if self.txn is not None:
+            await self.push(R.NESTED_MAIL)
+            return
+        try:
+            path = parse_path(rest, allow_null=True)
+        except AddressError as exc:
+            await self.push(R.MAIL_SYNTAX if exc.kind == "syntax" else R.BAD_SENDER)
+            return
+        params = dict(path.params)
+        body = params.pop("BODY", "7BIT")
+        if body is None or body.upper() not in ("7BIT", "8BITMIME"):
+            await self.push(R.BAD_BODY)
+            return
+        size = params.pop("SIZE", None)
+        if "SIZE" in path.params:
+            if size is None or not size.isdigit():
+                await self.push(R.BAD_SIZE)
+                return
+            if int(size) > self.data_size_limit:
+                await self.push(R.TOO_BIG)
+                return
+        if params or (not self.session.extended_smtp and path.params):
+            await self.push(R.MAIL_PARAMS)
+            return
+        cred = self.gw.credential
+        if cred is not None:
+            if cred.allowed_sender_domains and path.address and not domain_matches(path.domain, cred.allowed_sender_domains):
+                log.info("session=%s credential=%s sender %s rejected: domain not allowed",
+                         self.gw.session_id, cred.name, path.address)
+                await self.push(R.NOT_OWNED)
+                return
+            if cred.messages_per_minute and self.ingress.sent.count(cred.name) >= cred.messages_per_minute:
+                log.info("session=%s credential=%s rate limit %d/min reached", self.gw.session_id, cred.name,
+                         cred.messages_per_minute)
+                await self.push(R.RATE_LIMITED)
+                return
+        txn = Transaction(mail_from=path.address, mail_options=[f"{k}={v}" if v else k for k, v in path.params.items()])
+        refusal = _refusal(await self._hook("on_mail_from", transaction=txn, address=path.address))
+        if refusal:
+            await self.push(refusal)
+            return
+        assert self.envelope is not None
+        self.envelope.mail_from = path.address
+        self.txn = txn
+        await self.push(R.SENDER_OK)
+
+    def _inbound_handler(self, domain: str) -> Callable[[str, list[str], bytes], Awaitable[None]] | None:
+        handlers = self.ingress.gateway.inbound_handlers
+        if not handlers:
+            return None
+        handler = handlers.get(domain)
+        if handler is None:
+            for name, candidate in handlers.items():
+                if name.lower().rstrip(".") == domain:
+                    return candidate
+        return handler
+
+    def _max_recipients(self) -> int:
+        limit = self.config.limits.max_recipients
+        cred = self.gw.credential
+        if cred is not None and cred.max_recipients:
+            limit = min(limit, cred.max_recipients)
+        return limit
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        assert self.session is not None
+        if not self.session.host_name:
+            await self.push(R.NEED_HELO)
+            return
+        if self.txn is None:
+            await self.push(R.NEED_MAIL)
+            return
+        rest = self._strip_keyword("TO:", arg)
+        if rest is None:
+            await self.push(R.RCPT_SYNTAX)
+            return
+        try:
+            path = parse_path(rest, allow_null=False)
+        except AddressError as exc:
+            await self.push(R.RCPT_SYNTAX if exc.kind == "syntax" else R.BAD_RECIPIENT)
+            return
+        if path.params:
+            await self.push(R.RCPT_PARAMS)
+            return
+        txn = self.txn
+        if len(txn.rcpt_tos) >= self._max_recipients():
+            await self.push(R.TOO_MANY_RECIPIENTS)
+            return
+        inbound = self._inbound_handler(path.domain) is not None
+        local = inbound or domain_matches(path.domain, self.config.relay.local_domains)
+        authorized = self.gw.credential is not None
+        trick = path.relay_trick
+        reply: str | None = None
+        if local:
+            if trick and not authorized:
+                reply = R.RELAY_DENIED
+        elif not authorized:
+            if trick:
+                reply = R.RELAY_DENIED
+            elif self.listener.require_tls and not self.is_tls:
+                reply = R.STARTTLS_FIRST
+            else:
+                reply = R.AUTH_REQUIRED
+        elif self.listener.require_tls and not self.is_tls:
+            reply = R.STARTTLS_FIRST
+        if reply is not None:
+            log.info("session=%s peer=%s RCPT %s refused: %s%s", self.gw.session_id, self.gw.peer_ip,
+                     path.address, reply, f" ({trick})" if trick else "")
+            await self.push(reply)
+            return
+        if txn.rcpt_tos and txn.notes.get("inbound") != inbound:
+            await self.push(R.SEPARATE_TRANSACTION)
+            return
+        verdict = await self._hook("on_rcpt_to", transaction=txn, address=path.address)
+        refusal = _refusal(verdict)
+        if refusal:
+            await self.push(refusal)
+            return
+        if not isinstance(verdict, Discard):
+            txn.notes["inbound"] = inbound
+            txn.rcpt_tos.append(path.address)
+            assert self.envelope is not None
+            self.envelope.rcpt_tos.append(path.address)
+        await self.push(R.RECIPIENT_OK)
+
+    # -- DATA ------------------------------------------------------------------------------
+    async def smtp_DATA(self, arg: str | None) -> None:
+        assert self.session is not None
+        if not self.session.host_name:
+            await self.push(R.NEED_HELO)
+            return
+        if self.txn is None:
+            await self.push(R.NEED_MAIL)
+            return
+        if not self.txn.rcpt_tos:
+            await self.push(R.NEED_RCPT)
+            return
+        if arg:
+            await self.push(R.DATA_SYNTAX)
+            return
+        self._raw_push = True
+        await self.push(R.START_DATA)
+        content = await self._read_data()
+        if content is None:
+            return
+        txn = self.txn
+        self._set_post_data_state()
+        if isinstance(content, str):
+            self._rejected += 1
+            await self.push(content)
+        else:
+            reply = await self._deliver(txn, content)
+            await self.push(reply)
+            events, self._events = self._events, []
+            for event in events:  # after the reply: event plugins must not delay the client
+                await self.ingress.gateway.emit(event)
+        if self.ingress.draining:
+            self._end = "shutdown"
+            await self.push(R.SHUTTING_DOWN)
+            self.close()
+
+    async def _read_data(self) -> bytes | str | None:
+        """The unstuffed message, a refusal reply (the data was read to the end), or ``None`` (lost)."""
+        limit = self.data_size_limit
+        reader = self._reader
+        lines: list[bytes] = []
+        size = 0
+        problem: str | None = None
+        fragment = False
+        count = 0
+        while True:
+            try:
+                line = await reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError as exc:
+                problem = problem or R.LINE_TOO_LONG
+                lines.clear()
+                await reader.read(exc.consumed)
+                fragment = True
+                continue
+            except asyncio.IncompleteReadError:
+                self._end = "lost during DATA"
+                self.close()
+                return None
+            if fragment:  # the tail of an over-long line: never an end-of-data marker
+                fragment = False
+                continue
+            if line == b".\r\n":
+                break
+            count += 1
+            if count % _TIMER_EVERY == 0:
+                self._reset_timeout()
+            if problem is not None:
+                continue
+            size += len(line)
+            if limit and size > limit:
+                problem = R.TOO_BIG
+                lines.clear()
+            elif _smuggling(line):
+                problem = R.SMUGGLING
+                lines.clear()
+                log.warning("session=%s peer=%s DATA refused: SMTP smuggling sequence", self.gw.session_id,
+                            self.gw.peer_ip)
+            else:
+                lines.append(line[1:] if line[:1] == b"." else line)
+        self._reset_timeout()
+        if problem is not None:
+            return problem
+        return b"".join(lines)
+
+    async def _deliver(self, txn: Transaction, content: bytes) -> str:
+        """Admission, spool, events: the reply to DATA."""
+        assert txn.mail_from is not None
+        if txn.notes.get("inbound"):
+            return await self._deliver_inbound(txn, content)
+        gateway = self.ingress.gateway
+        cred = self.gw.credential
+        verdict, ctx = await admit_message(
+            gateway.chain, self.config, content, txn.mail_from, list(txn.rcpt_tos), session=self.gw, credential=cred
+        )
+        refusal = _refusal(verdict)
+        if refusal is not None or ctx is None:
+            self._rejected += 1
+            log.info("session=%s peer=%s message from=<%s> refused: %s", self.gw.session_id, self.gw.peer_ip,
+                     txn.mail_from, refusal)
+            return refusal or R.INTERNAL_ERROR
+        cred_name = cred.name if cred else None
+        if isinstance(verdict, Discard):
+            log.info("queue_id=%s session=%s discarded by the chain: %s", ctx.queue_id, self.gw.session_id,
+                     verdict.reason)
+            for rcpt in ctx.message.rcpt_tos:
+                await gateway.emit(Event("discarded", queue_id=ctx.queue_id, recipient=rcpt, credential=cred_name,
+                                         campaign_id=ctx.campaign_id, letter_id=ctx.letter_id,
+                                         data={"reason": verdict.reason}))
+            return R.OK
+        sinks = {a.lower() for a in self.config.relay.sink_addresses}
+        dropped = [r for r in ctx.message.rcpt_tos if r.lower() in sinks]
+        if dropped:
+            token = current_actor.set("ingress")
+            try:
+                for rcpt in dropped:
+                    ctx.message.remove_recipient(rcpt)
+            finally:
+                current_actor.reset(token)
+            for rcpt in dropped:
+                log.info("queue_id=%s session=%s sink address %s: accepted and dropped", ctx.queue_id,
+                         self.gw.session_id, rcpt)
+                await gateway.emit(Event("discarded", queue_id=ctx.queue_id, recipient=rcpt, credential=cred_name,
+                                         campaign_id=ctx.campaign_id, letter_id=ctx.letter_id,
+                                         data={"reason": "sink address"}))
+        recipients = ctx.message.rcpt_tos
+        if not recipients:
+            return R.OK
+        data = ctx.message.as_bytes()
+        try:
+            await gateway.spool.enqueue(ctx, data, recipients)
+        except Exception as exc:  # nothing is claimed: the client keeps the message and retries
+            log.error("session=%s message from=<%s> not queued: spool error %s: %s", self.gw.session_id,
+                      txn.mail_from, type(exc).__name__, exc)
+            return R.SPOOL_FAILED
+        self._messages += 1
+        if cred is not None and cred.messages_per_minute:
+            self.ingress.sent.add(cred.name)
+        log.info(
+            "queue_id=%s session=%s accepted from=<%s> rcpts=%d size=%d credential=%s%s%s",
+            ctx.queue_id, self.gw.session_id, txn.mail_from, len(recipients), len(data), cred_name or "-",
+            " sandbox" if cred is not None and cred.sandbox else "",
+            f" campaign={ctx.campaign_id}" if ctx.campaign_id else "",
+        )
+        self._events = [
+            Event("accepted", queue_id=ctx.queue_id, recipient=r, credential=cred_name,
+                  campaign_id=ctx.campaign_id, letter_id=ctx.letter_id)
+            for r in recipients
+        ]
+        return R.queued(ctx.queue_id)
+
+    async def _deliver_inbound(self, txn: Transaction, content: bytes) -> str:
+        """Mail for a domain the gateway receives itself (bounces): straight to its handler."""
+        by_handler: dict[Any, list[str]] = {}
+        for rcpt in txn.rcpt_tos:
+            handler = self._inbound_handler(domain_of(rcpt))
+            by_handler.setdefault(handler, []).append(rcpt)
+        for handler, rcpts in by_handler.items():
+            if handler is None:  # unregistered since RCPT
+                return R.INBOUND_FAILED
+            try:
+                await handler(txn.mail_from or "", rcpts, content)
+            except Exception as exc:
+                log.error("session=%s inbound handler for %s failed: %s: %s", self.gw.session_id, rcpts[0],
+                          type(exc).__name__, exc)
+                return R.INBOUND_FAILED
+        self._messages += 1
+        log.info("session=%s inbound message from=<%s> to %s handled", self.gw.session_id, txn.mail_from,
+                 ",".join(txn.rcpt_tos))
+        return R.OK
+
+
+def with_enhanced_multiline(reply: str) -> str:
+    return "\r\n".join(R.with_enhanced(line) for line in reply.split("\r\n"))

@@ -1,0 +1,156 @@
+"""The ingress service: listeners, shared limits, and graceful shutdown.
+
+``stop(grace)`` follows what MTAs do on SIGTERM: listeners stay open during the grace period so a
+new client hears ``421 4.3.2`` instead of "connection refused" (it retries later rather than
+failing over blindly); sessions between transactions get ``421 4.3.2`` at once; sessions in the
+middle of a transaction may finish it (their reply to DATA is still durable) and are then closed;
+whatever is left when the grace period ends is cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import TYPE_CHECKING
+
+from pipeline.config import Config, ListenerSection
+from pipeline.ingress import replies as R
+from pipeline.ingress.credentials import Authenticator, CredentialStore, config_records
+from pipeline.ingress.limits import ConnectionLimiter, SlidingWindow
+from pipeline.ingress.tls import server_context
+
+if TYPE_CHECKING:
+    from pipeline.gateway import Gateway
+    from pipeline.ingress.server import GatewaySMTP
+
+log = logging.getLogger("smtpgate.ingress")
+
+
+def credential_store_path(config: Config) -> str:
+    return str(config.data_dir / "credentials.db")
+
+
+class IngressService:
+    """The SMTP listeners of one gateway."""
+
+    name = "ingress"
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.config = gateway.config
+        config_records(self.config)  # fail at build time on a bad [[credentials]] entry
+        limits = self.config.limits
+        self.connections = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
+        self.auth_failures = SlidingWindow(60.0)
+        self.sent = SlidingWindow(60.0)
+        self.sessions: set[GatewaySMTP] = set()
+        self.draining = False
+        self.servers: list[tuple[ListenerSection, asyncio.Server]] = []
+        self.bound: dict[str, tuple[str, int]] = {}
+        self.store: CredentialStore | None = None
+        self._authenticator: Authenticator | None = None
+        self._closed = asyncio.Event()
+
+    @property
+    def authenticator(self) -> Authenticator:
+        if self._authenticator is None:
+            raise RuntimeError("ingress not started")
+        return self._authenticator
+
+    def port(self, listener: str) -> int:
+        """The bound port of a listener (after ``start``; tests bind port 0)."""
+        return self.bound[listener][1]
+
+    async def start(self) -> None:
+        from pipeline.ingress.server import GatewaySMTP
+
+        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
+        self.store = CredentialStore(self.config.data_dir / "credentials.db")
+        self._authenticator = Authenticator(self.config, self.store)
+        tls: ssl.SSLContext | None = None
+        if any(listener.tls != "none" for listener in self.config.listeners):
+            tls = server_context(self.config)
+        loop = asyncio.get_running_loop()
+        try:
+            for i, listener in enumerate(self.config.listeners):
+                name = listener.name or f"{listener.address}:{listener.port}"
+                if name in self.bound:
+                    name = f"{name}#{i}"
+                listener = listener.model_copy(update={"name": name})
+
+                def factory(listener: ListenerSection = listener) -> GatewaySMTP:
+                    return GatewaySMTP(self, listener, tls)
+
+                try:
+                    server = await loop.create_server(
+                        factory, listener.address, listener.port,
+                        ssl=tls if listener.tls == "implicit" else None,
+                        ssl_handshake_timeout=30.0 if listener.tls == "implicit" else None,
+                        reuse_address=True,
+                    )
+                except OSError as exc:
+                    raise OSError(exc.errno, f"listener {name}: cannot listen on "
+                                             f"{listener.address}:{listener.port}: {exc.strerror}") from None
+                host, port = server.sockets[0].getsockname()[:2]
+                self.servers.append((listener, server))
+                self.bound[name] = (host, port)
+                log.info("listening on %s:%d (%s, tls=%s, require_tls=%s)", host, port, name, listener.tls,
+                         listener.require_tls)
+        except BaseException:
+            await self._close_servers()
+            raise
+
+    def admit_connection(self, session: GatewaySMTP) -> str | None:
+        """The refusal for a new connection (shutdown, limits), or ``None`` to greet it."""
+        if self.draining:
+            return R.SHUTTING_DOWN
+        over = self.connections.acquire(session.gw.peer_ip)
+        if over == "total":
+            log.warning("connection from %s refused: %d connections open", session.gw.peer_ip, self.connections.total)
+            return R.TOO_MANY_CONNECTIONS
+        if over == "ip":
+            log.warning("connection from %s refused: per-address limit %d reached", session.gw.peer_ip,
+                        self.connections.max_per_ip)
+            return R.TOO_MANY_CONNECTIONS_IP
+        return None
+
+    def session_closed(self) -> None:
+        if not self.sessions:
+            self._closed.set()
+
+    async def stop(self, grace: float) -> None:
+        """Drain: 421 for new and idle sessions, let transactions finish within ``grace``, then close."""
+        self.draining = True
+        for session in list(self.sessions):
+            if session.idle:
+                session._end = "shutdown"
+                if session._writer is not None and not session._writer.is_closing():
+                    session._writer.write(R.SHUTTING_DOWN.encode() + b"\r\n")
+                session.close()
+        if self.sessions:
+            self._closed.clear()
+            log.info("waiting up to %.0fs for %d session(s) to finish", grace, len(self.sessions))
+            try:
+                await asyncio.wait_for(self._closed.wait(), grace)
+            except TimeoutError:
+                log.warning("shutdown grace period over: closing %d session(s)", len(self.sessions))
+                for session in list(self.sessions):
+                    session._end = "shutdown (grace over)"
+                    session.close()
+        await self._close_servers()
+        # let connection_lost run for the sessions just closed
+        for _ in range(3):
+            if not self.sessions:
+                break
+            await asyncio.sleep(0)
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    async def _close_servers(self) -> None:
+        for _, server in self.servers:
+            server.close()
+        for _, server in self.servers:
+            await server.wait_closed()
+        self.servers = []
