@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import contextvars
 import email.header
 import email.message
@@ -141,6 +142,25 @@ class Header:
 
     def __repr__(self) -> str:
         return f"Header({self.name!r}, {self.value!r})"
+
+
+def _html_encode_errors(exc: UnicodeError) -> tuple[bytes, int]:
+    """Encoding error handler for HTML bodies: bytes that were undecodable on the way in
+    (``surrogateescape``) come back as they were; any other character becomes ``&#N;``."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    out = bytearray()
+    for ch in exc.object[exc.start : exc.end]:
+        cp = ord(ch)
+        if 0xDC80 <= cp <= 0xDCFF:
+            out.append(cp - 0xDC00)
+        else:
+            out += b"&#%d;" % cp
+    return bytes(out), exc.end
+
+
+_HTML_ERRORS = "smtpgate-html"
+codecs.register_error(_HTML_ERRORS, _html_encode_errors)
 
 
 def _parse_headers(block: bytes) -> list[Header]:
@@ -283,8 +303,11 @@ class Part:
     def _set_text(self, text: str) -> None:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
         codec = self.codec
+        # HTML keeps its declared charset (its <meta> says so too): characters the charset cannot
+        # hold become numeric character references. Plain text has no such escape: it goes utf-8.
+        errors = _HTML_ERRORS if self.content_type == "text/html" else "surrogateescape"
         try:
-            data = text.encode(codec, "surrogateescape")
+            data = text.encode(codec, errors)
         except (UnicodeEncodeError, LookupError):
             data = text.encode("utf-8", "surrogateescape")
             self._set_param("charset", "utf-8")
