@@ -212,15 +212,24 @@ def fit_charset(text: str, codec: str) -> str:
     """Characters the part's charset cannot hold become numeric character references (``&#8217;``).
 
     Used after a tool produced HTML, so a windows-1251 part stays windows-1251 (its ``<meta>``
-    says so) instead of being upgraded to UTF-8.
+    says so) instead of being upgraded to UTF-8. Undecodable input bytes (surrogate escapes)
+    are kept as they are.
     """
     try:
-        text.encode(codec)
+        text.encode(codec, "surrogateescape")
         return text
     except UnicodeEncodeError:
-        return text.encode(codec, "xmlcharrefreplace").decode(codec)
+        pass
     except LookupError:
         return text
+    out = []
+    for ch in text:
+        try:
+            ch.encode(codec, "surrogateescape")
+            out.append(ch)
+        except UnicodeEncodeError:
+            out.append(f"&#{ord(ch)};")
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,7 +243,9 @@ _ATTR_IN_TAG = re.compile(
     r"""(?P<lead>\s)(?P<name>[^\s"'>/=]+)(?P<eq>\s*=\s*)(?P<val>"[^"]*"|'[^']*'|[^\s>"']+)"""
 )
 _START_TAG = re.compile(r"<[A-Za-z][^\s/>]*" + _TAG_BODY + r">")
-_HTML_OPEN = re.compile(r"<html(?=[\s>])", re.IGNORECASE)
+_DOC_OPEN = re.compile(r"<!--.*?(?:-->|\Z)|<(html|head|body)(?=[\s/>])", re.IGNORECASE | re.DOTALL)
+_SURROGATE = re.compile("[\udc80-\udcff]")  # bytes the part's charset could not decode
+_SURROGATE_STANDIN = re.compile("[\uf780-\uf7ff]")  # private-use stand-ins while a tool parses
 _HTML_CLOSE = re.compile(r"</html\s*>", re.IGNORECASE)
 _COMMENT_OR_SPACE = re.compile(r"\A(?:\s|<!--.*?-->)*\Z", re.DOTALL)
 
@@ -246,9 +257,10 @@ class Protected:
     text: str
     prefix: str  # everything before <html ...> (doctype, comments), put back verbatim
     suffix: str  # whitespace/comments after </html>, put back verbatim
-    fragment: bool  # no <html> element: only the body content is put back
+    fragment: bool  # no <html>, <head> or <body> tag: only the content is put back, unwrapped
     kept: dict[str, str]  # token -> original quoted attribute value
     amp: bool  # whether "&" was replaced by AMP_MARK
+    surrogates: bool = False  # whether undecodable bytes were swapped for private-use stand-ins
 
     def restore(self, out: str) -> str:
         """Undo the protection on a tool's output."""
@@ -260,21 +272,28 @@ class Protected:
             )
         if self.amp:
             out = out.replace(AMP_MARK, "&")
+        if self.surrogates:
+            out = _SURROGATE_STANDIN.sub(lambda m: chr(ord(m.group(0)) - 0xF780 + 0xDC80), out)
         return self.prefix + out + self.suffix
 
 
 def protect(text: str) -> Protected:
     """Prepare HTML for a parser round trip (see the module docstring)."""
     prefix, suffix, body, fragment = "", "", text, True
-    m = _HTML_OPEN.search(text)
-    if m is not None and _COMMENT_OR_SPACE.match(_strip_decls(text[: m.start()])):
-        fragment = False
-        prefix, body = text[: m.start()], text[m.start() :]
+    m = next((d for d in _DOC_OPEN.finditer(text) if d.group(1)), None)
+    if m is not None:
+        fragment = False  # a document (lxml adds <html> around a lone <head>/<body>)
+        if _COMMENT_OR_SPACE.match(_strip_decls(text[: m.start()])):
+            prefix, body = text[: m.start()], text[m.start() :]
         ends = list(_HTML_CLOSE.finditer(body))
         if ends:
             tail = body[ends[-1].end() :]
             if _COMMENT_OR_SPACE.match(tail):
                 suffix, body = tail, body[: ends[-1].end()]
+    surrogates = False
+    if _SURROGATE.search(body) and not _SURROGATE_STANDIN.search(body):
+        body = _SURROGATE.sub(lambda s: chr(ord(s.group(0)) - 0xDC80 + 0xF780), body)
+        surrogates = True
     amp = AMP_MARK not in body
     kept: dict[str, str] = {}
 
@@ -301,7 +320,7 @@ def protect(text: str) -> Protected:
         pos = tm.end()
     rest = body[pos:]
     out.append(rest.replace("&", AMP_MARK) if amp else rest)
-    return Protected("".join(out), prefix, suffix, fragment, kept, amp)
+    return Protected("".join(out), prefix, suffix, fragment, kept, amp, surrogates)
 
 
 _START_OR_SKIP = re.compile(r"<!--.*?(?:-->|\Z)|<![^>]*>|</[^>]*>|" + _START_TAG.pattern, re.DOTALL)

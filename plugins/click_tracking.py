@@ -34,6 +34,7 @@ _TRAILING = ".,;:!?)'\""
 _PRESENCE_OPT_OUTS = ("data-no-track", "data-track-disabled", "ses:no-track")
 _OFF_VALUES = {"off", "false", "0", "no"}
 _NEGATIVE = {"false", "0", "no"}  # data-no-track="false" does not opt out
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # raw bytes the part's charset could not decode
 
 
 def validate_base_url(value: str) -> str:
@@ -50,6 +51,8 @@ def skip_reason(link: Link, base_url: str, skip_visible_urls: bool) -> str | Non
         return "placeholder"
     if not url.lower().startswith(_HTTP):
         return "not http(s)"
+    if _UNDECODABLE.search(url):
+        return "undecodable bytes in the URL"  # cannot be signed as text; leave it as sent
     if url.startswith(base_url + "/"):
         return "already tracked"
     for name in _PRESENCE_OPT_OUTS:
@@ -130,6 +133,6 @@ class ClickTracking(Plugin):
         if found.endswith(")") and url.count("(") > url.count(")"):
             url += ")"  # https://en.wikipedia.org/wiki/Foo_(bar)
         rest = found[len(url) :]
-        if url.startswith(self.base_url + "/") or len(url) <= len("https://"):
+        if url.startswith(self.base_url + "/") or len(url) <= len("https://") or _UNDECODABLE.search(url):
             return found
         return self.tracking_url(url, base) + rest

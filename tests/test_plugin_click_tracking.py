@@ -288,3 +288,10 @@ def test_generated_key_is_reused_across_restarts(tmp_path: Path) -> None:
     signer = TokenSigner({"k1": key.encode()}, "k1")
     second = TRACKED.findall(html_of(run_chain(raw, ["click_tracking"], config=cfg).copies[0].data)[0])
     assert signer.verify(first[0])["u"] == signer.verify(second[0])["u"] == "https://example.com/"
+
+
+def test_url_with_undecodable_bytes_is_left_as_sent(tmp_path: Path) -> None:
+    raw = html_message("") + b'<a href="https://example.com/caf\xe9">bad</a> <a href="https://example.com/ok">ok</a>'
+    part = Message(track(raw, tmp_path).copies[0].data).html_parts()[0]
+    assert b'href="https://example.com/caf\xe9"' in part.body
+    assert [decode(t)["u"] for t in TRACKED.findall(part.text())] == ["https://example.com/ok"]

@@ -217,3 +217,23 @@ def test_inlinecss_off_leaves_the_message_alone(tmp_path: Path) -> None:
     raw = (SAMPLES / "03-mso-conditional.eml").read_bytes()
     result = run_chain(raw, ["css_inline"], config={"features": {"inlinecss": False}})
     assert result.copies[0].data == Message(raw).as_bytes()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_bytes_invalid_in_the_declared_charset_survive_inlining(engine: str, tmp_path: Path) -> None:
+    """A part labelled utf-8 holding a latin-1 byte (common) is inlined, not failed, and the byte kept."""
+    raw = html_message("") + (
+        b"<!-- <html> in a comment --><!DOCTYPE html><html><head><style>p { color: #ff0000; }</style></head>"
+        b"<body><p>caf\xe9</p></body></html>"
+    )
+    part = inline(raw, engine, tmp_path).html_parts()[0]
+    assert b"<p style=\"color" in part.body and b"caf\xe9</p>" in part.body
+    assert part.body.startswith(b"<!-- <html> in a comment --><!DOCTYPE html><html>")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_document_without_html_tag_keeps_head_and_body(engine: str, tmp_path: Path) -> None:
+    body = "<!doctype html>\r\n<head><title>T</title><style>p { color: #ff0000; }</style></head><body><p>x</p></body>\r\n"
+    html = inline(html_message(body), engine, tmp_path).html_parts()[0].text()
+    assert html.startswith("<!doctype html>\r\n<html><head><title>T</title>")
+    assert "<body><p style=\"color" in html
