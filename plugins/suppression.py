@@ -28,8 +28,8 @@ class Suppression(Plugin):
         self.reply = Reject(STOPLIST_REPLY[0], STOPLIST_REPLY[1], config.text)
         self._list: Any = None
 
-    @property
-    def stoplist(self) -> Any:
+    def _stoplist(self) -> Any:
+        # A method, not a property: pluggy inspects every attribute at registration.
         if self._list is None:  # opened on first RCPT: commands that never admit mail don't create it
             self._list = open_suppression_list(self.env.data_dir)
         return self._list
@@ -37,6 +37,6 @@ class Suppression(Plugin):
     @hookimpl
     def on_rcpt_to(self, session: Session, address: str) -> Verdict | None:
         credential = session.credential.name if session.credential else None
-        if address and self.stoplist.contains(address, credential):
+        if address and self._stoplist().contains(address, credential):
             return self.reply
         return None

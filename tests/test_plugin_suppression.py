@@ -1,0 +1,117 @@
+"""The suppression plugin: RCPT to a stoplisted address gets Sendsay's reply, over real SMTP."""
+
+from __future__ import annotations
+
+import base64
+
+import aiohttp
+import pytest
+from tracking_helpers import signer, tracking_config
+
+from pipeline.context import Credential, Session, Transaction
+from pipeline.gateway import Gateway
+from pipeline.ingress.service import IngressService
+from pipeline.ingress.testing import Dialogue
+from pipeline.testing import make_chain
+from pipeline.tracking import tracking_services
+from pipeline.verdicts import Reject, TempFail
+
+STOPLIST = "550 5.0.0 Email is in the account stoplist"
+
+
+def smtp_config(data_dir, **overrides):
+    base = {
+        "listeners": [{"name": "plain", "port": 0, "tls": "none", "require_tls": False}],
+        "credentials": [
+            {"name": "shop", "username": "shop", "secret": "pw-shop"},
+            {"name": "blog", "username": "blog", "secret": "pw-blog"},
+        ],
+    }
+    base.update(overrides)
+    return tracking_config(data_dir, base, plugins=["suppression"])
+
+
+async def rcpt_reply(port: int, user: str, password: str, rcpt: str) -> str:
+    d = await Dialogue.connect("127.0.0.1", port)
+    try:
+        await d.reply()
+        await d.cmd("EHLO client.test")
+        auth = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        assert (await d.cmd(f"AUTH PLAIN {auth}")).code == 235
+        assert (await d.cmd("MAIL FROM:<news@shop.example>")).code == 250
+        r = await d.cmd(f"RCPT TO:<{rcpt}>")
+        await d.cmd("QUIT")
+        return f"{r.code} {r.text}"
+    finally:
+        await d.close()
+
+
+async def test_one_click_unsubscribe_then_next_rcpt_gets_stoplist_reply(tmp_path):
+    gw = Gateway(smtp_config(tmp_path / "data"))
+    ingress = IngressService(gw)
+    gw.services = [ingress, *tracking_services(gw)]
+    gw.services[1].requested_port = 0
+    await gw.start()
+    try:
+        port, web = ingress.port("plain"), gw.services[1].url
+        assert (await rcpt_reply(port, "shop", "pw-shop", "dana@example.net")).startswith("250")
+        token = signer().sign({"k": "u", "q": "Q1", "r": "dana@example.net", "s": "shop"})
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{web}/u/{token}", data="List-Unsubscribe=One-Click", allow_redirects=False) as r:
+                assert r.status == 200
+        assert await rcpt_reply(port, "shop", "pw-shop", "Dana@Example.net") == STOPLIST
+        # per-credential scope (the default): another account may still write to the address
+        assert (await rcpt_reply(port, "blog", "pw-blog", "dana@example.net")).startswith("250")
+    finally:
+        await gw.stop()
+
+
+async def test_global_suppression_applies_to_every_credential(tmp_path):
+    gw = Gateway(smtp_config(tmp_path / "data"))
+    ingress = IngressService(gw)
+    gw.services = [ingress]
+    await gw.start()
+    try:
+        gw.events.suppress("blocked@example.net")  # global scope, as `smtpgate suppression add` does
+        for user in ("shop", "blog"):
+            assert await rcpt_reply(ingress.port("plain"), user, f"pw-{user}", "blocked@example.net") == STOPLIST
+    finally:
+        await gw.stop()
+
+
+async def run_rcpt(chain, address: str, credential: str | None = "shop"):
+    session = Session(credential=Credential(credential) if credential else None)
+    return await chain.run("on_rcpt_to", session=session, transaction=Transaction(), address=address)
+
+
+async def test_plugin_rejects_only_suppressed_addresses(tmp_path):
+    config = tracking_config(tmp_path / "data", plugins=["suppression"])
+    gw = Gateway(config)
+    gw.events.suppress("x@example.net", "shop")
+    chain = make_chain(config)
+    verdict = await run_rcpt(chain, "X@example.net")
+    assert isinstance(verdict, Reject) and verdict.reply() == STOPLIST
+    assert await run_rcpt(chain, "y@example.net") is None
+    assert await run_rcpt(chain, "x@example.net", credential="blog") is None
+    assert await run_rcpt(chain, "x@example.net", credential=None) is None
+    await gw.stop()
+
+
+async def test_unreadable_stoplist_fails_closed_with_tempfail(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "events.db").write_bytes(b"this is not a sqlite database" * 100)
+    chain = make_chain(tracking_config(data, plugins=["suppression"]))
+    verdict = await run_rcpt(chain, "x@example.net")
+    assert isinstance(verdict, TempFail) and verdict.code == 451
+
+
+def test_reply_text_is_configurable_but_code_stays(tmp_path):
+    config = tracking_config(tmp_path / "data", {"plugins": {"suppression": {"text": "Address unsubscribed"}}},
+                             plugins=["suppression"])
+    chain = make_chain(config)
+    plugin = chain.plugins.plugins[0].instance
+    assert plugin.reply.reply() == "550 5.0.0 Address unsubscribed"
+    with pytest.raises(Exception, match="one line"):
+        make_chain(tracking_config(tmp_path / "d2", {"plugins": {"suppression": {"text": "a\nb"}}},
+                                   plugins=["suppression"]))
