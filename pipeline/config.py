@@ -208,6 +208,18 @@ class SuppressionSection(Section):
     complaints: bool = True
 
 
+DEFAULT_FEATURES: dict[str, bool] = {
+    "inlinecss": True,
+    "trackclicks": True,
+    "trackopens": True,
+    "trackbounces": False,
+    "dkim": True,
+    "campaign": True,
+    "validate": True,
+}
+"""Each switch's value when ``[features]`` does not name it."""
+
+
 class Config(Section):
     """The whole configuration; ``Config()`` is the embedded default."""
 
@@ -215,17 +227,7 @@ class Config(Section):
     listeners: list[ListenerSection] = Field(default_factory=_default_listeners)
     tls: TLSSection = Field(default_factory=TLSSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
-    features: dict[str, bool] = Field(
-        default_factory=lambda: {
-            "inlinecss": True,
-            "trackclicks": True,
-            "trackopens": True,
-            "trackbounces": False,
-            "dkim": True,
-            "campaign": True,
-            "validate": True,
-        }
-    )
+    features: dict[str, bool] = Field(default_factory=lambda: dict(DEFAULT_FEATURES))
     chain: ChainSection = Field(default_factory=ChainSection)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
     credentials: list[CredentialSection] = Field(default_factory=list)
@@ -242,7 +244,9 @@ class Config(Section):
     @field_validator("features")
     @classmethod
     def _known_features(cls, v: dict[str, bool]) -> dict[str, bool]:
-        defaults = dict.fromkeys(FEATURES, False)
+        # A [features] table overrides the defaults key by key: naming one switch must not turn
+        # every other one off (validation and DKIM included).
+        defaults = {**dict.fromkeys(FEATURES, False), **DEFAULT_FEATURES}
         defaults.update({k.lower(): val for k, val in v.items()})  # switch names are case-insensitive
         return defaults
 

@@ -1,0 +1,208 @@
+"""Configuration: embedded defaults, precise errors (file, key, problem), secrets, check-config."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.config import Config, ConfigError, load_config
+
+
+def write(tmp_path: Path, text: str, name: str = "smtpgate.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_no_file_needed_the_defaults_are_complete(monkeypatch):
+    monkeypatch.delenv("SMTPGATE_CONFIG", raising=False)
+    cfg = load_config(None)
+    assert cfg.source == "<defaults>"
+    assert cfg.chain.plugins[0] == "header_validation" and cfg.chain.plugins[-1] == "dkim_sign"
+    assert cfg.features["trackclicks"] is True and cfg.features["trackbounces"] is False
+    assert cfg.limits.max_message_size == 25 * 1024 * 1024
+    assert [li.port for li in cfg.listeners] == [2525, 4650]
+    assert Config().chain.timeout == 10.0
+
+
+def test_smtpgate_config_environment_variable_names_the_file(tmp_path, monkeypatch):
+    path = write(tmp_path, "[limits]\nmax_recipients = 7\n")
+    monkeypatch.setenv("SMTPGATE_CONFIG", str(path))
+    cfg = load_config()
+    assert cfg.limits.max_recipients == 7
+    assert cfg.source == str(path)
+
+
+def test_data_dir_environment_variable_applies_unless_the_file_sets_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMTPGATE_DATA_DIR", str(tmp_path / "envdata"))
+    assert load_config(write(tmp_path, "")).data_dir == tmp_path / "envdata"
+    assert load_config(write(tmp_path, '[gateway]\ndata_dir = "/srv/x"\n')).data_dir == Path("/srv/x")
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ('[gateway]\nhostnme = "mx"\n', "gateway.hostnme: unknown key"),
+        ('[gatway]\nhostname = "mx"\n', "gatway: unknown key"),
+        ("[[listeners]]\nport = 25\ntsl = 'none'\n", "listeners[0].tsl: unknown key"),
+        ('[[credentials]]\nname = "a"\nsecert = "x"\n', "credentials[0].secert: unknown key"),
+    ],
+)
+def test_unknown_key_names_the_file_and_the_key(tmp_path, toml, expected):
+    path = write(tmp_path, toml)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: {expected}"
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "problem"),
+    [
+        ('[limits]\nmax_recipients = "many"\n', "limits.max_recipients", "valid integer"),
+        ("[limits]\nmax_recipients = 0\n", "limits.max_recipients", "greater than 0"),
+        ("[[listeners]]\nport = 70000\n", "listeners[0].port", "less than or equal to 65535"),
+        ("[[listeners]]\nport = 25\ntls = 'sometimes'\n", "listeners[0].tls", "'none', 'starttls' or 'implicit'"),
+        ("[chain]\nplugins = 'css_inline'\n", "chain.plugins", "valid list"),
+        ("[features]\ntrackopens = 'maybe'\n", "features.trackopens", "valid boolean"),
+    ],
+)
+def test_bad_value_names_the_file_the_key_and_the_problem(tmp_path, toml, key, problem):
+    path = write(tmp_path, toml)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: {key}: ")
+    assert problem in str(err.value)
+
+
+def test_every_problem_is_reported_not_just_the_first(tmp_path):
+    path = write(tmp_path, '[limits]\nmax_recipients = "x"\nmax_connections = -1\n[gateway]\nnope = 1\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    lines = str(err.value).splitlines()
+    assert len(lines) == 3
+    assert all(line.startswith(f"{path}: ") for line in lines)
+
+
+def test_invalid_toml_missing_file_and_bad_encoding(tmp_path):
+    bad = write(tmp_path, "[limits\nmax_recipients = 1\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}: invalid TOML: "):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "missing.toml")
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'[gateway]\nhostname = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(latin)
+
+
+def test_naming_one_feature_keeps_the_other_defaults(tmp_path):
+    """Regression: ``[features] trackopens = false`` used to switch off validation and DKIM too."""
+    cfg = load_config(write(tmp_path, "[features]\ntrackopens = false\n"))
+    assert cfg.features == {**Config().features, "trackopens": False}
+    assert cfg.features["validate"] is True and cfg.features["dkim"] is True
+
+
+def test_secrets_come_from_environment_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMTPGATE_TEST_RELAY_PASSWORD", "s3cret")
+    cfg = load_config(write(tmp_path, '[egress]\npassword = "env:SMTPGATE_TEST_RELAY_PASSWORD"\n'))
+    assert cfg.egress.password == "s3cret"
+
+
+def test_missing_environment_variable_is_an_error_naming_key_and_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv("SMTPGATE_TEST_UNSET", raising=False)
+    path = write(tmp_path, '[tracking.keys]\nk1 = "env:SMTPGATE_TEST_UNSET"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: tracking.keys.k1: environment variable SMTPGATE_TEST_UNSET is not set"
+
+
+def test_secrets_come_from_files_stripped(tmp_path):
+    secret = tmp_path / "relay.pass"
+    secret.write_text("from-a-file\n")
+    cfg = load_config(write(tmp_path, f'[egress]\npassword = "file:{secret}"\n'))
+    assert cfg.egress.password == "from-a-file"
+
+
+def test_missing_secret_file_is_an_error_naming_key_and_file(tmp_path):
+    path = write(tmp_path, f'[[credentials]]\nname = "app"\nsecret = "file:{tmp_path}/nope"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: credentials[0].secret: cannot read secret file {tmp_path}/nope")
+
+
+def test_feature_switch_names_are_case_insensitive(tmp_path):
+    cfg = load_config(
+        write(
+            tmp_path,
+            """
+            [features]
+            TrackOpens = false
+            [[credentials]]
+            name = "shop"
+            features = { InlineCSS = false }
+            locked = ["TrackClicks"]
+            """,
+        )
+    )
+    assert cfg.features["trackopens"] is False
+    assert "TrackOpens" not in cfg.features
+    assert cfg.features["trackclicks"] is True  # the switches not named keep their defaults
+    assert cfg.credentials[0].features == {"inlinecss": False}
+    assert cfg.credentials[0].locked == ["trackclicks"]
+
+
+# ------------------------------------------------------------------------------------------------
+# smtpgate check-config
+# ------------------------------------------------------------------------------------------------
+
+
+def test_check_config_prints_ok_and_a_summary(tmp_path, data_dir):
+    path = write(
+        tmp_path,
+        """
+        [chain]
+        plugins = ["header_validation", "css_inline"]
+        [features]
+        trackopens = false
+        [[credentials]]
+        name = "shop"
+        """,
+    )
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"OK: {path}\n")
+    assert "chain (2): header_validation, css_inline" in result.output
+    assert "off: trackbounces, trackopens" in result.output
+    assert "credentials: shop" in result.output
+
+
+def test_check_config_with_embedded_defaults_loads_the_default_chain(data_dir, monkeypatch):
+    monkeypatch.delenv("SMTPGATE_CONFIG", raising=False)
+    result = CliRunner().invoke(main, ["check-config"])
+    assert result.exit_code == 0, result.output
+    assert "OK: <defaults>" in result.output
+
+
+def test_check_config_prints_every_error_and_exits_2(tmp_path):
+    path = write(tmp_path, '[limits]\nmax_recipients = "x"\n[gateway]\nnope = 1\n')
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert f"{path}: limits.max_recipients:" in result.output
+    assert f"{path}: gateway.nope: unknown key" in result.output
+    assert "OK" not in result.output
+
+
+def test_check_config_catches_plugin_errors_and_missing_tls_files(tmp_path, data_dir):
+    path = write(tmp_path, '[plugins.css_inline]\nengin = "fast"\n')
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}: plugins.css_inline.engin: unknown key" in result.output
+    path = write(tmp_path, f'[tls]\ncert_file = "{tmp_path}/cert.pem"\n', "tls.toml")
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
+    assert result.exit_code == 2
+    assert f"tls.cert_file: file {tmp_path}/cert.pem not found" in result.output
