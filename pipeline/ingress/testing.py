@@ -13,14 +13,17 @@ seed's session, and wraps the socket in TLS for STARTTLS or implicit TLS.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import sqlite3
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config
+from pipeline.config import Config, parse_config
 from pipeline.gateway import Gateway
 from pipeline.ingress.service import IngressService
 
@@ -124,3 +127,52 @@ async def running_ingress(
         yield gateway, ingress
     finally:
         await gateway.stop(grace)
+
+
+TEST_LISTENERS = [
+    {"name": "plain", "port": 0, "tls": "none", "require_tls": False},
+    {"name": "starttls", "port": 0, "tls": "starttls"},
+    {"name": "smtps", "port": 0, "tls": "implicit"},
+]
+
+
+def ingress_test_config(
+    data_dir: Path, tls_cert: tuple[Path, Path] | None = None, *, chain: Sequence[str] = (), **sections: Any
+) -> Config:
+    """A config for tests: three listeners on port 0 (plain, STARTTLS, implicit TLS), hostname gw.test."""
+    data: dict[str, Any] = {
+        "gateway": {"hostname": "gw.test", "data_dir": str(data_dir)},
+        "listeners": TEST_LISTENERS,
+        "chain": {"plugins": list(chain)},
+    }
+    if tls_cert is not None:
+        data["tls"] = {"cert_file": str(tls_cert[0]), "key_file": str(tls_cert[1])}
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return parse_config(data, "<test>")
+
+
+def client_tls(tls_cert: tuple[Path, Path]) -> ssl.SSLContext:
+    """A verifying client context that trusts the test certificate."""
+    return ssl.create_default_context(cafile=str(tls_cert[0]))
+
+
+def spooled(data_dir: Path) -> list[dict[str, Any]]:
+    """Every message in the spool (queue id, envelope, bytes, context), oldest first."""
+    conn = sqlite3.connect(str(data_dir / "spool.db"))
+    try:
+        rows = conn.execute("SELECT queue_id, mail_from, data, context FROM messages ORDER BY created_at").fetchall()
+        out = []
+        for queue_id, mail_from, data, context in rows:
+            rcpts = [r[0] for r in conn.execute(
+                "SELECT recipient FROM recipients WHERE queue_id = ? ORDER BY recipient", (queue_id,))]
+            out.append({"queue_id": queue_id, "mail_from": mail_from, "data": bytes(data),
+                        "context": json.loads(context), "recipients": rcpts})
+        return out
+    except sqlite3.OperationalError:  # no spool yet
+        return []
+    finally:
+        conn.close()

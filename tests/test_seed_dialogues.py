@@ -1,0 +1,235 @@
+"""Every seed's SMTP dialogue, replayed line by line over real sockets against the ingress.
+
+The seeds' example messages are abbreviated (Perfit's has only a Subject), so these tests run the
+real header_validation plugin configured to add the missing headers (Postfix's
+always_add_missing_headers); one test shows the default, strict reply to the same message.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import ClassVar
+
+import pytest
+
+from pipeline import Event, Plugin, hookimpl
+from pipeline.ingress.testing import Dialogue, client_tls, ingress_test_config, running_ingress, spooled
+
+ADD_MISSING = {"header_validation": {"add_missing": ["Message-Id", "Date", "MIME-Version", "Content-Type", "From", "To"]}}
+PERFIT_KEY = "pf_live_4f9a0c7e2b1d"
+# enKod's example: AUTH PLAIN with an empty authzid and login, the SMTP key as password. The
+# seed's literal string is not valid base64 (61 data characters: a redacted key), so the server
+# answers it 501 5.5.2; the same key, correctly encoded, authenticates.
+ENKOD_SEED_AUTH = "AABfN3lhTUZtcm5hZ251VFRXR1lueVNiQWNLX2R4VTh4WWVYdzV2UzBYXVpMQ=="
+ENKOD_KEY = "_7yaMFmrnagnuTTWGYnySbAcK_dxU8xYeXw5vS0X]ZL"
+ENKOD_AUTH = base64.b64encode(b"\0\0" + ENKOD_KEY.encode()).decode()
+
+CREDENTIALS = [
+    {"name": "perfit", "kind": "apikey", "secret": PERFIT_KEY},
+    {"name": "enkod", "kind": "apikey", "secret": ENKOD_KEY},
+    {"name": "smtpeter", "kind": "password", "username": "my-username", "secret": "my-password",
+     "features": {"trackopens": True}},
+    {"name": "sendsay-demo", "kind": "password", "username": "demo.demo@smtpgate", "secret": "demo", "sandbox": True},
+    {"name": "sendsay-office", "kind": "ip", "networks": ["127.0.0.1/32"]},
+]
+
+
+class EventRecorder(Plugin):
+    """Collects every event the gateway emits."""
+
+    name = "event_recorder"
+    events: ClassVar[list[Event]] = []
+
+    @hookimpl
+    def on_event(self, event: Event) -> None:
+        EventRecorder.events.append(event)
+
+
+@pytest.fixture
+def recorder():
+    EventRecorder.events = []
+    return EventRecorder
+
+
+def seed_config(data_dir, tls_cert, credentials=CREDENTIALS, **sections):
+    return ingress_test_config(
+        data_dir, tls_cert, chain=["header_validation"], credentials=credentials,
+        **{"plugins": ADD_MISSING, **sections},
+    )
+
+
+async def expect(d: Dialogue, line: str | None, code: int, enhanced: str | None = None, text: str | None = None):
+    r = await (d.cmd(line) if line is not None else d.reply())
+    assert r.code == code, f"{line!r} -> {r}"
+    if enhanced is not None:
+        assert r.enhanced == enhanced, f"{line!r} -> {r}"
+    if text is not None:
+        assert r.text == text, f"{line!r} -> {r}"
+    return r
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+async def test_perfit_telnet_session_with_apikey_login(data_dir, tls_cert, recorder):
+    cfg = seed_config(data_dir, tls_cert)
+    async with running_ingress(cfg, [recorder]) as (_, ingress):
+        d = await Dialogue.connect("127.0.0.1", ingress.port("plain"))
+        await expect(d, None, 220, text="gw.test ESMTP smtpgate")
+        ehlo = await expect(d, "EHLO minombre", 250)
+        assert ehlo.lines[0] == "gw.test"
+        assert {"8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES", "AUTH PLAIN LOGIN"} <= set(ehlo.lines)
+        assert f"SIZE {cfg.limits.max_message_size}" in ehlo.lines
+        await expect(d, "AUTH LOGIN", 334, text="VXNlcm5hbWU6")
+        await expect(d, "YXBpa2V5", 334, text="UGFzc3dvcmQ6")  # "apikey"
+        await expect(d, b64(PERFIT_KEY), 235, "2.7.0")
+        await expect(d, "MAIL FROM: yo@midominio.com", 250, "2.1.0")
+        await expect(d, "RCPT TO: destinatario@domain.com", 250, "2.1.5")
+        await expect(d, "DATA", 354)
+        r = await expect(d, "Subject: este es el asunto\r\n\r\nEste es el contenido\r\n.", 250, "2.0.0")
+        assert r.text.startswith("2.0.0 Ok: queued as ")
+        queue_id = r.text.rsplit(" ", 1)[1]
+        await expect(d, "QUIT", 221, "2.0.0")
+        await d.close()
+    [msg] = spooled(data_dir)
+    assert msg["queue_id"] == queue_id
+    assert msg["mail_from"] == "yo@midominio.com"
+    assert msg["recipients"] == ["destinatario@domain.com"]
+    assert msg["context"]["credential"]["name"] == "perfit"
+    assert b"Subject: este es el asunto\r\n" in msg["data"]
+    assert b"\r\nFrom: " in msg["data"] or msg["data"].startswith(b"From: ")
+    accepted = [e for e in recorder.events if e.type == "accepted"]
+    assert [(e.queue_id, e.recipient, e.credential) for e in accepted] == [(queue_id, "destinatario@domain.com", "perfit")]
+
+
+async def test_perfit_message_gets_strict_header_reply_by_default(data_dir, tls_cert):
+    cfg = ingress_test_config(data_dir, tls_cert, chain=["header_validation"], credentials=CREDENTIALS)
+    async with running_ingress(cfg) as (_, ingress):
+        d = await Dialogue.connect("127.0.0.1", ingress.port("plain"))
+        await expect(d, None, 220)
+        await expect(d, "EHLO minombre", 250)
+        await expect(d, "AUTH LOGIN", 334)
+        await expect(d, "YXBpa2V5", 334)
+        await expect(d, b64(PERFIT_KEY), 235)
+        await expect(d, "MAIL FROM: yo@midominio.com", 250)
+        await expect(d, "RCPT TO: destinatario@domain.com", 250)
+        await expect(d, "DATA", 354)
+        await expect(d, "Subject: este es el asunto\r\n\r\nEste es el contenido\r\n.", 550, "5.6.0",
+                     "5.6.0 Message has no From: header")
+        await d.close()
+    assert spooled(data_dir) == []
+
+
+async def test_smtpeter_implicit_tls_auth_login_with_initial_response(data_dir, tls_cert, recorder):
+    cfg = seed_config(data_dir, tls_cert)
+    async with running_ingress(cfg, [recorder]) as (_, ingress):
+        d = await Dialogue.connect("127.0.0.1", ingress.port("smtps"), tls=client_tls(tls_cert))
+        await expect(d, None, 220, text="gw.test ESMTP smtpgate")
+        ehlo = await expect(d, "EHLO mydomain.com", 250)
+        assert "PIPELINING" in ehlo.lines and "8BITMIME" in ehlo.lines
+        assert "AUTH PLAIN LOGIN" in ehlo.lines  # aiosmtpd #281: AUTH missing on implicit TLS
+        assert "STARTTLS" not in ehlo.lines
+        await expect(d, "AUTH LOGIN bXktdXNlcm5hbWU=", 334, text="UGFzc3dvcmQ6")
+        await expect(d, "bXktcGFzc3dvcmQ=", 235, "2.7.0")
+        await expect(d, "MAIL FROM:<info@example.com>", 250, "2.1.0")
+        await expect(d, "RCPT TO:<john@doe.com>", 250, "2.1.5")
+        await expect(d, "DATA", 354)
+        r = await expect(
+            d,
+            "From: <info@example.com>\r\nTo: <john@doe.com>\r\nSubject: Example email\r\nMIME-Version: 1.0\r\n"
+            "x-smtpeter-trackopens: false\r\n\r\nThis is example content\r\n.",
+            250, "2.0.0",
+        )
+        assert r.text.startswith("2.0.0 Ok: queued as ")
+        await expect(d, "QUIT", 221)
+        await d.close()
+    [msg] = spooled(data_dir)
+    assert msg["context"]["credential"]["name"] == "smtpeter"
+    assert msg["context"]["features"]["trackopens"] is False  # the header beats the credential
+    assert b"x-smtpeter" not in msg["data"].lower()  # control headers never leave
+
+
+async def test_enkod_starttls_then_lowercase_auth_plain_with_empty_login(data_dir, tls_cert):
+    cfg = seed_config(data_dir, tls_cert)
+    body = (
+        "Date: Thu, 29 Sep 2022 15:42:13 GMT\r\nFrom: test@testmail.ru\r\nTo: test2@testmail.ru\r\n"
+        "Subject: =?utf-8?B?0KLQtdGB0YIgU01UUCDlhbzQvNC+0LQ=?=\r\nContent-Type: text/html; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: quoted-printable\r\nMIME-Version: 1.0\r\n\r\n"
+        "<html>\r\n<body>\r\nmessage body\r\n</body>\r\n</html>\r\n."
+    )
+    async with running_ingress(cfg) as (_, ingress):
+        d = await Dialogue.connect("127.0.0.1", ingress.port("starttls"))
+        await expect(d, None, 220, text="gw.test ESMTP smtpgate")
+        ehlo = await expect(d, "EHLO openssl.client.net", 250)  # what `openssl s_client -starttls smtp` sends
+        assert "STARTTLS" in ehlo.lines
+        assert not any(line.startswith("AUTH") for line in ehlo.lines)  # no AUTH before TLS by default
+        await expect(d, "STARTTLS", 220, "2.0.0")
+        await d.writer.start_tls(client_tls(tls_cert), server_hostname="localhost")
+        ehlo = await expect(d, "ehlo testmail.ru", 250)
+        assert "AUTH PLAIN LOGIN" in ehlo.lines and "STARTTLS" not in ehlo.lines
+        await expect(d, f"auth plain {ENKOD_SEED_AUTH}", 501, "5.5.2", "5.5.2 Cannot decode base64")
+        await expect(d, f"auth plain {ENKOD_AUTH}", 235, "2.7.0")
+        await expect(d, "mail from:test@testmail.ru", 250, "2.1.0")
+        await expect(d, "rcpt to:test2@testmail.ru", 250, "2.1.5")
+        await expect(d, "data", 354)
+        r = await expect(d, body, 250, "2.0.0")
+        assert r.text.startswith("2.0.0 Ok: queued as ")
+        await d.close()
+    [msg] = spooled(data_dir)
+    assert msg["context"]["credential"]["name"] == "enkod"
+    assert msg["recipients"] == ["test2@testmail.ru"]
+
+
+async def test_sendsay_demo_login_is_sandboxed_and_test_address_is_dropped(data_dir, tls_cert, recorder):
+    cfg = seed_config(data_dir, tls_cert, relay={"sink_addresses": ["test@test.ru"]})
+    message = (
+        "Message-Id: <1@example.ru>\r\nDate: Thu, 29 Sep 2022 15:42:13 GMT\r\nFrom: shop@example.ru\r\n"
+        "To: client@example.com\r\nSubject: hello\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        "X-Campaign-Id: autumn_sale-2022\r\nX-Letter-Id: L-42\r\n\r\nhi\r\n."
+    )
+    async with running_ingress(cfg, [recorder]) as (_, ingress):
+        d = await Dialogue.connect("127.0.0.1", ingress.port("starttls"))
+        await expect(d, None, 220)
+        await expect(d, "EHLO client.example.ru", 250)
+        await d.starttls(client_tls(tls_cert))
+        await expect(d, "EHLO client.example.ru", 250)
+        await expect(d, "AUTH LOGIN", 334, text="VXNlcm5hbWU6")
+        await expect(d, b64("demo.demo@smtpgate"), 334, text="UGFzc3dvcmQ6")
+        await expect(d, b64("demo"), 235, "2.7.0")
+        # a message to a real address: accepted, spooled, marked sandbox (never delivered)
+        await expect(d, "MAIL FROM:<shop@example.ru>", 250)
+        await expect(d, "RCPT TO:<client@example.com>", 250)
+        await expect(d, "DATA", 354)
+        r = await expect(d, message, 250, "2.0.0")
+        queue_id = r.text.rsplit(" ", 1)[1]
+        # Sendsay's test address: accepted and ignored, nothing spooled
+        await expect(d, "MAIL FROM:<shop@example.ru>", 250)
+        await expect(d, "RCPT TO:<test@test.ru>", 250, "2.1.5")
+        await expect(d, "DATA", 354)
+        await expect(d, message, 250, "2.0.0", "2.0.0 Ok")
+        await expect(d, "QUIT", 221)
+        await d.close()
+    [msg] = spooled(data_dir)
+    assert msg["queue_id"] == queue_id
+    assert msg["context"]["credential"]["sandbox"] is True
+    discarded = [e for e in recorder.events if e.type == "discarded"]
+    assert [(e.recipient, e.credential, e.data["reason"]) for e in discarded] == [
+        ("test@test.ru", "sendsay-demo", "sink address")
+    ]
+
+
+async def test_sendsay_allow_listed_ip_sends_without_auth(data_dir, tls_cert):
+    cfg = seed_config(data_dir, tls_cert)
+    async with running_ingress(cfg) as (_, ingress):
+        d = await Dialogue.connect("127.0.0.1", ingress.port("plain"))
+        await expect(d, None, 220)
+        await expect(d, "HELO client.example.ru", 250)
+        await expect(d, "MAIL FROM:<shop@example.ru>", 250, "2.1.0")
+        await expect(d, "RCPT TO:<client@example.com>", 250, "2.1.5")
+        await expect(d, "DATA", 354)
+        await expect(d, "From: shop@example.ru\r\nTo: client@example.com\r\nSubject: hi\r\n\r\nhello\r\n.", 250, "2.0.0")
+        await expect(d, "QUIT", 221)
+        await d.close()
+    [msg] = spooled(data_dir)
+    assert msg["context"]["credential"]["name"] == "sendsay-office"
