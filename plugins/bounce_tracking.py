@@ -1,9 +1,10 @@
 """bounce_tracking: the envelope sender of each recipient copy becomes a VERP address
 ``bounces+{token}@{bounce_domain}`` (feature ``trackbounces``), so a bounce names its copy.
 
-The token is signed with the tracking keys (kind ``b``) and carries only the queue id and the
-recipient, to stay short: the campaign, letter id and credential are looked up from the event
-store when the bounce arrives. The gateway accepts mail for the bounce domain and turns DSNs and
+The token is signed with the tracking keys (kind ``b``) and carries only the queue id and a
+hash of the recipient, so the local part fits RFC 5321's 64 characters
+(``pipeline.events.verp_local_part``): the recipient, campaign, letter id and credential are
+looked up from the report and the event store when the bounce arrives. The gateway accepts mail for the bounce domain and turns DSNs and
 ARF reports into ``bounced`` / ``complained`` events (``pipeline.events.inbound``).
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 from pydantic import field_validator
 
 from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, TempFail, Verdict, hookimpl
+from pipeline.events import verp_local_part
 from pipeline.tokens import TokenSigner, load_signer
 
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$|^localhost$")
@@ -46,10 +48,11 @@ class BounceTracking(Plugin):
         if self.domain is None and env.config.features.get("trackbounces"):
             raise ValueError("features.trackbounces is on but tracking.bounce_domain is not set")
         self.signer: TokenSigner = load_signer(tracking.keys, tracking.key_id, env.data_dir)
+        verp_local_part(self.signer, config.prefix, "b", "Q" * 16, "probe@example.com")  # fits 64? else config error
 
     def address(self, ctx: MessageContext) -> str:
-        token = self.signer.sign({"k": "b", "q": ctx.queue_id, "r": ctx.recipient})
-        return f"{self.config.prefix}+{token}@{self.domain}"
+        local = verp_local_part(self.signer, self.config.prefix, "b", ctx.queue_id, ctx.recipient or "")
+        return f"{local}@{self.domain}"
 
     @hookimpl
     def on_personalize(self, ctx: MessageContext) -> Verdict | None:

@@ -3,7 +3,7 @@ and ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058), where the 
 enables it (``list_unsubscribe = true``) or ``[plugins.list_unsubscribe] always = true``.
 
 With ``mailto = true`` (and ``[tracking] bounce_domain`` set) the header also offers
-``<mailto:unsubscribe+{token}@{bounce_domain}>``, which the gateway's bounce-domain handler
+``<mailto:unsub+{token}@{bounce_domain}>`` (a compact token, see ``pipeline.events.verp``), which the gateway's bounce-domain handler
 turns into an ``unsubscribed`` event. A sender's own List-Unsubscribe is kept unless
 ``replace = true``. Runs before the signer, so DKIM signs both fields.
 """
@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import field_validator
 
 from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Verdict, hookimpl
+from pipeline.events import verp_local_part
 from pipeline.tokens import TokenSigner, load_signer
 
 
@@ -64,7 +65,8 @@ class ListUnsubscribe(Plugin):
         )
         value = f"<{self.base_url}/u/{token}>"
         if self.config.mailto:
-            value += f", <mailto:unsubscribe+{token}@{self.domain}?subject=unsubscribe>"
+            local = verp_local_part(self.signer, "unsub", "u", ctx.queue_id, ctx.recipient or "")
+            value += f", <mailto:{local}@{self.domain}?subject=unsubscribe>"
         return value
 
     @hookimpl

@@ -25,6 +25,7 @@ from pipeline.events.sqlite import (
     SuppressionPolicy,
     normalize_address,
 )
+from pipeline.events.verp import VerpToken, parse_verp, recipient_hash, verp_local_part
 from pipeline.storage import open_sqlite
 
 if TYPE_CHECKING:
@@ -119,8 +120,12 @@ __all__ = [
     "Suppressed",
     "SuppressionList",
     "SuppressionPolicy",
+    "VerpToken",
     "normalize_address",
     "open_event_store",
     "open_suppression_list",
+    "parse_verp",
+    "recipient_hash",
     "record_event",
+    "verp_local_part",
 ]

@@ -299,6 +299,14 @@ class SqliteEventStore:
             return {"credential": None, "campaign_id": None, "letter_id": None}
         return {"credential": row[0], "campaign_id": row[1], "letter_id": row[2]}
 
+    def recipients_of(self, queue_id: str) -> list[str]:
+        """Every recipient recorded for a queue id (to resolve a bounce address's recipient hash)."""
+        with self._hot_lock:
+            rows = self._hot.execute(
+                "SELECT DISTINCT recipient FROM events WHERE queue_id = ? AND recipient IS NOT NULL", (queue_id,)
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
     def counts_by_type(self) -> dict[str, int]:
         with self._read_lock:
             rows = self._read.execute("SELECT type, COUNT(*) FROM events GROUP BY type").fetchall()
