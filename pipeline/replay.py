@@ -29,6 +29,12 @@ from pipeline.verdicts import Accept, Discard, Reject, TempFail, Verdict
 _FIELD_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII except ':'
 
 
+_MESSAGE_FIELDS = frozenset(
+    "from to cc bcc subject date message-id mime-version content-type received return-path sender reply-to".split()
+)
+"""A file with none of these at the top is some other text file that happens to contain a colon."""
+
+
 class ReplayError(Exception):
     """An input that cannot be replayed (unreadable, not a message, no recipient): one line."""
 
@@ -102,8 +108,10 @@ def read_message_file(path: Path) -> bytes:
     for n, header in enumerate(msg.headers, 1):
         if not _FIELD_NAME.match(header.name):
             raise ReplayError(f"{path}: not an RFC 5322 message: header line {n} is not a header field")
-    if not msg.headers:
-        raise ReplayError(f"{path}: not an RFC 5322 message: no header fields")
+    if not {h.name.lower() for h in msg.headers} & _MESSAGE_FIELDS:
+        raise ReplayError(
+            f"{path}: not an RFC 5322 message: none of From, To, Subject, Date, Message-ID, ..."
+        )
     return raw
 
 

@@ -42,7 +42,9 @@ def make_plugin(
         return result() if callable(result) else result
 
     hook.__name__ = phase
-    return type(name.title().replace("_", ""), (Plugin,), {"name": name, "feature": feature, phase: hookimpl(hook)})
+    return type(
+        name.title().replace("_", ""), (Plugin,), {"name": name, "feature": feature, phase: hookimpl(hook)}
+    )
 
 
 def chain_of(*plugins: type, timeout: float | None = None) -> Chain:
@@ -52,7 +54,9 @@ def chain_of(*plugins: type, timeout: float | None = None) -> Chain:
     return chain
 
 
-def ctx_for(features: dict[str, bool] | None = None, rcpts: tuple[str, ...] = ("b@example.com",)) -> MessageContext:
+def ctx_for(
+    features: dict[str, bool] | None = None, rcpts: tuple[str, ...] = ("b@example.com",)
+) -> MessageContext:
     return MessageContext(Message(RAW, "a@example.com", list(rcpts)), features=dict(features or {}))
 
 
@@ -229,7 +233,10 @@ async def test_an_edit_after_the_signer_sealed_fails_closed(caplog):
     def late_edit(ctx: MessageContext) -> None:
         ctx.message.add_header("X-Late", "1")
 
-    chain = chain_of(make_plugin("sealer", "on_personalize", action=seal), make_plugin("late", "on_personalize", action=late_edit))
+    chain = chain_of(
+        make_plugin("sealer", "on_personalize", action=seal),
+        make_plugin("late", "on_personalize", action=late_edit),
+    )
     with caplog.at_level(logging.ERROR, logger="smtpgate.chain"):
         verdict = await chain.run("on_personalize", ctx=ctx_for())
     assert isinstance(verdict, TempFail)
@@ -262,7 +269,9 @@ async def test_trace_records_phase_plugin_verdict_time_and_attributed_edits():
     def tag(ctx: MessageContext) -> None:
         ctx.message.add_header("X-Tagged", "yes")
 
-    chain = chain_of(make_plugin("tagger", action=tag), make_plugin("judge", result=Reject(550, "5.7.1", "no")))
+    chain = chain_of(
+        make_plugin("tagger", action=tag), make_plugin("judge", result=Reject(550, "5.7.1", "no"))
+    )
     trace = Trace()
     await chain.run("on_message", ctx=ctx_for(), trace=trace)
     tagger, judge = trace.entries
@@ -292,7 +301,9 @@ async def test_session_phases_run_with_their_own_arguments():
     chain = chain_of(Gate)
     assert await chain.run("on_connect", session=Session(peer=("192.0.2.1", 1))) is None
     assert await chain.run("on_helo", session=Session(), hostname="mx.example.com") is None
-    assert await chain.run("on_connect", session=Session(peer=("192.0.2.66", 1))) == Reject(554, "5.7.1", "blocked")
+    assert await chain.run("on_connect", session=Session(peer=("192.0.2.66", 1))) == Reject(
+        554, "5.7.1", "blocked"
+    )
     assert seen == ["192.0.2.1", "mx.example.com", "192.0.2.66"]
 
 
@@ -355,7 +366,9 @@ async def test_a_verdict_for_one_copy_stops_only_that_copy():
         if ctx.recipient == "c@example.com":
             raise RuntimeError("suppressed lookup failed")
 
-    chain = chain_of(make_plugin("per_rcpt", "on_personalize", action=maybe_reject), make_plugin("sign", "on_sign"))
+    chain = chain_of(
+        make_plugin("per_rcpt", "on_personalize", action=maybe_reject), make_plugin("sign", "on_sign")
+    )
     copies = await process_message(chain, ctx_for(rcpts=("b@example.com", "c@example.com")))
     assert [c.deliverable for c in copies] == [True, False]
     assert copies[1].verdict is not None and copies[1].verdict.reply().startswith("451 4.3.0")

@@ -65,7 +65,11 @@ def test_unknown_key_names_the_file_and_the_key(tmp_path, toml, expected):
         ('[limits]\nmax_recipients = "many"\n', "limits.max_recipients", "valid integer"),
         ("[limits]\nmax_recipients = 0\n", "limits.max_recipients", "greater than 0"),
         ("[[listeners]]\nport = 70000\n", "listeners[0].port", "less than or equal to 65535"),
-        ("[[listeners]]\nport = 25\ntls = 'sometimes'\n", "listeners[0].tls", "'none', 'starttls' or 'implicit'"),
+        (
+            "[[listeners]]\nport = 25\ntls = 'sometimes'\n",
+            "listeners[0].tls",
+            "'none', 'starttls' or 'implicit'",
+        ),
         ("[chain]\nplugins = 'css_inline'\n", "chain.plugins", "valid list"),
         ("[features]\ntrackopens = 'maybe'\n", "features.trackopens", "valid boolean"),
     ],
@@ -131,7 +135,9 @@ def test_missing_secret_file_is_an_error_naming_key_and_file(tmp_path):
     path = write(tmp_path, f'[[credentials]]\nname = "app"\nsecret = "file:{tmp_path}/nope"\n')
     with pytest.raises(ConfigError) as err:
         load_config(path)
-    assert str(err.value).startswith(f"{path}: credentials[0].secret: cannot read secret file {tmp_path}/nope")
+    assert str(err.value).startswith(
+        f"{path}: credentials[0].secret: cannot read secret file {tmp_path}/nope"
+    )
 
 
 def test_feature_switch_names_are_case_insensitive(tmp_path):

@@ -79,13 +79,20 @@ def test_an_invalid_value_is_rejected_even_for_a_locked_feature():
 
 
 def test_control_headers_are_removed_including_unknown_ones():
-    m = msg("X-SMTPeter-TrackOpens: false", "X-SMTPeter-Campaign: spring", "X-Other: kept", "x-smtpeter-inlinecss: true")
+    m = msg(
+        "X-SMTPeter-TrackOpens: false",
+        "X-SMTPeter-Campaign: spring",
+        "X-Other: kept",
+        "x-smtpeter-inlinecss: true",
+    )
     resolve_features(DEFAULTS, None, m)
     assert [h.name for h in m.headers] == ["From", "To", "X-Other"]
     assert all(e.plugin == "core" and e.action == "remove_header" for e in m.edits)
 
 
-@pytest.mark.parametrize("header", ["X-SMTPeter-DKIM: false", "X-SMTPeter-Validate: false", "X-SMTPeter-Campaign: false"])
+@pytest.mark.parametrize(
+    "header", ["X-SMTPeter-DKIM: false", "X-SMTPeter-Validate: false", "X-SMTPeter-Campaign: false"]
+)
 def test_policy_switches_cannot_be_set_by_a_header(header):
     """Only the four tracking switches are the sender's to choose; signing and validation are not."""
     features = {**DEFAULTS, "validate": True, "campaign": True}
@@ -116,7 +123,12 @@ def test_sample_11_end_to_end_switches_resolved_and_headers_gone():
     raw = (SAMPLES / "11-smtpeter-control-headers.eml").read_bytes()
     result = run_chain(raw, [FeatureRecorder])
     features, headers = FeatureRecorder.seen[0]
-    assert (features["inlinecss"], features["trackclicks"], features["trackopens"], features["trackbounces"]) == (
+    assert (
+        features["inlinecss"],
+        features["trackclicks"],
+        features["trackopens"],
+        features["trackbounces"],
+    ) == (
         True,
         False,
         True,
@@ -150,7 +162,11 @@ def test_a_plugin_behind_a_switch_runs_only_when_the_switch_is_on():
 
 
 def test_invalid_switch_value_rejects_the_message_at_admission():
-    raw = (SAMPLES / "01-plain-text.eml").read_bytes().replace(b"\r\n\r\n", b"\r\nX-SMTPeter-TrackOpens: maybe\r\n\r\n", 1)
+    raw = (
+        (SAMPLES / "01-plain-text.eml")
+        .read_bytes()
+        .replace(b"\r\n\r\n", b"\r\nX-SMTPeter-TrackOpens: maybe\r\n\r\n", 1)
+    )
     result = run_chain(raw, [])
     assert result.verdict is not None
     assert result.verdict.reply() == "550 5.6.0 Invalid X-SMTPeter-TrackOpens header: expected true or false"

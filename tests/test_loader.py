@@ -17,7 +17,7 @@ from pipeline.testing import make_config, run_chain
 
 RAW = (SAMPLES / "01-plain-text.eml").read_bytes()
 
-PLUGIN_SOURCE = '''
+PLUGIN_SOURCE = """
 from pipeline import Plugin, PluginConfig, hookimpl
 
 
@@ -31,7 +31,7 @@ class {cls}(Plugin):
     @hookimpl
     def on_message(self, ctx):
         ctx.message.add_header("X-{cls}", self.config.value)
-'''
+"""
 
 
 def write_toml(tmp_path: Path, text: str) -> Path:
@@ -58,11 +58,15 @@ def installed_distribution(tmp_path, monkeypatch):
     found through importlib.metadata like any pip-installed plugin."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "acme_smtpgate_plugin.py").write_text(PLUGIN_SOURCE.format(cls="AcmeStamp", name="acme_stamp", version="0"))
+    (site / "acme_smtpgate_plugin.py").write_text(
+        PLUGIN_SOURCE.format(cls="AcmeStamp", name="acme_stamp", version="0")
+    )
     info = site / "acme_smtpgate_plugin-2.5.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-smtpgate-plugin\nVersion: 2.5.1\n")
-    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nacme_stamp = acme_smtpgate_plugin:AcmeStamp\n")
+    (info / "entry_points.txt").write_text(
+        f"[{ENTRY_POINT_GROUP}]\nacme_stamp = acme_smtpgate_plugin:AcmeStamp\n"
+    )
     (info / "RECORD").write_text("")
     monkeypatch.syspath_prepend(str(site))
     yield site
@@ -114,7 +118,9 @@ def test_plugin_file_errors_are_one_line_config_errors(tmp_path):
 
 
 def test_plugin_from_module_and_class(tmp_path, monkeypatch):
-    (tmp_path / "house_plugins.py").write_text(PLUGIN_SOURCE.format(cls="HouseStamp", name="house", version="3"))
+    (tmp_path / "house_plugins.py").write_text(
+        PLUGIN_SOURCE.format(cls="HouseStamp", name="house", version="3")
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = make_config(plugins=["house_plugins:HouseStamp"])
     (loaded,) = PluginSet(cfg).plugins

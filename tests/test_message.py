@@ -215,6 +215,7 @@ def test_attachments_are_byte_identical_after_an_html_edit():
     assert after["1.3"] == before["1.3"]  # usage-chart.png
     assert after["1.1.1"] == before["1.1.1"]  # the untouched text/plain alternative
     assert after["1.1.2"] != before["1.1.2"]
+
     # decoded attachment bytes as the stdlib sees them, before and after
     def attachments(data: bytes) -> dict[str, bytes]:
         return {p.get_filename(): p.get_content() for p in _stdlib(data).iter_attachments()}

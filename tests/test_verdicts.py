@@ -21,7 +21,9 @@ def test_reject_defaults_to_a_permanent_550_reply():
 
 
 def test_reject_renders_code_enhanced_code_and_text():
-    assert Reject(554, "5.6.0", "Message has no From: header").reply() == "554 5.6.0 Message has no From: header"
+    assert (
+        Reject(554, "5.6.0", "Message has no From: header").reply() == "554 5.6.0 Message has no From: header"
+    )
 
 
 def test_tempfail_renders_a_4xx_reply():
