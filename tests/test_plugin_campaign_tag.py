@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+import aiosmtplib
 import pytest
 
 from pipeline.config import ConfigError
 from pipeline.context import MessageContext
+from pipeline.ingress.testing import ingress_test_config, running_ingress, spooled
 from pipeline.message import Message
 from pipeline.testing import run_chain
 from tests.conftest import SAMPLES, corpus_files, sample_files
@@ -177,3 +179,33 @@ def test_golden_messages_are_tagged_or_get_the_documented_reply(path):
     assert result.verdict is None
     assert result.ctx.campaign_id
     assert [e for e in result.ctx.message.edits if e.plugin == "campaign_tag"] == []
+
+
+async def test_over_smtp_ids_reach_the_spool_and_a_bad_id_is_the_reply_to_data(data_dir):
+    cfg = ingress_test_config(
+        data_dir,
+        chain=["campaign_tag"],
+        credentials=[{"name": "office", "kind": "ip", "networks": ["127.0.0.1/32"]}],
+    )
+    async with running_ingress(cfg) as (_, ingress):
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=ingress.port("plain"), timeout=10)
+        await client.connect()
+        with pytest.raises(aiosmtplib.SMTPDataError) as err:
+            await client.sendmail(
+                "app@example.com", ["x@example.org"], (SAMPLES / "14-invalid-campaign-id.eml").read_bytes()
+            )
+        assert f"{err.value.code} {err.value.message}" == INVALID_CAMPAIGN
+        errors, reply_text = await client.sendmail(
+            "app@example.com",
+            ["x@example.org", "y@example.org"],
+            (SAMPLES / "12-campaign-letter-ids.eml").read_bytes(),
+        )
+        await client.quit()
+    assert errors == {}
+    [msg] = spooled(data_dir)
+    assert reply_text.endswith(msg["queue_id"])
+    assert (msg["context"]["campaign_id"], msg["context"]["letter_id"]) == (
+        "spring_sale-2026",
+        "order-83421_a",
+    )
+    assert msg["recipients"] == ["x@example.org", "y@example.org"]

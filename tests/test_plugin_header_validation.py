@@ -7,9 +7,11 @@ import email.utils
 import re
 from typing import Any
 
+import aiosmtplib
 import pytest
 
 from pipeline.config import ConfigError
+from pipeline.ingress.testing import ingress_test_config, running_ingress, spooled
 from pipeline.message import Message
 from pipeline.testing import run_chain
 from tests.conftest import SAMPLES, corpus_files, sample_files
@@ -330,3 +332,50 @@ def test_bad_config_is_a_config_error_naming_the_key(config, fragment):
         check(COMPLETE, config)
     assert fragment in str(err.value)
     assert str(err.value).startswith("<test>: ")
+
+
+# -- over a real SMTP session ----------------------------------------------------------------
+
+
+async def _send(data_dir, raw: bytes, config: dict[str, Any] | None = None) -> tuple[int, str]:
+    """Send ``raw`` with aiosmtplib to a real ingress (IP allow-listed); (code, text) of the DATA reply."""
+    cfg = ingress_test_config(
+        data_dir,
+        chain=["header_validation"],
+        credentials=[{"name": "office", "kind": "ip", "networks": ["127.0.0.1/32"]}],
+        plugins={"header_validation": config or {}},
+    )
+    async with running_ingress(cfg) as (_, ingress):
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=ingress.port("plain"), timeout=10)
+        await client.connect()
+        try:
+            _, response = await client.sendmail("app@example.com", ["rcpt@example.org"], raw)
+            return 250, response
+        except aiosmtplib.SMTPDataError as exc:
+            return exc.code, exc.message
+        finally:
+            await client.quit()
+
+
+@pytest.mark.parametrize(
+    ("name", "reply_text"),
+    [
+        ("10-missing-headers.eml", "5.6.0 Message has no From: header"),
+        ("17-two-from-headers.eml", "5.6.0 Message has 2 From: headers"),
+    ],
+)
+async def test_refusal_is_the_reply_to_data_and_nothing_is_queued(data_dir, name, reply_text):
+    code, text = await _send(data_dir, (SAMPLES / name).read_bytes())
+    assert (code, text) == (550, reply_text)
+    assert spooled(data_dir) == []
+
+
+async def test_added_headers_and_encoded_subject_are_in_the_spooled_message(data_dir):
+    raw = without(COMPLETE, "Message-Id", "Date").replace(b"Subject: hello", "Subject: Привет".encode())
+    code, text = await _send(data_dir, raw)
+    assert code == 250, text
+    [msg] = spooled(data_dir)
+    stored = Message(msg["data"])
+    assert re.fullmatch(rf"<{msg['queue_id']}\.[0-9a-f]{{8}}@gw\.test>", stored.get("Message-Id"))
+    assert stored.get("Date") and stored.get("Subject") == "Привет"
+    assert msg["data"].split(b"\r\n\r\n", 1)[0].isascii()
