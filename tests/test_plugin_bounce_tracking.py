@@ -1,0 +1,85 @@
+"""bounce_tracking: VERP envelope sender per copy, and the round trip back through the handler."""
+
+from __future__ import annotations
+
+import pytest
+from bounce_samples import dsn
+from tracking_helpers import signer, tracking_config
+
+from pipeline.config import ConfigError
+from pipeline.context import Credential, Event
+from pipeline.events import parse_verp, recipient_hash
+from pipeline.gateway import Gateway
+from pipeline.testing import make_chain, run_chain, run_chain_async
+from pipeline.verdicts import TempFail
+
+DOMAIN = "bounce.example.com"
+RAW = (
+    b"Message-Id: <m1@example.com>\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\nFrom: news@example.com\r\n"
+    b"To: ann@example.net\r\nSubject: hi\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+)
+RCPTS = ["ann@example.net", "Bob@Example.net"]
+
+
+def config(tmp_path, trackbounces: bool = True, domain: str | None = DOMAIN):
+    over = {"features": {"trackbounces": trackbounces}, "tracking": {"bounce_domain": domain}}
+    return tracking_config(tmp_path / "data", over, plugins=["bounce_tracking"])
+
+
+def test_each_copy_gets_its_own_signed_verp_sender(tmp_path):
+    result = run_chain(RAW, config=config(tmp_path), mail_from="news@example.com", rcpt_tos=RCPTS)
+    senders = [c.mail_from for c in result.copies]
+    assert len(set(senders)) == 2
+    for copy in result.copies:
+        local, _, domain = copy.mail_from.rpartition("@")
+        assert domain == DOMAIN and local.startswith("bounces+") and len(local) <= 64
+        token = parse_verp(signer(), local)
+        assert token is not None and token.kind == "b" and token.queue_id == result.ctx.queue_id
+        assert token.rcpt_hash == recipient_hash(copy.recipient)
+    edits = [e for entry in result.trace.entries for e in entry.edits if e.plugin == "bounce_tracking"]
+    assert [e.action for e in edits] == ["change_sender", "change_sender"]
+
+
+def test_feature_off_or_null_sender_leaves_the_envelope_alone(tmp_path):
+    result = run_chain(RAW, config=config(tmp_path, trackbounces=False), mail_from="news@example.com", rcpt_tos=RCPTS)
+    assert [c.mail_from for c in result.copies] == ["news@example.com"] * 2
+    result = run_chain(RAW, config=config(tmp_path), mail_from="", rcpt_tos=RCPTS)
+    assert [c.mail_from for c in result.copies] == ["", ""]
+
+
+def test_credential_can_switch_it_on(tmp_path):
+    cred = Credential("shop", features={"trackbounces": True})
+    result = run_chain(RAW, config=config(tmp_path, trackbounces=False), mail_from="news@example.com",
+                       rcpt_tos=RCPTS[:1], credential=cred)
+    assert result.copies[0].mail_from.endswith("@" + DOMAIN)
+
+
+def test_enabled_by_default_without_a_bounce_domain_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="bounce_domain"):
+        make_chain(config(tmp_path, domain=None))
+    with pytest.raises(ConfigError, match="not a domain name"):
+        make_chain(config(tmp_path, domain="not a domain"))
+
+
+def test_requested_per_credential_without_a_bounce_domain_holds_the_mail(tmp_path):
+    cred = Credential("shop", features={"trackbounces": True})
+    result = run_chain(RAW, config=config(tmp_path, trackbounces=False, domain=None), mail_from="news@example.com",
+                       rcpt_tos=RCPTS[:1], credential=cred)
+    assert isinstance(result.copies[0].verdict, TempFail)
+
+
+async def test_bounce_to_the_rewritten_sender_is_tied_to_queue_id_and_recipient(tmp_path):
+    cfg = config(tmp_path)
+    result = await run_chain_async(RAW, make_chain(cfg), mail_from="news@example.com", rcpt_tos=RCPTS)
+    gw = Gateway(cfg)
+    try:
+        for r in RCPTS:  # what the ingress records at acceptance
+            await gw.emit(Event("accepted", queue_id=result.ctx.queue_id, recipient=r, credential="shop"))
+        bob = result.copies[1]
+        await gw.inbound_handlers[DOMAIN]("", [bob.mail_from], dsn(bob.mail_from, "bob@example.net", "5.1.1"))
+        [bounce] = gw.events.events(type="bounced")
+        assert (bounce.event.queue_id, bounce.event.recipient) == (result.ctx.queue_id, "bob@example.net")
+        assert gw.events.is_suppressed("bob@example.net", "shop")
+        assert not gw.events.is_suppressed("ann@example.net", "shop")
+    finally:
+        await gw.stop()
