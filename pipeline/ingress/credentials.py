@@ -78,6 +78,13 @@ def hash_secret(secret: str) -> str:
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
 
 
+def hash_secret_pbkdf2(secret: str, iterations: int = 600_000) -> str:
+    """A salted PBKDF2-HMAC-SHA256 hash (``pbkdf2_sha256$iterations$salt$hash``), for FIPS setups."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", secret.encode("utf-8"), salt, iterations, 32)
+    return f"pbkdf2_sha256${iterations}${_b64(salt)}${_b64(digest)}"
+
+
 def check_hash_format(stored: str) -> None:
     """Raise ``ValueError`` when ``stored`` is not a hash this module can verify."""
     parts = stored.split("$")

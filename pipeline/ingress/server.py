@@ -95,6 +95,9 @@ class GatewaySMTP(SMTP):
         super().__init__(
             _Hooks(),
             data_size_limit=cfg.limits.max_message_size,
+            # decode command arguments as UTF-8 (surrogateescape) so an 8-bit address gets a precise
+            # 553 from our parser instead of "strict ASCII mode"; SMTPUTF8 itself is not offered.
+            enable_SMTPUTF8=True,
             hostname=cfg.gateway.hostname,
             ident="ESMTP smtpgate",
             tls_context=tls_context if listener.tls == "starttls" else None,
