@@ -112,6 +112,7 @@ async def record_event(gateway: Any, event: Event, *, strict: bool = False) -> i
 
 __all__ = [
     "EVENT_TYPES",
+    "GLOBAL_SCOPE",
     "STOPLIST_REPLY",
     "EventStore",
     "MachineDetector",
