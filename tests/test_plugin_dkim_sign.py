@@ -18,11 +18,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from pipeline import MessageContext, Plugin, hookimpl
+from pipeline.admission import admit_message
 from pipeline.config import ConfigError
+from pipeline.delivery import DeliveryService
+from pipeline.gateway import Gateway
 from pipeline.message import Message
 from pipeline.testing import make_chain, make_config, run_chain, run_chain_async
 from plugins.dkim_sign import DkimSign, dns_txt_value, signed_headers
 from tests.conftest import SAMPLES, corpus_files, sample_files
+from tests.smtp_sink import EventRecorder, start_sink
 
 REJECTED = {
     "10-missing-headers.eml": "550 5.6.0 Message has no From: header",
@@ -414,3 +418,53 @@ def test_golden_messages_through_every_plugin_are_signed_and_verify(keys, tmp_pa
         assert all(verifies(data, keys, idx) for idx in range(expected))
         assert parsed["From"] is not None and not parsed.defects
         assert _attachments(Message(data)) == original_attachments
+
+
+# -- through the spool, the workers and a real egress ----------------------------------------
+
+
+async def _deliver(data_dir: Path, keys: Keys, egress: dict[str, Any], raw: bytes, rcpts: list[str]) -> None:
+    overrides = {
+        "gateway": {"data_dir": str(data_dir)},
+        "spool": {"retry_min": 0.05, "retry_max": 0.2, "poll_interval": 0.05},
+        "egress": egress,
+        "plugins": {"dkim_sign": dkim_config(keys)},
+    }
+    EventRecorder.reset()
+    gw = Gateway(make_config(overrides, ["header_validation", "campaign_tag", "dkim_sign"]), [EventRecorder])
+    svc = DeliveryService(gw, workers=0)
+    await svc.start()
+    try:
+        verdict, ctx = await admit_message(gw.chain, gw.config, raw, "billing@example.com", rcpts)
+        assert verdict is None and ctx is not None
+        await gw.spool.enqueue(ctx, ctx.message.as_bytes(), rcpts)
+        await EventRecorder.until(lambda: len(EventRecorder.of("delivered")) == len(rcpts))
+    finally:
+        await svc.stop(5.0)
+        gw.spool.close()
+        EventRecorder.reset()
+
+
+async def test_delivered_maildir_files_verify_and_keep_attachments(keys, data_dir):
+    raw = (SAMPLES / "07-attachment-pdf.eml").read_bytes()
+    await _deliver(data_dir, keys, {"type": "maildir"}, raw, ["a@example.net", "b@example.net"])
+    files = sorted((data_dir / "maildir" / "new").iterdir())
+    assert len(files) == 2
+    for f in files:
+        data = f.read_bytes()
+        assert verifies(data, keys, 0) and verifies(data, keys, 1)
+        assert _attachments(Message(data)) == _attachments(Message(raw))
+
+
+async def test_signature_survives_an_smtp_hop(keys, data_dir):
+    controller, sink = start_sink()
+    try:
+        raw = (SAMPLES / "08-quoted-printable-html.eml").read_bytes()
+        # a line starting with "." exercises dot-stuffing on the wire
+        raw = raw.replace(b"\r\n\r\n", b"\r\n\r\n.leading dot line\r\n", 1)
+        egress = {"type": "smtp", "host": "127.0.0.1", "port": controller.port, "tls": "none"}
+        await _deliver(data_dir, keys, egress, raw, ["a@example.net"])
+    finally:
+        controller.stop()
+    [received] = sink.messages
+    assert verifies(received.data, keys, 0) and verifies(received.data, keys, 1)
