@@ -130,6 +130,8 @@ class GatewaySMTP(SMTP):
                 await self.push(R.SHUTTING_DOWN)
                 self.close()
                 return
+            if name == "QUIT":
+                self._end = "quit"
             self._in_command = True
             try:
                 await method(arg)
