@@ -30,7 +30,6 @@ def fill(data_dir: Path) -> tuple[str, str]:
         return c1.queue_id, c2.queue_id
 
     q1, q2 = asyncio.run(go())
-    spool.claim(1, lease=60)
     spool.record_sync([RecipientUpdate(q1, "a@example.net", "deferred", 1, time.time() + 3600,
                                        "4.7.1 451 4.7.1 greylisted", 0, "mx[1.2.3.4]:25")])
     spool.close()

@@ -151,20 +151,21 @@ class SqliteSpool:
         now = time.time() if now is None else now
 
         def run(cur: sqlite3.Cursor) -> list[QueuedMessage]:
-            rows = cur.execute(
-                "SELECT queue_id, recipient, attempts, plugin_failures FROM recipients "
-                "WHERE (state IN ('queued','deferred') AND next_attempt <= ?) "
-                "OR (state = 'processing' AND lease_until < ?) "
-                "ORDER BY next_attempt, queue_id",
-                (now, now),
-            ).fetchall()
+            due = "((state IN ('queued','deferred') AND next_attempt <= ?) OR (state = 'processing' AND lease_until < ?))"
+            qids = [
+                r[0]
+                for r in cur.execute(
+                    f"SELECT queue_id, MIN(next_attempt) AS m FROM recipients WHERE {due} "
+                    "GROUP BY queue_id ORDER BY m, queue_id LIMIT ?",
+                    (now, now, limit),
+                )
+            ]
             by_msg: dict[str, list[tuple[str, int, int]]] = {}
-            for qid, rcpt, attempts, pfail in rows:
-                if qid not in by_msg:
-                    if len(by_msg) >= limit:
-                        continue
-                    by_msg[qid] = []
-                by_msg[qid].append((rcpt, attempts, pfail))
+            for qid in qids:
+                by_msg[qid] = cur.execute(
+                    f"SELECT recipient, attempts, plugin_failures FROM recipients WHERE queue_id=? AND {due}",
+                    (qid, now, now),
+                ).fetchall()
             out = []
             for qid, rcpts in by_msg.items():
                 msg = cur.execute(
