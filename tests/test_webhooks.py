@@ -164,3 +164,22 @@ async def test_unreachable_webhook_url_is_retried_not_lost(tmp_path):
         assert d["state"] == "pending" and "Connect" in d["last_error"]
     finally:
         await gw.stop()
+
+
+async def test_stored_credential_webhooks_from_credentials_db(tmp_path, receiver):
+    from pipeline.ingress.credentials import CredentialStore
+
+    receiver.statuses = []
+    config = tracking_config(tmp_path / "data")
+    store = CredentialStore(config.data_dir / "credentials.db")
+    store.add("api-app", "apikey", options={"webhooks": [receiver.url]})
+    store.close()
+    gw = await start_gateway(config)
+    try:
+        await gw.emit(Event("delivered", queue_id="Q1", recipient="a@x.net", credential="api-app", letter_id="L1"))
+        await gw.emit(Event("delivered", queue_id="Q2", recipient="b@x.net", credential="someone-else"))
+        await receiver.wait_for(1)
+        await wait_until(lambda: gw.events.webhook_counts() == {"delivered": 1})
+    finally:
+        await gw.stop()
+    assert [json.loads(b)["letter_id"] for _, b, _ in receiver.requests] == ["L1"]

@@ -10,7 +10,8 @@ derived from it: statistics, webhooks and the suppression list (stoplist).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -84,6 +85,26 @@ def open_suppression_list(data_dir: Path) -> SuppressionList:
     return SuppressionList(Path(data_dir) / "events.db")
 
 
+_credential_stores: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _stored_webhooks(gateway: Any) -> Callable[[str], list[str]] | None:
+    """Webhook URLs of credentials kept in ``<data_dir>/credentials.db`` (``smtpgate credentials add``)."""
+    path = gateway.config.data_dir / "credentials.db"
+    if not path.exists():
+        return None
+    store = _credential_stores.get(gateway)
+    if store is None:
+        from pipeline.ingress.credentials import CredentialStore
+
+        store = _credential_stores[gateway] = CredentialStore(path)
+
+    def lookup(name: str) -> list[str]:
+        return [url for rec in store.records() if rec.name == name for url in rec.section.webhooks]
+
+    return lookup
+
+
 async def record_event(gateway: Any, event: Event, *, strict: bool = False) -> int | None:
     """Store an event with its webhook deliveries and suppression, count it, wake the sender.
 
@@ -95,7 +116,7 @@ async def record_event(gateway: Any, event: Event, *, strict: bool = False) -> i
     label = event.type if event.type in EVENT_TYPES else "other"
     gateway.counters[f"events_total:{label}"] += 1
     try:
-        urls = webhook_urls(gateway.config, event.credential)
+        urls = webhook_urls(gateway.config, event.credential, _stored_webhooks(gateway))
         event_id = await gateway.events.record(event, urls)
     except Exception as exc:
         gateway.counters["event_store_errors_total"] += 1
