@@ -285,6 +285,7 @@ class CredentialStore:
                     (name, kind, username, key_id, secret_hash,
                      json.dumps({**opts, "networks": list(section.networks)}), time.time()),
                 )
+                self._version = None
             except Exception as exc:
                 if "UNIQUE" in str(exc):
                     raise CredentialError(f"a credential named {name!r} already exists") from None
@@ -294,12 +295,14 @@ class CredentialStore:
     def set_disabled(self, name: str, disabled: bool = True) -> None:
         with self._lock:
             cur = self._conn.execute("UPDATE credentials SET disabled = ? WHERE name = ?", (int(disabled), name))
+            self._version = None  # data_version only moves for other connections' commits
         if cur.rowcount == 0:
             raise CredentialError(f"no credential named {name!r}")
 
     def remove(self, name: str) -> None:
         with self._lock:
             cur = self._conn.execute("DELETE FROM credentials WHERE name = ?", (name,))
+            self._version = None
         if cur.rowcount == 0:
             raise CredentialError(f"no credential named {name!r}")
 
