@@ -357,9 +357,10 @@ def author_domain(headers: list[Any]) -> str | None:
         return None
     try:
         parsed = email.policy.default.header_factory("From", raw)
-    except (ValueError, IndexError, TypeError):
+    except Exception:  # noqa: BLE001 - the stdlib parser crashes on some garbage: no usable domain
         return None
-    assert isinstance(parsed, email.headerregistry.AddressHeader)
+    if not isinstance(parsed, email.headerregistry.AddressHeader):
+        return None
     for address in parsed.addresses:
         if address.domain:
             return address.domain.lower()

@@ -188,6 +188,10 @@ def test_unique_list_is_configurable():
         (b"<@>", "Invalid From: header: no valid email address"),
         (b"a@b@example.com", "Invalid From: header: no valid email address"),
         (b"bob@ex ample.com", "Invalid From: header: no valid email address"),
+        # values on which Python's own address parser crashes (IndexError, AttributeError, ...)
+        (b"<", "Invalid From: header: no valid email address"),
+        (b".:", "Invalid From: header: no valid email address"),
+        (b"c <?@[ ", "Invalid From: header: no valid email address"),
         (b"a@example.com, c@example.com", "Invalid From: header: 2 addresses, exactly one allowed"),
         (b"Bob <bob@localhost>", "Invalid From: header: the domain is not a valid host name"),
         (b"bob@[127.0.0.1]", "Invalid From: header: the domain is not a valid host name"),
@@ -379,3 +383,9 @@ async def test_added_headers_and_encoded_subject_are_in_the_spooled_message(data
     assert re.fullmatch(rf"<{msg['queue_id']}\.[0-9a-f]{{8}}@gw\.test>", stored.get("Message-Id"))
     assert stored.get("Date") and stored.get("Subject") == "Привет"
     assert msg["data"].split(b"\r\n\r\n", 1)[0].isascii()
+
+
+@pytest.mark.parametrize("value", [b"<", b"c <?@[ ", b".:"])
+def test_unparsable_8bit_address_header_is_a_550_not_a_plugin_failure(value):
+    raw = COMPLETE.replace(b"To: rcpt@example.org", b"To: " + value + "é".encode())
+    assert reply(raw) == "550 5.6.0 Invalid To: header: cannot parse the address list"
