@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from pydantic import Field, field_validator, model_validator
 
-from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, TempFail, hookimpl
+from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Reject, TempFail, hookimpl
 
 CANONICALIZE = (b"relaxed", b"relaxed")
 SIGNED = (b"from", b"to", b"subject", b"date", b"message-id", b"mime-version", b"content-type")
@@ -322,7 +322,7 @@ class DkimSign(Plugin):
         return None
 
     @hookimpl
-    def on_sign(self, ctx: MessageContext) -> TempFail | None:
+    def on_sign(self, ctx: MessageContext) -> TempFail | Reject | None:
         msg = ctx.message
         from_domain = author_domain(msg.headers)
         key = self.key_for(from_domain)
@@ -339,9 +339,13 @@ class DkimSign(Plugin):
             return None
         data = msg.as_bytes()
         include = signed_headers([h.name for h in msg.headers])
-        signatures = [sign_rsa(data, key, include, self.config.rsa_engine)]
-        if key.ed25519 is not None:
-            signatures.append(sign_ed25519(data, key, include))
+        try:
+            signatures = [sign_rsa(data, key, include, self.config.rsa_engine)]
+            if key.ed25519 is not None:
+                signatures.append(sign_ed25519(data, key, include))
+        except dkim.MessageFormatError:
+            # dkimpy cannot parse the header block (a line that is no field): retrying cannot help.
+            return Reject(550, "5.6.0", "Message cannot be DKIM-signed: malformed header field")
         # Inserted bottom-up so the RSA signature ends on top: verifiers that only look at the
         # first signature (and may not know ed25519-sha256) see the one they understand.
         for sig in reversed(signatures):

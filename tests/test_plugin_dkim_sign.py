@@ -268,6 +268,14 @@ def test_dkim_switch_off_leaves_the_message_unsigned(keys):
     assert b"DKIM-Signature" not in result.copies[0].data
 
 
+def test_header_block_dkimpy_cannot_parse_bounces_instead_of_retrying(keys):
+    raw = SIMPLE.replace(b"MIME-Version: 1.0", b"MIME-Version : 1.0")  # space before the colon
+    result = sign(raw, keys)  # header_validation (which refuses this at DATA) is not in this chain
+    assert [c.verdict.reply() for c in result.copies] == [
+        "550 5.6.0 Message cannot be DKIM-signed: malformed header field"
+    ] * 2
+
+
 # -- sealing ---------------------------------------------------------------------------------
 
 
