@@ -131,6 +131,12 @@ class DeliveryService:
                 except Exception:  # a locked or broken database must not kill the scheduler
                     log.exception("claiming from the spool failed; retrying")
             for msg in claimed:
+                # A lease that ran out while the copy is still in our hands (a very slow next hop)
+                # must not start a second, concurrent attempt for the same recipient.
+                busy = {r for m in self._tasks.values() if m.queue_id == msg.queue_id for r in m.recipients}
+                msg.recipients = [r for r in msg.recipients if r not in busy]
+                if not msg.recipients:
+                    continue
                 task = asyncio.create_task(self._handle(msg), name=f"deliver-{msg.queue_id}")
                 self._tasks[task] = msg
                 task.add_done_callback(self._finished)

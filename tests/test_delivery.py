@@ -303,3 +303,30 @@ async def test_stop_hands_back_the_message_in_hand(data_dir):
     gw.spool.close()
     assert row["state"] == "queued" and row["attempts"] == 0
     assert EventRecorder.events == []
+
+
+class DieOnce(Plugin):
+    """Kills its worker process the first time it runs (a segfault, the OOM killer)."""
+
+    name = "die_once"
+
+    @hookimpl
+    def on_transform(self, ctx: Any) -> Any:
+        marker = self.env.data_dir / "died-once"
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("x")
+            os._exit(1)
+        return None
+
+
+async def test_dead_worker_process_defers_and_retry_delivers(data_dir):
+    gw, svc = await start_service(data_dir, egress={"type": "null"}, plugins=(DieOnce,), workers=1)
+    try:
+        await enqueue(gw, ["x@example.net"])
+        await EventRecorder.until(lambda: bool(EventRecorder.of("delivered")), timeout=30)
+    finally:
+        await stop(gw, svc)
+    [deferred] = EventRecorder.of("deferred")
+    assert "BrokenProcessPool" in deferred.data["reply"]
+    assert (data_dir / "died-once").exists()
