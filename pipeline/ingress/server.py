@@ -42,7 +42,8 @@ log = logging.getLogger("smtpgate.ingress")
 
 _USERNAME_PROMPT = "334 VXNlcm5hbWU6"  # base64("Username:")
 _PASSWORD_PROMPT = "334 UGFzc3dvcmQ6"  # base64("Password:")
-_TIMER_EVERY = 256  # DATA lines between idle-timer resets
+_DATA_CHUNK = 1 << 20  # DATA is read up to each ".CRLF", or this many bytes at a time
+_MAX_LINE = 999  # octets before CRLF: RFC 5321's 998, plus one for a transparency dot
 
 
 def _refusal(verdict: Verdict | None) -> str | None:
@@ -59,14 +60,15 @@ def _safe_login(login: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in login)
 
 
-def _smuggling(line: bytes) -> bool:
-    """Whether a DATA line (ending in CRLF) hides a lone dot next to a bare CR or LF."""
-    body = line[:-2]
-    if b"\r" not in body and b"\n" not in body:
-        return False
-    if body.startswith((b".\n", b".\r")) or body in (b".",):
+def _smuggling(body: bytes) -> bool:
+    """Whether DATA (still dot-stuffed) hides a lone dot next to a bare CR or LF (SMTP smuggling).
+
+    ``CRLF . CRLF`` cannot occur inside the body (it ends DATA), so any of these is a dot line
+    delimited on at least one side by a bare CR or LF: what the published smuggling attacks send.
+    """
+    if body.startswith((b".\n", b".\r")):
         return True
-    return any(seq in line for seq in (b"\n.\n", b"\n.\r", b"\r.\n", b"\r.\r"))
+    return any(seq in body for seq in (b"\n.\n", b"\n.\r", b"\r.\n", b"\r.\r"))
 
 
 class _Hooks:
@@ -596,52 +598,64 @@ class GatewaySMTP(SMTP):
             self.close()
 
     async def _read_data(self) -> bytes | str | None:
-        """The unstuffed message, a refusal reply (the data was read to the end), or ``None`` (lost)."""
-        limit = self.data_size_limit
+        """The unstuffed message, a refusal reply (the data was read to the end), or ``None`` (lost).
+
+        Reads up to each ``.CRLF`` rather than line by line (a 1,500-line message is a handful of
+        reads, not 1,500); the end is the first ``.CRLF`` that starts a line, where a line only
+        ever ends with CRLF, as in RFC 5321 (a bare CR or LF never ends a line, let alone DATA).
+        The finished body is then checked as a whole: size, line length, smuggling sequences.
+        """
+        limit = self.data_size_limit or 0
         reader = self._reader
-        lines: list[bytes] = []
+        chunks: list[bytes] = []
         size = 0
-        problem: str | None = None
-        fragment = False
-        count = 0
-        while True:
-            try:
-                line = await reader.readuntil(b"\r\n")
-            except asyncio.LimitOverrunError as exc:
-                problem = problem or R.LINE_TOO_LONG
-                lines.clear()
-                await reader.read(exc.consumed)
-                fragment = True
-                continue
-            except asyncio.IncompleteReadError:
-                self._end = "lost during DATA"
-                self.close()
-                return None
-            if fragment:  # the tail of an over-long line: never an end-of-data marker
-                fragment = False
-                continue
-            if line == b".\r\n":
-                break
-            count += 1
-            if count % _TIMER_EVERY == 0:
+        too_big = False
+        tail = b"\r\n"  # the last two octets read: the DATA command line ended with CRLF
+        saved_limit = reader._limit  # type: ignore[attr-defined]
+        reader._limit = _DATA_CHUNK  # type: ignore[attr-defined]
+        try:
+            while True:
+                try:
+                    piece = await reader.readuntil(b".\r\n")
+                    found = True
+                except asyncio.LimitOverrunError as exc:
+                    piece = await reader.read(exc.consumed)
+                    found = False
+                except asyncio.IncompleteReadError:
+                    self._end = "lost during DATA"
+                    self.close()
+                    return None
                 self._reset_timeout()
-            if problem is not None:
-                continue
-            size += len(line)
-            if limit and size > limit:
-                problem = R.TOO_BIG
-                lines.clear()
-            elif _smuggling(line):
-                problem = R.SMUGGLING
-                lines.clear()
-                log.warning("session=%s peer=%s DATA refused: SMTP smuggling sequence", self.gw.session_id,
-                            self.gw.peer_ip)
-            else:
-                lines.append(line[1:] if line[:1] == b"." else line)
-        self._reset_timeout()
-        if problem is not None:
-            return problem
-        return b"".join(lines)
+                if found:
+                    head = piece[:-3]
+                    if (tail + head)[-2:] == b"\r\n":  # the dot starts a line: end of DATA
+                        if not too_big:
+                            chunks.append(head)
+                        break
+                size += len(piece)
+                if not too_big:
+                    if limit and size > limit:
+                        too_big = True
+                        chunks.clear()
+                    else:
+                        chunks.append(piece)
+                tail = (tail + piece)[-2:]
+        finally:
+            reader._limit = saved_limit  # type: ignore[attr-defined]
+        if too_big:
+            return R.TOO_BIG
+        body = b"".join(chunks)
+        if limit and len(body) > limit:
+            return R.TOO_BIG
+        if body and max(map(len, body.split(b"\r\n"))) > _MAX_LINE:
+            return R.LINE_TOO_LONG
+        if _smuggling(body):
+            log.warning("session=%s peer=%s DATA refused: SMTP smuggling sequence", self.gw.session_id,
+                        self.gw.peer_ip)
+            return R.SMUGGLING
+        if body.startswith(b"."):
+            body = body[1:]
+        return body.replace(b"\r\n.", b"\r\n")
 
     async def _deliver(self, txn: Transaction, content: bytes) -> str:
         """Admission, spool, events: the reply to DATA."""
