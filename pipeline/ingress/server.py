@@ -238,19 +238,12 @@ class GatewaySMTP(SMTP):
             super()._timeout_cb()
 
     async def _handle_client(self) -> None:
-        refusal = self.ingress.admit_connection(self)
-        if refusal is None:
-            self._counted = True
-            refusal = _refusal(await self._hook("on_connect"))
-            if refusal is None:
-                cred = self.ingress.authenticator.match_ip(self.gw.peer_ip)
-                if cred is not None:
-                    verdict = await self._hook("on_auth", credential=cred)
-                    if _refusal(verdict) is None:
-                        self.gw.credential = cred
-                    else:
-                        log.info("session=%s on_auth refused allow-listed credential %s: %s",
-                                 self.gw.session_id, cred.name, _refusal(verdict))
+        try:
+            refusal = await self._admit()
+        except Exception as exc:  # fail closed, and never leave a client without a greeting
+            log.error("session=%s peer=%s connect phase failed: %s: %s", self.gw.session_id, self.gw.peer_ip,
+                      type(exc).__name__, exc)
+            refusal = "421 4.3.0 Temporary local problem, try again later"
         if refusal is not None:
             self._end = f"refused ({refusal[:3]})"
             await self.push(refusal)
@@ -258,6 +251,24 @@ class GatewaySMTP(SMTP):
             return
         self._raw_push = True  # the greeting: "220 <hostname> ESMTP smtpgate", no enhanced code
         await super()._handle_client()
+
+    async def _admit(self) -> str | None:
+        """Limits, shutdown, ``on_connect`` and the IP allow-list: a refusal reply, or ``None``."""
+        refusal = self.ingress.admit_connection(self)
+        if refusal is None:
+            self._counted = True
+            refusal = _refusal(await self._hook("on_connect"))
+            if refusal is None:
+                cred = self.ingress.authenticator.match_ip(self.gw.peer_ip)
+                if cred is not None:
+                    verdict = await self.ingress.gateway.chain.run(
+                        "on_auth", features=self._features_for(cred), session=self.gw, credential=cred)
+                    if _refusal(verdict) is None:
+                        self.gw.credential = cred
+                    else:
+                        log.info("session=%s on_auth refused allow-listed credential %s: %s",
+                                 self.gw.session_id, cred.name, _refusal(verdict))
+        return refusal
 
     # -- HELO / EHLO -----------------------------------------------------------------------
     async def smtp_HELO(self, hostname: str) -> None:
