@@ -34,7 +34,7 @@ class PluginTimeout(Exception):
     """A synchronous hook ran past its deadline."""
 
 
-@dataclass
+@dataclass(slots=True)
 class TraceEntry:
     phase: str
     plugin: str
@@ -70,31 +70,70 @@ class _Call:
     feature: str | None
     func: Callable[..., Any]
     argnames: tuple[str, ...]
+    all_args: bool = False  # takes every argument of its spec: call with the caller's kwargs as is
+
+
+try:  # signal.getsignal() converts to an enum through a raised ValueError: ~8 us; the C one does not
+    from _signal import getsignal as _getsignal
+except ImportError:  # pragma: no cover - other Pythons
+    _getsignal = signal.getsignal
+
+_MAIN_THREAD_ID = threading.main_thread().ident
 
 
 class _Deadline:
-    """Interrupts a synchronous hook that overruns (SIGALRM; main thread only)."""
+    """Interrupts a synchronous hook that overruns (SIGALRM; main thread only).
 
-    _installed = False
-    armed = False
+    ``setitimer`` is a system call that costs as much as the rest of a hook call, so it is not
+    made per call: a pending timer is kept as long as it fires no later than the running hook's
+    deadline. When it fires, the handler looks at the hook in progress: past its deadline ->
+    :class:`PluginTimeout`; not yet -> re-arm for the rest; no hook running -> nothing (and no
+    timer until the next hook call). Only one synchronous hook runs at a time in a thread, so
+    one deadline slot is enough, whichever chain or task is running.
+    """
+
+    call_deadline = 0.0  # perf_counter() deadline of the synchronous hook in progress; 0: none
+    timer_fires_at = 0.0  # perf_counter() when our pending ITIMER_REAL fires; 0: none pending
+    _handler: Any = None
 
     @classmethod
     def install(cls) -> bool:
-        if threading.current_thread() is not threading.main_thread():
+        """Make sure our SIGALRM handler is in place; ``False`` outside the main thread."""
+        if threading.get_ident() != _MAIN_THREAD_ID:
             return False
-        if not cls._installed:
+        if cls._handler is None or _getsignal(signal.SIGALRM) is not cls._handler:
             previous = signal.getsignal(signal.SIGALRM)
 
             def handler(signum: int, frame: Any) -> None:
-                if cls.armed:
-                    cls.armed = False
-                    raise PluginTimeout()
-                if callable(previous):
+                cls.timer_fires_at = 0.0
+                deadline = cls.call_deadline
+                if deadline:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0.001:
+                        cls.call_deadline = 0.0
+                        raise PluginTimeout()
+                    cls.arm(remaining)
+                elif callable(previous):
                     previous(signum, frame)
 
             signal.signal(signal.SIGALRM, handler)
-            cls._installed = True
+            cls._handler = handler
+            cls.timer_fires_at = 0.0  # whatever timer was pending is not known to be ours
         return True
+
+    @classmethod
+    def arm(cls, seconds: float) -> None:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        cls.timer_fires_at = time.perf_counter() + seconds
+
+    @classmethod
+    def enter(cls, start: float, timeout: float) -> None:
+        """A synchronous hook starts now (``start``) and may run ``timeout`` seconds."""
+        deadline = start + timeout
+        cls.call_deadline = deadline
+        fires = cls.timer_fires_at
+        if not fires or fires > deadline:
+            cls.arm(timeout)
 
 
 class Chain:
@@ -104,15 +143,20 @@ class Chain:
         self.plugins = plugins
         self.timeout = timeout if timeout is not None else plugins.config.chain.timeout
         self._calls: dict[str, list[_Call]] = {}
+        self._nargs: dict[str, int] = {}  # how many arguments each phase's spec has
         for phase in ALL_PHASES:
             self._calls[phase] = self._bind(phase)
 
     def _bind(self, phase: str) -> list[_Call]:
-        impls = {impl.plugin_name: impl for impl in getattr(self.plugins.pm.hook, phase).get_hookimpls()}
+        caller = getattr(self.plugins.pm.hook, phase)
+        impls = {impl.plugin_name: impl for impl in caller.get_hookimpls()}
+        spec_args = set(caller.spec.argnames) if caller.spec is not None else set()
+        self._nargs[phase] = len(spec_args)
         calls = []
         for p in self.plugins.order(phase):
             impl = impls[p.name]
-            calls.append(_Call(p.name, p.feature, impl.function, tuple(impl.argnames)))
+            argnames = tuple(impl.argnames)
+            calls.append(_Call(p.name, p.feature, impl.function, argnames, set(argnames) == spec_args))
         return calls
 
     def calls(self, phase: str) -> list[_Call]:
@@ -137,79 +181,59 @@ class Chain:
         if not calls:
             return None
         alarm = _Deadline.install()
-        try:
-            return await self._run(phase, calls, alarm, features, trace, message, queue_id, recipient, kwargs)
-        finally:
-            if alarm:  # the timer is re-armed per call and left running between calls; stop it once
-                signal.setitimer(signal.ITIMER_REAL, 0)
-
-    async def _run(
-        self,
-        phase: str,
-        calls: list[_Call],
-        alarm: bool,
-        features: Mapping[str, bool] | None,
-        trace: Trace | None,
-        message: Any,
-        queue_id: str,
-        recipient: str | None,
-        kwargs: dict[str, Any],
-    ) -> Verdict | None:
+        timeout = self.timeout
+        exact = len(kwargs) == self._nargs[phase]  # the caller passed the spec's arguments, no more
         for call in calls:
-            if call.feature is not None and features is not None and not features.get(call.feature, False):
+            feature = call.feature
+            if feature is not None and features is not None and not features.get(feature, False):
                 if trace is not None:
                     trace.entries.append(
-                        TraceEntry(phase, call.plugin, f"skipped ({call.feature} off)", 0.0, recipient=recipient)
+                        TraceEntry(phase, call.plugin, f"skipped ({feature} off)", 0.0, recipient=recipient)
                     )
                 continue
             n_edits = len(message.edits) if message is not None else 0
-            args = {k: kwargs[k] for k in call.argnames}
             error: str | None = None
             token = current_actor.set(call.plugin)
             start = time.perf_counter()
             try:
-                result = self._call_sync(call, args, alarm)
-                if inspect.isawaitable(result):
-                    result = await asyncio.wait_for(result, self.timeout)
-                if result is not None and not isinstance(result, Verdict):
-                    raise TypeError(f"hook returned {type(result).__name__}, not a verdict or None")
+                args = kwargs if exact and call.all_args else {k: kwargs[k] for k in call.argnames}
+                if alarm:  # a synchronous hook is interrupted by SIGALRM when it overruns
+                    deadline = start + timeout  # (_Deadline.enter, inlined: this is the hot path)
+                    _Deadline.call_deadline = deadline
+                    fires = _Deadline.timer_fires_at
+                    if not fires or fires > deadline:
+                        _Deadline.arm(timeout)
+                    try:
+                        result = call.func(**args)
+                    finally:
+                        _Deadline.call_deadline = 0.0
+                else:  # no signal can interrupt it here: the overrun is detected when it returns
+                    result = call.func(**args)
+                    if time.perf_counter() - start > timeout and not inspect.isawaitable(result):
+                        raise PluginTimeout()
+                if result is not None:
+                    if inspect.isawaitable(result):
+                        result = await asyncio.wait_for(result, timeout)
+                    if result is not None and not isinstance(result, Verdict):
+                        raise TypeError(f"hook returned {type(result).__name__}, not a verdict or None")
             except (PluginTimeout, TimeoutError):
-                error = f"timed out after {self.timeout:g} s"
+                error = f"timed out after {timeout:g} s"
                 result = PLUGIN_FAILURE
             except Exception as exc:  # fail closed: any plugin error is a temporary failure
                 error = f"{type(exc).__name__}: {exc}"
                 result = PLUGIN_FAILURE
             finally:
                 current_actor.reset(token)
-            ms = (time.perf_counter() - start) * 1000
             if error:
                 log.error("queue_id=%s plugin=%s phase=%s failed closed: %s", queue_id or "-", call.plugin, phase, error)
             if trace is not None:
+                ms = (time.perf_counter() - start) * 1000
                 edits = message.edits[n_edits:] if message is not None else []
-                trace.entries.append(TraceEntry(phase, call.plugin, verdict_name(result), ms, edits, error, recipient))
+                name = "continue" if result is None else verdict_name(result)
+                trace.entries.append(TraceEntry(phase, call.plugin, name, ms, edits, error, recipient))
             if result is not None:
                 return result
         return None
-
-    def _call_sync(self, call: _Call, args: dict[str, Any], alarm: bool) -> Any:
-        """Call the hook; a synchronous one is interrupted by SIGALRM when it overruns.
-
-        Outside the main thread no signal can interrupt it: the overrun is detected afterwards.
-        One ``setitimer`` per call (re-arming replaces the previous deadline); the flag, not a
-        second syscall, makes a late tick between calls harmless.
-        """
-        if not alarm:
-            start = time.monotonic()
-            result = call.func(**args)
-            if not inspect.isawaitable(result) and time.monotonic() - start > self.timeout:
-                raise PluginTimeout()
-            return result
-        signal.setitimer(signal.ITIMER_REAL, self.timeout)
-        _Deadline.armed = True
-        try:
-            return call.func(**args)
-        finally:
-            _Deadline.armed = False
 
     async def emit(self, event: Event) -> None:
         """Deliver an event to every ``on_event`` hook; errors are logged, never raised."""

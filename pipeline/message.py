@@ -364,6 +364,22 @@ class Part:
     def _invalidate(self) -> None:
         self._raw = None
 
+    def clone(self) -> Part:
+        """An independent copy of this subtree, without re-parsing: the byte strings are shared
+        (they are immutable), headers and children are copied. Only the parser's own attributes
+        are carried over, exactly what parsing :meth:`as_bytes` again would give."""
+        new = Part.__new__(Part)
+        new.path, new._raw, new._head_sep, new.body = self.path, self._raw, self._head_sep, self.body
+        new.headers = []
+        for h in self.headers:
+            copy = Header(h.name, h.raw)
+            copy._value = h._value
+            new.headers.append(copy)
+        new.children = None if self.children is None else [c.clone() for c in self.children]
+        new.preamble, new.epilogue, new._delims = self.preamble, self.epilogue, list(self._delims)
+        new.content_type, new.charset = self.content_type, self.charset
+        return new
+
 
 class Message:
     """A message with its envelope; every change goes through a method that records an :class:`Edit`."""
@@ -372,7 +388,7 @@ class Message:
         if not isinstance(raw, bytes | bytearray):
             raise MessageError("a message is bytes")
         raw = normalize_newlines(bytes(raw))
-        if not raw.strip():
+        if not raw or raw.isspace():  # (no strip(): that would copy the whole message)
             raise MessageError("empty message")
         first_line = raw.split(CRLF, 1)[0]
         if first_line and not first_line.startswith((b" ", b"\t")) and b":" not in first_line:
@@ -561,8 +577,13 @@ class Message:
 
     def copy(self, rcpt_tos: Sequence[str] | None = None) -> Message:
         """An independent copy (for per-recipient fan-out); the edit log is carried over."""
-        clone = Message(self.as_bytes(), self._mail_from, self._rcpt_tos if rcpt_tos is None else rcpt_tos)
+        clone = Message.__new__(Message)
+        clone.root = self.root.clone()  # parse once: fan-out copies the tree, it does not re-parse
+        clone._mail_from = self._mail_from
+        clone._rcpt_tos = list(self._rcpt_tos if rcpt_tos is None else rcpt_tos)
         clone.edits = list(self.edits)
+        clone.sealed_by = None
+        clone._cache = self._cache
         return clone
 
     def addresses(self, name: str) -> list[tuple[str, str]]:

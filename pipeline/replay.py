@@ -21,7 +21,7 @@ from pipeline.admission import admit_message
 from pipeline.chain import Chain, Trace
 from pipeline.config import Config, ConfigError
 from pipeline.context import Credential, MessageContext, Session, Transaction
-from pipeline.message import Message, MessageError, normalize_newlines
+from pipeline.message import Message, MessageError
 from pipeline.processing import CopyResult, process_message
 from pipeline.testing import envelope_from_headers
 from pipeline.verdicts import Accept, Discard, Reject, TempFail, Verdict
@@ -170,7 +170,7 @@ async def replay_message(
     if not rcpts:
         raise ReplayError(f"{name}: no recipient: the message has no To or Cc address; give --rcpt")
     trace = Trace()
-    result = ReplayResult(name, normalize_newlines(raw), sender, rcpts, trace=trace)
+    result = ReplayResult(name, raw, sender, rcpts, trace=trace)  # (render_diff parses it when asked)
 
     session = Session(
         peer=("127.0.0.1", 0), listener="replay", helo="localhost", tls=True, credential=credential

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 import time
@@ -174,7 +175,52 @@ async def test_sync_hook_past_its_timeout_is_interrupted_and_fails_closed(caplog
     assert time.monotonic() - start < 2  # interrupted, not waited out
     assert verdict is not None and verdict.reply().startswith("451 4.3.0")
     assert "plugin=slow_sync" in caplog.text and "timed out after 0.2 s" in caplog.text
-    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # no alarm left behind
+
+
+async def test_each_sync_hook_gets_its_own_full_timeout():
+    """The timer is shared between calls; a hook that starts late must not inherit a short deadline."""
+
+    def busy() -> None:
+        time.sleep(0.25)
+
+    chain = chain_of(make_plugin("a", result=busy), make_plugin("b", result=busy), timeout=0.4)
+    assert await chain.run("on_message", ctx=ctx_for()) is None  # 0.5 s in all, 0.25 s each
+
+
+async def test_a_pending_long_timer_does_not_delay_a_shorter_timeout():
+    await chain_of(make_plugin("quick"), timeout=30).run("on_message", ctx=ctx_for())
+
+    def slow() -> None:
+        time.sleep(5)
+
+    start = time.monotonic()
+    verdict = await chain_of(make_plugin("slow", result=slow), timeout=0.2).run("on_message", ctx=ctx_for())
+    assert time.monotonic() - start < 2
+    assert isinstance(verdict, TempFail)
+
+
+async def test_a_stray_alarm_between_hooks_is_harmless():
+    await chain_of(make_plugin("quick"), timeout=30).run("on_message", ctx=ctx_for())
+    os.kill(os.getpid(), signal.SIGALRM)  # the pending timer firing while no hook runs
+    assert await chain_of(make_plugin("after")).run("on_message", ctx=ctx_for()) is None
+
+
+async def test_the_timeout_handler_is_reinstalled_if_someone_replaced_it():
+    original = signal.getsignal(signal.SIGALRM)
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    try:
+
+        def slow() -> None:
+            time.sleep(5)
+
+        start = time.monotonic()
+        verdict = await chain_of(make_plugin("slow", result=slow), timeout=0.2).run(
+            "on_message", ctx=ctx_for()
+        )
+        assert time.monotonic() - start < 2 and isinstance(verdict, TempFail)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, original)
 
 
 async def test_async_hook_past_its_timeout_is_cancelled_and_fails_closed(caplog):

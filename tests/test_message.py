@@ -457,3 +457,24 @@ def test_bytes_that_are_not_a_message_are_refused(data, problem):
 def test_a_message_must_be_bytes():
     with pytest.raises(MessageError, match="bytes"):
         Message("From: a@example.com\r\n\r\nx")  # type: ignore[arg-type]
+
+
+def test_copy_of_an_edited_message_is_a_deep_copy_without_reparsing():
+    msg = Message(_sample("07-attachment-pdf.eml"), "a@example.com", ["b@example.com", "c@example.com"])
+    html = msg.html_parts()[0]
+    msg.replace_html(html, html.text().replace("</body>", "<p>shared</p></body>"))
+    before = msg.as_bytes()
+    copy = msg.copy(rcpt_tos=["c@example.com"])
+    assert copy.as_bytes() == before
+    assert copy.as_bytes() == Message(before).as_bytes()  # same as parsing the bytes again
+    copy_html = copy.html_parts()[0]
+    assert copy_html is not html
+    copy.replace_html(copy_html, copy_html.text().replace("<p>shared</p>", "<p>only c</p>"))
+    copy.change_header("Subject", "for c")
+    copy.remove_header("Date")
+    assert msg.as_bytes() == before  # the original is untouched
+    assert b"<p>only c</p>" in copy.as_bytes() and b"Subject: for c" in copy.as_bytes()
+    assert [p.path for p in copy.walk()] == [p.path for p in msg.walk()]
+    sealed = msg.copy()
+    sealed.seal()
+    msg.add_header("X-Still-Editable", "1")  # sealing a copy does not seal the original
