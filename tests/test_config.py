@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -10,6 +11,9 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.config import Config, ConfigError, load_config
+from pipeline.loader import PluginSet
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 
 def write(tmp_path: Path, text: str, name: str = "smtpgate.toml") -> Path:
@@ -212,3 +216,18 @@ def test_check_config_catches_plugin_errors_and_missing_tls_files(tmp_path, data
     result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
     assert result.exit_code == 2
     assert f"tls.cert_file: file {tmp_path}/cert.pem not found" in result.output
+
+
+def test_the_example_in_docs_configuration_md_is_valid(tmp_path, monkeypatch):
+    example = re.search(r"^## Example\n.*?^```toml\n(.*?)^```", DOC.read_text(), re.M | re.S)
+    assert example, "docs/configuration.md has no ```toml example under ## Example"
+    secret = tmp_path / "relay_password"
+    secret.write_text("pw\n")
+    text = example.group(1).replace("/run/secrets/relay_password", str(secret))
+    text = text.replace('data_dir = "/var/lib/smtpgate"', f'data_dir = "{tmp_path / "data"}"')
+    monkeypatch.setenv("SHOP_API_KEY", "k")
+    monkeypatch.setenv("TRACKING_KEY", "t" * 32)
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.egress.password == "pw" and cfg.tracking.keys == {"k1": "t" * 32}
+    assert cfg.features["trackbounces"] is True and cfg.features["dkim"] is True
+    assert [p.name for p in PluginSet(cfg).plugins] == cfg.chain.plugins
