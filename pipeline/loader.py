@@ -105,6 +105,14 @@ def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def _dist_version(obj: Any) -> str | None:
+    """The version of the installed distribution whose entry point names ``obj``."""
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.value.split(":")[0] == obj.__module__ and ep.dist is not None:
+            return str(ep.dist.version)
+    return None
+
+
 def resolve(name: str) -> tuple[Any, str]:
     """The plugin class for a ``[chain] plugins`` entry, and a description of its source."""
     if name in BUILTINS:
@@ -145,6 +153,8 @@ class PluginSet:
         names: set[str] = set()
         for obj, source in entries:
             loaded = self._instantiate(obj, source, env)
+            if source.startswith("entry point") and "version" not in vars(obj):
+                loaded.version = _dist_version(obj) or loaded.version  # the installed package's version
             if loaded.name in names:
                 raise ConfigError(f"{config.source}: chain.plugins: two plugins are named {loaded.name!r}")
             names.add(loaded.name)

@@ -21,6 +21,7 @@ from pipeline.admission import admit_message
 from pipeline.chain import Chain, Trace
 from pipeline.config import Config, ConfigError
 from pipeline.context import Credential, MessageContext, Session, Transaction
+from pipeline.features import resolve_features
 from pipeline.message import Message, MessageError
 from pipeline.processing import CopyResult, process_message
 from pipeline.testing import envelope_from_headers
@@ -183,15 +184,26 @@ async def replay_message(
         steps.append(("on_auth", {"session": session, "credential": credential}))
     txn = Transaction(mail_from=sender)
     steps.append(("on_mail_from", {"session": session, "transaction": txn, "address": sender}))
+    # Before DATA there is no message yet: switches come from the config and the credential,
+    # as in the SMTP session.
+    session_features = resolve_features(config.features, credential)
+    assert isinstance(session_features, dict)  # without a message there is no header to refuse
     for phase, kwargs in steps:
         start = len(trace.entries)
-        verdict = await chain.run(phase, trace=trace, **kwargs)
+        verdict = await chain.run(phase, features=session_features, trace=trace, **kwargs)
         if _stops(verdict):
             result.verdict, result.stopped_by = verdict, _stopper(trace, start)
             return result
 
     for rcpt in rcpts:
-        verdict = await chain.run("on_rcpt_to", trace=trace, session=session, transaction=txn, address=rcpt)
+        verdict = await chain.run(
+            "on_rcpt_to",
+            features=session_features,
+            trace=trace,
+            session=session,
+            transaction=txn,
+            address=rcpt,
+        )
         if isinstance(verdict, Reject | TempFail):
             result.refused.append((rcpt, verdict))
         elif not isinstance(verdict, Discard):

@@ -58,9 +58,10 @@ def installed_distribution(tmp_path, monkeypatch):
     found through importlib.metadata like any pip-installed plugin."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "acme_smtpgate_plugin.py").write_text(
-        PLUGIN_SOURCE.format(cls="AcmeStamp", name="acme_stamp", version="0")
+    source = PLUGIN_SOURCE.format(cls="AcmeStamp", name="acme_stamp", version="0").replace(
+        '    version = "0"\n', ""
     )
+    (site / "acme_smtpgate_plugin.py").write_text(source)  # no version of its own: the package's applies
     info = site / "acme_smtpgate_plugin-2.5.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-smtpgate-plugin\nVersion: 2.5.1\n")
@@ -322,7 +323,7 @@ def test_plugins_command_lists_source_version_hooks_and_order_per_phase(tmp_path
     stamp = next(line for line in lines if line.startswith("stamp "))
     assert f"file {plugin}" in stamp and "1.4" in stamp and "on_message, on_transform" in stamp
     acme = next(line for line in lines if line.startswith("acme_stamp "))
-    assert "entry point (acme-smtpgate-plugin)" in acme
+    assert "entry point (acme-smtpgate-plugin)" in acme and " 2.5.1 " in acme  # the distribution's version
     assert any(line.startswith("header_validation ") and "built-in" in line for line in lines)
     assert "  on_message      header_validation -> stamp -> acme_stamp" in lines
     assert "  on_transform    stamp -> css_inline" in lines

@@ -525,3 +525,24 @@ def test_default_chain_keeps_sample_attachments_byte_identical(data_dir, tmp_pat
 
     assert attachments(result.stdout_bytes) == attachments(src.read_bytes())
     assert len(attachments(src.read_bytes())) == 2
+
+
+def test_session_phases_see_the_config_and_credential_switches(data_dir):
+    """Before DATA there is no message: a plugin behind a switch runs as the credential says."""
+    from pipeline import Credential, Plugin, Reject, hookimpl
+    from pipeline.testing import make_chain, make_config
+
+    class BounceGate(Plugin):
+        name = "bounce_gate"
+        feature = "trackbounces"  # off by default
+
+        @hookimpl
+        def on_rcpt_to(self, address: str) -> Reject:
+            return Reject(550, "5.1.1", f"gate saw {address}")
+
+    chain = make_chain(make_config(), [BounceGate])
+    raw = (SAMPLES / "01-plain-text.eml").read_bytes()
+    off = asyncio.run(replay_message(chain, raw))
+    assert off.ok and off.copies[0].data is not None
+    on = asyncio.run(replay_message(chain, raw, credential=Credential("c", features={"trackbounces": True})))
+    assert on.rejected and on.verdict == Reject(550, "5.1.1", "gate saw jane.doe@example.org")
