@@ -242,3 +242,18 @@ async def test_auth_is_advertised_only_where_allowed(data_dir, tls_cert, listene
         assert ("AUTH PLAIN LOGIN" in r.lines) is (listener == "plain")  # plain: require_tls = false
         assert ("STARTTLS" in r.lines) is (listener == "starttls")
         await d.close()
+
+
+async def test_commands_pipelined_behind_starttls_are_discarded(data_dir, tls_cert):
+    """RFC 3207 section 5 (the STARTTLS command injection bugs): plaintext sent after STARTTLS is dropped."""
+    async with running_ingress(cfg(data_dir, tls_cert)) as (_, ingress):
+        d = await greet(ingress.port("starttls"))
+        await d.send(b"STARTTLS\r\nMAIL FROM:<injected@evil.example>\r\n")
+        assert (await d.reply()).code == 220
+        await d.writer.start_tls(client_tls(tls_cert), server_hostname="localhost")
+        r = await d.cmd("NOOP")
+        assert (r.code, r.text) == (250, "2.0.0 OK")  # the injected MAIL got no reply and did nothing
+        assert (await d.cmd("EHLO client.test")).code == 250
+        assert (await d.cmd("AUTH PLAIN " + b64("\0app-user\0s3cret-pass"))).code == 235
+        assert (await d.cmd("MAIL FROM:<app@shop.example>")).code == 250  # not "nested MAIL"
+        await d.close()

@@ -59,7 +59,9 @@ async def run_gateway(gateway: Gateway) -> None:
 def serve(config_path: str | None, workers: int | None) -> None:
     """Run the gateway: SMTP listeners, processing workers, delivery, tracking (Ctrl-C or SIGTERM stops)."""
     config = get_config(config_path)
-    logging.getLogger().setLevel(config.gateway.log_level.upper())
+    root = logging.getLogger()
+    if root.level != logging.DEBUG:  # --verbose wins over [gateway] log_level
+        root.setLevel(config.gateway.log_level.upper())
     gateway = Gateway(config)
     gateway.build_services(workers)
     try:
