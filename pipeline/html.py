@@ -47,7 +47,9 @@ __all__ = [
 # One pass over the text; only the constructs that matter are matched, in priority order.
 # Comments first (an MSO conditional block is one comment: links inside are Outlook-only VML and
 # are not touched), then raw-text elements whose content is not markup, then the tags we need.
-_TAG_BODY = r"""(?:[^>"']|"[^"]*"|'[^']*')*"""
+# A tag never spans a "<" (not even in a quoted value): unterminated tags then fail fast
+# instead of each scanning to the end of the text (quadratic time on hostile input).
+_TAG_BODY = r"""(?:[^<>"']++|"[^<"]*+"|'[^<']*+')*+"""
 _TOKENS = re.compile(
     r"<!--.*?(?:-->|\Z)"
     r"|<(script|style|textarea|title|xmp|noembed|noframes)(?=[\s/>])" + _TAG_BODY + r">.*?(?:</\1\s*>|\Z)"
@@ -55,9 +57,9 @@ _TOKENS = re.compile(
     r"|</(a|body|html)\s*>",
     re.IGNORECASE | re.DOTALL,
 )
-_ATTR = re.compile(r"""([^\s"'>/=]+)(?:\s*=\s*("[^"]*"|'[^']*'|[^\s>]+))?""")
+_ATTR = re.compile(r"""([^\s"'>/=]++)(?:\s*+=\s*+("[^"]*+"|'[^']*+'|[^\s>]++))?""")
 _URL_JUNK = re.compile(r"[\t\n\r]")  # the WHATWG URL parser drops these anywhere in a URL
-_TAGS = re.compile(r"<[^>]*>")
+_TAGS = re.compile(r"<[^<>]*>")
 _SPACES = re.compile(r"\s+")
 _PLACEHOLDER = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\*\|[^|]*\|\*|%%[^%]+%%|\[\[[^\]]+\]\]", re.DOTALL)
 
@@ -200,7 +202,7 @@ def count_conditional_comments(text: str) -> int:
     return len(_COND_OPEN.findall(text))
 
 
-_STYLESHEET = re.compile(r"<style[\s>]|<link\b[^>]*\bstylesheet\b", re.IGNORECASE)
+_STYLESHEET = re.compile(r"<style[\s>]|<link\b[^<>]*\bstylesheet\b", re.IGNORECASE)
 
 
 def has_stylesheet(text: str) -> bool:
@@ -240,14 +242,14 @@ AMP_MARK = "\ue000"  # stands for "&" while a tool parses the HTML
 _TOKEN_PREFIX = "smtpgate-keep-"
 _URL_ATTRS = ("href", "src", "action", "background", "cite", "longdesc", "usemap", "poster", "data")
 _ATTR_IN_TAG = re.compile(
-    r"""(?P<lead>\s)(?P<name>[^\s"'>/=]+)(?P<eq>\s*=\s*)(?P<val>"[^"]*"|'[^']*'|[^\s>"']+)"""
+    r"""(?P<lead>\s)(?P<name>[^\s"'>/=]++)(?P<eq>\s*+=\s*+)(?P<val>"[^"]*+"|'[^']*+'|[^\s>"']++)"""
 )
-_START_TAG = re.compile(r"<[A-Za-z][^\s/>]*" + _TAG_BODY + r">")
+_START_TAG = re.compile(r"<[A-Za-z][^\s/<>]*+" + _TAG_BODY + r">")
 _DOC_OPEN = re.compile(r"<!--.*?(?:-->|\Z)|<(html|head|body)(?=[\s/>])", re.IGNORECASE | re.DOTALL)
 _SURROGATE = re.compile("[\udc80-\udcff]")  # bytes the part's charset could not decode
 _SURROGATE_STANDIN = re.compile("[\uf780-\uf7ff]")  # private-use stand-ins while a tool parses
 _HTML_CLOSE = re.compile(r"</html\s*>", re.IGNORECASE)
-_COMMENT_OR_SPACE = re.compile(r"\A(?:\s|<!--.*?-->)*\Z", re.DOTALL)
+_COMMENT_OR_SPACE = re.compile(r"\A(?:\s++|<!--.*?-->)*+\Z", re.DOTALL)
 
 
 @dataclass
@@ -323,12 +325,12 @@ def protect(text: str) -> Protected:
     return Protected("".join(out), prefix, suffix, fragment, kept, amp, surrogates)
 
 
-_START_OR_SKIP = re.compile(r"<!--.*?(?:-->|\Z)|<![^>]*>|</[^>]*>|" + _START_TAG.pattern, re.DOTALL)
+_START_OR_SKIP = re.compile(r"<!--.*?(?:-->|\Z)|<![^<>]*>|</[^<>]*>|" + _START_TAG.pattern, re.DOTALL)
 
 
 def _strip_decls(head: str) -> str:
     """``<!DOCTYPE ...>`` and ``<?xml ...?>`` removed, to check what else precedes ``<html>``."""
-    return re.sub(r"<![Dd][Oo][Cc][Tt][Yy][Pp][Ee][^>]*>|<\?[^>]*\?>|\ufeff", "", head)
+    return re.sub(r"<![Dd][Oo][Cc][Tt][Yy][Pp][Ee][^<>]*+>|<\?[^<>]*+>|\ufeff", "", head)
 
 
 # --------------------------------------------------------------------------------------------

@@ -119,3 +119,24 @@ def test_golden_inputs_are_present() -> None:
     assert len(corpus_files()) >= 11
     tracked_samples = [p for p in sample_files() if "<a " in p.read_text("latin-1")]
     assert len(tracked_samples) >= 10
+
+
+@pytest.mark.parametrize(
+    "junk",
+    ['<a "', "<a href=x ", "<b", "</", "<style ", "<!doctype"],
+    ids=["unclosed-quote", "unclosed-a", "unclosed-b", "unclosed-end", "unclosed-style", "doctypes"],
+)
+def test_hostile_unterminated_tags_take_linear_time(junk: str, tmp_path: Path) -> None:
+    """Half a megabyte of tags that never close: the tokenizers must not go quadratic (that took
+    35 s for 40 kB before they refused to let a tag span a "<"), and the message is delivered."""
+    import time
+
+    body = "<html><head><style>p { color: red; }</style></head><body><p>x</p>" + junk * 100_000 + "</body></html>"
+    raw = (
+        "From: a@example.com\r\nTo: b@example.com\r\nSubject: t\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n" + body
+    ).encode()
+    start = time.perf_counter()
+    (after, _) = run_all(raw, "premailer", tmp_path)
+    assert time.perf_counter() - start < 8
+    assert len(PIXEL.findall(after.html_parts()[0].text())) == 1
