@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import pytest
 
-from pipeline import Plugin, Reject, Session, Transaction, hookimpl
+from pipeline import Discard, Plugin, Reject, Session, TempFail, Transaction, hookimpl
 from pipeline.ingress.credentials import hash_secret_pbkdf2
 from pipeline.ingress.testing import Dialogue, client_tls, ingress_test_config, running_ingress, spooled
 
@@ -317,3 +317,35 @@ async def test_pipelined_commands_get_replies_in_order(data_dir, tls_cert):
         assert (await d.cmd(BODY)).code == 250
         await d.close()
     assert spooled(data_dir)[0]["recipients"] == ["b@example.com", "c@example.com"]
+
+
+class Gatekeeper(Plugin):
+    """Verdicts at MAIL FROM and at the end of DATA."""
+
+    name = "test_gatekeeper"
+
+    @hookimpl
+    def on_mail_from(self, session: Session, transaction: Transaction, address: str) -> TempFail | None:
+        if address.endswith("@greylisted.example"):
+            return TempFail(450, "4.7.1", "Greylisted, try again later")
+        return None
+
+    @hookimpl
+    def on_message(self, ctx) -> Discard | None:
+        if ctx.message.get("Subject") == "drop me":
+            return Discard("test")
+        return None
+
+
+async def test_mail_from_verdicts_and_discard_at_data(data_dir, tls_cert):
+    async with running_ingress(cfg(data_dir, tls_cert), [Gatekeeper]) as (_, ingress):
+        d = await greet(ingress.port("plain"), auth=True)
+        r = await d.cmd("MAIL FROM:<a@greylisted.example>")
+        assert (r.code, r.text) == (450, "4.7.1 Greylisted, try again later")
+        reply = await send(d, "a@example.com", ["b@example.com"], b"Subject: drop me\r\n\r\nx\r\n.\r\n")
+        assert reply == "250 2.0.0 Ok"
+        reply = await send(d, "a@example.com", ["b@example.com"], b"Subject: keep me\r\n\r\nx\r\n.\r\n")
+        assert reply.startswith("250 2.0.0 Ok: queued as ")
+        await d.close()
+    [msg] = spooled(data_dir)
+    assert b"keep me" in msg["data"]
