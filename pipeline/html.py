@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import html as _html
 import re
+import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -239,7 +240,7 @@ def fit_charset(text: str, codec: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 AMP_MARK = "\ue000"  # stands for "&" while a tool parses the HTML
-_TOKEN_PREFIX = "smtpgate-keep-"
+_TOKEN_PREFIX = "smtpgate-keep-"  # + a random part per document, so message text cannot collide
 _URL_ATTRS = ("href", "src", "action", "background", "cite", "longdesc", "usemap", "poster", "data")
 _ATTR_IN_TAG = re.compile(
     r"""(?P<lead>\s)(?P<name>[^\s"'>/=]++)(?P<eq>\s*+=\s*+)(?P<val>"[^"]*+"|'[^']*+'|[^\s>"']++)"""
@@ -263,12 +264,13 @@ class Protected:
     kept: dict[str, str]  # token -> original quoted attribute value
     amp: bool  # whether "&" was replaced by AMP_MARK
     surrogates: bool = False  # whether undecodable bytes were swapped for private-use stand-ins
+    token_prefix: str = _TOKEN_PREFIX
 
     def restore(self, out: str) -> str:
         """Undo the protection on a tool's output."""
         if self.kept:
             out = re.sub(
-                r"""(["']?)(""" + _TOKEN_PREFIX + r"""\d+)\1""",
+                r"""(["']?)(""" + re.escape(self.token_prefix) + r"""\d+)\1""",
                 lambda m: self.kept.get(m.group(2), m.group(0)),
                 out,
             )
@@ -298,12 +300,13 @@ def protect(text: str) -> Protected:
         surrogates = True
     amp = AMP_MARK not in body
     kept: dict[str, str] = {}
+    token_prefix = f"{_TOKEN_PREFIX}{secrets.token_hex(4)}-"
 
     def attr(am: re.Match[str]) -> str:
         name, val = am.group("name"), am.group("val")
         lname = name.lower()
         if lname in _URL_ATTRS:
-            token = f"{_TOKEN_PREFIX}{len(kept)}"
+            token = f"{token_prefix}{len(kept)}"
             kept[token] = val if val[:1] in ("'", '"') else f'"{val}"'
             return f'{am.group("lead")}{name}{am.group("eq")}"{token}"'
         if amp and lname != "style":
@@ -322,7 +325,7 @@ def protect(text: str) -> Protected:
         pos = tm.end()
     rest = body[pos:]
     out.append(rest.replace("&", AMP_MARK) if amp else rest)
-    return Protected("".join(out), prefix, suffix, fragment, kept, amp, surrogates)
+    return Protected("".join(out), prefix, suffix, fragment, kept, amp, surrogates, token_prefix)
 
 
 _START_OR_SKIP = re.compile(r"<!--.*?(?:-->|\Z)|<![^<>]*>|</[^<>]*>|" + _START_TAG.pattern, re.DOTALL)
