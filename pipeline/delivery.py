@@ -78,6 +78,7 @@ class DeliveryService:
         self.pool = WorkerPool(self.config, n, gateway.chain, extra)
         self._wake = asyncio.Event()
         self._tasks: dict[asyncio.Task[None], QueuedMessage] = {}
+        self._held: set[tuple[str, str]] = set()  # (queue_id, recipient) claimed and not yet recorded
         self._runner: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -127,16 +128,13 @@ class DeliveryService:
             claimed: list[QueuedMessage] = []
             if free > 0:
                 try:
-                    claimed = await asyncio.to_thread(spool.claim, free, self.settings.lease, self.clock())
+                    claimed = await asyncio.to_thread(
+                        spool.claim, free, self.settings.lease, self.clock(), frozenset(self._held)
+                    )
                 except Exception:  # a locked or broken database must not kill the scheduler
                     log.exception("claiming from the spool failed; retrying")
             for msg in claimed:
-                # A lease that ran out while the copy is still in our hands (a very slow next hop)
-                # must not start a second, concurrent attempt for the same recipient.
-                busy = {r for m in self._tasks.values() if m.queue_id == msg.queue_id for r in m.recipients}
-                msg.recipients = [r for r in msg.recipients if r not in busy]
-                if not msg.recipients:
-                    continue
+                self._held.update((msg.queue_id, r) for r in msg.recipients)
                 task = asyncio.create_task(self._handle(msg), name=f"deliver-{msg.queue_id}")
                 self._tasks[task] = msg
                 task.add_done_callback(self._finished)
@@ -167,16 +165,19 @@ class DeliveryService:
 
     async def _handle(self, msg: QueuedMessage) -> None:
         try:
-            outcomes = await self._attempt(msg)
-        except asyncio.CancelledError:
-            # Shutdown with the message still in hand: give it back untouched.
-            self.gateway.spool.release(msg.queue_id, msg.recipients)
-            raise
-        except Exception as exc:  # a bug here must defer the message, never drop it
-            log.exception("%s: delivery attempt failed", msg.queue_id)
-            outcomes = [self._defer(msg, r, "4.3.0", f"local error: {type(exc).__name__}: {exc}", "none", True)
-                        for r in msg.recipients]
-        await self._commit(msg, outcomes)
+            try:
+                outcomes = await self._attempt(msg)
+            except asyncio.CancelledError:
+                # Shutdown with the message still in hand: give it back untouched.
+                self.gateway.spool.release(msg.queue_id, msg.recipients)
+                raise
+            except Exception as exc:  # a bug here must defer the message, never drop it
+                log.exception("%s: delivery attempt failed", msg.queue_id)
+                outcomes = [self._defer(msg, r, "4.3.0", f"local error: {type(exc).__name__}: {exc}", "none", True)
+                            for r in msg.recipients]
+            await self._commit(msg, outcomes)
+        finally:
+            self._held.difference_update((msg.queue_id, r) for r in msg.recipients)
 
     # -- one attempt ----------------------------------------------------------------------
 
@@ -264,6 +265,7 @@ class DeliveryService:
             for o in outcomes
         ]
         await self.gateway.spool.record(updates)
+        self._held.difference_update((msg.queue_id, o.recipient) for o in outcomes)
         ctx = msg.context
         cred = (ctx.get("credential") or {}).get("name")
         now = self.clock()

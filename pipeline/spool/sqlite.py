@@ -146,8 +146,14 @@ class SqliteSpool:
 
         return int(self._transaction(run))
 
-    def claim(self, limit: int, lease: float, now: float | None = None) -> list[QueuedMessage]:
-        """Mark up to ``limit`` messages' due recipients ``processing`` (leased) and return them."""
+    def claim(
+        self, limit: int, lease: float, now: float | None = None, exclude: frozenset[tuple[str, str]] = frozenset()
+    ) -> list[QueuedMessage]:
+        """Mark up to ``limit`` messages' due recipients ``processing`` (leased) and return them.
+
+        ``exclude``: ``(queue_id, recipient)`` pairs the caller still holds (a lease that ran out
+        while the copy is in flight must not start a second, concurrent attempt).
+        """
         now = time.time() if now is None else now
 
         def run(cur: sqlite3.Cursor) -> list[QueuedMessage]:
@@ -162,10 +168,13 @@ class SqliteSpool:
             ]
             by_msg: dict[str, list[tuple[str, int, int]]] = {}
             for qid in qids:
-                by_msg[qid] = cur.execute(
+                rows = cur.execute(
                     f"SELECT recipient, attempts, plugin_failures FROM recipients WHERE queue_id=? AND {due}",
                     (qid, now, now),
                 ).fetchall()
+                rows = [r for r in rows if (qid, r[0]) not in exclude]
+                if rows:
+                    by_msg[qid] = rows
             out = []
             for qid, rcpts in by_msg.items():
                 msg = cur.execute(
