@@ -11,6 +11,7 @@ produces one final copy per recipient. So what a replay shows is what the server
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from pipeline.processing import CopyResult, process_message
 from pipeline.testing import envelope_from_headers
 from pipeline.verdicts import Accept, Discard, Reject, TempFail, Verdict
 
+_session_ids = itertools.count(1)
 _FIELD_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII except ':'
 
 
@@ -174,7 +176,12 @@ async def replay_message(
     result = ReplayResult(name, raw, sender, rcpts, trace=trace)  # (render_diff parses it when asked)
 
     session = Session(
-        peer=("127.0.0.1", 0), listener="replay", helo="localhost", tls=True, credential=credential
+        peer=("127.0.0.1", 0),
+        listener="replay",
+        helo="localhost",
+        tls=True,
+        credential=credential,
+        session_id=f"replay-{next(_session_ids)}",  # (a random id costs a getrandom call per message)
     )
     steps: list[tuple[str, dict[str, object]]] = [
         ("on_connect", {"session": session}),
