@@ -546,3 +546,18 @@ def test_session_phases_see_the_config_and_credential_switches(data_dir):
     assert off.ok and off.copies[0].data is not None
     on = asyncio.run(replay_message(chain, raw, credential=Credential("c", features={"trackbounces": True})))
     assert on.rejected and on.verdict == Reject(550, "5.1.1", "gate saw jane.doe@example.org")
+
+
+def test_inputs_with_the_same_name_do_not_overwrite_each_others_output(env):
+    (env / "a").mkdir()
+    (env / "b").mkdir()
+    sample_with(env, "a/news.eml", subject="first")
+    sample_with(env, "b/news.eml", subject="second")
+    out = env / "out"
+    result = replay(env, str(env / "a"), str(env / "b"), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["news.jane.doe@example.org.2.eml", "news.jane.doe@example.org.eml"]
+    subjects = {Message((out / name).read_bytes()).get("Subject") for name in written}
+    assert subjects == {"first", "second"}
+    assert f"written to {out}/news.jane.doe@example.org.2.eml" in result.output

@@ -106,6 +106,7 @@ async def _replay_all(
 ) -> int:
     status = 0
     to_stdout: list[tuple[str, bytes]] = []
+    taken: set[Path] = set()  # output files written by this run: same-named inputs must not overwrite
     for path in files:
         try:
             raw = read_message_file(path)
@@ -116,12 +117,17 @@ async def _replay_all(
             click.echo(f"smtpgate: {exc}", err=True)
             status = 2
             continue
-        _report(result, out_dir, report)
+        targets: dict[int, Path] = {}
+        if out_dir is not None:
+            for i, copy in enumerate(result.copies):
+                if copy.data is not None:
+                    targets[i] = _unique(output_path(out_dir, str(path), copy.recipient), taken)
+        _report(result, targets, report)
         if explain:
             click.echo(f"  trace {result.trace.queue_id or ''}".rstrip(), file=report)
             for line in result.trace.render().splitlines():
                 click.echo(f"    {line}", file=report)
-        for copy in result.copies:
+        for i, copy in enumerate(result.copies):
             if copy.data is None:
                 continue
             if show_diff:
@@ -129,8 +135,8 @@ async def _replay_all(
                     render_diff(result.original, copy.data, f"{path} (before)", f"{copy.recipient} (after)"),
                     file=report,
                 )
-            if out_dir is not None:
-                output_path(out_dir, str(path), copy.recipient).write_bytes(copy.data)
+            if i in targets:
+                targets[i].write_bytes(copy.data)
             elif out == "-":
                 to_stdout.append((copy.mail_from, copy.data))
         if not result.ok:
@@ -145,7 +151,17 @@ async def _replay_all(
     return status
 
 
-def _report(result: ReplayResult, out_dir: Path | None, report: TextIO) -> None:
+def _unique(target: Path, taken: set[Path]) -> Path:
+    """``target``, or ``<stem>.2.eml``, ``.3`` ... when this run already wrote that name."""
+    candidate, n = target, 1
+    while candidate in taken:
+        n += 1
+        candidate = target.with_name(f"{target.stem}.{n}{target.suffix}")
+    taken.add(candidate)
+    return candidate
+
+
+def _report(result: ReplayResult, targets: dict[int, Path], report: TextIO) -> None:
     """One line per message, one per recipient copy: what the server would have answered and sent."""
     if result.verdict is not None:
         what = "discarded" if result.discarded else "rejected"
@@ -157,13 +173,13 @@ def _report(result: ReplayResult, out_dir: Path | None, report: TextIO) -> None:
     )
     for rcpt, verdict in result.refused:
         click.echo(f"  {rcpt}: refused at RCPT: {verdict.reply()}", file=report)
-    for copy in result.copies:
+    for i, copy in enumerate(result.copies):
         if copy.data is None:
             kind = "discarded" if isinstance(copy.verdict, Discard) else "not delivered"
             reply = copy.verdict.reply() if copy.verdict is not None else ""
             click.echo(f"  {copy.recipient}: {kind}: {reply}", file=report)
             continue
-        where = f", written to {output_path(out_dir, result.name, copy.recipient)}" if out_dir else ""
+        where = f", written to {targets[i]}" if i in targets else ""
         click.echo(
             f"  {copy.recipient}: ready, {len(copy.data)} bytes, MAIL FROM:<{copy.mail_from}>{where}",
             file=report,
