@@ -348,8 +348,10 @@ class Part:
         if self._raw is not None:
             return self._raw
         out = [CRLF.join(h.raw for h in self.headers)]
-        if self._head_sep or self.headers:
-            out.append(CRLF + CRLF if self.headers else CRLF)
+        if self.headers:
+            out.append(CRLF + CRLF)
+        elif not self._head_sep or self.body or self.children is not None:
+            out.append(CRLF)  # no header fields: the body still starts after an empty line
         if self.children is not None:
             out.append(self.preamble)
             for delim, child in zip(self._delims, self.children, strict=False):

@@ -478,3 +478,26 @@ def test_copy_of_an_edited_message_is_a_deep_copy_without_reparsing():
     sealed = msg.copy()
     sealed.seal()
     msg.add_header("X-Still-Editable", "1")  # sealing a copy does not seal the original
+
+
+def test_a_part_without_header_fields_keeps_its_empty_line_when_edited():
+    """Regression: an edited part with no headers (implicit text/plain) lost the empty line
+    before its body, turning its first line into a header."""
+    raw = (
+        b"From: a@example.com\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+        b"--b\r\n\r\nimplicit text/plain\r\n--b\r\nContent-Type: text/html\r\n\r\n<p>x</p>\r\n--b--\r\n"
+    )
+    msg = Message(raw)
+    _forget_raw(msg)
+    assert msg.as_bytes() == raw
+    msg = Message(raw)
+    msg.replace_text(msg.text_parts()[0], "new text")
+    out = msg.as_bytes()
+    assert out == raw.replace(b"implicit text/plain", b"new text")
+    assert Message(out).text_parts()[0].text() == "new text"
+
+
+def test_removing_every_top_level_header_keeps_the_body_a_body():
+    msg = Message(b"X-A: 1\r\n\r\nbody line: with a colon\r\n")
+    msg.remove_header("X-A")
+    assert msg.as_bytes() == b"\r\nbody line: with a colon\r\n"
