@@ -30,8 +30,12 @@ from pipeline.verdicts import PLUGIN_FAILURE, Verdict, verdict_name
 log = logging.getLogger("smtpgate.chain")
 
 
-class PluginTimeout(Exception):
-    """A synchronous hook ran past its deadline."""
+class PluginTimeout(BaseException):
+    """A synchronous hook ran past its deadline.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``) so that an ``except Exception`` inside the
+    plugin or a library it calls cannot swallow it and carry on past the deadline.
+    """
 
 
 @dataclass(slots=True)
@@ -207,10 +211,11 @@ class Chain:
                         result = call.func(**args)
                     finally:
                         _Deadline.call_deadline = 0.0
-                else:  # no signal can interrupt it here: the overrun is detected when it returns
+                else:  # no signal can interrupt it here
                     result = call.func(**args)
-                    if time.perf_counter() - start > timeout and not inspect.isawaitable(result):
-                        raise PluginTimeout()
+                # an overrun is a timeout even if the hook got past the signal (or there was none)
+                if time.perf_counter() - start > timeout and not inspect.isawaitable(result):
+                    raise PluginTimeout()
                 if result is not None:
                     if inspect.isawaitable(result):
                         result = await asyncio.wait_for(result, timeout)

@@ -425,3 +425,22 @@ async def test_a_transform_failure_stops_every_copy():
     copies = await process_message(chain, ctx_for(rcpts=("b@example.com", "c@example.com")))
     assert [c.deliverable for c in copies] == [False, False]
     assert all(isinstance(c.verdict, TempFail) for c in copies)
+
+
+async def test_a_hook_cannot_swallow_its_timeout(caplog):
+    """``except Exception`` in a plugin must not turn a timeout into "continue"."""
+    swallowed: list[str] = []
+
+    def stubborn() -> None:
+        try:
+            time.sleep(5)
+        except Exception as exc:  # what sloppy plugin code does
+            swallowed.append(type(exc).__name__)
+
+    chain = chain_of(make_plugin("stubborn", result=stubborn), timeout=0.2)
+    start = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="smtpgate.chain"):
+        verdict = await chain.run("on_message", ctx=ctx_for())
+    assert time.monotonic() - start < 2
+    assert swallowed == []
+    assert isinstance(verdict, TempFail) and "plugin=stubborn" in caplog.text
