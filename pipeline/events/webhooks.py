@@ -135,9 +135,11 @@ class WebhookSender:
 
     async def stop(self, grace: float) -> None:
         if self._task is not None:
+            # In-flight POSTs are abandoned, not awaited: they are still pending in the outbox
+            # and are sent again after the restart (at least once).
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, max(grace, 1.0))
             self._task = None
         if self._session is not None:
             await self._session.close()
