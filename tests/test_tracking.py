@@ -249,3 +249,14 @@ async def test_service_binds_ephemeral_port_and_stops_cleanly(tmp_path):
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientConnectionError):
             await get(session, f"http://127.0.0.1:{port}/healthz")
+
+
+async def test_stats_page_is_self_contained_and_escapes_campaign_names(tracking):
+    gw, service, session = tracking
+    await gw.emit(Event("accepted", queue_id="Q1", recipient="a@x.net", campaign_id="</script><script>alert(1)"))
+    status, headers, body = await get(session, f"{service.url}/stats?campaign=%22%3E%3Cb%3E")
+    page = body.decode()
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert "<link" not in page and " src=" not in page and "@import" not in page  # nothing fetched: no CDN
+    assert "</script><script>alert(1)" not in page  # the embedded JSON can't close its element
+    assert 'value="&quot;&gt;&lt;b&gt;"' in page

@@ -10,6 +10,7 @@ derived from it: statistics, webhooks and the suppression list (stoplist).
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -88,13 +89,20 @@ def open_suppression_list(data_dir: Path) -> SuppressionList:
 _credential_stores: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
+_no_store_until: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+
 def _stored_webhooks(gateway: Any) -> Callable[[str], list[str]] | None:
     """Webhook URLs of credentials kept in ``<data_dir>/credentials.db`` (``smtpgate credentials add``)."""
-    path = gateway.config.data_dir / "credentials.db"
-    if not path.exists():
-        return None
     store = _credential_stores.get(gateway)
     if store is None:
+        now = time.monotonic()
+        if _no_store_until.get(gateway, 0.0) > now:  # don't stat the file on every click
+            return None
+        path = gateway.config.data_dir / "credentials.db"
+        if not path.exists():
+            _no_store_until[gateway] = now + 5.0
+            return None
         from pipeline.ingress.credentials import CredentialStore
 
         store = _credential_stores[gateway] = CredentialStore(path)
