@@ -1,9 +1,12 @@
 """Reading bounces and complaints: RFC 3464 delivery status notifications and RFC 5965 (ARF)
 feedback reports with the standard library, anything else with ``flufl.bounce``'s heuristics.
 
-Classification: ``soft`` for 4.x.x, for a full mailbox (5.2.2) and for policy refusals (5.7.x:
-the address exists, the receiver disliked the message or our reputation); ``hard`` for every
-other 5.x.x. Only hard bounces suppress the address, so a spam block never erases a list.
+Classification (RFC 3463 classes): ``hard`` when the address itself is bad: 5.1.x (no such
+mailbox, bad domain), 5.2.1 (mailbox disabled), 5.4.4 (no route to the domain), the generic
+5.0.0, or a permanent failure without a code. Everything else is ``soft``: 4.x.x, a full mailbox
+(5.2.2), size (5.2.3), system and protocol trouble (5.3.x, 5.5.x), content (5.6.x) and policy
+or reputation refusals (5.7.x), where the address is fine and the message or sender was
+refused. Only hard bounces suppress the address, so a spam block never erases a list.
 """
 
 from __future__ import annotations
@@ -58,12 +61,14 @@ class BounceReport:
         return failures[0] if failures else None
 
 
+_HARD = re.compile(r"^5\.(1\.\d+|2\.1|4\.4|0\.0)$")
+
+
 def classify_status(status: str | None, *, permanent: bool = True) -> str:
+    """``hard`` (the address is bad: suppress it) or ``soft`` (see the module docstring)."""
     if not status:
         return "hard" if permanent else "soft"
-    if status.startswith("4") or status == "5.2.2" or status.startswith("5.7."):
-        return "soft"
-    return "hard"
+    return "hard" if _HARD.match(status.strip()) else "soft"
 
 
 def _address(value: str | None) -> str | None:

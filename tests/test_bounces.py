@@ -38,8 +38,9 @@ def test_delayed_dsn_is_soft_and_delivered_lines_are_not_failures():
 
 
 @pytest.mark.parametrize(
-    "status,cls", [("5.1.1", "hard"), ("5.0.0", "hard"), ("5.2.1", "hard"), ("5.2.2", "soft"), ("5.7.1", "soft"),
-                   ("4.2.2", "soft"), (None, "hard")],
+    "status,cls", [("5.1.1", "hard"), ("5.1.10", "hard"), ("5.0.0", "hard"), ("5.2.1", "hard"), ("5.4.4", "hard"),
+                   ("5.2.2", "soft"), ("5.7.1", "soft"), ("5.6.0", "soft"), ("5.3.4", "soft"), ("4.2.2", "soft"),
+                   (None, "hard")],
 )
 def test_status_classification(status, cls):
     assert classify_status(status) == cls

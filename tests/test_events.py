@@ -55,9 +55,13 @@ async def test_hard_bounce_unsubscribe_complaint_suppress_soft_bounce_does_not(s
     await store.record(Event("unsubscribed", recipient="unsub@x.net", credential="shop"))
     await store.record(Event("complained", recipient="spam@x.net", credential="shop"))
     await store.record(Event("delivered", recipient="fine@x.net", credential="shop"))
+    # delivery results carry the code as "dsn": a content refusal by a plugin is not a bad address
+    await store.record(Event("bounced", recipient="content@x.net", credential="shop", data={"dsn": "5.6.0"}))
+    await store.record(Event("bounced", recipient="gone@x.net", credential="shop", data={"dsn": "5.1.1"}))
     suppressed = {(s.address, s.scope, s.reason) for s in store.suppressions()}
     assert suppressed == {
         ("hard@x.net", "shop", "hard bounce"),
+        ("gone@x.net", "shop", "hard bounce"),
         ("unsub@x.net", "shop", "unsubscribed"),
         ("spam@x.net", "shop", "complaint"),
     }

@@ -76,14 +76,17 @@ def utc_day(ts: float) -> str:
 
 
 def bounce_class(event: Event) -> str | None:
-    """``hard`` or ``soft`` for a bounced event: explicit ``data["class"]``, else the status code."""
+    """``hard`` or ``soft`` for a bounced event: explicit ``data["class"]``, else the enhanced status
+    code in ``data["status"]`` (bounce reports) or ``data["dsn"]`` (delivery results)."""
     if event.type != "bounced":
         return None
     cls = event.data.get("class")
     if cls in ("hard", "soft"):
         return str(cls)
-    status = str(event.data.get("status") or event.data.get("code") or "")
-    return "soft" if status.startswith("4") else "hard"
+    from pipeline.bounces import classify_status
+
+    status = str(event.data.get("status") or event.data.get("dsn") or "")
+    return classify_status(status or None)
 
 
 def _weight(event: Event) -> int:
