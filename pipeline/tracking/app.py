@@ -129,6 +129,8 @@ class TrackingApp:
             peer = ipaddress.ip_address((request.remote or "").split("%")[0])
         except ValueError:
             return False
+        if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+            peer = peer.ipv4_mapped  # a dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d
         if not any(peer in net for net in self.admin_networks):
             return False
         if self.admin_token:
