@@ -260,3 +260,13 @@ async def test_stats_page_is_self_contained_and_escapes_campaign_names(tracking)
     assert "<link" not in page and " src=" not in page and "@import" not in page  # nothing fetched: no CDN
     assert "</script><script>alert(1)" not in page  # the embedded JSON can't close its element
     assert 'value="&quot;&gt;&lt;b&gt;"' in page
+
+
+def test_bad_machine_user_agent_regex_is_a_config_error(tmp_path):
+    from pipeline.config import ConfigError
+    from pipeline.gateway import Gateway
+    from pipeline.tracking.app import build_app
+
+    gw = Gateway(tracking_config(tmp_path / "data", {"tracking": {"machine_user_agents": ["Scanner("]}}))
+    with pytest.raises(ConfigError, match="tracking.machine_user_agents: bad regex"):
+        build_app(gw)

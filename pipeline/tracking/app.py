@@ -20,6 +20,7 @@ import hmac
 import html
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -75,7 +76,10 @@ class TrackingApp:
         self.gateway = gateway
         cfg = gateway.config.tracking
         self.signer = load_signer(cfg.keys, cfg.key_id, gateway.config.data_dir)
-        self.detector = MachineDetector(cfg.machine_user_agents, cfg.machine_seconds)
+        try:
+            self.detector = MachineDetector(cfg.machine_user_agents, cfg.machine_seconds)
+        except re.error as exc:
+            raise ConfigError(f"{gateway.config.source}: tracking.machine_user_agents: bad regex: {exc}") from None
         try:
             self.admin_networks = [ipaddress.ip_network(n, strict=False) for n in cfg.admin_networks]
         except ValueError as exc:
@@ -114,6 +118,7 @@ class TrackingApp:
     async def _record(self, event: Event, *, strict: bool = False) -> bool:
         """Record within ``RECORD_TIMEOUT``; ``False`` if that failed or took too long."""
         task = asyncio.ensure_future(self.gateway.emit(event, strict=strict))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # late failures: already logged
         try:
             await asyncio.wait_for(asyncio.shield(task), RECORD_TIMEOUT)
             return True
