@@ -20,6 +20,7 @@ class TrackingService:
         self.requested_port = port if port is not None else gateway.config.tracking.listen_port
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
+        self.app = build_app(gateway)  # config errors surface at build time, before anything starts
 
     @property
     def url(self) -> str:
@@ -28,7 +29,7 @@ class TrackingService:
         return f"http://{host}:{self.port}"
 
     async def start(self) -> None:
-        runner = web.AppRunner(build_app(self.gateway), access_log=None, handle_signals=False)
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.requested_port, reuse_address=True)
         try:
