@@ -19,6 +19,7 @@ def tracking_config(data_dir: Path, overrides: dict[str, Any] | None = None, plu
         "gateway": {"data_dir": str(data_dir), "hostname": "gw.test"},
         "tracking": {"listen_port": 0, "keys": {"k1": KEY}, "key_id": "k1", "base_url": "https://t.example.com"},
         "webhooks": {"secret": "whsec-test", "retry_min": 0.2, "retry_max": 1.0, "poll_interval": 0.2},
+        "limits": {"shutdown_grace": 2.0},
     }
     for key, value in (overrides or {}).items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):

@@ -138,8 +138,9 @@ class WebhookSender:
             # In-flight POSTs are abandoned, not awaited: they are still pending in the outbox
             # and are sent again after the restart (at least once).
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self._task, max(grace, 1.0))
+            # asyncio.wait, not wait_for: it returns at the deadline even if the task is slow to
+            # finish cancelling (wait_for would wait for the cancellation to complete).
+            await asyncio.wait({self._task}, timeout=max(grace, 1.0))
             self._task = None
         if self._session is not None:
             await self._session.close()
@@ -165,7 +166,8 @@ class WebhookSender:
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if tasks:
+                await asyncio.wait(tasks, timeout=1.0)
 
     async def _sleep(self) -> None:
         delay = self.cfg.poll_interval
