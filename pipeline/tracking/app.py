@@ -194,7 +194,7 @@ class TrackingApp:
     async def metrics(self, request: web.Request) -> web.Response:
         if not self._admin_ok(request):
             return web.Response(status=403, text="forbidden\n")
-        text = await asyncio.to_thread(render_metrics, self.gateway)
+        text = await asyncio.to_thread(render_metrics, self.gateway, dict(self.counters))
         return web.Response(text=text, content_type="text/plain", charset="utf-8",
                             headers={"X-Content-Type": "text/plain; version=0.0.4"})
 

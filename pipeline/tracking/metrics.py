@@ -30,11 +30,15 @@ def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
     return "{" + ",".join(f'{n}="{_esc(v)}"' for n, v in zip(names, values, strict=False)) + "}"
 
 
-def render_metrics(gateway: Any) -> str:
-    """Counters of this process plus gauges read from the event store."""
+def render_metrics(gateway: Any, counters: dict[str, int] | None = None) -> str:
+    """Counters of this process plus gauges read from the event store.
+
+    Called in a thread: pass a snapshot of ``gateway.counters`` taken on the event loop, which
+    keeps changing them.
+    """
     lines: list[str] = []
     grouped: dict[str, list[tuple[tuple[str, ...], int]]] = {}
-    for key, value in sorted(gateway.counters.items()):
+    for key, value in sorted((counters if counters is not None else dict(gateway.counters)).items()):
         name, _, label = key.partition(":")
         grouped.setdefault(name, []).append((tuple(label.split("|")) if label else (), int(value)))
     for name, series in grouped.items():
