@@ -83,9 +83,10 @@ def test_builtin_replies_get_enhanced_codes(raw, adapted):
 
 
 def test_secret_hashes_verify_and_are_salted():
-    h1, h2 = hash_secret("pw"), hash_secret("pw")
-    assert h1 != h2 and "pw" not in h1
-    assert verify_secret("pw", h1) and not verify_secret("pw2", h1)
+    secret = "correct-horse-battery-staple"  # long enough never to appear by chance in base64
+    h1, h2 = hash_secret(secret), hash_secret(secret)
+    assert h1 != h2 and secret not in h1
+    assert verify_secret(secret, h1) and not verify_secret(secret + "2", h1)
     p = hash_secret_pbkdf2("pw", 1000)
     assert verify_secret("pw", p) and not verify_secret("px", p)
     check_hash_format(h1)
