@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.context import FEATURES
+from pipeline.context import FEATURES, Credential
 
 
 class ConfigError(Exception):
@@ -126,6 +126,23 @@ class CredentialSection(Section):
     egress: str | None = None
     webhooks: list[str] = Field(default_factory=list)
     list_unsubscribe: bool = False
+
+    def to_credential(self) -> Credential:
+        """The :class:`~pipeline.context.Credential` that hooks see for this entry."""
+        return Credential(
+            name=self.name,
+            kind=self.kind,
+            features=dict(self.features),
+            locked=frozenset(self.locked),
+            sandbox=self.sandbox,
+            allowed_sender_domains=tuple(self.allowed_sender_domains),
+            max_message_size=self.max_message_size,
+            max_recipients=self.max_recipients,
+            messages_per_minute=self.messages_per_minute,
+            egress=self.egress,
+            webhooks=tuple(self.webhooks),
+            list_unsubscribe=self.list_unsubscribe,
+        )
 
     @field_validator("features")
     @classmethod

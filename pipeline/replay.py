@@ -124,20 +124,7 @@ def credential_from_config(config: Config, name: str) -> Credential:
         if section.name == name:
             if section.disabled:
                 raise ConfigError(f"{config.source}: credentials: {name!r} is disabled")
-            return Credential(
-                name=section.name,
-                kind=section.kind,
-                features=dict(section.features),
-                locked=frozenset(section.locked),
-                sandbox=section.sandbox,
-                allowed_sender_domains=tuple(section.allowed_sender_domains),
-                max_message_size=section.max_message_size,
-                max_recipients=section.max_recipients,
-                messages_per_minute=section.messages_per_minute,
-                egress=section.egress,
-                webhooks=tuple(section.webhooks),
-                list_unsubscribe=section.list_unsubscribe,
-            )
+            return section.to_credential()
     known = ", ".join(c.name for c in config.credentials) or "none declared"
     raise ConfigError(f"{config.source}: credentials: no credential named {name!r} (known: {known})")
 

@@ -164,21 +164,7 @@ class Record:
         return self.section.disabled
 
     def credential(self) -> Credential:
-        s = self.section
-        return Credential(
-            name=s.name,
-            kind=s.kind,
-            features=dict(s.features),
-            locked=frozenset(s.locked),
-            sandbox=s.sandbox,
-            allowed_sender_domains=tuple(s.allowed_sender_domains),
-            max_message_size=s.max_message_size,
-            max_recipients=s.max_recipients,
-            messages_per_minute=s.messages_per_minute,
-            egress=s.egress,
-            webhooks=tuple(s.webhooks),
-            list_unsubscribe=s.list_unsubscribe,
-        )
+        return self.section.to_credential()
 
 
 def _networks(section: CredentialSection, where: str) -> tuple[Any, ...]:

@@ -271,35 +271,30 @@ class GatewaySMTP(SMTP):
         return refusal
 
     # -- HELO / EHLO -----------------------------------------------------------------------
-    async def smtp_HELO(self, hostname: str) -> None:
+    async def _greet(self, verb: str, hostname: str, extended: bool) -> bool:
+        """The part HELO and EHLO share: syntax, the ``on_helo`` hook, resetting the session."""
         if not hostname:
-            await self.push("501 5.5.4 Syntax: HELO hostname")
-            return
+            await self.push(f"501 5.5.4 Syntax: {verb} hostname")
+            return False
         refusal = _refusal(await self._hook("on_helo", hostname=hostname))
         if refusal:
             await self.push(refusal)
-            return
+            return False
         self._set_rset_state()
         assert self.session is not None
-        self.session.extended_smtp = False
+        self.session.extended_smtp = extended
         self.session.host_name = hostname
         self.gw.helo = hostname
-        self._raw_push = True
-        await self.push(f"250 {self.hostname}")
+        return True
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        if await self._greet("HELO", hostname, extended=False):
+            self._raw_push = True
+            await self.push(f"250 {self.hostname}")
 
     async def smtp_EHLO(self, hostname: str) -> None:
-        if not hostname:
-            await self.push("501 5.5.4 Syntax: EHLO hostname")
+        if not await self._greet("EHLO", hostname, extended=True):
             return
-        refusal = _refusal(await self._hook("on_helo", hostname=hostname))
-        if refusal:
-            await self.push(refusal)
-            return
-        self._set_rset_state()
-        assert self.session is not None
-        self.session.extended_smtp = True
-        self.session.host_name = hostname
-        self.gw.helo = hostname
         lines = [self.hostname, "PIPELINING", f"SIZE {self.data_size_limit}", "8BITMIME"]
         if self.tls_context and not self.is_tls:
             lines.append("STARTTLS")
