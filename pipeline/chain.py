@@ -242,12 +242,23 @@ class Chain:
 
     async def emit(self, event: Event) -> None:
         """Deliver an event to every ``on_event`` hook; errors are logged, never raised."""
-        for call in self._calls.get("on_event", ()):
+        calls = self._calls.get("on_event", ())
+        alarm = _Deadline.install() if calls else False
+        for call in calls:
             token = current_actor.set(call.plugin)
             try:
-                result = call.func(event=event)
+                if alarm:  # a synchronous event hook gets the same deadline as any other hook
+                    _Deadline.enter(time.perf_counter(), self.timeout)
+                    try:
+                        result = call.func(event=event)
+                    finally:
+                        _Deadline.call_deadline = 0.0
+                else:
+                    result = call.func(event=event)
                 if inspect.isawaitable(result):
                     await asyncio.wait_for(result, self.timeout)
+            except (PluginTimeout, TimeoutError):
+                log.error("plugin=%s on_event(%s) timed out after %g s", call.plugin, event.type, self.timeout)
             except Exception as exc:
                 log.error("plugin=%s on_event(%s) failed: %s", call.plugin, event.type, exc)
             finally:

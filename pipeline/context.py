@@ -7,6 +7,7 @@ to a worker process; plugins keep their own cross-phase data in ``notes`` (JSON 
 
 from __future__ import annotations
 
+import copy
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -140,7 +141,7 @@ class MessageContext:
             recipient=recipient,
             session=self.session,
             received_at=self.received_at,
-            notes=dict(self.notes),
+            notes=copy.deepcopy(self.notes),  # one recipient's plugin state must not leak to another's
         )
 
     def to_record(self) -> dict[str, Any]:

@@ -379,6 +379,47 @@ async def test_event_hook_errors_are_logged_and_do_not_stop_other_plugins(caplog
     assert "plugin=broken_events" in caplog.text
 
 
+async def test_a_sync_event_hook_past_its_timeout_is_interrupted_and_logged(caplog):
+    from pipeline import Event
+
+    got: list[str] = []
+
+    class Stuck(Plugin):
+        name = "stuck_events"
+
+        @hookimpl
+        def on_event(self, event: Event) -> None:
+            while True:  # would block the event loop forever without the deadline
+                pass
+
+    class Recorder(Plugin):
+        name = "recorder"
+
+        @hookimpl
+        def on_event(self, event: Event) -> None:
+            got.append(event.type)
+
+    chain = chain_of(Stuck, Recorder, timeout=0.2)
+    with caplog.at_level(logging.ERROR, logger="smtpgate.chain"):
+        await chain.emit(Event("opened", queue_id="q1"))
+    assert got == ["opened"]
+    assert "plugin=stuck_events on_event(opened) timed out" in caplog.text
+
+
+async def test_plugin_notes_of_one_recipient_copy_do_not_leak_into_another():
+    def note(ctx: MessageContext) -> None:
+        ctx.notes["seen"].append(ctx.recipient)
+        ctx.message.add_header("X-Seen", ",".join(ctx.notes["seen"]))
+
+    chain = chain_of(make_plugin("noter", "on_personalize", action=note))
+    ctx = ctx_for(rcpts=("b@example.com", "c@example.com"))
+    ctx.notes["seen"] = []
+    copies = await process_message(chain, ctx)
+    seen = [Message(c.data or b"").get("X-Seen") for c in copies]
+    assert seen == ["b@example.com", "c@example.com"]
+    assert ctx.notes["seen"] == []
+
+
 # ------------------------------------------------------------------------------------------------
 # Processing fan-out
 # ------------------------------------------------------------------------------------------------
