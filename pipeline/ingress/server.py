@@ -24,7 +24,7 @@ from base64 import b64decode
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, TLSSetupException
 
 from pipeline.admission import admit_message
 from pipeline.config import ListenerSection
@@ -171,6 +171,11 @@ class GatewaySMTP(SMTP):
         await self.push("\r\n".join(out))
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):  # the client's failure, not ours: no traceback
+            self._end = "TLS handshake failed"
+            log.info("session=%s peer=%s STARTTLS handshake failed: %r", self.gw.session_id, self.gw.peer_ip,
+                     error.__cause__)
+            return R.INTERNAL_ERROR  # aiosmtpd closes the connection instead of sending it
         log.error("session=%s peer=%s internal error: %s: %s", self.gw.session_id, self.gw.peer_ip,
                   type(error).__name__, error, exc_info=error)
         return R.INTERNAL_ERROR
@@ -232,7 +237,8 @@ class GatewaySMTP(SMTP):
     def _timeout_cb(self) -> None:
         self._end = "idle timeout"
         try:
-            if self._writer is not None and not self._writer.is_closing():
+            handshaking = self._tls_protocol is not None and not self.is_tls  # no plaintext inside TLS
+            if self._writer is not None and not self._writer.is_closing() and not handshaking:
                 self._writer.write(R.IDLE_TIMEOUT.encode() + b"\r\n")
         finally:
             super()._timeout_cb()
@@ -312,6 +318,11 @@ class GatewaySMTP(SMTP):
             await self.push("501 5.5.4 Syntax: STARTTLS")
         else:
             await super().smtp_STARTTLS(arg)
+            if not self.is_tls:
+                # The connection was lost (or cut by the idle timeout) mid-handshake: asyncio then
+                # wakes the waiter without an error and never calls connection_made, so the reader
+                # would wait forever. aiosmtpd's TLSSetupException path closes and cleans up.
+                raise TLSSetupException("connection lost during the TLS handshake")
 
     # -- AUTH ------------------------------------------------------------------------------
     async def _challenge(self, prompt: str) -> bytes | None:
@@ -319,12 +330,23 @@ class GatewaySMTP(SMTP):
         self._raw_push = True
         await self.push(prompt)
         try:
-            line = await self._reader.readline()
-        except ValueError:  # longer than the stream limit
-            await self.push(R.AUTH_LINE_TOO_LONG)
-            return None
-        if not line.endswith(b"\n"):  # connection closed
+            line = await self._reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError:  # connection closed
             self.close()
+            return None
+        except asyncio.LimitOverrunError as exc:  # longer than the stream limit
+            # read the over-long line to its end: its tail must not be taken for commands
+            await self._reader.read(exc.consumed)
+            while True:
+                try:
+                    await self._reader.readuntil(b"\n")
+                    break
+                except asyncio.LimitOverrunError as more:
+                    await self._reader.read(more.consumed)
+                except asyncio.IncompleteReadError:
+                    self.close()
+                    return None
+            await self.push(R.AUTH_LINE_TOO_LONG)
             return None
         return await self._decode(line.strip())
 
