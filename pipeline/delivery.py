@@ -25,6 +25,7 @@ from pipeline.context import Event
 from pipeline.egress.base import Copy, DeliveryResult
 from pipeline.egress.resolver import Resolver
 from pipeline.egress.router import EgressRouter, UnknownEgress
+from pipeline.notices import send_bounce_notice
 from pipeline.processing import CopyResult
 from pipeline.spool import QueuedMessage, RecipientUpdate
 from pipeline.verdicts import Discard, Reject, TempFail
@@ -264,6 +265,9 @@ class DeliveryService:
             )
             for o in outcomes
         ]
+        # Bounced/expired/failed: the sender's DSN is spooled before the results, so a crash
+        # repeats it rather than loses it (pipeline/notices.py).
+        await send_bounce_notice(self.gateway, msg, outcomes)
         await self.gateway.spool.record(updates)
         self._held.difference_update((msg.queue_id, o.recipient) for o in outcomes)
         ctx = msg.context

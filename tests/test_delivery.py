@@ -18,7 +18,8 @@ from pipeline.testing import make_config
 from tests.smtp_sink import EventRecorder, start_sink
 
 RAW = b"From: app@example.org\r\nTo: someone@example.net\r\nSubject: test\r\n\r\nHello\r\n"
-FAST = {"retry_min": 0.05, "retry_max": 0.2, "lifetime": 60.0, "poll_interval": 0.05}
+FAST = {"retry_min": 0.05, "retry_max": 0.2, "lifetime": 60.0, "poll_interval": 0.05,
+        "bounce_notices": False}  # notices to the sender: tests/test_notices.py
 
 
 class TempFailPlugin(Plugin):
