@@ -119,14 +119,33 @@ def read_message_file(path: Path) -> bytes:
 
 
 def credential_from_config(config: Config, name: str) -> Credential:
-    """The ``[[credentials]]`` entry called ``name``, as the :class:`Credential` hooks see."""
+    """The credential called ``name``: a ``[[credentials]]`` entry, else one in
+    ``<data_dir>/credentials.db`` (``smtpgate credentials add``). The file wins, as in the server."""
     for section in config.credentials:
         if section.name == name:
             if section.disabled:
                 raise ConfigError(f"{config.source}: credentials: {name!r} is disabled")
             return section.to_credential()
-    known = ", ".join(c.name for c in config.credentials) or "none declared"
-    raise ConfigError(f"{config.source}: credentials: no credential named {name!r} (known: {known})")
+    store_path = config.data_dir / "credentials.db"
+    stored: list[str] = []
+    if store_path.is_file():  # never create the store just to look into it
+        from pipeline.ingress.credentials import CredentialStore
+
+        store = CredentialStore(store_path)
+        try:
+            records = store.records()
+        finally:
+            store.close()
+        for rec in records:
+            if rec.name == name:
+                if rec.disabled:
+                    raise ConfigError(f"{store_path}: credential {name!r} is disabled")
+                return rec.credential()
+        stored = [r.name for r in records]
+    known = ", ".join([c.name for c in config.credentials] + stored) or "none declared"
+    raise ConfigError(
+        f"{config.source}: credentials: no credential named {name!r} (known: {known}) in the file or {store_path}"
+    )
 
 
 def _stopper(trace: Trace, start: int) -> str:

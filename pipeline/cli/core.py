@@ -42,7 +42,7 @@ def _fail(message: str, status: int = 2) -> None:
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
 @config_option
-@click.option("--credential", "credential_name", metavar="NAME", help="Replay as this [[credentials]] entry.")
+@click.option("--credential", "credential_name", metavar="NAME", help="Replay as this credential ([[credentials]], else credentials.db).")
 @click.option(
     "--mail-from", metavar="ADDRESS", default=None, help="Envelope sender (default: the From header)."
 )
