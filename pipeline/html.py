@@ -245,6 +245,8 @@ _URL_ATTRS = ("href", "src", "action", "background", "cite", "longdesc", "usemap
 _ATTR_IN_TAG = re.compile(
     r"""(?P<lead>\s)(?P<name>[^\s"'>/=]++)(?P<eq>\s*+=\s*+)(?P<val>"[^"]*+"|'[^']*+'|[^\s>"']++)"""
 )
+_URL_ATTR_HINT = re.compile(r"\s(?:" + "|".join(_URL_ATTRS) + r")\s*=", re.IGNORECASE)
+"""Could the tag hold a URL attribute? (A superset: a match in a quoted value only costs time.)"""
 _START_TAG = re.compile(r"<[A-Za-z][^\s/<>]*+" + _TAG_BODY + r">")
 _DOC_OPEN = re.compile(r"<!--.*?(?:-->|\Z)|<(html|head|body)(?=[\s/>])", re.IGNORECASE | re.DOTALL)
 _SURROGATE = re.compile("[\udc80-\udcff]")  # bytes the part's charset could not decode
@@ -314,7 +316,12 @@ def protect(text: str) -> Protected:
         return f"{am.group('lead')}{name}{am.group('eq')}{val}"
 
     def tag(tm: re.Match[str]) -> str:
-        return _ATTR_IN_TAG.sub(attr, tm.group(0))
+        text = tm.group(0)
+        # Most tags have neither a URL attribute nor an "&": ``attr`` would give every attribute
+        # back as written, so skip its per-attribute calls (non-ASCII tags always take them).
+        if (not amp or "&" not in text) and text.isascii() and not _URL_ATTR_HINT.search(text):
+            return text
+        return _ATTR_IN_TAG.sub(attr, text)
 
     out: list[str] = []
     pos = 0

@@ -7,18 +7,23 @@ fan-out. Two engines behind one interface: ``premailer`` (default; lxml + cssuti
 is left in place for the clients that honour it. ``@media`` rules keep their ``!important``
 (they override inlined styles on phones), and the doctype, MSO conditional comments,
 ``{{ }}`` placeholders, entities and URL attributes come back as written (see
-:mod:`pipeline.html`). Parts without a stylesheet are not touched at all.
+:mod:`pipeline.html`). Parts without a stylesheet are not touched at all. Each worker remembers
+the last ``cache_size`` results, keyed by the exact HTML text: a campaign's template, sent as
+many messages, is inlined once.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
+from collections import OrderedDict
 from typing import Any, Literal, Protocol
 
 import css_inline as _css_inline
 import cssutils
 from premailer import Premailer
+from pydantic import Field
 
 from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Verdict, hookimpl
 from pipeline.html import HtmlDocument, fit_charset, has_stylesheet, protect
@@ -96,6 +101,7 @@ class CssInline(Plugin):
     class Config(PluginConfig):
         engine: Literal["premailer", "css_inline"] = "premailer"
         keep_style_tags: bool = False  # True: leave the original <style> blocks too (rules also inlined)
+        cache_size: int = Field(default=32, ge=0)  # inlined HTML remembered per worker (0: off)
 
     def __init__(self, config: Any, env: PluginEnv) -> None:
         super().__init__(config, env)
@@ -104,6 +110,31 @@ class CssInline(Plugin):
             "css_inline": CssInlineEngine,
         }
         self.engine: Engine = engines[config.engine](config.keep_style_tags)
+        self._cache: OrderedDict[str, str] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    def inline(self, html: str) -> str:
+        """The engine's output for ``html``, remembered for the next identical part.
+
+        A campaign sends the same template as many messages (one per recipient, personalised
+        later by click tracking and the pixel): inlining is a pure function of the HTML text and
+        this plugin's settings, so an identical text gets the identical result without running
+        the engine again. Keyed by the whole text (no hash collisions); least recently used first out.
+        """
+        size = self.config.cache_size
+        if size:
+            with self._cache_lock:
+                hit = self._cache.get(html)
+                if hit is not None:
+                    self._cache.move_to_end(html)
+                    return hit
+        out = self.engine.inline(html)
+        if size:
+            with self._cache_lock:
+                self._cache[html] = out
+                while len(self._cache) > size:
+                    self._cache.popitem(last=False)
+        return out
 
     @hookimpl
     def on_transform(self, ctx: MessageContext) -> Verdict | None:
@@ -112,7 +143,7 @@ class CssInline(Plugin):
             text = part.text()
             if not has_stylesheet(text):
                 continue
-            out = fit_charset(self.engine.inline(text), part.codec)
+            out = fit_charset(self.inline(text), part.codec)
             if out != text:
                 message.replace_html(part, out)
         return None

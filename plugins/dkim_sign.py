@@ -11,6 +11,12 @@ only the final RSA step is done by OpenSSL through ``cryptography``, which gives
 the same PKCS#1 v1.5 signature. A start-up self-test signs a message with every configured
 key and verifies it with stock dkimpy, so a dkimpy upgrade that changed its internals would
 stop the gateway at start rather than send bad signatures.
+
+With the OpenSSL engine the relaxed body canonicalisation and the header/body split are done by
+:func:`relaxed_body` and :meth:`_OpenSSLDKIM.set_message` (byte-identical to dkimpy's, proven by
+tests over every sample and corpus message and random input): dkimpy's versions run a regex over
+every single space of the body and split the whole message into lines, about a fifth of the
+worker's time per copy.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import base64
 import binascii
 import email.headerregistry
 import email.policy
+import functools
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -110,16 +118,102 @@ def dns_txt_value(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+_WSP_TO_COMPRESS = re.compile(rb"(?:\t| [\t ])[\t ]*")
+"""A run of spaces and tabs that is not already one single space (the only runs relaxed body
+canonicalisation changes). Matches start only at a run's first byte and take the whole run."""
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 3.4.4 relaxed body canonicalisation, byte-identical to dkimpy's ``Relaxed``.
+
+    dkimpy strips whitespace before each CRLF, then turns every ``[\\t ]+`` run into one space
+    (its regex matches, and replaces, every lone space too). Here runs are compressed first, and
+    only those that are not already a single space are touched; a run that ended a line is then
+    a single space before CRLF, removed by a plain ``replace``. Same result, a fraction of the work.
+    """
+    body = _WSP_TO_COMPRESS.sub(b" ", body).replace(b" \r\n", b"\r\n")
+    return dkim.canonicalization.correct_empty_body(dkim.canonicalization.strip_trailing_lines(body))
+
+
 class _OpenSSLDKIM(dkim.DKIM):
     """dkimpy's signer with the RSA step done by OpenSSL.
 
     ``gen_header`` is dkimpy's own (``dkim.DomainSigner.gen_header``, dkimpy 1.1) except for the
     line computing the signature: the header hashing and folding are dkimpy's public helpers.
+    ``sign`` is dkimpy's for what this plugin asks (rsa-sha256, relaxed/relaxed, no ``i=``, no
+    ``l=``) with :func:`relaxed_body`; anything else goes to dkimpy's own ``sign``.
     """
 
     def __init__(self, message: bytes, key: rsa.RSAPrivateKey) -> None:
         super().__init__(message, signature_algorithm=b"rsa-sha256", linesep=b"\r\n")
         self._key = key
+
+    def set_message(self, message: bytes) -> None:
+        """dkimpy's, without splitting the body into lines when the message is CRLF-only.
+
+        ``dkim.rfc822_parse`` splits on ``\\r?\\n`` and joins the body back with CRLF: for a
+        message whose every LF is part of a CRLF (all that :class:`pipeline.message.Message`
+        produces) that body is simply the bytes after the first empty line.
+        """
+        sep = message.find(b"\r\n\r\n") if message else -1
+        if sep < 0 or message.startswith(b"\r\n") or message.count(b"\n") != message.count(b"\r\n"):
+            super().set_message(message)
+            return
+        super().set_message(message[: sep + 4])  # the header block, parsed by dkimpy itself
+        self.body = message[sep + 4 :]
+
+    def sign(  # type: ignore[override]
+        self,
+        selector: bytes,
+        domain: bytes,
+        privkey: bytes,
+        signature_algorithm: bytes | None = None,
+        identity: bytes | None = None,
+        canonicalize: tuple[bytes, bytes] = (b"relaxed", b"simple"),
+        include_headers: Any = None,
+        length: bool = False,
+    ) -> bytes:
+        if (
+            canonicalize != CANONICALIZE
+            or identity is not None
+            or length
+            or include_headers is None
+            or signature_algorithm not in (None, b"rsa-sha256")
+        ):
+            return bytes(
+                super().sign(selector, domain, privkey, signature_algorithm, identity, canonicalize,
+                             include_headers, length)
+            )
+        canon_policy = dkim.CanonicalizationPolicy.from_c_value(b"/".join(canonicalize))
+        include = tuple(bytes(x, "utf-8") if isinstance(x, str) else x for x in include_headers)
+        include = tuple(x.lower() for x in include)
+        self.include_headers = include
+        if b"from" not in include:
+            raise dkim.ParameterError("The From header field MUST be signed")
+        for x in set(include).intersection(self.should_not_sign):
+            raise dkim.ParameterError(f"The {x!r} header field SHOULD NOT be signed")
+        self.hasher = dkim.HASH_ALGORITHMS[self.signature_algorithm]
+        h = self.hasher()
+        h.update(relaxed_body(self.body))
+        bodyhash = base64.b64encode(h.digest())
+        sigfields = [
+            (b"v", b"1"),
+            (b"a", self.signature_algorithm),
+            (b"c", canon_policy.to_c_value()),
+            (b"d", domain),
+            (b"i", b"@" + domain),
+            (b"q", b"dns/txt"),
+            (b"s", selector),
+            (b"t", str(int(time.time())).encode("ascii")),
+            (b"h", b" : ".join(include)),
+            (b"bh", bodyhash),
+            (b"b", b"0" * 60),  # as dkimpy: forces b= onto its own line when folding
+        ]
+        res = self.gen_header(sigfields, include, canon_policy, b"DKIM-Signature", None)
+        self.domain = domain
+        self.selector = selector
+        self.signature_fields = dict(sigfields)
+        return b"DKIM-Signature: " + res
 
     def gen_header(
         self,
@@ -359,6 +453,13 @@ def author_domain(headers: list[Any]) -> str | None:
     raw = next((h.raw_value for h in headers if h.name.lower() == "from"), None)
     if raw is None:
         return None
+    return _from_domain(raw)
+
+
+@functools.lru_cache(maxsize=256)
+def _from_domain(raw: str) -> str | None:
+    """A pure function of the field's text, cached: the stdlib address parser costs about 1 ms,
+    and every copy of a message (and every message of a campaign) has the same ``From``."""
     try:
         parsed = email.policy.default.header_factory("From", raw)
     except Exception:  # noqa: BLE001 - the stdlib parser crashes on some garbage: no usable domain
