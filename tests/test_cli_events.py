@@ -1,0 +1,131 @@
+"""``smtpgate events prune``: old events go in batches; pending webhooks and the stoplist stay."""
+
+from __future__ import annotations
+
+import datetime
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from pipeline.cli import main
+from pipeline.cli.events import parse_age, parse_date
+from pipeline.context import Event
+from pipeline.events.retention import prune_events
+from pipeline.events.sqlite import SqliteEventStore
+
+DAY = 86400.0
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, ["events", "prune", *args])
+
+
+def fill(path: Path) -> dict[str, int]:
+    """Old and new events; an old one with a pending webhook, old ones with finished webhooks,
+    and an old hard bounce that put its address on the stoplist. Their ids by name."""
+    now = time.time()
+    store = SqliteEventStore(path)
+    ids: dict[str, int] = {}
+    for i in range(5):
+        ids[f"old{i}"] = store.record_sync(Event("delivered", queue_id=f"Q{i}", recipient=f"r{i}@example.net",
+                                                 time=now - 200 * DAY))
+    ids["old_pending"] = store.record_sync(Event("opened", queue_id="QP", recipient="p@example.net",
+                                                 time=now - 200 * DAY), ["https://hooks.example/a"])
+    ids["old_sent"] = store.record_sync(Event("clicked", queue_id="QS", recipient="s@example.net",
+                                              time=now - 200 * DAY), ["https://hooks.example/a"])
+    ids["old_bounce"] = store.record_sync(Event("bounced", queue_id="QB", recipient="gone@example.net",
+                                                time=now - 200 * DAY, data={"dsn": "5.1.1"}))
+    ids["new"] = store.record_sync(Event("delivered", queue_id="QN", recipient="n@example.net", time=now - DAY),
+                                   ["https://hooks.example/a"])
+    outbox = {d["event_id"]: d["id"] for d in store.webhook_deliveries()}
+    store.webhook_delivered(outbox[ids["old_sent"]])
+    store.close()
+    return ids
+
+
+def rows(path: Path, sql: str) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def test_older_than_deletes_old_events_but_keeps_pending_webhooks_and_the_stoplist(data_dir):
+    path = data_dir / "events.db"
+    ids = fill(path)
+    result = run("--older-than", "90d")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        result.output.splitlines()[0],
+        "kept 1 older event(s) whose webhooks are still pending",
+    ]
+    assert result.output.startswith("deleted 7 event(s) recorded before ")
+    assert "and 1 finished webhook delivery" in result.output
+    assert {r[0] for r in rows(path, "SELECT id FROM events")} == {ids["old_pending"], ids["new"]}
+    assert sorted(rows(path, "SELECT event_id, state FROM webhook_outbox")) == sorted(
+        [(ids["old_pending"], "pending"), (ids["new"], "pending")]
+    )
+    assert rows(path, "SELECT address, reason FROM suppression") == [("gone@example.net", "hard bounce")]
+
+
+def test_dry_run_counts_without_deleting(data_dir):
+    path = data_dir / "events.db"
+    fill(path)
+    result = run("--older-than", "90d", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("would delete 7 event(s)") and "1 finished webhook delivery" in result.output
+    assert len(rows(path, "SELECT id FROM events")) == 9
+
+
+def test_before_date_and_small_batches_delete_everything_older(data_dir):
+    path = data_dir / "events.db"
+    ids = fill(path)
+    cutoff = datetime.datetime.fromtimestamp(time.time() - 30 * DAY, datetime.UTC).date().isoformat()
+    result = run("--before", cutoff, "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    assert f"recorded before {cutoff} 00:00:00 UTC" in result.output
+    assert {r[0] for r in rows(path, "SELECT id FROM events")} == {ids["old_pending"], ids["new"]}
+
+
+def test_prune_function_reports_counts_and_rejects_a_zero_batch(tmp_path):
+    path = tmp_path / "events.db"
+    fill(path)
+    result = prune_events(path, time.time() - 90 * DAY, batch=3)
+    assert (result.events, result.webhook_rows, result.kept_pending) == (7, 1, 1)
+    assert prune_events(path, time.time() - 90 * DAY).events == 0
+    with pytest.raises(ValueError):
+        prune_events(path, time.time(), batch=0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "give exactly one of --before DATE and --older-than AGE"),
+        (("--before", "2020-01-01", "--older-than", "90d"), "give exactly one of"),
+        (("--older-than", "90 days"), "--older-than '90 days': expected a positive number and a unit"),
+        (("--older-than", "0d"), "expected a positive number"),
+        (("--before", "last tuesday"), "--before 'last tuesday': expected a date"),
+        (("--before", "2999-01-01"), "that is in the future"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(data_dir, args, message):
+    result = run(*args)
+    assert result.exit_code == 2
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_missing_event_store_is_not_created(data_dir):
+    result = run("--older-than", "90d")
+    assert result.exit_code == 0 and "no event store, nothing to prune" in result.output
+    assert not (data_dir / "events.db").exists()
+
+
+def test_age_and_date_parsing():
+    assert parse_age("90d") == 90 * DAY and parse_age("12H") == 12 * 3600 and parse_age("2w") == 14 * DAY
+    assert parse_date("2026-08-01") == datetime.datetime(2026, 8, 1, tzinfo=datetime.UTC).timestamp()
+    assert parse_date("2026-08-01T02:00:00+02:00") == parse_date("2026-08-01")
