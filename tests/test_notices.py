@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flufl.bounce import all_failures
 
-from pipeline import Plugin, Reject, hookimpl
+from pipeline import Plugin, Reject, TempFail, hookimpl
 from pipeline.bounces import parse_report
 from pipeline.context import Credential, MessageContext
 from pipeline.delivery import DeliveryService
@@ -45,6 +45,16 @@ class RejectAll(Plugin):
     @hookimpl
     def on_personalize(self, ctx: Any) -> Any:
         return Reject(550, "5.7.1", "policy says no")
+
+
+class TempFailAll(Plugin):
+    """Processing fails closed for every copy (a key server down, a plugin bug)."""
+
+    name = "tempfail_all"
+
+    @hookimpl
+    def on_personalize(self, ctx: Any) -> Any:
+        return TempFail(451, "4.3.0", "key server unreachable")
 
 
 @pytest.fixture(autouse=True)
@@ -200,6 +210,21 @@ async def test_no_notice_when_the_copy_left_with_a_verp_bounce_address(sinks, da
         await stop(gw, svc)
     assert sink.messages == [] and sink.rcpt_log == ["gone@example.net"]
     assert EventRecorder.of("accepted") == []
+
+
+async def test_failed_processing_gets_a_notice_and_a_failing_notice_gets_none(data_dir):
+    gw, svc = await start(data_dir, extra=(TempFailAll,), spool={"max_plugin_attempts": 2})
+    try:
+        qid = await enqueue(gw, ["x@example.net"])
+        await EventRecorder.until(lambda: len(EventRecorder.of("failed")) == 2)
+        assert gw.spool.list_recipients() == []  # no third message: the notice's sender is <>
+    finally:
+        await stop(gw, svc)
+    original, notice = EventRecorder.of("failed")
+    assert original.queue_id == qid and original.recipient == "x@example.net"
+    assert notice.recipient == SENDER and notice.campaign_id == CAMPAIGN and notice.credential is None
+    [accepted] = EventRecorder.of("accepted")
+    assert accepted.queue_id == notice.queue_id and accepted.data["notice_for"] == qid
 
 
 async def test_expiry_sends_a_447_notice_through_the_default_egress(sinks, data_dir):
