@@ -4,8 +4,9 @@ Gmail and many webmail clients ignore or strip ``<style>`` blocks, so rules are 
 fan-out. Two engines behind one interface: ``premailer`` (default; lxml + cssutils) and
 ``css_inline`` (the Rust library, much faster). Both run with the network off: a
 ``<link rel=stylesheet>`` in a submitted message never makes the gateway fetch a URL; the tag
-is left in place for the clients that honour it. ``@media`` rules keep their ``!important``
-(they override inlined styles on phones), and the doctype, MSO conditional comments,
+is left in place for the clients that honour it, and so are ``@import`` and ``@font-face``
+rules (premailer alone drops them, and with them the template's web fonts). ``@media`` rules
+keep their ``!important`` (they override inlined styles on phones), and the doctype, MSO conditional comments,
 ``{{ }}`` placeholders, entities and URL attributes come back as written (see
 :mod:`pipeline.html`). Parts without a stylesheet are not touched at all. Each worker remembers
 the last ``cache_size`` results, keyed by the exact HTML text: a campaign's template, sent as
@@ -39,13 +40,37 @@ class Engine(Protocol):
     def inline(self, html: str) -> str: ...
 
 
+# Rules that inline to nothing but change what a reader sees: the stylesheets and web fonts the
+# template's text is set in. premailer keeps only @media and drops every other @-rule.
+_KEPT_AT_RULES = (cssutils.css.CSSImportRule, cssutils.css.CSSFontFaceRule)
+
+
+class _Premailer(Premailer):
+    """premailer that also leaves ``@import`` (first, as CSS requires) and ``@font-face`` in ``<style>``.
+
+    Overrides premailer's two leftover hooks (3.10 API): which rules stay, and how they are written.
+    """
+
+    def _parse_style_rules(self, css_body: str, ruleset_index: int) -> tuple[list[Any], list[Any]]:
+        rules, leftover = super()._parse_style_rules(css_body, ruleset_index)
+        if css_body:
+            sheet = self._parse_css_string(css_body, validate=not self.disable_validation)  # cached
+            leftover = [r for r in sheet if isinstance(r, _KEPT_AT_RULES)] + leftover
+        return rules, leftover
+
+    def _css_rules_to_string(self, rules: list[Any]) -> str:
+        kept = [r.cssText for r in rules if isinstance(r, _KEPT_AT_RULES)]
+        rest = super()._css_rules_to_string([r for r in rules if not isinstance(r, _KEPT_AT_RULES)])
+        return "\n".join(kept + [rest] if rest else kept)
+
+
 class PremailerEngine:
     """premailer on a tree parsed once by :class:`pipeline.html.HtmlDocument`."""
 
     name = "premailer"
 
     def __init__(self, keep_style_tags: bool) -> None:
-        self._premailer = Premailer(
+        self._premailer = _Premailer(
             base_url=None,
             disable_link_rewrites=True,
             keep_style_tags=keep_style_tags,

@@ -237,3 +237,26 @@ def test_document_without_html_tag_keeps_head_and_body(engine: str, tmp_path: Pa
     html = inline(html_message(body), engine, tmp_path).html_parts()[0].text()
     assert html.startswith("<!doctype html>\r\n<html><head><title>T</title>")
     assert "<body><p style=\"color" in html
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_web_font_import_and_font_face_kept_so_the_text_keeps_its_font(engine: str, tmp_path: Path) -> None:
+    """premailer drops every @-rule but @media; the Postmark templates load their font with @import.
+
+    Found by tests/test_visual_fidelity.py: the delivered page no longer asked for the font's CSS.
+    """
+    font_css = "https://fonts.googleapis.com/css?family=Nunito+Sans:400,700&display=swap"
+    body = (
+        f'<!DOCTYPE html><html><head><style>@import url("{font_css}");\n'
+        '@font-face { font-family: "Brand"; src: url(https://cdn.example.com/brand.woff2) format("woff2"); }\n'
+        'p { font-family: "Nunito Sans", Brand, Arial, sans-serif; }\n'
+        "@media (max-width: 600px) { p { font-size: 18px; } }</style></head><body><p>x</p></body></html>"
+    )
+    html = inline(html_message(body), engine, tmp_path).html_parts()[0].text()
+    assert "NunitoSans" in style_of(html, ".//p")  # the normal rule is still inlined
+    styles = re.findall(r"<style[^>]*>(.*?)</style>", html, re.DOTALL)
+    kept = "\n".join(styles)
+    assert f'@import url("{font_css}");' in kept  # "&" came back as written
+    assert styles[0].lstrip().startswith("@import")  # an @import after another rule is ignored
+    assert re.search(r'@font-face\s*\{[^}]*font-family:\s*"Brand";[^}]*brand\.woff2', kept)
+    assert "@media" in kept

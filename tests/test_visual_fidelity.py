@@ -64,6 +64,8 @@ MAX_BAND_FRACTION = 0.005  # of any horizontal band of BAND px
 BAND = 100
 PIXEL_HEIGHT_ALLOWANCE = 1  # the open pixel is a 1x1 block at the end of <body>: 1 px, invisible
 
+STYLE_BLOCK = re.compile(r"<style\b.*?</style\s*>", re.DOTALL | re.IGNORECASE)
+
 # A phrase of each non-ASCII sample, as a reader must see it (no mojibake after re-encoding).
 NON_ASCII = {
     "03-mso-conditional.eml": "Scaling transactional email \u2013 live webinar",  # &ndash;
@@ -113,6 +115,7 @@ class Rendered:
     text: str
     pixels: list[dict[str, Any]]
     loaded_remote_images: int
+    requests: list[str] = field(default_factory=list)  # every subresource the page asked for, sorted
 
     def image(self) -> Image.Image:
         return Image.open(io.BytesIO(self.png)).convert("RGB")
@@ -124,6 +127,7 @@ class _Tab:
     job: Shot | None = None
     loader: str | None = None  # from Page.navigate's answer
     loads: set[str] = field(default_factory=set)  # loader ids whose "load" lifecycle event arrived
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (loader id, URL) of subresources
     facts: dict[str, Any] | None = None
     waiting: dict[int, str] = field(default_factory=dict)  # command id -> step
 
@@ -208,6 +212,7 @@ class Chromium:
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         self.call("Page.enable", session=session)
         self.call("Page.setLifecycleEventsEnabled", {"enabled": True}, session=session)
+        self.call("Network.enable", session=session)  # to see what a page asks for (all of it fails)
         return _Tab(session)
 
     # -- rendering ---------------------------------------------------------------------------
@@ -227,6 +232,7 @@ class Chromium:
         def start(tab: _Tab) -> None:
             tab.job, tab.loader, tab.facts = todo.popleft(), None, None
             tab.loads.clear()
+            tab.requests.clear()
             s = tab.session
             metrics = {"width": tab.job.width, "height": VIEW_HEIGHT, "deviceScaleFactor": 1, "mobile": False}
             self._send("Emulation.setDeviceMetricsOverride", metrics, s)
@@ -273,11 +279,16 @@ class Chromium:
                     tab.facts = result["result"]["value"]
                 else:
                     assert tab.job is not None and tab.facts is not None
-                    done[tab.job] = Rendered(base64.b64decode(result["data"]), **tab.facts)
+                    asked = sorted({url for loader, url in tab.requests if loader == tab.loader})
+                    done[tab.job] = Rendered(base64.b64decode(result["data"]), **tab.facts, requests=asked)
                     if todo:
                         start(tab)
                     else:
                         tab.job = None
+            elif msg.get("method") == "Network.requestWillBeSent" and msg["params"].get("type") != "Document":
+                tab = next((t for t in self.tabs if t.session == msg.get("sessionId") and t.job), None)
+                if tab is not None:
+                    tab.requests.append((msg["params"]["loaderId"], msg["params"]["request"]["url"]))
             elif msg.get("method") == "Page.lifecycleEvent" and msg["params"]["name"] == "load":
                 tab = next((t for t in self.tabs if t.session == msg.get("sessionId") and t.job), None)
                 if tab is None:
@@ -408,6 +419,7 @@ class Case:
     processed: list[Path]
     dark: bool
     shots: list[tuple[Shot, Shot]] = field(default_factory=list)  # (original, processed)
+    stripped: list[tuple[Shot, Shot]] = field(default_factory=list)  # (original, processed without <style>)
 
 
 @dataclass
@@ -482,12 +494,16 @@ def rendering(tmp_path_factory: pytest.TempPathFactory, tracking_server: tuple[s
                 if case.dark:
                     modes.append((DESKTOP, True))
                 case.shots += [(Shot(orig_page, w, d), Shot(new_page, w, d)) for w, d in modes]
+                if STYLE_BLOCK.search(new.text):
+                    bare = pages / f"{new_page.stem}.no-style.html"
+                    bare.write_text("\ufeff" + STYLE_BLOCK.sub("", new.text), "utf-8", "surrogateescape")
+                    case.stripped.append((Shot(orig_page, DESKTOP), Shot(bare, DESKTOP)))
                 if name in NON_ASCII:
                     raw_shots.setdefault(f"{name}-{engine}", []).append(
                         (Shot(orig_bytes, DESKTOP), Shot(new_bytes, DESKTOP))
                     )
             cases[(name, engine)] = case
-    shots = [s for case in cases.values() for pair in case.shots for s in pair]
+    shots = [s for case in cases.values() for pair in case.shots + case.stripped for s in pair]
     shots += [s for pairs in raw_shots.values() for pair in pairs for s in pair]
 
     browser = Chromium(root / "profile", root / "chromium.log")
@@ -572,7 +588,7 @@ CASES = [(p.name, e) for p in accepted_html_files() for e in ENGINES]
 def test_processed_html_looks_like_the_original(
     rendering: Rendering, name: str, engine: str, tmp_path: Path
 ) -> None:
-    """Same screenshot (first 1500 px), same visible text, same height but for the open pixel."""
+    """Same screenshot (first 1500 px), same visible text and resources, same height but for the open pixel."""
     case = rendering.cases[(name, engine)]
     for old_shot, new_shot in case.shots:
         old, new = rendering.results[old_shot], rendering.results[new_shot]
@@ -584,6 +600,24 @@ def test_processed_html_looks_like_the_original(
             where = save_failure(tmp_path, label, old, new, None)
             pytest.fail(f"{label}: page height {old.height} -> {new.height} px; {where}")
         assert old.loaded_remote_images == new.loaded_remote_images == 0, "network must be off"
+        # Offline, a lost stylesheet or web font changes no pixel; with images and network on it
+        # would. So what the page asks for must not change either (tracking URLs aside).
+        assert [u for u in new.requests if not u.startswith(rendering.pixel_prefix)] == old.requests, (
+            f"{label}: resources"
+        )
+
+
+@pytest.mark.parametrize(("name", "engine"), CASES, ids=[f"{n}-{e}" for n, e in CASES])
+def test_inlined_html_looks_the_same_where_style_blocks_are_dropped(
+    rendering: Rendering, name: str, engine: str, tmp_path: Path
+) -> None:
+    """What inlining is for: a client that drops <style> (Gmail in some cases, many webmails) still
+    shows the original at desktop width. Only @media rules are lost there, by nature."""
+    for old_shot, new_shot in rendering.cases[(name, engine)].stripped:
+        old, new = rendering.results[old_shot], rendering.results[new_shot]
+        label = f"{name} {engine} {shot_label(new_shot)}"
+        assert_looks_the_same(label, old, new, tmp_path)
+        assert new.text == old.text, f"{label}: visible text changed"
 
 
 @pytest.mark.parametrize(("name", "engine"), CASES, ids=[f"{n}-{e}" for n, e in CASES])
