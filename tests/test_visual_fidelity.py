@@ -657,28 +657,39 @@ def test_non_ascii_text_renders_identically_without_mojibake(
         assert_looks_the_same(label, old, new, tmp_path)
 
 
-def test_comparison_catches_a_lost_stylesheet_and_a_visible_pixel(
+def test_comparison_catches_lost_css_a_visible_pixel_and_mojibake(
     rendering: Rendering, tmp_path: Path
 ) -> None:
-    """The checks above can fail: dropping a template's CSS, or a pixel left visible, is caught."""
+    """The checks above can fail: dropping a template's CSS, a pixel left visible, or Cyrillic
+    re-encoded as UTF-8 behind a windows-1251 <meta> (what a careless re-encode would deliver)."""
     original = rendering.cases[("postmark-example.eml", "premailer")].original[0]
     text = original.read_text("utf-8-sig")
     unstyled = tmp_path / "unstyled.html"
-    unstyled.write_text(re.sub(r"<style\b.*?</style>", "", text, flags=re.DOTALL | re.IGNORECASE), "utf-8")
+    unstyled.write_text(STYLE_BLOCK.sub("", text), "utf-8")
     visible = tmp_path / "visible-pixel.html"
     img = f'<img src="{rendering.pixel_prefix}x.gif" width="24" height="24" alt="" style="border:1px solid #000">'
     visible.write_text(re.sub(r"(<body\b[^>]*>)", lambda m: m.group(1) + img, text, count=1), "utf-8")
+    russian = rendering.raw_shots["04-russian-windows-1251.eml-premailer"][0][0].path
+    mojibake = tmp_path / "mojibake.html"
+    mojibake.write_bytes(russian.read_bytes().decode("windows-1251").encode("utf-8"))
     browser = Chromium(tmp_path / "profile", tmp_path / "chromium.log", tabs=1)
     try:
-        shots = [Shot(original, DESKTOP), Shot(unstyled, DESKTOP), Shot(visible, DESKTOP)]
+        shots = [
+            Shot(original, DESKTOP),
+            Shot(unstyled, DESKTOP),
+            Shot(visible, DESKTOP),
+            Shot(mojibake, DESKTOP),
+        ]
         got = browser.render(shots, rendering.pixel_prefix)
     finally:
         browser.close()
-    base, lost, pixel = (got[s] for s in shots)
+    base, lost, pixel, garbled = (got[s] for s in shots)
     d = compare(base.image(), lost.image())
     assert d.fraction > MAX_DIFF_FRACTION and d.worst_band > MAX_BAND_FRACTION, d
     assert pixel.pixels and pixel.pixels[0]["w"] > 1, pixel.pixels  # what the pixel test rejects
     assert compare(base.image(), pixel.image()).fraction > 0
+    assert NON_ASCII["04-russian-windows-1251.eml"] not in garbled.text
+    assert "Р—РґСЂР°РІ" in garbled.text  # the UTF-8 bytes of "Здрав" read as windows-1251
 
 
 def test_visual_comparison_covers_every_file_and_stays_fast(rendering: Rendering) -> None:
