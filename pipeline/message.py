@@ -99,10 +99,11 @@ def format_header(name: str, value: str) -> bytes:
         line = f"{name}: {value}"
         if len(line) <= 998:
             return line.encode("ascii")
-        return email.header.Header(value, "us-ascii", header_name=name).encode(linesep="\r\n").join(
-            [f"{name}: ", ""]
-        ).encode("ascii")
-    if name.lower() in ADDRESS_HEADERS:
+        folded = f"{name}: " + email.header.Header(value, "us-ascii", header_name=name).encode(linesep="\r\n")
+        if max(map(len, folded.split("\r\n"))) <= 998:
+            return folded.encode("ascii")
+        # a run of 998+ octets without a space cannot be folded; encoded-words can be split
+    elif name.lower() in ADDRESS_HEADERS:
         # Encode display names only: an address inside an encoded-word is no address at all.
         pairs = email.utils.getaddresses([value])
         if pairs and all(addr and addr.isascii() for _, addr in pairs):
@@ -282,8 +283,10 @@ class Part:
         if cte == "base64":
             try:
                 return binascii.a2b_base64(self.body)
-            except binascii.Error:
-                return base64.b64decode(self.body + b"===", validate=False)
+            except binascii.Error:  # bad padding or a stray character: decode what can be decoded
+                data = re.sub(rb"[^A-Za-z0-9+/]", b"", self.body)
+                data = data[:-1] if len(data) % 4 == 1 else data  # a lone sixth of a byte holds nothing
+                return binascii.a2b_base64(data + b"=" * (-len(data) % 4))
         if cte == "quoted-printable":
             return binascii.a2b_qp(self.body)
         return self.body
@@ -297,7 +300,7 @@ class Part:
         data = self.payload_bytes()
         try:
             return data.decode(self.codec, "surrogateescape")
-        except LookupError:
+        except (LookupError, UnicodeError):  # unknown charset, or one surrogateescape cannot serve (utf-16, idna)
             return data.decode("utf-8", "surrogateescape")
 
     def _set_text(self, text: str) -> None:
@@ -308,7 +311,7 @@ class Part:
         errors = _HTML_ERRORS if self.content_type == "text/html" else "surrogateescape"
         try:
             data = text.encode(codec, errors)
-        except (UnicodeEncodeError, LookupError):
+        except (UnicodeError, LookupError):
             data = text.encode("utf-8", "surrogateescape")
             self._set_param("charset", "utf-8")
         cte = self.cte
@@ -327,7 +330,10 @@ class Part:
         self._raw = None
 
     def _set_param(self, param: str, value: str) -> None:
-        msg = _params(self.get_header("Content-Type") or "text/plain")
+        current = self.get_header("Content-Type") or "text/plain"
+        if not current.isascii() or re.search(r"[\x00-\x08\x0a-\x1f\x7f]", current):
+            current = self.content_type  # a malformed field (8-bit, NUL) is rebuilt from its type, not carried on
+        msg = _params(current)
         msg.set_param(param, value)
         self._replace_header("Content-Type", str(msg["Content-Type"]))
         self.charset = value if param == "charset" else self.charset

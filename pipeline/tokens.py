@@ -54,6 +54,8 @@ class TokenSigner:
 
     def verify(self, token: str) -> dict[str, Any] | None:
         """The payload of a genuine token, else ``None`` (tampered, truncated, unknown key)."""
+        if not token.isascii():  # never made by sign(); the MAC and compare_digest need ASCII
+            return None
         parts = token.split(".")
         if len(parts) != 3:
             return None
