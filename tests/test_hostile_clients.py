@@ -278,6 +278,18 @@ async def test_garbage_and_plaintext_on_the_implicit_tls_port(server):
     await server.healthy()
 
 
+async def test_silent_or_stalled_client_on_the_implicit_tls_port_is_cut_by_the_idle_timeout(server):
+    """Before the handshake there is no session to count: the idle timeout is the only bound."""
+    for payload in (b"", client_hello()[:10]):
+        reader, writer = await server.raw("smtps")
+        writer.write(payload)
+        started = time.monotonic()
+        assert await read_until_closed(reader, timeout=IDLE + 3) == b""
+        assert time.monotonic() - started < IDLE + 2.0
+        writer.close()
+    await server.healthy()
+
+
 async def test_tls_client_hello_on_the_plaintext_port(server):
     reader, writer = await server.raw("plain")
     assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"220 ")

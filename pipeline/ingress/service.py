@@ -86,7 +86,8 @@ class IngressService:
                     server = await loop.create_server(
                         factory, listener.address, listener.port,
                         ssl=tls if listener.tls == "implicit" else None,
-                        ssl_handshake_timeout=30.0 if listener.tls == "implicit" else None,
+                        # a silent client is cut after the idle timeout, TLS handshake or not
+                        ssl_handshake_timeout=min(30.0, self.config.limits.idle_timeout) if listener.tls == "implicit" else None,
                         reuse_address=True,
                     )
                 except OSError as exc:
