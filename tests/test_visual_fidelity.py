@@ -4,15 +4,17 @@ rendered in a real headless chromium and compared pixel by pixel.
 The golden tests (tests/test_golden_html.py) check structure; this file checks the result. For each
 accepted sample and corpus template, and for both CSS engines, the HTML part as submitted and the
 HTML part as delivered (CSS inlined, links tracked, open pixel added, DKIM-signed) are rendered at
-desktop width (800 px) and phone width (375 px, where the kept ``@media`` rules apply), and in dark
-mode when the template has a ``prefers-color-scheme`` rule; screenshots of the first 1500 px must
-match, and below that the visible text and the page height must.
+desktop width (800 px), at phone width (375 px, where the kept ``@media`` rules apply) and in dark
+mode when the template has such rules; screenshots of the first 1500 px must match, and so must
+the visible text, the page height (but for the open pixel's 1 px) and the resources the page asks
+for. The delivered part is also rendered with its ``<style>`` blocks removed (what a client that
+drops them shows), and the non-ASCII samples from their raw bytes (``<meta charset>``).
 
 Chromium is started once for the whole module and driven over ``--remote-debugging-pipe`` (Chrome
 DevTools Protocol, two tabs in parallel). Network is off: ``--host-resolver-rules="MAP * ~NOTFOUND"``
 makes every host, IP literals included, unresolvable, so remote images and stylesheets fail the same
 way every time; the tracking base points at a real local HTTP server that must receive no request.
-Pillow is a test-only dependency (``test`` extras).
+Pillow is a test-only dependency (``test`` extras). Findings: docs/plugins/css_inline.md, "Rendering".
 """
 
 from __future__ import annotations
@@ -303,8 +305,9 @@ class Chromium:
             self._send("Browser.close")
             self.proc.wait(10)
         except (OSError, subprocess.TimeoutExpired):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the process group this test started
-            self.proc.wait()
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the process group this test started
+                self.proc.wait()
         finally:
             os.close(self._w)
             os.close(self._r)
