@@ -1,6 +1,6 @@
 """End-to-end throughput: SMTP in -> default chain, every plugin on -> smarthost out to a sink.
 
-    python benchmarks/bench_end_to_end.py [--messages 400] [--clients 10 50] [--workers 1 2]
+    python benchmarks/bench_end_to_end.py [--messages 400] [--clients 10 50] [--workers 1 2] [--unique]
 
 Runs ``smtpgate serve`` as a subprocess (as in production) for every combination of client count,
 worker count and CSS engine (css_inline, premailer), with throwaway RSA-2048 DKIM keys, and a
@@ -8,6 +8,9 @@ sink (aiosmtpd) in this process. Each client keeps one SMTP connection and sends
 after another. Printed per run: the ingress rate (all ``250`` replies received) and the end-to-end
 rate (every copy arrived at the sink); beside them the bare ingress rate from the same run set
 (empty chain, null egress), which is what SMTP in + spool alone can do.
+
+``--unique`` puts the message number into each message's HTML, so no two messages are the same
+template (css_inline's per-worker result cache never hits: the worst case for the chain).
 
 ``BENCH_SERVE="python3 /path/to/wrapper.py"`` replaces the interpreter command that starts the
 server (e.g. a wrapper running ``pipeline.cli.main`` under cProfile).
@@ -163,7 +166,12 @@ async def start_server(config: Path) -> tuple[asyncio.subprocess.Process, int, l
     return proc, await asyncio.wait_for(ready, 60), log
 
 
-async def send(port: int, raw: bytes, n: int, clients: int, first: int) -> float:
+def unique_copy(raw: bytes, i: int) -> bytes:
+    """``raw`` with its HTML made unique to message ``i`` (a paragraph before ``</body>``)."""
+    return raw.replace(b"</body>", b"<p>message %d</p></body>" % i, 1)
+
+
+async def send(port: int, raw: bytes, n: int, clients: int, first: int, unique: bool = False) -> float:
     """Send ``n`` messages over ``clients`` connections; seconds until the last 250."""
     counter = iter(range(first, first + n))
     start = time.perf_counter()
@@ -172,7 +180,8 @@ async def send(port: int, raw: bytes, n: int, clients: int, first: int) -> float
         smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=60)
         await smtp.connect()
         for i in counter:
-            await smtp.sendmail("noreply@example.com", [f"user{i}@example.net"], raw)
+            data = unique_copy(raw, i) if unique else raw
+            await smtp.sendmail("noreply@example.com", [f"user{i}@example.net"], data)
         await smtp.quit()
 
     await asyncio.gather(*(client() for _ in range(clients)))
@@ -180,7 +189,7 @@ async def send(port: int, raw: bytes, n: int, clients: int, first: int) -> float
 
 
 async def run_one(tmp: Path, raw: bytes, key: Path, clients: int, workers: int, engine: str | None,
-                  messages: int) -> tuple[float, float | None]:
+                  messages: int, unique: bool = False) -> tuple[float, float | None]:
     handler = CountingSink()
     sink = SinkController(handler)
     sink.start()
@@ -190,12 +199,12 @@ async def run_one(tmp: Path, raw: bytes, key: Path, clients: int, workers: int, 
     proc, port, log = await start_server(cfg)
     try:
         warm = clients * 2
-        await send(port, raw, warm, clients, 0)
+        await send(port, raw, warm, clients, 0, unique)
         if engine is not None and not await asyncio.to_thread(handler.wait_for, warm, 120):
             raise SystemExit("warm-up did not drain:\n" + "\n".join(log[-20:]))
         base = handler.count
         start = time.perf_counter()
-        ingress_s = await send(port, raw, messages, clients, warm)
+        ingress_s = await send(port, raw, messages, clients, warm, unique)
         e2e: float | None = None
         if engine is not None:
             if not await asyncio.to_thread(handler.wait_for, base + messages, 300):
@@ -214,7 +223,8 @@ async def run_one(tmp: Path, raw: bytes, key: Path, clients: int, workers: int, 
 async def main_async(args: argparse.Namespace) -> None:
     raw = (CORPUS / "size-typical.eml").read_bytes()
     print(f"message: size-typical.eml ({len(raw) // 1024} KB), {args.messages} messages per run after warm-up; "
-          "default chain, every feature on, RSA-2048 (OpenSSL), smarthost out to an aiosmtpd sink")
+          "default chain, every feature on, RSA-2048 (OpenSSL), smarthost out to an aiosmtpd sink"
+          + ("; every message's HTML unique (--unique)" if args.unique else ""))
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         key = write_key(tmp)
@@ -226,7 +236,7 @@ async def main_async(args: argparse.Namespace) -> None:
         for engine in args.engines:
             for clients in args.clients:
                 for workers in args.workers:
-                    ingress, e2e = await run_one(tmp, raw, key, clients, workers, engine, args.messages)
+                    ingress, e2e = await run_one(tmp, raw, key, clients, workers, engine, args.messages, args.unique)
                     print(f"{engine:<11}{clients:>8}{workers:>8}{ingress:>15.1f}{e2e or 0:>18.1f}{bare[clients]:>20.1f}",
                           flush=True)
 
@@ -237,6 +247,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[10, 50])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--engines", nargs="+", default=["css_inline", "premailer"])
+    ap.add_argument("--unique", action="store_true", help="a different HTML text in every message (no cache hits)")
     asyncio.run(main_async(ap.parse_args()))
 
 

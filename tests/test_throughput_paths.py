@@ -204,3 +204,22 @@ def test_protect_takes_the_attribute_path_for_non_ascii_tags() -> None:
     prot = protect(html)
     assert "x.png" not in prot.text and len(prot.kept) == 1
     assert prot.restore(prot.text) == html
+
+
+# -- ingress ----------------------------------------------------------------------------------
+
+
+def test_smuggling_check_with_its_fast_exit_flags_exactly_the_four_dot_line_sequences() -> None:
+    import itertools
+
+    from pipeline.ingress.server import _smuggling
+
+    def reference(body: bytes) -> bool:
+        return body.startswith((b".\n", b".\r")) or any(
+            seq in body for seq in (b"\n.\n", b"\n.\r", b"\r.\n", b"\r.\r")
+        )
+
+    for length in range(7):
+        for combo in itertools.product((b"\r", b"\n", b".", b"a"), repeat=length):
+            body = b"".join(combo)
+            assert _smuggling(body) == reference(body), body
