@@ -125,7 +125,6 @@ class CredentialSection(Section):
     messages_per_minute: int | None = None
     egress: str | None = None
     webhooks: list[str] = Field(default_factory=list)
-    list_unsubscribe: bool = False
 
     def to_credential(self) -> Credential:
         """The :class:`~pipeline.context.Credential` that hooks see for this entry."""
@@ -141,7 +140,6 @@ class CredentialSection(Section):
             messages_per_minute=self.messages_per_minute,
             egress=self.egress,
             webhooks=tuple(self.webhooks),
-            list_unsubscribe=self.list_unsubscribe,
         )
 
     @field_validator("features")
@@ -231,6 +229,7 @@ DEFAULT_FEATURES: dict[str, bool] = {
     "trackclicks": True,
     "trackopens": True,
     "trackbounces": False,
+    "listunsubscribe": False,  # per credential: features = { listunsubscribe = true }
     "dkim": True,
     "campaign": True,
     "validate": True,

@@ -15,7 +15,9 @@ from typing import Any
 
 from pipeline.message import Message
 
-FEATURES = ("inlinecss", "trackclicks", "trackopens", "trackbounces", "dkim", "campaign", "validate")
+FEATURES = (
+    "inlinecss", "trackclicks", "trackopens", "trackbounces", "listunsubscribe", "dkim", "campaign", "validate",
+)
 """Feature switches known to the core; plugins may declare more."""
 
 
@@ -52,7 +54,6 @@ class Credential:
     messages_per_minute: int | None = None
     egress: str | None = None
     webhooks: tuple[str, ...] = ()
-    list_unsubscribe: bool = False
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -67,12 +68,12 @@ class Credential:
             "messages_per_minute": self.messages_per_minute,
             "egress": self.egress,
             "webhooks": list(self.webhooks),
-            "list_unsubscribe": self.list_unsubscribe,
         }
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Credential:
-        rec = dict(rec)
+        known = set(cls.__dataclass_fields__)
+        rec = {k: v for k, v in rec.items() if k in known}  # a record from an older version loads
         rec["locked"] = frozenset(rec.get("locked", ()))
         rec["allowed_sender_domains"] = tuple(rec.get("allowed_sender_domains", ()))
         rec["webhooks"] = tuple(rec.get("webhooks", ()))

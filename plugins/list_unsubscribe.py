@@ -1,6 +1,7 @@
 """list_unsubscribe: per recipient copy, ``List-Unsubscribe: <{base_url}/u/{token}>`` (RFC 2369)
-and ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058), where the credential
-enables it (``list_unsubscribe = true``) or ``[plugins.list_unsubscribe] always = true``.
+and ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058), where the feature switch
+``listunsubscribe`` is on: off by default, switched on per credential (``features =
+{ listunsubscribe = true }``) or for everyone (``[features] listunsubscribe = true``).
 
 With ``mailto = true`` (and ``[tracking] bounce_domain`` set) the header also offers
 ``<mailto:unsub+{token}@{bounce_domain}>`` (a compact token, see ``pipeline.events.verp``), which the gateway's bounce-domain handler
@@ -23,10 +24,10 @@ class ListUnsubscribe(Plugin):
     """One-click unsubscribe headers with a signed per-recipient token."""
 
     name = "list_unsubscribe"
-    version = "1.0"
+    feature = "listunsubscribe"
+    version = "1.1"
 
     class Config(PluginConfig):
-        always: bool = False  # for every credential, not only those with list_unsubscribe = true
         mailto: bool = False
         replace: bool = False
         base_url: str | None = None  # default: [tracking] base_url
@@ -49,9 +50,6 @@ class ListUnsubscribe(Plugin):
             raise ValueError("mailto = true needs [tracking] bounce_domain (the address that receives it)")
         self.signer: TokenSigner = load_signer(tracking.keys, tracking.key_id, env.data_dir)
 
-    def enabled_for(self, ctx: MessageContext) -> bool:
-        return self.config.always or bool(ctx.credential and ctx.credential.list_unsubscribe)
-
     def header_value(self, ctx: MessageContext) -> str:
         token = self.signer.sign(
             {
@@ -71,7 +69,7 @@ class ListUnsubscribe(Plugin):
 
     @hookimpl
     def on_personalize(self, ctx: MessageContext) -> Verdict | None:
-        if not self.enabled_for(ctx) or not ctx.recipient:
+        if not ctx.recipient:
             return None
         message = ctx.message
         if "List-Unsubscribe" in message:

@@ -186,7 +186,7 @@ def test_check_config_prints_ok_and_a_summary(tmp_path, data_dir):
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"OK: {path}\n")
     assert "chain (2): header_validation, css_inline" in result.output
-    assert "off: trackbounces, trackopens" in result.output
+    assert "off: listunsubscribe, trackbounces, trackopens" in result.output
     assert "credentials: shop" in result.output
 
 

@@ -24,11 +24,13 @@ RAW = (
     b"X-Campaign-Id: spring\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nBuy now.\r\n"
 )
 RCPTS = ["ann@example.net", "bob@example.net"]
-SHOP = Credential("shop", list_unsubscribe=True)
+SHOP = Credential("shop", features={"listunsubscribe": True})
 
 
-def config(tmp_path, **plugin_cfg):
+def config(tmp_path, features=None, **plugin_cfg):
     over = {"tracking": {"bounce_domain": "bounce.example.com"}}
+    if features:
+        over["features"] = features
     if plugin_cfg:
         over["plugins"] = {"list_unsubscribe": plugin_cfg}
     return tracking_config(tmp_path / "data", over, plugins=["list_unsubscribe"])
@@ -55,11 +57,15 @@ def test_credential_with_list_unsubscribe_gets_both_headers_per_recipient(tmp_pa
     assert tokens[0] != tokens[1]
 
 
-def test_credential_without_the_switch_gets_no_headers(tmp_path):
+def test_the_listunsubscribe_switch_is_off_by_default_and_on_per_credential_or_globally(tmp_path):
     result = run_chain(RAW, config=config(tmp_path), rcpt_tos=RCPTS, credential=Credential("blog"))
     assert all(b"List-Unsubscribe" not in c.data for c in result.copies)
-    result = run_chain(RAW, config=config(tmp_path, always=True), rcpt_tos=RCPTS, credential=Credential("blog"))
+    everyone = config(tmp_path, features={"listunsubscribe": True})
+    result = run_chain(RAW, config=everyone, rcpt_tos=RCPTS, credential=Credential("blog"))
     assert all(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" in c.data for c in result.copies)
+    opted_out = Credential("quiet", features={"listunsubscribe": False})
+    result = run_chain(RAW, config=everyone, rcpt_tos=RCPTS, credential=opted_out)
+    assert all(b"List-Unsubscribe" not in c.data for c in result.copies)
 
 
 def test_senders_own_header_is_kept_unless_replace(tmp_path):

@@ -36,7 +36,8 @@ async def wait_until(pred, timeout: float = 15.0) -> None:
 async def test_mail_through_the_gateway_then_click_open_unsubscribe_show_in_stats(tmp_path):
     config = tracking_config(tmp_path / "data", {
         "listeners": [{"name": "plain", "port": 0, "tls": "none", "require_tls": False}],
-        "credentials": [{"name": "shop", "username": "shop", "secret": "pw-shop", "list_unsubscribe": True}],
+        "credentials": [{"name": "shop", "username": "shop", "secret": "pw-shop",
+                         "features": {"listunsubscribe": True}}],
         "spool": {"workers": 0, "retry_min": 0.05, "poll_interval": 0.05},
         "egress": {"type": "maildir"},
         # the copy is delivered a moment before the "recipient" clicks: switch the too-soon rule off

@@ -383,7 +383,6 @@ def chain_config(data_dir: Path, base_url: str, engine: str) -> dict[str, Any]:
         "features": dict.fromkeys(FEATURES, True),
         "plugins": {
             "css_inline": {"engine": engine},
-            "list_unsubscribe": {"always": True},
             "dkim_sign": {
                 "default_domain": "example.com",
                 "domains": {

@@ -141,7 +141,7 @@ def new_password() -> str:
 
 _OPTION_FIELDS = (
     "features", "locked", "sandbox", "allowed_sender_domains", "max_message_size", "max_recipients",
-    "messages_per_minute", "egress", "webhooks", "list_unsubscribe",
+    "messages_per_minute", "egress", "webhooks",
 )
 
 
