@@ -15,6 +15,7 @@ many messages, is inlined once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -45,11 +46,26 @@ class Engine(Protocol):
 _KEPT_AT_RULES = (cssutils.css.CSSImportRule, cssutils.css.CSSFontFaceRule)
 
 
+def _refuse_fetch(url: str) -> None:
+    """cssutils' fetcher for ``@import``: fetch nothing (its default fetcher would GET the URL)."""
+    return None
+
+
+@functools.lru_cache(maxsize=1000)  # as premailer's own parse cache: a template's CSS is parsed once
+def _parse_css_offline(css_body: str, validate: bool) -> Any:
+    return cssutils.CSSParser(fetcher=_refuse_fetch).parseString(css_body, validate=validate)
+
+
 class _Premailer(Premailer):
     """premailer that also leaves ``@import`` (first, as CSS requires) and ``@font-face`` in ``<style>``.
 
-    Overrides premailer's two leftover hooks (3.10 API): which rules stay, and how they are written.
+    Overrides premailer's two leftover hooks (3.10 API): which rules stay, and how they are written;
+    and its CSS parse, so that an ``@import url(...)`` in a submitted message is never fetched
+    (``allow_network=False`` covers ``<link>`` only; cssutils fetched imports while parsing).
     """
+
+    def _parse_css_string(self, css_body: str, validate: bool = True) -> Any:
+        return _parse_css_offline(css_body, validate)
 
     def _parse_style_rules(self, css_body: str, ruleset_index: int) -> tuple[list[Any], list[Any]]:
         rules, leftover = super()._parse_style_rules(css_body, ruleset_index)
