@@ -119,6 +119,7 @@ trackbounces = true
 dkim = true
 campaign = true
 validate = true
+listunsubscribe = true
 
 [egress]
 type = "smtp"
@@ -129,9 +130,6 @@ connections_per_hop = 8
 
 [plugins.css_inline]
 engine = "{engine}"
-
-[plugins.list_unsubscribe]
-always = true
 
 [plugins.dkim_sign]
 default_domain = "example.com"
