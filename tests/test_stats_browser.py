@@ -69,6 +69,9 @@ async def test_stats_page_figures_after_scripts_match_event_store(tmp_path):
         expected["*"] = totals(list(expected.values()))
         cells = re.findall(r'<td data-campaign="([^"]*)" data-field="([^"]+)" data-value="([^"]*)">([^<]*)</td>', dom)
         shown: dict[tuple[str, str], str] = {(c, f): v for c, f, v, _ in cells}
+        # what a reader sees is the same figure: rates as percentages with one decimal
+        for _, f, v, text in cells:
+            assert text == (f"{float(v) * 100:.1f}%" if f.endswith("_rate") else v), (f, v, text)
         names = {c for c, _, _, _ in cells}
         assert names == {"spring", "autumn-&lt;b&gt;x&lt;/b&gt;", "*"}  # a campaign name is text, never markup
         for camp, row in expected.items():

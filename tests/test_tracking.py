@@ -100,6 +100,7 @@ async def test_pixel_returns_gif_with_no_store_and_records_open(tracking):
     assert headers["Content-Type"] == "image/gif"
     assert "no-store" in headers["Cache-Control"]
     assert body.startswith(b"GIF89a") and len(body) == 43
+    assert body[6:10] == b"\x01\x00\x01\x00" and body.endswith(b";")  # logical screen 1x1, a complete GIF
     [opened] = gw.events.events(type="opened")
     assert (opened.event.queue_id, opened.event.recipient, opened.machine) == ("Q2", "bob@example.net", False)
 
