@@ -3,7 +3,8 @@
 Issue 4: the error replies through real clients (smtplib, aiosmtplib), the on_helo/on_auth
 verdicts and what the session shows a hook, a locked feature over SMTP, and the sandbox and
 sink lines in the log. Issue 5: the default (Postfix) retry schedule, the exact Postfix-style
-result line, and a plugin that raises (not a TempFail) after acceptance.
+result line, a plugin that raises (not a TempFail) after acceptance, and the smarthost over
+implicit TLS.
 """
 
 from __future__ import annotations
@@ -20,14 +21,17 @@ import aiosmtplib
 import pytest
 
 from pipeline import Plugin, Reject, Session, Transaction, hookimpl
+from pipeline.config import EgressSection
 from pipeline.context import Credential
 from pipeline.delivery import DeliveryService
+from pipeline.egress.base import Copy
+from pipeline.egress.smtp import SmtpEgress
 from pipeline.gateway import Gateway
 from pipeline.ingress.credentials import hash_secret_pbkdf2
 from pipeline.ingress.testing import Dialogue, client_tls, ingress_test_config, running_ingress, spooled
 from pipeline.spool import QueuedMessage
 from pipeline.testing import make_config
-from tests.smtp_sink import EventRecorder, start_sink
+from tests.smtp_sink import EventRecorder, SinkController, SinkHandler, server_tls, start_sink
 from tests.test_delivery import enqueue, smtp_egress, start_service, stop
 
 # a cheap hash keeps these tests fast; the scrypt path is tested in test_ingress_auth
@@ -291,3 +295,29 @@ async def test_plugin_exception_after_acceptance_is_deferred_then_failed_never_d
     assert record is None or record["recipients"][0]["state"] == "failed"
     assert any(r.getMessage().startswith(f"{qid}: to=<x@example.net>") and "status=failed" in r.getMessage()
                for r in caplog.records)
+
+
+# -- issue 5 point 3: the smarthost over implicit TLS (SMTPS), certificate verified ------------
+
+
+async def test_smarthost_delivers_over_implicit_tls_with_a_verified_certificate(tls_cert):
+    handler = SinkHandler()
+    controller = SinkController(handler, ssl_context=server_tls(*tls_cert), data_size_limit=0)
+    controller.start()
+    try:
+        section = EgressSection(type="smtp", host="127.0.0.1", port=controller.port, tls="implicit",
+                                ca_file=tls_cert[0])
+        egress = SmtpEgress(section, "gw.test")
+        [res] = await egress.deliver([Copy("Q1", "b@example.net", "a@example.org", MESSAGE)])
+        await egress.close()
+        untrusting = SmtpEgress(EgressSection(type="smtp", host="127.0.0.1", port=controller.port, tls="implicit"),
+                                "gw.test")
+        [refused] = await untrusting.deliver([Copy("Q2", "c@example.net", "a@example.org", MESSAGE)])
+        await untrusting.close()
+    finally:
+        controller.stop()
+    assert (res.status, res.relay) == ("sent", f"127.0.0.1[127.0.0.1]:{controller.port}")
+    assert [m.rcpt_tos for m in handler.messages] == [["b@example.net"]]
+    # the same port refuses a client that does not trust the certificate: the delivery was over
+    # TLS (aiosmtpd leaves session.ssl unset on implicit TLS), and verification is on by default
+    assert (refused.status, refused.dsn) == ("deferred", "4.7.5")
