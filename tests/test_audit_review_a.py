@@ -49,7 +49,7 @@ def css_url() -> Iterator[tuple[str, list[str]]]:
     """A real HTTP server on 127.0.0.1 serving a stylesheet: (its URL, the paths requested)."""
     seen: list[str] = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("H", (_RecordingHandler,), {"requests": seen}))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/imported.css", seen
