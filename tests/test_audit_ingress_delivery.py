@@ -13,7 +13,10 @@ import asyncio
 import base64
 import logging
 import re
+import signal
 import smtplib
+import sys
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,6 +34,7 @@ from pipeline.ingress.credentials import hash_secret_pbkdf2
 from pipeline.ingress.testing import Dialogue, client_tls, ingress_test_config, running_ingress, spooled
 from pipeline.spool import QueuedMessage
 from pipeline.testing import make_config
+from tests.conftest import ROOT
 from tests.smtp_sink import EventRecorder, SinkController, SinkHandler, server_tls, start_sink
 from tests.test_delivery import enqueue, smtp_egress, start_service, stop
 
@@ -321,3 +325,55 @@ async def test_smarthost_delivers_over_implicit_tls_with_a_verified_certificate(
     # the same port refuses a client that does not trust the certificate: the delivery was over
     # TLS (aiosmtpd leaves session.ssl unset on implicit TLS), and verification is on by default
     assert (refused.status, refused.dsn) == ("deferred", "4.7.5")
+
+
+# -- issue 4 point 10 (docs/ingress.md): a second SIGTERM stops at once, inside the grace period --
+
+
+async def test_second_sigterm_stops_serve_at_once_while_a_transaction_is_open(tmp_path):
+    config = tmp_path / "smtpgate.toml"
+    config.write_text(
+        f'[gateway]\nhostname = "serve.test"\ndata_dir = "{tmp_path / "data"}"\nlog_level = "info"\n'
+        '[[listeners]]\nname = "plain"\nport = 0\ntls = "none"\nrequire_tls = false\n'
+        '[limits]\nshutdown_grace = 60\n'
+        '[[credentials]]\nname = "local"\nkind = "ip"\nnetworks = ["127.0.0.0/8"]\n'
+        '[tracking]\nlisten_port = 0\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from pipeline.cli import main; main()", "serve", "--config", str(config),
+        "--workers", "1", stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+
+    async def until(pattern: str) -> re.Match[str]:
+        while True:
+            line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+            assert line, "serve exited early:\n" + "".join(lines)
+            lines.append(line)
+            if m := re.search(pattern, line):
+                return m
+
+    try:
+        port = int((await until(r"listening on 127\.0\.0\.1:(\d+) \(plain")).group(1))
+        d = await Dialogue.connect("127.0.0.1", port)
+        assert (await d.reply()).code == 220
+        assert (await d.cmd("EHLO busy.test")).code == 250
+        assert (await d.cmd("MAIL FROM:<a@example.org>")).code == 250
+        assert (await d.cmd("RCPT TO:<b@example.net>")).code == 250
+        proc.send_signal(signal.SIGTERM)
+        await until(r"received SIGTERM: draining \(grace 60s\)")
+        assert proc.returncode is None  # the open transaction may finish: the grace period runs
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = await asyncio.wait_for(proc.wait(), 20)
+        elapsed = time.monotonic() - started
+        rest = (await asyncio.wait_for(proc.stderr.read(), 10)).decode()
+        await d.close()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert rc == 0 and elapsed < 20, (rc, elapsed)
+    assert "received SIGTERM again: stopping now" in rest
+    assert "Traceback" not in "".join(lines) + rest

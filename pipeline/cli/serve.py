@@ -45,7 +45,8 @@ async def run_gateway(gateway: Gateway) -> None:
         await stop.wait()
     finally:
         try:
-            await gateway.stop()
+            # a second signal that cancelled gateway.start() (still starting) must not get the full grace
+            await gateway.stop(0 if stopping["count"] > 1 else None)
         except asyncio.CancelledError:
             await gateway.stop(0)
         for signum in (signal.SIGTERM, signal.SIGINT):
