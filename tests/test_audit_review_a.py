@@ -21,11 +21,11 @@ from pipeline import Message
 from pipeline.chain import Chain
 from pipeline.config import load_config
 from pipeline.ingress.testing import ingress_test_config, running_ingress, spooled
-from pipeline.loader import PluginSet
+from pipeline.loader import BUILTINS, PluginSet, resolve
 from pipeline.replay import replay_message
 from pipeline.testing import run_chain
 from pipeline.tokens import load_signer
-from tests.conftest import SAMPLES, sample_files
+from tests.conftest import ROOT, SAMPLES, sample_files
 
 
 class _RecordingHandler(http.server.BaseHTTPRequestHandler):
@@ -191,3 +191,18 @@ async def test_switches_over_smtp_credential_header_lock_and_an_invalid_value(da
     )
     assert features["dkim"] is True and features["validate"] is True  # defaults kept
     assert b"x-smtpeter" not in msg["data"].lower()
+
+
+# -- issue 2, point 6 / docs: the built-in table in docs/plugins.md says what the code does --------
+
+
+@pytest.mark.parametrize("name", sorted(BUILTINS))
+def test_docs_builtin_table_names_each_plugins_hooks_and_switch(name: str) -> None:
+    """The table drifted once (list_unsubscribe's switch shown as "-" after it got one)."""
+    doc = (ROOT / "docs" / "plugins.md").read_text()
+    row = re.search(rf"^\| `{name}` \| ([^|]+) \| ([^|]+) \|", doc, re.M)
+    assert row, f"docs/plugins.md has no built-in row for {name}"
+    cls, _ = resolve(name)
+    hooks = sorted(n for n in dir(cls) if n.startswith("on_") and hasattr(getattr(cls, n), "smtpgate_impl"))
+    assert sorted(h.strip() for h in row.group(1).split(",")) == hooks
+    assert row.group(2).strip() == (cls.feature or "-")
