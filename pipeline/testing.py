@@ -100,6 +100,8 @@ def run_chain(
     """Synchronous one-shot: build a chain of ``plugins`` (classes or built-in names) and run it."""
     names = [p for p in plugins if isinstance(p, str)]
     classes = [p for p in plugins if not isinstance(p, str)]
+    if isinstance(config, Config) and names:  # they would be silently left out of the chain
+        raise ValueError(f"run_chain: built-in names {names} with a Config: put them in its [chain] plugins")
     cfg = config if isinstance(config, Config) else make_config(config, names)
     chain = make_chain(cfg, classes)
     return asyncio.run(

@@ -23,7 +23,7 @@ from pipeline.config import load_config
 from pipeline.ingress.testing import ingress_test_config, running_ingress, spooled
 from pipeline.loader import BUILTINS, PluginSet, resolve
 from pipeline.replay import replay_message
-from pipeline.testing import run_chain
+from pipeline.testing import make_config, run_chain
 from pipeline.tokens import load_signer
 from tests.conftest import ROOT, SAMPLES, sample_files
 
@@ -206,3 +206,16 @@ def test_docs_builtin_table_names_each_plugins_hooks_and_switch(name: str) -> No
     hooks = sorted(n for n in dir(cls) if n.startswith("on_") and hasattr(getattr(cls, n), "smtpgate_impl"))
     assert sorted(h.strip() for h in row.group(1).split(",")) == hooks
     assert row.group(2).strip() == (cls.feature or "-")
+
+
+# -- issue 2, point 12: pipeline.testing cannot silently drop a plugin ------------------------------
+
+
+def test_run_chain_refuses_builtin_names_next_to_a_ready_config() -> None:
+    """A Config already names its chain: names given beside it used to be ignored, so a plugin
+    author's test ran without the plugin under test and passed."""
+    raw = (SAMPLES / "01-plain-text.eml").read_bytes()
+    with pytest.raises(ValueError, match=r"built-in names \['campaign_tag'\] with a Config"):
+        run_chain(raw, ["campaign_tag"], config=make_config())
+    tagged = run_chain(raw, config=make_config(plugins=["campaign_tag"]))
+    assert tagged.ctx is not None and tagged.ctx.campaign_id  # the daily campaign: the plugin ran
