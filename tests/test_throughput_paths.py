@@ -262,3 +262,98 @@ def test_long_from_values_are_not_kept_in_the_cache() -> None:
     assert check_from(long_value) is None
     after = _check_from_cached.cache_info()
     assert (after.hits, after.misses) == (before.hits, before.misses)
+
+
+# -- SMTP egress: prepared DATA without aiosmtplib's regex passes -------------------------------
+
+
+WIRE_EDGE = [
+    b"",
+    b"a",
+    b"\r\n",
+    b".\r\n",
+    b"..\r\n.\r\n",
+    b"Subject: x\r\n\r\n.hidden\r\n..two\r\n. \r\nend",
+    b"Subject: x\r\n\r\nbody\r\n",
+]
+
+
+def test_wire_data_is_byte_for_byte_what_aiosmtplib_would_send() -> None:
+    from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+
+    from pipeline.egress.smtp import wire_data
+
+    crlf_files = [p.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") for p in FILES]
+    checked = 0
+    for data in WIRE_EDGE + crlf_files + [b"." + d for d in crlf_files[:5]]:
+        expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
+        assert wire_data(data) == expected, data[:80]
+        checked += 1
+    assert checked > 20
+    for bare in (b"a\nb\r\n", b"a\rb\r\n", b"a\r\n\n", b"\r", b"x\n.\r\n"):
+        assert wire_data(bare) is None, bare  # not CRLF-clean: aiosmtplib's own path
+
+
+class _OptionSink:
+    """SinkHandler that also keeps MAIL parameters and refuses DATA for ``reject-data@`` recipients."""
+
+    def __init__(self) -> None:
+        from tests.smtp_sink import SinkHandler
+
+        self.inner = SinkHandler(replies={"refused@example.net": ["550 5.1.1 no such user"]})
+        self.mail_options: list[list[str]] = []
+
+    async def handle_RCPT(self, *args: object) -> str:
+        return await self.inner.handle_RCPT(*args)  # type: ignore[arg-type]
+
+    async def handle_RSET(self, *args: object) -> str:
+        return await self.inner.handle_RSET(*args)  # type: ignore[arg-type]
+
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        self.mail_options.append(list(envelope.mail_options))  # type: ignore[attr-defined]
+        if any(r.startswith("reject-data@") for r in envelope.rcpt_tos):  # type: ignore[attr-defined]
+            return "554 5.7.1 content refused"
+        return await self.inner.handle_DATA(server, session, envelope)  # type: ignore[arg-type]
+
+
+async def test_prepared_copies_arrive_byte_identical_with_size_and_refusals_reset_the_reused_connection() -> None:
+    from pipeline.egress.base import Copy
+    from pipeline.egress.smtp import HopPool, open_connection, send_copy
+    from tests.smtp_sink import SinkController
+
+    handler = _OptionSink()
+    sink = SinkController(handler, data_size_limit=10_000_000)  # advertises SIZE, like Postfix
+    sink.start()
+    opened: list[object] = []
+
+    async def connect() -> object:
+        conn = await open_connection("127.0.0.1", sink.port, helo="gw.test", timeout=10, tls="none",
+                                     verify=False, ca_file=None)
+        opened.append(conn)
+        return conn
+
+    pool = HopPool("127.0.0.1", sink.port, 1, connect)  # type: ignore[arg-type]
+    try:
+        typical = FILES[0].read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        dotted = b"Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nlast line without CRLF"
+        sent = [
+            await send_copy(pool, Copy("q1", "a@example.net", "s@example.com", typical)),
+            await send_copy(pool, Copy("q2", "refused@example.net", "s@example.com", dotted)),
+            await send_copy(pool, Copy("q3", "reject-data@example.net", "s@example.com", dotted)),
+            await send_copy(pool, Copy("q4", "b@example.net", "s@example.com", dotted)),
+            await send_copy(pool, Copy("q5", "c@example.net", "s@example.com", b"Subject: bare\n\nLF only\n")),
+        ]
+    finally:
+        await pool.close()
+        sink.stop()
+    assert [r.status for r in sent] == ["sent", "bounced", "bounced", "sent", "sent"]
+    assert sent[1].dsn == "5.1.1" and sent[2].reply.startswith("554") and "5.7.1" in sent[2].reply
+    assert handler.inner.commands.count("RSET") == 2  # after the refused RCPT and the refused DATA
+    assert len(opened) == 1  # one connection for all five: refusals leave it usable
+    got = handler.inner.messages
+    assert [m.rcpt_tos for m in got] == [["a@example.net"], ["b@example.net"], ["c@example.net"]]
+    assert got[0].data == typical
+    assert got[1].data == dotted + b"\r\n"  # the last line gets its CRLF, the dots come back unstuffed
+    assert got[2].data == b"Subject: bare\r\n\r\nLF only\r\n"  # bare LF: aiosmtplib's own path normalises
+    sizes = [o for opts in handler.mail_options for o in opts if o.upper().startswith("SIZE=")]
+    assert sizes[:3] == [f"SIZE={len(typical)}", f"SIZE={len(dotted) + 2}", f"SIZE={len(dotted) + 2}"]

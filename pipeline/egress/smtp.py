@@ -12,8 +12,10 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiosmtplib
+from aiosmtplib.email import parse_address
 
 from pipeline.config import EgressSection
 from pipeline.egress.base import Copy, DeliveryResult, dsn_of
@@ -180,13 +182,104 @@ def _options(conn: aiosmtplib.SMTP, copy: Copy) -> list[str]:
     return opts
 
 
+def wire_data(data: bytes) -> bytes | None:
+    """``data`` as the DATA phase puts it on the wire (dot-stuffed, ending ``CRLF . CRLF``), or
+    ``None`` when it holds a bare CR or LF.
+
+    aiosmtplib's ``sendmail``/``data`` run two regex passes over every message (line endings,
+    then dot-stuffing) and a third for ``SIZE``: about 1 ms per 55 KB copy, in the one event
+    loop that also runs the ingress. Our copies are CRLF-only already, so counting is enough to
+    prove it, and the result is byte for byte what aiosmtplib would have sent.
+    """
+    crlf = data.count(b"\r\n")
+    if crlf != data.count(b"\r") or crlf != data.count(b"\n"):
+        return None
+    if data.startswith(b"."):
+        data = b"." + data
+    if b"\n." in data:
+        data = data.replace(b"\r\n.", b"\r\n..")
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
+async def transact(conn: aiosmtplib.SMTP, copy: Copy) -> str:
+    """One single-recipient transaction: the DATA reply's text; raises what ``SMTP.sendmail`` raises.
+
+    CRLF-clean data (all our copies) goes out through :func:`wire_data` without aiosmtplib's
+    per-message regex passes; anything else through ``sendmail`` as before. After a refused
+    ``MAIL``/``RCPT``/``DATA`` the envelope is reset with ``RSET``, as ``sendmail`` does.
+    """
+    if conn.is_ehlo_or_helo_needed:  # before the extension checks (SIZE, 8BITMIME, SMTPUTF8)
+        try:
+            await conn.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            if not conn.is_connected:
+                raise
+            await conn.helo()
+    mail_from, recipient, data, options = copy.mail_from, copy.recipient, copy.data, _options(conn, copy)
+    wire = wire_data(data)
+    protocol = conn.protocol
+    if wire is None or protocol is None or not hasattr(protocol, "read_response"):
+        _, reply = await conn.sendmail(mail_from, [recipient], data, mail_options=options)
+        return reply
+    parse_address(mail_from)
+    parse_address(recipient)
+    if any(o.lower() == "smtputf8" for o in options):
+        if not conn.supports_extension("smtputf8"):
+            raise aiosmtplib.SMTPNotSupported("SMTPUTF8 is not supported by this server")
+        encoding = "utf-8"
+    else:
+        encoding = "ascii"
+    if conn.supports_extension("size"):
+        # RFC 1870 as aiosmtplib counts it: the CRLF-ended message before dot-stuffing.
+        size = len(data) if data.endswith(b"\r\n") else len(data) + 2
+        options = [f"size={size}", *options]
+    try:
+        await conn.mail(mail_from, options=options, encoding=encoding)
+        try:
+            await conn.rcpt(recipient, encoding=encoding)
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            raise aiosmtplib.SMTPRecipientsRefused([exc]) from None
+        response = await _data(conn, protocol, wire)
+    except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
+        try:
+            await conn.rset()
+        except (ConnectionError, aiosmtplib.SMTPResponseException):
+            pass
+        raise
+    return response.message
+
+
+async def _data(conn: aiosmtplib.SMTP, protocol: Any, wire: bytes) -> aiosmtplib.SMTPResponse:
+    """``DATA`` then the prepared bytes, as ``SMTPProtocol.execute_data_command`` does minus the regexes.
+
+    The pool hands a connection to one task at a time, so nothing else writes on it meanwhile;
+    each ``read_response`` directly follows its ``write`` with no await between them.
+    """
+    timeout = conn.timeout
+    try:
+        protocol.write(b"DATA\r\n")
+        start = await protocol.read_response(timeout=timeout)
+        if start.code != 354:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        protocol.write(wire)
+        response = await protocol.read_response(timeout=timeout)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        conn.close()
+        raise
+    if response.code != 250:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+    return response
+
+
 async def send_copy(pool: HopPool, copy: Copy) -> DeliveryResult:
     """One transaction on a pooled connection; :class:`ConnectFailed` when no session could be had."""
     conn = await pool.acquire()
     relay = relay_name(pool.host, conn, pool.port)
     reusable = False
     try:
-        _, reply = await conn.sendmail(copy.mail_from, [copy.recipient], copy.data, mail_options=_options(conn, copy))
+        reply = await transact(conn, copy)
         reusable = True
         return DeliveryResult.from_reply(copy.recipient, 250, reply, relay)
     except aiosmtplib.SMTPRecipientsRefused as exc:
