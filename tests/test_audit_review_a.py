@@ -6,6 +6,8 @@ Each test names the issue point it pins down.
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import http.server
 import re
 import threading
@@ -15,17 +17,23 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+import dkim
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from lxml import etree
 
 from pipeline import Message
 from pipeline.chain import Chain
 from pipeline.config import load_config
+from pipeline.html import count_conditional_comments
 from pipeline.ingress.testing import ingress_test_config, running_ingress, spooled
 from pipeline.loader import BUILTINS, PluginSet, resolve
 from pipeline.replay import replay_message
 from pipeline.testing import make_config, run_chain
-from pipeline.tokens import load_signer
-from tests.conftest import ROOT, SAMPLES, sample_files
+from pipeline.tokens import TokenSigner, load_signer
+from plugins.dkim_sign import dns_txt_value
+from tests.conftest import ROOT, SAMPLES, corpus_files, sample_files
 
 
 class _RecordingHandler(http.server.BaseHTTPRequestHandler):
@@ -219,3 +227,82 @@ def test_run_chain_refuses_builtin_names_next_to_a_ready_config() -> None:
         run_chain(raw, ["campaign_tag"], config=make_config())
     tagged = run_chain(raw, config=make_config(plugins=["campaign_tag"]))
     assert tagged.ctx is not None and tagged.ctx.campaign_id  # the daily campaign: the plugin ran
+
+
+# -- issue 3 acceptance: one golden run with ALL six plugins on, every property checked together ----
+# (tests/test_golden_html.py checks the HTML with three plugins, tests/test_plugin_dkim_sign.py the
+# signature with six: here both on the same bytes, after a round trip through a file.)
+
+ALL_SIX = ["header_validation", "campaign_tag", "css_inline", "click_tracking", "open_pixel", "dkim_sign"]
+REFUSED = {"10-missing-headers.eml", "14-invalid-campaign-id.eml", "17-two-from-headers.eml"}
+TRACK_BASE = "https://t.example.net"
+
+
+@pytest.fixture(scope="module")
+def rsa_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    """A throwaway RSA-2048 key file and the DKIM TXT record a test DNS function serves for it."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = tmp_path_factory.mktemp("dkim") / "k.pem"
+    path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    ))
+    return path, dns_txt_value(key).encode()
+
+
+def _hrefs(html: str) -> list[str]:
+    root = etree.fromstring(html, etree.HTMLParser())
+    return [] if root is None else [a.get("href") for a in root.iter("a") if a.get("href") is not None]
+
+
+@pytest.mark.parametrize("path", sample_files() + corpus_files(), ids=lambda p: p.name)
+def test_all_six_plugins_golden_output_from_disk(path: Path, rsa_key: tuple[Path, bytes], tmp_path: Path) -> None:
+    key_file, record = rsa_key
+    config = {
+        "gateway": {"data_dir": str(tmp_path / "data")},
+        "tracking": {"keys": {"k1": "audit"}, "base_url": TRACK_BASE},
+        "plugins": {"dkim_sign": {"domains": {"example.com": {"selector": "a1", "key_file": str(key_file)}},
+                                  "default_domain": "example.com"}},
+    }
+    raw = path.read_bytes()
+    rcpts = ["ann@example.com", "bob@example.org"]
+    result = run_chain(raw, ALL_SIX, config=config, rcpt_tos=rcpts)
+    if path.name in REFUSED:
+        assert result.verdict is not None and result.verdict.reply().startswith("550 5.6.0 ")
+        return
+    assert result.verdict is None and [c.recipient for c in result.copies] == rcpts
+    signer = TokenSigner({"k1": b"audit"}, "k1")
+    click = re.compile(re.escape(TRACK_BASE) + r"/c/(\S+)")
+    before = Message(raw)
+    tracks = result.ctx is not None and result.ctx.features["trackclicks"]
+    for n, copy in enumerate(result.copies):
+        assert copy.data is not None, copy.verdict
+        (tmp_path / f"{n}.eml").write_bytes(copy.data)
+        data = (tmp_path / f"{n}.eml").read_bytes()
+        assert dkim.verify(data, dnsfunc=lambda name, timeout=5: record if name == b"a1._domainkey.example.com." else b"")
+        parsed = email.message_from_bytes(data, policy=email.policy.default)
+        assert not parsed.defects and all(not p.defects for p in parsed.walk())
+        after = Message(data)
+        old_leaves = [p for p in before.walk() if not p.is_multipart]
+        new_leaves = [p for p in after.walk() if not p.is_multipart]
+        assert [(p.path, p.content_type) for p in new_leaves] == [(p.path, p.content_type) for p in old_leaves]
+        for old, new in zip(old_leaves, new_leaves, strict=True):
+            if old.content_type != "text/html" or old.is_attachment:  # text parts, attachments: untouched
+                assert (new.body if new is after.root else new.as_bytes()) == (
+                    old.body if old is before.root else old.as_bytes()
+                ), old.path
+        for old_part, new_part in zip(before.html_parts(), after.html_parts(), strict=True):
+            old, new = old_part.text(), new_part.text()
+            doctype = re.compile(r"\A\s*(<!doctype[^>]*>)", re.I)
+            assert (doctype.match(new) or [None, None])[1] == (doctype.match(old) or [None, None])[1]
+            assert count_conditional_comments(new) == count_conditional_comments(old)
+            assert new.count(f"{TRACK_BASE}/o/") == 1  # the pixel, exactly once per HTML part
+            restored = []
+            for href in _hrefs(new):
+                m = click.fullmatch(href)
+                payload = signer.verify(m.group(1)) if m else None
+                if m:
+                    assert payload is not None and payload["r"] == copy.recipient
+                restored.append(payload["u"] if payload else href)
+            assert restored == _hrefs(old)  # every tracked link decodes to exactly the original URL
+            if not tracks:  # X-SMTPeter-TrackClicks: false (sample 11)
+                assert not click.search(new)
