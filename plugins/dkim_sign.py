@@ -52,7 +52,7 @@ SIGNED_WHEN_PRESENT = (
 OVERSIGNED = (b"from", b"subject", b"to")
 """Listed once more than they occur, so a field added in transit breaks the signature."""
 
-MIN_RSA_BITS = 1024  # RFC 8301: verifiers reject smaller keys; keygen makes 2048
+MIN_RSA_BITS = 2048  # the issue: RSA-2048 always (RFC 8301 allows 1024; Postal users were stuck there)
 _DNS_NAME = re.compile(
     r"^(?=.{1,253}$)(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$"
 )
@@ -69,7 +69,7 @@ def is_dns_name(name: str) -> bool:
 
 
 def load_rsa_key(path: Path) -> rsa.RSAPrivateKey:
-    """An unencrypted PEM RSA private key (PKCS#1 or PKCS#8) of at least 1024 bits."""
+    """An unencrypted PEM RSA private key (PKCS#1 or PKCS#8) of at least 2048 bits."""
     data = path.read_bytes()
     try:
         key = serialization.load_pem_private_key(data, password=None)

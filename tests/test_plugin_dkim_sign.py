@@ -351,6 +351,13 @@ def test_unparsable_and_wrong_type_keys_are_config_errors(keys, tmp_path):
     assert 'domains."example.com".ed25519_key_file: ' in msg and "not an Ed25519 key" in msg
 
 
+def test_an_rsa_key_under_2048_bits_is_refused_at_start(keys, tmp_path):
+    weak = tmp_path / "weak.pem"
+    weak.write_bytes(_pem(rsa.generate_private_key(public_exponent=65537, key_size=1024)))
+    msg = _config_error(keys, lambda c: c["domains"]["example.com"].update(key_file=str(weak)))
+    assert f'domains."example.com".key_file: {weak}: RSA key has 1024 bits, at least 2048 needed' in msg
+
+
 @pytest.mark.parametrize(
     ("mutate", "fragment"),
     [
