@@ -357,3 +357,24 @@ async def test_prepared_copies_arrive_byte_identical_with_size_and_refusals_rese
     assert got[2].data == b"Subject: bare\r\n\r\nLF only\r\n"  # bare LF: aiosmtplib's own path normalises
     sizes = [o for opts in handler.mail_options for o in opts if o.upper().startswith("SIZE=")]
     assert sizes[:3] == [f"SIZE={len(typical)}", f"SIZE={len(dotted) + 2}", f"SIZE={len(dotted) + 2}"]
+
+
+def test_long_line_check_by_blocks_agrees_with_splitting_every_line() -> None:
+    import itertools
+
+    from pipeline.ingress.server import _MAX_LINE, _has_long_line
+
+    def reference(body: bytes, limit: int) -> bool:
+        return bool(body) and max(map(len, body.split(b"\r\n"))) > limit
+
+    for limit in range(1, 6):  # every body of up to 8 octets from CR, LF and a letter
+        for length in range(9):
+            for combo in itertools.product((b"\r", b"\n", b"a"), repeat=length):
+                body = b"".join(combo)
+                assert _has_long_line(body, limit) == reference(body, limit), (body, limit)
+    typical = FILES[0].read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    for extra in (_MAX_LINE - 1, _MAX_LINE, _MAX_LINE + 1):  # at the real limit, anywhere in a message
+        for at in (0, len(typical) // 2, len(typical)):
+            line = b"\r" * (extra // 3) + b"x" * (extra - extra // 3)  # bare CRs count as line octets
+            body = typical[:at] + line + b"\r\n" + typical[at:]
+            assert _has_long_line(body) == reference(body, _MAX_LINE), (extra, at)
