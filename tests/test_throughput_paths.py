@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 from pathlib import Path
@@ -378,3 +379,71 @@ def test_long_line_check_by_blocks_agrees_with_splitting_every_line() -> None:
             line = b"\r" * (extra // 3) + b"x" * (extra - extra // 3)  # bare CRs count as line octets
             body = typical[:at] + line + b"\r\n" + typical[at:]
             assert _has_long_line(body) == reference(body, _MAX_LINE), (extra, at)
+
+
+async def _scripted_hop(data_reply: bytes | None) -> tuple[asyncio.Server, int, list[int]]:
+    """A next hop that accepts MAIL and RCPT, then after the message answers ``data_reply``, or
+    (``None``) hangs up in the middle of the DATA bytes. Counts connections."""
+    connections: list[int] = []
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        writer.write(b"220 hop ESMTP\r\n")
+        try:
+            while line := await reader.readline():
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    writer.write(b"250-hop\r\n250-SIZE 10000000\r\n250 8BITMIME\r\n")
+                elif verb == b"DATA":
+                    writer.write(b"354 go ahead\r\n")
+                    await writer.drain()
+                    if data_reply is None:
+                        await reader.read(100)
+                        writer.close()
+                        return
+                    await reader.readuntil(b"\r\n.\r\n")
+                    writer.write(data_reply)
+                elif verb == b"QUIT":
+                    writer.write(b"221 bye\r\n")
+                    break
+                else:
+                    writer.write(b"250 ok\r\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(session, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], connections
+
+
+@pytest.mark.parametrize(
+    ("data_reply", "status", "dsn"),
+    [(None, "deferred", "4.4.2"), (b"421 4.3.2 shutting down\r\n", "deferred", "4.3.2"),
+     (b"452 4.3.1 out of space\r\n", "deferred", "4.3.1")],
+)
+async def test_prepared_data_phase_failures_defer_and_a_dead_or_closing_connection_is_not_reused(
+    data_reply: bytes | None, status: str, dsn: str
+) -> None:
+    from pipeline.egress.base import Copy
+    from pipeline.egress.smtp import HopPool, open_connection, send_copy
+
+    server, port, connections = await _scripted_hop(data_reply)
+
+    async def connect() -> object:
+        return await open_connection("127.0.0.1", port, helo="gw.test", timeout=5, tls="none",
+                                     verify=False, ca_file=None)
+
+    pool = HopPool("127.0.0.1", port, 1, connect)  # type: ignore[arg-type]
+    copy = Copy("q1", "a@example.net", "s@example.com", b"Subject: x\r\n\r\nbody\r\n")
+    try:
+        first = await send_copy(pool, copy)
+        second = await send_copy(pool, copy)
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()
+    assert (first.status, first.dsn) == (status, dsn), first
+    assert second.status == status
+    # a hang-up or a 421 means a fresh connection for the next copy; a plain 4xx keeps it
+    assert len(connections) == (1 if data_reply and data_reply.startswith(b"452") else 2)
