@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,3 +42,21 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d = tmp_path / "data"
     monkeypatch.setenv("SMTPGATE_DATA_DIR", str(d))
     return d
+
+
+@pytest.fixture
+def sinks() -> Iterator[Callable[..., Any]]:
+    """Start real aiosmtpd sinks on ephemeral ports: ``sinks(**kw) -> (controller, handler)``;
+    every sink started is stopped at the end of the test."""
+    from tests.smtp_sink import start_sink
+
+    started: list[Any] = []
+
+    def make(**kw: Any) -> Any:
+        controller, handler = start_sink(**kw)
+        started.append(controller)
+        return controller, handler
+
+    yield make
+    for controller in started:
+        controller.stop()

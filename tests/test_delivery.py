@@ -15,7 +15,7 @@ from pipeline.delivery import DeliveryService
 from pipeline.gateway import Gateway
 from pipeline.message import Message
 from pipeline.testing import make_config
-from tests.smtp_sink import EventRecorder, start_sink
+from tests.smtp_sink import EventRecorder
 
 RAW = b"From: app@example.org\r\nTo: someone@example.net\r\nSubject: test\r\n\r\nHello\r\n"
 FAST = {"retry_min": 0.05, "retry_max": 0.2, "lifetime": 60.0, "poll_interval": 0.05,
@@ -52,20 +52,6 @@ def _events():
     EventRecorder.reset()
     yield
     EventRecorder.reset()
-
-
-@pytest.fixture
-async def sinks():
-    started = []
-
-    def make(**kw):
-        controller, handler = start_sink(**kw)
-        started.append(controller)
-        return controller, handler
-
-    yield make
-    for c in started:
-        c.stop()
 
 
 async def start_service(

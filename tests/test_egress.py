@@ -17,7 +17,6 @@ from pipeline.egress.mx import MxEgress
 from pipeline.egress.null import NullEgress
 from pipeline.egress.resolver import DnsPermanentError, DnsResolver, StaticResolver
 from pipeline.egress.smtp import SmtpEgress
-from tests.smtp_sink import start_sink
 
 MSG = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nhello\r\n"
 
@@ -26,22 +25,8 @@ def copy(rcpt: str = "b@example.net", data: bytes = MSG) -> Copy:
     return Copy("Q1", rcpt, "a@example.org", data)
 
 
-@pytest.fixture
-def sink_factory():
-    started = []
-
-    def make(**kw):
-        controller, handler = start_sink(**kw)
-        started.append(controller)
-        return controller, handler
-
-    yield make
-    for c in started:
-        c.stop()
-
-
-async def test_smarthost_delivers_over_starttls_with_auth_and_verified_certificate(sink_factory, tls_cert):
-    controller, sink = sink_factory(tls=tls_cert, require_starttls=True, auth=("app", "s3cret"))
+async def test_smarthost_delivers_over_starttls_with_auth_and_verified_certificate(sinks, tls_cert):
+    controller, sink = sinks(tls=tls_cert, require_starttls=True, auth=("app", "s3cret"))
     egress = SmtpEgress(
         EgressSection(type="smtp", host="127.0.0.1", port=controller.port, tls="starttls", ca_file=tls_cert[0],
                       username="app", password="s3cret"),
@@ -55,8 +40,8 @@ async def test_smarthost_delivers_over_starttls_with_auth_and_verified_certifica
     assert sink.messages[0].data.endswith(b"hello\r\n")
 
 
-async def test_smarthost_refuses_unverifiable_certificate_by_default(sink_factory, tls_cert):
-    controller, sink = sink_factory(tls=tls_cert, require_starttls=True)
+async def test_smarthost_refuses_unverifiable_certificate_by_default(sinks, tls_cert):
+    controller, sink = sinks(tls=tls_cert, require_starttls=True)
     egress = SmtpEgress(EgressSection(type="smtp", host="127.0.0.1", port=controller.port), "gw.test")
     [res] = await egress.deliver([copy()])
     await egress.close()
@@ -64,8 +49,8 @@ async def test_smarthost_refuses_unverifiable_certificate_by_default(sink_factor
     assert sink.messages == []
 
 
-async def test_smarthost_wrong_password_defers_instead_of_bouncing(sink_factory, tls_cert):
-    controller, _ = sink_factory(tls=tls_cert, require_starttls=True, auth=("app", "right"))
+async def test_smarthost_wrong_password_defers_instead_of_bouncing(sinks, tls_cert):
+    controller, _ = sinks(tls=tls_cert, require_starttls=True, auth=("app", "right"))
     egress = SmtpEgress(
         EgressSection(type="smtp", host="127.0.0.1", port=controller.port, ca_file=tls_cert[0], username="app",
                       password="wrong"),
@@ -76,8 +61,8 @@ async def test_smarthost_wrong_password_defers_instead_of_bouncing(sink_factory,
     assert res.status == "deferred" and "AUTH" in res.reply
 
 
-async def test_reply_classes_map_to_sent_deferred_bounced(sink_factory):
-    controller, sink = sink_factory(replies={"soft@x.test": ["450 4.2.1 mailbox busy"],
+async def test_reply_classes_map_to_sent_deferred_bounced(sinks):
+    controller, sink = sinks(replies={"soft@x.test": ["450 4.2.1 mailbox busy"],
                                              "hard@x.test": ["550 5.1.1 no such user"]})
     egress = SmtpEgress(EgressSection(type="smtp", host="127.0.0.1", port=controller.port, tls="none"), "gw.test")
     res = await egress.deliver([copy("ok@x.test"), copy("soft@x.test"), copy("hard@x.test")])
@@ -90,8 +75,8 @@ async def test_reply_classes_map_to_sent_deferred_bounced(sink_factory):
     assert res[2].reply == "550 5.1.1 no such user"
 
 
-async def test_connection_is_reused_for_several_messages(sink_factory):
-    controller, sink = sink_factory()
+async def test_connection_is_reused_for_several_messages(sinks):
+    controller, sink = sinks()
     section = EgressSection(type="smtp", host="127.0.0.1", port=controller.port, tls="none", connections_per_hop=1)
     egress = SmtpEgress(section, "gw.test")
     for i in range(5):
@@ -113,8 +98,8 @@ async def test_refused_connection_is_deferred():
     assert res.status == "deferred" and res.dsn == "4.4.1"
 
 
-async def test_mx_delivery_through_resolver_stub_with_opportunistic_starttls(sink_factory, tls_cert):
-    controller, sink = sink_factory(tls=tls_cert)
+async def test_mx_delivery_through_resolver_stub_with_opportunistic_starttls(sinks, tls_cert):
+    controller, sink = sinks(tls=tls_cert)
     section = EgressSection(type="mx", mx_port=controller.port, tls="starttls")
     egress = MxEgress(section, "gw.test", resolver=StaticResolver(["127.0.0.1"]))
     [res] = await egress.deliver([copy("user@example.net")])
@@ -123,8 +108,8 @@ async def test_mx_delivery_through_resolver_stub_with_opportunistic_starttls(sin
     assert sink.messages[0].tls  # self-signed, but opportunistic TLS does not verify
 
 
-async def test_mx_tries_next_host_when_first_is_unreachable(sink_factory):
-    controller, sink = sink_factory()
+async def test_mx_tries_next_host_when_first_is_unreachable(sinks):
+    controller, sink = sinks()
     section = EgressSection(type="mx", mx_port=controller.port, tls="none", timeout=5)
     egress = MxEgress(section, "gw.test", resolver=StaticResolver(["127.0.0.2", "127.0.0.1"]))  # nothing on .2
     [res] = await egress.deliver([copy("user@example.net")])

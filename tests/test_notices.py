@@ -26,7 +26,7 @@ from pipeline.message import Message
 from pipeline.notices import CAMPAIGN, Failure, build_notice
 from pipeline.testing import make_config
 from plugins.dkim_sign import dns_txt_value
-from tests.smtp_sink import EventRecorder, start_sink
+from tests.smtp_sink import EventRecorder
 
 HOST = "mx.test.example"
 SENDER = "app@example.org"
@@ -62,20 +62,6 @@ def _events():
     EventRecorder.reset()
     yield
     EventRecorder.reset()
-
-
-@pytest.fixture
-async def sinks():
-    started = []
-
-    def make(**kw: Any) -> Any:
-        controller, handler = start_sink(**kw)
-        started.append(controller)
-        return controller, handler
-
-    yield make
-    for c in started:
-        c.stop()
 
 
 def smtp_egress(port: int) -> dict[str, Any]:

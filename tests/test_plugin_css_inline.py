@@ -84,6 +84,27 @@ def css_server() -> Iterator[tuple[int, list[str]]]:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_css_import_in_a_submitted_message_is_never_fetched(engine: str, css_server: tuple[int, list[str]]) -> None:
+    """premailer's allow_network=False covers <link> only: cssutils fetched @import URLs while
+    parsing. The rule stays for the reader's client; the gateway fetches nothing."""
+    port, seen = css_server
+    url = f"http://127.0.0.1:{port}/imported.css"
+    body = (
+        f'<!DOCTYPE html><html><head><style>@import url("{url}");\n'
+        "h1 { font-size: 20px; }</style></head><body><h1>x</h1><p>y</p></body></html>"
+    )
+    result = run_chain(html_message(body), ["css_inline"], config={"plugins": {"css_inline": {"engine": engine}}})
+    html = Message(result.copies[0].data).html_parts()[0].text()
+    assert seen == []
+    assert "@import" in html and url in html  # kept for the reader's client
+    assert "font-size" in html.split("<h1", 1)[1].split(">", 1)[0]  # the local rule was inlined
+    assert "color" not in html.split("<p", 1)[1].split(">", 1)[0]  # the remote rule was not applied
+    with urllib.request.urlopen(url, timeout=5) as resp:  # the server answers: the counter works
+        assert resp.status == 200
+    assert seen == ["/imported.css"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_link_stylesheet_is_never_fetched(engine: str, css_server: tuple[int, list[str]], tmp_path: Path) -> None:
     port, seen = css_server
     url = f"http://127.0.0.1:{port}/x.css"

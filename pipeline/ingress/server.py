@@ -390,10 +390,22 @@ class GatewaySMTP(SMTP):
             await self.push(R.AUTH_BASE64)
             return None
 
-    async def smtp_AUTH(self, arg: str | None) -> None:
+    async def _out_of_sequence(self, *, mail: bool = False, rcpt: bool = False) -> bool:
+        """Answer a command sent before its prerequisites (HELO, then MAIL, then RCPT); True if so."""
         assert self.session is not None
         if not self.session.host_name:
             await self.push(R.NEED_HELO)
+        elif mail and self.txn is None:
+            await self.push(R.NEED_MAIL)
+        elif rcpt and self.txn is not None and not self.txn.rcpt_tos:
+            await self.push(R.NEED_RCPT)
+        else:
+            return False
+        return True
+
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        assert self.session is not None
+        if await self._out_of_sequence():
             return
         if not self.session.extended_smtp:
             await self.push(R.AUTH_NEEDS_EHLO)
@@ -484,10 +496,9 @@ class GatewaySMTP(SMTP):
         return arg[len(keyword):].strip()
 
     async def smtp_MAIL(self, arg: str | None) -> None:
-        assert self.session is not None
-        if not self.session.host_name:
-            await self.push(R.NEED_HELO)
+        if await self._out_of_sequence():
             return
+        assert self.session is not None
         rest = self._strip_keyword("FROM:", arg)
         if rest is None:
             await self.push(R.MAIL_SYNTAX)
@@ -557,12 +568,7 @@ class GatewaySMTP(SMTP):
         return limit
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        assert self.session is not None
-        if not self.session.host_name:
-            await self.push(R.NEED_HELO)
-            return
-        if self.txn is None:
-            await self.push(R.NEED_MAIL)
+        if await self._out_of_sequence(mail=True):
             return
         rest = self._strip_keyword("TO:", arg)
         if rest is None:
@@ -619,15 +625,7 @@ class GatewaySMTP(SMTP):
 
     # -- DATA ------------------------------------------------------------------------------
     async def smtp_DATA(self, arg: str | None) -> None:
-        assert self.session is not None
-        if not self.session.host_name:
-            await self.push(R.NEED_HELO)
-            return
-        if self.txn is None:
-            await self.push(R.NEED_MAIL)
-            return
-        if not self.txn.rcpt_tos:
-            await self.push(R.NEED_RCPT)
+        if await self._out_of_sequence(mail=True, rcpt=True):
             return
         if arg:
             await self.push(R.DATA_SYNTAX)
