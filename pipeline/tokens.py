@@ -18,7 +18,11 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.context import MessageContext
+    from pipeline.plugin import PluginEnv
 
 _MAC_BYTES = 16
 
@@ -87,3 +91,29 @@ def load_signer(keys: dict[str, str], key_id: str, data_dir: Path) -> TokenSigne
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(32))
     return TokenSigner({key_id: path.read_text().strip().encode("utf-8")}, key_id)
+
+
+def validate_base_url(value: str) -> str:
+    """A tracking base must be an absolute http(s) URL; the trailing slash is dropped."""
+    if not value.lower().startswith(("http://", "https://")) or len(value) <= len("https://"):
+        raise ValueError(f"base_url must be an absolute http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def gateway_signer(env: PluginEnv) -> TokenSigner:
+    """The signer of the gateway's ``[tracking]`` keys, which the tracking HTTP service verifies with."""
+    tracking = env.config.tracking
+    return load_signer(tracking.keys, tracking.key_id, env.data_dir)
+
+
+def copy_payload(kind: str, ctx: MessageContext) -> dict[str, Any]:
+    """What every token of one recipient copy carries: kind, queue id, recipient, campaign,
+    letter id and credential (``sign`` drops the ``None`` values)."""
+    return {
+        "k": kind,
+        "q": ctx.queue_id,
+        "r": ctx.recipient,
+        "c": ctx.campaign_id,
+        "l": ctx.letter_id,
+        "s": ctx.credential.name if ctx.credential else None,
+    }

@@ -17,7 +17,7 @@ from pydantic import field_validator
 
 from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, TempFail, Verdict, hookimpl
 from pipeline.events import verp_local_part
-from pipeline.tokens import TokenSigner, load_signer
+from pipeline.tokens import TokenSigner, gateway_signer
 
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$|^localhost$")
 
@@ -47,7 +47,7 @@ class BounceTracking(Plugin):
             raise ValueError(f"tracking.bounce_domain {self.domain!r} is not a domain name")
         if self.domain is None and env.config.features.get("trackbounces"):
             raise ValueError("features.trackbounces is on but tracking.bounce_domain is not set")
-        self.signer: TokenSigner = load_signer(tracking.keys, tracking.key_id, env.data_dir)
+        self.signer: TokenSigner = gateway_signer(env)
         verp_local_part(self.signer, config.prefix, "b", "Q" * 16, "probe@example.com")  # fits 64? else config error
 
     def address(self, ctx: MessageContext) -> str:

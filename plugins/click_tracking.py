@@ -25,7 +25,7 @@ from pydantic import field_validator
 
 from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Verdict, hookimpl
 from pipeline.html import Link, find_links, is_placeholder, splice
-from pipeline.tokens import TokenSigner, load_signer
+from pipeline.tokens import TokenSigner, copy_payload, gateway_signer, validate_base_url
 
 _HTTP = ("http://", "https://")
 _VISIBLE_URL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|www\.)\S+$", re.IGNORECASE)
@@ -35,13 +35,6 @@ _PRESENCE_OPT_OUTS = ("data-no-track", "data-track-disabled", "ses:no-track")
 _OFF_VALUES = {"off", "false", "0", "no"}
 _NEGATIVE = {"false", "0", "no"}  # data-no-track="false" does not opt out
 _UNDECODABLE = re.compile("[\udc80-\udcff]")  # raw bytes the part's charset could not decode
-
-
-def validate_base_url(value: str) -> str:
-    """A tracking base must be an absolute http(s) URL; the trailing slash is dropped."""
-    if not value.lower().startswith(_HTTP) or len(value) <= len("https://"):
-        raise ValueError(f"base_url must be an absolute http:// or https:// URL, got {value!r}")
-    return value.rstrip("/")
 
 
 def skip_reason(link: Link, base_url: str, skip_visible_urls: bool) -> str | None:
@@ -85,20 +78,11 @@ class ClickTracking(Plugin):
 
     def __init__(self, config: Any, env: PluginEnv) -> None:
         super().__init__(config, env)
-        tracking = env.config.tracking
-        self.signer: TokenSigner = load_signer(tracking.keys, tracking.key_id, env.data_dir)
-        self.base_url = config.base_url or validate_base_url(tracking.base_url)
+        self.signer: TokenSigner = gateway_signer(env)
+        self.base_url = config.base_url or validate_base_url(env.config.tracking.base_url)
 
     def _payload(self, ctx: MessageContext) -> dict[str, Any]:
-        return {
-            "k": "c",
-            "u": None,
-            "q": ctx.queue_id,
-            "r": ctx.recipient,
-            "c": ctx.campaign_id,
-            "l": ctx.letter_id,
-            "s": ctx.credential.name if ctx.credential else None,
-        }
+        return {**copy_payload("c", ctx), "u": None}
 
     def tracking_url(self, url: str, base: dict[str, Any]) -> str:
         return f"{self.base_url}/c/{self.signer.sign({**base, 'u': url})}"

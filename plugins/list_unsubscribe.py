@@ -17,7 +17,7 @@ from pydantic import field_validator
 
 from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Verdict, hookimpl
 from pipeline.events import verp_local_part
-from pipeline.tokens import TokenSigner, load_signer
+from pipeline.tokens import TokenSigner, copy_payload, gateway_signer, validate_base_url
 
 
 class ListUnsubscribe(Plugin):
@@ -35,32 +35,21 @@ class ListUnsubscribe(Plugin):
         @field_validator("base_url")
         @classmethod
         def _base(cls, v: str | None) -> str | None:
-            if v is not None and not v.lower().startswith(("http://", "https://")):
-                raise ValueError(f"base_url must be an absolute http:// or https:// URL, got {v!r}")
-            return v
+            return None if v is None else validate_base_url(v)
 
     def __init__(self, config: Any, env: PluginEnv) -> None:
         super().__init__(config, env)
         tracking = env.config.tracking
-        self.base_url = (config.base_url or tracking.base_url).rstrip("/")
+        self.base_url = config.base_url or validate_base_url(tracking.base_url)
         if not self.base_url.lower().startswith("https://"):
             self.log.debug("List-Unsubscribe base URL is not https (%s); Gmail and Yahoo expect https", self.base_url)
         self.domain = tracking.bounce_domain
         if config.mailto and not self.domain:
             raise ValueError("mailto = true needs [tracking] bounce_domain (the address that receives it)")
-        self.signer: TokenSigner = load_signer(tracking.keys, tracking.key_id, env.data_dir)
+        self.signer: TokenSigner = gateway_signer(env)
 
     def header_value(self, ctx: MessageContext) -> str:
-        token = self.signer.sign(
-            {
-                "k": "u",
-                "q": ctx.queue_id,
-                "r": ctx.recipient,
-                "c": ctx.campaign_id,
-                "l": ctx.letter_id,
-                "s": ctx.credential.name if ctx.credential else None,
-            }
-        )
+        token = self.signer.sign(copy_payload("u", ctx))
         value = f"<{self.base_url}/u/{token}>"
         if self.config.mailto:
             local = verp_local_part(self.signer, "unsub", "u", ctx.queue_id, ctx.recipient or "")

@@ -19,18 +19,12 @@ from pydantic import field_validator
 
 from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Verdict, hookimpl
 from pipeline.html import insert_before_body_end
-from pipeline.tokens import TokenSigner, load_signer
+from pipeline.tokens import TokenSigner, copy_payload, gateway_signer, validate_base_url
 
 PIXEL_STYLE = (
     "display:block;width:1px;height:1px;max-width:1px;max-height:1px;"
     "border:0;margin:0;padding:0;overflow:hidden;opacity:0;"
 )
-
-
-def _validate_base_url(value: str) -> str:
-    if not value.lower().startswith(("http://", "https://")) or len(value) <= len("https://"):
-        raise ValueError(f"base_url must be an absolute http:// or https:// URL, got {value!r}")
-    return value.rstrip("/")
 
 
 class OpenPixel(Plugin):
@@ -46,26 +40,16 @@ class OpenPixel(Plugin):
         @field_validator("base_url")
         @classmethod
         def _base(cls, v: str | None) -> str | None:
-            return None if v is None else _validate_base_url(v)
+            return None if v is None else validate_base_url(v)
 
     def __init__(self, config: Any, env: PluginEnv) -> None:
         super().__init__(config, env)
-        tracking = env.config.tracking
-        self.signer: TokenSigner = load_signer(tracking.keys, tracking.key_id, env.data_dir)
-        self.base_url = config.base_url or _validate_base_url(tracking.base_url)
+        self.signer: TokenSigner = gateway_signer(env)
+        self.base_url = config.base_url or validate_base_url(env.config.tracking.base_url)
 
     def pixel(self, ctx: MessageContext) -> str:
         """The ``<img>`` tag for one recipient copy."""
-        token = self.signer.sign(
-            {
-                "k": "o",
-                "q": ctx.queue_id,
-                "r": ctx.recipient,
-                "c": ctx.campaign_id,
-                "l": ctx.letter_id,
-                "s": ctx.credential.name if ctx.credential else None,
-            }
-        )
+        token = self.signer.sign(copy_payload("o", ctx))
         src = _html.escape(f"{self.base_url}/o/{token}.gif")
         return f'<img src="{src}" width="1" height="1" alt="" border="0" style="{PIXEL_STYLE}" />'
 
