@@ -88,7 +88,7 @@ def _load_file(spec: str) -> Any:
     candidates = [
         obj
         for obj in vars(module).values()
-        if inspect.isclass(obj) and obj.__module__ == mod_name and getattr(obj, "name", "") and _hook_names(obj)
+        if inspect.isclass(obj) and obj.__module__ == mod_name and bool(getattr(obj, "name", None)) and _hook_names(obj)
     ]
     if len(candidates) != 1:
         raise ConfigError(
@@ -201,7 +201,8 @@ class PluginSet:
         except ValidationError as exc:
             raise ConfigError(format_validation_error(self.config.source, exc, prefix=f"plugins.{name}")) from None
         try:
-            instance = obj(cfg, env)
+            factory: Any = obj  # any class taking (config, env); mypy narrowed it to type[object]
+            instance = factory(cfg, env)
         except ConfigError:
             raise
         except (ValueError, OSError) as exc:

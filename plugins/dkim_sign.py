@@ -290,10 +290,10 @@ def signed_headers(header_names: list[str]) -> list[bytes]:
         key = name.lower().encode("ascii", "replace")
         counts[key] = counts.get(key, 0) + 1
     include: list[bytes] = []
-    for name in SIGNED:
-        include += [name] * max(counts.get(name, 0), 1)
-    for name in SIGNED_WHEN_PRESENT:
-        include += [name] * counts.get(name, 0)
+    for field in SIGNED:
+        include += [field] * max(counts.get(field, 0), 1)
+    for field in SIGNED_WHEN_PRESENT:
+        include += [field] * counts.get(field, 0)
     include += OVERSIGNED
     return include
 

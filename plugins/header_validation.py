@@ -291,7 +291,7 @@ def _check_from(value: str) -> Reject | None:
     if parsed is None:
         return Reject(550, "5.6.0", "Invalid From: header: no valid email address")
     addresses = parsed.addresses
-    invalid = any(isinstance(d, email.errors.InvalidHeaderDefect) for d in parsed.defects)
+    invalid = any(isinstance(d, email.errors.InvalidHeaderDefect) for d in getattr(parsed, "defects", ()))
     if len(addresses) > 1 and not invalid:
         return Reject(550, "5.6.0", f"Invalid From: header: {len(addresses)} addresses, exactly one allowed")
     if len(addresses) != 1 or not addresses[0].username or invalid:
@@ -309,7 +309,7 @@ _check_from_cached = functools.lru_cache(maxsize=512)(_check_from)
 def encode_address_header(name: str, text: str) -> str | Reject:
     """Re-render an address list with RFC 2047-encoded display names; non-ASCII addresses are refused."""
     parsed = parse_address_header(name, text)
-    if parsed is None or any(isinstance(d, email.errors.InvalidHeaderDefect) for d in parsed.defects):
+    if parsed is None or any(isinstance(d, email.errors.InvalidHeaderDefect) for d in getattr(parsed, "defects", ())):
         return Reject(550, "5.6.0", f"Invalid {name}: header: cannot parse the address list")
     rendered: list[str] = []
     for group in parsed.groups:

@@ -74,7 +74,11 @@ def list_cmd(config_path: str | None) -> None:
     if not rows:
         click.echo("Mail queue is empty")
         return
-    contexts = {qid: spool.show(qid)["context"] for qid in {r["queue_id"] for r in rows}} if spool else {}
+    contexts: dict[str, Any] = {}
+    for qid in {r["queue_id"] for r in rows} if spool else ():
+        shown = spool.show(qid) if spool else None
+        if shown is not None:  # None: delivered and removed since list_recipients()
+            contexts[qid] = shown["context"]
     click.echo(f"{'-Queue ID-':<22} {'--Size--':>8} {'----Arrival Time----':<20}  -Sender/Recipient-------")
     by_state: collections.Counter[str] = collections.Counter()
     by_hop: collections.Counter[str] = collections.Counter()
@@ -85,7 +89,7 @@ def list_cmd(config_path: str | None) -> None:
             current = r["queue_id"]
             sizes[current] = r["size"]
             click.echo(f"{current:<22} {r['size']:>8} {_when(r['created_at']):<20}  {r['mail_from'] or '<>'}")
-            by_hop[next_hop(config, contexts[current])] += 1
+            by_hop[next_hop(config, contexts.get(current, {}))] += 1
         by_state[r["state"]] += 1
         detail = r["state"]
         if r["state"] == "deferred":

@@ -75,7 +75,8 @@ def add_rates(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _where(campaign: str | None, since: float | None, until: float | None) -> tuple[str, list[Any]]:
-    clauses, args = [], []
+    clauses: list[str] = []
+    args: list[Any] = []
     if campaign is not None:
         clauses.append("COALESCE(campaign_id, '') = ?")
         args.append(campaign)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import hashlib
 import hmac
 import ipaddress
@@ -306,7 +307,7 @@ class CredentialStore:
             })
         return out
 
-    def records(self) -> list[Record]:
+    def records(self) -> builtins.list[Record]:  # builtins: this class has a method named list
         """All stored credentials; re-read only when another connection changed the file."""
         with self._lock:
             version = self._conn.execute("PRAGMA data_version").fetchone()[0]

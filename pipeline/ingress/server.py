@@ -121,7 +121,7 @@ class GatewaySMTP(SMTP):
         self._rejected = 0
         self._end = "closed"
         self._events: list[Event] = []
-        self._writer: asyncio.StreamWriter | None = None
+        self._writer = None  # type: ignore[assignment]  # aiosmtpd sets it in connection_made
         super().__init__(
             _Hooks(),
             data_size_limit=cfg.limits.max_message_size,
@@ -438,6 +438,8 @@ class GatewaySMTP(SMTP):
         initial = await self._decode(args[1].encode()) if len(args) == 2 else b""
         if initial is None:
             return
+        login_b: bytes | None
+        password_b: bytes | None
         if mechanism == "PLAIN":
             response = initial if len(args) == 2 else await self._challenge("334 ")
             if response is None:
@@ -521,7 +523,7 @@ class GatewaySMTP(SMTP):
             if size is None or not size.isdigit():
                 await self.push(R.BAD_SIZE)
                 return
-            if int(size) > self.data_size_limit:
+            if self.data_size_limit and int(size) > self.data_size_limit:
                 await self.push(R.TOO_BIG)
                 return
         if params or (not self.session.extended_smtp and path.params):
@@ -570,6 +572,7 @@ class GatewaySMTP(SMTP):
     async def smtp_RCPT(self, arg: str | None) -> None:
         if await self._out_of_sequence(mail=True):
             return
+        assert self.txn is not None
         rest = self._strip_keyword("TO:", arg)
         if rest is None:
             await self.push(R.RCPT_SYNTAX)
@@ -627,6 +630,7 @@ class GatewaySMTP(SMTP):
     async def smtp_DATA(self, arg: str | None) -> None:
         if await self._out_of_sequence(mail=True, rcpt=True):
             return
+        assert self.txn is not None
         if arg:
             await self.push(R.DATA_SYNTAX)
             return
