@@ -20,9 +20,12 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import field_validator
+
+from pipeline.plugin import Plugin, PluginConfig, PluginEnv
+
 if TYPE_CHECKING:
     from pipeline.context import MessageContext
-    from pipeline.plugin import PluginEnv
 
 _MAC_BYTES = 16
 
@@ -117,3 +120,26 @@ def copy_payload(kind: str, ctx: MessageContext) -> dict[str, Any]:
         "l": ctx.letter_id,
         "s": ctx.credential.name if ctx.credential else None,
     }
+
+
+class TrackingPlugin(Plugin):
+    """Base for plugins that put signed links into a copy (clicks, the pixel, unsubscribe).
+
+    Gives ``self.signer`` (the gateway's ``[tracking]`` keys, which the tracking HTTP service
+    verifies with) and ``self.base_url`` (the plugin's own ``base_url``, else ``[tracking]
+    base_url``), both validated at start-up. A subclass's ``Config`` extends ``TrackingPlugin.Config``.
+    """
+
+    class Config(PluginConfig):
+        base_url: str | None = None  # default: [tracking] base_url
+
+        @field_validator("base_url")
+        @classmethod
+        def _base(cls, v: str | None) -> str | None:
+            return None if v is None else validate_base_url(v)
+
+    def __init__(self, config: Any, env: PluginEnv) -> None:
+        super().__init__(config, env)
+        self.signer: TokenSigner = gateway_signer(env)
+        self.base_url: str = config.base_url or validate_base_url(env.config.tracking.base_url)
+

@@ -21,11 +21,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import field_validator
-
-from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Verdict, hookimpl
+from pipeline import MessageContext, Verdict, hookimpl
 from pipeline.html import Link, find_links, is_placeholder, splice
-from pipeline.tokens import TokenSigner, copy_payload, gateway_signer, validate_base_url
+from pipeline.tokens import TrackingPlugin, copy_payload
 
 _HTTP = ("http://", "https://")
 _VISIBLE_URL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|www\.)\S+$", re.IGNORECASE)
@@ -59,27 +57,16 @@ def skip_reason(link: Link, base_url: str, skip_visible_urls: bool) -> str | Non
     return None
 
 
-class ClickTracking(Plugin):
+class ClickTracking(TrackingPlugin):
     """Per recipient: every trackable link becomes a signed redirect through the tracking service."""
 
     name = "click_tracking"
     feature = "trackclicks"
     version = "1.0"
 
-    class Config(PluginConfig):
-        base_url: str | None = None  # default: [tracking] base_url
+    class Config(TrackingPlugin.Config):
         text_parts: bool = False  # also rewrite bare URLs in text/plain parts
         skip_visible_urls: bool = True  # SMTPeter's preventscam rule
-
-        @field_validator("base_url")
-        @classmethod
-        def _base(cls, v: str | None) -> str | None:
-            return None if v is None else validate_base_url(v)
-
-    def __init__(self, config: Any, env: PluginEnv) -> None:
-        super().__init__(config, env)
-        self.signer: TokenSigner = gateway_signer(env)
-        self.base_url = config.base_url or validate_base_url(env.config.tracking.base_url)
 
     def _payload(self, ctx: MessageContext) -> dict[str, Any]:
         return {**copy_payload("c", ctx), "u": None}

@@ -13,40 +13,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import field_validator
-
-from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Verdict, hookimpl
+from pipeline import MessageContext, PluginEnv, Verdict, hookimpl
 from pipeline.events import verp_local_part
-from pipeline.tokens import TokenSigner, copy_payload, gateway_signer, validate_base_url
+from pipeline.tokens import TrackingPlugin, copy_payload
 
 
-class ListUnsubscribe(Plugin):
+class ListUnsubscribe(TrackingPlugin):
     """One-click unsubscribe headers with a signed per-recipient token."""
 
     name = "list_unsubscribe"
     feature = "listunsubscribe"
     version = "1.1"
 
-    class Config(PluginConfig):
+    class Config(TrackingPlugin.Config):
         mailto: bool = False
         replace: bool = False
-        base_url: str | None = None  # default: [tracking] base_url
-
-        @field_validator("base_url")
-        @classmethod
-        def _base(cls, v: str | None) -> str | None:
-            return None if v is None else validate_base_url(v)
 
     def __init__(self, config: Any, env: PluginEnv) -> None:
         super().__init__(config, env)
         tracking = env.config.tracking
-        self.base_url = config.base_url or validate_base_url(tracking.base_url)
         if not self.base_url.lower().startswith("https://"):
             self.log.debug("List-Unsubscribe base URL is not https (%s); Gmail and Yahoo expect https", self.base_url)
         self.domain = tracking.bounce_domain
         if config.mailto and not self.domain:
             raise ValueError("mailto = true needs [tracking] bounce_domain (the address that receives it)")
-        self.signer: TokenSigner = gateway_signer(env)
 
     def header_value(self, ctx: MessageContext) -> str:
         token = self.signer.sign(copy_payload("u", ctx))

@@ -13,13 +13,10 @@ inline image would open at the end of the body).
 from __future__ import annotations
 
 import html as _html
-from typing import Any
 
-from pydantic import field_validator
-
-from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Verdict, hookimpl
+from pipeline import MessageContext, Verdict, hookimpl
 from pipeline.html import insert_before_body_end
-from pipeline.tokens import TokenSigner, copy_payload, gateway_signer, validate_base_url
+from pipeline.tokens import TrackingPlugin, copy_payload
 
 PIXEL_STYLE = (
     "display:block;width:1px;height:1px;max-width:1px;max-height:1px;"
@@ -27,25 +24,14 @@ PIXEL_STYLE = (
 )
 
 
-class OpenPixel(Plugin):
+class OpenPixel(TrackingPlugin):
     """Per recipient: a tracking pixel whose token names the queue id, recipient, campaign and letter."""
 
     name = "open_pixel"
     feature = "trackopens"
     version = "1.0"
 
-    class Config(PluginConfig):
-        base_url: str | None = None  # default: [tracking] base_url
-
-        @field_validator("base_url")
-        @classmethod
-        def _base(cls, v: str | None) -> str | None:
-            return None if v is None else validate_base_url(v)
-
-    def __init__(self, config: Any, env: PluginEnv) -> None:
-        super().__init__(config, env)
-        self.signer: TokenSigner = gateway_signer(env)
-        self.base_url = config.base_url or validate_base_url(env.config.tracking.base_url)
+    Config = TrackingPlugin.Config
 
     def pixel(self, ctx: MessageContext) -> str:
         """The ``<img>`` tag for one recipient copy."""
