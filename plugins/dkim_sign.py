@@ -68,13 +68,17 @@ def is_dns_name(name: str) -> bool:
     return bool(_DNS_NAME.match(name))
 
 
-def load_rsa_key(path: Path) -> rsa.RSAPrivateKey:
-    """An unencrypted PEM RSA private key (PKCS#1 or PKCS#8) of at least 2048 bits."""
-    data = path.read_bytes()
+def _load_pem(path: Path, data: bytes) -> Any:
+    """Any unencrypted PEM private key; a one-line error naming the file otherwise."""
     try:
-        key = serialization.load_pem_private_key(data, password=None)
+        return serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{path}: not an unencrypted PEM private key ({exc})") from None
+
+
+def load_rsa_key(path: Path) -> rsa.RSAPrivateKey:
+    """An unencrypted PEM RSA private key (PKCS#1 or PKCS#8) of at least 2048 bits."""
+    key = _load_pem(path, path.read_bytes())
     if not isinstance(key, rsa.RSAPrivateKey):
         raise ValueError(f"{path}: not an RSA key (use ed25519_key_file for Ed25519 keys)")
     if key.key_size < MIN_RSA_BITS:
@@ -86,10 +90,7 @@ def load_ed25519_key(path: Path) -> ed25519.Ed25519PrivateKey:
     """An Ed25519 private key: PEM (PKCS#8, as keygen writes) or dkimpy's base64 32-byte seed."""
     data = path.read_bytes()
     if b"-----BEGIN" in data:
-        try:
-            key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"{path}: not an unencrypted PEM private key ({exc})") from None
+        key = _load_pem(path, data)
         if not isinstance(key, ed25519.Ed25519PrivateKey):
             raise ValueError(f"{path}: not an Ed25519 key")
         return key
