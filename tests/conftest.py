@@ -22,6 +22,24 @@ def sample_files() -> list[Path]:
     return sorted(SAMPLES.glob("*.eml"))
 
 
+def complete_message(
+    *,
+    sender: str = "Sender <sender@example.com>",
+    to: str = "rcpt@example.org",
+    subject: str = "hello",
+    extra: str = "",
+    content_type: str = "text/plain; charset=us-ascii",
+    body: str = "body\r\n",
+) -> bytes:
+    """A small message with every header header_validation requires (``extra``: more header
+    lines, CRLF-terminated, placed after Subject)."""
+    return (
+        "Message-Id: <m1@example.com>\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n"
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n{extra}"
+        f"MIME-Version: 1.0\r\nContent-Type: {content_type}\r\n\r\n{body}"
+    ).encode("ascii")
+
+
 @pytest.fixture(scope="session")
 def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 / localhost: (cert_file, key_file).

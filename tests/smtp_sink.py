@@ -129,7 +129,7 @@ def start_sink(
 import asyncio  # noqa: E402
 from typing import ClassVar  # noqa: E402
 
-from pipeline import Event, Plugin, hookimpl  # noqa: E402
+from pipeline import Event, Plugin, Verdict, hookimpl  # noqa: E402
 
 
 class EventRecorder(Plugin):
@@ -163,3 +163,32 @@ class EventRecorder(Plugin):
             while not predicate():
                 cls.changed.clear()
                 await cls.changed.wait()
+
+
+FAST_RETRIES: dict[str, Any] = {"retry_min": 0.05, "retry_max": 0.2, "lifetime": 60.0, "poll_interval": 0.05}
+"""``[spool]`` timings that let retry tests finish in well under a second."""
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, read, released): a refused connection."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return int(port)
+
+
+def smtp_egress(port: int, **kw: Any) -> dict[str, Any]:
+    """An ``[egress]`` table for a plain-SMTP smarthost on 127.0.0.1."""
+    return {"type": "smtp", "host": "127.0.0.1", "port": port, "tls": "none", **kw}
+
+
+def verdict_plugin(name: str, verdict: Verdict, doc: str) -> type[Plugin]:
+    """A plugin class whose ``on_personalize`` returns ``verdict`` for every copy."""
+
+    def on_personalize(self: Any, ctx: Any) -> Verdict:
+        return verdict
+
+    return type(name.title().replace("_", ""), (Plugin,), {"__doc__": doc, "name": name,
+                                                            "on_personalize": hookimpl(on_personalize)})
+

@@ -15,11 +15,9 @@ from pipeline.cli import main
 from pipeline.cli.dkim import split_txt, zone_record
 from pipeline.testing import run_chain
 from plugins.dkim_sign import dns_txt_value
+from tests.conftest import complete_message
 
-MESSAGE = (
-    b"Message-Id: <m1@example.com>\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\nFrom: a@example.com\r\n"
-    b"To: b@example.org\r\nSubject: hi\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
-)
+MESSAGE = complete_message(sender="a@example.com", to="b@example.org", subject="hi", content_type="text/plain", body="hello\r\n")
 
 
 def keygen(*args: str) -> tuple[int, str, str]:

@@ -15,21 +15,16 @@ from pipeline.delivery import DeliveryService
 from pipeline.gateway import Gateway
 from pipeline.message import Message
 from pipeline.testing import make_config
-from tests.smtp_sink import EventRecorder
+from tests.smtp_sink import FAST_RETRIES, EventRecorder, closed_port, smtp_egress, verdict_plugin
 
 RAW = b"From: app@example.org\r\nTo: someone@example.net\r\nSubject: test\r\n\r\nHello\r\n"
-FAST = {"retry_min": 0.05, "retry_max": 0.2, "lifetime": 60.0, "poll_interval": 0.05,
-        "bounce_notices": False}  # notices to the sender: tests/test_notices.py
+FAST = {**FAST_RETRIES, "bounce_notices": False}  # notices to the sender: tests/test_notices.py
 
 
-class TempFailPlugin(Plugin):
-    """Fails every personalize call temporarily (a plugin bug, a missing key...)."""
-
-    name = "tempfail"
-
-    @hookimpl
-    def on_personalize(self, ctx: Any) -> Any:
-        return TempFail(451, "4.3.0", "key server unreachable")
+TempFailPlugin = verdict_plugin(
+    "tempfail", TempFail(451, "4.3.0", "key server unreachable"),
+    "Fails every personalize call temporarily (a plugin bug, a missing key...).",
+)
 
 
 class VerdictByRecipient(Plugin):
@@ -81,10 +76,6 @@ async def stop(gw: Gateway, svc: DeliveryService) -> None:
     gw.spool.close()
 
 
-def smtp_egress(port: int, **kw: Any) -> dict[str, Any]:
-    return {"type": "smtp", "host": "127.0.0.1", "port": port, "tls": "none", **kw}
-
-
 async def test_smarthost_delivery_with_starttls_and_auth_emits_delivered(sinks, data_dir, tls_cert):
     controller, sink = sinks(tls=tls_cert, require_starttls=True, auth=("gw", "pw"))
     gw, svc = await start_service(
@@ -134,12 +125,7 @@ async def test_5xx_bounces_with_event_and_leaves_queue(sinks, data_dir):
 
 
 async def test_refused_connection_is_deferred_and_stays_queued(data_dir):
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = closed_port()
     gw, svc = await start_service(data_dir, egress=smtp_egress(port), spool={"retry_min": 30, "retry_max": 60})
     try:
         qid = await enqueue(gw, ["x@example.net"])
@@ -152,12 +138,7 @@ async def test_refused_connection_is_deferred_and_stays_queued(data_dir):
 
 
 async def test_deferred_past_lifetime_expires_with_447(data_dir):
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = closed_port()
     gw, svc = await start_service(data_dir, egress=smtp_egress(port), spool={"lifetime": 0.3})
     try:
         qid = await enqueue(gw, ["x@example.net"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import dns.name
@@ -17,6 +16,7 @@ from pipeline.egress.mx import MxEgress
 from pipeline.egress.null import NullEgress
 from pipeline.egress.resolver import DnsPermanentError, DnsResolver, StaticResolver
 from pipeline.egress.smtp import SmtpEgress
+from tests.smtp_sink import closed_port
 
 MSG = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nhello\r\n"
 
@@ -89,10 +89,7 @@ async def test_connection_is_reused_for_several_messages(sinks):
 
 
 async def test_refused_connection_is_deferred():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
+    port = closed_port()
     egress = SmtpEgress(EgressSection(type="smtp", host="127.0.0.1", port=port, tls="none", timeout=5), "gw.test")
     [res] = await egress.deliver([copy()])
     assert res.status == "deferred" and res.dsn == "4.4.1"

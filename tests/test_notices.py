@@ -7,7 +7,6 @@ import email
 import email.message
 import email.policy
 import email.utils
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flufl.bounce import all_failures
 
-from pipeline import Plugin, Reject, TempFail, hookimpl
+from pipeline import Reject, TempFail
 from pipeline.bounces import parse_report
 from pipeline.context import Credential, MessageContext
 from pipeline.delivery import DeliveryService
@@ -26,7 +25,7 @@ from pipeline.message import Message
 from pipeline.notices import CAMPAIGN, Failure, build_notice
 from pipeline.testing import make_config
 from plugins.dkim_sign import dns_txt_value
-from tests.smtp_sink import EventRecorder
+from tests.smtp_sink import FAST_RETRIES, EventRecorder, closed_port, smtp_egress, verdict_plugin
 
 HOST = "mx.test.example"
 SENDER = "app@example.org"
@@ -34,27 +33,16 @@ RAW = (
     b"From: Shop <app@example.org>\r\nTo: someone@example.net\r\nSubject: Your order\r\n"
     b"Message-ID: <order-1@example.org>\r\n\r\nHello\r\n"
 )
-FAST = {"retry_min": 0.05, "retry_max": 0.2, "lifetime": 60.0, "poll_interval": 0.05}
 
 
-class RejectAll(Plugin):
-    """A plugin that refuses every copy (a policy bounce, no next hop involved)."""
-
-    name = "reject_all"
-
-    @hookimpl
-    def on_personalize(self, ctx: Any) -> Any:
-        return Reject(550, "5.7.1", "policy says no")
-
-
-class TempFailAll(Plugin):
-    """Processing fails closed for every copy (a key server down, a plugin bug)."""
-
-    name = "tempfail_all"
-
-    @hookimpl
-    def on_personalize(self, ctx: Any) -> Any:
-        return TempFail(451, "4.3.0", "key server unreachable")
+RejectAll = verdict_plugin(
+    "reject_all", Reject(550, "5.7.1", "policy says no"),
+    "A plugin that refuses every copy (a policy bounce, no next hop involved).",
+)
+TempFailAll = verdict_plugin(
+    "tempfail_all", TempFail(451, "4.3.0", "key server unreachable"),
+    "Processing fails closed for every copy (a key server down, a plugin bug).",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -64,21 +52,9 @@ def _events():
     EventRecorder.reset()
 
 
-def smtp_egress(port: int) -> dict[str, Any]:
-    return {"type": "smtp", "host": "127.0.0.1", "port": port, "tls": "none"}
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 async def start(data_dir: Path, *, extra: tuple = (), chain: tuple[str, ...] = (), **overrides: Any
                 ) -> tuple[Gateway, DeliveryService]:
-    cfg: dict[str, Any] = {"gateway": {"data_dir": str(data_dir), "hostname": HOST}, "spool": dict(FAST)}
+    cfg: dict[str, Any] = {"gateway": {"data_dir": str(data_dir), "hostname": HOST}, "spool": dict(FAST_RETRIES)}
     for key, value in overrides.items():
         cfg[key] = {**cfg[key], **value} if isinstance(cfg.get(key), dict) else value
     gw = Gateway(make_config(cfg, chain), extra_plugins=[EventRecorder, *extra])

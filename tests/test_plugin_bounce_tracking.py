@@ -12,12 +12,10 @@ from pipeline.events import parse_verp, recipient_hash
 from pipeline.gateway import Gateway
 from pipeline.testing import make_chain, run_chain, run_chain_async
 from pipeline.verdicts import TempFail
+from tests.conftest import complete_message
 
 DOMAIN = "bounce.example.com"
-RAW = (
-    b"Message-Id: <m1@example.com>\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\nFrom: news@example.com\r\n"
-    b"To: ann@example.net\r\nSubject: hi\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
-)
+RAW = complete_message(sender="news@example.com", to="ann@example.net", subject="hi", content_type="text/plain", body="hello\r\n")
 RCPTS = ["ann@example.net", "Bob@Example.net"]
 
 

@@ -13,19 +13,9 @@ from pipeline.context import MessageContext
 from pipeline.ingress.testing import ingress_test_config, running_ingress, spooled
 from pipeline.message import Message
 from pipeline.testing import run_chain
-from tests.conftest import SAMPLES, corpus_files, sample_files
+from tests.conftest import SAMPLES, complete_message, corpus_files, sample_files
 
-BASE = (
-    b"Message-Id: <m1@example.com>\r\n"
-    b"Date: Sat, 21 Nov 2026 10:00:00 +0000\r\n"
-    b"From: sender@example.com\r\n"
-    b"To: rcpt@example.org\r\n"
-    b"Subject: hello\r\n"
-    b"MIME-Version: 1.0\r\n"
-    b"Content-Type: text/plain; charset=us-ascii\r\n"
-    b"\r\n"
-    b"body\r\n"
-)
+BASE = complete_message(sender="sender@example.com")
 INVALID_CAMPAIGN = "550 5.6.0 Invalid X-Campaign-Id header: expected 1-64 characters from A-Z a-z 0-9 _ -"
 INVALID_LETTER = "550 5.6.0 Invalid X-Letter-Id header: expected 1-64 characters from A-Z a-z 0-9 _ -"
 

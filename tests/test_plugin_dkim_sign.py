@@ -25,7 +25,7 @@ from pipeline.gateway import Gateway
 from pipeline.message import Message
 from pipeline.testing import make_chain, make_config, run_chain, run_chain_async
 from plugins.dkim_sign import DkimSign, dns_txt_value, signed_headers
-from tests.conftest import SAMPLES, corpus_files, sample_files
+from tests.conftest import SAMPLES, complete_message, corpus_files, sample_files
 from tests.smtp_sink import EventRecorder, start_sink
 
 REJECTED = {
@@ -33,17 +33,7 @@ REJECTED = {
     "14-invalid-campaign-id.eml": "550 5.6.0 Invalid X-Campaign-Id header: expected 1-64 characters from A-Z a-z 0-9 _ -",
     "17-two-from-headers.eml": "550 5.6.0 Message has 2 From: headers",
 }
-SIMPLE = (
-    b"Message-Id: <m1@example.com>\r\n"
-    b"Date: Sat, 21 Nov 2026 10:00:00 +0000\r\n"
-    b"From: Sender <sender@example.com>\r\n"
-    b"To: rcpt@example.org\r\n"
-    b"Subject: hello\r\n"
-    b"MIME-Version: 1.0\r\n"
-    b"Content-Type: text/plain; charset=us-ascii\r\n"
-    b"\r\n"
-    b"body line\r\n"
-)
+SIMPLE = complete_message(body="body line\r\n")
 
 
 @dataclass

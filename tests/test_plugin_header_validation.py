@@ -14,19 +14,9 @@ from pipeline.config import ConfigError
 from pipeline.ingress.testing import ingress_test_config, running_ingress, spooled
 from pipeline.message import Message
 from pipeline.testing import run_chain
-from tests.conftest import SAMPLES, corpus_files, sample_files
+from tests.conftest import SAMPLES, complete_message, corpus_files, sample_files
 
-COMPLETE = (
-    b"Message-Id: <m1@example.com>\r\n"
-    b"Date: Sat, 21 Nov 2026 10:00:00 +0000\r\n"
-    b"From: Sender <sender@example.com>\r\n"
-    b"To: rcpt@example.org\r\n"
-    b"Subject: hello\r\n"
-    b"MIME-Version: 1.0\r\n"
-    b"Content-Type: text/plain; charset=us-ascii\r\n"
-    b"\r\n"
-    b"body\r\n"
-)
+COMPLETE = complete_message()
 
 
 def without(raw: bytes, *names: str) -> bytes:

@@ -17,11 +17,11 @@ from pipeline.context import Credential
 from pipeline.message import Message
 from pipeline.testing import make_chain, run_chain, run_chain_async
 from plugins.dkim_sign import dns_txt_value
+from tests.conftest import complete_message
 
-RAW = (
-    b"Message-Id: <m1@example.com>\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n"
-    b"From: Shop <news@example.com>\r\nTo: ann@example.net\r\nSubject: Spring sale\r\n"
-    b"X-Campaign-Id: spring\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nBuy now.\r\n"
+RAW = complete_message(
+    sender="Shop <news@example.com>", to="ann@example.net", subject="Spring sale",
+    extra="X-Campaign-Id: spring\r\n", body="Buy now.\r\n",
 )
 RCPTS = ["ann@example.net", "bob@example.net"]
 SHOP = Credential("shop", features={"listunsubscribe": True})

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from click.testing import CliRunner
 
@@ -11,7 +9,7 @@ import pipeline.cli.verify as verify_cli
 from pipeline.cli import main
 from pipeline.egress.resolver import DnsPermanentError, StaticResolver
 from pipeline.verify import verify_address
-from tests.smtp_sink import start_sink
+from tests.smtp_sink import closed_port, start_sink
 
 
 @pytest.fixture
@@ -63,10 +61,7 @@ async def test_server_accepting_random_local_part_is_catch_all(catch_all):
 
 
 async def test_unreachable_server_is_unknown():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = closed_port()
     r = await verify_address("x@example.net", resolver=STUB, port=port, timeout=5)
     assert r.status == "unknown"
 
