@@ -241,6 +241,8 @@ def fit_charset(text: str, codec: str) -> str:
 
 AMP_MARK = "\ue000"  # stands for "&" while a tool parses the HTML
 _TOKEN_PREFIX = "smtpgate-keep-"  # + a random part per document, so message text cannot collide
+# Any document's token (compiled once); restore() only replaces tokens of its own document.
+_KEPT_TOKEN = re.compile(r"""(["']?)(""" + re.escape(_TOKEN_PREFIX) + r"""[0-9a-f]{8}-\d+)\1""")
 _URL_ATTRS = ("href", "src", "action", "background", "cite", "longdesc", "usemap", "poster", "data")
 _ATTR_IN_TAG = re.compile(
     r"""(?P<lead>\s)(?P<name>[^\s"'>/=]++)(?P<eq>\s*+=\s*+)(?P<val>"[^"]*+"|'[^']*+'|[^\s>"']++)"""
@@ -266,16 +268,11 @@ class Protected:
     kept: dict[str, str]  # token -> original quoted attribute value
     amp: bool  # whether "&" was replaced by AMP_MARK
     surrogates: bool = False  # whether undecodable bytes were swapped for private-use stand-ins
-    token_prefix: str = _TOKEN_PREFIX
 
     def restore(self, out: str) -> str:
         """Undo the protection on a tool's output."""
         if self.kept:
-            out = re.sub(
-                r"""(["']?)(""" + re.escape(self.token_prefix) + r"""\d+)\1""",
-                lambda m: self.kept.get(m.group(2), m.group(0)),
-                out,
-            )
+            out = _KEPT_TOKEN.sub(lambda m: self.kept.get(m.group(2), m.group(0)), out)
         if self.amp:
             out = out.replace(AMP_MARK, "&")
         if self.surrogates:
@@ -332,7 +329,7 @@ def protect(text: str) -> Protected:
         pos = tm.end()
     rest = body[pos:]
     out.append(rest.replace("&", AMP_MARK) if amp else rest)
-    return Protected("".join(out), prefix, suffix, fragment, kept, amp, surrogates, token_prefix)
+    return Protected("".join(out), prefix, suffix, fragment, kept, amp, surrogates)
 
 
 _START_OR_SKIP = re.compile(r"<!--.*?(?:-->|\Z)|<![^<>]*>|</[^<>]*>|" + _START_TAG.pattern, re.DOTALL)
