@@ -28,12 +28,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import Credential, Plugin, hookimpl  # noqa: E402
-from pipeline.chain import Chain  # noqa: E402
-from pipeline.hookspecs import ADMISSION_PHASES, PROCESSING_PHASES  # noqa: E402
-from pipeline.loader import PluginSet  # noqa: E402
-from pipeline.message import Message  # noqa: E402
-from pipeline.replay import replay_message  # noqa: E402
-from pipeline.testing import make_config  # noqa: E402
+from pipeline.app.replay import replay_message  # noqa: E402
+from pipeline.chain.driver import make_config  # noqa: E402
+from pipeline.chain.loader import PluginSet  # noqa: E402
+from pipeline.chain.runner import Chain  # noqa: E402
+from pipeline.contract.hookspecs import ADMISSION_PHASES, PROCESSING_PHASES  # noqa: E402
+from pipeline.contract.message import Message  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "eml"
 CREDENTIAL = Credential("bench", kind="apikey")

@@ -13,7 +13,7 @@ rate (every copy arrived at the sink); beside them the bare ingress rate from th
 template (css_inline's per-worker result cache never hits: the worst case for the chain).
 
 ``BENCH_SERVE="python3 /path/to/wrapper.py"`` replaces the interpreter command that starts the
-server (e.g. a wrapper running ``pipeline.cli.main`` under cProfile).
+server (e.g. a wrapper running ``pipeline.app.cli.main`` under cProfile).
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ key_file = "{key}"
 
 async def start_server(config: Path) -> tuple[asyncio.subprocess.Process, int, list[str]]:
     proc = await asyncio.create_subprocess_exec(
-        *(os.environ["BENCH_SERVE"].split() if os.environ.get("BENCH_SERVE") else [sys.executable, "-c", "from pipeline.cli import main; main()"]), "serve", "-c", str(config),
+        *(os.environ["BENCH_SERVE"].split() if os.environ.get("BENCH_SERVE") else [sys.executable, "-c", "from pipeline.app.cli import main; main()"]), "serve", "-c", str(config),
         cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
     log: list[str] = []

@@ -39,8 +39,8 @@ KEY = "bench-key-0123456789"
 
 async def serve_smtpgate(data_dir: str) -> None:
     sys.path.insert(0, str(ROOT))
+    from pipeline.app.gateway import Gateway
     from pipeline.config import parse_config
-    from pipeline.gateway import Gateway
     from pipeline.ingress import IngressService
 
     config = parse_config({

@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.testing import make_chain, make_config, run_chain_async  # noqa: E402
+from pipeline.chain.driver import make_chain, make_config, run_chain_async  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "eml"
 RCPT = ["bench@example.org"]

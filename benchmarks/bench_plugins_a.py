@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa  # n
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed  # noqa: E402
 from dkim.crypto import RSASSA_PKCS1_v1_5_sign, parse_pem_private_key  # noqa: E402
 
-from pipeline.context import MessageContext  # noqa: E402
-from pipeline.message import Message  # noqa: E402
+from pipeline.contract.context import MessageContext  # noqa: E402
+from pipeline.contract.message import Message  # noqa: E402
 from plugins.campaign_tag import CampaignTag  # noqa: E402
 from plugins.dkim_sign import SigningKey, sign_ed25519, sign_rsa, signed_headers  # noqa: E402
 from plugins.header_validation import HeaderValidation  # noqa: E402
@@ -62,7 +62,7 @@ def main() -> None:
     key = SigningKey("example.com", "s1", rsa_key, pem, "e1", ed25519.Ed25519PrivateKey.generate())
 
     from pipeline.config import Config
-    from pipeline.plugin import PluginEnv
+    from pipeline.contract.plugin import PluginEnv
 
     env = PluginEnv(config=Config(), hostname="bench.example.net", data_dir=Path("."))
     validator = HeaderValidation(HeaderValidation.Config(), env)

@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 
-from pipeline.gateway import Gateway  # noqa: E402
-from pipeline.testing import make_config  # noqa: E402
-from pipeline.tokens import TokenSigner  # noqa: E402
+from pipeline.app.gateway import Gateway  # noqa: E402
+from pipeline.chain.driver import make_config  # noqa: E402
+from pipeline.toolkit.tokens import TokenSigner  # noqa: E402
 from pipeline.tracking.app import PIXEL, build_app  # noqa: E402
 
 KEY = "bench-key"

@@ -3,11 +3,11 @@
 This module is the public API for plugin authors; built-in plugins use nothing else.
 """
 
-from pipeline.context import Credential, Event, MessageContext, Session, Transaction
-from pipeline.hookspecs import hookimpl
-from pipeline.message import Edit, Message, MessageError, Part
-from pipeline.plugin import Plugin, PluginConfig, PluginEnv
-from pipeline.verdicts import Accept, Discard, Reject, TempFail, Verdict
+from pipeline.contract.context import Credential, Event, MessageContext, Session, Transaction
+from pipeline.contract.hookspecs import hookimpl
+from pipeline.contract.message import Edit, Message, MessageError, Part
+from pipeline.contract.plugin import Plugin, PluginConfig, PluginEnv
+from pipeline.contract.verdicts import Accept, Discard, Reject, TempFail, Verdict
 
 __version__ = "0.1.0"
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.context import FEATURES, Credential
+from pipeline.contract.context import FEATURES, Credential
 
 
 class ConfigError(Exception):
@@ -127,7 +127,7 @@ class CredentialSection(Section):
     webhooks: list[str] = Field(default_factory=list)
 
     def to_credential(self) -> Credential:
-        """The :class:`~pipeline.context.Credential` that hooks see for this entry."""
+        """The :class:`~pipeline.contract.context.Credential` that hooks see for this entry."""
         return Credential(
             name=self.name,
             kind=self.kind,
@@ -167,7 +167,7 @@ class SpoolSection(Section):
     lease: float = Field(default=300.0, gt=0)  # seconds a claimed recipient stays "processing"
     poll_interval: float = Field(default=1.0, gt=0)  # how often the queue is re-read (CLI retry/flush)
     max_in_flight: int = Field(default=64, ge=1)  # messages being processed or delivered at once
-    bounce_notices: bool = True  # RFC 3464 notice to the sender on bounce/expiry (pipeline/notices.py)
+    bounce_notices: bool = True  # RFC 3464 notice to the sender on bounce/expiry (pipeline/delivery/notices.py)
 
 
 class EgressSection(Section):

@@ -17,7 +17,7 @@ from pydantic import field_validator
 
 from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, TempFail, Verdict, hookimpl
 from pipeline.events import verp_local_part
-from pipeline.tokens import TokenSigner, gateway_signer
+from pipeline.toolkit.tokens import TokenSigner, gateway_signer
 
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$|^localhost$")
 

@@ -1,11 +1,11 @@
 """click_tracking: rewrite links to signed redirect URLs, once per recipient copy (feature ``trackclicks``).
 
 Every ``http``/``https`` ``<a href>`` in an HTML part becomes ``{base_url}/c/{token}``; the
-token (:mod:`pipeline.tokens`) carries the original URL, queue id, recipient, campaign, letter
+token (:mod:`pipeline.toolkit.tokens`) carries the original URL, queue id, recipient, campaign, letter
 id and credential, so the redirect needs no database. The URL signed is what a browser would
 request: entities decoded (``&amp;`` -> ``&``), percent escapes untouched.
 
-Only the ``href`` values are replaced, by offset, in the original text (:func:`pipeline.html.splice`):
+Only the ``href`` values are replaced, by offset, in the original text (:func:`pipeline.toolkit.html.splice`):
 every other byte of the part stays as it was, which is the only safe way with email HTML.
 
 Never rewritten: other schemes (``mailto:``, ``tel:``, ...), ``#anchors`` and relative links,
@@ -22,8 +22,8 @@ import re
 from typing import Any
 
 from pipeline import MessageContext, Verdict, hookimpl
-from pipeline.html import Link, find_links, is_placeholder, splice
-from pipeline.tokens import TrackingPlugin, copy_payload
+from pipeline.toolkit.html import Link, find_links, is_placeholder, splice
+from pipeline.toolkit.tokens import TrackingPlugin, copy_payload
 
 _HTTP = ("http://", "https://")
 _VISIBLE_URL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|www\.)\S+$", re.IGNORECASE)

@@ -8,7 +8,7 @@ is left in place for the clients that honour it, and so are ``@import`` and ``@f
 rules (premailer alone drops them, and with them the template's web fonts). ``@media`` rules
 keep their ``!important`` (they override inlined styles on phones), and the doctype, MSO conditional comments,
 ``{{ }}`` placeholders, entities and URL attributes come back as written (see
-:mod:`pipeline.html`). Parts without a stylesheet are not touched at all. Each worker remembers
+:mod:`pipeline.toolkit.html`). Parts without a stylesheet are not touched at all. Each worker remembers
 the last ``cache_size`` results, keyed by the exact HTML text: a campaign's template, sent as
 many messages, is inlined once.
 """
@@ -28,7 +28,7 @@ from premailer import Premailer
 from pydantic import Field
 
 from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Verdict, hookimpl
-from pipeline.html import HtmlDocument, fit_charset, has_stylesheet, protect
+from pipeline.toolkit.html import HtmlDocument, fit_charset, has_stylesheet, protect
 
 cssutils.log.setLevel(logging.CRITICAL)  # cssutils logs every unknown property (mso-*) as an error
 
@@ -81,7 +81,7 @@ class _Premailer(Premailer):
 
 
 class PremailerEngine:
-    """premailer on a tree parsed once by :class:`pipeline.html.HtmlDocument`."""
+    """premailer on a tree parsed once by :class:`pipeline.toolkit.html.HtmlDocument`."""
 
     name = "premailer"
 

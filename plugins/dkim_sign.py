@@ -153,7 +153,7 @@ class _OpenSSLDKIM(dkim.DKIM):
         """dkimpy's, without splitting the body into lines when the message is CRLF-only.
 
         ``dkim.rfc822_parse`` splits on ``\\r?\\n`` and joins the body back with CRLF: for a
-        message whose every LF is part of a CRLF (all that :class:`pipeline.message.Message`
+        message whose every LF is part of a CRLF (all that :class:`pipeline.contract.message.Message`
         produces) that body is simply the bytes after the first empty line.
         """
         sep = message.find(b"\r\n\r\n") if message else -1

@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from pipeline import MessageContext, Plugin, PluginConfig, Reject, hookimpl
-from pipeline.message import CRLF, Header
+from pipeline.contract.message import CRLF, Header
 
 DEFAULT_REQUIRED = ["Message-Id", "Date", "From", "To", "Subject", "MIME-Version", "Content-Type"]
 """Sendsay's list: the headers its DKIM signature covers."""

@@ -4,7 +4,7 @@ and ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058), where the 
 { listunsubscribe = true }``) or for everyone (``[features] listunsubscribe = true``).
 
 With ``mailto = true`` (and ``[tracking] bounce_domain`` set) the header also offers
-``<mailto:unsub+{token}@{bounce_domain}>`` (a compact token, see ``pipeline.events.verp``), which the gateway's bounce-domain handler
+``<mailto:unsub+{token}@{bounce_domain}>`` (a compact token, see ``pipeline.toolkit.verp``), which the gateway's bounce-domain handler
 turns into an ``unsubscribed`` event. A sender's own List-Unsubscribe is kept unless
 ``replace = true``. Runs before the signer, so DKIM signs both fields.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline import MessageContext, PluginEnv, Verdict, hookimpl
 from pipeline.events import verp_local_part
-from pipeline.tokens import TrackingPlugin, copy_payload
+from pipeline.toolkit.tokens import TrackingPlugin, copy_payload
 
 
 class ListUnsubscribe(TrackingPlugin):

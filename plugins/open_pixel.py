@@ -15,8 +15,8 @@ from __future__ import annotations
 import html as _html
 
 from pipeline import MessageContext, Verdict, hookimpl
-from pipeline.html import insert_before_body_end
-from pipeline.tokens import TrackingPlugin, copy_payload
+from pipeline.toolkit.html import insert_before_body_end
+from pipeline.toolkit.tokens import TrackingPlugin, copy_payload
 
 PIXEL_STYLE = (
     "display:block;width:1px;height:1px;max-width:1px;max-height:1px;"

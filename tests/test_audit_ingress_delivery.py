@@ -24,16 +24,16 @@ import aiosmtplib
 import pytest
 
 from pipeline import Plugin, Reject, Session, Transaction, hookimpl
+from pipeline.accounts.credentials import hash_secret_pbkdf2
+from pipeline.app.gateway import Gateway
+from pipeline.app.harness import Dialogue, client_tls, ingress_test_config, running_ingress, spooled
+from pipeline.chain.driver import make_config
 from pipeline.config import EgressSection
-from pipeline.context import Credential
-from pipeline.delivery import DeliveryService
+from pipeline.contract.context import Credential
+from pipeline.delivery.scheduler import DeliveryService
 from pipeline.egress.base import Copy
 from pipeline.egress.smtp import SmtpEgress
-from pipeline.gateway import Gateway
-from pipeline.ingress.credentials import hash_secret_pbkdf2
-from pipeline.ingress.testing import Dialogue, client_tls, ingress_test_config, running_ingress, spooled
 from pipeline.spool import QueuedMessage
-from pipeline.testing import make_config
 from tests.conftest import ROOT
 from tests.smtp_sink import EventRecorder, SinkController, SinkHandler, server_tls, start_sink
 from tests.test_delivery import enqueue, smtp_egress, start_service, stop
@@ -340,7 +340,7 @@ async def test_second_sigterm_stops_serve_at_once_while_a_transaction_is_open(tm
         '[tracking]\nlisten_port = 0\n'
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from pipeline.cli import main; main()", "serve", "--config", str(config),
+        sys.executable, "-c", "from pipeline.app.cli import main; main()", "serve", "--config", str(config),
         "--workers", "1", stderr=asyncio.subprocess.PIPE, cwd=ROOT,
     )
     assert proc.stderr is not None

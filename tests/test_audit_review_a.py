@@ -19,14 +19,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from lxml import etree
 
 from pipeline import Message
-from pipeline.chain import Chain
+from pipeline.app.harness import ingress_test_config, running_ingress, spooled
+from pipeline.app.replay import replay_message
+from pipeline.chain.driver import make_config, run_chain
+from pipeline.chain.loader import BUILTINS, PluginSet, resolve
+from pipeline.chain.runner import Chain
 from pipeline.config import load_config
-from pipeline.html import count_conditional_comments
-from pipeline.ingress.testing import ingress_test_config, running_ingress, spooled
-from pipeline.loader import BUILTINS, PluginSet, resolve
-from pipeline.replay import replay_message
-from pipeline.testing import make_config, run_chain
-from pipeline.tokens import TokenSigner, load_signer
+from pipeline.toolkit.html import count_conditional_comments
+from pipeline.toolkit.tokens import TokenSigner, load_signer
 from plugins.dkim_sign import dns_txt_value
 from tests.conftest import ROOT, SAMPLES, corpus_files, sample_files
 
@@ -151,7 +151,7 @@ def test_docs_builtin_table_names_each_plugins_hooks_and_switch(name: str) -> No
     assert row.group(2).strip() == (cls.feature or "-")
 
 
-# -- issue 2, point 12: pipeline.testing cannot silently drop a plugin ------------------------------
+# -- issue 2, point 12: pipeline.chain.driver cannot silently drop a plugin ------------------------------
 
 
 def test_run_chain_refuses_builtin_names_next_to_a_ready_config() -> None:

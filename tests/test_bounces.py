@@ -8,13 +8,13 @@ import pytest
 from bounce_samples import arf, dsn, qmail, vacation
 from tracking_helpers import signer, tracking_config
 
-from pipeline.bounces import classify_status, parse_report
-from pipeline.context import Event
+from pipeline.app.gateway import Gateway
+from pipeline.app.harness import Dialogue
+from pipeline.contract.context import Event
 from pipeline.events import parse_verp, recipient_hash, verp_local_part
-from pipeline.gateway import Gateway
+from pipeline.events.bounces import classify_status, parse_report
 from pipeline.ingress.service import IngressService
-from pipeline.ingress.testing import Dialogue
-from pipeline.tokens import TokenSigner
+from pipeline.toolkit.tokens import TokenSigner
 
 DOMAIN = "bounce.example.com"
 

@@ -16,10 +16,10 @@ import pytest
 from conftest import SAMPLES
 
 from pipeline import Accept, Discard, MessageContext, Plugin, Reject, Session, TempFail, hookimpl
-from pipeline.chain import Chain, Trace
-from pipeline.message import Message
-from pipeline.processing import process_message
-from pipeline.testing import make_chain, make_config, run_chain
+from pipeline.chain.driver import make_chain, make_config, run_chain
+from pipeline.chain.processing import process_message
+from pipeline.chain.runner import Chain, Trace
+from pipeline.contract.message import Message
 
 RAW = (SAMPLES / "01-plain-text.eml").read_bytes()
 

@@ -8,8 +8,8 @@ import json
 
 from click.testing import CliRunner
 
-from pipeline.cli import main
-from pipeline.ingress.testing import Dialogue, client_tls, ingress_test_config, running_ingress
+from pipeline.app.cli import main
+from pipeline.app.harness import Dialogue, client_tls, ingress_test_config, running_ingress
 
 
 def run(*args: str, input: str | None = None):

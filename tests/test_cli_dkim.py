@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from pipeline.cli import main
-from pipeline.cli.dkim import split_txt, zone_record
-from pipeline.testing import run_chain
+from pipeline.app.cli import main
+from pipeline.app.cli.dkim import split_txt, zone_record
+from pipeline.chain.driver import run_chain
 from plugins.dkim_sign import dns_txt_value
 from tests.conftest import complete_message
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from pipeline.cli import main
-from pipeline.cli.events import parse_age, parse_date
-from pipeline.context import Event
+from pipeline.app.cli import main
+from pipeline.app.cli.events import parse_age, parse_date
+from pipeline.contract.context import Event
 from pipeline.events.retention import prune_events
 from pipeline.events.sqlite import SqliteEventStore
 

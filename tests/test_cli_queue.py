@@ -8,9 +8,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from pipeline.cli import main
-from pipeline.context import Credential, MessageContext
-from pipeline.message import Message
+from pipeline.app.cli import main
+from pipeline.contract.context import Credential, MessageContext
+from pipeline.contract.message import Message
 from pipeline.spool import RecipientUpdate
 from pipeline.spool.sqlite import SqliteSpool
 

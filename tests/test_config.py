@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import main
+from pipeline.app.cli import main
+from pipeline.chain.loader import PluginSet
 from pipeline.config import Config, ConfigError, load_config
-from pipeline.loader import PluginSet
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 

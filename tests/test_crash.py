@@ -82,7 +82,7 @@ class Server:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", "from pipeline.cli import main; main()", "serve", "-c", str(self.config),
+            sys.executable, "-c", "from pipeline.app.cli import main; main()", "serve", "-c", str(self.config),
             cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True,
         )
         ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()

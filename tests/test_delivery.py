@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from pipeline import Discard, Plugin, Reject, TempFail, hookimpl
-from pipeline.context import Credential, MessageContext
-from pipeline.delivery import DeliveryService
-from pipeline.gateway import Gateway
-from pipeline.message import Message
-from pipeline.testing import make_config
+from pipeline.app.gateway import Gateway
+from pipeline.chain.driver import make_config
+from pipeline.contract.context import Credential, MessageContext
+from pipeline.contract.message import Message
+from pipeline.delivery.scheduler import DeliveryService
 from tests.smtp_sink import FAST_RETRIES, EventRecorder, closed_port, smtp_egress, verdict_plugin
 
 RAW = b"From: app@example.org\r\nTo: someone@example.net\r\nSubject: test\r\n\r\nHello\r\n"

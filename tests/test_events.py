@@ -8,11 +8,11 @@ import calendar
 import pytest
 from tracking_helpers import tracking_config
 
-from pipeline.context import Event
+from pipeline.app.gateway import Gateway
+from pipeline.contract.context import Event
 from pipeline.events import SqliteEventStore, SuppressionPolicy, open_suppression_list
 from pipeline.events.machine import MachineDetector
 from pipeline.events.stats import campaign_stats, parse_date, stats_report, timeline, totals
-from pipeline.gateway import Gateway
 
 DAY1 = calendar.timegm((2026, 3, 1, 10, 0, 0))
 DAY2 = calendar.timegm((2026, 3, 2, 10, 0, 0))

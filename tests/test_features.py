@@ -7,9 +7,9 @@ import pytest
 from conftest import SAMPLES
 
 from pipeline import Credential, MessageContext, Plugin, Reject, hookimpl
-from pipeline.features import resolve_features
-from pipeline.message import Message
-from pipeline.testing import run_chain
+from pipeline.chain.driver import run_chain
+from pipeline.chain.features import resolve_features
+from pipeline.contract.message import Message
 
 DEFAULTS = {"inlinecss": True, "trackclicks": True, "trackopens": True, "trackbounces": False, "dkim": True}
 

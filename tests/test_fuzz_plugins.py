@@ -17,9 +17,9 @@ import re
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pipeline.testing import make_chain, make_config, run_chain_async
-from pipeline.tokens import TokenSigner
-from pipeline.verdicts import Discard, Reject, TempFail
+from pipeline.chain.driver import make_chain, make_config, run_chain_async
+from pipeline.contract.verdicts import Discard, Reject, TempFail
+from pipeline.toolkit.tokens import TokenSigner
 
 # The suite replays the same 80 examples each run (derandomize: no flaky CI); FUZZ_EXAMPLES=N searches
 # N fresh random examples instead.

@@ -19,9 +19,9 @@ import pytest
 from lxml import etree
 
 from pipeline import Message
-from pipeline.html import count_conditional_comments
-from pipeline.testing import run_chain
-from pipeline.tokens import TokenSigner
+from pipeline.chain.driver import run_chain
+from pipeline.toolkit.html import count_conditional_comments
+from pipeline.toolkit.tokens import TokenSigner
 from tests.conftest import corpus_files, sample_files
 
 BASE = "https://track.example.net"

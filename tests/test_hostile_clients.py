@@ -19,10 +19,10 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from pipeline.accounts.credentials import hash_secret_pbkdf2
+from pipeline.app.harness import Dialogue, client_tls, ingress_test_config, running_ingress, spooled
 from pipeline.ingress import replies as R
-from pipeline.ingress.credentials import hash_secret_pbkdf2
 from pipeline.ingress.service import IngressService
-from pipeline.ingress.testing import Dialogue, client_tls, ingress_test_config, running_ingress, spooled
 
 KEY = {"name": "key", "kind": "apikey", "secret_hash": hash_secret_pbkdf2("key-0123456789", 1000)}
 AUTH_PLAIN = "AUTH PLAIN " + base64.b64encode(b"\0apikey\0key-0123456789").decode()

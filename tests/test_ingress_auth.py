@@ -10,8 +10,8 @@ import ssl
 import aiosmtplib
 import pytest
 
-from pipeline.ingress.credentials import CredentialStore
-from pipeline.ingress.testing import Dialogue, client_tls, ingress_test_config, running_ingress, spooled
+from pipeline.accounts.credentials import CredentialStore
+from pipeline.app.harness import Dialogue, client_tls, ingress_test_config, running_ingress, spooled
 
 MESSAGE = b"From: app@shop.example\r\nTo: user@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
 USER = {"name": "app", "kind": "password", "username": "app-user", "secret": "s3cret-pass"}

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from pipeline import Reject, Session, hookimpl
-from pipeline.ingress.credentials import hash_secret_pbkdf2
-from pipeline.ingress.testing import Dialogue, ingress_test_config, running_ingress, spooled
+from pipeline.accounts.credentials import hash_secret_pbkdf2
+from pipeline.app.harness import Dialogue, ingress_test_config, running_ingress, spooled
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = {"name": "key", "kind": "apikey", "secret_hash": hash_secret_pbkdf2("key-0123456789", 1000)}
@@ -183,7 +183,7 @@ async def test_smtpgate_serve_runs_until_sigterm(tmp_path):
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from pipeline.cli import main; main()", "serve", "--config", str(config),
+        sys.executable, "-c", "from pipeline.app.cli import main; main()", "serve", "--config", str(config),
         "--workers", "1", stderr=asyncio.subprocess.PIPE, env=env, cwd=tmp_path,
     )
     assert proc.stderr is not None
@@ -220,7 +220,7 @@ async def test_smtpgate_serve_reports_a_busy_port_in_one_line(tmp_path):
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from pipeline.cli import main; main()", "serve", "--config", str(config),
+        sys.executable, "-c", "from pipeline.app.cli import main; main()", "serve", "--config", str(config),
         "--workers", "1", stderr=asyncio.subprocess.PIPE, env=env, cwd=tmp_path,
     )
     _, err = await asyncio.wait_for(proc.communicate(), 30)

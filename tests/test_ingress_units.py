@@ -6,9 +6,7 @@ import sqlite3
 
 import pytest
 
-from pipeline.config import ConfigError
-from pipeline.ingress.addresses import AddressError, domain_matches, parse_path
-from pipeline.ingress.credentials import (
+from pipeline.accounts.credentials import (
     Authenticator,
     CredentialError,
     CredentialStore,
@@ -17,9 +15,11 @@ from pipeline.ingress.credentials import (
     hash_secret_pbkdf2,
     verify_secret,
 )
+from pipeline.chain.driver import make_config
+from pipeline.config import ConfigError
+from pipeline.ingress.addresses import AddressError, domain_matches, parse_path
 from pipeline.ingress.limits import ConnectionLimiter, SlidingWindow
 from pipeline.ingress.replies import with_enhanced
-from pipeline.testing import make_config
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from conftest import SAMPLES
 
 from pipeline import MessageContext, Plugin, PluginConfig, hookimpl
-from pipeline.cli import main
+from pipeline.app.cli import main
+from pipeline.chain.driver import make_config, run_chain
+from pipeline.chain.loader import BUILTINS, ENTRY_POINT_GROUP, PluginSet, resolve
 from pipeline.config import ConfigError, load_config
-from pipeline.loader import BUILTINS, ENTRY_POINT_GROUP, PluginSet, resolve
-from pipeline.testing import make_config, run_chain
 
 RAW = (SAMPLES / "01-plain-text.eml").read_bytes()
 

@@ -10,7 +10,7 @@ import hashlib
 import pytest
 from conftest import SAMPLES, corpus_files, sample_files
 
-from pipeline.message import (
+from pipeline.contract.message import (
     Message,
     MessageError,
     SealedError,

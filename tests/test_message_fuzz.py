@@ -1,4 +1,4 @@
-"""Property tests for pipeline.message: random MIME trees and random bytes.
+"""Property tests for pipeline.contract.message: random MIME trees and random bytes.
 
 Hypothesis builds nested multiparts (random boundaries, preambles, epilogues), leaves in random
 charsets and transfer encodings with awkward bodies (trailing spaces, ``=`` signs, long lines),
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from pipeline.message import Message, MessageError, Part, decode_header_value, normalize_newlines
+from pipeline.contract.message import Message, MessageError, Part, decode_header_value, normalize_newlines
 
 # no example database: the checkout is shared, and the @example lines keep every regression
 # The suite replays the same 60 examples each run (derandomize: no flaky CI); FUZZ_EXAMPLES=N searches

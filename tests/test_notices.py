@@ -17,13 +17,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from flufl.bounce import all_failures
 
 from pipeline import Reject, TempFail
-from pipeline.bounces import parse_report
-from pipeline.context import Credential, MessageContext
-from pipeline.delivery import DeliveryService
-from pipeline.gateway import Gateway
-from pipeline.message import Message
-from pipeline.notices import CAMPAIGN, Failure, build_notice
-from pipeline.testing import make_config
+from pipeline.app.gateway import Gateway
+from pipeline.chain.driver import make_config
+from pipeline.contract.context import Credential, MessageContext
+from pipeline.contract.message import Message
+from pipeline.delivery.notices import CAMPAIGN, Failure, build_notice
+from pipeline.delivery.scheduler import DeliveryService
+from pipeline.events.bounces import parse_report
 from plugins.dkim_sign import dns_txt_value
 from tests.smtp_sink import FAST_RETRIES, EventRecorder, closed_port, smtp_egress, verdict_plugin
 

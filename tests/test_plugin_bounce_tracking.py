@@ -6,12 +6,12 @@ import pytest
 from bounce_samples import dsn
 from tracking_helpers import signer, tracking_config
 
+from pipeline.app.gateway import Gateway
+from pipeline.chain.driver import make_chain, run_chain, run_chain_async
 from pipeline.config import ConfigError
-from pipeline.context import Credential, Event
+from pipeline.contract.context import Credential, Event
+from pipeline.contract.verdicts import TempFail
 from pipeline.events import parse_verp, recipient_hash
-from pipeline.gateway import Gateway
-from pipeline.testing import make_chain, run_chain, run_chain_async
-from pipeline.verdicts import TempFail
 from tests.conftest import complete_message
 
 DOMAIN = "bounce.example.com"

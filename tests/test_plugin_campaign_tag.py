@@ -8,11 +8,11 @@ from typing import Any
 import aiosmtplib
 import pytest
 
+from pipeline.app.harness import ingress_test_config, running_ingress, spooled
+from pipeline.chain.driver import run_chain
 from pipeline.config import ConfigError
-from pipeline.context import MessageContext
-from pipeline.ingress.testing import ingress_test_config, running_ingress, spooled
-from pipeline.message import Message
-from pipeline.testing import run_chain
+from pipeline.contract.context import MessageContext
+from pipeline.contract.message import Message
 from tests.conftest import SAMPLES, complete_message, corpus_files, sample_files
 
 BASE = complete_message(sender="sender@example.com")

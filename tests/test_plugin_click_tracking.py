@@ -11,9 +11,9 @@ import pytest
 from lxml import etree
 
 from pipeline import Message, MessageContext, Plugin, hookimpl
+from pipeline.chain.driver import make_chain, make_config, run_chain
 from pipeline.config import ConfigError
-from pipeline.testing import make_chain, make_config, run_chain
-from pipeline.tokens import TokenSigner
+from pipeline.toolkit.tokens import TokenSigner
 from tests.conftest import SAMPLES, corpus_files, sample_files
 
 BASE = "https://t.example.net"

@@ -17,8 +17,8 @@ import pytest
 from lxml import etree
 
 from pipeline import Message
+from pipeline.chain.driver import make_chain, make_config, run_chain
 from pipeline.config import ConfigError
-from pipeline.testing import make_chain, make_config, run_chain
 from tests.conftest import SAMPLES
 
 ENGINES = ["premailer", "css_inline"]

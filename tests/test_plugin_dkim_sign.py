@@ -18,12 +18,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from pipeline import MessageContext, Plugin, hookimpl
-from pipeline.admission import admit_message
+from pipeline.app.gateway import Gateway
+from pipeline.chain.admission import admit_message
+from pipeline.chain.driver import make_chain, make_config, run_chain, run_chain_async
 from pipeline.config import ConfigError
-from pipeline.delivery import DeliveryService
-from pipeline.gateway import Gateway
-from pipeline.message import Message
-from pipeline.testing import make_chain, make_config, run_chain, run_chain_async
+from pipeline.contract.message import Message
+from pipeline.delivery.scheduler import DeliveryService
 from plugins.dkim_sign import DkimSign, dns_txt_value, signed_headers
 from tests.conftest import SAMPLES, complete_message, corpus_files, sample_files
 from tests.smtp_sink import EventRecorder, start_sink

@@ -12,10 +12,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tracking_helpers import signer, start_tracking, tracking_config
 
+from pipeline.chain.driver import make_chain, run_chain, run_chain_async
 from pipeline.config import ConfigError
-from pipeline.context import Credential
-from pipeline.message import Message
-from pipeline.testing import make_chain, run_chain, run_chain_async
+from pipeline.contract.context import Credential
+from pipeline.contract.message import Message
 from plugins.dkim_sign import dns_txt_value
 from tests.conftest import complete_message
 

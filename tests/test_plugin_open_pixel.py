@@ -10,8 +10,8 @@ import pytest
 from lxml import etree
 
 from pipeline import Message
-from pipeline.testing import run_chain
-from pipeline.tokens import TokenSigner
+from pipeline.chain.driver import run_chain
+from pipeline.toolkit.tokens import TokenSigner
 from tests.conftest import SAMPLES, corpus_files, sample_files
 
 BASE = "https://t.example.net"

@@ -8,13 +8,13 @@ import aiohttp
 import pytest
 from tracking_helpers import signer, tracking_config
 
-from pipeline.context import Credential, Session, Transaction
-from pipeline.gateway import Gateway
+from pipeline.app.gateway import Gateway
+from pipeline.app.harness import Dialogue
+from pipeline.chain.driver import make_chain
+from pipeline.contract.context import Credential, Session, Transaction
+from pipeline.contract.verdicts import Reject, TempFail
 from pipeline.ingress.service import IngressService
-from pipeline.ingress.testing import Dialogue
-from pipeline.testing import make_chain
 from pipeline.tracking import tracking_services
-from pipeline.verdicts import Reject, TempFail
 
 STOPLIST = "550 5.0.0 Email is in the account stoplist"
 

@@ -19,12 +19,8 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import SAMPLES, sample_files
 
-from pipeline.chain import Chain
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.loader import PluginSet
-from pipeline.message import Message
-from pipeline.replay import (
+from pipeline.app.cli import main
+from pipeline.app.replay import (
     ReplayError,
     collect_inputs,
     output_path,
@@ -32,6 +28,10 @@ from pipeline.replay import (
     render_diff,
     replay_message,
 )
+from pipeline.chain.loader import PluginSet
+from pipeline.chain.runner import Chain
+from pipeline.config import load_config
+from pipeline.contract.message import Message
 
 PLUGINS = """
 from pipeline import Discard, MessageContext, Plugin, PluginConfig, Reject, TempFail, hookimpl
@@ -530,7 +530,7 @@ def test_default_chain_keeps_sample_attachments_byte_identical(data_dir, tmp_pat
 def test_session_phases_see_the_config_and_credential_switches(data_dir):
     """Before DATA there is no message: a plugin behind a switch runs as the credential says."""
     from pipeline import Credential, Plugin, Reject, hookimpl
-    from pipeline.testing import make_chain, make_config
+    from pipeline.chain.driver import make_chain, make_config
 
     class BounceGate(Plugin):
         name = "bounce_gate"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from pipeline.cli import main
-from pipeline.message import Message
+from pipeline.app.cli import main
+from pipeline.contract.message import Message
 
 PLUGIN = """
 from pipeline import Plugin, hookimpl

@@ -13,7 +13,7 @@ from typing import ClassVar
 import pytest
 
 from pipeline import Event, Plugin, hookimpl
-from pipeline.ingress.testing import Dialogue, client_tls, ingress_test_config, running_ingress, spooled
+from pipeline.app.harness import Dialogue, client_tls, ingress_test_config, running_ingress, spooled
 
 ADD_MISSING = {"header_validation": {"add_missing": ["Message-Id", "Date", "MIME-Version", "Content-Type", "From", "To"]}}
 PERFIT_KEY = "pf_live_4f9a0c7e2b1d"

@@ -7,8 +7,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from pipeline.context import Credential, MessageContext
-from pipeline.message import Message
+from pipeline.contract.context import Credential, MessageContext
+from pipeline.contract.message import Message
 from pipeline.spool import RecipientUpdate
 from pipeline.spool.sqlite import SqliteSpool
 

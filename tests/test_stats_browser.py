@@ -11,7 +11,7 @@ import time
 import aiohttp
 from tracking_helpers import HUMAN_UA, signer, start_tracking, tracking_config
 
-from pipeline.context import Event
+from pipeline.contract.context import Event
 from pipeline.events.stats import campaign_stats, totals
 
 FIELDS = ("sent", "delivered", "bounced_hard", "bounced_soft", "opens", "unique_opens", "machine_opens",

@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from pipeline.cli import main
+from pipeline.app.cli import main
 from pipeline.config import Config
 from pipeline.events import open_event_store, open_suppression_list
 
@@ -49,7 +49,7 @@ def test_bad_address_is_a_one_line_error_without_traceback(data_dir):
 def test_cli_sees_suppressions_made_by_events(data_dir):
     import asyncio
 
-    from pipeline.context import Event
+    from pipeline.contract.context import Event
 
     store = open_event_store(Config.model_validate({"gateway": {"data_dir": str(data_dir)}}))
     asyncio.run(store.record(Event("bounced", recipient="gone@example.net", credential="shop",

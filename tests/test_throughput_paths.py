@@ -4,7 +4,7 @@
   (every sample and corpus message, hand-picked edge cases, random input);
 * the whole ``DKIM-Signature`` field against dkimpy's own signer, and stock ``dkim.verify``;
 * the css_inline result cache against a fresh engine run, and its bound;
-* ``pipeline.html.protect`` skipping tags with nothing to protect.
+* ``pipeline.toolkit.html.protect`` skipping tags with nothing to protect.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from dkim.canonicalization import Relaxed
 
-from pipeline.html import AMP_MARK, protect
-from pipeline.message import Message
-from pipeline.testing import make_chain, make_config
+from pipeline.chain.driver import make_chain, make_config
+from pipeline.contract.message import Message
+from pipeline.toolkit.html import AMP_MARK, protect
 from plugins.css_inline import CssInline
 from plugins.dkim_sign import _OpenSSLDKIM, dns_txt_value, relaxed_body, signed_headers
 from tests.conftest import corpus_files, sample_files

@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from tracking_helpers import HUMAN_UA, signer, start_tracking, tracking_config
 
-from pipeline.context import Event
-from pipeline.tokens import TokenSigner
+from pipeline.contract.context import Event
+from pipeline.toolkit.tokens import TokenSigner
 
 URLS = [
     "https://example.com/",
@@ -264,8 +264,8 @@ async def test_stats_page_is_self_contained_and_escapes_campaign_names(tracking)
 
 
 def test_bad_machine_user_agent_regex_is_a_config_error(tmp_path):
+    from pipeline.app.gateway import Gateway
     from pipeline.config import ConfigError
-    from pipeline.gateway import Gateway
     from pipeline.tracking.app import build_app
 
     gw = Gateway(tracking_config(tmp_path / "data", {"tracking": {"machine_user_agents": ["Scanner("]}}))

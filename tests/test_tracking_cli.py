@@ -8,9 +8,9 @@ import json
 
 from click.testing import CliRunner
 
-from pipeline.cli import main
+from pipeline.app.cli import main
 from pipeline.config import Config
-from pipeline.context import Event
+from pipeline.contract.context import Event
 from pipeline.events import open_event_store
 
 D1 = calendar.timegm((2026, 3, 1, 9, 0, 0))

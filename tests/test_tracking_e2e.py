@@ -11,11 +11,11 @@ import aiohttp
 import aiosmtplib
 from tracking_helpers import HUMAN_UA, tracking_config
 
-from pipeline.delivery import DeliveryService
+from pipeline.app.gateway import Gateway
+from pipeline.contract.message import Message
+from pipeline.delivery.scheduler import DeliveryService
 from pipeline.events.stats import campaign_stats
-from pipeline.gateway import Gateway
 from pipeline.ingress.service import IngressService
-from pipeline.message import Message
 from pipeline.tracking import tracking_services
 
 RAW = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.verdicts import (
+from pipeline.contract.verdicts import (
     PLUGIN_FAILURE,
     Accept,
     Discard,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-import pipeline.cli.verify as verify_cli
-from pipeline.cli import main
+import pipeline.app.cli.verify as verify_cli
+from pipeline.app.cli import main
+from pipeline.app.verify import verify_address
 from pipeline.egress.resolver import DnsPermanentError, StaticResolver
-from pipeline.verify import verify_address
 from tests.smtp_sink import closed_port, start_sink
 
 

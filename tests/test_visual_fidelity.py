@@ -47,8 +47,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from PIL import Image, ImageChops
 
+from pipeline.chain.driver import make_chain, make_config, run_chain_async
 from pipeline.config import ChainSection
-from pipeline.testing import make_chain, make_config, run_chain_async
 from tests.conftest import CORPUS, SAMPLES, corpus_files, sample_files
 
 ENGINES = ("premailer", "css_inline")

@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 from tracking_helpers import tracking_config
 
-from pipeline.context import Event
+from pipeline.app.gateway import Gateway
+from pipeline.contract.context import Event
 from pipeline.events.webhooks import sign_webhook, verify_webhook
-from pipeline.gateway import Gateway
 from pipeline.tracking import tracking_services
 
 SECRET = b"whsec-test"
@@ -167,7 +167,7 @@ async def test_unreachable_webhook_url_is_retried_not_lost(tmp_path):
 
 
 async def test_stored_credential_webhooks_from_credentials_db(tmp_path, receiver):
-    from pipeline.ingress.credentials import CredentialStore
+    from pipeline.accounts.credentials import CredentialStore
 
     receiver.statuses = []
     config = tracking_config(tmp_path / "data")

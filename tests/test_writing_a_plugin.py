@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import ROOT, SAMPLES
 
-from pipeline import hookspecs
-from pipeline.cli import main
-from pipeline.message import Message
+from pipeline.app.cli import main
+from pipeline.contract import hookspecs
+from pipeline.contract.message import Message
 
 DOC = (ROOT / "docs" / "plugins.md").read_text()
 README = (ROOT / "README.md").read_text()
@@ -101,7 +101,7 @@ def test_the_hook_reference_has_no_section_for_a_hook_that_does_not_exist():
 
 
 def test_the_docs_list_every_builtin_plugin():
-    from pipeline.loader import BUILTINS
+    from pipeline.chain.loader import BUILTINS
 
     for name in BUILTINS:
         assert f"| `{name}` |" in DOC, f"built-in {name} is missing from the table in docs/plugins.md"

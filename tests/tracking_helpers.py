@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.gateway import Gateway
-from pipeline.testing import make_config
-from pipeline.tokens import TokenSigner
+from pipeline.app.gateway import Gateway
+from pipeline.chain.driver import make_config
+from pipeline.toolkit.tokens import TokenSigner
 from pipeline.tracking import TrackingService
 
 KEY = "test-tracking-key-one"

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pipeline.context import Event
+from pipeline.contract.context import Event
 from pipeline.events.machine import MachineDetector
 from pipeline.events.sqlite import (
     GLOBAL_SCOPE,
@@ -27,8 +27,8 @@ from pipeline.events.sqlite import (
     SuppressionPolicy,
     normalize_address,
 )
-from pipeline.events.verp import VerpToken, parse_verp, recipient_hash, verp_local_part
-from pipeline.storage import open_sqlite
+from pipeline.storage.sqlite import open_sqlite
+from pipeline.toolkit.verp import VerpToken, parse_verp, recipient_hash, verp_local_part
 
 if TYPE_CHECKING:
     from pipeline.config import Config
@@ -103,7 +103,7 @@ def _stored_webhooks(gateway: Any) -> Callable[[str], list[str]] | None:
         if not path.exists():
             _no_store_until[gateway] = now + 5.0
             return None
-        from pipeline.ingress.credentials import CredentialStore
+        from pipeline.accounts.credentials import CredentialStore
 
         store = _credential_stores[gateway] = CredentialStore(path)
 

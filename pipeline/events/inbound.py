@@ -1,5 +1,5 @@
 """Mail to the bounce domain: DSNs and complaints to ``bounces+{token}@{bounce_domain}`` and
-mailto unsubscribes to ``unsub+{token}@{bounce_domain}`` (tokens: :mod:`pipeline.events.verp`).
+mailto unsubscribes to ``unsub+{token}@{bounce_domain}`` (tokens: :mod:`pipeline.toolkit.verp`).
 
 The token (signed by the tracking keys, kind ``b`` or ``u``) names the queue id and a hash of
 the recipient, so nobody can suppress an address by mailing us a forged DSN: a report without
@@ -12,10 +12,10 @@ import asyncio
 import logging
 from typing import Any
 
-from pipeline.bounces import parse_report
-from pipeline.context import Event
-from pipeline.events.verp import VerpToken, parse_verp
-from pipeline.tokens import TokenSigner, load_signer
+from pipeline.contract.context import Event
+from pipeline.events.bounces import parse_report
+from pipeline.toolkit.tokens import TokenSigner, load_signer
+from pipeline.toolkit.verp import VerpToken, parse_verp
 
 log = logging.getLogger("smtpgate.bounces")
 

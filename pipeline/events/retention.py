@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.events.sqlite import SCHEMA
-from pipeline.storage import open_sqlite
+from pipeline.storage.sqlite import open_sqlite
 
 BATCH = 5000
 """Events deleted per transaction."""

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.context import Event
-from pipeline.storage import open_sqlite
+from pipeline.contract.context import Event
+from pipeline.storage.sqlite import open_sqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -83,7 +83,7 @@ def bounce_class(event: Event) -> str | None:
     cls = event.data.get("class")
     if cls in ("hard", "soft"):
         return str(cls)
-    from pipeline.bounces import classify_status
+    from pipeline.events.bounces import classify_status
 
     status = str(event.data.get("status") or event.data.get("dsn") or "")
     return classify_status(status or None)

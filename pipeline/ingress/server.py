@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, TLSSetupException
 
-from pipeline.admission import admit_message
+from pipeline.chain.admission import admit_message
+from pipeline.chain.features import resolve_features
 from pipeline.config import ListenerSection
-from pipeline.context import Credential, Event, Session, Transaction
-from pipeline.features import resolve_features
+from pipeline.contract.context import Credential, Event, Session, Transaction
+from pipeline.contract.message import current_actor
+from pipeline.contract.verdicts import Discard, Reject, TempFail, Verdict
 from pipeline.ingress import replies as R
 from pipeline.ingress.addresses import AddressError, domain_matches, domain_of, parse_path
-from pipeline.message import current_actor
-from pipeline.verdicts import Discard, Reject, TempFail, Verdict
 
 if TYPE_CHECKING:
     from pipeline.ingress.service import IngressService

@@ -14,14 +14,14 @@ import logging
 import ssl
 from typing import TYPE_CHECKING
 
+from pipeline.accounts.credentials import Authenticator, CredentialStore, config_records
 from pipeline.config import Config, ListenerSection
 from pipeline.ingress import replies as R
-from pipeline.ingress.credentials import Authenticator, CredentialStore, config_records
 from pipeline.ingress.limits import ConnectionLimiter, SlidingWindow
 from pipeline.ingress.tls import server_context
 
 if TYPE_CHECKING:
-    from pipeline.gateway import Gateway
+    from pipeline.app.gateway import Gateway
     from pipeline.ingress.server import GatewaySMTP
 
 log = logging.getLogger("smtpgate.ingress")

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pipeline.context import MessageContext
+from pipeline.contract.context import MessageContext
 
 STATES = ("queued", "processing", "deferred", "delivered", "bounced", "expired", "failed", "discarded")
 FINAL_STATES = frozenset({"delivered", "bounced", "expired", "failed", "discarded"})

@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.context import MessageContext
+from pipeline.contract.context import MessageContext
 from pipeline.spool import FINAL_STATES, QueuedMessage, RecipientUpdate
-from pipeline.storage import open_sqlite
+from pipeline.storage.sqlite import open_sqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (

@@ -28,10 +28,10 @@ from typing import Any
 from aiohttp import web
 
 from pipeline.config import ConfigError
-from pipeline.context import Event
+from pipeline.contract.context import Event
 from pipeline.events.machine import MachineDetector
 from pipeline.events.stats import parse_date, stats_report
-from pipeline.tokens import load_signer
+from pipeline.toolkit.tokens import load_signer
 from pipeline.tracking.metrics import render_metrics
 from pipeline.tracking.page import render_stats_page
 

@@ -1,0 +1,285 @@
+"""``smtpgate replay``: run messages through the same admission and processing code the server
+runs, in process, with the egress replaced by an output.
+
+A replay plays a well-behaved submission client: it connects from 127.0.0.1, says EHLO, is
+already on TLS, authenticates as ``--credential`` when given, then MAIL FROM, one RCPT TO per
+recipient and DATA. Every admission phase runs (``on_connect`` ... ``on_message``, through
+:func:`pipeline.chain.admission.admit_message`), then :func:`pipeline.chain.processing.process_message`
+produces one final copy per recipient. So what a replay shows is what the server would send.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from pipeline.chain.admission import admit_message
+from pipeline.chain.driver import envelope_from_headers
+from pipeline.chain.features import resolve_features
+from pipeline.chain.processing import CopyResult, process_message
+from pipeline.chain.runner import Chain, Trace
+from pipeline.config import Config, ConfigError
+from pipeline.contract.context import Credential, MessageContext, Session, Transaction
+from pipeline.contract.message import Message, MessageError
+from pipeline.contract.verdicts import Accept, Discard, Reject, TempFail, Verdict
+
+_session_ids = itertools.count(1)
+_FIELD_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII except ':'
+
+
+_MESSAGE_FIELDS = frozenset(
+    "from to cc bcc subject date message-id mime-version content-type received return-path sender reply-to".split()
+)
+"""A file with none of these at the top is some other text file that happens to contain a colon."""
+
+
+class ReplayError(Exception):
+    """An input that cannot be replayed (unreadable, not a message, no recipient): one line."""
+
+
+@dataclass
+class ReplayResult:
+    """What one input became."""
+
+    name: str
+    original: bytes
+    mail_from: str
+    rcpt_tos: list[str]
+    verdict: Verdict | None = None  # the verdict that stopped the whole message (None: accepted)
+    stopped_by: str = ""  # "plugin (phase)" that gave ``verdict``
+    refused: list[tuple[str, Verdict]] = field(default_factory=list)  # recipients refused at RCPT
+    copies: list[CopyResult] = field(default_factory=list)
+    trace: Trace = field(default_factory=Trace)
+    ctx: MessageContext | None = None
+
+    @property
+    def rejected(self) -> bool:
+        """The client would have been told no (4xx or 5xx) for the whole message."""
+        return isinstance(self.verdict, Reject | TempFail)
+
+    @property
+    def discarded(self) -> bool:
+        return isinstance(self.verdict, Discard)
+
+    @property
+    def undelivered(self) -> list[CopyResult]:
+        """Copies a processing phase stopped with Reject or TempFail (a bounce or a retry)."""
+        return [c for c in self.copies if isinstance(c.verdict, Reject | TempFail)]
+
+    @property
+    def ok(self) -> bool:
+        """Accepted, and every recipient's copy is ready to deliver (or deliberately discarded)."""
+        return not self.rejected and not self.refused and not self.undelivered
+
+
+def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
+    """Files named directly, plus every ``*.eml`` under each directory (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*.eml") if f.is_file())
+            if not found:
+                raise ReplayError(f"{p}: no .eml files in this directory")
+            out.extend(found)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise ReplayError(f"{p}: no such file or directory")
+    return out
+
+
+def read_message_file(path: Path) -> bytes:
+    """The file's bytes if they are an RFC 5322 message; :class:`ReplayError` saying why not.
+
+    A leading mbox ``From `` line (as mail clients save messages) is dropped.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ReplayError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if raw.startswith(b"From "):
+        raw = raw.partition(b"\n")[2]
+    try:
+        msg = Message(raw)
+    except MessageError as exc:
+        raise ReplayError(f"{path}: {exc}") from None
+    for n, header in enumerate(msg.headers, 1):
+        if not _FIELD_NAME.match(header.name):
+            raise ReplayError(f"{path}: not an RFC 5322 message: header line {n} is not a header field")
+    if not {h.name.lower() for h in msg.headers} & _MESSAGE_FIELDS:
+        raise ReplayError(
+            f"{path}: not an RFC 5322 message: none of From, To, Subject, Date, Message-ID, ..."
+        )
+    return raw
+
+
+def credential_from_config(config: Config, name: str) -> Credential:
+    """The credential called ``name``: a ``[[credentials]]`` entry, else one in
+    ``<data_dir>/credentials.db`` (``smtpgate credentials add``). The file wins, as in the server."""
+    for section in config.credentials:
+        if section.name == name:
+            if section.disabled:
+                raise ConfigError(f"{config.source}: credentials: {name!r} is disabled")
+            return section.to_credential()
+    store_path = config.data_dir / "credentials.db"
+    stored: list[str] = []
+    if store_path.is_file():  # never create the store just to look into it
+        from pipeline.accounts.credentials import CredentialStore
+
+        store = CredentialStore(store_path)
+        try:
+            records = store.records()
+        finally:
+            store.close()
+        for rec in records:
+            if rec.name == name:
+                if rec.disabled:
+                    raise ConfigError(f"{store_path}: credential {name!r} is disabled")
+                return rec.credential()
+        stored = [r.name for r in records]
+    known = ", ".join([c.name for c in config.credentials] + stored) or "none declared"
+    raise ConfigError(
+        f"{config.source}: credentials: no credential named {name!r} (known: {known}) in the file or {store_path}"
+    )
+
+
+def _stopper(trace: Trace, start: int) -> str:
+    """``plugin (phase)`` of the last trace entry since ``start`` that gave a verdict."""
+    for entry in reversed(trace.entries[start:]):
+        if entry.verdict != "continue" and not entry.verdict.startswith("skipped"):
+            return f"{entry.plugin} ({entry.phase})"
+    return "core"
+
+
+def _stops(v: Verdict | None) -> bool:
+    return v is not None and not isinstance(v, Accept)
+
+
+async def replay_message(
+    chain: Chain,
+    raw: bytes,
+    *,
+    name: str = "<message>",
+    mail_from: str | None = None,
+    rcpt_tos: Sequence[str] = (),
+    credential: Credential | None = None,
+) -> ReplayResult:
+    """Admission (every phase, as an SMTP session would run them) then processing, in process."""
+    config = chain.plugins.config
+    sender, rcpts = (mail_from or "", list(rcpt_tos))
+    if mail_from is None or not rcpts:
+        head_from, head_rcpts = envelope_from_headers(raw)
+        sender = head_from if mail_from is None else mail_from
+        rcpts = rcpts or head_rcpts
+    if not rcpts:
+        raise ReplayError(f"{name}: no recipient: the message has no To or Cc address; give --rcpt")
+    trace = Trace()
+    result = ReplayResult(name, raw, sender, rcpts, trace=trace)  # (render_diff parses it when asked)
+
+    session = Session(
+        peer=("127.0.0.1", 0),
+        listener="replay",
+        helo="localhost",
+        tls=True,
+        credential=credential,
+        session_id=f"replay-{next(_session_ids)}",  # (a random id costs a getrandom call per message)
+    )
+    steps: list[tuple[str, dict[str, object]]] = [
+        ("on_connect", {"session": session}),
+        ("on_helo", {"session": session, "hostname": "localhost"}),
+    ]
+    if credential is not None:
+        steps.append(("on_auth", {"session": session, "credential": credential}))
+    txn = Transaction(mail_from=sender)
+    steps.append(("on_mail_from", {"session": session, "transaction": txn, "address": sender}))
+    # Before DATA there is no message yet: switches come from the config and the credential,
+    # as in the SMTP session.
+    session_features = resolve_features(config.features, credential)
+    assert isinstance(session_features, dict)  # without a message there is no header to refuse
+    for phase, kwargs in steps:
+        start = len(trace.entries)
+        verdict = await chain.run(phase, features=session_features, trace=trace, **kwargs)
+        if _stops(verdict):
+            result.verdict, result.stopped_by = verdict, _stopper(trace, start)
+            return result
+
+    for rcpt in rcpts:
+        verdict = await chain.run(
+            "on_rcpt_to",
+            features=session_features,
+            trace=trace,
+            session=session,
+            transaction=txn,
+            address=rcpt,
+        )
+        if isinstance(verdict, Reject | TempFail):
+            result.refused.append((rcpt, verdict))
+        elif not isinstance(verdict, Discard):
+            txn.rcpt_tos.append(rcpt)
+    if not txn.rcpt_tos:
+        result.verdict = result.refused[0][1] if result.refused else Discard("every recipient discarded")
+        result.stopped_by = "on_rcpt_to"
+        return result
+
+    start = len(trace.entries)
+    verdict, ctx = await admit_message(
+        chain, config, raw, sender, list(txn.rcpt_tos), session=session, credential=credential, trace=trace
+    )
+    result.ctx = ctx
+    if _stops(verdict):
+        result.verdict, result.stopped_by = verdict, _stopper(trace, start)
+        return result
+    assert ctx is not None  # admit_message returns a context whenever it does not reject
+    result.copies = await process_message(chain, ctx, trace)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Output
+# ------------------------------------------------------------------------------------------------
+
+
+def output_path(out_dir: Path, source: str, recipient: str) -> Path:
+    """``<out>/<input stem>.<recipient>.eml`` (recipient made safe for a file name)."""
+    safe = re.sub(r"[^A-Za-z0-9@._+-]", "_", recipient) or "_"
+    return out_dir / f"{Path(source).stem}.{safe}.eml"
+
+
+def write_mbox(copies: Sequence[tuple[str, bytes]], stream: BinaryIO) -> None:
+    """Several messages on one stream as mboxrd: ``From `` separators, ``>From`` quoting."""
+    for sender, data in copies:
+        stream.write(f"From {sender or 'MAILER-DAEMON'} Thu Jan  1 00:00:00 1970\n".encode())
+        for line in data.split(b"\r\n"):
+            if re.match(rb">*From ", line):
+                line = b">" + line
+            stream.write(line + b"\n")
+
+
+def _header_lines(msg: Message) -> list[str]:
+    return [f"{h.name}: {h.value}" for h in msg.headers]
+
+
+def render_diff(before: bytes, after: bytes, before_label: str, after_label: str) -> str:
+    """A unified diff of the headers (decoded) and of each HTML and text body (decoded), before/after."""
+    old, new = Message(before), Message(after)
+    out: list[str] = []
+
+    def section(a: list[str], b: list[str], what: str) -> None:
+        out.extend(
+            difflib.unified_diff(a, b, f"{before_label} {what}", f"{after_label} {what}", lineterm="", n=2)
+        )
+
+    section(_header_lines(old), _header_lines(new), "headers")
+    for kind, parts_of in (("HTML", Message.html_parts), ("text", Message.text_parts)):
+        a_parts, b_parts = parts_of(old), parts_of(new)
+        for i in range(max(len(a_parts), len(b_parts))):
+            a = a_parts[i].text().splitlines() if i < len(a_parts) else []
+            b = b_parts[i].text().splitlines() if i < len(b_parts) else []
+            path = (b_parts[i] if i < len(b_parts) else a_parts[i]).path
+            section(a, b, f"{kind} part {path}")
+    return "\n".join(out) if out else "(no changes)"

@@ -1,0 +1,52 @@
+"""The processing chain, after the spool: transform once, fan out per recipient, personalize,
+sign. Used by the spool's worker processes and by ``smtpgate replay`` alike, so a replay shows
+exactly what the server would send.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.chain.runner import Chain, Trace
+from pipeline.contract.context import MessageContext
+from pipeline.contract.verdicts import Discard, Reject, TempFail, Verdict
+
+
+@dataclass
+class CopyResult:
+    """One recipient's copy: final bytes to deliver, or the verdict that stopped it."""
+
+    recipient: str
+    mail_from: str
+    data: bytes | None
+    verdict: Verdict | None = None
+
+    @property
+    def deliverable(self) -> bool:
+        return self.data is not None and not isinstance(self.verdict, Reject | TempFail | Discard)
+
+
+async def process_message(
+    chain: Chain, ctx: MessageContext, trace: Trace | None = None, recipients: list[str] | None = None
+) -> list[CopyResult]:
+    """Run transform, then personalize and sign for each recipient (or the given subset)."""
+    mail_from = ctx.message.mail_from or ""
+    verdict = await chain.run("on_transform", ctx=ctx, trace=trace)
+    rcpts = ctx.message.rcpt_tos if recipients is None else recipients
+    if verdict is not None and not _is_accept(verdict):
+        return [CopyResult(r, mail_from, None, verdict) for r in rcpts]
+    results = []
+    for rcpt in rcpts:
+        copy = ctx.for_recipient(rcpt)
+        v = await chain.run("on_personalize", ctx=copy, trace=trace)
+        if v is None or _is_accept(v):
+            v = await chain.run("on_sign", ctx=copy, trace=trace)
+        if v is not None and not _is_accept(v):
+            results.append(CopyResult(rcpt, copy.message.mail_from or "", None, v))
+        else:
+            results.append(CopyResult(rcpt, copy.message.mail_from or "", copy.message.as_bytes(), None))
+    return results
+
+
+def _is_accept(v: Verdict) -> bool:
+    return not isinstance(v, Reject | TempFail | Discard)

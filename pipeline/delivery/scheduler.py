@@ -1,0 +1,302 @@
+"""The delivery service: claims due recipients from the spool, runs the processing phases in the
+worker processes, hands each copy to its egress, records every result and schedules retries.
+
+Per recipient: ``queued`` -> ``processing`` (leased) -> ``delivered`` | ``deferred`` (next attempt
+on an exponential schedule) | ``bounced`` | ``expired`` (deferred past ``spool.lifetime``:
+bounced with 4.4.7) | ``failed`` (processing failed ``spool.max_plugin_attempts`` times) |
+``discarded`` (a ``Discard`` verdict). Every result is committed to the spool first, then
+emitted as an event and logged Postfix-style, so nothing is ever dropped without a trace.
+
+Crash safety: results are committed only after the next hop accepted the copy, and on start
+everything left in ``processing`` is queued again, so a ``kill -9`` at any moment means at
+worst a duplicate, never a loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.chain.processing import CopyResult
+from pipeline.contract.context import Event
+from pipeline.contract.verdicts import Discard, Reject, TempFail
+from pipeline.delivery.notices import send_bounce_notice
+from pipeline.delivery.workers import WorkerPool
+from pipeline.egress.base import Copy, DeliveryResult
+from pipeline.egress.resolver import Resolver
+from pipeline.egress.router import EgressRouter, UnknownEgress
+from pipeline.spool import QueuedMessage, RecipientUpdate
+
+log = logging.getLogger("smtpgate.delivery")
+
+STATUS_WORD = {
+    "delivered": "sent",
+    "deferred": "deferred",
+    "bounced": "bounced",
+    "expired": "expired",
+    "failed": "failed",
+    "discarded": "discarded",
+}
+
+
+@dataclass
+class Outcome:
+    """One recipient's result for this attempt: what the spool stores and what the event says."""
+
+    recipient: str
+    state: str
+    dsn: str
+    reply: str
+    relay: str
+    attempts: int
+    next_attempt: float = 0.0
+    plugin_failures: int = 0
+
+
+class DeliveryService:
+    """Long-running service (see :class:`pipeline.app.gateway.Service`)."""
+
+    name = "delivery"
+
+    def __init__(
+        self,
+        gateway: Any,
+        workers: int | None = None,
+        resolver: Resolver | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.gateway = gateway
+        self.config = gateway.config
+        self.settings = gateway.config.spool
+        self.clock = clock
+        self.router = EgressRouter(self.config, resolver)
+        extra = [type(p.instance) for p in gateway.plugins.plugins if p.source == "given"]
+        n = self.settings.workers if workers is None else workers
+        self.pool = WorkerPool(self.config, n, gateway.chain, extra)
+        self._wake = asyncio.Event()
+        self._tasks: dict[asyncio.Task[None], QueuedMessage] = {}
+        self._held: set[tuple[str, str]] = set()  # (queue_id, recipient) claimed and not yet recorded
+        self._runner: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        spool = self.gateway.spool
+        resumed = await asyncio.to_thread(spool.recover)
+        if resumed:
+            log.warning("resumed %d recipient(s) left in processing by the previous run", resumed)
+        spool.add_listener(self.wakeup)
+        await self.pool.start()
+        self._stopping = False
+        self._runner = asyncio.create_task(self._run(), name="delivery-scheduler")
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; let messages in hand finish for ``grace`` seconds, then hand the rest back."""
+        self._stopping = True
+        self._wake.set()
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+            self._runner = None
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self.pool.close()
+        await self.router.close()
+
+    def wakeup(self) -> None:
+        """New work may be due (an enqueue, a finished message)."""
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    # -- scheduler ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        spool = self.gateway.spool
+        while not self._stopping:
+            self._wake.clear()
+            free = self.settings.max_in_flight - len(self._tasks)
+            claimed: list[QueuedMessage] = []
+            if free > 0:
+                try:
+                    claimed = await asyncio.to_thread(
+                        spool.claim, free, self.settings.lease, self.clock(), frozenset(self._held)
+                    )
+                except Exception:  # a locked or broken database must not kill the scheduler
+                    log.exception("claiming from the spool failed; retrying")
+            for msg in claimed:
+                self._held.update((msg.queue_id, r) for r in msg.recipients)
+                task = asyncio.create_task(self._handle(msg), name=f"deliver-{msg.queue_id}")
+                self._tasks[task] = msg
+                task.add_done_callback(self._finished)
+            if claimed and len(claimed) == free:
+                continue
+            timeout = self.settings.poll_interval
+            if len(self._tasks) < self.settings.max_in_flight:
+                due = await asyncio.to_thread(spool.next_due)
+                if due is not None:
+                    timeout = max(0.0, min(timeout, due - self.clock()))
+            if timeout > 0:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+        self._wake.set()
+
+    async def run_once(self) -> int:
+        """Claim and fully handle everything due now (tools and tests); returns messages handled."""
+        claimed = await asyncio.to_thread(
+            self.gateway.spool.claim, self.settings.max_in_flight, self.settings.lease, self.clock()
+        )
+        await asyncio.gather(*(self._handle(m) for m in claimed))
+        return len(claimed)
+
+    async def _handle(self, msg: QueuedMessage) -> None:
+        try:
+            try:
+                outcomes = await self._attempt(msg)
+            except asyncio.CancelledError:
+                # Shutdown with the message still in hand: give it back untouched.
+                self.gateway.spool.release(msg.queue_id, msg.recipients)
+                raise
+            except Exception as exc:  # a bug here must defer the message, never drop it
+                log.exception("%s: delivery attempt failed", msg.queue_id)
+                outcomes = [self._defer(msg, r, "4.3.0", f"local error: {type(exc).__name__}: {exc}", "none", True)
+                            for r in msg.recipients]
+            await self._commit(msg, outcomes)
+        finally:
+            self._held.difference_update((msg.queue_id, r) for r in msg.recipients)
+
+    # -- one attempt ----------------------------------------------------------------------
+
+    async def _attempt(self, msg: QueuedMessage) -> list[Outcome]:
+        try:
+            copies = await self.pool.process(msg.context, msg.data, msg.mail_from, msg.recipients)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("%s: processing failed: %s: %s", msg.queue_id, type(exc).__name__, exc)
+            reply = f"451 4.3.0 processing failed: {type(exc).__name__}: {exc}"
+            return [self._defer(msg, r, "4.3.0", reply, "none", True) for r in msg.recipients]
+        outcomes: dict[str, Outcome] = {}
+        to_send: list[Copy] = []
+        for c in copies:
+            if c.recipient not in msg.attempts or c.recipient in outcomes:
+                continue
+            out = self._verdict_outcome(msg, c)
+            if out is not None:
+                outcomes[c.recipient] = out
+            else:
+                to_send.append(Copy(msg.queue_id, c.recipient, c.mail_from, c.data or b""))
+        for r in msg.recipients:
+            if r not in outcomes and all(c.recipient != r for c in to_send):
+                outcomes[r] = self._defer(msg, r, "4.3.0", "451 4.3.0 processing produced no copy", "none", True)
+        if to_send:
+            for res in await self._deliver(msg, to_send):
+                outcomes[res.recipient] = self._result_outcome(msg, res)
+        return [outcomes[r] for r in msg.recipients if r in outcomes]
+
+    def _verdict_outcome(self, msg: QueuedMessage, c: CopyResult) -> Outcome | None:
+        v = c.verdict
+        attempts = msg.attempts[c.recipient] + 1
+        if isinstance(v, Reject):
+            return Outcome(c.recipient, "bounced", v.enhanced, v.reply(), "none", attempts)
+        if isinstance(v, Discard):
+            return Outcome(c.recipient, "discarded", "2.0.0", f"discarded: {v.reason}", "none", attempts)
+        if isinstance(v, TempFail):
+            return self._defer(msg, c.recipient, v.enhanced, v.reply(), "none", True)
+        if c.data is None:
+            return self._defer(msg, c.recipient, "4.3.0", "451 4.3.0 processing produced no copy", "none", True)
+        return None
+
+    async def _deliver(self, msg: QueuedMessage, copies: list[Copy]) -> list[DeliveryResult]:
+        try:
+            egress = self.router.get(EgressRouter.name_for(msg.context.get("credential")))
+        except UnknownEgress as exc:
+            return [DeliveryResult.deferred(c.recipient, "4.3.5", str(exc)) for c in copies]
+        return await egress.deliver(copies)
+
+    def _result_outcome(self, msg: QueuedMessage, res: DeliveryResult) -> Outcome:
+        attempts = msg.attempts[res.recipient] + 1
+        pf = msg.plugin_failures.get(res.recipient, 0)
+        if res.status == "sent":
+            return Outcome(res.recipient, "delivered", res.dsn, res.reply, res.relay, attempts, plugin_failures=pf)
+        if res.status == "bounced":
+            return Outcome(res.recipient, "bounced", res.dsn, res.reply, res.relay, attempts, plugin_failures=pf)
+        return self._defer(msg, res.recipient, res.dsn, res.reply, res.relay, False)
+
+    def _defer(self, msg: QueuedMessage, rcpt: str, dsn: str, reply: str, relay: str, plugin: bool) -> Outcome:
+        """A temporary failure: retry on the schedule, or fail/expire when out of chances."""
+        now = self.clock()
+        attempts = msg.attempts.get(rcpt, 0) + 1
+        pf = msg.plugin_failures.get(rcpt, 0) + (1 if plugin else 0)
+        if plugin and pf >= self.settings.max_plugin_attempts:
+            return Outcome(rcpt, "failed", "5.3.0", f"processing failed {pf} times; last: {reply}", relay, attempts, 0, pf)
+        deadline = msg.created_at + self.settings.lifetime
+        if now >= deadline:
+            age = now - msg.created_at
+            return Outcome(
+                rcpt, "expired", "4.4.7", f"message expired after {age:.0f} s in the queue; last: {reply}", relay,
+                attempts, 0, pf,
+            )
+        delay = min(self.settings.retry_max, self.settings.retry_min * 2 ** (attempts - 1))
+        return Outcome(rcpt, "deferred", dsn, reply, relay, attempts, min(now + delay, deadline), pf)
+
+    # -- results --------------------------------------------------------------------------
+
+    async def _commit(self, msg: QueuedMessage, outcomes: list[Outcome]) -> None:
+        updates = [
+            RecipientUpdate(
+                msg.queue_id, o.recipient, o.state, o.attempts, o.next_attempt, f"{o.dsn} {o.reply}"[:1000],
+                o.plugin_failures, o.relay,
+            )
+            for o in outcomes
+        ]
+        # Bounced/expired/failed: the sender's DSN is spooled before the results, so a crash
+        # repeats it rather than loses it (pipeline/delivery/notices.py).
+        await send_bounce_notice(self.gateway, msg, outcomes)
+        await self.gateway.spool.record(updates)
+        self._held.difference_update((msg.queue_id, o.recipient) for o in outcomes)
+        ctx = msg.context
+        cred = (ctx.get("credential") or {}).get("name")
+        now = self.clock()
+        for o in outcomes:
+            delay = now - msg.created_at
+            log_fn = log.warning if o.state in ("failed", "expired") else log.info
+            log_fn(
+                "%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)",
+                msg.queue_id, o.recipient, o.relay, delay, o.dsn, STATUS_WORD[o.state], o.reply,
+            )
+            event = Event(
+                type=o.state,
+                queue_id=msg.queue_id,
+                recipient=o.recipient,
+                credential=cred,
+                campaign_id=ctx.get("campaign_id"),
+                letter_id=ctx.get("letter_id"),
+                data={
+                    "dsn": o.dsn,
+                    "reply": o.reply,
+                    "relay": o.relay,
+                    "attempts": o.attempts,
+                    "delay": round(delay, 3),
+                    **({"next_attempt": o.next_attempt} if o.state == "deferred" else {}),
+                },
+            )
+            try:
+                await self.gateway.emit(event)
+            except Exception:  # the result is already committed; a failing event sink must not undo it
+                log.exception("%s: emitting %s event for %s failed", msg.queue_id, o.state, o.recipient)

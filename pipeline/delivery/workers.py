@@ -1,0 +1,110 @@
+"""Processing workers: the processing phases (transform, fan-out, personalize, sign) in separate
+processes, so CSS inlining, HTML rewriting and RSA signing use every core (the GIL rules out threads).
+
+Each worker process builds the gateway's plugin chain once (initializer) and then turns
+``(context record, raw bytes, envelope)`` into per-recipient copies. Delivery stays in the main
+process's event loop. ``workers = 0`` runs the chain in the main process (debugging, small tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from pipeline.chain.processing import CopyResult, process_message
+from pipeline.chain.runner import Chain
+from pipeline.config import Config
+from pipeline.contract.context import MessageContext
+from pipeline.contract.message import Message
+
+log = logging.getLogger("smtpgate.workers")
+
+_worker: tuple[Chain, asyncio.AbstractEventLoop] | None = None
+
+
+def _init_worker(config: Config, extra_plugins: list[Any]) -> None:
+    """Runs once per worker process: build the chain; leave signals to the parent."""
+    global _worker
+    # The parent decides when to stop (SIGTERM/Ctrl-C reach the whole process group); a worker
+    # killed mid-message would turn a clean shutdown into a retry.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from pipeline.app.gateway import Gateway
+
+    gateway = Gateway(config, extra_plugins)
+    _worker = (gateway.chain, asyncio.new_event_loop())
+
+
+def _ping() -> bool:
+    return _worker is not None
+
+
+async def run_processing(
+    chain: Chain, record: dict[str, Any], data: bytes, mail_from: str, recipients: list[str]
+) -> list[CopyResult]:
+    """The processing phases for one spooled message (shared by worker processes and inline mode)."""
+    message = Message(data, mail_from, recipients)
+    ctx = MessageContext.from_record(record, message)
+    return await process_message(chain, ctx, recipients=list(recipients))
+
+
+def _process_in_worker(record: dict[str, Any], data: bytes, mail_from: str, recipients: list[str]) -> list[CopyResult]:
+    if _worker is None:
+        raise RuntimeError("worker process was not initialised")
+    chain, loop = _worker
+    return loop.run_until_complete(run_processing(chain, record, data, mail_from, recipients))
+
+
+class WorkerPool:
+    """N worker processes (forkserver), rebuilt if one dies; or the main process when N is 0."""
+
+    def __init__(self, config: Config, workers: int, chain: Chain, extra_plugins: list[Any] | None = None) -> None:
+        self.config = config
+        self.workers = workers
+        self.chain = chain
+        self.extra_plugins = list(extra_plugins or [])
+        self._executor: ProcessPoolExecutor | None = None
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        ctx = multiprocessing.get_context("forkserver")
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(self.config, self.extra_plugins),
+        )
+
+    async def start(self) -> None:
+        """Start the processes and wait until each has built its chain (start-up errors show here)."""
+        if self.workers == 0:
+            return
+        self._executor = self._new_executor()
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._executor, _ping) for _ in range(self.workers)))
+
+    async def process(
+        self, record: dict[str, Any], data: bytes, mail_from: str, recipients: list[str]
+    ) -> list[CopyResult]:
+        """Copies for ``recipients``; raises if the worker failed (the caller defers the message)."""
+        if self.workers == 0 or self._executor is None:
+            return await run_processing(self.chain, record, data, mail_from, recipients)
+        loop = asyncio.get_running_loop()
+        executor = self._executor
+        try:
+            return await loop.run_in_executor(executor, _process_in_worker, record, data, mail_from, recipients)
+        except BrokenProcessPool:
+            if self._executor is executor:
+                log.error("a worker process died; starting a new pool")
+                executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = self._new_executor()
+            raise
+
+    async def close(self) -> None:
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
