@@ -9,10 +9,13 @@ import shutil
 import time
 
 import aiohttp
+import pytest
 from tracking_helpers import HUMAN_UA, signer, start_tracking, tracking_config
 
 from pipeline.contract.context import Event
 from pipeline.events.stats import campaign_stats, totals
+
+pytestmark = pytest.mark.browser  # drives the headless chromium
 
 FIELDS = ("sent", "delivered", "bounced_hard", "bounced_soft", "opens", "unique_opens", "machine_opens",
           "clicks", "unique_clicks", "machine_clicks", "unsubscribes", "complaints", "open_rate", "click_rate")
