@@ -30,7 +30,7 @@ from aiohttp import web  # noqa: E402
 from pipeline.app.gateway import Gateway  # noqa: E402
 from pipeline.chain.driver import make_config  # noqa: E402
 from pipeline.toolkit.tokens import TokenSigner  # noqa: E402
-from pipeline.tracking.app import PIXEL, build_app  # noqa: E402
+from pipeline.tracking.app import PIXEL  # noqa: E402
 
 KEY = "bench-key"
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
@@ -40,7 +40,7 @@ async def serve(data_dir: str) -> None:
     """Child: the tracking app plus /bench/bare and /bench/count; prints the port, runs until stdin closes."""
     config = make_config({"gateway": {"data_dir": data_dir}, "tracking": {"keys": {"k1": KEY}, "key_id": "k1"}})
     gw = Gateway(config)
-    app = build_app(gw)
+    app = gw.tracking_service().app
 
     async def bare(request: web.Request) -> web.Response:
         return web.Response(body=PIXEL, content_type="image/gif")

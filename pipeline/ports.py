@@ -10,10 +10,12 @@ stage to get at an interface.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pipeline.contract.context import Credential, Event, MessageContext
+from pipeline.contract.vocabulary import RecipientState
 
 InboundHandler = Callable[[str, list[str], bytes], Awaitable[None]]
 """A sink for mail the gateway receives itself (``mail_from, recipients, data``), e.g. VERP bounces."""
@@ -25,6 +27,8 @@ class Metrics(Protocol):
     def __getitem__(self, key: str) -> int: ...
 
     def __setitem__(self, key: str, value: int) -> None: ...
+
+    def keys(self) -> Iterable[str]: ...
 
 
 class EventSink(Protocol):
@@ -41,10 +45,114 @@ class SpoolWriter(Protocol):
         ...
 
 
+@dataclass
+class QueuedMessage:
+    """A claimed message: its bytes, envelope, context record and the recipients now leased to us."""
+
+    queue_id: str
+    mail_from: str
+    data: bytes
+    context: dict[str, Any]
+    created_at: float
+    recipients: list[str]
+    attempts: dict[str, int] = field(default_factory=dict)
+    plugin_failures: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecipientOutcome:
+    """One recipient's result of one delivery attempt: the one record the scheduler decides, the
+    spool stores (``state``, counters, ``last_reply``, ``next_hop``), the bounce notice reports and
+    the event of the same type carries (``dsn``, ``reply``, ``relay``, ``attempts``)."""
+
+    queue_id: str
+    recipient: str
+    state: RecipientState
+    attempts: int
+    dsn: str = ""
+    reply: str = ""
+    relay: str = "none"
+    next_attempt: float = 0.0
+    plugin_failures: int = 0
+
+    @property
+    def last_reply(self) -> str:
+        """What ``smtpgate queue`` shows: the enhanced code and the reply, bounded."""
+        return f"{self.dsn} {self.reply}".strip()[:1000]
+
+
+class Spool(SpoolWriter, Protocol):
+    """The spool as delivery and the queue tools use it (SQLite today, PostgreSQL later)."""
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` in the event loop after each committed enqueue (wakes delivery)."""
+        ...
+
+    def recover(self) -> int:
+        """Hand every recipient left in ``processing`` back to the queue; how many."""
+        ...
+
+    def claim(
+        self, limit: int, lease: float, now: float | None = None, exclude: frozenset[tuple[str, str]] = frozenset()
+    ) -> list[QueuedMessage]: ...
+
+    def next_due(self) -> float | None: ...
+
+    async def record(self, outcomes: Sequence[RecipientOutcome]) -> None:
+        """Commit recipients' results durably; a message whose recipients are all final leaves the queue."""
+        ...
+
+    def release(self, queue_id: str, recipients: Sequence[str]) -> None: ...
+
+    def list_recipients(self) -> list[dict[str, Any]]: ...
+
+    def show(self, queue_id: str) -> dict[str, Any] | None: ...
+
+    def retry(self, queue_id: str | None = None) -> int: ...
+
+    def delete(self, queue_id: str) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class EventStore(Protocol):
+    """The durable event record as the gateway's services read and write it (SQLite today)."""
+
+    async def record(self, event: Event, webhook_urls: Sequence[str] = ()) -> int:
+        """Store the event with its webhook deliveries and suppression in one transaction; its id."""
+        ...
+
+    def is_suppressed(self, address: str, credential: str | None = None) -> bool: ...
+
+    def delivered_at(self, queue_id: str, recipient: str) -> float | None: ...
+
+    def message_info(self, queue_id: str) -> dict[str, str | None]: ...
+
+    def recipients_of(self, queue_id: str) -> list[str]: ...
+
+    def counts_by_type(self) -> dict[str, int]: ...
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Read-only SQL for statistics (``pipeline.events.stats``)."""
+        ...
+
+    def webhook_counts(self) -> dict[str, int]: ...
+
+    def suppressed_count(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
 class SuppressionList(Protocol):
     """Read-only view of the stoplist (one indexed look-up per RCPT)."""
 
     def contains(self, address: str, credential: str | None = None) -> bool: ...
+
+
+class WebhookWaker(Protocol):
+    """The webhook sender, as the event recorder sees it: a new delivery is waiting."""
+
+    def wake(self) -> None: ...
 
 
 class TokenSigner(Protocol):

@@ -24,13 +24,12 @@ import aiosmtplib
 import pytest
 
 from pipeline import Plugin, Reject, Session, Transaction, hookimpl
-from pipeline.accounts.credentials import hash_secret_pbkdf2
+from pipeline.accounts.secrets import hash_secret_pbkdf2
 from pipeline.app.gateway import Gateway
 from pipeline.app.harness import Dialogue, client_tls, ingress_test_config, running_ingress, spooled
 from pipeline.chain.driver import make_config
 from pipeline.config import EgressSection
 from pipeline.contract.context import Credential
-from pipeline.delivery.scheduler import DeliveryService
 from pipeline.egress.base import Copy
 from pipeline.egress.smtp import SmtpEgress
 from pipeline.spool import QueuedMessage
@@ -229,7 +228,7 @@ def test_default_retry_schedule_doubles_from_5_minutes_to_1_hour_and_expires_aft
     assert (config.spool.retry_min, config.spool.retry_max, config.spool.lifetime) == (300.0, 3600.0, 432000.0)
     t0 = 1_000_000.0
     now = {"t": t0 + 10}
-    svc = DeliveryService(Gateway(config), workers=0, clock=lambda: now["t"])
+    svc = Gateway(config).delivery_service(workers=0, clock=lambda: now["t"])
     delays = []
     for attempts in range(7):
         msg = QueuedMessage("Q1", "a@example.org", b"", {}, t0, ["x@example.net"], attempts={"x@example.net": attempts})

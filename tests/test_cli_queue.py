@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from pipeline.app.cli import main
 from pipeline.contract.context import Credential, MessageContext
 from pipeline.contract.message import Message
-from pipeline.spool import RecipientUpdate
+from pipeline.contract.vocabulary import RecipientState
+from pipeline.ports import RecipientOutcome
 from pipeline.spool.sqlite import SqliteSpool
 
 RAW = b"From: app@example.org\r\nTo: a@example.net\r\nSubject: Queue test\r\n\r\nbody\r\n"
@@ -30,8 +31,8 @@ def fill(data_dir: Path) -> tuple[str, str]:
         return c1.queue_id, c2.queue_id
 
     q1, q2 = asyncio.run(go())
-    spool.record_sync([RecipientUpdate(q1, "a@example.net", "deferred", 1, time.time() + 3600,
-                                       "4.7.1 451 4.7.1 greylisted", 0, "mx[1.2.3.4]:25")])
+    spool.record_sync([RecipientOutcome(q1, "a@example.net", RecipientState.DEFERRED, 1, "4.7.1",
+                                        "451 4.7.1 greylisted", "mx[1.2.3.4]:25", time.time() + 3600)])
     spool.close()
     return q1, q2
 

@@ -59,7 +59,7 @@ async def start_service(
     if egresses:
         overrides["egresses"] = egresses
     gw = Gateway(make_config(overrides), extra_plugins=[EventRecorder, *plugins])
-    svc = DeliveryService(gw, workers=workers)
+    svc = gw.delivery_service(workers=workers)
     await svc.start()
     return gw, svc
 

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from pipeline.accounts.credentials import hash_secret_pbkdf2
+from pipeline.accounts.secrets import hash_secret_pbkdf2
 from pipeline.app.harness import Dialogue, client_tls, ingress_test_config, running_ingress, spooled
 from pipeline.ingress import replies as R
 from pipeline.ingress.service import IngressService

@@ -10,7 +10,7 @@ import ssl
 import aiosmtplib
 import pytest
 
-from pipeline.accounts.credentials import CredentialStore
+from pipeline.accounts.store import CredentialStore
 from pipeline.app.harness import Dialogue, client_tls, ingress_test_config, running_ingress, spooled
 
 MESSAGE = b"From: app@shop.example\r\nTo: user@example.com\r\nSubject: hi\r\n\r\nhello\r\n"

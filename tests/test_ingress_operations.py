@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from pipeline import Reject, Session, hookimpl
-from pipeline.accounts.credentials import hash_secret_pbkdf2
+from pipeline.accounts.secrets import hash_secret_pbkdf2
 from pipeline.app.harness import Dialogue, ingress_test_config, running_ingress, spooled
 
 ROOT = Path(__file__).resolve().parent.parent

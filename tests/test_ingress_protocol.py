@@ -9,7 +9,7 @@ from typing import ClassVar
 import pytest
 
 from pipeline import Discard, Plugin, Reject, Session, TempFail, Transaction, hookimpl
-from pipeline.accounts.credentials import hash_secret_pbkdf2
+from pipeline.accounts.secrets import hash_secret_pbkdf2
 from pipeline.app.harness import Dialogue, client_tls, ingress_test_config, running_ingress, spooled
 
 # a cheap hash keeps these many short tests fast; the scrypt path is tested in test_ingress_auth

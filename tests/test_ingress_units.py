@@ -6,15 +6,9 @@ import sqlite3
 
 import pytest
 
-from pipeline.accounts.credentials import (
-    Authenticator,
-    CredentialError,
-    CredentialStore,
-    check_hash_format,
-    hash_secret,
-    hash_secret_pbkdf2,
-    verify_secret,
-)
+from pipeline.accounts.authenticator import Authenticator
+from pipeline.accounts.secrets import check_hash_format, hash_secret, hash_secret_pbkdf2, verify_secret
+from pipeline.accounts.store import CredentialError, CredentialStore
 from pipeline.chain.driver import make_config
 from pipeline.config import ConfigError
 from pipeline.ingress.addresses import AddressError, domain_matches, parse_path

@@ -36,7 +36,6 @@ PLUGIN_IMPORTS = ("pipeline", "pipeline.toolkit")
 KNOWN: set[tuple[str, str]] = {
     ("pipeline.app.cli.dkim", "plugins.dkim_sign"),
     ("pipeline.contract.plugin", "pipeline.config"),
-    ("pipeline.delivery.workers", "pipeline.app.gateway"),
     ("pipeline.ingress.service", "pipeline.app.gateway"),
     ("plugins.bounce_tracking", "pipeline.events"),
     ("plugins.header_validation", "pipeline.contract.message"),
@@ -46,8 +45,6 @@ KNOWN: set[tuple[str, str]] = {
 KNOWN_CYCLES: list[list[str]] = [
     [
         "pipeline.app.gateway",
-        "pipeline.delivery.scheduler",
-        "pipeline.delivery.workers",
         "pipeline.ingress",
         "pipeline.ingress.server",
         "pipeline.ingress.service",

@@ -21,9 +21,11 @@ from pipeline.app.gateway import Gateway
 from pipeline.chain.driver import make_config
 from pipeline.contract.context import Credential, MessageContext
 from pipeline.contract.message import Message
+from pipeline.contract.vocabulary import RecipientState
 from pipeline.delivery.notices import CAMPAIGN, Failure, build_notice
 from pipeline.delivery.scheduler import DeliveryService
 from pipeline.events.bounces import parse_report
+from pipeline.ports import RecipientOutcome
 from plugins.dkim_sign import dns_txt_value
 from tests.smtp_sink import FAST_RETRIES, EventRecorder, closed_port, smtp_egress, verdict_plugin
 
@@ -58,7 +60,7 @@ async def start(data_dir: Path, *, extra: tuple = (), chain: tuple[str, ...] = (
     for key, value in overrides.items():
         cfg[key] = {**cfg[key], **value} if isinstance(cfg.get(key), dict) else value
     gw = Gateway(make_config(cfg, chain), extra_plugins=[EventRecorder, *extra])
-    svc = DeliveryService(gw, workers=0)
+    svc = gw.delivery_service(workers=0)
     await svc.start()
     return gw, svc
 
@@ -254,8 +256,8 @@ def test_long_and_non_ascii_diagnostics_are_folded_and_still_parse():
 
 
 def test_processing_failures_are_reported_without_internal_details():
-    failure = Failure.of(_Result("x@example.net", "failed", "5.3.0",
-                                 "processing failed 5 times; last: local error: KeyError: 'secret'", "none"))
+    failure = Failure.of(RecipientOutcome("Q1", "x@example.net", RecipientState.FAILED, 5, "5.3.0",
+                                          "processing failed 5 times; last: local error: KeyError: 'secret'"))
     data = build_notice(hostname=HOST, sender=SENDER, queue_id="Q1", arrival=0.0, failures=[failure],
                         original=RAW, notice_id="N1")
     assert b"KeyError" not in data and b"secret" not in data
@@ -264,10 +266,7 @@ def test_processing_failures_are_reported_without_internal_details():
 
 
 def test_bounce_without_a_valid_enhanced_code_reports_500():
-    failure = Failure.of(_Result("x@example.net", "bounced", "", "554 no", "none"))
+    failure = Failure.of(RecipientOutcome("Q1", "x@example.net", RecipientState.BOUNCED, 1, "", "554 no"))
     assert failure.status == "5.0.0" and failure.diagnostic() == "smtp; 554 no"
 
 
-class _Result:
-    def __init__(self, recipient: str, state: str, dsn: str, reply: str, relay: str) -> None:
-        self.recipient, self.state, self.dsn, self.reply, self.relay = recipient, state, dsn, reply, relay

@@ -23,7 +23,6 @@ from pipeline.chain.admission import admit_message
 from pipeline.chain.driver import make_chain, make_config, run_chain, run_chain_async
 from pipeline.config import ConfigError
 from pipeline.contract.message import Message
-from pipeline.delivery.scheduler import DeliveryService
 from plugins.dkim_sign import DkimSign, dns_txt_value, signed_headers
 from tests.conftest import SAMPLES, complete_message, corpus_files, sample_files
 from tests.smtp_sink import EventRecorder, start_sink
@@ -437,7 +436,7 @@ async def _deliver(data_dir: Path, keys: Keys, egress: dict[str, Any], raw: byte
     }
     EventRecorder.reset()
     gw = Gateway(make_config(overrides, ["header_validation", "campaign_tag", "dkim_sign"]), [EventRecorder])
-    svc = DeliveryService(gw, workers=0)
+    svc = gw.delivery_service(workers=0)
     await svc.start()
     try:
         verdict, ctx = await admit_message(gw.chain, gw.config, raw, "billing@example.com", rcpts)

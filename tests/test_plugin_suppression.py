@@ -14,7 +14,6 @@ from pipeline.chain.driver import make_chain
 from pipeline.contract.context import Credential, Session, Transaction
 from pipeline.contract.verdicts import Reject, TempFail
 from pipeline.ingress.service import IngressService
-from pipeline.tracking import tracking_services
 
 STOPLIST = "550 5.0.0 Email is in the account stoplist"
 
@@ -49,7 +48,7 @@ async def rcpt_reply(port: int, user: str, password: str, rcpt: str) -> str:
 async def test_one_click_unsubscribe_then_next_rcpt_gets_stoplist_reply(tmp_path):
     gw = Gateway(smtp_config(tmp_path / "data"))
     ingress = IngressService(gw)
-    gw.services = [ingress, *tracking_services(gw)]
+    gw.services = [ingress, *gw.tracking_services()]
     gw.services[1].requested_port = 0
     await gw.start()
     try:

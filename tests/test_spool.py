@@ -9,7 +9,8 @@ from pathlib import Path
 
 from pipeline.contract.context import Credential, MessageContext
 from pipeline.contract.message import Message
-from pipeline.spool import RecipientUpdate
+from pipeline.contract.vocabulary import RecipientState
+from pipeline.ports import RecipientOutcome
 from pipeline.spool.sqlite import SqliteSpool
 
 RAW = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: s\r\n\r\nbody\r\n"
@@ -75,15 +76,15 @@ async def test_deferred_waits_for_next_attempt_and_final_states_remove_message(t
     spool.claim(10, lease=60)
     now = time.time()
     await spool.record([
-        RecipientUpdate(qid, "x@example.net", "delivered", 1, 0, "2.0.0 250 ok"),
-        RecipientUpdate(qid, "y@example.net", "deferred", 1, now + 100, "4.0.0 451 later"),
+        RecipientOutcome(qid, "x@example.net", RecipientState.DELIVERED, 1, "2.0.0", "250 ok"),
+        RecipientOutcome(qid, "y@example.net", RecipientState.DEFERRED, 1, "4.0.0", "451 later", next_attempt=now + 100),
     ])
     assert spool.claim(10, lease=60, now=now) == []
     assert spool.next_due() == now + 100
     assert spool.retry(qid) == 1
     [msg] = spool.claim(10, lease=60)
     assert msg.recipients == ["y@example.net"] and msg.attempts == {"y@example.net": 1}
-    await spool.record([RecipientUpdate(qid, "y@example.net", "bounced", 2, 0, "5.1.1 550 no")])
+    await spool.record([RecipientOutcome(qid, "y@example.net", RecipientState.BOUNCED, 2, "5.1.1", "550 no")])
     assert spool.show(qid) is None and spool.count() == 0
     spool.close()
 

@@ -266,8 +266,7 @@ async def test_stats_page_is_self_contained_and_escapes_campaign_names(tracking)
 def test_bad_machine_user_agent_regex_is_a_config_error(tmp_path):
     from pipeline.app.gateway import Gateway
     from pipeline.config import ConfigError
-    from pipeline.tracking.app import build_app
 
     gw = Gateway(tracking_config(tmp_path / "data", {"tracking": {"machine_user_agents": ["Scanner("]}}))
     with pytest.raises(ConfigError, match="tracking.machine_user_agents: bad regex"):
-        build_app(gw)
+        gw.tracking_service()

@@ -13,10 +13,8 @@ from tracking_helpers import HUMAN_UA, tracking_config
 
 from pipeline.app.gateway import Gateway
 from pipeline.contract.message import Message
-from pipeline.delivery.scheduler import DeliveryService
 from pipeline.events.stats import campaign_stats
 from pipeline.ingress.service import IngressService
-from pipeline.tracking import tracking_services
 
 RAW = (
     "Message-Id: <e2e-1@shop.example>\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n"
@@ -46,7 +44,7 @@ async def test_mail_through_the_gateway_then_click_open_unsubscribe_show_in_stat
                 "list_unsubscribe"])
     gw = Gateway(config)
     ingress = IngressService(gw)
-    gw.services = [ingress, DeliveryService(gw, workers=0), *tracking_services(gw)]
+    gw.services = [ingress, gw.delivery_service(workers=0), *gw.tracking_services()]
     await gw.start()
     try:
         web = gw.services[2].url

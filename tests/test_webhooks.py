@@ -15,7 +15,6 @@ from tracking_helpers import tracking_config
 from pipeline.app.gateway import Gateway
 from pipeline.contract.context import Event
 from pipeline.events.webhooks import sign_webhook, verify_webhook
-from pipeline.tracking import tracking_services
 
 SECRET = b"whsec-test"
 
@@ -72,8 +71,7 @@ async def receiver():
 
 async def start_gateway(config) -> Gateway:
     gw = Gateway(config)
-    gw.services = tracking_services(gw)
-    gw.services[0].requested_port = 0
+    gw.services = gw.tracking_services(port=0)
     await gw.start()
     return gw
 
@@ -167,7 +165,7 @@ async def test_unreachable_webhook_url_is_retried_not_lost(tmp_path):
 
 
 async def test_stored_credential_webhooks_from_credentials_db(tmp_path, receiver):
-    from pipeline.accounts.credentials import CredentialStore
+    from pipeline.accounts.store import CredentialStore
 
     receiver.statuses = []
     config = tracking_config(tmp_path / "data")

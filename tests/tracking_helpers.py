@@ -36,7 +36,7 @@ def signer() -> TokenSigner:
 async def start_tracking(config: Any) -> tuple[Gateway, TrackingService]:
     """A gateway running only the tracking HTTP service (ephemeral port)."""
     gw = Gateway(config)
-    service = TrackingService(gw, port=0)
+    service = gw.tracking_service(port=0)
     gw.services = [service]
     await gw.start()
     return gw, service

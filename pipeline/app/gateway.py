@@ -10,13 +10,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
+from pipeline.accounts.store import StoredWebhooks
 from pipeline.chain.loader import PluginSet
 from pipeline.chain.runner import Chain
 from pipeline.config import Config
 from pipeline.contract.context import Event
+from pipeline.delivery.notices import BounceNotices, notice_features
+from pipeline.delivery.scheduler import DeliveryService
+from pipeline.egress.resolver import Resolver
+from pipeline.events import EventEmitter, open_event_store
+from pipeline.events.inbound import InboundHandler
+from pipeline.events.sqlite import SqliteEventStore
+from pipeline.ingress import IngressService
+from pipeline.ports import InboundHandler as InboundPort
+from pipeline.spool.sqlite import SqliteSpool
+from pipeline.tracking import TrackingService, tracking_services
 
 log = logging.getLogger("smtpgate")
 
@@ -32,65 +44,107 @@ class Service(Protocol):
 
 
 class Gateway:
-    """One gateway instance (tests start several side by side on ephemeral ports)."""
+    """One gateway instance (tests start several side by side on ephemeral ports).
+
+    The composition root: it owns the config, the plugin chain, the stores and the counters, and
+    hands each service only the ports it needs (:mod:`pipeline.ports`); no service sees the gateway.
+    """
 
     def __init__(self, config: Config, extra_plugins: list[Any] | None = None) -> None:
         self.config = config
         self.plugins = PluginSet(config, extra_plugins)
         self.chain = Chain(self.plugins)
         self.services: list[Service] = []
-        self._spool: Any = None
-        # Domains the gateway itself receives mail for (e.g. the VERP bounce domain): the ingress
-        # accepts RCPT for them without AUTH and hands the message to the handler, not the chain.
-        self.inbound_handlers: dict[str, Callable[[str, list[str], bytes], Awaitable[None]]] = {}
         # Process-wide counters for /metrics; keys are "name:label" with bounded label values.
         self.counters: collections.Counter[str] = collections.Counter()
-        self._events: Any = None
-        if config.tracking.bounce_domain:
-            from pipeline.events.inbound import InboundHandler
+        self._spool: SqliteSpool | None = None
+        self._events: SqliteEventStore | None = None
+        self._emitter: EventEmitter | None = None
+        self._inbound: dict[str, InboundPort] | None = None
+        self._stored_webhooks = StoredWebhooks(config.data_dir / "credentials.db")
 
-            self.inbound_handlers[config.tracking.bounce_domain.lower()] = InboundHandler(self)
-
-    def build_services(self, workers: int | None = None) -> None:
-        """Create the long-running services, in data-flow order. Each area adds its own line."""
-        self.services = []
-        from pipeline.ingress import IngressService
-
-        self.services.append(IngressService(self))  # SMTP listeners -> admission -> spool
-        from pipeline.delivery.scheduler import DeliveryService
-
-        self.services.append(DeliveryService(self, workers=workers))  # spool -> workers -> egress, retries
-        from pipeline.tracking import tracking_services
-
-        self.services += tracking_services(self)  # HTTP clicks/opens/unsubscribe/stats, webhook sender
+    # -- stores and ports (opened on first use, so commands that don't need them don't create them)
 
     @property
-    def spool(self) -> Any:
-        """The spool (opened on first use, so commands that don't need it don't create it)."""
+    def spool(self) -> SqliteSpool:
+        """The spool, ``<data_dir>/spool.db``."""
         if self._spool is None:
-            from pipeline.spool.sqlite import SqliteSpool
-
             self._spool = SqliteSpool(self.config.data_dir / "spool.db")
         return self._spool
 
     @property
-    def events(self) -> Any:
-        """The event store, ``<data_dir>/events.db`` (opened on first use, like the spool)."""
+    def events(self) -> SqliteEventStore:
+        """The event store, ``<data_dir>/events.db``."""
         if self._events is None:
-            from pipeline.events import open_event_store
-
             self._events = open_event_store(self.config)
         return self._events
+
+    @property
+    def event_sink(self) -> EventEmitter:
+        """The :class:`~pipeline.ports.EventSink` every stage reports to (store, webhooks, ``on_event``)."""
+        if self._emitter is None:
+            self._emitter = EventEmitter(
+                self.events, self.config, self.counters, credential_webhooks=self._stored_webhooks, after=self.chain.emit
+            )
+        return self._emitter
 
     async def emit(self, event: Event, *, strict: bool = False) -> None:
         """Record an event (event store, webhook outbox, suppression) and hand it to ``on_event`` plugins.
 
-        A store failure is logged, not raised, unless ``strict`` (see ``pipeline.events.record_event``).
+        A store failure is logged, not raised, unless ``strict`` (see :class:`pipeline.events.EventEmitter`).
         """
-        from pipeline.events import record_event
+        await self.event_sink.emit(event, strict=strict)
 
-        await record_event(self, event, strict=strict)
-        await self.chain.emit(event)
+    @property
+    def inbound_handlers(self) -> dict[str, InboundPort]:
+        """Domains the gateway itself receives mail for (the VERP bounce domain): the ingress
+        accepts RCPT for them without AUTH and hands the message to the handler, not the chain."""
+        if self._inbound is None:
+            self._inbound = {}
+            domain = self.config.tracking.bounce_domain
+            if domain:
+                handler = InboundHandler(self.config, self.events, self.event_sink, self.counters)
+                self._inbound[domain.lower()] = handler
+        return self._inbound
+
+    # -- services, each on its ports
+
+    def delivery_service(
+        self, workers: int | None = None, resolver: Resolver | None = None, clock: Callable[[], float] = time.time
+    ) -> DeliveryService:
+        """spool -> workers -> egress, retries, bounce notices."""
+        bounce_domain = self.config.tracking.bounce_domain
+        notices = BounceNotices(
+            self.config, self.spool, self.event_sink, notice_features(self.config, self.plugins.plugins),
+            own_domains=[bounce_domain] if bounce_domain else [],
+        )
+        extra = [type(p.instance) for p in self.plugins.plugins if p.source == "given"]
+        return DeliveryService(
+            self.config, self.spool, self.event_sink, self.chain, notices,
+            extra_plugins=extra, workers=workers, resolver=resolver, clock=clock,
+        )
+
+    def tracking_services(self, host: str | None = None, port: int | None = None) -> list[Service]:
+        """The tracking HTTP service (clicks, opens, unsubscribe, stats) and the webhook sender."""
+        tracking, sender = tracking_services(self.config, self.event_sink, self.events, self.counters,
+                                             host=host, port=port)
+        self.event_sink.webhook_senders.append(sender)
+        return [tracking, sender]
+
+    def tracking_service(self, host: str | None = None, port: int | None = None) -> TrackingService:
+        """The tracking HTTP service alone (tests, benchmarks)."""
+        service = self.tracking_services(host, port)[0]
+        assert isinstance(service, TrackingService)
+        return service
+
+    def build_services(self, workers: int | None = None) -> None:
+        """Create the long-running services, in data-flow order. Each area adds its own line."""
+        self.services = []
+        self.services.append(IngressService(self))  # SMTP listeners -> admission -> spool
+        self.services.append(self.delivery_service(workers))  # spool -> workers -> egress, retries
+        self.services += self.tracking_services()  # HTTP clicks/opens/unsubscribe/stats, webhook sender
+
+    # -- lifecycle
 
     async def start(self) -> None:
         for service in self.services:
@@ -111,6 +165,9 @@ class Gateway:
         if self._events is not None:
             self._events.close()
             self._events = None
+            self._emitter = None
+            self._inbound = None
+        self._stored_webhooks.close()
 
     async def serve_forever(self, stop: asyncio.Event) -> None:
         await self.start()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from pipeline.accounts.store import CredentialStore
 from pipeline.chain.admission import admit_message
 from pipeline.chain.driver import envelope_from_headers
 from pipeline.chain.features import resolve_features
@@ -129,8 +130,6 @@ def credential_from_config(config: Config, name: str) -> Credential:
     store_path = config.data_dir / "credentials.db"
     stored: list[str] = []
     if store_path.is_file():  # never create the store just to look into it
-        from pipeline.accounts.credentials import CredentialStore
-
         store = CredentialStore(store_path)
         try:
             records = store.records()

@@ -28,19 +28,23 @@ import re
 import secrets
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from pipeline.chain.loader import LoadedPlugin
+from pipeline.config import Config
 from pipeline.contract.context import FEATURES, Event, MessageContext
 from pipeline.contract.message import Message
+from pipeline.contract.vocabulary import EventType, RecipientState
+from pipeline.ports import EventSink, QueuedMessage, RecipientOutcome, SpoolWriter
 
 log = logging.getLogger("smtpgate.notices")
 
 CAMPAIGN = "bounce-notices"
 """Campaign id of notices (in events and statistics); they carry no credential."""
 
-NOTICE_STATES = frozenset({"bounced", "expired", "failed"})
+NOTICE_STATES = frozenset({RecipientState.BOUNCED, RecipientState.EXPIRED, RecipientState.FAILED})
 """Recipient results that are reported to the sender."""
 
 SUBJECT = "Undelivered Mail Returned to Sender"
@@ -49,16 +53,6 @@ _STATUS = re.compile(r"^[45]\.\d{1,3}\.\d{1,3}$")
 _SMTP_REPLY = re.compile(r"^[245]\d\d(?:[ -]|$)")
 _RELAY_HOST = re.compile(r"^([^\[\]\s]+)\[")
 _MAX_DIAGNOSTIC = 900  # characters: a folded field stays far below the 998-octet line limit
-
-
-class RecipientResult(Protocol):
-    """What a notice needs of one recipient's result (``pipeline.delivery.scheduler.Outcome`` has it)."""
-
-    recipient: str
-    state: str
-    dsn: str
-    reply: str
-    relay: str
 
 
 @dataclass(frozen=True)
@@ -72,7 +66,7 @@ class Failure:
     relay: str  # Postfix's host[ip]:port, or "none"
 
     @classmethod
-    def of(cls, result: RecipientResult) -> Failure:
+    def of(cls, result: RecipientOutcome) -> Failure:
         if result.state == "expired":
             status = "4.4.7"
         elif _STATUS.match(result.dsn or ""):
@@ -227,85 +221,125 @@ def build_notice(
     )
 
 
-def skip_reason(gateway: Any, mail_from: str, context: dict[str, Any]) -> str | None:
-    """Why no notice goes to this message's sender, or ``None`` when one should."""
-    if not gateway.config.spool.bounce_notices:
-        return "bounce_notices = false"
-    if not mail_from:
-        return "null sender"
-    domain = mail_from.rpartition("@")[2].lower().rstrip(".")
-    if domain in gateway.inbound_handlers:
-        return "sender is our bounce domain"
-    credential = context.get("credential") or {}
-    if credential.get("sandbox"):
-        return "sandbox credential"
-    features = context.get("features") or {}
-    if (
-        features.get("trackbounces")
-        and gateway.config.tracking.bounce_domain
-        and any(p.feature == "trackbounces" for p in gateway.plugins.plugins)
-    ):
-        return "VERP bounce address (the bounce is tracked as an event)"
-    return None
+@dataclass(frozen=True)
+class NoticeFeatures:
+    """Which feature switches a notice runs with, and which one sends copies with a VERP sender.
+
+    Derived from the loaded plugins (:func:`notice_features`), so this module names no feature.
+    """
+
+    switches: frozenset[str]
+    """Every switch a message can carry; a notice has each one off except ``signing``."""
+    signing: frozenset[str]
+    """The switches of signing plugins: a notice is signed like any mail of ours."""
+    verp: str | None = None
+    """The switch under which copies leave with a VERP bounce address (the bounce becomes an event)."""
 
 
-def notice_context(message: Message, config: Any, original_queue_id: str) -> MessageContext:
-    """A context that runs the notice through the chain with every switch off but ``dkim``."""
-    switches = set(FEATURES) | set(config.features)
+def notice_features(config: Config, plugins: Sequence[LoadedPlugin]) -> NoticeFeatures:
+    """The feature facts a notice needs, from the config and the loaded plugins.
+
+    The switch list and the VERP switch are a stand-in for the feature registry: replace this
+    function when the plugins declare their switches (and whether they rewrite the sender).
+    """
+    switches = set(FEATURES) | set(config.features) | {p.feature for p in plugins if p.feature}
+    signing = {p.feature for p in plugins if p.feature and p.seals_message}
+    verp = next((p.feature for p in plugins if p.name == "bounce_tracking" and p.feature), None)
+    return NoticeFeatures(frozenset(switches), frozenset(signing), verp if config.tracking.bounce_domain else None)
+
+
+def notice_context(message: Message, features: NoticeFeatures, original_queue_id: str) -> MessageContext:
+    """A context that runs the notice through the chain with every switch off but signing."""
     return MessageContext(
         message=message,
         credential=None,
-        features={name: name == "dkim" for name in sorted(switches)},
+        features={name: name in features.signing for name in sorted(features.switches)},
         campaign_id=CAMPAIGN,
         notes={"bounce_notice_for": original_queue_id},
     )
 
 
-async def send_bounce_notice(gateway: Any, msg: Any, results: Sequence[RecipientResult]) -> str | None:
-    """Enqueue one notice for the failed recipients among ``results``; its queue id, or ``None``.
+class BounceNotices:
+    """Sends the sender's non-delivery notification for the failed recipients of a delivery round.
 
-    ``msg`` is the :class:`~pipeline.spool.QueuedMessage` the results belong to. Building the
-    notice never raises (a bug here is logged, not allowed to hold up the results); a spool
-    error does, like the results' own commit would.
+    Gets its ports from the composition root: the spool the notice is enqueued into, the event
+    sink its ``accepted`` event goes to, and the domains the gateway receives mail for itself.
     """
-    failed = [r for r in results if r.state in NOTICE_STATES]
-    if not failed:
+
+    def __init__(
+        self,
+        config: Config,
+        spool: SpoolWriter,
+        events: EventSink,
+        features: NoticeFeatures,
+        own_domains: Collection[str] = (),
+    ) -> None:
+        self.enabled = config.spool.bounce_notices
+        self.hostname = config.gateway.hostname
+        self.spool = spool
+        self.events = events
+        self.features = features
+        self.own_domains = frozenset(d.lower().rstrip(".") for d in own_domains)
+
+    def skip_reason(self, mail_from: str, context: dict[str, Any]) -> str | None:
+        """Why no notice goes to this message's sender, or ``None`` when one should."""
+        if not self.enabled:
+            return "bounce_notices = false"
+        if not mail_from:
+            return "null sender"
+        domain = mail_from.rpartition("@")[2].lower().rstrip(".")
+        if domain in self.own_domains:
+            return "sender is our bounce domain"
+        credential = context.get("credential") or {}
+        if credential.get("sandbox"):
+            return "sandbox credential"
+        features = context.get("features") or {}
+        if self.features.verp and features.get(self.features.verp):
+            return "VERP bounce address (the bounce is tracked as an event)"
         return None
-    try:
-        reason = skip_reason(gateway, msg.mail_from, msg.context)
-        if reason is not None:
-            log.info("%s: no sender non-delivery notification (%s)", msg.queue_id, reason)
+
+    async def send(self, msg: QueuedMessage, results: Sequence[RecipientOutcome]) -> str | None:
+        """Enqueue one notice for the failed recipients among ``results``; its queue id, or ``None``.
+
+        Building the notice never raises (a bug here is logged, not allowed to hold up the
+        results); a spool error does, like the results' own commit would.
+        """
+        failed = [r for r in results if r.state in NOTICE_STATES]
+        if not failed:
             return None
-        config = gateway.config
-        hostname = config.gateway.hostname
-        failures = [Failure.of(r) for r in failed]
-        placeholder = Message(b"Subject: x\r\n\r\n", "", [msg.mail_from])
-        ctx = notice_context(placeholder, config, msg.queue_id)
-        data = build_notice(
-            hostname=hostname,
-            sender=msg.mail_from,
-            queue_id=msg.queue_id,
-            arrival=float(msg.context.get("received_at") or msg.created_at),
-            failures=failures,
-            original=msg.data,
-            notice_id=ctx.queue_id,
-        )
-        ctx.message = Message(data, "", [msg.mail_from])
-    except Exception:
-        log.exception("%s: building the sender non-delivery notification failed", msg.queue_id)
-        return None
-    await gateway.spool.enqueue(ctx, data, [msg.mail_from])
-    log.info("%s: sender non-delivery notification: %s", msg.queue_id, ctx.queue_id)
-    try:
-        await gateway.emit(
-            Event(
-                "accepted",
-                queue_id=ctx.queue_id,
-                recipient=msg.mail_from,
-                campaign_id=CAMPAIGN,
-                data={"notice_for": msg.queue_id, "failed_recipients": [f.recipient for f in failures]},
+        try:
+            reason = self.skip_reason(msg.mail_from, msg.context)
+            if reason is not None:
+                log.info("%s: no sender non-delivery notification (%s)", msg.queue_id, reason)
+                return None
+            failures = [Failure.of(r) for r in failed]
+            placeholder = Message(b"Subject: x\r\n\r\n", "", [msg.mail_from])
+            ctx = notice_context(placeholder, self.features, msg.queue_id)
+            data = build_notice(
+                hostname=self.hostname,
+                sender=msg.mail_from,
+                queue_id=msg.queue_id,
+                arrival=float(msg.context.get("received_at") or msg.created_at),
+                failures=failures,
+                original=msg.data,
+                notice_id=ctx.queue_id,
             )
-        )
-    except Exception:  # the notice is queued; a failing event sink must not undo it
-        log.exception("%s: emitting the accepted event of notice %s failed", msg.queue_id, ctx.queue_id)
-    return ctx.queue_id
+            ctx.message = Message(data, "", [msg.mail_from])
+        except Exception:
+            log.exception("%s: building the sender non-delivery notification failed", msg.queue_id)
+            return None
+        await self.spool.enqueue(ctx, data, [msg.mail_from])
+        log.info("%s: sender non-delivery notification: %s", msg.queue_id, ctx.queue_id)
+        try:
+            await self.events.emit(
+                Event(
+                    EventType.ACCEPTED,
+                    queue_id=ctx.queue_id,
+                    recipient=msg.mail_from,
+                    campaign_id=CAMPAIGN,
+                    data={"notice_for": msg.queue_id, "failed_recipients": [f.recipient for f in failures]},
+                )
+            )
+        except Exception:  # the notice is queued; a failing event sink must not undo it
+            log.exception("%s: emitting the accepted event of notice %s failed", msg.queue_id, ctx.queue_id)
+        return ctx.queue_id

@@ -17,66 +17,66 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipeline.chain.processing import CopyResult
+from pipeline.chain.runner import Chain
+from pipeline.config import Config
 from pipeline.contract.context import Event
 from pipeline.contract.verdicts import Discard, Reject, TempFail
-from pipeline.delivery.notices import send_bounce_notice
+from pipeline.contract.vocabulary import EventType, RecipientState
+from pipeline.delivery.notices import BounceNotices
 from pipeline.delivery.workers import WorkerPool
 from pipeline.egress.base import Copy, DeliveryResult
 from pipeline.egress.resolver import Resolver
 from pipeline.egress.router import EgressRouter, UnknownEgress
-from pipeline.spool import QueuedMessage, RecipientUpdate
+from pipeline.ports import EventSink, QueuedMessage, RecipientOutcome, Spool
 
 log = logging.getLogger("smtpgate.delivery")
 
 STATUS_WORD = {
-    "delivered": "sent",
-    "deferred": "deferred",
-    "bounced": "bounced",
-    "expired": "expired",
-    "failed": "failed",
-    "discarded": "discarded",
+    RecipientState.DELIVERED: "sent",
+    RecipientState.DEFERRED: "deferred",
+    RecipientState.BOUNCED: "bounced",
+    RecipientState.EXPIRED: "expired",
+    RecipientState.FAILED: "failed",
+    RecipientState.DISCARDED: "discarded",
 }
-
-
-@dataclass
-class Outcome:
-    """One recipient's result for this attempt: what the spool stores and what the event says."""
-
-    recipient: str
-    state: str
-    dsn: str
-    reply: str
-    relay: str
-    attempts: int
-    next_attempt: float = 0.0
-    plugin_failures: int = 0
-
+"""Postfix's ``status=`` word in the log line of each result."""
 
 class DeliveryService:
-    """Long-running service (see :class:`pipeline.app.gateway.Service`)."""
+    """Long-running service (see :class:`pipeline.app.gateway.Service`).
+
+    It gets its ports from the composition root: the :class:`Spool` it claims from and records
+    into, the :class:`EventSink` results go to, the chain (inline mode) and the plugin classes
+    the worker processes rebuild it from, and the bounce notice policy.
+    """
 
     name = "delivery"
 
     def __init__(
         self,
-        gateway: Any,
+        config: Config,
+        spool: Spool,
+        events: EventSink,
+        chain: Chain,
+        notices: BounceNotices,
+        *,
+        extra_plugins: Sequence[Any] = (),
         workers: int | None = None,
         resolver: Resolver | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.gateway = gateway
-        self.config = gateway.config
-        self.settings = gateway.config.spool
+        self.config = config
+        self.settings = config.spool
+        self.spool = spool
+        self.events = events
+        self.notices = notices
         self.clock = clock
         self.router = EgressRouter(self.config, resolver)
-        extra = [type(p.instance) for p in gateway.plugins.plugins if p.source == "given"]
         n = self.settings.workers if workers is None else workers
-        self.pool = WorkerPool(self.config, n, gateway.chain, extra)
+        self.pool = WorkerPool(self.config, n, chain, list(extra_plugins))
         self._wake = asyncio.Event()
         self._tasks: dict[asyncio.Task[None], QueuedMessage] = {}
         self._held: set[tuple[str, str]] = set()  # (queue_id, recipient) claimed and not yet recorded
@@ -86,7 +86,7 @@ class DeliveryService:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        spool = self.gateway.spool
+        spool = self.spool
         resumed = await asyncio.to_thread(spool.recover)
         if resumed:
             log.warning("resumed %d recipient(s) left in processing by the previous run", resumed)
@@ -122,7 +122,7 @@ class DeliveryService:
     # -- scheduler ------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        spool = self.gateway.spool
+        spool = self.spool
         while not self._stopping:
             self._wake.clear()
             free = self.settings.max_in_flight - len(self._tasks)
@@ -159,7 +159,7 @@ class DeliveryService:
     async def run_once(self) -> int:
         """Claim and fully handle everything due now (tools and tests); returns messages handled."""
         claimed = await asyncio.to_thread(
-            self.gateway.spool.claim, self.settings.max_in_flight, self.settings.lease, self.clock()
+            self.spool.claim, self.settings.max_in_flight, self.settings.lease, self.clock()
         )
         await asyncio.gather(*(self._handle(m) for m in claimed))
         return len(claimed)
@@ -170,7 +170,7 @@ class DeliveryService:
                 outcomes = await self._attempt(msg)
             except asyncio.CancelledError:
                 # Shutdown with the message still in hand: give it back untouched.
-                self.gateway.spool.release(msg.queue_id, msg.recipients)
+                self.spool.release(msg.queue_id, msg.recipients)
                 raise
             except Exception as exc:  # a bug here must defer the message, never drop it
                 log.exception("%s: delivery attempt failed", msg.queue_id)
@@ -182,7 +182,7 @@ class DeliveryService:
 
     # -- one attempt ----------------------------------------------------------------------
 
-    async def _attempt(self, msg: QueuedMessage) -> list[Outcome]:
+    async def _attempt(self, msg: QueuedMessage) -> list[RecipientOutcome]:
         try:
             copies = await self.pool.process(msg.context, msg.data, msg.mail_from, msg.recipients)
         except asyncio.CancelledError:
@@ -191,7 +191,7 @@ class DeliveryService:
             log.error("%s: processing failed: %s: %s", msg.queue_id, type(exc).__name__, exc)
             reply = f"451 4.3.0 processing failed: {type(exc).__name__}: {exc}"
             return [self._defer(msg, r, "4.3.0", reply, "none", True) for r in msg.recipients]
-        outcomes: dict[str, Outcome] = {}
+        outcomes: dict[str, RecipientOutcome] = {}
         to_send: list[Copy] = []
         for c in copies:
             if c.recipient not in msg.attempts or c.recipient in outcomes:
@@ -209,13 +209,15 @@ class DeliveryService:
                 outcomes[res.recipient] = self._result_outcome(msg, res)
         return [outcomes[r] for r in msg.recipients if r in outcomes]
 
-    def _verdict_outcome(self, msg: QueuedMessage, c: CopyResult) -> Outcome | None:
+    def _verdict_outcome(self, msg: QueuedMessage, c: CopyResult) -> RecipientOutcome | None:
         v = c.verdict
         attempts = msg.attempts[c.recipient] + 1
         if isinstance(v, Reject):
-            return Outcome(c.recipient, "bounced", v.enhanced, v.reply(), "none", attempts)
+            return RecipientOutcome(msg.queue_id, c.recipient, RecipientState.BOUNCED, attempts, v.enhanced, v.reply())
         if isinstance(v, Discard):
-            return Outcome(c.recipient, "discarded", "2.0.0", f"discarded: {v.reason}", "none", attempts)
+            return RecipientOutcome(
+                msg.queue_id, c.recipient, RecipientState.DISCARDED, attempts, "2.0.0", f"discarded: {v.reason}"
+            )
         if isinstance(v, TempFail):
             return self._defer(msg, c.recipient, v.enhanced, v.reply(), "none", True)
         if c.data is None:
@@ -229,59 +231,57 @@ class DeliveryService:
             return [DeliveryResult.deferred(c.recipient, "4.3.5", str(exc)) for c in copies]
         return await egress.deliver(copies)
 
-    def _result_outcome(self, msg: QueuedMessage, res: DeliveryResult) -> Outcome:
+    def _result_outcome(self, msg: QueuedMessage, res: DeliveryResult) -> RecipientOutcome:
         attempts = msg.attempts[res.recipient] + 1
         pf = msg.plugin_failures.get(res.recipient, 0)
         if res.status == "sent":
-            return Outcome(res.recipient, "delivered", res.dsn, res.reply, res.relay, attempts, plugin_failures=pf)
-        if res.status == "bounced":
-            return Outcome(res.recipient, "bounced", res.dsn, res.reply, res.relay, attempts, plugin_failures=pf)
-        return self._defer(msg, res.recipient, res.dsn, res.reply, res.relay, False)
+            state = RecipientState.DELIVERED
+        elif res.status == "bounced":
+            state = RecipientState.BOUNCED
+        else:
+            return self._defer(msg, res.recipient, res.dsn, res.reply, res.relay, False)
+        return RecipientOutcome(msg.queue_id, res.recipient, state, attempts, res.dsn, res.reply, res.relay,
+                                plugin_failures=pf)
 
-    def _defer(self, msg: QueuedMessage, rcpt: str, dsn: str, reply: str, relay: str, plugin: bool) -> Outcome:
+    def _defer(self, msg: QueuedMessage, rcpt: str, dsn: str, reply: str, relay: str, plugin: bool) -> RecipientOutcome:
         """A temporary failure: retry on the schedule, or fail/expire when out of chances."""
         now = self.clock()
         attempts = msg.attempts.get(rcpt, 0) + 1
         pf = msg.plugin_failures.get(rcpt, 0) + (1 if plugin else 0)
         if plugin and pf >= self.settings.max_plugin_attempts:
-            return Outcome(rcpt, "failed", "5.3.0", f"processing failed {pf} times; last: {reply}", relay, attempts, 0, pf)
+            return RecipientOutcome(msg.queue_id, rcpt, RecipientState.FAILED, attempts, "5.3.0",
+                                    f"processing failed {pf} times; last: {reply}", relay, plugin_failures=pf)
         deadline = msg.created_at + self.settings.lifetime
         if now >= deadline:
             age = now - msg.created_at
-            return Outcome(
-                rcpt, "expired", "4.4.7", f"message expired after {age:.0f} s in the queue; last: {reply}", relay,
-                attempts, 0, pf,
+            return RecipientOutcome(
+                msg.queue_id, rcpt, RecipientState.EXPIRED, attempts, "4.4.7",
+                f"message expired after {age:.0f} s in the queue; last: {reply}", relay, plugin_failures=pf,
             )
         delay = min(self.settings.retry_max, self.settings.retry_min * 2 ** (attempts - 1))
-        return Outcome(rcpt, "deferred", dsn, reply, relay, attempts, min(now + delay, deadline), pf)
+        return RecipientOutcome(msg.queue_id, rcpt, RecipientState.DEFERRED, attempts, dsn, reply, relay,
+                                min(now + delay, deadline), pf)
 
     # -- results --------------------------------------------------------------------------
 
-    async def _commit(self, msg: QueuedMessage, outcomes: list[Outcome]) -> None:
-        updates = [
-            RecipientUpdate(
-                msg.queue_id, o.recipient, o.state, o.attempts, o.next_attempt, f"{o.dsn} {o.reply}"[:1000],
-                o.plugin_failures, o.relay,
-            )
-            for o in outcomes
-        ]
+    async def _commit(self, msg: QueuedMessage, outcomes: list[RecipientOutcome]) -> None:
         # Bounced/expired/failed: the sender's DSN is spooled before the results, so a crash
         # repeats it rather than loses it (pipeline/delivery/notices.py).
-        await send_bounce_notice(self.gateway, msg, outcomes)
-        await self.gateway.spool.record(updates)
+        await self.notices.send(msg, outcomes)
+        await self.spool.record(outcomes)
         self._held.difference_update((msg.queue_id, o.recipient) for o in outcomes)
         ctx = msg.context
         cred = (ctx.get("credential") or {}).get("name")
         now = self.clock()
         for o in outcomes:
             delay = now - msg.created_at
-            log_fn = log.warning if o.state in ("failed", "expired") else log.info
+            log_fn = log.warning if o.state in (RecipientState.FAILED, RecipientState.EXPIRED) else log.info
             log_fn(
                 "%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)",
                 msg.queue_id, o.recipient, o.relay, delay, o.dsn, STATUS_WORD[o.state], o.reply,
             )
             event = Event(
-                type=o.state,
+                type=EventType(o.state),
                 queue_id=msg.queue_id,
                 recipient=o.recipient,
                 credential=cred,
@@ -293,10 +293,10 @@ class DeliveryService:
                     "relay": o.relay,
                     "attempts": o.attempts,
                     "delay": round(delay, 3),
-                    **({"next_attempt": o.next_attempt} if o.state == "deferred" else {}),
+                    **({"next_attempt": o.next_attempt} if o.state == RecipientState.DEFERRED else {}),
                 },
             )
             try:
-                await self.gateway.emit(event)
+                await self.events.emit(event)
             except Exception:  # the result is already committed; a failing event sink must not undo it
                 log.exception("%s: emitting %s event for %s failed", msg.queue_id, o.state, o.recipient)

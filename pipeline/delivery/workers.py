@@ -1,9 +1,13 @@
 """Processing workers: the processing phases (transform, fan-out, personalize, sign) in separate
 processes, so CSS inlining, HTML rewriting and RSA signing use every core (the GIL rules out threads).
 
-Each worker process builds the gateway's plugin chain once (initializer) and then turns
-``(context record, raw bytes, envelope)`` into per-recipient copies. Delivery stays in the main
-process's event loop. ``workers = 0`` runs the chain in the main process (debugging, small tests).
+Each worker process builds the plugin chain once from the config and the plugin set
+(initializer) and then turns ``(context record, raw bytes, envelope)`` into per-recipient
+copies. Delivery stays in the main process's event loop. ``workers = 0`` runs the chain in the
+main process (debugging, small tests).
+
+Workers never outlive the gateway (:mod:`pipeline.delivery.lifeline`): they die with the
+forkserver, which dies with the main process, however that ends (SIGTERM to the group, SIGKILL).
 """
 
 from __future__ import annotations
@@ -11,33 +15,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from pipeline.chain.loader import PluginSet
 from pipeline.chain.processing import CopyResult, process_message
 from pipeline.chain.runner import Chain
 from pipeline.config import Config
 from pipeline.contract.context import MessageContext
 from pipeline.contract.message import Message
+from pipeline.delivery.lifeline import die_with_parent, start_forkserver
 
 log = logging.getLogger("smtpgate.workers")
 
 _worker: tuple[Chain, asyncio.AbstractEventLoop] | None = None
 
 
-def _init_worker(config: Config, extra_plugins: list[Any]) -> None:
-    """Runs once per worker process: build the chain; leave signals to the parent."""
+def build_chain(config: Config, extra_plugins: list[Any]) -> Chain:
+    """The processing chain of a worker: the same plugins, in the same order, as the gateway's."""
+    return Chain(PluginSet(config, extra_plugins))
+
+
+def _init_worker(config: Config, extra_plugins: list[Any], gateway_pid: int) -> None:
+    """Runs once per worker process: tie its life to the gateway's, then build the chain."""
     global _worker
     # The parent decides when to stop (SIGTERM/Ctrl-C reach the whole process group); a worker
-    # killed mid-message would turn a clean shutdown into a retry.
+    # killed mid-message would turn a clean shutdown into a retry. Ignoring them is safe only
+    # because the worker exits by itself once the gateway is gone.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from pipeline.app.gateway import Gateway
-
-    gateway = Gateway(config, extra_plugins)
-    _worker = (gateway.chain, asyncio.new_event_loop())
+    die_with_parent(gateway_pid)
+    _worker = (build_chain(config, extra_plugins), asyncio.new_event_loop())
 
 
 def _ping() -> bool:
@@ -72,11 +83,12 @@ class WorkerPool:
 
     def _new_executor(self) -> ProcessPoolExecutor:
         ctx = multiprocessing.get_context("forkserver")
+        start_forkserver()
         return ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(self.config, self.extra_plugins),
+            initargs=(self.config, self.extra_plugins, os.getpid()),
         )
 
     async def start(self) -> None:

@@ -2,21 +2,21 @@
 bounced, expired, failed, discarded, opened, clicked, unsubscribed, complained), and what is
 derived from it: statistics, webhooks and the suppression list (stoplist).
 
-:class:`EventStore` is the interface (as :class:`~pipeline.spool.Spool` is for the spool);
-:class:`~pipeline.events.sqlite.SqliteEventStore` is the embedded backend. Plugins use only
+:class:`~pipeline.ports.EventStore` is the interface (as :class:`~pipeline.ports.Spool` is for
+the spool); :class:`~pipeline.events.sqlite.SqliteEventStore` is the embedded backend;
+:class:`EventRecorder` is the event sink every stage is handed. Plugins use only
 :func:`open_suppression_list`.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
 
+from pipeline.config import Config
 from pipeline.contract.context import Event
+from pipeline.contract.vocabulary import EventType
 from pipeline.events.machine import MachineDetector
 from pipeline.events.sqlite import (
     GLOBAL_SCOPE,
@@ -27,32 +27,18 @@ from pipeline.events.sqlite import (
     SuppressionPolicy,
     normalize_address,
 )
+from pipeline.events.webhooks import webhook_urls
+from pipeline.ports import EventStore, Metrics, WebhookWaker
 from pipeline.storage.sqlite import open_sqlite
 from pipeline.toolkit.verp import VerpToken, parse_verp, recipient_hash, verp_local_part
 
-if TYPE_CHECKING:
-    from pipeline.config import Config
-
 log = logging.getLogger("smtpgate.events")
 
-EVENT_TYPES = (
-    "accepted", "discarded", "delivered", "deferred", "bounced", "expired", "failed",
-    "opened", "clicked", "unsubscribed", "complained",
-)
+EVENT_TYPES = tuple(EventType)
 """Known event types; metrics label anything else as ``other`` so label values stay bounded."""
 
 STOPLIST_REPLY = (550, "5.0.0", "Email is in the account stoplist")
 """Sendsay's reply to a RCPT for a suppressed address."""
-
-
-class EventStore(Protocol):
-    """What the gateway needs from an event store backend."""
-
-    async def record(self, event: Event, webhook_urls: Sequence[str] = ()) -> int: ...
-
-    def is_suppressed(self, address: str, credential: str | None = None) -> bool: ...
-
-    def close(self) -> None: ...
 
 
 def open_event_store(config: Config) -> SqliteEventStore:
@@ -86,61 +72,62 @@ def open_suppression_list(data_dir: Path) -> SuppressionList:
     return SuppressionList(Path(data_dir) / "events.db")
 
 
-_credential_stores: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+class EventEmitter:
+    """The :class:`~pipeline.ports.EventSink` the composition root hands to every stage.
 
-
-_no_store_until: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
-
-
-def _stored_webhooks(gateway: Any) -> Callable[[str], list[str]] | None:
-    """Webhook URLs of credentials kept in ``<data_dir>/credentials.db`` (``smtpgate credentials add``)."""
-    store = _credential_stores.get(gateway)
-    if store is None:
-        now = time.monotonic()
-        if _no_store_until.get(gateway, 0.0) > now:  # don't stat the file on every click
-            return None
-        path = gateway.config.data_dir / "credentials.db"
-        if not path.exists():
-            _no_store_until[gateway] = now + 5.0
-            return None
-        from pipeline.accounts.credentials import CredentialStore
-
-        store = _credential_stores[gateway] = CredentialStore(path)
-
-    def lookup(name: str) -> list[str]:
-        return [url for rec in store.records() if rec.name == name for url in rec.section.webhooks]
-
-    return lookup
-
-
-async def record_event(gateway: Any, event: Event, *, strict: bool = False) -> int | None:
-    """Store an event with its webhook deliveries and suppression, count it, wake the sender.
-
-    A store failure is logged and ``None`` returned (a delivered message must not be retried
-    because its event could not be written); ``strict=True`` raises it instead.
+    ``emit`` stores the event with its webhook deliveries and suppression, counts it, wakes the
+    webhook sender, then hands it to the ``on_event`` plugins (``after``). It gets ports, not
+    the gateway: the store, the counters, where stored credentials' webhook URLs come from.
     """
-    from pipeline.events.webhooks import WebhookSender, webhook_urls
 
-    label = event.type if event.type in EVENT_TYPES else "other"
-    gateway.counters[f"events_total:{label}"] += 1
-    try:
-        urls = webhook_urls(gateway.config, event.credential, _stored_webhooks(gateway))
-        event_id = await gateway.events.record(event, urls)
-    except Exception as exc:
-        gateway.counters["event_store_errors_total"] += 1
-        log.error("event %s queue_id=%s not stored: %s", event.type, event.queue_id or "-", exc)
-        if strict:
-            raise
-        return None
-    if urls:
-        for service in gateway.services:
-            if isinstance(service, WebhookSender):
-                service.wake()
-    return event_id
+    def __init__(
+        self,
+        store: EventStore,
+        config: Config,
+        metrics: Metrics,
+        *,
+        credential_webhooks: Callable[[str], Iterable[str]] | None = None,
+        after: Callable[[Event], Awaitable[None]] | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.metrics = metrics
+        self.credential_webhooks = credential_webhooks
+        self.after = after
+        self.webhook_senders: list[WebhookWaker] = []
+
+    async def emit(self, event: Event, *, strict: bool = False) -> None:
+        """Record, then ``on_event`` plugins. A store failure is logged, not raised, unless ``strict``."""
+        await self.record(event, strict=strict)
+        if self.after is not None:
+            await self.after(event)
+
+    async def record(self, event: Event, *, strict: bool = False) -> int | None:
+        """Store an event with its webhook deliveries and suppression, count it, wake the sender.
+
+        A store failure is logged and ``None`` returned (a delivered message must not be retried
+        because its event could not be written); ``strict=True`` raises it instead.
+        """
+        label = event.type if event.type in EVENT_TYPES else "other"
+        self.metrics[f"events_total:{label}"] += 1
+        try:
+            urls = webhook_urls(self.config, event.credential, self.credential_webhooks)
+            event_id = await self.store.record(event, urls)
+        except Exception as exc:
+            self.metrics["event_store_errors_total"] += 1
+            log.error("event %s queue_id=%s not stored: %s", event.type, event.queue_id or "-", exc)
+            if strict:
+                raise
+            return None
+        if urls:
+            for sender in self.webhook_senders:
+                sender.wake()
+        return event_id
 
 
 __all__ = [
     "EVENT_TYPES",
+    "EventEmitter",
     "GLOBAL_SCOPE",
     "STOPLIST_REPLY",
     "EventStore",
@@ -156,6 +143,5 @@ __all__ = [
     "open_suppression_list",
     "parse_verp",
     "recipient_hash",
-    "record_event",
     "verp_local_part",
 ]

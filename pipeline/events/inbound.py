@@ -12,8 +12,11 @@ import asyncio
 import logging
 from typing import Any
 
+from pipeline.config import Config
 from pipeline.contract.context import Event
+from pipeline.contract.vocabulary import EventType
 from pipeline.events.bounces import parse_report
+from pipeline.ports import EventSink, EventStore, Metrics
 from pipeline.toolkit.tokens import TokenSigner, load_signer
 from pipeline.toolkit.verp import VerpToken, parse_verp
 
@@ -21,17 +24,24 @@ log = logging.getLogger("smtpgate.bounces")
 
 
 class InboundHandler:
-    """``gateway.inbound_handlers[bounce_domain]``: turns reports into events."""
+    """The handler of mail to ``[tracking] bounce_domain``: turns reports into events.
 
-    def __init__(self, gateway: Any) -> None:
-        self.gateway = gateway
-        self.domain = (gateway.config.tracking.bounce_domain or "").lower()
+    Ports: the event store (which recipients a queue id had, its campaign), the event sink the
+    results go to, and the counters.
+    """
+
+    def __init__(self, config: Config, store: EventStore, events: EventSink, metrics: Metrics) -> None:
+        self.config = config
+        self.store = store
+        self.events = events
+        self.metrics = metrics
+        self.domain = (config.tracking.bounce_domain or "").lower()
         self._signer: TokenSigner | None = None
 
     def signer(self) -> TokenSigner:
         if self._signer is None:
-            t = self.gateway.config.tracking
-            self._signer = load_signer(t.keys, t.key_id, self.gateway.config.data_dir)
+            t = self.config.tracking
+            self._signer = load_signer(t.keys, t.key_id, self.config.data_dir)
         return self._signer
 
     async def __call__(self, mail_from: str, rcpts: list[str], data: bytes) -> None:
@@ -43,14 +53,14 @@ class InboundHandler:
             token = parse_verp(self.signer(), local)
             if token is None:
                 log.warning("mail for %s from <%s>: no valid token, ignored", rcpt, mail_from)
-                self.gateway.counters["inbound_total:invalid"] += 1
+                self.metrics["inbound_total:invalid"] += 1
             elif token.kind == "b":
                 await self._report(token, data)
             else:
                 await self._unsubscribe(token, mail_from)
 
     async def _known(self, token: VerpToken) -> list[str]:
-        return await asyncio.to_thread(self.gateway.events.recipients_of, token.queue_id)
+        return await asyncio.to_thread(self.store.recipients_of, token.queue_id)
 
     async def _report(self, token: VerpToken, data: bytes) -> None:
         report = await asyncio.to_thread(parse_report, data)
@@ -59,7 +69,7 @@ class InboundHandler:
             rcpt = token.match([fb.get("original-rcpt-to"), fb.get("removal-recipient")]) or token.match(
                 await self._known(token)
             )
-            await self._emit("complained", token, rcpt, {
+            await self._emit(EventType.COMPLAINED, token, rcpt, {
                 "source": "arf", "feedback_type": fb.get("feedback-type", ""), "user_agent": fb.get("user-agent", ""),
             })
             return
@@ -68,7 +78,7 @@ class InboundHandler:
         line = report.for_recipient(rcpt)
         if line is None:
             log.info("report for queue_id=%s is not a bounce (%s), ignored", token.queue_id, report.kind)
-            self.gateway.counters["inbound_total:not_a_bounce"] += 1
+            self.metrics["inbound_total:not_a_bounce"] += 1
             return
         data_out: dict[str, Any] = {"source": report.kind, "class": line.bounce_class, "status": line.status,
                                     "action": line.action}
@@ -76,18 +86,19 @@ class InboundHandler:
             data_out["diagnostic"] = line.diagnostic[:500]
         if line.address:
             data_out["reported_recipient"] = line.address
-        await self._emit("deferred" if line.action == "delayed" else "bounced", token, rcpt, data_out)
+        await self._emit(EventType.DEFERRED if line.action == "delayed" else EventType.BOUNCED, token, rcpt, data_out)
 
     async def _unsubscribe(self, token: VerpToken, mail_from: str) -> None:
         rcpt = token.match(await self._known(token)) or token.match([mail_from])
-        await self._emit("unsubscribed", token, rcpt, {"source": "mailto"})
+        await self._emit(EventType.UNSUBSCRIBED, token, rcpt, {"source": "mailto"})
 
-    async def _emit(self, type_: str, token: VerpToken, rcpt: str | None, data: dict[str, Any]) -> None:
+    async def _emit(self, type_: EventType, token: VerpToken, rcpt: str | None, data: dict[str, Any]) -> None:
         if rcpt is None:
             log.warning("%s for queue_id=%s: recipient not identified, ignored", type_, token.queue_id)
-            self.gateway.counters["inbound_total:unmatched"] += 1
+            self.metrics["inbound_total:unmatched"] += 1
             return
-        info = await asyncio.to_thread(self.gateway.events.message_info, token.queue_id)
-        self.gateway.counters[f"inbound_total:{type_}"] += 1
-        await self.gateway.emit(Event(type=type_, queue_id=token.queue_id, recipient=rcpt, data=data, **info),
-                                strict=True)
+        info = await asyncio.to_thread(self.store.message_info, token.queue_id)
+        self.metrics[f"inbound_total:{type_}"] += 1
+        event = Event(type=type_, queue_id=token.queue_id, recipient=rcpt, data=data, credential=info.get("credential"),
+                      campaign_id=info.get("campaign_id"), letter_id=info.get("letter_id"))
+        await self.events.emit(event, strict=True)

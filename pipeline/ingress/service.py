@@ -14,7 +14,8 @@ import logging
 import ssl
 from typing import TYPE_CHECKING
 
-from pipeline.accounts.credentials import Authenticator, CredentialStore, config_records
+from pipeline.accounts.authenticator import Authenticator
+from pipeline.accounts.store import CredentialStore, config_records
 from pipeline.config import Config, ListenerSection
 from pipeline.ingress import replies as R
 from pipeline.ingress.limits import ConnectionLimiter, SlidingWindow

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.contract.context import MessageContext
-from pipeline.spool import FINAL_STATES, QueuedMessage, RecipientUpdate
+from pipeline.contract.vocabulary import FINAL_STATES
+from pipeline.ports import QueuedMessage, RecipientOutcome
 from pipeline.storage.sqlite import open_sqlite
 
 SCHEMA = """
@@ -62,7 +63,7 @@ class SqliteSpool:
         self._lock = threading.Lock()
         self._pending: list[tuple[tuple[object, ...], list[str], asyncio.Future[None]]] = []
         self._flushing = False
-        self._updates: list[tuple[list[RecipientUpdate], asyncio.Future[None]]] = []
+        self._updates: list[tuple[list[RecipientOutcome], asyncio.Future[None]]] = []
         self._recording = False
         self._listeners: list[Callable[[], None]] = []
 
@@ -211,7 +212,7 @@ class SqliteSpool:
             ).fetchone()
         return None if row[0] is None else float(row[0])
 
-    async def record(self, updates: Sequence[RecipientUpdate]) -> None:
+    async def record(self, updates: Sequence[RecipientOutcome]) -> None:
         """Commit recipients' results; concurrent callers share one transaction (one fsync)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
@@ -238,7 +239,7 @@ class SqliteSpool:
         finally:
             self._recording = False
 
-    def record_sync(self, updates: Sequence[RecipientUpdate]) -> None:
+    def record_sync(self, updates: Sequence[RecipientOutcome]) -> None:
         """Apply results in one transaction; drop messages whose recipients are all final."""
 
         def run(cur: sqlite3.Cursor) -> None:
@@ -251,9 +252,9 @@ class SqliteSpool:
                         u.state,
                         u.attempts,
                         u.next_attempt,
-                        u.last_reply,
+                        u.last_reply or None,
                         u.plugin_failures,
-                        u.next_hop,
+                        u.relay,
                         now,
                         u.queue_id,
                         u.recipient,

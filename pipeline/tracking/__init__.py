@@ -1,18 +1,31 @@
 """The tracking HTTP service (clicks, opens, one-click unsubscribe, health, metrics, statistics)
-and the services that run beside it in the gateway's event loop."""
+and the webhook sender that runs beside it in the gateway's event loop."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from pipeline.config import Config
+from pipeline.events.sqlite import SqliteEventStore
+from pipeline.events.webhooks import WebhookSender
+from pipeline.ports import EventSink, Metrics
+from pipeline.tracking.app import build_app
 from pipeline.tracking.service import TrackingService
 
 
-def tracking_services(gateway: Any) -> list[Any]:
-    """The tracking HTTP service and the webhook sender, for ``Gateway.build_services``."""
-    from pipeline.events.webhooks import WebhookSender
+def tracking_services(
+    config: Config,
+    events: EventSink,
+    store: SqliteEventStore,
+    metrics: Metrics,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+) -> tuple[TrackingService, WebhookSender]:
+    """The tracking HTTP service and the webhook sender (whose counts ``/metrics`` shows)."""
+    sender = WebhookSender(store, config)
+    app = build_app(config, events, store, metrics, [sender])
+    t = config.tracking
+    service = TrackingService(app, t.listen_address if host is None else host, t.listen_port if port is None else port)
+    return service, sender
 
-    return [TrackingService(gateway), WebhookSender(gateway.events, gateway.config)]
 
-
-__all__ = ["TrackingService", "tracking_services"]
+__all__ = ["TrackingService", "build_app", "tracking_services"]

@@ -22,17 +22,18 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 
-from pipeline.config import ConfigError
+from pipeline.config import Config, ConfigError
 from pipeline.contract.context import Event
 from pipeline.events.machine import MachineDetector
 from pipeline.events.stats import parse_date, stats_report
+from pipeline.ports import EventSink, EventStore, Metrics
 from pipeline.toolkit.tokens import load_signer
-from pipeline.tracking.metrics import render_metrics
+from pipeline.tracking.metrics import WebhookStats, render_metrics
 from pipeline.tracking.page import render_stats_page
 
 log = logging.getLogger("smtpgate.tracking")
@@ -70,22 +71,32 @@ def _safe_url(url: Any) -> bool:
 
 
 class TrackingApp:
-    """Handlers bound to one gateway (its signer, event store and counters)."""
+    """Handlers bound to their ports: the event sink clicks go to, the store statistics and
+    machine detection read, the counters ``/metrics`` shows, the webhook senders it reports on."""
 
-    def __init__(self, gateway: Any) -> None:
-        self.gateway = gateway
-        cfg = gateway.config.tracking
-        self.signer = load_signer(cfg.keys, cfg.key_id, gateway.config.data_dir)
+    def __init__(
+        self,
+        config: Config,
+        events: EventSink,
+        store: EventStore,
+        metrics: Metrics,
+        webhooks: Sequence[WebhookStats] = (),
+    ) -> None:
+        cfg = config.tracking
+        self.events = events
+        self.store = store
+        self.webhooks = list(webhooks)
+        self.signer = load_signer(cfg.keys, cfg.key_id, config.data_dir)
         try:
             self.detector = MachineDetector(cfg.machine_user_agents, cfg.machine_seconds)
         except re.error as exc:
-            raise ConfigError(f"{gateway.config.source}: tracking.machine_user_agents: bad regex: {exc}") from None
+            raise ConfigError(f"{config.source}: tracking.machine_user_agents: bad regex: {exc}") from None
         try:
             self.admin_networks = [ipaddress.ip_network(n, strict=False) for n in cfg.admin_networks]
         except ValueError as exc:
-            raise ConfigError(f"{gateway.config.source}: tracking.admin_networks: {exc}") from None
+            raise ConfigError(f"{config.source}: tracking.admin_networks: {exc}") from None
         self.admin_token = cfg.admin_token
-        self.counters = gateway.counters
+        self.counters = metrics
 
     # -- helpers ------------------------------------------------------------------------------
     def _payload(self, token: str, kind: str) -> dict[str, Any] | None:
@@ -102,7 +113,7 @@ class TrackingApp:
             delivered = None
             if payload.get("q") and payload.get("r") and self.detector.seconds > 0:
                 try:
-                    delivered = self.gateway.events.delivered_at(payload["q"], payload["r"])
+                    delivered = self.store.delivered_at(payload["q"], payload["r"])
                 except Exception as exc:  # a busy database must not break a redirect
                     log.warning("delivered_at look-up failed: %s", exc)
             reason = self.detector.reason(ua, now, delivered)
@@ -117,7 +128,7 @@ class TrackingApp:
 
     async def _record(self, event: Event, *, strict: bool = False) -> bool:
         """Record within ``RECORD_TIMEOUT``; ``False`` if that failed or took too long."""
-        task = asyncio.ensure_future(self.gateway.emit(event, strict=strict))
+        task = asyncio.ensure_future(self.events.emit(event, strict=strict))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # late failures: already logged
         try:
             await asyncio.wait_for(asyncio.shield(task), RECORD_TIMEOUT)
@@ -186,7 +197,7 @@ class TrackingApp:
 
     async def healthz(self, request: web.Request) -> web.Response:
         try:
-            await asyncio.to_thread(self.gateway.events.counts_by_type)
+            await asyncio.to_thread(self.store.counts_by_type)
         except Exception as exc:
             return web.Response(status=503, text=f"event store: {exc}\n")
         return web.Response(text="ok\n")
@@ -194,7 +205,7 @@ class TrackingApp:
     async def metrics(self, request: web.Request) -> web.Response:
         if not self._admin_ok(request):
             return web.Response(status=403, text="forbidden\n")
-        text = await asyncio.to_thread(render_metrics, self.gateway, dict(self.counters))
+        text = await asyncio.to_thread(render_metrics, self.store, dict(self.counters), self.webhooks)
         return web.Response(text=text, content_type="text/plain", charset="utf-8",
                             headers={"X-Content-Type": "text/plain; version=0.0.4"})
 
@@ -212,7 +223,7 @@ class TrackingApp:
             args = self._stats_args(request)
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        report = await asyncio.to_thread(stats_report, self.gateway.events, **args)
+        report = await asyncio.to_thread(stats_report, self.store, **args)
         return web.json_response(report, headers=NO_STORE)
 
     async def stats_page(self, request: web.Request) -> web.Response:
@@ -222,12 +233,12 @@ class TrackingApp:
             args = self._stats_args(request)
         except ValueError as exc:
             return web.Response(status=400, text=f"{exc}\n")
-        report = await asyncio.to_thread(stats_report, self.gateway.events, **args)
+        report = await asyncio.to_thread(stats_report, self.store, **args)
         query = {k: request.query.get(k, "") for k in ("campaign", "since", "until")}
         return web.Response(text=render_stats_page(report, query), content_type="text/html", headers=NO_STORE)
 
 
-def _count_requests(counters: Any) -> Callable[..., Awaitable[web.StreamResponse]]:
+def _count_requests(counters: Metrics) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         name = request.match_info.route.name or "other"
@@ -242,9 +253,12 @@ def _count_requests(counters: Any) -> Callable[..., Awaitable[web.StreamResponse
     return middleware
 
 
-def build_app(gateway: Any) -> web.Application:
-    t = TrackingApp(gateway)
-    app = web.Application(middlewares=[_count_requests(gateway.counters)], client_max_size=64 * 1024)
+def build_app(
+    config: Config, events: EventSink, store: EventStore, metrics: Metrics, webhooks: Sequence[WebhookStats] = ()
+) -> web.Application:
+    """The tracking endpoints on their ports; config errors (bad regex, bad network) raise here."""
+    t = TrackingApp(config, events, store, metrics, webhooks)
+    app = web.Application(middlewares=[_count_requests(metrics)], client_max_size=64 * 1024)
     app.router.add_get("/c/{token}", t.click, name="click")
     app.router.add_get("/o/{token}.gif", t.open, name="open")
     app.router.add_get("/u/{token}", t.unsubscribe_form, name="unsubscribe_form")

@@ -5,11 +5,24 @@ would make the number of series unbounded.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Protocol
 
 from pipeline.events import EVENT_TYPES
+from pipeline.ports import EventStore
 
-# counter name in Gateway.counters -> (label names, help)
+
+class WebhookStats(Protocol):
+    """What ``/metrics`` reads from a webhook sender: POSTs of this process, by result."""
+
+    @property
+    def sent(self) -> int: ...
+
+    @property
+    def failures(self) -> int: ...
+
+
+# counter name in the gateway's Metrics port -> (label names, help)
 _COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
     "events_total": (("type",), "Events emitted by this process, by type."),
     "event_store_errors_total": ((), "Events that could not be written to the event store."),
@@ -30,15 +43,15 @@ def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
     return "{" + ",".join(f'{n}="{_esc(v)}"' for n, v in zip(names, values, strict=False)) + "}"
 
 
-def render_metrics(gateway: Any, counters: dict[str, int] | None = None) -> str:
+def render_metrics(store: EventStore, counters: dict[str, int], webhooks: Sequence[WebhookStats] = ()) -> str:
     """Counters of this process plus gauges read from the event store.
 
-    Called in a thread: pass a snapshot of ``gateway.counters`` taken on the event loop, which
-    keeps changing them.
+    Called in a thread: pass a snapshot of the counters taken on the event loop, which keeps
+    changing them.
     """
     lines: list[str] = []
     grouped: dict[str, list[tuple[tuple[str, ...], int]]] = {}
-    for key, value in sorted((counters if counters is not None else dict(gateway.counters)).items()):
+    for key, value in sorted(counters.items()):
         name, _, label = key.partition(":")
         grouped.setdefault(name, []).append((tuple(label.split("|")) if label else (), int(value)))
     for name, series in grouped.items():
@@ -47,15 +60,13 @@ def render_metrics(gateway: Any, counters: dict[str, int] | None = None) -> str:
         lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter"]
         for values, n in series:
             lines.append(f"{metric}{_labels(label_names if values else (), values)} {n}")
-    for service in getattr(gateway, "services", ()):
-        if getattr(service, "name", "") == "webhooks":
-            lines += [
-                "# HELP smtpgate_webhook_attempts_total Webhook POSTs by this process, by result.",
-                "# TYPE smtpgate_webhook_attempts_total counter",
-                f'smtpgate_webhook_attempts_total{{result="ok"}} {service.sent}',
-                f'smtpgate_webhook_attempts_total{{result="error"}} {service.failures}',
-            ]
-    store = gateway.events
+    for service in webhooks:
+        lines += [
+            "# HELP smtpgate_webhook_attempts_total Webhook POSTs by this process, by result.",
+            "# TYPE smtpgate_webhook_attempts_total counter",
+            f'smtpgate_webhook_attempts_total{{result="ok"}} {service.sent}',
+            f'smtpgate_webhook_attempts_total{{result="error"}} {service.failures}',
+        ]
     stored: dict[str, int] = {}
     for type_, n in store.counts_by_type().items():
         label = type_ if type_ in EVENT_TYPES else "other"

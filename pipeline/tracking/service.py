@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
-
-from pipeline.tracking.app import build_app
 
 
 class TrackingService:
-    """Serves ``build_app(gateway)``; port 0 binds an ephemeral port (read back in ``port``)."""
+    """Serves a tracking app (:func:`pipeline.tracking.app.build_app`); port 0 binds an ephemeral
+    port (read back in ``port``). Config errors surface when the app is built, before anything starts."""
 
     name = "tracking"
 
-    def __init__(self, gateway: Any, host: str | None = None, port: int | None = None) -> None:
-        self.gateway = gateway
-        self.host = host if host is not None else gateway.config.tracking.listen_address
-        self.requested_port = port if port is not None else gateway.config.tracking.listen_port
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self.app = app
+        self.host = host
+        self.requested_port = port
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
-        self.app = build_app(gateway)  # config errors surface at build time, before anything starts
 
     @property
     def url(self) -> str:

@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from pipeline.accounts.credentials import CredentialError, CredentialStore, hash_secret
+from pipeline.accounts.secrets import hash_secret
+from pipeline.accounts.store import CredentialError, CredentialStore
 from pipeline.app.cli import config_option, get_config, main
 from pipeline.config import Config
 from pipeline.contract.context import FEATURES

@@ -1,0 +1,261 @@
+"""The credentials of both sources as records: ``[[credentials]]`` in the config file and the
+SQLite store ``<data_dir>/credentials.db`` (managed by ``smtpgate credentials``)."""
+
+from __future__ import annotations
+
+import builtins
+import ipaddress
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from pipeline.accounts.secrets import check_hash_format, hash_secret, new_api_key, new_password
+from pipeline.config import Config, ConfigError, CredentialSection, format_validation_error
+from pipeline.contract.context import Credential
+from pipeline.contract.vocabulary import CredentialKind
+from pipeline.storage.sqlite import open_sqlite
+
+log = logging.getLogger("smtpgate.ingress.auth")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS credentials (
+    name        TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    username    TEXT,
+    key_id      TEXT UNIQUE,
+    secret_hash TEXT,
+    options     TEXT NOT NULL DEFAULT '{}',
+    disabled    INTEGER NOT NULL DEFAULT 0,
+    created_at  REAL NOT NULL
+);
+"""
+
+
+
+class CredentialError(ValueError):
+    """A credential that cannot be stored (bad name, duplicate, bad option)."""
+
+
+_OPTION_FIELDS = (
+    "features", "locked", "sandbox", "allowed_sender_domains", "max_message_size", "max_recipients",
+    "messages_per_minute", "egress", "webhooks",
+)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One credential from either source, with what authentication needs."""
+
+    section: CredentialSection
+    source: Literal["config", "store"]
+    secret_hash: str | None
+    key_id: str | None = None
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.section.name
+
+    @property
+    def disabled(self) -> bool:
+        return self.section.disabled
+
+    def credential(self) -> Credential:
+        return self.section.to_credential()
+
+
+def _networks(section: CredentialSection, where: str) -> tuple[Any, ...]:
+    out = []
+    for net in section.networks:
+        try:
+            out.append(ipaddress.ip_network(net, strict=False))
+        except ValueError:
+            raise ConfigError(f"{where}.networks: {net!r} is not an IP network (CIDR)") from None
+    if section.kind == CredentialKind.IP and not out:
+        raise ConfigError(f"{where}.networks: an ip credential needs at least one network")
+    return tuple(out)
+
+
+def config_records(config: Config) -> list[Record]:
+    """The ``[[credentials]]`` of the config file, validated, with plain secrets hashed."""
+    out: list[Record] = []
+    names: set[str] = set()
+    for i, section in enumerate(config.credentials):
+        where = f"{config.source}: credentials[{i}]"
+        if section.name in names:
+            raise ConfigError(f"{where}.name: two credentials are named {section.name!r}")
+        names.add(section.name)
+        secret_hash = section.secret_hash
+        if secret_hash is not None:
+            try:
+                check_hash_format(secret_hash)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.secret_hash: {exc}") from None
+        elif section.secret is not None:
+            secret_hash = hash_secret(section.secret)
+        if section.kind in (CredentialKind.APIKEY, CredentialKind.PASSWORD) and not secret_hash:
+            raise ConfigError(f"{where}: a {section.kind} credential needs secret or secret_hash")
+        if section.kind == CredentialKind.PASSWORD and not section.username:
+            raise ConfigError(f"{where}.username: a password credential needs a username")
+        out.append(Record(section, "config", secret_hash, networks=_networks(section, where)))
+    return out
+
+
+class CredentialStore:
+    """``<data_dir>/credentials.db``: add, list, disable, remove (the CLI) and lookups (the server)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = open_sqlite(path)
+        self._conn.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self._version: int | None = None
+        self._rows: list[Record] = []
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def add(
+        self,
+        name: str,
+        kind: CredentialKind | str,
+        *,
+        username: str | None = None,
+        secret: str | None = None,
+        networks: Iterable[str] = (),
+        options: dict[str, Any] | None = None,
+    ) -> str | None:
+        """Store a credential; returns the generated secret (API key or password) if one was made."""
+        generated: str | None = None
+        key_id: str | None = None
+        data = {"name": name, "kind": kind, "username": username, "networks": list(networks), **(options or {})}
+        try:
+            section = CredentialSection.model_validate(data)
+        except ValidationError as exc:
+            raise CredentialError(format_validation_error("credential", exc)) from None
+        if not name or len(name) > 100 or not name.isprintable():
+            raise CredentialError("credential names are 1-100 printable characters")
+        try:
+            _networks(section, "credential")
+        except ConfigError as exc:
+            raise CredentialError(str(exc)) from None
+        if kind == CredentialKind.APIKEY:
+            if secret is None:
+                key_id, generated = new_api_key()
+                secret = generated
+        elif kind == CredentialKind.PASSWORD:
+            if not username:
+                raise CredentialError("a password credential needs --username")
+            if secret is None:
+                generated = secret = new_password()
+        secret_hash = hash_secret(secret) if secret is not None else None
+        opts = {k: getattr(section, k) for k in _OPTION_FIELDS}
+        with self._lock:
+            if username and kind == CredentialKind.PASSWORD:
+                clash = self._conn.execute(
+                    "SELECT name FROM credentials WHERE kind = 'password' AND lower(username) = lower(?)", (username,)
+                ).fetchone()
+                if clash:
+                    raise CredentialError(f"username {username!r} is already used by credential {clash[0]!r}")
+            try:
+                self._conn.execute(
+                    "INSERT INTO credentials (name, kind, username, key_id, secret_hash, options, disabled, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+                    (name, kind, username, key_id, secret_hash,
+                     json.dumps({**opts, "networks": list(section.networks)}), time.time()),
+                )
+                self._version = None
+            except Exception as exc:
+                if "UNIQUE" in str(exc):
+                    raise CredentialError(f"a credential named {name!r} already exists") from None
+                raise
+        return generated
+
+    def set_disabled(self, name: str, disabled: bool = True) -> None:
+        with self._lock:
+            cur = self._conn.execute("UPDATE credentials SET disabled = ? WHERE name = ?", (int(disabled), name))
+            self._version = None  # data_version only moves for other connections' commits
+        if cur.rowcount == 0:
+            raise CredentialError(f"no credential named {name!r}")
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            cur = self._conn.execute("DELETE FROM credentials WHERE name = ?", (name,))
+            self._version = None
+        if cur.rowcount == 0:
+            raise CredentialError(f"no credential named {name!r}")
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every stored credential without its secret hash (for ``credentials list``)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT name, kind, username, key_id, options, disabled, created_at FROM credentials ORDER BY name"
+            ).fetchall()
+        out = []
+        for name, kind, username, key_id, options, disabled, created_at in rows:
+            out.append({
+                "name": name, "kind": kind, "username": username, "key_id": key_id,
+                "disabled": bool(disabled), "created_at": created_at, **json.loads(options),
+            })
+        return out
+
+    def records(self) -> builtins.list[Record]:  # builtins: this class has a method named list
+        """All stored credentials; re-read only when another connection changed the file."""
+        with self._lock:
+            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._version:
+                return self._rows
+            rows = self._conn.execute(
+                "SELECT name, kind, username, key_id, secret_hash, options, disabled FROM credentials"
+            ).fetchall()
+            self._version = version
+        out = []
+        for name, kind, username, key_id, secret_hash, options, disabled in rows:
+            try:
+                section = CredentialSection.model_validate(
+                    {"name": name, "kind": kind, "username": username, "disabled": bool(disabled), **json.loads(options)}
+                )
+                out.append(Record(section, "store", secret_hash, key_id, _networks(section, name)))
+            except (ValidationError, ConfigError, ValueError) as exc:
+                log.error("credentials.db: skipping unreadable credential %r: %s", name, exc)
+        self._rows = out
+        return out
+
+
+class StoredWebhooks:
+    """``name -> webhook URLs`` of the credentials in ``credentials.db``, for the event recorder.
+
+    The file is opened on first use once it exists (``smtpgate credentials add`` may create it
+    while the gateway runs); until then a look-up stats it at most every 5 seconds, not per click.
+    """
+
+    RECHECK = 5.0
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._store: CredentialStore | None = None
+        self._next_check = 0.0
+
+    def __call__(self, name: str) -> builtins.list[str]:
+        if self._store is None:
+            now = time.monotonic()
+            if now < self._next_check:
+                return []
+            if not self.path.exists():
+                self._next_check = now + self.RECHECK
+                return []
+            self._store = CredentialStore(self.path)
+        return [url for rec in self._store.records() if rec.name == name for url in rec.section.webhooks]
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
