@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.contract.context import FEATURES, Credential
+from pipeline.contract.vocabulary import CredentialKind
 
 
 class ConfigError(Exception):
@@ -130,7 +131,7 @@ class CredentialSection(Section):
         """The :class:`~pipeline.contract.context.Credential` that hooks see for this entry."""
         return Credential(
             name=self.name,
-            kind=self.kind,
+            kind=CredentialKind(self.kind),
             features=dict(self.features),
             locked=frozenset(self.locked),
             sandbox=self.sandbox,

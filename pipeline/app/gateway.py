@@ -19,6 +19,7 @@ from pipeline.chain.loader import PluginSet
 from pipeline.chain.runner import Chain
 from pipeline.config import Config
 from pipeline.contract.context import Event
+from pipeline.contract.vocabulary import PluginSource
 from pipeline.delivery.notices import BounceNotices, notice_features
 from pipeline.delivery.scheduler import DeliveryService
 from pipeline.egress.resolver import Resolver
@@ -118,7 +119,7 @@ class Gateway:
             self.config, self.spool, self.event_sink, notice_features(self.config, self.plugins.plugins),
             own_domains=[bounce_domain] if bounce_domain else [],
         )
-        extra = [type(p.instance) for p in self.plugins.plugins if p.source == "given"]
+        extra = [type(p.instance) for p in self.plugins.plugins if p.origin is PluginSource.GIVEN]
         return DeliveryService(
             self.config, self.spool, self.event_sink, self.chain, notices,
             extra_plugins=extra, workers=workers, resolver=resolver, clock=clock,

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from pipeline.config import Config, ConfigError, format_validation_error
 from pipeline.contract import hookspecs
 from pipeline.contract.plugin import PluginConfig, PluginEnv
+from pipeline.contract.vocabulary import PluginSource
 
 ENTRY_POINT_GROUP = "smtpgate.plugins"
 
@@ -49,11 +50,17 @@ class LoadedPlugin:
 
     name: str
     instance: Any
-    source: str  # "built-in", "entry point <dist>", "module <mod>", "file <path>"
+    source: str  # "built-in", "entry point (<dist>)", "module <mod>", "file <path>", "given"
     version: str
     feature: str | None
     hooks: list[str] = field(default_factory=list)
     seals_message: bool = False
+
+    @property
+    def origin(self) -> PluginSource:
+        """The kind of source, without its detail (``source`` says which distribution, module or file)."""
+        return next((s for s in PluginSource if self.source == s or self.source.startswith(f"{s} ")),
+                    PluginSource.GIVEN)
 
 
 def _import_object(spec: str) -> Any:
@@ -117,7 +124,7 @@ def resolve(name: str) -> tuple[Any, str]:
     """The plugin class for a ``[chain] plugins`` entry, and a description of its source."""
     if name in BUILTINS:
         try:
-            return _import_object(BUILTINS[name]), "built-in"
+            return _import_object(BUILTINS[name]), PluginSource.BUILTIN
         except Exception as exc:  # a broken install: one line naming the plugin, not a traceback
             raise ConfigError(f"chain.plugins: built-in plugin {name!r} cannot be loaded: {exc}") from None
     eps = _entry_points()
@@ -125,14 +132,14 @@ def resolve(name: str) -> tuple[Any, str]:
         ep = eps[name]
         dist = ep.dist.name if ep.dist else "?"
         try:
-            return ep.load(), f"entry point ({dist})"
+            return ep.load(), f"{PluginSource.ENTRY_POINT} ({dist})"
         except Exception as exc:
             raise ConfigError(f"chain.plugins: plugin {name!r} from {dist} cannot be loaded: {exc}") from None
     if name.endswith(".py") or ".py:" in name or "/" in name:
-        return _load_file(name), f"file {name}"
+        return _load_file(name), f"{PluginSource.FILE} {name}"
     if ":" in name:
         try:
-            return _import_object(name), f"module {name.partition(':')[0]}"
+            return _import_object(name), f"{PluginSource.MODULE} {name.partition(':')[0]}"
         except Exception as exc:  # ImportError, AttributeError, or whatever the module raises
             raise ConfigError(f"chain.plugins: cannot import {name}: {type(exc).__name__}: {exc}") from None
     known = sorted(set(BUILTINS) | set(eps))
@@ -149,11 +156,11 @@ class PluginSet:
         self.plugins: list[LoadedPlugin] = []
         env = PluginEnv(config=config, hostname=config.gateway.hostname, data_dir=config.gateway.data_dir)
         entries: list[tuple[Any, str]] = [resolve(n) for n in config.chain.plugins]
-        entries += [(obj, "given") for obj in extra or ()]
+        entries += [(obj, PluginSource.GIVEN) for obj in extra or ()]
         names: set[str] = set()
         for obj, source in entries:
             loaded = self._instantiate(obj, source, env)
-            if source.startswith("entry point") and "version" not in vars(obj):
+            if source.startswith(PluginSource.ENTRY_POINT) and "version" not in vars(obj):
                 loaded.version = _dist_version(obj) or loaded.version  # the installed package's version
             if loaded.name in names:
                 raise ConfigError(f"{config.source}: chain.plugins: two plugins are named {loaded.name!r}")

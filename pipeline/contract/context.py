@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.contract.message import Message
+from pipeline.contract.vocabulary import CredentialKind, EventType
 
 FEATURES = (
     "inlinecss", "trackclicks", "trackopens", "trackbounces", "listunsubscribe", "dkim", "campaign", "validate",
@@ -44,7 +45,7 @@ class Credential:
     """An authenticated (or allow-listed) client with its feature set and limits."""
 
     name: str
-    kind: str = "password"  # "apikey" | "password" | "ip"
+    kind: CredentialKind = CredentialKind.PASSWORD
     features: dict[str, bool] = field(default_factory=dict)
     locked: frozenset[str] = frozenset()
     sandbox: bool = False
@@ -74,6 +75,7 @@ class Credential:
     def from_record(cls, rec: dict[str, Any]) -> Credential:
         known = set(cls.__dataclass_fields__)
         rec = {k: v for k, v in rec.items() if k in known}  # a record from an older version loads
+        rec["kind"] = CredentialKind(rec.get("kind", CredentialKind.PASSWORD))
         rec["locked"] = frozenset(rec.get("locked", ()))
         rec["allowed_sender_domains"] = tuple(rec.get("allowed_sender_domains", ()))
         rec["webhooks"] = tuple(rec.get("webhooks", ()))
@@ -179,7 +181,7 @@ class MessageContext:
 class Event:
     """A delivery or tracking event: what the event store, statistics and webhooks consume."""
 
-    type: str  # accepted delivered deferred bounced expired discarded opened clicked unsubscribed complained failed
+    type: EventType | str  # the gateway's own are EventType members; metrics label any other string "other"
     queue_id: str | None = None
     recipient: str | None = None
     credential: str | None = None

@@ -23,6 +23,8 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from pipeline.contract.vocabulary import EditAction
+
 CRLF = b"\r\n"
 
 #: Name of the plugin whose hook is running; the chain sets it so edits are attributed.
@@ -49,7 +51,7 @@ class Edit:
     """One recorded change, milter-style (addheader, chgheader, replacebody, chgfrom, addrcpt, delrcpt)."""
 
     plugin: str
-    action: str
+    action: EditAction
     target: str
     detail: str = ""
 
@@ -414,7 +416,7 @@ class Message:
             return cls(fh.read())
 
     # -- bookkeeping ----------------------------------------------------------------------
-    def _record(self, action: str, target: str, detail: str = "") -> None:
+    def _record(self, action: EditAction, target: str, detail: str = "") -> None:
         if self.sealed_by is not None:
             raise SealedError(f"message was signed by {self.sealed_by}; {current_actor.get()} tried to {action}")
         if len(detail) > 200:
@@ -447,7 +449,7 @@ class Message:
     def add_header(self, name: str, value: str, *, first: bool = False) -> None:
         """Add a header at the end of the header block (``first=True``: at the top)."""
         header = Header(name, format_header(name, value))
-        self._record("add_header", name, value)
+        self._record(EditAction.ADD_HEADER, name, value)
         self._insert(header, first)
 
     def insert_raw_header(self, raw: bytes, *, first: bool = True) -> None:
@@ -466,7 +468,7 @@ class Message:
             raise MessageError("raw header must be one field, continuation lines indented")
         header = Header(name.decode("ascii", "replace"), raw)
         check_header(header.name, "")
-        self._record("add_header", header.name, header.raw_value)
+        self._record(EditAction.ADD_HEADER, header.name, header.raw_value)
         self._insert(header, first)
 
     def _insert(self, header: Header, first: bool) -> None:
@@ -483,7 +485,7 @@ class Message:
         if index < len(found):
             h = found[index]
             raw = format_header(h.name, value)  # validate before recording: a refused edit leaves no trace
-            self._record("change_header", name, value)
+            self._record(EditAction.CHANGE_HEADER, name, value)
             h.raw, h._value = raw, None
             self.root._invalidate()
         else:
@@ -495,7 +497,7 @@ class Message:
         keep = [h for h in self.root.headers if h.name.lower() != lname]
         removed = len(self.root.headers) - len(keep)
         if removed:
-            self._record("remove_header", name, f"{removed} field(s)" if removed > 1 else "")
+            self._record(EditAction.REMOVE_HEADER, name, f"{removed} field(s)" if removed > 1 else "")
             self.root.headers[:] = keep
             self.root._invalidate()
         return removed
@@ -521,13 +523,13 @@ class Message:
 
     def replace_html(self, part: Part, html: str) -> None:
         """Replace an HTML part's text; charset and transfer encoding are kept (or safely upgraded)."""
-        self._replace_body(part, html, "replace_html")
+        self._replace_body(part, html, EditAction.REPLACE_HTML)
 
     def replace_text(self, part: Part, text: str) -> None:
         """Replace a plain-text part's text."""
-        self._replace_body(part, text, "replace_text")
+        self._replace_body(part, text, EditAction.REPLACE_TEXT)
 
-    def _replace_body(self, part: Part, text: str, action: str) -> None:
+    def _replace_body(self, part: Part, text: str, action: EditAction) -> None:
         chain = self._ancestors(part)
         if chain is None:
             raise MessageError("that part does not belong to this message")
@@ -560,20 +562,20 @@ class Message:
     def change_sender(self, address: str) -> None:
         """Change the envelope sender (milter chgfrom), e.g. to a VERP bounce address."""
         check_address(address)
-        self._record("change_sender", "MAIL FROM", address)
+        self._record(EditAction.CHANGE_SENDER, "MAIL FROM", address)
         self._mail_from = address
 
     def add_recipient(self, address: str) -> None:
         if not address:
             raise MessageError("a recipient address cannot be empty")
         check_address(address)
-        self._record("add_rcpt", "RCPT TO", address)
+        self._record(EditAction.ADD_RCPT, "RCPT TO", address)
         self._rcpt_tos.append(address)
 
     def remove_recipient(self, address: str) -> None:
         if address not in self._rcpt_tos:
             raise MessageError(f"{address} is not a recipient")
-        self._record("remove_rcpt", "RCPT TO", address)
+        self._record(EditAction.REMOVE_RCPT, "RCPT TO", address)
         self._rcpt_tos.remove(address)
 
     # -- output ----------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.contract.context import Event
+from pipeline.contract.vocabulary import EventType
+from pipeline.events.bounces import classify_status
 from pipeline.storage.sqlite import open_sqlite
 
 SCHEMA = """
@@ -78,13 +80,11 @@ def utc_day(ts: float) -> str:
 def bounce_class(event: Event) -> str | None:
     """``hard`` or ``soft`` for a bounced event: explicit ``data["class"]``, else the enhanced status
     code in ``data["status"]`` (bounce reports) or ``data["dsn"]`` (delivery results)."""
-    if event.type != "bounced":
+    if event.type != EventType.BOUNCED:
         return None
     cls = event.data.get("class")
     if cls in ("hard", "soft"):
         return str(cls)
-    from pipeline.events.bounces import classify_status
-
     status = str(event.data.get("status") or event.data.get("dsn") or "")
     return classify_status(status or None)
 
@@ -110,11 +110,11 @@ class SuppressionPolicy:
         """Why this event suppresses its recipient, or ``None`` when it does not."""
         if not event.recipient:
             return None
-        if event.type == "bounced" and self.hard_bounces and bounce_class(event) == "hard":
+        if event.type == EventType.BOUNCED and self.hard_bounces and bounce_class(event) == "hard":
             return "hard bounce"
-        if event.type == "unsubscribed" and self.unsubscribes:
+        if event.type == EventType.UNSUBSCRIBED and self.unsubscribes:
             return "unsubscribed"
-        if event.type == "complained" and self.complaints:
+        if event.type == EventType.COMPLAINED and self.complaints:
             return "complaint"
         return None
 

@@ -12,6 +12,8 @@ import calendar
 import datetime
 from typing import Any, Protocol
 
+from pipeline.contract.vocabulary import EventType
+
 
 class _Queryable(Protocol):
     def query(self, sql: str, args: Any = ()) -> list[tuple[Any, ...]]: ...
@@ -39,7 +41,9 @@ COUNT_COLUMNS: dict[str, str] = {
 }
 _COPY = "COALESCE(queue_id, '') || '|' || COALESCE(recipient, '')"
 
-TIMELINE_TYPES = ("accepted", "delivered", "bounced", "opened", "clicked", "unsubscribed", "complained")
+TIMELINE_TYPES = tuple(
+    EventType(t) for t in ("accepted", "delivered", "bounced", "opened", "clicked", "unsubscribed", "complained")
+)
 
 
 def parse_date(text: str, *, end: bool = False) -> float:

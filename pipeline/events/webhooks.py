@@ -21,14 +21,12 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 
+from pipeline.config import Config
 from pipeline.events.sqlite import OutboxItem, SqliteEventStore, StoredEvent
-
-if TYPE_CHECKING:
-    from pipeline.config import Config
 
 log = logging.getLogger("smtpgate.webhooks")
 

@@ -29,6 +29,7 @@ from aiohttp import web
 
 from pipeline.config import Config, ConfigError
 from pipeline.contract.context import Event
+from pipeline.contract.vocabulary import EventType
 from pipeline.events.machine import MachineDetector
 from pipeline.events.stats import parse_date, stats_report
 from pipeline.ports import EventSink, EventStore, Metrics
@@ -105,11 +106,11 @@ class TrackingApp:
             return None
         return payload
 
-    def _event(self, type_: str, payload: dict[str, Any], request: web.Request, **extra: Any) -> Event:
+    def _event(self, type_: EventType, payload: dict[str, Any], request: web.Request, **extra: Any) -> Event:
         data: dict[str, Any] = {}
         ua = request.headers.get("User-Agent", "")
         now = time.time()
-        if type_ in ("opened", "clicked"):
+        if type_ in (EventType.OPENED, EventType.CLICKED):
             delivered = None
             if payload.get("q") and payload.get("r") and self.detector.seconds > 0:
                 try:
@@ -167,13 +168,13 @@ class TrackingApp:
             self.counters["clicks_total:invalid"] += 1
             return self._not_found()
         assert isinstance(url, str)
-        await self._record(self._event("clicked", payload, request, url=url))
+        await self._record(self._event(EventType.CLICKED, payload, request, url=url))
         return web.Response(status=302, headers={"Location": url, **NO_STORE})
 
     async def open(self, request: web.Request) -> web.Response:
         payload = self._payload(request.match_info["token"], "o")
         if payload is not None:
-            await self._record(self._event("opened", payload, request))
+            await self._record(self._event(EventType.OPENED, payload, request))
         else:
             self.counters["opens_total:invalid"] += 1
         return web.Response(body=PIXEL, content_type="image/gif", headers=NO_STORE)
@@ -190,7 +191,7 @@ class TrackingApp:
         if payload is None:
             return self._not_found()
         await request.read()  # "List-Unsubscribe=One-Click" (RFC 8058); any body is accepted
-        if not await self._record(self._event("unsubscribed", payload, request), strict=True):
+        if not await self._record(self._event(EventType.UNSUBSCRIBED, payload, request), strict=True):
             return web.Response(status=503, text="Try again later", headers={"Retry-After": "60", **NO_STORE})
         page = _UNSUB_DONE.format(address=html.escape(str(payload.get("r") or "this address")))
         return web.Response(text=page, content_type="text/html", headers=NO_STORE)
