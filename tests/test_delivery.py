@@ -12,9 +12,13 @@ import pytest
 from pipeline import Discard, Plugin, Reject, TempFail, hookimpl
 from pipeline.app.gateway import Gateway
 from pipeline.chain.driver import make_config
-from pipeline.contract.context import Credential, MessageContext
+from pipeline.chain.loader import PluginSet
+from pipeline.chain.runner import Chain
+from pipeline.contract.context import Credential, Event, MessageContext
 from pipeline.contract.message import Message
+from pipeline.delivery.notices import BounceNotices, notice_features
 from pipeline.delivery.scheduler import DeliveryService
+from pipeline.spool.sqlite import SqliteSpool
 from tests.smtp_sink import FAST_RETRIES, EventRecorder, closed_port, smtp_egress, verdict_plugin
 
 RAW = b"From: app@example.org\r\nTo: someone@example.net\r\nSubject: test\r\n\r\nHello\r\n"
@@ -298,3 +302,35 @@ async def test_dead_worker_process_defers_and_retry_delivers(data_dir):
     [deferred] = EventRecorder.of("deferred")
     assert "BrokenProcessPool" in deferred.data["reply"]
     assert (data_dir / "died-once").exists()
+
+
+class _Events:
+    """An event sink port that keeps what it is given (the gateway's is the event store)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def emit(self, event: Event, *, strict: bool = False) -> None:
+        self.events.append(event)
+
+
+async def test_delivery_runs_on_its_ports_alone_without_a_gateway(tmp_path: Path):
+    """The composition root hands delivery a spool, an event sink, a chain and a notice policy: nothing else."""
+    config = make_config({"gateway": {"data_dir": str(tmp_path / "data")}, "spool": FAST,
+                          "egress": {"type": "maildir", "maildir": str(tmp_path / "maildir")}})
+    spool, events = SqliteSpool(tmp_path / "spool.db"), _Events()
+    plugins = PluginSet(config, [VerdictByRecipient])
+    notices = BounceNotices(config, spool, events, notice_features(config, plugins.plugins))
+    svc = DeliveryService(config, spool, events, Chain(plugins), notices, workers=0)
+    ctx = MessageContext(message=Message(RAW, "app@example.org", ["ok@example.net", "reject@example.net"]))
+    await spool.enqueue(ctx, RAW, ["ok@example.net", "reject@example.net"])
+    try:
+        assert await svc.run_once() == 1
+    finally:
+        await svc.stop(1.0)
+        spool.close()
+    by_rcpt = {e.recipient: e for e in events.events}
+    assert (by_rcpt["ok@example.net"].type, by_rcpt["reject@example.net"].type) == ("delivered", "bounced")
+    assert by_rcpt["reject@example.net"].data["reply"] == "550 5.7.1 policy says no"
+    [copy] = [p for p in (tmp_path / "maildir" / "new").iterdir()]
+    assert b"X-Processed-For: ok@example.net" in copy.read_bytes()

@@ -14,8 +14,9 @@ delivery round share one notice.
 The notice is enqueued into the spool (durable, retried, logged and evented like any message)
 before the failure is recorded, so a crash can repeat a notice but never lose one. It has no
 credential (it is the gateway's own mail: default egress, global webhooks only), campaign id
-``bounce-notices``, and every feature switch off except ``dkim`` (signed when ``dkim_sign``
-has a key for the hostname's domain or a ``default_domain``).
+``bounce-notices``, and every feature switch off except the signing plugins' (``dkim``: signed
+when ``dkim_sign`` has a key for the hostname's domain or a ``default_domain``). Which switches
+those are comes from the loaded plugins (:func:`notice_features`), not from names written here.
 """
 
 from __future__ import annotations
