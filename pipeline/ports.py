@@ -1,8 +1,9 @@
 """Typed ports: the small interfaces the composition root hands to each service.
 
 A service names the port it needs (the ingress an :class:`Authenticator`, a :class:`SpoolWriter`
-and an :class:`EventSink`; delivery a :class:`Spool` and an :class:`EventSink`; tracking a
-:class:`TokenVerifier` and an :class:`EventSink`) instead of reaching through the whole gateway.
+and an :class:`EventSink`; delivery a :class:`Spool` and an :class:`EventSink`; tracking an
+:class:`EventStore`, an :class:`EventSink` and :class:`Metrics`) instead of reaching through the
+whole gateway. :class:`RecipientOutcome` is the one record of one recipient's result.
 Backends (SQLite today, PostgreSQL later) implement them; tests hand in fakes or the real thing.
 This module sits just above the contract, so every stage may import it and none imports another
 stage to get at an interface.
