@@ -53,4 +53,5 @@ def get_config(path: str | None) -> Config:
 
 
 for _mod in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_mod.name}")
+    if not _mod.name.startswith("_"):  # __main__ is `python -m pipeline.app.cli`, not a command module
+        importlib.import_module(f"{__name__}.{_mod.name}")
