@@ -205,6 +205,23 @@ async def test_a_stray_alarm_between_hooks_is_harmless():
     assert await chain_of(make_plugin("after")).run("on_message", ctx=ctx_for()) is None
 
 
+async def test_a_timer_left_pending_after_the_last_hook_is_cancelled_at_exit():
+    """Otherwise it fires after the interpreter restored SIGALRM's default action: exit 142."""
+    import atexit
+
+    from pipeline.chain.runner import _Deadline
+
+    await chain_of(make_plugin("quick"), timeout=30).run("on_message", ctx=ctx_for())
+    assert signal.getitimer(signal.ITIMER_REAL)[0] > 0  # kept pending on purpose (cheap calls)
+    unregistered = atexit.unregister(_Deadline.disarm)  # what atexit would run; put back below
+    try:
+        _Deadline.disarm()
+        assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
+    finally:
+        atexit.register(_Deadline.disarm)
+    assert unregistered is None
+
+
 async def test_the_timeout_handler_is_reinstalled_if_someone_replaced_it():
     original = signal.getsignal(signal.SIGALRM)
     signal.signal(signal.SIGALRM, signal.SIG_IGN)

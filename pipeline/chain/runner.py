@@ -12,6 +12,7 @@ Hook calls are bound once at start-up; the hot path is a loop over prepared tupl
 from __future__ import annotations
 
 import asyncio
+import atexit
 import inspect
 import logging
 import signal
@@ -121,9 +122,20 @@ class _Deadline:
                     previous(signum, frame)
 
             signal.signal(signal.SIGALRM, handler)
+            if cls._handler is None:
+                # A timer left pending past the last hook would fire after the interpreter has
+                # restored SIGALRM's default action at exit and kill the process (exit 142).
+                atexit.register(cls.disarm)
             cls._handler = handler
             cls.timer_fires_at = 0.0  # whatever timer was pending is not known to be ours
         return True
+
+    @classmethod
+    def disarm(cls) -> None:
+        """Cancel a pending timer (at exit, so a leftover SIGALRM never ends the process)."""
+        if cls.timer_fires_at and threading.get_ident() == _MAIN_THREAD_ID:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            cls.timer_fires_at = 0.0
 
     @classmethod
     def arm(cls, seconds: float) -> None:
