@@ -167,7 +167,7 @@ async def test_one_log_line_per_session_and_per_accepted_message(data_dir, tls_c
             await asyncio.sleep(0.01)
     accepted = [r.message for r in caplog.records if "accepted from=" in r.message]
     assert accepted == [f"queue_id={queue_id} session={accepted[0].split()[1][8:]} accepted from=<a@example.com> "
-                        f"rcpts=1 size={len(BODY) - 3} credential=key"]
+                        f"rcpts=1 size={len(spooled(data_dir)[0]['data'])} credential=key"]
     sessions = [r.message for r in caplog.records if " end=" in r.message]
     assert len(sessions) == 1
     assert re.search(r"listener=plain tls=no helo=log.test credential=key messages=1 rejected=0 .* end=quit",

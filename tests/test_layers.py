@@ -37,7 +37,6 @@ KNOWN: set[tuple[str, str]] = {
     ("pipeline.app.cli.dkim", "plugins.dkim_sign"),
     ("pipeline.contract.plugin", "pipeline.config"),
     ("pipeline.delivery.workers", "pipeline.app.gateway"),
-    ("pipeline.ingress.service", "pipeline.app.gateway"),
     ("plugins.bounce_tracking", "pipeline.events"),
     ("plugins.header_validation", "pipeline.contract.message"),
     ("plugins.list_unsubscribe", "pipeline.events"),
@@ -48,9 +47,6 @@ KNOWN_CYCLES: list[list[str]] = [
         "pipeline.app.gateway",
         "pipeline.delivery.scheduler",
         "pipeline.delivery.workers",
-        "pipeline.ingress",
-        "pipeline.ingress.server",
-        "pipeline.ingress.service",
     ],
 ]
 

@@ -15,7 +15,6 @@ from pipeline.app.gateway import Gateway
 from pipeline.contract.message import Message
 from pipeline.delivery.scheduler import DeliveryService
 from pipeline.events.stats import campaign_stats
-from pipeline.ingress.service import IngressService
 from pipeline.tracking import tracking_services
 
 RAW = (
@@ -45,7 +44,7 @@ async def test_mail_through_the_gateway_then_click_open_unsubscribe_show_in_stat
     }, plugins=["header_validation", "campaign_tag", "suppression", "click_tracking", "open_pixel",
                 "list_unsubscribe"])
     gw = Gateway(config)
-    ingress = IngressService(gw)
+    ingress = gw.ingress_service()
     gw.services = [ingress, DeliveryService(gw, workers=0), *tracking_services(gw)]
     await gw.start()
     try:

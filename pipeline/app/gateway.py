@@ -11,12 +11,15 @@ import asyncio
 import collections
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline.chain.loader import PluginSet
 from pipeline.chain.runner import Chain
 from pipeline.config import Config
 from pipeline.contract.context import Event
+
+if TYPE_CHECKING:
+    from pipeline.ingress import IngressService
 
 log = logging.getLogger("smtpgate")
 
@@ -54,15 +57,20 @@ class Gateway:
     def build_services(self, workers: int | None = None) -> None:
         """Create the long-running services, in data-flow order. Each area adds its own line."""
         self.services = []
-        from pipeline.ingress import IngressService
-
-        self.services.append(IngressService(self))  # SMTP listeners -> admission -> spool
+        self.services.append(self.ingress_service())  # SMTP listeners -> admission -> spool
         from pipeline.delivery.scheduler import DeliveryService
 
         self.services.append(DeliveryService(self, workers=workers))  # spool -> workers -> egress, retries
         from pipeline.tracking import tracking_services
 
         self.services += tracking_services(self)  # HTTP clicks/opens/unsubscribe/stats, webhook sender
+
+    def ingress_service(self) -> IngressService:
+        """The SMTP listeners, handed the ports they feed: spool, events, metrics, inbound sinks."""
+        from pipeline.ingress import IngressService
+
+        return IngressService(self.config, self.chain, spool=self.spool, events=self, metrics=self.counters,
+                              inbound=self.inbound_handlers)
 
     @property
     def spool(self) -> Any:
