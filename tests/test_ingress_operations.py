@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import signal
+import smtplib
 import ssl
 import sys
 from pathlib import Path
@@ -109,6 +110,31 @@ async def test_grace_period_cuts_sessions_that_do_not_finish(data_dir, tls_cert)
         assert (await d.cmd("MAIL FROM:<a@example.com>")).code == 250
         await asyncio.wait_for(ingress.stop(0.2), 5)
         assert await d.closed()
+
+
+async def test_stop_closes_an_idle_pooled_tls_connection_at_once_with_421(data_dir, tls_cert):
+    """A pooled client (smtplib after one message, not reading) costs no grace period (issue 10 §6).
+
+    Over TLS, closing waits for the client's close_notify, which a client that is not reading
+    never sends: the session must be cut, not waited for.
+    """
+    async with running_ingress(cfg(data_dir, tls_cert)) as (_, ingress):
+        port = ingress.port("starttls")
+
+        def pooled() -> smtplib.SMTP:
+            client = smtplib.SMTP("127.0.0.1", port, timeout=10)
+            client.starttls(context=ssl.create_default_context(cafile=str(tls_cert[0])))
+            client.login("apikey", "key-0123456789")
+            client.sendmail("a@example.com", ["b@example.com"], BODY[:-3])
+            return client
+
+        client = await asyncio.to_thread(pooled)
+        await asyncio.wait_for(ingress.stop(30.0), 5)  # the grace period is never waited for
+        assert not ingress.sessions
+        code, text = await asyncio.to_thread(client.getreply)
+        assert (code, text.decode()) == (421, "4.3.2 Service shutting down, try again later")
+        client.close()
+    assert len(spooled(data_dir)) == 1
 
 
 async def test_self_signed_certificate_is_generated_when_none_is_configured(data_dir, caplog):

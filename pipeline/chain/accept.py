@@ -46,6 +46,26 @@ class Outcome:
         return self.ctx.queue_id if self.ctx is not None else None
 
 
+def event_for(kind: str, ctx: MessageContext, rcpt: str, data: dict[str, Any] | None = None) -> Event:
+    """The event for one recipient copy of ``ctx`` (``accepted`` or ``discarded``)."""
+    return Event(kind, queue_id=ctx.queue_id, recipient=rcpt,
+                 credential=ctx.credential.name if ctx.credential else None,
+                 campaign_id=ctx.campaign_id, letter_id=ctx.letter_id, data=dict(data or {}))
+
+
+async def enqueue(
+    spool: SpoolWriter, ctx: MessageContext, data: bytes, recipients: list[str], *,
+    event_data: dict[str, Any] | None = None,
+) -> list[Event]:
+    """Make one message durable and return its ``accepted`` events (to emit once answered).
+
+    Raises what the spool raises: whoever enqueues decides what a failure means (the ingress
+    answers 451, a bounce notice fails like the results it belongs to).
+    """
+    await spool.enqueue(ctx, data, recipients)
+    return [event_for("accepted", ctx, rcpt, event_data) for rcpt in recipients]
+
+
 def _session_id(ctx: MessageContext) -> str:
     return ctx.session.session_id if ctx.session is not None else "-"
 
@@ -120,7 +140,7 @@ class AcceptStep:
             log.info("queue_id=%s session=%s discarded by the chain: %s", ctx.queue_id, _session_id(ctx),
                      verdict.reason)
             for rcpt in ctx.message.rcpt_tos:
-                await self.events.emit(self._event("discarded", ctx, rcpt, {"reason": verdict.reason}))
+                await self.events.emit(event_for("discarded", ctx, rcpt, {"reason": verdict.reason}))
             return self._count(Outcome("discarded", verdict=verdict, ctx=ctx))
         await self._drop_sink_addresses(ctx)
         recipients = ctx.message.rcpt_tos
@@ -135,16 +155,15 @@ class AcceptStep:
     ) -> Outcome:
         """Spool ``data`` durably, then the ``accepted`` events (returned, not yet emitted).
 
-        A spool error is an outcome, not an exception: nothing was claimed, the caller keeps the
-        message (the SMTP client retries; a notice's caller raises it again).
+        A spool error is an outcome, not an exception: nothing was claimed, and the SMTP client
+        keeps the message and retries.
         """
         try:
-            await self.spool.enqueue(ctx, data, recipients)
+            events = await enqueue(self.spool, ctx, data, recipients, event_data=event_data)
         except Exception as exc:
             log.error("session=%s message from=<%s> not queued: spool error %s: %s", _session_id(ctx),
                       ctx.message.mail_from, type(exc).__name__, exc)
             return Outcome("spool_failed", ctx=ctx, recipients=recipients, size=len(data))
-        events = [self._event("accepted", ctx, r, event_data) for r in recipients]
         return Outcome("queued", ctx=ctx, recipients=list(recipients), size=len(data), events=events)
 
     async def announce(self, outcome: Outcome) -> None:
@@ -152,12 +171,6 @@ class AcceptStep:
         events, outcome.events = outcome.events, []
         for event in events:
             await self.events.emit(event)
-
-    @staticmethod
-    def _event(kind: str, ctx: MessageContext, rcpt: str, data: dict[str, Any] | None) -> Event:
-        return Event(kind, queue_id=ctx.queue_id, recipient=rcpt,
-                     credential=ctx.credential.name if ctx.credential else None,
-                     campaign_id=ctx.campaign_id, letter_id=ctx.letter_id, data=dict(data or {}))
 
     async def _drop_sink_addresses(self, ctx: MessageContext) -> None:
         """``[relay] sink_addresses``: accepted, recorded as discarded, never delivered."""
@@ -174,7 +187,7 @@ class AcceptStep:
         for rcpt in dropped:
             log.info("queue_id=%s session=%s sink address %s: accepted and dropped", ctx.queue_id, _session_id(ctx),
                      rcpt)
-            await self.events.emit(self._event("discarded", ctx, rcpt, {"reason": "sink address"}))
+            await self.events.emit(event_for("discarded", ctx, rcpt, {"reason": "sink address"}))
 
     async def _to_inbound(self, raw: bytes, mail_from: str, rcpt_tos: Sequence[str]) -> Outcome:
         """Mail for a domain the gateway receives itself (bounces): straight to its handler."""

@@ -32,7 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pipeline.contract.context import FEATURES, Event, MessageContext
+from pipeline.chain.accept import enqueue
+from pipeline.contract.context import FEATURES, MessageContext
 from pipeline.contract.message import Message
 
 log = logging.getLogger("smtpgate.notices")
@@ -294,18 +295,12 @@ async def send_bounce_notice(gateway: Any, msg: Any, results: Sequence[Recipient
     except Exception:
         log.exception("%s: building the sender non-delivery notification failed", msg.queue_id)
         return None
-    await gateway.spool.enqueue(ctx, data, [msg.mail_from])
+    accepted = await enqueue(gateway.spool, ctx, data, [msg.mail_from], event_data={
+        "notice_for": msg.queue_id, "failed_recipients": [f.recipient for f in failures]})
     log.info("%s: sender non-delivery notification: %s", msg.queue_id, ctx.queue_id)
     try:
-        await gateway.emit(
-            Event(
-                "accepted",
-                queue_id=ctx.queue_id,
-                recipient=msg.mail_from,
-                campaign_id=CAMPAIGN,
-                data={"notice_for": msg.queue_id, "failed_recipients": [f.recipient for f in failures]},
-            )
-        )
+        for event in accepted:
+            await gateway.emit(event)
     except Exception:  # the notice is queued; a failing event sink must not undo it
         log.exception("%s: emitting the accepted event of notice %s failed", msg.queue_id, ctx.queue_id)
     return ctx.queue_id

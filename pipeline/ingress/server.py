@@ -233,10 +233,6 @@ class GatewaySMTP(SaslSession):
             outcome = await self._accept(txn, content)
             await self.push(self._reply(outcome, txn))
             await self.ingress.accept.announce(outcome)  # after the reply: event plugins must not delay it
-        if self.ingress.draining:
-            self._end = "shutdown"
-            await self.push(R.SHUTTING_DOWN)
-            self.close()
 
     def _checked(self, body: bytes) -> tuple[bytes, str | None]:
         """The unstuffed message and the refusal for octets that must not pass (or ``None``)."""

@@ -151,7 +151,7 @@ class IngressService:
             session.shut_down()
         busy = [session for session in self.sessions if session not in idle]
         if busy:
-            log.info("waiting up to %.0fs for %d session(s) in a transaction", grace, len(busy))
+            log.info("waiting up to %.0fs for %d session(s) inside a command or transaction", grace, len(busy))
             try:
                 await asyncio.wait_for(self._until_gone(busy), grace)
             except TimeoutError:
@@ -159,21 +159,22 @@ class IngressService:
                 for session in list(self.sessions):
                     session._end = "shutdown (grace over)"
                     session.close()
-        await self._close_servers()
         # let connection_lost run for the sessions just closed; cut those still in a TLS shutdown
+        # (the server's wait_closed would otherwise wait for them: ssl_shutdown_timeout, 30 s)
         for _ in range(3):
             if not self.sessions:
                 break
             await asyncio.sleep(0)
         for session in list(self.sessions):
             session.abort()
+        await self._close_servers()
         if self.store is not None:
             self.store.close()
             self.store = None
 
     async def _until_gone(self, sessions: list[SessionBase]) -> None:
-        """Return once every one of ``sessions`` has disconnected (woken by ``session_closed``)."""
-        while any(session in self.sessions for session in sessions):
+        """Return once every one of ``sessions`` has been closed (woken by ``session_closed``)."""
+        while any(session in self.sessions and not session.closing for session in sessions):
             self._closed.clear()
             await self._closed.wait()
 

@@ -51,7 +51,9 @@ class Host(Protocol):
 
     def admit_connection(self, session: SessionBase) -> str | None: ...
 
-    def session_closed(self) -> None: ...
+    def session_closed(self) -> None:
+        """A session closed or began closing."""
+        ...
 
 
 def refusal(verdict: Verdict | None) -> str | None:
@@ -134,6 +136,8 @@ class SessionBase(SMTP):
                 await method(arg)
             finally:
                 self._in_command = False
+            if self.ingress.draining and self.txn is None and name != "QUIT":
+                self.shut_down()  # shutdown began during the command: 421 now, not at the next one
 
         return run
 
@@ -145,6 +149,12 @@ class SessionBase(SMTP):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+        self.ingress.session_closed()  # wakes a shutdown waiting for this session
+
+    @property
+    def closing(self) -> bool:
+        """Closed or being closed (over TLS, closing waits for the client's close_notify)."""
+        return self.transport is None or self.transport.is_closing()
 
     def abort(self) -> None:
         """Cut the connection now, without waiting for the client's TLS close_notify."""
