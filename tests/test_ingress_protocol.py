@@ -349,3 +349,71 @@ async def test_mail_from_verdicts_and_discard_at_data(data_dir, tls_cert):
         await d.close()
     [msg] = spooled(data_dir)
     assert b"keep me" in msg["data"]
+
+
+# -- issue 10 §2 and §5: bare line ends in the body, MAIL-time refusals, FQDN senders ----------
+
+
+async def test_bare_newline_reject_refuses_a_bare_lf_or_cr_in_the_body(data_dir, tls_cert):
+    async with running_ingress(cfg(data_dir, tls_cert, limits={"bare_newline": "reject"})) as (_, ingress):
+        d = await greet(ingress.port("plain"), auth=True)
+        for body in (b"Subject: unix\r\n\r\nline one\nline two\r\n.\r\n", b"Subject: mac\r\n\r\nline one\rtwo\r\n.\r\n"):
+            reply = await send(d, "app@shop.example", ["user@example.com"], body)
+            assert reply.startswith("550 5.6.0 Message refused: bare CR or LF in the body"), reply
+        assert (await send(d, "app@shop.example", ["user@example.com"])).startswith("250 ")
+        await d.close()
+    assert len(spooled(data_dir)) == 1
+
+
+async def test_mail_without_auth_is_refused_at_mail_when_nothing_could_be_accepted(data_dir, tls_cert):
+    async with running_ingress(cfg(data_dir, tls_cert)) as (_, ingress):
+        d = await greet(ingress.port("plain"))
+        r = await d.cmd("MAIL FROM:<app@shop.example>")
+        assert (r.code, r.text) == (530, "5.7.0 Authentication required (no username or password)")
+        assert (await d.cmd(AUTH)).code == 235  # the session goes on: AUTH, then MAIL is accepted
+        assert (await d.cmd("MAIL FROM:<app@shop.example>")).code == 250
+        await d.close()
+        d = await greet(ingress.port("starttls"))
+        r = await d.cmd("MAIL FROM:<app@shop.example>")
+        assert (r.code, r.enhanced) == (530, "5.7.0") and "Must issue a STARTTLS command first" in r.text
+        await d.close()
+
+
+async def test_mail_without_auth_is_accepted_when_a_local_domain_could_take_it(data_dir, tls_cert):
+    async with running_ingress(cfg(data_dir, tls_cert, relay={"local_domains": ["gw.test"]})) as (_, ingress):
+        d = await greet(ingress.port("starttls"))
+        assert (await d.cmd("MAIL FROM:<app@shop.example>")).code == 250  # the recipient decides
+        r = await d.cmd("RCPT TO:<user@example.com>")
+        assert (r.code, r.enhanced) == (530, "5.7.0")
+        assert (await d.cmd("RCPT TO:<postmaster@gw.test>")).code == 250
+        await d.close()
+
+
+async def test_an_ip_allow_listed_client_sends_without_auth(data_dir, tls_cert):
+    office = {"name": "office", "kind": "ip", "networks": ["127.0.0.0/8"]}
+    async with running_ingress(cfg(data_dir, tls_cert, credentials=[office])) as (_, ingress):
+        d = await greet(ingress.port("plain"))
+        assert (await send(d, "app@shop.example", ["user@example.com"])).startswith("250 2.0.0 Ok: queued as")
+        await d.close()
+
+
+@pytest.mark.parametrize(
+    ("sender", "reject", "code"),
+    [
+        ("test@testmail", True, 553),
+        ("test@testmail.", True, 553),
+        ("test@testmail.ru", True, 250),
+        ("test@[192.0.2.1]", True, 250),
+        ("", True, 250),  # the null sender
+        ("test@testmail", False, 250),
+    ],
+)
+async def test_a_sender_domain_that_is_not_fully_qualified_gets_553_5_1_8(data_dir, tls_cert, sender, reject, code):
+    config = cfg(data_dir, tls_cert, relay={"reject_non_fqdn_sender": reject})
+    async with running_ingress(config) as (_, ingress):
+        d = await greet(ingress.port("plain"), auth=True)
+        r = await d.cmd(f"MAIL FROM:<{sender}>")
+        assert r.code == code, r
+        if code == 553:
+            assert r.text == "5.1.8 Sender address rejected: domain not fully qualified (invalid from email)"
+        await d.close()
