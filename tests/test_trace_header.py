@@ -129,3 +129,12 @@ async def test_received_header_reaches_the_smarthost(data_dir, sinks):
     await _through_the_gateway(data_dir, smtp_egress(controller.port), lambda: bool(sink.messages))
     [copy] = sink.messages
     assert b"\tby gw.test (smtpgate) with ESMTPA id " in received(copy.data)
+
+
+async def test_reverse_dns_names_the_client_when_switched_on(data_dir, tls_cert):
+    """127.0.0.1's name comes from /etc/hosts (nsswitch ``files`` first): no DNS query leaves the host."""
+    config = ingress_test_config(data_dir, tls_cert, credentials=[KEY], gateway={"reverse_dns": True})
+    async with running_ingress(config) as (_, ingress):
+        await send(ingress.port("plain"))
+    header = received(spooled(data_dir)[0]["data"])
+    assert re.match(rb"Received: from client\.test \((?!unknown)[^ ()]+ \[127\.0\.0\.1\]\)\r\n", header), header
