@@ -41,7 +41,6 @@ async def serve_smtpgate(data_dir: str) -> None:
     sys.path.insert(0, str(ROOT))
     from pipeline.app.gateway import Gateway
     from pipeline.config import parse_config
-    from pipeline.ingress import IngressService
 
     config = parse_config({
         "gateway": {"hostname": "bench.test", "data_dir": data_dir, "log_level": "warning"},
@@ -50,7 +49,7 @@ async def serve_smtpgate(data_dir: str) -> None:
         "limits": {"max_connections_per_ip": 200},  # every bench client comes from 127.0.0.1
     }, "<bench>")
     gateway = Gateway(config)
-    ingress = IngressService(gateway)
+    ingress = gateway.ingress_service()
     gateway.services = [ingress]
     await gateway.start()
     print(ingress.port("plain"), flush=True)

@@ -56,6 +56,9 @@ class GatewaySection(Section):
     hostname: str = Field(default_factory=socket.getfqdn)
     data_dir: Path = Path("smtpgate-data")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    trace_header: bool = True  # a Received: header per accepted message (RFC 5321 4.4)
+    trace_credential: bool = False  # name the authenticated credential in it (privacy: off)
+    reverse_dns: bool = False  # look up the client's PTR name for it (else "unknown")
 
 
 class ListenerSection(Section):
@@ -86,6 +89,7 @@ class LimitsSection(Section):
     idle_timeout: float = Field(default=300.0, gt=0)
     auth_failures_per_minute: int = Field(default=5, gt=0)
     shutdown_grace: float = Field(default=30.0, ge=0)
+    bare_newline: Literal["normalize", "reject"] = "normalize"  # bare CR/LF in the body (Postfix's smtpd_forbid_bare_newline)
 
 
 class ChainSection(Section):
@@ -157,6 +161,7 @@ class CredentialSection(Section):
 class RelaySection(Section):
     local_domains: list[str] = Field(default_factory=list)  # domains we accept mail for without AUTH
     sink_addresses: list[str] = Field(default_factory=list)  # accepted and dropped (Sendsay's test@test.ru)
+    reject_non_fqdn_sender: bool = True  # MAIL FROM:<a@host> gets 553 5.1.8 (Postfix's reject_non_fqdn_sender)
 
 
 class SpoolSection(Section):

@@ -13,7 +13,6 @@ from pipeline.app.harness import Dialogue
 from pipeline.contract.context import Event
 from pipeline.events import parse_verp, recipient_hash, verp_local_part
 from pipeline.events.bounces import classify_status, parse_report
-from pipeline.ingress.service import IngressService
 from pipeline.toolkit.tokens import TokenSigner
 
 DOMAIN = "bounce.example.com"
@@ -152,7 +151,7 @@ async def test_dsn_sent_over_smtp_to_verp_address_becomes_bounce_and_suppression
         "credentials": [{"name": "shop", "username": "shop", "secret": "pw-shop"}],
     }, plugins=["suppression"])
     gw = Gateway(config)
-    ingress = IngressService(gw)
+    ingress = gw.ingress_service()
     gw.services = [ingress]
     await gw.start()
     try:

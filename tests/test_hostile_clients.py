@@ -412,3 +412,50 @@ async def test_data_without_the_final_dot_then_close_queues_nothing(server):
     await d.send(BODY * 1000)
     await d.close()
     await server.healthy(queued=0)
+
+
+# -- octets that must never reach the next hop (issue 10 §2) ----------------------------------
+NUL_SMUGGLING = {
+    "nul in a header": b"From: app@shop.example\r\nSubject: a\x00b\r\n\r\nhello\r\n",
+    "nul in the body": b"From: app@shop.example\r\nSubject: hi\r\n\r\nhel\x00lo\r\n",
+    # the published "null before/after the dot" variants: a next hop that drops NULs would see
+    # end-of-data and then the SMTP commands as a second, forged transaction
+    "nul before the dot": BODY + b"\x00.\r\nMAIL FROM:<ceo@shop.example>\r\nRCPT TO:<x@local.test>\r\nDATA\r\n"
+                          + b"From: ceo@shop.example\r\n\r\nforged\r\n",
+    "nul after the dot": BODY + b".\x00\r\nMAIL FROM:<ceo@shop.example>\r\nRCPT TO:<x@local.test>\r\nDATA\r\n"
+                         + b"From: ceo@shop.example\r\n\r\nforged\r\n",
+}
+
+
+@pytest.mark.parametrize("content", list(NUL_SMUGGLING.values()), ids=list(NUL_SMUGGLING))
+async def test_a_nul_anywhere_in_the_message_is_refused_at_data_with_550_5_6_0(server, content):
+    d = await server.ehlo()
+    assert (await d.cmd("MAIL FROM:<app@shop.example>")).code == 250
+    assert (await d.cmd("RCPT TO:<user@local.test>")).code == 250
+    assert (await d.cmd("DATA")).code == 354
+    r = await d.cmd(content + b".\r\n")
+    assert (r.code, r.text) == (550, R.NUL_CHARACTER[4:]), r
+    assert (await d.cmd("NOOP")).code == 250  # the smuggled commands were message text, not commands
+    await d.close()
+    await server.healthy(queued=0)
+
+
+HEADER_INJECTION = {
+    "LF in X-Campaign-Id": (b"X-Campaign-Id: abc\nBcc: <someone@example.net>\r\n", "bare LF in header line 2"),
+    "LF in X-Letter-Id": (b"X-Letter-Id: l1\nReply-To: <thief@example.net>\r\n", "bare LF in header line 2"),
+    "CR in X-Campaign-Id": (b"X-Campaign-Id: abc\rBcc: <someone@example.net>\r\n", "bare CR in header line 2"),
+    "CR LF CR in a value": (b"Subject: hi\r\rBcc: <x@example.net>\r\n", "bare CR in header line 2"),
+}
+
+
+@pytest.mark.parametrize(("injected", "problem"), list(HEADER_INJECTION.values()), ids=list(HEADER_INJECTION))
+async def test_a_bare_cr_or_lf_in_the_header_block_is_refused_naming_the_line(server, injected, problem):
+    d = await server.ehlo()
+    assert (await d.cmd("MAIL FROM:<app@shop.example>")).code == 250
+    assert (await d.cmd("RCPT TO:<user@local.test>")).code == 250
+    assert (await d.cmd("DATA")).code == 354
+    r = await d.cmd(b"From: app@shop.example\r\n" + injected + b"Subject: hi\r\n\r\nhello\r\n.\r\n")
+    assert (r.code, r.enhanced) == (550, "5.6.0"), r
+    assert problem in r.text
+    await d.close()
+    await server.healthy(queued=0)

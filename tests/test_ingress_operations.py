@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import signal
+import smtplib
 import ssl
 import sys
 from pathlib import Path
@@ -111,6 +112,31 @@ async def test_grace_period_cuts_sessions_that_do_not_finish(data_dir, tls_cert)
         assert await d.closed()
 
 
+async def test_stop_closes_an_idle_pooled_tls_connection_at_once_with_421(data_dir, tls_cert):
+    """A pooled client (smtplib after one message, not reading) costs no grace period (issue 10 §6).
+
+    Over TLS, closing waits for the client's close_notify, which a client that is not reading
+    never sends: the session must be cut, not waited for.
+    """
+    async with running_ingress(cfg(data_dir, tls_cert)) as (_, ingress):
+        port = ingress.port("starttls")
+
+        def pooled() -> smtplib.SMTP:
+            client = smtplib.SMTP("127.0.0.1", port, timeout=10)
+            client.starttls(context=ssl.create_default_context(cafile=str(tls_cert[0])))
+            client.login("apikey", "key-0123456789")
+            client.sendmail("a@example.com", ["b@example.com"], BODY[:-3])
+            return client
+
+        client = await asyncio.to_thread(pooled)
+        await asyncio.wait_for(ingress.stop(30.0), 5)  # the grace period is never waited for
+        assert not ingress.sessions
+        code, text = await asyncio.to_thread(client.getreply)
+        assert (code, text.decode()) == (421, "4.3.2 Service shutting down, try again later")
+        client.close()
+    assert len(spooled(data_dir)) == 1
+
+
 async def test_self_signed_certificate_is_generated_when_none_is_configured(data_dir, caplog):
     caplog.set_level(logging.WARNING, "smtpgate")
     async with running_ingress(cfg(data_dir, None)) as (_, ingress):
@@ -167,7 +193,7 @@ async def test_one_log_line_per_session_and_per_accepted_message(data_dir, tls_c
             await asyncio.sleep(0.01)
     accepted = [r.message for r in caplog.records if "accepted from=" in r.message]
     assert accepted == [f"queue_id={queue_id} session={accepted[0].split()[1][8:]} accepted from=<a@example.com> "
-                        f"rcpts=1 size={len(BODY) - 3} credential=key"]
+                        f"rcpts=1 size={len(spooled(data_dir)[0]['data'])} credential=key"]
     sessions = [r.message for r in caplog.records if " end=" in r.message]
     assert len(sessions) == 1
     assert re.search(r"listener=plain tls=no helo=log.test credential=key messages=1 rejected=0 .* end=quit",

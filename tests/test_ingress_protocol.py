@@ -50,7 +50,7 @@ RELAY_TRICKS = [
     ('<"user@evil.example"@gw.test>', 554, "5.7.1 Relay access denied"),  # quoted local part
     ("<evil.example!user@gw.test>", 554, "5.7.1 Relay access denied"),  # bang path
     ("<user@gw.test@evil.example>", 553, "5.1.3 Invalid recipient address syntax"),
-    ("<user@evil.example>", 530, "5.7.0 Authentication required"),
+    ("<user@evil.example>", 530, "5.7.0 Authentication required (no username or password)"),
     ("<user%gw.test@evil.example>", 554, "5.7.1 Relay access denied"),
 ]
 
@@ -82,10 +82,10 @@ async def test_authenticated_client_may_use_percent_and_quoted_local_parts(data_
 @pytest.mark.parametrize(
     ("command", "code", "text"),
     [
-        ("MAIL FROM:<not an address>", 553, "5.1.7 Invalid sender address syntax"),
-        ("MAIL FROM:<user@>", 553, "5.1.7 Invalid sender address syntax"),
-        ("MAIL FROM:<user@exa mple.com>", 553, "5.1.7 Invalid sender address syntax"),
-        ("MAIL FROM:<usér@example.com>", 553, "5.1.7 Invalid sender address syntax"),
+        ("MAIL FROM:<not an address>", 553, "5.1.7 Invalid sender address syntax (invalid from email)"),
+        ("MAIL FROM:<user@>", 553, "5.1.7 Invalid sender address syntax (invalid from email)"),
+        ("MAIL FROM:<user@exa mple.com>", 553, "5.1.7 Invalid sender address syntax (invalid from email)"),
+        ("MAIL FROM:<usér@example.com>", 553, "5.1.7 Invalid sender address syntax (invalid from email)"),
         ("MAIL FROM:<user@example.com", 501, "5.5.4 Syntax: MAIL FROM:<address> [SP <mail-parameters>]"),
         ("MAIL TO:<user@example.com>", 501, "5.5.4 Syntax: MAIL FROM:<address> [SP <mail-parameters>]"),
         ("MAIL FROM:<a@example.com> BODY=BINARYMIME", 501, "5.5.4 BODY must be 7BIT or 8BITMIME"),
@@ -156,11 +156,11 @@ async def test_smtp_smuggling_sequences_never_end_data(data_dir, tls_cert, seque
     assert spooled(data_dir) == []
 
 
-async def test_bare_line_feeds_without_a_lone_dot_are_normalised(data_dir, tls_cert):
+async def test_bare_line_feeds_in_the_body_without_a_lone_dot_are_normalised(data_dir, tls_cert):
     async with running_ingress(cfg(data_dir, tls_cert)) as (_, ingress):
         d = await greet(ingress.port("plain"), auth=True)
         reply = await send(d, "app@shop.example", ["user@example.com"],
-                           b"From: app@shop.example\nSubject: unix\n\nline one\nline two\r\n.\r\n")
+                           b"From: app@shop.example\r\nSubject: unix\r\n\r\nline one\nline two\r\n.\r\n")
         assert reply.startswith("250 2.0.0 Ok: queued as")
         await d.close()
     [msg] = spooled(data_dir)
@@ -285,7 +285,7 @@ async def test_inbound_domain_is_accepted_without_auth_or_tls_and_goes_to_its_ha
         assert (await d.cmd("MAIL FROM:<>")).code == 250
         assert (await d.cmd("RCPT TO:<b-abc123@Bounces.GW.test>")).code == 250
         r = await d.cmd("RCPT TO:<user@example.com>")
-        assert (r.code, r.text) == (530, "5.7.0 Must issue a STARTTLS command first")
+        assert (r.code, r.text) == (530, "5.7.0 Must issue a STARTTLS command first (this server does not accept unsecured connections)")
         r = await d.cmd("RCPT TO:<a%evil.example@bounces.gw.test>")
         assert (r.code, r.text) == (554, "5.7.1 Relay access denied")
         assert (await d.cmd("DATA")).code == 354
@@ -349,3 +349,71 @@ async def test_mail_from_verdicts_and_discard_at_data(data_dir, tls_cert):
         await d.close()
     [msg] = spooled(data_dir)
     assert b"keep me" in msg["data"]
+
+
+# -- issue 10 §2 and §5: bare line ends in the body, MAIL-time refusals, FQDN senders ----------
+
+
+async def test_bare_newline_reject_refuses_a_bare_lf_or_cr_in_the_body(data_dir, tls_cert):
+    async with running_ingress(cfg(data_dir, tls_cert, limits={"bare_newline": "reject"})) as (_, ingress):
+        d = await greet(ingress.port("plain"), auth=True)
+        for body in (b"Subject: unix\r\n\r\nline one\nline two\r\n.\r\n", b"Subject: mac\r\n\r\nline one\rtwo\r\n.\r\n"):
+            reply = await send(d, "app@shop.example", ["user@example.com"], body)
+            assert reply.startswith("550 5.6.0 Message refused: bare CR or LF in the body"), reply
+        assert (await send(d, "app@shop.example", ["user@example.com"])).startswith("250 ")
+        await d.close()
+    assert len(spooled(data_dir)) == 1
+
+
+async def test_mail_without_auth_is_refused_at_mail_when_nothing_could_be_accepted(data_dir, tls_cert):
+    async with running_ingress(cfg(data_dir, tls_cert)) as (_, ingress):
+        d = await greet(ingress.port("plain"))
+        r = await d.cmd("MAIL FROM:<app@shop.example>")
+        assert (r.code, r.text) == (530, "5.7.0 Authentication required (no username or password)")
+        assert (await d.cmd(AUTH)).code == 235  # the session goes on: AUTH, then MAIL is accepted
+        assert (await d.cmd("MAIL FROM:<app@shop.example>")).code == 250
+        await d.close()
+        d = await greet(ingress.port("starttls"))
+        r = await d.cmd("MAIL FROM:<app@shop.example>")
+        assert (r.code, r.enhanced) == (530, "5.7.0") and "Must issue a STARTTLS command first" in r.text
+        await d.close()
+
+
+async def test_mail_without_auth_is_accepted_when_a_local_domain_could_take_it(data_dir, tls_cert):
+    async with running_ingress(cfg(data_dir, tls_cert, relay={"local_domains": ["gw.test"]})) as (_, ingress):
+        d = await greet(ingress.port("starttls"))
+        assert (await d.cmd("MAIL FROM:<app@shop.example>")).code == 250  # the recipient decides
+        r = await d.cmd("RCPT TO:<user@example.com>")
+        assert (r.code, r.enhanced) == (530, "5.7.0")
+        assert (await d.cmd("RCPT TO:<postmaster@gw.test>")).code == 250
+        await d.close()
+
+
+async def test_an_ip_allow_listed_client_sends_without_auth(data_dir, tls_cert):
+    office = {"name": "office", "kind": "ip", "networks": ["127.0.0.0/8"]}
+    async with running_ingress(cfg(data_dir, tls_cert, credentials=[office])) as (_, ingress):
+        d = await greet(ingress.port("plain"))
+        assert (await send(d, "app@shop.example", ["user@example.com"])).startswith("250 2.0.0 Ok: queued as")
+        await d.close()
+
+
+@pytest.mark.parametrize(
+    ("sender", "reject", "code"),
+    [
+        ("test@testmail", True, 553),
+        ("test@testmail.", True, 553),
+        ("test@testmail.ru", True, 250),
+        ("test@[192.0.2.1]", True, 250),
+        ("", True, 250),  # the null sender
+        ("test@testmail", False, 250),
+    ],
+)
+async def test_a_sender_domain_that_is_not_fully_qualified_gets_553_5_1_8(data_dir, tls_cert, sender, reject, code):
+    config = cfg(data_dir, tls_cert, relay={"reject_non_fqdn_sender": reject})
+    async with running_ingress(config) as (_, ingress):
+        d = await greet(ingress.port("plain"), auth=True)
+        r = await d.cmd(f"MAIL FROM:<{sender}>")
+        assert r.code == code, r
+        if code == 553:
+            assert r.text == "5.1.8 Sender address rejected: domain not fully qualified (invalid from email)"
+        await d.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.accounts.authenticator import Authenticator
 from pipeline.accounts.secrets import check_hash_format, hash_secret, hash_secret_pbkdf2, verify_secret
@@ -12,7 +14,9 @@ from pipeline.accounts.store import CredentialError, CredentialStore
 from pipeline.chain.driver import make_config
 from pipeline.config import ConfigError
 from pipeline.ingress.addresses import AddressError, domain_matches, parse_path
+from pipeline.ingress.data import check_content, header_block_problem
 from pipeline.ingress.limits import ConnectionLimiter, SlidingWindow
+from pipeline.ingress.relay import non_fqdn
 from pipeline.ingress.replies import with_enhanced
 
 
@@ -158,3 +162,46 @@ def test_limits():
     window = SlidingWindow(60)
     assert [window.add("ip") for _ in range(3)] == [1, 2, 3]
     assert window.count("ip") == 3 and window.count("other") == 0
+
+
+# -- DATA octet checks (pipeline/ingress/data.py) ----------------------------------------------
+_NAMES = st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,20}", fullmatch=True)
+_VALUES = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
+_FIELDS = st.lists(st.tuples(_NAMES, _VALUES), min_size=1, max_size=8)
+
+
+@settings(max_examples=50, deadline=None)
+@given(fields=_FIELDS, body=st.binary(max_size=200))
+def test_a_crlf_clean_header_block_is_never_flagged_whatever_the_body(fields, body):
+    head = b"".join(f"{name}: {value}\r\n".encode() for name, value in fields)
+    assert header_block_problem(head + b"\r\n" + body) is None
+
+
+@settings(max_examples=50, deadline=None)
+@given(fields=_FIELDS, data=st.data(), octet=st.sampled_from([b"\n", b"\r"]))
+def test_a_bare_cr_or_lf_in_any_header_line_is_flagged_with_its_line_number(fields, data, octet):
+    lines = [f"{name}: {value}".encode() for name, value in fields]
+    line = data.draw(st.integers(0, len(lines) - 1))
+    at = data.draw(st.integers(len(lines[line].split(b":")[0]) + 1, len(lines[line])))
+    lines[line] = lines[line][:at] + octet + lines[line][at:]
+    message = b"\r\n".join(lines) + b"\r\n\r\nbody\n"
+    name = "LF" if octet == b"\n" else "CR"
+    assert header_block_problem(message) == f"bare {name} in header line {line + 1}"
+
+
+def test_the_header_block_ends_at_the_first_line_that_is_not_a_header_field():
+    """enKod's example has no empty line before its HTML: bare LFs from there on are body."""
+    assert header_block_problem(b"Subject: x\r\nMIME-Version: 1.0\r\n<!DOCTYPE html>\n<html>\r\n") is None
+    assert header_block_problem(b"Subject: x\r\n folded\nBcc: y\r\n\r\n") == "bare LF in header line 2"
+    assert check_content(b"Subject: x\r\n\r\nbody\nline\r\n") is None
+    assert check_content(b"Subject: x\r\n\r\nbody\nline\r\n", "reject") is not None
+    assert check_content(b"Subject: x\r\n\r\nbo\x00dy\r\n") is not None
+
+
+@pytest.mark.parametrize(
+    ("domain", "qualified"),
+    [("testmail", False), ("testmail.", False), ("a..b", False), (".ru", False), ("testmail.ru", True),
+     ("mail.example.com.", True), ("[192.0.2.1]", True)],
+)
+def test_a_sender_domain_is_fully_qualified_with_a_dot_between_two_labels(domain, qualified):
+    assert non_fqdn(domain) is not qualified

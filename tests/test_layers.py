@@ -36,20 +36,12 @@ PLUGIN_IMPORTS = ("pipeline", "pipeline.toolkit")
 KNOWN: set[tuple[str, str]] = {
     ("pipeline.app.cli.dkim", "plugins.dkim_sign"),
     ("pipeline.contract.plugin", "pipeline.config"),
-    ("pipeline.ingress.service", "pipeline.app.gateway"),
     ("plugins.bounce_tracking", "pipeline.events"),
     ("plugins.header_validation", "pipeline.contract.message"),
     ("plugins.list_unsubscribe", "pipeline.events"),
     ("plugins.suppression", "pipeline.events"),
 }
-KNOWN_CYCLES: list[list[str]] = [
-    [
-        "pipeline.app.gateway",
-        "pipeline.ingress",
-        "pipeline.ingress.server",
-        "pipeline.ingress.service",
-    ],
-]
+KNOWN_CYCLES: list[list[str]] = []
 
 
 def module_name(path: Path) -> str:

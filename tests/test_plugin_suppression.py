@@ -13,7 +13,6 @@ from pipeline.app.harness import Dialogue
 from pipeline.chain.driver import make_chain
 from pipeline.contract.context import Credential, Session, Transaction
 from pipeline.contract.verdicts import Reject, TempFail
-from pipeline.ingress.service import IngressService
 
 STOPLIST = "550 5.0.0 Email is in the account stoplist"
 
@@ -47,7 +46,7 @@ async def rcpt_reply(port: int, user: str, password: str, rcpt: str) -> str:
 
 async def test_one_click_unsubscribe_then_next_rcpt_gets_stoplist_reply(tmp_path):
     gw = Gateway(smtp_config(tmp_path / "data"))
-    ingress = IngressService(gw)
+    ingress = gw.ingress_service()
     gw.services = [ingress, *gw.tracking_services()]
     gw.services[1].requested_port = 0
     await gw.start()
@@ -67,7 +66,7 @@ async def test_one_click_unsubscribe_then_next_rcpt_gets_stoplist_reply(tmp_path
 
 async def test_global_suppression_applies_to_every_credential(tmp_path):
     gw = Gateway(smtp_config(tmp_path / "data"))
-    ingress = IngressService(gw)
+    ingress = gw.ingress_service()
     gw.services = [ingress]
     await gw.start()
     try:

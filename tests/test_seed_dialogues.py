@@ -233,3 +233,45 @@ async def test_sendsay_allow_listed_ip_sends_without_auth(data_dir, tls_cert):
         await d.close()
     [msg] = spooled(data_dir)
     assert msg["context"]["credential"]["name"] == "sendsay-office"
+
+
+# -- the vendors' documented refusals, at the command they document (issue 10 §5) -------------
+NO_IP_LIST = [c for c in CREDENTIALS if c["kind"] != "ip"] + [
+    {"name": "enkod-old", "kind": "apikey", "secret": "enkod-old-key", "disabled": True},
+]
+
+
+async def test_smtpeter_mail_before_starttls_gets_530_with_its_words(data_dir, tls_cert):
+    cfg = ingress_test_config(data_dir, tls_cert, credentials=NO_IP_LIST)
+    async with running_ingress(cfg) as (_, ingress):
+        d = await Dialogue.connect("127.0.0.1", ingress.port("starttls"))
+        await expect(d, None, 220)
+        await expect(d, "EHLO mydomain.com", 250)
+        r = await expect(d, "MAIL FROM:<info@example.com>", 530, "5.7.0")
+        assert r.text.startswith("5.7.0 Must issue a STARTTLS command first")
+        assert "does not accept unsecured connections" in r.text
+        await d.close()
+
+
+async def test_enkod_refusals_carry_enkods_words(data_dir, tls_cert):
+    cfg = ingress_test_config(data_dir, tls_cert, credentials=NO_IP_LIST)
+    async with running_ingress(cfg) as (_, ingress):
+        d = await Dialogue.connect("127.0.0.1", ingress.port("smtps"), tls=client_tls(tls_cert))
+        await expect(d, None, 220)
+        await expect(d, "ehlo testmail.ru", 250)
+        r = await expect(d, "mail from:test@testmail.ru", 530, "5.7.0")  # "AUTH PLAIN authentication is not used"
+        assert r.text == "5.7.0 Authentication required (no username or password)"
+        wrong = base64.b64encode(b"\0\0not-the-key").decode()
+        await expect(d, f"auth plain {wrong}", 535, "5.7.8",
+                     "5.7.8 Authentication credentials invalid (wrong api key)")
+        deleted = base64.b64encode(b"\0\0enkod-old-key").decode()
+        r = await expect(d, f"auth plain {deleted}", 535, "5.7.8")
+        assert r.text.endswith("(client is deleted)")
+        await expect(d, f"auth plain {ENKOD_AUTH}", 235, "2.7.0")
+        r = await expect(d, "mail from:<test@@testmail.ru>", 553, "5.1.7")
+        assert r.text.endswith("(invalid from email)")
+        r = await expect(d, "mail from:<test@testmail>", 553, "5.1.8")  # Postfix's reject_non_fqdn_sender
+        assert r.text.endswith("(invalid from email)")
+        await expect(d, "mail from:test@testmail.ru", 250, "2.1.0")
+        await d.close()
+    assert spooled(data_dir) == []

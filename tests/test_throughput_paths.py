@@ -213,7 +213,7 @@ def test_protect_takes_the_attribute_path_for_non_ascii_tags() -> None:
 def test_smuggling_check_with_its_fast_exit_flags_exactly_the_four_dot_line_sequences() -> None:
     import itertools
 
-    from pipeline.ingress.server import _smuggling
+    from pipeline.ingress.data import smuggling as _smuggling
 
     def reference(body: bytes) -> bool:
         return body.startswith((b".\n", b".\r")) or any(
@@ -363,7 +363,8 @@ async def test_prepared_copies_arrive_byte_identical_with_size_and_refusals_rese
 def test_long_line_check_by_blocks_agrees_with_splitting_every_line() -> None:
     import itertools
 
-    from pipeline.ingress.server import _MAX_LINE, _has_long_line
+    from pipeline.ingress.data import MAX_LINE as _MAX_LINE
+    from pipeline.ingress.data import has_long_line as _has_long_line
 
     def reference(body: bytes, limit: int) -> bool:
         return bool(body) and max(map(len, body.split(b"\r\n"))) > limit

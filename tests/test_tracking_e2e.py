@@ -14,7 +14,6 @@ from tracking_helpers import HUMAN_UA, tracking_config
 from pipeline.app.gateway import Gateway
 from pipeline.contract.message import Message
 from pipeline.events.stats import campaign_stats
-from pipeline.ingress.service import IngressService
 
 RAW = (
     "Message-Id: <e2e-1@shop.example>\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n"
@@ -43,7 +42,7 @@ async def test_mail_through_the_gateway_then_click_open_unsubscribe_show_in_stat
     }, plugins=["header_validation", "campaign_tag", "suppression", "click_tracking", "open_pixel",
                 "list_unsubscribe"])
     gw = Gateway(config)
-    ingress = IngressService(gw)
+    ingress = gw.ingress_service()
     gw.services = [ingress, gw.delivery_service(workers=0), *gw.tracking_services()]
     await gw.start()
     try:

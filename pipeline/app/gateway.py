@@ -66,6 +66,11 @@ class Gateway:
 
     # -- stores and ports (opened on first use, so commands that don't need them don't create them)
 
+    def ingress_service(self) -> IngressService:
+        """The SMTP listeners, handed the ports they feed: spool, events, metrics, inbound sinks."""
+        return IngressService(self.config, self.chain, spool=self.spool, events=self.event_sink,
+                              metrics=self.counters, inbound=self.inbound_handlers)
+
     @property
     def spool(self) -> SqliteSpool:
         """The spool, ``<data_dir>/spool.db``."""
@@ -141,7 +146,7 @@ class Gateway:
     def build_services(self, workers: int | None = None) -> None:
         """Create the long-running services, in data-flow order. Each area adds its own line."""
         self.services = []
-        self.services.append(IngressService(self))  # SMTP listeners -> admission -> spool
+        self.services.append(self.ingress_service())  # SMTP listeners -> admission -> spool
         self.services.append(self.delivery_service(workers))  # spool -> workers -> egress, retries
         self.services += self.tracking_services()  # HTTP clicks/opens/unsubscribe/stats, webhook sender
 

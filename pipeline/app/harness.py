@@ -120,7 +120,7 @@ async def running_ingress(
 ) -> AsyncIterator[tuple[Gateway, IngressService]]:
     """A gateway with only its ingress service running (no delivery workers)."""
     gateway = Gateway(config, list(extra_plugins))
-    ingress = IngressService(gateway)
+    ingress = gateway.ingress_service()
     gateway.services = [ingress]
     await gateway.start()
     try:

@@ -33,11 +33,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.chain.accept import enqueue
 from pipeline.chain.loader import LoadedPlugin
 from pipeline.config import Config
-from pipeline.contract.context import FEATURES, Event, MessageContext
+from pipeline.contract.context import FEATURES, MessageContext
 from pipeline.contract.message import Message
-from pipeline.contract.vocabulary import EventType, RecipientState
+from pipeline.contract.vocabulary import RecipientState
 from pipeline.ports import EventSink, QueuedMessage, RecipientOutcome, SpoolWriter
 
 log = logging.getLogger("smtpgate.notices")
@@ -329,18 +330,12 @@ class BounceNotices:
         except Exception:
             log.exception("%s: building the sender non-delivery notification failed", msg.queue_id)
             return None
-        await self.spool.enqueue(ctx, data, [msg.mail_from])
+        accepted = await enqueue(self.spool, ctx, data, [msg.mail_from], event_data={
+            "notice_for": msg.queue_id, "failed_recipients": [f.recipient for f in failures]})
         log.info("%s: sender non-delivery notification: %s", msg.queue_id, ctx.queue_id)
         try:
-            await self.events.emit(
-                Event(
-                    EventType.ACCEPTED,
-                    queue_id=ctx.queue_id,
-                    recipient=msg.mail_from,
-                    campaign_id=CAMPAIGN,
-                    data={"notice_for": msg.queue_id, "failed_recipients": [f.recipient for f in failures]},
-                )
-            )
+            for event in accepted:
+                await self.events.emit(event)
         except Exception:  # the notice is queued; a failing event sink must not undo it
             log.exception("%s: emitting the accepted event of notice %s failed", msg.queue_id, ctx.queue_id)
         return ctx.queue_id

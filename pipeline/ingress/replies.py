@@ -49,6 +49,9 @@ def with_enhanced(reply: str) -> str:
     return f"{code}{m.group(3)}{enhanced} {m.group(4)}"
 
 
+# Where a vendor documents its own words for a refusal (enKod, SMTPeter), they follow the
+# standard text in parentheses, so an integration that matches on them keeps working.
+
 # -- replies of our own (tests import these, so a text lives in one place) ---------------------
 OK = "250 2.0.0 Ok"
 SENDER_OK = "250 2.1.0 Sender ok"
@@ -63,10 +66,10 @@ TOO_MANY_CONNECTIONS_IP = "421 4.7.0 Too many connections from your address, try
 AUTH_THROTTLED = "421 4.7.0 Too many failed authentication attempts, try again later"
 IDLE_TIMEOUT = "421 4.4.2 Idle timeout, closing connection"
 
-AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
-AUTH_DISABLED = "535 5.7.8 Authentication credentials disabled: contact the administrator"
-AUTH_REQUIRED = "530 5.7.0 Authentication required"
-STARTTLS_FIRST = "530 5.7.0 Must issue a STARTTLS command first"
+AUTH_INVALID = "535 5.7.8 Authentication credentials invalid (wrong api key)"
+AUTH_DISABLED = "535 5.7.8 Authentication credentials disabled: contact the administrator (client is deleted)"
+AUTH_REQUIRED = "530 5.7.0 Authentication required (no username or password)"
+STARTTLS_FIRST = "530 5.7.0 Must issue a STARTTLS command first (this server does not accept unsecured connections)"
 ENCRYPTION_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
 TLS_NOT_AVAILABLE = "454 4.7.0 TLS not available"
 TLS_ACTIVE = "503 5.5.1 TLS already active"
@@ -86,7 +89,8 @@ NESTED_MAIL = "503 5.5.1 Error: nested MAIL command"
 MAIL_SYNTAX = "501 5.5.4 Syntax: MAIL FROM:<address> [SP <mail-parameters>]"
 RCPT_SYNTAX = "501 5.5.4 Syntax: RCPT TO:<address>"
 DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
-BAD_SENDER = "553 5.1.7 Invalid sender address syntax"
+BAD_SENDER = "553 5.1.7 Invalid sender address syntax (invalid from email)"
+NON_FQDN_SENDER = "553 5.1.8 Sender address rejected: domain not fully qualified (invalid from email)"
 BAD_RECIPIENT = "553 5.1.3 Invalid recipient address syntax"
 MAIL_PARAMS = "555 5.5.4 MAIL FROM parameters not recognized or not implemented"
 RCPT_PARAMS = "555 5.5.4 RCPT TO parameters not recognized or not implemented"
@@ -100,6 +104,8 @@ RATE_LIMITED = "451 4.7.1 Message rate limit exceeded, try again later"
 RELAY_DENIED = "554 5.7.1 Relay access denied"
 LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 1000 octets including CRLF)"
 SMUGGLING = "550 5.5.2 Message refused: bare CR or LF next to a lone dot (SMTP smuggling)"
+NUL_CHARACTER = "550 5.6.0 Message refused: it contains a NUL character (RFC 5322 2.3)"
+BARE_NEWLINE = "550 5.6.0 Message refused: bare CR or LF in the body (only CRLF ends a line; [limits] bare_newline)"
 SPOOL_FAILED = "451 4.3.0 Temporary local problem: message not queued, try again later"
 INBOUND_FAILED = "451 4.3.0 Temporary local problem, try again later"
 INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
@@ -107,3 +113,8 @@ INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
 
 def queued(queue_id: str) -> str:
     return f"250 2.0.0 Ok: queued as {queue_id}"
+
+
+def bare_newline_in_header(problem: str) -> str:
+    """``problem`` names the octet and line, e.g. ``bare LF in header line 3``."""
+    return f"550 5.6.0 Message refused: {problem} (a header line ends only with CRLF)"

@@ -12,18 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import TYPE_CHECKING
+from collections.abc import MutableMapping
 
-from pipeline.accounts.authenticator import Authenticator
+from pipeline.accounts.authenticator import Authenticator as StoreAuthenticator
 from pipeline.accounts.store import CredentialStore, config_records
+from pipeline.chain.accept import AcceptStep
+from pipeline.chain.runner import Chain
 from pipeline.config import Config, ListenerSection
 from pipeline.ingress import replies as R
 from pipeline.ingress.limits import ConnectionLimiter, SlidingWindow
+from pipeline.ingress.server import GatewaySMTP
+from pipeline.ingress.session import SessionBase
 from pipeline.ingress.tls import server_context
-
-if TYPE_CHECKING:
-    from pipeline.app.gateway import Gateway
-    from pipeline.ingress.server import GatewaySMTP
+from pipeline.ports import Authenticator, EventSink, InboundHandler, Metrics, SpoolWriter
 
 log = logging.getLogger("smtpgate.ingress")
 
@@ -33,24 +34,42 @@ def credential_store_path(config: Config) -> str:
 
 
 class IngressService:
-    """The SMTP listeners of one gateway."""
+    """The SMTP listeners of one gateway.
+
+    It receives what it hands work to, typed: the chain, the spool writer, the event sink, the
+    metrics and the inbound handlers (wrapped in one :class:`~pipeline.chain.accept.AcceptStep`),
+    and optionally an authenticator; without one it opens ``<data_dir>/credentials.db`` itself
+    at start and closes it at stop.
+    """
 
     name = "ingress"
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.config = gateway.config
+    def __init__(
+        self,
+        config: Config,
+        chain: Chain,
+        *,
+        spool: SpoolWriter,
+        events: EventSink,
+        metrics: Metrics | None = None,
+        inbound: MutableMapping[str, InboundHandler] | None = None,
+        authenticator: Authenticator | None = None,
+    ) -> None:
+        self.config = config
+        self.chain = chain
+        self.accept = AcceptStep(config, chain, spool, events, inbound=inbound, metrics=metrics)
         config_records(self.config)  # fail at build time on a bad [[credentials]] entry
         limits = self.config.limits
         self.connections = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
         self.auth_failures = SlidingWindow(60.0)
         self.sent = SlidingWindow(60.0)
-        self.sessions: set[GatewaySMTP] = set()
+        self.sessions: set[SessionBase] = set()
         self.draining = False
         self.servers: list[tuple[ListenerSection, asyncio.Server]] = []
         self.bound: dict[str, tuple[str, int]] = {}
         self.store: CredentialStore | None = None
-        self._authenticator: Authenticator | None = None
+        self._authenticator: Authenticator | None = authenticator
+        self._owns_authenticator = authenticator is None
         self._closed = asyncio.Event()
 
     @property
@@ -64,11 +83,10 @@ class IngressService:
         return self.bound[listener][1]
 
     async def start(self) -> None:
-        from pipeline.ingress.server import GatewaySMTP
-
         logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
-        self.store = CredentialStore(self.config.data_dir / "credentials.db")
-        self._authenticator = Authenticator(self.config, self.store)
+        if self._owns_authenticator:
+            self.store = CredentialStore(self.config.data_dir / "credentials.db")
+            self._authenticator = StoreAuthenticator(self.config, self.store)
         tls: ssl.SSLContext | None = None
         if any(listener.tls != "none" for listener in self.config.listeners):
             tls = server_context(self.config)
@@ -103,7 +121,7 @@ class IngressService:
             await self._close_servers()
             raise
 
-    def admit_connection(self, session: GatewaySMTP) -> str | None:
+    def admit_connection(self, session: SessionBase) -> str | None:
         """The refusal for a new connection (shutdown, limits), or ``None`` to greet it."""
         if self.draining:
             return R.SHUTTING_DOWN
@@ -118,37 +136,47 @@ class IngressService:
         return None
 
     def session_closed(self) -> None:
-        if not self.sessions:
-            self._closed.set()
+        self._closed.set()
 
     async def stop(self, grace: float) -> None:
-        """Drain: 421 for new and idle sessions, let transactions finish within ``grace``, then close."""
+        """Drain: 421 for new and idle sessions, let transactions finish within ``grace``, then close.
+
+        Only sessions inside a transaction are waited for. An idle session is told ``421 4.3.2``
+        and closed at once; over TLS, closing waits for the client's close_notify, which a pooled
+        client that is not reading never sends, so it is cut once its reply is written.
+        """
         self.draining = True
-        for session in list(self.sessions):
-            if session.idle:
-                session._end = "shutdown"
-                if session._writer is not None and not session._writer.is_closing():
-                    session._writer.write(R.SHUTTING_DOWN.encode() + b"\r\n")
-                session.close()
-        if self.sessions:
-            self._closed.clear()
-            log.info("waiting up to %.0fs for %d session(s) to finish", grace, len(self.sessions))
+        idle = [session for session in self.sessions if session.idle]
+        for session in idle:
+            session.shut_down()
+        busy = [session for session in self.sessions if session not in idle]
+        if busy:
+            log.info("waiting up to %.0fs for %d session(s) inside a command or transaction", grace, len(busy))
             try:
-                await asyncio.wait_for(self._closed.wait(), grace)
+                await asyncio.wait_for(self._until_gone(busy), grace)
             except TimeoutError:
                 log.warning("shutdown grace period over: closing %d session(s)", len(self.sessions))
                 for session in list(self.sessions):
                     session._end = "shutdown (grace over)"
                     session.close()
-        await self._close_servers()
-        # let connection_lost run for the sessions just closed
+        # let connection_lost run for the sessions just closed; cut those still in a TLS shutdown
+        # (the server's wait_closed would otherwise wait for them: ssl_shutdown_timeout, 30 s)
         for _ in range(3):
             if not self.sessions:
                 break
             await asyncio.sleep(0)
+        for session in list(self.sessions):
+            session.abort()
+        await self._close_servers()
         if self.store is not None:
             self.store.close()
             self.store = None
+
+    async def _until_gone(self, sessions: list[SessionBase]) -> None:
+        """Return once every one of ``sessions`` has been closed (woken by ``session_closed``)."""
+        while any(session in self.sessions and not session.closing for session in sessions):
+            self._closed.clear()
+            await self._closed.wait()
 
     async def _close_servers(self) -> None:
         for _, server in self.servers:

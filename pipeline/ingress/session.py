@@ -1,0 +1,325 @@
+"""The aiosmtpd protocol adapter: one connection's plumbing, under every command.
+
+aiosmtpd does the socket work, command loop, STARTTLS and line limits; this base class adapts it
+to smtpgate: every reply gets its enhanced status code on the way out (:meth:`push`), a session
+between transactions gets ``421 4.3.2`` during shutdown, the connection is admitted (limits,
+``on_connect``, IP allow-list) before the greeting, and closing logs one line per session. The
+commands themselves are in :mod:`pipeline.ingress.sasl` (AUTH) and
+:mod:`pipeline.ingress.server` (HELO to DATA).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiosmtpd.smtp import SMTP, TLSSetupException
+
+from pipeline.chain.accept import AcceptStep
+from pipeline.chain.features import resolve_features
+from pipeline.chain.runner import Chain
+from pipeline.config import Config, ListenerSection
+from pipeline.contract.context import Credential, Session, Transaction
+from pipeline.contract.verdicts import Reject, TempFail, Verdict
+from pipeline.ingress import replies as R
+from pipeline.ingress.limits import ConnectionLimiter, SlidingWindow
+from pipeline.ports import Authenticator
+
+log = logging.getLogger("smtpgate.ingress")
+
+
+class Host(Protocol):
+    """What a session needs from the service that owns the listeners (shared by its sessions)."""
+
+    config: Config
+    chain: Chain
+    accept: AcceptStep
+    connections: ConnectionLimiter
+    auth_failures: SlidingWindow
+    sent: SlidingWindow
+    sessions: set[Any]
+    draining: bool
+
+    @property
+    def authenticator(self) -> Authenticator: ...
+
+    def admit_connection(self, session: SessionBase) -> str | None: ...
+
+    def session_closed(self) -> None:
+        """A session closed or began closing."""
+        ...
+
+
+def refusal(verdict: Verdict | None) -> str | None:
+    """The reply for a verdict that stops the command (Reject / TempFail), else ``None``."""
+    if isinstance(verdict, Reject | TempFail):
+        return verdict.reply()
+    return None
+
+
+def with_enhanced_multiline(reply: str) -> str:
+    return "\r\n".join(R.with_enhanced(line) for line in reply.split("\r\n"))
+
+
+class _Hooks:
+    """aiosmtpd needs a handler object; every command it would delegate is overridden."""
+
+
+class SessionBase(SMTP):
+    """One connection on one listener: replies, hooks, admission, shutdown, logging."""
+
+    def __init__(self, ingress: Host, listener: ListenerSection, tls_context: ssl.SSLContext | None) -> None:
+        cfg = ingress.config
+        self.ingress = ingress
+        self.listener = listener
+        self.gw = Session(listener=listener.name)
+        self.txn: Transaction | None = None
+        self.is_tls = False
+        self.tls_info: tuple[str, str, int] | None = None  # protocol, cipher, secret bits (Received:)
+        self.rdns = "unknown"
+        self._counted = False
+        self._raw_push = False
+        self._in_command = False
+        self._started = time.monotonic()
+        self._messages = 0
+        self._rejected = 0
+        self._end = "closed"
+        self._writer = None  # type: ignore[assignment]  # aiosmtpd sets it in connection_made
+        super().__init__(
+            _Hooks(),
+            data_size_limit=cfg.limits.max_message_size,
+            # decode command arguments as UTF-8 (surrogateescape) so an 8-bit address gets a precise
+            # 553 from our parser instead of "strict ASCII mode"; SMTPUTF8 itself is not offered.
+            enable_SMTPUTF8=True,
+            hostname=cfg.gateway.hostname,
+            ident="ESMTP smtpgate",
+            tls_context=tls_context if listener.tls == "starttls" else None,
+            require_starttls=False,
+            timeout=cfg.limits.idle_timeout,
+            auth_require_tls=listener.require_tls,
+            loop=asyncio.get_running_loop(),
+        )
+        # aiosmtpd keeps this dict on the class and grows it on every EHLO; keep ours private.
+        self.command_size_limits = collections.defaultdict(lambda: 512, {"AUTH": 1000})  # type: ignore[misc]
+        self.command_size_limit = 512
+        for name, method in list(self._smtp_methods.items()):
+            self._smtp_methods[name] = self._guard(name, method)
+
+    # -- plumbing --------------------------------------------------------------------------
+    @property
+    def max_command_size_limit(self) -> int:
+        return 1000
+
+    @property
+    def config(self) -> Config:
+        return self.ingress.config
+
+    def _guard(self, name: str, method: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        """Wrap a command: during shutdown, a session between transactions gets 421 4.3.2."""
+
+        async def run(arg: Any) -> None:
+            if self.ingress.draining and name != "QUIT" and self.txn is None:
+                self._end = "shutdown"
+                await self.push(R.SHUTTING_DOWN)
+                self.close()
+                return
+            if name == "QUIT":
+                self._end = "quit"
+            self._in_command = True
+            try:
+                await method(arg)
+            finally:
+                self._in_command = False
+            if self.ingress.draining and self.txn is None and name != "QUIT":
+                self.shut_down()  # shutdown began during the command: 421 now, not at the next one
+
+        return run
+
+    @property
+    def idle(self) -> bool:
+        """Between transactions and not running a command: safe to close with 421 at shutdown."""
+        return self.txn is None and not self._in_command
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self.ingress.session_closed()  # wakes a shutdown waiting for this session
+
+    @property
+    def closing(self) -> bool:
+        """Closed or being closed (over TLS, closing waits for the client's close_notify)."""
+        return self.transport is None or self.transport.is_closing()
+
+    def abort(self) -> None:
+        """Cut the connection now, without waiting for the client's TLS close_notify."""
+        if isinstance(self.transport, asyncio.Transport):
+            self.transport.abort()
+
+    def shut_down(self) -> None:
+        """At shutdown, an idle session: ``421 4.3.2`` and closed at once."""
+        self._end = "shutdown"
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(R.SHUTTING_DOWN.encode() + b"\r\n")
+        self.close()
+
+    async def push(self, status: str | bytes) -> None:
+        """Send a reply; str replies get their enhanced status code here (the one place)."""
+        if isinstance(status, str):
+            if not self._raw_push:
+                status = with_enhanced_multiline(status)
+            status = status.encode("ascii", "replace")
+        self._raw_push = False
+        if self._writer is None or self._writer.is_closing():
+            return
+        self._writer.write(status + b"\r\n")
+        await self._writer.drain()
+
+    async def _push_lines(self, lines: list[str]) -> None:
+        """A multi-line reply written at once (EHLO), without enhanced codes (RFC 2034 s3)."""
+        out = [f"{code}-{text}" for code, text in (("250", t) for t in lines[:-1])]
+        out.append(f"250 {lines[-1]}")
+        self._raw_push = True
+        await self.push("\r\n".join(out))
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):  # the client's failure, not ours: no traceback
+            self._end = "TLS handshake failed"
+            log.info("session=%s peer=%s STARTTLS handshake failed: %r", self.gw.session_id, self.gw.peer_ip,
+                     error.__cause__)
+            return R.INTERNAL_ERROR  # aiosmtpd closes the connection instead of sending it
+        log.error("session=%s peer=%s internal error: %s: %s", self.gw.session_id, self.gw.peer_ip,
+                  type(error).__name__, error, exc_info=error)
+        return R.INTERNAL_ERROR
+
+    def _features_for(self, cred: Credential | None) -> dict[str, bool]:
+        features = resolve_features(self.config.features, cred)
+        return features if isinstance(features, dict) else dict(self.config.features)
+
+    async def _hook(self, phase: str, **kwargs: Any) -> Verdict | None:
+        return await self.ingress.chain.run(
+            phase, features=self._features_for(self.gw.credential), session=self.gw, **kwargs)
+
+    def _set_post_data_state(self) -> None:
+        super()._set_post_data_state()
+        self.txn = None
+
+    async def _out_of_sequence(self, *, mail: bool = False, rcpt: bool = False) -> bool:
+        """Answer a command sent before its prerequisites (HELO, then MAIL, then RCPT); True if so."""
+        assert self.session is not None
+        if not self.session.host_name:
+            await self.push(R.NEED_HELO)
+        elif mail and self.txn is None:
+            await self.push(R.NEED_MAIL)
+        elif rcpt and self.txn is not None and not self.txn.rcpt_tos:
+            await self.push(R.NEED_RCPT)
+        else:
+            return False
+        return True
+
+    # -- connection ------------------------------------------------------------------------
+    def _note_tls(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return
+        self.is_tls = True
+        self.gw.tls = True
+        cipher = ssl_object.cipher()
+        if cipher is not None:
+            self.tls_info = (ssl_object.version() or cipher[1], cipher[0], int(cipher[2]))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        starttls = self._original_transport is not None
+        super().connection_made(transport)
+        if starttls:
+            # RFC 3207 4.2: forget what the client told us before TLS (EHLO, AUTH), keep the peer.
+            self._note_tls(transport)
+            self.is_tls = self.gw.tls = True
+            self.gw.helo = None
+            self.gw.credential = self.ingress.authenticator.match_ip(self.gw.peer_ip)
+            self.data_size_limit = self.config.limits.max_message_size
+            return
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.gw.peer = (str(peer[0]), int(peer[1]))
+        if transport.get_extra_info("ssl_object") is not None:  # implicit TLS: aiosmtpd doesn't know (#274/#281)
+            self._note_tls(transport)
+            assert self.session is not None
+            self.session.ssl = {"ssl_object": transport.get_extra_info("ssl_object"),
+                                "cipher": transport.get_extra_info("cipher")}
+        self.ingress.sessions.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        try:
+            super().connection_lost(error)
+        finally:
+            self.ingress.sessions.discard(self)
+            if self._counted:
+                self._counted = False
+                self.ingress.connections.release(self.gw.peer_ip)
+                cred = self.gw.credential.name if self.gw.credential else "-"
+                log.info(
+                    "session=%s peer=%s:%d listener=%s tls=%s helo=%s credential=%s messages=%d rejected=%d "
+                    "duration=%.2fs end=%s",
+                    self.gw.session_id, self.gw.peer[0], self.gw.peer[1], self.listener.name,
+                    "yes" if self.is_tls else "no", self.gw.helo or "-", cred, self._messages, self._rejected,
+                    time.monotonic() - self._started, self._end,
+                )
+            self.ingress.session_closed()
+
+    def _timeout_cb(self) -> None:
+        self._end = "idle timeout"
+        try:
+            handshaking = self._tls_protocol is not None and not self.is_tls  # no plaintext inside TLS
+            if self._writer is not None and not self._writer.is_closing() and not handshaking:
+                self._writer.write(R.IDLE_TIMEOUT.encode() + b"\r\n")
+        finally:
+            super()._timeout_cb()
+
+    async def _handle_client(self) -> None:
+        try:
+            reply = await self._admit()
+        except Exception as exc:  # fail closed, and never leave a client without a greeting
+            log.error("session=%s peer=%s connect phase failed: %s: %s", self.gw.session_id, self.gw.peer_ip,
+                      type(exc).__name__, exc)
+            reply = "421 4.3.0 Temporary local problem, try again later"
+        if reply is not None:
+            self._end = f"refused ({reply[:3]})"
+            await self.push(reply)
+            self.close()
+            return
+        self._raw_push = True  # the greeting: "220 <hostname> ESMTP smtpgate", no enhanced code
+        await super()._handle_client()
+
+    async def _admit(self) -> str | None:
+        """Limits, shutdown, ``on_connect`` and the IP allow-list: a refusal reply, or ``None``."""
+        reply = self.ingress.admit_connection(self)
+        if reply is None:
+            self._counted = True
+            reply = refusal(await self._hook("on_connect"))
+            if reply is None:
+                cred = self.ingress.authenticator.match_ip(self.gw.peer_ip)
+                if cred is not None:
+                    verdict = await self.ingress.chain.run(
+                        "on_auth", features=self._features_for(cred), session=self.gw, credential=cred)
+                    if refusal(verdict) is None:
+                        self.gw.credential = cred
+                    else:
+                        log.info("session=%s on_auth refused allow-listed credential %s: %s",
+                                 self.gw.session_id, cred.name, refusal(verdict))
+                if self.config.gateway.reverse_dns:
+                    self.rdns = await self._reverse_dns()
+        return reply
+
+    async def _reverse_dns(self) -> str:
+        """The client's reverse DNS name for the ``Received:`` header (``unknown`` if none within 5 s)."""
+        try:
+            host, _ = await asyncio.wait_for(
+                asyncio.get_running_loop().getnameinfo((self.gw.peer_ip, 0), socket.NI_NAMEREQD), 5.0)
+        except (OSError, TimeoutError):
+            return "unknown"
+        return host

@@ -1,0 +1,106 @@
+"""The one accept step (pipeline/chain/accept.py): admission -> inbound sinks -> spool -> ``accepted``
+events, against a real SQLite spool and a recording event sink (a real implementation of the port)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pipeline import Event, Plugin, Reject, hookimpl
+from pipeline.chain.accept import AcceptStep, enqueue
+from pipeline.chain.driver import make_chain, make_config
+from pipeline.contract.context import MessageContext
+from pipeline.contract.message import Message
+from pipeline.spool.sqlite import SqliteSpool
+
+RAW = b"From: app@shop.example\r\nTo: a@example.net\r\nSubject: hi\r\nX-Campaign-Id: spring\r\n\r\nhello\r\n"
+
+
+class Events:
+    """An EventSink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def emit(self, event: Event, *, strict: bool = False) -> None:
+        self.events.append(event)
+
+
+class RefuseSpam(Plugin):
+    name = "refuse_spam"
+
+    @hookimpl
+    def on_message(self, ctx: MessageContext) -> Reject | None:
+        return Reject(550, "5.7.1", "spam") if b"spam" in ctx.message.as_bytes() else None
+
+
+def step(tmp_path: Path, **relay: list[str]) -> tuple[AcceptStep, SqliteSpool, Events, Counter[str]]:
+    config = make_config({"gateway": {"data_dir": str(tmp_path)}, "relay": relay}, plugins=["campaign_tag"])
+    spool, events, metrics = SqliteSpool(tmp_path / "spool.db"), Events(), Counter[str]()
+    return AcceptStep(config, make_chain(config, [RefuseSpam]), spool, events, metrics=metrics), spool, events, metrics
+
+
+async def test_a_queued_message_is_durable_before_its_accepted_events_are_announced(tmp_path):
+    accept, spool, events, metrics = step(tmp_path)
+    outcome = await accept.accept(RAW, "app@shop.example", ["a@example.net", "b@example.net"], queue_id="q1")
+    assert (outcome.status, outcome.queue_id, outcome.recipients) == ("queued", "q1", ["a@example.net", "b@example.net"])
+    assert spool.show("q1") is not None
+    assert events.events == []  # the client is answered first
+    await accept.announce(outcome)
+    assert [(e.type, e.recipient, e.campaign_id) for e in events.events] == [
+        ("accepted", "a@example.net", "spring"), ("accepted", "b@example.net", "spring")]
+    assert metrics["accept_total:queued"] == 1
+    spool.close()
+
+
+async def test_a_refusal_spools_nothing_and_a_spool_error_is_an_outcome(tmp_path):
+    accept, spool, events, metrics = step(tmp_path)
+    refused = await accept.accept(RAW + b"spam\r\n", "app@shop.example", ["a@example.net"])
+    assert refused.status == "refused" and refused.verdict == Reject(550, "5.7.1", "spam")
+    spool.close()  # a closed database: the commit raises, nothing is claimed
+    failed = await accept.accept(RAW, "app@shop.example", ["a@example.net"])
+    assert (failed.status, failed.events) == ("spool_failed", [])
+    assert events.events == [] and metrics["accept_total:refused"] == metrics["accept_total:spool_failed"] == 1
+
+
+async def test_sink_addresses_are_discarded_with_an_event_and_the_rest_queued(tmp_path):
+    accept, spool, events, _ = step(tmp_path, sink_addresses=["test@test.ru"])
+    outcome = await accept.accept(RAW, "app@shop.example", ["test@test.ru", "a@example.net"], queue_id="q2")
+    assert (outcome.status, outcome.recipients) == ("queued", ["a@example.net"])
+    assert [(e.type, e.recipient, e.data) for e in events.events] == [
+        ("discarded", "test@test.ru", {"reason": "sink address"})]
+    only_sink = await accept.accept(RAW, "app@shop.example", ["test@test.ru"])
+    assert only_sink.status == "discarded"
+    spool.close()
+
+
+async def test_inbound_mail_goes_to_its_handler_never_through_the_chain_or_spool(tmp_path):
+    accept, spool, _, _ = step(tmp_path)
+    received: list[tuple[str, list[str], bytes]] = []
+
+    async def handler(mail_from: str, rcpts: list[str], data: bytes) -> None:
+        received.append((mail_from, rcpts, data))
+
+    accept.inbound = {"Bounces.GW.test": handler}
+    assert accept.inbound_handler("bounces.gw.test.") is handler
+    spam = RAW + b"spam\r\n"  # the chain would refuse it; a DSN must reach its handler whatever it says
+    outcome = await accept.accept(spam, "", ["b-1@bounces.gw.test"], inbound=True)
+    assert outcome.status == "handled" and received == [("", ["b-1@bounces.gw.test"], spam)]
+    gone = await accept.accept(spam, "", ["b-1@elsewhere.test"], inbound=True)
+    assert gone.status == "inbound_failed"
+    assert spool.list_recipients() == []
+    spool.close()
+
+
+async def test_enqueue_raises_what_the_spool_raises_for_callers_that_must_fail(tmp_path):
+    """Bounce notices: a notice that cannot be spooled fails like the results it belongs to."""
+    spool = SqliteSpool(tmp_path / "spool.db")
+    ctx = MessageContext(message=Message(RAW, "", ["app@shop.example"]), campaign_id="bounce-notices")
+    events = await enqueue(spool, ctx, RAW, ["app@shop.example"], event_data={"notice_for": "q0"})
+    assert [(e.type, e.recipient, e.data) for e in events] == [("accepted", "app@shop.example", {"notice_for": "q0"})]
+    spool.close()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
+        await enqueue(spool, ctx, RAW, ["app@shop.example"])
