@@ -11,6 +11,7 @@ Each section is its own model; the part of the gateway that uses a section owns 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tomllib
 from pathlib import Path
@@ -225,6 +226,24 @@ class SuppressionSection(Section):
     complaints: bool = True
 
 
+class MilterSection(Section):
+    """``smtpgate serve`` also runs the chain as a Sendmail/Postfix milter (docs/milter.md) when ``listen`` is set."""
+
+    listen: list[str] = Field(default_factory=list)  # "inet:127.0.0.1:8891", "unix:/var/spool/postfix/smtpgate/milter"
+    on_error: Literal["tempfail", "accept", "reject"] = "tempfail"  # a plugin raised (OpenDKIM On-InternalError)
+    on_timeout: Literal["tempfail", "accept", "reject"] = "tempfail"  # a plugin ran past [chain] timeout
+    max_packet: int = Field(default=1024 * 1024, ge=65536)  # a longer packet ends the connection
+    idle_timeout: float = Field(default=300.0, gt=0)  # seconds the MTA may stay silent mid-session
+
+    @field_validator("listen")
+    @classmethod
+    def _endpoints(cls, v: list[str]) -> list[str]:
+        for spec in v:
+            if not re.match(r"^(?:unix|local):.+$|^inet6?:(?:\[[^\]]+\]|[^:\[\]]*):\d{1,5}$", spec):
+                raise ValueError(f"{spec!r}: expected inet:HOST:PORT or unix:PATH")
+        return v
+
+
 DEFAULT_FEATURES: dict[str, bool] = {
     "inlinecss": True,
     "trackclicks": True,
@@ -256,6 +275,7 @@ class Config(Section):
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     webhooks: WebhooksSection = Field(default_factory=WebhooksSection)
     suppression: SuppressionSection = Field(default_factory=SuppressionSection)
+    milter: MilterSection = Field(default_factory=MilterSection)
 
     source: str = Field(default="<defaults>", exclude=True)
 

@@ -1,0 +1,357 @@
+"""One milter connection: the state machine from SMFIC_OPTNEG to SMFIC_QUIT.
+
+The MTA's events become the hooks the SMTP ingress runs: connect -> ``on_connect`` (and the IP
+allow-list), HELO -> ``on_helo``, MAIL -> ``on_auth`` for the ``{auth_authen}`` login and
+``on_mail_from``, RCPT -> ``on_rcpt_to``, end of message -> ``on_message`` and then the processing
+chain on the whole message (:func:`pipeline.chain.processing.process_as_one`), whose edits go back
+as milter actions (:mod:`pipeline.milter.edits`). Verdicts become the same SMTP replies.
+
+Steps no hook uses are negotiated away: the MTA sends no DATA, end-of-header or unknown-command
+events, expects no reply per header or body chunk, and no reply to connect, HELO, MAIL or RCPT
+when no plugin has that hook (the event and its macros still arrive, so the session stays whole).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from pipeline.chain.admission import admit_message
+from pipeline.chain.features import resolve_features
+from pipeline.chain.processing import process_as_one
+from pipeline.chain.runner import Chain, Trace
+from pipeline.config import Config
+from pipeline.contract.context import Credential, Session, Transaction, new_queue_id
+from pipeline.contract.verdicts import PLUGIN_FAILURE, Discard, Reject, TempFail, Verdict
+from pipeline.milter import protocol as P
+from pipeline.milter.edits import EditError, envelope_actions, message_actions
+
+log = logging.getLogger("smtpgate.milter")
+
+FailAction = Literal["tempfail", "accept", "reject"]
+WANTED_ACTIONS = P.F_ADDHDRS | P.F_CHGHDRS | P.F_CHGBODY | P.F_ADDRCPT | P.F_DELRCPT | P.F_CHGFROM | P.F_SETSYMLIST
+MACROS = {  # what each stage must carry (SMFIR_SETSYMLIST replaces the MTA's own lists)
+    P.M_CONNECT: "j _ {client_addr} {client_port} {client_name} {daemon_name}",
+    P.M_HELO: "{tls_version} {cipher} {cipher_bits} {cert_subject}",
+    P.M_ENVFROM: "i {auth_type} {auth_authen} {mail_addr}",
+    P.M_ENVRCPT: "i {rcpt_addr}",
+    P.M_EOM: "i",
+}
+TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+
+
+class Credentials(Protocol):
+    """How a milter session finds the credential of a client the MTA authenticated or knows by address."""
+
+    def match_ip(self, ip: str) -> Credential | None: ...
+
+    def by_login(self, login: str) -> Credential | None: ...
+
+
+@dataclass(frozen=True)
+class FailPolicy:
+    """What a plugin error or timeout answers (OpenDKIM's On-InternalError): tempfail unless told otherwise."""
+
+    on_error: FailAction = "tempfail"
+    on_timeout: FailAction = "tempfail"
+
+
+class MilterSession:
+    """Feed it packets with :meth:`handle`; it returns the reply packets (possibly none)."""
+
+    def __init__(
+        self, chain: Chain, config: Config, credentials: Credentials, policy: FailPolicy, peer: str = "-"
+    ) -> None:
+        self.chain = chain
+        self.config = config
+        self.credentials = credentials
+        self.policy = policy
+        self.peer = peer
+        self.protocol = 0
+        self.granted = 0
+        self.closed = False
+        self._new_connection()
+
+    # -- state ---------------------------------------------------------------------------
+    def _new_connection(self) -> None:
+        self.macros: dict[str, str] = {}
+        self.session = Session(peer=("", 0), listener="milter")
+        self._login: str | None = None
+        self.refused = False  # the connection was refused: later events are the MTA's business
+        self._new_message()
+
+    def _new_message(self) -> None:
+        self.txn: Transaction | None = None
+        self.discarded: list[str] = []  # recipients a hook discarded at RCPT: deleted at end of message
+        self.fields: list[bytes] = []
+        self.body: list[bytes] = []
+        self.size = 0
+        self.too_big = False
+        self.failed_open = False  # a plugin failed and the policy said "accept"
+
+    @property
+    def in_body(self) -> bool:
+        return self.txn is not None and (bool(self.fields) or bool(self.body))
+
+    # -- dispatch -------------------------------------------------------------------------
+    async def handle(self, packet: P.Packet) -> list[bytes]:
+        """The reply packets for one MTA packet; :class:`~pipeline.milter.protocol.ProtocolError` if malformed."""
+        cmd, data = packet.command, packet.data
+        if cmd == P.OPTNEG:
+            return [self._negotiate(P.parse_optneg(data))]
+        if not self.protocol:
+            raise P.ProtocolError(f"{packet.name} before SMFIC_OPTNEG")
+        if cmd == P.MACRO:
+            self.macros.update(P.parse_macros(data)[1])
+            return []
+        if cmd == P.CONNECT:
+            return await self._connect(P.parse_connect(data))
+        if cmd == P.HELO:
+            (hostname,) = P.split_strings(data, "SMFIC_HELO", 1)
+            return await self._helo(P.text(hostname))
+        if cmd == P.MAIL:
+            return await self._mail(P.parse_args(data, "SMFIC_MAIL"))
+        if cmd == P.RCPT:
+            return await self._rcpt(P.parse_args(data, "SMFIC_RCPT"))
+        if cmd == P.HEADER:
+            self._header(*P.parse_header(data))
+            return self._reply(P.P_NR_HDR)
+        if cmd == P.BODY:
+            self._add_body(data)
+            return self._reply(P.P_NR_BODY)
+        if cmd == P.EOB:
+            if data:
+                self._add_body(data)
+            try:
+                return await self._end_of_message()
+            finally:
+                self._new_message()
+        if cmd == P.ABORT:
+            self._new_message()
+            return []
+        if cmd == P.QUIT:
+            self.closed = True
+            return []
+        if cmd == P.QUIT_NC:
+            self._new_connection()
+            return []
+        if cmd in (P.DATA, P.EOH):
+            return self._reply(P.P_NR_DATA if cmd == P.DATA else P.P_NR_EOH)
+        if cmd == P.UNKNOWN:
+            return self._reply(P.P_NR_UNKN)
+        raise P.ProtocolError(f"unknown command {cmd!r}")
+
+    def _reply(self, no_reply_flag: int, packet: bytes = P.CONTINUE) -> list[bytes]:
+        return [] if self.protocol & no_reply_flag else [packet]
+
+    def _negotiate(self, offer: P.Negotiation) -> bytes:
+        has = {phase: bool(self.chain.calls(phase)) for phase in ("on_connect", "on_helo", "on_mail_from",
+                                                                  "on_rcpt_to", "on_auth")}
+        wanted = P.P_NODATA | P.P_NOEOH | P.P_NOUNKNOWN | P.P_NR_HDR | P.P_NR_BODY | P.P_HDR_LEADSPC
+        if not has["on_connect"] and not has["on_auth"]:
+            wanted |= P.P_NR_CONN
+        if not has["on_helo"]:
+            wanted |= P.P_NR_HELO
+        if not has["on_mail_from"] and not has["on_auth"]:
+            wanted |= P.P_NR_MAIL
+        if not has["on_rcpt_to"]:
+            wanted |= P.P_NR_RCPT
+        self.protocol = wanted & offer.protocol  # only what the MTA offers
+        self.granted = WANTED_ACTIONS & offer.actions
+        version = min(offer.version, P.VERSION)
+        macros = MACROS if self.granted & P.F_SETSYMLIST else None
+        log.debug("milter peer=%s negotiated version %d actions=0x%x protocol=0x%x", self.peer, version,
+                  self.granted, self.protocol)
+        return P.optneg_reply(version, self.granted, self.protocol, macros)
+
+    # -- verdicts -------------------------------------------------------------------------
+    def _apply_policy(self, verdict: Verdict | None, trace: Trace, where: str) -> Verdict | None:
+        """A plugin failure (error or timeout) answers what the fail policy says; other verdicts pass."""
+        if verdict is not PLUGIN_FAILURE:
+            return verdict
+        last = trace.entries[-1] if trace.entries else None
+        timed_out = bool(last and last.error and last.error.startswith("timed out"))
+        action = self.policy.on_timeout if timed_out else self.policy.on_error
+        log.error("milter peer=%s %s: plugin %s %s: %s per the fail policy", self.peer, where,
+                  last.plugin if last else "?", "timed out" if timed_out else "failed", action)
+        self.failed_open = self.failed_open or action == "accept"
+        return self._failure(action)
+
+    @staticmethod
+    def _failure(action: FailAction) -> Verdict | None:
+        if action == "accept":
+            return None
+        if action == "reject":
+            return Reject(550, "5.3.0", "Local problem, message refused")
+        return PLUGIN_FAILURE
+
+    def _answer(self, verdict: Verdict | None, no_reply_flag: int) -> list[bytes]:
+        if isinstance(verdict, Reject | TempFail):
+            return [P.replycode(verdict.reply())]  # a refusal is always sent
+        return self._reply(no_reply_flag)
+
+    async def _run(self, phase: str, where: str, **kwargs: object) -> Verdict | None:
+        trace = Trace()
+        features = resolve_features(self.config.features, self.session.credential)
+        verdict = await self.chain.run(phase, features=features if isinstance(features, dict) else None,
+                                       trace=trace, session=self.session, **kwargs)
+        return self._apply_policy(verdict, trace, where)
+
+    # -- envelope -------------------------------------------------------------------------
+    async def _connect(self, connect: P.Connect) -> list[bytes]:
+        self._new_connection()
+        address = self.macros.get("client_addr") or connect.address
+        try:
+            port = int(self.macros.get("client_port") or connect.port)
+        except ValueError:
+            port = connect.port
+        self.session.peer = (address, port)
+        self.session.notes["client_name"] = self.macros.get("client_name") or connect.hostname
+        verdict = await self._run("on_connect", "connect")
+        if isinstance(verdict, Reject | TempFail):
+            self.refused = True
+            return [P.replycode(verdict.reply())]
+        cred = self.credentials.match_ip(address) if address else None
+        if cred is not None and await self._authorise(cred, "connect") is None:
+            self.session.credential = cred
+        return self._reply(P.P_NR_CONN)
+
+    async def _authorise(self, cred: Credential, where: str) -> Verdict | None:
+        """``on_auth`` for a credential: the refusal, or ``None``."""
+        trace = Trace()
+        features = resolve_features(self.config.features, cred)
+        verdict = await self.chain.run("on_auth", features=features if isinstance(features, dict) else None,
+                                       trace=trace, session=self.session, credential=cred)
+        verdict = self._apply_policy(verdict, trace, where)
+        return verdict if isinstance(verdict, Reject | TempFail) else None
+
+    async def _helo(self, hostname: str) -> list[bytes]:
+        self.session.helo = hostname
+        tls = self.macros.get("tls_version")
+        if tls:
+            self.session.tls = True
+            self.session.notes.update(tls_version=tls, cipher=self.macros.get("cipher", ""))
+        return self._answer(await self._run("on_helo", "helo", hostname=hostname), P.P_NR_HELO)
+
+    async def _mail(self, args: list[str]) -> list[bytes]:
+        self._new_message()
+        login = self.macros.get("auth_authen")
+        if login and login != self._login:
+            self._login = login
+            cred = self.credentials.by_login(login)
+            refusal = await self._authorise(cred, "mail") if cred is not None else None
+            if refusal is not None:
+                return [P.replycode(refusal.reply())]
+            self.session.credential = cred
+        address = P.strip_brackets(args[0])
+        self.txn = Transaction(mail_from=address, mail_options=args[1:])
+        if self.macros.get("i"):
+            self.txn.notes["mta_queue_id"] = self.macros["i"]
+        verdict = await self._run("on_mail_from", "mail", transaction=self.txn, address=address)
+        if isinstance(verdict, Discard):
+            return [P.DISCARD]
+        if isinstance(verdict, Reject | TempFail):
+            self.txn = None
+        return self._answer(verdict, P.P_NR_MAIL)
+
+    async def _rcpt(self, args: list[str]) -> list[bytes]:
+        if self.txn is None:
+            raise P.ProtocolError("SMFIC_RCPT before SMFIC_MAIL")
+        address = P.strip_brackets(args[0])
+        verdict = await self._run("on_rcpt_to", "rcpt", transaction=self.txn, address=address)
+        if isinstance(verdict, Reject | TempFail):
+            return [P.replycode(verdict.reply())]
+        if isinstance(verdict, Discard):  # that recipient only: removed at the end of the message
+            self.discarded.append(address)
+        else:
+            self.txn.rcpt_tos.append(address)
+        return self._reply(P.P_NR_RCPT)
+
+    # -- content --------------------------------------------------------------------------
+    def _count(self, n: int) -> bool:
+        self.size += n
+        if self.size > self.config.limits.max_message_size:
+            self.too_big = True
+            self.fields, self.body = [], []
+        return not self.too_big
+
+    def _header(self, name: str, value: str) -> None:
+        if self.txn is None:
+            raise P.ProtocolError("SMFIC_HEADER before SMFIC_MAIL")
+        if not self.protocol & P.P_HDR_LEADSPC:
+            value = " " + value  # the MTA ate the space after the colon
+        raw = P.wire(f"{name}:{value}".replace("\r\n", "\n").replace("\n", "\r\n"))
+        if self._count(len(raw) + 2):
+            self.fields.append(raw)
+
+    def _add_body(self, data: bytes) -> None:
+        if self.txn is None:
+            raise P.ProtocolError("SMFIC_BODY before SMFIC_MAIL")
+        if self._count(len(data)):
+            self.body.append(data)
+
+    async def _end_of_message(self) -> list[bytes]:
+        txn = self.txn
+        if txn is None or txn.mail_from is None:
+            raise P.ProtocolError("SMFIC_BODYEOB before SMFIC_MAIL")
+        mta_id = self.macros.get("i") or txn.notes.get("mta_queue_id") or "-"
+        self.failed_open = False  # only a failure of this message's own phases lets it through unmodified
+        if self.too_big:
+            log.info("milter mta_queue_id=%s refused: larger than %d bytes", mta_id, self.config.limits.max_message_size)
+            return [P.replycode(TOO_BIG)]
+        body = b"".join(self.body)
+        raw = (b"\r\n".join(self.fields) + b"\r\n\r\n" if self.fields else b"\r\n") + body
+        original_rcpts = txn.rcpt_tos + self.discarded
+        queue_id = new_queue_id()
+        trace = Trace()
+        try:
+            verdict, ctx = await admit_message(
+                self.chain, self.config, raw, txn.mail_from, list(txn.rcpt_tos), session=self.session,
+                credential=self.session.credential, queue_id=queue_id, trace=trace,
+            )
+            verdict = self._apply_policy(verdict, trace, "end of message")
+            if ctx is not None and not self.failed_open and not isinstance(verdict, Reject | TempFail | Discard):
+                ctx.notes["mta_queue_id"] = mta_id
+                verdict = self._apply_policy(await process_as_one(self.chain, ctx, trace), trace, "end of message")
+            if self.failed_open:
+                return self._unmodified(txn.mail_from, original_rcpts, queue_id, mta_id)
+            if ctx is None or isinstance(verdict, Reject | TempFail | Discard):
+                return self._final(verdict, queue_id, mta_id)
+            actions = message_actions(
+                self.fields, body, txn.mail_from, original_rcpts, ctx.message.as_bytes(),
+                ctx.message.mail_from or "", ctx.message.rcpt_tos,
+                leadspc=bool(self.protocol & P.P_HDR_LEADSPC), granted=self.granted,
+            )
+        except EditError as exc:
+            log.error("milter queue_id=%s mta_queue_id=%s: %s", queue_id, mta_id, exc)
+            return self._fallback(txn.mail_from, original_rcpts, queue_id, mta_id)
+        except Exception as exc:  # our own bug must not pass the message through unsigned
+            log.exception("milter queue_id=%s mta_queue_id=%s end of message failed: %s", queue_id, mta_id, exc)
+            return self._fallback(txn.mail_from, original_rcpts, queue_id, mta_id)
+        log.info("milter queue_id=%s mta_queue_id=%s accepted from=<%s> rcpts=%d actions=%d%s", queue_id, mta_id,
+                 txn.mail_from, len(txn.rcpt_tos), len(actions),
+                 f" recipient={ctx.recipient}" if ctx.recipient else " per-message")
+        return [*actions, P.CONTINUE]
+
+    def _final(self, verdict: Verdict | None, queue_id: str, mta_id: str) -> list[bytes]:
+        if isinstance(verdict, Discard):
+            log.info("milter queue_id=%s mta_queue_id=%s discarded by the chain: %s", queue_id, mta_id, verdict.reason)
+            return [P.DISCARD]
+        reply = verdict.reply() if isinstance(verdict, Reject | TempFail) else PLUGIN_FAILURE.reply()
+        log.info("milter queue_id=%s mta_queue_id=%s refused: %s", queue_id, mta_id, reply)
+        return [P.replycode(reply)]
+
+    def _fallback(self, mail_from: str, rcpts: list[str], queue_id: str, mta_id: str) -> list[bytes]:
+        verdict = self._failure(self.policy.on_error)
+        if verdict is None:
+            return self._unmodified(mail_from, rcpts, queue_id, mta_id)
+        return self._final(verdict, queue_id, mta_id)
+
+    def _unmodified(self, mail_from: str, rcpts: list[str], queue_id: str, mta_id: str) -> list[bytes]:
+        """Fail open (configured): the message goes on as the MTA has it, only RCPT-time discards applied."""
+        log.warning("milter queue_id=%s mta_queue_id=%s passed through UNMODIFIED (fail policy accept): "
+                    "not tracked, not signed", queue_id, mta_id)
+        kept = [r for r in rcpts if r not in self.discarded]
+        actions = envelope_actions(mail_from, rcpts, mail_from, kept) if self.granted & P.F_DELRCPT else []
+        return [*actions, P.ACCEPT]
