@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -226,6 +227,33 @@ class SuppressionSection(Section):
     complaints: bool = True
 
 
+_MILTER_INET = re.compile(r"^inet6?:(?:\[(?P<h6>[^\]]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
+
+
+@dataclass(frozen=True)
+class MilterEndpoint:
+    kind: str  # "inet" | "unix"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}" if self.kind == "unix" else f"inet:{self.host}:{self.port}"
+
+
+def parse_milter_listen(spec: str) -> MilterEndpoint:
+    """``inet:HOST:PORT`` (``inet:[::1]:PORT`` for IPv6) or ``unix:/PATH``; ``ValueError`` says what is wrong."""
+    if spec.startswith(("unix:", "local:")):
+        path = spec.split(":", 1)[1]
+        if not path:
+            raise ValueError(f"{spec!r}: unix: needs a socket path")
+        return MilterEndpoint("unix", path=path)
+    m = _MILTER_INET.match(spec)
+    if not m or int(m["port"]) > 65535:
+        raise ValueError(f"{spec!r}: expected inet:HOST:PORT or unix:PATH")
+    return MilterEndpoint("inet", host=m["h6"] or m["host"] or "127.0.0.1", port=int(m["port"]))
+
+
 class MilterSection(Section):
     """``smtpgate serve`` also runs the chain as a Sendmail/Postfix milter (docs/milter.md) when ``listen`` is set."""
 
@@ -239,8 +267,7 @@ class MilterSection(Section):
     @classmethod
     def _endpoints(cls, v: list[str]) -> list[str]:
         for spec in v:
-            if not re.match(r"^(?:unix|local):.+$|^inet6?:(?:\[[^\]]+\]|[^:\[\]]*):\d{1,5}$", spec):
-                raise ValueError(f"{spec!r}: expected inet:HOST:PORT or unix:PATH")
+            parse_milter_listen(spec)  # a ValueError names the entry and the expected syntax
         return v
 
 

@@ -12,44 +12,15 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.chain.runner import Chain
-from pipeline.config import Config
+from pipeline.config import Config, MilterEndpoint
 from pipeline.milter import protocol as P
 from pipeline.milter.session import Credentials, FailPolicy, MilterSession
 
 log = logging.getLogger("smtpgate.milter")
-
-_INET = re.compile(r"^inet6?:(?:\[(?P<h6>[^\]]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    kind: str  # "inet" | "unix"
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-    def __str__(self) -> str:
-        return f"unix:{self.path}" if self.kind == "unix" else f"inet:{self.host}:{self.port}"
-
-
-def parse_listen(spec: str) -> Endpoint:
-    """``inet:HOST:PORT`` (``inet:[::1]:PORT`` for IPv6) or ``unix:/PATH``; ``ValueError`` says what is wrong."""
-    if spec.startswith(("unix:", "local:")):
-        path = spec.split(":", 1)[1]
-        if not path:
-            raise ValueError(f"{spec!r}: unix: needs a socket path")
-        return Endpoint("unix", path=path)
-    m = _INET.match(spec)
-    if not m or int(m["port"]) > 65535:
-        raise ValueError(f"{spec!r}: expected inet:HOST:PORT or unix:PATH")
-    return Endpoint("inet", host=m["h6"] or m["host"] or "127.0.0.1", port=int(m["port"]))
-
 
 class MilterServer:
     """Listens on endpoints and serves milter connections until :meth:`stop`."""
@@ -65,11 +36,11 @@ class MilterServer:
         self.max_packet = max_packet
         self.idle_timeout = idle_timeout
         self.servers: list[asyncio.Server] = []
-        self.bound: list[Endpoint] = []
+        self.bound: list[MilterEndpoint] = []
         self.connections: set[asyncio.Task[None]] = set()
         self._unix_paths: list[Path] = []
 
-    async def start(self, endpoints: list[Endpoint]) -> None:
+    async def start(self, endpoints: list[MilterEndpoint]) -> None:
         try:
             for ep in endpoints:
                 await self._listen(ep)
@@ -77,7 +48,7 @@ class MilterServer:
             await self.stop(0)
             raise
 
-    async def _listen(self, ep: Endpoint) -> None:
+    async def _listen(self, ep: MilterEndpoint) -> None:
         try:
             if ep.kind == "unix":
                 path = Path(ep.path)
@@ -91,7 +62,7 @@ class MilterServer:
             else:
                 server = await asyncio.start_server(self._serve, ep.host, ep.port, reuse_address=True)
                 host, port = server.sockets[0].getsockname()[:2]
-                bound = Endpoint("inet", host=host, port=port)
+                bound = MilterEndpoint("inet", host=host, port=port)
         except OSError as exc:
             raise OSError(exc.errno, f"milter: cannot listen on {ep}: {exc.strerror}") from None
         self.servers.append(server)

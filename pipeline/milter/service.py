@@ -10,9 +10,9 @@ import logging
 
 from pipeline.accounts.credentials import Authenticator, CredentialStore
 from pipeline.chain.runner import Chain
-from pipeline.config import Config
+from pipeline.config import Config, MilterEndpoint, parse_milter_listen
 from pipeline.contract.context import Credential
-from pipeline.milter.server import Endpoint, MilterServer, parse_listen
+from pipeline.milter.server import MilterServer
 from pipeline.milter.session import FailPolicy
 
 log = logging.getLogger("smtpgate.milter")
@@ -52,7 +52,7 @@ class MilterService:
     def __init__(self, config: Config, chain: Chain, listen: list[str] | None = None) -> None:
         self.config = config
         self.chain = chain
-        self.endpoints: list[Endpoint] = [parse_listen(s) for s in (listen or config.milter.listen)]
+        self.endpoints: list[MilterEndpoint] = [parse_milter_listen(s) for s in (listen or config.milter.listen)]
         self.server: MilterServer | None = None
         self._store: CredentialStore | None = None
 
@@ -67,7 +67,7 @@ class MilterService:
         await self.server.start(self.endpoints)
 
     @property
-    def bound(self) -> list[Endpoint]:
+    def bound(self) -> list[MilterEndpoint]:
         return self.server.bound if self.server else []
 
     async def stop(self, grace: float) -> None:

@@ -17,7 +17,7 @@ import click
 from pipeline.app.cli import config_option, get_config, main
 from pipeline.chain.loader import PluginSet
 from pipeline.chain.runner import Chain
-from pipeline.milter.server import parse_listen
+from pipeline.config import parse_milter_listen
 from pipeline.milter.service import MilterService
 
 log = logging.getLogger("smtpgate")
@@ -26,7 +26,7 @@ log = logging.getLogger("smtpgate")
 def _endpoint(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
     for spec in value:
         try:
-            parse_listen(spec)
+            parse_milter_listen(spec)
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from None
     return value
