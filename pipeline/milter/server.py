@@ -116,9 +116,12 @@ class MilterServer:
                 packet = P.Packet(raw[:1], raw[1:])
                 try:
                     replies = await session.handle(packet)
-                except P.ProtocolError as exc:
-                    end = "protocol error"
-                    log.error("milter peer=%s protocol error in %s: %s: closing", label, packet.name, exc)
+                except Exception as exc:
+                    end = "protocol error" if isinstance(exc, P.ProtocolError) else "internal error"
+                    if isinstance(exc, P.ProtocolError):
+                        log.error("milter peer=%s protocol error in %s: %s: closing", label, packet.name, exc)
+                    else:  # our bug: this connection ends, tempfailing what it was doing; the server goes on
+                        log.exception("milter peer=%s internal error in %s: %s: closing", label, packet.name, exc)
                     if packet.command in (P.CONNECT, P.HELO, P.MAIL, P.RCPT, P.EOB):
                         writer.write(P.TEMPFAIL)  # the MTA is waiting for a reply: a clear one
                     break
