@@ -262,6 +262,7 @@ class MilterSection(Section):
     on_timeout: Literal["tempfail", "accept", "reject"] = "tempfail"  # a plugin ran past [chain] timeout
     max_packet: int = Field(default=1024 * 1024, ge=65536)  # a longer packet ends the connection
     idle_timeout: float = Field(default=300.0, gt=0)  # seconds the MTA may stay silent mid-session
+    workers: int = Field(default=0, ge=0)  # processes for end of message (the chain's CPU work); 0: in the event loop
 
     @field_validator("listen")
     @classmethod

@@ -155,11 +155,13 @@ async def test_macros_become_the_session_credential_tls_and_mta_queue_id(tmp_pat
         await service.stop(0)
 
 
-async def test_full_chain_inlines_tracks_and_signs_the_bytes_the_mta_will_have(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+async def test_full_chain_inlines_tracks_and_signs_the_bytes_the_mta_will_have(tmp_path, workers):
     key, dns = dkim_key(tmp_path)
     plugins = {"dkim_sign": {"domains": {"example.com": {"selector": "s1", "key_file": key}}}}
     service = await start(tmp_path, ["header_validation", "campaign_tag", "css_inline", "click_tracking",
-                                     "open_pixel", "dkim_sign"], plugins=plugins)
+                                     "open_pixel", "dkim_sign"], plugins=plugins, milter={"workers": workers})
+    assert (service.pool is not None) == bool(workers)
     raw = (SAMPLES / "02-newsletter-alternative.eml").read_bytes().replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n")
     try:
         c = await client(service)

@@ -13,12 +13,14 @@ import contextlib
 import logging
 import os
 import stat
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from pipeline.chain.runner import Chain
 from pipeline.config import Config, MilterEndpoint
 from pipeline.milter import protocol as P
-from pipeline.milter.session import Credentials, FailPolicy, MilterSession
+from pipeline.milter.message import Delivery, FailPolicy
+from pipeline.milter.session import Credentials, MilterSession
 
 log = logging.getLogger("smtpgate.milter")
 
@@ -28,7 +30,9 @@ class MilterServer:
     def __init__(
         self, chain: Chain, config: Config, credentials: Credentials, policy: FailPolicy,
         *, max_packet: int, idle_timeout: float,
+        end_of_message: Callable[[Delivery], Awaitable[list[bytes]]] | None = None,
     ) -> None:
+        self.end_of_message = end_of_message
         self.chain = chain
         self.config = config
         self.credentials = credentials
@@ -93,7 +97,7 @@ class MilterServer:
         self.connections.add(task)
         peer = writer.get_extra_info("peername")
         label = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
-        session = MilterSession(self.chain, self.config, self.credentials, self.policy, label)
+        session = MilterSession(self.chain, self.config, self.credentials, self.policy, label, self.end_of_message)
         end = "quit"
         try:
             while not session.closed:

@@ -6,14 +6,15 @@ to map the MTA's ``{auth_authen}`` login and client address onto the credential 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from pipeline.accounts.credentials import Authenticator, CredentialStore
 from pipeline.chain.runner import Chain
 from pipeline.config import Config, MilterEndpoint, parse_milter_listen
 from pipeline.contract.context import Credential
+from pipeline.milter.message import FailPolicy, WorkerPool
 from pipeline.milter.server import MilterServer
-from pipeline.milter.session import FailPolicy
 
 log = logging.getLogger("smtpgate.milter")
 
@@ -54,15 +55,19 @@ class MilterService:
         self.chain = chain
         self.endpoints: list[MilterEndpoint] = [parse_milter_listen(s) for s in (listen or config.milter.listen)]
         self.server: MilterServer | None = None
+        self.pool: WorkerPool | None = None
         self._store: CredentialStore | None = None
 
     async def start(self) -> None:
         section = self.config.milter
         self._store = CredentialStore(self.config.data_dir / "credentials.db")
         directory = AccountDirectory(Authenticator(self.config, self._store))
+        policy = FailPolicy(section.on_error, section.on_timeout)
+        if section.workers:
+            self.pool = WorkerPool(self.config, policy, section.workers)
         self.server = MilterServer(
-            self.chain, self.config, directory, FailPolicy(section.on_error, section.on_timeout),
-            max_packet=section.max_packet, idle_timeout=section.idle_timeout,
+            self.chain, self.config, directory, policy, max_packet=section.max_packet,
+            idle_timeout=section.idle_timeout, end_of_message=self.pool.run if self.pool else None,
         )
         await self.server.start(self.endpoints)
 
@@ -74,6 +79,9 @@ class MilterService:
         if self.server is not None:
             await self.server.stop(grace)
             self.server = None
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.close)
+            self.pool = None
         if self._store is not None:
             self._store.close()
             self._store = None

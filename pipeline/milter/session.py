@@ -14,22 +14,19 @@ when no plugin has that hook (the event and its macros still arrive, so the sess
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
-from pipeline.chain.admission import admit_message
 from pipeline.chain.features import resolve_features
-from pipeline.chain.processing import process_as_one
 from pipeline.chain.runner import Chain, Trace
 from pipeline.config import Config
 from pipeline.contract.context import Credential, Session, Transaction, new_queue_id
 from pipeline.contract.verdicts import PLUGIN_FAILURE, Discard, Reject, TempFail, Verdict
 from pipeline.milter import protocol as P
-from pipeline.milter.edits import EditError, envelope_actions, message_actions
+from pipeline.milter.message import Delivery, EndOfMessage, FailPolicy, fallback
 
 log = logging.getLogger("smtpgate.milter")
 
-FailAction = Literal["tempfail", "accept", "reject"]
 WANTED_ACTIONS = P.F_ADDHDRS | P.F_CHGHDRS | P.F_CHGBODY | P.F_ADDRCPT | P.F_DELRCPT | P.F_CHGFROM | P.F_SETSYMLIST
 MACROS = {  # what each stage must carry (SMFIR_SETSYMLIST replaces the MTA's own lists)
     P.M_CONNECT: "j _ {client_addr} {client_port} {client_name} {daemon_name}",
@@ -49,20 +46,14 @@ class Credentials(Protocol):
     def by_login(self, login: str) -> Credential | None: ...
 
 
-@dataclass(frozen=True)
-class FailPolicy:
-    """What a plugin error or timeout answers (OpenDKIM's On-InternalError): tempfail unless told otherwise."""
-
-    on_error: FailAction = "tempfail"
-    on_timeout: FailAction = "tempfail"
-
-
 class MilterSession:
     """Feed it packets with :meth:`handle`; it returns the reply packets (possibly none)."""
 
     def __init__(
-        self, chain: Chain, config: Config, credentials: Credentials, policy: FailPolicy, peer: str = "-"
+        self, chain: Chain, config: Config, credentials: Credentials, policy: FailPolicy, peer: str = "-",
+        end_of_message: Callable[[Delivery], Awaitable[list[bytes]]] | None = None,
     ) -> None:
+        self.end_of_message = end_of_message or EndOfMessage(chain, config, policy).run
         self.chain = chain
         self.config = config
         self.credentials = credentials
@@ -88,7 +79,6 @@ class MilterSession:
         self.body: list[bytes] = []
         self.size = 0
         self.too_big = False
-        self.failed_open = False  # a plugin failed and the policy said "accept"
 
     @property
     def in_body(self) -> bool:
@@ -167,24 +157,13 @@ class MilterSession:
 
     # -- verdicts -------------------------------------------------------------------------
     def _apply_policy(self, verdict: Verdict | None, trace: Trace, where: str) -> Verdict | None:
-        """A plugin failure (error or timeout) answers what the fail policy says; other verdicts pass."""
+        """A plugin failure (error or timeout) answers what the fail policy says ("accept": as if the
+        plugin had said nothing); other verdicts pass."""
         if verdict is not PLUGIN_FAILURE:
             return verdict
-        last = trace.entries[-1] if trace.entries else None
-        timed_out = bool(last and last.error and last.error.startswith("timed out"))
-        action = self.policy.on_timeout if timed_out else self.policy.on_error
-        log.error("milter peer=%s %s: plugin %s %s: %s per the fail policy", self.peer, where,
-                  last.plugin if last else "?", "timed out" if timed_out else "failed", action)
-        self.failed_open = self.failed_open or action == "accept"
-        return self._failure(action)
-
-    @staticmethod
-    def _failure(action: FailAction) -> Verdict | None:
-        if action == "accept":
-            return None
-        if action == "reject":
-            return Reject(550, "5.3.0", "Local problem, message refused")
-        return PLUGIN_FAILURE
+        action, what = self.policy.action(trace)
+        log.error("milter peer=%s %s: %s: %s per the fail policy", self.peer, where, what, action)
+        return self.policy.verdict(action)
 
     def _answer(self, verdict: Verdict | None, no_reply_flag: int) -> list[bytes]:
         if isinstance(verdict, Reject | TempFail):
@@ -296,62 +275,16 @@ class MilterSession:
         if txn is None or txn.mail_from is None:
             raise P.ProtocolError("SMFIC_BODYEOB before SMFIC_MAIL")
         mta_id = self.macros.get("i") or txn.notes.get("mta_queue_id") or "-"
-        self.failed_open = False  # only a failure of this message's own phases lets it through unmodified
         if self.too_big:
             log.info("milter mta_queue_id=%s refused: larger than %d bytes", mta_id, self.config.limits.max_message_size)
             return [P.replycode(TOO_BIG)]
-        body = b"".join(self.body)
-        raw = (b"\r\n".join(self.fields) + b"\r\n\r\n" if self.fields else b"\r\n") + body
-        original_rcpts = txn.rcpt_tos + self.discarded
-        queue_id = new_queue_id()
-        trace = Trace()
+        delivery = Delivery(
+            new_queue_id(), mta_id, self.fields, b"".join(self.body), txn.mail_from, list(txn.rcpt_tos),
+            list(self.discarded), self.session, bool(self.protocol & P.P_HDR_LEADSPC), self.granted,
+        )
         try:
-            verdict, ctx = await admit_message(
-                self.chain, self.config, raw, txn.mail_from, list(txn.rcpt_tos), session=self.session,
-                credential=self.session.credential, queue_id=queue_id, trace=trace,
-            )
-            verdict = self._apply_policy(verdict, trace, "end of message")
-            if ctx is not None and not self.failed_open and not isinstance(verdict, Reject | TempFail | Discard):
-                ctx.notes["mta_queue_id"] = mta_id
-                verdict = self._apply_policy(await process_as_one(self.chain, ctx, trace), trace, "end of message")
-            if self.failed_open:
-                return self._unmodified(txn.mail_from, original_rcpts, queue_id, mta_id)
-            if ctx is None or isinstance(verdict, Reject | TempFail | Discard):
-                return self._final(verdict, queue_id, mta_id)
-            actions = message_actions(
-                self.fields, body, txn.mail_from, original_rcpts, ctx.message.as_bytes(),
-                ctx.message.mail_from or "", ctx.message.rcpt_tos,
-                leadspc=bool(self.protocol & P.P_HDR_LEADSPC), granted=self.granted,
-            )
-        except EditError as exc:
-            log.error("milter queue_id=%s mta_queue_id=%s: %s", queue_id, mta_id, exc)
-            return self._fallback(txn.mail_from, original_rcpts, queue_id, mta_id)
-        except Exception as exc:  # our own bug must not pass the message through unsigned
-            log.exception("milter queue_id=%s mta_queue_id=%s end of message failed: %s", queue_id, mta_id, exc)
-            return self._fallback(txn.mail_from, original_rcpts, queue_id, mta_id)
-        log.info("milter queue_id=%s mta_queue_id=%s accepted from=<%s> rcpts=%d actions=%d%s", queue_id, mta_id,
-                 txn.mail_from, len(txn.rcpt_tos), len(actions),
-                 f" recipient={ctx.recipient}" if ctx.recipient else " per-message")
-        return [*actions, P.CONTINUE]
-
-    def _final(self, verdict: Verdict | None, queue_id: str, mta_id: str) -> list[bytes]:
-        if isinstance(verdict, Discard):
-            log.info("milter queue_id=%s mta_queue_id=%s discarded by the chain: %s", queue_id, mta_id, verdict.reason)
-            return [P.DISCARD]
-        reply = verdict.reply() if isinstance(verdict, Reject | TempFail) else PLUGIN_FAILURE.reply()
-        log.info("milter queue_id=%s mta_queue_id=%s refused: %s", queue_id, mta_id, reply)
-        return [P.replycode(reply)]
-
-    def _fallback(self, mail_from: str, rcpts: list[str], queue_id: str, mta_id: str) -> list[bytes]:
-        verdict = self._failure(self.policy.on_error)
-        if verdict is None:
-            return self._unmodified(mail_from, rcpts, queue_id, mta_id)
-        return self._final(verdict, queue_id, mta_id)
-
-    def _unmodified(self, mail_from: str, rcpts: list[str], queue_id: str, mta_id: str) -> list[bytes]:
-        """Fail open (configured): the message goes on as the MTA has it, only RCPT-time discards applied."""
-        log.warning("milter queue_id=%s mta_queue_id=%s passed through UNMODIFIED (fail policy accept): "
-                    "not tracked, not signed", queue_id, mta_id)
-        kept = [r for r in rcpts if r not in self.discarded]
-        actions = envelope_actions(mail_from, rcpts, mail_from, kept) if self.granted & P.F_DELRCPT else []
-        return [*actions, P.ACCEPT]
+            return await self.end_of_message(delivery)
+        except Exception as exc:  # e.g. the worker pool went away: never "continue" unsigned
+            log.exception("milter queue_id=%s mta_queue_id=%s end of message failed: %s", delivery.queue_id, mta_id,
+                          exc)
+            return fallback(self.policy, delivery)

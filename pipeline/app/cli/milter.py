@@ -48,10 +48,14 @@ async def _run(service: MilterService, grace: float) -> None:
 @main.command()
 @click.option("--listen", "-l", multiple=True, callback=_endpoint, metavar="inet:HOST:PORT|unix:PATH",
               help="Milter socket, Postfix syntax (repeatable; default: [milter] listen).")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Processes for end of message (default: [milter] workers; 0: in the event loop).")
 @config_option
-def milter(listen: tuple[str, ...], config_path: str | None) -> None:
+def milter(listen: tuple[str, ...], workers: int | None, config_path: str | None) -> None:
     """Run the plugin chain as a Sendmail/Postfix milter (smtpd_milters = inet:HOST:PORT)."""
     config = get_config(config_path)
+    if workers is not None:
+        config.milter.workers = workers
     root = logging.getLogger()
     if root.level != logging.DEBUG:
         root.setLevel(config.gateway.log_level.upper())
