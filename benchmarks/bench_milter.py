@@ -1,11 +1,12 @@
 """Messages per second through a real Postfix, with and without ``smtpgate milter`` (full chain).
 
-    python benchmarks/bench_milter.py [--messages 240] [--rounds 3] [--clients 8]
+    python benchmarks/bench_milter.py [--messages 240] [--rounds 3] [--clients 8] [--workers 0 2]
 
-Two private Postfix instances (tests/postfix.py) relay to one SMTP sink in this process: one plain,
-one with ``smtpd_milters`` pointing at ``smtpgate milter`` (a child process running the default
-chain, every plugin on, an RSA-2048 DKIM key). Rounds alternate plain / milter so both see the
-same machine load; each round sends the shared corpus (../shared/corpus/eml, else samples/)
+Private Postfix instances (tests/postfix.py) relay to one SMTP sink in this process: one plain,
+and one per ``--workers`` value with ``smtpd_milters`` pointing at its own ``smtpgate milter``
+(a child process running the default chain, every plugin on, an RSA-2048 DKIM key; ``--workers
+N``: end of message in N processes, 0: in the milter's event loop). Rounds alternate between them
+so all see the same machine load; each round sends the shared corpus (../shared/corpus/eml, else samples/)
 round-robin with ``--clients`` concurrent SMTP connections and times from the first MAIL to the
 last copy at the sink (after one untimed warm-up pass of the corpus). Printed: min / median / max msg/s of each, and the milter's cost.
 Needs root (Postfix's daemons run as ``postfix``).
@@ -63,6 +64,7 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=240)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     args = ap.parse_args()
     files = corpus_files() or sample_files()[:9]
     corpus = [p.read_bytes() for p in files]
@@ -76,22 +78,27 @@ def main() -> None:
         f'[plugins.dkim_sign.domains."example.com"]\nselector = "s1"\nkey_file = "{key}"\n'
     )
     controller, sink = start_sink()
-    milter: MilterProcess | None = None
-    plain: Postfix | None = None
-    with_milter: Postfix | None = None
+    milters: list[MilterProcess] = []
+    postfixes: list[Postfix] = []
     try:
-        milter = MilterProcess(config, base)
-        plain = Postfix(controller.port)
-        with_milter = Postfix(controller.port, milter=f"inet:127.0.0.1:{milter.port}")
-        plain.start()
-        with_milter.start()
-        for pf in (plain, with_milter):  # warm-up, not timed: imports, caches, Postfix's first processes
+        stacks: dict[str, Postfix] = {"postfix": Postfix(controller.port)}
+        postfixes.append(stacks["postfix"])
+        for n in args.workers:
+            milter = MilterProcess(config, base, "--workers", str(n))
+            milters.append(milter)
+            pf = Postfix(controller.port, milter=f"inet:127.0.0.1:{milter.port}")
+            postfixes.append(pf)
+            stacks[f"postfix + milter, workers={n}"] = pf
+        for pf in postfixes:
+            pf.start()
+        warmup = corpus * max(1, *args.workers)  # every worker process gets some
+        for pf in postfixes:  # warm-up, not timed: imports, caches, Postfix's first processes
             before = len(sink.messages)
-            send_all(pf.port, corpus, args.clients)
-            sink.wait_for(lambda b=before: len(sink.messages) >= b + len(corpus), 600)
-        rates: dict[str, list[float]] = {"postfix": [], "postfix + smtpgate milter": []}
+            send_all(pf.port, warmup, args.clients)
+            sink.wait_for(lambda b=before: len(sink.messages) >= b + len(warmup), 600)
+        rates: dict[str, list[float]] = {name: [] for name in stacks}
         for _ in range(args.rounds):
-            for name, pf in (("postfix", plain), ("postfix + smtpgate milter", with_milter)):
+            for name, pf in stacks.items():
                 before = len(sink.messages)
                 start = time.perf_counter()
                 send_all(pf.port, messages, args.clients)
@@ -100,19 +107,17 @@ def main() -> None:
                 rates[name].append(len(messages) / (time.perf_counter() - start))
         print(f"{len(messages)} messages per round ({len(corpus)} templates, {sum(map(len, corpus)) // len(corpus)} "
               f"bytes on average), {args.clients} SMTP clients, {args.rounds} interleaved rounds")
+        plain = statistics.median(rates["postfix"])
         for name, values in rates.items():
-            print(f"  {name:<28} msg/s  min {min(values):7.1f}  median {statistics.median(values):7.1f}  "
-                  f"max {max(values):7.1f}")
-        ratio = statistics.median(rates["postfix + smtpgate milter"]) / statistics.median(rates["postfix"])
-        print(f"  with the milter: {ratio:.0%} of plain Postfix's rate (medians)")
+            share = "" if name == "postfix" else f"  ({statistics.median(values) / plain:.0%} of plain, medians)"
+            print(f"  {name:<30} msg/s  min {min(values):7.1f}  median {statistics.median(values):7.1f}  "
+                  f"max {max(values):7.1f}{share}")
     finally:
-        for pf in (plain, with_milter):
-            if pf is not None:
-                pf.stop()
-        if milter is not None:
+        for pf in postfixes:
+            pf.stop()
+        for milter in milters:
             milter.stop()
         controller.stop()
-
 
 if __name__ == "__main__":
     main()

@@ -179,10 +179,10 @@ def _alive(pid: int) -> bool:
 class MilterProcess:
     """``smtpgate milter --listen inet:127.0.0.1:0`` in a child process; ``port`` read from its log."""
 
-    def __init__(self, config: Path, cwd: Path) -> None:
+    def __init__(self, config: Path, cwd: Path, *args: str) -> None:
         code = "from pipeline.app.cli import main; main()"
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, "milter", "--listen", "inet:127.0.0.1:0", "--config", str(config)],
+            [sys.executable, "-c", code, "milter", "--listen", "inet:127.0.0.1:0", "--config", str(config), *args],
             cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ},
         )
         self.log_lines: list[str] = []

@@ -113,6 +113,17 @@ def test_postfix_delivers_inlined_tracked_and_signed_mail_with_text_and_attachme
     assert ATTACHMENT.encode() in got.data  # and the attachment
 
 
+def test_several_recipients_share_one_signed_copy_in_the_per_message_form(stack):
+    sink, dns = stack["sink"], stack["dns"]
+    before = len(sink.messages)
+    send(stack["postfix"], newsletter(to="a@example.org, b@example.org"), ["a@example.org", "b@example.org"])
+    assert sink.wait_for(lambda: len(sink.messages) > before, 60), stack["postfix"].read_log()
+    got = sink.messages[before]
+    assert sorted(got.rcpt_tos) == ["a@example.org", "b@example.org"]  # one message, as the MTA delivers it
+    assert verify(got.data, dns) and b"http://127.0.0.1:8080/c/" in got.data
+    assert "per-message" in "".join(stack["milter"].log_lines)
+
+
 def test_every_corpus_template_arrives_signed_through_postfix(stack):
     files = corpus_files()
     if not files:
