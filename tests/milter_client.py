@@ -53,7 +53,7 @@ class MilterClient:
         self.writer.write(packet(cmd, data))
         await self.writer.drain()
 
-    async def read(self, timeout: float = 10.0) -> tuple[bytes, bytes]:
+    async def read(self, timeout: float = 60.0) -> tuple[bytes, bytes]:
         head = await asyncio.wait_for(self.reader.readexactly(4), timeout)
         (n,) = struct.unpack(">L", head)
         body = await asyncio.wait_for(self.reader.readexactly(n), timeout)
@@ -99,8 +99,9 @@ class MilterClient:
             parts += [name if len(name) == 1 else "{" + name + "}", value]
         await self.send(b"D", stage + cstr(*parts))
 
-    async def connect(self, host: str = "client.example", addr: str = "192.0.2.10", port: int = 40000) -> list:
-        await self.macro(b"C", client_addr=addr, client_port=str(port), j="mta.test")
+    async def connect(self, host: str = "client.example", addr: str = "192.0.2.10", port: int = 40000,
+                      macro_addr: str | None = None) -> list:
+        await self.macro(b"C", client_addr=macro_addr or addr, client_port=str(port), j="mta.test")
         return await self.event(b"C", cstr(host) + b"4" + struct.pack(">H", port) + cstr(addr), 0x1000)
 
     async def helo(self, name: str = "client.example", **macros: str) -> list:

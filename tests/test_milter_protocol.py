@@ -142,7 +142,7 @@ async def test_macros_become_the_session_credential_tls_and_mta_queue_id(tmp_pat
     try:
         c = await client(service)
         await c.negotiate()
-        await c.connect(addr="198.51.100.7", port=51234)
+        await c.connect(addr="192.0.2.99", port=51234, macro_addr="198.51.100.7")  # the macro wins
         await c.helo(tls_version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384")
         await c.mail("sender@example.com", "BODY=8BITMIME", auth_authen="shop-user", auth_type="PLAIN")
         assert SEEN["connect"] == ("198.51.100.7", 51234)
@@ -332,3 +332,33 @@ async def test_unix_socket_serves_the_same_protocol(tmp_path):
     finally:
         await service.stop(0)
     assert not path.exists()
+
+
+async def test_ip_allow_list_credential_applies_without_auth(tmp_path):
+    creds = [{"name": "office", "kind": "ip", "networks": ["198.51.100.0/24"]}]
+    service = await start(tmp_path, [], [Recorder], credentials=creds)
+    try:
+        c = await client(service)
+        await c.negotiate()
+        await c.connect(addr="198.51.100.7")
+        await c.helo()
+        await c.mail("sender@example.com")
+        assert SEEN["credential"] == "office" and SEEN["tls"] is False
+        await c.close()
+    finally:
+        await service.stop(0)
+
+
+async def test_message_over_the_size_limit_gets_552_and_is_not_kept(tmp_path):
+    service = await start(tmp_path, ["css_inline"], limits={"max_message_size": 2000})
+    try:
+        c = await client(service)
+        await envelope(c)
+        replies = await c.message(complete_message(body=("x" * 70 + "\r\n") * 100))
+        assert replies == [(b"y", b"552 5.3.4 Message size exceeds fixed maximum message size\x00")]
+        await c.mail("sender@example.com")  # the connection goes on with the next message
+        await c.rcpt("a@example.org")
+        assert (await c.message(complete_message()))[-1] == (b"c", b"")
+        await c.close()
+    finally:
+        await service.stop(0)

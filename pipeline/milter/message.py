@@ -150,6 +150,10 @@ def _init_worker(config: Config, policy: FailPolicy, level: int) -> None:
     _WORKER = EndOfMessage(Chain(PluginSet(config)), config, policy)
 
 
+def _ready() -> bool:
+    return _WORKER is not None
+
+
 def _run_in_worker(d: Delivery) -> list[bytes]:
     assert _WORKER is not None
     return asyncio.run(_WORKER.run(d))
@@ -166,6 +170,11 @@ class WorkerPool:
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init_worker,
                                    initargs=(self.config, self.policy, logging.getLogger().getEffectiveLevel()))
+
+    async def start(self) -> None:
+        """Start every worker now (each loads the chain: seconds), not on the first message."""
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self.pool, _ready) for _ in range(self.workers)))
 
     async def run(self, d: Delivery) -> list[bytes]:
         try:

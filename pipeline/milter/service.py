@@ -65,6 +65,7 @@ class MilterService:
         policy = FailPolicy(section.on_error, section.on_timeout)
         if section.workers:
             self.pool = WorkerPool(self.config, policy, section.workers)
+            await self.pool.start()
         self.server = MilterServer(
             self.chain, self.config, directory, policy, max_packet=section.max_packet,
             idle_timeout=section.idle_timeout, end_of_message=self.pool.run if self.pool else None,

@@ -69,7 +69,6 @@ class MilterSession:
         self.macros: dict[str, str] = {}
         self.session = Session(peer=("", 0), listener="milter")
         self._login: str | None = None
-        self.refused = False  # the connection was refused: later events are the MTA's business
         self._new_message()
 
     def _new_message(self) -> None:
@@ -179,7 +178,9 @@ class MilterSession:
 
     # -- envelope -------------------------------------------------------------------------
     async def _connect(self, connect: P.Connect) -> list[bytes]:
+        macros = self.macros  # the connect macros arrive just before the event
         self._new_connection()
+        self.macros = macros
         address = self.macros.get("client_addr") or connect.address
         try:
             port = int(self.macros.get("client_port") or connect.port)
@@ -188,8 +189,7 @@ class MilterSession:
         self.session.peer = (address, port)
         self.session.notes["client_name"] = self.macros.get("client_name") or connect.hostname
         verdict = await self._run("on_connect", "connect")
-        if isinstance(verdict, Reject | TempFail):
-            self.refused = True
+        if isinstance(verdict, Reject | TempFail):  # the MTA refuses the rest of the connection itself
             return [P.replycode(verdict.reply())]
         cred = self.credentials.match_ip(address) if address else None
         if cred is not None and await self._authorise(cred, "connect") is None:

@@ -1,0 +1,1 @@
+from pipeline.ingress import replies
