@@ -66,9 +66,9 @@ def test_unchanged_headers_need_no_action():
 def test_top_inserts_keep_their_order_and_appends_go_last():
     got = actions([b"DKIM-Signature: s\r\n\tmore", b"X-Top: t", *F, b"X-End: e"])
     assert got == [
-        (b"i", b"\0\0\0\0X-Top\0 t\0"),
-        (b"i", b"\0\0\0\0DKIM-Signature\0 s\n\tmore\0"),  # folded with LF, as the MTA keeps headers
         (b"h", b"X-End\0 e\0"),
+        (b"i", b"\0\0\0\0X-Top\0 t\0"),
+        (b"i", b"\0\0\0\0DKIM-Signature\0 s\n\tmore\0"),  # folded with LF, as the MTA keeps headers; last
     ]
 
 

@@ -103,10 +103,10 @@ def header_actions(original: Sequence[bytes], final: Sequence[bytes], leadspc: b
     # highest index first per name, so an MTA that renumbers after a deletion still finds the rest
     for name, index, value in sorted(changes, key=lambda c: (c[0].lower(), -c[1])):
         packets.append(P.header_action(P.R_CHGHEADER, name, value, index))
-    for f in reversed(top):  # each goes on top of the previous one: reversed keeps the final order
-        packets.append(P.header_action(P.R_INSHEADER, f.name, f.value(leadspc), 0))
     for f in appended:
         packets.append(P.header_action(P.R_ADDHEADER, f.name, f.value(leadspc)))
+    for f in reversed(top):  # each goes on top of the previous one: reversed keeps the final order, and
+        packets.append(P.header_action(P.R_INSHEADER, f.name, f.value(leadspc), 0))  # the signature goes last
     return packets
 
 
@@ -150,10 +150,13 @@ def message_actions(
 ) -> list[bytes]:
     """Every action, in the order the MTA applies them; :class:`EditError` when one is not granted."""
     fields, body = split_message(final)
-    packets = header_actions(original_fields, fields, leadspc)
+    headers = header_actions(original_fields, fields, leadspc)
+    inserts = [p for p in headers if p[4:5] == P.R_INSHEADER]  # on top, the DKIM signature: sent last
+    packets = [p for p in headers if p[4:5] != P.R_INSHEADER]
     packets += envelope_actions(mail_from, rcpts, new_from, new_rcpts)
     if body != original_body:
         packets += list(P.body_chunks(body))
+    packets += inserts
     for packet in packets:
         needed = NEEDS[packet[4:5]]
         if not granted & needed:

@@ -1,1 +1,0 @@
-from pipeline.ingress import replies
