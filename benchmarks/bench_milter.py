@@ -105,19 +105,27 @@ def main() -> None:
                 if not sink.wait_for(lambda b=before: len(sink.messages) >= b + len(messages), 600):
                     raise RuntimeError(f"{name}: not every message arrived\n{pf.read_log()[-3000:]}")
                 rates[name].append(len(messages) / (time.perf_counter() - start))
-        print(f"{len(messages)} messages per round ({len(corpus)} templates, {sum(map(len, corpus)) // len(corpus)} "
-              f"bytes on average), {args.clients} SMTP clients, {args.rounds} interleaved rounds")
+        print(
+            f"{len(messages)} messages per round ({len(corpus)} templates, "
+            f"{sum(map(len, corpus)) // len(corpus)} "
+            f"bytes on average), {args.clients} SMTP clients, {args.rounds} interleaved rounds"
+        )
         plain = statistics.median(rates["postfix"])
         for name, values in rates.items():
-            share = "" if name == "postfix" else f"  ({statistics.median(values) / plain:.0%} of plain, medians)"
-            print(f"  {name:<30} msg/s  min {min(values):7.1f}  median {statistics.median(values):7.1f}  "
-                  f"max {max(values):7.1f}{share}")
+            share = (
+                "" if name == "postfix" else f"  ({statistics.median(values) / plain:.0%} of plain, medians)"
+            )
+            print(
+                f"  {name:<30} msg/s  min {min(values):7.1f}  median {statistics.median(values):7.1f}  "
+                f"max {max(values):7.1f}{share}"
+            )
     finally:
         for pf in postfixes:
             pf.stop()
         for milter in milters:
             milter.stop()
         controller.stop()
+
 
 if __name__ == "__main__":
     main()

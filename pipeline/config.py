@@ -242,7 +242,7 @@ class MilterEndpoint:
 
 
 def parse_milter_listen(spec: str) -> MilterEndpoint:
-    """``inet:HOST:PORT`` (``inet:[::1]:PORT`` for IPv6) or ``unix:/PATH``; ``ValueError`` says what is wrong."""
+    """``inet:HOST:PORT`` (``inet:[::1]:PORT``) or ``unix:/PATH``; ``ValueError`` says what is wrong."""
     if spec.startswith(("unix:", "local:")):
         path = spec.split(":", 1)[1]
         if not path:
@@ -255,14 +255,14 @@ def parse_milter_listen(spec: str) -> MilterEndpoint:
 
 
 class MilterSection(Section):
-    """``smtpgate serve`` also runs the chain as a Sendmail/Postfix milter (docs/milter.md) when ``listen`` is set."""
+    """``serve`` also runs the chain as a Sendmail/Postfix milter (docs/milter.md) when ``listen`` is set."""
 
-    listen: list[str] = Field(default_factory=list)  # "inet:127.0.0.1:8891", "unix:/var/spool/postfix/smtpgate/milter"
-    on_error: Literal["tempfail", "accept", "reject"] = "tempfail"  # a plugin raised (OpenDKIM On-InternalError)
+    listen: list[str] = Field(default_factory=list)  # "inet:127.0.0.1:8891", "unix:/var/spool/postfix/m.sock"
+    on_error: Literal["tempfail", "accept", "reject"] = "tempfail"  # a plugin raised (OpenDKIM's On-*)
     on_timeout: Literal["tempfail", "accept", "reject"] = "tempfail"  # a plugin ran past [chain] timeout
     max_packet: int = Field(default=1024 * 1024, ge=65536)  # a longer packet ends the connection
     idle_timeout: float = Field(default=300.0, gt=0)  # seconds the MTA may stay silent mid-session
-    workers: int = Field(default=0, ge=0)  # processes for end of message (the chain's CPU work); 0: in the event loop
+    workers: int = Field(default=0, ge=0)  # processes for end of message (chain CPU work); 0: the event loop
 
     @field_validator("listen")
     @classmethod

@@ -64,7 +64,9 @@ class MilterClient:
         data = await asyncio.wait_for(self.reader.read(), timeout)
         return data == b""
 
-    async def negotiate(self, actions: int = ALL_ACTIONS, steps: int = ALL_STEPS, version: int = 6) -> Negotiated:
+    async def negotiate(
+        self, actions: int = ALL_ACTIONS, steps: int = ALL_STEPS, version: int = 6
+    ) -> Negotiated:
         await self.send(b"O", struct.pack(">LLL", version, actions, steps))
         cmd, data = await self.read()
         assert cmd == b"O", cmd
@@ -99,8 +101,13 @@ class MilterClient:
             parts += [name if len(name) == 1 else "{" + name + "}", value]
         await self.send(b"D", stage + cstr(*parts))
 
-    async def connect(self, host: str = "client.example", addr: str = "192.0.2.10", port: int = 40000,
-                      macro_addr: str | None = None) -> list:
+    async def connect(
+        self,
+        host: str = "client.example",
+        addr: str = "192.0.2.10",
+        port: int = 40000,
+        macro_addr: str | None = None,
+    ) -> list:
         await self.macro(b"C", client_addr=macro_addr or addr, client_port=str(port), j="mta.test")
         return await self.event(b"C", cstr(host) + b"4" + struct.pack(">H", port) + cstr(addr), 0x1000)
 
@@ -145,7 +152,9 @@ class MilterClient:
         self.writer.close()
 
 
-def apply(raw: bytes, replies: list[tuple[bytes, bytes]], leadspc: bool = True) -> tuple[bytes, dict[str, list[str]]]:
+def apply(
+    raw: bytes, replies: list[tuple[bytes, bytes]], leadspc: bool = True
+) -> tuple[bytes, dict[str, list[str]]]:
     """The message and envelope changes after the MTA applies the milter's end-of-message actions."""
     head, _, body = raw.partition(b"\r\n\r\n")
     fields: list[list[bytes]] = []  # [name, value-with-folding-as-CRLF]
@@ -183,11 +192,15 @@ def apply(raw: bytes, replies: list[tuple[bytes, bytes]], leadspc: bool = True) 
         elif cmd in (b"e", b"+", b"-"):
             key = {b"e": "from", b"+": "add", b"-": "del"}[cmd]
             env[key].append(strings(data)[0].decode().strip("<>"))
-    out = b"\r\n".join(n + b":" + v for n, v in fields) + b"\r\n\r\n" + (body if new_body is None else new_body)
+    out = (
+        b"\r\n".join(n + b":" + v for n, v in fields) + b"\r\n\r\n" + (body if new_body is None else new_body)
+    )
     return out, env
 
 
-def dkim_key(directory: object, domain: str = "example.com", selector: str = "s1") -> tuple[str, dict[bytes, bytes]]:
+def dkim_key(
+    directory: object, domain: str = "example.com", selector: str = "s1"
+) -> tuple[str, dict[bytes, bytes]]:
     """A fresh RSA-2048 key file for ``domain`` and the DNS answer dkimpy needs to verify with it."""
     from pathlib import Path
 
@@ -198,6 +211,11 @@ def dkim_key(directory: object, domain: str = "example.com", selector: str = "s1
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     path = Path(str(directory)) / f"{domain}.pem"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
     return str(path), {f"{selector}._domainkey.{domain}.".encode(): dns_txt_value(key).encode()}

@@ -121,8 +121,9 @@ class Postfix:
         (self.config_dir / "main.cf").write_text(self.main_cf())
         (self.config_dir / "master.cf").write_text(MASTER_CF.format(smtpd_port=f"127.0.0.1:{self.port}"))
         # Postfix checks that the configuration files are owned by root and not group/world writable
-        run = subprocess.run([POSTFIX, "-c", str(self.config_dir), "start"], capture_output=True, text=True,
-                             timeout=timeout)
+        run = subprocess.run(
+            [POSTFIX, "-c", str(self.config_dir), "start"], capture_output=True, text=True, timeout=timeout
+        )
         if run.returncode != 0:
             raise RuntimeError(f"postfix start failed: {run.stdout}{run.stderr}{self.read_log()}")
         deadline = time.monotonic() + timeout
@@ -182,8 +183,22 @@ class MilterProcess:
     def __init__(self, config: Path, cwd: Path, *args: str) -> None:
         code = "from pipeline.app.cli import main; main()"
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, "milter", "--listen", "inet:127.0.0.1:0", "--config", str(config), *args],
-            cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ},
+            [
+                sys.executable,
+                "-c",
+                code,
+                "milter",
+                "--listen",
+                "inet:127.0.0.1:0",
+                "--config",
+                str(config),
+                *args,
+            ],
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ},
         )
         self.log_lines: list[str] = []
         self._port = threading.Event()

@@ -20,7 +20,7 @@ from tests.smtp_sink import start_sink
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not available(), reason="needs Debian postfix and root")]
 
-POLICY = '''
+POLICY = """
 from pipeline import Plugin, Reject, hookimpl
 
 class Policy(Plugin):
@@ -31,10 +31,10 @@ class Policy(Plugin):
         if address.startswith("blocked@"):
             return Reject(550, "5.7.1", "Blocked by smtpgate policy")
         return None
-'''
+"""
 
 HTML = (
-    '<html><head><style>p.lead { color: #cc0000; }</style></head><body>'
+    "<html><head><style>p.lead { color: #cc0000; }</style></head><body>"
     '<p class="lead">Hello</p><a href="https://shop.example.org/offer?id=7">Offer</a></body></html>'
 )
 TEXT_PART = "Hello\r\nThe offer: https://shop.example.org/offer?id=7\r\n"
@@ -63,7 +63,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     config = base / "smtpgate.toml"
     config.write_text(
         f'[gateway]\ndata_dir = "{base / "data"}"\nhostname = "milter.test"\n'
-        '[chain]\nplugins = ["' + str(base / "policy.py") + '", "header_validation", "campaign_tag", "css_inline",'
+        '[chain]\nplugins = ["'
+        + str(base / "policy.py")
+        + '", "header_validation", "campaign_tag", "css_inline",'
         ' "click_tracking", "open_pixel", "dkim_sign"]\n'
         f'[plugins.dkim_sign]\ndefault_domain = "example.com"\n'
         f'[plugins.dkim_sign.domains."example.com"]\nselector = "s1"\nkey_file = "{key}"\n'
@@ -147,7 +149,9 @@ def test_refusing_plugin_reply_is_what_postfix_answers_the_client(stack):
 
 
 def test_end_of_message_refusal_is_the_reply_to_data(stack):
-    raw = newsletter().replace(b"From: Shop <news@example.com>\r\n", b"From: a@example.com\r\nFrom: b@example.com\r\n")
+    raw = newsletter().replace(
+        b"From: Shop <news@example.com>\r\n", b"From: a@example.com\r\nFrom: b@example.com\r\n"
+    )
     with pytest.raises(smtplib.SMTPDataError) as exc:
         send(stack["postfix"], raw, ["reader@example.org"])
     assert (exc.value.smtp_code, exc.value.smtp_error) == (550, b"5.6.0 Message has 2 From: headers")

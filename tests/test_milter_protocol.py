@@ -4,9 +4,11 @@ negotiation, macros, verdicts as replies, edits as actions, the fail policy, hos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import struct
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +37,14 @@ class Recorder(Plugin):
 
     @hookimpl
     def on_mail_from(self, session, transaction, address):
-        SEEN.update(mail=address, credential=session.credential.name if session.credential else None,
-                    tls=session.tls, cipher=session.notes.get("cipher"), mta_id=transaction.notes.get("mta_queue_id"),
-                    options=list(transaction.mail_options))
+        SEEN.update(
+            mail=address,
+            credential=session.credential.name if session.credential else None,
+            tls=session.tls,
+            cipher=session.notes.get("cipher"),
+            mta_id=transaction.notes.get("mta_queue_id"),
+            options=list(transaction.mail_options),
+        )
 
     @hookimpl
     def on_rcpt_to(self, address):
@@ -74,13 +81,33 @@ async def _sleep() -> None:
     await asyncio.sleep(5)
 
 
-async def start(tmp_path: Path, chain_plugins: list[str], extra: list[Any] | None = None, listen: str = "inet:127.0.0.1:0",
-                **overrides: Any) -> MilterService:
+async def start(
+    tmp_path: Path,
+    chain_plugins: list[str],
+    extra: list[Any] | None = None,
+    listen: str = "inet:127.0.0.1:0",
+    **overrides: Any,
+) -> MilterService:
     cfg = {"gateway": {"data_dir": str(tmp_path / "data")}, **overrides}
     config = make_config(cfg, plugins=chain_plugins)
     service = MilterService(config, Chain(PluginSet(config, extra or [])), [listen])
     await service.start()
     return service
+
+
+@contextlib.asynccontextmanager
+async def running(
+    tmp_path: Path,
+    chain_plugins: list[str],
+    extra: list[Any] | None = None,
+    listen: str = "inet:127.0.0.1:0",
+    **overrides: Any,
+) -> AsyncIterator[MilterService]:
+    service = await start(tmp_path, chain_plugins, extra, listen, **overrides)
+    try:
+        yield service
+    finally:
+        await service.stop(0)
 
 
 async def client(service: MilterService) -> MilterClient:
@@ -98,8 +125,7 @@ async def envelope(c: MilterClient, *rcpts: str, **mail_macros: str) -> None:
 
 
 async def test_negotiation_asks_for_no_step_and_no_reply_the_chain_does_not_use(tmp_path):
-    service = await start(tmp_path, ["css_inline"])
-    try:
+    async with running(tmp_path, ["css_inline"]) as service:
         c = await client(service)
         neg = await c.negotiate()
         assert neg.version == 6
@@ -109,19 +135,22 @@ async def test_negotiation_asks_for_no_step_and_no_reply_the_chain_does_not_use(
             assert neg.steps & bit, hex(bit)
         assert not neg.steps & (0x10 | 0x20)  # body and headers are wanted
         assert neg.actions == 0x01 | 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x100
-        assert "{auth_authen}" in neg.macros[2] and "{client_addr}" in neg.macros[0] and "{tls_version}" in neg.macros[1]
+        assert (
+            "{auth_authen}" in neg.macros[2]
+            and "{client_addr}" in neg.macros[0]
+            and "{tls_version}" in neg.macros[1]
+        )
         await c.close()
         c = await client(service)
-        neg = await c.negotiate(actions=0x01, steps=0x3F)  # an older MTA: offers only add-headers and v2 steps
+        neg = await c.negotiate(
+            actions=0x01, steps=0x3F
+        )  # an older MTA: offers only add-headers and v2 steps
         assert neg.actions == 0x01 and neg.steps & ~0x3F == 0 and 2 not in neg.macros
         await c.close()
-    finally:
-        await service.stop(0)
 
 
 async def test_rcpt_hook_gets_replies_and_the_plugins_smtp_reply(tmp_path):
-    service = await start(tmp_path, [], [Recorder])
-    try:
+    async with running(tmp_path, [], [Recorder]) as service:
         c = await client(service)
         neg = await c.negotiate()
         assert not neg.steps & 0x8000  # on_rcpt_to exists: RCPT gets a reply
@@ -132,38 +161,43 @@ async def test_rcpt_hook_gets_replies_and_the_plugins_smtp_reply(tmp_path):
         assert await c.rcpt("later@example.org") == [(b"y", b"450 4.2.0 Mailbox busy\x00")]
         assert await c.rcpt("a@example.org") == [(b"c", b"")]
         await c.close()
-    finally:
-        await service.stop(0)
 
 
 async def test_macros_become_the_session_credential_tls_and_mta_queue_id(tmp_path):
     creds = [{"name": "shop", "kind": "password", "username": "shop-user", "secret": "x" * 20}]
-    service = await start(tmp_path, [], [Recorder], credentials=creds)
-    try:
+    async with running(tmp_path, [], [Recorder], credentials=creds) as service:
         c = await client(service)
         await c.negotiate()
         await c.connect(addr="192.0.2.99", port=51234, macro_addr="198.51.100.7")  # the macro wins
         await c.helo(tls_version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384")
         await c.mail("sender@example.com", "BODY=8BITMIME", auth_authen="shop-user", auth_type="PLAIN")
         assert SEEN["connect"] == ("198.51.100.7", 51234)
-        assert SEEN["credential"] == "shop" and SEEN["tls"] is True and SEEN["cipher"] == "TLS_AES_256_GCM_SHA384"
+        assert (
+            SEEN["credential"] == "shop"
+            and SEEN["tls"] is True
+            and SEEN["cipher"] == "TLS_AES_256_GCM_SHA384"
+        )
         assert SEEN["mta_id"] == "QID1" and SEEN["options"] == ["BODY=8BITMIME"]
         await c.mail("sender@example.com", auth_authen="someone-else")
-        assert SEEN["credential"] == "someone-else"  # authenticated by the MTA, unknown here: default switches
+        assert (
+            SEEN["credential"] == "someone-else"
+        )  # authenticated by the MTA, unknown here: default switches
         await c.close()
-    finally:
-        await service.stop(0)
 
 
 @pytest.mark.parametrize("workers", [0, 1])
 async def test_full_chain_inlines_tracks_and_signs_the_bytes_the_mta_will_have(tmp_path, workers):
     key, dns = dkim_key(tmp_path)
     plugins = {"dkim_sign": {"domains": {"example.com": {"selector": "s1", "key_file": key}}}}
-    service = await start(tmp_path, ["header_validation", "campaign_tag", "css_inline", "click_tracking",
-                                     "open_pixel", "dkim_sign"], plugins=plugins, milter={"workers": workers})
-    assert (service.pool is not None) == bool(workers)
-    raw = (SAMPLES / "02-newsletter-alternative.eml").read_bytes().replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n")
-    try:
+    chain = ["header_validation", "campaign_tag", "css_inline", "click_tracking", "open_pixel", "dkim_sign"]
+    async with running(tmp_path, chain, plugins=plugins, milter={"workers": workers}) as service:
+        assert (service.pool is not None) == bool(workers)
+        raw = (
+            (SAMPLES / "02-newsletter-alternative.eml")
+            .read_bytes()
+            .replace(b"\n", b"\r\n")
+            .replace(b"\r\r\n", b"\r\n")
+        )
         c = await client(service)
         await envelope(c, "reader@example.org")
         replies = await c.message(raw)
@@ -177,13 +211,10 @@ async def test_full_chain_inlines_tracks_and_signs_the_bytes_the_mta_will_have(t
         assert b"/c/" in final and b"/o/" in final  # tracked links and the pixel
         assert env == {"from": [], "add": [], "del": []}
         await c.close()
-    finally:
-        await service.stop(0)
 
 
 async def test_one_recipient_gets_its_own_tokens_several_get_the_per_message_form(tmp_path):
-    service = await start(tmp_path, [], [Recorder])
-    try:
+    async with running(tmp_path, [], [Recorder]) as service:
         c = await client(service)
         await envelope(c, "a@example.org")
         await c.message(complete_message())
@@ -194,34 +225,29 @@ async def test_one_recipient_gets_its_own_tokens_several_get_the_per_message_for
         await c.message(complete_message())
         assert SEEN["recipient"] is None
         await c.close()
-    finally:
-        await service.stop(0)
 
 
 async def test_envelope_edits_and_rcpt_discards_become_chgfrom_addrcpt_delrcpt(tmp_path):
-    service = await start(tmp_path, [], [Recorder])
-    try:
+    async with running(tmp_path, [], [Recorder]) as service:
         c = await client(service)
         await envelope(c, "a@example.org", "b@example.org", "drop@example.org")
         replies = await c.message(complete_message(subject="envelope"))
         _, env = apply(complete_message(), replies[:-1])
-        assert env == {"from": ["bounces@example.com"], "add": ["added@example.org"],
-                       "del": ["b@example.org", "drop@example.org"]}
+        assert env == {
+            "from": ["bounces@example.com"],
+            "add": ["added@example.org"],
+            "del": ["b@example.org", "drop@example.org"],
+        }
         assert SEEN["ctx_recipient_phase"] == ["a@example.org", "b@example.org"]
         await c.close()
-    finally:
-        await service.stop(0)
 
 
 async def test_discard_verdict_becomes_smfir_discard(tmp_path):
-    service = await start(tmp_path, [], [Recorder])
-    try:
+    async with running(tmp_path, [], [Recorder]) as service:
         c = await client(service)
         await envelope(c)
         assert await c.message(complete_message(subject="discard me")) == [(b"d", b"")]
         await c.close()
-    finally:
-        await service.stop(0)
 
 
 @pytest.mark.parametrize(
@@ -234,23 +260,20 @@ async def test_discard_verdict_becomes_smfir_discard(tmp_path):
         ("boom", {"on_error": "reject"}, [(b"y", b"550 5.3.0 Local problem, message refused\x00")]),
     ],
 )
-async def test_fail_policy_tempfails_a_plugin_error_or_timeout_unless_told_otherwise(tmp_path, subject, milter,
-                                                                                     expected, caplog):
-    service = await start(tmp_path, [], [Recorder], milter=milter, chain={"timeout": 0.3})
-    try:
+async def test_fail_policy_tempfails_a_plugin_error_or_timeout_unless_told_otherwise(
+    tmp_path, subject, milter, expected, caplog
+):
+    async with running(tmp_path, [], [Recorder], milter=milter, chain={"timeout": 0.3}) as service:
         c = await client(service)
         await envelope(c)
         with caplog.at_level(logging.ERROR, "smtpgate"):
             assert await c.message(complete_message(subject=subject)) == expected
         assert "plugin recorder" in caplog.text
         await c.close()
-    finally:
-        await service.stop(0)
 
 
 async def test_malformed_packet_gets_tempfail_and_a_log_line_and_the_server_goes_on(tmp_path, caplog):
-    service = await start(tmp_path, ["css_inline"])
-    try:
+    async with running(tmp_path, ["css_inline"]) as service:
         c = await client(service)
         await c.negotiate()
         with caplog.at_level(logging.ERROR, "smtpgate.milter"):
@@ -266,13 +289,10 @@ async def test_malformed_packet_gets_tempfail_and_a_log_line_and_the_server_goes
         await envelope(c3)
         assert (await c3.message(complete_message()))[-1] == (b"c", b"")
         await c3.close()
-    finally:
-        await service.stop(0)
 
 
 async def test_oversized_packet_ends_the_connection_without_reading_it(tmp_path, caplog):
-    service = await start(tmp_path, ["css_inline"])
-    try:
+    async with running(tmp_path, ["css_inline"]) as service:
         c = await client(service)
         await c.negotiate()
         with caplog.at_level(logging.ERROR, "smtpgate.milter"):
@@ -280,8 +300,6 @@ async def test_oversized_packet_ends_the_connection_without_reading_it(tmp_path,
             await c.writer.drain()
             assert await c.eof(timeout=5)
         assert "packet of 2147483648 bytes exceeds the limit of 1048576 bytes" in caplog.text
-    finally:
-        await service.stop(0)
 
 
 def _open_fds() -> int:
@@ -289,8 +307,7 @@ def _open_fds() -> int:
 
 
 async def test_mta_disappearing_mid_body_is_logged_and_leaves_nothing_behind(tmp_path, caplog):
-    service = await start(tmp_path, ["css_inline"])
-    try:
+    async with running(tmp_path, ["css_inline"]) as service:
         warm = await client(service)
         await envelope(warm)
         await warm.close()
@@ -316,28 +333,22 @@ async def test_mta_disappearing_mid_body_is_logged_and_leaves_nothing_behind(tmp
         await envelope(c)
         assert (await c.message(complete_message()))[-1] == (b"c", b"")
         await c.close()
-    finally:
-        await service.stop(0)
 
 
 async def test_unix_socket_serves_the_same_protocol(tmp_path):
     path = tmp_path / "milter.sock"
-    service = await start(tmp_path, [], [Recorder], listen=f"unix:{path}")
-    try:
+    async with running(tmp_path, [], [Recorder], listen=f"unix:{path}") as service:
         assert oct(path.stat().st_mode & 0o777) == "0o660"
         c = await client(service)
         await envelope(c)
         assert await c.message(complete_message(subject="discard me")) == [(b"d", b"")]
         await c.close()
-    finally:
-        await service.stop(0)
     assert not path.exists()
 
 
 async def test_ip_allow_list_credential_applies_without_auth(tmp_path):
     creds = [{"name": "office", "kind": "ip", "networks": ["198.51.100.0/24"]}]
-    service = await start(tmp_path, [], [Recorder], credentials=creds)
-    try:
+    async with running(tmp_path, [], [Recorder], credentials=creds) as service:
         c = await client(service)
         await c.negotiate()
         await c.connect(addr="198.51.100.7")
@@ -345,13 +356,10 @@ async def test_ip_allow_list_credential_applies_without_auth(tmp_path):
         await c.mail("sender@example.com")
         assert SEEN["credential"] == "office" and SEEN["tls"] is False
         await c.close()
-    finally:
-        await service.stop(0)
 
 
 async def test_message_over_the_size_limit_gets_552_and_is_not_kept(tmp_path):
-    service = await start(tmp_path, ["css_inline"], limits={"max_message_size": 2000})
-    try:
+    async with running(tmp_path, ["css_inline"], limits={"max_message_size": 2000}) as service:
         c = await client(service)
         await envelope(c)
         replies = await c.message(complete_message(body=("x" * 70 + "\r\n") * 100))
@@ -360,5 +368,3 @@ async def test_message_over_the_size_limit_gets_552_and_is_not_kept(tmp_path):
         await c.rcpt("a@example.org")
         assert (await c.message(complete_message()))[-1] == (b"c", b"")
         await c.close()
-    finally:
-        await service.stop(0)

@@ -39,7 +39,10 @@ def test_bad_listen_is_a_precise_error_on_the_command_line_and_in_the_config(spe
 
 def test_milter_command_without_a_socket_says_how_to_give_one():
     result = CliRunner().invoke(main, ["milter"])
-    assert result.exit_code == 2 and "give --listen inet:HOST:PORT|unix:PATH or set [milter] listen" in result.output
+    assert (
+        result.exit_code == 2
+        and "give --listen inet:HOST:PORT|unix:PATH or set [milter] listen" in result.output
+    )
 
 
 def test_serve_runs_the_milter_only_when_a_listen_socket_is_configured(tmp_path):
@@ -94,7 +97,9 @@ def test_without_leading_space_negotiated_the_mta_adds_the_space():
 def test_a_new_body_goes_in_65535_byte_packets_and_needs_the_granted_action():
     body = b"x" * 70000 + b"\r\n"
     raw = b"A: 1\r\n\r\n" + body
-    got = message_actions([b"A: 1"], b"old\r\n", "s@x", ["r@x"], raw, "s@x", ["r@x"], leadspc=True, granted=0x1FF)
+    got = message_actions(
+        [b"A: 1"], b"old\r\n", "s@x", ["r@x"], raw, "s@x", ["r@x"], leadspc=True, granted=0x1FF
+    )
     assert [len(p) - 5 for p in got] == [65535, 70002 - 65535]
     with pytest.raises(EditError, match="did not grant the milter the right to replace the body"):
         message_actions([b"A: 1"], b"old\r\n", "s@x", ["r@x"], raw, "s@x", ["r@x"], leadspc=True, granted=0x1)

@@ -32,7 +32,7 @@ FailAction = Literal["tempfail", "accept", "reject"]
 
 @dataclass(frozen=True)
 class FailPolicy:
-    """What a plugin error or timeout answers (OpenDKIM's On-InternalError): tempfail unless told otherwise."""
+    """What a plugin error or timeout answers (like OpenDKIM's On-InternalError): tempfail by default."""
 
     on_error: FailAction = "tempfail"
     on_timeout: FailAction = "tempfail"
@@ -82,8 +82,15 @@ class EndOfMessage:
         trace = Trace()
         try:
             verdict, ctx = await admit_message(
-                self.chain, self.config, raw, d.mail_from, list(d.rcpts), session=d.session,
-                credential=d.session.credential, queue_id=d.queue_id, trace=trace,
+                self.chain,
+                self.config,
+                raw,
+                d.mail_from,
+                list(d.rcpts),
+                session=d.session,
+                credential=d.session.credential,
+                queue_id=d.queue_id,
+                trace=trace,
             )
             if verdict is PLUGIN_FAILURE:
                 return self.failed(d, trace)
@@ -95,30 +102,56 @@ class EndOfMessage:
             if ctx is None or isinstance(verdict, Reject | TempFail | Discard):
                 return final(verdict, d)
             actions = message_actions(
-                d.fields, d.body, d.mail_from, d.rcpts + d.discarded, ctx.message.as_bytes(),
-                ctx.message.mail_from or "", ctx.message.rcpt_tos, leadspc=d.leadspc, granted=d.granted,
+                d.fields,
+                d.body,
+                d.mail_from,
+                d.rcpts + d.discarded,
+                ctx.message.as_bytes(),
+                ctx.message.mail_from or "",
+                ctx.message.rcpt_tos,
+                leadspc=d.leadspc,
+                granted=d.granted,
             )
         except EditError as exc:
             log.error("milter queue_id=%s mta_queue_id=%s: %s", d.queue_id, d.mta_id, exc)
             return fallback(self.policy, d)
         except Exception as exc:  # our own bug must not pass the message through unsigned
-            log.exception("milter queue_id=%s mta_queue_id=%s end of message failed: %s", d.queue_id, d.mta_id, exc)
+            log.exception(
+                "milter queue_id=%s mta_queue_id=%s end of message failed: %s", d.queue_id, d.mta_id, exc
+            )
             return fallback(self.policy, d)
-        log.info("milter queue_id=%s mta_queue_id=%s accepted from=<%s> rcpts=%d actions=%d%s", d.queue_id,
-                 d.mta_id, d.mail_from, len(d.rcpts), len(actions),
-                 f" recipient={ctx.recipient}" if ctx.recipient else " per-message")
+        log.info(
+            "milter queue_id=%s mta_queue_id=%s accepted from=<%s> rcpts=%d actions=%d%s",
+            d.queue_id,
+            d.mta_id,
+            d.mail_from,
+            len(d.rcpts),
+            len(actions),
+            f" recipient={ctx.recipient}" if ctx.recipient else " per-message",
+        )
         return [*actions, P.CONTINUE]
 
     def failed(self, d: Delivery, trace: Trace) -> list[bytes]:
         action, what = self.policy.action(trace)
-        log.error("milter queue_id=%s mta_queue_id=%s: %s: %s per the fail policy", d.queue_id, d.mta_id, what, action)
+        log.error(
+            "milter queue_id=%s mta_queue_id=%s: %s: %s per the fail policy",
+            d.queue_id,
+            d.mta_id,
+            what,
+            action,
+        )
         verdict = self.policy.verdict(action)
         return unmodified(d) if verdict is None else final(verdict, d)
 
 
 def final(verdict: Verdict | None, d: Delivery) -> list[bytes]:
     if isinstance(verdict, Discard):
-        log.info("milter queue_id=%s mta_queue_id=%s discarded by the chain: %s", d.queue_id, d.mta_id, verdict.reason)
+        log.info(
+            "milter queue_id=%s mta_queue_id=%s discarded by the chain: %s",
+            d.queue_id,
+            d.mta_id,
+            verdict.reason,
+        )
         return [P.DISCARD]
     reply = verdict.reply() if isinstance(verdict, Reject | TempFail) else PLUGIN_FAILURE.reply()
     log.info("milter queue_id=%s mta_queue_id=%s refused: %s", d.queue_id, d.mta_id, reply)
@@ -133,9 +166,17 @@ def fallback(policy: FailPolicy, d: Delivery) -> list[bytes]:
 
 def unmodified(d: Delivery) -> list[bytes]:
     """Fail open (configured): the message goes on as the MTA has it, only RCPT-time discards applied."""
-    log.warning("milter queue_id=%s mta_queue_id=%s passed through UNMODIFIED (fail policy accept): "
-                "not tracked, not signed", d.queue_id, d.mta_id)
-    actions = envelope_actions(d.mail_from, d.rcpts + d.discarded, d.mail_from, d.rcpts) if d.granted & P.F_DELRCPT else []
+    log.warning(
+        "milter queue_id=%s mta_queue_id=%s passed through UNMODIFIED (fail policy accept): "
+        "not tracked, not signed",
+        d.queue_id,
+        d.mta_id,
+    )
+    actions = (
+        envelope_actions(d.mail_from, d.rcpts + d.discarded, d.mail_from, d.rcpts)
+        if d.granted & P.F_DELRCPT
+        else []
+    )
     return [*actions, P.ACCEPT]
 
 
@@ -167,9 +208,12 @@ class WorkerPool:
         self.pool = self._new()
 
     def _new(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker,
-                                   initargs=(self.config, self.policy, logging.getLogger().getEffectiveLevel()))
+        return ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.config, self.policy, logging.getLogger().getEffectiveLevel()),
+        )
 
     async def start(self) -> None:
         """Start every worker now (each loads the chain: seconds), not on the first message."""
@@ -179,8 +223,12 @@ class WorkerPool:
     async def run(self, d: Delivery) -> list[bytes]:
         try:
             return await asyncio.get_running_loop().run_in_executor(self.pool, _run_in_worker, d)
-        except BrokenProcessPool:  # a worker died (killed, out of memory): this message fails, the next gets a new pool
-            log.error("milter queue_id=%s mta_queue_id=%s: a worker process died: new workers", d.queue_id, d.mta_id)
+        except (
+            BrokenProcessPool
+        ):  # a worker died (killed, out of memory): this message fails, the next gets a new pool
+            log.error(
+                "milter queue_id=%s mta_queue_id=%s: a worker process died: new workers", d.queue_id, d.mta_id
+            )
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = self._new()
             return fallback(self.policy, d)

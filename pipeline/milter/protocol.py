@@ -16,11 +16,33 @@ CHUNK = 65535  # MILTER_CHUNK_SIZE: the largest body chunk (SMFIC_BODY / SMFIR_R
 
 # MTA -> filter commands
 ABORT, BODY, CONNECT, MACRO, EOB, HELO = b"A", b"B", b"C", b"D", b"E", b"H"
-QUIT_NC, HEADER, MAIL, EOH, OPTNEG, QUIT, RCPT, DATA, UNKNOWN = b"K", b"L", b"M", b"N", b"O", b"Q", b"R", b"T", b"U"
+QUIT_NC, HEADER, MAIL, EOH, OPTNEG, QUIT, RCPT, DATA, UNKNOWN = (
+    b"K",
+    b"L",
+    b"M",
+    b"N",
+    b"O",
+    b"Q",
+    b"R",
+    b"T",
+    b"U",
+)
 COMMAND_NAMES = {
-    ABORT: "SMFIC_ABORT", BODY: "SMFIC_BODY", CONNECT: "SMFIC_CONNECT", MACRO: "SMFIC_MACRO", EOB: "SMFIC_BODYEOB",
-    HELO: "SMFIC_HELO", QUIT_NC: "SMFIC_QUIT_NC", HEADER: "SMFIC_HEADER", MAIL: "SMFIC_MAIL", EOH: "SMFIC_EOH",
-    OPTNEG: "SMFIC_OPTNEG", QUIT: "SMFIC_QUIT", RCPT: "SMFIC_RCPT", DATA: "SMFIC_DATA", UNKNOWN: "SMFIC_UNKNOWN",
+    ABORT: "SMFIC_ABORT",
+    BODY: "SMFIC_BODY",
+    CONNECT: "SMFIC_CONNECT",
+    MACRO: "SMFIC_MACRO",
+    EOB: "SMFIC_BODYEOB",
+    HELO: "SMFIC_HELO",
+    QUIT_NC: "SMFIC_QUIT_NC",
+    HEADER: "SMFIC_HEADER",
+    MAIL: "SMFIC_MAIL",
+    EOH: "SMFIC_EOH",
+    OPTNEG: "SMFIC_OPTNEG",
+    QUIT: "SMFIC_QUIT",
+    RCPT: "SMFIC_RCPT",
+    DATA: "SMFIC_DATA",
+    UNKNOWN: "SMFIC_UNKNOWN",
 }
 
 # filter -> MTA replies and actions
@@ -32,8 +54,12 @@ R_REJECT, R_TEMPFAIL, R_REPLYCODE, R_OPTNEG = b"r", b"t", b"y", b"O"
 F_ADDHDRS, F_CHGBODY, F_ADDRCPT, F_DELRCPT, F_CHGHDRS = 0x01, 0x02, 0x04, 0x08, 0x10
 F_CHGFROM, F_SETSYMLIST = 0x40, 0x100
 ACTION_NAMES = {
-    F_ADDHDRS: "add headers", F_CHGBODY: "replace the body", F_ADDRCPT: "add recipients",
-    F_DELRCPT: "delete recipients", F_CHGHDRS: "change headers", F_CHGFROM: "change the sender",
+    F_ADDHDRS: "add headers",
+    F_CHGBODY: "replace the body",
+    F_ADDRCPT: "add recipients",
+    F_DELRCPT: "delete recipients",
+    F_CHGHDRS: "change headers",
+    F_CHGFROM: "change the sender",
 }
 
 # SMFIP_*: steps the filter does not want, replies it will not send, header value form
@@ -202,7 +228,7 @@ def address_action(command: bytes, address: str) -> bytes:
 
 
 def body_chunks(body: bytes) -> Iterator[bytes]:
-    """SMFIR_REPLBODY packets of at most :data:`CHUNK` data bytes each (one empty packet for an empty body)."""
+    """SMFIR_REPLBODY packets of at most :data:`CHUNK` data bytes (one empty packet for an empty body)."""
     if not body:
         yield encode(R_REPLBODY, b"")
     for start in range(0, len(body), CHUNK):

@@ -24,12 +24,19 @@ from pipeline.milter.session import Credentials, MilterSession
 
 log = logging.getLogger("smtpgate.milter")
 
+
 class MilterServer:
     """Listens on endpoints and serves milter connections until :meth:`stop`."""
 
     def __init__(
-        self, chain: Chain, config: Config, credentials: Credentials, policy: FailPolicy,
-        *, max_packet: int, idle_timeout: float,
+        self,
+        chain: Chain,
+        config: Config,
+        credentials: Credentials,
+        policy: FailPolicy,
+        *,
+        max_packet: int,
+        idle_timeout: float,
         end_of_message: Callable[[Delivery], Awaitable[list[bytes]]] | None = None,
     ) -> None:
         self.end_of_message = end_of_message
@@ -97,7 +104,9 @@ class MilterServer:
         self.connections.add(task)
         peer = writer.get_extra_info("peername")
         label = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
-        session = MilterSession(self.chain, self.config, self.credentials, self.policy, label, self.end_of_message)
+        session = MilterSession(
+            self.chain, self.config, self.credentials, self.policy, label, self.end_of_message
+        )
         end = "quit"
         try:
             while not session.closed:
@@ -108,8 +117,12 @@ class MilterServer:
                 except asyncio.IncompleteReadError as exc:
                     if exc.partial or session.in_body:
                         end = f"lost mid-{'message' if session.in_body else 'packet'}"
-                        log.warning("milter peer=%s disconnected mid-%s: %d byte(s) of message discarded", label,
-                                    "message" if session.in_body else "packet", session.size)
+                        log.warning(
+                            "milter peer=%s disconnected mid-%s: %d byte(s) of message discarded",
+                            label,
+                            "message" if session.in_body else "packet",
+                            session.size,
+                        )
                     else:
                         end = "closed"
                     break
@@ -125,7 +138,9 @@ class MilterServer:
                     if isinstance(exc, P.ProtocolError):
                         log.error("milter peer=%s protocol error in %s: %s: closing", label, packet.name, exc)
                     else:  # our bug: this connection ends, tempfailing what it was doing; the server goes on
-                        log.exception("milter peer=%s internal error in %s: %s: closing", label, packet.name, exc)
+                        log.exception(
+                            "milter peer=%s internal error in %s: %s: closing", label, packet.name, exc
+                        )
                     if packet.command in (P.CONNECT, P.HELO, P.MAIL, P.RCPT, P.EOB):
                         writer.write(P.TEMPFAIL)  # the MTA is waiting for a reply: a clear one
                     break
@@ -144,4 +159,3 @@ class MilterServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
             log.debug("milter peer=%s connection ended: %s", label, end)
-

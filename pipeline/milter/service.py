@@ -40,7 +40,11 @@ class AccountDirectory:
         if found is None:
             return Credential(name=login, kind="sasl")
         if found.disabled:
-            log.warning("milter: login %s maps to disabled credential %s: treated as unauthenticated", login, found.name)
+            log.warning(
+                "milter: login %s maps to disabled credential %s: treated as unauthenticated",
+                login,
+                found.name,
+            )
             return None
         return found.credential()
 
@@ -53,7 +57,9 @@ class MilterService:
     def __init__(self, config: Config, chain: Chain, listen: list[str] | None = None) -> None:
         self.config = config
         self.chain = chain
-        self.endpoints: list[MilterEndpoint] = [parse_milter_listen(s) for s in (listen or config.milter.listen)]
+        self.endpoints: list[MilterEndpoint] = [
+            parse_milter_listen(s) for s in (listen or config.milter.listen)
+        ]
         self.server: MilterServer | None = None
         self.pool: WorkerPool | None = None
         self._store: CredentialStore | None = None
@@ -67,8 +73,13 @@ class MilterService:
             self.pool = WorkerPool(self.config, policy, section.workers)
             await self.pool.start()
         self.server = MilterServer(
-            self.chain, self.config, directory, policy, max_packet=section.max_packet,
-            idle_timeout=section.idle_timeout, end_of_message=self.pool.run if self.pool else None,
+            self.chain,
+            self.config,
+            directory,
+            policy,
+            max_packet=section.max_packet,
+            idle_timeout=section.idle_timeout,
+            end_of_message=self.pool.run if self.pool else None,
         )
         await self.server.start(self.endpoints)
 

@@ -27,7 +27,9 @@ from pipeline.milter.message import Delivery, EndOfMessage, FailPolicy, fallback
 
 log = logging.getLogger("smtpgate.milter")
 
-WANTED_ACTIONS = P.F_ADDHDRS | P.F_CHGHDRS | P.F_CHGBODY | P.F_ADDRCPT | P.F_DELRCPT | P.F_CHGFROM | P.F_SETSYMLIST
+WANTED_ACTIONS = (
+    P.F_ADDHDRS | P.F_CHGHDRS | P.F_CHGBODY | P.F_ADDRCPT | P.F_DELRCPT | P.F_CHGFROM | P.F_SETSYMLIST
+)
 MACROS = {  # what each stage must carry (SMFIR_SETSYMLIST replaces the MTA's own lists)
     P.M_CONNECT: "j _ {client_addr} {client_port} {client_name} {daemon_name}",
     P.M_HELO: "{tls_version} {cipher} {cipher_bits} {cert_subject}",
@@ -50,7 +52,12 @@ class MilterSession:
     """Feed it packets with :meth:`handle`; it returns the reply packets (possibly none)."""
 
     def __init__(
-        self, chain: Chain, config: Config, credentials: Credentials, policy: FailPolicy, peer: str = "-",
+        self,
+        chain: Chain,
+        config: Config,
+        credentials: Credentials,
+        policy: FailPolicy,
+        peer: str = "-",
         end_of_message: Callable[[Delivery], Awaitable[list[bytes]]] | None = None,
     ) -> None:
         self.end_of_message = end_of_message or EndOfMessage(chain, config, policy).run
@@ -85,7 +92,7 @@ class MilterSession:
 
     # -- dispatch -------------------------------------------------------------------------
     async def handle(self, packet: P.Packet) -> list[bytes]:
-        """The reply packets for one MTA packet; :class:`~pipeline.milter.protocol.ProtocolError` if malformed."""
+        """The reply packets for one MTA packet; :class:`~.protocol.ProtocolError` if malformed."""
         cmd, data = packet.command, packet.data
         if cmd == P.OPTNEG:
             return [self._negotiate(P.parse_optneg(data))]
@@ -135,8 +142,10 @@ class MilterSession:
         return [] if self.protocol & no_reply_flag else [packet]
 
     def _negotiate(self, offer: P.Negotiation) -> bytes:
-        has = {phase: bool(self.chain.calls(phase)) for phase in ("on_connect", "on_helo", "on_mail_from",
-                                                                  "on_rcpt_to", "on_auth")}
+        has = {
+            phase: bool(self.chain.calls(phase))
+            for phase in ("on_connect", "on_helo", "on_mail_from", "on_rcpt_to", "on_auth")
+        }
         wanted = P.P_NODATA | P.P_NOEOH | P.P_NOUNKNOWN | P.P_NR_HDR | P.P_NR_BODY | P.P_HDR_LEADSPC
         if not has["on_connect"] and not has["on_auth"]:
             wanted |= P.P_NR_CONN
@@ -150,8 +159,13 @@ class MilterSession:
         self.granted = WANTED_ACTIONS & offer.actions
         version = min(offer.version, P.VERSION)
         macros = MACROS if self.granted & P.F_SETSYMLIST else None
-        log.debug("milter peer=%s negotiated version %d actions=0x%x protocol=0x%x", self.peer, version,
-                  self.granted, self.protocol)
+        log.debug(
+            "milter peer=%s negotiated version %d actions=0x%x protocol=0x%x",
+            self.peer,
+            version,
+            self.granted,
+            self.protocol,
+        )
         return P.optneg_reply(version, self.granted, self.protocol, macros)
 
     # -- verdicts -------------------------------------------------------------------------
@@ -172,8 +186,13 @@ class MilterSession:
     async def _run(self, phase: str, where: str, **kwargs: object) -> Verdict | None:
         trace = Trace()
         features = resolve_features(self.config.features, self.session.credential)
-        verdict = await self.chain.run(phase, features=features if isinstance(features, dict) else None,
-                                       trace=trace, session=self.session, **kwargs)
+        verdict = await self.chain.run(
+            phase,
+            features=features if isinstance(features, dict) else None,
+            trace=trace,
+            session=self.session,
+            **kwargs,
+        )
         return self._apply_policy(verdict, trace, where)
 
     # -- envelope -------------------------------------------------------------------------
@@ -200,8 +219,13 @@ class MilterSession:
         """``on_auth`` for a credential: the refusal, or ``None``."""
         trace = Trace()
         features = resolve_features(self.config.features, cred)
-        verdict = await self.chain.run("on_auth", features=features if isinstance(features, dict) else None,
-                                       trace=trace, session=self.session, credential=cred)
+        verdict = await self.chain.run(
+            "on_auth",
+            features=features if isinstance(features, dict) else None,
+            trace=trace,
+            session=self.session,
+            credential=cred,
+        )
         verdict = self._apply_policy(verdict, trace, where)
         return verdict if isinstance(verdict, Reject | TempFail) else None
 
@@ -276,15 +300,28 @@ class MilterSession:
             raise P.ProtocolError("SMFIC_BODYEOB before SMFIC_MAIL")
         mta_id = self.macros.get("i") or txn.notes.get("mta_queue_id") or "-"
         if self.too_big:
-            log.info("milter mta_queue_id=%s refused: larger than %d bytes", mta_id, self.config.limits.max_message_size)
+            log.info(
+                "milter mta_queue_id=%s refused: larger than %d bytes",
+                mta_id,
+                self.config.limits.max_message_size,
+            )
             return [P.replycode(TOO_BIG)]
         delivery = Delivery(
-            new_queue_id(), mta_id, self.fields, b"".join(self.body), txn.mail_from, list(txn.rcpt_tos),
-            list(self.discarded), self.session, bool(self.protocol & P.P_HDR_LEADSPC), self.granted,
+            new_queue_id(),
+            mta_id,
+            self.fields,
+            b"".join(self.body),
+            txn.mail_from,
+            list(txn.rcpt_tos),
+            list(self.discarded),
+            self.session,
+            bool(self.protocol & P.P_HDR_LEADSPC),
+            self.granted,
         )
         try:
             return await self.end_of_message(delivery)
         except Exception as exc:  # e.g. the worker pool went away: never "continue" unsigned
-            log.exception("milter queue_id=%s mta_queue_id=%s end of message failed: %s", delivery.queue_id, mta_id,
-                          exc)
+            log.exception(
+                "milter queue_id=%s mta_queue_id=%s end of message failed: %s", delivery.queue_id, mta_id, exc
+            )
             return fallback(self.policy, delivery)

@@ -46,10 +46,20 @@ async def _run(service: MilterService, grace: float) -> None:
 
 
 @main.command()
-@click.option("--listen", "-l", multiple=True, callback=_endpoint, metavar="inet:HOST:PORT|unix:PATH",
-              help="Milter socket, Postfix syntax (repeatable; default: [milter] listen).")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Processes for end of message (default: [milter] workers; 0: in the event loop).")
+@click.option(
+    "--listen",
+    "-l",
+    multiple=True,
+    callback=_endpoint,
+    metavar="inet:HOST:PORT|unix:PATH",
+    help="Milter socket, Postfix syntax (repeatable; default: [milter] listen).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Processes for end of message (default: [milter] workers; 0: in the event loop).",
+)
 @config_option
 def milter(listen: tuple[str, ...], workers: int | None, config_path: str | None) -> None:
     """Run the plugin chain as a Sendmail/Postfix milter (smtpd_milters = inet:HOST:PORT)."""
@@ -60,8 +70,10 @@ def milter(listen: tuple[str, ...], workers: int | None, config_path: str | None
     if root.level != logging.DEBUG:
         root.setLevel(config.gateway.log_level.upper())
     if not listen and not config.milter.listen:
-        click.echo("smtpgate: milter: no socket: give --listen inet:HOST:PORT|unix:PATH or set [milter] listen",
-                   err=True)
+        click.echo(
+            "smtpgate: milter: no socket: give --listen inet:HOST:PORT|unix:PATH or set [milter] listen",
+            err=True,
+        )
         sys.exit(2)
     service = MilterService(config, Chain(PluginSet(config)), list(listen) or None)
     try:
