@@ -8,7 +8,8 @@ and one per ``--workers`` value with ``smtpd_milters`` pointing at its own ``smt
 N``: end of message in N processes, 0: in the milter's event loop). Rounds alternate between them
 so all see the same machine load; each round sends the shared corpus (../shared/corpus/eml, else samples/)
 round-robin with ``--clients`` concurrent SMTP connections and times from the first MAIL to the
-last copy at the sink (after one untimed warm-up pass of the corpus). Printed: min / median / max msg/s of each, and the milter's cost.
+last copy at the sink (after one untimed warm-up pass of the corpus). Printed: min / median / max
+msg/s of each, and each milter set-up's median as a share of plain Postfix's.
 Needs root (Postfix's daemons run as ``postfix``).
 """
 
