@@ -181,12 +181,11 @@ class MilterProcess:
     """``smtpgate milter --listen inet:127.0.0.1:0`` in a child process; ``port`` read from its log."""
 
     def __init__(self, config: Path, cwd: Path, *args: str) -> None:
-        code = "from pipeline.app.cli import main; main()"
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                "-c",
-                code,
+                "-m",
+                "pipeline.app.cli",
                 "milter",
                 "--listen",
                 "inet:127.0.0.1:0",

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pipeline.accounts.credentials import Authenticator, CredentialStore
+from pipeline.accounts.authenticator import Authenticator
+from pipeline.accounts.store import CredentialStore
 from pipeline.chain.runner import Chain
 from pipeline.config import Config, MilterEndpoint, parse_milter_listen
 from pipeline.contract.context import Credential
+from pipeline.contract.vocabulary import CredentialKind
 from pipeline.milter.message import FailPolicy, WorkerPool
 from pipeline.milter.server import MilterServer
 
@@ -38,7 +40,7 @@ class AccountDirectory:
             (r for r in records if r.name.lower() == wanted), None
         )
         if found is None:
-            return Credential(name=login, kind="sasl")
+            return Credential(name=login, kind=CredentialKind.PASSWORD)  # the MTA checked a login and password
         if found.disabled:
             log.warning(
                 "milter: login %s maps to disabled credential %s: treated as unauthenticated",
