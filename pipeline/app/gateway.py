@@ -27,6 +27,7 @@ from pipeline.events import EventEmitter, open_event_store
 from pipeline.events.inbound import InboundHandler
 from pipeline.events.sqlite import SqliteEventStore
 from pipeline.ingress import IngressService
+from pipeline.milter import milter_services
 from pipeline.ports import InboundHandler as InboundPort
 from pipeline.spool.sqlite import SqliteSpool
 from pipeline.tracking import TrackingService, tracking_services
@@ -149,6 +150,7 @@ class Gateway:
         self.services.append(self.ingress_service())  # SMTP listeners -> admission -> spool
         self.services.append(self.delivery_service(workers))  # spool -> workers -> egress, retries
         self.services += self.tracking_services()  # HTTP clicks/opens/unsubscribe/stats, webhook sender
+        self.services += milter_services(self.config, self.chain)  # [milter] listen: the chain as an MTA's milter
 
     # -- lifecycle
 

@@ -38,14 +38,35 @@ async def process_message(
     results = []
     for rcpt in rcpts:
         copy = ctx.for_recipient(rcpt)
-        v = await chain.run("on_personalize", ctx=copy, trace=trace)
-        if v is None or _is_accept(v):
-            v = await chain.run("on_sign", ctx=copy, trace=trace)
-        if v is not None and not _is_accept(v):
+        v = await personalize_and_sign(chain, copy, trace)
+        if v is not None:
             results.append(CopyResult(rcpt, copy.message.mail_from or "", None, v))
         else:
             results.append(CopyResult(rcpt, copy.message.mail_from or "", copy.message.as_bytes(), None))
     return results
+
+
+async def personalize_and_sign(chain: Chain, ctx: MessageContext, trace: Trace | None = None) -> Verdict | None:
+    """The per-copy phases on ``ctx`` as it is: the refusing verdict, or ``None`` when the copy is ready."""
+    v = await chain.run("on_personalize", ctx=ctx, trace=trace)
+    if v is None or _is_accept(v):
+        v = await chain.run("on_sign", ctx=ctx, trace=trace)
+    return v if v is not None and not _is_accept(v) else None
+
+
+async def process_as_one(chain: Chain, ctx: MessageContext, trace: Trace | None = None) -> Verdict | None:
+    """Transform, personalize and sign ``ctx.message`` itself, as one copy for all its recipients.
+
+    For a milter, where the MTA delivers one message to every recipient: personalisation runs in
+    its per-message form (``ctx.recipient`` is ``None``), unless there is exactly one recipient,
+    whose copy the message then is. Returns the refusing verdict, or ``None``.
+    """
+    v = await chain.run("on_transform", ctx=ctx, trace=trace)
+    if v is not None and not _is_accept(v):
+        return v
+    rcpts = ctx.message.rcpt_tos
+    ctx.recipient = rcpts[0] if len(rcpts) == 1 else None
+    return await personalize_and_sign(chain, ctx, trace)
 
 
 def _is_accept(v: Verdict) -> bool:
