@@ -6,7 +6,7 @@ Each plugin is timed by the chain itself (the per-hook time in the trace, so cha
 not charged to the plugin), one recipient per message, each message run ``--repeat`` times and
 the median taken. "whole chain" is the wall time of admission + processing for one message
 with every plugin on (parse, feature switches, control headers, serialisation included).
-dkim_sign is included when plugins/dkim_sign.py exists, with throwaway keys in a temp dir.
+dkim_sign is included when plugins/dkim_sign/ exists, with throwaway keys in a temp dir.
 css_inline runs with its result cache off (``cache_size = 0``): every run measures the engine,
 as for a template the worker has not seen (with the cache, runs 2..N would time a dict lookup).
 """
@@ -91,7 +91,7 @@ def main() -> None:
     files = sorted(CORPUS.glob("*.eml"))
     if not files:
         raise SystemExit(f"no .eml files in {CORPUS}")
-    have_dkim = (ROOT / "plugins" / "dkim_sign.py").exists()
+    have_dkim = (ROOT / "plugins" / "dkim_sign").is_dir()
     large = next((i for i, p in enumerate(files) if p.name == "size-large.eml"), None)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,7 +139,7 @@ def main() -> None:
         print(f"{len(files)} messages from {CORPUS} ({sum(p.stat().st_size for p in files) // 1024} KiB), "
               f"{args.repeat} runs each, median per message; 1 recipient")
         if not have_dkim:
-            print("plugins/dkim_sign.py not found: dkim_sign rows left out")
+            print("plugins/dkim_sign/ not found: dkim_sign rows left out")
         print(f"{'step':<50}{'mean ms':>9}{'median':>9}{'max':>9}{'size-large':>12}")
         results: dict[str, float] = {}
         for label, plugins, cfg, timed in rows:

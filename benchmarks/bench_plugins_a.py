@@ -61,10 +61,9 @@ def main() -> None:
     )
     key = SigningKey("example.com", "s1", rsa_key, pem, "e1", ed25519.Ed25519PrivateKey.generate())
 
-    from pipeline.config import Config
     from pipeline.contract.plugin import PluginEnv
 
-    env = PluginEnv(config=Config(), hostname="bench.example.net", data_dir=Path("."))
+    env = PluginEnv(hostname="bench.example.net", data_dir=Path("."))
     validator = HeaderValidation(HeaderValidation.Config(), env)
     tagger = CampaignTag(CampaignTag.Config(), env)
 

@@ -1,12 +1,14 @@
 """smtpgate: a self-hosted SMTP gateway.
 
-This module is the public API for plugin authors; built-in plugins use nothing else.
+This module is the public API for plugin authors (the contract); :mod:`pipeline.toolkit` adds the
+helpers (HTML, tokens, tracking base, VERP, stoplist reply). Built-in plugins use nothing else,
+and ``docs/plugins.md`` lists every name exported here.
 """
 
 from pipeline.contract.context import Credential, Event, MessageContext, Session, Transaction
 from pipeline.contract.hookspecs import hookimpl
-from pipeline.contract.message import Edit, Message, MessageError, Part
-from pipeline.contract.plugin import Plugin, PluginConfig, PluginEnv
+from pipeline.contract.message import Edit, Header, Message, MessageError, Part, SealedError
+from pipeline.contract.plugin import Plugin, PluginConfig, PluginEnv, SuppressionList
 from pipeline.contract.verdicts import Accept, Discard, Reject, TempFail, Verdict
 
 __version__ = "0.1.0"
@@ -17,6 +19,7 @@ __all__ = [
     "Discard",
     "Edit",
     "Event",
+    "Header",
     "Message",
     "MessageContext",
     "MessageError",
@@ -25,7 +28,9 @@ __all__ = [
     "PluginConfig",
     "PluginEnv",
     "Reject",
+    "SealedError",
     "Session",
+    "SuppressionList",
     "TempFail",
     "Transaction",
     "Verdict",

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.contract.context import FEATURES, Credential
+from pipeline.contract.context import Credential
 from pipeline.contract.vocabulary import CredentialKind
 
 
@@ -277,19 +277,6 @@ class MilterSection(Section):
         return v
 
 
-DEFAULT_FEATURES: dict[str, bool] = {
-    "inlinecss": True,
-    "trackclicks": True,
-    "trackopens": True,
-    "trackbounces": False,
-    "listunsubscribe": False,  # per credential: features = { listunsubscribe = true }
-    "dkim": True,
-    "campaign": True,
-    "validate": True,
-}
-"""Each switch's value when ``[features]`` does not name it."""
-
-
 class Config(Section):
     """The whole configuration; ``Config()`` is the embedded default."""
 
@@ -297,7 +284,9 @@ class Config(Section):
     listeners: list[ListenerSection] = Field(default_factory=_default_listeners)
     tls: TLSSection = Field(default_factory=TLSSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
-    features: dict[str, bool] = Field(default_factory=lambda: dict(DEFAULT_FEATURES))
+    # Overrides of the plugins' own switch defaults; which names exist is known once the chain is
+    # loaded (pipeline.chain.features.FeatureRegistry), where an unknown switch is a start-up error.
+    features: dict[str, bool] = Field(default_factory=dict)
     chain: ChainSection = Field(default_factory=ChainSection)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
     credentials: list[CredentialSection] = Field(default_factory=list)
@@ -314,12 +303,9 @@ class Config(Section):
 
     @field_validator("features")
     @classmethod
-    def _known_features(cls, v: dict[str, bool]) -> dict[str, bool]:
-        # A [features] table overrides the defaults key by key: naming one switch must not turn
-        # every other one off (validation and DKIM included).
-        defaults = {**dict.fromkeys(FEATURES, False), **DEFAULT_FEATURES}
-        defaults.update({k.lower(): val for k, val in v.items()})  # switch names are case-insensitive
-        return defaults
+    def _lower_features(cls, v: dict[str, bool]) -> dict[str, bool]:
+        # Key by key over the plugins' defaults: naming one switch leaves the others alone.
+        return {k.lower(): val for k, val in v.items()}  # switch names are case-insensitive
 
     @property
     def data_dir(self) -> Path:

@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pipeline.contract.context import Credential, Event, MessageContext
+
+# The two ports a plugin gets through its environment are defined with the plugin contract.
+from pipeline.contract.plugin import SuppressionList as SuppressionList
+from pipeline.contract.plugin import TokenSigner as TokenSigner
 from pipeline.contract.vocabulary import RecipientState
 
 InboundHandler = Callable[[str, list[str], bytes], Awaitable[None]]
@@ -144,24 +148,10 @@ class EventStore(Protocol):
     def close(self) -> None: ...
 
 
-class SuppressionList(Protocol):
-    """Read-only view of the stoplist (one indexed look-up per RCPT)."""
-
-    def contains(self, address: str, credential: str | None = None) -> bool: ...
-
-
 class WebhookWaker(Protocol):
     """The webhook sender, as the event recorder sees it: a new delivery is waiting."""
 
     def wake(self) -> None: ...
-
-
-class TokenSigner(Protocol):
-    """Signs and verifies the opaque tokens in tracked links, pixels and VERP addresses."""
-
-    def sign(self, payload: dict[str, Any]) -> str: ...
-
-    def verify(self, token: str) -> dict[str, Any] | None: ...
 
 
 class AuthResult(Protocol):

@@ -3,7 +3,7 @@
 
 The token is signed with the tracking keys (kind ``b``) and carries only the queue id and a
 hash of the recipient, so the local part fits RFC 5321's 64 characters
-(``pipeline.events.verp_local_part``): the recipient, campaign, letter id and credential are
+(``pipeline.toolkit.verp_local_part``): the recipient, campaign, letter id and credential are
 looked up from the report and the event store when the bounce arrives. The gateway accepts mail for the bounce domain and turns DSNs and
 ARF reports into ``bounced`` / ``complained`` events (``pipeline.events.inbound``).
 """
@@ -16,8 +16,7 @@ from typing import Any
 from pydantic import field_validator
 
 from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, TempFail, Verdict, hookimpl
-from pipeline.events import verp_local_part
-from pipeline.toolkit.tokens import TokenSigner, gateway_signer
+from pipeline.toolkit import verp_local_part
 
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$|^localhost$")
 
@@ -27,6 +26,8 @@ class BounceTracking(Plugin):
 
     name = "bounce_tracking"
     feature = "trackbounces"
+    feature_default = False
+    verp_sender = True  # bounces to our VERP address become events, not notices to the sender
     version = "1.0"
 
     class Config(PluginConfig):
@@ -41,13 +42,12 @@ class BounceTracking(Plugin):
 
     def __init__(self, config: Any, env: PluginEnv) -> None:
         super().__init__(config, env)
-        tracking = env.config.tracking
-        self.domain = tracking.bounce_domain
+        self.domain = env.bounce_domain
         if self.domain is not None and not _DOMAIN.match(self.domain):
             raise ValueError(f"tracking.bounce_domain {self.domain!r} is not a domain name")
-        if self.domain is None and env.config.features.get("trackbounces"):
+        if self.domain is None and env.features.get(self.feature):
             raise ValueError("features.trackbounces is on but tracking.bounce_domain is not set")
-        self.signer: TokenSigner = gateway_signer(env)
+        self.signer = env.signer
         verp_local_part(self.signer, config.prefix, "b", "Q" * 16, "probe@example.com")  # fits 64? else config error
 
     def address(self, ctx: MessageContext) -> str:

@@ -29,6 +29,8 @@ class CampaignTag(Plugin):
 
     name = "campaign_tag"
     feature = "campaign"
+    feature_default = True
+    feature_by_header = False  # policy: the config and the credential decide, never a message header
     version = "1.0"
 
     class Config(PluginConfig):

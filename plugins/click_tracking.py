@@ -22,8 +22,7 @@ import re
 from typing import Any
 
 from pipeline import MessageContext, Verdict, hookimpl
-from pipeline.toolkit.html import Link, find_links, is_placeholder, splice
-from pipeline.toolkit.tokens import TrackingPlugin, copy_payload
+from pipeline.toolkit import Link, TrackingPlugin, copy_payload, find_links, is_placeholder, splice
 
 _HTTP = ("http://", "https://")
 _VISIBLE_URL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|www\.)\S+$", re.IGNORECASE)
@@ -62,6 +61,7 @@ class ClickTracking(TrackingPlugin):
 
     name = "click_tracking"
     feature = "trackclicks"
+    feature_default = True
     version = "1.0"
 
     class Config(TrackingPlugin.Config):

@@ -28,7 +28,7 @@ from premailer import Premailer
 from pydantic import Field
 
 from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Verdict, hookimpl
-from pipeline.toolkit.html import HtmlDocument, fit_charset, has_stylesheet, protect
+from pipeline.toolkit import HtmlDocument, fit_charset, has_stylesheet, protect
 
 cssutils.log.setLevel(logging.CRITICAL)  # cssutils logs every unknown property (mso-*) as an error
 
@@ -137,6 +137,7 @@ class CssInline(Plugin):
 
     name = "css_inline"
     feature = "inlinecss"
+    feature_default = True
     version = "1.0"
 
     class Config(PluginConfig):

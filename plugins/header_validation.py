@@ -23,8 +23,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from pipeline import MessageContext, Plugin, PluginConfig, Reject, hookimpl
-from pipeline.contract.message import CRLF, Header
+from pipeline import Header, MessageContext, Plugin, PluginConfig, Reject, hookimpl
+
+CRLF = b"\r\n"
 
 DEFAULT_REQUIRED = ["Message-Id", "Date", "From", "To", "Subject", "MIME-Version", "Content-Type"]
 """Sendsay's list: the headers its DKIM signature covers."""
@@ -90,6 +91,8 @@ class HeaderValidation(Plugin):
 
     name = "header_validation"
     feature = "validate"
+    feature_default = True
+    feature_by_header = False  # policy: the config and the credential decide, never a message header
     version = "1.0"
 
     class Config(PluginConfig):

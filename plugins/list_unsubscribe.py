@@ -14,8 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline import MessageContext, PluginEnv, Verdict, hookimpl
-from pipeline.events import verp_local_part
-from pipeline.toolkit.tokens import TrackingPlugin, copy_payload
+from pipeline.toolkit import TrackingPlugin, copy_payload, verp_local_part
 
 
 class ListUnsubscribe(TrackingPlugin):
@@ -23,6 +22,8 @@ class ListUnsubscribe(TrackingPlugin):
 
     name = "list_unsubscribe"
     feature = "listunsubscribe"
+    feature_default = False
+    feature_by_header = False  # policy: the config and the credential decide, never a message header
     version = "1.1"
 
     class Config(TrackingPlugin.Config):
@@ -31,10 +32,9 @@ class ListUnsubscribe(TrackingPlugin):
 
     def __init__(self, config: Any, env: PluginEnv) -> None:
         super().__init__(config, env)
-        tracking = env.config.tracking
         if not self.base_url.lower().startswith("https://"):
             self.log.debug("List-Unsubscribe base URL is not https (%s); Gmail and Yahoo expect https", self.base_url)
-        self.domain = tracking.bounce_domain
+        self.domain = env.bounce_domain
         if config.mailto and not self.domain:
             raise ValueError("mailto = true needs [tracking] bounce_domain (the address that receives it)")
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 import html as _html
 
 from pipeline import MessageContext, Verdict, hookimpl
-from pipeline.toolkit.html import insert_before_body_end
-from pipeline.toolkit.tokens import TrackingPlugin, copy_payload
+from pipeline.toolkit import TrackingPlugin, copy_payload, insert_before_body_end
 
 PIXEL_STYLE = (
     "display:block;width:1px;height:1px;max-width:1px;max-height:1px;"
@@ -29,6 +28,7 @@ class OpenPixel(TrackingPlugin):
 
     name = "open_pixel"
     feature = "trackopens"
+    feature_default = True
     version = "1.0"
 
     Config = TrackingPlugin.Config

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline import Plugin, PluginConfig, PluginEnv, Reject, Session, Verdict, hookimpl
-from pipeline.events import STOPLIST_REPLY, open_suppression_list
+from pipeline.toolkit import STOPLIST_REPLY
 
 
 class Suppression(Plugin):
@@ -26,17 +26,11 @@ class Suppression(Plugin):
     def __init__(self, config: Any, env: PluginEnv) -> None:
         super().__init__(config, env)
         self.reply = Reject(STOPLIST_REPLY[0], STOPLIST_REPLY[1], config.text)
-        self._list: Any = None
-
-    def _stoplist(self) -> Any:
-        # A method, not a property: pluggy inspects every attribute at registration.
-        if self._list is None:  # opened on first RCPT: commands that never admit mail don't create it
-            self._list = open_suppression_list(self.env.data_dir)
-        return self._list
 
     @hookimpl
     def on_rcpt_to(self, session: Session, address: str) -> Verdict | None:
         credential = session.credential.name if session.credential else None
-        if address and self._stoplist().contains(address, credential):
+        # env.suppression is opened on first use: commands that never admit mail don't create it.
+        if address and self.env.suppression.contains(address, credential):
             return self.reply
         return None

@@ -171,7 +171,8 @@ async def test_helo_and_auth_verdicts_are_the_replies_and_hooks_see_peer_tls_and
 
 async def test_locked_credential_feature_ignores_the_control_header_over_smtp(data_dir, tls_cert):
     locked = {**KEY, "features": {"trackopens": False}, "locked": ["trackopens"]}
-    async with running_ingress(cfg(data_dir, tls_cert, credentials=[locked])) as (_, ingress):
+    config = cfg(data_dir, tls_cert, credentials=[locked], chain=["open_pixel"])  # the switch's plugin
+    async with running_ingress(config) as (_, ingress):
         d = await Dialogue.connect("127.0.0.1", ingress.port("plain"))
         assert (await d.reply()).code == 220
         assert (await d.cmd("EHLO client.test")).code == 250

@@ -20,10 +20,9 @@ from lxml import etree
 
 from pipeline import Message
 from pipeline.app.harness import ingress_test_config, running_ingress, spooled
-from pipeline.app.replay import replay_message
+from pipeline.app.replay import replay_chain, replay_message
 from pipeline.chain.driver import make_config, run_chain
-from pipeline.chain.loader import BUILTINS, PluginSet, resolve
-from pipeline.chain.runner import Chain
+from pipeline.chain.loader import BUILTINS, resolve
 from pipeline.config import load_config
 from pipeline.toolkit.html import count_conditional_comments
 from pipeline.toolkit.tokens import TokenSigner, load_signer
@@ -66,7 +65,7 @@ def test_default_chain_tracks_exactly_the_documented_links_of_each_sample(data_d
     its documented number of tracked links, each decoding to an href of the original part, and
     one open pixel per HTML part, all for the recipient of the copy."""
     config = load_config(None)
-    chain = Chain(PluginSet(config))
+    chain = replay_chain(config)
     base = config.tracking.base_url
     signer = load_signer(config.tracking.keys, config.tracking.key_id, config.data_dir)
     click = re.compile(re.escape(base) + r"/c/([A-Za-z0-9_.-]+)")
@@ -110,6 +109,7 @@ async def test_switches_over_smtp_credential_header_lock_and_an_invalid_value(da
             "locked": ["TrackOpens"],
         }],
         features={"trackclicks": False, "inlinecss": True},
+        chain=["header_validation", "css_inline", "click_tracking", "open_pixel", "bounce_tracking", "dkim_sign"],
     )
     raw = (SAMPLES / "01-plain-text.eml").read_bytes()
     headers = b"X-SMTPeter-TrackClicks: FALSE\r\nx-smtpeter-trackopens: true\r\nX-SMTPeter-InlineCSS: false\r\n"

@@ -7,14 +7,14 @@ import re
 import stat
 
 import dkim
+import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from pipeline.app.cli import main
-from pipeline.app.cli.dkim import split_txt, zone_record
 from pipeline.chain.driver import run_chain
-from plugins.dkim_sign import dns_txt_value
+from plugins.dkim_sign import dns_txt_value, split_txt, zone_record
 from tests.conftest import complete_message
 
 MESSAGE = complete_message(sender="a@example.com", to="b@example.org", subject="hi", content_type="text/plain", body="hello\r\n")
@@ -131,3 +131,20 @@ def test_keys_written_by_keygen_have_no_group_or_other_bits_even_with_a_lax_umas
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "new" / "example.com.s1.rsa.pem").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o700
+
+
+def test_generate_key_is_a_plain_function_reachable_without_importing_the_plugin(tmp_path):
+    """``smtpgate init`` (core) resolves the plugin by name and calls its keygen: no import arrow."""
+    from pipeline.chain.loader import resolve
+
+    dkim_sign, _ = resolve("dkim_sign")
+    path, record = dkim_sign.generate_key("Example.com", "s2", tmp_path, "ed25519")
+    assert path == tmp_path / "example.com.s2.ed25519.pem"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    key = serialization.load_pem_private_key(path.read_bytes(), None)
+    assert isinstance(key, ed25519.Ed25519PrivateKey)
+    assert record == zone_record("s2._domainkey.example.com", dns_txt_value(key))
+    with pytest.raises(FileExistsError):
+        dkim_sign.generate_key("example.com", "s2", tmp_path, "ed25519")
+    with pytest.raises(ValueError, match="not a domain name"):
+        dkim_sign.generate_key("localhost", "s2", tmp_path)

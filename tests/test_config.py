@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.app.cli import main
-from pipeline.chain.loader import PluginSet
+from pipeline.chain.loader import PluginSet, feature_registry
 from pipeline.config import Config, ConfigError, load_config
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
@@ -22,12 +22,18 @@ def write(tmp_path: Path, text: str, name: str = "smtpgate.toml") -> Path:
     return path
 
 
+def switches(cfg: Config) -> dict[str, bool]:
+    """Each switch's default for this config: the plugins' own, overridden by [features]."""
+    return feature_registry(cfg).defaults
+
+
 def test_no_file_needed_the_defaults_are_complete(monkeypatch):
     monkeypatch.delenv("SMTPGATE_CONFIG", raising=False)
     cfg = load_config(None)
     assert cfg.source == "<defaults>"
     assert cfg.chain.plugins[0] == "header_validation" and cfg.chain.plugins[-1] == "dkim_sign"
-    assert cfg.features["trackclicks"] is True and cfg.features["trackbounces"] is False
+    assert cfg.features == {}  # each plugin declares its switch's default; [features] only overrides
+    assert switches(cfg)["trackclicks"] is True and switches(cfg)["trackbounces"] is False
     assert cfg.limits.max_message_size == 25 * 1024 * 1024
     assert [li.port for li in cfg.listeners] == [2525, 4650]
     assert Config().chain.timeout == 10.0
@@ -110,8 +116,8 @@ def test_invalid_toml_missing_file_and_bad_encoding(tmp_path):
 def test_naming_one_feature_keeps_the_other_defaults(tmp_path):
     """Regression: ``[features] trackopens = false`` used to switch off validation and DKIM too."""
     cfg = load_config(write(tmp_path, "[features]\ntrackopens = false\n"))
-    assert cfg.features == {**Config().features, "trackopens": False}
-    assert cfg.features["validate"] is True and cfg.features["dkim"] is True
+    assert switches(cfg) == {**switches(Config()), "trackopens": False}
+    assert switches(cfg)["validate"] is True and switches(cfg)["dkim"] is True
 
 
 def test_secrets_come_from_environment_variables(tmp_path, monkeypatch):
@@ -160,7 +166,7 @@ def test_feature_switch_names_are_case_insensitive(tmp_path):
     )
     assert cfg.features["trackopens"] is False
     assert "TrackOpens" not in cfg.features
-    assert cfg.features["trackclicks"] is True  # the switches not named keep their defaults
+    assert switches(cfg)["trackclicks"] is True  # the switches not named keep their defaults
     assert cfg.credentials[0].features == {"inlinecss": False}
     assert cfg.credentials[0].locked == ["trackclicks"]
 
@@ -177,7 +183,7 @@ def test_check_config_prints_ok_and_a_summary(tmp_path, data_dir):
         [chain]
         plugins = ["header_validation", "css_inline"]
         [features]
-        trackopens = false
+        inlinecss = false
         [[credentials]]
         name = "shop"
         """,
@@ -186,7 +192,7 @@ def test_check_config_prints_ok_and_a_summary(tmp_path, data_dir):
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"OK: {path}\n")
     assert "chain (2): header_validation, css_inline" in result.output
-    assert "off: listunsubscribe, trackbounces, trackopens" in result.output
+    assert "features on: validate; off: inlinecss" in result.output
     assert "credentials: shop" in result.output
 
 
@@ -229,5 +235,5 @@ def test_the_example_in_docs_configuration_md_is_valid(tmp_path, monkeypatch):
     monkeypatch.setenv("TRACKING_KEY", "t" * 32)
     cfg = load_config(write(tmp_path, text))
     assert cfg.egress.password == "pw" and cfg.tracking.keys == {"k1": "t" * 32}
-    assert cfg.features["trackbounces"] is True and cfg.features["dkim"] is True
+    assert switches(cfg)["trackopens"] is False and switches(cfg)["dkim"] is True
     assert [p.name for p in PluginSet(cfg).plugins] == cfg.chain.plugins

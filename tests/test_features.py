@@ -3,15 +3,27 @@ invalid values are rejected; control headers never leave the gateway."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
+from click.testing import CliRunner
 from conftest import SAMPLES
 
 from pipeline import Credential, MessageContext, Plugin, Reject, hookimpl
-from pipeline.chain.driver import run_chain
+from pipeline.app.cli import main
+from pipeline.chain.driver import make_config, run_chain
 from pipeline.chain.features import resolve_features
+from pipeline.chain.loader import PluginSet
+from pipeline.config import ConfigError
 from pipeline.contract.message import Message
 
 DEFAULTS = {"inlinecss": True, "trackclicks": True, "trackopens": True, "trackbounces": False, "dkim": True}
+HEADER_SWITCHES = frozenset({"inlinecss", "trackclicks", "trackopens", "trackbounces"})  # the built-ins' choice
+
+
+def resolve(defaults, credential, message=None):
+    return resolve_features(defaults, credential, message, HEADER_SWITCHES)
 
 
 def msg(*headers: str) -> Message:
@@ -20,18 +32,18 @@ def msg(*headers: str) -> Message:
 
 
 def test_config_default_applies_when_nothing_overrides_it():
-    assert resolve_features(DEFAULTS, None, msg()) == DEFAULTS
+    assert resolve(DEFAULTS, None, msg()) == DEFAULTS
 
 
 def test_credential_feature_set_overrides_the_default():
     cred = Credential("shop", features={"trackopens": False, "trackbounces": True})
-    got = resolve_features(DEFAULTS, cred, msg())
+    got = resolve(DEFAULTS, cred, msg())
     assert got == {**DEFAULTS, "trackopens": False, "trackbounces": True}
 
 
 def test_header_overrides_the_credential():
     cred = Credential("shop", features={"trackopens": False})
-    got = resolve_features(DEFAULTS, cred, msg("X-SMTPeter-TrackOpens: true"))
+    got = resolve(DEFAULTS, cred, msg("X-SMTPeter-TrackOpens: true"))
     assert isinstance(got, dict) and got["trackopens"] is True
 
 
@@ -47,27 +59,27 @@ def test_header_overrides_the_credential():
     ],
 )
 def test_header_names_and_values_are_case_insensitive(header, feature, value):
-    got = resolve_features(DEFAULTS, None, msg(header))
+    got = resolve(DEFAULTS, None, msg(header))
     assert isinstance(got, dict) and got[feature] is value
 
 
 def test_a_locked_feature_ignores_the_header():
     cred = Credential("shop", features={"trackclicks": False}, locked=frozenset({"trackclicks"}))
     m = msg("X-SMTPeter-TrackClicks: true")
-    got = resolve_features(DEFAULTS, cred, m)
+    got = resolve(DEFAULTS, cred, m)
     assert isinstance(got, dict) and got["trackclicks"] is False
     assert "X-SMTPeter-TrackClicks" not in m  # still consumed
 
 
 def test_lock_also_holds_a_config_default_against_the_header():
     cred = Credential("compliance", locked=frozenset({"trackopens"}))
-    got = resolve_features({**DEFAULTS, "trackopens": False}, cred, msg("X-SMTPeter-TrackOpens: true"))
+    got = resolve({**DEFAULTS, "trackopens": False}, cred, msg("X-SMTPeter-TrackOpens: true"))
     assert isinstance(got, dict) and got["trackopens"] is False
 
 
 @pytest.mark.parametrize("value", ["maybe", "yes", "1", "on", "", "true false", "tru"])
 def test_an_invalid_value_is_rejected_naming_the_header(value):
-    got = resolve_features(DEFAULTS, None, msg(f"X-SMTPeter-TrackOpens: {value}"))
+    got = resolve(DEFAULTS, None, msg(f"X-SMTPeter-TrackOpens: {value}"))
     assert isinstance(got, Reject)
     assert got.reply() == "550 5.6.0 Invalid X-SMTPeter-TrackOpens header: expected true or false"
 
@@ -75,7 +87,7 @@ def test_an_invalid_value_is_rejected_naming_the_header(value):
 def test_an_invalid_value_is_rejected_even_for_a_locked_feature():
     """The sender's header is wrong either way; telling them beats silently ignoring it."""
     cred = Credential("shop", locked=frozenset({"trackopens"}))
-    assert isinstance(resolve_features(DEFAULTS, cred, msg("X-SMTPeter-TrackOpens: maybe")), Reject)
+    assert isinstance(resolve(DEFAULTS, cred, msg("X-SMTPeter-TrackOpens: maybe")), Reject)
 
 
 def test_control_headers_are_removed_including_unknown_ones():
@@ -85,7 +97,7 @@ def test_control_headers_are_removed_including_unknown_ones():
         "X-Other: kept",
         "x-smtpeter-inlinecss: true",
     )
-    resolve_features(DEFAULTS, None, m)
+    resolve(DEFAULTS, None, m)
     assert [h.name for h in m.headers] == ["From", "To", "X-Other"]
     assert all(e.plugin == "core" and e.action == "remove_header" for e in m.edits)
 
@@ -97,14 +109,14 @@ def test_policy_switches_cannot_be_set_by_a_header(header):
     """Only the four tracking switches are the sender's to choose; signing and validation are not."""
     features = {**DEFAULTS, "validate": True, "campaign": True}
     m = msg(header)
-    got = resolve_features(features, None, m)
+    got = resolve(features, None, m)
     assert got == features
     assert len(m.headers) == 2  # but the header is still stripped
 
 
 def test_without_a_message_only_defaults_and_credential_apply():
     cred = Credential("shop", features={"inlinecss": False})
-    assert resolve_features(DEFAULTS, cred) == {**DEFAULTS, "inlinecss": False}
+    assert resolve(DEFAULTS, cred) == {**DEFAULTS, "inlinecss": False}
 
 
 class FeatureRecorder(Plugin):
@@ -121,7 +133,8 @@ class FeatureRecorder(Plugin):
 def test_sample_11_end_to_end_switches_resolved_and_headers_gone():
     FeatureRecorder.seen.clear()
     raw = (SAMPLES / "11-smtpeter-control-headers.eml").read_bytes()
-    result = run_chain(raw, [FeatureRecorder])
+    switches = ["css_inline", "click_tracking", "open_pixel", "bounce_tracking"]
+    result = run_chain(raw, [*switches, FeatureRecorder])
     features, headers = FeatureRecorder.seen[0]
     assert (
         features["inlinecss"],
@@ -145,6 +158,7 @@ def test_a_plugin_behind_a_switch_runs_only_when_the_switch_is_on():
     class Tracker(Plugin):
         name = "tracker"
         feature = "trackclicks"
+        feature_default = True
 
         @hookimpl
         def on_personalize(self, ctx: MessageContext) -> None:
@@ -167,7 +181,106 @@ def test_invalid_switch_value_rejects_the_message_at_admission():
         .read_bytes()
         .replace(b"\r\n\r\n", b"\r\nX-SMTPeter-TrackOpens: maybe\r\n\r\n", 1)
     )
-    result = run_chain(raw, [])
+    result = run_chain(raw, ["open_pixel"])
     assert result.verdict is not None
     assert result.verdict.reply() == "550 5.6.0 Invalid X-SMTPeter-TrackOpens header: expected true or false"
     assert result.copies == []
+
+
+# ------------------------------------------------------------------------------------------------
+# The registry: every loaded plugin's switch, with its declared default
+# ------------------------------------------------------------------------------------------------
+
+GREETING = '''
+from pipeline import Plugin, hookimpl
+
+
+class Greeting(Plugin):
+    name = "greeting"
+    feature = "greeting"
+    feature_default = {default}
+
+    @hookimpl
+    def on_message(self, ctx):
+        ctx.message.add_header("X-Greeting", "hello")
+'''
+
+
+def greeting_file(tmp_path, default: str = "True"):
+    path = tmp_path / "greeting.py"
+    path.write_text(GREETING.format(default=default))
+    return path
+
+
+def greeted(raw: bytes, config: dict, credential: Credential | None = None) -> bool:
+    result = run_chain(raw, config=config, credential=credential)
+    assert result.copies, result.verdict
+    return b"X-Greeting: hello" in (result.copies[0].data or b"")
+
+
+def test_a_third_party_switch_is_on_by_its_default_and_obeys_features_credentials_and_headers(tmp_path):
+    raw = (SAMPLES / "01-plain-text.eml").read_bytes()
+    chain = {"chain": {"plugins": [str(greeting_file(tmp_path))]}}
+    assert greeted(raw, chain)  # its own default: not silently skipped
+    assert not greeted(raw, {**chain, "features": {"greeting": False}})
+    assert not greeted(raw, chain, Credential("shop", features={"greeting": False}))
+    off = raw.replace(b"\r\n\r\n", b"\r\nX-SMTPeter-Greeting: false\r\n\r\n", 1)
+    assert not greeted(off, chain)
+    locked = Credential("shop", locked=frozenset({"greeting"}))
+    assert greeted(off, chain, locked)
+
+
+def test_a_switch_without_a_default_is_a_start_up_error_naming_the_plugin(tmp_path):
+    path = greeting_file(tmp_path, default="None")
+    with pytest.raises(ConfigError, match=r"<test>: chain.plugins: plugin greeting: feature 'greeting' has no default"):
+        PluginSet(make_config(plugins=[str(path)]))
+
+
+def test_plugins_sharing_a_switch_must_agree_on_its_default(tmp_path):
+    path = greeting_file(tmp_path, default="False")
+    with pytest.raises(ConfigError, match="declare feature 'greeting' differently"):
+        PluginSet(make_config(plugins=[str(path)]), [type("Other", (Plugin,), {
+            "name": "other", "feature": "greeting", "feature_default": True,
+            "on_message": hookimpl(lambda self, ctx: None)})])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"features": {"trackopens": False}}, "features.trackopens"),
+        ({"credentials": [{"name": "shop", "features": {"greting": True}}]}, "credentials[0].features.greting"),
+        ({"credentials": [{"name": "shop", "locked": ["trackclicks"]}]}, "credentials[0].locked.trackclicks"),
+    ],
+)
+def test_a_switch_no_loaded_plugin_declares_is_a_start_up_error_naming_the_key(tmp_path, overrides, key):
+    cfg = make_config(overrides, plugins=[str(greeting_file(tmp_path))])
+    with pytest.raises(ConfigError, match=rf"<test>: {re.escape(key)}: no loaded plugin has this switch \(switches: greeting\)"):
+        PluginSet(cfg)
+
+
+def test_credentials_cli_accepts_a_loaded_plugins_switch_and_refuses_others(tmp_path, data_dir):
+    cfg = tmp_path / "smtpgate.toml"
+    cfg.write_text(f'[chain]\nplugins = ["{greeting_file(tmp_path)}"]\n')
+    runner = CliRunner()
+    added = runner.invoke(main, ["credentials", "add", "shop", "--config", str(cfg), "--feature", "greeting=off",
+                                 "--lock", "Greeting"])
+    assert added.exit_code == 0, added.output
+    listed = runner.invoke(main, ["credentials", "list", "--config", str(cfg), "--json"])
+    shop = next(c for c in json.loads(listed.output) if c["name"] == "shop")
+    assert shop["features"] == {"greeting": False} and shop["locked"] == ["greeting"]
+    refused = runner.invoke(main, ["credentials", "add", "blog", "--config", str(cfg), "--feature", "trackopens=on"])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert "--feature 'trackopens=on': unknown feature: trackopens: no loaded plugin has this switch" in refused.output
+
+
+def test_plugins_command_lists_every_switch_with_its_default(tmp_path):
+    cfg = tmp_path / "smtpgate.toml"
+    cfg.write_text(f'[chain]\nplugins = ["{greeting_file(tmp_path)}", "dkim_sign", "list_unsubscribe"]\n'
+                   "[features]\ndkim = false\n")
+    result = CliRunner().invoke(main, ["plugins", "--config", str(cfg)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert re.search(r"^  greeting +on +header +greeting$", result.output, re.M), result.output
+    assert re.search(r"^  dkim +off +policy +dkim_sign \(plugin default on\)$", result.output, re.M)
+    assert re.search(r"^  listunsubscribe +off +policy +list_unsubscribe$", result.output, re.M)
+    assert any(line.startswith("switches (default") for line in lines)

@@ -33,14 +33,7 @@ PLUGIN_IMPORTS = ("pipeline", "pipeline.toolkit")
 
 # Arrows that exist today and are being removed. The test fails when one disappears and is
 # still listed here, so the list only shrinks.
-KNOWN: set[tuple[str, str]] = {
-    ("pipeline.app.cli.dkim", "plugins.dkim_sign"),
-    ("pipeline.contract.plugin", "pipeline.config"),
-    ("plugins.bounce_tracking", "pipeline.events"),
-    ("plugins.header_validation", "pipeline.contract.message"),
-    ("plugins.list_unsubscribe", "pipeline.events"),
-    ("plugins.suppression", "pipeline.events"),
-}
+KNOWN: set[tuple[str, str]] = set()
 KNOWN_CYCLES: list[list[str]] = []
 
 

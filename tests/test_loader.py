@@ -336,3 +336,43 @@ def test_plugins_command_reports_a_load_error_in_one_line(tmp_path):
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert "unknown plugin 'nope'" in result.output
+
+
+# ------------------------------------------------------------------------------------------------
+# What a plugin is given: its own config and a typed environment, never the gateway's Config
+# ------------------------------------------------------------------------------------------------
+
+
+def test_a_plugin_gets_the_facts_it_needs_through_its_environment(tmp_path):
+    seen: dict[str, object] = {}
+
+    class Curious(Plugin):
+        name = "curious"
+        feature = "curious"
+        feature_default = False
+
+        def __init__(self, config, env):
+            super().__init__(config, env)
+            seen.update(hostname=env.hostname, data_dir=env.data_dir, features=dict(env.features),
+                        base=env.tracking_base_url, bounce=env.bounce_domain, has_config=hasattr(env, "config"))
+
+        @hookimpl
+        def on_message(self, ctx: MessageContext) -> None:
+            return None
+
+    cfg = make_config({
+        "gateway": {"hostname": "gw.example", "data_dir": str(tmp_path)},
+        "tracking": {"base_url": "https://t.example", "bounce_domain": "b.example"},
+        "features": {"curious": True},
+    }, plugins=["campaign_tag"])
+    PluginSet(cfg, [Curious])
+    assert seen == {"hostname": "gw.example", "data_dir": tmp_path, "features": {"campaign": True, "curious": True},
+                    "base": "https://t.example", "bounce": "b.example", "has_config": False}
+
+
+def test_the_tracking_key_is_made_only_when_a_plugin_signs(tmp_path):
+    """``env.signer`` is opened on first use: a chain without tracking plugins writes no key file."""
+    PluginSet(make_config({"gateway": {"data_dir": str(tmp_path)}}, plugins=["header_validation"]))
+    assert not (tmp_path / "tracking.key").exists()
+    PluginSet(make_config({"gateway": {"data_dir": str(tmp_path)}}, plugins=["open_pixel"]))
+    assert (tmp_path / "tracking.key").is_file()

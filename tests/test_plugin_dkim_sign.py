@@ -439,7 +439,7 @@ async def _deliver(data_dir: Path, keys: Keys, egress: dict[str, Any], raw: byte
     svc = gw.delivery_service(workers=0)
     await svc.start()
     try:
-        verdict, ctx = await admit_message(gw.chain, gw.config, raw, "billing@example.com", rcpts)
+        verdict, ctx = await admit_message(gw.chain, raw, "billing@example.com", rcpts)
         assert verdict is None and ctx is not None
         await gw.spool.enqueue(ctx, ctx.message.as_bytes(), rcpts)
         await EventRecorder.until(lambda: len(EventRecorder.of("delivered")) == len(rcpts))

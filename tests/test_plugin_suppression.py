@@ -13,6 +13,7 @@ from pipeline.app.harness import Dialogue
 from pipeline.chain.driver import make_chain
 from pipeline.contract.context import Credential, Session, Transaction
 from pipeline.contract.verdicts import Reject, TempFail
+from pipeline.events import open_suppression_list
 
 STOPLIST = "550 5.0.0 Email is in the account stoplist"
 
@@ -86,7 +87,7 @@ async def test_plugin_rejects_only_suppressed_addresses(tmp_path):
     config = tracking_config(tmp_path / "data", plugins=["suppression"])
     gw = Gateway(config)
     gw.events.suppress("x@example.net", "shop")
-    chain = make_chain(config)
+    chain = gw.chain  # the composition root hands the plugin the stoplist port (env.suppression)
     verdict = await run_rcpt(chain, "X@example.net")
     assert isinstance(verdict, Reject) and verdict.reply() == STOPLIST
     assert await run_rcpt(chain, "y@example.net") is None
@@ -99,9 +100,18 @@ async def test_unreadable_stoplist_fails_closed_with_tempfail(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     (data / "events.db").write_bytes(b"this is not a sqlite database" * 100)
-    chain = make_chain(tracking_config(data, plugins=["suppression"]))
+    chain = make_chain(tracking_config(data, plugins=["suppression"]),
+                       open_suppression=lambda: open_suppression_list(data))
     verdict = await run_rcpt(chain, "x@example.net")
     assert isinstance(verdict, TempFail) and verdict.code == 451
+
+
+async def test_a_chain_given_no_stoplist_fails_closed(tmp_path, caplog):
+    """A chain built without the suppression port must not accept blindly."""
+    chain = make_chain(tracking_config(tmp_path / "data", plugins=["suppression"]), open_suppression=None)
+    verdict = await run_rcpt(chain, "x@example.net")
+    assert isinstance(verdict, TempFail) and verdict.code == 451
+    assert "no suppression list in this environment" in caplog.text
 
 
 def test_reply_text_is_configurable_but_code_stays(tmp_path):

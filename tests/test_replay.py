@@ -84,6 +84,7 @@ class Shout(Plugin):
 class PerRcpt(Plugin):
     name = "per_rcpt"
     feature = "trackclicks"
+    feature_default = True
 
     @hookimpl
     def on_personalize(self, ctx):
@@ -534,7 +535,8 @@ def test_session_phases_see_the_config_and_credential_switches(data_dir):
 
     class BounceGate(Plugin):
         name = "bounce_gate"
-        feature = "trackbounces"  # off by default
+        feature = "trackbounces"
+        feature_default = False
 
         @hookimpl
         def on_rcpt_to(self, address: str) -> Reject:

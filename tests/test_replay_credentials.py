@@ -35,7 +35,7 @@ def env(tmp_path: Path, data_dir: Path) -> Path:
     (tmp_path / "show.py").write_text(PLUGIN)
     (tmp_path / "smtpgate.toml").write_text(textwrap.dedent(f"""
         [chain]
-        plugins = ["{tmp_path / 'show.py'}:ShowCredential"]
+        plugins = ["click_tracking", "{tmp_path / 'show.py'}:ShowCredential"]  # click_tracking: the switch
         [[credentials]]
         name = "both"
         features = {{ trackclicks = true }}

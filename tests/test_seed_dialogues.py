@@ -53,7 +53,7 @@ def recorder():
 
 def seed_config(data_dir, tls_cert, credentials=CREDENTIALS, **sections):
     return ingress_test_config(
-        data_dir, tls_cert, chain=["header_validation"], credentials=credentials,
+        data_dir, tls_cert, chain=["header_validation", "open_pixel"], credentials=credentials,
         **{"plugins": ADD_MISSING, **sections},
     )
 
@@ -104,7 +104,7 @@ async def test_perfit_telnet_session_with_apikey_login(data_dir, tls_cert, recor
 
 
 async def test_perfit_message_gets_strict_header_reply_by_default(data_dir, tls_cert):
-    cfg = ingress_test_config(data_dir, tls_cert, chain=["header_validation"], credentials=CREDENTIALS)
+    cfg = ingress_test_config(data_dir, tls_cert, chain=["header_validation", "open_pixel"], credentials=CREDENTIALS)
     async with running_ingress(cfg) as (_, ingress):
         d = await Dialogue.connect("127.0.0.1", ingress.port("plain"))
         await expect(d, None, 220)

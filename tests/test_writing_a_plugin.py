@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 from conftest import ROOT, SAMPLES
 
 from pipeline.app.cli import main
+from pipeline.chain.loader import BUILTINS, resolve
 from pipeline.contract import hookspecs
 from pipeline.contract.message import Message
 
@@ -105,3 +107,49 @@ def test_the_docs_list_every_builtin_plugin():
 
     for name in BUILTINS:
         assert f"| `{name}` |" in DOC, f"built-in {name} is missing from the table in docs/plugins.md"
+
+
+@pytest.mark.parametrize("module", ["pipeline", "pipeline.toolkit"])
+def test_the_public_api_section_names_every_exported_name_exactly(module: str):
+    """``docs/plugins.md`` lists what ``pipeline`` and ``pipeline.toolkit`` export, no more, no less."""
+    import importlib
+
+    api = section("The public API")
+    table = re.search(rf"^`{re.escape(module)}` \(.*?\n\n(.*?)\n\n", api, re.M | re.S)
+    assert table, f"no table for {module}"
+    documented = set()
+    for row in table.group(1).splitlines()[2:]:
+        documented |= set(re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", row.split("|")[1]))
+    assert documented == set(importlib.import_module(module).__all__)
+
+
+def test_every_public_name_is_importable_and_the_deprecated_aliases_still_work():
+    import importlib
+
+    import pipeline
+    import pipeline.toolkit
+
+    for module in (pipeline, pipeline.toolkit):
+        assert all(hasattr(module, name) for name in module.__all__)
+    for old, new in (("html", "toolkit.html"), ("tokens", "toolkit.tokens"), ("testing", "chain.driver")):
+        sys.modules.pop(f"pipeline.{old}", None)  # imported earlier in the session: import it afresh
+        with pytest.warns(DeprecationWarning, match=f"pipeline.{old} is deprecated"):
+            assert importlib.import_module(f"pipeline.{old}") is importlib.import_module(f"pipeline.{new}")
+
+
+@pytest.mark.parametrize("name", sorted(BUILTINS))
+def test_every_builtin_page_has_a_true_at_a_glance_section(name: str):
+    """Every docs/plugins/NAME.md has the same ``## At a glance`` table, and it says what the code does."""
+    cls, _ = resolve(name)
+    page = (ROOT / "docs" / "plugins" / f"{name}.md").read_text()
+    glance = section("At a glance", page)
+    rows = dict(re.findall(r"^\| (\w+) \| (.*) \|$", glance, re.M))
+    hooks = [h for h in hookspecs.ALL_PHASES if hasattr(getattr(cls, h, None), "smtpgate_impl")]
+    assert rows["hooks"] == ", ".join(f"`{h}`" for h in hooks)
+    if cls.feature:
+        who = "a message header may set it" if cls.feature_by_header is not False else "policy: no header may set it"
+        assert rows["switch"] == f"`{cls.feature}`, {'on' if cls.feature_default else 'off'} by default, {who}"
+    else:
+        assert rows["switch"] == "none (always on)"
+    assert rows["config"] == f"`[plugins.{name}]`: " + ", ".join(f"`{k}`" for k in cls.Config.model_fields)
+    assert rows["tests"] == f"`tests/test_plugin_{name}.py`" and (ROOT / "tests" / f"test_plugin_{name}.py").is_file()

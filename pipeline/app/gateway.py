@@ -23,7 +23,7 @@ from pipeline.contract.vocabulary import PluginSource
 from pipeline.delivery.notices import BounceNotices, notice_features
 from pipeline.delivery.scheduler import DeliveryService
 from pipeline.egress.resolver import Resolver
-from pipeline.events import EventEmitter, open_event_store
+from pipeline.events import EventEmitter, open_event_store, open_suppression_list
 from pipeline.events.inbound import InboundHandler
 from pipeline.events.sqlite import SqliteEventStore
 from pipeline.ingress import IngressService
@@ -54,7 +54,9 @@ class Gateway:
 
     def __init__(self, config: Config, extra_plugins: list[Any] | None = None) -> None:
         self.config = config
-        self.plugins = PluginSet(config, extra_plugins)
+        self.plugins = PluginSet(
+            config, extra_plugins, open_suppression=lambda: open_suppression_list(config.data_dir)
+        )
         self.chain = Chain(self.plugins)
         self.services: list[Service] = []
         # Process-wide counters for /metrics; keys are "name:label" with bounded label values.

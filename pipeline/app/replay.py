@@ -3,33 +3,29 @@ runs, in process, with the egress replaced by an output.
 
 A replay plays a well-behaved submission client: it connects from 127.0.0.1, says EHLO, is
 already on TLS, authenticates as ``--credential`` when given, then MAIL FROM, one RCPT TO per
-recipient and DATA. Every admission phase runs (``on_connect`` ... ``on_message``, through
-:func:`pipeline.chain.admission.admit_message`), then :func:`pipeline.chain.processing.process_message`
-produces one final copy per recipient. So what a replay shows is what the server would send.
+recipient and DATA. It is :func:`pipeline.chain.driver.drive`, the code plugin authors' ``run_chain``
+runs too: every admission phase (``on_connect`` ... ``on_message``), then one final copy per
+recipient from the processing phases. So what a replay shows is what the server would send.
 """
 
 from __future__ import annotations
 
 import difflib
-import itertools
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from pipeline.accounts.store import CredentialStore
-from pipeline.chain.admission import admit_message
-from pipeline.chain.driver import envelope_from_headers
-from pipeline.chain.features import resolve_features
-from pipeline.chain.processing import CopyResult, process_message
-from pipeline.chain.runner import Chain, Trace
+from pipeline.chain.driver import ChainResult, drive, envelope_from_headers, submission_session
+from pipeline.chain.loader import PluginSet
+from pipeline.chain.runner import Chain
 from pipeline.config import Config, ConfigError
-from pipeline.contract.context import Credential, MessageContext, Session, Transaction
+from pipeline.contract.context import Credential
 from pipeline.contract.message import Message, MessageError
-from pipeline.contract.verdicts import Accept, Discard, Reject, TempFail, Verdict
+from pipeline.events import open_suppression_list
 
-_session_ids = itertools.count(1)
 _FIELD_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII except ':'
 
 
@@ -44,38 +40,16 @@ class ReplayError(Exception):
 
 
 @dataclass
-class ReplayResult:
-    """What one input became."""
+class ReplayResult(ChainResult):
+    """What one input became: the driver's result, with the input's name and bytes."""
 
-    name: str
-    original: bytes
-    mail_from: str
-    rcpt_tos: list[str]
-    verdict: Verdict | None = None  # the verdict that stopped the whole message (None: accepted)
-    stopped_by: str = ""  # "plugin (phase)" that gave ``verdict``
-    refused: list[tuple[str, Verdict]] = field(default_factory=list)  # recipients refused at RCPT
-    copies: list[CopyResult] = field(default_factory=list)
-    trace: Trace = field(default_factory=Trace)
-    ctx: MessageContext | None = None
+    name: str = "<message>"
+    original: bytes = b""
 
-    @property
-    def rejected(self) -> bool:
-        """The client would have been told no (4xx or 5xx) for the whole message."""
-        return isinstance(self.verdict, Reject | TempFail)
 
-    @property
-    def discarded(self) -> bool:
-        return isinstance(self.verdict, Discard)
-
-    @property
-    def undelivered(self) -> list[CopyResult]:
-        """Copies a processing phase stopped with Reject or TempFail (a bounce or a retry)."""
-        return [c for c in self.copies if isinstance(c.verdict, Reject | TempFail)]
-
-    @property
-    def ok(self) -> bool:
-        """Accepted, and every recipient's copy is ready to deliver (or deliberately discarded)."""
-        return not self.rejected and not self.refused and not self.undelivered
+def replay_chain(config: Config) -> Chain:
+    """The chain a replay runs: the configured plugins, with the gateway's real stoplist."""
+    return Chain(PluginSet(config, open_suppression=lambda: open_suppression_list(config.data_dir)))
 
 
 def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
@@ -147,18 +121,6 @@ def credential_from_config(config: Config, name: str) -> Credential:
     )
 
 
-def _stopper(trace: Trace, start: int) -> str:
-    """``plugin (phase)`` of the last trace entry since ``start`` that gave a verdict."""
-    for entry in reversed(trace.entries[start:]):
-        if entry.verdict != "continue" and not entry.verdict.startswith("skipped"):
-            return f"{entry.plugin} ({entry.phase})"
-    return "core"
-
-
-def _stops(v: Verdict | None) -> bool:
-    return v is not None and not isinstance(v, Accept)
-
-
 async def replay_message(
     chain: Chain,
     raw: bytes,
@@ -168,8 +130,7 @@ async def replay_message(
     rcpt_tos: Sequence[str] = (),
     credential: Credential | None = None,
 ) -> ReplayResult:
-    """Admission (every phase, as an SMTP session would run them) then processing, in process."""
-    config = chain.plugins.config
+    """Every phase, as an SMTP session then the workers would run them (:func:`drive`), in process."""
     sender, rcpts = (mail_from or "", list(rcpt_tos))
     if mail_from is None or not rcpts:
         head_from, head_rcpts = envelope_from_headers(raw)
@@ -177,65 +138,9 @@ async def replay_message(
         rcpts = rcpts or head_rcpts
     if not rcpts:
         raise ReplayError(f"{name}: no recipient: the message has no To or Cc address; give --rcpt")
-    trace = Trace()
-    result = ReplayResult(name, raw, sender, rcpts, trace=trace)  # (render_diff parses it when asked)
-
-    session = Session(
-        peer=("127.0.0.1", 0),
-        listener="replay",
-        helo="localhost",
-        tls=True,
-        credential=credential,
-        session_id=f"replay-{next(_session_ids)}",  # (a random id costs a getrandom call per message)
-    )
-    steps: list[tuple[str, dict[str, object]]] = [
-        ("on_connect", {"session": session}),
-        ("on_helo", {"session": session, "hostname": "localhost"}),
-    ]
-    if credential is not None:
-        steps.append(("on_auth", {"session": session, "credential": credential}))
-    txn = Transaction(mail_from=sender)
-    steps.append(("on_mail_from", {"session": session, "transaction": txn, "address": sender}))
-    # Before DATA there is no message yet: switches come from the config and the credential,
-    # as in the SMTP session.
-    session_features = resolve_features(config.features, credential)
-    assert isinstance(session_features, dict)  # without a message there is no header to refuse
-    for phase, kwargs in steps:
-        start = len(trace.entries)
-        verdict = await chain.run(phase, features=session_features, trace=trace, **kwargs)
-        if _stops(verdict):
-            result.verdict, result.stopped_by = verdict, _stopper(trace, start)
-            return result
-
-    for rcpt in rcpts:
-        verdict = await chain.run(
-            "on_rcpt_to",
-            features=session_features,
-            trace=trace,
-            session=session,
-            transaction=txn,
-            address=rcpt,
-        )
-        if isinstance(verdict, Reject | TempFail):
-            result.refused.append((rcpt, verdict))
-        elif not isinstance(verdict, Discard):
-            txn.rcpt_tos.append(rcpt)
-    if not txn.rcpt_tos:
-        result.verdict = result.refused[0][1] if result.refused else Discard("every recipient discarded")
-        result.stopped_by = "on_rcpt_to"
-        return result
-
-    start = len(trace.entries)
-    verdict, ctx = await admit_message(
-        chain, config, raw, sender, list(txn.rcpt_tos), session=session, credential=credential, trace=trace
-    )
-    result.ctx = ctx
-    if _stops(verdict):
-        result.verdict, result.stopped_by = verdict, _stopper(trace, start)
-        return result
-    assert ctx is not None  # admit_message returns a context whenever it does not reject
-    result.copies = await process_message(chain, ctx, trace)
-    return result
+    session = submission_session(credential, listener="replay")
+    driven = await drive(chain, raw, sender, rcpts, credential=credential, session=session)
+    return ReplayResult(**vars(driven), name=name, original=raw)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from pipeline.chain.runner import Chain
 from pipeline.config import Config
 from pipeline.contract.context import Credential, Event, MessageContext, Session
 from pipeline.contract.message import current_actor
-from pipeline.contract.verdicts import Discard, Reject, TempFail, Verdict
+from pipeline.contract.verdicts import Verdict, drops, refuses
 from pipeline.ports import EventSink, InboundHandler, Metrics, SpoolWriter
 
 log = logging.getLogger("smtpgate.ingress.accept")
@@ -131,12 +131,12 @@ class AcceptStep:
         if inbound:
             return self._count(await self._to_inbound(raw, mail_from, rcpt_tos))
         verdict, ctx = await admit_message(
-            self.chain, self.config, raw, mail_from, list(rcpt_tos),
+            self.chain, raw, mail_from, list(rcpt_tos),
             session=session, credential=credential, queue_id=queue_id,
         )
-        if isinstance(verdict, Reject | TempFail) or ctx is None:
+        if refuses(verdict) or ctx is None:
             return self._count(Outcome("refused", verdict=verdict, ctx=ctx))
-        if isinstance(verdict, Discard):
+        if drops(verdict):
             log.info("queue_id=%s session=%s discarded by the chain: %s", ctx.queue_id, _session_id(ctx),
                      verdict.reason)
             for rcpt in ctx.message.rcpt_tos:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pipeline.chain.features import resolve_features
 from pipeline.chain.runner import Chain, Trace
-from pipeline.config import Config
 from pipeline.contract.context import Credential, MessageContext, Session, new_queue_id
 from pipeline.contract.message import Message, MessageError
 from pipeline.contract.verdicts import Reject, Verdict
@@ -19,7 +17,6 @@ from pipeline.contract.verdicts import Reject, Verdict
 
 async def admit_message(
     chain: Chain,
-    config: Config,
     raw: bytes,
     mail_from: str,
     rcpt_tos: Sequence[str],
@@ -36,7 +33,7 @@ async def admit_message(
         return Reject(550, "5.6.0", f"Message is not RFC 5322: {exc}"), None
     if credential is None and session is not None:
         credential = session.credential
-    features = resolve_features(config.features, credential, message)
+    features = chain.features.resolve(credential, message)
     ctx = MessageContext(
         message=message,
         queue_id=queue_id or new_queue_id(),

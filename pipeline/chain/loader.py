@@ -7,7 +7,8 @@ entry point in the group ``smtpgate.plugins``, ``package.module:Class``, or a fi
 
 Start-up fails (``ConfigError``) on: an unknown plugin, two plugins with one name, a hook name
 that matches no spec (pluggy's ``check_pending``), a config key the plugin does not declare,
-and a plugin placed after a signer in the sign phase.
+a feature switch without a default, a switch name in ``[features]`` or a credential that no
+loaded plugin declares, and a plugin placed after a signer in the sign phase.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import importlib.metadata
 import importlib.util
 import inspect
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,12 @@ from typing import Any
 import pluggy
 from pydantic import ValidationError
 
+from pipeline.chain.features import FeatureError, FeatureRegistry
 from pipeline.config import Config, ConfigError, format_validation_error
 from pipeline.contract import hookspecs
-from pipeline.contract.plugin import PluginConfig, PluginEnv
+from pipeline.contract.plugin import PluginConfig, PluginEnv, SuppressionList
 from pipeline.contract.vocabulary import PluginSource
+from pipeline.toolkit.tokens import load_signer
 
 ENTRY_POINT_GROUP = "smtpgate.plugins"
 
@@ -55,6 +59,8 @@ class LoadedPlugin:
     feature: str | None
     hooks: list[str] = field(default_factory=list)
     seals_message: bool = False
+    feature_default: bool | None = None
+    verp_sender: bool = False
 
     @property
     def origin(self) -> PluginSource:
@@ -146,20 +152,79 @@ def resolve(name: str) -> tuple[Any, str]:
     raise ConfigError(f"chain.plugins: unknown plugin {name!r} (known: {', '.join(known)})")
 
 
-class PluginSet:
-    """The configured plugins of one gateway instance, in run order, registered with pluggy."""
+def feature_registry(config: Config, classes: list[tuple[str, Any]] | None = None) -> FeatureRegistry:
+    """The switches of the chain's plugins (``classes``: ``(name, class)`` pairs, default: resolved
+    from ``[chain] plugins`` without starting them), with ``[features]`` applied. Every switch name
+    the config uses (``[features]``, a credential's ``features`` and ``locked``) must be one of
+    them: :class:`ConfigError` naming the key otherwise."""
+    source = config.source
+    if classes is None:
+        classes = [(str(getattr(obj, "name", "") or name), obj) for name, (obj, _) in
+                   ((n, resolve(n)) for n in config.chain.plugins)]
+    try:
+        registry = FeatureRegistry.from_plugins(classes)
+    except FeatureError as exc:
+        raise ConfigError(f"{source}: chain.plugins: {exc}") from None
+    uses = [("features", name) for name in config.features]
+    for i, cred in enumerate(config.credentials):
+        uses += [(f"credentials[{i}].features", n) for n in cred.features]
+        uses += [(f"credentials[{i}].locked", n) for n in cred.locked]
+    for key, name in uses:
+        try:
+            registry.check(name)
+        except FeatureError as exc:
+            raise ConfigError(f"{source}: {key}.{exc}") from None
+    return FeatureRegistry(registry.switches.values(), config.features)
 
-    def __init__(self, config: Config, extra: list[Any] | None = None) -> None:
+
+def plugin_env(
+    config: Config,
+    features: FeatureRegistry | None = None,
+    open_suppression: Callable[[], SuppressionList] | None = None,
+) -> PluginEnv:
+    """The facts and ports a plugin of this gateway gets (never the whole :class:`Config`)."""
+    tracking = config.tracking
+    data_dir = config.gateway.data_dir
+    env = PluginEnv(
+        hostname=config.gateway.hostname,
+        data_dir=data_dir,
+        features=dict(features.defaults) if features is not None else {},
+        tracking_base_url=tracking.base_url,
+        bounce_domain=tracking.bounce_domain,
+        open_signer=lambda: load_signer(tracking.keys, tracking.key_id, data_dir),
+    )
+    if open_suppression is not None:
+        env.open_suppression = open_suppression
+    return env
+
+
+class PluginSet:
+    """The configured plugins of one gateway instance, in run order, registered with pluggy.
+
+    ``features`` is the switch registry derived from these plugins. ``open_suppression`` opens the
+    stoplist for ``env.suppression``; the composition root passes it (the chain machinery does
+    not know where the event store keeps the list).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        extra: list[Any] | None = None,
+        *,
+        open_suppression: Callable[[], SuppressionList] | None = None,
+    ) -> None:
         self.config = config
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.plugins: list[LoadedPlugin] = []
-        env = PluginEnv(config=config, hostname=config.gateway.hostname, data_dir=config.gateway.data_dir)
         entries: list[tuple[Any, str]] = [resolve(n) for n in config.chain.plugins]
         entries += [(obj, PluginSource.GIVEN) for obj in extra or ()]
+        checked = [(self._check_class(obj, source), obj, source) for obj, source in entries]
+        self.features = feature_registry(config, [(name, obj) for (name, _), obj, _ in checked])
+        env = plugin_env(config, self.features, open_suppression)
         names: set[str] = set()
-        for obj, source in entries:
-            loaded = self._instantiate(obj, source, env)
+        for (name, hooks), obj, source in checked:
+            loaded = self._instantiate(obj, source, env, name, hooks)
             if source.startswith(PluginSource.ENTRY_POINT) and "version" not in vars(obj):
                 loaded.version = _dist_version(obj) or loaded.version  # the installed package's version
             if loaded.name in names:
@@ -184,7 +249,8 @@ class PluginSet:
             ) from None
         self._check_signers()
 
-    def _instantiate(self, obj: Any, source: str, env: PluginEnv) -> LoadedPlugin:
+    def _check_class(self, obj: Any, source: str) -> tuple[str, list[str]]:
+        """The plugin's name and hook methods; :class:`ConfigError` if it is not a plugin class."""
         if not inspect.isclass(obj):
             raise ConfigError(f"plugin from {source} is not a class: {obj!r}")
         name = getattr(obj, "name", "")
@@ -201,6 +267,9 @@ class PluginSet:
         unmarked = [n for n in hookspecs.ALL_PHASES if callable(getattr(obj, n, None)) and n not in hooks]
         if unmarked:  # would silently never run
             raise ConfigError(f"plugin {name}: method {unmarked[0]} is not marked @hookimpl")
+        return name, hooks
+
+    def _instantiate(self, obj: Any, source: str, env: PluginEnv, name: str, hooks: list[str]) -> LoadedPlugin:
         cfg_model = getattr(obj, "Config", PluginConfig)
         raw_cfg = self.config.plugins.get(name, {})
         try:
@@ -224,6 +293,8 @@ class PluginSet:
             feature=getattr(obj, "feature", None),
             hooks=hooks,
             seals_message=bool(getattr(obj, "seals_message", False)),
+            feature_default=getattr(obj, "feature_default", None),
+            verp_sender=bool(getattr(obj, "verp_sender", False)),
         )
 
     def _check_plugin_sections(self, names: set[str]) -> None:

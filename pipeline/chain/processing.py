@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from pipeline.chain.runner import Chain, Trace
 from pipeline.contract.context import MessageContext
-from pipeline.contract.verdicts import Discard, Reject, TempFail, Verdict
+from pipeline.contract.verdicts import Verdict, ends
 
 
 @dataclass
@@ -23,7 +23,7 @@ class CopyResult:
 
     @property
     def deliverable(self) -> bool:
-        return self.data is not None and not isinstance(self.verdict, Reject | TempFail | Discard)
+        return self.data is not None and not ends(self.verdict)
 
 
 async def process_message(
@@ -33,7 +33,7 @@ async def process_message(
     mail_from = ctx.message.mail_from or ""
     verdict = await chain.run("on_transform", ctx=ctx, trace=trace)
     rcpts = ctx.message.rcpt_tos if recipients is None else recipients
-    if verdict is not None and not _is_accept(verdict):
+    if ends(verdict):
         return [CopyResult(r, mail_from, None, verdict) for r in rcpts]
     results = []
     for rcpt in rcpts:
@@ -49,9 +49,9 @@ async def process_message(
 async def personalize_and_sign(chain: Chain, ctx: MessageContext, trace: Trace | None = None) -> Verdict | None:
     """The per-copy phases on ``ctx`` as it is: the refusing verdict, or ``None`` when the copy is ready."""
     v = await chain.run("on_personalize", ctx=ctx, trace=trace)
-    if v is None or _is_accept(v):
+    if not ends(v):
         v = await chain.run("on_sign", ctx=ctx, trace=trace)
-    return v if v is not None and not _is_accept(v) else None
+    return v if ends(v) else None
 
 
 async def process_as_one(chain: Chain, ctx: MessageContext, trace: Trace | None = None) -> Verdict | None:
@@ -62,12 +62,8 @@ async def process_as_one(chain: Chain, ctx: MessageContext, trace: Trace | None 
     whose copy the message then is. Returns the refusing verdict, or ``None``.
     """
     v = await chain.run("on_transform", ctx=ctx, trace=trace)
-    if v is not None and not _is_accept(v):
+    if ends(v):
         return v
     rcpts = ctx.message.rcpt_tos
     ctx.recipient = rcpts[0] if len(rcpts) == 1 else None
     return await personalize_and_sign(chain, ctx, trace)
-
-
-def _is_accept(v: Verdict) -> bool:
-    return not isinstance(v, Reject | TempFail | Discard)

@@ -157,6 +157,7 @@ class Chain:
 
     def __init__(self, plugins: PluginSet, timeout: float | None = None) -> None:
         self.plugins = plugins
+        self.features = plugins.features  # the switch registry of these plugins
         self.timeout = timeout if timeout is not None else plugins.config.chain.timeout
         self._calls: dict[str, list[_Call]] = {}
         self._nargs: dict[str, int] = {}  # how many arguments each phase's spec has

@@ -16,11 +16,6 @@ from typing import Any
 from pipeline.contract.message import Message
 from pipeline.contract.vocabulary import CredentialKind, EventType
 
-FEATURES = (
-    "inlinecss", "trackclicks", "trackopens", "trackbounces", "listunsubscribe", "dkim", "campaign", "validate",
-)
-"""Feature switches known to the core; plugins may declare more."""
-
 
 def new_queue_id() -> str:
     """A short, sortable, unguessable queue id (time prefix + randomness), like Postfix's long ids."""

@@ -15,11 +15,13 @@ Implementations may accept any subset of the arguments named here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pluggy
 
 from pipeline.contract.context import Credential, Event, MessageContext, Session, Transaction
+from pipeline.contract.plugin import PluginEnv
 from pipeline.contract.verdicts import Verdict
 
 PROJECT = "smtpgate"
@@ -98,9 +100,31 @@ def on_event(event: Event) -> None:
     """
 
 
+# --------------------------------------------------------------------------------------------
+# Command line (called on the plugin class, not an instance: no config, no chain)
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def smtpgate_cli_commands(
+    load_env: Callable[[str | None], PluginEnv], config_option: Callable[[Any], Any]
+) -> list[Any] | None:
+    """Commands the plugin adds to ``smtpgate`` (click commands or groups), e.g. ``smtpgate dkim``.
+
+    Implement it as a ``@staticmethod``: the CLI calls it on the class of every built-in and
+    entry-point plugin, whether or not the chain uses it. ``config_option`` is the core's
+    ``--config/-c`` option (a decorator giving the command a ``config_path`` argument);
+    ``load_env(config_path)`` returns the :class:`~pipeline.contract.plugin.PluginEnv` of that
+    configuration (``None``: the default); a configuration error it raises becomes the usual
+    one-line CLI error (exit 2).
+    """
+
+
+CLI_HOOKS = ("smtpgate_cli_commands",)
+
 ADMISSION_PHASES = ("on_connect", "on_helo", "on_auth", "on_mail_from", "on_rcpt_to", "on_message")
 PROCESSING_PHASES = ("on_transform", "on_personalize", "on_sign")
 EVENT_PHASES = ("on_event",)
 ALL_PHASES = ADMISSION_PHASES + PROCESSING_PHASES + EVENT_PHASES
 
-__all__: list[Any] = ["hookimpl", "hookspec", *ALL_PHASES]
+__all__: list[Any] = ["hookimpl", "hookspec", *ALL_PHASES, *CLI_HOOKS]

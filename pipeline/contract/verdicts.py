@@ -1,7 +1,8 @@
 """Verdicts a hook may return, and the one place that renders them as SMTP replies.
 
 A hook returns ``None`` to let the message continue; any verdict stops the phase.
-The code class is checked at construction so a ``Reject`` can never carry a 4xx
+:func:`refuses`, :func:`drops` and :func:`ends` say what a verdict means beyond its phase,
+for every caller (ingress, replay, the driver, processing). The code class is checked at construction so a ``Reject`` can never carry a 4xx
 (or a ``TempFail`` a 5xx): a wrong class would turn a retry into a bounce.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeGuard
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 
@@ -90,6 +92,23 @@ def render_reply(code: int, enhanced: str | None, text: str) -> str:
     out = [f"{code}-{prefix}{line}" for line in lines[:-1]]
     out.append(f"{code} {prefix}{lines[-1]}")
     return "\r\n".join(out)
+
+
+def refuses(verdict: Verdict | None) -> TypeGuard[Reject | TempFail]:
+    """``Reject`` / ``TempFail``: the command, message or copy is refused (the client or the queue
+    is told 5xx / 4xx; in processing the copy bounces or is retried)."""
+    return isinstance(verdict, Reject | TempFail)
+
+
+def drops(verdict: Verdict | None) -> TypeGuard[Discard]:
+    """``Discard``: answered with success, then dropped (that recipient, message or copy)."""
+    return isinstance(verdict, Discard)
+
+
+def ends(verdict: Verdict | None) -> TypeGuard[Reject | TempFail | Discard]:
+    """Whether the message (or copy) goes no further: refused or dropped. ``None`` and ``Accept``
+    only end the phase they came from; later phases still run."""
+    return refuses(verdict) or drops(verdict)
 
 
 def verdict_name(verdict: Verdict | None) -> str:

@@ -36,7 +36,7 @@ from typing import Any
 from pipeline.chain.accept import enqueue
 from pipeline.chain.loader import LoadedPlugin
 from pipeline.config import Config
-from pipeline.contract.context import FEATURES, MessageContext
+from pipeline.contract.context import MessageContext
 from pipeline.contract.message import Message
 from pipeline.contract.vocabulary import RecipientState
 from pipeline.ports import EventSink, QueuedMessage, RecipientOutcome, SpoolWriter
@@ -239,14 +239,12 @@ class NoticeFeatures:
 
 
 def notice_features(config: Config, plugins: Sequence[LoadedPlugin]) -> NoticeFeatures:
-    """The feature facts a notice needs, from the config and the loaded plugins.
-
-    The switch list and the VERP switch are a stand-in for the feature registry: replace this
-    function when the plugins declare their switches (and whether they rewrite the sender).
-    """
-    switches = set(FEATURES) | set(config.features) | {p.feature for p in plugins if p.feature}
+    """The feature facts a notice needs, from the loaded plugins: their switches (the feature
+    registry's), the signers' switches, and the switch of a plugin that declares ``verp_sender``
+    (only when a bounce domain receives the bounces)."""
+    switches = {p.feature for p in plugins if p.feature}
     signing = {p.feature for p in plugins if p.feature and p.seals_message}
-    verp = next((p.feature for p in plugins if p.name == "bounce_tracking" and p.feature), None)
+    verp = next((p.feature for p in plugins if p.feature and p.verp_sender), None)
     return NoticeFeatures(frozenset(switches), frozenset(signing), verp if config.tracking.bounce_domain else None)
 
 

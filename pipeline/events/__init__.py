@@ -4,7 +4,8 @@ derived from it: statistics, webhooks and the suppression list (stoplist).
 
 :class:`~pipeline.ports.EventStore` is the interface (as :class:`~pipeline.ports.Spool` is for
 the spool); :class:`~pipeline.events.sqlite.SqliteEventStore` is the embedded backend;
-:class:`EventRecorder` is the event sink every stage is handed. Plugins use only
+:class:`EventRecorder` is the event sink every stage is handed. Plugins see the stoplist only as
+the ``env.suppression`` port, which the composition root opens with
 :func:`open_suppression_list`.
 """
 
@@ -30,6 +31,7 @@ from pipeline.events.sqlite import (
 from pipeline.events.webhooks import webhook_urls
 from pipeline.ports import EventStore, Metrics, WebhookWaker
 from pipeline.storage.sqlite import open_sqlite
+from pipeline.toolkit.stoplist import STOPLIST_REPLY
 from pipeline.toolkit.verp import VerpToken, parse_verp, recipient_hash, verp_local_part
 
 log = logging.getLogger("smtpgate.events")
@@ -37,8 +39,6 @@ log = logging.getLogger("smtpgate.events")
 EVENT_TYPES = tuple(EventType)
 """Known event types; metrics label anything else as ``other`` so label values stay bounded."""
 
-STOPLIST_REPLY = (550, "5.0.0", "Email is in the account stoplist")
-"""Sendsay's reply to a RCPT for a suppressed address."""
 
 
 def open_event_store(config: Config) -> SqliteEventStore:

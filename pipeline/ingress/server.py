@@ -17,7 +17,7 @@ from aiosmtpd.smtp import TLSSetupException
 
 from pipeline.chain.accept import Outcome
 from pipeline.contract.context import Transaction, new_queue_id
-from pipeline.contract.verdicts import Discard
+from pipeline.contract.verdicts import drops
 from pipeline.ingress import data as D
 from pipeline.ingress import relay
 from pipeline.ingress import replies as R
@@ -198,7 +198,7 @@ class GatewaySMTP(SaslSession):
         if reply:
             await self.push(reply)
             return
-        if not isinstance(verdict, Discard):
+        if not drops(verdict):
             txn.notes["inbound"] = inbound
             txn.rcpt_tos.append(path.address)
             assert self.envelope is not None

@@ -22,11 +22,10 @@ from typing import Any, Protocol
 from aiosmtpd.smtp import SMTP, TLSSetupException
 
 from pipeline.chain.accept import AcceptStep
-from pipeline.chain.features import resolve_features
 from pipeline.chain.runner import Chain
 from pipeline.config import Config, ListenerSection
 from pipeline.contract.context import Credential, Session, Transaction
-from pipeline.contract.verdicts import Reject, TempFail, Verdict
+from pipeline.contract.verdicts import Verdict, refuses
 from pipeline.ingress import replies as R
 from pipeline.ingress.limits import ConnectionLimiter, SlidingWindow
 from pipeline.ports import Authenticator
@@ -57,10 +56,8 @@ class Host(Protocol):
 
 
 def refusal(verdict: Verdict | None) -> str | None:
-    """The reply for a verdict that stops the command (Reject / TempFail), else ``None``."""
-    if isinstance(verdict, Reject | TempFail):
-        return verdict.reply()
-    return None
+    """The reply for a verdict that refuses the command (Reject / TempFail), else ``None``."""
+    return verdict.reply() if refuses(verdict) else None
 
 
 def with_enhanced_multiline(reply: str) -> str:
@@ -198,8 +195,7 @@ class SessionBase(SMTP):
         return R.INTERNAL_ERROR
 
     def _features_for(self, cred: Credential | None) -> dict[str, bool]:
-        features = resolve_features(self.config.features, cred)
-        return features if isinstance(features, dict) else dict(self.config.features)
+        return self.ingress.chain.features.session(cred)
 
     async def _hook(self, phase: str, **kwargs: Any) -> Verdict | None:
         return await self.ingress.chain.run(

@@ -83,7 +83,6 @@ class EndOfMessage:
         try:
             verdict, ctx = await admit_message(
                 self.chain,
-                self.config,
                 raw,
                 d.mail_from,
                 list(d.rcpts),

@@ -17,7 +17,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from pipeline.chain.features import resolve_features
 from pipeline.chain.runner import Chain, Trace
 from pipeline.config import Config
 from pipeline.contract.context import Credential, Session, Transaction, new_queue_id
@@ -185,10 +184,9 @@ class MilterSession:
 
     async def _run(self, phase: str, where: str, **kwargs: object) -> Verdict | None:
         trace = Trace()
-        features = resolve_features(self.config.features, self.session.credential)
         verdict = await self.chain.run(
             phase,
-            features=features if isinstance(features, dict) else None,
+            features=self.chain.features.session(self.session.credential),
             trace=trace,
             session=self.session,
             **kwargs,
@@ -218,10 +216,9 @@ class MilterSession:
     async def _authorise(self, cred: Credential, where: str) -> Verdict | None:
         """``on_auth`` for a credential: the refusal, or ``None``."""
         trace = Trace()
-        features = resolve_features(self.config.features, cred)
         verdict = await self.chain.run(
             "on_auth",
-            features=features if isinstance(features, dict) else None,
+            features=self.chain.features.session(cred),
             trace=trace,
             session=self.session,
             credential=cred,

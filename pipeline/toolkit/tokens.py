@@ -20,10 +20,6 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import field_validator
-
-from pipeline.contract.plugin import Plugin, PluginConfig, PluginEnv
-
 if TYPE_CHECKING:
     from pipeline.contract.context import MessageContext
 
@@ -103,12 +99,6 @@ def validate_base_url(value: str) -> str:
     return value.rstrip("/")
 
 
-def gateway_signer(env: PluginEnv) -> TokenSigner:
-    """The signer of the gateway's ``[tracking]`` keys, which the tracking HTTP service verifies with."""
-    tracking = env.config.tracking
-    return load_signer(tracking.keys, tracking.key_id, env.data_dir)
-
-
 def copy_payload(kind: str, ctx: MessageContext) -> dict[str, Any]:
     """What every token of one recipient copy carries: kind, queue id, recipient, campaign,
     letter id and credential (``sign`` drops the ``None`` values)."""
@@ -120,26 +110,3 @@ def copy_payload(kind: str, ctx: MessageContext) -> dict[str, Any]:
         "l": ctx.letter_id,
         "s": ctx.credential.name if ctx.credential else None,
     }
-
-
-class TrackingPlugin(Plugin):
-    """Base for plugins that put signed links into a copy (clicks, the pixel, unsubscribe).
-
-    Gives ``self.signer`` (the gateway's ``[tracking]`` keys, which the tracking HTTP service
-    verifies with) and ``self.base_url`` (the plugin's own ``base_url``, else ``[tracking]
-    base_url``), both validated at start-up. A subclass's ``Config`` extends ``TrackingPlugin.Config``.
-    """
-
-    class Config(PluginConfig):
-        base_url: str | None = None  # default: [tracking] base_url
-
-        @field_validator("base_url")
-        @classmethod
-        def _base(cls, v: str | None) -> str | None:
-            return None if v is None else validate_base_url(v)
-
-    def __init__(self, config: Any, env: PluginEnv) -> None:
-        super().__init__(config, env)
-        self.signer: TokenSigner = gateway_signer(env)
-        self.base_url: str = config.base_url or validate_base_url(env.config.tracking.base_url)
-

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pipeline.toolkit.tokens import TokenSigner
+from pipeline.contract.plugin import TokenSigner
 
 MAX_LOCAL_PART = 64
 _QUEUE_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")

@@ -1,4 +1,6 @@
-"""The ``smtpgate`` command. Each module in this package adds its commands to :data:`main`.
+"""The ``smtpgate`` command. Each module in this package adds its commands to :data:`main`;
+plugins add theirs through the ``smtpgate_cli_commands`` hook (:func:`plugin_commands`), so the
+core never imports a plugin.
 
 Errors a user can cause (bad config, missing file, bad argument) print one line and exit
 non-zero; they never show a traceback.
@@ -6,18 +8,65 @@ non-zero; they never show a traceback.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.metadata
 import logging
 import pkgutil
 import sys
 from typing import Any
 
 import click
+import pluggy
 
+from pipeline.chain.loader import BUILTINS, ENTRY_POINT_GROUP, plugin_env, resolve
 from pipeline.config import Config, ConfigError, load_config
+from pipeline.contract import hookspecs
+from pipeline.contract.plugin import PluginEnv
+
+
+def _load_env(config_path: str | None) -> PluginEnv:
+    return plugin_env(load_config(config_path))
+
+
+@functools.cache
+def plugin_commands() -> dict[str, click.Command]:
+    """The commands every built-in and entry-point plugin brings (``smtpgate_cli_commands``).
+
+    Loaded only when a command is not a core one (or for ``--help``), so core commands never
+    import the plugins. A plugin that cannot be loaded is reported on stderr and skipped: its
+    commands are missing, the others still work.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    names = list(BUILTINS) + sorted(
+        ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name not in BUILTINS
+    )
+    for name in names:
+        try:
+            cls, _ = resolve(name)
+            if "smtpgate_cli_commands" in dir(cls):
+                pm.register(cls, name=name)
+        except (ConfigError, pluggy.PluginValidationError) as exc:
+            click.echo(f"smtpgate: plugin {name}: its commands are not available: {exc}", err=True)
+    commands: dict[str, click.Command] = {}
+    for impl in reversed(pm.hook.smtpgate_cli_commands.get_hookimpls()):  # registration order
+        brought: Any = impl.function(load_env=_load_env, config_option=config_option) or []
+        for command in brought:
+            if not isinstance(command, click.Command) or not command.name:
+                raise TypeError(f"plugin {impl.plugin_name}: smtpgate_cli_commands returned {command!r}")
+            commands.setdefault(command.name, command)
+    return commands
 
 
 class _Group(click.Group):
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        core = super().get_command(ctx, cmd_name)
+        return core if core is not None else plugin_commands().get(cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(plugin_commands()))
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

@@ -23,6 +23,7 @@ from pipeline.app.replay import (
     output_path,
     read_message_file,
     render_diff,
+    replay_chain,
     replay_message,
     write_mbox,
 )
@@ -72,7 +73,7 @@ def replay(
     """Run FILE or DIR (every *.eml in it) through the chain, as the server would, without a network."""
     config = get_config(config_path)
     credential = credential_from_config(config, credential_name) if credential_name else None
-    chain = Chain(PluginSet(config))
+    chain = replay_chain(config)
     try:
         files = collect_inputs(paths)
     except ReplayError as exc:
@@ -213,8 +214,8 @@ def _missing_files(config: Config) -> list[str]:
 
 def _summary(config: Config, plugins: PluginSet) -> list[str]:
     listeners = ", ".join(f"{li.name or '?'} {li.address}:{li.port} ({li.tls})" for li in config.listeners)
-    on = [name for name, value in sorted(config.features.items()) if value]
-    off = [name for name, value in sorted(config.features.items()) if not value]
+    on = [name for name, value in plugins.features.defaults.items() if value]
+    off = [name for name, value in plugins.features.defaults.items() if not value]
     creds = ", ".join(c.name for c in config.credentials) or "none in the file"
     return [
         f"hostname: {config.gateway.hostname}",
@@ -230,7 +231,8 @@ def _summary(config: Config, plugins: PluginSet) -> list[str]:
 @main.command("plugins")
 @config_option
 def plugins_cmd(config_path: str | None) -> None:
-    """The loaded plugins (source, version, feature switch, hooks) and the run order of each phase."""
+    """The loaded plugins (source, version, feature switch, hooks), their switches and defaults, and the
+    run order of each phase."""
     plugin_set = PluginSet(get_config(config_path))
     rows = [("name", "source", "version", "feature", "hooks")]
     for p in plugin_set.plugins:
@@ -240,6 +242,16 @@ def plugins_cmd(config_path: str | None) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
+    click.echo("")
+    registry = plugin_set.features
+    click.echo("switches (default, after [features]; header: an X-SMTPeter-* header may set it):")
+    for name, switch in sorted(registry.switches.items()):
+        default = "on" if registry.defaults[name] else "off"
+        changed = f" (plugin default {'on' if switch.default else 'off'})" if registry.defaults[name] != switch.default else ""
+        header = "header" if switch.by_header else "policy"
+        click.echo(f"  {name:<16} {default:<4} {header:<7} {', '.join(switch.plugins)}{changed}")
+    if not registry.switches:
+        click.echo("  (none)")
     click.echo("")
     click.echo("order per phase:")
     for phase in ALL_PHASES:

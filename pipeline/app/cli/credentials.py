@@ -16,8 +16,9 @@ import click
 from pipeline.accounts.secrets import hash_secret
 from pipeline.accounts.store import CredentialError, CredentialStore
 from pipeline.app.cli import config_option, get_config, main
+from pipeline.chain.features import FeatureError, FeatureRegistry
+from pipeline.chain.loader import feature_registry
 from pipeline.config import Config
-from pipeline.contract.context import FEATURES
 
 
 def _fail(message: str) -> None:
@@ -33,7 +34,8 @@ def _in_config(config: Config, name: str) -> bool:
     return any(c.name == name for c in config.credentials)
 
 
-def _parse_features(items: tuple[str, ...]) -> dict[str, bool]:
+def _parse_features(items: tuple[str, ...], switches: FeatureRegistry) -> dict[str, bool]:
+    """``NAME=on|off`` pairs; NAME must be a switch of a plugin in the configured chain."""
     out: dict[str, bool] = {}
     for item in items:
         name, eq, value = item.partition("=")
@@ -41,10 +43,16 @@ def _parse_features(items: tuple[str, ...]) -> dict[str, bool]:
         values = {"on": True, "true": True, "yes": True, "off": False, "false": False, "no": False}
         if not eq or value.strip().lower() not in values:
             _fail(f"--feature {item!r}: expected NAME=on or NAME=off")
-        if name not in FEATURES:
-            _fail(f"--feature {item!r}: unknown feature (known: {', '.join(FEATURES)})")
+        _check_switch("--feature", item, name, switches)
         out[name] = values[value.strip().lower()]
     return out
+
+
+def _check_switch(option: str, item: str, name: str, switches: FeatureRegistry) -> None:
+    try:
+        switches.check(name)
+    except FeatureError as exc:
+        _fail(f"{option} {item!r}: unknown feature: {exc}")
 
 
 @main.group()
@@ -85,13 +93,16 @@ def add(name: str, config_path: str | None, kind: str, username: str | None, pas
         _fail("--username and --password-stdin are only for --kind password")
     if egress and egress not in config.egresses:
         _fail(f"--egress {egress!r}: no [egresses.{egress}] in {config.source}")
+    switches = feature_registry(config)  # the switches of the plugins in the configured chain
+    for item in locked:
+        _check_switch("--lock", item, item.lower(), switches)
     secret = None
     if password_stdin:
         secret = sys.stdin.readline().rstrip("\r\n")
         if not secret:
             _fail("empty password on stdin")
     options: dict[str, Any] = {
-        "features": _parse_features(features),
+        "features": _parse_features(features, switches),
         "locked": [f.lower() for f in locked],
         "sandbox": sandbox,
         "allowed_sender_domains": list(sender_domains),
