@@ -242,7 +242,7 @@ NO_IP_LIST = [c for c in CREDENTIALS if c["kind"] != "ip"] + [
 
 
 async def test_smtpeter_mail_before_starttls_gets_530_with_its_words(data_dir, tls_cert):
-    cfg = ingress_test_config(data_dir, tls_cert, credentials=NO_IP_LIST)
+    cfg = ingress_test_config(data_dir, tls_cert, chain=["open_pixel"], credentials=NO_IP_LIST)  # trackopens
     async with running_ingress(cfg) as (_, ingress):
         d = await Dialogue.connect("127.0.0.1", ingress.port("starttls"))
         await expect(d, None, 220)
@@ -254,7 +254,7 @@ async def test_smtpeter_mail_before_starttls_gets_530_with_its_words(data_dir, t
 
 
 async def test_enkod_refusals_carry_enkods_words(data_dir, tls_cert):
-    cfg = ingress_test_config(data_dir, tls_cert, credentials=NO_IP_LIST)
+    cfg = ingress_test_config(data_dir, tls_cert, chain=["open_pixel"], credentials=NO_IP_LIST)  # trackopens
     async with running_ingress(cfg) as (_, ingress):
         d = await Dialogue.connect("127.0.0.1", ingress.port("smtps"), tls=client_tls(tls_cert))
         await expect(d, None, 220)
