@@ -131,10 +131,19 @@ def test_every_public_name_is_importable_and_the_deprecated_aliases_still_work()
 
     for module in (pipeline, pipeline.toolkit):
         assert all(hasattr(module, name) for name in module.__all__)
-    for old, new in (("html", "toolkit.html"), ("tokens", "toolkit.tokens"), ("testing", "chain.driver")):
+    for old, new in (("html", "toolkit.html"), ("testing", "chain.driver")):
         sys.modules.pop(f"pipeline.{old}", None)  # imported earlier in the session: import it afresh
         with pytest.warns(DeprecationWarning, match=f"pipeline.{old} is deprecated"):
             assert importlib.import_module(f"pipeline.{old}") is importlib.import_module(f"pipeline.{new}")
+    # pipeline.tokens held the signer and the tracking plugin base, now in two toolkit modules
+    sys.modules.pop("pipeline.tokens", None)
+    with pytest.warns(DeprecationWarning, match="pipeline.tokens is deprecated"):
+        old_tokens = importlib.import_module("pipeline.tokens")
+    from pipeline.toolkit.tokens import TokenSigner, load_signer
+    from pipeline.toolkit.tracking import TrackingPlugin
+
+    assert old_tokens.TokenSigner is TokenSigner and old_tokens.load_signer is load_signer
+    assert old_tokens.TrackingPlugin is TrackingPlugin
 
 
 @pytest.mark.parametrize("name", sorted(BUILTINS))
