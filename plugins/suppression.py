@@ -1,5 +1,6 @@
-"""suppression: refuse RCPT to an address on the stoplist, with Sendsay's reply
-``550 5.0.0 Email is in the account stoplist``.
+"""suppression: refuse RCPT to an address on the stoplist, with Sendsay's replies:
+``550 5.0.0 Email has permanent delivery errors`` when it is there for a hard bounce, else
+``550 5.0.0 Email is in the account stoplist`` (unsubscribed, complaint, added by hand).
 
 The stoplist is filled by hard bounces, unsubscribes and complaints (``[suppression]`` in the
 config says which, and whether per credential or global) and by ``smtpgate suppression add``.
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline import Plugin, PluginConfig, PluginEnv, Reject, Session, Verdict, hookimpl
-from pipeline.toolkit import STOPLIST_REPLY
+from pipeline.toolkit import HARD_BOUNCE_REPLY, STOPLIST_REPLY
 
 
 class Suppression(Plugin):
@@ -22,15 +23,20 @@ class Suppression(Plugin):
 
     class Config(PluginConfig):
         text: str = STOPLIST_REPLY[2]  # the reply text (code 550 5.0.0 is fixed)
+        hard_bounce_text: str = HARD_BOUNCE_REPLY[2]  # the text for an address that bounced hard
 
     def __init__(self, config: Any, env: PluginEnv) -> None:
         super().__init__(config, env)
         self.reply = Reject(STOPLIST_REPLY[0], STOPLIST_REPLY[1], config.text)
+        self.hard_bounce_reply = Reject(HARD_BOUNCE_REPLY[0], HARD_BOUNCE_REPLY[1], config.hard_bounce_text)
 
     @hookimpl
     def on_rcpt_to(self, session: Session, address: str) -> Verdict | None:
         credential = session.credential.name if session.credential else None
         # env.suppression is opened on first use: commands that never admit mail don't create it.
-        if address and self.env.suppression.contains(address, credential):
-            return self.reply
-        return None
+        if not address:
+            return None
+        reason = self.env.suppression.reason(address, credential)
+        if reason is None:
+            return None
+        return self.hard_bounce_reply if reason == "hard bounce" else self.reply

@@ -11,11 +11,13 @@ from tracking_helpers import signer, tracking_config
 from pipeline.app.gateway import Gateway
 from pipeline.app.harness import Dialogue
 from pipeline.chain.driver import make_chain
-from pipeline.contract.context import Credential, Session, Transaction
+from pipeline.contract.context import Credential, Event, Session, Transaction
 from pipeline.contract.verdicts import Reject, TempFail
+from pipeline.contract.vocabulary import EventType
 from pipeline.events import open_suppression_list
 
 STOPLIST = "550 5.0.0 Email is in the account stoplist"
+PERMANENT = "550 5.0.0 Email has permanent delivery errors"
 
 
 def smtp_config(data_dir, **overrides):
@@ -74,6 +76,26 @@ async def test_global_suppression_applies_to_every_credential(tmp_path):
         gw.events.suppress("blocked@example.net")  # global scope, as `smtpgate suppression add` does
         for user in ("shop", "blog"):
             assert await rcpt_reply(ingress.port("plain"), user, f"pw-{user}", "blocked@example.net") == STOPLIST
+    finally:
+        await gw.stop()
+
+
+async def test_an_address_that_bounced_hard_gets_sendsays_permanent_errors_reply(tmp_path):
+    """Sendsay's two RCPT texts: a hard bounce says the address is broken, an unsubscribe says stoplist."""
+    gw = Gateway(smtp_config(tmp_path / "data"))
+    ingress = gw.ingress_service()
+    gw.services = [ingress]
+    await gw.start()
+    try:
+        await gw.emit(Event(EventType.BOUNCED, queue_id="Q1", recipient="gone@example.net", credential="shop",
+                            data={"dsn": "5.1.1", "reply": "550 5.1.1 no such user"}), strict=True)
+        await gw.emit(Event(EventType.UNSUBSCRIBED, queue_id="Q2", recipient="left@example.net",
+                            credential="shop"), strict=True)
+        gw.events.suppress("gone@example.net", "shop", reason="manual")  # a second entry: hard bounce wins
+        port = ingress.port("plain")
+        assert await rcpt_reply(port, "shop", "pw-shop", "gone@example.net") == PERMANENT
+        assert await rcpt_reply(port, "shop", "pw-shop", "left@example.net") == STOPLIST
+        assert (await rcpt_reply(port, "shop", "pw-shop", "fine@example.net")).startswith("250")
     finally:
         await gw.stop()
 

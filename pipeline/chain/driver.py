@@ -52,6 +52,9 @@ class EmptyStoplist:
     def contains(self, address: str, credential: str | None = None) -> bool:
         return False
 
+    def reason(self, address: str, credential: str | None = None) -> str | None:
+        return None
+
 
 def make_chain(
     config: Config,

@@ -40,6 +40,10 @@ class SuppressionList(Protocol):
 
     def contains(self, address: str, credential: str | None = None) -> bool: ...
 
+    def reason(self, address: str, credential: str | None = None) -> str | None:
+        """Why the address is suppressed (``"hard bounce"``, ``"unsubscribed"``, ...), or ``None``."""
+        ...
+
 
 def _unavailable(what: str) -> Callable[[], Any]:
     def opener() -> Any:

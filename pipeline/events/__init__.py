@@ -21,6 +21,7 @@ from pipeline.contract.vocabulary import EventType
 from pipeline.events.machine import MachineDetector
 from pipeline.events.sqlite import (
     GLOBAL_SCOPE,
+    HARD_BOUNCE_REASON,
     SCHEMA,
     SqliteEventStore,
     StoredEvent,
@@ -62,6 +63,19 @@ class SuppressionList:
             (normalize_address(address), *scopes),
         ).fetchone()
         return row is not None
+
+    def reason(self, address: str, credential: str | None = None) -> str | None:
+        """Why the address is suppressed; a hard bounce wins over other reasons (it says the
+        address is broken, which the sender must hear rather than "stoplist")."""
+        scopes = (GLOBAL_SCOPE, credential) if credential else (GLOBAL_SCOPE,)
+        rows = self._conn.execute(
+            f"SELECT reason FROM suppression WHERE address = ? AND scope IN ({','.join('?' * len(scopes))})",
+            (normalize_address(address), *scopes),
+        ).fetchall()
+        reasons = [r[0] for r in rows]
+        if HARD_BOUNCE_REASON in reasons:
+            return HARD_BOUNCE_REASON
+        return reasons[0] if reasons else None
 
     def close(self) -> None:
         self._conn.close()

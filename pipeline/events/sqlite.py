@@ -97,6 +97,10 @@ def _weight(event: Event) -> int:
     return 1
 
 
+HARD_BOUNCE_REASON = "hard bounce"
+"""The stoplist reason of an address that bounced hard (RCPT gets Sendsay's "permanent errors")."""
+
+
 @dataclass(frozen=True)
 class SuppressionPolicy:
     """Which events put an address on the stoplist, and in which scope."""
@@ -111,7 +115,7 @@ class SuppressionPolicy:
         if not event.recipient:
             return None
         if event.type == EventType.BOUNCED and self.hard_bounces and bounce_class(event) == "hard":
-            return "hard bounce"
+            return HARD_BOUNCE_REASON
         if event.type == EventType.UNSUBSCRIBED and self.unsubscribes:
             return "unsubscribed"
         if event.type == EventType.COMPLAINED and self.complaints:

@@ -23,13 +23,14 @@ from pipeline.toolkit.html import (
     protect,
     splice,
 )
-from pipeline.toolkit.stoplist import STOPLIST_REPLY
+from pipeline.toolkit.stoplist import HARD_BOUNCE_REPLY, STOPLIST_REPLY
 from pipeline.toolkit.tokens import TokenSigner, copy_payload, load_signer, validate_base_url
 from pipeline.toolkit.tracking import TrackingPlugin
 from pipeline.toolkit.verp import MAX_LOCAL_PART, VerpToken, parse_verp, recipient_hash, verp_local_part
 
 __all__ = [
     "MAX_LOCAL_PART",
+    "HARD_BOUNCE_REPLY",
     "STOPLIST_REPLY",
     "HtmlDocument",
     "Link",

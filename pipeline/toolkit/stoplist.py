@@ -9,3 +9,6 @@ from __future__ import annotations
 
 STOPLIST_REPLY = (550, "5.0.0", "Email is in the account stoplist")
 """Sendsay's reply to a RCPT for a suppressed address: (code, enhanced code, text)."""
+
+HARD_BOUNCE_REPLY = (550, "5.0.0", "Email has permanent delivery errors")
+"""Sendsay's reply to a RCPT for an address suppressed because it bounced hard."""
