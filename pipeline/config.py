@@ -248,11 +248,6 @@ class TlsPolicySection(Section):
     mta_sts_recheck: float = Field(default=300.0, ge=0)  # seconds before a cached policy's TXT id is re-checked
     mta_sts_timeout: float = Field(default=10.0, gt=0)
 
-    @field_validator("domains")
-    @classmethod
-    def _lower_domains(cls, v: dict[str, TlsLevel]) -> dict[str, TlsLevel]:
-        return {k.lower().rstrip("."): level for k, level in v.items()}
-
 
 class ShapingSite(Section):
     """One destination's limits; matched by recipient domain or by MX host suffix (a provider)."""

@@ -205,7 +205,7 @@ async def test_without_a_policy_starttls_stays_opportunistic_and_unverified(net)
 
 
 async def test_configured_levels_verify_encrypt_and_none(net):
-    egress = net.egress(domains={"badverify.test": "verify", "cleartext.test": "encrypt", ".plain.test": "none",
+    egress = net.egress(domains={"BadVerify.test.": "verify", "cleartext.test": "encrypt", ".plain.test": "none",
                                  "plain.test": "none"})
     res = await send(egress, "jane@badverify.test")
     assert (res.status, res.dsn) == ("deferred", "4.7.5") and "certificate did not verify" in res.reply

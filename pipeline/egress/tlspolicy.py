@@ -71,14 +71,17 @@ class TlsPolicyFailed(Exception):
 
 def configured_level(settings: TlsPolicySection, domain: str, egress_tls: str) -> tuple[TlsLevel, str] | None:
     """The level the config names for ``domain`` (exact, else the nearest ``.parent`` entry)."""
+    if not settings.domains:
+        return None
+    table = {k.lower().rstrip("."): level for k, level in settings.domains.items()}  # as written, any case
     domain = domain.lower().rstrip(".")
-    if domain in settings.domains:
-        return settings.domains[domain], "policy"
+    if domain in table:
+        return table[domain], "policy"
     labels = domain.split(".")
     for i in range(1, len(labels)):
         parent = "." + ".".join(labels[i:])
-        if parent in settings.domains:
-            return settings.domains[parent], "policy"
+        if parent in table:
+            return table[parent], "policy"
     return None
 
 
