@@ -79,6 +79,8 @@ class RecipientOutcome:
     relay: str = "none"
     next_attempt: float = 0.0
     plugin_failures: int = 0
+    tls: str = "none"  # the TLS outcome of the attempt: "none", "TLSv1.3 verified (mta-sts)"... (egress)
+    source: str = ""  # the local (IP pool) address the copy left from; "" for the system's choice
 
     @property
     def last_reply(self) -> str:
@@ -98,10 +100,17 @@ class Spool(SpoolWriter, Protocol):
         ...
 
     def claim(
-        self, limit: int, lease: float, now: float | None = None, exclude: frozenset[tuple[str, str]] = frozenset()
-    ) -> list[QueuedMessage]: ...
+        self,
+        limit: int,
+        lease: float,
+        now: float | None = None,
+        exclude: frozenset[tuple[str, str]] = frozenset(),
+        hold: frozenset[str] = frozenset(),
+    ) -> list[QueuedMessage]:
+        """``hold``: recipient domains not to claim now (traffic shaping), left due and untouched."""
+        ...
 
-    def next_due(self) -> float | None: ...
+    def next_due(self, hold: frozenset[str] = frozenset()) -> float | None: ...
 
     async def record(self, outcomes: Sequence[RecipientOutcome]) -> None:
         """Commit recipients' results durably; a message whose recipients are all final leaves the queue."""

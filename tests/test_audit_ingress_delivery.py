@@ -261,9 +261,9 @@ async def test_each_result_is_logged_as_one_postfix_style_line(data_dir, caplog)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{qid}: to=")]
     relay = rf"127\.0\.0\.1\[127\.0\.0\.1\]:{controller.port}"
     assert len(lines) == 2, lines
-    assert any(re.fullmatch(rf"{qid}: to=<a@example\.net>, relay={relay}, delay=\d+\.\d\d, dsn=2\.0\.0, "
+    assert any(re.fullmatch(rf"{qid}: to=<a@example\.net>, relay={relay}, delay=\d+\.\d\d, dsn=2\.0\.0, tls=none, "
                             r"status=sent \(250 .+\)", line) for line in lines), lines
-    assert any(re.fullmatch(rf"{qid}: to=<reject@example\.net>, relay={relay}, delay=\d+\.\d\d, dsn=5\.\d\.\d+, "
+    assert any(re.fullmatch(rf"{qid}: to=<reject@example\.net>, relay={relay}, delay=\d+\.\d\d, dsn=5\.\d\.\d+, tls=none, "
                             r"status=bounced \(550 .+\)", line) for line in lines), lines
 
 

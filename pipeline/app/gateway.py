@@ -130,7 +130,7 @@ class Gateway:
         extra = [type(p.instance) for p in self.plugins.plugins if p.origin is PluginSource.GIVEN]
         return DeliveryService(
             self.config, self.spool, self.event_sink, self.chain, notices,
-            extra_plugins=extra, workers=workers, resolver=resolver, clock=clock,
+            extra_plugins=extra, workers=workers, resolver=resolver, clock=clock, metrics=self.counters,
         )
 
     def tracking_services(self, host: str | None = None, port: int | None = None) -> list[Service]:

@@ -15,6 +15,7 @@ worst a duplicate, never a loss.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -29,9 +30,10 @@ from pipeline.contract.vocabulary import EventType, RecipientState
 from pipeline.delivery.notices import BounceNotices
 from pipeline.delivery.workers import WorkerPool
 from pipeline.egress.base import Copy, DeliveryResult
+from pipeline.egress.pools import pool_for
 from pipeline.egress.resolver import Resolver
 from pipeline.egress.router import EgressRouter, UnknownEgress
-from pipeline.ports import EventSink, QueuedMessage, RecipientOutcome, Spool
+from pipeline.ports import EventSink, Metrics, QueuedMessage, RecipientOutcome, Spool
 
 log = logging.getLogger("smtpgate.delivery")
 
@@ -67,6 +69,7 @@ class DeliveryService:
         workers: int | None = None,
         resolver: Resolver | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.settings = config.spool
@@ -82,6 +85,7 @@ class DeliveryService:
         self._held: set[tuple[str, str]] = set()  # (queue_id, recipient) claimed and not yet recorded
         self._runner: asyncio.Task[None] | None = None
         self._stopping = False
+        self._wire_shaping(metrics)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -130,7 +134,7 @@ class DeliveryService:
             if free > 0:
                 try:
                     claimed = await asyncio.to_thread(
-                        spool.claim, free, self.settings.lease, self.clock(), frozenset(self._held)
+                        spool.claim, free, self.settings.lease, self.clock(), frozenset(self._held), self._hold()
                     )
                 except Exception:  # a locked or broken database must not kill the scheduler
                     log.exception("claiming from the spool failed; retrying")
@@ -143,7 +147,7 @@ class DeliveryService:
                 continue
             timeout = self.settings.poll_interval
             if len(self._tasks) < self.settings.max_in_flight:
-                due = await asyncio.to_thread(spool.next_due)
+                due = await asyncio.to_thread(spool.next_due, self._hold())
                 if due is not None:
                     timeout = max(0.0, min(timeout, due - self.clock()))
             if timeout > 0:
@@ -200,7 +204,7 @@ class DeliveryService:
             if out is not None:
                 outcomes[c.recipient] = out
             else:
-                to_send.append(Copy(msg.queue_id, c.recipient, c.mail_from, c.data or b""))
+                to_send.append(Copy(msg.queue_id, c.recipient, c.mail_from, c.data or b"", self._pool_of(msg)))
         for r in msg.recipients:
             if r not in outcomes and all(c.recipient != r for c in to_send):
                 outcomes[r] = self._defer(msg, r, "4.3.0", "451 4.3.0 processing produced no copy", "none", True)
@@ -235,13 +239,14 @@ class DeliveryService:
         attempts = msg.attempts[res.recipient] + 1
         pf = msg.plugin_failures.get(res.recipient, 0)
         if res.status == "sent":
-            state = RecipientState.DELIVERED
+            out = RecipientOutcome(msg.queue_id, res.recipient, RecipientState.DELIVERED, attempts, res.dsn,
+                                   res.reply, res.relay, plugin_failures=pf)
         elif res.status == "bounced":
-            state = RecipientState.BOUNCED
+            out = RecipientOutcome(msg.queue_id, res.recipient, RecipientState.BOUNCED, attempts, res.dsn,
+                                   res.reply, res.relay, plugin_failures=pf)
         else:
-            return self._defer(msg, res.recipient, res.dsn, res.reply, res.relay, False)
-        return RecipientOutcome(msg.queue_id, res.recipient, state, attempts, res.dsn, res.reply, res.relay,
-                                plugin_failures=pf)
+            out = self._shaped(msg, res) or self._defer(msg, res.recipient, res.dsn, res.reply, res.relay, False)
+        return dataclasses.replace(out, tls=res.tls, source=res.source)
 
     def _defer(self, msg: QueuedMessage, rcpt: str, dsn: str, reply: str, relay: str, plugin: bool) -> RecipientOutcome:
         """A temporary failure: retry on the schedule, or fail/expire when out of chances."""
@@ -277,8 +282,8 @@ class DeliveryService:
             delay = now - msg.created_at
             log_fn = log.warning if o.state in (RecipientState.FAILED, RecipientState.EXPIRED) else log.info
             log_fn(
-                "%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)",
-                msg.queue_id, o.recipient, o.relay, delay, o.dsn, STATUS_WORD[o.state], o.reply,
+                "%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, tls=%s, status=%s (%s)",
+                msg.queue_id, o.recipient, o.relay, delay, o.dsn, o.tls, STATUS_WORD[o.state], o.reply,
             )
             event = Event(
                 type=EventType(o.state),
@@ -291,12 +296,46 @@ class DeliveryService:
                     "dsn": o.dsn,
                     "reply": o.reply,
                     "relay": o.relay,
+                    "tls": o.tls,
                     "attempts": o.attempts,
                     "delay": round(delay, 3),
                     **({"next_attempt": o.next_attempt} if o.state == RecipientState.DEFERRED else {}),
+                    **({"source": o.source} if o.source else {}),
                 },
             )
             try:
                 await self.events.emit(event)
             except Exception:  # the result is already committed; a failing event sink must not undo it
                 log.exception("%s: emitting %s event for %s failed", msg.queue_id, o.state, o.recipient)
+
+    # -- traffic shaping hooks (pipeline/egress/shaping.py, pools.py) -------------------------
+
+    def _wire_shaping(self, metrics: Metrics | None) -> None:
+        """Shaping counts into ``/metrics`` and wakes the scheduler when a held site frees up."""
+        if metrics is not None:
+            self.router.metrics = metrics
+        self.router.add_listener(self.wakeup)
+
+    def _hold(self) -> frozenset[str]:
+        """Recipient domains not to claim now: every path to their site is suspended, capped or busy."""
+        return self.router.held_domains()
+
+    def _pool_of(self, msg: QueuedMessage) -> str | None:
+        return pool_for(self.config.pool_selection, msg.context)
+
+    def _shaped(self, msg: QueuedMessage, res: DeliveryResult) -> RecipientOutcome | None:
+        """A copy shaping held back (no attempt used) or a throttling reply (retried when the site reopens)."""
+        if res.retry_at is None:
+            return None
+        deadline = msg.created_at + self.settings.lifetime
+        if res.postponed:
+            if self.clock() >= deadline:
+                return None  # out of time: expires as any deferral would
+            return RecipientOutcome(
+                msg.queue_id, res.recipient, RecipientState.DEFERRED, msg.attempts.get(res.recipient, 0), res.dsn,
+                res.reply, res.relay, min(res.retry_at, deadline), msg.plugin_failures.get(res.recipient, 0),
+            )
+        out = self._defer(msg, res.recipient, res.dsn, res.reply, res.relay, False)
+        if out.state == RecipientState.DEFERRED:
+            out = dataclasses.replace(out, next_attempt=min(max(out.next_attempt, res.retry_at), deadline))
+        return out

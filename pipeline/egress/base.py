@@ -20,6 +20,7 @@ class Copy:
     recipient: str
     mail_from: str
     data: bytes
+    pool: str | None = None  # source IP pool (pipeline/egress/pools.py); None: the system's address
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class DeliveryResult:
     dsn: str
     reply: str
     relay: str = "none"
+    tls: str = "none"  # the TLS outcome: "none", "TLSv1.3 unverified", "TLSv1.3 verified (mta-sts)"...
+    retry_at: float | None = None  # deferred: not before this (the destination is suspended or capped)
+    postponed: bool = False  # deferred without an attempt (shaping held it back): no retry used up
+    source: str = ""  # the local address the connection came from (an IP pool's), "" for the system's choice
 
     @classmethod
     def from_reply(cls, recipient: str, code: int, text: str, relay: str) -> DeliveryResult:
@@ -42,6 +47,11 @@ class DeliveryResult:
     @classmethod
     def deferred(cls, recipient: str, dsn: str, reply: str, relay: str = "none") -> DeliveryResult:
         return cls(recipient, "deferred", dsn, reply, relay)
+
+    @classmethod
+    def postpone(cls, recipient: str, until: float, reason: str) -> DeliveryResult:
+        """Held back before any attempt (suspended destination, rate or daily cap): retried at ``until``."""
+        return cls(recipient, "deferred", "4.7.0", reason, "none", retry_at=until, postponed=True)
 
     @classmethod
     def bounced(cls, recipient: str, dsn: str, reply: str, relay: str = "none") -> DeliveryResult:

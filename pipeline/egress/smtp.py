@@ -8,6 +8,7 @@ reused; after a refused recipient or a failed ``MAIL`` aiosmtplib has already se
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -273,32 +274,46 @@ async def _data(conn: aiosmtplib.SMTP, protocol: Any, wire: bytes) -> aiosmtplib
     return response
 
 
-async def send_copy(pool: HopPool, copy: Copy) -> DeliveryResult:
-    """One transaction on a pooled connection; :class:`ConnectFailed` when no session could be had."""
-    conn = await pool.acquire()
-    relay = relay_name(pool.host, conn, pool.port)
-    reusable = False
+async def send_on(conn: aiosmtplib.SMTP, copy: Copy, relay: str) -> tuple[DeliveryResult, bool]:
+    """One transaction on an open session: the result, and whether the session may be reused."""
     try:
         reply = await transact(conn, copy)
-        reusable = True
-        return DeliveryResult.from_reply(copy.recipient, 250, reply, relay)
+        return DeliveryResult.from_reply(copy.recipient, 250, reply, relay), True
     except aiosmtplib.SMTPRecipientsRefused as exc:
-        reusable = True
         refused = exc.recipients[0]
-        return DeliveryResult.from_reply(copy.recipient, refused.code, refused.message, relay)
+        return DeliveryResult.from_reply(copy.recipient, refused.code, refused.message, relay), True
     except aiosmtplib.SMTPServerDisconnected as exc:
-        return DeliveryResult.deferred(copy.recipient, "4.4.2", f"lost connection with {relay}: {exc}", relay)
+        return DeliveryResult.deferred(copy.recipient, "4.4.2", f"lost connection with {relay}: {exc}", relay), False
     except aiosmtplib.SMTPNotSupported as exc:
-        reusable = True
-        return DeliveryResult.bounced(copy.recipient, "5.6.7", f"{relay}: {exc}", relay)
+        return DeliveryResult.bounced(copy.recipient, "5.6.7", f"{relay}: {exc}", relay), True
     except aiosmtplib.SMTPResponseException as exc:
-        reusable = exc.code != 421
-        return DeliveryResult.from_reply(copy.recipient, exc.code, exc.message, relay)
+        return DeliveryResult.from_reply(copy.recipient, exc.code, exc.message, relay), exc.code != 421
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-        return DeliveryResult.deferred(copy.recipient, "4.4.2", f"conversation with {relay} failed: {exc}", relay)
+        reply = f"conversation with {relay} failed: {exc}"
+        return DeliveryResult.deferred(copy.recipient, "4.4.2", reply, relay), False
     except ValueError as exc:  # an address aiosmtplib refuses to put on the wire
-        reusable = True
-        return DeliveryResult.bounced(copy.recipient, "5.1.3", f"bad address syntax: {exc}", relay)
+        return DeliveryResult.bounced(copy.recipient, "5.1.3", f"bad address syntax: {exc}", relay), True
+
+
+def tls_outcome(conn: aiosmtplib.SMTP, verified: bool) -> str:
+    """``none``, ``TLSv1.3 unverified`` or ``TLSv1.3 verified`` for an open session."""
+    ssl_object = conn.transport.get_extra_info("ssl_object") if conn.transport is not None else None
+    if ssl_object is None:
+        return "none"
+    return f"{ssl_object.version()} {'verified' if verified else 'unverified'}"
+
+
+async def send_copy(pool: HopPool, copy: Copy, verified: bool = False) -> DeliveryResult:
+    """One transaction on a pooled connection; :class:`ConnectFailed` when no session could be had.
+
+    ``verified``: the pool's connections check certificates (the outcome says ``verified``).
+    """
+    conn = await pool.acquire()
+    reusable = False
+    try:
+        tls = tls_outcome(conn, verified)
+        result, reusable = await send_on(conn, copy, relay_name(pool.host, conn, pool.port))
+        return dataclasses.replace(result, tls=tls)
     finally:
         pool.release(conn, reusable)
 
@@ -331,7 +346,8 @@ class SmtpEgress:
 
     async def _one(self, copy: Copy) -> DeliveryResult:
         try:
-            return await send_copy(self.pool, copy)
+            s = self.settings
+            return await send_copy(self.pool, copy, verified=s.verify_certificates and s.tls in ("starttls", "implicit"))
         except ConnectFailed as exc:
             return DeliveryResult.deferred(copy.recipient, exc.dsn, exc.reply, exc.relay)
 

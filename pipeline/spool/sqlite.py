@@ -51,6 +51,12 @@ CREATE INDEX IF NOT EXISTS recipients_due ON recipients(state, next_attempt);
 """
 
 _FINAL_SQL = ",".join(f"'{s}'" for s in sorted(FINAL_STATES))
+_NOT_HELD = " AND rcpt_domain(recipient) NOT IN (SELECT value FROM json_each(?))"
+
+
+def recipient_domain(address: str | None) -> str:
+    """The lower-cased domain of a recipient address (SQL function ``rcpt_domain``)."""
+    return (address or "").rpartition("@")[2].lower()
 
 
 class SqliteSpool:
@@ -60,6 +66,7 @@ class SqliteSpool:
         self.path = path
         self._conn = open_sqlite(path)
         self._conn.executescript(SCHEMA)
+        self._conn.create_function("rcpt_domain", 1, recipient_domain, deterministic=True)
         self._lock = threading.Lock()
         self._pending: list[tuple[tuple[object, ...], list[str], asyncio.Future[None]]] = []
         self._flushing = False
@@ -148,30 +155,40 @@ class SqliteSpool:
         return int(self._transaction(run))
 
     def claim(
-        self, limit: int, lease: float, now: float | None = None, exclude: frozenset[tuple[str, str]] = frozenset()
+        self,
+        limit: int,
+        lease: float,
+        now: float | None = None,
+        exclude: frozenset[tuple[str, str]] = frozenset(),
+        hold: frozenset[str] = frozenset(),
     ) -> list[QueuedMessage]:
         """Mark up to ``limit`` messages' due recipients ``processing`` (leased) and return them.
 
         ``exclude``: ``(queue_id, recipient)`` pairs the caller still holds (a lease that ran out
-        while the copy is in flight must not start a second, concurrent attempt).
+        while the copy is in flight must not start a second, concurrent attempt). ``hold``:
+        recipient domains not to claim now (traffic shaping: a suspended or saturated
+        destination); they stay due, untouched, and the next messages are claimed instead.
         """
         now = time.time() if now is None else now
+        held = (json.dumps(sorted(hold)),) if hold else ()
 
         def run(cur: sqlite3.Cursor) -> list[QueuedMessage]:
             due = "((state IN ('queued','deferred') AND next_attempt <= ?) OR (state = 'processing' AND lease_until < ?))"
+            if hold:
+                due = f"({due}{_NOT_HELD})"
             qids = [
                 r[0]
                 for r in cur.execute(
                     f"SELECT queue_id, MIN(next_attempt) AS m FROM recipients WHERE {due} "
                     "GROUP BY queue_id ORDER BY m, queue_id LIMIT ?",
-                    (now, now, limit),
+                    (now, now, *held, limit),
                 )
             ]
             by_msg: dict[str, list[tuple[str, int, int]]] = {}
             for qid in qids:
                 rows = cur.execute(
                     f"SELECT recipient, attempts, plugin_failures FROM recipients WHERE queue_id=? AND {due}",
-                    (qid, now, now),
+                    (qid, now, now, *held),
                 ).fetchall()
                 rows = [r for r in rows if (qid, r[0]) not in exclude]
                 if rows:
@@ -204,12 +221,15 @@ class SqliteSpool:
 
         return list(self._transaction(run))
 
-    def next_due(self) -> float | None:
-        """When the earliest queued or deferred recipient is due (``None``: nothing waiting)."""
+    def next_due(self, hold: frozenset[str] = frozenset()) -> float | None:
+        """When the earliest queued or deferred recipient is due (``None``: nothing waiting), not
+        counting recipients at ``hold`` domains (see :meth:`claim`)."""
+        sql = "SELECT MIN(next_attempt) FROM recipients WHERE state IN ('queued','deferred')"
         with self._lock:
-            row = self._conn.execute(
-                "SELECT MIN(next_attempt) FROM recipients WHERE state IN ('queued','deferred')"
-            ).fetchone()
+            if hold:
+                row = self._conn.execute(sql + _NOT_HELD, (json.dumps(sorted(hold)),)).fetchone()
+            else:
+                row = self._conn.execute(sql).fetchone()
         return None if row[0] is None else float(row[0])
 
     async def record(self, updates: Sequence[RecipientOutcome]) -> None:

@@ -30,6 +30,11 @@ _COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
     "clicks_total": (("result",), "Click requests that were not recorded, by reason."),
     "opens_total": (("result",), "Pixel requests that were not recorded, by reason."),
     "inbound_total": (("result",), "Mail to the bounce domain, by outcome."),
+    "egress_connections_total": (("site",), "SMTP connections opened by direct delivery, by destination site."),
+    "egress_suspensions_total": (("site",), "Destinations suspended after a throttling reply, by site."),
+    "egress_postponed_total": (("site",), "Copies held back by shaping (suspended or over a rate), by site."),
+    "egress_tls_total": (("outcome",), "Copies handed over by direct delivery, by TLS outcome."),
+    "egress_tls_failures_total": (("policy",), "Deliveries TLS policy deferred or reported, by policy."),
 }
 
 

@@ -11,6 +11,7 @@ import datetime
 import email.parser
 import email.policy
 import sys
+import time
 from typing import Any
 
 import click
@@ -18,6 +19,7 @@ import click
 from pipeline.app.cli import config_option, get_config, main
 from pipeline.config import Config
 from pipeline.egress.router import EgressRouter
+from pipeline.egress.state import read_suspensions
 from pipeline.spool.sqlite import SqliteSpool
 
 
@@ -73,6 +75,7 @@ def list_cmd(config_path: str | None) -> None:
     rows = spool.list_recipients() if spool else []
     if not rows:
         click.echo("Mail queue is empty")
+        _suspended(config)
         return
     contexts: dict[str, Any] = {}
     for qid in {r["queue_id"] for r in rows} if spool else ():
@@ -103,8 +106,24 @@ def list_cmd(config_path: str | None) -> None:
     click.echo(f"-- {kbytes} Kbytes in {len(sizes)} Request{'s' if len(sizes) != 1 else ''}.")
     click.echo("By state: " + ", ".join(f"{s} {n}" for s, n in sorted(by_state.items())))
     click.echo("By next hop: " + ", ".join(f"{h} ({n})" for h, n in sorted(by_hop.items())))
+    _suspended(config)
     if spool:
         spool.close()
+
+
+def _suspended(config: Config) -> None:
+    """Destinations traffic shaping has suspended after a throttling reply (``<data_dir>/egress.db``)."""
+    try:
+        suspended = read_suspensions(config.data_dir, time.time())
+    except Exception as exc:  # a damaged or locked file must not hide the queue itself
+        click.echo(f"Suspended destinations: unknown ({exc})")
+        return
+    if not suspended:
+        return
+    click.echo("Suspended destinations (throttling replies; their recipients wait without using an attempt):")
+    for s in suspended:
+        source = f" from {s.source}" if s.source else ""
+        click.echo(f"  {s.site}{source} until {_when(s.until)}: {s.reason}")
 
 
 @queue.command("show")

@@ -18,10 +18,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from pipeline.config.base import Section
+from pipeline.config.egress import (
+    DnsSection,
+    IpPool,
+    PoolAddress,
+    PoolSelectionSection,
+    ShapingSection,
+    ShapingSite,
+    TlsLevel,
+    TlsPolicySection,
+)
 from pipeline.contract.context import Credential
 from pipeline.contract.vocabulary import CredentialKind
+
+__all__ = [  # the sections of other modules, re-exported (``from pipeline.config import TlsPolicySection``)
+    "DnsSection", "IpPool", "PoolAddress", "PoolSelectionSection", "Section", "ShapingSection", "ShapingSite",
+    "TlsLevel", "TlsPolicySection",
+]
 
 
 class ConfigError(Exception):
@@ -46,12 +68,6 @@ def resolve_secret(value: Any) -> Any:
 
 
 Secret = Annotated[str, BeforeValidator(resolve_secret)]
-
-
-class Section(BaseModel):
-    """Base for every config section: unknown keys are errors, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 class GatewaySection(Section):
@@ -298,6 +314,11 @@ class Config(Section):
     webhooks: WebhooksSection = Field(default_factory=WebhooksSection)
     suppression: SuppressionSection = Field(default_factory=SuppressionSection)
     milter: MilterSection = Field(default_factory=MilterSection)
+    dns: DnsSection = Field(default_factory=DnsSection)
+    tls_policy: TlsPolicySection = Field(default_factory=TlsPolicySection)
+    shaping: ShapingSection = Field(default_factory=ShapingSection)
+    pools: dict[str, IpPool] = Field(default_factory=dict)  # source IP pools for direct delivery
+    pool_selection: PoolSelectionSection = Field(default_factory=PoolSelectionSection)
 
     source: str = Field(default="<defaults>", exclude=True)
 
@@ -306,6 +327,17 @@ class Config(Section):
     def _lower_features(cls, v: dict[str, bool]) -> dict[str, bool]:
         # Key by key over the plugins' defaults: naming one switch leaves the others alone.
         return {k.lower(): val for k, val in v.items()}  # switch names are case-insensitive
+
+    @model_validator(mode="after")
+    def _pools_exist(self) -> Config:
+        sel = self.pool_selection
+        named = [("default", sel.default)] if sel.default else []
+        named += [(f"credentials.{k}", v) for k, v in sel.credentials.items()]
+        named += [(f"campaigns.{k}", v) for k, v in sel.campaigns.items()]
+        for key, pool in named:
+            if pool not in self.pools:
+                raise ValueError(f"pool_selection.{key}: no [pools.{pool}] is configured")
+        return self
 
     @property
     def data_dir(self) -> Path:
