@@ -95,6 +95,11 @@ class ChainSection(Section):
         default_factory=lambda: [
             "header_validation",
             "campaign_tag",
+            "sendgrid_smtpapi",
+            "mailgun_headers",
+            "postmark_headers",
+            "ses_headers",
+            "mailerq_headers",
             "suppression",
             "css_inline",
             "click_tracking",
@@ -105,6 +110,19 @@ class ChainSection(Section):
         ]
     )
     timeout: float = Field(default=10.0, gt=0)
+    # Header name prefixes (case-insensitive) removed from every message after admission, whether or
+    # not a plugin read them: vendor control headers never leave the gateway (X-SMTPAPI would leak
+    # every recipient of a batch).
+    strip_header_prefixes: list[str] = Field(
+        default_factory=lambda: ["x-smtpapi", "x-mailgun-", "x-pm-", "x-ses-", "x-mq-"]
+    )
+
+    @field_validator("strip_header_prefixes")
+    @classmethod
+    def _lower_prefixes(cls, v: list[str]) -> list[str]:
+        if any(not p.strip() for p in v):
+            raise ValueError("an empty prefix would strip every header")
+        return [p.strip().lower() for p in v]
 
 
 class CredentialSection(Section):
@@ -234,6 +252,12 @@ DEFAULT_FEATURES: dict[str, bool] = {
     "dkim": True,
     "campaign": True,
     "validate": True,
+    # Vendor header dialects (plugins/*_headers.py, sendgrid_smtpapi): on; off per credential.
+    "sendgrid": True,
+    "mailgun": True,
+    "postmark": True,
+    "ses": True,
+    "mailerq": True,
 }
 """Each switch's value when ``[features]`` does not name it."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pipeline.chain.features import resolve_features
+from pipeline.chain.features import resolve_features, strip_header_prefixes
 from pipeline.chain.runner import Chain, Trace
 from pipeline.config import Config
 from pipeline.contract.context import Credential, MessageContext, Session, new_queue_id
@@ -49,4 +49,6 @@ async def admit_message(
     if isinstance(features, Reject):
         return features, ctx
     verdict = await chain.run("on_message", ctx=ctx, trace=trace)
+    if config.chain.strip_header_prefixes and not message.sealed_by:
+        strip_header_prefixes(message, config.chain.strip_header_prefixes)
     return verdict, ctx

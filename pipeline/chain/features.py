@@ -9,10 +9,10 @@ drop a feature the sender paid for; a clear error makes the sender fix the heade
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from pipeline.contract.context import Credential
-from pipeline.contract.message import Message
+from pipeline.contract.message import Message, current_actor
 from pipeline.contract.verdicts import Reject
 
 log = logging.getLogger("smtpgate.features")
@@ -62,3 +62,19 @@ def resolve_features(
     for name in {h.name.lower() for h in controls}:
         message.remove_header(name)
     return features
+
+
+def strip_header_prefixes(message: Message, prefixes: Sequence[str]) -> list[str]:
+    """Remove every header whose name starts with one of ``prefixes`` (lower case); the names removed.
+
+    Applied after ``on_message`` whether or not a dialect plugin is enabled or in the chain, so a
+    vendor's control headers (and the recipient list of ``X-SMTPAPI``) never reach a recipient.
+    """
+    names = {h.name.lower() for h in message.headers if h.name.lower().startswith(tuple(prefixes))}
+    token = current_actor.set("gateway")
+    try:
+        for name in sorted(names):
+            message.remove_header(name)
+    finally:
+        current_actor.reset(token)
+    return sorted(names)

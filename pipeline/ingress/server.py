@@ -776,7 +776,7 @@ class GatewaySMTP(SMTP):
         )
         self._events = [
             Event("accepted", queue_id=ctx.queue_id, recipient=r, credential=cred_name,
-                  campaign_id=ctx.campaign_id, letter_id=ctx.letter_id)
+                  campaign_id=ctx.campaign_id, letter_id=ctx.letter_id, tags=tuple(ctx.tags), metadata=ctx.metadata)
             for r in recipients
         ]
         return R.queued(ctx.queue_id)
