@@ -1,0 +1,107 @@
+"""mailgun_headers: Mailgun's ``X-Mailgun-*`` SMTP headers, read at DATA.
+
+Mailgun documents them for SMTP sending
+(https://documentation.mailgun.com/docs/mailgun/user-manual/sending-messages/#sending-via-smtp):
+``X-Mailgun-Tag`` (repeatable, at most 3), ``X-Mailgun-Track``, ``-Track-Clicks`` (yes, no,
+htmlonly), ``-Track-Opens``, ``X-Mailgun-Variables`` (a JSON object: "user-variables" on every
+event), ``X-Mailgun-Deliver-By`` (RFC 2822 date), ``X-Mailgun-Require-TLS`` and
+``X-Mailgun-Skip-Verification`` (yes/no). Each maps onto smtpgate's switches, tags, metadata
+and delivery deadline; a malformed value is a ``550 5.6.0`` naming the header.
+"""
+
+from __future__ import annotations
+
+from pipeline import MessageContext, Plugin, PluginConfig, Reject, hookimpl
+from pipeline.toolkit import dialects as d
+
+MAX_TAGS = 3  # Mailgun: "a single message may be marked with up to 3 tags"
+
+
+class MailgunHeaders(Plugin):
+    """Maps X-Mailgun-* onto switches, tags, variables and a deliver-by time."""
+
+    name = "mailgun_headers"
+    feature = "mailgun"
+    version = "1.0"
+
+    class Config(PluginConfig):
+        pass
+
+    @hookimpl
+    def on_message(self, ctx: MessageContext) -> Reject | None:
+        tags = d.every(ctx, "X-Mailgun-Tag")
+        if len(tags) > MAX_TAGS:
+            return d.invalid("X-Mailgun-Tag", f"at most {MAX_TAGS} tags per message")
+        verdict = d.add_tags(ctx, "X-Mailgun-Tag", tags)
+        if verdict is not None:
+            return verdict
+        if tags:
+            d.campaign_from_tag(ctx, tags[0])
+        for step in (self._tracking, self._variables, self._delivery):
+            verdict = step(ctx)
+            if verdict is not None:
+                return verdict
+        return None
+
+    def _tracking(self, ctx: MessageContext) -> Reject | None:
+        track = d.single(ctx, "X-Mailgun-Track")
+        if isinstance(track, Reject):
+            return track
+        if track is not None:  # the general switch first; the specific ones below override it
+            on = d.flag("X-Mailgun-Track", track)
+            if isinstance(on, Reject):
+                return on
+            d.set_switch(ctx, "trackclicks", on, "X-Mailgun-Track")
+            d.set_switch(ctx, "trackopens", on, "X-Mailgun-Track")
+        clicks = d.single(ctx, "X-Mailgun-Track-Clicks")
+        if isinstance(clicks, Reject):
+            return clicks
+        if clicks is not None:
+            # htmlonly: links are only ever rewritten in HTML parts here, so it is "yes".
+            on = d.flag("X-Mailgun-Track-Clicks", clicks, true=("yes", "true", "htmlonly"))
+            if isinstance(on, Reject):
+                return on
+            d.set_switch(ctx, "trackclicks", on, "X-Mailgun-Track-Clicks")
+        opens = d.single(ctx, "X-Mailgun-Track-Opens")
+        if isinstance(opens, Reject):
+            return opens
+        if opens is not None:
+            on = d.flag("X-Mailgun-Track-Opens", opens)
+            if isinstance(on, Reject):
+                return on
+            d.set_switch(ctx, "trackopens", on, "X-Mailgun-Track-Opens")
+        return None
+
+    def _variables(self, ctx: MessageContext) -> Reject | None:
+        values = d.every(ctx, "X-Mailgun-Variables")  # Mailgun allows several; they merge
+        for raw in values:
+            parsed = d.json_object("X-Mailgun-Variables", raw)
+            if isinstance(parsed, Reject):
+                return parsed
+            verdict = d.add_metadata(ctx, "X-Mailgun-Variables", parsed)
+            if verdict is not None:
+                return verdict
+        return None
+
+    def _delivery(self, ctx: MessageContext) -> Reject | None:
+        by = d.single(ctx, "X-Mailgun-Deliver-By")
+        if isinstance(by, Reject):
+            return by
+        if by is not None:
+            when = d.timestamp("X-Mailgun-Deliver-By", by)
+            if isinstance(when, Reject):
+                return when
+            ctx.deliver_by = when
+        for name in ("X-Mailgun-Require-TLS", "X-Mailgun-Skip-Verification"):
+            raw = d.single(ctx, name)
+            if isinstance(raw, Reject):
+                return raw
+            if raw is None:
+                continue
+            on = d.flag(name, raw)
+            if isinstance(on, Reject):
+                return on
+            # Egress TLS is the gateway's policy ([egress] tls, verify_certificates): a message can
+            # neither lower it nor (yet) raise it. Recorded so the timeline shows what was asked.
+            ctx.notes.setdefault("mailgun", {})[name.lower()] = on
+        return None
