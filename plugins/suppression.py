@@ -3,14 +3,16 @@
 
 The stoplist is filled by hard bounces, unsubscribes and complaints (``[suppression]`` in the
 config says which, and whether per credential or global) and by ``smtpgate suppression add``.
-A look-up error raises, which the chain turns into ``451 4.3.0``: never a silent accept.
+Recipients a plugin adds at DATA (SendGrid's ``X-SMTPAPI`` ``to`` list) never passed RCPT, so
+``on_message`` checks those too: a stoplisted one is dropped from the envelope, and the message
+is refused when none is left. A look-up error raises, which the chain turns into ``451 4.3.0``: never a silent accept.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipeline import Plugin, PluginConfig, PluginEnv, Reject, Session, Verdict, hookimpl
+from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Reject, Session, Verdict, hookimpl
 from pipeline.events import STOPLIST_REPLY, open_suppression_list
 
 
@@ -40,3 +42,14 @@ class Suppression(Plugin):
         if address and self._stoplist().contains(address, credential):
             return self.reply
         return None
+
+    @hookimpl
+    def on_message(self, ctx: MessageContext) -> Verdict | None:
+        added = [e.detail for e in ctx.message.edits if e.action == "add_rcpt"]
+        if not added:
+            return None
+        credential = ctx.credential.name if ctx.credential else None
+        for address in dict.fromkeys(added):
+            if address in ctx.message.rcpt_tos and self._stoplist().contains(address, credential):
+                ctx.message.remove_recipient(address)
+        return None if ctx.message.rcpt_tos else self.reply
