@@ -135,8 +135,8 @@ def test_stripping_applies_with_the_plugin_not_in_the_chain():
 
 
 def test_a_stoplisted_address_in_the_to_list_is_dropped(tmp_path):
-    from pipeline.events import open_event_store
     from pipeline.chain.driver import make_config
+    from pipeline.events import open_event_store
 
     cfg = make_config({"gateway": {"data_dir": str(tmp_path)}}, CHAIN)
     store = open_event_store(cfg)
