@@ -61,7 +61,7 @@ class SqliteSpool:
         self._conn = open_sqlite(path)
         self._conn.executescript(SCHEMA)
         self._lock = threading.Lock()
-        self._pending: list[tuple[tuple[object, ...], list[str], asyncio.Future[None]]] = []
+        self._pending: list[tuple[tuple[object, ...], list[str], float, asyncio.Future[None]]] = []
         self._flushing = False
         self._updates: list[tuple[list[RecipientOutcome], asyncio.Future[None]]] = []
         self._recording = False

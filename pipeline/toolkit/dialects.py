@@ -108,8 +108,10 @@ def json_object(name: str, value: str) -> dict[str, Any] | Reject:
     """A header holding one JSON object (X-SMTPAPI, X-Mailgun-Variables)."""
     try:
         parsed = json.loads(value)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         return invalid(name, f"not JSON ({exc.msg} at character {exc.pos})")
+    except (ValueError, RecursionError):  # nesting deeper than the parser's stack: still the sender's error
+        return invalid(name, "not JSON (nested too deeply)")
     if not isinstance(parsed, dict):
         return invalid(name, "expected a JSON object")
     return parsed
