@@ -158,3 +158,22 @@ def stats_report(
         "totals": totals(campaigns),
         "timeline": timeline(store, campaign=campaign, since=since, until=until),
     }
+
+
+def tag_stats(
+    store: _Queryable, *, since: float | None = None, until: float | None = None
+) -> list[dict[str, Any]]:
+    """One row per tag (vendor dialects' categories and tags): the campaign columns and rates.
+
+    A message with two tags counts under both, so the rows do not add up to the totals.
+    """
+    from pipeline.events.metadata import TAGGED_EVENTS
+
+    cols = ", ".join(f"{expr.format(copy=_COPY)} AS {name}" for name, expr in COUNT_COLUMNS.items())
+    where, args = _where(None, since, until)
+    sql = f"SELECT tag, {cols} FROM {TAGGED_EVENTS}{where} GROUP BY tag ORDER BY tag"
+    out = []
+    for row in store.query(sql, args):
+        counts = {name: int(v or 0) for name, v in zip(COUNT_COLUMNS, row[1:], strict=True)}
+        out.append(add_rates({"tag": row[0], **counts}))
+    return out
