@@ -269,17 +269,16 @@ class WebhookSender:
         }
         if item.stored.event.letter_id:
             headers["X-Letter-Id"] = item.stored.event.letter_id
-        auth = (endpoint.username, endpoint.password or "") if endpoint and endpoint.username else None
-        return formats.Request(body, headers, auth)
+        headers.update(formats.basic_auth(endpoint))
+        return formats.Request(body, headers)
 
     async def _post(self, group: list[OutboxItem]) -> str | None:
         """One attempt; ``None`` on a 2xx answer, else what went wrong."""
         assert self._session is not None
         request = self._request(group)
-        auth = aiohttp.BasicAuth(*request.auth) if request.auth else None
         try:
             async with self._session.post(
-                group[0].url, data=request.body, headers=request.headers, allow_redirects=False, auth=auth
+                group[0].url, data=request.body, headers=request.headers, allow_redirects=False
             ) as resp:
                 await resp.read()
                 if 200 <= resp.status < 300:

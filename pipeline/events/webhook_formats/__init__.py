@@ -8,6 +8,7 @@ key)`` -> :class:`Request` (body, headers, basic auth). ``webhooks.py`` calls :f
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -38,10 +39,16 @@ def render(endpoint: WebhookEndpointSection, events: Sequence[WebhookEvent], key
     """The request for one vendor-format delivery of ``events`` (one, or a batch for SendGrid)."""
     module = format_module(endpoint.format)
     request: Request = module.render(endpoint, events, key)
-    if endpoint.username is not None:
-        password = endpoint.password or ""
-        return Request(request.body, request.headers, (endpoint.username, password))
+    request.headers.update(basic_auth(endpoint))
     return request
 
 
-__all__ = ["Request", "WebhookEvent", "batch_size", "format_module", "render", "supports"]
+def basic_auth(endpoint: WebhookEndpointSection | None) -> dict[str, str]:
+    """The ``Authorization: Basic`` header of an endpoint with a username (Postmark's scheme)."""
+    if endpoint is None or endpoint.username is None:
+        return {}
+    pair = f"{endpoint.username}:{endpoint.password or ''}".encode()
+    return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
+
+
+__all__ = ["Request", "WebhookEvent", "basic_auth", "batch_size", "format_module", "render", "supports"]

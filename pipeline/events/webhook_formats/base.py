@@ -31,4 +31,3 @@ class WebhookEvent:
 class Request:
     body: bytes
     headers: dict[str, str]
-    auth: tuple[str, str] | None = None
