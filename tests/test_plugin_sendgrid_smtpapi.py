@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import sqlite3
 from typing import Any
 
 import aiosmtplib
 import pytest
+from click.testing import CliRunner
 
 from pipeline import Credential
+from pipeline.app.cli import main
 from pipeline.app.harness import ingress_test_config, running_ingress, spooled
 from pipeline.chain.driver import run_chain
 from pipeline.contract.message import Message
@@ -171,3 +174,17 @@ async def test_over_smtp_the_spool_holds_the_expanded_envelope_metadata_and_send
     finally:
         conn.close()
     assert due == {1924992000.0}  # not due before send_at
+    shown = CliRunner().invoke(main, ["queue", "show", msg["queue_id"]])
+    assert shown.exit_code == 0, shown.output
+    assert "Tags:       welcome, onboarding" in shown.output
+    assert 'Metadata:   {"user_id": "1001", "source": "signup"}' in shown.output
+    local = datetime.datetime.fromtimestamp(1924992000).strftime("%a %b %d %H:%M:%S")  # queue show's clock
+    assert f"Send at:    {local}" in shown.output and f"queued, 0 attempt(s), next {local}" in shown.output
+
+
+def test_replay_reports_the_recorded_metadata(data_dir, monkeypatch):
+    monkeypatch.delenv("SMTPGATE_CONFIG", raising=False)
+    result = CliRunner().invoke(main, ["replay", str(SAMPLES / "19-sendgrid-smtpapi.eml")])
+    assert result.exit_code == 0, result.output
+    assert '  tags welcome,onboarding; metadata {"user_id": "1001", "source": "signup"}\n' in result.output
+    assert result.output.count(": ready, ") == 2

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,6 +26,7 @@ from vendor_webhook_examples import (
     shape,
 )
 
+from pipeline.app.cli import main
 from pipeline.app.gateway import Gateway
 from pipeline.config import ConfigError
 from pipeline.contract.context import Event
@@ -198,3 +200,32 @@ def test_one_url_cannot_have_two_formats(tmp_path):
 def test_an_unknown_event_type_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="webhooks.endpoints"):
         tracking_config(tmp_path, {"webhooks": {"endpoints": [{"url": "http://127.0.0.1:9/h", "events": ["sent"]}]}})
+
+
+def test_the_cli_prints_the_verification_key_of_the_generated_sendgrid_key(tmp_path, monkeypatch):
+    config = tmp_path / "smtpgate.toml"
+    config.write_text(
+        f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n'
+        '[[webhooks.endpoints]]\nurl = "http://127.0.0.1:9/sg"\nformat = "sendgrid"\n'
+    )
+    monkeypatch.delenv("SMTPGATE_DATA_DIR", raising=False)
+    first = CliRunner().invoke(main, ["webhooks", "sendgrid-public-key", "--config", str(config)])
+    again = CliRunner().invoke(main, ["webhooks", "sendgrid-public-key", "--config", str(config)])
+    assert first.exit_code == 0, first.output
+    url, key = first.output.split()
+    assert url == "http://127.0.0.1:9/sg" and again.output == first.output  # generated once, then reused
+    pem = (tmp_path / "data" / "webhook-sendgrid.pem").read_bytes()
+    private = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey) and public_key(private) == key
+
+
+async def test_stats_by_tag_on_the_command_line(tmp_path, receiver, monkeypatch):
+    gw = await deliver_five(tmp_path, {"format": "smtpgate", "events": ["delivered"]}, receiver, 1)
+    await gw.stop()
+    monkeypatch.setenv("SMTPGATE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("SMTPGATE_CONFIG", raising=False)
+    result = CliRunner().invoke(main, ["stats", "--by-tag"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split()[:3] == ["tag", "sent", "deliv"]
+    assert [line.split()[:3] for line in lines[1:]] == [["onboarding", "1", "1"], ["welcome", "1", "1"]]
