@@ -44,33 +44,13 @@ class MailgunHeaders(Plugin):
         return None
 
     def _tracking(self, ctx: MessageContext) -> Reject | None:
-        track = d.single(ctx, "X-Mailgun-Track")
-        if isinstance(track, Reject):
-            return track
-        if track is not None:  # the general switch first; the specific ones below override it
-            on = d.flag("X-Mailgun-Track", track)
-            if isinstance(on, Reject):
-                return on
-            d.set_switch(ctx, "trackclicks", on, "X-Mailgun-Track")
-            d.set_switch(ctx, "trackopens", on, "X-Mailgun-Track")
-        clicks = d.single(ctx, "X-Mailgun-Track-Clicks")
-        if isinstance(clicks, Reject):
-            return clicks
-        if clicks is not None:
-            # htmlonly: links are only ever rewritten in HTML parts here, so it is "yes".
-            on = d.flag("X-Mailgun-Track-Clicks", clicks, true=("yes", "true", "htmlonly"))
-            if isinstance(on, Reject):
-                return on
-            d.set_switch(ctx, "trackclicks", on, "X-Mailgun-Track-Clicks")
-        opens = d.single(ctx, "X-Mailgun-Track-Opens")
-        if isinstance(opens, Reject):
-            return opens
-        if opens is not None:
-            on = d.flag("X-Mailgun-Track-Opens", opens)
-            if isinstance(on, Reject):
-                return on
-            d.set_switch(ctx, "trackopens", on, "X-Mailgun-Track-Opens")
-        return None
+        # The general switch first; the specific ones override it. htmlonly is "yes": links are
+        # only ever rewritten in HTML parts here.
+        return (
+            d.switch_from(ctx, "X-Mailgun-Track", ("trackclicks", "trackopens"))
+            or d.switch_from(ctx, "X-Mailgun-Track-Clicks", ("trackclicks",), true=("yes", "true", "htmlonly"))
+            or d.switch_from(ctx, "X-Mailgun-Track-Opens", ("trackopens",))
+        )
 
     def _variables(self, ctx: MessageContext) -> Reject | None:
         values = d.every(ctx, "X-Mailgun-Variables")  # Mailgun allows several; they merge
@@ -93,15 +73,11 @@ class MailgunHeaders(Plugin):
                 return when
             ctx.deliver_by = when
         for name in ("X-Mailgun-Require-TLS", "X-Mailgun-Skip-Verification"):
-            raw = d.single(ctx, name)
-            if isinstance(raw, Reject):
-                return raw
-            if raw is None:
-                continue
-            on = d.flag(name, raw)
+            on = d.header_flag(ctx, name)
             if isinstance(on, Reject):
                 return on
-            # Egress TLS is the gateway's policy ([egress] tls, verify_certificates): a message can
-            # neither lower it nor (yet) raise it. Recorded so the timeline shows what was asked.
-            ctx.notes.setdefault("mailgun", {})[name.lower()] = on
+            if on is not None:
+                # Egress TLS is the gateway's policy ([egress] tls, verify_certificates): a message can
+                # neither lower it nor (yet) raise it. Recorded so the timeline shows what was asked.
+                ctx.notes.setdefault("mailgun", {})[name.lower()] = on
         return None

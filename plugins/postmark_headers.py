@@ -48,14 +48,9 @@ class PostmarkHeaders(Plugin):
         verdict = d.add_metadata(ctx, "X-PM-Metadata", metadata) if metadata else None
         if verdict is not None:
             return verdict
-        opens = d.single(ctx, "X-PM-TrackOpens")
-        if isinstance(opens, Reject):
-            return opens
-        if opens is not None:
-            on = d.flag("X-PM-TrackOpens", opens, true=("true",), false=("false",))
-            if isinstance(on, Reject):
-                return on
-            d.set_switch(ctx, "trackopens", on, "X-PM-TrackOpens")
+        verdict = d.switch_from(ctx, "X-PM-TrackOpens", ("trackopens",), true=("true",), false=("false",))
+        if verdict is not None:
+            return verdict
         links = d.single(ctx, "X-PM-TrackLinks")
         if isinstance(links, Reject):
             return links

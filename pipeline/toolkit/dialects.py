@@ -62,12 +62,34 @@ def with_prefix(ctx: MessageContext, prefix: str) -> list[tuple[str, str]]:
 
 def flag(name: str, value: str, true: Iterable[str] = ("yes", "true"), false: Iterable[str] = ("no", "false")) -> bool | Reject:
     """A yes/no header value (case-insensitive) or the 550 naming the accepted words."""
+    true, false = tuple(true), tuple(false)
     v = value.strip().lower()
     if v in true:
         return True
     if v in false:
         return False
     return invalid(name, f"expected {' or '.join([*true, *false])}")
+
+
+def header_flag(
+    ctx: MessageContext, name: str, true: Iterable[str] = ("yes", "true"), false: Iterable[str] = ("no", "false")
+) -> bool | Reject | None:
+    """A yes/no header that may appear once: its value, ``None`` when absent, or the 550."""
+    raw = single(ctx, name)
+    if raw is None or isinstance(raw, Reject):
+        return raw
+    return flag(name, raw, tuple(true), tuple(false))
+
+
+def switch_from(ctx: MessageContext, name: str, features: Iterable[str], **words: Iterable[str]) -> Reject | None:
+    """Set ``features`` from a yes/no header when present (``words``: ``true``/``false`` spellings)."""
+    on = header_flag(ctx, name, **words)
+    if isinstance(on, Reject):
+        return on
+    if on is not None:
+        for feature in features:
+            set_switch(ctx, feature, on, name)
+    return None
 
 
 def set_switch(ctx: MessageContext, feature: str, on: bool, source: str) -> None:
