@@ -20,10 +20,11 @@ people or track someone who asked not to be tracked.
 from __future__ import annotations
 
 import email.utils
+import json
 import re
 from typing import Any
 
-from pipeline import MessageContext, Plugin, PluginConfig, Reject, hookimpl
+from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Reject, hookimpl
 from pipeline.toolkit import dialects as d
 
 HEADER = "X-SMTPAPI"
@@ -45,6 +46,10 @@ class SendgridSmtpapi(Plugin):
 
     class Config(PluginConfig):
         max_recipients: int = 1000  # SendGrid's own limit for "to"; a credential's max_recipients also applies
+
+    def __init__(self, config: Any, env: PluginEnv) -> None:
+        super().__init__(config, env)
+        self._parsed: tuple[tuple[str, int, int], dict[str, Any]] | None = None
 
     @hookimpl
     def on_message(self, ctx: MessageContext) -> Reject | None:
@@ -135,7 +140,7 @@ class SendgridSmtpapi(Plugin):
         for tag, values in subs.items():
             if len(values) != len(to) or not all(isinstance(v, str | int | float) for v in values):
                 return d.invalid(HEADER, f"sub {tag!r} needs one value per to address")
-        copies: dict[str, dict[str, Any]] = {}
+        copies: dict[str, Any] = {}
         for i, entry in enumerate(to):
             _, address = email.utils.parseaddr(entry)
             if not _ADDRESS.fullmatch(address) or "\r" in entry or "\n" in entry:
@@ -145,14 +150,23 @@ class SendgridSmtpapi(Plugin):
             ctx.message.remove_recipient(rcpt)
         for address in dict.fromkeys(email.utils.parseaddr(t)[1] for t in to):
             ctx.message.add_recipient(address)
-        ctx.notes[NOTE] = {"copies": copies, "section": sections}
+        # One JSON string: the core deep-copies notes into every copy's context, and a string is
+        # copied by reference (a dict per recipient would make a batch of n recipients cost n^2).
+        ctx.notes[NOTE] = json.dumps({"copies": copies, "section": sections})
         return None
+
+    def _state(self, queue_id: str, encoded: str) -> dict[str, Any]:
+        """The parsed per-recipient state, parsed once per message (copies come one after another)."""
+        key = (queue_id, len(encoded), hash(encoded))
+        if self._parsed is None or self._parsed[0] != key:
+            self._parsed = (key, json.loads(encoded))
+        return self._parsed[1]
 
     @hookimpl
     def on_personalize(self, ctx: MessageContext) -> None:
-        state = ctx.notes.get(NOTE)
-        if not state or ctx.recipient is None:
+        if NOTE not in ctx.notes or ctx.recipient is None:
             return
+        state = self._state(ctx.queue_id, ctx.notes[NOTE])
         copy = state["copies"].get(ctx.recipient.lower())
         if copy is None:
             return
