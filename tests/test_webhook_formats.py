@@ -30,7 +30,7 @@ from pipeline.app.cli import main
 from pipeline.app.gateway import Gateway
 from pipeline.config import ConfigError
 from pipeline.contract.context import Event
-from pipeline.events.stats import tag_stats
+from pipeline.events.stats import stats_report, tag_stats
 from pipeline.events.webhook_formats.sendgrid import public_key
 
 FIVE = ["delivered", "opened", "clicked", "bounced", "unsubscribed"]
@@ -183,12 +183,15 @@ async def test_statistics_count_each_tag(tmp_path, receiver):
     gw = await deliver_five(tmp_path, {"format": "smtpgate", "events": ["delivered"]}, receiver, 1)
     try:
         rows = {r["tag"]: r for r in tag_stats(gw.events)}
+        report = stats_report(gw.events)  # what GET /api/stats returns
+        other = tag_stats(gw.events, campaign="other")
     finally:
         await gw.stop()
     assert sorted(rows) == sorted(TAGS)
     for row in rows.values():
         assert (row["sent"], row["delivered"], row["unique_opens"], row["unique_clicks"]) == (1, 1, 1, 1)
         assert (row["bounced_hard"], row["unsubscribes"]) == (1, 1)
+    assert report["tags"] == list(rows.values()) and other == []
 
 
 def test_one_url_cannot_have_two_formats(tmp_path):

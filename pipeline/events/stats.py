@@ -150,18 +150,19 @@ def timeline(
 def stats_report(
     store: _Queryable, *, campaign: str | None = None, since: float | None = None, until: float | None = None
 ) -> dict[str, Any]:
-    """What ``GET /api/stats`` returns: campaigns, days, totals and the timeline."""
+    """What ``GET /api/stats`` returns: campaigns, days, totals, the timeline and the rows per tag."""
     campaigns = campaign_stats(store, campaign=campaign, since=since, until=until)
     return {
         "campaigns": campaigns,
         "days": campaign_stats(store, campaign=campaign, since=since, until=until, by_day=True),
         "totals": totals(campaigns),
         "timeline": timeline(store, campaign=campaign, since=since, until=until),
+        "tags": tag_stats(store, campaign=campaign, since=since, until=until),
     }
 
 
 def tag_stats(
-    store: _Queryable, *, since: float | None = None, until: float | None = None
+    store: _Queryable, *, campaign: str | None = None, since: float | None = None, until: float | None = None
 ) -> list[dict[str, Any]]:
     """One row per tag (vendor dialects' categories and tags): the campaign columns and rates.
 
@@ -170,7 +171,7 @@ def tag_stats(
     from pipeline.events.metadata import TAGGED_EVENTS
 
     cols = ", ".join(f"{expr.format(copy=_COPY)} AS {name}" for name, expr in COUNT_COLUMNS.items())
-    where, args = _where(None, since, until)
+    where, args = _where(campaign, since, until)
     sql = f"SELECT tag, {cols} FROM {TAGGED_EVENTS}{where} GROUP BY tag ORDER BY tag"
     out = []
     for row in store.query(sql, args):
