@@ -275,7 +275,7 @@ class WebhookSender:
     async def _post(self, group: list[OutboxItem]) -> str | None:
         """One attempt; ``None`` on a 2xx answer, else what went wrong."""
         assert self._session is not None
-        request = self._request(group)
+        request = await asyncio.to_thread(self._request, group)  # a metadata look-up, a signature
         try:
             async with self._session.post(
                 group[0].url, data=request.body, headers=request.headers, allow_redirects=False
