@@ -232,3 +232,15 @@ async def test_stats_by_tag_on_the_command_line(tmp_path, receiver, monkeypatch)
     lines = result.output.splitlines()
     assert lines[0].split()[:3] == ["tag", "sent", "deliv"]
     assert [line.split()[:3] for line in lines[1:]] == [["onboarding", "1", "1"], ["welcome", "1", "1"]]
+
+
+def test_the_config_knows_every_event_type_and_each_format_maps_only_real_ones():
+    from typing import get_args
+
+    from pipeline.config import WebhookEventType
+    from pipeline.events import EVENT_TYPES
+    from pipeline.events.webhook_formats import format_module
+
+    assert set(get_args(WebhookEventType)) == set(EVENT_TYPES)
+    for fmt in ("sendgrid", "mailgun", "postmark"):
+        assert set(format_module(fmt).TYPES) <= set(EVENT_TYPES), fmt
