@@ -23,6 +23,7 @@ from vendor_webhook_examples import (
     POSTMARK_NOT_PROVIDED,
     SENDGRID,
     SENDGRID_NOT_PROVIDED,
+    SENDGRID_SIGNED,
     shape,
 )
 
@@ -46,6 +47,24 @@ async def receiver():
     yield r
     assert r.runner is not None
     await r.runner.cleanup()
+
+
+def sendgrid_verifies(public_b64: str, timestamp: str, payload: bytes, signature_b64: str) -> bool:
+    """SendGrid's documented check: ECDSA P-256/SHA-256 of timestamp + raw body, key and signature base64 DER."""
+    verifier = serialization.load_der_public_key(base64.b64decode(public_b64))
+    assert isinstance(verifier, ec.EllipticCurvePublicKey)
+    try:
+        verifier.verify(base64.b64decode(signature_b64), timestamp.encode() + payload, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def test_the_sendgrid_check_accepts_sendgrids_own_test_vector():
+    """So the check the format test relies on is SendGrid's algorithm, not only our own round trip."""
+    v = SENDGRID_SIGNED
+    assert sendgrid_verifies(v["public_key"], v["timestamp"], v["payload"], v["signature"])
+    assert not sendgrid_verifies(v["public_key"], "1588788368", v["payload"], v["signature"])
 
 
 def pem_key() -> tuple[str, str]:
@@ -84,13 +103,10 @@ async def test_sendgrid_events_arrive_batched_and_signed_in_sendgrids_shape(tmp_
     gw = await deliver_five(tmp_path, {"format": "sendgrid", "events": FIVE, "signing_key": pem}, receiver)
     await gw.stop()
     [(headers, body, _)] = receiver.requests  # five events, one POST: SendGrid batches
-    verifier = serialization.load_der_public_key(base64.b64decode(public))
-    assert isinstance(verifier, ec.EllipticCurvePublicKey)
-    signed = headers["X-Twilio-Email-Event-Webhook-Timestamp"].encode() + body
-    signature = base64.b64decode(headers["X-Twilio-Email-Event-Webhook-Signature"])
-    verifier.verify(signature, signed, ec.ECDSA(hashes.SHA256()))  # SendGrid's documented check
-    with pytest.raises(InvalidSignature):
-        verifier.verify(signature, signed + b" ", ec.ECDSA(hashes.SHA256()))
+    timestamp = headers["X-Twilio-Email-Event-Webhook-Timestamp"]
+    signature = headers["X-Twilio-Email-Event-Webhook-Signature"]
+    assert sendgrid_verifies(public, timestamp, body, signature)
+    assert not sendgrid_verifies(public, timestamp, body + b" ", signature)
     events = {e["event"]: e for e in json.loads(body)}
     assert sorted(events) == sorted(SENDGRID)
     for name, example in SENDGRID.items():

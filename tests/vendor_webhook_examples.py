@@ -121,3 +121,15 @@ def shape(value: Any) -> Any:
     if isinstance(value, int | float):
         return "number"
     return type(value).__name__
+
+
+# Source: SendGrid's own test vector for its signed Event Webhook helper, @sendgrid/eventwebhook
+# (sendgrid-nodejs, packages/eventwebhook/src/eventwebhook.spec.js, version 7.2.6): a public key, a
+# timestamp, a payload and the signature SendGrid produced over them.
+SENDGRID_SIGNED = {
+    "public_key": "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEEDr2LjtURuePQzplybdC+u4CwrqDqBaWjcMMsTbhdbcwHBcepxo7yAQGhHPTn"
+    "lvFYPAZFceEu/1FwCM/QmGUhA==",
+    "signature": "MEUCIQCtIHJeH93Y+qpYeWrySphQgpNGNr/U+UyUlBkU6n7RAwIgJTz2C+8a8xonZGi6BpSzoQsbVRamr2nlxFDWYNH2j/0=",
+    "timestamp": "1588788367",
+    "payload": b'{"category":"example_payload","event":"test_event","message_id":"message_id"}',
+}
