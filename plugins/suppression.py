@@ -4,14 +4,16 @@
 
 The stoplist is filled by hard bounces, unsubscribes and complaints (``[suppression]`` in the
 config says which, and whether per credential or global) and by ``smtpgate suppression add``.
-A look-up error raises, which the chain turns into ``451 4.3.0``: never a silent accept.
+Recipients a plugin adds at DATA (SendGrid's ``X-SMTPAPI`` ``to`` list) never passed RCPT, so
+``on_message`` checks those too: a stoplisted one is dropped from the envelope, and the message
+is refused when none is left. A look-up error raises, which the chain turns into ``451 4.3.0``: never a silent accept.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipeline import Plugin, PluginConfig, PluginEnv, Reject, Session, Verdict, hookimpl
+from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Reject, Session, Verdict, hookimpl
 from pipeline.toolkit import HARD_BOUNCE_REPLY, STOPLIST_REPLY
 
 
@@ -40,3 +42,16 @@ class Suppression(Plugin):
         if reason is None:
             return None
         return self.hard_bounce_reply if reason == "hard bounce" else self.reply
+
+    @hookimpl
+    def on_message(self, ctx: MessageContext) -> Verdict | None:
+        """Recipients a plugin added at DATA (SendGrid's ``to``) never went through RCPT: drop the
+        stoplisted ones here; a message left with nobody is refused like a RCPT would be."""
+        added = [e.detail for e in ctx.message.edits if e.action == "add_rcpt"]
+        if not added:
+            return None
+        credential = ctx.credential.name if ctx.credential else None
+        for address in dict.fromkeys(added):
+            if address in ctx.message.rcpt_tos and self.env.suppression.contains(address, credential):
+                ctx.message.remove_recipient(address)
+        return None if ctx.message.rcpt_tos else self.reply

@@ -27,6 +27,7 @@ import binascii
 import email
 import email.policy
 import hashlib
+import json
 import re
 import struct
 import sys
@@ -1123,6 +1124,96 @@ def s18_large_links(c: Corpus) -> bytes:
     return message(headers, root)
 
 
+# --------------------------------------------------------------------------- vendor dialects (issue 15)
+
+VENDOR_HTML = """<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>{title}</title></head>
+<body style="font-family: Arial, sans-serif;">
+<p>{greeting}</p>
+<p><a href="https://shop.example.com/account?ref={ref}">Your account</a> &middot;
+<a href="https://shop.example.com/help?ref={ref}">Help</a></p>
+</body>
+</html>
+"""
+
+
+def vendor_message(n: int, slug: str, subject: str, greeting: str, extra: list[Header], to: str = JANE) -> bytes:
+    """A small HTML message with two links, for one vendor dialect's headers."""
+    html = VENDOR_HTML.format(title=subject, greeting=greeting, ref=slug)
+    headers = std_headers(
+        n, sender='"Example Shop" <shop@example.com>', to=to, subject=subject, domain="example.com", slug=slug,
+        extra=extra,
+    )
+    return message(headers, text_part(html, "html", "utf-8", "quoted-printable"))
+
+
+SMTPAPI = (
+    '{"to": ["\\"Ann Lee\\" <ann.lee@example.org>", "bob.stone@example.net"], '
+    '"sub": {"-name-": ["Ann", "Bob"], "-plan-": ["Pro", "Free"]}, '
+    '"category": ["welcome", "onboarding"], "unique_args": {"user_id": "1001", "source": "signup"}, '
+    '"filters": {"clicktrack": {"settings": {"enable": 0}}, "opentrack": {"settings": {"enable": 1}}}}'
+)
+
+
+def s19_sendgrid(c: Corpus) -> bytes:
+    # SendGrid folds long X-SMTPAPI values; so do we (continuation lines start with a space).
+    folded = SMTPAPI.replace(', "sub"', ',\r\n "sub"').replace(', "category"', ',\r\n "category"').replace(
+        ', "filters"', ',\r\n "filters"'
+    )
+    return vendor_message(
+        19, "sendgrid", "Welcome, -name-: your -plan- plan", "Hello -name-, thanks for choosing -plan-.",
+        [("X-SMTPAPI", folded)], to='"Undisclosed" <list@example.com>',
+    )
+
+
+def s20_mailgun(c: Corpus) -> bytes:
+    return vendor_message(
+        20, "mailgun", "Your receipt for March", "Thanks for your payment.",
+        [
+            ("X-Mailgun-Tag", "receipts"),
+            ("X-Mailgun-Tag", "billing-march"),
+            ("X-Mailgun-Track-Clicks", "no"),
+            ("X-Mailgun-Track-Opens", "yes"),
+            ("X-Mailgun-Variables", '{"order_id": "83423", "plan": "pro"}'),
+            ("X-Mailgun-Require-TLS", "yes"),
+        ],
+    )
+
+
+def s21_postmark(c: Corpus) -> bytes:
+    return vendor_message(
+        21, "postmark", "Reset your password", "Someone asked to reset your password.",
+        [
+            ("X-PM-Tag", "password-reset"),
+            ("X-PM-Metadata-user-id", "77"),
+            ("X-PM-Metadata-request", "r-5521"),
+            ("X-PM-TrackOpens", "false"),
+            ("X-PM-TrackLinks", "HtmlOnly"),
+            ("X-PM-Message-Stream", "outbound"),
+        ],
+    )
+
+
+def s22_ses(c: Corpus) -> bytes:
+    return vendor_message(
+        22, "ses", "Spring picks for you", "Our spring selection is here.",
+        [("X-SES-CONFIGURATION-SET", "marketing"), ("X-SES-MESSAGE-TAGS", "campaign=spring, team=growth")],
+    )
+
+
+def s23_mailerq(c: Corpus) -> bytes:
+    return vendor_message(
+        23, "mailerq", "Your weekly digest", "Five things happened this week.",
+        [
+            ("x-mq-tag", "digest"),
+            ("x-mq-inlinecss", "false"),
+            ("x-mq-maxdelivertime", "2036-01-01 00:00:00"),
+            ("x-mq-order-id", "A-77"),
+        ],
+    )
+
+
 # --------------------------------------------------------------------------- registry + README
 
 
@@ -1292,6 +1383,45 @@ SAMPLES = [
         "`X-Campaign-Id: weekly-2026-11`; QP",
         "**ACCEPTED**. Used for the 200-links x 3-recipients test: every one of the 200 links tracked for each "
         "recipient (600 tracked links, each recipient's copy with its own ids), pixel per recipient; no other `<a>` in the HTML.",
+    ),    Sample(
+        "19-sendgrid-smtpapi.eml",
+        s19_sendgrid,
+        "SendGrid `X-SMTPAPI` (folded JSON): `to` with 2 addresses, `sub` (`-name-`, `-plan-`), `category`, "
+        "`unique_args`, `filters` clicktrack off / opentrack on; To: is a placeholder address",
+        "**ACCEPTED**. Envelope recipients replaced by the `to` list (2 copies: ann.lee@example.org, "
+        "bob.stone@example.net), each copy's To: and substitutions its own (`Welcome, Ann: your Pro plan`); tags "
+        "`welcome`, `onboarding`, campaign `welcome`, metadata `user_id`, `source`; links not tracked, pixel added; "
+        "no `X-SMTPAPI` in the output.",
+    ),
+    Sample(
+        "20-mailgun-headers.eml",
+        s20_mailgun,
+        "Mailgun: two `X-Mailgun-Tag`, `X-Mailgun-Track-Clicks: no`, `X-Mailgun-Track-Opens: yes`, "
+        "`X-Mailgun-Variables` (JSON), `X-Mailgun-Require-TLS: yes`",
+        "**ACCEPTED**. Tags `receipts`, `billing-march` (campaign `receipts`), metadata `order_id`, `plan`; links not "
+        "tracked, pixel added; no `X-Mailgun-*` in the output.",
+    ),
+    Sample(
+        "21-postmark-headers.eml",
+        s21_postmark,
+        "Postmark: `X-PM-Tag`, two `X-PM-Metadata-*`, `X-PM-TrackOpens: false`, `X-PM-TrackLinks: HtmlOnly`, "
+        "`X-PM-Message-Stream: outbound`",
+        "**ACCEPTED**. Tag `password-reset` (the campaign), metadata `user-id`, `request`; links tracked, no pixel; "
+        "no `X-PM-*` in the output.",
+    ),
+    Sample(
+        "22-ses-headers.eml",
+        s22_ses,
+        "Amazon SES: `X-SES-CONFIGURATION-SET: marketing`, `X-SES-MESSAGE-TAGS: campaign=spring, team=growth`",
+        "**ACCEPTED**. Metadata `ses:configuration-set`, `campaign`, `team`; tracking as configured; no `X-SES-*` "
+        "in the output.",
+    ),
+    Sample(
+        "23-mailerq-headers.eml",
+        s23_mailerq,
+        "MailerQ: `x-mq-tag`, `x-mq-inlinecss: false`, `x-mq-maxdelivertime` (UTC), a custom `x-mq-order-id`",
+        "**ACCEPTED**. Tag `digest` (the campaign), metadata `order-id`, delivery deadline 2036-01-01 UTC, CSS not "
+        "inlined; no `x-mq-*` in the output.",
     ),
 ]
 
@@ -1582,6 +1712,11 @@ def check_samples(corpus: Corpus) -> None:
     hrefs18 = _hrefs(h18)
     assert len(hrefs18) == 200 and len(set(hrefs18)) == 200 and all(u.startswith("https://") for u in hrefs18)
     assert h18.startswith("<!DOCTYPE html>") and "@media only screen and (max-width:600px)" in h18
+    for n, prefix in (("19", "x-smtpapi"), ("20", "x-mailgun-"), ("21", "x-pm-"), ("22", "x-ses-"), ("23", "x-mq-")):
+        assert any(k.lower().startswith(prefix) for k in m[n].keys()), n
+        assert len(_hrefs(_html(m[n]))) == 2, n
+    assert json.loads(m["19"]["X-SMTPAPI"])["to"][1] == "bob.stone@example.net"
+    assert len(m["20"].get_all("X-Mailgun-Tag")) == 2
     fresh = Corpus(corpus.root)
     for s in SAMPLES:
         s.build(fresh)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +305,33 @@ async def test_dead_worker_process_defers_and_retry_delivers(data_dir):
     assert (data_dir / "died-once").exists()
 
 
+async def test_deliver_by_expires_the_copy_before_the_spool_lifetime_and_events_carry_the_metadata(data_dir):
+    port = closed_port()
+    gw, svc = await start_service(data_dir, egress=smtp_egress(port), spool={"lifetime": 3600})
+    try:
+        ctx = MessageContext(message=Message(RAW, "app@example.org", ["x@example.net"]), tags=["receipts"],
+                             metadata={"order_id": "7"}, deliver_by=time.time() + 0.3)
+        await gw.spool.enqueue(ctx, RAW, ["x@example.net"])
+        await EventRecorder.until(lambda: bool(EventRecorder.of("expired")))
+    finally:
+        await stop(gw, svc)
+    [expired] = EventRecorder.of("expired")
+    assert expired.data["dsn"] == "4.4.7"
+    assert (expired.tags, expired.metadata) == (("receipts",), {"order_id": "7"})
+
+
+async def test_not_before_holds_the_recipients_until_then(sinks, data_dir):
+    controller, sink = sinks()
+    gw, svc = await start_service(data_dir, egress=smtp_egress(controller.port))
+    try:
+        send_at = time.time() + 1.0
+        ctx = MessageContext(message=Message(RAW, "app@example.org", ["later@example.net"]), not_before=send_at)
+        await gw.spool.enqueue(ctx, RAW, ["later@example.net"])
+        await EventRecorder.until(lambda: bool(EventRecorder.of("delivered")))
+    finally:
+        await stop(gw, svc)
+    [delivered] = EventRecorder.of("delivered")
+    assert delivered.time >= send_at and len(sink.messages) == 1
 class _Events:
     """An event sink port that keeps what it is given (the gateway's is the event store)."""
 

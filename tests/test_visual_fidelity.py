@@ -402,6 +402,10 @@ def chain_config(data_dir: Path, base_url: str, engine: str) -> dict[str, Any]:
 
 # Rejected at the end of DATA (samples/README.md): nothing is delivered, so nothing to look at.
 REJECTED = {"10-missing-headers.eml", "14-invalid-campaign-id.eml", "17-two-from-headers.eml"}
+# X-SMTPAPI replaces the recipients and substitutes text per copy by design, so the copy is not
+# meant to look like the original (tests/test_plugin_sendgrid_smtpapi.py checks each copy).
+REWRITTEN = {"19-sendgrid-smtpapi.eml"}
+NO_PIXEL = {"21-postmark-headers.eml"}  # X-PM-TrackOpens: false
 
 
 def accepted_html_files() -> list[Path]:
@@ -409,7 +413,7 @@ def accepted_html_files() -> list[Path]:
     return [
         p
         for p in sample_files() + corpus_files()
-        if p.name not in REJECTED and b"text/html" in p.read_bytes()
+        if p.name not in REJECTED | REWRITTEN and b"text/html" in p.read_bytes()
     ]
 
 
@@ -633,7 +637,9 @@ def test_open_pixel_is_broken_offline_and_takes_no_visible_space(
     for old_shot, new_shot in case.shots:
         assert rendering.results[old_shot].pixels == []
         pixels = rendering.results[new_shot].pixels
-        assert len(pixels) == 1, (shot_label(new_shot), pixels)
+        assert len(pixels) == (0 if name in NO_PIXEL else 1), (shot_label(new_shot), pixels)
+        if not pixels:
+            continue
         px = pixels[0]
         assert px["broken"], "the tracking host must be unreachable while rendering"
         assert px["w"] <= 1 and px["h"] <= 1, px

@@ -50,7 +50,8 @@ def event_for(kind: str, ctx: MessageContext, rcpt: str, data: dict[str, Any] | 
     """The event for one recipient copy of ``ctx`` (``accepted`` or ``discarded``)."""
     return Event(kind, queue_id=ctx.queue_id, recipient=rcpt,
                  credential=ctx.credential.name if ctx.credential else None,
-                 campaign_id=ctx.campaign_id, letter_id=ctx.letter_id, data=dict(data or {}))
+                 campaign_id=ctx.campaign_id, letter_id=ctx.letter_id, tags=tuple(ctx.tags),
+                 metadata=ctx.metadata, data=dict(data or {}))
 
 
 async def enqueue(

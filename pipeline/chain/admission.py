@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pipeline.chain.features import strip_header_prefixes
 from pipeline.chain.runner import Chain, Trace
 from pipeline.contract.context import Credential, MessageContext, Session, new_queue_id
 from pipeline.contract.message import Message, MessageError
@@ -46,4 +47,7 @@ async def admit_message(
     if isinstance(features, Reject):
         return features, ctx
     verdict = await chain.run("on_message", ctx=ctx, trace=trace)
+    prefixes = chain.plugins.config.chain.strip_header_prefixes
+    if prefixes and not message.sealed_by:
+        strip_header_prefixes(message, prefixes)
     return verdict, ctx

@@ -15,12 +15,12 @@ drop a feature the sender paid for; a clear error makes the sender fix the heade
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.contract.context import Credential
-from pipeline.contract.message import Message
+from pipeline.contract.message import Message, current_actor
 from pipeline.contract.verdicts import Reject
 
 log = logging.getLogger("smtpgate.features")
@@ -147,3 +147,19 @@ class FeatureRegistry:
         features = resolve_features(self.defaults, credential)
         assert isinstance(features, dict)  # without a message there is no header to refuse
         return features
+
+
+def strip_header_prefixes(message: Message, prefixes: Sequence[str]) -> list[str]:
+    """Remove every header whose name starts with one of ``prefixes`` (lower case); the names removed.
+
+    Applied after ``on_message`` whether or not a dialect plugin is enabled or in the chain, so a
+    vendor's control headers (and the recipient list of ``X-SMTPAPI``) never reach a recipient.
+    """
+    names = {h.name.lower() for h in message.headers if h.name.lower().startswith(tuple(prefixes))}
+    token = current_actor.set("gateway")
+    try:
+        for name in sorted(names):
+            message.remove_header(name)
+    finally:
+        current_actor.reset(token)
+    return sorted(names)

@@ -38,6 +38,11 @@ ENTRY_POINT_GROUP = "smtpgate.plugins"
 BUILTINS: dict[str, str] = {
     "header_validation": "plugins.header_validation:HeaderValidation",
     "campaign_tag": "plugins.campaign_tag:CampaignTag",
+    "sendgrid_smtpapi": "plugins.sendgrid_smtpapi:SendgridSmtpapi",
+    "mailgun_headers": "plugins.mailgun_headers:MailgunHeaders",
+    "postmark_headers": "plugins.postmark_headers:PostmarkHeaders",
+    "ses_headers": "plugins.ses_headers:SesHeaders",
+    "mailerq_headers": "plugins.mailerq_headers:MailerqHeaders",
     "css_inline": "plugins.css_inline:CssInline",
     "click_tracking": "plugins.click_tracking:ClickTracking",
     "open_pixel": "plugins.open_pixel:OpenPixel",

@@ -117,6 +117,11 @@ class ChainSection(Section):
         default_factory=lambda: [
             "header_validation",
             "campaign_tag",
+            "sendgrid_smtpapi",
+            "mailgun_headers",
+            "postmark_headers",
+            "ses_headers",
+            "mailerq_headers",
             "suppression",
             "css_inline",
             "click_tracking",
@@ -127,6 +132,19 @@ class ChainSection(Section):
         ]
     )
     timeout: float = Field(default=10.0, gt=0)
+    # Header name prefixes (case-insensitive) removed from every message after admission, whether or
+    # not a plugin read them: vendor control headers never leave the gateway (X-SMTPAPI would leak
+    # every recipient of a batch).
+    strip_header_prefixes: list[str] = Field(
+        default_factory=lambda: ["x-smtpapi", "x-mailgun-", "x-pm-", "x-ses-", "x-mq-"]
+    )
+
+    @field_validator("strip_header_prefixes")
+    @classmethod
+    def _lower_prefixes(cls, v: list[str]) -> list[str]:
+        if any(not p.strip() for p in v):
+            raise ValueError("an empty prefix would strip every header")
+        return [p.strip().lower() for p in v]
 
 
 class CredentialSection(Section):
@@ -226,10 +244,33 @@ class TrackingSection(Section):
     admin_token: Secret | None = None
 
 
+WebhookEventType = Literal[
+    "accepted", "discarded", "delivered", "deferred", "bounced", "expired", "failed",
+    "opened", "clicked", "unsubscribed", "complained",
+]
+
+
+class WebhookEndpointSection(Section):
+    """One receiver with its payload format (``smtpgate`` or a vendor's) and the events it wants."""
+
+    url: str
+    format: Literal["smtpgate", "sendgrid", "mailgun", "postmark"] = "smtpgate"
+    events: list[WebhookEventType] = Field(default_factory=list)  # empty: every event the format has
+    credential: str | None = None  # only this credential's events
+    # mailgun: the HMAC signing key (default: [webhooks] secret); sendgrid: a PEM P-256 private key
+    # (default: generated into <data_dir>/webhook-sendgrid.pem). smtpgate uses [webhooks] secret.
+    signing_key: Secret | None = None
+    username: str | None = None  # HTTP basic auth (how Postmark's receivers authenticate)
+    password: Secret | None = None
+    message_stream: str = "outbound"  # postmark: MessageStream
+    batch_size: int = Field(default=100, ge=1, le=1000)  # sendgrid: events per POST (a JSON array)
+
+
 class WebhooksSection(Section):
     """Global webhook URLs (credentials add their own) and the outbox's retry policy."""
 
     urls: list[str] = Field(default_factory=list)
+    endpoints: list[WebhookEndpointSection] = Field(default_factory=list)  # each with a format and events
     secret: Secret | None = None  # HMAC key; generated into <data_dir>/webhook.key when unset
     timeout: float = Field(default=10.0, gt=0)
     retry_min: float = Field(default=30.0, gt=0)  # first retry delay; doubles per attempt
@@ -237,6 +278,20 @@ class WebhooksSection(Section):
     max_attempts: int = Field(default=20, ge=1)  # then the delivery is marked dead
     poll_interval: float = Field(default=5.0, gt=0)  # also picks up rows written by other processes
     concurrency: int = Field(default=4, ge=1)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _one_format_per_url(cls, v: list[WebhookEndpointSection]) -> list[WebhookEndpointSection]:
+        seen: set[str] = set()
+        for endpoint in v:
+            if endpoint.url in seen:  # the outbox keys deliveries by URL: one URL, one format
+                raise ValueError(f"{endpoint.url} is listed twice")
+            seen.add(endpoint.url)
+        return v
+
+    def endpoint(self, url: str) -> WebhookEndpointSection | None:
+        """The endpoint entry for a URL (``None``: a plain ``urls`` entry, smtpgate's format)."""
+        return next((e for e in self.endpoints if e.url == url), None)
 
 
 class SuppressionSection(Section):

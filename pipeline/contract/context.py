@@ -122,6 +122,14 @@ class MessageContext:
     session: Session | None = None
     received_at: float = field(default_factory=time.time)
     notes: dict[str, Any] = field(default_factory=dict)
+    #: Message metadata a sender attached (vendor dialects: tags, variables, unique args); stored
+    #: with the message and carried on its events, statistics and webhooks.
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    #: Deferred delivery: no copy leaves before ``not_before``; none is tried after ``deliver_by``
+    #: (it expires instead). Unix seconds; ``None`` = the spool's own schedule and lifetime.
+    not_before: float | None = None
+    deliver_by: float | None = None
 
     def enabled(self, feature: str | None) -> bool:
         """Whether a feature is on for this message (``None`` means "always on")."""
@@ -140,6 +148,10 @@ class MessageContext:
             session=self.session,
             received_at=self.received_at,
             notes=copy.deepcopy(self.notes),  # one recipient's plugin state must not leak to another's
+            tags=list(self.tags),
+            metadata=copy.deepcopy(self.metadata),
+            not_before=self.not_before,
+            deliver_by=self.deliver_by,
         )
 
     def to_record(self) -> dict[str, Any]:
@@ -153,6 +165,10 @@ class MessageContext:
             "received_at": self.received_at,
             "notes": self.notes,
             "peer": list(self.session.peer) if self.session else None,
+            "tags": list(self.tags),
+            "metadata": self.metadata,
+            "not_before": self.not_before,
+            "deliver_by": self.deliver_by,
         }
 
     @classmethod
@@ -169,6 +185,10 @@ class MessageContext:
             received_at=rec.get("received_at", time.time()),
             notes=dict(rec.get("notes", {})),
             session=Session(peer=(peer[0], peer[1]), listener="spool") if peer else None,
+            tags=list(rec.get("tags", ())),
+            metadata=dict(rec.get("metadata") or {}),
+            not_before=rec.get("not_before"),
+            deliver_by=rec.get("deliver_by"),
         )
 
 
@@ -185,6 +205,8 @@ class Event:
     url: str | None = None
     time: float = field(default_factory=time.time)
     data: dict[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()  # the message's tags and metadata (stored once per queue id)
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -197,4 +219,6 @@ class Event:
             "url": self.url,
             "time": self.time,
             "data": self.data,
+            "tags": list(self.tags),
+            "metadata": self.metadata,
         }

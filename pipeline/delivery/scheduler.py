@@ -257,6 +257,8 @@ class DeliveryService:
             return RecipientOutcome(msg.queue_id, rcpt, RecipientState.FAILED, attempts, "5.3.0",
                                     f"processing failed {pf} times; last: {reply}", relay, plugin_failures=pf)
         deadline = msg.created_at + self.settings.lifetime
+        if msg.context.get("deliver_by"):  # a dialect's deliver-by time: expire then, not later
+            deadline = min(deadline, float(msg.context["deliver_by"]))
         if now >= deadline:
             age = now - msg.created_at
             return RecipientOutcome(
@@ -292,6 +294,8 @@ class DeliveryService:
                 credential=cred,
                 campaign_id=ctx.get("campaign_id"),
                 letter_id=ctx.get("letter_id"),
+                tags=tuple(ctx.get("tags") or ()),
+                metadata=dict(ctx.get("metadata") or {}),
                 data={
                     "dsn": o.dsn,
                     "reply": o.reply,

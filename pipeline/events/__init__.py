@@ -125,7 +125,7 @@ class EventEmitter:
         label = event.type if event.type in EVENT_TYPES else "other"
         self.metrics[f"events_total:{label}"] += 1
         try:
-            urls = webhook_urls(self.config, event.credential, self.credential_webhooks)
+            urls = webhook_urls(self.config, event.credential, self.credential_webhooks, event.type)
             event_id = await self.store.record(event, urls)
         except Exception as exc:
             self.metrics["event_store_errors_total"] += 1

@@ -21,9 +21,10 @@ from typing import Any
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType
 from pipeline.events.bounces import classify_status
+from pipeline.events.metadata import META_SCHEMA, store_meta
 from pipeline.storage.sqlite import open_sqlite
 
-SCHEMA = """
+SCHEMA = META_SCHEMA + """
 CREATE TABLE IF NOT EXISTS events (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     type         TEXT NOT NULL,
@@ -233,6 +234,7 @@ class SqliteEventStore:
                     )
                     event_id = int(cur.lastrowid or 0)
                     ids.append(event_id)
+                    store_meta(cur, event)
                     cur.executemany(
                         "INSERT INTO webhook_outbox (event_id, url, next_attempt, updated_at) VALUES (?, ?, ?, ?)",
                         [(event_id, url, now, now) for url in urls],

@@ -150,11 +150,31 @@ def timeline(
 def stats_report(
     store: _Queryable, *, campaign: str | None = None, since: float | None = None, until: float | None = None
 ) -> dict[str, Any]:
-    """What ``GET /api/stats`` returns: campaigns, days, totals and the timeline."""
+    """What ``GET /api/stats`` returns: campaigns, days, totals, the timeline and the rows per tag."""
     campaigns = campaign_stats(store, campaign=campaign, since=since, until=until)
     return {
         "campaigns": campaigns,
         "days": campaign_stats(store, campaign=campaign, since=since, until=until, by_day=True),
         "totals": totals(campaigns),
         "timeline": timeline(store, campaign=campaign, since=since, until=until),
+        "tags": tag_stats(store, campaign=campaign, since=since, until=until),
     }
+
+
+def tag_stats(
+    store: _Queryable, *, campaign: str | None = None, since: float | None = None, until: float | None = None
+) -> list[dict[str, Any]]:
+    """One row per tag (vendor dialects' categories and tags): the campaign columns and rates.
+
+    A message with two tags counts under both, so the rows do not add up to the totals.
+    """
+    from pipeline.events.metadata import TAGGED_EVENTS
+
+    cols = ", ".join(f"{expr.format(copy=_COPY)} AS {name}" for name, expr in COUNT_COLUMNS.items())
+    where, args = _where(campaign, since, until)
+    sql = f"SELECT tag, {cols} FROM {TAGGED_EVENTS}{where} GROUP BY tag ORDER BY tag"
+    out = []
+    for row in store.query(sql, args):
+        counts = {name: int(v or 0) for name, v in zip(COUNT_COLUMNS, row[1:], strict=True)}
+        out.append(add_rates({"tag": row[0], **counts}))
+    return out

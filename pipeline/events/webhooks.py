@@ -20,12 +20,14 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import aiohttp
 
 from pipeline.config import Config
+from pipeline.events import webhook_formats as formats
+from pipeline.events.metadata import message_meta
 from pipeline.events.sqlite import OutboxItem, SqliteEventStore, StoredEvent
 
 log = logging.getLogger("smtpgate.webhooks")
@@ -66,8 +68,11 @@ def verify_webhook(
     return hmac.compare_digest(sign_webhook(secret, timestamp, body), signature)
 
 
-def webhook_payload(stored: StoredEvent) -> dict[str, Any]:
-    """The JSON body: the event, its id, and the letter id also as Sendsay's ``gate.uniq``."""
+def webhook_payload(
+    stored: StoredEvent, tags: Sequence[str] = (), metadata: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The JSON body: the event, its id, the letter id also as Sendsay's ``gate.uniq``, and the
+    message's tags and metadata (vendor dialects)."""
     e = stored.event
     body: dict[str, Any] = {
         "id": stored.id,
@@ -81,6 +86,8 @@ def webhook_payload(stored: StoredEvent) -> dict[str, Any]:
         "gate": {"uniq": e.letter_id},
         "machine": stored.machine,
         "data": e.data,
+        "tags": list(tags),
+        "metadata": dict(metadata or {}),
     }
     if e.url is not None:
         body["url"] = e.url
@@ -89,9 +96,24 @@ def webhook_payload(stored: StoredEvent) -> dict[str, Any]:
     return body
 
 
-def webhook_urls(config: Config, credential: str | None, lookup: Callable[[str], Iterable[str]] | None = None) -> list[str]:
-    """Global URLs plus the credential's (from the config file, and ``lookup`` for stored ones)."""
+def webhook_urls(
+    config: Config,
+    credential: str | None,
+    lookup: Callable[[str], Iterable[str]] | None = None,
+    event_type: str | None = None,
+) -> list[str]:
+    """Global URLs plus the credential's (from the config file, and ``lookup`` for stored ones),
+    plus each ``[[webhooks.endpoints]]`` that wants this event type (and credential) in a format
+    that has it."""
     urls = list(config.webhooks.urls)
+    for endpoint in config.webhooks.endpoints:
+        if endpoint.credential is not None and endpoint.credential != credential:
+            continue
+        if event_type is not None and (
+            (endpoint.events and event_type not in endpoint.events) or not formats.supports(endpoint.format, event_type)
+        ):
+            continue
+        urls.append(endpoint.url)
     if credential:
         for cred in config.credentials:
             if cred.name == credential:
@@ -110,6 +132,14 @@ class WebhookSender:
         self.store = store
         self.cfg = config.webhooks
         self.secret = load_webhook_secret(config)
+        self.keys: dict[str, Any] = {}  # endpoint URL -> its signing key (loaded at start: fail early)
+        for endpoint in self.cfg.endpoints:
+            if endpoint.format == "sendgrid":
+                from pipeline.events.webhook_formats.sendgrid import load_key
+
+                self.keys[endpoint.url] = load_key(config, endpoint)
+            elif endpoint.format == "mailgun":
+                self.keys[endpoint.url] = endpoint.signing_key.encode("utf-8") if endpoint.signing_key else self.secret
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[int] = set()
@@ -155,9 +185,9 @@ class WebhookSender:
                 except Exception as exc:  # a locked or broken DB must not kill the sender
                     log.error("webhook outbox read failed: %s", exc)
                     items = []
-                for item in items:
-                    self._inflight.add(item.id)
-                    task = asyncio.create_task(self._deliver(item, sem))
+                for group in self._batches(items):
+                    self._inflight.update(item.id for item in group)
+                    task = asyncio.create_task(self._deliver(group, sem))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 await self._sleep()
@@ -178,45 +208,78 @@ class WebhookSender:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), delay)
 
-    async def _deliver(self, item: OutboxItem, sem: asyncio.Semaphore) -> None:
+    def _batches(self, items: list[OutboxItem]) -> list[list[OutboxItem]]:
+        """One delivery per item, except formats that post arrays (SendGrid): up to batch_size per URL."""
+        groups: dict[Any, list[OutboxItem]] = {}
+        out: list[list[OutboxItem]] = []
+        for item in items:
+            size = formats.batch_size(self.cfg.endpoint(item.url))
+            if size == 1:
+                out.append([item])
+                continue
+            group = groups.setdefault(item.url, [])
+            group.append(item)
+            if len(group) == size:
+                out.append(groups.pop(item.url))
+        return out + list(groups.values())
+
+    async def _deliver(self, group: list[OutboxItem], sem: asyncio.Semaphore) -> None:
         try:
             async with sem:
-                error = await self._post(item)
-            attempts = item.attempts + 1
-            if error is None:
-                await asyncio.to_thread(self.store.webhook_delivered, item.id)
-                self.sent += 1
-                return
-            self.failures += 1
-            give_up = attempts >= self.cfg.max_attempts
-            nxt = None if give_up else time.time() + self.backoff(attempts)
-            log.warning(
-                "webhook %s event %s attempt %d failed: %s%s",
-                item.url, item.event.id, attempts, error, " (giving up)" if give_up else "",
-            )
-            await asyncio.to_thread(self.store.webhook_failed, item.id, error, nxt)
+                error = await self._post(group)
+            for item in group:
+                attempts = item.attempts + 1
+                if error is None:
+                    await asyncio.to_thread(self.store.webhook_delivered, item.id)
+                    self.sent += 1
+                    continue
+                self.failures += 1
+                give_up = attempts >= self.cfg.max_attempts
+                nxt = None if give_up else time.time() + self.backoff(attempts)
+                log.warning(
+                    "webhook %s event %s attempt %d failed: %s%s",
+                    item.url, item.event.id, attempts, error, " (giving up)" if give_up else "",
+                )
+                await asyncio.to_thread(self.store.webhook_failed, item.id, error, nxt)
         except Exception as exc:
-            log.error("webhook %s: cannot record attempt: %s", item.id, exc)
+            log.error("webhook %s: cannot record attempt: %s", [item.id for item in group], exc)
         finally:
-            self._inflight.discard(item.id)
+            self._inflight.difference_update(item.id for item in group)
             self._wake.set()
 
-    async def _post(self, item: OutboxItem) -> str | None:
-        """One attempt; ``None`` on a 2xx answer, else what went wrong."""
-        assert self._session is not None
-        body = json.dumps(webhook_payload(item.event), separators=(",", ":"), default=str).encode("utf-8")
+    def _request(self, group: list[OutboxItem]) -> formats.Request:
+        """The body, headers and auth of one POST in the endpoint's format."""
+        meta = message_meta(self.store, [i.event.event.queue_id or "" for i in group])
+        events = [
+            formats.WebhookEvent(i.event, *meta.get(i.event.event.queue_id or "", ([], {}))) for i in group
+        ]
+        endpoint = self.cfg.endpoint(group[0].url)
+        if endpoint is not None and endpoint.format != "smtpgate":
+            return formats.render(endpoint, events, self.keys.get(endpoint.url))
+        [item] = events
+        payload = webhook_payload(item.stored, item.tags, item.metadata)
+        body = json.dumps(payload, separators=(",", ":"), default=str).encode("utf-8")
         ts = str(int(time.time()))
         headers = {
             "Content-Type": "application/json",
-            "X-Smtpgate-Event": item.event.event.type,
-            "X-Smtpgate-Event-Id": str(item.event.id),
+            "X-Smtpgate-Event": item.stored.event.type,
+            "X-Smtpgate-Event-Id": str(item.stored.id),
             "X-Smtpgate-Timestamp": ts,
             "X-Smtpgate-Signature": sign_webhook(self.secret, ts, body),
         }
-        if item.event.event.letter_id:
-            headers["X-Letter-Id"] = item.event.event.letter_id
+        if item.stored.event.letter_id:
+            headers["X-Letter-Id"] = item.stored.event.letter_id
+        headers.update(formats.basic_auth(endpoint))
+        return formats.Request(body, headers)
+
+    async def _post(self, group: list[OutboxItem]) -> str | None:
+        """One attempt; ``None`` on a 2xx answer, else what went wrong."""
+        assert self._session is not None
+        request = await asyncio.to_thread(self._request, group)  # a metadata look-up, a signature
         try:
-            async with self._session.post(item.url, data=body, headers=headers, allow_redirects=False) as resp:
+            async with self._session.post(
+                group[0].url, data=request.body, headers=request.headers, allow_redirects=False
+            ) as resp:
                 await resp.read()
                 if 200 <= resp.status < 300:
                     return None

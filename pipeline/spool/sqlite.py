@@ -68,7 +68,7 @@ class SqliteSpool:
         self._conn.executescript(SCHEMA)
         self._conn.create_function("rcpt_domain", 1, recipient_domain, deterministic=True)
         self._lock = threading.Lock()
-        self._pending: list[tuple[tuple[object, ...], list[str], asyncio.Future[None]]] = []
+        self._pending: list[tuple[tuple[object, ...], list[str], float, asyncio.Future[None]]] = []
         self._flushing = False
         self._updates: list[tuple[list[RecipientOutcome], asyncio.Future[None]]] = []
         self._recording = False
@@ -85,7 +85,8 @@ class SqliteSpool:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         row = (ctx.queue_id, ctx.message.mail_from or "", data, json.dumps(ctx.to_record()), time.time())
-        self._pending.append((row, list(recipients), fut))
+        # Deferred delivery (a dialect's send_at): the recipients are due at not_before, not now.
+        self._pending.append((row, list(recipients), float(ctx.not_before or 0.0), fut))
         if not self._flushing:
             self._flushing = True
             loop.create_task(self._flush())
@@ -96,13 +97,13 @@ class SqliteSpool:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    await asyncio.to_thread(self._commit, [(r, rc) for r, rc, _ in batch])
+                    await asyncio.to_thread(self._commit, [(r, rc, nb) for r, rc, nb, _ in batch])
                 except Exception as exc:
-                    for _, _, fut in batch:
+                    for _, _, _, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc)
                 else:
-                    for _, _, fut in batch:
+                    for _, _, _, fut in batch:
                         if not fut.done():
                             fut.set_result(None)
                     for callback in self._listeners:
@@ -110,17 +111,17 @@ class SqliteSpool:
         finally:
             self._flushing = False
 
-    def _commit(self, batch: list[tuple[tuple[object, ...], list[str]]]) -> None:
+    def _commit(self, batch: list[tuple[tuple[object, ...], list[str], float]]) -> None:
         with self._lock:
             cur = self._conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
                 now = time.time()
-                for row, rcpts in batch:
+                for row, rcpts, not_before in batch:
                     cur.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?)", row)
                     cur.executemany(
-                        "INSERT INTO recipients (queue_id, recipient, updated_at) VALUES (?, ?, ?)",
-                        [(row[0], r, now) for r in dict.fromkeys(rcpts)],
+                        "INSERT INTO recipients (queue_id, recipient, updated_at, next_attempt) VALUES (?, ?, ?, ?)",
+                        [(row[0], r, now, not_before) for r in dict.fromkeys(rcpts)],
                     )
                 cur.execute("COMMIT")
             except BaseException:

@@ -8,6 +8,8 @@ printed), 2 when an input is not a message or the configuration is wrong.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -30,7 +32,7 @@ from pipeline.app.replay import (
 from pipeline.chain.loader import PluginSet
 from pipeline.chain.runner import Chain
 from pipeline.config import Config
-from pipeline.contract.context import Credential
+from pipeline.contract.context import Credential, MessageContext
 from pipeline.contract.hookspecs import ALL_PHASES
 from pipeline.contract.verdicts import Discard
 
@@ -172,6 +174,9 @@ def _report(result: ReplayResult, targets: dict[int, Path], report: TextIO) -> N
         f"{result.name}: accepted, queue id {result.trace.queue_id} (MAIL FROM:<{result.mail_from}>)",
         file=report,
     )
+    ctx = result.ctx
+    if ctx is not None and (ctx.tags or ctx.metadata or ctx.not_before or ctx.deliver_by):
+        click.echo(f"  {message_metadata(ctx)}", file=report)
     for rcpt, verdict in result.refused:
         click.echo(f"  {rcpt}: refused at RCPT: {verdict.reply()}", file=report)
     for i, copy in enumerate(result.copies):
@@ -185,6 +190,15 @@ def _report(result: ReplayResult, targets: dict[int, Path], report: TextIO) -> N
             f"  {copy.recipient}: ready, {len(copy.data)} bytes, MAIL FROM:<{copy.mail_from}>{where}",
             file=report,
         )
+
+
+def message_metadata(ctx: MessageContext) -> str:
+    """The message metadata a dialect recorded: tags, metadata, send window (one report line)."""
+    parts = [f"tags {','.join(ctx.tags) or '-'}", f"metadata {json.dumps(ctx.metadata, ensure_ascii=False)}"]
+    for label, ts in (("send at", ctx.not_before), ("deliver by", ctx.deliver_by)):
+        if ts:
+            parts.append(f"{label} {datetime.datetime.fromtimestamp(ts, datetime.UTC):%Y-%m-%d %H:%M:%S} UTC")
+    return "; ".join(parts)
 
 
 @main.command("check-config")

@@ -10,6 +10,7 @@ import collections
 import datetime
 import email.parser
 import email.policy
+import json
 import sys
 import time
 from typing import Any
@@ -95,7 +96,7 @@ def list_cmd(config_path: str | None) -> None:
             by_hop[next_hop(config, contexts.get(current, {}))] += 1
         by_state[r["state"]] += 1
         detail = r["state"]
-        if r["state"] == "deferred":
+        if r["state"] == "deferred" or (r["state"] == "queued" and r["next_attempt"] > time.time()):
             detail += f", next attempt {_when(r['next_attempt'])}"
         if r["attempts"]:
             detail += f", {r['attempts']} attempt(s)"
@@ -147,12 +148,18 @@ def show_cmd(queue_id: str, config_path: str | None, body: bool) -> None:
     click.echo(f"Campaign:   {ctx.get('campaign_id') or '-'}   Letter: {ctx.get('letter_id') or '-'}")
     features = ", ".join(f"{k}={'on' if v else 'off'}" for k, v in sorted(ctx.get("features", {}).items()))
     click.echo(f"Features:   {features or '-'}")
+    if ctx.get("tags") or ctx.get("metadata"):
+        click.echo(f"Tags:       {', '.join(ctx.get('tags') or []) or '-'}")
+        click.echo(f"Metadata:   {json.dumps(ctx.get('metadata') or {}, ensure_ascii=False)}")
+    for key, label in (("not_before", "Send at:   "), ("deliver_by", "Deliver by:")):
+        if ctx.get(key):
+            click.echo(f"{label} {_when(ctx[key])}")
     click.echo(f"Next hop:   {next_hop(config, ctx)}")
     click.echo(f"Size:       {len(info['data'])} bytes")
     click.echo("Recipients:")
     for r in info["recipients"]:
         line = f"  {r['recipient']}  {r['state']}, {r['attempts']} attempt(s)"
-        if r["state"] == "deferred":
+        if r["state"] == "deferred" or (r["state"] == "queued" and r["next_attempt"] > time.time()):
             line += f", next {_when(r['next_attempt'])}"
         click.echo(line)
         if r["last_reply"]:

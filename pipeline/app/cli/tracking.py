@@ -13,7 +13,7 @@ import click
 
 from pipeline.app.cli import config_option, get_config, main
 from pipeline.events import GLOBAL_SCOPE, SqliteEventStore, open_event_store
-from pipeline.events.stats import campaign_stats, parse_date, totals
+from pipeline.events.stats import campaign_stats, parse_date, tag_stats, totals
 
 COLUMNS = [
     ("sent", "sent"), ("delivered", "deliv"), ("bounced_hard", "hard"), ("bounced_soft", "soft"),
@@ -36,13 +36,13 @@ def _cell(field: str, value: Any) -> str:
     return f"{value * 100:.1f}" if field.endswith("_rate") else str(value)
 
 
-def render_table(rows: list[dict[str, Any]], by_day: bool) -> str:
+def render_table(rows: list[dict[str, Any]], by_day: bool, first: str = "campaign", total_line: bool = True) -> str:
     """A fixed-width table, one line per campaign (and day), then the total."""
-    head = ["campaign"] + (["day"] if by_day else []) + [label for _, label in COLUMNS]
+    head = [first] + (["day"] if by_day else []) + [label for _, label in COLUMNS]
     lines = [[r["campaign"] or "-"] + ([r["day"]] if by_day else []) + [_cell(f, r[f]) for f, _ in COLUMNS]
              for r in rows]
     if rows:
-        total = totals(rows) if not by_day else None
+        total = totals(rows) if not by_day and total_line else None
         if total is not None:
             lines.append(["TOTAL"] + [_cell(f, total[f]) for f, _ in COLUMNS])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=True)]
@@ -56,20 +56,32 @@ def render_table(rows: list[dict[str, Any]], by_day: bool) -> str:
 @click.option("--since", metavar="DATE", default=None, help="From this UTC date (YYYY-MM-DD) or ISO date-time.")
 @click.option("--until", metavar="DATE", default=None, help="Up to the end of this UTC date.")
 @click.option("--daily", is_flag=True, help="One line per campaign and day.")
+@click.option("--by-tag", is_flag=True, help="One line per message tag (vendor categories and tags).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def stats(config_path: str | None, campaign: str | None, since: str | None, until: str | None, daily: bool,
-          as_json: bool) -> None:
+          by_tag: bool, as_json: bool) -> None:
     """Campaign statistics: sent, delivered, bounces, opens, clicks (human and machine), unsubscribes."""
     try:
         since_ts = parse_date(since) if since else None
         until_ts = parse_date(until, end=True) if until else None
     except ValueError as exc:
         _fail(f"--since/--until: {exc}")
+    if by_tag and (daily or campaign is not None):
+        _fail("--by-tag: not with --daily or --campaign")
     store = _store(config_path)
     try:
-        rows = campaign_stats(store, campaign=campaign, since=since_ts, until=until_ts, by_day=daily)
+        if by_tag:
+            rows = tag_stats(store, since=since_ts, until=until_ts)
+        else:
+            rows = campaign_stats(store, campaign=campaign, since=since_ts, until=until_ts, by_day=daily)
     finally:
         store.close()
+    if by_tag:  # a message with two tags counts under both: no total line
+        if as_json or not rows:
+            click.echo(json.dumps({"rows": rows}, indent=2) if as_json else "no tagged events")
+        else:
+            click.echo(render_table([{**r, "campaign": r["tag"]} for r in rows], False, "tag", total_line=False))
+        return
     if as_json:
         click.echo(json.dumps({"rows": rows, "totals": totals(rows)}, indent=2))
     elif not rows:
@@ -148,3 +160,22 @@ def suppression_remove(config_path: str | None, addresses: tuple[str, ...], cred
         store.close()
     if missing:
         sys.exit(1)
+
+
+@main.group()
+def webhooks() -> None:
+    """Webhook endpoints: what a receiver needs to verify them."""
+
+
+@webhooks.command("sendgrid-public-key")
+@config_option
+def sendgrid_public_key(config_path: str | None) -> None:
+    """Print each sendgrid-format endpoint's verification key (base64 DER, as SendGrid shows it)."""
+    from pipeline.events.webhook_formats.sendgrid import load_key, public_key
+
+    config = get_config(config_path)
+    endpoints = [e for e in config.webhooks.endpoints if e.format == "sendgrid"]
+    if not endpoints:
+        _fail("no [[webhooks.endpoints]] with format = \"sendgrid\"")
+    for endpoint in endpoints:
+        click.echo(f"{endpoint.url} {public_key(load_key(config, endpoint))}")
