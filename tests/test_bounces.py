@@ -173,7 +173,7 @@ async def test_dsn_sent_over_smtp_to_verp_address_becomes_bounce_and_suppression
         assert (bounce.event.queue_id, bounce.event.recipient, bounce.event.campaign_id) == ("Q1", "ann@example.net",
                                                                                            "spring")
         assert gw.events.is_suppressed("ann@example.net", "shop")
-        # and the stoplist now answers the next RCPT from that credential
+        # and the stoplist now answers the next RCPT from that credential, with Sendsay's hard-bounce text
         d = await Dialogue.connect("127.0.0.1", ingress.port("mx"))
         await d.reply()
         await d.cmd("EHLO client.test")
@@ -181,7 +181,7 @@ async def test_dsn_sent_over_smtp_to_verp_address_becomes_bounce_and_suppression
         assert (await d.cmd(f"AUTH PLAIN {auth}")).code == 235
         assert (await d.cmd("MAIL FROM:<news@shop.example>")).code == 250
         r = await d.cmd("RCPT TO:<ann@example.net>")
-        assert (r.code, r.enhanced, r.text) == (550, "5.0.0", "5.0.0 Email is in the account stoplist")
+        assert (r.code, r.enhanced, r.text) == (550, "5.0.0", "5.0.0 Email has permanent delivery errors")
         await d.cmd("QUIT")
         await d.close()
     finally:
