@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import field_validator
 
-from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, TempFail, Verdict, hookimpl
+from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Reject, TempFail, Verdict, hookimpl
 from pipeline.toolkit import verp_local_part
 
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$|^localhost$")
@@ -55,12 +55,25 @@ class BounceTracking(Plugin):
         return f"{local}@{self.domain}"
 
     @hookimpl
+    def on_message(self, ctx: MessageContext) -> Verdict | None:
+        """Decided at DATA: tracking asked for (by a header or the credential) but impossible here.
+
+        Refused with a 5xx rather than accepted and then held: a 250 must mean the message can
+        be processed, and sending it untracked would ignore what the client asked for.
+        """
+        if self.domain is None and ctx.message.mail_from:
+            self.log.info("queue_id=%s refused: trackbounces requested but tracking.bounce_domain is not set",
+                          ctx.queue_id)
+            return Reject(554, "5.3.5", "Bounce tracking is not configured on this gateway (no bounce domain)")
+        return None
+
+    @hookimpl
     def on_personalize(self, ctx: MessageContext) -> Verdict | None:
         if not ctx.message.mail_from:
             return None  # a null sender (a bounce we relay) must stay null: bounces never bounce
         if self.domain is None:
-            # Asked for by a credential or header but not configured: hold the mail (and log)
-            # rather than send it untracked.
+            # Refused at DATA (on_message); only a message admitted before a config change gets
+            # here: hold it (and log) rather than send it untracked.
             self.log.error("trackbounces requested for %s but tracking.bounce_domain is not set", ctx.queue_id)
             return TempFail(451, "4.3.5", "Bounce tracking is not configured")
         ctx.message.change_sender(self.address(ctx))

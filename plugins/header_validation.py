@@ -2,8 +2,11 @@
 
 Sendsay accepts a message without its required headers and then drops it silently; we answer
 the DATA command with ``550 5.6.0`` naming the header instead, so the sender learns at once.
-``Message-Id`` and ``Date`` are added when missing (Postfix's ``always_add_missing_headers``):
-receivers such as Gmail refuse messages without them. Raw 8-bit bytes in a header are
+By default the headers a receiver needs and that have a safe default are added when missing,
+as Postfix's cleanup does (``Message-Id``, ``Date``, RFC 2045's ``MIME-Version`` and
+``Content-Type``, ``From`` from the envelope sender, ``To: undisclosed-recipients:;``), so the
+vendors' abbreviated example messages are accepted; ``strict = true`` adds only ``Message-Id``
+and ``Date`` and refuses the rest. Raw 8-bit bytes in a header are
 RFC 2047-encoded (or rejected, by config), since RFC 5322 headers are ASCII.
 """
 
@@ -21,7 +24,7 @@ import re
 import secrets
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline import Header, MessageContext, Plugin, PluginConfig, Reject, hookimpl
 
@@ -46,6 +49,9 @@ RFC5322_SINGLETONS = [
 """Fields RFC 5322 section 3.6 allows at most once (Gmail refuses duplicates of these)."""
 
 ADDABLE = ("message-id", "date", "mime-version", "content-type", "from", "to")
+DEFAULT_ADD_MISSING = ("Message-Id", "Date", "MIME-Version", "Content-Type", "From", "To")
+STRICT_ADD_MISSING = ("Message-Id", "Date")
+"""What ``strict = true`` adds when ``add_missing`` is not given: receivers refuse mail without these."""
 
 ADDRESS_HEADERS = frozenset(
     {
@@ -97,7 +103,10 @@ class HeaderValidation(Plugin):
 
     class Config(PluginConfig):
         required: list[str] = Field(default_factory=lambda: list(DEFAULT_REQUIRED))
-        add_missing: list[str] = Field(default_factory=lambda: ["Message-Id", "Date"])
+        # RFC 2045 defaults and a From from the envelope sender, as Postfix's cleanup: every
+        # vendor's documented example message is accepted. ``strict = true``: only Message-Id/Date.
+        add_missing: list[str] = Field(default_factory=lambda: list(DEFAULT_ADD_MISSING))
+        strict: bool = False
         unique: list[str] = Field(default_factory=lambda: list(RFC5322_SINGLETONS))
         eight_bit_headers: Literal["encode", "reject"] = "encode"
         eight_bit_fallback_charset: str = "latin-1"
@@ -122,6 +131,12 @@ class HeaderValidation(Plugin):
                         "Content-Type, From and To can be added)"
                     )
             return v
+
+        @model_validator(mode="after")
+        def _strict(self) -> HeaderValidation.Config:
+            if self.strict and "add_missing" not in self.model_fields_set:
+                self.add_missing = list(STRICT_ADD_MISSING)
+            return self
 
         @field_validator("eight_bit_fallback_charset")
         @classmethod

@@ -15,8 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import html5lib
 import pytest
-from lxml import etree
 
 from pipeline import Message
 from pipeline.chain.driver import run_chain
@@ -32,6 +32,7 @@ PIXEL = re.compile(r'<img src="' + re.escape(BASE) + r'/o/([A-Za-z0-9_-]+\.k1\.[
 COND_BLOCK = re.compile(r"<!--\[if.*?-->|<!--<!\[endif\]-->", re.DOTALL | re.IGNORECASE)  # each comment on its own
 DOCTYPE = re.compile(r"\A\s*(<!doctype[^>]*>)", re.IGNORECASE)
 RCPTS = ["first@example.com", "second@example.org"]
+UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
 def run_all(raw: bytes, engine: str, tmp_path: Path) -> list[Message]:
@@ -49,8 +50,10 @@ def run_all(raw: bytes, engine: str, tmp_path: Path) -> list[Message]:
 
 
 def lxml_hrefs(html: str) -> list[str]:
-    root = etree.fromstring(html, etree.HTMLParser())
-    return [] if root is None else [a.get("href") for a in root.iter("a") if a.get("href") is not None]
+    """The ``href`` of every ``<a>`` as a browser reads it: html5lib implements the WHATWG
+    tokenizer (libxml2 decodes ``&region=`` in an attribute, which no browser does)."""
+    root = html5lib.parse(html, namespaceHTMLElements=False)
+    return [a.get("href") for a in root.iter("a") if a.get("href") is not None]
 
 
 def control_headers_removed(raw: bytes) -> Message:
@@ -73,7 +76,8 @@ def test_all_html_plugins_golden(path: Path, engine: str, tmp_path: Path) -> Non
         std_html = [p for p in parsed.walk() if p.get_content_type() == "text/html" and not p.is_attachment()]
         assert len(std_html) == len(after.html_parts())
         for std, ours in zip(std_html, after.html_parts(), strict=True):
-            assert std.get_content().replace("\r\n", "\n") == ours.text().replace("\r\n", "\n")
+            # (undecodable bytes, e.g. enKod's literal "QP" HTML: the stdlib shows U+FFFD, we keep the byte)
+            assert std.get_content().replace("\r\n", "\n") == UNDECODABLE.sub("\ufffd", ours.text()).replace("\r\n", "\n")
 
         # 2. MIME structure kept; attachments and text/plain parts byte-identical
         old_leaves = [p for p in before.walk() if not p.is_multipart]
@@ -91,9 +95,10 @@ def test_all_html_plugins_golden(path: Path, engine: str, tmp_path: Path) -> Non
             d_old, d_new = DOCTYPE.match(old), DOCTYPE.match(new)
             assert (d_new and d_new.group(1)) == (d_old and d_old.group(1))
             assert count_conditional_comments(new) == count_conditional_comments(old)
-            assert [b.replace("\r\n", "\n") for b in COND_BLOCK.findall(new)] == [
-                b.replace("\r\n", "\n") for b in COND_BLOCK.findall(old)
-            ]
+            if old.count("<!--") == old.count("-->"):  # (enKod's literal has one that never ends: a tree closes it)
+                assert [b.replace("\r\n", "\n") for b in COND_BLOCK.findall(new)] == [
+                    b.replace("\r\n", "\n") for b in COND_BLOCK.findall(old)
+                ]
             # 4. every tracked link decodes to exactly the original href, in document order
             restored = []
             for href in lxml_hrefs(new):

@@ -436,6 +436,58 @@ async def test_a_nul_anywhere_in_the_message_is_refused_at_data_with_550_5_6_0(s
     r = await d.cmd(content + b".\r\n")
     assert (r.code, r.text) == (550, R.NUL_CHARACTER[4:]), r
     assert (await d.cmd("NOOP")).code == 250  # the smuggled commands were message text, not commands
+
+
+# -- bombs: decided at DATA (a 5xx, or a 250 the chain can honour), never a 4xx ----------------
+def nested_multiparts(levels: int) -> bytes:
+    """``levels`` multiparts each inside the previous one, a text part at the bottom."""
+    head = b"From: app@shop.example\r\nTo: user@local.test\r\nSubject: nest\r\nMIME-Version: 1.0\r\n"
+    opens = b"".join(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i) for i in range(levels))
+    closes = b"".join(b"\r\n--b%d--\r\n" % i for i in reversed(range(levels)))
+    return head + opens + b"Content-Type: text/plain\r\n\r\nhello" + closes
+
+
+def many_html_parts(n: int) -> bytes:
+    parts = b"".join(
+        b'--p\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p><a href="https://example.com/%d">x</a></p>\r\n' % i
+        for i in range(n)
+    )
+    return (b"From: app@shop.example\r\nTo: user@local.test\r\nSubject: parts\r\nMIME-Version: 1.0\r\n"
+            b'Content-Type: multipart/mixed; boundary="p"\r\n\r\n' + parts + b"--p--\r\n")
+
+
+async def send_data(d: Dialogue, data: bytes):
+    assert (await d.cmd("MAIL FROM:<app@shop.example>")).code == 250
+    assert (await d.cmd("RCPT TO:<user@local.test>")).code == 250
+    assert (await d.cmd("DATA")).code == 354
+    return await d.cmd(data + b"\r\n.\r\n")
+
+
+@pytest.mark.parametrize(
+    ("levels", "expected"),
+    [(1000, (554, "5.6.0")), (101, (554, "5.6.0")), (100, (250, "2.0.0"))],
+    ids=["1000-levels", "just-past-the-limit", "at-the-limit"],
+)
+async def test_deep_mime_nesting_is_decided_at_data_never_a_4xx(server, levels, expected):
+    d = await server.ehlo()
+    r = await send_data(d, nested_multiparts(levels))
+    assert (r.code, r.enhanced) == expected, r
+    if r.code == 554:
+        assert "nesting exceeds 100 levels" in r.text
+    await d.close()
+    await server.healthy(queued=1 if expected[0] == 250 else 0)
+
+
+async def test_ten_thousand_html_parts_are_refused_at_data_not_queued_then_failed(server):
+    d = await server.ehlo()
+    start = time.monotonic()
+    r = await send_data(d, many_html_parts(10_000))
+    assert (r.code, r.enhanced) == (552, "5.3.4"), r
+    assert "more than 1000 MIME parts" in r.text
+    assert time.monotonic() - start < 5  # the parser stops at the bound instead of building 10,000 parts
+    r = await send_data(d, many_html_parts(101))
+    assert (r.code, r.enhanced, r.text) == (552, "5.3.4", "5.3.4 Message has more than 100 HTML parts "
+                                            "(limits.max_html_parts)"), r
     await d.close()
     await server.healthy(queued=0)
 
@@ -459,3 +511,18 @@ async def test_a_bare_cr_or_lf_in_the_header_block_is_refused_naming_the_line(se
     assert problem in r.text
     await d.close()
     await server.healthy(queued=0)
+
+
+async def test_track_bounces_without_a_bounce_domain_is_refused_at_data(data_dir, tls_cert, caplog):
+    caplog.set_level(logging.INFO)
+    cfg = ingress_test_config(data_dir, tls_cert, chain=["bounce_tracking"], relay={"local_domains": ["local.test"]})
+    async with running_ingress(cfg, grace=2.0) as (_, ingress):
+        server = Server(ingress, data_dir, caplog)
+        d = await server.ehlo()
+        r = await send_data(d, BODY.replace(b"Subject: hi", b"Subject: hi\r\nX-SMTPeter-TrackBounces: true"))
+        assert (r.code, r.enhanced) == (554, "5.3.5"), r
+        assert "Bounce tracking is not configured" in r.text
+        r = await send_data(d, BODY)  # without the switch: accepted and deliverable as it stands
+        assert r.code == 250, r
+        await d.close()
+        await server.healthy(queued=1)

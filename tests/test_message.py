@@ -19,6 +19,9 @@ from pipeline.contract.message import (
 )
 
 ALL_INPUTS = sample_files() + corpus_files()
+# enKod's literal example has no empty line after its header: parsing puts one in (Postfix cleanup),
+# so it is the one input that does not come out byte for byte (tested on its own below).
+WELL_FORMED = [p for p in ALL_INPUTS if p.name != "24-enkod-literal.eml"]
 
 
 def _forget_raw(msg: Message) -> None:
@@ -59,13 +62,23 @@ def test_there_are_samples_and_corpus_files_to_round_trip():
     assert len(corpus_files()) >= 10
 
 
-@pytest.mark.parametrize("path", ALL_INPUTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", WELL_FORMED, ids=lambda p: p.name)
 def test_unedited_message_is_byte_identical(path):
     raw = path.read_bytes()
     assert Message(raw).as_bytes() == normalize_newlines(raw) == raw  # the inputs are CRLF already
 
 
-@pytest.mark.parametrize("path", ALL_INPUTS, ids=lambda p: p.name)
+def test_a_header_without_its_empty_line_gets_exactly_that_line_and_nothing_else():
+    raw = next(p for p in ALL_INPUTS if p.name == "24-enkod-literal.eml").read_bytes()
+    out = Message(raw).as_bytes()
+    assert out == raw.replace(b"MIME-Version: 1.0\r\n<!DOCTYPE", b"MIME-Version: 1.0\r\n\r\n<!DOCTYPE", 1)
+    assert Message(out).as_bytes() == out
+    nested = b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\nhello\r\n--b--\r\n'
+    part = Message(b"Subject: s\r\n" + nested).root.children[0]  # type: ignore[index]
+    assert part.content_type == "text/plain" and part.body == b"hello"
+
+
+@pytest.mark.parametrize("path", WELL_FORMED, ids=lambda p: p.name)
 def test_reserialising_the_parsed_tree_reproduces_every_byte(path):
     """Headers, preamble, delimiters, children and epilogue together rebuild the exact input."""
     raw = path.read_bytes()

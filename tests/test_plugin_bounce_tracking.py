@@ -10,7 +10,6 @@ from pipeline.app.gateway import Gateway
 from pipeline.chain.driver import make_chain, run_chain, run_chain_async
 from pipeline.config import ConfigError
 from pipeline.contract.context import Credential, Event
-from pipeline.contract.verdicts import TempFail
 from pipeline.events import parse_verp, recipient_hash
 from tests.conftest import complete_message
 
@@ -59,11 +58,21 @@ def test_enabled_by_default_without_a_bounce_domain_is_a_config_error(tmp_path):
         make_chain(config(tmp_path, domain="not a domain"))
 
 
-def test_requested_per_credential_without_a_bounce_domain_holds_the_mail(tmp_path):
+def test_requested_without_a_bounce_domain_is_refused_at_data_not_queued(tmp_path):
     cred = Credential("shop", features={"trackbounces": True})
     result = run_chain(RAW, config=config(tmp_path, trackbounces=False, domain=None), mail_from="news@example.com",
                        rcpt_tos=RCPTS[:1], credential=cred)
-    assert isinstance(result.copies[0].verdict, TempFail)
+    assert result.verdict is not None
+    assert result.verdict.reply() == "554 5.3.5 Bounce tracking is not configured on this gateway (no bounce domain)"
+    assert result.copies == []
+    header = RAW.replace(b"Subject:", b"X-SMTPeter-TrackBounces: true\r\nSubject:", 1)
+    result = run_chain(header, config=config(tmp_path, trackbounces=False, domain=None), mail_from="news@example.com",
+                       rcpt_tos=RCPTS[:1])
+    assert result.verdict is not None and result.verdict.reply().startswith("554 5.3.5 ")
+    # a null sender is never tracked, so nothing is missing for it
+    result = run_chain(RAW, config=config(tmp_path, trackbounces=False, domain=None), mail_from="",
+                       rcpt_tos=RCPTS[:1], credential=cred)
+    assert result.verdict is None and result.copies[0].deliverable
 
 
 async def test_bounce_to_the_rewritten_sender_is_tied_to_queue_id_and_recipient(tmp_path):

@@ -242,13 +242,13 @@ def test_no_key_and_no_default_sends_unsigned_with_a_warning(keys, caplog):
     assert "no DKIM key for other.org" in caplog.text
 
 
-def test_no_key_and_no_default_tempfails_when_configured(keys):
+def test_no_key_and_no_default_is_refused_at_data_when_tempfail_is_configured(keys):
+    """Known at DATA, so decided there: a 5xx, never a 250 followed by a failure in the queue."""
     raw = SIMPLE.replace(b"sender@example.com", b"sender@other.org")
     result = sign(raw, keys, on_missing_key="tempfail")
-    assert [c.data for c in result.copies] == [None, None]
-    assert [c.verdict.reply() for c in result.copies] == [
-        "451 4.3.5 No DKIM key for other.org and no default_domain"
-    ] * 2
+    assert result.copies == []
+    assert result.verdict.reply() == "554 5.3.5 No DKIM key for other.org and no default_domain"
+    assert sign(SIMPLE, keys, on_missing_key="tempfail").verdict is None
 
 
 def test_dkim_switch_off_leaves_the_message_unsigned(keys):

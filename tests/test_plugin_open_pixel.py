@@ -53,7 +53,7 @@ def test_exactly_one_pixel_per_html_part_just_before_the_last_body_end(path: Pat
         # removing the pixel gives back the original text exactly
         assert text[: m.start()] + text[m.end() :] == old.text().replace("\r\n", "\n").replace("\n", "\r\n")
         closing = [b.start() for b in re.finditer(r"(?i)</body\s*>", text)]
-        if closing:
+        if closing and text.count("<!--") == text.count("-->"):  # (enKod's literal: an endless comment hides it)
             assert m.end() == closing[-1]
         payload = SIGNER.verify(m.group(1))
         assert payload is not None and payload["k"] == "o" and payload["r"] == "r@example.com"

@@ -1,13 +1,15 @@
 """Every seed's SMTP dialogue, replayed line by line over real sockets against the ingress.
 
-The seeds' example messages are abbreviated (Perfit's has only a Subject), so these tests run the
-real header_validation plugin configured to add the missing headers (Postfix's
-always_add_missing_headers); one test shows the default, strict reply to the same message.
+The seeds' example messages are abbreviated (Perfit's has only a Subject, SMTPeter's no
+Content-Type, enKod's no empty line before the HTML): these tests run the real header_validation
+plugin on its embedded defaults, which accept them as Postfix's cleanup would; one test shows
+the strict mode's reply to the same message.
 """
 
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -15,7 +17,6 @@ import pytest
 from pipeline import Event, Plugin, hookimpl
 from pipeline.app.harness import Dialogue, client_tls, ingress_test_config, running_ingress, spooled
 
-ADD_MISSING = {"header_validation": {"add_missing": ["Message-Id", "Date", "MIME-Version", "Content-Type", "From", "To"]}}
 PERFIT_KEY = "pf_live_4f9a0c7e2b1d"
 # enKod's example: AUTH PLAIN with an empty authzid and login, the SMTP key as password. The
 # seed's literal string is not valid base64 (61 data characters: a redacted key), so the server
@@ -23,6 +24,10 @@ PERFIT_KEY = "pf_live_4f9a0c7e2b1d"
 ENKOD_SEED_AUTH = "AABfN3lhTUZtcm5hZ251VFRXR1lueVNiQWNLX2R4VTh4WWVYdzV2UzBYXVpMQ=="
 ENKOD_KEY = "_7yaMFmrnagnuTTWGYnySbAcK_dxU8xYeXw5vS0X]ZL"
 ENKOD_AUTH = base64.b64encode(b"\0\0" + ENKOD_KEY.encode()).decode()
+
+# enKod's example message exactly as its documentation shows it (../shared/seeds/enkod-smtp-gate.md):
+# no empty line between the header and the HTML, an unterminated conditional comment, two <html>.
+ENKOD_MESSAGE = (Path(__file__).resolve().parent.parent / "samples" / "24-enkod-literal.eml").read_bytes()
 
 CREDENTIALS = [
     {"name": "perfit", "kind": "apikey", "secret": PERFIT_KEY},
@@ -54,7 +59,7 @@ def recorder():
 def seed_config(data_dir, tls_cert, credentials=CREDENTIALS, **sections):
     return ingress_test_config(
         data_dir, tls_cert, chain=["header_validation", "open_pixel"], credentials=credentials,
-        **{"plugins": ADD_MISSING, **sections},
+        **sections,
     )
 
 
@@ -103,8 +108,9 @@ async def test_perfit_telnet_session_with_apikey_login(data_dir, tls_cert, recor
     assert [(e.queue_id, e.recipient, e.credential) for e in accepted] == [(queue_id, "destinatario@domain.com", "perfit")]
 
 
-async def test_perfit_message_gets_strict_header_reply_by_default(data_dir, tls_cert):
-    cfg = ingress_test_config(data_dir, tls_cert, chain=["header_validation", "open_pixel"], credentials=CREDENTIALS)
+async def test_perfit_message_gets_the_header_reply_in_strict_mode(data_dir, tls_cert):
+    cfg = ingress_test_config(data_dir, tls_cert, chain=["header_validation", "open_pixel"], credentials=CREDENTIALS,
+                              plugins={"header_validation": {"strict": True}})
     async with running_ingress(cfg) as (_, ingress):
         d = await Dialogue.connect("127.0.0.1", ingress.port("plain"))
         await expect(d, None, 220)
@@ -152,12 +158,7 @@ async def test_smtpeter_implicit_tls_auth_login_with_initial_response(data_dir, 
 
 async def test_enkod_starttls_then_lowercase_auth_plain_with_empty_login(data_dir, tls_cert):
     cfg = seed_config(data_dir, tls_cert)
-    body = (
-        "Date: Thu, 29 Sep 2022 15:42:13 GMT\r\nFrom: test@testmail.ru\r\nTo: test2@testmail.ru\r\n"
-        "Subject: =?utf-8?B?0KLQtdGB0YIgU01UUCDlhbzQvNC+0LQ=?=\r\nContent-Type: text/html; charset=utf-8\r\n"
-        "Content-Transfer-Encoding: quoted-printable\r\nMIME-Version: 1.0\r\n\r\n"
-        "<html>\r\n<body>\r\nmessage body\r\n</body>\r\n</html>\r\n."
-    )
+    body = ENKOD_MESSAGE.decode("utf-8") + "."
     async with running_ingress(cfg) as (_, ingress):
         d = await Dialogue.connect("127.0.0.1", ingress.port("starttls"))
         await expect(d, None, 220, text="gw.test ESMTP smtpgate")
@@ -179,6 +180,9 @@ async def test_enkod_starttls_then_lowercase_auth_plain_with_empty_login(data_di
     [msg] = spooled(data_dir)
     assert msg["context"]["credential"]["name"] == "enkod"
     assert msg["recipients"] == ["test2@testmail.ru"]
+    head, sep, rest = msg["data"].partition(b"\r\n\r\n")  # the empty line put in, as Postfix's cleanup
+    assert sep and b"\r\nMIME-Version: 1.0\r\n" in head + b"\r\n" and rest.startswith(b"<!DOCTYPE html PUBLIC")
+    assert b"message body\r\n</body>\r\n</html>\r\n" in rest
 
 
 async def test_sendsay_demo_login_is_sandboxed_and_test_address_is_dropped(data_dir, tls_cert, recorder):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pipeline.chain.features import strip_header_prefixes
+from pipeline.chain.limits import check_limits
 from pipeline.chain.runner import Chain, Trace
 from pipeline.contract.context import Credential, MessageContext, Session, new_queue_id
 from pipeline.contract.message import Message, MessageError
@@ -28,10 +29,14 @@ async def admit_message(
     trace: Trace | None = None,
 ) -> tuple[Verdict | None, MessageContext | None]:
     """Run admission for one message: ``(verdict, ctx)``; ``ctx`` is ``None`` when unparseable."""
+    limits = chain.plugins.config.limits
     try:
-        message = Message(raw, mail_from, rcpt_tos)
+        message = Message(raw, mail_from, rcpt_tos, max_depth=limits.max_mime_depth, max_parts=limits.max_mime_parts)
     except MessageError as exc:
         return Reject(550, "5.6.0", f"Message is not RFC 5322: {exc}"), None
+    refusal = check_limits(message, limits)
+    if refusal is not None:
+        return refusal, None
     if credential is None and session is not None:
         credential = session.credential
     features = chain.features.resolve(credential, message)

@@ -108,6 +108,13 @@ class LimitsSection(Section):
     auth_failures_per_minute: int = Field(default=5, gt=0)
     shutdown_grace: float = Field(default=30.0, ge=0)
     bare_newline: Literal["normalize", "reject"] = "normalize"  # bare CR/LF in the body (Postfix's smtpd_forbid_bare_newline)
+    # Bounds on the work one message may cause, checked at DATA (pipeline/chain/limits.py) so a
+    # message the processing chain could not finish in time is refused, never queued then failed.
+    max_mime_depth: int = Field(default=100, gt=0)  # Postfix's mime_nesting_limit
+    max_mime_parts: int = Field(default=1000, gt=0)
+    max_html_parts: int = Field(default=100, gt=0)
+    max_links: int = Field(default=10_000, gt=0)  # <a href> tags over all HTML parts
+    max_html_bytes: int = Field(default=10 * 1024 * 1024, gt=0)  # decoded HTML, all parts together
 
 
 class ChainSection(Section):

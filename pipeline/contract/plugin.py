@@ -34,6 +34,12 @@ class TokenSigner(Protocol):
 
     def verify(self, token: str) -> dict[str, Any] | None: ...
 
+    key_id: str  # the current key id (new tokens and VERP MACs use it)
+
+    def mac(self, text: str, key_id: str | None = None) -> str | None:
+        """HMAC of ``text`` with a key id's secret (compact signed ids such as VERP); ``None``: unknown id."""
+        ...
+
 
 class SuppressionList(Protocol):
     """Read-only view of the stoplist (one indexed look-up per RCPT)."""

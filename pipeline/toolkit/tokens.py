@@ -1,12 +1,24 @@
-"""Signed tracking tokens: what a click, open or unsubscribe link carries.
+"""Opaque tracking tokens: what a click, open or unsubscribe link carries.
 
-A token is ``<payload>.<key id>.<mac>``: the payload is compact JSON in base64url, the MAC is
-HMAC-SHA256 over ``payload.keyid`` with that key, truncated to 128 bits. The redirect works
-without a database (the original URL is inside), and keys rotate: new tokens use the current
-key id, old ones verify while their key is still listed.
+A token is ``<ciphertext>.<key id>.<tag>``: the payload, compact JSON, encrypted with
+AES-256-GCM-SIV (authenticated encryption, :mod:`cryptography`) under a key derived per key id
+(HKDF-SHA256 of that id's secret), the key id bound in as associated data, base64url. Link
+scanners, proxies and anyone the mail is forwarded to see random characters: the recipient,
+credential, campaign and target URL are inside, unreadable and unforgeable. The redirect still
+works without a database (the original URL is inside), and keys rotate: new tokens use the
+current key id, old ones open while their key is still listed.
+
+GCM-SIV is used with a fixed nonce, i.e. as deterministic authenticated encryption (RFC 8452
+is designed for nonce reuse: it reveals only that two tokens hold the same payload, which the
+same link to the same recipient does anyway); that saves the 16 characters a random nonce
+would add to every URL.
 
 Payload fields: ``k`` kind (``c`` click, ``o`` open, ``u`` unsubscribe), ``u`` original URL,
-``q`` queue id, ``r`` recipient, ``c`` campaign id, ``l`` letter id, ``s`` credential name.
+``q`` queue id, ``r`` recipient, ``c`` campaign id, ``l`` letter id, ``s`` credential name,
+``h`` recipient hash; they travel by position, other keys in a trailing object.
+
+Tokens made before this format (base64 JSON with an HMAC-SHA256 tag, the same three-part
+shape) still verify, so links in mail already sent keep working; they are never made again.
 """
 
 from __future__ import annotations
@@ -20,10 +32,19 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 if TYPE_CHECKING:
     from pipeline.contract.context import MessageContext
 
 _MAC_BYTES = 16
+_TAG_BYTES = 16  # the GCM-SIV tag
+_NONCE = bytes(12)  # deterministic AEAD (see the module docstring)
+_FIELDS = ("k", "u", "q", "r", "c", "l", "s", "h")
+_FIELD_SET = frozenset(_FIELDS)
 
 
 def _b64e(data: bytes) -> str:
@@ -34,8 +55,32 @@ def _b64d(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _pack(payload: dict[str, Any]) -> bytes:
+    """Positional compact JSON: ``["c","https://...","Q1",...]`` (``None`` values dropped)."""
+    row: list[Any] = [payload.get(name) for name in _FIELDS]
+    while row and row[-1] is None:
+        row.pop()
+    if not _FIELD_SET.issuperset(payload):
+        extra = {k: v for k, v in payload.items() if k not in _FIELD_SET and v is not None}
+        if extra:
+            row += [None] * (len(_FIELDS) - len(row)) + [extra]
+    return json.dumps(row, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _unpack(data: bytes) -> dict[str, Any] | None:
+    row = json.loads(data)
+    if not isinstance(row, list) or len(row) > len(_FIELDS) + 1:
+        return None
+    out = {name: value for name, value in zip(_FIELDS, row, strict=False) if value is not None}
+    if len(row) > len(_FIELDS):
+        if not isinstance(row[-1], dict):
+            return None
+        out.update(row[-1])
+    return out
+
+
 class TokenSigner:
-    """Signs and verifies tokens with a set of keys (key id -> secret)."""
+    """Seals and opens tokens with a set of keys (key id -> secret)."""
 
     def __init__(self, keys: dict[str, bytes], current_key_id: str) -> None:
         if current_key_id not in keys:
@@ -44,29 +89,60 @@ class TokenSigner:
             if not kid or "." in kid:
                 raise ValueError(f"tracking key id {kid!r} must be non-empty without '.'")
         self._keys = dict(keys)
+        self._aead = {kid: AESGCMSIV(self._derive(kid, secret)) for kid, secret in keys.items()}
         self.key_id = current_key_id
+
+    @staticmethod
+    def _derive(kid: str, secret: bytes) -> bytes:
+        """A 256-bit AEAD key per key id (the configured secret may be any length or a passphrase)."""
+        info = b"smtpgate tracking token v2 " + kid.encode("utf-8")
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
 
     def _mac(self, key: bytes, signed: str) -> str:
         return _b64e(hmac.new(key, signed.encode("ascii"), hashlib.sha256).digest()[:_MAC_BYTES])
 
+    def mac(self, text: str, key_id: str | None = None) -> str | None:
+        """HMAC-SHA256 (128 bits, base64url) of ``text`` with a key id's secret (default: the
+        current one); ``None`` for an unknown key id. For compact signed ids such as VERP."""
+        key = self._keys.get(key_id or self.key_id)
+        return None if key is None else self._mac(key, text)
+
     def sign(self, payload: dict[str, Any]) -> str:
-        body = _b64e(json.dumps({k: v for k, v in payload.items() if v is not None}, separators=(",", ":"),
-                                ensure_ascii=False).encode("utf-8"))
-        signed = f"{body}.{self.key_id}"
-        return f"{signed}.{self._mac(self._keys[self.key_id], signed)}"
+        """An opaque token holding ``payload`` (a JSON-able dict; ``None`` values dropped)."""
+        kid = self.key_id
+        sealed = self._aead[kid].encrypt(_NONCE, _pack(payload), kid.encode("utf-8"))
+        return f"{_b64e(sealed[:-_TAG_BYTES])}.{kid}.{_b64e(sealed[-_TAG_BYTES:])}"
 
     def verify(self, token: str) -> dict[str, Any] | None:
         """The payload of a genuine token, else ``None`` (tampered, truncated, unknown key)."""
-        if not token.isascii():  # never made by sign(); the MAC and compare_digest need ASCII
+        if not token.isascii():  # never made by sign()
             return None
         parts = token.split(".")
         if len(parts) != 3:
             return None
-        body, kid, mac = parts
-        key = self._keys.get(kid)
-        if key is None:
+        body, kid, tag = parts
+        aead = self._aead.get(kid)
+        if aead is None:
             return None
-        if not hmac.compare_digest(self._mac(key, f"{body}.{kid}"), mac):
+        try:
+            raw_body, raw_tag = _b64d(body), _b64d(tag)
+        except ValueError:
+            return None
+        if _b64e(raw_body) != body or _b64e(raw_tag) != tag:
+            return None  # a non-canonical spelling of the same bytes: not what sign() made
+        sealed = raw_body + raw_tag
+        if len(sealed) >= _TAG_BYTES and len(tag) == 22:
+            try:
+                return _unpack(aead.decrypt(_NONCE, sealed, kid.encode("utf-8")))
+            except InvalidTag:
+                pass
+            except (ValueError, UnicodeDecodeError):
+                return None
+        return self._verify_legacy(body, kid, tag)
+
+    def _verify_legacy(self, body: str, kid: str, mac: str) -> dict[str, Any] | None:
+        """A token of the earlier HMAC-signed format (links already sent keep working)."""
+        if not hmac.compare_digest(self._mac(self._keys[kid], f"{body}.{kid}"), mac):
             return None
         try:
             payload = json.loads(_b64d(body))

@@ -169,7 +169,27 @@ class TrackingApp:
             return self._not_found()
         assert isinstance(url, str)
         await self._record(self._event(EventType.CLICKED, payload, request, url=url))
-        return web.Response(status=302, headers={"Location": url, **NO_STORE})
+        location = url
+        if not url.isascii():
+            # RFC 3986 on the wire, the resource a browser would request for the same href: the
+            # host as IDNA, every other non-ASCII character as UTF-8 percent escapes (the
+            # ASCII, existing escapes included, untouched).
+            import urllib.parse
+
+            keep = "".join(map(chr, range(0x21, 0x7F)))
+            parts = urllib.parse.urlsplit(url)
+            netloc = parts.netloc
+            if not netloc.isascii():
+                userinfo, at, hostport = netloc.rpartition("@")
+                host, colon, port = hostport.partition(":")
+                try:
+                    host = host.encode("idna").decode("ascii")
+                except UnicodeError:
+                    host = urllib.parse.quote(host, safe=keep)
+                netloc = urllib.parse.quote(userinfo + at, safe=keep) + host + colon + port
+            rest = urllib.parse.quote(urllib.parse.urlunsplit(("", "", *parts[2:])), safe=keep)
+            location = f"{parts.scheme}://{netloc}{rest}"
+        return web.Response(status=302, headers={"Location": location, **NO_STORE})
 
     async def open(self, request: web.Request) -> web.Response:
         payload = self._payload(request.match_info["token"], "o")

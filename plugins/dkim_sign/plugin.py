@@ -143,6 +143,18 @@ class DkimSign(Plugin):
         return None
 
     @hookimpl
+    def on_message(self, ctx: MessageContext) -> Reject | None:
+        """A missing key with ``on_missing_key = "tempfail"`` is known at DATA: refuse it there
+        (5xx) instead of answering 250 and then failing every delivery attempt."""
+        if self.config.on_missing_key != "tempfail":
+            return None
+        from_domain = author_domain(ctx.message.headers)
+        if self.key_for(from_domain) is not None:
+            return None
+        shown = from_domain if from_domain and is_dns_name(from_domain) else "the From domain"
+        return Reject(554, "5.3.5", f"No DKIM key for {shown} and no default_domain")
+
+    @hookimpl
     def on_sign(self, ctx: MessageContext) -> TempFail | Reject | None:
         msg = ctx.message
         from_domain = author_domain(msg.headers)
