@@ -117,6 +117,7 @@ async def test_switches_over_smtp_credential_header_lock_and_an_invalid_value(da
             "locked": ["TrackOpens"],
         }],
         features={"trackclicks": False, "inlinecss": True},
+        tracking={"bounce_domain": "bounce.example.com"},  # trackbounces without one is refused at DATA
         chain=["header_validation", "css_inline", "click_tracking", "open_pixel", "bounce_tracking", "dkim_sign"],
     )
     raw = (SAMPLES / "01-plain-text.eml").read_bytes()
