@@ -67,11 +67,24 @@ class _Premailer(Premailer):
     def _parse_css_string(self, css_body: str, validate: bool = True) -> Any:
         return _parse_css_offline(css_body, validate)
 
+    _RULES_CACHE = 256  # distinct (stylesheet, position) pairs remembered per engine
+
     def _parse_style_rules(self, css_body: str, ruleset_index: int) -> tuple[list[Any], list[Any]]:
+        # A message with many HTML parts usually repeats one stylesheet: parsing and re-serialising
+        # it with cssutils was half of premailer's time per part. premailer only reads the result
+        # (it extends its own list with the rule tuples), so handing out the same lists is safe.
+        cache: dict[tuple[str, int], tuple[list[Any], list[Any]]] = self.__dict__.setdefault("_rules", {})
+        key = (css_body, ruleset_index)
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
         rules, leftover = super()._parse_style_rules(css_body, ruleset_index)
         if css_body:
             sheet = self._parse_css_string(css_body, validate=not self.disable_validation)  # cached
             leftover = [r for r in sheet if isinstance(r, _KEPT_AT_RULES)] + leftover
+        if len(cache) >= self._RULES_CACHE:
+            cache.pop(next(iter(cache)))
+        cache[key] = (rules, leftover)
         return rules, leftover
 
     def _css_rules_to_string(self, rules: list[Any]) -> str:
