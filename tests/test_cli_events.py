@@ -59,11 +59,11 @@ def test_older_than_deletes_old_events_but_keeps_pending_webhooks_and_the_stopli
     ids = fill(path)
     result = run("--older-than", "90d")
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == [
-        result.output.splitlines()[0],
+    assert result.stdout.splitlines() == [
+        result.stdout.splitlines()[0],
         "kept 1 older event(s) whose webhooks are still pending",
     ]
-    assert result.output.startswith("deleted 7 event(s) recorded before ")
+    assert result.stdout.startswith("deleted 7 event(s) recorded before ")
     assert "and 1 finished webhook delivery" in result.output
     assert {r[0] for r in rows(path, "SELECT id FROM events")} == {ids["old_pending"], ids["new"]}
     assert sorted(rows(path, "SELECT event_id, state FROM webhook_outbox")) == sorted(
@@ -77,7 +77,7 @@ def test_dry_run_counts_without_deleting(data_dir):
     fill(path)
     result = run("--older-than", "90d", "--dry-run")
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("would delete 7 event(s)") and "1 finished webhook delivery" in result.output
+    assert result.stdout.startswith("would delete 7 event(s)") and "1 finished webhook delivery" in result.output
     assert len(rows(path, "SELECT id FROM events")) == 9
 
 
@@ -120,6 +120,7 @@ def test_bad_arguments_are_one_line_errors(data_dir, args, message):
 
 
 def test_missing_event_store_is_not_created(data_dir):
+    data_dir.mkdir()
     result = run("--older-than", "90d")
     assert result.exit_code == 0 and "no event store, nothing to prune" in result.output
     assert not (data_dir / "events.db").exists()

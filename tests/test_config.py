@@ -80,7 +80,7 @@ def test_unknown_key_names_the_file_and_the_key(tmp_path, toml, expected):
             "listeners[0].tls",
             "'none', 'starttls' or 'implicit'",
         ),
-        ("[chain]\nplugins = 'css_inline'\n", "chain.plugins", "valid list"),
+        ("[chain]\nplugins = 'css_inline'\n", "chain.plugins", "valid array"),
         ("[features]\ntrackopens = 'maybe'\n", "features.trackopens", "valid boolean"),
     ],
 )

@@ -43,7 +43,7 @@ def test_stats_table_lists_campaigns_with_figures_and_total(data_dir):
     seed(data_dir)
     r = run()
     assert r.exit_code == 0, r.output
-    lines = r.output.splitlines()
+    lines = r.stdout.splitlines()
     assert lines[0].split()[:5] == ["campaign", "sent", "deliv", "hard", "soft"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert rows["spring"][1:8] == ["3", "3", "0", "1", "1", "1", "1"]  # sent deliv hard soft opens u.opens m.opens
@@ -54,13 +54,13 @@ def test_stats_table_lists_campaigns_with_figures_and_total(data_dir):
 
 def test_stats_filters_by_campaign_and_since_and_prints_json(data_dir):
     seed(data_dir)
-    out = json.loads(run("--since", "2026-03-02", "--json").output)
+    out = json.loads(run("--since", "2026-03-02", "--json").stdout)
     assert [row["campaign"] for row in out["rows"]] == ["autumn"]
-    out = json.loads(run("--campaign", "spring", "--json").output)
+    out = json.loads(run("--campaign", "spring", "--json").stdout)
     assert out["totals"]["machine_opens"] == 1 and out["totals"]["opens"] == 1
-    daily = run("--daily").output.splitlines()
+    daily = run("--daily").stdout.splitlines()
     assert daily[0].split()[:2] == ["campaign", "day"] and any("2026-03-01" in line for line in daily)
-    assert "no events for campaign 'nope'" in run("--campaign", "nope").output
+    assert "no events for campaign 'nope'" in run("--campaign", "nope").stdout
 
 
 def test_bad_date_is_a_one_line_error(data_dir):

@@ -27,7 +27,7 @@ import pluggy
 from pydantic import ValidationError
 
 from pipeline.chain.features import FeatureError, FeatureRegistry
-from pipeline.config import Config, ConfigError, format_validation_error
+from pipeline.config import ChainSection, Config, ConfigError, format_validation_error, validate_strict
 from pipeline.contract import hookspecs
 from pipeline.contract.plugin import PluginConfig, PluginEnv, SuppressionList
 from pipeline.contract.vocabulary import PluginSource
@@ -182,6 +182,34 @@ def feature_registry(config: Config, classes: list[tuple[str, Any]] | None = Non
     return FeatureRegistry(registry.switches.values(), config.features)
 
 
+def plugin_config_errors(error: ConfigError) -> list[str]:
+    """The ``[plugins.<name>]`` problems of a file whose core sections failed validation.
+
+    The chain cannot be built from an invalid config, but each plugin's options can still be
+    checked against its ``Config`` model, so one run reports every error of the file.
+    """
+    raw = error.raw or {}
+    chain = raw.get("chain")
+    names = chain.get("plugins") if isinstance(chain, dict) else None
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        names = ChainSection().plugins
+    sections = raw.get("plugins") if isinstance(raw.get("plugins"), dict) else {}
+    errors: list[str] = []
+    for entry in names:
+        try:
+            obj, _ = resolve(entry)
+        except ConfigError as exc:
+            errors.append(str(exc))
+            continue
+        name = getattr(obj, "name", "")
+        section = sections.get(name, {}) if isinstance(sections, dict) else {}
+        try:
+            validate_strict(getattr(obj, "Config", PluginConfig), section)
+        except ValidationError as exc:
+            errors.append(format_validation_error(error.source, exc, prefix=f"plugins.{name}", origins=error.origins))
+    return errors
+
+
 def plugin_env(
     config: Config,
     features: FeatureRegistry | None = None,
@@ -222,21 +250,38 @@ class PluginSet:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.plugins: list[LoadedPlugin] = []
-        entries: list[tuple[Any, str]] = [resolve(n) for n in config.chain.plugins]
+        # Every plugin is resolved and configured before any error is raised, so one run of
+        # check-config shows the problems of every [plugins.<name>] section, not the first.
+        errors: list[str] = []
+        entries: list[tuple[Any, str]] = []
+        for n in config.chain.plugins:
+            try:
+                entries.append(resolve(n))
+            except ConfigError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise ConfigError("\n".join(errors))
         entries += [(obj, PluginSource.GIVEN) for obj in extra or ()]
         checked = [(self._check_class(obj, source), obj, source) for obj, source in entries]
         self.features = feature_registry(config, [(name, obj) for (name, _), obj, _ in checked])
         env = plugin_env(config, self.features, open_suppression)
         names: set[str] = set()
         for (name, hooks), obj, source in checked:
-            loaded = self._instantiate(obj, source, env, name, hooks)
+            try:
+                loaded = self._instantiate(obj, source, env, name, hooks)
+            except ConfigError as exc:
+                errors.append(str(exc))
+                names.add(name)
+                continue
             if source.startswith(PluginSource.ENTRY_POINT) and "version" not in vars(obj):
                 loaded.version = _dist_version(obj) or loaded.version  # the installed package's version
             if loaded.name in names:
-                raise ConfigError(f"{config.source}: chain.plugins: two plugins are named {loaded.name!r}")
+                errors.append(f"{config.source}: chain.plugins: two plugins are named {loaded.name!r}")
             names.add(loaded.name)
             self.plugins.append(loaded)
-        self._check_plugin_sections(names)
+        errors += self._check_plugin_sections(names)
+        if errors:
+            raise ConfigError("\n".join(errors))
         # pluggy calls LIFO; we run our own ordered runner, but register in reverse anyway so a
         # plain pm.hook call would also follow the configured order.
         for loaded in reversed(self.plugins):
@@ -278,9 +323,10 @@ class PluginSet:
         cfg_model = getattr(obj, "Config", PluginConfig)
         raw_cfg = self.config.plugins.get(name, {})
         try:
-            cfg = cfg_model.model_validate(raw_cfg)
+            cfg = validate_strict(cfg_model, raw_cfg)
         except ValidationError as exc:
-            raise ConfigError(format_validation_error(self.config.source, exc, prefix=f"plugins.{name}")) from None
+            raise ConfigError(format_validation_error(
+                self.config.source, exc, prefix=f"plugins.{name}", origins=self.config.overrides)) from None
         try:
             factory: Any = obj  # any class taking (config, env); mypy narrowed it to type[object]
             instance = factory(cfg, env)
@@ -302,11 +348,10 @@ class PluginSet:
             verp_sender=bool(getattr(obj, "verp_sender", False)),
         )
 
-    def _check_plugin_sections(self, names: set[str]) -> None:
+    def _check_plugin_sections(self, names: set[str]) -> list[str]:
         known = names | set(BUILTINS) | set(_entry_points())
-        for section in self.config.plugins:
-            if section not in known:
-                raise ConfigError(f"{self.config.source}: plugins.{section}: no plugin has this name")
+        return [f"{self.config.source}: plugins.{section}: no plugin has this name"
+                for section in self.config.plugins if section not in known]
 
     def _check_signers(self) -> None:
         signer: str | None = None

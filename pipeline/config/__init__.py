@@ -6,17 +6,23 @@ A string value of the form ``env:NAME`` or ``file:/path`` is read from the envir
 file, so secrets need not sit in the config file.
 
 Each section is its own model; the part of the gateway that uses a section owns its class.
+
+Types are strict (``trackopens = "yes"``, ``inlinecss = 1`` and ``port = "25"`` are errors: a
+guessed conversion hides a typo), and every key can be overridden from the environment as
+``SMTPGATE_<SECTION>__<KEY>`` (see :func:`env_overrides`).
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import re
 import socket
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BeforeValidator,
@@ -46,8 +52,28 @@ __all__ = [  # the sections of other modules, re-exported (``from pipeline.confi
 ]
 
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
 class ConfigError(Exception):
-    """A configuration problem; the message names the file, the key and the problem."""
+    """A configuration problem; the message names the file, the key and the problem.
+
+    ``raw`` is the parsed (but invalid) data when the core sections failed, so the CLI can still
+    check the plugin sections and report every error of the file in one run.
+    """
+
+    def __init__(
+        self, message: str, raw: dict[str, Any] | None = None, source: str = "", origins: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.raw = raw
+        self.source = source
+        self.origins = origins or {}
+
+
+SYSTEM_CONFIG = Path("/etc/smtpgate/smtpgate.toml")
+"""The last place :func:`find_config` looks (a packaged install's instance)."""
+ENV_PREFIX = "SMTPGATE_"
 
 
 def resolve_secret(value: Any) -> Any:
@@ -72,11 +98,13 @@ Secret = Annotated[str, BeforeValidator(resolve_secret)]
 
 class GatewaySection(Section):
     hostname: str = Field(default_factory=socket.getfqdn)
-    data_dir: Path = Path("smtpgate-data")
+    # relative: to the config file's directory; a string default, as strict validation reads paths from text
+    data_dir: Path = Field(default="smtpgate-data")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     trace_header: bool = True  # a Received: header per accepted message (RFC 5321 4.4)
     trace_credential: bool = False  # name the authenticated credential in it (privacy: off)
     reverse_dns: bool = False  # look up the client's PTR name for it (else "unknown")
+    log_format: Literal["text", "json"] = "text"  # json: one object per line (pipeline/toolkit/logs.py)
 
 
 class ListenerSection(Section):
@@ -383,6 +411,8 @@ class Config(Section):
     pool_selection: PoolSelectionSection = Field(default_factory=PoolSelectionSection)
 
     source: str = Field(default="<defaults>", exclude=True)
+    # key -> the SMTPGATE_<SECTION>__<KEY> variable that set it (check-config shows them)
+    overrides: dict[str, str] = Field(default_factory=dict, exclude=True)
 
     @field_validator("features")
     @classmethod
@@ -416,8 +446,18 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def format_validation_error(source: str, exc: ValidationError, prefix: str = "") -> str:
-    """One line per problem: ``file: key: problem``."""
+def _origin(key: str, source: str, origins: dict[str, str] | None) -> str:
+    """The environment variable that set ``key`` (or a table above it), else ``source``."""
+    for prefix, variable in (origins or {}).items():
+        if key == prefix or key.startswith((prefix + ".", prefix + "[")):
+            return f"${variable}"
+    return source
+
+
+def format_validation_error(
+    source: str, exc: ValidationError, prefix: str = "", origins: dict[str, str] | None = None
+) -> str:
+    """One line per problem: ``file: key: problem`` (``$VARIABLE: key: problem`` for overrides)."""
     lines = []
     for err in exc.errors():
         key = _loc(tuple(err["loc"]))
@@ -425,29 +465,124 @@ def format_validation_error(source: str, exc: ValidationError, prefix: str = "")
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
-        lines.append(f"{source}: {key or '(top level)'}: {msg}")
+        lines.append(f"{_origin(key, source, origins)}: {key or '(top level)'}: {msg}")
     return "\n".join(lines)
 
 
-def parse_config(data: dict[str, Any], source: str = "<defaults>") -> Config:
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()  # TOML dates: no key takes one, so the string is refused as usual
+    return str(value)  # Path objects from Python callers
+
+
+def validate_strict(model: type[ModelT], data: Any) -> ModelT:
+    """Validate TOML-shaped ``data`` with strict types.
+
+    Strict JSON-mode validation refuses string-to-int and string- or number-to-bool coercion
+    while still reading paths from strings, which Python-mode strictness would refuse.
+    """
+    return model.model_validate_json(json.dumps(data, default=_json_value), strict=True)
+
+
+def _env_value(text: str) -> Any:
+    """An environment value read as a TOML value (``25``, ``true``, ``["a"]``), else as a string."""
     try:
-        cfg = Config.model_validate(data)
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def env_overrides(environ: dict[str, str] | os._Environ[str] | None = None) -> list[tuple[list[str | int], str, Any]]:
+    """``SMTPGATE_<SECTION>__<KEY>[__<KEY>...]`` variables: (key path, variable, value), sorted.
+
+    Names are lower-cased; a number is a list index (``SMTPGATE_LISTENERS__0__PORT``). Variables
+    without ``__`` (``SMTPGATE_CONFIG``, ``SMTPGATE_DATA_DIR``) are not overrides.
+    """
+    env = os.environ if environ is None else environ
+    out: list[tuple[list[str | int], str, Any]] = []
+    for variable in sorted(env):
+        if not variable.startswith(ENV_PREFIX) or "__" not in variable:
+            continue
+        parts = variable[len(ENV_PREFIX) :].lower().split("__")
+        if any(not part for part in parts):
+            continue
+        path: list[str | int] = [int(p) if p.isdigit() else p for p in parts]
+        out.append((path, variable, _env_value(env[variable])))
+    return out
+
+
+def _apply_override(data: dict[str, Any], path: list[str | int], value: Any) -> None:
+    """Set ``path`` in ``data``; a list index must exist (a missing top-level list starts as its default)."""
+    node: Any = data
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                raise ValueError(f"no list item {part} to override")
+        elif not isinstance(node, dict):
+            raise ValueError("not a table")
+        elif part not in node and not last:
+            field = Config.model_fields[part].get_default(call_default_factory=True) if (
+                i == 0 and part in Config.model_fields) else {}
+            node[part] = [x.model_dump(mode="json") for x in field] if isinstance(field, list) else {}
+        if last:
+            node[part] = value
+        else:
+            node = node[part]
+
+
+def parse_config(data: dict[str, Any], source: str = "<defaults>", base_dir: Path | None = None) -> Config:
+    """Validate ``data`` (from ``source``) with the environment's overrides applied.
+
+    A relative ``data_dir`` from the file is taken relative to ``base_dir`` (the file's folder),
+    so every command finds the same instance from whichever directory it runs.
+    """
+    data = json.loads(json.dumps(data, default=_json_value))  # a copy the overrides may change
+    origins: dict[str, str] = {}
+    errors: list[str] = []
+    for path, variable, value in env_overrides():
+        key = _loc(tuple(path))
+        try:
+            _apply_override(data, path, value)
+        except ValueError as exc:
+            errors.append(f"${variable}: {key}: {exc}")
+            continue
+        origins[key] = variable
+    try:
+        cfg = validate_strict(Config, data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(source, exc)) from None
+        errors.append(format_validation_error(source, exc, origins=origins))
+    if errors:
+        raise ConfigError("\n".join(errors), raw=data, source=source, origins=origins)
     cfg.source = source
+    cfg.overrides = origins
     env_dir = os.environ.get("SMTPGATE_DATA_DIR")
     if env_dir and "data_dir" not in data.get("gateway", {}):
         cfg.gateway.data_dir = Path(env_dir)
+    elif base_dir is not None and "gateway.data_dir" not in origins and not cfg.gateway.data_dir.is_absolute():
+        cfg.gateway.data_dir = base_dir / cfg.gateway.data_dir
     return cfg
 
 
+def find_config(path: str | os.PathLike[str] | None = None) -> Path | None:
+    """Which file an instance uses: ``path``, ``$SMTPGATE_CONFIG``, ``./smtpgate.toml``,
+    :data:`SYSTEM_CONFIG`; ``None`` means the embedded defaults (as ``serve`` and every command)."""
+    if path is not None:
+        return Path(path)
+    env = os.environ.get("SMTPGATE_CONFIG")
+    if env:
+        return Path(env)
+    for candidate in (Path("smtpgate.toml"), SYSTEM_CONFIG):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Load ``path``, else ``$SMTPGATE_CONFIG``, else the embedded defaults."""
-    if path is None:
-        path = os.environ.get("SMTPGATE_CONFIG") or None
-    if path is None:
+    """Load the file :func:`find_config` names, else the embedded defaults."""
+    p = find_config(path)
+    if p is None:
         return parse_config({})
-    p = Path(path)
     try:
         text = p.read_bytes().decode("utf-8")
     except FileNotFoundError:
@@ -458,4 +593,4 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: invalid TOML: {exc}") from None
-    return parse_config(data, str(p))
+    return parse_config(data, str(p), base_dir=p.absolute().parent)

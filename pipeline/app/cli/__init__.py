@@ -93,12 +93,37 @@ config_option = click.option(
     "config_path",
     type=click.Path(dir_okay=False),
     default=None,
-    help="smtpgate.toml (default: $SMTPGATE_CONFIG, else embedded defaults).",
+    help="smtpgate.toml (default: $SMTPGATE_CONFIG, ./smtpgate.toml, /etc/smtpgate/smtpgate.toml, "
+    "else embedded defaults).",
 )
 
 
-def get_config(path: str | None) -> Config:
-    return load_config(path)
+def get_config(path: str | None, *, existing: bool = False, quiet: bool = False) -> Config:
+    """The instance a command works on, found as ``serve`` finds it (:func:`pipeline.config.find_config`).
+
+    Says on stderr which config and data directory it uses (``quiet``: not, for commands whose
+    stderr is an output). ``existing``: a read command, which must not create an empty data
+    directory: when there is none it says so and exits 1. A config error reports the core and
+    the plugin sections together.
+    """
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        if exc.raw is None:
+            raise
+        from pipeline.chain.loader import plugin_config_errors
+
+        raise ConfigError("\n".join([str(exc), *plugin_config_errors(exc)])) from None
+    if not quiet:
+        click.echo(f"smtpgate: config {config.source}, data dir {config.data_dir.absolute()}", err=True)
+    if existing and not config.data_dir.is_dir():
+        click.echo(
+            f"smtpgate: no instance: data directory {config.data_dir.absolute()} does not exist "
+            f"(config {config.source}); pass --config or set $SMTPGATE_CONFIG, or run `smtpgate init`",
+            err=True,
+        )
+        sys.exit(1)
+    return config
 
 
 for _mod in pkgutil.iter_modules(__path__):

@@ -73,7 +73,7 @@ def replay(
     show_diff: bool,
 ) -> None:
     """Run FILE or DIR (every *.eml in it) through the chain, as the server would, without a network."""
-    config = get_config(config_path)
+    config = get_config(config_path, quiet=True)
     credential = credential_from_config(config, credential_name) if credential_name else None
     chain = replay_chain(config)
     try:
@@ -205,7 +205,7 @@ def message_metadata(ctx: MessageContext) -> str:
 @config_option
 def check_config(config_path: str | None) -> None:
     """Validate the configuration (and load every plugin in the chain): OK and a summary, or the errors."""
-    config = get_config(config_path)
+    config = get_config(config_path, quiet=True)
     plugins = PluginSet(config)
     problems = _missing_files(config)
     if problems:
@@ -247,7 +247,7 @@ def _summary(config: Config, plugins: PluginSet) -> list[str]:
 def plugins_cmd(config_path: str | None) -> None:
     """The loaded plugins (source, version, feature switch, hooks), their switches and defaults, and the
     run order of each phase."""
-    plugin_set = PluginSet(get_config(config_path))
+    plugin_set = PluginSet(get_config(config_path, quiet=True))
     rows = [("name", "source", "version", "feature", "hooks")]
     for p in plugin_set.plugins:
         rows.append(

@@ -138,7 +138,7 @@ def add(name: str, config_path: str | None, kind: str, username: str | None, pas
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_(config_path: str | None, as_json: bool) -> None:
     """List credentials (never their secrets)."""
-    config = get_config(config_path)
+    config = get_config(config_path, existing=True)
     rows: list[dict[str, Any]] = []
     for c in config.credentials:
         rows.append({
@@ -167,7 +167,7 @@ def list_(config_path: str | None, as_json: bool) -> None:
 
 
 def _change(config_path: str | None, name: str, action: str) -> None:
-    config = get_config(config_path)
+    config = get_config(config_path, existing=True)
     if _in_config(config, name):
         _fail(f"credential {name!r} is declared in {config.source}: {action} it there")
     store = _store(config)

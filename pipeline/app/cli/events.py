@@ -73,7 +73,7 @@ def prune(config_path: str | None, before_text: str | None, age_text: str | None
         _fail(str(exc))
     if before > now:
         _fail(f"--before {before_text}: that is in the future (it would delete every event)")
-    config = get_config(config_path)
+    config = get_config(config_path, existing=True)
     path = config.data_dir / "events.db"
     if not path.exists():
         click.echo(f"{path}: no event store, nothing to prune")

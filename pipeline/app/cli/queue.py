@@ -71,7 +71,7 @@ def queue() -> None:
 @config_option
 def list_cmd(config_path: str | None) -> None:
     """List queued messages with each recipient's state, like mailq; then a summary."""
-    config = get_config(config_path)
+    config = get_config(config_path, existing=True)
     spool = _open(config)
     rows = spool.list_recipients() if spool else []
     if not rows:
@@ -133,7 +133,7 @@ def _suspended(config: Config) -> None:
 @click.option("--body", is_flag=True, help="Print the whole message, not only its headers.")
 def show_cmd(queue_id: str, config_path: str | None, body: bool) -> None:
     """Show one message: envelope, credential, features, each recipient's state, headers."""
-    config = get_config(config_path)
+    config = get_config(config_path, existing=True)
     spool = _open(config)
     info = spool.show(queue_id) if spool else None
     if info is None:
@@ -182,7 +182,7 @@ def show_cmd(queue_id: str, config_path: str | None, body: bool) -> None:
 @config_option
 def retry_cmd(queue_id: str, config_path: str | None) -> None:
     """Make a message's deferred recipients due now."""
-    config = get_config(config_path)
+    config = get_config(config_path, existing=True)
     spool = _open(config)
     if spool is None or spool.show(queue_id) is None:
         _fail(f"queue: no message {queue_id} in {config.data_dir / 'spool.db'}")
@@ -197,7 +197,7 @@ def retry_cmd(queue_id: str, config_path: str | None) -> None:
 @config_option
 def delete_cmd(queue_id: str, config_path: str | None) -> None:
     """Remove a message from the queue (it is not delivered; no bounce is sent)."""
-    config = get_config(config_path)
+    config = get_config(config_path, existing=True)
     spool = _open(config)
     if spool is None or not spool.delete(queue_id):
         _fail(f"queue: no message {queue_id} in {config.data_dir / 'spool.db'}")
@@ -210,7 +210,7 @@ def delete_cmd(queue_id: str, config_path: str | None) -> None:
 @config_option
 def flush_cmd(config_path: str | None) -> None:
     """Make every deferred recipient due now (like postqueue -f)."""
-    config = get_config(config_path)
+    config = get_config(config_path, existing=True)
     spool = _open(config)
     n = spool.retry(None) if spool else 0
     if spool:

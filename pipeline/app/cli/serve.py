@@ -59,7 +59,7 @@ async def run_gateway(gateway: Gateway) -> None:
               help="Processing worker processes (default: [spool] workers, else the number of CPUs).")
 def serve(config_path: str | None, workers: int | None) -> None:
     """Run the gateway: SMTP listeners, processing workers, delivery, tracking (Ctrl-C or SIGTERM stops)."""
-    config = get_config(config_path)
+    config = get_config(config_path, quiet=True)
     root = logging.getLogger()
     if root.level != logging.DEBUG:  # --verbose wins over [gateway] log_level
         root.setLevel(config.gateway.log_level.upper())

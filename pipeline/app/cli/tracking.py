@@ -28,8 +28,9 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def _store(config_path: str | None) -> SqliteEventStore:
-    return open_event_store(get_config(config_path))
+def _store(config_path: str | None, existing: bool = True) -> SqliteEventStore:
+    """The event store; a read (``existing``) needs the data directory to be there already."""
+    return open_event_store(get_config(config_path, existing=existing))
 
 
 def _cell(field: str, value: Any) -> str:
@@ -131,7 +132,7 @@ def suppression_list(config_path: str | None, credential: str | None, global_onl
 def suppression_add(config_path: str | None, addresses: tuple[str, ...], credential: str | None, reason: str) -> None:
     """Add addresses to the stoplist."""
     checked = [_check_address(a) for a in addresses]
-    store = _store(config_path)
+    store = _store(config_path, existing=False)
     try:
         for address in checked:
             added = store.suppress(address, credential or GLOBAL_SCOPE, reason)

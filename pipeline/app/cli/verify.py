@@ -32,7 +32,7 @@ def verify(
     addresses: tuple[str, ...], config_path: str | None, mail_from: str, port: int | None, timeout: float, as_json: bool
 ) -> None:
     """Check addresses against their mail servers: deliverable, undeliverable, unknown or catch-all."""
-    config = get_config(config_path)
+    config = get_config(config_path, quiet=True)
     results = asyncio.run(
         verify_addresses(
             list(addresses),
