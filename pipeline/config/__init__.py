@@ -99,7 +99,7 @@ Secret = Annotated[str, BeforeValidator(resolve_secret)]
 class GatewaySection(Section):
     hostname: str = Field(default_factory=socket.getfqdn)
     # relative: to the config file's directory; a string default, as strict validation reads paths from text
-    data_dir: Path = Field(default="smtpgate-data")
+    data_dir: Path = Field(default="smtpgate-data")  # type: ignore[assignment]  # validated into a Path
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     trace_header: bool = True  # a Received: header per accepted message (RFC 5321 4.4)
     trace_credential: bool = False  # name the authenticated credential in it (privacy: off)

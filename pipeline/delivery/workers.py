@@ -28,6 +28,7 @@ from pipeline.config import Config
 from pipeline.contract.context import MessageContext
 from pipeline.contract.message import Message
 from pipeline.delivery.lifeline import die_with_parent, start_forkserver
+from pipeline.toolkit.logs import current_settings, setup_logging
 
 log = logging.getLogger("smtpgate.workers")
 
@@ -39,9 +40,12 @@ def build_chain(config: Config, extra_plugins: list[Any]) -> Chain:
     return Chain(PluginSet(config, extra_plugins))
 
 
-def _init_worker(config: Config, extra_plugins: list[Any], gateway_pid: int) -> None:
-    """Runs once per worker process: tie its life to the gateway's, then build the chain."""
+def _init_worker(
+    config: Config, extra_plugins: list[Any], gateway_pid: int, log_settings: tuple[int, str] = (logging.INFO, "text")
+) -> None:
+    """Runs once per worker process: log like the gateway, tie its life to the gateway's, then build the chain."""
     global _worker
+    setup_logging(*log_settings)  # a forkserver child starts with logging unconfigured
     # The parent decides when to stop (SIGTERM/Ctrl-C reach the whole process group); a worker
     # killed mid-message would turn a clean shutdown into a retry. Ignoring them is safe only
     # because the worker exits by itself once the gateway is gone.
@@ -88,7 +92,7 @@ class WorkerPool:
             max_workers=self.workers,
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(self.config, self.extra_plugins, os.getpid()),
+            initargs=(self.config, self.extra_plugins, os.getpid(), current_settings()),
         )
 
     async def start(self) -> None:

@@ -23,6 +23,7 @@ from pipeline.chain.loader import BUILTINS, ENTRY_POINT_GROUP, plugin_env, resol
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.contract import hookspecs
 from pipeline.contract.plugin import PluginEnv
+from pipeline.toolkit.logs import setup_logging
 
 
 def _load_env(config_path: str | None) -> PluginEnv:
@@ -80,11 +81,7 @@ class _Group(click.Group):
 @click.version_option(package_name="smtpgate")
 def main(verbose: bool) -> None:
     """smtpgate: a self-hosted SMTP gateway that authenticates, improves, signs, tracks and delivers mail."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(logging.DEBUG if verbose else logging.INFO)  # serve applies [gateway] log_format
 
 
 config_option = click.option(

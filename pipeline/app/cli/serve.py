@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
 import click
 
+from pipeline.app import systemd
 from pipeline.app.cli import config_option, get_config, main
 from pipeline.app.gateway import Gateway
+from pipeline.app.instance import remove_pid_file, startup_summary, write_pid_file
+from pipeline.toolkit.logs import setup_logging
 
 log = logging.getLogger("smtpgate")
 
@@ -32,6 +36,7 @@ async def run_gateway(gateway: Gateway) -> None:
         if stopping["count"] == 1:
             log.info("received %s: draining (grace %.0fs); send it again to stop at once",
                      signal.Signals(signum).name, gateway.config.limits.shutdown_grace)
+            systemd.notify("STOPPING=1")
             stop.set()
         elif main_task is not None:
             log.warning("received %s again: stopping now", signal.Signals(signum).name)
@@ -39,11 +44,22 @@ async def run_gateway(gateway: Gateway) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    watchdog: asyncio.Task[None] | None = None
     try:
         await gateway.start()
+        write_pid_file(gateway.config.data_dir)
+        for level, line in startup_summary(gateway):
+            log.log(level, "%s", line)
         log.info("smtpgate running: %s", ", ".join(s.name for s in gateway.services) or "no services")
+        systemd.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=accepting mail")
+        interval = systemd.watchdog_interval()
+        if interval:
+            watchdog = asyncio.create_task(systemd.watchdog(interval))
         await stop.wait()
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        remove_pid_file(gateway.config.data_dir)
         try:
             # a second signal that cancelled gateway.start() (still starting) must not get the full grace
             await gateway.stop(0 if stopping["count"] > 1 else None)
@@ -61,8 +77,9 @@ def serve(config_path: str | None, workers: int | None) -> None:
     """Run the gateway: SMTP listeners, processing workers, delivery, tracking (Ctrl-C or SIGTERM stops)."""
     config = get_config(config_path, quiet=True)
     root = logging.getLogger()
-    if root.level != logging.DEBUG:  # --verbose wins over [gateway] log_level
-        root.setLevel(config.gateway.log_level.upper())
+    # --verbose wins over [gateway] log_level
+    level = logging.DEBUG if root.level == logging.DEBUG else config.gateway.log_level.upper()
+    setup_logging(level, config.gateway.log_format)
     gateway = Gateway(config)
     gateway.build_services(workers)
     try:

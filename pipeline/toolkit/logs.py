@@ -1,0 +1,97 @@
+"""Log setup shared by the main process and the worker processes.
+
+Every line carries the time, the level, the logger and, where the line is about one message,
+its queue id. ``text`` keeps the Postfix-style ``QUEUEID: what happened`` message after a
+timestamp, level and ``logger[pid]``; ``json`` writes the same fields as one object per line
+for a log shipper. Worker processes call :func:`setup_logging` with the parent's settings, so
+their lines look exactly like the main process's.
+
+The queue id is taken from ``extra={"queue_id": ...}`` or, since the code base logs
+Postfix-style, from a message that starts with ``<queue id>: ``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import re
+import sys
+from typing import Any, TextIO
+
+# pipeline.contract.context.new_queue_id: a time prefix and random characters from this alphabet
+_QUEUE_ID = re.compile(r"([0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{12,24}): ")
+_HANDLER_NAME = "smtpgate"
+
+
+class QueueIdFilter(logging.Filter):
+    """Sets ``record.queue_id`` ("" when the line is about no message)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "queue_id", None):
+            match = _QUEUE_ID.match(record.getMessage()[:40])
+            record.queue_id = match.group(1) if match else ""
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-03-01T10:00:00.123+00:00 INFO smtpgate.delivery[812]: 4XyZ...: to=<a@b>, status=sent``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = (
+            f"{_timestamp(record)} {record.levelname} {record.name}[{record.process}]: {record.getMessage()}"
+        )
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, pid, queue_id, message (and the traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": _timestamp(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "queue_id": getattr(record, "queue_id", "") or None,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return datetime.datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds")
+
+
+def setup_logging(level: str | int = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
+    """Configure the root logger of this process; calling it again replaces our handler.
+
+    Like ``logging.basicConfig`` it leaves a root logger that someone else configured (a test
+    runner's capture) alone, apart from the level.
+    """
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if h.get_name() == _HANDLER_NAME]
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    if root.handlers and not ours:
+        return
+    for handler in ours:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.set_name(_HANDLER_NAME)
+    handler.addFilter(QueueIdFilter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root.addHandler(handler)
+    logging.captureWarnings(True)  # warnings.warn() lines get the same format
+
+
+def current_settings() -> tuple[int, str]:
+    """(level, format) of this process, for a worker process to copy."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if handler.get_name() == _HANDLER_NAME:
+            return root.level, "json" if isinstance(handler.formatter, JsonFormatter) else "text"
+    return root.level, "text"
