@@ -35,6 +35,10 @@ class Metrics(Protocol):
 
     def keys(self) -> Iterable[str]: ...
 
+    def observe(self, name: str, seconds: float, **labels: str) -> None:
+        """One observation of a latency histogram (``delivery_latency_seconds`` ...)."""
+        ...
+
 
 class EventSink(Protocol):
     """Where a stage reports what happened (event store, webhook outbox, suppression, ``on_event``)."""

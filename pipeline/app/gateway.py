@@ -8,7 +8,6 @@ processes started by the processing service.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from pipeline.milter import milter_services
 from pipeline.ports import InboundHandler as InboundPort
 from pipeline.spool.sqlite import SqliteSpool
 from pipeline.tracking import TrackingService, tracking_services
+from pipeline.tracking.metrics import GatewayCollector, GatewayMetrics
 
 log = logging.getLogger("smtpgate")
 
@@ -59,8 +59,10 @@ class Gateway:
         )
         self.chain = Chain(self.plugins)
         self.services: list[Service] = []
-        # Process-wide counters for /metrics; keys are "name:label" with bounded label values.
-        self.counters: collections.Counter[str] = collections.Counter()
+        # Process-wide metrics for /metrics: counters keyed "name:label" with bounded label
+        # values, histograms, and the figures read when scraped (pipeline/tracking/metrics.py).
+        self.counters = GatewayMetrics()
+        self.counters.add_collector(GatewayCollector(self))
         self._spool: SqliteSpool | None = None
         self._events: SqliteEventStore | None = None
         self._emitter: EventEmitter | None = None
@@ -79,6 +81,8 @@ class Gateway:
         """The spool, ``<data_dir>/spool.db``."""
         if self._spool is None:
             self._spool = SqliteSpool(self.config.data_dir / "spool.db")
+            self._spool.commit_observer = lambda seconds: self.counters.observe(
+                "store_commit_seconds", seconds, store="spool")
         return self._spool
 
     @property

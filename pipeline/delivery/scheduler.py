@@ -80,6 +80,8 @@ class DeliveryService:
         self.router = EgressRouter(self.config, resolver)
         n = self.settings.workers if workers is None else workers
         self.pool = WorkerPool(self.config, n, chain, list(extra_plugins))
+        self.pool.metrics = metrics  # plugin latencies measured in the workers
+        self.metrics = metrics
         self._wake = asyncio.Event()
         self._tasks: dict[asyncio.Task[None], QueuedMessage] = {}
         self._held: set[tuple[str, str]] = set()  # (queue_id, recipient) claimed and not yet recorded
@@ -282,6 +284,8 @@ class DeliveryService:
         now = self.clock()
         for o in outcomes:
             delay = now - msg.created_at
+            if o.state == RecipientState.DELIVERED and self.metrics is not None:
+                self.metrics.observe("delivery_latency_seconds", delay)
             log_fn = log.warning if o.state in (RecipientState.FAILED, RecipientState.EXPIRED) else log.info
             log_fn(
                 "%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, tls=%s, status=%s (%s)",

@@ -23,11 +23,12 @@ from typing import Any
 
 from pipeline.chain.loader import PluginSet
 from pipeline.chain.processing import CopyResult, process_message
-from pipeline.chain.runner import Chain
+from pipeline.chain.runner import Chain, Trace
 from pipeline.config import Config
 from pipeline.contract.context import MessageContext
 from pipeline.contract.message import Message
 from pipeline.delivery.lifeline import die_with_parent, start_forkserver
+from pipeline.ports import Metrics
 from pipeline.toolkit.logs import current_settings, setup_logging
 
 log = logging.getLogger("smtpgate.workers")
@@ -53,26 +54,39 @@ def _init_worker(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent(gateway_pid)
     _worker = (build_chain(config, extra_plugins), asyncio.new_event_loop())
+    log.info("worker ready: %d plugins in the chain", len(_worker[0].plugins.plugins))
 
 
 def _ping() -> bool:
     return _worker is not None
 
 
+Timings = list[tuple[str, str, float]]
+"""(phase, plugin, seconds) of each plugin call, returned to the main process for /metrics."""
+
+
 async def run_processing(
-    chain: Chain, record: dict[str, Any], data: bytes, mail_from: str, recipients: list[str]
+    chain: Chain, record: dict[str, Any], data: bytes, mail_from: str, recipients: list[str],
+    timings: Timings | None = None,
 ) -> list[CopyResult]:
     """The processing phases for one spooled message (shared by worker processes and inline mode)."""
     message = Message(data, mail_from, recipients)
     ctx = MessageContext.from_record(record, message)
-    return await process_message(chain, ctx, recipients=list(recipients))
+    trace = Trace() if timings is not None else None
+    copies = await process_message(chain, ctx, trace=trace, recipients=list(recipients))
+    if trace is not None and timings is not None:
+        timings.extend((e.phase, e.plugin, e.ms / 1000) for e in trace.entries if not e.verdict.startswith("skipped"))
+    return copies
 
 
-def _process_in_worker(record: dict[str, Any], data: bytes, mail_from: str, recipients: list[str]) -> list[CopyResult]:
+def _process_in_worker(
+    record: dict[str, Any], data: bytes, mail_from: str, recipients: list[str]
+) -> tuple[list[CopyResult], Timings]:
     if _worker is None:
         raise RuntimeError("worker process was not initialised")
     chain, loop = _worker
-    return loop.run_until_complete(run_processing(chain, record, data, mail_from, recipients))
+    timings: Timings = []
+    return loop.run_until_complete(run_processing(chain, record, data, mail_from, recipients, timings)), timings
 
 
 class WorkerPool:
@@ -84,6 +98,7 @@ class WorkerPool:
         self.chain = chain
         self.extra_plugins = list(extra_plugins or [])
         self._executor: ProcessPoolExecutor | None = None
+        self.metrics: Metrics | None = None  # where the plugin latencies the processes measure go
 
     def _new_executor(self) -> ProcessPoolExecutor:
         ctx = multiprocessing.get_context("forkserver")
@@ -107,18 +122,29 @@ class WorkerPool:
         self, record: dict[str, Any], data: bytes, mail_from: str, recipients: list[str]
     ) -> list[CopyResult]:
         """Copies for ``recipients``; raises if the worker failed (the caller defers the message)."""
+        timings: Timings = []
         if self.workers == 0 or self._executor is None:
-            return await run_processing(self.chain, record, data, mail_from, recipients)
+            copies = await run_processing(self.chain, record, data, mail_from, recipients, timings)
+            self._observe(timings)
+            return copies
         loop = asyncio.get_running_loop()
         executor = self._executor
         try:
-            return await loop.run_in_executor(executor, _process_in_worker, record, data, mail_from, recipients)
+            copies, timings = await loop.run_in_executor(
+                executor, _process_in_worker, record, data, mail_from, recipients)
+            self._observe(timings)
+            return copies
         except BrokenProcessPool:
             if self._executor is executor:
                 log.error("a worker process died; starting a new pool")
                 executor.shutdown(wait=False, cancel_futures=True)
                 self._executor = self._new_executor()
             raise
+
+    def _observe(self, timings: Timings) -> None:
+        if self.metrics is not None:
+            for phase, plugin, seconds in timings:
+                self.metrics.observe("plugin_latency_seconds", seconds, phase=phase, plugin=plugin)
 
     async def close(self) -> None:
         if self._executor is not None:

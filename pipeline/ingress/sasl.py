@@ -145,6 +145,8 @@ class SaslSession(SessionBase):
         cred = outcome.credential
         if cred is None:
             failures = self.ingress.auth_failures.add(ip)
+            if self.ingress.metrics is not None:
+                self.ingress.metrics["smtp_auth_failures_total"] += 1
             log.warning(
                 "session=%s peer=%s AUTH %s failed: login=%r reason=%s credential=%s failures=%d/min",
                 self.gw.session_id, ip, mechanism, safe_login(login), outcome.reason, outcome.name or "-", failures,

@@ -57,6 +57,7 @@ class IngressService:
     ) -> None:
         self.config = config
         self.chain = chain
+        self.metrics = metrics
         self.accept = AcceptStep(config, chain, spool, events, inbound=inbound, metrics=metrics)
         config_records(self.config)  # fail at build time on a bad [[credentials]] entry
         limits = self.config.limits
@@ -123,6 +124,12 @@ class IngressService:
 
     def admit_connection(self, session: SessionBase) -> str | None:
         """The refusal for a new connection (shutdown, limits), or ``None`` to greet it."""
+        refusal = self._admit(session)
+        if self.metrics is not None:
+            self.metrics[f"smtp_connections_total:{'refused' if refusal else 'accepted'}"] += 1
+        return refusal
+
+    def _admit(self, session: SessionBase) -> str | None:
         if self.draining:
             return R.SHUTTING_DOWN
         over = self.connections.acquire(session.gw.peer_ip)

@@ -28,7 +28,7 @@ from pipeline.contract.context import Credential, Session, Transaction
 from pipeline.contract.verdicts import Verdict, refuses
 from pipeline.ingress import replies as R
 from pipeline.ingress.limits import ConnectionLimiter, SlidingWindow
-from pipeline.ports import Authenticator
+from pipeline.ports import Authenticator, Metrics
 
 log = logging.getLogger("smtpgate.ingress")
 
@@ -44,6 +44,7 @@ class Host(Protocol):
     sent: SlidingWindow
     sessions: set[Any]
     draining: bool
+    metrics: Metrics | None  # /metrics: connections, AUTH failures, refusals by code
 
     @property
     def authenticator(self) -> Authenticator: ...
@@ -172,6 +173,8 @@ class SessionBase(SMTP):
                 status = with_enhanced_multiline(status)
             status = status.encode("ascii", "replace")
         self._raw_push = False
+        if status[:1] in (b"4", b"5") and self.ingress.metrics is not None:  # refusals by code (bounded)
+            self.ingress.metrics[f"smtp_refusals_total:{status[:3].decode('ascii', 'replace')}"] += 1
         if self._writer is None or self._writer.is_closing():
             return
         self._writer.write(status + b"\r\n")

@@ -73,6 +73,7 @@ class SqliteSpool:
         self._updates: list[tuple[list[RecipientOutcome], asyncio.Future[None]]] = []
         self._recording = False
         self._listeners: list[Callable[[], None]] = []
+        self.commit_observer: Callable[[float], None] | None = None  # seconds per enqueue commit
 
     # -- ingress side ---------------------------------------------------------------------
 
@@ -112,6 +113,12 @@ class SqliteSpool:
             self._flushing = False
 
     def _commit(self, batch: list[tuple[tuple[object, ...], list[str], float]]) -> None:
+        started = time.perf_counter()
+        self._commit_rows(batch)
+        if self.commit_observer is not None:  # /metrics: store commit latency
+            self.commit_observer(time.perf_counter() - started)
+
+    def _commit_rows(self, batch: list[tuple[tuple[object, ...], list[str], float]]) -> None:
         with self._lock:
             cur = self._conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
@@ -377,6 +384,18 @@ class SqliteSpool:
             return cur.rowcount > 0
 
         return bool(self._transaction(run))
+
+    def queue_summary(self) -> tuple[dict[str, int], float | None]:
+        """(recipients by state, acceptance time of the oldest message still queued) for /metrics."""
+        with self._lock:
+            states = self._conn.execute(
+                f"SELECT state, COUNT(*) FROM recipients WHERE state NOT IN ({_FINAL_SQL}) GROUP BY state"
+            ).fetchall()
+            oldest = self._conn.execute(
+                f"SELECT MIN(m.created_at) FROM messages m JOIN recipients r ON r.queue_id = m.queue_id "
+                f"WHERE r.state NOT IN ({_FINAL_SQL})"
+            ).fetchone()[0]
+        return {str(s): int(n) for s, n in states}, oldest
 
     def count(self) -> int:
         with self._lock:

@@ -226,9 +226,8 @@ class TrackingApp:
     async def metrics(self, request: web.Request) -> web.Response:
         if not self._admin_ok(request):
             return web.Response(status=403, text="forbidden\n")
-        text = await asyncio.to_thread(render_metrics, self.store, dict(self.counters), self.webhooks)
-        return web.Response(text=text, content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type": "text/plain; version=0.0.4"})
+        body, content_type = await asyncio.to_thread(render_metrics, self.counters, request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     def _stats_args(self, request: web.Request) -> dict[str, Any]:
         q = request.query

@@ -1,15 +1,27 @@
-"""``/metrics`` in the Prometheus text format. Label values come from fixed sets (event types,
-handler names, HTTP status codes, outbox states): never a campaign, recipient or URL, which
-would make the number of series unbounded.
+"""``/metrics`` with ``prometheus_client``: one registry per gateway (tests run several at once).
+
+:class:`GatewayMetrics` is the gateway's :class:`pipeline.ports.Metrics`: stages count with
+``metrics["name:label|label"] += 1`` (bounded label values: event types, handler names, status
+codes, never a campaign, recipient or URL) and time with ``metrics.observe(name, seconds,
+**labels)``. Queue depth, oldest message, open sessions and store figures are read when scraped.
+
+Worker processes do not export metrics of their own: they return what they measured (each
+plugin call's duration) with their result and the main process observes it here, so one
+scrape of one process sees everything, with no multiprocess files to clean up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from pipeline.events import EVENT_TYPES
-from pipeline.ports import EventStore
 
 
 class WebhookStats(Protocol):
@@ -22,9 +34,10 @@ class WebhookStats(Protocol):
     def failures(self) -> int: ...
 
 
-# counter name in the gateway's Metrics port -> (label names, help)
-_COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
-    "events_total": (("type",), "Events emitted by this process, by type."),
+# counter name (as counted) -> (label names, help)
+COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
+    "events_total": (("type",), "Events emitted by this process, by type: messages accepted, delivered, "
+                                "deferred, bounced (per recipient), opens, clicks ..."),
     "event_store_errors_total": ((), "Events that could not be written to the event store."),
     "http_requests_total": (("handler", "status"), "Tracking HTTP requests, by handler and status."),
     "clicks_total": (("result",), "Click requests that were not recorded, by reason."),
@@ -35,55 +48,123 @@ _COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
     "egress_postponed_total": (("site",), "Copies held back by shaping (suspended or over a rate), by site."),
     "egress_tls_total": (("outcome",), "Copies handed over by direct delivery, by TLS outcome."),
     "egress_tls_failures_total": (("policy",), "Deliveries TLS policy deferred or reported, by policy."),
+    "smtp_connections_total": (("result",), "SMTP connections, accepted or refused (limits, shutdown)."),
+    "smtp_auth_failures_total": ((), "Failed SMTP AUTH attempts."),
+    "accept_total": (("status",), "End-of-DATA outcomes of the ingress, by status."),
+    "smtp_refusals_total": (("code",), "SMTP 4xx/5xx replies sent, by reply code."),
+}
+# histogram name -> (label names, help, buckets in seconds)
+HISTOGRAMS: dict[str, tuple[tuple[str, ...], str, tuple[float, ...]]] = {
+    "delivery_latency_seconds": ((), "Seconds from acceptance (250 at DATA) to delivered, per recipient.",
+                                 (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)),
+    "plugin_latency_seconds": (("phase", "plugin"), "Seconds per plugin hook call, by phase and plugin.",
+                               (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)),
+    "store_commit_seconds": (("store",), "Seconds per durable (fsync'd) commit of accepted messages.",
+                             (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)),
 }
 
 
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class GatewayMetrics:
+    """The gateway's metrics: a dict-like counter interface over prometheus_client objects."""
 
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._values: dict[str, int] = {}
+        self._counters: dict[str, Counter] = {}
+        self._histograms = {
+            name: Histogram(f"smtpgate_{name}", text, labels, registry=self.registry, buckets=buckets)
+            for name, (labels, text, buckets) in HISTOGRAMS.items()
+        }
 
-def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
-    if not names:
-        return ""
-    return "{" + ",".join(f'{n}="{_esc(v)}"' for n, v in zip(names, values, strict=False)) + "}"
+    def _counter(self, name: str) -> Counter:
+        counter = self._counters.get(name)
+        if counter is None:
+            labels, text = COUNTERS.get(name, (("label",), f"{name} (counter)."))
+            counter = Counter(f"smtpgate_{name}", text, labels, registry=self.registry)
+            self._counters[name] = counter
+        return counter
 
+    def __getitem__(self, key: str) -> int:
+        return self._values.get(key, 0)
 
-def render_metrics(store: EventStore, counters: dict[str, int], webhooks: Sequence[WebhookStats] = ()) -> str:
-    """Counters of this process plus gauges read from the event store.
-
-    Called in a thread: pass a snapshot of the counters taken on the event loop, which keeps
-    changing them.
-    """
-    lines: list[str] = []
-    grouped: dict[str, list[tuple[tuple[str, ...], int]]] = {}
-    for key, value in sorted(counters.items()):
+    def __setitem__(self, key: str, value: int) -> None:
+        """``metrics[key] += n`` increments the counter ``key`` names by ``n`` (counters never go down)."""
+        delta = value - self._values.get(key, 0)
+        if delta < 0:
+            raise ValueError(f"counter {key} cannot decrease")
+        self._values[key] = value
         name, _, label = key.partition(":")
-        grouped.setdefault(name, []).append((tuple(label.split("|")) if label else (), int(value)))
-    for name, series in grouped.items():
-        label_names, help_text = _COUNTERS.get(name, (("label",), f"{name} (counter)."))
-        metric = f"smtpgate_{name}" if name.endswith("_total") else f"smtpgate_{name}_total"
-        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter"]
-        for values, n in series:
-            lines.append(f"{metric}{_labels(label_names if values else (), values)} {n}")
-    for service in webhooks:
-        lines += [
-            "# HELP smtpgate_webhook_attempts_total Webhook POSTs by this process, by result.",
-            "# TYPE smtpgate_webhook_attempts_total counter",
-            f'smtpgate_webhook_attempts_total{{result="ok"}} {service.sent}',
-            f'smtpgate_webhook_attempts_total{{result="error"}} {service.failures}',
-        ]
-    stored: dict[str, int] = {}
-    for type_, n in store.counts_by_type().items():
-        label = type_ if type_ in EVENT_TYPES else "other"
-        stored[label] = stored.get(label, 0) + n
-    lines += ["# HELP smtpgate_stored_events Events in the event store, by type.", "# TYPE smtpgate_stored_events gauge"]
-    lines += [f'smtpgate_stored_events{{type="{t}"}} {n}' for t, n in sorted(stored.items())]
-    lines += ["# HELP smtpgate_webhook_outbox Webhook deliveries by state.", "# TYPE smtpgate_webhook_outbox gauge"]
-    counts = store.webhook_counts()
-    lines += [f'smtpgate_webhook_outbox{{state="{s}"}} {counts.get(s, 0)}' for s in ("pending", "delivered", "dead")]
-    lines += [
-        "# HELP smtpgate_suppressed_addresses Addresses on the stoplist (all scopes).",
-        "# TYPE smtpgate_suppressed_addresses gauge",
-        f"smtpgate_suppressed_addresses {store.suppressed_count()}",
-    ]
-    return "\n".join(lines) + "\n"
+        counter = self._counter(name)
+        (counter.labels(*label.split("|")) if label else counter).inc(delta)
+
+    def keys(self) -> Iterable[str]:
+        return list(self._values)
+
+    def get(self, key: str, default: int = 0) -> int:
+        return self._values.get(key, default)
+
+    def observe(self, name: str, seconds: float, **labels: str) -> None:
+        """One observation of the histogram ``name`` (see :data:`HISTOGRAMS`)."""
+        histogram = self._histograms[name]
+        (histogram.labels(**labels) if labels else histogram).observe(seconds)
+
+    def add_collector(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+
+class GatewayCollector(Collector):
+    """Figures read at scrape time: the queue, open sessions, the event store, the webhook outbox."""
+
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []  # registering must not open the spool or the event store (read commands create nothing)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gw = self.gateway
+        spool = gw.spool
+        by_state, oldest = spool.queue_summary() if hasattr(spool, "queue_summary") else ({}, None)
+        g = GaugeMetricFamily("smtpgate_queue_recipients", "Recipients in the queue, by state.", labels=["state"])
+        for state in sorted({"queued", "processing", "deferred", *by_state}):
+            g.add_metric([state], by_state.get(state, 0))
+        yield g
+        yield GaugeMetricFamily("smtpgate_queue_oldest_age_seconds", "Age of the oldest message still queued (0: none).",
+                                value=max(0.0, time.time() - oldest) if oldest else 0.0)
+        for service in getattr(gw, "services", ()):
+            if getattr(service, "name", "") == "ingress":
+                yield GaugeMetricFamily("smtpgate_smtp_sessions_open", "SMTP sessions open now.",
+                                        value=len(getattr(service, "sessions", ())))
+            if getattr(service, "name", "") == "webhooks":
+                g = GaugeMetricFamily("smtpgate_webhook_attempts", "Webhook POSTs by this process, by result.",
+                                      labels=["result"])
+                g.add_metric(["ok"], service.sent)
+                g.add_metric(["error"], service.failures)
+                yield g
+        store = gw.events
+        stored: dict[str, int] = {}
+        for type_, n in store.counts_by_type().items():
+            label = type_ if type_ in EVENT_TYPES else "other"
+            stored[label] = stored.get(label, 0) + n
+        g = GaugeMetricFamily("smtpgate_stored_events", "Events in the event store, by type.", labels=["type"])
+        for type_, n in sorted(stored.items()):
+            g.add_metric([type_], n)
+        yield g
+        counts = store.webhook_counts()
+        g = GaugeMetricFamily("smtpgate_webhook_outbox", "Webhook deliveries by state.", labels=["state"])
+        for state in ("pending", "delivered", "dead"):
+            g.add_metric([state], counts.get(state, 0))
+        yield g
+        yield GaugeMetricFamily("smtpgate_suppressed_addresses", "Addresses on the stoplist (all scopes).",
+                                value=store.suppressed_count())
+
+
+def render_metrics(metrics: object, accept: str | None = None) -> tuple[bytes, str]:
+    """(exposition body, content type) in the format the scraper's ``Accept`` header asks for.
+
+    Called in a thread (the gateway's collector reads the spool and the event store).
+    """
+    if not isinstance(metrics, GatewayMetrics):
+        raise TypeError("/metrics needs the gateway's GatewayMetrics")
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(metrics.registry), content_type
