@@ -25,7 +25,11 @@ def notify(state: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.connect(address)
-            sock.sendall(state.encode())
+            # never block the event loop: a manager that stopped reading must not freeze the gateway
+            sock.send(state.encode(), socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        log.warning("systemd's notify socket %s is full: %s dropped", os.environ.get("NOTIFY_SOCKET"), state)
+        return False
     except OSError as exc:
         log.warning("cannot notify systemd at %s: %s", os.environ.get("NOTIFY_SOCKET"), exc)
         return False
