@@ -237,3 +237,120 @@ def test_the_example_in_docs_configuration_md_is_valid(tmp_path, monkeypatch):
     assert cfg.egress.password == "pw" and cfg.tracking.keys == {"k1": "t" * 32}
     assert switches(cfg)["trackopens"] is False and switches(cfg)["dkim"] is True
     assert [p.name for p in PluginSet(cfg).plugins] == cfg.chain.plugins
+
+
+# ------------------------------------------------------------------------------------------------
+# strict types, environment overrides, every error in one run, instance discovery
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "problem"),
+    [
+        ('[features]\ntrackopens = "yes"\n', "features.trackopens", "valid boolean"),
+        ("[features]\ninlinecss = 1\n", "features.inlinecss", "valid boolean"),
+        ('[[listeners]]\nport = "34025"\n', "listeners[0].port", "valid integer"),
+        ('[spool]\nbounce_notices = "false"\n', "spool.bounce_notices", "valid boolean"),
+        ('[plugins.css_inline]\ncache_size = "10"\n', "plugins.css_inline.cache_size", "valid integer"),
+    ],
+)
+def test_values_of_the_wrong_type_are_errors_not_converted(tmp_path, data_dir, toml, key, problem):
+    path = write(tmp_path, toml)
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
+    assert result.exit_code == 2
+    [line] = [x for x in result.stderr.splitlines() if f": {key}: " in x]
+    assert line.startswith(f"smtpgate: config error: {path}: {key}: ") and problem in line
+
+
+def test_numbers_of_seconds_may_be_integers_and_paths_strings(tmp_path):
+    cfg = load_config(write(tmp_path, '[chain]\ntimeout = 5\n[tls]\ncert_file = "/x/cert.pem"\n'))
+    assert cfg.chain.timeout == 5.0 and cfg.tls.cert_file == Path("/x/cert.pem")
+
+
+def test_check_config_prints_a_core_typo_two_plugin_typos_and_a_string_bool_in_one_run(tmp_path, data_dir):
+    path = write(tmp_path, """
+        [gateway]
+        hostnme = "mx.example.com"
+        [features]
+        trackopens = "yes"
+        [plugins.css_inline]
+        engin = "css_inline"
+        [plugins.click_tracking]
+        base_ur = "https://t.example.com"
+        """)
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    errors = result.stderr.splitlines()
+    assert errors == [
+        f"smtpgate: config error: {path}: gateway.hostnme: unknown key",
+        f"smtpgate: config error: {path}: features.trackopens: Input should be a valid boolean",
+        f"smtpgate: config error: {path}: plugins.css_inline.engin: unknown key",
+        f"smtpgate: config error: {path}: plugins.click_tracking.base_ur: unknown key",
+    ]
+
+
+def test_plugin_typos_are_all_reported_when_the_core_is_valid(tmp_path, data_dir):
+    path = write(tmp_path, '[plugins.css_inline]\nengin = "x"\n[plugins.open_pixel]\nsize = 2\n')
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}: plugins.css_inline.engin: unknown key" in result.stderr
+    assert f"{path}: plugins.open_pixel.size: unknown key" in result.stderr
+
+
+def test_every_key_can_come_from_the_environment_and_check_config_names_the_variable(tmp_path, monkeypatch, data_dir):
+    path = write(tmp_path, '[gateway]\nhostname = "file.example.com"\n')
+    monkeypatch.setenv("SMTPGATE_GATEWAY__HOSTNAME", "env.example.com")
+    monkeypatch.setenv("SMTPGATE_LISTENERS__0__PORT", "2587")
+    monkeypatch.setenv("SMTPGATE_FEATURES__TRACKOPENS", "false")
+    monkeypatch.setenv("SMTPGATE_PLUGINS__CSS_INLINE__ENGINE", "css_inline")
+    monkeypatch.setenv("SMTPGATE_RELAY__LOCAL_DOMAINS", '["a.example", "b.example"]')
+    cfg = load_config(path)
+    assert cfg.gateway.hostname == "env.example.com"
+    assert [li.port for li in cfg.listeners] == [2587, 4650]  # the default listeners, the first one changed
+    assert cfg.features["trackopens"] is False and cfg.plugins["css_inline"] == {"engine": "css_inline"}
+    assert cfg.relay.local_domains == ["a.example", "b.example"]
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "from the environment: gateway.hostname = $SMTPGATE_GATEWAY__HOSTNAME" in result.stdout
+    assert "from the environment: listeners[0].port = $SMTPGATE_LISTENERS__0__PORT" in result.stdout
+
+
+def test_a_bad_environment_override_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMTPGATE_GATEWAY__LOG_FORMAT", "xml")
+    monkeypatch.setenv("SMTPGATE_GATEWAY__HOSTNME", "x")
+    monkeypatch.setenv("SMTPGATE_LISTENERS__5__PORT", "25")
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, ""))
+    lines = str(err.value).splitlines()
+    assert "$SMTPGATE_LISTENERS__5__PORT: listeners[5].port: no list item 5 to override" in lines
+    assert "$SMTPGATE_GATEWAY__LOG_FORMAT: gateway.log_format: Input should be 'text' or 'json'" in lines
+    assert "$SMTPGATE_GATEWAY__HOSTNME: gateway.hostnme: unknown key" in lines
+
+
+def test_commands_find_smtpgate_toml_in_the_working_directory_then_etc(tmp_path, monkeypatch):
+    import pipeline.config as config_module
+    from pipeline.config import find_config
+
+    monkeypatch.delenv("SMTPGATE_CONFIG", raising=False)
+    monkeypatch.delenv("SMTPGATE_DATA_DIR", raising=False)
+    system = write(tmp_path, '[gateway]\nhostname = "etc.example.com"\n', "etc.toml")
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", system)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert find_config() == system and load_config().gateway.hostname == "etc.example.com"
+    assert load_config().data_dir == tmp_path / "smtpgate-data"  # relative to the file, not the cwd
+    write(here, '[gateway]\nhostname = "cwd.example.com"\n')
+    assert load_config().gateway.hostname == "cwd.example.com"
+    monkeypatch.setenv("SMTPGATE_CONFIG", str(system))
+    assert load_config().gateway.hostname == "etc.example.com"
+
+
+def test_a_read_command_without_a_data_directory_says_so_and_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.delenv("SMTPGATE_CONFIG", raising=False)
+    monkeypatch.setenv("SMTPGATE_DATA_DIR", str(tmp_path / "nothing"))
+    for args in (["queue", "list"], ["status"], ["stats"], ["credentials", "list"], ["suppression", "list"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, args
+        assert f"no instance: data directory {tmp_path / 'nothing'} does not exist" in result.stderr
+        assert not (tmp_path / "nothing").exists()

@@ -72,7 +72,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
-            click.echo(f"smtpgate: config error: {exc}", err=True)
+            for line in str(exc).splitlines():  # one problem per line, each one greppable
+                click.echo(f"smtpgate: config error: {line}", err=True)
             sys.exit(2)
 
 

@@ -17,6 +17,7 @@ from typing import TextIO
 import click
 
 from pipeline.app.cli import config_option, get_config, main
+from pipeline.app.instance import INIT_HINT, dkim_summary
 from pipeline.app.replay import (
     ReplayError,
     ReplayResult,
@@ -239,7 +240,18 @@ def _summary(config: Config, plugins: PluginSet) -> list[str]:
         f"features on: {', '.join(on) or 'none'}; off: {', '.join(off) or 'none'}",
         f"credentials: {creds}",
         f"egress: {config.egress.type}",
+        _dkim_line(config, plugins),
+        *(f"from the environment: {key} = ${variable}" for key, variable in sorted(config.overrides.items())),
     ]
+
+
+def _dkim_line(config: Config, plugins: PluginSet) -> str:
+    has_signer, domains = dkim_summary(plugins.plugins)
+    if has_signer and config.features.get("dkim") and domains:
+        return f"dkim: {'; '.join(domains)}"
+    if has_signer and config.features.get("dkim"):
+        return f"dkim: no key configured: mail goes out UNSIGNED (fix: {INIT_HINT})"
+    return "dkim: off (mail goes out unsigned)"
 
 
 @main.command("plugins")
