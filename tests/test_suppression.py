@@ -25,7 +25,7 @@ def test_add_list_remove_round_trip_global_and_per_credential(data_dir):
     assert not stoplist.contains("carl@example.com", "blog")
 
     listed = run("suppression", "list", "--json")
-    entries = {(e["address"], e["scope"], e["reason"]) for e in json.loads(listed.output)}
+    entries = {(e["address"], e["scope"], e["reason"]) for e in json.loads(listed.stdout)}
     assert entries == {("ann@example.net", "", "manual"), ("bob@example.org", "", "manual"),
                        ("carl@example.com", "shop", "asked by phone")}
     text = run("suppression", "list", "--credential", "shop").output
