@@ -54,7 +54,6 @@ __all__ = [  # the sections of other modules, re-exported (``from pipeline.confi
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
-
 class ConfigError(Exception):
     """A configuration problem; the message names the file, the key and the problem.
 
@@ -71,8 +70,7 @@ class ConfigError(Exception):
         self.origins = origins or {}
 
 
-SYSTEM_CONFIG = Path("/etc/smtpgate/smtpgate.toml")
-"""The last place :func:`find_config` looks (a packaged install's instance)."""
+SYSTEM_CONFIG = Path("/etc/smtpgate/smtpgate.toml")  # the last place find_config looks (a packaged install)
 ENV_PREFIX = "SMTPGATE_"
 
 
@@ -476,11 +474,8 @@ def _json_value(value: Any) -> Any:
 
 
 def validate_strict(model: type[ModelT], data: Any) -> ModelT:
-    """Validate TOML-shaped ``data`` with strict types.
-
-    Strict JSON-mode validation refuses string-to-int and string- or number-to-bool coercion
-    while still reading paths from strings, which Python-mode strictness would refuse.
-    """
+    """Validate TOML-shaped ``data`` with strict types: JSON-mode strictness refuses string-to-int and
+    string- or number-to-bool coercion but still reads paths from strings (Python-mode would not)."""
     return model.model_validate_json(json.dumps(data, default=_json_value), strict=True)
 
 
@@ -492,22 +487,15 @@ def _env_value(text: str) -> Any:
         return text
 
 
-def env_overrides(environ: dict[str, str] | os._Environ[str] | None = None) -> list[tuple[list[str | int], str, Any]]:
-    """``SMTPGATE_<SECTION>__<KEY>[__<KEY>...]`` variables: (key path, variable, value), sorted.
-
-    Names are lower-cased; a number is a list index (``SMTPGATE_LISTENERS__0__PORT``). Variables
-    without ``__`` (``SMTPGATE_CONFIG``, ``SMTPGATE_DATA_DIR``) are not overrides.
-    """
-    env = os.environ if environ is None else environ
+def env_overrides() -> list[tuple[list[str | int], str, Any]]:
+    """``SMTPGATE_<SECTION>__<KEY>[__<KEY>...]`` variables as (key path, variable, value), sorted;
+    names lower-cased, a number is a list index; ``SMTPGATE_CONFIG``/``_DATA_DIR`` are not overrides."""
     out: list[tuple[list[str | int], str, Any]] = []
-    for variable in sorted(env):
-        if not variable.startswith(ENV_PREFIX) or "__" not in variable:
-            continue
+    for variable in sorted(os.environ):
         parts = variable[len(ENV_PREFIX) :].lower().split("__")
-        if any(not part for part in parts):
-            continue
-        path: list[str | int] = [int(p) if p.isdigit() else p for p in parts]
-        out.append((path, variable, _env_value(env[variable])))
+        if variable.startswith(ENV_PREFIX) and len(parts) > 1 and all(parts):
+            path: list[str | int] = [int(p) if p.isdigit() else p for p in parts]
+            out.append((path, variable, _env_value(os.environ[variable])))
     return out
 
 
