@@ -63,7 +63,7 @@ async def _run(service: MilterService, grace: float) -> None:
 @config_option
 def milter(listen: tuple[str, ...], workers: int | None, config_path: str | None) -> None:
     """Run the plugin chain as a Sendmail/Postfix milter (smtpd_milters = inet:HOST:PORT)."""
-    config = get_config(config_path)
+    config = get_config(config_path, quiet=True)
     if workers is not None:
         config.milter.workers = workers
     root = logging.getLogger()
