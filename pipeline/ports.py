@@ -35,9 +35,11 @@ class Metrics(Protocol):
 
     def keys(self) -> Iterable[str]: ...
 
-    def observe(self, name: str, seconds: float, **labels: str) -> None:
-        """One observation of a latency histogram (``delivery_latency_seconds`` ...)."""
-        ...
+
+class LatencyMetrics(Metrics, Protocol):
+    """Counters plus latency histograms (``delivery_latency_seconds``, ``plugin_latency_seconds`` ...)."""
+
+    def observe(self, name: str, seconds: float, **labels: str) -> None: ...
 
 
 class EventSink(Protocol):

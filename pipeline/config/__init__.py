@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    BaseModel,
     BeforeValidator,
     Field,
     ValidationError,

@@ -33,7 +33,7 @@ from pipeline.egress.base import Copy, DeliveryResult
 from pipeline.egress.pools import pool_for
 from pipeline.egress.resolver import Resolver
 from pipeline.egress.router import EgressRouter, UnknownEgress
-from pipeline.ports import EventSink, Metrics, QueuedMessage, RecipientOutcome, Spool
+from pipeline.ports import EventSink, LatencyMetrics, Metrics, QueuedMessage, RecipientOutcome, Spool
 
 log = logging.getLogger("smtpgate.delivery")
 
@@ -69,7 +69,7 @@ class DeliveryService:
         workers: int | None = None,
         resolver: Resolver | None = None,
         clock: Callable[[], float] = time.time,
-        metrics: Metrics | None = None,
+        metrics: LatencyMetrics | None = None,
     ) -> None:
         self.config = config
         self.settings = config.spool

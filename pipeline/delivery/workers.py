@@ -28,7 +28,7 @@ from pipeline.config import Config
 from pipeline.contract.context import MessageContext
 from pipeline.contract.message import Message
 from pipeline.delivery.lifeline import die_with_parent, start_forkserver
-from pipeline.ports import Metrics
+from pipeline.ports import LatencyMetrics
 from pipeline.toolkit.logs import current_settings, setup_logging
 
 log = logging.getLogger("smtpgate.workers")
@@ -98,7 +98,7 @@ class WorkerPool:
         self.chain = chain
         self.extra_plugins = list(extra_plugins or [])
         self._executor: ProcessPoolExecutor | None = None
-        self.metrics: Metrics | None = None  # where the plugin latencies the processes measure go
+        self.metrics: LatencyMetrics | None = None  # where the plugin latencies the processes measure go
 
     def _new_executor(self) -> ProcessPoolExecutor:
         ctx = multiprocessing.get_context("forkserver")
