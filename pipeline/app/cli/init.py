@@ -9,6 +9,7 @@ publish (also saved as ``<data_dir>/dns-records.zone``). The API key is the only
 
 from __future__ import annotations
 
+import base64
 import datetime
 import os
 import secrets
@@ -22,7 +23,30 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pipeline.accounts.credentials import CredentialError, CredentialStore
 from pipeline.app.cli import main
-from pipeline.app.cli.dkim import dns_txt_value, write_private_key, zone_record
+
+
+def dns_txt_value(key: rsa.RSAPrivateKey) -> str:
+    """The DKIM key record (RFC 6376 3.6.1). The core may not import the dkim_sign plugin (layers),
+    so init makes its RSA key here; ``smtpgate dkim keygen`` (the plugin's command) makes others."""
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode("ascii")
+
+
+def zone_record(name: str, value: str) -> str:
+    """A zone-file TXT record, the value cut into DNS character-strings of at most 255 octets."""
+    return f"{name}. IN TXT ( {' '.join(f'{chr(34)}{value[i:i + 255]}{chr(34)}' for i in range(0, len(value), 255))} )"
+
+
+def write_private_key(path: Path, pem: bytes) -> None:
+    """Create ``path`` with mode 0600 before any byte of the key reaches the disk."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 TEMPLATE = """\
 # smtpgate.toml, written by `smtpgate init` on {today}.
@@ -126,7 +150,7 @@ def init(domain: str, hostname: str | None, config_path: Path, credential_name: 
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
             pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                                     serialization.NoEncryption())
-            write_private_key(key_file, pem, force=False)
+            write_private_key(key_file, pem)
         tracking_key = data_dir / "tracking.key"
         if not tracking_key.exists():
             fd = os.open(tracking_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
