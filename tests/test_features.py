@@ -266,7 +266,7 @@ def test_credentials_cli_accepts_a_loaded_plugins_switch_and_refuses_others(tmp_
                                  "--lock", "Greeting"])
     assert added.exit_code == 0, added.output
     listed = runner.invoke(main, ["credentials", "list", "--config", str(cfg), "--json"])
-    shop = next(c for c in json.loads(listed.output) if c["name"] == "shop")
+    shop = next(c for c in json.loads(listed.stdout) if c["name"] == "shop")
     assert shop["features"] == {"greeting": False} and shop["locked"] == ["greeting"]
     refused = runner.invoke(main, ["credentials", "add", "blog", "--config", str(cfg), "--feature", "trackopens=on"])
     assert refused.exit_code == 1 and "Traceback" not in refused.output

@@ -231,8 +231,8 @@ def test_the_cli_prints_the_verification_key_of_the_generated_sendgrid_key(tmp_p
     first = CliRunner().invoke(main, ["webhooks", "sendgrid-public-key", "--config", str(config)])
     again = CliRunner().invoke(main, ["webhooks", "sendgrid-public-key", "--config", str(config)])
     assert first.exit_code == 0, first.output
-    url, key = first.output.split()
-    assert url == "http://127.0.0.1:9/sg" and again.output == first.output  # generated once, then reused
+    url, key = first.stdout.split()
+    assert url == "http://127.0.0.1:9/sg" and again.stdout == first.stdout  # generated once, then reused
     pem = (tmp_path / "data" / "webhook-sendgrid.pem").read_bytes()
     private = serialization.load_pem_private_key(pem, password=None)
     assert isinstance(private, ec.EllipticCurvePrivateKey) and public_key(private) == key
@@ -245,7 +245,7 @@ async def test_stats_by_tag_on_the_command_line(tmp_path, receiver, monkeypatch)
     monkeypatch.delenv("SMTPGATE_CONFIG", raising=False)
     result = CliRunner().invoke(main, ["stats", "--by-tag"])
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()
     assert lines[0].split()[:3] == ["tag", "sent", "deliv"]
     assert [line.split()[:3] for line in lines[1:]] == [["onboarding", "1", "1"], ["welcome", "1", "1"]]
 

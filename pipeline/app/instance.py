@@ -71,9 +71,9 @@ def startup_summary(gateway: Any) -> list[tuple[int, str]]:
             lines.append((logging.INFO, f"api: {url}/stats {url}/api/stats {url}/metrics"))
     lines.append((logging.INFO, f"egress: {egress_summary(config)}"))
     has_signer, domains = dkim_summary(gateway.plugins.plugins)
-    if has_signer and config.features.get("dkim") and domains:
+    if has_signer and config.features.get("dkim", True) and domains:
         lines.append((logging.INFO, f"dkim: {'; '.join(domains)}"))
-    elif has_signer and config.features.get("dkim"):
+    elif has_signer and config.features.get("dkim", True):
         lines.append((logging.WARNING, "dkim: NO KEY CONFIGURED: mail goes out UNSIGNED and will be "
                                         f"spam-foldered or refused; fix it with: {INIT_HINT}"))
     else:

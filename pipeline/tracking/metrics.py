@@ -164,7 +164,9 @@ def render_metrics(metrics: object, accept: str | None = None) -> tuple[bytes, s
 
     Called in a thread (the gateway's collector reads the spool and the event store).
     """
-    if not isinstance(metrics, GatewayMetrics):
-        raise TypeError("/metrics needs the gateway's GatewayMetrics")
+    if not isinstance(metrics, GatewayMetrics):  # a plain counter (a service built alone in a test)
+        plain, metrics = metrics, GatewayMetrics()
+        for key in getattr(plain, "keys", lambda: [])():
+            metrics[key] = int(plain[key])  # type: ignore[index]
     encoder, content_type = choose_encoder(accept or "")
     return encoder(metrics.registry), content_type

@@ -247,9 +247,9 @@ def _summary(config: Config, plugins: PluginSet) -> list[str]:
 
 def _dkim_line(config: Config, plugins: PluginSet) -> str:
     has_signer, domains = dkim_summary(plugins.plugins)
-    if has_signer and config.features.get("dkim") and domains:
+    if has_signer and config.features.get("dkim", True) and domains:
         return f"dkim: {'; '.join(domains)}"
-    if has_signer and config.features.get("dkim"):
+    if has_signer and config.features.get("dkim", True):
         return f"dkim: no key configured: mail goes out UNSIGNED (fix: {INIT_HINT})"
     return "dkim: off (mail goes out unsigned)"
 
