@@ -2,7 +2,7 @@
 
     python benchmarks/bench_milter.py [--messages 240] [--rounds 3] [--clients 8] [--workers 0 2]
 
-Private Postfix instances (tests/postfix.py) relay to one SMTP sink in this process: one plain,
+Private Postfix instances (tests/support/postfix.py) relay to one SMTP sink in this process: one plain,
 and one per ``--workers`` value with ``smtpd_milters`` pointing at its own ``smtpgate milter``
 (a child process running the default chain, every plugin on, an RSA-2048 DKIM key; ``--workers
 N``: end of message in N processes, 0: in the milter's event loop). Rounds alternate between them
@@ -27,10 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import corpus_files, sample_files  # noqa: E402
-from tests.milter_client import dkim_key  # noqa: E402
-from tests.postfix import MilterProcess, Postfix  # noqa: E402
-from tests.smtp_sink import start_sink  # noqa: E402
+from tests.support import corpus_files, sample_files  # noqa: E402
+from tests.support.milter_client import dkim_key  # noqa: E402
+from tests.support.postfix import MilterProcess, Postfix  # noqa: E402
+from tests.support.smtp_sink import start_sink  # noqa: E402
 
 
 def send_all(port: int, messages: list[bytes], clients: int) -> None:

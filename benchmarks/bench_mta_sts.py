@@ -1,6 +1,6 @@
 """Benchmark: what an MTA-STS look-up costs direct delivery, uncached and cached.
 
-Everything on loopback (tests/egress_net.py): a dnspython authoritative server for the
+Everything on loopback (tests/support/egress_net.py): a dnspython authoritative server for the
 ``_mta-sts`` TXT record and the policy host's A record, an aiohttp HTTPS server with a test CA
 serving the policy. Three kinds of look-up, interleaved round by round:
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.config import parse_config  # noqa: E402
 from pipeline.egress.mtasts import MtaSts  # noqa: E402
 from pipeline.egress.mx import dns_resolver  # noqa: E402
-from tests.egress_net import PolicyServer, TestCA, ZoneServer, server_context  # noqa: E402
+from tests.support.egress_net import PolicyServer, TestCA, ZoneServer, server_context  # noqa: E402
 
 POLICY = "version: STSv1\r\nmode: enforce\r\nmx: *.bench.test\r\nmax_age: 86400\r\n"
 

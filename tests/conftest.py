@@ -1,4 +1,7 @@
-"""Shared fixtures: paths to golden inputs, a generated TLS certificate, a fresh data dir."""
+"""Fixtures shared by the whole suite: a generated TLS certificate, a fresh data dir, SMTP sinks.
+
+Helpers (paths, message builders, servers to test against) are in ``tests/support``.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "samples"
-CORPUS = ROOT.parent / "shared" / "corpus" / "eml"
-
-
-def corpus_files() -> list[Path]:
-    """The real templates in ../shared/corpus/eml (empty list when shared/ is absent)."""
-    return sorted(CORPUS.glob("*.eml")) if CORPUS.is_dir() else []
-
-
-def sample_files() -> list[Path]:
-    return sorted(SAMPLES.glob("*.eml"))
-
-
-def complete_message(
-    *,
-    sender: str = "Sender <sender@example.com>",
-    to: str = "rcpt@example.org",
-    subject: str = "hello",
-    extra: str = "",
-    content_type: str = "text/plain; charset=us-ascii",
-    body: str = "body\r\n",
-) -> bytes:
-    """A small message with every header header_validation requires (``extra``: more header
-    lines, CRLF-terminated, placed after Subject)."""
-    return (
-        "Message-Id: <m1@example.com>\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n"
-        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n{extra}"
-        f"MIME-Version: 1.0\r\nContent-Type: {content_type}\r\n\r\n{body}"
-    ).encode("ascii")
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +38,7 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def sinks() -> Iterator[Callable[..., Any]]:
     """Start real aiosmtpd sinks on ephemeral ports: ``sinks(**kw) -> (controller, handler)``;
     every sink started is stopped at the end of the test."""
-    from tests.smtp_sink import start_sink
+    from tests.support.smtp_sink import start_sink
 
     started: list[Any] = []
 

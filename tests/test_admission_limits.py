@@ -57,7 +57,7 @@ def test_a_message_at_the_bounds_is_accepted(raw):
 
 
 def test_defaults_accept_every_sample_and_real_template():
-    from tests.conftest import corpus_files, sample_files
+    from tests.support import corpus_files, sample_files
 
     refused = {p.name for p in sample_files() + corpus_files() if (r := reply(p.read_bytes())) and r[:3] in ("552", "554")}
     assert refused == set()

@@ -33,8 +33,8 @@ from pipeline.contract.context import Credential
 from pipeline.egress.base import Copy
 from pipeline.egress.smtp import SmtpEgress
 from pipeline.spool import QueuedMessage
-from tests.conftest import ROOT
-from tests.smtp_sink import EventRecorder, SinkController, SinkHandler, server_tls, start_sink
+from tests.support import ROOT
+from tests.support.smtp_sink import EventRecorder, SinkController, SinkHandler, server_tls, start_sink
 from tests.test_delivery import enqueue, smtp_egress, start_service, stop
 
 # a cheap hash keeps these tests fast; the scrypt path is tested in test_ingress_auth

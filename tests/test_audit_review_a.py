@@ -27,7 +27,7 @@ from pipeline.config import load_config
 from pipeline.toolkit.html import count_conditional_comments, find_links
 from pipeline.toolkit.tokens import TokenSigner, load_signer
 from plugins.dkim_sign import dns_txt_value
-from tests.conftest import ROOT, SAMPLES, corpus_files, sample_files
+from tests.support import ROOT, SAMPLES, corpus_files, sample_files
 
 # -- issue 2 acceptance / issue 3 golden tests: samples/ alone must prove links are tracked -------
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 
 import pytest
-from bounce_samples import arf, dsn, qmail, vacation
-from tracking_helpers import signer, tracking_config
 
 from pipeline.app.gateway import Gateway
 from pipeline.app.harness import Dialogue
@@ -14,6 +12,8 @@ from pipeline.contract.context import Event
 from pipeline.events import parse_verp, recipient_hash, verp_local_part
 from pipeline.events.bounces import classify_status, parse_report
 from pipeline.toolkit.tokens import TokenSigner
+from tests.support.bounces import arf, dsn, qmail, vacation
+from tests.support.tracking import signer, tracking_config
 
 DOMAIN = "bounce.example.com"
 

@@ -13,13 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import SAMPLES
 
 from pipeline import Accept, Discard, MessageContext, Plugin, Reject, Session, TempFail, hookimpl
 from pipeline.chain.driver import make_chain, make_config, run_chain
 from pipeline.chain.processing import process_message
 from pipeline.chain.runner import Chain, Trace
 from pipeline.contract.message import Message
+from tests.support import SAMPLES
 
 RAW = (SAMPLES / "01-plain-text.eml").read_bytes()
 

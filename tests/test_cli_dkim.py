@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from pipeline.app.cli import main
 from pipeline.chain.driver import run_chain
 from plugins.dkim_sign import dns_txt_value, split_txt, zone_record
-from tests.conftest import complete_message
+from tests.support import complete_message
 
 MESSAGE = complete_message(sender="a@example.com", to="b@example.org", subject="hi", content_type="text/plain", body="hello\r\n")
 

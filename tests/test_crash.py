@@ -16,8 +16,8 @@ from pathlib import Path
 
 import aiosmtplib
 
-from tests.conftest import ROOT
-from tests.smtp_sink import start_sink
+from tests.support import ROOT
+from tests.support.smtp_sink import start_sink
 
 N = 500
 CLIENTS = 40

@@ -20,7 +20,7 @@ from pipeline.contract.message import Message
 from pipeline.delivery.notices import BounceNotices, notice_features
 from pipeline.delivery.scheduler import DeliveryService
 from pipeline.spool.sqlite import SqliteSpool
-from tests.smtp_sink import FAST_RETRIES, EventRecorder, closed_port, smtp_egress, verdict_plugin
+from tests.support.smtp_sink import FAST_RETRIES, EventRecorder, closed_port, smtp_egress, verdict_plugin
 
 RAW = b"From: app@example.org\r\nTo: someone@example.net\r\nSubject: test\r\n\r\nHello\r\n"
 FAST = {**FAST_RETRIES, "bounce_notices": False}  # notices to the sender: tests/test_notices.py

@@ -16,7 +16,7 @@ from pipeline.egress.mx import MxEgress
 from pipeline.egress.null import NullEgress
 from pipeline.egress.resolver import DnsPermanentError, DnsResolver, StaticResolver
 from pipeline.egress.smtp import SmtpEgress
-from tests.smtp_sink import closed_port
+from tests.support.smtp_sink import closed_port
 
 MSG = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nhello\r\n"
 

@@ -17,8 +17,8 @@ from pipeline.egress.base import Copy
 from pipeline.egress.mx import MxEgress, build_mx_shared, dns_resolver
 from pipeline.egress.pools import SourcePools, daily_cap
 from pipeline.egress.state import EgressState
-from tests.egress_net import FakeMx, ZoneServer, free_port_on
-from tests.smtp_sink import FAST_RETRIES, EventRecorder
+from tests.support.egress_net import FakeMx, ZoneServer, free_port_on
+from tests.support.smtp_sink import FAST_RETRIES, EventRecorder
 
 RAW = b"From: app@example.org\r\nTo: someone@example.net\r\nSubject: test\r\n\r\nHello\r\n"
 POOLS = {

@@ -23,8 +23,8 @@ from pipeline.egress.mx import MxEgress, build_mx_shared, dns_resolver
 from pipeline.egress.shaping import Shaper
 from pipeline.spool.sqlite import SqliteSpool
 from pipeline.tracking.metrics import render_metrics
-from tests.egress_net import FakeMx, ZoneServer, free_port_on
-from tests.smtp_sink import FAST_RETRIES, EventRecorder
+from tests.support.egress_net import FakeMx, ZoneServer, free_port_on
+from tests.support.smtp_sink import FAST_RETRIES, EventRecorder
 
 RAW = b"From: app@example.org\r\nTo: someone@example.net\r\nSubject: test\r\n\r\nHello\r\n"
 

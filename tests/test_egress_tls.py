@@ -17,7 +17,7 @@ from pipeline.config import parse_config
 from pipeline.egress.base import Copy
 from pipeline.egress.mx import MxEgress, build_mx_shared, dns_resolver
 from pipeline.egress.state import EgressState
-from tests.egress_net import (
+from tests.support.egress_net import (
     FakeMx,
     PolicyServer,
     TestCA,
@@ -247,7 +247,7 @@ async def test_the_tls_outcome_is_on_the_delivered_event_and_the_log_line(net, d
     from pipeline.chain.driver import make_config
     from pipeline.contract.context import MessageContext
     from pipeline.contract.message import Message
-    from tests.smtp_sink import FAST_RETRIES, EventRecorder
+    from tests.support.smtp_sink import FAST_RETRIES, EventRecorder
 
     EventRecorder.reset()
     caplog.set_level(logging.INFO, logger="smtpgate.delivery")

@@ -6,13 +6,13 @@ import asyncio
 import calendar
 
 import pytest
-from tracking_helpers import tracking_config
 
 from pipeline.app.gateway import Gateway
 from pipeline.contract.context import Event
 from pipeline.events import SqliteEventStore, SuppressionPolicy, open_suppression_list
 from pipeline.events.machine import MachineDetector
 from pipeline.events.stats import campaign_stats, parse_date, stats_report, timeline, totals
+from tests.support.tracking import tracking_config
 
 DAY1 = calendar.timegm((2026, 3, 1, 10, 0, 0))
 DAY2 = calendar.timegm((2026, 3, 2, 10, 0, 0))

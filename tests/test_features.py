@@ -8,7 +8,6 @@ import re
 
 import pytest
 from click.testing import CliRunner
-from conftest import SAMPLES
 
 from pipeline import Credential, MessageContext, Plugin, Reject, hookimpl
 from pipeline.app.cli import main
@@ -17,6 +16,7 @@ from pipeline.chain.features import resolve_features
 from pipeline.chain.loader import PluginSet
 from pipeline.config import ConfigError
 from pipeline.contract.message import Message
+from tests.support import SAMPLES
 
 DEFAULTS = {"inlinecss": True, "trackclicks": True, "trackopens": True, "trackbounces": False, "dkim": True}
 HEADER_SWITCHES = frozenset({"inlinecss", "trackclicks", "trackopens", "trackbounces"})  # the built-ins' choice

@@ -22,7 +22,7 @@ from pipeline import Message
 from pipeline.chain.driver import run_chain
 from pipeline.toolkit.html import count_conditional_comments
 from pipeline.toolkit.tokens import TokenSigner
-from tests.conftest import corpus_files, sample_files
+from tests.support import corpus_files, sample_files
 
 BASE = "https://track.example.net"
 KEY = "golden-secret"

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import SAMPLES
 
 from pipeline import MessageContext, Plugin, PluginConfig, hookimpl
 from pipeline.app.cli import main
 from pipeline.chain.driver import make_config, run_chain
 from pipeline.chain.loader import BUILTINS, ENTRY_POINT_GROUP, PluginSet, resolve
 from pipeline.config import ConfigError, load_config
+from tests.support import SAMPLES
 
 RAW = (SAMPLES / "01-plain-text.eml").read_bytes()
 

@@ -8,7 +8,6 @@ import email.policy
 import hashlib
 
 import pytest
-from conftest import SAMPLES, corpus_files, sample_files
 
 from pipeline.contract.message import (
     Message,
@@ -17,6 +16,7 @@ from pipeline.contract.message import (
     current_actor,
     normalize_newlines,
 )
+from tests.support import SAMPLES, corpus_files, sample_files
 
 ALL_INPUTS = sample_files() + corpus_files()
 # enKod's literal example has no empty line after its header: parsing puts one in (Postfix cleanup),

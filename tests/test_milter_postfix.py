@@ -1,4 +1,4 @@
-"""The real thing: a private Postfix (tests/postfix.py) with ``smtpd_milters`` pointing at
+"""The real thing: a private Postfix (tests/support/postfix.py) with ``smtpd_milters`` pointing at
 ``smtpgate milter`` (a child process), relaying to a local SMTP sink. What the sink gets is
 inlined, tracked and DKIM-signed (verified with dkimpy); a refusing plugin's reply is what
 Postfix answers the client."""
@@ -13,10 +13,10 @@ from typing import Any
 import dkim
 import pytest
 
-from tests.conftest import corpus_files
-from tests.milter_client import dkim_key
-from tests.postfix import MilterProcess, Postfix, available
-from tests.smtp_sink import start_sink
+from tests.support import corpus_files
+from tests.support.milter_client import dkim_key
+from tests.support.postfix import MilterProcess, Postfix, available
+from tests.support.smtp_sink import start_sink
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not available(), reason="needs Debian postfix and root")]
 

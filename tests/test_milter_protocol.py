@@ -1,4 +1,4 @@
-"""The milter at protocol level, against an independent MTA-side client (tests/milter_client.py):
+"""The milter at protocol level, against an independent MTA-side client (tests/support/milter_client.py):
 negotiation, macros, verdicts as replies, edits as actions, the fail policy, hostile input."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pipeline.chain.driver import make_config
 from pipeline.chain.loader import PluginSet
 from pipeline.chain.runner import Chain
 from pipeline.milter.service import MilterService
-from tests.conftest import SAMPLES, complete_message
-from tests.milter_client import MilterClient, apply, dkim_key
+from tests.support import SAMPLES, complete_message
+from tests.support.milter_client import MilterClient, apply, dkim_key
 
 SEEN: dict[str, Any] = {}
 

@@ -27,7 +27,7 @@ from pipeline.delivery.scheduler import DeliveryService
 from pipeline.events.bounces import parse_report
 from pipeline.ports import RecipientOutcome
 from plugins.dkim_sign import dns_txt_value
-from tests.smtp_sink import FAST_RETRIES, EventRecorder, closed_port, smtp_egress, verdict_plugin
+from tests.support.smtp_sink import FAST_RETRIES, EventRecorder, closed_port, smtp_egress, verdict_plugin
 
 HOST = "mx.test.example"
 SENDER = "app@example.org"

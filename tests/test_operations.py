@@ -32,7 +32,7 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.app.cli import main
-from tests.smtp_sink import closed_port
+from tests.support.smtp_sink import closed_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "pipeline.app.cli"]

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from bounce_samples import dsn
-from tracking_helpers import signer, tracking_config
 
 from pipeline.app.gateway import Gateway
 from pipeline.chain.driver import make_chain, run_chain, run_chain_async
 from pipeline.config import ConfigError
 from pipeline.contract.context import Credential, Event
 from pipeline.events import parse_verp, recipient_hash
-from tests.conftest import complete_message
+from tests.support import complete_message
+from tests.support.bounces import dsn
+from tests.support.tracking import signer, tracking_config
 
 DOMAIN = "bounce.example.com"
 RAW = complete_message(sender="news@example.com", to="ann@example.net", subject="hi", content_type="text/plain", body="hello\r\n")

@@ -13,7 +13,7 @@ from pipeline.chain.driver import run_chain
 from pipeline.config import ConfigError
 from pipeline.contract.context import MessageContext
 from pipeline.contract.message import Message
-from tests.conftest import SAMPLES, complete_message, corpus_files, sample_files
+from tests.support import SAMPLES, complete_message, corpus_files, sample_files
 
 BASE = complete_message(sender="sender@example.com")
 INVALID_CAMPAIGN = "550 5.6.0 Invalid X-Campaign-Id header: expected 1-64 characters from A-Z a-z 0-9 _ -"

@@ -14,7 +14,7 @@ from pipeline import Message, MessageContext, Plugin, hookimpl
 from pipeline.chain.driver import make_chain, make_config, run_chain
 from pipeline.config import ConfigError
 from pipeline.toolkit.tokens import TokenSigner
-from tests.conftest import SAMPLES, corpus_files, sample_files
+from tests.support import SAMPLES, corpus_files, sample_files
 
 BASE = "https://t.example.net"
 KEY = "click-test-secret"

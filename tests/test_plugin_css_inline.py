@@ -19,7 +19,7 @@ from lxml import etree
 from pipeline import Message
 from pipeline.chain.driver import make_chain, make_config, run_chain
 from pipeline.config import ConfigError
-from tests.conftest import SAMPLES
+from tests.support import SAMPLES
 
 ENGINES = ["premailer", "css_inline"]
 COND_BLOCK = re.compile(r"<!--\[if.*?-->|<!--<!\[endif\]-->", re.DOTALL)  # each comment on its own

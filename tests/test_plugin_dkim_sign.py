@@ -24,8 +24,8 @@ from pipeline.chain.driver import make_chain, make_config, run_chain, run_chain_
 from pipeline.config import ConfigError
 from pipeline.contract.message import Message
 from plugins.dkim_sign import DkimSign, dns_txt_value, signed_headers
-from tests.conftest import SAMPLES, complete_message, corpus_files, sample_files
-from tests.smtp_sink import EventRecorder, start_sink
+from tests.support import SAMPLES, complete_message, corpus_files, sample_files
+from tests.support.smtp_sink import EventRecorder, start_sink
 
 REJECTED = {
     "10-missing-headers.eml": "550 5.6.0 Message has no From: header",

@@ -14,7 +14,7 @@ from pipeline.app.harness import ingress_test_config, running_ingress, spooled
 from pipeline.chain.driver import run_chain
 from pipeline.config import ConfigError
 from pipeline.contract.message import Message
-from tests.conftest import SAMPLES, complete_message, corpus_files, sample_files
+from tests.support import SAMPLES, complete_message, corpus_files, sample_files
 
 COMPLETE = complete_message()
 

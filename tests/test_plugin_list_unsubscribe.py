@@ -10,14 +10,14 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from tracking_helpers import signer, start_tracking, tracking_config
 
 from pipeline.chain.driver import make_chain, run_chain, run_chain_async
 from pipeline.config import ConfigError
 from pipeline.contract.context import Credential
 from pipeline.contract.message import Message
 from plugins.dkim_sign import dns_txt_value
-from tests.conftest import complete_message
+from tests.support import complete_message
+from tests.support.tracking import signer, start_tracking, tracking_config
 
 RAW = complete_message(
     sender="Shop <news@example.com>", to="ann@example.net", subject="Spring sale",

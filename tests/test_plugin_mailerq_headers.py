@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import Credential
 from pipeline.chain.driver import run_chain
-from tests.conftest import SAMPLES, complete_message
+from tests.support import SAMPLES, complete_message
 
 CHAIN = ["campaign_tag", "mailerq_headers"]
 NEW_YEAR_2036 = datetime.datetime(2036, 1, 1, tzinfo=datetime.UTC).timestamp()

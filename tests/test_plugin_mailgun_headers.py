@@ -10,7 +10,7 @@ import pytest
 from pipeline import Credential
 from pipeline.chain.driver import run_chain
 from pipeline.contract.message import Message
-from tests.conftest import SAMPLES, complete_message
+from tests.support import SAMPLES, complete_message
 
 CHAIN = ["campaign_tag", "mailgun_headers", "click_tracking", "open_pixel"]
 HTML = "text/html; charset=utf-8"

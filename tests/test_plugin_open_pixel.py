@@ -12,7 +12,7 @@ from lxml import etree
 from pipeline import Message
 from pipeline.chain.driver import run_chain
 from pipeline.toolkit.tokens import TokenSigner
-from tests.conftest import SAMPLES, corpus_files, sample_files
+from tests.support import SAMPLES, corpus_files, sample_files
 
 BASE = "https://t.example.net"
 KEY = "pixel-test-secret"

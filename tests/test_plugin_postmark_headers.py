@@ -9,7 +9,7 @@ import pytest
 from pipeline import Credential
 from pipeline.chain.driver import run_chain
 from pipeline.contract.message import Message
-from tests.conftest import SAMPLES, complete_message
+from tests.support import SAMPLES, complete_message
 
 CHAIN = ["campaign_tag", "postmark_headers", "click_tracking", "open_pixel"]
 

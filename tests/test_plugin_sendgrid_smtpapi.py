@@ -16,7 +16,7 @@ from pipeline.app.cli import main
 from pipeline.app.harness import ingress_test_config, running_ingress, spooled
 from pipeline.chain.driver import run_chain
 from pipeline.contract.message import Message
-from tests.conftest import SAMPLES, complete_message
+from tests.support import SAMPLES, complete_message
 
 CHAIN = ["campaign_tag", "sendgrid_smtpapi", "suppression", "click_tracking", "open_pixel"]
 

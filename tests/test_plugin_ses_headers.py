@@ -8,7 +8,7 @@ import pytest
 
 from pipeline import Credential
 from pipeline.chain.driver import run_chain
-from tests.conftest import SAMPLES, complete_message
+from tests.support import SAMPLES, complete_message
 
 CHAIN = ["campaign_tag", "ses_headers"]
 

@@ -6,7 +6,6 @@ import base64
 
 import aiohttp
 import pytest
-from tracking_helpers import signer, tracking_config
 
 from pipeline.app.gateway import Gateway
 from pipeline.app.harness import Dialogue
@@ -15,6 +14,7 @@ from pipeline.contract.context import Credential, Event, Session, Transaction
 from pipeline.contract.verdicts import Reject, TempFail
 from pipeline.contract.vocabulary import EventType
 from pipeline.events import open_suppression_list
+from tests.support.tracking import signer, tracking_config
 
 STOPLIST = "550 5.0.0 Email is in the account stoplist"
 PERMANENT = "550 5.0.0 Email has permanent delivery errors"

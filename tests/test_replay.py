@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import SAMPLES, sample_files
 
 from pipeline.app.cli import main
 from pipeline.app.replay import (
@@ -32,6 +31,7 @@ from pipeline.chain.loader import PluginSet
 from pipeline.chain.runner import Chain
 from pipeline.config import load_config
 from pipeline.contract.message import Message
+from tests.support import SAMPLES, sample_files
 
 PLUGINS = """
 from pipeline import Discard, MessageContext, Plugin, PluginConfig, Reject, TempFail, hookimpl

@@ -10,10 +10,10 @@ import time
 
 import aiohttp
 import pytest
-from tracking_helpers import HUMAN_UA, signer, start_tracking, tracking_config
 
 from pipeline.contract.context import Event
 from pipeline.events.stats import campaign_stats, totals
+from tests.support.tracking import HUMAN_UA, signer, start_tracking, tracking_config
 
 pytestmark = pytest.mark.browser  # drives the headless chromium
 

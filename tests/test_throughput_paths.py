@@ -25,7 +25,7 @@ from pipeline.contract.message import Message
 from pipeline.toolkit.html import AMP_MARK, protect
 from plugins.css_inline import CssInline
 from plugins.dkim_sign import _OpenSSLDKIM, dns_txt_value, relaxed_body, signed_headers
-from tests.conftest import corpus_files, sample_files
+from tests.support import corpus_files, sample_files
 
 FILES = sample_files() + corpus_files()
 EDGE_BODIES = [
@@ -299,7 +299,7 @@ class _OptionSink:
     """SinkHandler that also keeps MAIL parameters and refuses DATA for ``reject-data@`` recipients."""
 
     def __init__(self) -> None:
-        from tests.smtp_sink import SinkHandler
+        from tests.support.smtp_sink import SinkHandler
 
         self.inner = SinkHandler(replies={"refused@example.net": ["550 5.1.1 no such user"]})
         self.mail_options: list[list[str]] = []
@@ -320,7 +320,7 @@ class _OptionSink:
 async def test_prepared_copies_arrive_byte_identical_with_size_and_refusals_reset_the_reused_connection() -> None:
     from pipeline.egress.base import Copy
     from pipeline.egress.smtp import HopPool, open_connection, send_copy
-    from tests.smtp_sink import SinkController
+    from tests.support.smtp_sink import SinkController
 
     handler = _OptionSink()
     sink = SinkController(handler, data_size_limit=10_000_000)  # advertises SIZE, like Postfix

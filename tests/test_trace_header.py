@@ -16,7 +16,7 @@ import aiosmtplib
 from pipeline.accounts.secrets import hash_secret_pbkdf2
 from pipeline.app.gateway import Gateway
 from pipeline.app.harness import Dialogue, client_tls, ingress_test_config, running_ingress, spooled
-from tests.smtp_sink import smtp_egress
+from tests.support.smtp_sink import smtp_egress
 
 KEY = {"name": "shop-key", "kind": "apikey", "secret_hash": hash_secret_pbkdf2("key-0123456789", 1000)}
 AUTH = "AUTH PLAIN " + base64.b64encode(b"\0apikey\0key-0123456789").decode()

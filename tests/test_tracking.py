@@ -9,10 +9,10 @@ import time
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tracking_helpers import HUMAN_UA, signer, start_tracking, tracking_config
 
 from pipeline.contract.context import Event
 from pipeline.toolkit.tokens import TokenSigner
+from tests.support.tracking import HUMAN_UA, signer, start_tracking, tracking_config
 
 URLS = [
     "https://example.com/",

@@ -9,11 +9,11 @@ import re
 
 import aiohttp
 import aiosmtplib
-from tracking_helpers import HUMAN_UA, tracking_config
 
 from pipeline.app.gateway import Gateway
 from pipeline.contract.message import Message
 from pipeline.events.stats import campaign_stats
+from tests.support.tracking import HUMAN_UA, tracking_config
 
 RAW = (
     "Message-Id: <e2e-1@shop.example>\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n"

@@ -9,7 +9,7 @@ import pipeline.app.cli.verify as verify_cli
 from pipeline.app.cli import main
 from pipeline.app.verify import verify_address
 from pipeline.egress.resolver import DnsPermanentError, StaticResolver
-from tests.smtp_sink import closed_port, start_sink
+from tests.support.smtp_sink import closed_port, start_sink
 
 
 @pytest.fixture

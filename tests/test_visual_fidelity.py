@@ -49,7 +49,7 @@ from PIL import Image, ImageChops
 
 from pipeline.chain.driver import make_chain, make_config, run_chain_async
 from pipeline.config import ChainSection
-from tests.conftest import CORPUS, SAMPLES, corpus_files, sample_files
+from tests.support import CORPUS, SAMPLES, corpus_files, sample_files
 
 pytestmark = pytest.mark.browser  # drives the headless chromium
 

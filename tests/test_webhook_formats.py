@@ -16,8 +16,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from test_webhooks import Receiver, start_gateway, wait_until
-from tracking_helpers import tracking_config
-from vendor_webhook_examples import (
+
+from pipeline.app.cli import main
+from pipeline.app.gateway import Gateway
+from pipeline.config import ConfigError
+from pipeline.contract.context import Event
+from pipeline.events.stats import stats_report, tag_stats
+from pipeline.events.webhook_formats.sendgrid import public_key
+from tests.support.tracking import tracking_config
+from tests.support.vendor_webhooks import (
     MAILGUN_DELIVERED,
     POSTMARK,
     POSTMARK_NOT_PROVIDED,
@@ -26,13 +33,6 @@ from vendor_webhook_examples import (
     SENDGRID_SIGNED,
     shape,
 )
-
-from pipeline.app.cli import main
-from pipeline.app.gateway import Gateway
-from pipeline.config import ConfigError
-from pipeline.contract.context import Event
-from pipeline.events.stats import stats_report, tag_stats
-from pipeline.events.webhook_formats.sendgrid import public_key
 
 FIVE = ["delivered", "opened", "clicked", "bounced", "unsubscribed"]
 MAILGUN_KEY = "key-mailgun-signing"

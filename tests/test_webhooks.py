@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import web
-from tracking_helpers import tracking_config
 
 from pipeline.app.gateway import Gateway
 from pipeline.contract.context import Event
 from pipeline.events.webhooks import sign_webhook, verify_webhook
+from tests.support.tracking import tracking_config
 
 SECRET = b"whsec-test"
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import ROOT, SAMPLES
 
 from pipeline.app.cli import main
 from pipeline.chain.loader import BUILTINS, resolve
 from pipeline.contract import hookspecs
 from pipeline.contract.message import Message
+from tests.support import ROOT, SAMPLES
 
 DOC = (ROOT / "docs" / "plugins.md").read_text()
 README = (ROOT / "README.md").read_text()

@@ -1,0 +1,41 @@
+"""Shared test helpers: where the golden inputs are, and a small complete message.
+
+Fixtures live in ``tests/conftest.py``; every other helper module is in this package
+(``smtp_sink``, ``tracking``, ``bounces``, ``egress_net``, ``milter_client``, ``postfix``,
+``vendor_webhooks``), so a test imports helpers from one place: ``tests.support``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+SAMPLES = ROOT / "samples"
+CORPUS = ROOT.parent / "shared" / "corpus" / "eml"
+
+
+def corpus_files() -> list[Path]:
+    """The real templates in ../shared/corpus/eml (empty list when shared/ is absent)."""
+    return sorted(CORPUS.glob("*.eml")) if CORPUS.is_dir() else []
+
+
+def sample_files() -> list[Path]:
+    return sorted(SAMPLES.glob("*.eml"))
+
+
+def complete_message(
+    *,
+    sender: str = "Sender <sender@example.com>",
+    to: str = "rcpt@example.org",
+    subject: str = "hello",
+    extra: str = "",
+    content_type: str = "text/plain; charset=us-ascii",
+    body: str = "body\r\n",
+) -> bytes:
+    """A small message with every header header_validation requires (``extra``: more header
+    lines, CRLF-terminated, placed after Subject)."""
+    return (
+        "Message-Id: <m1@example.com>\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n"
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n{extra}"
+        f"MIME-Version: 1.0\r\nContent-Type: {content_type}\r\n\r\n{body}"
+    ).encode("ascii")
