@@ -188,3 +188,49 @@ class Authenticator(Protocol):
     async def authenticate(self, login: str, password: str) -> AuthResult: ...
 
     def match_ip(self, ip: str) -> Credential | None: ...
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    """A search of the message log; every field is optional and they combine with AND."""
+
+    recipient: str | None = None
+    sender: str | None = None
+    message_id: str | None = None
+    queue_id: str | None = None
+    campaign: str | None = None
+    credential: str | None = None
+    state: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+class MessageLog(Protocol):
+    """The message log as the management API reads it: search and one message's whole story.
+
+    ``search`` takes the filters of ``GET /api/v1/messages`` (``recipient``, ``sender``,
+    ``message_id``, ``queue_id``, ``campaign``, ``credential``, ``state``, ``since``, ``until``)
+    and returns a page, newest first, with the cursor of the next page (``None`` on the last).
+    """
+
+    def search(
+        self, f: MessageFilter, limit: int = 50, before: int | None = None
+    ) -> tuple[list[dict[str, Any]], int | None]: ...
+
+    def message(self, queue_id: str) -> dict[str, Any] | None: ...
+
+
+class ApiPrincipalView(Protocol):
+    """Who an API token speaks for; ``credential`` ``None`` is an administrator."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def credential(self) -> str | None: ...
+
+
+class ApiTokenVerifier(Protocol):
+    """Checks a management API bearer token (only hashes are stored)."""
+
+    def verify(self, token: str) -> ApiPrincipalView | None: ...

@@ -382,6 +382,13 @@ class MilterSection(Section):
         return v
 
 
+class ApiSection(Section):
+    """The management API (docs/api.md): its own listener, so it is never on the public tracking one."""
+
+    listen_address: str = "127.0.0.1"
+    listen_port: int = Field(default=8081, ge=0, le=65535)
+
+
 class Config(Section):
     """The whole configuration; ``Config()`` is the embedded default."""
 
@@ -408,6 +415,7 @@ class Config(Section):
     shaping: ShapingSection = Field(default_factory=ShapingSection)
     pools: dict[str, IpPool] = Field(default_factory=dict)  # source IP pools for direct delivery
     pool_selection: PoolSelectionSection = Field(default_factory=PoolSelectionSection)
+    api: ApiSection = Field(default_factory=ApiSection)
 
     source: str = Field(default="<defaults>", exclude=True)
     # key -> the SMTPGATE_<SECTION>__<KEY> variable that set it (check-config shows them)

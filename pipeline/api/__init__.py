@@ -1,0 +1,32 @@
+"""The management API (``/api/v1``, docs/api.md): the message log's search and each message's story,
+on its own listener (``[api]``, default ``127.0.0.1:8081``), behind bearer tokens.
+
+It reads through ports (:class:`~pipeline.ports.MessageLog`, :class:`~pipeline.ports.Spool`,
+:class:`~pipeline.ports.ApiTokenVerifier`); the composition root opens the stores and wires them.
+"""
+
+from __future__ import annotations
+
+from pipeline.api.app import build_api_app
+from pipeline.config import Config
+from pipeline.ports import ApiTokenVerifier, MessageLog, Metrics, Spool
+from pipeline.toolkit.http_service import HttpService
+
+
+class ApiService(HttpService):
+    """The API app on its listener."""
+
+    name = "api"
+
+
+def api_service(
+    config: Config, tokens: ApiTokenVerifier, log: MessageLog, spool: Spool, metrics: Metrics,
+    *, host: str | None = None, port: int | None = None,
+) -> ApiService:
+    """The API service on ``[api] listen_address:listen_port`` (``host``/``port`` override them: tests)."""
+    app = build_api_app(tokens, log, spool, metrics)
+    a = config.api
+    return ApiService(app, a.listen_address if host is None else host, a.listen_port if port is None else port)
+
+
+__all__ = ["ApiService", "api_service", "build_api_app"]

@@ -1,0 +1,224 @@
+"""The management API's handlers (``/api/v1``): the message log's search and each message's story.
+
+Every answer is JSON, errors included (``{"error": ...}`` with the HTTP status). A request needs
+``Authorization: Bearer <token>`` (never a query parameter: URLs end up in logs and histories);
+without a valid one it gets 401, and a client that keeps failing gets 429 for a while, as SMTP AUTH
+failures are throttled. A token scoped to a credential sees that credential's messages only, and
+anything else is 404, not 403, so a tenant cannot even learn that a queue id exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from pipeline.api.openapi import openapi_document
+from pipeline.contract.vocabulary import RecipientState
+from pipeline.events.stats import parse_date
+from pipeline.ports import ApiPrincipalView, ApiTokenVerifier, MessageFilter, MessageLog, Metrics, Spool
+
+log = logging.getLogger("smtpgate.api")
+
+MAX_BODY = 64 * 1024
+FAILURES_ALLOWED = 10  # failed tokens per client address within FAILURE_WINDOW, then 429
+FAILURE_WINDOW = 60.0
+SEARCH_PARAMS = ("recipient", "sender", "message_id", "queue_id", "campaign", "credential", "state", "since",
+                 "until", "limit", "cursor")
+STATES = tuple(s.value for s in RecipientState)
+NO_STORE = {"Cache-Control": "no-store"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PRINCIPAL = "smtpgate.principal"
+
+
+def principal_of(request: web.Request) -> ApiPrincipalView:
+    """Who the request's token speaks for (set by the ``authenticate`` middleware)."""
+    principal: ApiPrincipalView = request[PRINCIPAL]
+    return principal
+
+
+def error(status: int, message: str, **headers: str) -> web.Response:
+    """The one shape of every API error."""
+    return web.json_response({"error": message}, status=status, headers={**NO_STORE, **headers})
+
+
+def encode_cursor(row_id: int) -> str:
+    return base64.urlsafe_b64encode(f"m{row_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> int:
+    """The row id inside a ``next`` cursor; ``ValueError`` for anything a server did not hand out."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("invalid cursor") from None
+    if not raw.startswith("m") or not raw[1:].isdigit() or len(raw) > 20:
+        raise ValueError("invalid cursor")
+    return int(raw[1:])
+
+
+class FailureThrottle:
+    """Failed tokens per client address in a sliding window (bounded: oldest addresses forgotten)."""
+
+    def __init__(self, allowed: int = FAILURES_ALLOWED, window: float = FAILURE_WINDOW, max_clients: int = 10000):
+        self.allowed, self.window, self.max_clients = allowed, window, max_clients
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        q = self._failures.get(client)
+        if q is None:
+            if len(self._failures) >= self.max_clients:
+                self._failures.pop(next(iter(self._failures)))
+            q = self._failures[client] = deque()
+        while q and q[0] <= now - self.window:
+            q.popleft()
+        return q
+
+    def blocked(self, client: str, now: float) -> float:
+        """Seconds until ``client`` may try again (0: now)."""
+        q = self._recent(client, now)
+        return q[0] + self.window - now if len(q) >= self.allowed else 0.0
+
+    def failed(self, client: str, now: float) -> None:
+        self._recent(client, now).append(now)
+
+
+class ApiApp:
+    """Handlers bound to their ports: token verifier, message log, spool (raw bytes while queued)."""
+
+    def __init__(self, tokens: ApiTokenVerifier, log_: MessageLog, spool: Spool, metrics: Metrics) -> None:
+        self.tokens = tokens
+        self.log = log_
+        self.spool = spool
+        self.metrics = metrics
+        self.throttle = FailureThrottle()
+
+    # -- middlewares ------------------------------------------------------------------------------
+    @web.middleware
+    async def json_errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """aiohttp's own errors (404 route, 405, 413 body too large) as JSON too; a bug is a JSON 500."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return error(exc.status, exc.reason or "error")
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            return error(500, "internal error")
+
+    @web.middleware
+    async def authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/api/v1/openapi.json":
+            return await handler(request)
+        client = request.remote or "-"
+        now = time.monotonic()
+        wait = self.throttle.blocked(client, now)
+        if wait > 0:
+            self.metrics["api_auth_failures_total:throttled"] += 1
+            return error(429, "too many failed tokens; try again later", **{"Retry-After": str(int(wait) + 1)})
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        principal = self.tokens.verify(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+        if principal is None:
+            self.throttle.failed(client, now)
+            self.metrics["api_auth_failures_total:invalid"] += 1
+            log.info("api: rejected a request from %s without a valid token", client)  # never the token
+            return error(401, "a valid bearer token is required", **{"WWW-Authenticate": 'Bearer realm="smtpgate"'})
+        request[PRINCIPAL] = principal
+        return await handler(request)
+
+    # -- handlers ---------------------------------------------------------------------------------
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi_document(), headers=NO_STORE)
+
+    @staticmethod
+    def _filter(request: web.Request) -> tuple[MessageFilter, int, int | None]:
+        q = request.query
+        unknown = sorted(set(q) - set(SEARCH_PARAMS))
+        if unknown:
+            raise ValueError(f"unknown parameter {unknown[0]!r} (known: {', '.join(SEARCH_PARAMS)})")
+        state = q.get("state") or None
+        if state is not None and state not in STATES:
+            raise ValueError(f"state must be one of {', '.join(STATES)}")
+        try:
+            limit = int(q.get("limit", "50"))
+        except ValueError:
+            raise ValueError("limit must be an integer") from None
+        if not 1 <= limit <= 200:
+            raise ValueError("limit must be between 1 and 200")
+        principal = principal_of(request)
+        f = MessageFilter(
+            recipient=q.get("recipient") or None, sender=q.get("sender") or None,
+            message_id=q.get("message_id") or None, queue_id=q.get("queue_id") or None,
+            campaign=q.get("campaign") or None,
+            # a tenant's token always searches its own credential, whatever it asks for
+            credential=principal.credential or q.get("credential") or None, state=state,
+            since=parse_date(q["since"]) if q.get("since") else None,
+            until=parse_date(q["until"], end=True) if q.get("until") else None,
+        )
+        if principal.credential and q.get("credential") not in (None, "", principal.credential):
+            f = MessageFilter(queue_id="\x00")  # another tenant's credential: nothing, as for a wrong queue id
+        return f, limit, decode_cursor(q["cursor"]) if q.get("cursor") else None
+
+    async def search(self, request: web.Request) -> web.Response:
+        try:
+            f, limit, before = self._filter(request)
+        except ValueError as exc:
+            return error(400, str(exc))
+        page, next_id = await asyncio.to_thread(self.log.search, f, limit, before)
+        return web.json_response(
+            {"messages": page, "next": encode_cursor(next_id) if next_id is not None else None}, headers=NO_STORE
+        )
+
+    async def _visible(self, request: web.Request) -> dict[str, Any] | None:
+        """The message's story if this token may see it, else ``None`` (a 404 either way)."""
+        queue_id = request.match_info["queue_id"]
+        story = await asyncio.to_thread(self.log.message, queue_id)
+        if story is None:
+            return None
+        credential = principal_of(request).credential
+        if credential is not None and story.get("credential") != credential:
+            return None
+        return story
+
+    async def show(self, request: web.Request) -> web.Response:
+        story = await self._visible(request)
+        if story is None:
+            return error(404, "no such message")
+        spooled = await asyncio.to_thread(self.spool.show, story["queue_id"])
+        story["spooled"] = spooled is not None
+        if spooled is not None:
+            story["queue"] = [{k: r[k] for k in ("recipient", "state", "attempts", "next_attempt", "last_reply")}
+                              for r in spooled["recipients"]]
+            story["raw_url"] = f"/api/v1/messages/{story['queue_id']}/raw"
+        return web.json_response(story, headers=NO_STORE, dumps=_dumps)
+
+    async def raw(self, request: web.Request) -> web.Response:
+        story = await self._visible(request)
+        spooled = await asyncio.to_thread(self.spool.show, story["queue_id"]) if story else None
+        if spooled is None:
+            return error(404, "no such message in the queue (the raw message is kept only while it is spooled)")
+        return web.Response(body=spooled["data"], content_type="message/rfc822", headers=NO_STORE)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=str)
+
+
+def build_api_app(tokens: ApiTokenVerifier, log_: MessageLog, spool: Spool, metrics: Metrics) -> web.Application:
+    """The ``/api/v1`` routes on their ports, with JSON errors, bearer tokens and a body limit."""
+    a = ApiApp(tokens, log_, spool, metrics)
+    app = web.Application(middlewares=[a.json_errors, a.authenticate], client_max_size=MAX_BODY)
+    app.router.add_get("/api/v1/openapi.json", a.openapi, name="openapi")
+    app.router.add_get("/api/v1/messages", a.search, name="messages")
+    app.router.add_get("/api/v1/messages/{queue_id}", a.show, name="message")
+    app.router.add_get("/api/v1/messages/{queue_id}/raw", a.raw, name="message_raw")
+    return app

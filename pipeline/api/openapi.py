@@ -1,0 +1,179 @@
+"""The OpenAPI 3.1 document of ``/api/v1`` (served at ``/api/v1/openapi.json``).
+
+Written by hand, next to the handlers, and describing only what exists: ``tests/test_api.py``
+validates the document itself and every real response of the suite against it, so the two
+cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.contract.vocabulary import RecipientState
+
+_STATES = [s.value for s in RecipientState]
+_NULLABLE_STR = {"type": ["string", "null"]}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
+
+
+_SUMMARY_PROPS: dict[str, Any] = {
+    "queue_id": {"type": "string"},
+    "accepted_at": {"type": "number", "description": "Unix time"},
+    "mail_from": _NULLABLE_STR,
+    "subject": _NULLABLE_STR,
+    "message_id": _NULLABLE_STR,
+    "credential": _NULLABLE_STR,
+    "campaign_id": _NULLABLE_STR,
+    "letter_id": _NULLABLE_STR,
+    "size": {"type": "integer", "minimum": 0},
+    "client_ip": _NULLABLE_STR,
+    "tls": {"type": "boolean"},
+    "listener": _NULLABLE_STR,
+    "helo": _NULLABLE_STR,
+    "recipients": {"type": "array", "items": _ref("Recipient")},
+}
+
+_QUERY = [
+    ("recipient", "An envelope recipient (case-insensitive)."),
+    ("sender", "The envelope sender (case-insensitive)."),
+    ("message_id", "The Message-Id header, with or without angle brackets."),
+    ("queue_id", "The gateway's queue id."),
+    ("campaign", "X-Campaign-Id (or the daily campaign)."),
+    ("credential", "The credential that sent it (a tenant's token always sees only its own)."),
+    ("since", "Accepted at or after: YYYY-MM-DD (UTC) or an ISO date-time."),
+    ("until", "Accepted before the end of: YYYY-MM-DD (UTC) or an ISO date-time."),
+    ("cursor", "The `next` value of the previous page."),
+]
+
+
+def openapi_document() -> dict[str, Any]:
+    """The document; a fresh dict each call (callers may not share mutations)."""
+    params: list[dict[str, Any]] = [
+        {"name": n, "in": "query", "required": False, "description": d, "schema": {"type": "string"}} for n, d in _QUERY
+    ]
+    params.append({"name": "state", "in": "query", "required": False,
+                   "description": "Messages with at least one recipient in this state.",
+                   "schema": {"type": "string", "enum": _STATES}})
+    params.append({"name": "limit", "in": "query", "required": False,
+                   "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}})
+    queue_id = {"name": "queue_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    unauthorized = _error("No valid bearer token (`Authorization: Bearer sgt_...`).")
+    throttled = _error("Too many failed tokens from this address; see Retry-After.")
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "smtpgate management API", "version": "1",
+                 "description": "The message log of an smtpgate gateway. Tokens: `smtpgate api-tokens add`."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/v1/messages": {"get": {
+                "operationId": "searchMessages",
+                "summary": "Search the message log, newest first.",
+                "parameters": params,
+                "responses": {
+                    "200": {"description": "A page of messages",
+                            "content": {"application/json": {"schema": _ref("MessageList")}}},
+                    "400": _error("A parameter is invalid or unknown."),
+                    "401": unauthorized, "429": throttled,
+                },
+            }},
+            "/api/v1/messages/{queue_id}": {"get": {
+                "operationId": "getMessage",
+                "summary": "One message's story: acceptance, admission trace, every event, headers.",
+                "parameters": [queue_id],
+                "responses": {
+                    "200": {"description": "The message",
+                            "content": {"application/json": {"schema": _ref("MessageStory")}}},
+                    "401": unauthorized, "404": _error("No such message (or not this token's credential)."),
+                    "429": throttled,
+                },
+            }},
+            "/api/v1/messages/{queue_id}/raw": {"get": {
+                "operationId": "getRawMessage",
+                "summary": "The spooled message's bytes, while it is still in the queue.",
+                "parameters": [queue_id],
+                "responses": {
+                    "200": {"description": "RFC 5322 message",
+                            "content": {"message/rfc822": {"schema": {"type": "string"}}}},
+                    "401": unauthorized, "404": _error("Not in the queue (or not this token's credential)."),
+                    "429": throttled,
+                },
+            }},
+            "/api/v1/openapi.json": {"get": {
+                "operationId": "getOpenApi", "summary": "This document.", "security": [],
+                "responses": {"200": {"description": "OpenAPI 3.1",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}}},
+            }},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "additionalProperties": False,
+                          "properties": {"error": {"type": "string"}}},
+                "Recipient": {
+                    "type": "object", "required": ["address", "state"], "additionalProperties": False,
+                    "properties": {"address": {"type": "string"}, "state": {"type": "string", "enum": _STATES},
+                                   "updated_at": {"type": "number"}},
+                },
+                "MessageSummary": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["queue_id", "accepted_at", "mail_from", "subject", "credential", "campaign_id",
+                                 "recipients"],
+                    "properties": _SUMMARY_PROPS,
+                },
+                "MessageList": {
+                    "type": "object", "required": ["messages", "next"], "additionalProperties": False,
+                    "properties": {"messages": {"type": "array", "items": _ref("MessageSummary")},
+                                   "next": {"type": ["string", "null"],
+                                            "description": "Cursor of the next page; null on the last."}},
+                },
+                "Event": {
+                    "type": "object", "required": ["type", "at", "recipient"],
+                    "description": "accepted, delivered, deferred, bounced, expired, failed, discarded, opened, "
+                                   "clicked, unsubscribed, complained; delivery results carry dsn, reply, relay, "
+                                   "attempts.",
+                    "properties": {"type": {"type": "string"}, "at": {"type": "number"}, "recipient": _NULLABLE_STR,
+                                   "url": {"type": "string"}, "machine": {"type": "boolean"},
+                                   "bounce_class": {"type": "string"}, "dsn": {"type": "string"},
+                                   "reply": {"type": "string"}, "relay": {"type": "string"},
+                                   "attempts": {"type": "integer"}},
+                },
+                "TraceEntry": {
+                    "type": "object", "required": ["phase", "plugin", "verdict", "ms", "edits"],
+                    "properties": {"phase": {"type": "string"}, "plugin": {"type": "string"},
+                                   "verdict": {"type": "string"}, "ms": {"type": "number"},
+                                   "edits": {"type": "array", "items": {"type": "string"}},
+                                   "error": {"type": "string"}},
+                },
+                "QueueEntry": {
+                    "type": "object", "required": ["recipient", "state", "attempts"],
+                    "properties": {"recipient": {"type": "string"}, "state": {"type": "string"},
+                                   "attempts": {"type": "integer"}, "next_attempt": {"type": ["number", "null"]},
+                                   "last_reply": _NULLABLE_STR},
+                },
+                "MessageStory": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["queue_id", "accepted_at", "mail_from", "credential", "recipients", "events",
+                                 "spooled"],
+                    "properties": {
+                        **_SUMMARY_PROPS,
+                        "headers": {"type": "array", "description": "As spooled, after admission.",
+                                    "items": {"type": "array", "items": {"type": "string"},
+                                              "minItems": 2, "maxItems": 2}},
+                        "trace": {"type": "array", "items": _ref("TraceEntry")},
+                        "events": {"type": "array", "items": _ref("Event")},
+                        "spooled": {"type": "boolean"},
+                        "queue": {"type": "array", "items": _ref("QueueEntry")},
+                        "raw_url": {"type": "string"},
+                    },
+                },
+            },
+        },
+    }
