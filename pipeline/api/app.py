@@ -36,13 +36,7 @@ STATES = tuple(s.value for s in RecipientState)
 NO_STORE = {"Cache-Control": "no-store"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PRINCIPAL = "smtpgate.principal"
-
-
-def principal_of(request: web.Request) -> ApiPrincipalView:
-    """Who the request's token speaks for (set by the ``authenticate`` middleware)."""
-    principal: ApiPrincipalView = request[PRINCIPAL]
-    return principal
+AuthedHandler = Callable[[web.Request, ApiPrincipalView], Awaitable[web.StreamResponse]]
 
 
 def error(status: int, message: str, **headers: str) -> web.Response:
@@ -115,10 +109,18 @@ class ApiApp:
             log.exception("%s %s failed", request.method, request.path)
             return error(500, "internal error")
 
-    @web.middleware
-    async def authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == "/api/v1/openapi.json":
-            return await handler(request)
+    def authed(self, handler: AuthedHandler) -> Handler:
+        """``handler`` called with the principal of a valid bearer token; else 401 (or 429)."""
+
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            principal = self._authenticate(request)
+            if isinstance(principal, web.Response):
+                return principal
+            return await handler(request, principal)
+
+        return wrapped
+
+    def _authenticate(self, request: web.Request) -> ApiPrincipalView | web.Response:
         client = request.remote or "-"
         now = time.monotonic()
         wait = self.throttle.blocked(client, now)
@@ -132,15 +134,14 @@ class ApiApp:
             self.metrics["api_auth_failures_total:invalid"] += 1
             log.info("api: rejected a request from %s without a valid token", client)  # never the token
             return error(401, "a valid bearer token is required", **{"WWW-Authenticate": 'Bearer realm="smtpgate"'})
-        request[PRINCIPAL] = principal
-        return await handler(request)
+        return principal
 
     # -- handlers ---------------------------------------------------------------------------------
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document(), headers=NO_STORE)
 
     @staticmethod
-    def _filter(request: web.Request) -> tuple[MessageFilter, int, int | None]:
+    def _filter(request: web.Request, principal: ApiPrincipalView) -> tuple[MessageFilter, int, int | None]:
         q = request.query
         unknown = sorted(set(q) - set(SEARCH_PARAMS))
         if unknown:
@@ -154,7 +155,6 @@ class ApiApp:
             raise ValueError("limit must be an integer") from None
         if not 1 <= limit <= 200:
             raise ValueError("limit must be between 1 and 200")
-        principal = principal_of(request)
         f = MessageFilter(
             recipient=q.get("recipient") or None, sender=q.get("sender") or None,
             message_id=q.get("message_id") or None, queue_id=q.get("queue_id") or None,
@@ -168,9 +168,9 @@ class ApiApp:
             f = MessageFilter(queue_id="\x00")  # another tenant's credential: nothing, as for a wrong queue id
         return f, limit, decode_cursor(q["cursor"]) if q.get("cursor") else None
 
-    async def search(self, request: web.Request) -> web.Response:
+    async def search(self, request: web.Request, principal: ApiPrincipalView) -> web.Response:
         try:
-            f, limit, before = self._filter(request)
+            f, limit, before = self._filter(request, principal)
         except ValueError as exc:
             return error(400, str(exc))
         page, next_id = await asyncio.to_thread(self.log.search, f, limit, before)
@@ -178,19 +178,19 @@ class ApiApp:
             {"messages": page, "next": encode_cursor(next_id) if next_id is not None else None}, headers=NO_STORE
         )
 
-    async def _visible(self, request: web.Request) -> dict[str, Any] | None:
+    async def _visible(self, request: web.Request, principal: ApiPrincipalView) -> dict[str, Any] | None:
         """The message's story if this token may see it, else ``None`` (a 404 either way)."""
         queue_id = request.match_info["queue_id"]
         story = await asyncio.to_thread(self.log.message, queue_id)
         if story is None:
             return None
-        credential = principal_of(request).credential
+        credential = principal.credential
         if credential is not None and story.get("credential") != credential:
             return None
         return story
 
-    async def show(self, request: web.Request) -> web.Response:
-        story = await self._visible(request)
+    async def show(self, request: web.Request, principal: ApiPrincipalView) -> web.Response:
+        story = await self._visible(request, principal)
         if story is None:
             return error(404, "no such message")
         spooled = await asyncio.to_thread(self.spool.show, story["queue_id"])
@@ -201,8 +201,8 @@ class ApiApp:
             story["raw_url"] = f"/api/v1/messages/{story['queue_id']}/raw"
         return web.json_response(story, headers=NO_STORE, dumps=_dumps)
 
-    async def raw(self, request: web.Request) -> web.Response:
-        story = await self._visible(request)
+    async def raw(self, request: web.Request, principal: ApiPrincipalView) -> web.Response:
+        story = await self._visible(request, principal)
         spooled = await asyncio.to_thread(self.spool.show, story["queue_id"]) if story else None
         if spooled is None:
             return error(404, "no such message in the queue (the raw message is kept only while it is spooled)")
@@ -216,9 +216,9 @@ def _dumps(obj: Any) -> str:
 def build_api_app(tokens: ApiTokenVerifier, log_: MessageLog, spool: Spool, metrics: Metrics) -> web.Application:
     """The ``/api/v1`` routes on their ports, with JSON errors, bearer tokens and a body limit."""
     a = ApiApp(tokens, log_, spool, metrics)
-    app = web.Application(middlewares=[a.json_errors, a.authenticate], client_max_size=MAX_BODY)
-    app.router.add_get("/api/v1/openapi.json", a.openapi, name="openapi")
-    app.router.add_get("/api/v1/messages", a.search, name="messages")
-    app.router.add_get("/api/v1/messages/{queue_id}", a.show, name="message")
-    app.router.add_get("/api/v1/messages/{queue_id}/raw", a.raw, name="message_raw")
+    app = web.Application(middlewares=[a.json_errors], client_max_size=MAX_BODY)
+    app.router.add_get("/api/v1/openapi.json", a.openapi, name="openapi")  # public: it describes, holds no data
+    app.router.add_get("/api/v1/messages", a.authed(a.search), name="messages")
+    app.router.add_get("/api/v1/messages/{queue_id}", a.authed(a.show), name="message")
+    app.router.add_get("/api/v1/messages/{queue_id}/raw", a.authed(a.raw), name="message_raw")
     return app

@@ -1,0 +1,264 @@
+"""The management API and its CLI twins, end to end: mail sent over real SMTP by two tenants, a real
+gateway (ingress, delivery into a maildir, the API on an ephemeral port), real SQLite files, and
+every JSON answer checked against the OpenAPI document the API serves."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiosmtplib
+from click.testing import CliRunner
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate as validate_spec
+
+from pipeline.accounts.api_tokens import ApiTokenStore
+from pipeline.app.cli import main
+from pipeline.app.gateway import Gateway
+from pipeline.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TOML = """
+[gateway]
+hostname = "gw.test"
+data_dir = "{data}"
+[[listeners]]
+name = "plain"
+port = 0
+tls = "none"
+require_tls = false
+[chain]
+plugins = ["header_validation", "campaign_tag"]
+[spool]
+workers = 0
+retry_min = 0.05
+poll_interval = 0.05
+[egress]
+type = "maildir"
+[api]
+listen_port = 0
+[limits]
+shutdown_grace = 2.0
+[[credentials]]
+name = "shop"
+username = "shop"
+secret = "pw-shop"
+[[credentials]]
+name = "club"
+username = "club"
+secret = "pw-club"
+"""
+
+
+def mail(sender: str, to: str, subject: str, msgid: str, campaign: str) -> bytes:
+    return (
+        f"Message-Id: <{msgid}>\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\nFrom: <{sender}>\r\nTo: <{to}>\r\n"
+        f"Subject: {subject}\r\nX-Campaign-Id: {campaign}\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\nHello\r\n"
+    ).encode()
+
+
+def cli(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+class Checked:
+    """An HTTP client for the API that validates every JSON answer against the served OpenAPI document."""
+
+    def __init__(self, http: aiohttp.ClientSession, base: str, doc: dict[str, Any]) -> None:
+        self.http, self.base, self.doc = http, base, doc
+        self.checked: set[tuple[str, str]] = set()
+
+    def _schema(self, template: str, status: int) -> dict[str, Any]:
+        responses = self.doc["paths"][template]["get"]["responses"]
+        assert str(status) in responses, f"{template}: status {status} is not in the OpenAPI document"
+        return dict(responses[str(status)]["content"]["application/json"]["schema"])
+
+    async def get(self, path: str, template: str, bearer: str | None, **params: str) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+        async with self.http.get(self.base + path, params=params, headers=headers) as r:
+            assert r.content_type == "application/json", (path, r.status, r.content_type)
+            body = await r.json()
+        schema = {**self._schema(template, r.status), "components": self.doc["components"]}
+        errors = [e.message for e in Draft202012Validator(schema).iter_errors(body)]
+        assert errors == [], f"{path} {r.status}: {errors}"
+        self.checked.add((template, str(r.status)))
+        return r.status, body
+
+
+async def wait_for(pred: Any, timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not pred():
+            await asyncio.sleep(0.05)
+
+
+def test_api_tokens_cli_prints_the_token_alone_and_stores_only_its_hash(tmp_path: Path) -> None:
+    conf = tmp_path / "smtpgate.toml"
+    conf.write_text(TOML.format(data=tmp_path / "data"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "pipeline.app.cli", "api-tokens", "add", "ops", "--credential", "shop",
+                        "--config", str(conf)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip()
+    assert r.stdout == token + "\n" and token.startswith("sgt_")
+    assert "shown only now" in r.stderr and token not in r.stderr
+    raw = (tmp_path / "data" / "credentials.db").read_bytes()
+    assert token.encode() not in raw and token.split("_")[-1].encode() not in raw
+    store = ApiTokenStore(tmp_path / "data" / "credentials.db")
+    try:
+        principal = store.verify(token)
+        assert principal is not None and (principal.name, principal.credential) == ("ops", "shop")
+        assert store.verify(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+    finally:
+        store.close()
+    listed = cli("api-tokens", "list", "--config", str(conf))
+    assert "ops" in listed.output and "shop" in listed.output and token not in listed.output
+    assert cli("api-tokens", "add", "x", "--credential", "nobody", "--config", str(conf)).exit_code == 1
+    assert cli("api-tokens", "add", "ops", "--config", str(conf)).exit_code == 1  # duplicate name
+    assert cli("api-tokens", "revoke", "ops", "--config", str(conf)).exit_code == 0
+    store = ApiTokenStore(tmp_path / "data" / "credentials.db")
+    try:
+        assert store.verify(token) is None
+    finally:
+        store.close()
+    assert cli("api-tokens", "revoke", "ops", "--config", str(conf)).exit_code == 1
+
+
+async def test_message_log_over_the_api_and_the_cli_two_tenants(tmp_path: Path) -> None:
+    conf = tmp_path / "smtpgate.toml"
+    conf.write_text(TOML.format(data=tmp_path / "data"))
+    tokens = {name: cli("api-tokens", "add", name, *(["--credential", cred] if cred else []), "--config", str(conf))
+              .stdout.strip() for name, cred in (("admin", None), ("shop", "shop"), ("club", "club"))}
+    config = load_config(str(conf))
+    gw = Gateway(config)
+    ingress = gw.ingress_service()
+    api = gw.api_service(port=0)
+    gw.services = [ingress, api]  # no delivery yet: the messages stay spooled
+    await gw.start()
+    try:
+        port = ingress.port("plain")
+        for user, pw, sender, to, subject, msgid, camp in (
+            ("shop", "pw-shop", "news@shop.example", "x@example.net", "Spring sale", "s1@shop.example", "spring"),
+            ("club", "pw-club", "info@club.example", "y@example.net", "Club night", "c1@club.example", "spring"),
+        ):
+            await aiosmtplib.send(mail(sender, to, subject, msgid, camp), sender=sender, recipients=[to],
+                                  hostname="127.0.0.1", port=port, username=user, password=pw,
+                                  start_tls=False, use_tls=False)
+        await wait_for(lambda: len(gw.events.events(type="accepted")) == 2)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(api.url + "/api/v1/openapi.json") as r:
+                doc = await r.json()
+            validate_spec(doc)
+            c = Checked(http, api.url, doc)
+            msgs = "/api/v1/messages"
+
+            # while spooled: the story says so and the raw message is there
+            status, page = await c.get(msgs, msgs, tokens["admin"], recipient="X@Example.net")
+            assert status == 200 and page["next"] is None
+            [shop_msg] = page["messages"]
+            qid = shop_msg["queue_id"]
+            assert shop_msg["mail_from"] == "news@shop.example" and shop_msg["credential"] == "shop"
+            assert shop_msg["recipients"] == [{"address": "x@example.net", "state": "queued",
+                                               "updated_at": shop_msg["recipients"][0]["updated_at"]}]
+            status, story = await c.get(f"{msgs}/{qid}", msgs + "/{queue_id}", tokens["shop"])
+            assert status == 200 and story["spooled"] is True and story["queue"][0]["recipient"] == "x@example.net"
+            async with http.get(api.url + story["raw_url"], headers={"Authorization": f"Bearer {tokens['shop']}"}) as r:
+                assert r.status == 200 and b"Subject: Spring sale" in await r.read()
+            async with http.get(api.url + story["raw_url"], headers={"Authorization": f"Bearer {tokens['club']}"}) as r:
+                assert r.status == 404 and (await r.json())["error"]
+
+            delivery = gw.delivery_service(workers=0)
+            await delivery.start()
+            gw.services.append(delivery)
+            await wait_for(lambda: len(gw.events.events(type="delivered")) == 2)
+
+            # the acceptance check: found by recipient, the story shows accepted, the trace and delivered
+            status, page = await c.get(msgs, msgs, tokens["admin"], recipient="x@example.net")
+            assert [m["queue_id"] for m in page["messages"]] == [qid]
+            assert page["messages"][0]["recipients"][0]["state"] == "delivered"
+            status, story = await c.get(f"{msgs}/{qid}", msgs + "/{queue_id}", tokens["admin"])
+            assert [e["type"] for e in story["events"]] == ["accepted", "delivered"]
+            assert story["events"][1]["relay"] and story["events"][1]["dsn"].startswith("2.")
+            assert story["spooled"] is False and "raw_url" not in story
+            assert story["client_ip"] == "127.0.0.1" and story["tls"] is False and story["size"] > 0
+            assert ["Subject", "Spring sale"] in story["headers"]
+            assert any(t["plugin"] == "header_validation" for t in story["trace"])
+            assert story["message_id"] == "s1@shop.example" and story["campaign_id"] == "spring"
+
+            # every filter finds the shop's message and only it
+            for key, value in (("sender", "NEWS@shop.example"), ("message_id", "<s1@shop.example>"),
+                               ("queue_id", qid), ("credential", "shop"), ("state", "delivered"),
+                               ("since", "2000-01-01"), ("until", "2999-01-01")):
+                status, page = await c.get(msgs, msgs, tokens["shop"], **{key: value})
+                assert [m["queue_id"] for m in page["messages"]] == [qid], key
+            status, page = await c.get(msgs, msgs, tokens["admin"], until="2000-01-01")
+            assert page["messages"] == []
+            status, page = await c.get(msgs, msgs, tokens["admin"], campaign="spring", limit="1")
+            assert len(page["messages"]) == 1 and page["next"]
+            first = page["messages"][0]["queue_id"]
+            status, page2 = await c.get(msgs, msgs, tokens["admin"], campaign="spring", limit="1", cursor=page["next"])
+            assert len(page2["messages"]) == 1 and page2["next"] is None and page2["messages"][0]["queue_id"] != first
+            club_qid = page2["messages"][0]["queue_id"] if first == qid else first
+
+            # tenants: each sees its own messages only; the other's is a 404, not a 403
+            for mine, other, my_qid, other_qid in (("shop", "club", qid, club_qid), ("club", "shop", club_qid, qid)):
+                status, page = await c.get(msgs, msgs, tokens[mine])
+                assert [m["queue_id"] for m in page["messages"]] == [my_qid]
+                status, page = await c.get(msgs, msgs, tokens[mine], credential=other)
+                assert page["messages"] == []
+                status, page = await c.get(msgs, msgs, tokens[mine], queue_id=other_qid)
+                assert page["messages"] == []
+                status, body = await c.get(f"{msgs}/{other_qid}", msgs + "/{queue_id}", tokens[mine])
+                assert status == 404
+            status, body = await c.get(f"{msgs}/nope", msgs + "/{queue_id}", tokens["admin"])
+            assert status == 404
+
+            # bad requests are JSON 400s
+            for params in ({"state": "lost"}, {"limit": "0"}, {"limit": "x"}, {"recipients": "x@example.net"},
+                           {"cursor": "!!"}, {"since": "yesterday"}):
+                status, body = await c.get(msgs, msgs, tokens["admin"], **params)
+                assert status == 400, params
+
+            # tokens: only in the Authorization header; a wrong or revoked one is a 401
+            status, body = await c.get(msgs, msgs, None, token=tokens["admin"])
+            assert status == 401
+            status, body = await c.get(msgs, msgs, tokens["admin"] + "x")
+            assert status == 401
+            assert cli("api-tokens", "revoke", "club", "--config", str(conf)).exit_code == 0
+            status, body = await c.get(msgs, msgs, tokens["club"])
+            assert status == 401
+
+            # the CLI twins tell the same story
+            found = cli("messages", "search", "--recipient", "x@example.net", "--config", str(conf))
+            assert found.exit_code == 0 and qid in found.stdout and club_qid not in found.stdout
+            shown = cli("messages", "show", qid, "--config", str(conf))
+            assert shown.exit_code == 0
+            assert " accepted " in shown.stdout and " delivered " in shown.stdout and "header_validation" in shown.stdout
+            assert cli("messages", "show", "nope", "--config", str(conf)).exit_code == 1
+
+            # a client that keeps failing is throttled (after the checks above: it blocks 127.0.0.1)
+            statuses = [(await c.get(msgs, msgs, "sgt_bad_token"))[0] for _ in range(12)]
+            assert statuses[-1] == 429 and set(statuses) <= {401, 429}
+            assert {("/api/v1/messages", "200"), ("/api/v1/messages", "400"), ("/api/v1/messages", "401"),
+                    ("/api/v1/messages", "429"), ("/api/v1/messages/{queue_id}", "200"),
+                    ("/api/v1/messages/{queue_id}", "404")} <= c.checked
+    finally:
+        await gw.stop(2.0)
+
+
+def test_serve_starts_the_api_on_its_own_listener(tmp_path: Path) -> None:
+    config = load_config(None)
+    assert (config.api.listen_address, config.api.listen_port) == ("127.0.0.1", 8081)
+    assert config.api.listen_port != config.tracking.listen_port
+    gw = Gateway(config.model_copy(update={"gateway": config.gateway.model_copy(update={"data_dir": tmp_path})}))
+    gw.build_services(workers=1)
+    try:
+        assert [s.name for s in gw.services].count("api") == 1
+    finally:
+        asyncio.run(gw.stop(0))
