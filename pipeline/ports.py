@@ -234,3 +234,31 @@ class ApiTokenVerifier(Protocol):
     """Checks a management API bearer token (only hashes are stored)."""
 
     def verify(self, token: str) -> ApiPrincipalView | None: ...
+
+
+class SuppressionEntry(Protocol):
+    """One stoplist row: ``scope`` is a credential's name, or ``""`` for every credential."""
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def scope(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def time(self) -> float: ...
+
+
+class SuppressionAdmin(Protocol):
+    """The stoplist as an operator manages it (the management API, the CLI)."""
+
+    def suppress(self, address: str, scope: str = "", reason: str = "manual") -> bool:
+        """Add; ``False`` when the address was already in that scope."""
+        ...
+
+    def unsuppress(self, address: str, scope: str | None = None) -> int: ...
+
+    def suppressions(self, scope: str | None = None) -> Sequence[SuppressionEntry]: ...

@@ -75,21 +75,31 @@ class Checked:
         self.http, self.base, self.doc = http, base, doc
         self.checked: set[tuple[str, str]] = set()
 
-    def _schema(self, template: str, status: int) -> dict[str, Any]:
-        responses = self.doc["paths"][template]["get"]["responses"]
-        assert str(status) in responses, f"{template}: status {status} is not in the OpenAPI document"
+    def _schema(self, method: str, template: str, status: int) -> dict[str, Any]:
+        responses = self.doc["paths"][template][method]["responses"]
+        assert str(status) in responses, f"{method} {template}: status {status} is not in the OpenAPI document"
         return dict(responses[str(status)]["content"]["application/json"]["schema"])
 
-    async def get(self, path: str, template: str, bearer: str | None, **params: str) -> tuple[int, Any]:
+    async def call(self, method: str, path: str, template: str, bearer: str | None, *, body: Any = None,
+                   data: bytes | None = None, **params: str) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
-        async with self.http.get(self.base + path, params=params, headers=headers) as r:
+        async with self.http.request(method, self.base + path, params=params, headers=headers, json=body,
+                                     data=data) as r:
+            if r.status == 204:
+                assert await r.read() == b""
+                self.checked.add((method, template, "204"))
+                assert "204" in self.doc["paths"][template][method.lower()]["responses"]
+                return r.status, None
             assert r.content_type == "application/json", (path, r.status, r.content_type)
-            body = await r.json()
-        schema = {**self._schema(template, r.status), "components": self.doc["components"]}
-        errors = [e.message for e in Draft202012Validator(schema).iter_errors(body)]
-        assert errors == [], f"{path} {r.status}: {errors}"
-        self.checked.add((template, str(r.status)))
-        return r.status, body
+            got = await r.json()
+        schema = {**self._schema(method.lower(), template, r.status), "components": self.doc["components"]}
+        errors = [e.message for e in Draft202012Validator(schema).iter_errors(got)]
+        assert errors == [], f"{method} {path} {r.status}: {errors}"
+        self.checked.add((method, template, str(r.status)))
+        return r.status, got
+
+    async def get(self, path: str, template: str, bearer: str | None, **params: str) -> tuple[int, Any]:
+        return await self.call("GET", path, template, bearer, **params)
 
 
 async def wait_for(pred: Any, timeout: float = 20.0) -> None:
@@ -245,9 +255,10 @@ async def test_message_log_over_the_api_and_the_cli_two_tenants(tmp_path: Path) 
             # a client that keeps failing is throttled (after the checks above: it blocks 127.0.0.1)
             statuses = [(await c.get(msgs, msgs, "sgt_bad_token"))[0] for _ in range(12)]
             assert statuses[-1] == 429 and set(statuses) <= {401, 429}
-            assert {("/api/v1/messages", "200"), ("/api/v1/messages", "400"), ("/api/v1/messages", "401"),
-                    ("/api/v1/messages", "429"), ("/api/v1/messages/{queue_id}", "200"),
-                    ("/api/v1/messages/{queue_id}", "404")} <= c.checked
+            assert {("GET", "/api/v1/messages", "200"), ("GET", "/api/v1/messages", "400"),
+                    ("GET", "/api/v1/messages", "401"), ("GET", "/api/v1/messages", "429"),
+                    ("GET", "/api/v1/messages/{queue_id}", "200"), ("GET", "/api/v1/messages/{queue_id}", "404")
+                    } <= c.checked
     finally:
         await gw.stop(2.0)
 

@@ -21,9 +21,20 @@ from typing import Any
 from aiohttp import web
 
 from pipeline.api.openapi import openapi_document
-from pipeline.contract.vocabulary import RecipientState
+from pipeline.api.suppressions import SuppressionHandlers
+from pipeline.contract.context import Event
+from pipeline.contract.vocabulary import EventType, RecipientState
 from pipeline.events.stats import parse_date
-from pipeline.ports import ApiPrincipalView, ApiTokenVerifier, MessageFilter, MessageLog, Metrics, Spool
+from pipeline.ports import (
+    ApiPrincipalView,
+    ApiTokenVerifier,
+    EventSink,
+    MessageFilter,
+    MessageLog,
+    Metrics,
+    Spool,
+    SuppressionAdmin,
+)
 
 log = logging.getLogger("smtpgate.api")
 
@@ -86,12 +97,15 @@ class FailureThrottle:
 
 
 class ApiApp:
-    """Handlers bound to their ports: token verifier, message log, spool (raw bytes while queued)."""
+    """Handlers bound to their ports: token verifier, message log, spool (raw bytes while queued,
+    queue actions), the event sink (a message deleted from the queue is an event), counters."""
 
-    def __init__(self, tokens: ApiTokenVerifier, log_: MessageLog, spool: Spool, metrics: Metrics) -> None:
+    def __init__(self, tokens: ApiTokenVerifier, log_: MessageLog, spool: Spool, events: EventSink,
+                 metrics: Metrics) -> None:
         self.tokens = tokens
         self.log = log_
         self.spool = spool
+        self.events = events
         self.metrics = metrics
         self.throttle = FailureThrottle()
 
@@ -209,16 +223,56 @@ class ApiApp:
         return web.Response(body=spooled["data"], content_type="message/rfc822", headers=NO_STORE)
 
 
+    async def retry(self, request: web.Request, principal: ApiPrincipalView) -> web.Response:
+        """Make the message's waiting copies due now (``smtpgate queue retry``)."""
+        story = await self._visible(request, principal)
+        if story is None or await asyncio.to_thread(self.spool.show, story["queue_id"]) is None:
+            return error(404, "no such message in the queue")
+        due = await asyncio.to_thread(self.spool.retry, story["queue_id"])
+        return web.json_response({"queue_id": story["queue_id"], "due_now": due}, headers=NO_STORE)
+
+    async def delete(self, request: web.Request, principal: ApiPrincipalView) -> web.Response:
+        """Remove a message from the queue; each copy still waiting becomes a ``discarded`` event, so
+        the log and the statistics say what became of it. A copy in a delivery attempt is a 409."""
+        story = await self._visible(request, principal)
+        spooled = await asyncio.to_thread(self.spool.show, story["queue_id"]) if story else None
+        if story is None or spooled is None:
+            return error(404, "no such message in the queue")
+        if any(r["state"] == RecipientState.PROCESSING for r in spooled["recipients"]):
+            return error(409, "a copy is being delivered right now; try again in a moment")
+        waiting = [r["recipient"] for r in spooled["recipients"]
+                   if r["state"] in (RecipientState.QUEUED, RecipientState.DEFERRED)]
+        if not await asyncio.to_thread(self.spool.delete, story["queue_id"]):
+            return error(404, "no such message in the queue")
+        reason = f"deleted from the queue by API token {principal.name!r}"
+        log.info("%s: %s", story["queue_id"], reason)
+        for rcpt in waiting:
+            await self.events.emit(Event(EventType.DISCARDED, queue_id=story["queue_id"], recipient=rcpt,
+                                         credential=story.get("credential"), campaign_id=story.get("campaign_id"),
+                                         letter_id=story.get("letter_id"), data={"reason": reason}))
+        return web.json_response({"queue_id": story["queue_id"], "discarded": waiting}, headers=NO_STORE)
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=str)
 
 
-def build_api_app(tokens: ApiTokenVerifier, log_: MessageLog, spool: Spool, metrics: Metrics) -> web.Application:
+def build_api_app(
+    tokens: ApiTokenVerifier, log_: MessageLog, spool: Spool, events: EventSink, suppressions: SuppressionAdmin,
+    metrics: Metrics,
+) -> web.Application:
     """The ``/api/v1`` routes on their ports, with JSON errors, bearer tokens and a body limit."""
-    a = ApiApp(tokens, log_, spool, metrics)
+    a = ApiApp(tokens, log_, spool, events, metrics)
+    s = SuppressionHandlers(suppressions)
     app = web.Application(middlewares=[a.json_errors], client_max_size=MAX_BODY)
     app.router.add_get("/api/v1/openapi.json", a.openapi, name="openapi")  # public: it describes, holds no data
     app.router.add_get("/api/v1/messages", a.authed(a.search), name="messages")
     app.router.add_get("/api/v1/messages/{queue_id}", a.authed(a.show), name="message")
     app.router.add_get("/api/v1/messages/{queue_id}/raw", a.authed(a.raw), name="message_raw")
+    app.router.add_delete("/api/v1/messages/{queue_id}", a.authed(a.delete), name="message_delete")
+    app.router.add_post("/api/v1/messages/{queue_id}/retry", a.authed(a.retry), name="message_retry")
+    app.router.add_get("/api/v1/suppressions", a.authed(s.list), name="suppressions")
+    app.router.add_post("/api/v1/suppressions", a.authed(s.add), name="suppression_add")
+    app.router.add_get("/api/v1/suppressions.csv", a.authed(s.csv), name="suppressions_csv")
+    app.router.add_delete("/api/v1/suppressions/{address}", a.authed(s.remove), name="suppression_remove")
     return app

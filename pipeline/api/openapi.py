@@ -19,6 +19,10 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
 def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
 
@@ -64,6 +68,8 @@ def openapi_document() -> dict[str, Any]:
     params.append({"name": "limit", "in": "query", "required": False,
                    "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}})
     queue_id = {"name": "queue_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    credential = {"name": "credential", "in": "query", "required": False, "schema": {"type": "string"},
+                  "description": "The credential's scope (an administrator's choice; a tenant has only its own)."}
     unauthorized = _error("No valid bearer token (`Authorization: Bearer sgt_...`).")
     throttled = _error("Too many failed tokens from this address; see Retry-After.")
     return {
@@ -94,6 +100,64 @@ def openapi_document() -> dict[str, Any]:
                     "401": unauthorized, "404": _error("No such message (or not this token's credential)."),
                     "429": throttled,
                 },
+            }, "delete": {
+                "operationId": "deleteMessage",
+                "summary": "Remove a message from the queue; each waiting copy becomes a `discarded` event.",
+                "parameters": [queue_id],
+                "responses": {
+                    "200": _json("Deleted", "DeleteResult"),
+                    "401": unauthorized, "404": _error("Not in the queue (or not this token's credential)."),
+                    "409": _error("A copy is in a delivery attempt right now."), "429": throttled,
+                },
+            }},
+            "/api/v1/messages/{queue_id}/retry": {"post": {
+                "operationId": "retryMessage",
+                "summary": "Make the message's waiting copies due now.",
+                "parameters": [queue_id],
+                "responses": {
+                    "200": _json("Copies made due", "RetryResult"),
+                    "401": unauthorized, "404": _error("Not in the queue (or not this token's credential)."),
+                    "429": throttled,
+                },
+            }},
+            "/api/v1/suppressions": {
+                "get": {
+                    "operationId": "listSuppressions",
+                    "summary": "The stoplist: an administrator's every scope (or `credential`), a tenant's own.",
+                    "parameters": [credential],
+                    "responses": {"200": _json("Suppressed addresses", "SuppressionList"),
+                                  "400": _error("Unknown parameter."), "401": unauthorized,
+                                  "404": _error("Not this token's credential."), "429": throttled},
+                },
+                "post": {
+                    "operationId": "addSuppression",
+                    "summary": "Suppress an address (a tenant: for its credential; an administrator: for "
+                               "`credential`, else for every credential).",
+                    "requestBody": {"required": True,
+                                    "content": {"application/json": {"schema": _ref("SuppressionAdd")}}},
+                    "responses": {"201": _json("Added", "SuppressionAdded"),
+                                  "200": _json("Already suppressed", "SuppressionAdded"),
+                                  "400": _error("Not JSON, not an address, bad reason."), "401": unauthorized,
+                                  "404": _error("Not this token's credential."),
+                                  "413": _error("Body over 64 KiB."), "429": throttled},
+                },
+            },
+            "/api/v1/suppressions.csv": {"get": {
+                "operationId": "exportSuppressions",
+                "summary": "The same list as CSV (address, credential, reason, suppressed_at).",
+                "parameters": [credential],
+                "responses": {"200": {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}},
+                              "400": _error("Unknown parameter."), "401": unauthorized,
+                              "404": _error("Not this token's credential."), "429": throttled},
+            }},
+            "/api/v1/suppressions/{address}": {"delete": {
+                "operationId": "removeSuppression",
+                "summary": "Remove an address from one scope (`credential`; an administrator without it: global).",
+                "parameters": [{"name": "address", "in": "path", "required": True, "schema": {"type": "string"}},
+                               credential],
+                "responses": {"204": {"description": "Removed"}, "400": _error("Unknown parameter."),
+                              "401": unauthorized, "404": _error("Not suppressed in that scope."),
+                              "429": throttled},
             }},
             "/api/v1/messages/{queue_id}/raw": {"get": {
                 "operationId": "getRawMessage",
@@ -157,6 +221,32 @@ def openapi_document() -> dict[str, Any]:
                     "properties": {"recipient": {"type": "string"}, "state": {"type": "string"},
                                    "attempts": {"type": "integer"}, "next_attempt": {"type": ["number", "null"]},
                                    "last_reply": _NULLABLE_STR},
+                },
+                "RetryResult": {"type": "object", "required": ["queue_id", "due_now"], "additionalProperties": False,
+                                "properties": {"queue_id": {"type": "string"}, "due_now": {"type": "integer"}}},
+                "DeleteResult": {
+                    "type": "object", "required": ["queue_id", "discarded"], "additionalProperties": False,
+                    "properties": {"queue_id": {"type": "string"},
+                                   "discarded": {"type": "array", "items": {"type": "string"}}},
+                },
+                "Suppression": {
+                    "type": "object", "required": ["address", "credential", "reason", "time"],
+                    "additionalProperties": False,
+                    "properties": {"address": {"type": "string"}, "credential": _NULLABLE_STR,
+                                   "reason": {"type": "string"}, "time": {"type": "number"}},
+                },
+                "SuppressionList": {"type": "object", "required": ["suppressions"], "additionalProperties": False,
+                                    "properties": {"suppressions": {"type": "array", "items": _ref("Suppression")}}},
+                "SuppressionAdd": {
+                    "type": "object", "required": ["address"], "additionalProperties": False,
+                    "properties": {"address": {"type": "string"}, "reason": {"type": "string", "maxLength": 200},
+                                   "credential": {"type": "string"}},
+                },
+                "SuppressionAdded": {
+                    "type": "object", "required": ["address", "credential", "reason", "added"],
+                    "additionalProperties": False,
+                    "properties": {"address": {"type": "string"}, "credential": _NULLABLE_STR,
+                                   "reason": {"type": "string"}, "added": {"type": "boolean"}},
                 },
                 "MessageStory": {
                     "type": "object", "additionalProperties": False,

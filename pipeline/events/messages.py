@@ -125,8 +125,12 @@ class SqliteMessageLog:
         if f.recipient:
             where.append("m.queue_id IN (SELECT queue_id FROM message_recipients WHERE recipient = ?)")
             args.append(_norm(f.recipient))
+        # With a near-unique filter, "+" keeps SQLite from walking a tenant's whole credential index instead
+        # (without ANALYZE statistics it cannot know that a recipient or Message-Id is the rarer one).
+        narrow = bool(f.recipient or f.message_id or f.queue_id)
+        cred_col = "+m.credential" if narrow else "m.credential"
         for col, val in (("m.sender", _norm(f.sender) if f.sender else None), ("m.message_id", _message_id(f.message_id)),
-                         ("m.queue_id", f.queue_id), ("m.campaign_id", f.campaign), ("m.credential", f.credential)):
+                         ("m.queue_id", f.queue_id), ("m.campaign_id", f.campaign), (cred_col, f.credential)):
             if val:
                 where.append(f"{col} = ?")
                 args.append(val)
