@@ -273,3 +273,92 @@ def test_serve_starts_the_api_on_its_own_listener(tmp_path: Path) -> None:
         assert [s.name for s in gw.services].count("api") == 1
     finally:
         asyncio.run(gw.stop(0))
+
+
+async def test_suppressions_and_queue_actions_are_tenant_scoped(tmp_path: Path) -> None:
+    conf = tmp_path / "smtpgate.toml"
+    conf.write_text(TOML.format(data=tmp_path / "data"))
+    tokens = {name: cli("api-tokens", "add", name, *(["--credential", cred] if cred else []), "--config", str(conf))
+              .stdout.strip() for name, cred in (("admin", None), ("shop", "shop"), ("club", "club"))}
+    gw = Gateway(load_config(str(conf)))
+    ingress = gw.ingress_service()
+    api = gw.api_service(port=0)
+    gw.services = [ingress, api]  # no delivery: messages stay in the queue for the queue actions
+    await gw.start()
+    try:
+        sup, one = "/api/v1/suppressions", "/api/v1/suppressions/{address}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(api.url + "/api/v1/openapi.json") as r:
+                c = Checked(http, api.url, await r.json())
+
+            # each tenant adds to its own scope; the administrator adds globally or for a credential
+            status, added = await c.call("POST", sup, sup, tokens["shop"], body={"address": "Gone@Example.net"})
+            assert status == 201 and added == {"address": "gone@example.net", "credential": "shop",
+                                               "reason": "manual", "added": True}
+            status, again = await c.call("POST", sup, sup, tokens["shop"], body={"address": "gone@example.net"})
+            assert status == 200 and again["added"] is False
+            status, _ = await c.call("POST", sup, sup, tokens["club"], body={"address": "=cmd@example.net",
+                                                                             "reason": "asked by phone"})
+            assert status == 201
+            status, _ = await c.call("POST", sup, sup, tokens["admin"], body={"address": "all@example.net"})
+            assert status == 201 and gw.events.is_suppressed("all@example.net", "club")
+            assert gw.events.is_suppressed("gone@example.net", "shop")
+            assert not gw.events.is_suppressed("gone@example.net", "club")
+            status, _ = await c.call("POST", sup, sup, tokens["club"], body={"address": "x@example.net",
+                                                                             "credential": "shop"})
+            assert status == 404  # another tenant's scope
+            for bad in ({"address": "not an address"}, {"address": "a@b.c", "extra": 1}, {"address": "a@b.c",
+                        "reason": "x" * 201}, ["a@b.c"]):
+                status, _ = await c.call("POST", sup, sup, tokens["shop"], body=bad)
+                assert status == 400, bad
+            status, _ = await c.call("POST", sup, sup, tokens["shop"], data=b"{" + b" " * 70000 + b"}")
+            assert status == 413  # the body limit
+
+            status, listed = await c.get(sup, sup, tokens["shop"])
+            assert [s["address"] for s in listed["suppressions"]] == ["gone@example.net"]
+            status, _ = await c.get(sup, sup, tokens["shop"], credential="club")
+            assert status == 404
+            status, listed = await c.get(sup, sup, tokens["admin"])
+            assert {(s["address"], s["credential"]) for s in listed["suppressions"]} == {
+                ("gone@example.net", "shop"), ("=cmd@example.net", "club"), ("all@example.net", None)}
+            async with http.get(api.url + "/api/v1/suppressions.csv",
+                                headers={"Authorization": f"Bearer {tokens['club']}"}) as r:
+                assert r.status == 200 and r.content_type == "text/csv"
+                rows = (await r.text()).splitlines()
+            assert rows[0] == "address,credential,reason,suppressed_at"
+            assert rows[1].startswith("'=cmd@example.net,club,asked by phone,") and len(rows) == 2
+
+            status, _ = await c.call("DELETE", "/api/v1/suppressions/gone@example.net", one, tokens["club"])
+            assert status == 404 and gw.events.is_suppressed("gone@example.net", "shop")
+            status, _ = await c.call("DELETE", "/api/v1/suppressions/gone@example.net", one, tokens["shop"])
+            assert status == 204 and not gw.events.is_suppressed("gone@example.net", "shop")
+            status, _ = await c.call("DELETE", "/api/v1/suppressions/all@example.net", one, tokens["shop"])
+            assert status == 404  # the global list is the administrator's
+            status, _ = await c.call("DELETE", "/api/v1/suppressions/all@example.net", one, tokens["admin"])
+            assert status == 204
+
+            # queue actions on a message still spooled
+            port = ingress.port("plain")
+            await aiosmtplib.send(mail("news@shop.example", "q@example.net", "Queued", "q1@shop.example", "spring"),
+                                  sender="news@shop.example", recipients=["q@example.net"], hostname="127.0.0.1",
+                                  port=port, username="shop", password="pw-shop", start_tls=False, use_tls=False)
+            await wait_for(lambda: len(gw.events.events(type="accepted")) == 1)
+            qid = gw.events.events(type="accepted")[0].event.queue_id
+            assert qid is not None
+            msg, retry = "/api/v1/messages/{queue_id}", "/api/v1/messages/{queue_id}/retry"
+            for verb, path, template in (("POST", f"/api/v1/messages/{qid}/retry", retry),
+                                         ("DELETE", f"/api/v1/messages/{qid}", msg)):
+                status, _ = await c.call(verb, path, template, tokens["club"])
+                assert status == 404, verb
+            status, body = await c.call("POST", f"/api/v1/messages/{qid}/retry", retry, tokens["shop"])
+            assert status == 200 and body["queue_id"] == qid
+            status, body = await c.call("DELETE", f"/api/v1/messages/{qid}", msg, tokens["shop"])
+            assert status == 200 and body == {"queue_id": qid, "discarded": ["q@example.net"]}
+            assert gw.spool.show(qid) is None
+            status, story = await c.get(f"/api/v1/messages/{qid}", msg, tokens["shop"])
+            assert [e["type"] for e in story["events"]] == ["accepted", "discarded"]
+            assert story["recipients"][0]["state"] == "discarded" and "'shop'" in story["events"][1]["reason"]
+            status, _ = await c.call("DELETE", f"/api/v1/messages/{qid}", msg, tokens["shop"])
+            assert status == 404
+    finally:
+        await gw.stop(2.0)
