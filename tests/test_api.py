@@ -337,28 +337,46 @@ async def test_suppressions_and_queue_actions_are_tenant_scoped(tmp_path: Path) 
             status, _ = await c.call("DELETE", "/api/v1/suppressions/all@example.net", one, tokens["admin"])
             assert status == 204
 
-            # queue actions on a message still spooled
+            # queue actions on messages still spooled (delivery is not running yet)
             port = ingress.port("plain")
-            await aiosmtplib.send(mail("news@shop.example", "q@example.net", "Queued", "q1@shop.example", "spring"),
-                                  sender="news@shop.example", recipients=["q@example.net"], hostname="127.0.0.1",
-                                  port=port, username="shop", password="pw-shop", start_tls=False, use_tls=False)
-            await wait_for(lambda: len(gw.events.events(type="accepted")) == 1)
-            qid = gw.events.events(type="accepted")[0].event.queue_id
-            assert qid is not None
-            msg, retry = "/api/v1/messages/{queue_id}", "/api/v1/messages/{queue_id}/retry"
-            for verb, path, template in (("POST", f"/api/v1/messages/{qid}/retry", retry),
-                                         ("DELETE", f"/api/v1/messages/{qid}", msg)):
-                status, _ = await c.call(verb, path, template, tokens["club"])
-                assert status == 404, verb
-            status, body = await c.call("POST", f"/api/v1/messages/{qid}/retry", retry, tokens["shop"])
-            assert status == 200 and body["queue_id"] == qid
-            status, body = await c.call("DELETE", f"/api/v1/messages/{qid}", msg, tokens["shop"])
-            assert status == 200 and body == {"queue_id": qid, "discarded": ["q@example.net"]}
-            assert gw.spool.show(qid) is None
-            status, story = await c.get(f"/api/v1/messages/{qid}", msg, tokens["shop"])
+            for n in (1, 2):
+                await aiosmtplib.send(mail("news@shop.example", f"q{n}@example.net", "Queued", f"q{n}@shop.example",
+                                           "spring"), sender="news@shop.example", recipients=[f"q{n}@example.net"],
+                                      hostname="127.0.0.1", port=port, username="shop", password="pw-shop",
+                                      start_tls=False, use_tls=False)
+            await wait_for(lambda: len(gw.events.events(type="accepted")) == 2)
+            held_qid, gone_qid = (gw.events.events(type="accepted", recipient=f"q{n}@example.net")[0].event.queue_id
+                                  for n in (1, 2))
+            msg = "/api/v1/messages/{queue_id}"
+            for verb, action in (("POST", "/retry"), ("POST", "/hold"), ("POST", "/release"), ("DELETE", "")):
+                status, _ = await c.call(verb, f"/api/v1/messages/{held_qid}{action}", msg + action, tokens["club"])
+                assert status == 404, action  # another tenant's message
+            status, body = await c.call("POST", f"/api/v1/messages/{held_qid}/hold", msg + "/hold", tokens["shop"])
+            assert status == 200 and body == {"queue_id": held_qid, "held": 1}
+            assert [r["state"] for r in gw.spool.show(held_qid)["recipients"]] == ["held"]
+            status, body = await c.call("POST", f"/api/v1/messages/{gone_qid}/retry", msg + "/retry", tokens["shop"])
+            assert status == 200 and body == {"queue_id": gone_qid, "due_now": 1}
+            status, body = await c.call("DELETE", f"/api/v1/messages/{gone_qid}", msg, tokens["shop"])
+            assert status == 200 and body == {"queue_id": gone_qid, "discarded": ["q2@example.net"]}
+            assert gw.spool.show(gone_qid) is None
+            status, story = await c.get(f"/api/v1/messages/{gone_qid}", msg, tokens["shop"])
             assert [e["type"] for e in story["events"]] == ["accepted", "discarded"]
             assert story["recipients"][0]["state"] == "discarded" and "'shop'" in story["events"][1]["reason"]
-            status, _ = await c.call("DELETE", f"/api/v1/messages/{qid}", msg, tokens["shop"])
+            status, _ = await c.call("DELETE", f"/api/v1/messages/{gone_qid}", msg, tokens["shop"])
             assert status == 404
+
+            # a held message is not delivered until it is released
+            delivery = gw.delivery_service(workers=0)
+            await delivery.start()
+            gw.services.append(delivery)
+            await asyncio.sleep(1.0)  # twenty poll intervals
+            assert gw.events.events(type="delivered") == []
+            assert [r["state"] for r in gw.spool.show(held_qid)["recipients"]] == ["held"]
+            status, body = await c.call("POST", f"/api/v1/messages/{held_qid}/release", msg + "/release",
+                                        tokens["admin"])
+            assert status == 200 and body == {"queue_id": held_qid, "released": 1}
+            await wait_for(lambda: len(gw.events.events(type="delivered")) == 1)
+            status, _ = await c.call("POST", f"/api/v1/messages/{held_qid}/hold", msg + "/hold", tokens["shop"])
+            assert status == 404  # delivered: no longer in the queue
     finally:
         await gw.stop(2.0)

@@ -24,6 +24,7 @@ from pipeline.api.openapi import openapi_document
 from pipeline.api.suppressions import SuppressionHandlers
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType, RecipientState
+from pipeline.events.messages import LOG_STATES
 from pipeline.events.stats import parse_date
 from pipeline.ports import (
     ApiPrincipalView,
@@ -43,7 +44,7 @@ FAILURES_ALLOWED = 10  # failed tokens per client address within FAILURE_WINDOW,
 FAILURE_WINDOW = 60.0
 SEARCH_PARAMS = ("recipient", "sender", "message_id", "queue_id", "campaign", "credential", "state", "since",
                  "until", "limit", "cursor")
-STATES = tuple(s.value for s in RecipientState)
+STATES = LOG_STATES
 NO_STORE = {"Cache-Control": "no-store"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -231,6 +232,28 @@ class ApiApp:
         due = await asyncio.to_thread(self.spool.retry, story["queue_id"])
         return web.json_response({"queue_id": story["queue_id"], "due_now": due}, headers=NO_STORE)
 
+    async def hold(self, request: web.Request, principal: ApiPrincipalView) -> web.Response:
+        """Stop the message's waiting copies from being attempted until released (``queue hold``)."""
+        story = await self._visible(request, principal)
+        spooled = await asyncio.to_thread(self.spool.show, story["queue_id"]) if story else None
+        if story is None or spooled is None:
+            return error(404, "no such message in the queue")
+        if any(r["state"] == RecipientState.PROCESSING for r in spooled["recipients"]):
+            return error(409, "a copy is being delivered right now; try again in a moment")
+        held = await asyncio.to_thread(self.spool.hold, story["queue_id"])
+        log.info("%s: %d copies held by API token %r", story["queue_id"], held, principal.name)
+        return web.json_response({"queue_id": story["queue_id"], "held": held}, headers=NO_STORE)
+
+    async def release(self, request: web.Request, principal: ApiPrincipalView) -> web.Response:
+        """Held copies are queued and due now (``queue release``)."""
+        story = await self._visible(request, principal)
+        spooled = await asyncio.to_thread(self.spool.show, story["queue_id"]) if story else None
+        if story is None or spooled is None:
+            return error(404, "no such message in the queue")
+        released = self.spool.unhold(story["queue_id"])  # on the loop: it wakes delivery's loop-bound listener
+        log.info("%s: %d copies released by API token %r", story["queue_id"], released, principal.name)
+        return web.json_response({"queue_id": story["queue_id"], "released": released}, headers=NO_STORE)
+
     async def delete(self, request: web.Request, principal: ApiPrincipalView) -> web.Response:
         """Remove a message from the queue; each copy still waiting becomes a ``discarded`` event, so
         the log and the statistics say what became of it. A copy in a delivery attempt is a 409."""
@@ -241,7 +264,7 @@ class ApiApp:
         if any(r["state"] == RecipientState.PROCESSING for r in spooled["recipients"]):
             return error(409, "a copy is being delivered right now; try again in a moment")
         waiting = [r["recipient"] for r in spooled["recipients"]
-                   if r["state"] in (RecipientState.QUEUED, RecipientState.DEFERRED)]
+                   if r["state"] in (RecipientState.QUEUED, RecipientState.DEFERRED, RecipientState.HELD)]
         if not await asyncio.to_thread(self.spool.delete, story["queue_id"]):
             return error(404, "no such message in the queue")
         reason = f"deleted from the queue by API token {principal.name!r}"
@@ -271,6 +294,8 @@ def build_api_app(
     app.router.add_get("/api/v1/messages/{queue_id}/raw", a.authed(a.raw), name="message_raw")
     app.router.add_delete("/api/v1/messages/{queue_id}", a.authed(a.delete), name="message_delete")
     app.router.add_post("/api/v1/messages/{queue_id}/retry", a.authed(a.retry), name="message_retry")
+    app.router.add_post("/api/v1/messages/{queue_id}/hold", a.authed(a.hold), name="message_hold")
+    app.router.add_post("/api/v1/messages/{queue_id}/release", a.authed(a.release), name="message_release")
     app.router.add_get("/api/v1/suppressions", a.authed(s.list), name="suppressions")
     app.router.add_post("/api/v1/suppressions", a.authed(s.add), name="suppression_add")
     app.router.add_get("/api/v1/suppressions.csv", a.authed(s.csv), name="suppressions_csv")

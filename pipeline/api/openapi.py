@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.contract.vocabulary import RecipientState
+from pipeline.events.messages import LOG_STATES
 
-_STATES = [s.value for s in RecipientState]
+_STATES = list(LOG_STATES)
 _NULLABLE_STR = {"type": ["string", "null"]}
 
 
@@ -120,6 +120,26 @@ def openapi_document() -> dict[str, Any]:
                     "429": throttled,
                 },
             }},
+            "/api/v1/messages/{queue_id}/hold": {"post": {
+                "operationId": "holdMessage",
+                "summary": "Stop the waiting copies from being attempted until released.",
+                "parameters": [queue_id],
+                "responses": {
+                    "200": _json("Copies held", "HoldResult"),
+                    "401": unauthorized, "404": _error("Not in the queue (or not this token's credential)."),
+                    "409": _error("A copy is in a delivery attempt right now."), "429": throttled,
+                },
+            }},
+            "/api/v1/messages/{queue_id}/release": {"post": {
+                "operationId": "releaseMessage",
+                "summary": "Held copies are queued again and due now.",
+                "parameters": [queue_id],
+                "responses": {
+                    "200": _json("Copies released", "ReleaseResult"),
+                    "401": unauthorized, "404": _error("Not in the queue (or not this token's credential)."),
+                    "429": throttled,
+                },
+            }},
             "/api/v1/suppressions": {
                 "get": {
                     "operationId": "listSuppressions",
@@ -224,6 +244,10 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "RetryResult": {"type": "object", "required": ["queue_id", "due_now"], "additionalProperties": False,
                                 "properties": {"queue_id": {"type": "string"}, "due_now": {"type": "integer"}}},
+                "HoldResult": {"type": "object", "required": ["queue_id", "held"], "additionalProperties": False,
+                               "properties": {"queue_id": {"type": "string"}, "held": {"type": "integer"}}},
+                "ReleaseResult": {"type": "object", "required": ["queue_id", "released"], "additionalProperties": False,
+                                  "properties": {"queue_id": {"type": "string"}, "released": {"type": "integer"}}},
                 "DeleteResult": {
                     "type": "object", "required": ["queue_id", "discarded"], "additionalProperties": False,
                     "properties": {"queue_id": {"type": "string"},

@@ -57,8 +57,11 @@ CREATE TABLE IF NOT EXISTS message_recipients (
 CREATE INDEX IF NOT EXISTS message_recipients_address ON message_recipients(recipient, queue_id);
 """
 
-RESULT_STATES = frozenset(s.value for s in RecipientState) - {"queued", "processing"}
+RESULT_STATES = frozenset(s.value for s in RecipientState) - {"queued", "processing", "held"}
 """Event types that are a copy's delivery result and so move its state in the log."""
+
+LOG_STATES = ("queued", *sorted(RESULT_STATES))
+"""The states a copy has in the log (a spool's ``processing`` and ``held`` are queue details)."""
 
 MAX_PAGE = 200
 

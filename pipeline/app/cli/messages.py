@@ -19,8 +19,7 @@ import click
 
 from pipeline.api.app import decode_cursor, encode_cursor
 from pipeline.app.cli import config_option, get_config, main
-from pipeline.contract.vocabulary import RecipientState
-from pipeline.events.messages import SqliteMessageLog
+from pipeline.events.messages import LOG_STATES, SqliteMessageLog
 from pipeline.events.stats import parse_date
 from pipeline.ports import MessageFilter
 from pipeline.spool.sqlite import SqliteSpool
@@ -60,7 +59,7 @@ def messages() -> None:
 @click.option("--queue-id", metavar="ID")
 @click.option("--campaign", metavar="ID")
 @click.option("--credential", metavar="NAME")
-@click.option("--state", type=click.Choice([s.value for s in RecipientState]),
+@click.option("--state", type=click.Choice(LOG_STATES),
               help="At least one recipient in this state.")
 @click.option("--since", metavar="DATE", help="YYYY-MM-DD (UTC) or an ISO date-time.")
 @click.option("--until", metavar="DATE", help="YYYY-MM-DD (UTC, the whole day) or an ISO date-time.")
