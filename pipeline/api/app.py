@@ -1,4 +1,5 @@
-"""The management API's handlers (``/api/v1``): the message log's search and each message's story.
+"""The management API's handlers (``/api/v1``): the message log's search, each message's story and
+the queue actions on it (retry, hold, release, delete); the stoplist is in :mod:`.suppressions`.
 
 Every answer is JSON, errors included (``{"error": ...}`` with the HTTP status). A request needs
 ``Authorization: Bearer <token>`` (never a query parameter: URLs end up in logs and histories);
