@@ -229,6 +229,20 @@ async def test_message_log_over_the_api_and_the_cli_two_tenants(tmp_path: Path) 
             status, body = await c.get(f"{msgs}/nope", msgs + "/{queue_id}", tokens["admin"])
             assert status == 404
 
+            # statistics per credential: the same campaign id of two credentials stays two rows
+            stats = "/api/v1/stats"
+            status, report = await c.get(stats, stats, tokens["admin"], campaign="spring")
+            assert [(r["credential"], r["campaign"], r["sent"], r["delivered"]) for r in report["campaigns"]] == [
+                ("club", "spring", 1, 1), ("shop", "spring", 1, 1)]
+            assert report["totals"]["delivered"] == 2
+            status, report = await c.get(stats, stats, tokens["shop"])
+            assert [(r["credential"], r["delivered"]) for r in report["campaigns"]] == [("shop", 1)]
+            assert report["totals"]["sent"] == 1 and report["days"][0]["credential"] == "shop"
+            status, _ = await c.get(stats, stats, tokens["shop"], credential="club")
+            assert status == 404
+            status, _ = await c.get(stats, stats, tokens["shop"], since="someday")
+            assert status == 400
+
             # bad requests are JSON 400s
             for params in ({"state": "lost"}, {"limit": "0"}, {"limit": "x"}, {"recipients": "x@example.net"},
                            {"cursor": "!!"}, {"since": "yesterday"}):

@@ -2,7 +2,8 @@
 on its own listener (``[api]``, default ``127.0.0.1:8081``), behind bearer tokens.
 
 It works through ports (:class:`~pipeline.ports.MessageLog`, :class:`~pipeline.ports.Spool`,
-:class:`~pipeline.ports.EventSink`, :class:`~pipeline.ports.SuppressionAdmin`,
+:class:`~pipeline.ports.EventSink`, :class:`~pipeline.ports.EventStore` (statistics),
+:class:`~pipeline.ports.SuppressionAdmin`,
 :class:`~pipeline.ports.ApiTokenVerifier`); the composition root opens the stores and wires them.
 """
 
@@ -10,7 +11,15 @@ from __future__ import annotations
 
 from pipeline.api.app import build_api_app
 from pipeline.config import Config
-from pipeline.ports import ApiTokenVerifier, EventSink, MessageLog, Metrics, Spool, SuppressionAdmin
+from pipeline.ports import (
+    ApiTokenVerifier,
+    EventSink,
+    EventStore,
+    MessageLog,
+    Metrics,
+    Spool,
+    SuppressionAdmin,
+)
 from pipeline.toolkit.http_service import HttpService
 
 
@@ -21,11 +30,12 @@ class ApiService(HttpService):
 
 
 def api_service(
-    config: Config, tokens: ApiTokenVerifier, log: MessageLog, spool: Spool, events: EventSink,
+    config: Config, tokens: ApiTokenVerifier, log: MessageLog, spool: Spool, events: EventSink, store: EventStore,
     suppressions: SuppressionAdmin, metrics: Metrics, *, host: str | None = None, port: int | None = None,
 ) -> ApiService:
-    """The API service on ``[api] listen_address:listen_port`` (``host``/``port`` override them: tests)."""
-    app = build_api_app(tokens, log, spool, events, suppressions, metrics)
+    """The API service on ``[api] listen_address:listen_port`` (``host``/``port`` override them: tests).
+    ``store`` is read for statistics; ``suppressions`` is the stoplist the API manages."""
+    app = build_api_app(tokens, log, spool, events, store, suppressions, metrics)
     a = config.api
     return ApiService(app, a.listen_address if host is None else host, a.listen_port if port is None else port)
 

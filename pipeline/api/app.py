@@ -26,11 +26,12 @@ from pipeline.api.suppressions import SuppressionHandlers
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType, RecipientState
 from pipeline.events.messages import LOG_STATES
-from pipeline.events.stats import parse_date
+from pipeline.events.stats import parse_date, stats_report
 from pipeline.ports import (
     ApiPrincipalView,
     ApiTokenVerifier,
     EventSink,
+    EventStore,
     MessageFilter,
     MessageLog,
     Metrics,
@@ -103,8 +104,9 @@ class ApiApp:
     queue actions), the event sink (a message deleted from the queue is an event), counters."""
 
     def __init__(self, tokens: ApiTokenVerifier, log_: MessageLog, spool: Spool, events: EventSink,
-                 metrics: Metrics) -> None:
+                 store: EventStore, metrics: Metrics) -> None:
         self.tokens = tokens
+        self.store = store
         self.log = log_
         self.spool = spool
         self.events = events
@@ -277,16 +279,35 @@ class ApiApp:
         return web.json_response({"queue_id": story["queue_id"], "discarded": waiting}, headers=NO_STORE)
 
 
+    async def stats(self, request: web.Request, principal: ApiPrincipalView) -> web.Response:
+        """Statistics per credential and campaign (a tenant's token: its own credential's only)."""
+        q = request.query
+        unknown = sorted(set(q) - {"campaign", "credential", "since", "until"})
+        if unknown:
+            return error(400, f"unknown parameter {unknown[0]!r} (known: campaign, credential, since, until)")
+        credential = principal.credential or q.get("credential") or None
+        if principal.credential and q.get("credential") not in (None, "", principal.credential):
+            return error(404, "no such credential")
+        try:
+            since = parse_date(q["since"]) if q.get("since") else None
+            until = parse_date(q["until"], end=True) if q.get("until") else None
+        except ValueError as exc:
+            return error(400, str(exc))
+        report = await asyncio.to_thread(stats_report, self.store, campaign=q.get("campaign") or None, since=since,
+                                         until=until, credential=credential, by_credential=True)
+        return web.json_response(report, headers=NO_STORE)
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=str)
 
 
 def build_api_app(
-    tokens: ApiTokenVerifier, log_: MessageLog, spool: Spool, events: EventSink, suppressions: SuppressionAdmin,
-    metrics: Metrics,
+    tokens: ApiTokenVerifier, log_: MessageLog, spool: Spool, events: EventSink, store: EventStore,
+    suppressions: SuppressionAdmin, metrics: Metrics,
 ) -> web.Application:
     """The ``/api/v1`` routes on their ports, with JSON errors, bearer tokens and a body limit."""
-    a = ApiApp(tokens, log_, spool, events, metrics)
+    a = ApiApp(tokens, log_, spool, events, store, metrics)
     s = SuppressionHandlers(suppressions)
     app = web.Application(middlewares=[a.json_errors], client_max_size=MAX_BODY)
     app.router.add_get("/api/v1/openapi.json", a.openapi, name="openapi")  # public: it describes, holds no data
@@ -297,6 +318,7 @@ def build_api_app(
     app.router.add_post("/api/v1/messages/{queue_id}/retry", a.authed(a.retry), name="message_retry")
     app.router.add_post("/api/v1/messages/{queue_id}/hold", a.authed(a.hold), name="message_hold")
     app.router.add_post("/api/v1/messages/{queue_id}/release", a.authed(a.release), name="message_release")
+    app.router.add_get("/api/v1/stats", a.authed(a.stats), name="stats")
     app.router.add_get("/api/v1/suppressions", a.authed(s.list), name="suppressions")
     app.router.add_post("/api/v1/suppressions", a.authed(s.add), name="suppression_add")
     app.router.add_get("/api/v1/suppressions.csv", a.authed(s.csv), name="suppressions_csv")

@@ -140,6 +140,17 @@ def openapi_document() -> dict[str, Any]:
                     "429": throttled,
                 },
             }},
+            "/api/v1/stats": {"get": {
+                "operationId": "getStats",
+                "summary": "Statistics per credential and campaign (a tenant's token: its own only).",
+                "parameters": [credential,
+                               {"name": "campaign", "in": "query", "required": False, "schema": {"type": "string"}},
+                               {"name": "since", "in": "query", "required": False, "schema": {"type": "string"}},
+                               {"name": "until", "in": "query", "required": False, "schema": {"type": "string"}}],
+                "responses": {"200": _json("Statistics", "Stats"), "400": _error("A parameter is invalid."),
+                              "401": unauthorized, "404": _error("Not this token's credential."),
+                              "429": throttled},
+            }},
             "/api/v1/suppressions": {
                 "get": {
                     "operationId": "listSuppressions",
@@ -244,6 +255,28 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "RetryResult": {"type": "object", "required": ["queue_id", "due_now"], "additionalProperties": False,
                                 "properties": {"queue_id": {"type": "string"}, "due_now": {"type": "integer"}}},
+                "StatsRow": {
+                    "type": "object", "required": ["campaign", "sent", "delivered"],
+                    "description": "Counts (sent, delivered, bounced, opens, unique_opens, clicks, unique_clicks, "
+                                   "unsubscribes, complaints, ...) and rates (0-1).",
+                    "properties": {"credential": {"type": "string"}, "campaign": {"type": "string"},
+                                   "day": {"type": "string"}},
+                    "additionalProperties": {"type": "number"},
+                },
+                "Stats": {
+                    "type": "object", "required": ["campaigns", "days", "totals", "timeline"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "campaigns": {"type": "array", "items": _ref("StatsRow")},
+                        "days": {"type": "array", "items": _ref("StatsRow")},
+                        "totals": {"type": "object", "additionalProperties": {"type": "number"}},
+                        "timeline": {"type": "object", "required": ["bucket", "labels", "series"], "properties": {
+                            "bucket": {"type": "string", "enum": ["hour", "day"]},
+                            "labels": {"type": "array", "items": {"type": "string"}},
+                            "series": {"type": "object",
+                                       "additionalProperties": {"type": "array", "items": {"type": "integer"}}}}},
+                    },
+                },
                 "HoldResult": {"type": "object", "required": ["queue_id", "held"], "additionalProperties": False,
                                "properties": {"queue_id": {"type": "string"}, "held": {"type": "integer"}}},
                 "ReleaseResult": {"type": "object", "required": ["queue_id", "released"], "additionalProperties": False,

@@ -160,8 +160,8 @@ class Gateway:
         tokens = ApiTokenStore(self.config.data_dir / "credentials.db")
         message_log = SqliteMessageLog(self.config.data_dir / "events.db")
         self._closers += [tokens.close, message_log.close]
-        return api_service(self.config, tokens, message_log, self.spool, self.event_sink, self.events, self.counters,
-                           host=host, port=port)
+        return api_service(self.config, tokens, message_log, self.spool, self.event_sink, self.events, self.events,
+                           self.counters, host=host, port=port)
 
     def build_services(self, workers: int | None = None) -> None:
         """Create the long-running services, in data-flow order. Each area adds its own line."""
