@@ -264,11 +264,15 @@ def openapi_document() -> dict[str, Any]:
                     "additionalProperties": {"type": "number"},
                 },
                 "Stats": {
-                    "type": "object", "required": ["campaigns", "days", "totals", "timeline"],
+                    "type": "object", "required": ["campaigns", "days", "tags", "totals", "timeline"],
                     "additionalProperties": False,
                     "properties": {
                         "campaigns": {"type": "array", "items": _ref("StatsRow")},
                         "days": {"type": "array", "items": _ref("StatsRow")},
+                        "tags": {"type": "array", "description": "One row per tag (a message with two tags counts "
+                                 "under both).", "items": {"type": "object", "required": ["tag"],
+                                                           "properties": {"tag": {"type": "string"}},
+                                                           "additionalProperties": {"type": "number"}}},
                         "totals": {"type": "object", "additionalProperties": {"type": "number"}},
                         "timeline": {"type": "object", "required": ["bucket", "labels", "series"], "properties": {
                             "bucket": {"type": "string", "enum": ["hour", "day"]},
