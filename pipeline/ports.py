@@ -270,3 +270,19 @@ class SuppressionAdmin(Protocol):
     def unsuppress(self, address: str, scope: str | None = None) -> int: ...
 
     def suppressions(self, scope: str | None = None) -> Sequence[SuppressionEntry]: ...
+
+
+class CredentialAdmin(Protocol):
+    """The credentials an operator manages over the API (``credentials.db``; the config file's are
+    listed, never changed). Secrets are returned once, when generated, and never listed."""
+
+    def list(self) -> list[dict[str, Any]]: ...
+
+    def add(
+        self, name: str, kind: Any, *, username: str | None = None, secret: str | None = None,
+        networks: Iterable[str] = (), options: dict[str, Any] | None = None,
+    ) -> str | None: ...
+
+    def set_disabled(self, name: str, disabled: bool = True) -> None: ...
+
+    def rotate(self, name: str) -> str: ...

@@ -16,11 +16,13 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from pipeline.api.credentials import CredentialHandlers
 from pipeline.api.openapi import openapi_document
 from pipeline.api.suppressions import SuppressionHandlers
 from pipeline.contract.context import Event
@@ -30,6 +32,7 @@ from pipeline.events.stats import parse_date, stats_report
 from pipeline.ports import (
     ApiPrincipalView,
     ApiTokenVerifier,
+    CredentialAdmin,
     EventSink,
     EventStore,
     MessageFilter,
@@ -302,13 +305,29 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=str)
 
 
-def build_api_app(
-    tokens: ApiTokenVerifier, log_: MessageLog, spool: Spool, events: EventSink, store: EventStore,
-    suppressions: SuppressionAdmin, metrics: Metrics,
-) -> web.Application:
+@dataclass
+class ApiPorts:
+    """Everything the API works through, wired by the composition root: bearer tokens, the message log,
+    the spool (raw bytes, queue actions), the event sink (a deleted message's copies), the event store
+    (statistics), the stoplist, the credential store and the config file's credentials, the counters."""
+
+    tokens: ApiTokenVerifier
+    log: MessageLog
+    spool: Spool
+    events: EventSink
+    store: EventStore
+    suppressions: SuppressionAdmin
+    credentials: CredentialAdmin
+    metrics: Metrics
+    declared_credentials: Sequence[dict[str, Any]] = field(default_factory=list)
+
+
+def build_api_app(ports: ApiPorts) -> web.Application:
     """The ``/api/v1`` routes on their ports, with JSON errors, bearer tokens and a body limit."""
-    a = ApiApp(tokens, log_, spool, events, store, metrics)
-    s = SuppressionHandlers(suppressions)
+    p = ports
+    a = ApiApp(p.tokens, p.log, p.spool, p.events, p.store, p.metrics)
+    s = SuppressionHandlers(p.suppressions)
+    c = CredentialHandlers(p.credentials, p.declared_credentials)
     app = web.Application(middlewares=[a.json_errors], client_max_size=MAX_BODY)
     app.router.add_get("/api/v1/openapi.json", a.openapi, name="openapi")  # public: it describes, holds no data
     app.router.add_get("/api/v1/messages", a.authed(a.search), name="messages")
@@ -319,6 +338,11 @@ def build_api_app(
     app.router.add_post("/api/v1/messages/{queue_id}/hold", a.authed(a.hold), name="message_hold")
     app.router.add_post("/api/v1/messages/{queue_id}/release", a.authed(a.release), name="message_release")
     app.router.add_get("/api/v1/stats", a.authed(a.stats), name="stats")
+    app.router.add_get("/api/v1/credentials", a.authed(c.list), name="credentials")
+    app.router.add_post("/api/v1/credentials", a.authed(c.add), name="credential_add")
+    for action in ("disable", "enable", "rotate"):
+        app.router.add_post(f"/api/v1/credentials/{{name}}/{action}", a.authed(getattr(c, action)),
+                            name=f"credential_{action}")
     app.router.add_get("/api/v1/suppressions", a.authed(s.list), name="suppressions")
     app.router.add_post("/api/v1/suppressions", a.authed(s.add), name="suppression_add")
     app.router.add_get("/api/v1/suppressions.csv", a.authed(s.csv), name="suppressions_csv")

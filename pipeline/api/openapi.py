@@ -44,6 +44,19 @@ _SUMMARY_PROPS: dict[str, Any] = {
     "recipients": {"type": "array", "items": _ref("Recipient")},
 }
 
+_CRED_PROPS: dict[str, Any] = {
+    "name": {"type": "string"}, "kind": {"type": "string", "enum": ["apikey", "password", "ip"]},
+    "username": _NULLABLE_STR, "key_id": _NULLABLE_STR, "disabled": {"type": "boolean"},
+    "sandbox": {"type": "boolean"},
+    "features": {"type": "object", "additionalProperties": {"type": "boolean"}},
+    "locked": {"type": "array", "items": {"type": "string"}},
+    "allowed_sender_domains": {"type": "array", "items": {"type": "string"}},
+    "max_message_size": {"type": ["integer", "null"]},
+    "max_recipients": {"type": ["integer", "null"]},
+    "messages_per_minute": {"type": ["integer", "null"]},
+    "source": {"type": "string", "enum": ["config", "store"]},
+}
+
 _QUERY = [
     ("recipient", "An envelope recipient (case-insensitive)."),
     ("sender", "The envelope sender (case-insensitive)."),
@@ -151,6 +164,38 @@ def openapi_document() -> dict[str, Any]:
                               "401": unauthorized, "404": _error("Not this token's credential."),
                               "429": throttled},
             }},
+            "/api/v1/credentials": {
+                "get": {
+                    "operationId": "listCredentials",
+                    "summary": "SMTP credentials, never their secrets (a tenant: its own only).",
+                    "responses": {"200": _json("Credentials", "CredentialList"), "401": unauthorized,
+                                  "429": throttled},
+                },
+                "post": {
+                    "operationId": "addCredential",
+                    "summary": "Add an apikey or password credential (administrators); the secret is shown once.",
+                    "requestBody": {"required": True,
+                                    "content": {"application/json": {"schema": _ref("CredentialAdd")}}},
+                    "responses": {"201": _json("Added, with its secret", "CredentialWithSecret"),
+                                  "400": _error("Not JSON or an invalid field."), "401": unauthorized,
+                                  "404": _error("A tenant's token."), "409": _error("The name exists."),
+                                  "413": _error("Body over 64 KiB."), "429": throttled},
+                },
+            },
+            **{f"/api/v1/credentials/{{name}}/{action}": {"post": {
+                "operationId": f"{action}Credential",
+                "summary": summary,
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json("Done", schema), "401": unauthorized,
+                              "404": _error("No such credential (or not this token's)."),
+                              "409": _error("Declared in the config file, or no secret to rotate."),
+                              "429": throttled},
+            }} for action, summary, schema in (
+                ("disable", "Refuse AUTH for it (administrators).", "Credential"),
+                ("enable", "Accept AUTH again (administrators).", "Credential"),
+                ("rotate", "A new secret, shown once; the old one stops working (administrators, or the "
+                           "credential's own tenant token).", "RotatedSecret"),
+            )},
             "/api/v1/suppressions": {
                 "get": {
                     "operationId": "listSuppressions",
@@ -255,6 +300,29 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "RetryResult": {"type": "object", "required": ["queue_id", "due_now"], "additionalProperties": False,
                                 "properties": {"queue_id": {"type": "string"}, "due_now": {"type": "integer"}}},
+                "Credential": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["name", "kind", "disabled", "sandbox", "source"], "properties": _CRED_PROPS,
+                },
+                "CredentialWithSecret": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["name", "kind", "disabled", "sandbox", "source", "secret"],
+                    "properties": {**_CRED_PROPS, "secret": {"type": "string"}},
+                },
+                "CredentialList": {"type": "object", "required": ["credentials"], "additionalProperties": False,
+                                   "properties": {"credentials": {"type": "array", "items": _ref("Credential")}}},
+                "CredentialAdd": {
+                    "type": "object", "required": ["name"], "additionalProperties": False,
+                    "properties": {"name": {"type": "string"}, "kind": {"type": "string", "enum": ["apikey", "password"]},
+                                   "username": {"type": "string"}, "sandbox": {"type": "boolean"},
+                                   "features": {"type": "object", "additionalProperties": {"type": "boolean"}},
+                                   "locked": {"type": "array", "items": {"type": "string"}},
+                                   "allowed_sender_domains": {"type": "array", "items": {"type": "string"}},
+                                   "max_message_size": {"type": "integer"}, "max_recipients": {"type": "integer"},
+                                   "messages_per_minute": {"type": "integer"}},
+                },
+                "RotatedSecret": {"type": "object", "required": ["name", "secret"], "additionalProperties": False,
+                                  "properties": {"name": {"type": "string"}, "secret": {"type": "string"}}},
                 "StatsRow": {
                     "type": "object", "required": ["campaign", "sent", "delivered"],
                     "description": "Counts (sent, delivered, bounced, opens, unique_opens, clicks, unique_clicks, "

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pipeline.accounts.api_tokens import ApiTokenStore
-from pipeline.accounts.store import StoredWebhooks
-from pipeline.api import ApiService, api_service
+from pipeline.accounts.store import CredentialStore, StoredWebhooks
+from pipeline.api import ApiPorts, ApiService, api_service
 from pipeline.chain.loader import PluginSet
 from pipeline.chain.runner import Chain
 from pipeline.config import Config
@@ -155,13 +155,21 @@ class Gateway:
         return service
 
     def api_service(self, host: str | None = None, port: int | None = None) -> ApiService:
-        """The management API on its own listener: bearer tokens from ``credentials.db``, the message
-        log in ``events.db`` (its own read connection) and the spool for messages still queued."""
+        """The management API on its own listener: bearer tokens and credentials from ``credentials.db``,
+        the message log in ``events.db`` (its own read connection), the event store (statistics, the
+        stoplist), the spool for messages still queued."""
         tokens = ApiTokenStore(self.config.data_dir / "credentials.db")
         message_log = SqliteMessageLog(self.config.data_dir / "events.db")
-        self._closers += [tokens.close, message_log.close]
-        return api_service(self.config, tokens, message_log, self.spool, self.event_sink, self.events, self.events,
-                           self.counters, host=host, port=port)
+        credentials = CredentialStore(self.config.data_dir / "credentials.db")
+        self._closers += [tokens.close, message_log.close, credentials.close]
+        declared = [{k: getattr(c, k) for k in ("name", "kind", "username", "disabled", "sandbox", "features",
+                                                "locked", "allowed_sender_domains", "max_message_size",
+                                                "max_recipients", "messages_per_minute")}
+                    for c in self.config.credentials]
+        ports = ApiPorts(tokens=tokens, log=message_log, spool=self.spool, events=self.event_sink, store=self.events,
+                         suppressions=self.events, credentials=credentials, metrics=self.counters,
+                         declared_credentials=declared)
+        return api_service(self.config, ports, host=host, port=port)
 
     def build_services(self, workers: int | None = None) -> None:
         """Create the long-running services, in data-flow order. Each area adds its own line."""
