@@ -394,3 +394,76 @@ async def test_suppressions_and_queue_actions_are_tenant_scoped(tmp_path: Path) 
             assert status == 404  # delivered: no longer in the queue
     finally:
         await gw.stop(2.0)
+
+
+async def smtp_login_works(port: int, user: str, password: str) -> bool:
+    """Whether AUTH with these succeeds (a real SMTP session against the gateway)."""
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, use_tls=False)
+    await smtp.connect()
+    try:
+        await smtp.login(user, password)
+        return True
+    except aiosmtplib.SMTPAuthenticationError:
+        return False
+    finally:
+        await smtp.quit()
+
+
+async def test_credentials_over_the_api_tenant_scoped_and_used_for_smtp_auth(tmp_path: Path) -> None:
+    conf = tmp_path / "smtpgate.toml"
+    conf.write_text(TOML.format(data=tmp_path / "data"))
+    admin = cli("api-tokens", "add", "admin", "--config", str(conf)).stdout.strip()
+    shop = cli("api-tokens", "add", "shop", "--credential", "shop", "--config", str(conf)).stdout.strip()
+    gw = Gateway(load_config(str(conf)))
+    ingress = gw.ingress_service()
+    api = gw.api_service(port=0)
+    gw.services = [ingress, api]
+    await gw.start()
+    try:
+        port = ingress.port("plain")
+        creds, one = "/api/v1/credentials", "/api/v1/credentials/{name}/"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(api.url + "/api/v1/openapi.json") as r:
+                c = Checked(http, api.url, await r.json())
+            status, added = await c.call("POST", creds, creds, admin, body={"name": "newapp", "kind": "apikey",
+                                                                            "features": {"trackclicks": False}})
+            assert status == 201 and added["secret"].startswith("sg_") and added["source"] == "store"
+            assert added["features"] == {"trackclicks": False}
+            first = added["secret"]
+            assert await smtp_login_works(port, "apikey", first)
+            for body, expected in (({"name": "newapp"}, 409), ({"name": "shop"}, 409), ({"name": "x", "kind": "ip"}, 400),
+                                   ({"name": "x", "max_recipients": "5"}, 400), ({"name": "x", "secret": "s"}, 400)):
+                status, _ = await c.call("POST", creds, creds, admin, body=body)
+                assert status == expected, body
+
+            # a tenant sees its own credential only and changes nothing else
+            status, listed = await c.get(creds, creds, shop)
+            assert [(x["name"], x["source"]) for x in listed["credentials"]] == [("shop", "config")]
+            assert "secret" not in listed["credentials"][0] and "secret_hash" not in listed["credentials"][0]
+            status, listed = await c.get(creds, creds, admin)
+            assert {x["name"] for x in listed["credentials"]} == {"shop", "club", "newapp"}
+            status, _ = await c.call("POST", creds, creds, shop, body={"name": "mine"})
+            assert status == 404
+            for action in ("disable", "enable", "rotate"):
+                status, _ = await c.call("POST", f"{creds}/newapp/{action}", one + action, shop)
+                assert status == 404, action
+            status, _ = await c.call("POST", f"{creds}/shop/rotate", one + "rotate", shop)
+            assert status == 409  # declared in the config file
+            status, _ = await c.call("POST", f"{creds}/nobody/rotate", one + "rotate", admin)
+            assert status == 404
+
+            # the credential's own tenant rotates its key: the old one stops working at once
+            newapp = cli("api-tokens", "add", "newapp", "--credential", "newapp", "--config", str(conf)).stdout.strip()
+            status, rotated = await c.call("POST", f"{creds}/newapp/rotate", one + "rotate", newapp)
+            assert status == 200 and rotated["secret"] != first
+            assert not await smtp_login_works(port, "apikey", first)
+            assert await smtp_login_works(port, "apikey", rotated["secret"])
+
+            status, row = await c.call("POST", f"{creds}/newapp/disable", one + "disable", admin)
+            assert status == 200 and row["disabled"] is True
+            assert not await smtp_login_works(port, "apikey", rotated["secret"])
+            status, row = await c.call("POST", f"{creds}/newapp/enable", one + "enable", admin)
+            assert status == 200 and row["disabled"] is False
+            assert await smtp_login_works(port, "apikey", rotated["secret"])
+    finally:
+        await gw.stop(2.0)
