@@ -467,3 +467,71 @@ async def test_credentials_over_the_api_tenant_scoped_and_used_for_smtp_auth(tmp
             assert await smtp_login_works(port, "apikey", rotated["secret"])
     finally:
         await gw.stop(2.0)
+
+
+async def test_fuzzed_requests_get_no_5xx_and_every_answer_matches_the_schema(tmp_path: Path) -> None:
+    """Random and hostile query strings, paths and bodies on every operation of the document: never a
+    5xx, and every JSON answer (errors included) is what the document says for its status."""
+    import random
+
+    conf = tmp_path / "smtpgate.toml"
+    conf.write_text(TOML.format(data=tmp_path / "data"))
+    admin = cli("api-tokens", "add", "admin", "--config", str(conf)).stdout.strip()
+    shop = cli("api-tokens", "add", "shop", "--credential", "shop", "--config", str(conf)).stdout.strip()
+    gw = Gateway(load_config(str(conf)))
+    api = gw.api_service(port=0)
+    gw.services = [api]
+    await gw.start()
+    rnd = random.Random(12)
+    nasty = ["", " ", "'", "\"", "%", "\x00", "\u202e", "é" * 300, "a" * 5000, "-1", "0", "1e309", "null", "[]",
+             "2026-13-45", "9999-01-01", "x@example.net", "<a@b>", "../..", "%2e%2e", "sgt_x_y", "\r\nX: y"]
+
+    def value() -> str:
+        return rnd.choice(nasty) if rnd.random() < 0.6 else "".join(chr(rnd.randrange(32, 0x2FFF))
+                                                                   for _ in range(rnd.randrange(0, 40)))
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(api.url + "/api/v1/openapi.json") as r:
+                doc = await r.json()
+            c = Checked(http, api.url, doc)
+            operations = [(path, method, op) for path, item in doc["paths"].items() for method, op in item.items()
+                          if path != "/api/v1/openapi.json"]
+            seen: dict[tuple[str, str, int], int] = {}
+            for i in range(400):
+                path, method, op = rnd.choice(operations)
+                concrete = path
+                for p in op.get("parameters", []):
+                    if p["in"] == "path":
+                        concrete = concrete.replace("{" + p["name"] + "}", aiohttp.helpers.quote(value(), safe="")
+                                                    or "x")
+                names = [p["name"] for p in op.get("parameters", []) if p["in"] == "query"] + ["bogus"]
+                params = {rnd.choice(names): value() for _ in range(rnd.randrange(0, 4))}
+                body: Any = None
+                if "requestBody" in op:
+                    body = rnd.choice([{"address": value()}, {"name": value(), "kind": value()}, [value()], value(),
+                                       {"address": value(), "reason": value(), "credential": value()}, None])
+                # a few requests without a token (more would trip the failure throttle for the rest of the run)
+                token = None if i % 50 == 7 else rnd.choice([admin, shop])
+                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                async with http.request(method.upper(), api.url + concrete, params=params, headers=headers,
+                                        json=body) as r:
+                    assert r.status < 500, (method, concrete, params, r.status)
+                    seen[(method, path, r.status)] = seen.get((method, path, r.status), 0) + 1
+                    if r.content_type != "application/json":
+                        # raw/CSV bodies, 204; and the HTTP parser's own plain 400 for an over-long request line
+                        too_long = r.status == 400 and len(str(r.url)) > 4000
+                        assert r.status in (200, 204) or too_long, (concrete[:80], r.status)
+                        continue
+                    got = await r.json()
+                if concrete.count("/") != path.count("/") or r.status == 405:
+                    assert r.status in (404, 405) and set(got) == {"error"}  # a quoted "/" made another route
+                    continue
+                responses = op["responses"]
+                assert str(r.status) in responses, (method, path, r.status, got)
+                schema = {**responses[str(r.status)]["content"]["application/json"]["schema"],
+                          "components": doc["components"]}
+                errors = [e.message for e in Draft202012Validator(schema).iter_errors(got)]
+                assert errors == [], (method, concrete, params, r.status, errors)
+            assert {200, 400, 401, 404} <= {k[2] for k in seen} and 429 not in {k[2] for k in seen}, seen
+    finally:
+        await gw.stop(2.0)
