@@ -227,6 +227,10 @@ class MessageLog(Protocol):
 
     def message(self, queue_id: str) -> dict[str, Any] | None: ...
 
+    def webhook_deliveries(self, credential: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest webhook deliveries with their event (one credential's when given)."""
+        ...
+
 
 class ApiPrincipalView(Protocol):
     """Who an API token speaks for; ``credential`` ``None`` is an administrator."""

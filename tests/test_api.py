@@ -534,3 +534,51 @@ async def test_fuzzed_requests_get_no_5xx_and_every_answer_matches_the_schema(tm
             assert {200, 400, 401, 404} <= {k[2] for k in seen} and 429 not in {k[2] for k in seen}, seen
     finally:
         await gw.stop(2.0)
+
+
+async def test_webhook_endpoints_and_deliveries_are_tenant_scoped(tmp_path: Path) -> None:
+    conf = tmp_path / "smtpgate.toml"
+    text = TOML.format(data=tmp_path / "data").replace(
+        'secret = "pw-shop"\n', 'secret = "pw-shop"\nwebhooks = ["http://127.0.0.1:9/shop-hook"]\n')
+    conf.write_text(text + '[webhooks]\nurls = ["http://127.0.0.1:9/all"]\n')
+    tokens = {name: cli("api-tokens", "add", name, *(["--credential", cred] if cred else []), "--config", str(conf))
+              .stdout.strip() for name, cred in (("admin", None), ("shop", "shop"), ("club", "club"))}
+    gw = Gateway(load_config(str(conf)))
+    ingress = gw.ingress_service()
+    api = gw.api_service(port=0)
+    gw.services = [ingress, api]  # no webhook sender: the deliveries stay pending
+    await gw.start()
+    try:
+        for user in ("shop", "club"):
+            await aiosmtplib.send(mail(f"a@{user}.example", "w@example.net", "Hook", f"w@{user}.example", "hooks"),
+                                  sender=f"a@{user}.example", recipients=["w@example.net"], hostname="127.0.0.1",
+                                  port=ingress.port("plain"), username=user, password=f"pw-{user}",
+                                  start_tls=False, use_tls=False)
+        await wait_for(lambda: len(gw.events.events(type="accepted")) == 2)
+        hooks, deliveries = "/api/v1/webhooks", "/api/v1/webhooks/deliveries"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(api.url + "/api/v1/openapi.json") as r:
+                c = Checked(http, api.url, await r.json())
+            status, body = await c.get(hooks, hooks, tokens["admin"])
+            assert body["endpoints"] == [{"url": "http://127.0.0.1:9/all", "credential": None},
+                                         {"url": "http://127.0.0.1:9/shop-hook", "credential": "shop"}]
+            status, body = await c.get(hooks, hooks, tokens["shop"])
+            assert body["endpoints"] == [{"url": "http://127.0.0.1:9/shop-hook", "credential": "shop"}]
+            status, body = await c.get(hooks, hooks, tokens["club"])
+            assert body["endpoints"] == []
+
+            status, body = await c.get(deliveries, deliveries, tokens["admin"])
+            assert sorted((d["credential"], d["url"]) for d in body["deliveries"]) == [
+                ("club", "http://127.0.0.1:9/all"), ("shop", "http://127.0.0.1:9/all"),
+                ("shop", "http://127.0.0.1:9/shop-hook")]
+            assert {d["state"] for d in body["deliveries"]} == {"pending"} and body["deliveries"][0]["event"] == "accepted"
+            status, body = await c.get(deliveries, deliveries, tokens["shop"])
+            assert {d["credential"] for d in body["deliveries"]} == {"shop"} and len(body["deliveries"]) == 2
+            status, body = await c.get(deliveries, deliveries, tokens["club"], limit="1")
+            assert [(d["credential"], d["url"]) for d in body["deliveries"]] == [("club", "http://127.0.0.1:9/all")]
+            status, _ = await c.get(deliveries, deliveries, tokens["club"], credential="shop")
+            assert status == 404
+            status, _ = await c.get(deliveries, deliveries, tokens["admin"], limit="0")
+            assert status == 400
+    finally:
+        await gw.stop(2.0)

@@ -282,6 +282,23 @@ class ApiApp:
         return web.json_response({"queue_id": story["queue_id"], "discarded": waiting}, headers=NO_STORE)
 
 
+    async def webhook_deliveries(self, request: web.Request, principal: ApiPrincipalView) -> web.Response:
+        """The latest webhook attempts (outbox state, attempts, last error); a tenant's events only."""
+        q = request.query
+        if set(q) - {"limit", "credential"}:
+            return error(400, "unknown parameter (known: limit, credential)")
+        try:
+            limit = int(q.get("limit", "50"))
+        except ValueError:
+            return error(400, "limit must be an integer")
+        if not 1 <= limit <= 200:
+            return error(400, "limit must be between 1 and 200")
+        if principal.credential and q.get("credential") not in (None, "", principal.credential):
+            return error(404, "no such credential")
+        credential = principal.credential or q.get("credential") or None
+        rows = await asyncio.to_thread(self.log.webhook_deliveries, credential, limit)
+        return web.json_response({"deliveries": rows}, headers=NO_STORE)
+
     async def stats(self, request: web.Request, principal: ApiPrincipalView) -> web.Response:
         """Statistics per credential and campaign (a tenant's token: its own credential's only)."""
         q = request.query
@@ -320,6 +337,7 @@ class ApiPorts:
     credentials: CredentialAdmin
     metrics: Metrics
     declared_credentials: Sequence[dict[str, Any]] = field(default_factory=list)
+    global_webhooks: Sequence[str] = field(default_factory=list)
 
 
 def build_api_app(ports: ApiPorts) -> web.Application:
@@ -327,7 +345,7 @@ def build_api_app(ports: ApiPorts) -> web.Application:
     p = ports
     a = ApiApp(p.tokens, p.log, p.spool, p.events, p.store, p.metrics)
     s = SuppressionHandlers(p.suppressions)
-    c = CredentialHandlers(p.credentials, p.declared_credentials)
+    c = CredentialHandlers(p.credentials, p.declared_credentials, p.global_webhooks)
     app = web.Application(middlewares=[a.json_errors], client_max_size=MAX_BODY)
     app.router.add_get("/api/v1/openapi.json", a.openapi, name="openapi")  # public: it describes, holds no data
     app.router.add_get("/api/v1/messages", a.authed(a.search), name="messages")
@@ -339,6 +357,8 @@ def build_api_app(ports: ApiPorts) -> web.Application:
     app.router.add_post("/api/v1/messages/{queue_id}/release", a.authed(a.release), name="message_release")
     app.router.add_get("/api/v1/stats", a.authed(a.stats), name="stats")
     app.router.add_get("/api/v1/credentials", a.authed(c.list), name="credentials")
+    app.router.add_get("/api/v1/webhooks", a.authed(c.webhooks), name="webhooks")
+    app.router.add_get("/api/v1/webhooks/deliveries", a.authed(a.webhook_deliveries), name="webhook_deliveries")
     app.router.add_post("/api/v1/credentials", a.authed(c.add), name="credential_add")
     for action in ("disable", "enable", "rotate"):
         app.router.add_post(f"/api/v1/credentials/{{name}}/{action}", a.authed(getattr(c, action)),

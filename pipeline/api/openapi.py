@@ -196,6 +196,19 @@ def openapi_document() -> dict[str, Any]:
                 ("rotate", "A new secret, shown once; the old one stops working (administrators, or the "
                            "credential's own tenant token).", "RotatedSecret"),
             )},
+            "/api/v1/webhooks": {"get": {
+                "operationId": "listWebhooks",
+                "summary": "Where events are POSTed: global URLs (administrators) and each credential's.",
+                "responses": {"200": _json("Endpoints", "WebhookEndpoints"), "401": unauthorized, "429": throttled},
+            }},
+            "/api/v1/webhooks/deliveries": {"get": {
+                "operationId": "listWebhookDeliveries",
+                "summary": "The latest webhook attempts, newest first (a tenant: its own events').",
+                "parameters": [credential, {"name": "limit", "in": "query", "required": False,
+                                            "schema": {"type": "integer", "minimum": 1, "maximum": 200}}],
+                "responses": {"200": _json("Deliveries", "WebhookDeliveries"), "400": _error("Bad parameter."),
+                              "401": unauthorized, "404": _error("Not this token's credential."), "429": throttled},
+            }},
             "/api/v1/suppressions": {
                 "get": {
                     "operationId": "listSuppressions",
@@ -323,6 +336,24 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "RotatedSecret": {"type": "object", "required": ["name", "secret"], "additionalProperties": False,
                                   "properties": {"name": {"type": "string"}, "secret": {"type": "string"}}},
+                "WebhookEndpoints": {
+                    "type": "object", "required": ["endpoints"], "additionalProperties": False,
+                    "properties": {"endpoints": {"type": "array", "items": {
+                        "type": "object", "required": ["url", "credential"], "additionalProperties": False,
+                        "properties": {"url": {"type": "string"}, "credential": _NULLABLE_STR}}}},
+                },
+                "WebhookDeliveries": {
+                    "type": "object", "required": ["deliveries"], "additionalProperties": False,
+                    "properties": {"deliveries": {"type": "array", "items": {
+                        "type": "object", "additionalProperties": False,
+                        "required": ["id", "event_id", "event", "url", "state", "attempts"],
+                        "properties": {"id": {"type": "integer"}, "event_id": {"type": "integer"},
+                                       "event": {"type": "string"}, "queue_id": _NULLABLE_STR,
+                                       "credential": _NULLABLE_STR, "url": {"type": "string"},
+                                       "state": {"type": "string", "enum": ["pending", "delivered", "dead"]},
+                                       "attempts": {"type": "integer"}, "last_error": _NULLABLE_STR,
+                                       "updated_at": {"type": "number"}}}}},
+                },
                 "StatsRow": {
                     "type": "object", "required": ["campaign", "sent", "delivered"],
                     "description": "Counts (sent, delivered, bounced, opens, unique_opens, clicks, unique_clicks, "

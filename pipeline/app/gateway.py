@@ -158,17 +158,18 @@ class Gateway:
         """The management API on its own listener: bearer tokens and credentials from ``credentials.db``,
         the message log in ``events.db`` (its own read connection), the event store (statistics, the
         stoplist), the spool for messages still queued."""
+        store = self.events  # opened first: it creates events.db's tables the message log reads
         tokens = ApiTokenStore(self.config.data_dir / "credentials.db")
         message_log = SqliteMessageLog(self.config.data_dir / "events.db")
         credentials = CredentialStore(self.config.data_dir / "credentials.db")
         self._closers += [tokens.close, message_log.close, credentials.close]
         declared = [{k: getattr(c, k) for k in ("name", "kind", "username", "disabled", "sandbox", "features",
                                                 "locked", "allowed_sender_domains", "max_message_size",
-                                                "max_recipients", "messages_per_minute")}
+                                                "max_recipients", "messages_per_minute", "webhooks")}
                     for c in self.config.credentials]
-        ports = ApiPorts(tokens=tokens, log=message_log, spool=self.spool, events=self.event_sink, store=self.events,
-                         suppressions=self.events, credentials=credentials, metrics=self.counters,
-                         declared_credentials=declared)
+        ports = ApiPorts(tokens=tokens, log=message_log, spool=self.spool, events=self.event_sink, store=store,
+                         suppressions=store, credentials=credentials, metrics=self.counters,
+                         declared_credentials=declared, global_webhooks=list(self.config.webhooks.urls))
         return api_service(self.config, ports, host=host, port=port)
 
     def build_services(self, workers: int | None = None) -> None:
