@@ -200,6 +200,9 @@ async def test_message_log_over_the_api_and_the_cli_two_tenants(tmp_path: Path) 
             assert ["Subject", "Spring sale"] in story["headers"]
             assert any(t["plugin"] == "header_validation" for t in story["trace"])
             assert story["message_id"] == "s1@shop.example" and story["campaign_id"] == "spring"
+            [copy] = story["recipients"]
+            assert ["Subject", "Spring sale"] in copy["final_headers"] and isinstance(copy["processing"], list)
+            assert copy["final_headers"][0][0] == "Received"  # the gateway's own trace header, as it left
 
             # every filter finds the shop's message and only it
             for key, value in (("sender", "NEWS@shop.example"), ("message_id", "<s1@shop.example>"),
@@ -264,6 +267,7 @@ async def test_message_log_over_the_api_and_the_cli_two_tenants(tmp_path: Path) 
             shown = cli("messages", "show", qid, "--config", str(conf))
             assert shown.exit_code == 0
             assert " accepted " in shown.stdout and " delivered " in shown.stdout and "header_validation" in shown.stdout
+            assert "headers of the copy for x@example.net (as it left):" in shown.stdout
             assert cli("messages", "show", "nope", "--config", str(conf)).exit_code == 1
 
             # a client that keeps failing is throttled (after the checks above: it blocks 127.0.0.1)

@@ -91,6 +91,10 @@ async def test_mail_through_the_gateway_then_click_open_unsubscribe_show_in_stat
         assert [e["type"] for e in story["events"]] == ["accepted", "delivered", "clicked", "opened", "unsubscribed"]
         assert story["events"][2]["url"] == "https://shop.example/sale?a=1&b=2"
         assert (story["campaign_id"], story["subject"]) == ("spring", "Spring sale")
+        processing = story["recipients"][0]["processing"]  # the chain after the spool, hook by hook
+        assert {"click_tracking", "open_pixel", "list_unsubscribe"} <= {t["plugin"] for t in processing}
+        assert any("List-Unsubscribe" in edit for t in processing for edit in t["edits"])
+        assert any(name == "List-Unsubscribe" for name, _ in story["recipients"][0]["final_headers"])
 
         # and the next message to ann from this credential is refused at RCPT
         try:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pipeline.chain.admission import admit_message
+from pipeline.chain.processing import trace_summary
 from pipeline.chain.runner import Chain, Trace
 from pipeline.config import Config
 from pipeline.contract.context import Credential, Event, MessageContext, Session
@@ -70,11 +71,7 @@ def message_summary(ctx: MessageContext, data: bytes, trace: Trace | None = None
         "headers": [[h.name, h.value[:2000]] for h in msg.headers[:MAX_LOGGED_HEADERS]],
     }
     if trace is not None:
-        summary["trace"] = [
-            {"phase": e.phase, "plugin": e.plugin, "verdict": e.verdict, "ms": round(e.ms, 3),
-             "edits": [str(edit) for edit in e.edits], **({"error": e.error} if e.error else {})}
-            for e in trace.entries
-        ]
+        summary["trace"] = trace_summary(trace.entries)
     return summary
 
 

@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS message_recipients (
     recipient  TEXT NOT NULL,
     state      TEXT NOT NULL,
     updated_at REAL NOT NULL,
+    copy       TEXT,
     PRIMARY KEY (queue_id, recipient)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS message_recipients_address ON message_recipients(recipient, queue_id);
@@ -92,12 +93,17 @@ def write_message_log(cur: sqlite3.Cursor, event: Event) -> None:
                  int(summary.get("size") or 0), json.dumps(info, separators=(",", ":"), default=str)),
             )
         cur.execute(
-            "INSERT OR IGNORE INTO message_recipients VALUES (?, ?, 'queued', ?)", (event.queue_id, rcpt, event.time)
+            "INSERT OR IGNORE INTO message_recipients (queue_id, recipient, state, updated_at) VALUES (?, ?, 'queued', ?)",
+            (event.queue_id, rcpt, event.time),
         )
     elif event.type in RESULT_STATES:
+        # a delivery attempt's copy (processing trace, final headers) replaces the previous attempt's
+        copy = event.data.get("message")
         cur.execute(
-            "UPDATE message_recipients SET state = ?, updated_at = ? WHERE queue_id = ? AND recipient = ?",
-            (str(event.type), event.time, event.queue_id, rcpt),
+            "UPDATE message_recipients SET state = ?, updated_at = ?, copy = COALESCE(?, copy)"
+            " WHERE queue_id = ? AND recipient = ?",
+            (str(event.type), event.time, json.dumps(copy, default=str) if isinstance(copy, Mapping) else None,
+             event.queue_id, rcpt),
         )
 
 
@@ -176,7 +182,7 @@ class SqliteMessageLog:
                 return None
             out = self._summary(row) if row else self._from_events(queue_id, events)
             out.pop("id", None)
-            out["recipients"] = self._recipients(queue_id)
+            out["recipients"] = self._recipients(queue_id, with_copy=True)
         out["events"] = [self._event(e) for e in events]
         return out
 
@@ -210,12 +216,22 @@ class SqliteMessageLog:
         return {"queue_id": queue_id, "accepted_at": first[1], "mail_from": None, "subject": None,
                 "message_id": None, "credential": first[3], "campaign_id": first[4], "letter_id": first[5], "size": 0}
 
-    def _recipients(self, queue_id: str) -> list[dict[str, Any]]:
+    def _recipients(self, queue_id: str, with_copy: bool = False) -> list[dict[str, Any]]:
+        """Each copy's state; ``with_copy``: also its last processing trace and final headers."""
         rows = self._conn.execute(
-            "SELECT recipient, state, updated_at FROM message_recipients WHERE queue_id = ? ORDER BY recipient",
+            "SELECT recipient, state, updated_at, copy FROM message_recipients WHERE queue_id = ? ORDER BY recipient",
             (queue_id,),
         ).fetchall()
-        return [{"address": r, "state": s, "updated_at": t} for r, s, t in rows]
+        out = []
+        for r, s, t, copy in rows:
+            row: dict[str, Any] = {"address": r, "state": s, "updated_at": t}
+            if with_copy and copy:
+                logged = json.loads(copy)
+                row["processing"] = logged.get("trace", [])
+                if "headers" in logged:
+                    row["final_headers"] = logged["headers"]
+            out.append(row)
+        return out
 
     @staticmethod
     def _event(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -107,6 +107,14 @@ def _event_line(e: dict[str, Any]) -> str:
     return f"  {_when(e['at'])}  {e['type']:<12} {e.get('recipient') or '-':<30} {details}"
 
 
+def _trace(entries: list[dict[str, Any]]) -> None:
+    for t in entries:
+        click.echo(f"  {t['phase']:<14} {t['plugin']:<22} {t['verdict']:<24} {t['ms']:8.2f} ms"
+                   + (f"  error: {t['error']}" if t.get("error") else ""))
+        for edit in t["edits"]:
+            click.echo(f"      {edit}")
+
+
 @messages.command("show")
 @click.argument("queue_id")
 @config_option
@@ -151,11 +159,11 @@ def show(queue_id: str, config_path: str | None, as_json: bool) -> None:
         click.echo(f"  {r['address']:<40} {r['state']}")
     if s.get("trace"):
         click.echo("admission trace:")
-        for t in s["trace"]:
-            click.echo(f"  {t['phase']:<12} {t['plugin']:<22} {t['verdict']:<24} {t['ms']:8.2f} ms"
-                       + (f"  error: {t['error']}" if t.get("error") else ""))
-            for edit in t["edits"]:
-                click.echo(f"      {edit}")
+        _trace(s["trace"])
+    for r in s["recipients"]:
+        if r.get("processing"):
+            click.echo(f"processing trace for {r['address']} (last attempt):")
+            _trace(r["processing"])
     click.echo("events:")
     for e in s["events"]:
         click.echo(_event_line(e))
@@ -163,3 +171,8 @@ def show(queue_id: str, config_path: str | None, as_json: bool) -> None:
         click.echo("headers (as spooled):")
         for name, value in s["headers"]:
             click.echo(f"  {name}: {value}")
+    for r in s["recipients"]:
+        if r.get("final_headers"):
+            click.echo(f"headers of the copy for {r['address']} (as it left):")
+            for name, value in r["final_headers"]:
+                click.echo(f"  {name}: {value}")
