@@ -33,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.config.api import ApiSection
 from pipeline.config.base import Section
 from pipeline.config.egress import (
     DnsSection,
@@ -48,7 +49,7 @@ from pipeline.contract.context import Credential
 from pipeline.contract.vocabulary import CredentialKind
 
 __all__ = [  # the sections of other modules, re-exported (``from pipeline.config import TlsPolicySection``)
-    "DnsSection", "IpPool", "PoolAddress", "PoolSelectionSection", "Section", "ShapingSection", "ShapingSite",
+    "ApiSection", "DnsSection", "IpPool", "PoolAddress", "PoolSelectionSection", "Section", "ShapingSection", "ShapingSite",
     "TlsLevel", "TlsPolicySection",
 ]
 
@@ -380,13 +381,6 @@ class MilterSection(Section):
         for spec in v:
             parse_milter_listen(spec)  # a ValueError names the entry and the expected syntax
         return v
-
-
-class ApiSection(Section):
-    """The management API (docs/api.md): its own listener, so it is never on the public tracking one."""
-
-    listen_address: str = "127.0.0.1"
-    listen_port: int = Field(default=8081, ge=0, le=65535)
 
 
 class Config(Section):
