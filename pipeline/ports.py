@@ -130,6 +130,14 @@ class Spool(SpoolWriter, Protocol):
 
     def retry(self, queue_id: str | None = None) -> int: ...
 
+    def hold(self, queue_id: str) -> int:
+        """Put the message's waiting copies on ``held`` (not attempted); how many."""
+        ...
+
+    def unhold(self, queue_id: str) -> int:
+        """Release held copies (``queued``, due now); how many."""
+        ...
+
     def delete(self, queue_id: str) -> bool: ...
 
     def close(self) -> None: ...
@@ -188,3 +196,97 @@ class Authenticator(Protocol):
     async def authenticate(self, login: str, password: str) -> AuthResult: ...
 
     def match_ip(self, ip: str) -> Credential | None: ...
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    """A search of the message log; every field is optional and they combine with AND."""
+
+    recipient: str | None = None
+    sender: str | None = None
+    message_id: str | None = None
+    queue_id: str | None = None
+    campaign: str | None = None
+    credential: str | None = None
+    state: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+class MessageLog(Protocol):
+    """The message log as the management API reads it: search and one message's whole story.
+
+    ``search`` takes the filters of ``GET /api/v1/messages`` (``recipient``, ``sender``,
+    ``message_id``, ``queue_id``, ``campaign``, ``credential``, ``state``, ``since``, ``until``)
+    and returns a page, newest first, with the cursor of the next page (``None`` on the last).
+    """
+
+    def search(
+        self, f: MessageFilter, limit: int = 50, before: int | None = None
+    ) -> tuple[list[dict[str, Any]], int | None]: ...
+
+    def message(self, queue_id: str) -> dict[str, Any] | None: ...
+
+    def webhook_deliveries(self, credential: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest webhook deliveries with their event (one credential's when given)."""
+        ...
+
+
+class ApiPrincipalView(Protocol):
+    """Who an API token speaks for; ``credential`` ``None`` is an administrator."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def credential(self) -> str | None: ...
+
+
+class ApiTokenVerifier(Protocol):
+    """Checks a management API bearer token (only hashes are stored)."""
+
+    def verify(self, token: str) -> ApiPrincipalView | None: ...
+
+
+class SuppressionEntry(Protocol):
+    """One stoplist row: ``scope`` is a credential's name, or ``""`` for every credential."""
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def scope(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def time(self) -> float: ...
+
+
+class SuppressionAdmin(Protocol):
+    """The stoplist as an operator manages it (the management API, the CLI)."""
+
+    def suppress(self, address: str, scope: str = "", reason: str = "manual") -> bool:
+        """Add; ``False`` when the address was already in that scope."""
+        ...
+
+    def unsuppress(self, address: str, scope: str | None = None) -> int: ...
+
+    def suppressions(self, scope: str | None = None) -> Sequence[SuppressionEntry]: ...
+
+
+class CredentialAdmin(Protocol):
+    """The credentials an operator manages over the API (``credentials.db``; the config file's are
+    listed, never changed). Secrets are returned once, when generated, and never listed."""
+
+    def list(self) -> list[dict[str, Any]]: ...
+
+    def add(
+        self, name: str, kind: Any, *, username: str | None = None, secret: str | None = None,
+        networks: Iterable[str] = (), options: dict[str, Any] | None = None,
+    ) -> str | None: ...
+
+    def set_disabled(self, name: str, disabled: bool = True) -> None: ...
+
+    def rotate(self, name: str) -> str: ...

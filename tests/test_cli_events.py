@@ -130,3 +130,21 @@ def test_age_and_date_parsing():
     assert parse_age("90d") == 90 * DAY and parse_age("12H") == 12 * 3600 and parse_age("2w") == 14 * DAY
     assert parse_date("2026-08-01") == datetime.datetime(2026, 8, 1, tzinfo=datetime.UTC).timestamp()
     assert parse_date("2026-08-01T02:00:00+02:00") == parse_date("2026-08-01")
+
+
+def test_prune_takes_old_finished_messages_out_of_the_message_log(data_dir):
+    data_dir.mkdir(parents=True)
+    path = data_dir / "events.db"
+    now = time.time()
+    store = SqliteEventStore(path)
+    for qid, age, result in (("OLD", 200, "delivered"), ("WAITING", 200, "deferred"), ("NEW", 1, "delivered")):
+        summary = {"mail_from": "a@shop.example", "subject": qid, "size": 10}
+        store.record_sync(Event("accepted", queue_id=qid, recipient="x@example.net", time=now - age * DAY,
+                                data={"message": summary}))
+        store.record_sync(Event(result, queue_id=qid, recipient="x@example.net", time=now - age * DAY + 1))
+    store.close()
+    assert prune_events(path, now - 90 * DAY, dry_run=True).messages == 1
+    result = run("--older-than", "90d", "--batch-size", "1")
+    assert result.exit_code == 0 and "deleted 1 message(s) from the message log" in result.output, result.output
+    assert {r[0] for r in rows(path, "SELECT queue_id FROM messages")} == {"WAITING", "NEW"}
+    assert {r[0] for r in rows(path, "SELECT queue_id FROM message_recipients")} == {"WAITING", "NEW"}

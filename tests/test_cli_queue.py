@@ -104,3 +104,25 @@ def test_unknown_id_is_one_line_error(data_dir):
         assert result.stderr.strip().splitlines()[1:] == [result.stderr.strip().splitlines()[-1]]
         assert "no message NOSUCHID" in result.stderr.splitlines()[-1]
         assert "Traceback" not in result.output
+
+
+def test_hold_keeps_recipients_from_claims_until_release(data_dir):
+    q1, q2 = fill(data_dir)
+    result = run("hold", q1)
+    assert result.exit_code == 0 and "1 recipient(s) held" in result.output
+    spool = SqliteSpool(data_dir / "spool.db")
+    try:
+        assert spool.show(q1)["recipients"][0]["state"] == "held"
+        assert spool.retry(q1) == 0  # retry does not release
+        claimed = spool.claim(10, 60, now=time.time() + 7200)
+        assert [m.queue_id for m in claimed] == [q2]  # q1's copy would be due by now, but it is held
+    finally:
+        spool.close()
+    result = run("release", q1)
+    assert result.exit_code == 0 and "1 recipient(s) released" in result.output
+    spool = SqliteSpool(data_dir / "spool.db")
+    try:
+        assert [m.queue_id for m in spool.claim(10, 60)] == [q1]
+    finally:
+        spool.close()
+    assert run("hold", "nope").exit_code == 1

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pipeline", "pipeline.toolkit", "pipeline.ports"),  # the public facade and toolkit; typed ports
     ("pipeline.chain", "pipeline.accounts"),  # chain machinery; credentials
     ("pipeline.spool", "pipeline.egress", "pipeline.events"),  # stages that others hand work to
-    ("pipeline.ingress", "pipeline.delivery", "pipeline.tracking", "pipeline.milter"),  # the front stages
+    ("pipeline.ingress", "pipeline.delivery", "pipeline.tracking", "pipeline.milter", "pipeline.api"),  # the front stages
     ("pipeline.app", "pipeline.html", "pipeline.tokens", "pipeline.testing"),  # composition root, CLI, shims
 ]
 

@@ -10,6 +10,7 @@ import re
 import aiohttp
 import aiosmtplib
 
+from pipeline.accounts.api_tokens import ApiTokenStore
 from pipeline.app.gateway import Gateway
 from pipeline.contract.message import Message
 from pipeline.events.stats import campaign_stats
@@ -43,7 +44,11 @@ async def test_mail_through_the_gateway_then_click_open_unsubscribe_show_in_stat
                 "list_unsubscribe"])
     gw = Gateway(config)
     ingress = gw.ingress_service()
-    gw.services = [ingress, gw.delivery_service(workers=0), *gw.tracking_services()]
+    api = gw.api_service(port=0)
+    gw.services = [ingress, gw.delivery_service(workers=0), *gw.tracking_services(), api]
+    tokens = ApiTokenStore(config.data_dir / "credentials.db")
+    token = tokens.add("shop-console", "shop")
+    tokens.close()
     await gw.start()
     try:
         web = gw.services[2].url
@@ -77,6 +82,20 @@ async def test_mail_through_the_gateway_then_click_open_unsubscribe_show_in_stat
         assert (row["sent"], row["delivered"], row["unique_clicks"], row["unsubscribes"]) == (1, 1, 1, 1)
         assert (row["opens"], row["unique_opens"], row["clicks"]) == (1, 1, 1)
         assert gw.events.is_suppressed("ann@example.net", "shop")
+        # the message's story in the management API: accepted, delivered, then what the recipient did
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+            async with http.get(api.url + "/api/v1/messages", params={"recipient": "ann@example.net"}) as r:
+                [found] = (await r.json())["messages"]
+            async with http.get(api.url + f"/api/v1/messages/{found['queue_id']}") as r:
+                story = await r.json()
+        assert [e["type"] for e in story["events"]] == ["accepted", "delivered", "clicked", "opened", "unsubscribed"]
+        assert story["events"][2]["url"] == "https://shop.example/sale?a=1&b=2"
+        assert (story["campaign_id"], story["subject"]) == ("spring", "Spring sale")
+        processing = story["recipients"][0]["processing"]  # the chain after the spool, hook by hook
+        assert {"click_tracking", "open_pixel", "list_unsubscribe"} <= {t["plugin"] for t in processing}
+        assert any("List-Unsubscribe" in edit for t in processing for edit in t["edits"])
+        assert any(name == "List-Unsubscribe" for name, _ in story["recipients"][0]["final_headers"])
+
         # and the next message to ann from this credential is refused at RCPT
         try:
             await aiosmtplib.send(RAW.encode(), sender="news@shop.example", recipients=["ann@example.net"],

@@ -186,6 +186,27 @@ class CredentialStore:
         if cur.rowcount == 0:
             raise CredentialError(f"no credential named {name!r}")
 
+    def rotate(self, name: str) -> str:
+        """A new generated secret for an ``apikey`` (new key id too) or ``password`` credential; the old
+        one stops working at once. Returned once, stored only as a hash."""
+        with self._lock:
+            row = self._conn.execute("SELECT kind FROM credentials WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise CredentialError(f"no credential named {name!r}")
+            key_id: str | None
+            if row[0] == CredentialKind.APIKEY:
+                key_id, secret = new_api_key()
+            elif row[0] == CredentialKind.PASSWORD:
+                key_id, secret = None, new_password()
+            else:
+                raise CredentialError(f"credential {name!r} is an IP allow-list: it has no secret to rotate")
+            self._conn.execute(
+                "UPDATE credentials SET key_id = COALESCE(?, key_id), secret_hash = ? WHERE name = ?",
+                (key_id, hash_secret(secret), name),
+            )
+            self._version = None
+        return secret
+
     def remove(self, name: str) -> None:
         with self._lock:
             cur = self._conn.execute("DELETE FROM credentials WHERE name = ?", (name,))

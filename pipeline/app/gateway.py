@@ -13,7 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from pipeline.accounts.store import StoredWebhooks
+from pipeline.accounts.api_tokens import ApiTokenStore
+from pipeline.accounts.store import CredentialStore, StoredWebhooks
+from pipeline.api import ApiPorts, ApiService, api_service
 from pipeline.chain.loader import PluginSet
 from pipeline.chain.runner import Chain
 from pipeline.config import Config
@@ -24,6 +26,7 @@ from pipeline.delivery.scheduler import DeliveryService
 from pipeline.egress.resolver import Resolver
 from pipeline.events import EventEmitter, open_event_store, open_suppression_list
 from pipeline.events.inbound import InboundHandler
+from pipeline.events.messages import SqliteMessageLog
 from pipeline.events.sqlite import SqliteEventStore
 from pipeline.ingress import IngressService
 from pipeline.milter import milter_services
@@ -68,6 +71,7 @@ class Gateway:
         self._emitter: EventEmitter | None = None
         self._inbound: dict[str, InboundPort] | None = None
         self._stored_webhooks = StoredWebhooks(config.data_dir / "credentials.db")
+        self._closers: list[Callable[[], None]] = []  # stores opened for one service (the API's)
 
     # -- stores and ports (opened on first use, so commands that don't need them don't create them)
 
@@ -150,6 +154,24 @@ class Gateway:
         assert isinstance(service, TrackingService)
         return service
 
+    def api_service(self, host: str | None = None, port: int | None = None) -> ApiService:
+        """The management API on its own listener: bearer tokens and credentials from ``credentials.db``,
+        the message log in ``events.db`` (its own read connection), the event store (statistics, the
+        stoplist), the spool for messages still queued."""
+        store = self.events  # opened first: it creates events.db's tables the message log reads
+        tokens = ApiTokenStore(self.config.data_dir / "credentials.db")
+        message_log = SqliteMessageLog(self.config.data_dir / "events.db")
+        credentials = CredentialStore(self.config.data_dir / "credentials.db")
+        self._closers += [tokens.close, message_log.close, credentials.close]
+        declared = [{k: getattr(c, k) for k in ("name", "kind", "username", "disabled", "sandbox", "features",
+                                                "locked", "allowed_sender_domains", "max_message_size",
+                                                "max_recipients", "messages_per_minute", "webhooks")}
+                    for c in self.config.credentials]
+        ports = ApiPorts(tokens=tokens, log=message_log, spool=self.spool, events=self.event_sink, store=store,
+                         suppressions=store, credentials=credentials, metrics=self.counters,
+                         declared_credentials=declared, global_webhooks=list(self.config.webhooks.urls))
+        return api_service(self.config, ports, host=host, port=port)
+
     def build_services(self, workers: int | None = None) -> None:
         """Create the long-running services, in data-flow order. Each area adds its own line."""
         self.services = []
@@ -157,6 +179,7 @@ class Gateway:
         self.services.append(self.delivery_service(workers))  # spool -> workers -> egress, retries
         self.services += self.tracking_services()  # HTTP clicks/opens/unsubscribe/stats, webhook sender
         self.services += milter_services(self.config, self.chain)  # [milter] listen: the chain as an MTA's milter
+        self.services.append(self.api_service())  # /api/v1: the message log behind bearer tokens
 
     # -- lifecycle
 
@@ -182,6 +205,9 @@ class Gateway:
             self._emitter = None
             self._inbound = None
         self._stored_webhooks.close()
+        for close in self._closers:
+            close()
+        self._closers = []
 
     async def serve_forever(self, stop: asyncio.Event) -> None:
         await self.start()

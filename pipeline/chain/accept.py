@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pipeline.chain.admission import admit_message
-from pipeline.chain.runner import Chain
+from pipeline.chain.processing import trace_summary
+from pipeline.chain.runner import Chain, Trace
 from pipeline.config import Config
 from pipeline.contract.context import Credential, Event, MessageContext, Session
 from pipeline.contract.message import current_actor
@@ -54,6 +55,26 @@ def event_for(kind: str, ctx: MessageContext, rcpt: str, data: dict[str, Any] | 
                  metadata=ctx.metadata, data=dict(data or {}))
 
 
+MAX_LOGGED_HEADERS = 100
+
+
+def message_summary(ctx: MessageContext, data: bytes, trace: Trace | None = None) -> dict[str, Any]:
+    """What the message log (:mod:`pipeline.events.messages`) keeps of an accepted message: the
+    envelope, who sent it how (client, TLS, listener), its headers as spooled and the admission trace
+    (each plugin's verdict, time and edits). It rides on the ``accepted`` event, so the log is written
+    in the same transaction as the event and never disagrees with it."""
+    msg, session = ctx.message, ctx.session
+    summary: dict[str, Any] = {
+        "mail_from": msg.mail_from, "subject": msg.get("Subject"), "message_id": msg.get("Message-Id"),
+        "size": len(data), "client_ip": session.peer[0] if session else None, "tls": bool(session and session.tls),
+        "listener": session.listener if session else None, "helo": session.helo if session else None,
+        "headers": [[h.name, h.value[:2000]] for h in msg.headers[:MAX_LOGGED_HEADERS]],
+    }
+    if trace is not None:
+        summary["trace"] = trace_summary(trace.entries)
+    return summary
+
+
 async def enqueue(
     spool: SpoolWriter, ctx: MessageContext, data: bytes, recipients: list[str], *,
     event_data: dict[str, Any] | None = None,
@@ -64,6 +85,8 @@ async def enqueue(
     answers 451, a bounce notice fails like the results it belongs to).
     """
     await spool.enqueue(ctx, data, recipients)
+    event_data = {**(event_data or {})}
+    event_data.setdefault("message", message_summary(ctx, data))
     return [event_for("accepted", ctx, rcpt, event_data) for rcpt in recipients]
 
 
@@ -131,9 +154,10 @@ class AcceptStep:
         """
         if inbound:
             return self._count(await self._to_inbound(raw, mail_from, rcpt_tos))
+        trace = Trace()
         verdict, ctx = await admit_message(
             self.chain, raw, mail_from, list(rcpt_tos),
-            session=session, credential=credential, queue_id=queue_id,
+            session=session, credential=credential, queue_id=queue_id, trace=trace,
         )
         if refuses(verdict) or ctx is None:
             return self._count(Outcome("refused", verdict=verdict, ctx=ctx))
@@ -148,7 +172,7 @@ class AcceptStep:
         if not recipients:
             return self._count(Outcome("discarded", verdict=verdict, ctx=ctx))
         data = ctx.message.as_bytes()
-        outcome = await self.enqueue(ctx, data, recipients)
+        outcome = await self.enqueue(ctx, data, recipients, event_data={"message": message_summary(ctx, data, trace)})
         return self._count(outcome)
 
     async def enqueue(

@@ -33,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.config.api import ApiSection
 from pipeline.config.base import Section
 from pipeline.config.egress import (
     DnsSection,
@@ -48,7 +49,7 @@ from pipeline.contract.context import Credential
 from pipeline.contract.vocabulary import CredentialKind
 
 __all__ = [  # the sections of other modules, re-exported (``from pipeline.config import TlsPolicySection``)
-    "DnsSection", "IpPool", "PoolAddress", "PoolSelectionSection", "Section", "ShapingSection", "ShapingSite",
+    "ApiSection", "DnsSection", "IpPool", "PoolAddress", "PoolSelectionSection", "Section", "ShapingSection", "ShapingSite",
     "TlsLevel", "TlsPolicySection",
 ]
 
@@ -408,6 +409,7 @@ class Config(Section):
     shaping: ShapingSection = Field(default_factory=ShapingSection)
     pools: dict[str, IpPool] = Field(default_factory=dict)  # source IP pools for direct delivery
     pool_selection: PoolSelectionSection = Field(default_factory=PoolSelectionSection)
+    api: ApiSection = Field(default_factory=ApiSection)
 
     source: str = Field(default="<defaults>", exclude=True)
     # key -> the SMTPGATE_<SECTION>__<KEY> variable that set it (check-config shows them)

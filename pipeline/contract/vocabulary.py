@@ -15,7 +15,8 @@ class RecipientState(StrEnum):
     """Where one recipient of a spooled message stands (the spool's ``recipients.state``).
 
     ``queued`` -> ``processing`` (leased) -> ``delivered`` | ``deferred`` | ``bounced`` |
-    ``expired`` | ``failed`` | ``discarded``.
+    ``expired`` | ``failed`` | ``discarded``. An operator may put a waiting copy (``queued`` or
+    ``deferred``) on ``held``: it is not attempted until released (``queued`` again).
     """
 
     QUEUED = "queued"
@@ -26,6 +27,7 @@ class RecipientState(StrEnum):
     EXPIRED = "expired"
     FAILED = "failed"
     DISCARDED = "discarded"
+    HELD = "held"
 
     @property
     def final(self) -> bool:

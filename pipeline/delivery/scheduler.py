@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pipeline.chain.processing import CopyResult
+from pipeline.chain.processing import CopyResult, copy_log
 from pipeline.chain.runner import Chain
 from pipeline.config import Config
 from pipeline.contract.context import Event
@@ -85,6 +85,7 @@ class DeliveryService:
         self._wake = asyncio.Event()
         self._tasks: dict[asyncio.Task[None], QueuedMessage] = {}
         self._held: set[tuple[str, str]] = set()  # (queue_id, recipient) claimed and not yet recorded
+        self._copy_logs: dict[str, dict[str, dict[str, Any]]] = {}  # queue id -> recipient -> copy_log()
         self._runner: asyncio.Task[None] | None = None
         self._stopping = False
         self._wire_shaping(metrics)
@@ -185,6 +186,7 @@ class DeliveryService:
             await self._commit(msg, outcomes)
         finally:
             self._held.difference_update((msg.queue_id, r) for r in msg.recipients)
+            self._copy_logs.pop(msg.queue_id, None)
 
     # -- one attempt ----------------------------------------------------------------------
 
@@ -199,6 +201,8 @@ class DeliveryService:
             return [self._defer(msg, r, "4.3.0", reply, "none", True) for r in msg.recipients]
         outcomes: dict[str, RecipientOutcome] = {}
         to_send: list[Copy] = []
+        # for the message log: each copy's processing trace and final headers, carried by its result event
+        self._copy_logs[msg.queue_id] = {c.recipient: copy_log(c) for c in copies}
         for c in copies:
             if c.recipient not in msg.attempts or c.recipient in outcomes:
                 continue
@@ -282,6 +286,7 @@ class DeliveryService:
         ctx = msg.context
         cred = (ctx.get("credential") or {}).get("name")
         now = self.clock()
+        copy_logs = self._copy_logs.get(msg.queue_id, {})
         for o in outcomes:
             delay = now - msg.created_at
             if o.state == RecipientState.DELIVERED and self.metrics is not None:
@@ -309,6 +314,7 @@ class DeliveryService:
                     "delay": round(delay, 3),
                     **({"next_attempt": o.next_attempt} if o.state == RecipientState.DEFERRED else {}),
                     **({"source": o.source} if o.source else {}),
+                    **({"message": logged} if (logged := copy_logs.get(o.recipient)) else {}),
                 },
             )
             try:

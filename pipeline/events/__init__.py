@@ -11,6 +11,7 @@ the ``env.suppression`` port, which the composition root opens with
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -114,6 +115,8 @@ class EventEmitter:
         """Record, then ``on_event`` plugins. A store failure is logged, not raised, unless ``strict``."""
         await self.record(event, strict=strict)
         if self.after is not None:
+            if "message" in event.data:  # the message log's summary (headers, trace) is not for plugins
+                event = dataclasses.replace(event, data={k: v for k, v in event.data.items() if k != "message"})
             await self.after(event)
 
     async def record(self, event: Event, *, strict: bool = False) -> int | None:

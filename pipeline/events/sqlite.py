@@ -21,6 +21,7 @@ from typing import Any
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType
 from pipeline.events.bounces import classify_status
+from pipeline.events.messages import MESSAGE_SCHEMA, write_message_log
 from pipeline.events.metadata import META_SCHEMA, store_meta
 from pipeline.storage.sqlite import open_sqlite
 
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_time ON events(time);
 CREATE INDEX IF NOT EXISTS events_campaign ON events(campaign_id, time);
 CREATE INDEX IF NOT EXISTS events_copy ON events(queue_id, recipient, type);
+CREATE INDEX IF NOT EXISTS events_credential ON events(credential, time);
 CREATE TABLE IF NOT EXISTS webhook_outbox (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id     INTEGER NOT NULL REFERENCES events(id),
@@ -162,7 +164,7 @@ class SqliteEventStore:
         self.path = path
         self.policy = policy or SuppressionPolicy()
         self._conn = open_sqlite(path)
-        self._conn.executescript(SCHEMA)
+        self._conn.executescript(SCHEMA + MESSAGE_SCHEMA)
         self._lock = threading.Lock()  # the write connection
         self._read = open_sqlite(path)  # long queries (statistics), from threads
         self._read_lock = threading.Lock()
@@ -229,10 +231,12 @@ class SqliteEventStore:
                             1 if event.data.get("machine") else 0,
                             bounce_class(event),
                             _weight(event),
-                            json.dumps(event.data, separators=(",", ":"), default=str),
+                            json.dumps({k: v for k, v in event.data.items() if k != "message"},
+                                       separators=(",", ":"), default=str),
                         ),
                     )
                     event_id = int(cur.lastrowid or 0)
+                    write_message_log(cur, event)  # the message summary lives in the log, not the event
                     ids.append(event_id)
                     store_meta(cur, event)
                     cur.executemany(

@@ -78,9 +78,14 @@ def add_rates(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _where(campaign: str | None, since: float | None, until: float | None) -> tuple[str, list[Any]]:
+def _where(
+    campaign: str | None, since: float | None, until: float | None, credential: str | None = None
+) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     args: list[Any] = []
+    if credential is not None:
+        clauses.append("credential = ?")
+        args.append(credential)
     if campaign is not None:
         clauses.append("COALESCE(campaign_id, '') = ?")
         args.append(campaign)
@@ -100,15 +105,23 @@ def campaign_stats(
     since: float | None = None,
     until: float | None = None,
     by_day: bool = False,
+    credential: str | None = None,
+    by_credential: bool = False,
 ) -> list[dict[str, Any]]:
-    """One row per campaign (``""`` for mail without one), or per campaign and UTC day."""
+    """One row per campaign (``""`` for mail without one), or per campaign and UTC day;
+    ``by_credential``: per credential first, so two credentials' same campaign id stay apart."""
     cols = ", ".join(f"{expr.format(copy=_COPY)} AS {name}" for name, expr in COUNT_COLUMNS.items())
-    where, args = _where(campaign, since, until)
-    keys = "COALESCE(campaign_id, ''), day" if by_day else "COALESCE(campaign_id, '')"
+    where, args = _where(campaign, since, until, credential)
+    key_cols = (["COALESCE(credential, '')"] if by_credential else []) + ["COALESCE(campaign_id, '')"]
+    key_cols += ["day"] if by_day else []
+    keys = ", ".join(key_cols)
     sql = f"SELECT {keys}, {cols} FROM events{where} GROUP BY {keys} ORDER BY {keys}"
     out = []
     for row in store.query(sql, args):
-        head = {"campaign": row[0]}
+        head: dict[str, Any] = {}
+        if by_credential:
+            head["credential"], row = row[0], row[1:]
+        head["campaign"] = row[0]
         rest = row[1:]
         if by_day:
             head["day"] = row[1]
@@ -125,10 +138,11 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def timeline(
-    store: _Queryable, *, campaign: str | None = None, since: float | None = None, until: float | None = None
+    store: _Queryable, *, campaign: str | None = None, since: float | None = None, until: float | None = None,
+    credential: str | None = None,
 ) -> dict[str, Any]:
     """Event counts per time bucket (hours when the data spans two days or less, else days)."""
-    where, args = _where(campaign, since, until)
+    where, args = _where(campaign, since, until, credential)
     span = store.query(f"SELECT MIN(time), MAX(time) FROM events{where}", args)
     lo, hi = span[0] if span else (None, None)
     if lo is None:
@@ -148,21 +162,28 @@ def timeline(
 
 
 def stats_report(
-    store: _Queryable, *, campaign: str | None = None, since: float | None = None, until: float | None = None
+    store: _Queryable, *, campaign: str | None = None, since: float | None = None, until: float | None = None,
+    credential: str | None = None, by_credential: bool = False,
 ) -> dict[str, Any]:
-    """What ``GET /api/stats`` returns: campaigns, days, totals, the timeline and the rows per tag."""
-    campaigns = campaign_stats(store, campaign=campaign, since=since, until=until)
+    """What ``GET /api/stats`` returns: campaigns, days, totals, the timeline and the rows per tag.
+    ``credential`` restricts every part to one credential's events; ``by_credential`` splits rows per
+    credential (``GET /api/v1/stats``)."""
+    campaigns = campaign_stats(store, campaign=campaign, since=since, until=until, credential=credential,
+                               by_credential=by_credential)
+    days = campaign_stats(store, campaign=campaign, since=since, until=until, credential=credential,
+                          by_credential=by_credential, by_day=True)
     return {
         "campaigns": campaigns,
-        "days": campaign_stats(store, campaign=campaign, since=since, until=until, by_day=True),
+        "days": days,
         "totals": totals(campaigns),
-        "timeline": timeline(store, campaign=campaign, since=since, until=until),
-        "tags": tag_stats(store, campaign=campaign, since=since, until=until),
+        "timeline": timeline(store, campaign=campaign, since=since, until=until, credential=credential),
+        "tags": tag_stats(store, campaign=campaign, since=since, until=until, credential=credential),
     }
 
 
 def tag_stats(
-    store: _Queryable, *, campaign: str | None = None, since: float | None = None, until: float | None = None
+    store: _Queryable, *, campaign: str | None = None, since: float | None = None, until: float | None = None,
+    credential: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per tag (vendor dialects' categories and tags): the campaign columns and rates.
 
@@ -171,7 +192,7 @@ def tag_stats(
     from pipeline.events.metadata import TAGGED_EVENTS
 
     cols = ", ".join(f"{expr.format(copy=_COPY)} AS {name}" for name, expr in COUNT_COLUMNS.items())
-    where, args = _where(campaign, since, until)
+    where, args = _where(campaign, since, until, credential)
     sql = f"SELECT tag, {cols} FROM {TAGGED_EVENTS}{where} GROUP BY tag ORDER BY tag"
     out = []
     for row in store.query(sql, args):

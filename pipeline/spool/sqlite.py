@@ -376,6 +376,35 @@ class SqliteSpool:
 
         return int(self._transaction(run))
 
+    def hold(self, queue_id: str) -> int:
+        """Stop a message's waiting copies (``queued``, ``deferred``) from being attempted; how many.
+        ``claim`` and ``next_due`` only see ``queued`` and ``deferred``, so a ``held`` copy just waits."""
+
+        def run(cur: sqlite3.Cursor) -> int:
+            cur.execute(
+                "UPDATE recipients SET state='held', updated_at=? WHERE queue_id=? AND state IN ('queued','deferred')",
+                (time.time(), queue_id),
+            )
+            return cur.rowcount
+
+        return int(self._transaction(run))
+
+    def unhold(self, queue_id: str) -> int:
+        """Release a held message: its held copies are queued and due now; how many."""
+
+        def run(cur: sqlite3.Cursor) -> int:
+            cur.execute(
+                "UPDATE recipients SET state='queued', next_attempt=0, updated_at=? WHERE queue_id=? AND state='held'",
+                (time.time(), queue_id),
+            )
+            return cur.rowcount
+
+        n = int(self._transaction(run))
+        if n:
+            for callback in self._listeners:  # wake delivery, as an enqueue does
+                callback()
+        return n
+
     def delete(self, queue_id: str) -> bool:
         """Remove a message and its recipients from the queue."""
 

@@ -52,6 +52,7 @@ COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
     "smtp_auth_failures_total": ((), "Failed SMTP AUTH attempts."),
     "accept_total": (("status",), "End-of-DATA outcomes of the ingress, by status."),
     "smtp_refusals_total": (("code",), "SMTP 4xx/5xx replies sent, by reply code."),
+    "api_auth_failures_total": (("result",), "Management API requests refused for their token (invalid, throttled)."),
 }
 # histogram name -> (label names, help, buckets in seconds)
 HISTOGRAMS: dict[str, tuple[tuple[str, ...], str, tuple[float, ...]]] = {

@@ -87,6 +87,8 @@ def prune(config_path: str | None, before_text: str | None, age_text: str | None
     if result.webhook_rows:
         line += f" and {result.webhook_rows} finished webhook deliver{'y' if result.webhook_rows == 1 else 'ies'}"
     click.echo(line)
+    if result.messages:
+        click.echo(f"{verb} {result.messages} message(s) from the message log")
     if result.kept_pending:
         click.echo(f"kept {result.kept_pending} older event(s) whose webhooks are still pending")
 

@@ -1,4 +1,4 @@
-"""``smtpgate queue list|show|retry|delete|flush``: the spool, like ``mailq`` and ``postqueue``.
+"""``smtpgate queue list|show|retry|hold|release|delete|flush``: the spool, like ``mailq`` and ``postqueue``.
 
 These commands open the spool file directly, so they work whether or not the server runs; a
 running server re-reads the queue every ``spool.poll_interval`` and picks up ``retry``/``flush``.
@@ -190,6 +190,36 @@ def retry_cmd(queue_id: str, config_path: str | None) -> None:
     n = spool.retry(queue_id)
     spool.close()
     click.echo(f"{queue_id}: {n} recipient(s) due now")
+
+
+@queue.command("hold")
+@click.argument("queue_id")
+@config_option
+def hold_cmd(queue_id: str, config_path: str | None) -> None:
+    """Keep a message's waiting recipients from being attempted until released (like postsuper -h)."""
+    config = get_config(config_path)
+    spool = _open(config)
+    if spool is None or spool.show(queue_id) is None:
+        _fail(f"queue: no message {queue_id} in {config.data_dir / 'spool.db'}")
+        return
+    n = spool.hold(queue_id)
+    spool.close()
+    click.echo(f"{queue_id}: {n} recipient(s) held")
+
+
+@queue.command("release")
+@click.argument("queue_id")
+@config_option
+def release_cmd(queue_id: str, config_path: str | None) -> None:
+    """Release a held message: its recipients are queued and due now (like postsuper -H)."""
+    config = get_config(config_path)
+    spool = _open(config)
+    if spool is None or spool.show(queue_id) is None:
+        _fail(f"queue: no message {queue_id} in {config.data_dir / 'spool.db'}")
+        return
+    n = spool.unhold(queue_id)
+    spool.close()
+    click.echo(f"{queue_id}: {n} recipient(s) released")
 
 
 @queue.command("delete")
