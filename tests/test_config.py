@@ -328,7 +328,7 @@ def test_a_bad_environment_override_names_the_variable(tmp_path, monkeypatch):
 
 
 def test_commands_find_smtpgate_toml_in_the_working_directory_then_etc(tmp_path, monkeypatch):
-    import pipeline.config as config_module
+    import pipeline.config.base as config_module
     from pipeline.config import find_config
 
     monkeypatch.delenv("SMTPGATE_CONFIG", raising=False)

@@ -52,7 +52,7 @@ def test_serve_runs_the_milter_only_when_a_listen_socket_is_configured(tmp_path)
     assert "milter" not in [s.name for s in without.services]
     with_milter = Gateway(make_config({**base, "milter": {"listen": ["inet:127.0.0.1:0"]}}))
     with_milter.build_services()
-    assert [s.name for s in with_milter.services][-1] == "milter"
+    assert "milter" in [s.name for s in with_milter.services]
 
 
 F = [b"Received: x", b"From: a@example.com", b"X-A: 1", b"Subject: hi", b"X-A: 2", b"X-A: 3"]
