@@ -18,6 +18,9 @@ from pipeline.ingress.data import check_content, header_block_problem
 from pipeline.ingress.limits import ConnectionLimiter, SlidingWindow
 from pipeline.ingress.relay import non_fqdn
 from pipeline.ingress.replies import with_enhanced
+from tests.support import corpus_files, sample_files
+
+FILES = sample_files() + corpus_files()  # every golden input: samples/ and the shared corpus
 
 
 @pytest.mark.parametrize(
@@ -205,3 +208,44 @@ def test_the_header_block_ends_at_the_first_line_that_is_not_a_header_field():
 )
 def test_a_sender_domain_is_fully_qualified_with_a_dot_between_two_labels(domain, qualified):
     assert non_fqdn(domain) is not qualified
+
+
+def test_long_line_check_by_blocks_agrees_with_splitting_every_line() -> None:
+    import itertools
+
+    from pipeline.ingress.data import MAX_LINE as _MAX_LINE
+    from pipeline.ingress.data import has_long_line as _has_long_line
+
+    def reference(body: bytes, limit: int) -> bool:
+        return bool(body) and max(map(len, body.split(b"\r\n"))) > limit
+
+    for limit in range(1, 6):  # every body of up to 8 octets from CR, LF and a letter
+        for length in range(9):
+            for combo in itertools.product((b"\r", b"\n", b"a"), repeat=length):
+                body = b"".join(combo)
+                assert _has_long_line(body, limit) == reference(body, limit), (body, limit)
+    typical = FILES[0].read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    for extra in (_MAX_LINE - 1, _MAX_LINE, _MAX_LINE + 1):  # at the real limit, anywhere in a message
+        for at in (0, len(typical) // 2, len(typical)):
+            line = b"\r" * (extra // 3) + b"x" * (extra - extra // 3)  # bare CRs count as line octets
+            body = typical[:at] + line + b"\r\n" + typical[at:]
+            assert _has_long_line(body) == reference(body, _MAX_LINE), (extra, at)
+
+
+# -- ingress ----------------------------------------------------------------------------------
+
+
+def test_smuggling_check_with_its_fast_exit_flags_exactly_the_four_dot_line_sequences() -> None:
+    import itertools
+
+    from pipeline.ingress.data import smuggling as _smuggling
+
+    def reference(body: bytes) -> bool:
+        return body.startswith((b".\n", b".\r")) or any(
+            seq in body for seq in (b"\n.\n", b"\n.\r", b"\r.\n", b"\r.\r")
+        )
+
+    for length in range(7):
+        for combo in itertools.product((b"\r", b"\n", b".", b"a"), repeat=length):
+            body = b"".join(combo)
+            assert _smuggling(body) == reference(body), body

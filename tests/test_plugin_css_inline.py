@@ -19,7 +19,10 @@ from lxml import etree
 from pipeline import Message
 from pipeline.chain.driver import make_chain, make_config, run_chain
 from pipeline.config import ConfigError
-from tests.support import SAMPLES
+from plugins.css_inline import CssInline
+from tests.support import SAMPLES, corpus_files, sample_files
+
+FILES = sample_files() + corpus_files()  # every golden input: samples/ and the shared corpus
 
 ENGINES = ["premailer", "css_inline"]
 COND_BLOCK = re.compile(r"<!--\[if.*?-->|<!--<!\[endif\]-->", re.DOTALL)  # each comment on its own
@@ -281,3 +284,59 @@ def test_web_font_import_and_font_face_kept_so_the_text_keeps_its_font(engine: s
     assert styles[0].lstrip().startswith("@import")  # an @import after another rule is ignored
     assert re.search(r'@font-face\s*\{[^}]*font-family:\s*"Brand";[^}]*brand\.woff2', kept)
     assert "@media" in kept
+
+
+# -- css_inline cache -------------------------------------------------------------------------
+
+
+def _css_plugin(tmp_path: Path, engine: str, cache_size: int) -> CssInline:
+    config = make_config(
+        {
+            "gateway": {"data_dir": str(tmp_path / "data")},
+            "plugins": {"css_inline": {"engine": engine, "cache_size": cache_size}},
+        },
+        plugins=["css_inline"],
+    )
+    instance = make_chain(config).plugins.plugins[0].instance
+    assert isinstance(instance, CssInline)
+    return instance
+
+
+def _template(n: int) -> str:
+    return (
+        "<!DOCTYPE html><html><head><style>p { color: #00f } .x { font-weight: bold }</style></head>"
+        f'<body><p class="x">Hello {n} &amp; welcome</p><a href="https://example.com/?a=1&b={n}">go</a></body></html>'
+    )
+
+
+@pytest.mark.parametrize("engine", ["css_inline", "premailer"])
+def test_cached_inlining_gives_what_a_fresh_engine_run_gives(tmp_path: Path, engine: str) -> None:
+    cached = _css_plugin(tmp_path, engine, 4)
+    fresh = _css_plugin(tmp_path, engine, 0)
+    htmls = [_template(i % 3) for i in range(9)]
+    for path in FILES:
+        htmls += [p.text() for p in Message(path.read_bytes()).html_parts()]
+    for html in htmls + htmls:
+        assert cached.inline(html) == fresh.engine.inline(html)
+    assert "color" in cached.inline(_template(1)) and "Hello 1" in cached.inline(_template(1))
+    assert "Hello 2" in cached.inline(_template(2))
+
+
+def test_inlining_cache_keeps_at_most_cache_size_results_and_zero_turns_it_off(tmp_path: Path) -> None:
+    plugin = _css_plugin(tmp_path, "css_inline", 2)
+    for i in range(5):
+        plugin.inline(_template(i))
+    assert list(plugin._cache) == [_template(3), _template(4)]
+    plugin.inline(_template(3))  # a hit moves to the back: 4 is now the oldest
+    plugin.inline(_template(5))
+    assert list(plugin._cache) == [_template(3), _template(5)]
+    off = _css_plugin(tmp_path, "css_inline", 0)
+    off.inline(_template(1))
+    assert not off._cache
+
+
+def test_negative_cache_size_is_a_config_error(tmp_path: Path) -> None:
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cache_size"):
+        _css_plugin(tmp_path, "css_inline", -1)

@@ -7,6 +7,7 @@ import base64
 import email
 import email.policy
 import logging
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from dkim.canonicalization import Relaxed
 
 from pipeline import MessageContext, Plugin, hookimpl
 from pipeline.app.gateway import Gateway
@@ -23,9 +25,11 @@ from pipeline.chain.admission import admit_message
 from pipeline.chain.driver import make_chain, make_config, run_chain, run_chain_async
 from pipeline.config import ConfigError
 from pipeline.contract.message import Message
-from plugins.dkim_sign import DkimSign, dns_txt_value, signed_headers
+from plugins.dkim_sign import DkimSign, _OpenSSLDKIM, dns_txt_value, relaxed_body, signed_headers
 from tests.support import SAMPLES, complete_message, corpus_files, sample_files
 from tests.support.smtp_sink import EventRecorder, start_sink
+
+FILES = sample_files() + corpus_files()  # every golden input: samples/ and the shared corpus
 
 REJECTED = {
     "10-missing-headers.eml": "550 5.6.0 Message has no From: header",
@@ -472,3 +476,100 @@ async def test_signature_survives_an_smtp_hop(keys, data_dir):
         controller.stop()
     [received] = sink.messages
     assert verifies(received.data, keys, 0) and verifies(received.data, keys, 1)
+
+
+EDGE_BODIES = [
+    b"",
+    b"\r\n",
+    b"\r\n\r\n\r\n",
+    b" ",
+    b" \r\n",
+    b"\t\r\n \r\n",
+    b"a  b\t\tc \t d\r\n",
+    b"a \r\n \r\nb\t\r\n\r\n",
+    b"no final newline  ",
+    b"bare\nLF  \n and\rCR \r",
+    b"x \r \n\r\n",
+    b"  lead\r\n\ttab lead\r\n",
+]
+
+
+def test_relaxed_body_matches_dkimpy_on_every_sample_and_corpus_message() -> None:
+    assert FILES
+    for path in FILES:
+        raw = path.read_bytes()
+        for data in (raw, Message(raw).as_bytes()):
+            body = data.partition(b"\r\n\r\n")[2] or data
+            assert relaxed_body(body) == Relaxed.canonicalize_body(body), path.name
+            assert relaxed_body(data) == Relaxed.canonicalize_body(data), path.name
+
+
+def test_relaxed_body_matches_dkimpy_on_edge_cases_and_random_input() -> None:
+    for body in EDGE_BODIES:
+        assert relaxed_body(body) == Relaxed.canonicalize_body(body), body
+    rng = random.Random(20261121)
+    alphabet = b" \t\r\n.ab"
+    for _ in range(5000):
+        body = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+        assert relaxed_body(body) == Relaxed.canonicalize_body(body), body
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"From: a@example.com\r\nSubject: x\r\n\r\nbody  \r\n",
+        b"From: a@example.com\r\n folded\r\nSubject: x\r\n\r\n\r\nbody after an empty line\r\n",
+        b"From: a@example.com\nSubject: bare LF\n\nbody\n",
+        b"From: a@example.com\r\nSubject: mixed\r\n\r\nbody\nwith bare LF\r\n",
+        b"\r\nno headers at all\r\n",
+        b"From: a@example.com\r\nSubject: no body\r\n",
+        b"From a@example.com Sat Nov 21 2026\r\nFrom: a@example.com\r\n\r\nmbox line\r\n",
+    ],
+)
+def test_signer_splits_header_and_body_exactly_like_dkimpy(message: bytes) -> None:
+    ours = _OpenSSLDKIM(message, rsa.generate_private_key(65537, 1024))
+    headers, body = dkim.rfc822_parse(message)
+    assert ours.headers == headers
+    assert ours.body == body
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(65537, 2048)
+
+
+def _same_second_signatures(data: bytes, key: rsa.RSAPrivateKey, include: list[bytes]) -> tuple[bytes, bytes]:
+    """Ours and stock dkimpy's signature of ``data``; retried when a second boundary fell between
+    them (``t=`` would differ)."""
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+    for _ in range(5):
+        ours = _OpenSSLDKIM(data, key).sign(
+            b"s1", b"example.com", pem, canonicalize=(b"relaxed", b"relaxed"), include_headers=include
+        )
+        stock = dkim.DKIM(data, linesep=b"\r\n").sign(
+            b"s1", b"example.com", pem, canonicalize=(b"relaxed", b"relaxed"), include_headers=include
+        )
+        if re.search(rb"t=(\d+)", ours)[1] == re.search(rb"t=(\d+)", stock)[1]:  # type: ignore[index]
+            return ours, stock
+    raise AssertionError("could not sign twice within one second")
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_signature_field_is_byte_identical_to_stock_dkimpy_and_verifies(
+    path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    data = Message(path.read_bytes()).as_bytes()
+    include = signed_headers([h.name for h in Message(data).headers])
+    if not any(h.name.lower() == "from" for h in Message(data).headers):
+        include = [b"from", *include]
+    try:
+        ours, stock = _same_second_signatures(data, rsa_key, include)
+    except dkim.MessageFormatError:  # dkimpy cannot parse this header block: ours must refuse too
+        with pytest.raises(dkim.MessageFormatError):
+            dkim.DKIM(data).sign(b"s1", b"example.com", b"", include_headers=include)
+        return
+    assert ours == stock
+    record = dns_txt_value(rsa_key).encode()
+    assert dkim.verify(ours + data, dnsfunc=lambda name, timeout=5: record)

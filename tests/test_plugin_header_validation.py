@@ -409,3 +409,42 @@ async def test_added_headers_and_encoded_subject_are_in_the_spooled_message(data
 def test_unparsable_8bit_address_header_is_a_550_not_a_plugin_failure(value):
     raw = COMPLETE.replace(b"To: rcpt@example.org", b"To: " + value + "é".encode())
     assert reply(raw) == "550 5.6.0 Invalid To: header: cannot parse the address list"
+
+
+# -- header_validation ------------------------------------------------------------------------
+
+
+FROM_VALUES = [
+    "Jane <jane@example.com>",
+    "jane@example.com",
+    '"Doe, Jane" <jane@example.com>',
+    "=?utf-8?q?J=C3=A4ne?= <jane@example.com>",
+    "a@example.com, b@example.com",
+    "Jane <jane@>",
+    "jane",
+    "<@example.com>",
+    "Jane <jane@exa_mple.com>",
+    "",
+    "undisclosed-recipients:;",
+    "Jane <jane@example.com",
+    "x" * 3000 + " <jane@example.com>",  # above the cache's length bound: checked uncached
+]
+
+
+def test_cached_from_check_gives_the_uncached_verdict_every_time() -> None:
+    from plugins.header_validation import _check_from, check_from
+
+    for _ in range(2):  # the second round answers from the cache
+        for value in FROM_VALUES:
+            assert check_from(value) == _check_from(value), value
+    assert check_from("jane") is not None and check_from("Jane <jane@example.com>") is None
+
+
+def test_long_from_values_are_not_kept_in_the_cache() -> None:
+    from plugins.header_validation import _CHECK_FROM_CACHE_MAX_LEN, _check_from_cached, check_from
+
+    long_value = "y" * (_CHECK_FROM_CACHE_MAX_LEN + 1) + " <jane@example.com>"
+    before = _check_from_cached.cache_info()
+    assert check_from(long_value) is None
+    after = _check_from_cached.cache_info()
+    assert (after.hits, after.misses) == (before.hits, before.misses)
