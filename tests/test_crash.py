@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import aiosmtplib
+import pytest
 
 from tests.support import ROOT
 from tests.support.smtp_sink import start_sink
@@ -65,6 +66,9 @@ port = {sink_port}
 tls = "none"
 
 [tracking]
+listen_port = 0
+
+[api]
 listen_port = 0
 """
     )
@@ -139,6 +143,7 @@ async def send_all(ids: list[int], port: int, accepted: set[int], on_accept=None
     await asyncio.gather(*(client() for _ in range(CLIENTS)))
 
 
+@pytest.mark.slow  # a few seconds: subprocesses / many generated cases (fast loop skips it)
 async def test_sigkill_during_load_loses_no_accepted_message(tmp_path: Path):
     started = time.monotonic()
     controller, sink = start_sink()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -15,13 +17,28 @@ from pipeline.app.gateway import Gateway
 from pipeline.chain.driver import make_config
 from pipeline.chain.loader import PluginSet
 from pipeline.chain.runner import Chain
+from pipeline.config import EgressSection
 from pipeline.contract.context import Credential, Event, MessageContext
 from pipeline.contract.message import Message
 from pipeline.delivery.notices import BounceNotices, notice_features
 from pipeline.delivery.scheduler import DeliveryService
+from pipeline.egress.base import Copy
+from pipeline.egress.smtp import SmtpEgress
+from pipeline.spool import QueuedMessage
 from pipeline.spool.sqlite import SqliteSpool
-from tests.support.smtp_sink import FAST_RETRIES, EventRecorder, closed_port, smtp_egress, verdict_plugin
+from tests.support.smtp_sink import (
+    FAST_RETRIES,
+    EventRecorder,
+    SinkController,
+    SinkHandler,
+    closed_port,
+    server_tls,
+    smtp_egress,
+    start_sink,
+    verdict_plugin,
+)
 
+MESSAGE = b"From: app@shop.example\r\nTo: user@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
 RAW = b"From: app@example.org\r\nTo: someone@example.net\r\nSubject: test\r\n\r\nHello\r\n"
 FAST = {**FAST_RETRIES, "bounce_notices": False}  # notices to the sender: tests/test_notices.py
 
@@ -224,6 +241,7 @@ async def test_unknown_credential_egress_defers_not_drops(data_dir):
     assert "nope" in EventRecorder.of("deferred")[0].data["reply"]
 
 
+@pytest.mark.slow  # a few seconds: subprocesses / many generated cases (fast loop skips it)
 async def test_worker_processes_run_the_chain(sinks, data_dir):
     controller, sink = sinks()
     gw, svc = await start_service(data_dir, egress=smtp_egress(controller.port), plugins=(VerdictByRecipient,),
@@ -293,6 +311,7 @@ class DieOnce(Plugin):
         return None
 
 
+@pytest.mark.slow  # a few seconds: subprocesses / many generated cases (fast loop skips it)
 async def test_dead_worker_process_defers_and_retry_delivers(data_dir):
     gw, svc = await start_service(data_dir, egress={"type": "null"}, plugins=(DieOnce,), workers=1)
     try:
@@ -362,3 +381,109 @@ async def test_delivery_runs_on_its_ports_alone_without_a_gateway(tmp_path: Path
     assert by_rcpt["reject@example.net"].data["reply"] == "550 5.7.1 policy says no"
     [copy] = [p for p in (tmp_path / "maildir" / "new").iterdir()]
     assert b"X-Processed-For: ok@example.net" in copy.read_bytes()
+
+
+# -- issue 5 point 4: the default retry schedule and the Postfix-style line -------------------
+
+
+def test_default_retry_schedule_doubles_from_5_minutes_to_1_hour_and_expires_after_5_days(tmp_path):
+    config = make_config({"gateway": {"data_dir": str(tmp_path / "data")}})
+    assert (config.spool.retry_min, config.spool.retry_max, config.spool.lifetime) == (300.0, 3600.0, 432000.0)
+    t0 = 1_000_000.0
+    now = {"t": t0 + 10}
+    svc = Gateway(config).delivery_service(workers=0, clock=lambda: now["t"])
+    delays = []
+    for attempts in range(7):
+        msg = QueuedMessage("Q1", "a@example.org", b"", {}, t0, ["x@example.net"], attempts={"x@example.net": attempts})
+        out = svc._defer(msg, "x@example.net", "4.2.0", "451 4.2.0 busy", "mx.example.net", False)
+        assert (out.state, out.attempts) == ("deferred", attempts + 1)
+        delays.append(out.next_attempt - now["t"])
+    assert delays == [300.0, 600.0, 1200.0, 2400.0, 3600.0, 3600.0, 3600.0]
+    # the last attempt is made at the lifetime, not after it; past it the recipient expires with 4.4.7
+    now["t"] = t0 + 432000 - 100
+    msg = QueuedMessage("Q1", "a@example.org", b"", {}, t0, ["x@example.net"], attempts={"x@example.net": 40})
+    assert svc._defer(msg, "x@example.net", "4.2.0", "busy", "r", False).next_attempt == t0 + 432000
+    now["t"] = t0 + 432000
+    out = svc._defer(msg, "x@example.net", "4.2.0", "451 4.2.0 busy", "r", False)
+    assert (out.state, out.dsn) == ("expired", "4.4.7")
+    assert out.reply == "message expired after 432000 s in the queue; last: 451 4.2.0 busy"
+
+
+async def test_each_result_is_logged_as_one_postfix_style_line(data_dir, caplog):
+    caplog.set_level(logging.INFO, "smtpgate")
+    EventRecorder.reset()
+    controller, _ = start_sink(known={"a@example.net"})
+    try:
+        gw, svc = await start_service(data_dir, egress=smtp_egress(controller.port))
+        try:
+            qid = await enqueue(gw, ["a@example.net", "reject@example.net"])
+            await EventRecorder.until(lambda: len(EventRecorder.events) >= 2)
+        finally:
+            await stop(gw, svc)
+    finally:
+        controller.stop()
+        EventRecorder.reset()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{qid}: to=")]
+    relay = rf"127\.0\.0\.1\[127\.0\.0\.1\]:{controller.port}"
+    assert len(lines) == 2, lines
+    assert any(re.fullmatch(rf"{qid}: to=<a@example\.net>, relay={relay}, delay=\d+\.\d\d, dsn=2\.0\.0, tls=none, "
+                            r"status=sent \(250 .+\)", line) for line in lines), lines
+    assert any(re.fullmatch(rf"{qid}: to=<reject@example\.net>, relay={relay}, delay=\d+\.\d\d, dsn=5\.\d\.\d+, tls=none, "
+                            r"status=bounced \(550 .+\)", line) for line in lines), lines
+
+
+# -- issue 5 point 2: a plugin that raises after acceptance is retried, then fails loudly -------
+
+
+class Raising(Plugin):
+    """A plugin bug in a processing phase: an exception, not a verdict."""
+
+    name = "raising_after_acceptance"
+
+    @hookimpl
+    def on_personalize(self, ctx: Any) -> None:
+        raise RuntimeError("plugin bug in personalize")
+
+
+async def test_plugin_exception_after_acceptance_is_deferred_then_failed_never_dropped(data_dir, caplog):
+    EventRecorder.reset()
+    gw, svc = await start_service(data_dir, egress={"type": "null"}, plugins=(Raising,),
+                                  spool={"max_plugin_attempts": 2})
+    try:
+        qid = await enqueue(gw, ["x@example.net"])
+        await EventRecorder.until(lambda: bool(EventRecorder.of("failed")))
+        record = gw.spool.show(qid)
+    finally:
+        await stop(gw, svc)
+    types = [e.type for e in EventRecorder.events]
+    EventRecorder.reset()
+    assert types == ["deferred", "failed"]
+    assert record is None or record["recipients"][0]["state"] == "failed"
+    assert any(r.getMessage().startswith(f"{qid}: to=<x@example.net>") and "status=failed" in r.getMessage()
+               for r in caplog.records)
+
+
+# -- issue 5 point 3: the smarthost over implicit TLS (SMTPS), certificate verified ------------
+
+
+async def test_smarthost_delivers_over_implicit_tls_with_a_verified_certificate(tls_cert):
+    handler = SinkHandler()
+    controller = SinkController(handler, ssl_context=server_tls(*tls_cert), data_size_limit=0)
+    controller.start()
+    try:
+        section = EgressSection(type="smtp", host="127.0.0.1", port=controller.port, tls="implicit",
+                                ca_file=tls_cert[0])
+        egress = SmtpEgress(section, "gw.test")
+        [res] = await egress.deliver([Copy("Q1", "b@example.net", "a@example.org", MESSAGE)])
+        await egress.close()
+        untrusting = SmtpEgress(EgressSection(type="smtp", host="127.0.0.1", port=controller.port, tls="implicit"),
+                                "gw.test")
+        [refused] = await untrusting.deliver([Copy("Q2", "c@example.net", "a@example.org", MESSAGE)])
+        await untrusting.close()
+    finally:
+        controller.stop()
+    assert (res.status, res.relay) == ("sent", f"127.0.0.1[127.0.0.1]:{controller.port}")
+    assert [m.rcpt_tos for m in handler.messages] == [["b@example.net"]]
+    # the same port refuses a client that does not trust the certificate: the delivery was over
+    # TLS (aiosmtpd leaves session.ssl unset on implicit TLS), and verification is on by default
+    assert (refused.status, refused.dsn) == ("deferred", "4.7.5")

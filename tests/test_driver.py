@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from pipeline import Credential, Discard, MessageContext, Plugin, Reject, Session, TempFail, hookimpl
 from pipeline.app.replay import replay_message
 from pipeline.chain.driver import make_chain, make_config, run_chain
 from pipeline.contract.verdicts import Accept, drops, ends, refuses
+from tests.support import SAMPLES
 
 RAW = (
     b"From: shop@example.com\r\nTo: a@example.net, b@example.net\r\nSubject: hi\r\n"
@@ -122,3 +125,16 @@ def test_what_a_verdict_means_is_decided_in_one_place():
     assert [ends(v) for v in (None, Accept(), Reject(), TempFail(), Discard())] == [False, False, True, True, True]
     assert [refuses(v) for v in (None, Accept(), Reject(), TempFail(), Discard())] == [False, False, True, True, False]
     assert [drops(v) for v in (None, Accept(), Reject(), TempFail(), Discard())] == [False, False, False, False, True]
+
+
+# -- issue 2, point 12: pipeline.chain.driver cannot silently drop a plugin ------------------------------
+
+
+def test_run_chain_refuses_builtin_names_next_to_a_ready_config() -> None:
+    """A Config already names its chain: names given beside it used to be ignored, so a plugin
+    author's test ran without the plugin under test and passed."""
+    raw = (SAMPLES / "01-plain-text.eml").read_bytes()
+    with pytest.raises(ValueError, match=r"built-in names \['campaign_tag'\] with a Config"):
+        run_chain(raw, ["campaign_tag"], config=make_config())
+    tagged = run_chain(raw, config=make_config(plugins=["campaign_tag"]))
+    assert tagged.ctx is not None and tagged.ctx.campaign_id  # the daily campaign: the plugin ran

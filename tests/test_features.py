@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
+import aiosmtplib
 import pytest
 from click.testing import CliRunner
 
-from pipeline import Credential, MessageContext, Plugin, Reject, hookimpl
+from pipeline import Credential, Message, MessageContext, Plugin, Reject, hookimpl
 from pipeline.app.cli import main
+from pipeline.app.harness import ingress_test_config, running_ingress, spooled
 from pipeline.chain.driver import make_config, run_chain
 from pipeline.chain.features import resolve_features
 from pipeline.chain.loader import PluginSet
 from pipeline.config import ConfigError
-from pipeline.contract.message import Message
 from tests.support import SAMPLES
 
 DEFAULTS = {"inlinecss": True, "trackclicks": True, "trackopens": True, "trackbounces": False, "dkim": True}
@@ -284,3 +286,46 @@ def test_plugins_command_lists_every_switch_with_its_default(tmp_path):
     assert re.search(r"^  dkim +off +policy +dkim_sign \(plugin default on\)$", result.output, re.M)
     assert re.search(r"^  listunsubscribe +off +policy +list_unsubscribe$", result.output, re.M)
     assert any(line.startswith("switches (default") for line in lines)
+
+
+# -- issue 2, point 7: the switches over a real SMTP session --------------------------------------
+
+
+async def test_switches_over_smtp_credential_header_lock_and_an_invalid_value(data_dir: Path) -> None:
+    """A credential turns trackclicks on and locks trackopens off; the message's headers ask for
+    the opposite of both: the header wins where unlocked, the lock holds, the defaults fill the
+    rest, no control header is spooled; "maybe" is the exact 550 reply to DATA, nothing queued."""
+    cfg = ingress_test_config(
+        data_dir,
+        credentials=[{
+            "name": "office", "kind": "ip", "networks": ["127.0.0.1/32"],
+            "features": {"TrackClicks": True, "trackopens": False, "trackbounces": True},
+            "locked": ["TrackOpens"],
+        }],
+        features={"trackclicks": False, "inlinecss": True},
+        tracking={"bounce_domain": "bounce.example.com"},  # trackbounces without one is refused at DATA
+        chain=["header_validation", "css_inline", "click_tracking", "open_pixel", "bounce_tracking", "dkim_sign"],
+    )
+    raw = (SAMPLES / "01-plain-text.eml").read_bytes()
+    headers = b"X-SMTPeter-TrackClicks: FALSE\r\nx-smtpeter-trackopens: true\r\nX-SMTPeter-InlineCSS: false\r\n"
+    async with running_ingress(cfg) as (_, ingress):
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=ingress.port("plain"), timeout=10)
+        await client.connect()
+        errors, _ = await client.sendmail("app@example.com", ["r@example.org"], headers + raw)
+        assert errors == {}
+        bad = b"X-SMTPeter-TrackOpens: maybe\r\n" + raw
+        with pytest.raises(aiosmtplib.SMTPDataError) as err:
+            await client.sendmail("app@example.com", ["r@example.org"], bad)
+        await client.quit()
+    assert (err.value.code, err.value.message) == (
+        550, "5.6.0 Invalid X-SMTPeter-TrackOpens header: expected true or false"
+    )
+    [msg] = spooled(data_dir)
+    features = msg["context"]["features"]
+    # header over credential (trackclicks), lock over header (trackopens), header over default
+    # (inlinecss), credential over default (trackbounces)
+    assert (features["trackclicks"], features["trackopens"], features["inlinecss"], features["trackbounces"]) == (
+        False, False, False, True
+    )
+    assert features["dkim"] is True and features["validate"] is True  # defaults kept
+    assert b"x-smtpeter" not in msg["data"].lower()

@@ -12,13 +12,15 @@ import signal
 import smtplib
 import ssl
 import sys
-from pathlib import Path
+import time
+
+import pytest
 
 from pipeline import Reject, Session, hookimpl
 from pipeline.accounts.secrets import hash_secret_pbkdf2
 from pipeline.app.harness import Dialogue, ingress_test_config, running_ingress, spooled
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 KEY = {"name": "key", "kind": "apikey", "secret_hash": hash_secret_pbkdf2("key-0123456789", 1000)}
 AUTH = "AUTH PLAIN " + base64.b64encode(b"\0apikey\0key-0123456789").decode()
 BODY = b"From: app@shop.example\r\nTo: user@example.com\r\nSubject: hi\r\n\r\nhello\r\n.\r\n"
@@ -200,12 +202,13 @@ async def test_one_log_line_per_session_and_per_accepted_message(data_dir, tls_c
                      sessions[0])
 
 
+@pytest.mark.slow  # a few seconds: subprocesses / many generated cases (fast loop skips it)
 async def test_smtpgate_serve_runs_until_sigterm(tmp_path):
     config = tmp_path / "smtpgate.toml"
     config.write_text(
         f'[gateway]\nhostname = "serve.test"\ndata_dir = "{tmp_path / "data"}"\n'
         '[[listeners]]\nname = "plain"\nport = 0\ntls = "none"\nrequire_tls = false\n'
-        '[tracking]\nlisten_port = 0\n'
+        '[tracking]\nlisten_port = 0\n[api]\nlisten_port = 0\n'
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
@@ -235,6 +238,7 @@ async def test_smtpgate_serve_runs_until_sigterm(tmp_path):
             await proc.wait()
 
 
+@pytest.mark.slow  # a few seconds: subprocesses / many generated cases (fast loop skips it)
 async def test_smtpgate_serve_reports_a_busy_port_in_one_line(tmp_path):
     blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     busy = blocker.sockets[0].getsockname()[1]
@@ -242,7 +246,7 @@ async def test_smtpgate_serve_reports_a_busy_port_in_one_line(tmp_path):
     config.write_text(
         f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n'
         f'[[listeners]]\nname = "plain"\nport = {busy}\ntls = "none"\nrequire_tls = false\n'
-        '[tracking]\nlisten_port = 0\n'
+        '[tracking]\nlisten_port = 0\n[api]\nlisten_port = 0\n'
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
@@ -254,3 +258,56 @@ async def test_smtpgate_serve_reports_a_busy_port_in_one_line(tmp_path):
     assert proc.returncode == 1
     assert f"smtpgate: cannot start: listener plain: cannot listen on 127.0.0.1:{busy}" in err.decode()
     assert "Traceback" not in err.decode()
+
+
+# -- issue 4 point 10 (docs/ingress.md): a second SIGTERM stops at once, inside the grace period --
+
+
+@pytest.mark.slow  # a few seconds: subprocesses / many generated cases (fast loop skips it)
+async def test_second_sigterm_stops_serve_at_once_while_a_transaction_is_open(tmp_path):
+    config = tmp_path / "smtpgate.toml"
+    config.write_text(
+        f'[gateway]\nhostname = "serve.test"\ndata_dir = "{tmp_path / "data"}"\nlog_level = "info"\n'
+        '[[listeners]]\nname = "plain"\nport = 0\ntls = "none"\nrequire_tls = false\n'
+        '[limits]\nshutdown_grace = 60\n'
+        '[[credentials]]\nname = "local"\nkind = "ip"\nnetworks = ["127.0.0.0/8"]\n'
+        '[tracking]\nlisten_port = 0\n[api]\nlisten_port = 0\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from pipeline.app.cli import main; main()", "serve", "--config", str(config),
+        "--workers", "1", stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+
+    async def until(pattern: str) -> re.Match[str]:
+        while True:
+            line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+            assert line, "serve exited early:\n" + "".join(lines)
+            lines.append(line)
+            if m := re.search(pattern, line):
+                return m
+
+    try:
+        port = int((await until(r"listening on 127\.0\.0\.1:(\d+) \(plain")).group(1))
+        d = await Dialogue.connect("127.0.0.1", port)
+        assert (await d.reply()).code == 220
+        assert (await d.cmd("EHLO busy.test")).code == 250
+        assert (await d.cmd("MAIL FROM:<a@example.org>")).code == 250
+        assert (await d.cmd("RCPT TO:<b@example.net>")).code == 250
+        proc.send_signal(signal.SIGTERM)
+        await until(r"received SIGTERM: draining \(grace 60s\)")
+        assert proc.returncode is None  # the open transaction may finish: the grace period runs
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = await asyncio.wait_for(proc.wait(), 20)
+        elapsed = time.monotonic() - started
+        rest = (await asyncio.wait_for(proc.stderr.read(), 10)).decode()
+        await d.close()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert rc == 0 and elapsed < 20, (rc, elapsed)
+    assert "received SIGTERM again: stopping now" in rest
+    assert "Traceback" not in "".join(lines) + rest

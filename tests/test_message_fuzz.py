@@ -18,6 +18,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
@@ -174,6 +175,7 @@ def forget_raw(msg: Message) -> None:
 
 
 # -- properties --------------------------------------------------------------------------------
+@pytest.mark.slow  # a few seconds: subprocesses / many generated cases (fast loop skips it)
 @SETTINGS
 @given(messages())
 def test_unedited_message_serialises_byte_identical_from_its_tree(tree: Tree) -> None:
@@ -228,6 +230,7 @@ def expected_text(part: Part, new: str) -> str:
         "caf\u00e9 = 3D  \n" + "y" * 1200,
     )
 )
+@pytest.mark.slow  # a few seconds: subprocesses / many generated cases (fast loop skips it)
 def test_editing_one_part_leaves_every_other_part_byte_identical(case: tuple[Tree, int, str]) -> None:
     tree, index, new = case
     msg = Message(tree.raw)

@@ -149,6 +149,7 @@ def test_init_then_serve_signs_logs_json_measures_and_is_found_from_anywhere(tmp
                      daemon=True).start()
     env = clean_env(
         SMTPGATE_LISTENERS__0__PORT="0", SMTPGATE_LISTENERS__1__PORT="0", SMTPGATE_TRACKING__LISTEN_PORT="0",
+        SMTPGATE_API__LISTEN_PORT="0",
         SMTPGATE_GATEWAY__LOG_FORMAT="json", SMTPGATE_SPOOL__WORKERS="1", SMTPGATE_SPOOL__RETRY_MIN="3600",
         NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="400000",
     )
@@ -227,7 +228,7 @@ def test_init_then_serve_signs_logs_json_measures_and_is_found_from_anywhere(tmp
 @pytest.mark.slow
 def test_serve_on_embedded_defaults_says_loudly_that_mail_goes_out_unsigned(tmp_path):
     env = clean_env(SMTPGATE_LISTENERS__0__PORT="0", SMTPGATE_LISTENERS__1__PORT="0",
-                    SMTPGATE_TRACKING__LISTEN_PORT="0", SMTPGATE_SPOOL__WORKERS="0",
+                    SMTPGATE_TRACKING__LISTEN_PORT="0", SMTPGATE_API__LISTEN_PORT="0", SMTPGATE_SPOOL__WORKERS="0",
                     SMTPGATE_GATEWAY__HOSTNAME="localhost")
     serve = Serve(tmp_path, env)
     try:

@@ -42,6 +42,9 @@ type = "null"
 
 [tracking]
 listen_port = 0
+
+[api]
+listen_port = 0
 """
 
 

@@ -98,7 +98,7 @@ async def test_credential_is_named_only_when_configured_and_the_header_can_be_of
 
 async def _through_the_gateway(data_dir: Any, egress: dict[str, Any], delivered: Callable[[], bool]) -> None:
     config = ingress_test_config(
-        data_dir, None, credentials=[KEY], egress=egress, tracking={"listen_port": 0},
+        data_dir, None, credentials=[KEY], egress=egress, tracking={"listen_port": 0}, api={"listen_port": 0},
         spool={"workers": 0, "retry_min": 0.05, "poll_interval": 0.05},
     )
     gw = Gateway(config)

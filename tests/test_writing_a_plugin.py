@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from pipeline import Message
 from pipeline.app.cli import main
 from pipeline.chain.loader import BUILTINS, resolve
 from pipeline.contract import hookspecs
-from pipeline.contract.message import Message
+from pipeline.toolkit.tokens import TokenSigner, load_signer
 from tests.support import ROOT, SAMPLES
 
 DOC = (ROOT / "docs" / "plugins.md").read_text()
@@ -139,7 +140,6 @@ def test_every_public_name_is_importable_and_the_deprecated_aliases_still_work()
     sys.modules.pop("pipeline.tokens", None)
     with pytest.warns(DeprecationWarning, match="pipeline.tokens is deprecated"):
         old_tokens = importlib.import_module("pipeline.tokens")
-    from pipeline.toolkit.tokens import TokenSigner, load_signer
     from pipeline.toolkit.tracking import TrackingPlugin
 
     assert old_tokens.TokenSigner is TokenSigner and old_tokens.load_signer is load_signer
@@ -162,3 +162,18 @@ def test_every_builtin_page_has_a_true_at_a_glance_section(name: str):
         assert rows["switch"] == "none (always on)"
     assert rows["config"] == f"`[plugins.{name}]`: " + ", ".join(f"`{k}`" for k in cls.Config.model_fields)
     assert rows["tests"] == f"`tests/test_plugin_{name}.py`" and (ROOT / "tests" / f"test_plugin_{name}.py").is_file()
+
+
+# -- issue 2, point 6 / docs: the built-in table in docs/plugins.md says what the code does --------
+
+
+@pytest.mark.parametrize("name", sorted(BUILTINS))
+def test_docs_builtin_table_names_each_plugins_hooks_and_switch(name: str) -> None:
+    """The table drifted once (list_unsubscribe's switch shown as "-" after it got one)."""
+    doc = (ROOT / "docs" / "plugins.md").read_text()
+    row = re.search(rf"^\| `{name}` \| ([^|]+) \| ([^|]+) \|", doc, re.M)
+    assert row, f"docs/plugins.md has no built-in row for {name}"
+    cls, _ = resolve(name)
+    hooks = sorted(n for n in dir(cls) if n.startswith("on_") and hasattr(getattr(cls, n), "smtpgate_impl"))
+    assert sorted(h.strip() for h in row.group(1).split(",")) == hooks
+    assert row.group(2).strip() == (cls.feature or "-")
