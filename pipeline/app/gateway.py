@@ -65,7 +65,7 @@ class Gateway:
         # Process-wide metrics for /metrics: counters keyed "name:label" with bounded label
         # values, histograms, and the figures read when scraped (pipeline/tracking/metrics.py).
         self.counters = GatewayMetrics()
-        self.counters.add_collector(GatewayCollector(self))
+        self.counters.add_collector(GatewayCollector(lambda: self.spool, lambda: self.events, lambda: self.services))
         self._spool: SqliteSpool | None = None
         self._events: SqliteEventStore | None = None
         self._emitter: EventEmitter | None = None

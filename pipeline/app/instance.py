@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.app.gateway import Gateway
 from pipeline.config import Config
 
 PID_FILE = "smtpgate.pid"
@@ -48,7 +49,7 @@ def dkim_summary(plugins: list[Any]) -> tuple[bool, list[str]]:
     return False, []
 
 
-def startup_summary(gateway: Any) -> list[tuple[int, str]]:
+def startup_summary(gateway: Gateway) -> list[tuple[int, str]]:
     """(level, line) pairs logged once the services listen (bound ports, not requested ones)."""
     config: Config = gateway.config
     lines: list[tuple[int, str]] = []

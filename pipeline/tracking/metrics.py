@@ -13,7 +13,7 @@ scrape of one process sees everything, with no multiprocess files to clean up.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -22,6 +22,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from pipeline.events import EVENT_TYPES
+from pipeline.ports import EventStore
 
 
 class WebhookStats(Protocol):
@@ -116,15 +117,20 @@ class GatewayMetrics:
 class GatewayCollector(Collector):
     """Figures read at scrape time: the queue, open sessions, the event store, the webhook outbox."""
 
-    def __init__(self, gateway: Any) -> None:
-        self.gateway = gateway
+    def __init__(
+        self,
+        spool: Callable[[], object],
+        events: Callable[[], EventStore],
+        services: Callable[[], Sequence[object]],
+    ) -> None:
+        # Callables, not the stores: registering must not open them (read commands create nothing).
+        self._spool, self._events, self._services = spool, events, services
 
     def describe(self) -> list[GaugeMetricFamily]:
         return []  # registering must not open the spool or the event store (read commands create nothing)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        gw = self.gateway
-        spool = gw.spool
+        spool: Any = self._spool()
         by_state, oldest = spool.queue_summary() if hasattr(spool, "queue_summary") else ({}, None)
         g = GaugeMetricFamily("smtpgate_queue_recipients", "Recipients in the queue, by state.", labels=["state"])
         for state in sorted({"queued", "processing", "deferred", *by_state}):
@@ -132,17 +138,17 @@ class GatewayCollector(Collector):
         yield g
         yield GaugeMetricFamily("smtpgate_queue_oldest_age_seconds", "Age of the oldest message still queued (0: none).",
                                 value=max(0.0, time.time() - oldest) if oldest else 0.0)
-        for service in getattr(gw, "services", ()):
+        for service in self._services():
             if getattr(service, "name", "") == "ingress":
                 yield GaugeMetricFamily("smtpgate_smtp_sessions_open", "SMTP sessions open now.",
                                         value=len(getattr(service, "sessions", ())))
             if getattr(service, "name", "") == "webhooks":
                 g = GaugeMetricFamily("smtpgate_webhook_attempts", "Webhook POSTs by this process, by result.",
                                       labels=["result"])
-                g.add_metric(["ok"], service.sent)
-                g.add_metric(["error"], service.failures)
+                g.add_metric(["ok"], getattr(service, "sent", 0))
+                g.add_metric(["error"], getattr(service, "failures", 0))
                 yield g
-        store = gw.events
+        store = self._events()
         stored: dict[str, int] = {}
         for type_, n in store.counts_by_type().items():
             label = type_ if type_ in EVENT_TYPES else "other"
