@@ -146,8 +146,9 @@ class Spool(SpoolWriter, Protocol):
 class EventStore(Protocol):
     """The durable event record as the gateway's services read and write it (SQLite today)."""
 
-    async def record(self, event: Event, webhook_urls: Sequence[str] = ()) -> int:
-        """Store the event with its webhook deliveries and suppression in one transaction; its id."""
+    async def record(self, event: Event, webhook_urls: Sequence[str] = (), origin: str | None = None) -> int:
+        """Store the event with its webhook deliveries and suppression in one transaction; its id
+        (``origin``: a unique key; an event already stored under it is not stored again)."""
         ...
 
     def is_suppressed(self, address: str, credential: str | None = None) -> bool: ...
@@ -169,6 +170,18 @@ class EventStore(Protocol):
     def suppressed_count(self) -> int: ...
 
     def close(self) -> None: ...
+
+
+class ResultRecorder(Protocol):
+    """Commits recipients' results together with the events describing them (one transaction),
+    then does what the event sink does after a write (counters, webhook wake, ``on_event``)."""
+
+    async def record(self, outcomes: Sequence[RecipientOutcome], events: Sequence[Event]) -> None: ...
+
+    async def drain(self) -> int:
+        """Finish what a crash interrupted (events committed with their results but not yet
+        stored where the event store reads them); how many. Called at start."""
+        ...
 
 
 class WebhookWaker(Protocol):

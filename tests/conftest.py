@@ -50,3 +50,33 @@ def sinks() -> Iterator[Callable[..., Any]]:
     yield make
     for controller in started:
         controller.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """A private PostgreSQL cluster for the whole session (tests/pg_cluster.py), stopped by PID."""
+    from tests.pg_cluster import PgCluster
+
+    cluster = PgCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> Iterator[str]:
+    """A fresh database of its own for this test: its ``postgresql://`` URL (dropped afterwards)."""
+    url = pg_cluster.new_database()
+    yield url
+    pg_cluster.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """Each storage backend in turn (tests/storage_backends.py): the same test, both databases."""
+    from tests.storage_backends import Backend
+
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    return Backend(request.param, tmp_path / "data", url)

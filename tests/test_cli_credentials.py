@@ -1,22 +1,34 @@
 """``smtpgate credentials``: add prints a secret once, list never shows it, disable/remove work
-against a running server without a restart, and mistakes are one-line errors."""
+against a running server without a restart, and mistakes are one-line errors (both backends: on
+PostgreSQL a change reaches a running node within ``CredentialStore.SHARED_TTL`` seconds)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import time
 
+import pytest
 from click.testing import CliRunner
 
+from pipeline.accounts.store import CredentialStore
 from pipeline.app.cli import main
 from pipeline.app.harness import Dialogue, client_tls, ingress_test_config, running_ingress
+
+
+@pytest.fixture
+def cb(backend, monkeypatch):
+    """The backend, with CLI runs pointed at it."""
+    backend.export_env(monkeypatch)
+    return backend
 
 
 def run(*args: str, input: str | None = None):
     return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
 
 
-def test_add_list_disable_remove(data_dir):
+def test_add_list_disable_remove(cb):
     added = run("credentials", "add", "shop", "--feature", "trackopens=off", "--lock", "trackopens",
                 "--sender-domain", "shop.example", "--rate", "100")
     assert added.exit_code == 0, added.output
@@ -49,7 +61,7 @@ def test_add_list_disable_remove(data_dir):
     assert set(rows) == {"shop", "demo"} and rows["shop"]["disabled"] is False
 
 
-def test_password_from_stdin_and_hash_for_config(data_dir):
+def test_password_from_stdin_and_hash_for_config(cb):
     r = run("credentials", "add", "peter", "--kind", "password", "--username", "my-username", "--password-stdin",
             input="my-password\n")
     assert r.exit_code == 0 and r.stdout == ""
@@ -57,7 +69,7 @@ def test_password_from_stdin_and_hash_for_config(data_dir):
     assert h.exit_code == 0 and h.stdout.startswith("scrypt$") and "my-password" not in h.stdout
 
 
-def test_mistakes_are_one_line_errors(data_dir):
+def test_mistakes_are_one_line_errors(cb):
     run("credentials", "add", "dup")
     cases = [
         (("credentials", "add", "dup"), "a credential named 'dup' already exists"),
@@ -77,10 +89,10 @@ def test_mistakes_are_one_line_errors(data_dir):
         assert "Traceback" not in r.output
 
 
-def test_config_credentials_are_listed_but_not_changed(data_dir, tmp_path):
+def test_config_credentials_are_listed_but_not_changed(cb, tmp_path):
     config = tmp_path / "smtpgate.toml"
     config.write_text('[[credentials]]\nname = "cfg"\nkind = "apikey"\nsecret = "k"\n')
-    data_dir.mkdir()
+    cb.data_dir.mkdir(parents=True, exist_ok=True)
     listed = run("credentials", "list", "--config", str(config))
     assert "cfg" in listed.stdout and str(config) in listed.stdout and "k\n" not in listed.output
     r = run("credentials", "disable", "cfg", "--config", str(config))
@@ -89,10 +101,10 @@ def test_config_credentials_are_listed_but_not_changed(data_dir, tmp_path):
     assert r.exit_code == 1
 
 
-async def test_running_server_sees_cli_changes(data_dir, tls_cert):
+async def test_running_server_sees_cli_changes(cb, tls_cert):
     key = run("credentials", "add", "live").stdout.strip()
     auth = "AUTH PLAIN " + base64.b64encode(f"\0apikey\0{key}".encode()).decode()
-    async with running_ingress(ingress_test_config(data_dir, tls_cert)) as (_, ingress):
+    async with running_ingress(ingress_test_config(cb.data_dir, tls_cert, **cb.overrides)) as (_, ingress):
         async def try_auth() -> int:
             d = await Dialogue.connect("127.0.0.1", ingress.port("smtps"), tls=client_tls(tls_cert))
             await d.reply()
@@ -101,8 +113,16 @@ async def test_running_server_sees_cli_changes(data_dir, tls_cert):
             await d.close()
             return code
 
+        async def refused_within(seconds: float) -> bool:
+            deadline = time.monotonic() + seconds
+            while await try_auth() != 535:
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.2)
+            return True
+
         assert await try_auth() == 235
         assert run("credentials", "disable", "live").exit_code == 0
-        assert await try_auth() == 535
+        assert await refused_within(0 if cb.url is None else CredentialStore.SHARED_TTL + 1)
         assert run("credentials", "remove", "live").exit_code == 0
         assert await try_auth() == 535

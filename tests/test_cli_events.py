@@ -1,4 +1,5 @@
-"""``smtpgate events prune``: old events go in batches; pending webhooks and the stoplist stay."""
+"""``smtpgate events prune``: old events go in batches; pending webhooks and the stoplist stay (both
+backends for the command; the SQLite file for the function)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import datetime
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -23,11 +25,19 @@ def run(*args: str) -> Result:
     return CliRunner().invoke(main, ["events", "prune", *args])
 
 
-def fill(path: Path) -> dict[str, int]:
+@pytest.fixture
+def eb(backend, monkeypatch):
+    """The backend, with CLI runs pointed at it."""
+    backend.export_env(monkeypatch)
+    return backend
+
+
+def fill(where: Path | Any) -> dict[str, int]:
     """Old and new events; an old one with a pending webhook, old ones with finished webhooks,
-    and an old hard bounce that put its address on the stoplist. Their ids by name."""
+    and an old hard bounce that put its address on the stoplist. Their ids by name.
+    ``where``: a SQLite file, or a test backend."""
     now = time.time()
-    store = SqliteEventStore(path)
+    store = SqliteEventStore(where) if isinstance(where, Path) else where.event_store()
     ids: dict[str, int] = {}
     for i in range(5):
         ids[f"old{i}"] = store.record_sync(Event("delivered", queue_id=f"Q{i}", recipient=f"r{i}@example.net",
@@ -46,16 +56,18 @@ def fill(path: Path) -> dict[str, int]:
     return ids
 
 
-def rows(path: Path, sql: str) -> list[tuple]:
-    conn = sqlite3.connect(path)
+def rows(where: Path | Any, sql: str) -> list[tuple]:
+    if not isinstance(where, Path):
+        return where.fetch(sql, db="events")
+    conn = sqlite3.connect(where)
     try:
         return conn.execute(sql).fetchall()
     finally:
         conn.close()
 
 
-def test_older_than_deletes_old_events_but_keeps_pending_webhooks_and_the_stoplist(data_dir):
-    path = data_dir / "events.db"
+def test_older_than_deletes_old_events_but_keeps_pending_webhooks_and_the_stoplist(eb):
+    path = eb
     ids = fill(path)
     result = run("--older-than", "90d")
     assert result.exit_code == 0, result.output
@@ -72,8 +84,8 @@ def test_older_than_deletes_old_events_but_keeps_pending_webhooks_and_the_stopli
     assert rows(path, "SELECT address, reason FROM suppression") == [("gone@example.net", "hard bounce")]
 
 
-def test_dry_run_counts_without_deleting(data_dir):
-    path = data_dir / "events.db"
+def test_dry_run_counts_without_deleting(eb):
+    path = eb
     fill(path)
     result = run("--older-than", "90d", "--dry-run")
     assert result.exit_code == 0, result.output
@@ -81,8 +93,8 @@ def test_dry_run_counts_without_deleting(data_dir):
     assert len(rows(path, "SELECT id FROM events")) == 9
 
 
-def test_before_date_and_small_batches_delete_everything_older(data_dir):
-    path = data_dir / "events.db"
+def test_before_date_and_small_batches_delete_everything_older(eb):
+    path = eb
     ids = fill(path)
     cutoff = datetime.datetime.fromtimestamp(time.time() - 30 * DAY, datetime.UTC).date().isoformat()
     result = run("--before", cutoff, "--batch-size", "2")

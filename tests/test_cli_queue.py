@@ -1,11 +1,12 @@
-"""``smtpgate queue``: list, show, retry, delete, flush on a real spool file."""
+"""``smtpgate queue``: list, show, retry, delete, flush on a real spool (both backends: on PostgreSQL
+the commands see the whole cluster's queue)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from pipeline.app.cli import main
@@ -13,14 +14,20 @@ from pipeline.contract.context import Credential, MessageContext
 from pipeline.contract.message import Message
 from pipeline.contract.vocabulary import RecipientState
 from pipeline.ports import RecipientOutcome
-from pipeline.spool.sqlite import SqliteSpool
 
 RAW = b"From: app@example.org\r\nTo: a@example.net\r\nSubject: Queue test\r\n\r\nbody\r\n"
 
 
-def fill(data_dir: Path) -> tuple[str, str]:
+@pytest.fixture
+def qb(backend, monkeypatch):
+    """The backend, with CLI runs pointed at it."""
+    backend.export_env(monkeypatch)
+    return backend
+
+
+def fill(qb) -> tuple[str, str]:
     """Two messages: one deferred (a@), one queued for a sandbox credential."""
-    spool = SqliteSpool(data_dir / "spool.db")
+    spool = qb.spool()
 
     async def go() -> tuple[str, str]:
         c1 = MessageContext(message=Message(RAW, "app@example.org", ["a@example.net"]), campaign_id="spring")
@@ -41,8 +48,8 @@ def run(*args: str):
     return CliRunner().invoke(main, ["queue", *args])
 
 
-def test_list_shows_messages_states_and_summary(data_dir):
-    q1, q2 = fill(data_dir)
+def test_list_shows_messages_states_and_summary(qb):
+    q1, q2 = fill(qb)
     result = run("list")
     assert result.exit_code == 0, result.output
     out = result.output
@@ -54,15 +61,15 @@ def test_list_shows_messages_states_and_summary(data_dir):
     assert "in 2 Requests" in out
 
 
-def test_list_on_fresh_data_dir_is_empty_and_creates_nothing(data_dir):
-    data_dir.mkdir()
+def test_list_on_fresh_data_dir_is_empty_and_creates_nothing(qb):
+    qb.data_dir.mkdir(parents=True, exist_ok=True)
     result = run("list")
     assert result.exit_code == 0 and "Mail queue is empty" in result.output
-    assert not (data_dir / "spool.db").exists()
+    assert not (qb.data_dir / "spool.db").exists()
 
 
-def test_show_prints_envelope_recipients_and_headers(data_dir):
-    q1, _ = fill(data_dir)
+def test_show_prints_envelope_recipients_and_headers(qb):
+    q1, _ = fill(qb)
     result = run("show", q1)
     assert result.exit_code == 0
     assert "Campaign:   spring" in result.output
@@ -71,33 +78,33 @@ def test_show_prints_envelope_recipients_and_headers(data_dir):
     assert "body" in run("show", "--body", q1).output
 
 
-def test_retry_makes_deferred_due_now(data_dir):
-    q1, _ = fill(data_dir)
+def test_retry_makes_deferred_due_now(qb):
+    q1, _ = fill(qb)
     result = run("retry", q1)
     assert result.exit_code == 0 and "1 recipient(s) due now" in result.output
-    spool = SqliteSpool(data_dir / "spool.db")
+    spool = qb.spool()
     assert spool.show(q1)["recipients"][0]["next_attempt"] == 0
     spool.close()
 
 
-def test_flush_makes_everything_due_now(data_dir):
-    fill(data_dir)
+def test_flush_makes_everything_due_now(qb):
+    fill(qb)
     result = run("flush")
     assert result.exit_code == 0 and "2 recipient(s) due now" in result.output
-    spool = SqliteSpool(data_dir / "spool.db")
+    spool = qb.spool()
     assert spool.next_due() == 0
     spool.close()
 
 
-def test_delete_removes_message(data_dir):
-    q1, q2 = fill(data_dir)
+def test_delete_removes_message(qb):
+    q1, q2 = fill(qb)
     assert run("delete", q1).exit_code == 0
     out = run("list").output
     assert q1 not in out and q2 in out
 
 
-def test_unknown_id_is_one_line_error(data_dir):
-    fill(data_dir)
+def test_unknown_id_is_one_line_error(qb):
+    fill(qb)
     for cmd in ("show", "retry", "delete"):
         result = run(cmd, "NOSUCHID")
         assert result.exit_code == 1
@@ -106,11 +113,11 @@ def test_unknown_id_is_one_line_error(data_dir):
         assert "Traceback" not in result.output
 
 
-def test_hold_keeps_recipients_from_claims_until_release(data_dir):
-    q1, q2 = fill(data_dir)
+def test_hold_keeps_recipients_from_claims_until_release(qb):
+    q1, q2 = fill(qb)
     result = run("hold", q1)
     assert result.exit_code == 0 and "1 recipient(s) held" in result.output
-    spool = SqliteSpool(data_dir / "spool.db")
+    spool = qb.spool()
     try:
         assert spool.show(q1)["recipients"][0]["state"] == "held"
         assert spool.retry(q1) == 0  # retry does not release
@@ -120,7 +127,7 @@ def test_hold_keeps_recipients_from_claims_until_release(data_dir):
         spool.close()
     result = run("release", q1)
     assert result.exit_code == 0 and "1 recipient(s) released" in result.output
-    spool = SqliteSpool(data_dir / "spool.db")
+    spool = qb.spool()
     try:
         assert [m.queue_id for m in spool.claim(10, 60)] == [q1]
     finally:

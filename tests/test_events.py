@@ -1,4 +1,5 @@
-"""The event store: durable records, group commit, suppression policy, statistics."""
+"""The event store, in both backends (the ``backend`` fixture): durable records, group commit,
+suppression policy, statistics."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from pipeline.app.gateway import Gateway
 from pipeline.contract.context import Event
-from pipeline.events import SqliteEventStore, SuppressionPolicy, open_suppression_list
+from pipeline.events import EventStore, SuppressionPolicy
 from pipeline.events.machine import MachineDetector
 from pipeline.events.stats import campaign_stats, parse_date, stats_report, timeline, totals
 from tests.support.tracking import tracking_config
@@ -19,20 +20,20 @@ DAY2 = calendar.timegm((2026, 3, 2, 10, 0, 0))
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = SqliteEventStore(tmp_path / "events.db")
+def store(backend):
+    s = backend.event_store()
     yield s
     s.close()
 
 
-async def test_concurrent_records_share_commits_and_all_survive_reopen(tmp_path):
-    store = SqliteEventStore(tmp_path / "events.db")
+async def test_concurrent_records_share_commits_and_all_survive_reopen(backend):
+    store = backend.event_store()
     ids = await asyncio.gather(
         *(store.record(Event("opened", queue_id=f"Q{i}", recipient=f"r{i}@x.net")) for i in range(200))
     )
     assert sorted(ids) == list(range(1, 201))
     store.close()
-    reopened = SqliteEventStore(tmp_path / "events.db")
+    reopened = backend.event_store()
     assert reopened.counts_by_type() == {"opened": 200}
     assert [e.event.queue_id for e in reopened.events(limit=3)] == ["Q0", "Q1", "Q2"]
     reopened.close()
@@ -69,8 +70,8 @@ async def test_hard_bounce_unsubscribe_complaint_suppress_soft_bounce_does_not(s
     assert not store.is_suppressed("hard@x.net", "another")
 
 
-async def test_global_scope_and_disabled_reasons_follow_the_policy(tmp_path):
-    store = SqliteEventStore(tmp_path / "e.db", SuppressionPolicy(scope="global", unsubscribes=False))
+async def test_global_scope_and_disabled_reasons_follow_the_policy(backend):
+    store = backend.event_store(SuppressionPolicy(scope="global", unsubscribes=False))
     await store.record(Event("complained", recipient="spam@x.net", credential="shop"))
     await store.record(Event("unsubscribed", recipient="unsub@x.net", credential="shop"))
     assert store.is_suppressed("spam@x.net", "any-credential") and store.is_suppressed("spam@x.net")
@@ -78,11 +79,11 @@ async def test_global_scope_and_disabled_reasons_follow_the_policy(tmp_path):
     store.close()
 
 
-def test_manual_suppression_add_remove_and_read_only_list(store, tmp_path):
+def test_manual_suppression_add_remove_and_read_only_list(store, backend):
     assert store.suppress("a@x.net") is True
     assert store.suppress("A@X.net") is False  # already there
     assert store.suppress("a@x.net", "shop") is True
-    stoplist = open_suppression_list(tmp_path)
+    stoplist = backend.suppression_list()
     assert stoplist.contains("a@x.net") and stoplist.contains("a@x.net", "other")
     assert store.unsuppress("a@x.net", "") == 1
     assert not stoplist.contains("a@x.net", "other") and stoplist.contains("a@x.net", "shop")
@@ -90,7 +91,7 @@ def test_manual_suppression_add_remove_and_read_only_list(store, tmp_path):
     stoplist.close()
 
 
-async def _campaign(store: SqliteEventStore) -> None:
+async def _campaign(store: EventStore) -> None:
     """spring: 4 sent, 3 delivered, 1 hard bounce; 2 human openers (3 opens), 1 machine open;
     1 clicker (2 clicks) + 1 scanner click; 1 unsubscribe (posted twice); autumn: 1 sent on day 2."""
     for i in range(4):

@@ -1,44 +1,45 @@
-"""The SQLite spool: durable enqueue, claims with leases, recovery, results, queue operations."""
+"""The spool, in both backends (the ``backend`` fixture): durable enqueue, claims with leases, recovery,
+results, queue operations; then what only a shared PostgreSQL spool must do (several nodes)."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+import collections
+import threading
 import time
-from pathlib import Path
+
+import pytest
 
 from pipeline.contract.context import Credential, MessageContext
 from pipeline.contract.message import Message
 from pipeline.contract.vocabulary import RecipientState
-from pipeline.ports import RecipientOutcome
-from pipeline.spool.sqlite import SqliteSpool
+from pipeline.ports import RecipientOutcome, Spool
 
 RAW = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: s\r\n\r\nbody\r\n"
 
 
-async def put(spool: SqliteSpool, rcpts: list[str], **kw) -> str:
+async def put(spool: Spool, rcpts: list[str], **kw) -> str:
     ctx = MessageContext(message=Message(RAW, "a@example.org", rcpts), **kw)
     await spool.enqueue(ctx, RAW, rcpts)
     return ctx.queue_id
 
 
-async def test_enqueue_is_committed_before_return_and_visible_to_another_connection(tmp_path: Path):
-    spool = SqliteSpool(tmp_path / "spool.db")
+async def test_enqueue_is_committed_before_return_and_visible_to_another_connection(backend):
+    spool = backend.spool()
     qid = await put(spool, ["b@example.net"], credential=Credential("app", features={"dkim": True}),
                     campaign_id="c1")
-    other = sqlite3.connect(tmp_path / "spool.db")  # no shared cache: only committed data is visible
-    assert other.execute("SELECT data FROM messages WHERE queue_id=?", (qid,)).fetchone()[0] == RAW
-    other.close()
+    # another connection sees only committed data
+    assert bytes(backend.fetch("SELECT data FROM messages WHERE queue_id=?", (qid,))[0][0]) == RAW
     spool.close()
-    reopened = SqliteSpool(tmp_path / "spool.db")
+    reopened = backend.spool()
     [msg] = reopened.claim(10, lease=60)
     assert msg.context["credential"]["name"] == "app" and msg.context["campaign_id"] == "c1"
     assert msg.recipients == ["b@example.net"] and msg.data == RAW
     reopened.close()
 
 
-async def test_concurrent_enqueues_share_commits_and_all_land(tmp_path: Path):
-    spool = SqliteSpool(tmp_path / "spool.db")
+async def test_concurrent_enqueues_share_commits_and_all_land(backend):
+    spool = backend.spool()
     woke = []
     spool.add_listener(lambda: woke.append(1))
     qids = await asyncio.gather(*(put(spool, [f"r{i}@example.net"]) for i in range(50)))
@@ -47,8 +48,8 @@ async def test_concurrent_enqueues_share_commits_and_all_land(tmp_path: Path):
     spool.close()
 
 
-async def test_claim_leases_and_expired_lease_is_claimed_again(tmp_path: Path):
-    spool = SqliteSpool(tmp_path / "spool.db")
+async def test_claim_leases_and_expired_lease_is_claimed_again(backend):
+    spool = backend.spool()
     qid = await put(spool, ["x@example.net", "y@example.net"])
     now = time.time()
     [msg] = spool.claim(10, lease=30, now=now)
@@ -60,18 +61,27 @@ async def test_claim_leases_and_expired_lease_is_claimed_again(tmp_path: Path):
     spool.close()
 
 
-async def test_recover_requeues_processing(tmp_path: Path):
-    spool = SqliteSpool(tmp_path / "spool.db")
-    await put(spool, ["x@example.net"])
+async def test_recover_requeues_what_no_live_node_holds(backend):
+    spool = backend.spool()
+    qid = await put(spool, ["x@example.net"])
     spool.claim(10, lease=3600)
     assert spool.claim(10, lease=3600) == []
-    assert spool.recover() == 1
+    # SQLite: one node per spool file, so everything in processing was the previous run's.
+    # PostgreSQL: other nodes' leases are live; only expired ones come back.
+    if backend.kind == "sqlite":
+        assert spool.recover() == 1
+    else:
+        assert spool.recover() == 0
+        spool.release(qid, ["x@example.net"])
+        assert spool.claim(10, lease=0.05)  # a lease that is about to run out (a node that died)
+        time.sleep(0.1)
+        assert spool.recover() == 1
     assert len(spool.claim(10, lease=3600)) == 1
     spool.close()
 
 
-async def test_deferred_waits_for_next_attempt_and_final_states_remove_message(tmp_path: Path):
-    spool = SqliteSpool(tmp_path / "spool.db")
+async def test_deferred_waits_for_next_attempt_and_final_states_remove_message(backend):
+    spool = backend.spool()
     qid = await put(spool, ["x@example.net", "y@example.net"])
     spool.claim(10, lease=60)
     now = time.time()
@@ -89,8 +99,8 @@ async def test_deferred_waits_for_next_attempt_and_final_states_remove_message(t
     spool.close()
 
 
-async def test_release_hands_back_and_delete_removes(tmp_path: Path):
-    spool = SqliteSpool(tmp_path / "spool.db")
+async def test_release_hands_back_and_delete_removes(backend):
+    spool = backend.spool()
     qid = await put(spool, ["x@example.net"])
     [msg] = spool.claim(10, lease=3600)
     spool.release(qid, msg.recipients)
@@ -98,3 +108,128 @@ async def test_release_hands_back_and_delete_removes(tmp_path: Path):
     assert spool.delete(qid) and not spool.delete(qid)
     assert spool.list_recipients() == []
     spool.close()
+
+
+# -- several nodes on one PostgreSQL ------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_spools(pg_url):
+    """Two spool objects (two nodes' pools) on one PostgreSQL database."""
+    from tests.storage_backends import Backend
+
+    b = Backend("postgres", None, pg_url)  # type: ignore[arg-type]
+    a, c = b.spool(), b.spool()
+    yield a, c
+    a.close()
+    c.close()
+
+
+async def test_two_nodes_claim_disjoint_recipients_with_skip_locked(pg_spools):
+    a, b = pg_spools
+    qids = [await put(a if i % 2 else b, [f"r{i}@example.net"]) for i in range(40)]
+    got: dict[str, list[str]] = {"a": [], "b": []}
+
+    def drain(name: str, spool) -> None:
+        while batch := spool.claim(3, lease=60):
+            got[name] += [m.queue_id for m in batch]
+
+    threads = [threading.Thread(target=drain, args=(n, s)) for n, s in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got["a"] + got["b"]) == sorted(qids)  # every message claimed once, by one node
+    assert not set(got["a"]) & set(got["b"])
+
+
+async def test_a_dead_nodes_recipients_are_taken_over_when_the_lease_runs_out(pg_spools):
+    dead, survivor = pg_spools
+    qid = await put(dead, ["x@example.net", "y@example.net"])
+    now = time.time()
+    [msg] = dead.claim(10, lease=30, now=now)  # the node dies holding the message
+    assert survivor.recover() == 0  # a restart must not steal live leases
+    assert survivor.claim(10, lease=30, now=now + 5) == []
+    [taken] = survivor.claim(10, lease=30, now=now + 31)
+    assert taken.queue_id == qid and sorted(taken.recipients) == sorted(msg.recipients)
+    await survivor.record([RecipientOutcome(qid, r, RecipientState.DELIVERED, 1, "2.0.0", "250 ok")
+                           for r in taken.recipients])
+    assert dead.list_recipients() == [] and survivor.count() == 0  # every node sees one queue
+
+
+async def test_concurrent_results_for_one_message_from_two_nodes_still_remove_it(pg_spools):
+    a, b = pg_spools
+    for _ in range(5):
+        qid = await put(a, ["x@example.net", "y@example.net"])
+        a.claim(10, lease=60)
+        results = [RecipientOutcome(qid, r, RecipientState.DELIVERED, 1, "2.0.0", "250 ok")
+                   for r in ("x@example.net", "y@example.net")]
+        threads = [threading.Thread(target=s.record_sync, args=([u],)) for s, u in zip((a, b), results, strict=True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert a.show(qid) is None
+
+
+async def test_a_result_and_its_event_commit_together_or_not_at_all(pg_spools):
+    from pipeline.contract.context import Event
+    from pipeline.events.postgres import PostgresEventStore
+
+    spool, _ = pg_spools
+    store = PostgresEventStore(spool.url)
+    try:
+        qid = await put(spool, ["x@example.net"])
+        spool.claim(10, lease=60)
+        done = RecipientOutcome(qid, "x@example.net", RecipientState.BOUNCED, 1, "5.1.1", "550 no such user")
+        event = Event("bounced", queue_id=qid, recipient="x@example.net", credential="shop", data={"dsn": "5.1.1"})
+
+        def dies_after_writing(tx, ev, urls) -> int:
+            store.write_event(tx, ev, urls)
+            raise RuntimeError("killed mid-transaction")
+
+        with pytest.raises(RuntimeError):
+            await spool.record([done], [(event, ["http://127.0.0.1:9/hook"])], dies_after_writing)
+        assert spool.show(qid)["recipients"][0]["state"] == "processing"  # neither the state...
+        assert store.counts_by_type() == {} and store.suppressed_count() == 0  # ...nor the event
+        await spool.record([done], [(event, ["http://127.0.0.1:9/hook"])], store.write_event)
+        assert spool.count() == 0 and store.counts_by_type() == {"bounced": 1}
+        assert store.webhook_counts() == {"pending": 1} and store.is_suppressed("x@example.net", "shop")
+    finally:
+        store.close()
+
+
+async def test_sqlite_outbox_events_reach_the_event_store_once_whatever_the_crash_point(tmp_path):
+    """SQLite: the result and its event commit together in spool.db's outbox; a drain interrupted
+    before or after events.db's commit, then repeated, stores each event exactly once."""
+    import json
+
+    from pipeline.config import Config
+    from pipeline.contract.context import Event
+    from pipeline.delivery.results import OutboxResults
+    from pipeline.events import EventEmitter
+    from pipeline.events.sqlite import SqliteEventStore
+    from pipeline.spool.sqlite import SqliteSpool
+
+    spool, store = SqliteSpool(tmp_path / "spool.db"), SqliteEventStore(tmp_path / "events.db")
+    emitter = EventEmitter(store, Config(), collections.Counter())
+    results = OutboxResults(spool, store, emitter)
+    qid = await put(spool, ["x@example.net", "y@example.net"])
+    spool.claim(10, lease=60)
+    outcomes = [RecipientOutcome(qid, r, RecipientState.DELIVERED, 1, "2.0.0", "250 ok")
+                for r in ("x@example.net", "y@example.net")]
+    events = [Event("delivered", queue_id=qid, recipient=o.recipient) for o in outcomes]
+    rows = [(f"o{i}", json.dumps(e.to_record()), "[]") for i, e in enumerate(events)]
+    await spool.record(outcomes, rows)  # the commit; then the process "dies" before draining
+    await store.record(events[0], [], "o0")  # ...or after storing the first event, before forgetting it
+    assert spool.count() == 0 and len(spool.outbox()) == 2
+    restarted = OutboxResults(spool, store, emitter)
+    assert await restarted.drain() == 2 and await restarted.drain() == 0
+    assert store.counts_by_type() == {"delivered": 1 + 1} and spool.outbox() == []
+    qid2 = await put(spool, ["z@example.net"])
+    spool.claim(10, lease=60)
+    await results.record([RecipientOutcome(qid2, "z@example.net", RecipientState.BOUNCED, 1, "5.1.1", "550 no")],
+                         [Event("bounced", queue_id=qid2, recipient="z@example.net", data={"dsn": "5.1.1"})])
+    assert store.counts_by_type() == {"delivered": 2, "bounced": 1} and store.is_suppressed("z@example.net")
+    spool.close()
+    store.close()

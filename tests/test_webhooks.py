@@ -1,5 +1,5 @@
-"""Webhooks: a real local receiver, signatures, retries with backoff, and a gateway restart
-between attempts that loses nothing."""
+"""Webhooks (both storage backends): a real local receiver, signatures, retries with backoff, and a
+gateway restart between attempts that loses nothing."""
 
 from __future__ import annotations
 
@@ -76,8 +76,8 @@ async def start_gateway(config) -> Gateway:
     return gw
 
 
-async def test_webhook_retried_across_a_restart_arrives_once_accepted_and_signed(tmp_path, receiver):
-    config = tracking_config(tmp_path / "data", {"webhooks": {"urls": [receiver.url]}})
+async def test_webhook_retried_across_a_restart_arrives_once_accepted_and_signed(backend, receiver):
+    config = tracking_config(backend.data_dir, {**backend.overrides, "webhooks": {"urls": [receiver.url]}})
     gw1 = await start_gateway(config)
     await gw1.emit(Event("delivered", queue_id="Q1", recipient="ann@example.net", credential="shop",
                          campaign_id="spring", letter_id="L-77", data={"reply": "250 2.0.0 queued as X"}))
@@ -111,11 +111,11 @@ async def test_webhook_retried_across_a_restart_arrives_once_accepted_and_signed
     assert {b for _, b, _ in receiver.requests} == {body}  # every attempt carries the same event
 
 
-async def test_credential_webhooks_get_only_their_credentials_events(tmp_path, receiver):
+async def test_credential_webhooks_get_only_their_credentials_events(backend, receiver):
     receiver.statuses = []
     other = Receiver([])
     await other.start()
-    config = tracking_config(tmp_path / "data", {
+    config = tracking_config(backend.data_dir, {**backend.overrides,
         "credentials": [{"name": "shop", "username": "shop", "secret": "pw-shop", "webhooks": [other.url]}],
         "webhooks": {"urls": [receiver.url]},
     })
@@ -134,9 +134,9 @@ async def test_credential_webhooks_get_only_their_credentials_events(tmp_path, r
     assert sorted(json.loads(b)["queue_id"] for _, b, _ in receiver.requests) == ["Q1", "Q2"]
 
 
-async def test_webhook_gives_up_after_max_attempts_with_backoff(tmp_path, receiver):
+async def test_webhook_gives_up_after_max_attempts_with_backoff(backend, receiver):
     receiver.statuses = [500] * 10
-    config = tracking_config(tmp_path / "data", {
+    config = tracking_config(backend.data_dir, {**backend.overrides,
         "webhooks": {"urls": [receiver.url], "max_attempts": 3, "retry_min": 0.05, "retry_max": 0.1},
     })
     gw = await start_gateway(config)
@@ -152,8 +152,8 @@ async def test_webhook_gives_up_after_max_attempts_with_backoff(tmp_path, receiv
     assert len(receiver.requests) == 3
 
 
-async def test_unreachable_webhook_url_is_retried_not_lost(tmp_path):
-    config = tracking_config(tmp_path / "data", {"webhooks": {"urls": ["http://127.0.0.1:9/hook"], "retry_min": 30}})
+async def test_unreachable_webhook_url_is_retried_not_lost(backend):
+    config = tracking_config(backend.data_dir, {**backend.overrides, "webhooks": {"urls": ["http://127.0.0.1:9/hook"], "retry_min": 30}})
     gw = await start_gateway(config)
     try:
         await gw.emit(Event("clicked", queue_id="Q1", recipient="a@x.net", url="https://x.example/"))
@@ -164,12 +164,12 @@ async def test_unreachable_webhook_url_is_retried_not_lost(tmp_path):
         await gw.stop()
 
 
-async def test_stored_credential_webhooks_from_credentials_db(tmp_path, receiver):
-    from pipeline.accounts.store import CredentialStore
+async def test_stored_credential_webhooks_from_credentials_db(backend, receiver):
+    from pipeline.accounts.store import open_credential_store
 
     receiver.statuses = []
-    config = tracking_config(tmp_path / "data")
-    store = CredentialStore(config.data_dir / "credentials.db")
+    config = tracking_config(backend.data_dir, backend.overrides)
+    store = open_credential_store(config)  # credentials.db, or the shared PostgreSQL
     store.add("api-app", "apikey", options={"webhooks": [receiver.url]})
     store.close()
     gw = await start_gateway(config)

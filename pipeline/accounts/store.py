@@ -1,5 +1,7 @@
 """The credentials of both sources as records: ``[[credentials]]`` in the config file and the
-SQLite store ``<data_dir>/credentials.db`` (managed by ``smtpgate credentials``)."""
+store managed by ``smtpgate credentials``: ``<data_dir>/credentials.db`` (SQLite), or the
+``credentials`` table of ``[storage] url``'s PostgreSQL, which every node reads (a change made on
+one node is seen by the others within ``CredentialStore.SHARED_TTL`` seconds)."""
 
 from __future__ import annotations
 
@@ -109,19 +111,50 @@ def config_records(config: Config) -> list[Record]:
 
 
 class CredentialStore:
-    """``<data_dir>/credentials.db``: add, list, disable, remove (the CLI) and lookups (the server)."""
+    """The stored credentials: add, list, disable, remove (the CLI) and lookups (the server).
 
-    def __init__(self, path: Path) -> None:
+    ``path``: the SQLite file; ``url``: a PostgreSQL several nodes share. The SQL is the same; the
+    look-up cache differs: SQLite re-reads when another connection committed (``data_version``),
+    PostgreSQL at most every :attr:`SHARED_TTL` seconds (the bound on a change reaching every node).
+    """
+
+    SHARED_TTL = 2.0
+
+    def __init__(self, path: Path | None = None, *, url: str | None = None) -> None:
         self.path = path
-        self._conn = open_sqlite(path)
-        self._conn.executescript(SCHEMA)
+        self.url = url
         self._lock = threading.Lock()
-        self._version: int | None = None
+        self._version: Any = None
         self._rows: list[Record] = []
+        self._pool: Any = None
+        if url is not None:
+            from pipeline.storage.postgres import open_pool
+
+            self._pool = open_pool(url, max_size=2)
+        elif path is not None:
+            self._conn = open_sqlite(path)
+            self._conn.executescript(SCHEMA)
+        else:
+            raise ValueError("a credential store needs a path or a url")
+
+    def _q(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[builtins.list[tuple[Any, ...]], int]:
+        """One statement, committed (``?`` placeholders): its rows and rowcount."""
+        if self._pool is None:
+            cur = self._conn.execute(sql, args)
+            return [tuple(r) for r in cur.fetchall()], cur.rowcount
+        from pipeline.storage.postgres import pg_sql
+
+        with self._pool.connection() as conn:
+            pcur = conn.execute(pg_sql(sql), args)
+            rows = pcur.fetchall() if pcur.description is not None else []
+            return [tuple(r) for r in rows], pcur.rowcount
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self._pool is not None:
+                self._pool.close()
+            else:
+                self._conn.close()
 
     def add(
         self,
@@ -160,30 +193,30 @@ class CredentialStore:
         opts = {k: getattr(section, k) for k in _OPTION_FIELDS}
         with self._lock:
             if username and kind == CredentialKind.PASSWORD:
-                clash = self._conn.execute(
+                clash = self._q(
                     "SELECT name FROM credentials WHERE kind = 'password' AND lower(username) = lower(?)", (username,)
-                ).fetchone()
+                )[0]
                 if clash:
-                    raise CredentialError(f"username {username!r} is already used by credential {clash[0]!r}")
+                    raise CredentialError(f"username {username!r} is already used by credential {clash[0][0]!r}")
             try:
-                self._conn.execute(
+                self._q(
                     "INSERT INTO credentials (name, kind, username, key_id, secret_hash, options, disabled, created_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
-                    (name, kind, username, key_id, secret_hash,
+                    (name, str(kind), username, key_id, secret_hash,
                      json.dumps({**opts, "networks": list(section.networks)}), time.time()),
                 )
                 self._version = None
             except Exception as exc:
-                if "UNIQUE" in str(exc):
+                if "unique" in str(exc).lower():  # SQLite's UNIQUE constraint, PostgreSQL's unique_violation
                     raise CredentialError(f"a credential named {name!r} already exists") from None
                 raise
         return generated
 
     def set_disabled(self, name: str, disabled: bool = True) -> None:
         with self._lock:
-            cur = self._conn.execute("UPDATE credentials SET disabled = ? WHERE name = ?", (int(disabled), name))
+            _, count = self._q("UPDATE credentials SET disabled = ? WHERE name = ?", (int(disabled), name))
             self._version = None  # data_version only moves for other connections' commits
-        if cur.rowcount == 0:
+        if count == 0:
             raise CredentialError(f"no credential named {name!r}")
 
     def rotate(self, name: str) -> str:
@@ -209,17 +242,17 @@ class CredentialStore:
 
     def remove(self, name: str) -> None:
         with self._lock:
-            cur = self._conn.execute("DELETE FROM credentials WHERE name = ?", (name,))
+            _, count = self._q("DELETE FROM credentials WHERE name = ?", (name,))
             self._version = None
-        if cur.rowcount == 0:
+        if count == 0:
             raise CredentialError(f"no credential named {name!r}")
 
     def list(self) -> list[dict[str, Any]]:
         """Every stored credential without its secret hash (for ``credentials list``)."""
         with self._lock:
-            rows = self._conn.execute(
+            rows = self._q(
                 "SELECT name, kind, username, key_id, options, disabled, created_at FROM credentials ORDER BY name"
-            ).fetchall()
+            )[0]
         out = []
         for name, kind, username, key_id, options, disabled, created_at in rows:
             out.append({
@@ -229,14 +262,19 @@ class CredentialStore:
         return out
 
     def records(self) -> builtins.list[Record]:  # builtins: this class has a method named list
-        """All stored credentials; re-read only when another connection changed the file."""
+        """All stored credentials; re-read only when another connection changed the file (SQLite),
+        or at most every ``SHARED_TTL`` seconds (PostgreSQL)."""
         with self._lock:
-            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-            if version == self._version:
+            if self._pool is None:
+                version: Any = self._conn.execute("PRAGMA data_version").fetchone()[0]
+                fresh = version == self._version
+            else:
+                now = time.monotonic()
+                fresh = self._version is not None and now - self._version < self.SHARED_TTL
+                version = now
+            if fresh:
                 return self._rows
-            rows = self._conn.execute(
-                "SELECT name, kind, username, key_id, secret_hash, options, disabled FROM credentials"
-            ).fetchall()
+            rows = self._q("SELECT name, kind, username, key_id, secret_hash, options, disabled FROM credentials")[0]
             self._version = version
         out = []
         for name, kind, username, key_id, secret_hash, options, disabled in rows:
@@ -251,6 +289,18 @@ class CredentialStore:
         return out
 
 
+def open_credential_store(config: Config) -> CredentialStore:
+    """The stored credentials of this gateway: ``[storage] url``'s PostgreSQL, else ``credentials.db``."""
+    if config.storage.url is not None:
+        return CredentialStore(url=config.storage.url)
+    return CredentialStore(config.data_dir / "credentials.db")
+
+
+def has_credential_store(config: Config) -> bool:
+    """Whether there is a store to look into (a command must not create the SQLite file just to read)."""
+    return config.storage.url is not None or (config.data_dir / "credentials.db").is_file()
+
+
 class StoredWebhooks:
     """``name -> webhook URLs`` of the credentials in ``credentials.db``, for the event recorder.
 
@@ -260,8 +310,9 @@ class StoredWebhooks:
 
     RECHECK = 5.0
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, url: str | None = None) -> None:
         self.path = path
+        self.url = url  # [storage] url: the shared store, opened on first use
         self._store: CredentialStore | None = None
         self._next_check = 0.0
 
@@ -270,10 +321,13 @@ class StoredWebhooks:
             now = time.monotonic()
             if now < self._next_check:
                 return []
-            if not self.path.exists():
+            if self.url is not None:
+                self._store = CredentialStore(url=self.url)
+            elif not self.path.exists():
                 self._next_check = now + self.RECHECK
                 return []
-            self._store = CredentialStore(self.path)
+            else:
+                self._store = CredentialStore(self.path)
         return [url for rec in self._store.records() if rec.name == name for url in rec.section.webhooks]
 
     def close(self) -> None:

@@ -22,15 +22,20 @@ from pipeline.config import Config
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import PluginSource
 from pipeline.delivery.notices import BounceNotices, notice_features
+from pipeline.delivery.results import JointResults, OutboxResults
 from pipeline.delivery.scheduler import DeliveryService
 from pipeline.egress.resolver import Resolver
 from pipeline.events import EventEmitter, open_event_store, open_suppression_list
 from pipeline.events.inbound import InboundHandler
 from pipeline.events.messages import SqliteMessageLog
+from pipeline.events.postgres import PostgresEventStore
 from pipeline.events.sqlite import SqliteEventStore
+from pipeline.events.store import EventStoreBase
 from pipeline.ingress import IngressService
 from pipeline.milter import milter_services
 from pipeline.ports import InboundHandler as InboundPort
+from pipeline.spool import Spool, open_spool
+from pipeline.spool.postgres import PostgresSpool
 from pipeline.spool.sqlite import SqliteSpool
 from pipeline.tracking import TrackingService, tracking_services
 from pipeline.tracking.metrics import GatewayCollector, GatewayMetrics
@@ -58,7 +63,7 @@ class Gateway:
     def __init__(self, config: Config, extra_plugins: list[Any] | None = None) -> None:
         self.config = config
         self.plugins = PluginSet(
-            config, extra_plugins, open_suppression=lambda: open_suppression_list(config.data_dir)
+            config, extra_plugins, open_suppression=lambda: open_suppression_list(config)
         )
         self.chain = Chain(self.plugins)
         self.services: list[Service] = []
@@ -66,11 +71,11 @@ class Gateway:
         # values, histograms, and the figures read when scraped (pipeline/tracking/metrics.py).
         self.counters = GatewayMetrics()
         self.counters.add_collector(GatewayCollector(lambda: self.spool, lambda: self.events, lambda: self.services))
-        self._spool: SqliteSpool | None = None
-        self._events: SqliteEventStore | None = None
+        self._spool: Spool | None = None
+        self._events: EventStoreBase | None = None
         self._emitter: EventEmitter | None = None
         self._inbound: dict[str, InboundPort] | None = None
-        self._stored_webhooks = StoredWebhooks(config.data_dir / "credentials.db")
+        self._stored_webhooks = StoredWebhooks(config.data_dir / "credentials.db", config.storage.url)
         self._closers: list[Callable[[], None]] = []  # stores opened for one service (the API's)
 
     # -- stores and ports (opened on first use, so commands that don't need them don't create them)
@@ -81,17 +86,18 @@ class Gateway:
                               metrics=self.counters, inbound=self.inbound_handlers)
 
     @property
-    def spool(self) -> SqliteSpool:
-        """The spool, ``<data_dir>/spool.db``."""
+    def spool(self) -> Spool:
+        """The spool: ``[storage] url``'s PostgreSQL, else ``<data_dir>/spool.db``."""
         if self._spool is None:
-            self._spool = SqliteSpool(self.config.data_dir / "spool.db")
-            self._spool.commit_observer = lambda seconds: self.counters.observe(
-                "store_commit_seconds", seconds, store="spool")
+            self._spool = open_spool(self.config)
+            if isinstance(self._spool, SqliteSpool):
+                self._spool.commit_observer = lambda seconds: self.counters.observe(
+                    "store_commit_seconds", seconds, store="spool")
         return self._spool
 
     @property
-    def events(self) -> SqliteEventStore:
-        """The event store, ``<data_dir>/events.db``."""
+    def events(self) -> EventStoreBase:
+        """The event store: ``[storage] url``'s PostgreSQL, else ``<data_dir>/events.db``."""
         if self._events is None:
             self._events = open_event_store(self.config)
         return self._events
@@ -139,7 +145,18 @@ class Gateway:
         return DeliveryService(
             self.config, self.spool, self.event_sink, self.chain, notices,
             extra_plugins=extra, workers=workers, resolver=resolver, clock=clock, metrics=self.counters,
+            results=self.joint_results(),
         )
+
+    def joint_results(self) -> JointResults | OutboxResults | None:
+        """Results and their events in one transaction (issue 11 point 3): in the one PostgreSQL
+        database, or through spool.db's event outbox for the SQLite files."""
+        spool, events = self.spool, self.events
+        if isinstance(spool, PostgresSpool) and isinstance(events, PostgresEventStore) and spool.url == events.url:
+            return JointResults(spool, events, self.event_sink)
+        if isinstance(spool, SqliteSpool) and isinstance(events, SqliteEventStore):
+            return OutboxResults(spool, events, self.event_sink)
+        return None
 
     def tracking_services(self, host: str | None = None, port: int | None = None) -> list[Service]:
         """The tracking HTTP service (clicks, opens, unsubscribe, stats) and the webhook sender."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from pipeline.accounts.store import CredentialStore
+from pipeline.accounts.store import has_credential_store, open_credential_store
 from pipeline.chain.driver import ChainResult, drive, envelope_from_headers, submission_session
 from pipeline.chain.loader import PluginSet
 from pipeline.chain.runner import Chain
@@ -49,7 +49,7 @@ class ReplayResult(ChainResult):
 
 def replay_chain(config: Config) -> Chain:
     """The chain a replay runs: the configured plugins, with the gateway's real stoplist."""
-    return Chain(PluginSet(config, open_suppression=lambda: open_suppression_list(config.data_dir)))
+    return Chain(PluginSet(config, open_suppression=lambda: open_suppression_list(config)))
 
 
 def collect_inputs(paths: Iterable[str | Path]) -> list[Path]:
@@ -101,10 +101,10 @@ def credential_from_config(config: Config, name: str) -> Credential:
             if section.disabled:
                 raise ConfigError(f"{config.source}: credentials: {name!r} is disabled")
             return section.to_credential()
-    store_path = config.data_dir / "credentials.db"
+    store_path = config.data_dir / "credentials.db" if config.storage.url is None else "[storage] url"
     stored: list[str] = []
-    if store_path.is_file():  # never create the store just to look into it
-        store = CredentialStore(store_path)
+    if has_credential_store(config):  # never create the SQLite file just to look into it
+        store = open_credential_store(config)
         try:
             records = store.records()
         finally:

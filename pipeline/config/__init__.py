@@ -71,6 +71,7 @@ from pipeline.config.sections import (
     WebhookEventType,
     WebhooksSection,
 )
+from pipeline.config.storage import StorageSection
 
 __all__ = [
     "ApiSection",
@@ -97,6 +98,7 @@ __all__ = [
     "ShapingSection",
     "ShapingSite",
     "SpoolSection",
+    "StorageSection",
     "SuppressionSection",
     "TLSSection",
     "TlsLevel",

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 import pipeline.config.base as _base
 from pipeline.config.base import ENV_PREFIX, ConfigError
 from pipeline.config.sections import Config
+from pipeline.config.storage import StorageSection
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -134,6 +135,12 @@ def parse_config(data: dict[str, Any], source: str = "<defaults>", base_dir: Pat
         cfg.gateway.data_dir = Path(env_dir)
     elif base_dir is not None and "gateway.data_dir" not in origins and not cfg.gateway.data_dir.is_absolute():
         cfg.gateway.data_dir = base_dir / cfg.gateway.data_dir
+    env_url = os.environ.get("SMTPGATE_STORAGE_URL")  # the one variable for the shared store
+    if env_url and "url" not in data.get("storage", {}):
+        try:
+            cfg.storage = StorageSection(url=env_url, pool_size=cfg.storage.pool_size)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error("$SMTPGATE_STORAGE_URL", exc, "storage")) from None
     return cfg
 
 

@@ -35,6 +35,7 @@ from pipeline.config.egress import (
     TlsPolicySection,
 )
 from pipeline.config.milter import MilterSection
+from pipeline.config.storage import StorageSection
 from pipeline.contract.context import Credential
 from pipeline.contract.vocabulary import CredentialKind
 
@@ -302,6 +303,7 @@ class Config(Section):
     webhooks: WebhooksSection = Field(default_factory=WebhooksSection)
     suppression: SuppressionSection = Field(default_factory=SuppressionSection)
     milter: MilterSection = Field(default_factory=MilterSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
     dns: DnsSection = Field(default_factory=DnsSection)
     tls_policy: TlsPolicySection = Field(default_factory=TlsPolicySection)
     shaping: ShapingSection = Field(default_factory=ShapingSection)

@@ -33,7 +33,15 @@ from pipeline.egress.base import Copy, DeliveryResult
 from pipeline.egress.pools import pool_for
 from pipeline.egress.resolver import Resolver
 from pipeline.egress.router import EgressRouter, UnknownEgress
-from pipeline.ports import EventSink, LatencyMetrics, Metrics, QueuedMessage, RecipientOutcome, Spool
+from pipeline.ports import (
+    EventSink,
+    LatencyMetrics,
+    Metrics,
+    QueuedMessage,
+    RecipientOutcome,
+    ResultRecorder,
+    Spool,
+)
 
 log = logging.getLogger("smtpgate.delivery")
 
@@ -70,8 +78,10 @@ class DeliveryService:
         resolver: Resolver | None = None,
         clock: Callable[[], float] = time.time,
         metrics: LatencyMetrics | None = None,
+        results: ResultRecorder | None = None,
     ) -> None:
         self.config = config
+        self.results = results  # set: results and their events commit together (else two commits)
         self.settings = config.spool
         self.spool = spool
         self.events = events
@@ -97,6 +107,10 @@ class DeliveryService:
         resumed = await asyncio.to_thread(spool.recover)
         if resumed:
             log.warning("resumed %d recipient(s) left in processing by the previous run", resumed)
+        if self.results is not None:
+            drained = await self.results.drain()
+            if drained:
+                log.warning("stored %d event(s) committed with their results before a crash", drained)
         spool.add_listener(self.wakeup)
         await self.pool.start()
         self._stopping = False
@@ -281,14 +295,14 @@ class DeliveryService:
         # Bounced/expired/failed: the sender's DSN is spooled before the results, so a crash
         # repeats it rather than loses it (pipeline/delivery/notices.py).
         await self.notices.send(msg, outcomes)
-        await self.spool.record(outcomes)
+        events = self._events_of(msg, outcomes)
+        if self.results is not None:  # results and their events commit together (issue 11 point 3)
+            await self.results.record(outcomes, events)
+        else:
+            await self.spool.record(outcomes)
         self._held.difference_update((msg.queue_id, o.recipient) for o in outcomes)
-        ctx = msg.context
-        cred = (ctx.get("credential") or {}).get("name")
-        now = self.clock()
-        copy_logs = self._copy_logs.get(msg.queue_id, {})
-        for o in outcomes:
-            delay = now - msg.created_at
+        for o, event in zip(outcomes, events, strict=True):
+            delay = float(event.data["delay"])
             if o.state == RecipientState.DELIVERED and self.metrics is not None:
                 self.metrics.observe("delivery_latency_seconds", delay)
             log_fn = log.warning if o.state in (RecipientState.FAILED, RecipientState.EXPIRED) else log.info
@@ -296,7 +310,23 @@ class DeliveryService:
                 "%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, tls=%s, status=%s (%s)",
                 msg.queue_id, o.recipient, o.relay, delay, o.dsn, o.tls, STATUS_WORD[o.state], o.reply,
             )
-            event = Event(
+            if self.results is not None:
+                continue  # already written with the state
+            try:
+                await self.events.emit(event)
+            except Exception:  # the result is already committed; a failing event sink must not undo it
+                log.exception("%s: emitting %s event for %s failed", msg.queue_id, o.state, o.recipient)
+
+    def _events_of(self, msg: QueuedMessage, outcomes: list[RecipientOutcome]) -> list[Event]:
+        """One event per result, of the same type, carrying the reply, relay, attempts and delay."""
+        ctx = msg.context
+        cred = (ctx.get("credential") or {}).get("name")
+        now = self.clock()
+        copy_logs = self._copy_logs.get(msg.queue_id, {})
+        events = []
+        for o in outcomes:
+            delay = now - msg.created_at
+            events.append(Event(
                 type=EventType(o.state),
                 queue_id=msg.queue_id,
                 recipient=o.recipient,
@@ -316,11 +346,8 @@ class DeliveryService:
                     **({"source": o.source} if o.source else {}),
                     **({"message": logged} if (logged := copy_logs.get(o.recipient)) else {}),
                 },
-            )
-            try:
-                await self.events.emit(event)
-            except Exception:  # the result is already committed; a failing event sink must not undo it
-                log.exception("%s: emitting %s event for %s failed", msg.queue_id, o.state, o.recipient)
+            ))
+        return events
 
     # -- traffic shaping hooks (pipeline/egress/shaping.py, pools.py) -------------------------
 

@@ -30,8 +30,10 @@ from pipeline.events.sqlite import (
     SuppressionPolicy,
     normalize_address,
 )
+from pipeline.events.store import EventStoreBase, is_suppressed, suppression_reason
 from pipeline.events.webhooks import webhook_urls
 from pipeline.ports import EventStore, Metrics, WebhookWaker
+from pipeline.ports import SuppressionList as SuppressionListPort
 from pipeline.storage.sqlite import open_sqlite
 from pipeline.toolkit.stoplist import STOPLIST_REPLY
 from pipeline.toolkit.verp import VerpToken, parse_verp, recipient_hash, verp_local_part
@@ -43,10 +45,15 @@ EVENT_TYPES = tuple(EventType)
 
 
 
-def open_event_store(config: Config) -> SqliteEventStore:
-    """The gateway's event store: ``<data_dir>/events.db`` with the configured suppression policy."""
+def open_event_store(config: Config) -> EventStoreBase:
+    """The gateway's event store with the configured suppression policy: PostgreSQL when
+    ``[storage] url`` is set, else ``<data_dir>/events.db``."""
     s = config.suppression
     policy = SuppressionPolicy(s.scope, s.hard_bounces, s.unsubscribes, s.complaints)
+    if config.storage.url is not None:
+        from pipeline.events.postgres import PostgresEventStore  # psycopg is loaded only when used
+
+        return PostgresEventStore(config.storage.url, policy, pool_size=config.storage.pool_size)
     return SqliteEventStore(config.data_dir / "events.db", policy)
 
 
@@ -58,33 +65,26 @@ class SuppressionList:
         self._conn.executescript(SCHEMA)
 
     def contains(self, address: str, credential: str | None = None) -> bool:
-        scopes = (GLOBAL_SCOPE, credential) if credential else (GLOBAL_SCOPE,)
-        row = self._conn.execute(
-            f"SELECT 1 FROM suppression WHERE address = ? AND scope IN ({','.join('?' * len(scopes))}) LIMIT 1",
-            (normalize_address(address), *scopes),
-        ).fetchone()
-        return row is not None
+        return is_suppressed(lambda sql, args: self._conn.execute(sql, args).fetchall(), address, credential)
 
     def reason(self, address: str, credential: str | None = None) -> str | None:
-        """Why the address is suppressed; a hard bounce wins over other reasons (it says the
-        address is broken, which the sender must hear rather than "stoplist")."""
-        scopes = (GLOBAL_SCOPE, credential) if credential else (GLOBAL_SCOPE,)
-        rows = self._conn.execute(
-            f"SELECT reason FROM suppression WHERE address = ? AND scope IN ({','.join('?' * len(scopes))})",
-            (normalize_address(address), *scopes),
-        ).fetchall()
-        reasons = [r[0] for r in rows]
-        if HARD_BOUNCE_REASON in reasons:
-            return HARD_BOUNCE_REASON
-        return reasons[0] if reasons else None
+        """Why the address is suppressed (a hard bounce wins: see :func:`suppression_reason`)."""
+        return suppression_reason(lambda sql, args: self._conn.execute(sql, args).fetchall(), address, credential)
 
     def close(self) -> None:
         self._conn.close()
 
 
-def open_suppression_list(data_dir: Path) -> SuppressionList:
-    """The stoplist of the gateway whose data directory is ``data_dir``."""
-    return SuppressionList(Path(data_dir) / "events.db")
+def open_suppression_list(where: Path | Config) -> SuppressionListPort:
+    """The stoplist of a gateway: given its config, wherever ``[storage]`` keeps it; given a data
+    directory, that directory's ``events.db``."""
+    if isinstance(where, Config):
+        if where.storage.url is not None:
+            from pipeline.events.postgres import PostgresSuppressionList
+
+            return PostgresSuppressionList(where.storage.url)
+        where = where.data_dir
+    return SuppressionList(Path(where) / "events.db")
 
 
 class EventEmitter:
@@ -125,10 +125,9 @@ class EventEmitter:
         A store failure is logged and ``None`` returned (a delivered message must not be retried
         because its event could not be written); ``strict=True`` raises it instead.
         """
-        label = event.type if event.type in EVENT_TYPES else "other"
-        self.metrics[f"events_total:{label}"] += 1
+        self._count(event)
         try:
-            urls = webhook_urls(self.config, event.credential, self.credential_webhooks, event.type)
+            urls = self.webhook_urls_for(event)
             event_id = await self.store.record(event, urls)
         except Exception as exc:
             self.metrics["event_store_errors_total"] += 1
@@ -136,16 +135,36 @@ class EventEmitter:
             if strict:
                 raise
             return None
+        self._wake(urls)
+        return event_id
+
+    def webhook_urls_for(self, event: Event) -> list[str]:
+        """Where this event is POSTed: the global URLs and its credential's (filtered by event type)."""
+        return webhook_urls(self.config, event.credential, self.credential_webhooks, event.type)
+
+    async def committed(self, event: Event, urls: list[str]) -> None:
+        """An event another store's transaction wrote (with its state): count it, wake the webhook
+        sender, run the ``on_event`` plugins; what ``emit`` does after its own write."""
+        self._count(event)
+        self._wake(urls)
+        if self.after is not None:
+            await self.after(event)
+
+    def _count(self, event: Event) -> None:
+        label = event.type if event.type in EVENT_TYPES else "other"
+        self.metrics[f"events_total:{label}"] += 1
+
+    def _wake(self, urls: list[str]) -> None:
         if urls:
             for sender in self.webhook_senders:
                 sender.wake()
-        return event_id
 
 
 __all__ = [
     "EVENT_TYPES",
     "EventEmitter",
     "GLOBAL_SCOPE",
+    "HARD_BOUNCE_REASON",
     "STOPLIST_REPLY",
     "EventStore",
     "MachineDetector",

@@ -10,7 +10,7 @@ and a tracking event never has to copy it.
 from __future__ import annotations
 
 import json
-import sqlite3
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from pipeline.contract.context import Event
@@ -28,11 +28,12 @@ class _Queryable(Protocol):
     def query(self, sql: str, args: Any = ()) -> list[tuple[Any, ...]]: ...
 
 
-def store_meta(cur: sqlite3.Cursor, event: Event) -> None:
-    """Record the event's message metadata once per queue id (inside the event's transaction)."""
+def store_meta(tx: Callable[..., Any], event: Event) -> None:
+    """Record the event's message metadata once per queue id (inside the event's transaction, on
+    either backend)."""
     if event.queue_id and (event.tags or event.metadata):
-        cur.execute(
-            "INSERT OR IGNORE INTO message_meta (queue_id, tags, metadata) VALUES (?, ?, ?)",
+        tx(
+            "INSERT INTO message_meta (queue_id, tags, metadata) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
             (event.queue_id, json.dumps(list(event.tags)), json.dumps(event.metadata, default=str)),
         )
 
@@ -54,6 +55,12 @@ def message_meta(store: _Queryable, queue_ids: list[str]) -> dict[str, tuple[lis
 
 TAGGED_EVENTS = (
     "(SELECT e.*, t.value AS tag FROM events e JOIN message_meta m ON m.queue_id = e.queue_id,"
-    " json_each(m.tags) t)"
+    " json_each(m.tags) t) tagged"
 )
 """The events table with one row per (event, tag of its message): what statistics by tag count."""
+
+TAGGED_EVENTS_PG = (
+    "(SELECT e.*, t.value AS tag FROM events e JOIN message_meta m ON m.queue_id = e.queue_id,"
+    " jsonb_array_elements_text(m.tags::jsonb) t(value)) tagged"
+)
+"""The same on PostgreSQL (``tags`` is JSON text in both backends)."""

@@ -3,7 +3,8 @@ timeline for the chart. Human and machine opens/clicks are counted apart.
 
 "sent" counts accepted recipient copies; rates are over delivered copies (opens, clicks,
 unsubscribes) or over sent ones (delivery, bounces); unique counts are distinct copies
-(queue id + recipient).
+(queue id + recipient). The SQL runs on both event-store backends: portable ``CASE`` sums, and
+the one date function that differs chosen by the store's ``dialect``.
 """
 
 from __future__ import annotations
@@ -21,21 +22,21 @@ class _Queryable(Protocol):
 
 COUNT_COLUMNS: dict[str, str] = {
     "sent": "SUM(CASE WHEN type = 'accepted' THEN weight ELSE 0 END)",
-    "delivered": "SUM(type = 'delivered')",
-    "bounced": "SUM(type = 'bounced')",
-    "bounced_hard": "SUM(type = 'bounced' AND bounce_class = 'hard')",
-    "bounced_soft": "SUM(type = 'bounced' AND bounce_class = 'soft')",
-    "deferred": "SUM(type = 'deferred')",
-    "expired": "SUM(type = 'expired')",
-    "failed": "SUM(type = 'failed')",
-    "complaints": "SUM(type = 'complained')",
-    "opens": "SUM(type = 'opened' AND machine = 0)",
+    "delivered": "SUM(CASE WHEN type = 'delivered' THEN 1 ELSE 0 END)",
+    "bounced": "SUM(CASE WHEN type = 'bounced' THEN 1 ELSE 0 END)",
+    "bounced_hard": "SUM(CASE WHEN type = 'bounced' AND bounce_class = 'hard' THEN 1 ELSE 0 END)",
+    "bounced_soft": "SUM(CASE WHEN type = 'bounced' AND bounce_class = 'soft' THEN 1 ELSE 0 END)",
+    "deferred": "SUM(CASE WHEN type = 'deferred' THEN 1 ELSE 0 END)",
+    "expired": "SUM(CASE WHEN type = 'expired' THEN 1 ELSE 0 END)",
+    "failed": "SUM(CASE WHEN type = 'failed' THEN 1 ELSE 0 END)",
+    "complaints": "SUM(CASE WHEN type = 'complained' THEN 1 ELSE 0 END)",
+    "opens": "SUM(CASE WHEN type = 'opened' AND machine = 0 THEN 1 ELSE 0 END)",
     "unique_opens": "COUNT(DISTINCT CASE WHEN type = 'opened' AND machine = 0 THEN {copy} END)",
-    "machine_opens": "SUM(type = 'opened' AND machine = 1)",
+    "machine_opens": "SUM(CASE WHEN type = 'opened' AND machine = 1 THEN 1 ELSE 0 END)",
     "unique_machine_opens": "COUNT(DISTINCT CASE WHEN type = 'opened' AND machine = 1 THEN {copy} END)",
-    "clicks": "SUM(type = 'clicked' AND machine = 0)",
+    "clicks": "SUM(CASE WHEN type = 'clicked' AND machine = 0 THEN 1 ELSE 0 END)",
     "unique_clicks": "COUNT(DISTINCT CASE WHEN type = 'clicked' AND machine = 0 THEN {copy} END)",
-    "machine_clicks": "SUM(type = 'clicked' AND machine = 1)",
+    "machine_clicks": "SUM(CASE WHEN type = 'clicked' AND machine = 1 THEN 1 ELSE 0 END)",
     "unique_machine_clicks": "COUNT(DISTINCT CASE WHEN type = 'clicked' AND machine = 1 THEN {copy} END)",
     "unsubscribes": "COUNT(DISTINCT CASE WHEN type = 'unsubscribed' THEN {copy} END)",
 }
@@ -149,9 +150,12 @@ def timeline(
         return {"bucket": "day", "labels": [], "series": {t: [] for t in TIMELINE_TYPES}}
     hourly = hi - lo <= 2 * 86400
     fmt = "%Y-%m-%d %H:00" if hourly else "%Y-%m-%d"
-    rows = store.query(
-        f"SELECT strftime('{fmt}', time, 'unixepoch') AS b, type, COUNT(*) FROM events{where} GROUP BY b, type", args
-    )
+    if getattr(store, "dialect", "sqlite") == "postgres":
+        pg_fmt = "YYYY-MM-DD HH24:00" if hourly else "YYYY-MM-DD"
+        bucket = f"to_char(to_timestamp(time) AT TIME ZONE 'UTC', '{pg_fmt}')"
+    else:
+        bucket = f"strftime('{fmt}', time, 'unixepoch')"
+    rows = store.query(f"SELECT {bucket} AS b, type, COUNT(*) FROM events{where} GROUP BY b, type", args)
     labels = sorted({r[0] for r in rows})
     index = {label: i for i, label in enumerate(labels)}
     series = {t: [0] * len(labels) for t in TIMELINE_TYPES}
@@ -189,11 +193,12 @@ def tag_stats(
 
     A message with two tags counts under both, so the rows do not add up to the totals.
     """
-    from pipeline.events.metadata import TAGGED_EVENTS
+    from pipeline.events.metadata import TAGGED_EVENTS, TAGGED_EVENTS_PG
 
+    tagged = TAGGED_EVENTS_PG if getattr(store, "dialect", "sqlite") == "postgres" else TAGGED_EVENTS
     cols = ", ".join(f"{expr.format(copy=_COPY)} AS {name}" for name, expr in COUNT_COLUMNS.items())
     where, args = _where(campaign, since, until, credential)
-    sql = f"SELECT tag, {cols} FROM {TAGGED_EVENTS}{where} GROUP BY tag ORDER BY tag"
+    sql = f"SELECT tag, {cols} FROM {tagged}{where} GROUP BY tag ORDER BY tag"
     out = []
     for row in store.query(sql, args):
         counts = {name: int(v or 0) for name, v in zip(COUNT_COLUMNS, row[1:], strict=True)}

@@ -28,7 +28,7 @@ import aiohttp
 from pipeline.config import Config
 from pipeline.events import webhook_formats as formats
 from pipeline.events.metadata import message_meta
-from pipeline.events.sqlite import OutboxItem, SqliteEventStore, StoredEvent
+from pipeline.events.store import EventStoreBase, OutboxItem, StoredEvent
 
 log = logging.getLogger("smtpgate.webhooks")
 
@@ -128,7 +128,7 @@ class WebhookSender:
 
     name = "webhooks"
 
-    def __init__(self, store: SqliteEventStore, config: Config) -> None:
+    def __init__(self, store: EventStoreBase, config: Config) -> None:
         self.store = store
         self.cfg = config.webhooks
         self.secret = load_webhook_secret(config)

@@ -15,7 +15,7 @@ import ssl
 from collections.abc import MutableMapping
 
 from pipeline.accounts.authenticator import Authenticator as StoreAuthenticator
-from pipeline.accounts.store import CredentialStore, config_records
+from pipeline.accounts.store import CredentialStore, config_records, open_credential_store
 from pipeline.chain.accept import AcceptStep
 from pipeline.chain.runner import Chain
 from pipeline.config import Config, ListenerSection
@@ -86,7 +86,7 @@ class IngressService:
     async def start(self) -> None:
         logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
         if self._owns_authenticator:
-            self.store = CredentialStore(self.config.data_dir / "credentials.db")
+            self.store = open_credential_store(self.config)
             self._authenticator = StoreAuthenticator(self.config, self.store)
         tls: ssl.SSLContext | None = None
         if any(listener.tls != "none" for listener in self.config.listeners):

@@ -10,7 +10,7 @@ import asyncio
 import logging
 
 from pipeline.accounts.authenticator import Authenticator
-from pipeline.accounts.store import CredentialStore
+from pipeline.accounts.store import CredentialStore, open_credential_store
 from pipeline.chain.runner import Chain
 from pipeline.config import Config, MilterEndpoint, parse_milter_listen
 from pipeline.contract.context import Credential
@@ -68,7 +68,7 @@ class MilterService:
 
     async def start(self) -> None:
         section = self.config.milter
-        self._store = CredentialStore(self.config.data_dir / "credentials.db")
+        self._store = open_credential_store(self.config)
         directory = AccountDirectory(Authenticator(self.config, self._store))
         policy = FailPolicy(section.on_error, section.on_timeout)
         if section.workers:

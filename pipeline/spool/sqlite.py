@@ -24,6 +24,7 @@ from typing import Any
 from pipeline.contract.context import MessageContext
 from pipeline.contract.vocabulary import FINAL_STATES
 from pipeline.ports import QueuedMessage, RecipientOutcome
+from pipeline.spool.rows import RECIPIENT_COLUMNS, ROW_KEYS, recipient_rows, show_record
 from pipeline.storage.sqlite import open_sqlite
 
 SCHEMA = """
@@ -48,7 +49,16 @@ CREATE TABLE IF NOT EXISTS recipients (
     PRIMARY KEY (queue_id, recipient)
 );
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients(state, next_attempt);
+CREATE TABLE IF NOT EXISTS event_outbox (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    origin TEXT NOT NULL UNIQUE,
+    event  TEXT NOT NULL,
+    urls   TEXT NOT NULL
+);
 """
+
+OutboxRow = tuple[str, str, str]
+"""``(origin, event JSON, webhook URLs JSON)``: an event committed with the result it describes."""
 
 _FINAL_SQL = ",".join(f"'{s}'" for s in sorted(FINAL_STATES))
 _NOT_HELD = " AND rcpt_domain(recipient) NOT IN (SELECT value FROM json_each(?))"
@@ -70,7 +80,7 @@ class SqliteSpool:
         self._lock = threading.Lock()
         self._pending: list[tuple[tuple[object, ...], list[str], float, asyncio.Future[None]]] = []
         self._flushing = False
-        self._updates: list[tuple[list[RecipientOutcome], asyncio.Future[None]]] = []
+        self._updates: list[tuple[list[RecipientOutcome], list[OutboxRow], asyncio.Future[None]]] = []
         self._recording = False
         self._listeners: list[Callable[[], None]] = []
         self.commit_observer: Callable[[float], None] | None = None  # seconds per enqueue commit
@@ -240,11 +250,13 @@ class SqliteSpool:
                 row = self._conn.execute(sql).fetchone()
         return None if row[0] is None else float(row[0])
 
-    async def record(self, updates: Sequence[RecipientOutcome]) -> None:
-        """Commit recipients' results; concurrent callers share one transaction (one fsync)."""
+    async def record(self, updates: Sequence[RecipientOutcome], outbox: Sequence[OutboxRow] = ()) -> None:
+        """Commit recipients' results (with ``outbox``: the events describing them, as
+        ``(origin, event JSON, webhook URLs JSON)`` rows of ``event_outbox``, drained into the event
+        store after the commit: issue 11 point 3); concurrent callers share one transaction (one fsync)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self._updates.append((list(updates), fut))
+        self._updates.append((list(updates), list(outbox), fut))
         if not self._recording:
             self._recording = True
             loop.create_task(self._flush_updates())
@@ -255,23 +267,26 @@ class SqliteSpool:
             while self._updates:
                 batch, self._updates = self._updates, []
                 try:
-                    await asyncio.to_thread(self.record_sync, [u for ups, _ in batch for u in ups])
+                    await asyncio.to_thread(
+                        self.record_sync, [u for ups, _, _ in batch for u in ups], [r for _, rows, _ in batch for r in rows]
+                    )
                 except Exception as exc:
-                    for _, fut in batch:
+                    for _, _, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc)
                 else:
-                    for _, fut in batch:
+                    for _, _, fut in batch:
                         if not fut.done():
                             fut.set_result(None)
         finally:
             self._recording = False
 
-    def record_sync(self, updates: Sequence[RecipientOutcome]) -> None:
+    def record_sync(self, updates: Sequence[RecipientOutcome], outbox: Sequence[OutboxRow] = ()) -> None:
         """Apply results in one transaction; drop messages whose recipients are all final."""
 
         def run(cur: sqlite3.Cursor) -> None:
             now = time.time()
+            cur.executemany("INSERT INTO event_outbox (origin, event, urls) VALUES (?, ?, ?)", list(outbox))
             cur.executemany(
                 "UPDATE recipients SET state=?, attempts=?, next_attempt=?, last_reply=?, "
                 "plugin_failures=?, next_hop=?, lease_until=0, updated_at=? WHERE queue_id=? AND recipient=?",
@@ -299,6 +314,18 @@ class SqliteSpool:
 
         self._transaction(run)
 
+    def outbox(self, limit: int = 500) -> list[tuple[int, str, str, str]]:
+        """Events committed with their results and not yet in the event store: ``(id, origin, event, urls)``."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, origin, event, urls FROM event_outbox ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
+        return [(int(i), str(o), str(e), str(u)) for i, o, e, u in rows]
+
+    def outbox_done(self, ids: Sequence[int]) -> None:
+        """Forget outbox rows the event store now holds (its ``origin`` key makes a repeat harmless)."""
+        self._transaction(lambda cur: cur.executemany("DELETE FROM event_outbox WHERE id = ?", [(i,) for i in ids]))
+
     def release(self, queue_id: str, recipients: Sequence[str]) -> None:
         """Hand claimed recipients back untouched (shutdown with the message still in hand)."""
 
@@ -317,24 +344,12 @@ class SqliteSpool:
         """Every recipient still in the queue, oldest message first."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT m.queue_id, m.mail_from, length(m.data), m.created_at, r.recipient, r.state, "
-                "r.attempts, r.next_attempt, r.last_reply, r.next_hop "
-                "FROM messages m JOIN recipients r ON r.queue_id = m.queue_id "
-                "ORDER BY m.created_at, m.queue_id, r.recipient"
+                "SELECT m.queue_id, m.mail_from, length(m.data), m.created_at, "
+                + ", ".join(f"r.{c}" for c in RECIPIENT_COLUMNS)
+                + " FROM messages m JOIN recipients r ON r.queue_id = m.queue_id"
+                " ORDER BY m.created_at, m.queue_id, r.recipient"
             ).fetchall()
-        keys = (
-            "queue_id",
-            "mail_from",
-            "size",
-            "created_at",
-            "recipient",
-            "state",
-            "attempts",
-            "next_attempt",
-            "last_reply",
-            "next_hop",
-        )
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        return [dict(zip(ROW_KEYS, row, strict=True)) for row in rows]
 
     def show(self, queue_id: str) -> dict[str, Any] | None:
         """One message: envelope, context, raw bytes and each recipient's state."""
@@ -345,21 +360,10 @@ class SqliteSpool:
             if msg is None:
                 return None
             rcpts = self._conn.execute(
-                "SELECT recipient, state, attempts, next_attempt, last_reply, next_hop "
-                "FROM recipients WHERE queue_id=? ORDER BY recipient",
+                f"SELECT {', '.join(RECIPIENT_COLUMNS)} FROM recipients WHERE queue_id=? ORDER BY recipient",
                 (queue_id,),
             ).fetchall()
-        return {
-            "queue_id": queue_id,
-            "mail_from": msg[0],
-            "data": bytes(msg[1]),
-            "context": json.loads(msg[2]),
-            "created_at": msg[3],
-            "recipients": [
-                dict(zip(("recipient", "state", "attempts", "next_attempt", "last_reply", "next_hop"), r, strict=True))
-                for r in rcpts
-            ],
-        }
+        return show_record(queue_id, msg, recipient_rows(rcpts))
 
     def retry(self, queue_id: str | None = None) -> int:
         """Make deferred recipients (of one message, or all with ``None``) due now; returns how many."""

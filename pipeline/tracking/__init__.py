@@ -4,7 +4,7 @@ and the webhook sender that runs beside it in the gateway's event loop."""
 from __future__ import annotations
 
 from pipeline.config import Config
-from pipeline.events.sqlite import SqliteEventStore
+from pipeline.events.store import EventStoreBase
 from pipeline.events.webhooks import WebhookSender
 from pipeline.ports import EventSink, Metrics
 from pipeline.tracking.app import build_app
@@ -14,7 +14,7 @@ from pipeline.tracking.service import TrackingService
 def tracking_services(
     config: Config,
     events: EventSink,
-    store: SqliteEventStore,
+    store: EventStoreBase,
     metrics: Metrics,
     *,
     host: str | None = None,

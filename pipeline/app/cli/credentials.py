@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from pipeline.accounts.secrets import hash_secret
-from pipeline.accounts.store import CredentialError, CredentialStore
+from pipeline.accounts.store import CredentialError, CredentialStore, open_credential_store
 from pipeline.app.cli import config_option, get_config, main
 from pipeline.chain.features import FeatureError, FeatureRegistry
 from pipeline.chain.loader import feature_registry
@@ -27,7 +27,7 @@ def _fail(message: str) -> None:
 
 
 def _store(config: Config) -> CredentialStore:
-    return CredentialStore(config.data_dir / "credentials.db")
+    return open_credential_store(config)
 
 
 def _in_config(config: Config, name: str) -> bool:

@@ -74,6 +74,8 @@ def prune(config_path: str | None, before_text: str | None, age_text: str | None
     if before > now:
         _fail(f"--before {before_text}: that is in the future (it would delete every event)")
     config = get_config(config_path, existing=True)
+    if config.storage.url is not None:
+        _fail("events prune: not built for the PostgreSQL store yet ([storage] url); see docs/scaling.md", 1)
     path = config.data_dir / "events.db"
     if not path.exists():
         click.echo(f"{path}: no event store, nothing to prune")

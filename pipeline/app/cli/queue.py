@@ -1,6 +1,7 @@
 """``smtpgate queue list|show|retry|hold|release|delete|flush``: the spool, like ``mailq`` and ``postqueue``.
 
-These commands open the spool file directly, so they work whether or not the server runs; a
+These commands open the spool directly (the SQLite file, or ``[storage] url``'s PostgreSQL, where
+they see and act on the whole cluster's queue), so they work whether or not a server runs; a
 running server re-reads the queue every ``spool.poll_interval`` and picks up ``retry``/``flush``.
 """
 
@@ -21,7 +22,7 @@ from pipeline.app.cli import config_option, get_config, main
 from pipeline.config import Config
 from pipeline.egress.router import EgressRouter
 from pipeline.egress.state import read_suspensions
-from pipeline.spool.sqlite import SqliteSpool
+from pipeline.spool import Spool, open_spool
 
 
 def _fail(message: str, status: int = 1) -> None:
@@ -29,14 +30,21 @@ def _fail(message: str, status: int = 1) -> None:
     sys.exit(status)
 
 
-def _open(config: Config) -> SqliteSpool | None:
-    path = config.data_dir / "spool.db"
-    if not path.exists():
+def _where(config: Config) -> str:
+    """The spool's location for messages (never the PostgreSQL password)."""
+    if config.storage.url is not None:
+        return "the PostgreSQL spool ([storage] url)"
+    return str(config.data_dir / "spool.db")
+
+
+def _open(config: Config) -> Spool | None:
+    if config.storage.url is None and not (config.data_dir / "spool.db").exists():
         return None
     try:
-        return SqliteSpool(path)
-    except Exception as exc:  # a damaged or locked file: one line, no traceback
-        _fail(f"cannot open spool {path}: {exc}")
+        return open_spool(config)
+    except Exception as exc:  # a damaged or locked file, an unreachable database: one line, no traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        _fail(f"cannot open spool {_where(config)}: {first}")
     return None
 
 
@@ -137,7 +145,7 @@ def show_cmd(queue_id: str, config_path: str | None, body: bool) -> None:
     spool = _open(config)
     info = spool.show(queue_id) if spool else None
     if info is None:
-        _fail(f"queue: no message {queue_id} in {config.data_dir / 'spool.db'}")
+        _fail(f"queue: no message {queue_id} in {_where(config)}")
         return
     ctx = info["context"]
     cred = (ctx.get("credential") or {}).get("name")
@@ -185,7 +193,7 @@ def retry_cmd(queue_id: str, config_path: str | None) -> None:
     config = get_config(config_path, existing=True)
     spool = _open(config)
     if spool is None or spool.show(queue_id) is None:
-        _fail(f"queue: no message {queue_id} in {config.data_dir / 'spool.db'}")
+        _fail(f"queue: no message {queue_id} in {_where(config)}")
         return
     n = spool.retry(queue_id)
     spool.close()
@@ -230,7 +238,7 @@ def delete_cmd(queue_id: str, config_path: str | None) -> None:
     config = get_config(config_path, existing=True)
     spool = _open(config)
     if spool is None or not spool.delete(queue_id):
-        _fail(f"queue: no message {queue_id} in {config.data_dir / 'spool.db'}")
+        _fail(f"queue: no message {queue_id} in {_where(config)}")
         return
     spool.close()
     click.echo(f"{queue_id}: deleted")

@@ -12,8 +12,9 @@ from typing import Any
 import click
 
 from pipeline.app.cli import config_option, get_config, main
-from pipeline.events import GLOBAL_SCOPE, SqliteEventStore, open_event_store
+from pipeline.events import GLOBAL_SCOPE, open_event_store
 from pipeline.events.stats import campaign_stats, parse_date, tag_stats, totals
+from pipeline.events.store import EventStoreBase
 
 COLUMNS = [
     ("sent", "sent"), ("delivered", "deliv"), ("bounced_hard", "hard"), ("bounced_soft", "soft"),
@@ -28,7 +29,7 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def _store(config_path: str | None, existing: bool = True) -> SqliteEventStore:
+def _store(config_path: str | None, existing: bool = True) -> EventStoreBase:
     """The event store; a read (``existing``) needs the data directory to be there already."""
     return open_event_store(get_config(config_path, existing=existing))
 

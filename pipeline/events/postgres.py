@@ -1,0 +1,64 @@
+"""The event store, webhook outbox and stoplist in PostgreSQL (``[storage] url``).
+
+The queries are the SQLite backend's (:mod:`pipeline.events.store`); this module supplies the
+primitives on a connection pool: reads on any pooled connection, writes in one transaction that
+returns only after the COMMIT (``synchronous_commit=on``). The tables live in the same database
+as the PostgreSQL spool, so every node reads and writes the same events, outbox and stoplist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from pipeline.events.store import EventStoreBase, SuppressionPolicy, Tx, is_suppressed, suppression_reason
+from pipeline.storage.postgres import open_pool, pg_sql, pg_tx
+
+R = TypeVar("R")
+
+HOT_WAIT = 1.0
+"""Seconds an event-loop look-up waits for a pooled connection."""
+
+
+class PostgresEventStore(EventStoreBase):
+    """Events, webhook outbox and suppression list in a (shared) PostgreSQL database."""
+
+    dialect = "postgres"
+
+    def __init__(self, url: str, policy: SuppressionPolicy | None = None, *, pool_size: int = 10) -> None:
+        super().__init__(policy)
+        self.url = url
+        self._pool = open_pool(url, max_size=pool_size)
+
+    def _fetch(self, sql: str, args: Sequence[Any] = (), *, hot: bool = False) -> list[tuple[Any, ...]]:
+        # Hot look-ups run on the event loop (tracking, admission): while the database is away they
+        # must fail fast (the callers fall back), not stall every session for the pool's full wait.
+        with self._pool.connection(timeout=HOT_WAIT if hot else None) as conn:
+            return [tuple(r) for r in conn.execute(pg_sql(sql), tuple(args)).fetchall()]
+
+    def _transaction(self, fn: Callable[[Tx], R]) -> R:
+        with self._pool.connection() as conn, conn.transaction():
+            return fn(pg_tx(conn))
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class PostgresSuppressionList:
+    """The read-only stoplist view admission uses (one indexed look-up per RCPT), on PostgreSQL."""
+
+    def __init__(self, url: str) -> None:
+        self._pool = open_pool(url, max_size=2)
+
+    def _fetch(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._pool.connection(timeout=HOT_WAIT) as conn:  # on the event loop, per RCPT
+            return [tuple(r) for r in conn.execute(pg_sql(sql), tuple(args)).fetchall()]
+
+    def contains(self, address: str, credential: str | None = None) -> bool:
+        return is_suppressed(self._fetch, address, credential)
+
+    def reason(self, address: str, credential: str | None = None) -> str | None:
+        return suppression_reason(self._fetch, address, credential)
+
+    def close(self) -> None:
+        self._pool.close()
