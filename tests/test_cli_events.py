@@ -1,5 +1,4 @@
-"""``smtpgate events prune``: old events go in batches; pending webhooks and the stoplist stay (both
-backends for the command; the SQLite file for the function)."""
+"""``smtpgate events prune``: old events go in batches; pending webhooks and the stoplist stay."""
 
 from __future__ import annotations
 
@@ -7,7 +6,6 @@ import datetime
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -25,19 +23,11 @@ def run(*args: str) -> Result:
     return CliRunner().invoke(main, ["events", "prune", *args])
 
 
-@pytest.fixture
-def eb(backend, monkeypatch):
-    """The backend, with CLI runs pointed at it."""
-    backend.export_env(monkeypatch)
-    return backend
-
-
-def fill(where: Path | Any) -> dict[str, int]:
+def fill(path: Path) -> dict[str, int]:
     """Old and new events; an old one with a pending webhook, old ones with finished webhooks,
-    and an old hard bounce that put its address on the stoplist. Their ids by name.
-    ``where``: a SQLite file, or a test backend."""
+    and an old hard bounce that put its address on the stoplist. Their ids by name."""
     now = time.time()
-    store = SqliteEventStore(where) if isinstance(where, Path) else where.event_store()
+    store = SqliteEventStore(path)
     ids: dict[str, int] = {}
     for i in range(5):
         ids[f"old{i}"] = store.record_sync(Event("delivered", queue_id=f"Q{i}", recipient=f"r{i}@example.net",
@@ -56,18 +46,16 @@ def fill(where: Path | Any) -> dict[str, int]:
     return ids
 
 
-def rows(where: Path | Any, sql: str) -> list[tuple]:
-    if not isinstance(where, Path):
-        return where.fetch(sql, db="events")
-    conn = sqlite3.connect(where)
+def rows(path: Path, sql: str) -> list[tuple]:
+    conn = sqlite3.connect(path)
     try:
         return conn.execute(sql).fetchall()
     finally:
         conn.close()
 
 
-def test_older_than_deletes_old_events_but_keeps_pending_webhooks_and_the_stoplist(eb):
-    path = eb
+def test_older_than_deletes_old_events_but_keeps_pending_webhooks_and_the_stoplist(data_dir):
+    path = data_dir / "events.db"
     ids = fill(path)
     result = run("--older-than", "90d")
     assert result.exit_code == 0, result.output
@@ -84,8 +72,8 @@ def test_older_than_deletes_old_events_but_keeps_pending_webhooks_and_the_stopli
     assert rows(path, "SELECT address, reason FROM suppression") == [("gone@example.net", "hard bounce")]
 
 
-def test_dry_run_counts_without_deleting(eb):
-    path = eb
+def test_dry_run_counts_without_deleting(data_dir):
+    path = data_dir / "events.db"
     fill(path)
     result = run("--older-than", "90d", "--dry-run")
     assert result.exit_code == 0, result.output
@@ -93,8 +81,8 @@ def test_dry_run_counts_without_deleting(eb):
     assert len(rows(path, "SELECT id FROM events")) == 9
 
 
-def test_before_date_and_small_batches_delete_everything_older(eb):
-    path = eb
+def test_before_date_and_small_batches_delete_everything_older(data_dir):
+    path = data_dir / "events.db"
     ids = fill(path)
     cutoff = datetime.datetime.fromtimestamp(time.time() - 30 * DAY, datetime.UTC).date().isoformat()
     result = run("--before", cutoff, "--batch-size", "2")

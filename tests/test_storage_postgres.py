@@ -89,4 +89,5 @@ def test_db_status_and_upgrade_commands(pg_url, tmp_path):
     sqlite = _cli("db", "status", url=None, tmp_path=tmp_path)
     assert sqlite.returncode == 0 and "embedded SQLite" in sqlite.stdout
     down = _cli("db", "status", url="postgresql://nobody@127.0.0.1:1/none", tmp_path=tmp_path)
-    assert down.returncode == 1 and down.stderr.startswith("smtpgate: database:") and "Traceback" not in down.stderr
+    last = down.stderr.strip().splitlines()[-1]
+    assert down.returncode == 1 and last.startswith("smtpgate: database:") and "Traceback" not in down.stderr

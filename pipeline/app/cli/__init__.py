@@ -114,7 +114,7 @@ def get_config(path: str | None, *, existing: bool = False, quiet: bool = False)
         raise ConfigError("\n".join([str(exc), *plugin_config_errors(exc)])) from None
     if not quiet:
         click.echo(f"smtpgate: config {config.source}, data dir {config.data_dir.absolute()}", err=True)
-    if existing and not config.data_dir.is_dir():
+    if existing and config.storage.url is None and not config.data_dir.is_dir():  # PostgreSQL: state is there
         click.echo(
             f"smtpgate: no instance: data directory {config.data_dir.absolute()} does not exist "
             f"(config {config.source}); pass --config or set $SMTPGATE_CONFIG, or run `smtpgate init`",
