@@ -1,7 +1,7 @@
 """Crash safety: ``smtpgate serve`` is killed with SIGKILL while 500 messages arrive, restarted,
 and left to drain into a sink. Every message that got ``250`` must arrive; duplicates are counted;
-and every delivered copy has exactly one ``delivered`` event (results and their events commit
-together: issue 11 point 3).
+and every delivered copy has its ``delivered`` event, one per recorded delivery (results and their
+events commit together: issue 11 point 3).
 """
 
 from __future__ import annotations
@@ -197,5 +197,9 @@ async def test_sigkill_during_load_loses_no_accepted_message(tmp_path: Path):
     assert dups <= len(first_run)  # duplicates only for messages in flight at the kill
     events = collections.Counter(r[0] for r in sqlite3.connect(tmp_path / "data" / "events.db").execute(
         "SELECT recipient FROM events WHERE type = 'delivered'"))
-    print(f"delivered events: {sum(events.values())} for {len(set(delivered))} delivered copies")
-    assert set(events) == {f"user{i}@example.net" for i in accepted} and set(events.values()) == {1}
+    print(f"delivered events: {sum(events.values())} for {len(set(delivered))} delivered copies "
+          f"({len(delivered)} deliveries)")
+    # Every delivered copy has its event (none lost in the crash window), and no delivery has two: a
+    # copy handed over again after the kill has one event per recorded delivery, at most.
+    assert set(events) == {f"user{i}@example.net" for i in accepted}
+    assert len(set(delivered)) <= sum(events.values()) <= len(delivered)
