@@ -7,7 +7,7 @@ aiosmtpd sink in this process), sends ``--messages`` messages over ``--clients``
 (split evenly over the nodes), and prints: the ingress rate (all ``250`` replies received), the
 end-to-end rate (every copy at the sink), and for PostgreSQL the server's commits per second and
 per message over the run (``pg_stat_database.xact_commit``). PostgreSQL is a private cluster
-started for the run (tests/pg_cluster.py), fsync and synchronous_commit on, on the same 2 cores.
+started for the run (tests/support/pg_cluster.py), fsync and synchronous_commit on, on the same 2 cores.
 Rounds interleave the three set-ups so machine load hits them alike.
 """
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.smtp_sink import start_sink  # noqa: E402
 
-from tests.pg_cluster import PgCluster  # noqa: E402
+from tests.support.pg_cluster import PgCluster  # noqa: E402
 from tests.test_crash import Server, send_all, write_config  # noqa: E402
 
 

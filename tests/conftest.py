@@ -54,8 +54,8 @@ def sinks() -> Iterator[Callable[..., Any]]:
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Any]:
-    """A private PostgreSQL cluster for the whole session (tests/pg_cluster.py), stopped by PID."""
-    from tests.pg_cluster import PgCluster
+    """A private PostgreSQL cluster for the whole session (tests/support/pg_cluster.py), stopped by PID."""
+    from tests.support.pg_cluster import PgCluster
 
     cluster = PgCluster()
     try:
@@ -75,8 +75,8 @@ def pg_url(pg_cluster: Any) -> Iterator[str]:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    """Each storage backend in turn (tests/storage_backends.py): the same test, both databases."""
-    from tests.storage_backends import Backend
+    """Each storage backend in turn (tests/support/storage_backends.py): the same test, both databases."""
+    from tests.support.storage_backends import Backend
 
     url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
     return Backend(request.param, tmp_path / "data", url)

@@ -116,7 +116,7 @@ async def test_release_hands_back_and_delete_removes(backend):
 @pytest.fixture
 def pg_spools(pg_url):
     """Two spool objects (two nodes' pools) on one PostgreSQL database."""
-    from tests.storage_backends import Backend
+    from tests.support.storage_backends import Backend
 
     b = Backend("postgres", None, pg_url)  # type: ignore[arg-type]
     a, c = b.spool(), b.spool()

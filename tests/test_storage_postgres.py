@@ -1,4 +1,4 @@
-"""[storage] url and the PostgreSQL schema migrations (real server: tests/pg_cluster.py)."""
+"""[storage] url and the PostgreSQL schema migrations (real server: tests/support/pg_cluster.py)."""
 
 from __future__ import annotations
 
