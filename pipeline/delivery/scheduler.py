@@ -224,7 +224,8 @@ class DeliveryService:
             if out is not None:
                 outcomes[c.recipient] = out
             else:
-                to_send.append(Copy(msg.queue_id, c.recipient, c.mail_from, c.data or b"", self._pool_of(msg)))
+                to_send.append(Copy(msg.queue_id, c.recipient, c.mail_from, c.data or b"", self._pool_of(msg),
+                                    msg.context.get("require_tls")))
         for r in msg.recipients:
             if r not in outcomes and all(c.recipient != r for c in to_send):
                 outcomes[r] = self._defer(msg, r, "4.3.0", "451 4.3.0 processing produced no copy", "none", True)
