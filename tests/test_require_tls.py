@@ -7,7 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
+
 from pipeline.app.gateway import Gateway
+from pipeline.app.harness import ingress_test_config, running_ingress, spooled
 from pipeline.chain.driver import make_config, run_chain
 from pipeline.config import EgressSection
 from pipeline.contract.context import MessageContext
@@ -17,7 +20,7 @@ from pipeline.egress.mx import MxEgress, raised
 from pipeline.egress.resolver import StaticResolver
 from pipeline.egress.smtp import SmtpEgress
 from pipeline.egress.tlspolicy import Requirement
-from tests.support import complete_message
+from tests.support import SAMPLES, complete_message
 from tests.support.smtp_sink import FAST_RETRIES, EventRecorder, smtp_egress
 
 RAW = b"From: app@example.org\r\nTo: someone@example.net\r\nSubject: test\r\n\r\nHello\r\n"
@@ -36,6 +39,20 @@ def test_the_mailgun_headers_set_the_message_demand():
     assert demand("X-Mailgun-Require-TLS: yes", "X-Mailgun-Skip-Verification: yes") == "encrypt"
     assert demand("X-Mailgun-Require-TLS: no", "X-Mailgun-Skip-Verification: yes") is None
     assert demand() is None
+
+
+async def test_the_demand_is_spooled_with_the_message_received_over_smtp(data_dir: Path):
+    cfg = ingress_test_config(data_dir, chain=["mailgun_headers"],
+                              credentials=[{"name": "app", "kind": "ip", "networks": ["127.0.0.1/32"]}])
+    raw = (SAMPLES / "20-mailgun-headers.eml").read_bytes()  # X-Mailgun-Require-TLS: yes
+    async with running_ingress(cfg) as (_, ingress):
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=ingress.port("plain"), timeout=10)
+        await client.connect()
+        errors, _ = await client.sendmail("app@example.com", ["r@example.org"], raw)
+        await client.quit()
+    assert errors == {}
+    [msg] = spooled(data_dir)
+    assert msg["context"]["require_tls"] == "verify"
 
 
 def copy(rcpt: str, require: str | None = None) -> Copy:
