@@ -74,12 +74,17 @@ class MailgunHeaders(Plugin):
             if isinstance(when, Reject):
                 return when
             ctx.deliver_by = when
+        flags: dict[str, bool] = {}
         for name in ("X-Mailgun-Require-TLS", "X-Mailgun-Skip-Verification"):
             on = d.header_flag(ctx, name)
             if isinstance(on, Reject):
                 return on
             if on is not None:
-                # Egress TLS is the gateway's policy ([egress] tls, verify_certificates): a message can
-                # neither lower it nor (yet) raise it. Recorded so the timeline shows what was asked.
-                ctx.notes.setdefault("mailgun", {})[name.lower()] = on
+                flags[name] = on
+                ctx.notes.setdefault("mailgun", {})[name.lower()] = on  # the timeline shows what was asked
+        if flags.get("X-Mailgun-Require-TLS"):
+            # Mailgun: "the message will only be sent over TLS"; with Skip-Verification the
+            # certificate and host name are not checked, otherwise they must verify. The egress
+            # defers the copy when the next hop cannot meet that, and never lowers its own level.
+            ctx.require_tls = "encrypt" if flags.get("X-Mailgun-Skip-Verification") else "verify"
         return None

@@ -339,6 +339,30 @@ async def test_deliver_by_expires_the_copy_before_the_spool_lifetime_and_events_
     assert (expired.tags, expired.metadata) == (("receipts",), {"order_id": "7"})
 
 
+async def test_a_copy_first_tried_after_its_deliver_by_is_not_attempted_and_expires(sinks, data_dir):
+    controller, sink = sinks()
+    gw, svc = await start_service(data_dir, egress=smtp_egress(controller.port), spool={"lifetime": 3600})
+    now = time.time()
+    try:
+        for rcpt, kw in (
+            ("late@example.net", {"deliver_by": now - 1}),  # already past when first claimed
+            ("held@example.net", {"not_before": now + 0.5, "deliver_by": now + 0.2}),  # due only after it
+            ("on-time@example.net", {"deliver_by": now + 600}),
+        ):
+            ctx = MessageContext(message=Message(RAW, "app@example.org", [rcpt]), tags=["t"], **kw)
+            await gw.spool.enqueue(ctx, RAW, [rcpt])
+        await EventRecorder.until(lambda: len(EventRecorder.of("expired")) == 2 and bool(EventRecorder.of("delivered")))
+    finally:
+        await stop(gw, svc)
+    expired = {e.recipient: e for e in EventRecorder.of("expired")}
+    assert sorted(expired) == ["held@example.net", "late@example.net"]
+    for e in expired.values():
+        assert (e.data["dsn"], e.data["attempts"], e.data["relay"], e.tags) == ("4.4.7", 0, "none", ("t",))
+        assert "deliver-by" in e.data["reply"]
+    assert not EventRecorder.of("deferred")
+    assert [m.rcpt_tos for m in sink.messages] == [["on-time@example.net"]]  # nothing late reached the sink
+
+
 async def test_not_before_holds_the_recipients_until_then(sinks, data_dir):
     controller, sink = sinks()
     gw, svc = await start_service(data_dir, egress=smtp_egress(controller.port))

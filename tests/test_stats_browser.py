@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from pipeline.contract.context import Event
-from pipeline.events.stats import campaign_stats, totals
+from pipeline.events.stats import campaign_stats, tag_stats, totals
 from tests.support.tracking import HUMAN_UA, signer, start_tracking, tracking_config
 
 pytestmark = pytest.mark.browser  # drives the headless chromium
@@ -47,12 +47,15 @@ async def test_stats_page_figures_after_scripts_match_event_store(tmp_path):
         for camp, n in (("spring", 5), ("autumn-<b>x</b>", 2)):
             for i in range(n):
                 q, r = f"{camp[:6]}{i}", f"r{i}@x.net"
-                await gw.emit(Event("accepted", queue_id=q, recipient=r, campaign_id=camp, time=now - 7200))
+                # tags: every spring message "receipts", the first two also a tag that is markup
+                tags = ("receipts", "<i>vip</i>") if camp == "spring" and i < 2 else ("receipts",)
+                await gw.emit(Event("accepted", queue_id=q, recipient=r, campaign_id=camp, time=now - 7200, tags=tags))
                 if i == n - 1:
                     await gw.emit(Event("bounced", queue_id=q, recipient=r, campaign_id=camp, time=now - 7100,
-                                        data={"status": "5.1.1"}))
+                                        data={"status": "5.1.1"}, tags=tags))
                 else:
-                    await gw.emit(Event("delivered", queue_id=q, recipient=r, campaign_id=camp, time=now - 7100))
+                    await gw.emit(Event("delivered", queue_id=q, recipient=r, campaign_id=camp, time=now - 7100,
+                                        tags=tags))
         async with aiohttp.ClientSession(headers={"User-Agent": HUMAN_UA}) as http:
             for i, ua in ((0, HUMAN_UA), (0, HUMAN_UA), (1, HUMAN_UA), (2, "GoogleImageProxy")):
                 token = signer().sign({"k": "o", "q": f"spring{i}", "r": f"r{i}@x.net", "c": "spring"})
@@ -81,6 +84,17 @@ async def test_stats_page_figures_after_scripts_match_event_store(tmp_path):
             dom_name = camp.replace("<", "&lt;").replace(">", "&gt;")
             for field in FIELDS:
                 assert float(shown[(dom_name, field)]) == row[field], (camp, field)
+        # the by-tag table: one row per tag, the figures of tag_stats, a tag name is text, never markup
+        tag_cells = re.findall(r'<td data-tag="([^"]*)" data-field="([^"]+)" data-value="([^"]*)">([^<]*)</td>', dom)
+        by_tag = {(t, f): v for t, f, v, _ in tag_cells}
+        expected_tags = {r["tag"]: r for r in tag_stats(gw.events)}
+        assert {t for t, _, _, _ in tag_cells} == {"receipts", "&lt;i&gt;vip&lt;/i&gt;"}
+        assert "<i>vip</i>" not in dom and ">&lt;i&gt;vip&lt;/i&gt;</td>" in dom
+        for tag, row in expected_tags.items():
+            dom_tag = tag.replace("<", "&lt;").replace(">", "&gt;")
+            for field in FIELDS:
+                assert float(by_tag[(dom_tag, field)]) == row[field], (tag, field)
+        assert (expected_tags["receipts"]["sent"], expected_tags["<i>vip</i>"]["sent"]) == (7, 2)
         assert expected["spring"]["opens"] == 3 and expected["spring"]["machine_opens"] == 1
         assert expected["spring"]["unsubscribes"] == 1 and expected["*"]["bounced_hard"] == 2
         # the chart was drawn: one point per time bucket for each series, and totals in the legend

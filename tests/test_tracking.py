@@ -263,9 +263,13 @@ async def test_service_binds_ephemeral_port_and_stops_cleanly(tmp_path):
 
 async def test_stats_page_is_self_contained_and_escapes_campaign_names(tracking):
     gw, service, session = tracking
-    await gw.emit(Event("accepted", queue_id="Q1", recipient="a@x.net", campaign_id="</script><script>alert(1)"))
+    await gw.emit(Event("accepted", queue_id="Q1", recipient="a@x.net", campaign_id="</script><script>alert(1)",
+                        tags=("</script><img src=x>",)))
     status, headers, body = await get(session, f"{service.url}/stats?campaign=%22%3E%3Cb%3E")
     page = body.decode()
+    assert '<table id="tags">' in page and "</script><img src=x>" not in page  # by-tag rows: data, not markup
+    unfiltered = (await get(session, f"{service.url}/stats"))[2].decode()
+    assert '"tags":[{"tag":"\\u003c/script\\u003e\\u003cimg src=x\\u003e"' in unfiltered
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     assert "<link" not in page and " src=" not in page and "@import" not in page  # nothing fetched: no CDN
     assert "</script><script>alert(1)" not in page  # the embedded JSON can't close its element

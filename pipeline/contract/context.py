@@ -130,6 +130,10 @@ class MessageContext:
     #: (it expires instead). Unix seconds; ``None`` = the spool's own schedule and lifetime.
     not_before: float | None = None
     deliver_by: float | None = None
+    #: TLS the message itself demands of the next hop (a dialect's require-TLS header): ``encrypt``
+    #: (TLS, any certificate) or ``verify`` (verified chain and host name). It can only raise the
+    #: egress's own level; a hop that cannot meet it defers the copy, never sends it in clear.
+    require_tls: str | None = None
 
     def enabled(self, feature: str | None) -> bool:
         """Whether a feature is on for this message (``None`` means "always on")."""
@@ -152,6 +156,7 @@ class MessageContext:
             metadata=copy.deepcopy(self.metadata),
             not_before=self.not_before,
             deliver_by=self.deliver_by,
+            require_tls=self.require_tls,
         )
 
     def to_record(self) -> dict[str, Any]:
@@ -169,6 +174,7 @@ class MessageContext:
             "metadata": self.metadata,
             "not_before": self.not_before,
             "deliver_by": self.deliver_by,
+            "require_tls": self.require_tls,
         }
 
     @classmethod
@@ -189,6 +195,7 @@ class MessageContext:
             metadata=dict(rec.get("metadata") or {}),
             not_before=rec.get("not_before"),
             deliver_by=rec.get("deliver_by"),
+            require_tls=rec.get("require_tls"),
         )
 
 

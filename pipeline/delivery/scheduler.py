@@ -205,6 +205,9 @@ class DeliveryService:
     # -- one attempt ----------------------------------------------------------------------
 
     async def _attempt(self, msg: QueuedMessage) -> list[RecipientOutcome]:
+        late = self._past_deliver_by(msg)
+        if late is not None:
+            return late
         try:
             copies = await self.pool.process(msg.context, msg.data, msg.mail_from, msg.recipients)
         except asyncio.CancelledError:
@@ -224,7 +227,8 @@ class DeliveryService:
             if out is not None:
                 outcomes[c.recipient] = out
             else:
-                to_send.append(Copy(msg.queue_id, c.recipient, c.mail_from, c.data or b"", self._pool_of(msg)))
+                to_send.append(Copy(msg.queue_id, c.recipient, c.mail_from, c.data or b"", self._pool_of(msg),
+                                    msg.context.get("require_tls")))
         for r in msg.recipients:
             if r not in outcomes and all(c.recipient != r for c in to_send):
                 outcomes[r] = self._defer(msg, r, "4.3.0", "451 4.3.0 processing produced no copy", "none", True)
@@ -232,6 +236,26 @@ class DeliveryService:
             for res in await self._deliver(msg, to_send):
                 outcomes[res.recipient] = self._result_outcome(msg, res)
         return [outcomes[r] for r in msg.recipients if r in outcomes]
+
+    def _past_deliver_by(self, msg: QueuedMessage) -> list[RecipientOutcome] | None:
+        """Every recipient ``expired`` when the message's deliver-by time has passed, else ``None``.
+
+        Checked before each attempt, not only after a failed one: a copy first tried after its
+        deadline (held by ``not_before``, a suspended destination, a full queue) must not go out
+        late. It is not processed or sent, and uses no attempt; the result is a 4.4.7 expiry with
+        its event and sender notice, as for ``spool.lifetime``.
+        """
+        by = msg.context.get("deliver_by")
+        now = self.clock()
+        if not by or now < float(by):
+            return None
+        late = now - float(by)
+        reply = f"message not delivered by its deliver-by time ({late:.0f} s ago); not attempted"
+        return [
+            RecipientOutcome(msg.queue_id, r, RecipientState.EXPIRED, msg.attempts.get(r, 0), "4.4.7", reply, "none",
+                             plugin_failures=msg.plugin_failures.get(r, 0))
+            for r in msg.recipients
+        ]
 
     def _verdict_outcome(self, msg: QueuedMessage, c: CopyResult) -> RecipientOutcome | None:
         v = c.verdict
@@ -276,9 +300,7 @@ class DeliveryService:
         if plugin and pf >= self.settings.max_plugin_attempts:
             return RecipientOutcome(msg.queue_id, rcpt, RecipientState.FAILED, attempts, "5.3.0",
                                     f"processing failed {pf} times; last: {reply}", relay, plugin_failures=pf)
-        deadline = msg.created_at + self.settings.lifetime
-        if msg.context.get("deliver_by"):  # a dialect's deliver-by time: expire then, not later
-            deadline = min(deadline, float(msg.context["deliver_by"]))
+        deadline = self._deadline(msg)
         if now >= deadline:
             age = now - msg.created_at
             return RecipientOutcome(
@@ -288,6 +310,13 @@ class DeliveryService:
         delay = min(self.settings.retry_max, self.settings.retry_min * 2 ** (attempts - 1))
         return RecipientOutcome(msg.queue_id, rcpt, RecipientState.DEFERRED, attempts, dsn, reply, relay,
                                 min(now + delay, deadline), pf)
+
+    def _deadline(self, msg: QueuedMessage) -> float:
+        """When the message expires: ``spool.lifetime`` after arrival, or its deliver-by time if sooner."""
+        deadline = msg.created_at + self.settings.lifetime
+        if msg.context.get("deliver_by"):  # a dialect's deliver-by time: expire then, not later
+            deadline = min(deadline, float(msg.context["deliver_by"]))
+        return deadline
 
     # -- results --------------------------------------------------------------------------
 
@@ -368,7 +397,7 @@ class DeliveryService:
         """A copy shaping held back (no attempt used) or a throttling reply (retried when the site reopens)."""
         if res.retry_at is None:
             return None
-        deadline = msg.created_at + self.settings.lifetime
+        deadline = self._deadline(msg)
         if res.postponed:
             if self.clock() >= deadline:
                 return None  # out of time: expires as any deferral would

@@ -21,6 +21,9 @@ class Copy:
     mail_from: str
     data: bytes
     pool: str | None = None  # source IP pool (pipeline/egress/pools.py); None: the system's address
+    #: The message's own TLS demand (``MessageContext.require_tls``): ``encrypt`` or ``verify``.
+    #: An egress may only raise its level for it; a hop that cannot meet it defers the copy.
+    require_tls: str | None = None
 
 
 @dataclass(frozen=True)

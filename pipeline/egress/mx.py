@@ -31,7 +31,7 @@ from pipeline.egress.resolver import (
 from pipeline.egress.shaping import Path, Shaper
 from pipeline.egress.smtp import ConnectFailed, send_on
 from pipeline.egress.state import EgressState
-from pipeline.egress.tlspolicy import Requirement, TlsPolicyFailed
+from pipeline.egress.tlspolicy import LEVEL_RANK, Requirement, TlsPolicyFailed
 from pipeline.egress.tlsrpt import TlsReports
 from pipeline.ports import Metrics
 
@@ -161,7 +161,7 @@ class MxEgress:
         last: ConnectFailed | None = None
         for host in allowed:
             try:
-                req = await self.shared.policies.for_host(dt, host, self.port)
+                req = raised(await self.shared.policies.for_host(dt, host, self.port), copy.require_tls)
                 addresses = await self.resolver.addresses(host)
             except (TlsPolicyFailed, DnsTemporaryError) as exc:
                 last = ConnectFailed("4.7.5" if isinstance(exc, TlsPolicyFailed) else "4.4.3", str(exc), f"{host}:{self.port}")
@@ -244,6 +244,19 @@ class MxEgress:
     async def close(self) -> None:
         if self._owns_shared:
             await self.shared.close()
+
+
+def raised(req: Requirement, require: str | None) -> Requirement:
+    """``req`` raised to the message's own TLS demand (``encrypt``/``verify``), never lowered.
+
+    A higher demand replaces the destination's level (source ``message``, so the outcome says why);
+    MTA-STS ``testing`` only reports, so a message demanding ``verify`` makes it enforced.
+    """
+    if require is None:
+        return req
+    if LEVEL_RANK[require] > LEVEL_RANK[req.level] or (req.report_only and LEVEL_RANK[require] >= LEVEL_RANK[req.level]):
+        return Requirement(require, "message")
+    return req
 
 
 def domain_of(copy: Copy) -> str:

@@ -319,37 +319,63 @@ async def send_copy(pool: HopPool, copy: Copy, verified: bool = False) -> Delive
 
 
 class SmtpEgress:
-    """A smarthost: every copy goes to one host, over pooled connections."""
+    """A smarthost: every copy goes to one host, over pooled connections.
+
+    A copy whose message demands TLS (``Copy.require_tls``) the configured session does not
+    guarantee goes over a pool of its own with STARTTLS required (and certificates verified for
+    ``verify``): the demand raises the level for that copy only, and a smarthost that cannot meet
+    it defers the copy (4.7.4/4.7.5) instead of taking it in clear.
+    """
 
     def __init__(self, settings: EgressSection, helo: str, name: str = "smtp") -> None:
         self.name = name
         self.settings = settings
         self.helo = settings.helo_name or helo
         self.pool = HopPool(settings.host, settings.port, settings.connections_per_hop, self._connect)
+        self._strict: dict[tuple[str, bool], HopPool] = {}  # (tls, verify) -> pool, for raised levels
 
-    async def _connect(self) -> aiosmtplib.SMTP:
+    async def _connect(self, tls: str | None = None, verify: bool | None = None) -> aiosmtplib.SMTP:
         s = self.settings
         return await open_connection(
             s.host,
             s.port,
             helo=self.helo,
             timeout=s.timeout,
-            tls=s.tls,
-            verify=s.verify_certificates,
+            tls=s.tls if tls is None else tls,
+            verify=s.verify_certificates if verify is None else verify,
             ca_file=str(s.ca_file) if s.ca_file else None,
             username=s.username,
             password=s.password,
         )
+
+    def _session(self, require: str | None) -> tuple[HopPool, bool]:
+        """The pool a copy goes over and whether its certificates are verified."""
+        s = self.settings
+        secure = s.tls in ("starttls", "implicit")
+        verified = s.verify_certificates and secure
+        if require is None or (secure and (verified or require == "encrypt")):
+            return self.pool, verified
+        tls = s.tls if secure else "starttls"
+        verify = verified or require == "verify"
+        pool = self._strict.get((tls, verify))
+        if pool is None:
+            def connect() -> Awaitable[aiosmtplib.SMTP]:
+                return self._connect(tls, verify)
+
+            pool = self._strict[(tls, verify)] = HopPool(s.host, s.port, s.connections_per_hop, connect)
+        return pool, verify
 
     async def deliver(self, copies: Sequence[Copy]) -> list[DeliveryResult]:
         return list(await asyncio.gather(*(self._one(c) for c in copies)))
 
     async def _one(self, copy: Copy) -> DeliveryResult:
         try:
-            s = self.settings
-            return await send_copy(self.pool, copy, verified=s.verify_certificates and s.tls in ("starttls", "implicit"))
+            pool, verified = self._session(copy.require_tls)
+            return await send_copy(pool, copy, verified=verified)
         except ConnectFailed as exc:
             return DeliveryResult.deferred(copy.recipient, exc.dsn, exc.reply, exc.relay)
 
     async def close(self) -> None:
         await self.pool.close()
+        for pool in self._strict.values():
+            await pool.close()

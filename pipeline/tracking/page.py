@@ -3,6 +3,11 @@
 Self-contained (no CDN, nothing fetched): the report is embedded as JSON and a small inline
 script renders the table and an SVG chart with ``textContent`` only, so a campaign name can't
 inject markup. Every figure cell carries ``data-campaign``, ``data-field`` and ``data-value``.
+
+A second table has one row per message tag (what ``/api/stats`` returns as ``tags`` and
+``smtpgate stats --by-tag`` prints): a message with two tags counts under both, so it has no total
+line. Tag names come from senders' headers, so they are rendered the same way, as text only; its
+cells carry ``data-tag`` instead of ``data-campaign``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ tfoot td {{ font-weight: bold; }}
 <svg id="chart" width="860" height="260" viewBox="0 0 860 260" role="img" aria-label="Events over time"></svg>
 <h2>Campaigns</h2>
 <table id="campaigns"><thead><tr id="head"></tr></thead><tbody></tbody><tfoot></tfoot></table>
+<h2>By tag</h2>
+<p>A message with several tags counts under each of them, so these rows do not add up to the totals.</p>
+<table id="tags"><thead><tr id="tag-head"></tr></thead><tbody></tbody></table>
 <noscript><p>This page renders with JavaScript; the same figures are at <a href="api/stats">/api/stats</a>.</p></noscript>
 <script type="application/json" id="stats-data">{data}</script>
 <script>
@@ -59,20 +67,38 @@ tfoot td {{ font-weight: bold; }}
   function fmt(field, v) {{
     return /_rate$/.test(field) ? (v * 100).toFixed(1) + "%" : String(v);
   }}
-  var head = document.getElementById("head");
-  head.appendChild(el("th", "Campaign"));
-  COLS.forEach(function (c) {{ head.appendChild(el("th", c[1])); }});
-  function row(name, label, r) {{
-    var tr = el("tr", null, {{"data-campaign": name}});
+  function header(id, first) {{
+    var head = document.getElementById(id);
+    head.appendChild(el("th", first));
+    COLS.forEach(function (c) {{ head.appendChild(el("th", c[1])); }});
+  }}
+  header("head", "Campaign");
+  header("tag-head", "Tag");
+  function row(name, label, r, key) {{
+    key = key || "data-campaign";
+    var attrs = {{}};
+    attrs[key] = name;
+    var tr = el("tr", null, attrs);
     tr.appendChild(el("td", label));
     COLS.forEach(function (c) {{
-      tr.appendChild(el("td", fmt(c[0], r[c[0]]), {{"data-campaign": name, "data-field": c[0], "data-value": String(r[c[0]])}}));
+      var cell = {{}};  // attribute order: the row's key first, then field and value
+      cell[key] = name;
+      cell["data-field"] = c[0];
+      cell["data-value"] = String(r[c[0]]);
+      tr.appendChild(el("td", fmt(c[0], r[c[0]]), cell));
     }});
     return tr;
   }}
   var body = document.querySelector("#campaigns tbody");
   data.campaigns.forEach(function (r) {{ body.appendChild(row(r.campaign, r.campaign || "(no campaign)", r)); }});
   document.querySelector("#campaigns tfoot").appendChild(row("*", "All campaigns", data.totals));
+  var tagBody = document.querySelector("#tags tbody"), tags = data.tags || [];
+  tags.forEach(function (r) {{ tagBody.appendChild(row(r.tag, r.tag, r, "data-tag")); }});
+  if (!tags.length) {{
+    var none = el("tr");
+    none.appendChild(el("td", "no tagged events", {{colspan: String(COLS.length + 1)}}));
+    tagBody.appendChild(none);
+  }}
 
   var tl = data.timeline, chart = document.getElementById("chart");
   var SERIES = [["delivered", "#2b7bb9"], ["opened", "#3a9d3a"], ["clicked", "#e08a00"],
