@@ -101,7 +101,10 @@ async def test_two_nodes_share_one_queue_and_a_killed_nodes_mail_is_delivered(tm
 
         drained = await asyncio.to_thread(sink.wait_for, lambda: accepted <= set(ids()), 90)
         assert drained, f"lost {sorted(accepted - set(ids()))[:20]}\n" + "\n".join(b.log[-20:])
-        await asyncio.sleep(1)  # the survivor records the last results
+        # the survivor records the last results: wait for an empty queue, not for a fixed time
+        async with asyncio.timeout(60):
+            while await asyncio.to_thread(rows, pg_url, "SELECT COUNT(*) FROM messages") != [(0,)]:
+                await asyncio.sleep(0.1)
         b.proc.send_signal(signal.SIGTERM)
         assert await b.wait(30) == 0, "\n".join(b.log[-20:])
     finally:
