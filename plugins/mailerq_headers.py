@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from pipeline import MessageContext, Plugin, PluginConfig, Reject, hookimpl
+from pipeline import MessageContext, Reject, hookimpl
 from pipeline.toolkit import dialects as d
 
 PREFIX = "x-mq-"
@@ -24,17 +24,11 @@ UNSUPPORTED = {
 }
 
 
-class MailerqHeaders(Plugin):
+class MailerqHeaders(d.DialectPlugin):
     """Maps x-mq-* onto a tag, send window, the inlinecss switch and metadata."""
 
     name = "mailerq_headers"
     feature = "mailerq"
-    feature_default = True  # a dialect is read unless a credential turns it off
-    feature_by_header = False  # policy: a message cannot turn its own dialect off
-    version = "1.0"
-
-    class Config(PluginConfig):
-        pass
 
     @hookimpl
     def on_message(self, ctx: MessageContext) -> Reject | None:

@@ -11,23 +11,17 @@ and delivery deadline; a malformed value is a ``550 5.6.0`` naming the header.
 
 from __future__ import annotations
 
-from pipeline import MessageContext, Plugin, PluginConfig, Reject, hookimpl
+from pipeline import MessageContext, Reject, hookimpl
 from pipeline.toolkit import dialects as d
 
 MAX_TAGS = 3  # Mailgun: "a single message may be marked with up to 3 tags"
 
 
-class MailgunHeaders(Plugin):
+class MailgunHeaders(d.DialectPlugin):
     """Maps X-Mailgun-* onto switches, tags, variables and a deliver-by time."""
 
     name = "mailgun_headers"
     feature = "mailgun"
-    feature_default = True  # a dialect is read unless a credential turns it off
-    feature_by_header = False  # policy: a message cannot turn its own dialect off
-    version = "1.0"
-
-    class Config(PluginConfig):
-        pass
 
     @hookimpl
     def on_message(self, ctx: MessageContext) -> Reject | None:

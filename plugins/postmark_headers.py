@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from pipeline import MessageContext, Plugin, PluginConfig, Reject, hookimpl
+from pipeline import MessageContext, Reject, hookimpl
 from pipeline.toolkit import dialects as d
 
 TRACK_LINKS = {"none": False, "htmlandtext": True, "htmlonly": True, "textonly": True}
@@ -20,17 +20,11 @@ STREAM = re.compile(r"[a-z0-9-]{1,30}")  # Postmark stream ids: lower-case lette
 METADATA_KEY = re.compile(r"[A-Za-z0-9_.-]{1,20}")  # Postmark: keys up to 20 characters
 
 
-class PostmarkHeaders(Plugin):
+class PostmarkHeaders(d.DialectPlugin):
     """Maps X-PM-* onto a tag, metadata, the open/click switches and the message stream."""
 
     name = "postmark_headers"
     feature = "postmark"
-    feature_default = True  # a dialect is read unless a credential turns it off
-    feature_by_header = False  # policy: a message cannot turn its own dialect off
-    version = "1.0"
-
-    class Config(PluginConfig):
-        pass
 
     @hookimpl
     def on_message(self, ctx: MessageContext) -> Reject | None:

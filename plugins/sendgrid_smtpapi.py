@@ -24,7 +24,7 @@ import json
 import re
 from typing import Any
 
-from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Reject, hookimpl
+from pipeline import MessageContext, PluginConfig, PluginEnv, Reject, hookimpl
 from pipeline.toolkit import dialects as d
 
 HEADER = "X-SMTPAPI"
@@ -37,14 +37,11 @@ KNOWN_KEYS = {
 _ADDRESS = re.compile(r"[^\s<>@]+@[^\s<>@]+")
 
 
-class SendgridSmtpapi(Plugin):
+class SendgridSmtpapi(d.DialectPlugin):
     """Maps X-SMTPAPI onto recipients, switches, tags, metadata and a send time."""
 
     name = "sendgrid_smtpapi"
     feature = "sendgrid"
-    feature_default = True  # a dialect is read unless a credential turns it off
-    feature_by_header = False  # policy: a message cannot turn its own dialect off
-    version = "1.0"
 
     class Config(PluginConfig):
         max_recipients: int = 1000  # SendGrid's own limit for "to"; a credential's max_recipients also applies

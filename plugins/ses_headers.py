@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from pipeline import MessageContext, Plugin, PluginConfig, Reject, hookimpl
+from pipeline import MessageContext, Reject, hookimpl
 from pipeline.toolkit import dialects as d
 
 NAME = re.compile(r"[A-Za-z0-9_-]{1,256}")
@@ -20,17 +20,11 @@ VALUE = re.compile(r"[A-Za-z0-9_.@-]{1,256}")
 CONFIG_SET = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-class SesHeaders(Plugin):
+class SesHeaders(d.DialectPlugin):
     """Maps the SES headers onto metadata."""
 
     name = "ses_headers"
     feature = "ses"
-    feature_default = True  # a dialect is read unless a credential turns it off
-    feature_by_header = False  # policy: a message cannot turn its own dialect off
-    version = "1.0"
-
-    class Config(PluginConfig):
-        pass
 
     @hookimpl
     def on_message(self, ctx: MessageContext) -> Reject | None:

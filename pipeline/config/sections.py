@@ -1,16 +1,4 @@
-"""Configuration: one TOML file (``smtpgate.toml``), validated at start-up.
-
-Every key has a default, so no file is needed to start. Errors name the file, the key and the
-problem (``smtpgate.toml: listeners[0].tls: Input should be 'none', 'starttls' or 'implicit'``).
-A string value of the form ``env:NAME`` or ``file:/path`` is read from the environment or a
-file, so secrets need not sit in the config file.
-
-Each section is its own model; the part of the gateway that uses a section owns its class.
-
-Types are strict (``trackopens = "yes"``, ``inlinecss = 1`` and ``port = "25"`` are errors: a
-guessed conversion hides a typo), and every key can be overridden from the environment as
-``SMTPGATE_<SECTION>__<KEY>`` (see :func:`env_overrides`).
-"""
+"""The core config sections and :class:`Config` (the file's schema; see :mod:`pipeline.config`)."""
 
 from __future__ import annotations
 

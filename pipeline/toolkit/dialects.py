@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pipeline.contract.context import MessageContext
+from pipeline.contract.plugin import Plugin, PluginConfig
 from pipeline.contract.verdicts import Reject
 
 log = logging.getLogger("smtpgate.dialects")
@@ -164,3 +165,16 @@ def campaign_from_tag(ctx: MessageContext, tag: str) -> None:
     """Use a vendor tag as the campaign when the sender gave no X-Campaign-Id and it is a valid id."""
     if "X-Campaign-Id" not in ctx.message and CAMPAIGN_PATTERN.fullmatch(tag):
         ctx.campaign_id = tag
+
+
+class DialectPlugin(Plugin):
+    """The shape every vendor dialect shares: on by default, off per credential, never by a header
+    (a message cannot turn its own dialect off), no config of its own. A subclass names itself,
+    its ``feature`` and its ``on_message`` hook."""
+
+    feature_default = True
+    feature_by_header = False
+    version = "1.0"
+
+    class Config(PluginConfig):
+        pass
