@@ -6,6 +6,7 @@ Postfix answers the client."""
 from __future__ import annotations
 
 import email
+import os
 import smtplib
 from collections.abc import Iterator
 from typing import Any
@@ -128,7 +129,9 @@ def test_several_recipients_share_one_signed_copy_in_the_per_message_form(stack)
 
 def test_every_corpus_template_arrives_signed_through_postfix(stack):
     files = corpus_files()
-    if not files:
+    if not files:  # a developer's clone without ../shared; CI always has it, so there it is a failure
+        if os.environ.get("CI"):
+            pytest.fail("../shared/corpus/eml is missing: CI lays shared/ beside the clone")
         pytest.skip("shared corpus not present")
     sink, dns = stack["sink"], stack["dns"]
     before = len(sink.messages)

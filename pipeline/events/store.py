@@ -11,6 +11,7 @@ concurrent ``record`` calls share one commit (:class:`~pipeline.storage.batching
 
 from __future__ import annotations
 
+import abc
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -131,7 +132,7 @@ class _TxCursor:
         self.tx(sql, args)
 
 
-class EventStoreBase:
+class EventStoreBase(abc.ABC):
     """The :class:`~pipeline.ports.EventStore` port and the outbox/stoplist operations, on primitives.
 
     A backend implements :meth:`_fetch` (a read; ``hot``: a short indexed look-up on the event
@@ -147,14 +148,17 @@ class EventStoreBase:
         self._records: GroupCommit[tuple[Event, list[str], str | None], int] = GroupCommit(self._commit)
 
     # -- primitives -----------------------------------------------------------------------------
+    @abc.abstractmethod
     def _fetch(self, sql: str, args: Sequence[Any] = (), *, hot: bool = False) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
+        """Implemented by each backend (SQLite, PostgreSQL)."""
 
+    @abc.abstractmethod
     def _transaction(self, fn: Callable[[Tx], R]) -> R:
-        raise NotImplementedError
+        """Implemented by each backend (SQLite, PostgreSQL)."""
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Implemented by each backend (SQLite, PostgreSQL)."""
 
     def _execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         """One write statement in its own transaction; its rowcount."""

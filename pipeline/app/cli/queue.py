@@ -14,6 +14,7 @@ import email.policy
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -185,19 +186,26 @@ def show_cmd(queue_id: str, config_path: str | None, body: bool) -> None:
         spool.close()
 
 
-@queue.command("retry")
-@click.argument("queue_id")
-@config_option
-def retry_cmd(queue_id: str, config_path: str | None) -> None:
-    """Make a message's deferred recipients due now."""
+def _on_message(config_path: str | None, queue_id: str, act: Callable[[Spool, str], int], done: str) -> None:
+    """One action on one queued message (retry, hold, release): a clear error when it is not there."""
     config = get_config(config_path, existing=True)
     spool = _open(config)
     if spool is None or spool.show(queue_id) is None:
         _fail(f"queue: no message {queue_id} in {_where(config)}")
         return
-    n = spool.retry(queue_id)
-    spool.close()
-    click.echo(f"{queue_id}: {n} recipient(s) due now")
+    try:
+        n = act(spool, queue_id)
+    finally:
+        spool.close()
+    click.echo(f"{queue_id}: {n} recipient(s) {done}")
+
+
+@queue.command("retry")
+@click.argument("queue_id")
+@config_option
+def retry_cmd(queue_id: str, config_path: str | None) -> None:
+    """Make a message's deferred recipients due now."""
+    _on_message(config_path, queue_id, lambda spool, qid: spool.retry(qid), "due now")
 
 
 @queue.command("hold")
@@ -205,14 +213,7 @@ def retry_cmd(queue_id: str, config_path: str | None) -> None:
 @config_option
 def hold_cmd(queue_id: str, config_path: str | None) -> None:
     """Keep a message's waiting recipients from being attempted until released (like postsuper -h)."""
-    config = get_config(config_path)
-    spool = _open(config)
-    if spool is None or spool.show(queue_id) is None:
-        _fail(f"queue: no message {queue_id} in {config.data_dir / 'spool.db'}")
-        return
-    n = spool.hold(queue_id)
-    spool.close()
-    click.echo(f"{queue_id}: {n} recipient(s) held")
+    _on_message(config_path, queue_id, lambda spool, qid: spool.hold(qid), "held")
 
 
 @queue.command("release")
@@ -220,14 +221,7 @@ def hold_cmd(queue_id: str, config_path: str | None) -> None:
 @config_option
 def release_cmd(queue_id: str, config_path: str | None) -> None:
     """Release a held message: its recipients are queued and due now (like postsuper -H)."""
-    config = get_config(config_path)
-    spool = _open(config)
-    if spool is None or spool.show(queue_id) is None:
-        _fail(f"queue: no message {queue_id} in {config.data_dir / 'spool.db'}")
-        return
-    n = spool.unhold(queue_id)
-    spool.close()
-    click.echo(f"{queue_id}: {n} recipient(s) released")
+    _on_message(config_path, queue_id, lambda spool, qid: spool.unhold(qid), "released")
 
 
 @queue.command("delete")
