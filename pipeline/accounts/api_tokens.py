@@ -115,3 +115,10 @@ class ApiTokenStore:
         if row is None or not hmac.compare_digest(_digest(token), row[2]):
             return None
         return ApiPrincipal(token_id, row[0], row[1])
+
+    def principal(self, token_id: str) -> ApiPrincipal | None:
+        """The principal of a token that still exists, by id: a console session remembers the id,
+        never the token, and ends when the token is revoked."""
+        with self._lock:
+            row = self._conn.execute("SELECT name, credential FROM api_tokens WHERE id = ?", (token_id,)).fetchone()
+        return None if row is None else ApiPrincipal(token_id, row[0], row[1])

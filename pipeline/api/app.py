@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pipeline.api.console import ConsolePorts, add_console
 from pipeline.api.credentials import CredentialHandlers
 from pipeline.api.openapi import openapi_document
 from pipeline.api.suppressions import SuppressionHandlers
@@ -338,6 +339,7 @@ class ApiPorts:
     metrics: Metrics
     declared_credentials: Sequence[dict[str, Any]] = field(default_factory=list)
     global_webhooks: Sequence[str] = field(default_factory=list)
+    console: ConsolePorts | None = None  # the web console under /console/ (None: not served)
 
 
 def build_api_app(ports: ApiPorts) -> web.Application:
@@ -367,4 +369,6 @@ def build_api_app(ports: ApiPorts) -> web.Application:
     app.router.add_post("/api/v1/suppressions", a.authed(s.add), name="suppression_add")
     app.router.add_get("/api/v1/suppressions.csv", a.authed(s.csv), name="suppressions_csv")
     app.router.add_delete("/api/v1/suppressions/{address}", a.authed(s.remove), name="suppression_remove")
+    if p.console is not None:
+        add_console(app, p.console, a, s, c)
     return app

@@ -8,6 +8,7 @@ processes started by the processing service.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 from pipeline.accounts.api_tokens import ApiTokenStore
 from pipeline.accounts.store import CredentialStore, StoredWebhooks
 from pipeline.api import ApiPorts, ApiService, api_service
+from pipeline.api.console import ConsolePorts
 from pipeline.chain.loader import PluginSet
 from pipeline.chain.runner import Chain
 from pipeline.config import Config
@@ -186,8 +188,31 @@ class Gateway:
                     for c in self.config.credentials]
         ports = ApiPorts(tokens=tokens, log=message_log, spool=self.spool, events=self.event_sink, store=store,
                          suppressions=store, credentials=credentials, metrics=self.counters,
-                         declared_credentials=declared, global_webhooks=list(self.config.webhooks.urls))
+                         declared_credentials=declared, global_webhooks=list(self.config.webhooks.urls),
+                         console=ConsolePorts(tokens=tokens, domains=self.dkim_domains))
         return api_service(self.config, ports, host=host, port=port)
+
+    def dkim_domains(self) -> list[dict[str, Any]]:
+        """The ``dkim_sign`` plugin's domains and the TXT records to publish for their keys (the
+        console's Domains page); empty when the plugin is not in the chain."""
+        from cryptography.hazmat.primitives import serialization
+
+        out: list[dict[str, Any]] = []
+        for loaded in self.plugins.plugins:
+            if loaded.name != "dkim_sign":
+                continue
+            for key in getattr(loaded.instance, "keys", {}).values():
+                der = key.rsa.public_key().public_bytes(serialization.Encoding.DER,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+                records = [{"name": f"{key.selector}._domainkey.{key.domain}", "type": "TXT",
+                            "value": "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode("ascii")}]
+                if key.ed25519 is not None and key.ed25519_selector:
+                    raw = key.ed25519.public_key().public_bytes(serialization.Encoding.Raw,
+                                                                serialization.PublicFormat.Raw)
+                    records.append({"name": f"{key.ed25519_selector}._domainkey.{key.domain}", "type": "TXT",
+                                    "value": "v=DKIM1; k=ed25519; p=" + base64.b64encode(raw).decode("ascii")})
+                out.append({"domain": key.domain, "selector": key.selector, "records": records})
+        return sorted(out, key=lambda d: d["domain"])
 
     def build_services(self, workers: int | None = None) -> None:
         """Create the long-running services, in data-flow order. Each area adds its own line."""
