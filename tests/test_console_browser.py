@@ -145,6 +145,15 @@ async def test_operator_signs_in_finds_a_message_holds_releases_and_suppresses_i
             await tab.goto(f"{base}/console/stats")
             assert "spring" in await text_of(tab)
 
+            # the tracking listener's own /stats page (script-rendered) fits both widths too
+            tracking = run.gw.tracking_service(port=0)
+            await tracking.start()
+            run.gw.services.append(tracking)
+            await tab.goto(f"{tracking.url}/stats")
+            assert await tab.evaluate("document.body.dataset.rendered") == "1"
+            await check_layout(tab, "tracking-stats", shots)
+            await tab.goto(f"{base}/console/stats")
+
             # keyboard users see where they are: the focused control has a visible outline
             outline = await tab.evaluate(
                 "(() => { const b = document.querySelector('form.search button'); b.focus();"
@@ -162,4 +171,4 @@ async def test_operator_signs_in_finds_a_message_holds_releases_and_suppresses_i
     print(f"screenshots: {shots}")
     assert sorted(p.name for p in shots.iterdir()) == sorted(
         f"{n}-{w}.png" for n in ("sign-in", "messages", "message", "queue", "suppressions", "credentials", "webhooks",
-                                 "domains", "stats") for w in WIDTHS)  # fmt: skip
+                                 "domains", "stats", "tracking-stats") for w in WIDTHS)  # fmt: skip

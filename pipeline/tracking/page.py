@@ -21,11 +21,14 @@ _PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
-table {{ border-collapse: collapse; margin-top: 1em; font-size: 0.9em; }}
+table {{ border-collapse: collapse; margin-top: 1em; font-size: 0.9em; display: block; max-width: 100%;
+  overflow-x: auto; }}
 th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }}
 th:first-child, td:first-child {{ text-align: left; }}
 tfoot td {{ font-weight: bold; }}
-#chart {{ border: 1px solid #ddd; background: #fcfcfc; }}
+#chart {{ border: 1px solid #ddd; background: #fcfcfc; max-width: 100%; height: auto; }}
+form label {{ display: inline-block; margin: 0 1em 0.5em 0; }}
+input {{ max-width: 100%; }}
 .legend span {{ margin-right: 1em; }}
 </style></head>
 <body>
