@@ -306,3 +306,59 @@ def test_the_sign_in_forms_value_is_bound_to_its_cookie_and_expires(tamper: str)
     else:
         assert not signer.check(nonce, value, now=1061.0)
     assert not PresessionSigner(max_age=60).check(nonce, value, now=1030.0)  # another process's key
+
+
+async def test_the_timeline_page_shows_the_story_the_api_tells(tmp_path: Path) -> None:
+    async with console_gateway(tmp_path) as run, visitor(run.api.url) as v:
+        await run.send("shop", "news@shop.example", "x@example.net", "Spring sale")
+        await run.send("shop", "news@shop.example", "later@example.net", "Still queued")
+        await wait_for(lambda: len(run.gw.events.events(type="accepted")) == 2)
+        qids = {e.event.recipient: e.event.queue_id for e in run.gw.events.events(type="accepted")}
+        assert (await v.sign_in(run.tokens["shop"])).status == 303
+
+        # while queued: the raw message is a download, never rendered inline
+        resp, raw = await v.get(f"/console/messages/{qids['later@example.net']}/raw")
+        assert resp.status == 200 and "Subject: Still queued" in raw
+        assert resp.headers["Content-Disposition"].startswith("attachment;")
+        assert resp.headers["Content-Type"].startswith("message/rfc822")
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        run.gw.spool.hold(qids["later@example.net"])
+        await run.start_delivery()
+        await wait_for(lambda: len(run.gw.events.events(type="delivered")) == 1)
+        resp, _ = await v.get(f"/console/messages/{qids['x@example.net']}/raw")
+        assert resp.status == 404  # delivered: the spool keeps no bytes
+
+        qid = qids["x@example.net"]
+        async with v.http.get(
+            f"{run.api.url}/api/v1/messages/{qid}", headers={"Authorization": f"Bearer {run.tokens['shop']}"}
+        ) as r:
+            story = await r.json()
+        resp, page = await v.get(f"/console/messages/{qid}")
+        assert resp.status == 200
+        timeline = page[page.index('id="timeline"') :]
+        assert re.findall(r'class="etype">([^<]+)<', timeline) == [e["type"] for e in story["events"]]
+        assert [e["type"] for e in story["events"]] == ["accepted", "delivered"]
+        delivered = story["events"][1]
+        assert f"<dd>{delivered['relay']}</dd>" in timeline and f"<dd>{delivered['dsn']}</dd>" in timeline
+        for step in story["trace"]:
+            assert f"<td>{step['plugin']}</td>" in page
+        [copy] = story["recipients"]
+        assert "Headers as delivered to x@example.net" in page
+        for name, _value in copy["final_headers"]:
+            assert f'<th scope="row">{name}</th>' in page
+        assert story["client_ip"] in page and "Spring sale" in page
+
+
+async def test_the_sign_in_page_warns_when_a_secure_cookie_cannot_be_kept(tmp_path: Path) -> None:
+    async with console_gateway(tmp_path) as run, visitor(run.api.url) as v:
+        warning = "browsers do not\nkeep the console"
+        _, page = await v.get("/console/sign-in")
+        assert warning not in page  # 127.0.0.1: a secure context for browsers
+        resp, page = await v.request("GET", "/console/sign-in", headers={"Host": "mail.example.com:8081"})
+        assert resp.status == 200 and warning in page
+        _, page = await v.request(
+            "GET", "/console/sign-in", headers={"Host": "mail.example.com", "X-Forwarded-Proto": "https"}
+        )
+        assert warning not in page
+        _, page = await v.request("GET", "/console/sign-in", headers={"Host": "localhost:8081"})
+        assert warning not in page

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import ipaddress
 import json
 import logging
 import time
@@ -108,6 +109,8 @@ class ApiBackend(Protocol):
 
     async def release(self, request: web.Request, principal: ApiPrincipalView) -> web.Response: ...
 
+    async def raw(self, request: web.Request, principal: ApiPrincipalView) -> web.Response: ...
+
     async def stats(self, request: web.Request, principal: ApiPrincipalView) -> web.Response: ...
 
     async def webhook_deliveries(self, request: web.Request, principal: ApiPrincipalView) -> web.Response: ...
@@ -183,6 +186,20 @@ def safe_back(value: str | None, default: str = PREFIX + "/") -> str:
     if any(c in value for c in "\r\n") or len(value) > 2000:
         return default
     return value
+
+
+def secure_transport(request: web.Request) -> bool:
+    """Whether a browser will keep a ``Secure`` cookie from this page: HTTPS (here or at a proxy that
+    says so), or a loopback host, which browsers treat as a secure context over plain http."""
+    if request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https":
+        return True
+    host = (request.url.host or "").strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def _json(response: web.StreamResponse) -> tuple[int, Any]:
@@ -346,8 +363,9 @@ class Console:
     ) -> web.Response:
         nonce, value = self.signer.issue()
         response = self.render(
-            request, "sign_in.html", None, status=status, next=next_, signin_csrf=value, problem=problem
-        )
+            request, "sign_in.html", None, status=status, next=next_, signin_csrf=value, problem=problem,
+            insecure=not secure_transport(request),
+        )  # fmt: skip
         self._set_cookie(response, PRESESSION_COOKIE, nonce, self.signer.max_age)
         return response
 
@@ -453,6 +471,16 @@ class Console:
                 signed,
             )
         return self.render(request, "message.html", signed, story=story)
+
+    async def raw(self, request: web.Request, signed: Signed) -> web.StreamResponse:
+        """The spooled message as a download (``GET /api/v1/messages/{id}/raw``), never shown inline."""
+        response = await self.api.raw(request, signed.principal)
+        if response.status != 200 or not isinstance(response, web.Response) or response.body is None:
+            return self.error_page(request, 404, "Not in the queue",
+                                   "The raw message is kept only while the message is in the queue.", signed)  # fmt: skip
+        queue_id = request.match_info["queue_id"]
+        return web.Response(body=response.body, content_type="message/rfc822", headers={
+            "Content-Disposition": f'attachment; filename="{queue_id}.eml"'})  # fmt: skip
 
     async def queue_action(self, request: web.Request, signed: Signed) -> web.StreamResponse:
         action = request.match_info["action"]
@@ -650,6 +678,7 @@ def add_console(
     sub.router.add_post("/sign-out", c.page(c.sign_out))
     sub.router.add_get("/messages", c.page(c.messages))
     sub.router.add_get("/messages/{queue_id}", c.page(c.message))
+    sub.router.add_get("/messages/{queue_id}/raw", c.page(c.raw))
     sub.router.add_post("/messages/{queue_id}/{action}", c.page(c.queue_action))
     sub.router.add_get("/queue", c.page(c.queue))
     sub.router.add_get("/suppressions", c.page(c.suppression_list))
