@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.api.console.app import safe_back
+from pipeline.api.console.app import PRESESSION_COOKIE, SESSION_COOKIE, safe_back
 from pipeline.api.console.sessions import PresessionSigner, SessionStore
 from tests.support.console import console_gateway, csrf_of, visitor, wait_for
 
@@ -57,12 +57,12 @@ async def test_sign_in_sets_a_secure_httponly_strict_cookie_and_sign_out_ends_th
 
         # a wrong token: 401, the form again, no session
         resp, page = await v.post("/console/sign-in", {"csrf": csrf_of(form), "token": "sgt_00_wrong"})
-        assert resp.status == 401 and "not a valid API token" in page and "smtpgate_console" not in v.cookies
+        assert resp.status == 401 and "not a valid API token" in page and SESSION_COOKIE not in v.cookies
         # the right token without the sign-in form's pre-session cookie (login CSRF): 403
         form_csrf = csrf_of(page)
-        v.cookies.pop("smtpgate_signin")
+        v.cookies.pop(PRESESSION_COOKIE)
         resp, _ = await v.post("/console/sign-in", {"csrf": form_csrf, "token": run.tokens["admin"]})
-        assert resp.status == 403 and "smtpgate_console" not in v.cookies
+        assert resp.status == 403 and SESSION_COOKIE not in v.cookies
 
         _, page = await v.get("/console/sign-in")
         resp, _ = await v.post(
@@ -70,7 +70,7 @@ async def test_sign_in_sets_a_secure_httponly_strict_cookie_and_sign_out_ends_th
             {"csrf": csrf_of(page), "token": run.tokens["admin"], "next": "/console/queue"},
         )
         assert resp.status == 303 and resp.headers["Location"] == "/console/queue"
-        [session] = [c["smtpgate_console"] for c in v.set_cookies if "smtpgate_console" in c]
+        [session] = [c[SESSION_COOKIE] for c in v.set_cookies if SESSION_COOKIE in c]
         assert (session["secure"], session["httponly"], session["samesite"], session["path"]) == (
             True,
             True,
@@ -81,7 +81,7 @@ async def test_sign_in_sets_a_secure_httponly_strict_cookie_and_sign_out_ends_th
         assert (
             run.tokens["admin"] not in session.value and run.tokens["admin"] not in resp.headers["Location"]
         )
-        assert "smtpgate_signin" not in v.cookies  # the pre-session cookie is cleared
+        assert PRESESSION_COOKIE not in v.cookies  # the pre-session cookie is cleared
 
         resp, page = await v.get("/console/messages")
         assert resp.status == 200 and "Sign out" in page and "(administrator)" in page
@@ -90,11 +90,11 @@ async def test_sign_in_sets_a_secure_httponly_strict_cookie_and_sign_out_ends_th
         resp, _ = await v.post("/console/sign-out", {})
         assert resp.status == 403
         assert (await v.get("/console/messages"))[0].status == 200
-        cookie = v.cookies["smtpgate_console"]
+        cookie = v.cookies[SESSION_COOKIE]
         resp, _ = await v.post("/console/sign-out", {"csrf": csrf_of(page)})
         assert resp.status == 303 and resp.headers["Location"] == "/console/sign-in"
-        assert "smtpgate_console" not in v.cookies
-        v.cookies["smtpgate_console"] = cookie  # the old cookie, replayed, is worth nothing
+        assert SESSION_COOKIE not in v.cookies
+        v.cookies[SESSION_COOKIE] = cookie  # the old cookie, replayed, is worth nothing
         resp, _ = await v.get("/console/messages")
         assert resp.status == 303 and resp.headers["Location"].startswith("/console/sign-in")
 
@@ -126,6 +126,10 @@ async def test_posts_without_the_sessions_csrf_token_are_refused_with_403(tmp_pa
                 ({"address": "a@example.net", "csrf": mine[:-1] + ("A" if mine[-1] != "A" else "B")}, {}),
                 ({"address": "a@example.net", "csrf": theirs}, {}),  # another session's token
                 ({"address": "a@example.net", "csrf": mine}, {"Sec-Fetch-Site": "cross-site"}),
+                (
+                    {"address": "a@example.net", "csrf": mine},
+                    {"Sec-Fetch-Site": "same-site"},
+                ),  # a sibling host
             ):
                 resp, text = await v.post("/console/suppressions", data, **headers)
                 assert resp.status == 403, (data, headers)

@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from pipeline.api.console.app import SESSION_COOKIE
 from tests.support.cdp import Browser, Tab
 from tests.support.console import TOML, console_gateway, wait_for
 
@@ -82,7 +83,7 @@ async def test_operator_signs_in_finds_a_message_holds_releases_and_suppresses_i
             await tab.click("button[type=submit]")
             assert (await tab.evaluate("location.pathname")) == "/console/messages"
             cookies = (await tab.call("Network.getCookies", {"urls": [base + "/"]}))["cookies"]
-            [session] = [c for c in cookies if c["name"] == "smtpgate_console"]
+            [session] = [c for c in cookies if c["name"] == SESSION_COOKIE]
             assert (session["secure"], session["httpOnly"], session["sameSite"]) == (True, True, "Strict")
             assert (await tab.evaluate("document.cookie")) == ""  # HttpOnly: no script sees it
 

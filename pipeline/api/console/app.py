@@ -33,8 +33,8 @@ from pipeline.ports import ApiPrincipalView, MessageFilter, MessageLog, Metrics,
 log = logging.getLogger("smtpgate.console")
 
 PREFIX = "/console"
-SESSION_COOKIE = "smtpgate_console"
-PRESESSION_COOKIE = "smtpgate_signin"
+SESSION_COOKIE = "__Host-smtpgate-console"  # __Host-: Secure, Path=/, no Domain: no subdomain can plant it
+PRESESSION_COOKIE = "__Host-smtpgate-signin"
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
     "base-uri 'none'"
@@ -319,7 +319,8 @@ class Console:
     async def _csrf_refusal(self, request: web.Request, expected: str) -> web.Response | None:
         form = await request.post()
         given = form.get("csrf")
-        cross_site = request.headers.get("Sec-Fetch-Site") == "cross-site"
+        # Fetch Metadata (OWASP): a browser says where a request came from; only this origin may post
+        cross_site = request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site")
         if cross_site or not csrf_ok(expected, given if isinstance(given, str) else None):
             log.info(
                 "console: refused a %s %s without a valid CSRF token from %s",
