@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.api.console.app import PRESESSION_COOKIE, SESSION_COOKIE, safe_back
+from pipeline.api.console.app import API_ROUTES, CONSOLE, PRESESSION_COOKIE, SESSION_COOKIE, safe_back
 from pipeline.api.console.sessions import PresessionSigner, SessionStore
 from tests.support.console import console_gateway, csrf_of, visitor, wait_for
 
@@ -366,3 +366,14 @@ async def test_the_sign_in_page_warns_when_a_secure_cookie_cannot_be_kept(tmp_pa
         assert warning not in page
         _, page = await v.request("GET", "/console/sign-in", headers={"Host": "localhost:8081"})
         assert warning not in page
+
+
+async def test_every_api_handler_the_console_calls_is_served_by_the_api(tmp_path: Path) -> None:
+    """The console finds the API's handlers by route name: a renamed or removed route must fail here,
+    not as a 404 page in production."""
+    async with console_gateway(tmp_path) as run:
+        console_app = run.api.app[CONSOLE]
+        for name, method in API_ROUTES:
+            assert console_app.api_handler(name, method) is not None, (name, method)
+        assert console_app.api_handler("no_such_route") is None
+        assert console_app.api_handler("messages", "DELETE") is None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import time
@@ -134,6 +135,7 @@ class ApiApp:
     def authed(self, handler: AuthedHandler) -> Handler:
         """``handler`` called with the principal of a valid bearer token; else 401 (or 429)."""
 
+        @functools.wraps(handler)  # __wrapped__: the console calls the handler behind its own sign-in
         async def wrapped(request: web.Request) -> web.StreamResponse:
             principal = self._authenticate(request)
             if isinstance(principal, web.Response):
@@ -370,5 +372,5 @@ def build_api_app(ports: ApiPorts) -> web.Application:
     app.router.add_get("/api/v1/suppressions.csv", a.authed(s.csv), name="suppressions_csv")
     app.router.add_delete("/api/v1/suppressions/{address}", a.authed(s.remove), name="suppression_remove")
     if p.console is not None:
-        add_console(app, p.console, a, s, c)
+        add_console(app, p.console, a, s)
     return app

@@ -18,14 +18,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urlencode
 
 import jinja2
 from aiohttp import web
 
 from pipeline.api.console.sessions import PresessionSigner, Session, SessionStore, csrf_ok
-from pipeline.api.credentials import CredentialHandlers
 from pipeline.api.suppressions import MAX_REASON, SuppressionHandlers, _valid_address
 from pipeline.events.messages import LOG_STATES
 from pipeline.ports import ApiPrincipalView, MessageFilter, MessageLog, Metrics, Spool
@@ -48,7 +47,14 @@ SECURITY_HEADERS = {
 }
 SEARCH_FIELDS = ("recipient", "sender", "campaign", "state", "since", "until")
 QUEUE_PAGE = 50
-STATIC_TYPES = {".css": "text/css"}
+API_ROUTES = (
+    ("messages", "GET"), ("message", "GET"), ("message_raw", "GET"), ("message_hold", "POST"),
+    ("message_release", "POST"), ("message_retry", "POST"), ("suppressions", "GET"), ("credentials", "GET"),
+    ("credential_disable", "POST"), ("credential_enable", "POST"), ("webhooks", "GET"),
+    ("webhook_deliveries", "GET"), ("stats", "GET"),
+)  # fmt: skip
+"""The ``/api/v1`` routes (name, method) whose handlers the console calls (tests/test_console.py checks
+that the API still serves each)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ApiHandler = Callable[[web.Request, ApiPrincipalView], Awaitable[web.StreamResponse]]
@@ -85,7 +91,8 @@ class Throttle(Protocol):
 
 
 class ApiBackend(Protocol):
-    """The ``/api/v1`` handlers the console calls in-process (:class:`pipeline.api.app.ApiApp`)."""
+    """What the console uses of :class:`pipeline.api.app.ApiApp` besides its handlers (which it finds
+    by route name): the message log and spool (the queue page), the failed-token throttle and counters."""
 
     @property
     def log(self) -> MessageLog: ...
@@ -98,22 +105,6 @@ class ApiBackend(Protocol):
 
     @property
     def throttle(self) -> Throttle: ...
-
-    async def search(self, request: web.Request, principal: ApiPrincipalView) -> web.Response: ...
-
-    async def show(self, request: web.Request, principal: ApiPrincipalView) -> web.Response: ...
-
-    async def retry(self, request: web.Request, principal: ApiPrincipalView) -> web.Response: ...
-
-    async def hold(self, request: web.Request, principal: ApiPrincipalView) -> web.Response: ...
-
-    async def release(self, request: web.Request, principal: ApiPrincipalView) -> web.Response: ...
-
-    async def raw(self, request: web.Request, principal: ApiPrincipalView) -> web.Response: ...
-
-    async def stats(self, request: web.Request, principal: ApiPrincipalView) -> web.Response: ...
-
-    async def webhook_deliveries(self, request: web.Request, principal: ApiPrincipalView) -> web.Response: ...
 
 
 def _no_domains() -> list[dict[str, Any]]:
@@ -212,22 +203,40 @@ async def _json(response: web.StreamResponse) -> tuple[int, Any]:
 class Console:
     """The console's handlers, bound to the API's handlers and the console's ports."""
 
-    def __init__(
-        self,
-        ports: ConsolePorts,
-        api: ApiBackend,
-        suppressions: SuppressionHandlers,
-        credentials: CredentialHandlers,
-    ) -> None:
+    def __init__(self, ports: ConsolePorts, api: ApiBackend, suppressions: SuppressionHandlers,
+                 root: web.Application) -> None:  # fmt: skip
         self.ports = ports
         self.tokens = ports.tokens
         self.sessions = ports.sessions
         self.api = api
         self.suppressions = suppressions
-        self.credentials = credentials
+        self.root = root  # the API's app: its handlers are found by route name
         self.signer = PresessionSigner()
         self.env = _environment()
         self.css = (resources.files("pipeline.api.console") / "static" / "console.css").read_bytes()
+
+    def api_handler(self, name: str, method: str = "GET") -> ApiHandler | None:
+        """The ``/api/v1`` handler the API serves under route ``name`` (unwrapped from its bearer-token
+        check: the console has its own sign-in), or ``None`` when the API has no such route."""
+        try:
+            resource = self.root.router[name]
+        except KeyError:
+            return None
+        for route in resource:
+            if route.method == method:
+                inner = getattr(route.handler, "__wrapped__", None)
+                return cast(ApiHandler, inner) if inner is not None else None
+        return None
+
+    async def call_api(
+        self, name: str, request: web.Request, signed: Signed, method: str = "GET"
+    ) -> tuple[int, Any]:
+        """(status, JSON) of the API's handler for route ``name``, called in-process with this request
+        (same route parameters and query names) and the signed-in token's principal."""
+        handler = self.api_handler(name, method)
+        if handler is None:
+            raise web.HTTPNotFound()
+        return await _json(await handler(request, signed.principal))
 
     # -- middleware and responses ------------------------------------------------------------
     @web.middleware
@@ -435,7 +444,7 @@ class Console:
         if unknown:
             problem = f"Unknown search field {unknown[0]!r}."
         else:
-            status, body = await _json(await self.api.search(request, signed.principal))
+            status, body = await self.call_api("messages", request, signed)
             if status != 200:
                 problem = body.get("error") if isinstance(body, dict) else "The search failed."
             else:
@@ -462,7 +471,7 @@ class Console:
         )
 
     async def message(self, request: web.Request, signed: Signed) -> web.StreamResponse:
-        status, story = await _json(await self.api.show(request, signed.principal))
+        status, story = await self.call_api("message", request, signed)
         if status != 200:
             return self.error_page(
                 request,
@@ -475,8 +484,9 @@ class Console:
 
     async def raw(self, request: web.Request, signed: Signed) -> web.StreamResponse:
         """The spooled message as a download (``GET /api/v1/messages/{id}/raw``), never shown inline."""
-        response = await self.api.raw(request, signed.principal)
-        if response.status != 200 or not isinstance(response, web.Response) or response.body is None:
+        handler = self.api_handler("message_raw")
+        response = await handler(request, signed.principal) if handler is not None else None
+        if not isinstance(response, web.Response) or response.status != 200 or response.body is None:
             return self.error_page(request, 404, "Not in the queue",
                                    "The raw message is kept only while the message is in the queue.", signed)  # fmt: skip
         queue_id = request.match_info["queue_id"]
@@ -485,11 +495,10 @@ class Console:
 
     async def queue_action(self, request: web.Request, signed: Signed) -> web.StreamResponse:
         action = request.match_info["action"]
-        handler = {"hold": self.api.hold, "release": self.api.release, "retry": self.api.retry}.get(action)
-        if handler is None:
+        if action not in ("hold", "release", "retry"):
             raise web.HTTPNotFound()
         queue_id = request.match_info["queue_id"]
-        status, body = await _json(await handler(request, signed.principal))
+        status, body = await self.call_api(f"message_{action}", request, signed, "POST")
         if status == 200:
             count = body.get({"hold": "held", "release": "released", "retry": "due_now"}[action], 0)
             what = {"hold": "held", "release": "released", "retry": "made due now"}[action]
@@ -559,7 +568,7 @@ class Console:
 
     # -- suppressions --------------------------------------------------------------------------
     async def suppression_list(self, request: web.Request, signed: Signed) -> web.StreamResponse:
-        status, body = await _json(await self.suppressions.list(request, signed.principal))
+        status, body = await self.call_api("suppressions", request, signed)
         if status != 200:
             return self.error_page(
                 request, status, "Suppressions", body.get("error") if body else None, signed
@@ -611,14 +620,14 @@ class Console:
 
     # -- credentials, webhooks, domains, statistics --------------------------------------------
     async def credential_list(self, request: web.Request, signed: Signed) -> web.StreamResponse:
-        _, body = await _json(await self.credentials.list(request, signed.principal))
+        _, body = await self.call_api("credentials", request, signed)
         return self.render(request, "credentials.html", signed, rows=body["credentials"])
 
     async def credential_action(self, request: web.Request, signed: Signed) -> web.StreamResponse:
         action, name = request.match_info["action"], request.match_info["name"]
         if action not in ("disable", "enable"):
             raise web.HTTPNotFound()
-        status, body = await _json(await getattr(self.credentials, action)(request, signed.principal))
+        status, body = await self.call_api(f"credential_{action}", request, signed, "POST")
         if status == 404:
             return self.error_page(request, 404, "No such credential", None, signed)
         signed.session.flash.append(
@@ -627,8 +636,8 @@ class Console:
         return self.redirect(f"{PREFIX}/credentials")
 
     async def webhooks(self, request: web.Request, signed: Signed) -> web.StreamResponse:
-        _, endpoints = await _json(await self.credentials.webhooks(request, signed.principal))
-        status, deliveries = await _json(await self.api.webhook_deliveries(request, signed.principal))
+        _, endpoints = await self.call_api("webhooks", request, signed)
+        status, deliveries = await self.call_api("webhook_deliveries", request, signed)
         return self.render(
             request,
             "webhooks.html",
@@ -646,7 +655,7 @@ class Console:
         return self.render(request, "domains.html", signed, domains=rows)
 
     async def stats(self, request: web.Request, signed: Signed) -> web.StreamResponse:
-        status, report = await _json(await self.api.stats(request, signed.principal))
+        status, report = await self.call_api("stats", request, signed)
         problem = None if status == 200 else (report or {}).get("error", "The statistics failed.")
         return self.render(
             request,
@@ -662,15 +671,15 @@ class Console:
         return self.redirect(f"{PREFIX}/messages")
 
 
-def add_console(
-    app: web.Application,
-    ports: ConsolePorts,
-    api: ApiBackend,
-    suppressions: SuppressionHandlers,
-    credentials: CredentialHandlers,
-) -> Console:
-    """Mount the console under ``/console/`` on the API's app (``/`` leads there)."""
-    c = Console(ports, api, suppressions, credentials)
+CONSOLE = web.AppKey("console", Console)
+"""The console mounted on an API app (``app[CONSOLE]``)."""
+
+
+def add_console(app: web.Application, ports: ConsolePorts, api: ApiBackend,
+                suppressions: SuppressionHandlers) -> Console:  # fmt: skip
+    """Mount the console under ``/console/`` on the API's app (``/`` leads there). The API's own
+    handlers are looked up by route name when a page needs them, so routes added later count too."""
+    c = Console(ports, api, suppressions, app)
     sub = web.Application(middlewares=[c.headers])
     sub.router.add_get("/", c.home)
     sub.router.add_get("/static/console.css", c.stylesheet)
@@ -692,7 +701,8 @@ def add_console(
     sub.router.add_get("/stats", c.page(c.stats))
     app.add_subapp(PREFIX, sub)
     app.router.add_get("/", c.home)
+    app[CONSOLE] = c
     return c
 
 
-__all__ = ["ConsolePorts", "add_console", "safe_back"]
+__all__ = ["CONSOLE", "ConsolePorts", "add_console", "safe_back"]
