@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -377,3 +378,53 @@ async def test_every_api_handler_the_console_calls_is_served_by_the_api(tmp_path
             assert console_app.api_handler(name, method) is not None, (name, method)
         assert console_app.api_handler("no_such_route") is None
         assert console_app.api_handler("messages", "DELETE") is None
+
+
+class _Markup(HTMLParser):
+    """What the accessibility check needs: fields, labels, header cells, landmarks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fields: list[dict[str, str | None]] = []
+        self.label_for: set[str] = set()
+        self.th: list[dict[str, str | None]] = []
+        self.tags: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.tags.add(tag)
+        if tag in ("input", "select", "textarea") and a.get("type") != "hidden":
+            self.fields.append(a)
+        elif tag == "label" and a.get("for"):
+            self.label_for.add(a["for"] or "")
+        elif tag == "th":
+            self.th.append(a)
+
+
+async def test_every_field_has_a_label_every_header_cell_a_scope_and_every_page_landmarks(
+    tmp_path: Path,
+) -> None:
+    async with console_gateway(tmp_path) as run, visitor(run.api.url) as v:
+        await run.send("shop", "news@shop.example", "x@example.net", "Sale")
+        await wait_for(lambda: len(run.gw.events.events(type="accepted")) == 1)
+        [qid] = [e.event.queue_id for e in run.gw.events.events(type="accepted")]
+        run.gw.events.suppress("gone@example.net", "", "manual")
+        _, page = await v.get("/console/sign-in")
+        pages = {"/console/sign-in": page}
+        assert (await v.sign_in(run.tokens["admin"])).status == 303
+        for path in (*PAGES, f"/console/messages/{qid}"):
+            pages[path] = (await v.get(path))[1]
+        checked_fields = checked_th = 0
+        for path, html in pages.items():
+            m = _Markup()
+            m.feed(html)
+            assert {"header", "main", "footer"} <= m.tags, path
+            if path != "/console/sign-in":
+                assert "nav" in m.tags, path
+            for f in m.fields:
+                assert f.get("id") in m.label_for or f.get("aria-label"), (path, f)
+                checked_fields += 1
+            for th in m.th:
+                assert th.get("scope") in ("col", "row"), (path, th)
+                checked_th += 1
+        assert checked_fields >= 15 and checked_th >= 30  # the check looked at real forms and tables
