@@ -9,8 +9,10 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import aiosmtplib
 import pytest
 
+from pipeline.accounts.store import CredentialStore
 from pipeline.api.console.app import API_ROUTES, CONSOLE, PRESESSION_COOKIE, SESSION_COOKIE, safe_back
 from pipeline.api.console.sessions import PresessionSigner, SessionStore
 from tests.support.console import console_gateway, csrf_of, visitor, wait_for
@@ -173,6 +175,8 @@ async def test_every_page_sends_the_strict_csp_nosniff_and_no_referrer(tmp_path:
             assert resp.headers["Content-Type"].startswith("text/html")
         _, text = await v.get(f"/console/messages/{qid}")
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text  # a subject is text, never markup
+        resp, text = await v.get("/console/messages?since=yesterday&recipient=%3Cb%3E")
+        assert resp.status == 400 and "invalid date" in text and 'value="&lt;b&gt;"' in text
         resp, css = await v.get("/console/static/console.css")
         assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/css")
         assert resp.headers["X-Content-Type-Options"] == "nosniff" and "overflow-x: auto" in css
@@ -428,3 +432,45 @@ async def test_every_field_has_a_label_every_header_cell_a_scope_and_every_page_
                 assert th.get("scope") in ("col", "row"), (path, th)
                 checked_th += 1
         assert checked_fields >= 15 and checked_th >= 30  # the check looked at real forms and tables
+
+
+async def test_disabling_a_credential_in_the_console_refuses_its_smtp_auth_until_enabled(
+    tmp_path: Path,
+) -> None:
+    async with console_gateway(tmp_path) as run, visitor(run.api.url) as v:
+        store = CredentialStore(run.gw.config.data_dir / "credentials.db")
+        try:
+            secret = store.add("app", "password", username="app")
+        finally:
+            store.close()
+        assert secret and await smtp_login_works(run.ingress.port("plain"), "app", secret)
+        assert (await v.sign_in(run.tokens["admin"])).status == 303
+        _, page = await v.get("/console/credentials")
+        assert 'aria-label="Disable app"' in page and 'aria-label="Disable shop"' not in page  # config file's
+        resp, _ = await v.post("/console/credentials/app/disable", {"csrf": csrf_of(page)})
+        assert resp.status == 303
+        _, page = await v.get("/console/credentials")
+        assert "app: disabled." in page and 'aria-label="Enable app"' in page
+        assert not await smtp_login_works(run.ingress.port("plain"), "app", secret)
+        resp, _ = await v.post("/console/credentials/app/enable", {"csrf": csrf_of(page)})
+        assert resp.status == 303 and await smtp_login_works(run.ingress.port("plain"), "app", secret)
+        # a tenant cannot: 404, as over the API
+        async with visitor(run.api.url) as shop:
+            assert (await shop.sign_in(run.tokens["shop"])).status == 303
+            _, page = await shop.get("/console/credentials")
+            resp, _ = await shop.post("/console/credentials/app/disable", {"csrf": csrf_of(page)})
+            assert resp.status == 404
+        assert await smtp_login_works(run.ingress.port("plain"), "app", secret)
+
+
+async def smtp_login_works(port: int, user: str, password: str) -> bool:
+    """Whether AUTH with these succeeds (a real SMTP session against the gateway)."""
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, use_tls=False)
+    await smtp.connect()
+    try:
+        await smtp.login(user, password)
+        return True
+    except aiosmtplib.SMTPAuthenticationError:
+        return False
+    finally:
+        await smtp.quit()

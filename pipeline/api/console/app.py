@@ -309,7 +309,7 @@ class Console:
         async def wrapped(request: web.Request) -> web.StreamResponse:
             signed = self._signed(request)
             if signed is None:
-                if request.method != "GET":
+                if request.method not in ("GET", "HEAD"):
                     return self.error_page(
                         request,
                         403,
@@ -482,6 +482,11 @@ class Console:
             )
         return self.render(request, "message.html", signed, story=story)
 
+    @staticmethod
+    def flash(signed: Signed, text: str) -> None:
+        """A line for the next page (what a POST did); a few at most, however many POSTs came first."""
+        signed.session.flash = [*signed.session.flash, text][-5:]
+
     async def raw(self, request: web.Request, signed: Signed) -> web.StreamResponse:
         """The spooled message as a download (``GET /api/v1/messages/{id}/raw``), never shown inline."""
         handler = self.api_handler("message_raw")
@@ -502,7 +507,7 @@ class Console:
         if status == 200:
             count = body.get({"hold": "held", "release": "released", "retry": "due_now"}[action], 0)
             what = {"hold": "held", "release": "released", "retry": "made due now"}[action]
-            signed.session.flash.append(f"{queue_id}: {count} {'copy' if count == 1 else 'copies'} {what}.")
+            self.flash(signed, f"{queue_id}: {count} {'copy' if count == 1 else 'copies'} {what}.")
         elif status == 404:
             return self.error_page(
                 request,
@@ -512,7 +517,7 @@ class Console:
                 signed,
             )
         else:
-            signed.session.flash.append(f"{queue_id}: {body.get('error', 'the action failed')}")
+            self.flash(signed, f"{queue_id}: {body.get('error', 'the action failed')}")
         form = await request.post()
         return self.redirect(safe_back(str(form.get("back", "")), f"{PREFIX}/messages/{queue_id}"))
 
@@ -594,16 +599,15 @@ class Console:
             or len(reason) > MAX_REASON
             or not reason.isprintable()
         ):
-            signed.session.flash.append(
+            self.flash(
+                signed,
                 "Not added: give a mailbox such as user@example.net, a reason of "
-                f"1-{MAX_REASON} characters and a credential your token may use."
+                f"1-{MAX_REASON} characters and a credential your token may use.",
             )
         else:
             added = await asyncio.to_thread(self.suppressions.store.suppress, address, scope, reason)
             where = f"for {scope}" if scope else "for every credential"
-            signed.session.flash.append(
-                f"{address} {'added' if added else 'was already suppressed'} {where}."
-            )
+            self.flash(signed, f"{address} {'added' if added else 'was already suppressed'} {where}.")
         return self.redirect(f"{PREFIX}/suppressions")
 
     async def suppression_remove(self, request: web.Request, signed: Signed) -> web.StreamResponse:
@@ -613,9 +617,7 @@ class Console:
         removed = 0
         if address is not None and scope is not None:
             removed = await asyncio.to_thread(self.suppressions.store.unsuppress, address, scope)
-        signed.session.flash.append(
-            f"{address} removed." if removed else "Nothing removed: no such suppression."
-        )
+        self.flash(signed, f"{address} removed." if removed else "Nothing removed: no such suppression.")
         return self.redirect(f"{PREFIX}/suppressions")
 
     # -- credentials, webhooks, domains, statistics --------------------------------------------
@@ -630,9 +632,7 @@ class Console:
         status, body = await self.call_api(f"credential_{action}", request, signed, "POST")
         if status == 404:
             return self.error_page(request, 404, "No such credential", None, signed)
-        signed.session.flash.append(
-            f"{name}: {action}d." if status == 200 else f"{name}: {body.get('error')}"
-        )
+        self.flash(signed, f"{name}: {action}d." if status == 200 else f"{name}: {body.get('error')}")
         return self.redirect(f"{PREFIX}/credentials")
 
     async def webhooks(self, request: web.Request, signed: Signed) -> web.StreamResponse:
