@@ -153,8 +153,20 @@ async def test_posts_without_the_sessions_csrf_token_are_refused_with_403(tmp_pa
             )
             assert resp.status == 303 and run.gw.events.is_suppressed("a@example.net")
             resp, _ = await v.post(f"/console/messages/{qid}/hold", {"csrf": mine})
-            assert resp.status == 303
+            assert resp.status == 303 and resp.headers["Location"] == f"/console/messages/{qid}"
             assert [r["state"] for r in run.gw.spool.show(qid)["recipients"]] == ["held"]
+            resp, _ = await v.post(
+                f"/console/messages/{qid}/release", {"csrf": mine, "back": "/console/queue"}
+            )
+            assert resp.status == 303 and resp.headers["Location"] == "/console/queue"
+            resp, _ = await v.post(
+                f"/console/messages/{qid}/retry", {"csrf": mine, "back": "https://evil.example/"}
+            )
+            assert resp.status == 303 and resp.headers["Location"] == f"/console/messages/{qid}"
+            _, page = await v.get("/console/queue")
+            assert f"{qid}: 1 copy released." in page and f"{qid}: 1 copy made due now." in page
+            assert [r["state"] for r in run.gw.spool.show(qid)["recipients"]] == ["queued"]
+            resp, _ = await v.post(f"/console/messages/{qid}/hold", {"csrf": mine})
         # signed out, a POST is refused too (and changes nothing)
         async with visitor(run.api.url) as stranger:
             resp, _ = await stranger.post(f"/console/messages/{qid}/release", {"csrf": mine})
@@ -474,3 +486,28 @@ async def smtp_login_works(port: int, user: str, password: str) -> bool:
         return False
     finally:
         await smtp.quit()
+
+
+async def test_the_message_log_pages_through_bookmarkable_urls(tmp_path: Path) -> None:
+    async with console_gateway(tmp_path) as run, visitor(run.api.url) as v:
+        for i in range(5):
+            await run.send("shop", "news@shop.example", f"r{i}@example.net", f"Letter {i}", "autumn")
+        await run.send("shop", "news@shop.example", "other@example.net", "Elsewhere", "spring")
+        await wait_for(lambda: len(run.gw.events.events(type="accepted")) == 6)
+        assert (await v.sign_in(run.tokens["shop"])).status == 303
+        seen: list[str] = []
+        url = "/console/messages?campaign=autumn&limit=2"
+        while url:
+            resp, page = await v.get(url)
+            assert resp.status == 200 and "Elsewhere" not in page
+            seen += re.findall(r"Letter (\d)", page)
+            nxt = re.search(r'<a href="([^"]+)" rel="next">', page)
+            url = nxt.group(1).replace("&amp;", "&") if nxt else ""
+            if url:
+                assert "campaign=autumn" in url and "limit=2" in url and "cursor=" in url
+        assert seen == ["4", "3", "2", "1", "0"]  # newest first, each once
+        # the same URL in another signed-in browser shows the same page (a shared link)
+        async with visitor(run.api.url) as other:
+            assert (await other.sign_in(run.tokens["admin"])).status == 303
+            _, page = await other.get("/console/messages?campaign=autumn&limit=2")
+            assert re.findall(r"Letter (\d)", page) == ["4", "3"]
