@@ -136,6 +136,13 @@ def _utc(ts: Any) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _iso(ts: Any) -> str:
+    """Unix seconds as the ``datetime`` attribute of ``<time>`` (a valid global date and time)."""
+    if not isinstance(ts, int | float):
+        return ""
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _percent(value: Any) -> str:
     return f"{float(value) * 100:.1f}%" if isinstance(value, int | float) else ""
 
@@ -163,6 +170,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["utc"] = _utc
+    env.filters["iso"] = _iso
     env.filters["percent"] = _percent
     env.filters["text"] = _text
     env.filters["details"] = _details
