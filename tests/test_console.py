@@ -15,7 +15,7 @@ import pytest
 from pipeline.accounts.store import CredentialStore
 from pipeline.api.console.app import API_ROUTES, CONSOLE, PRESESSION_COOKIE, SESSION_COOKIE, safe_back
 from pipeline.api.console.sessions import PresessionSigner, SessionStore
-from tests.support.console import console_gateway, csrf_of, visitor, wait_for
+from tests.support.console import TOML, console_gateway, csrf_of, visitor, wait_for
 
 PAGES = (
     "/console/messages",
@@ -511,3 +511,14 @@ async def test_the_message_log_pages_through_bookmarkable_urls(tmp_path: Path) -
             assert (await other.sign_in(run.tokens["admin"])).status == 303
             _, page = await other.get("/console/messages?campaign=autumn&limit=2")
             assert re.findall(r"Letter (\d)", page) == ["4", "3"]
+
+
+async def test_with_the_console_switched_off_the_listener_serves_the_json_api_only(tmp_path: Path) -> None:
+    toml = TOML.replace("[api]\nlisten_port = 0\n", "[api]\nlisten_port = 0\nconsole = false\n")
+    async with console_gateway(tmp_path, toml) as run, visitor(run.api.url) as v:
+        resp, text = await v.get("/console/sign-in")
+        assert resp.status == 404 and resp.headers["Content-Type"].startswith("application/json")
+        async with v.http.get(
+            run.api.url + "/api/v1/messages", headers={"Authorization": f"Bearer {run.tokens['admin']}"}
+        ) as r:
+            assert r.status == 200

@@ -189,7 +189,8 @@ class Gateway:
         ports = ApiPorts(tokens=tokens, log=message_log, spool=self.spool, events=self.event_sink, store=store,
                          suppressions=store, credentials=credentials, metrics=self.counters,
                          declared_credentials=declared, global_webhooks=list(self.config.webhooks.urls),
-                         console=ConsolePorts(tokens=tokens, domains=self.dkim_domains))
+                         console=ConsolePorts(tokens=tokens, domains=self.dkim_domains) if self.config.api.console
+                         else None)
         return api_service(self.config, ports, host=host, port=port)
 
     def dkim_domains(self) -> list[dict[str, Any]]:

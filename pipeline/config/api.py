@@ -15,3 +15,4 @@ class ApiSection(Section):
 
     listen_address: str = "127.0.0.1"
     listen_port: int = Field(default=8081, ge=0, le=65535)
+    console: bool = True  # the web console at /console/ on the same listener (false: the JSON API only)
