@@ -32,8 +32,8 @@ class Browser:
     whoever waits for them."""
 
     def __init__(self, proc: asyncio.subprocess.Process, reader: asyncio.StreamReader, write_fd: int,
-                 read_fd: int, log: Any) -> None:  # fmt: skip
-        self.proc, self._reader, self._w, self._r, self._log = proc, reader, write_fd, read_fd, log
+                 transport: asyncio.ReadTransport, log: Any) -> None:  # fmt: skip
+        self.proc, self._reader, self._w, self._transport, self._log = proc, reader, write_fd, transport, log
         self._next = 0
         self._answers: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._waiters: list[tuple[Callable[[dict[str, Any]], bool], asyncio.Future[dict[str, Any]]]] = []
@@ -62,8 +62,10 @@ class Browser:
             os.close(hi_w)
         reader = asyncio.StreamReader(limit=256 * 1024 * 1024)  # screenshots arrive as one message
         loop = asyncio.get_running_loop()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(r, "rb", 0))
-        return cls(proc, reader, w, r, log)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(r, "rb", 0)
+        )
+        return cls(proc, reader, w, transport, log)
 
     async def _read_forever(self) -> None:
         try:
@@ -129,6 +131,7 @@ class Browser:
                 await self.proc.wait()
         finally:
             self._pump.cancel()
+            self._transport.close()
             os.close(self._w)
             self._log.close()
 
