@@ -24,6 +24,7 @@ from aiohttp import web
 
 from pipeline.api.credentials import CredentialHandlers
 from pipeline.api.openapi import openapi_document
+from pipeline.api.send import SendHandlers, SendPorts
 from pipeline.api.suppressions import SuppressionHandlers
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType, RecipientState
@@ -338,6 +339,7 @@ class ApiPorts:
     metrics: Metrics
     declared_credentials: Sequence[dict[str, Any]] = field(default_factory=list)
     global_webhooks: Sequence[str] = field(default_factory=list)
+    send: SendPorts | None = None  # POST /api/v1/messages (pipeline/api/send.py); absent: not offered
 
 
 def build_api_app(ports: ApiPorts) -> web.Application:
@@ -350,6 +352,8 @@ def build_api_app(ports: ApiPorts) -> web.Application:
     app.router.add_get("/api/v1/openapi.json", a.openapi, name="openapi")  # public: it describes, holds no data
     app.router.add_get("/api/v1/messages", a.authed(a.search), name="messages")
     app.router.add_get("/api/v1/messages/{queue_id}", a.authed(a.show), name="message")
+    if p.send is not None:
+        app.router.add_post("/api/v1/messages", a.authed(SendHandlers(p.send).send), name="message_send")
     app.router.add_get("/api/v1/messages/{queue_id}/raw", a.authed(a.raw), name="message_raw")
     app.router.add_delete("/api/v1/messages/{queue_id}", a.authed(a.delete), name="message_delete")
     app.router.add_post("/api/v1/messages/{queue_id}/retry", a.authed(a.retry), name="message_retry")

@@ -14,8 +14,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pipeline.accounts.api_tokens import ApiTokenStore
+from pipeline.accounts.authenticator import Authenticator
 from pipeline.accounts.store import CredentialStore, StoredWebhooks
 from pipeline.api import ApiPorts, ApiService, api_service
+from pipeline.api.send import SendPorts
+from pipeline.chain.accept import AcceptStep
 from pipeline.chain.loader import PluginSet
 from pipeline.chain.runner import Chain
 from pipeline.config import Config
@@ -32,6 +35,7 @@ from pipeline.events.postgres import PostgresEventStore
 from pipeline.events.sqlite import SqliteEventStore
 from pipeline.events.store import EventStoreBase
 from pipeline.ingress import IngressService
+from pipeline.ingress.limits import SlidingWindow
 from pipeline.milter import milter_services
 from pipeline.ports import InboundHandler as InboundPort
 from pipeline.spool import Spool, open_spool
@@ -77,13 +81,14 @@ class Gateway:
         self._inbound: dict[str, InboundPort] | None = None
         self._stored_webhooks = StoredWebhooks(config.data_dir / "credentials.db", config.storage.url)
         self._closers: list[Callable[[], None]] = []  # stores opened for one service (the API's)
+        self.sent = SlidingWindow(60.0)  # messages per credential per minute: SMTP and the HTTP send API alike
 
     # -- stores and ports (opened on first use, so commands that don't need them don't create them)
 
     def ingress_service(self) -> IngressService:
         """The SMTP listeners, handed the ports they feed: spool, events, metrics, inbound sinks."""
         return IngressService(self.config, self.chain, spool=self.spool, events=self.event_sink,
-                              metrics=self.counters, inbound=self.inbound_handlers)
+                              metrics=self.counters, inbound=self.inbound_handlers, sent=self.sent)
 
     @property
     def spool(self) -> Spool:
@@ -186,8 +191,24 @@ class Gateway:
                     for c in self.config.credentials]
         ports = ApiPorts(tokens=tokens, log=message_log, spool=self.spool, events=self.event_sink, store=store,
                          suppressions=store, credentials=credentials, metrics=self.counters,
-                         declared_credentials=declared, global_webhooks=list(self.config.webhooks.urls))
+                         declared_credentials=declared, global_webhooks=list(self.config.webhooks.urls),
+                         send=self._send_ports(credentials))
         return api_service(self.config, ports, host=host, port=port)
+
+    def _send_ports(self, credentials: CredentialStore) -> SendPorts:
+        """The HTTP send API's ports: its own accept step on the shared spool and event sink, the
+        credentials of the config file and ``credentials.db`` by name, the shared rate window."""
+        authenticator = Authenticator(self.config, credentials)
+
+        def credential(name: str) -> tuple[Any, bool]:
+            for record in authenticator.records():
+                if record.name == name:
+                    return record.credential(), record.disabled
+            return None, False
+
+        accept = AcceptStep(self.config, self.chain, self.spool, self.event_sink, metrics=self.counters)
+        return SendPorts(accept=accept, chain=self.chain, credential=credential, sent=self.sent,
+                         limits=self.config.limits)
 
     def build_services(self, workers: int | None = None) -> None:
         """Create the long-running services, in data-flow order. Each area adds its own line."""

@@ -54,6 +54,7 @@ class IngressService:
         metrics: Metrics | None = None,
         inbound: MutableMapping[str, InboundHandler] | None = None,
         authenticator: Authenticator | None = None,
+        sent: SlidingWindow | None = None,
     ) -> None:
         self.config = config
         self.chain = chain
@@ -63,7 +64,7 @@ class IngressService:
         limits = self.config.limits
         self.connections = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
         self.auth_failures = SlidingWindow(60.0)
-        self.sent = SlidingWindow(60.0)
+        self.sent = sent if sent is not None else SlidingWindow(60.0)  # shared with the HTTP send API
         self.sessions: set[SessionBase] = set()
         self.draining = False
         self.servers: list[tuple[ListenerSection, asyncio.Server]] = []
