@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from pipeline.api.credentials import CredentialHandlers
+from pipeline.api.events import EventHandlers
 from pipeline.api.openapi import openapi_document
 from pipeline.api.send import SendHandlers, SendPorts
 from pipeline.api.suppressions import SuppressionHandlers
@@ -360,6 +361,7 @@ def build_api_app(ports: ApiPorts) -> web.Application:
     app.router.add_post("/api/v1/messages/{queue_id}/hold", a.authed(a.hold), name="message_hold")
     app.router.add_post("/api/v1/messages/{queue_id}/release", a.authed(a.release), name="message_release")
     app.router.add_get("/api/v1/stats", a.authed(a.stats), name="stats")
+    app.router.add_get("/api/v1/events", a.authed(EventHandlers(p.store).list), name="events")
     app.router.add_get("/api/v1/credentials", a.authed(c.list), name="credentials")
     app.router.add_get("/api/v1/webhooks", a.authed(c.webhooks), name="webhooks")
     app.router.add_get("/api/v1/webhooks/deliveries", a.authed(a.webhook_deliveries), name="webhook_deliveries")

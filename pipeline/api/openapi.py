@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.api.events import add_events_operation
 from pipeline.api.send import add_send_operation
 from pipeline.events.messages import LOG_STATES
 
@@ -443,4 +444,5 @@ def openapi_document() -> dict[str, Any]:
         },
     }
     add_send_operation(doc)  # POST /api/v1/messages, described beside its handler
+    add_events_operation(doc)  # GET /api/v1/events (refusals: type=rejected)
     return doc

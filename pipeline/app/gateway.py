@@ -22,7 +22,7 @@ from pipeline.chain.accept import AcceptStep
 from pipeline.chain.loader import PluginSet
 from pipeline.chain.runner import Chain
 from pipeline.config import Config
-from pipeline.contract.context import Event
+from pipeline.contract.context import Credential, Event
 from pipeline.contract.vocabulary import PluginSource
 from pipeline.delivery.notices import BounceNotices, notice_features
 from pipeline.delivery.results import JointResults, OutboxResults
@@ -32,6 +32,7 @@ from pipeline.events import EventEmitter, open_event_store, open_suppression_lis
 from pipeline.events.inbound import InboundHandler
 from pipeline.events.messages import SqliteMessageLog
 from pipeline.events.postgres import PostgresEventStore
+from pipeline.events.refusals import RefusalEvents
 from pipeline.events.sqlite import SqliteEventStore
 from pipeline.events.store import EventStoreBase
 from pipeline.ingress import IngressService
@@ -82,13 +83,15 @@ class Gateway:
         self._stored_webhooks = StoredWebhooks(config.data_dir / "credentials.db", config.storage.url)
         self._closers: list[Callable[[], None]] = []  # stores opened for one service (the API's)
         self.sent = SlidingWindow(60.0)  # messages per credential per minute: SMTP and the HTTP send API alike
+        self._refusals: RefusalEvents | None = None
 
     # -- stores and ports (opened on first use, so commands that don't need them don't create them)
 
     def ingress_service(self) -> IngressService:
         """The SMTP listeners, handed the ports they feed: spool, events, metrics, inbound sinks."""
         return IngressService(self.config, self.chain, spool=self.spool, events=self.event_sink,
-                              metrics=self.counters, inbound=self.inbound_handlers, sent=self.sent)
+                              metrics=self.counters, inbound=self.inbound_handlers, sent=self.sent,
+                              refusals=self.refusals)
 
     @property
     def spool(self) -> Spool:
@@ -115,6 +118,13 @@ class Gateway:
                 self.events, self.config, self.counters, credential_webhooks=self._stored_webhooks, after=self.chain.emit
             )
         return self._emitter
+
+    @property
+    def refusals(self) -> RefusalEvents:
+        """Refusals (SMTP replies 4xx/5xx, HTTP send refusals) as aggregated ``rejected`` events."""
+        if self._refusals is None:
+            self._refusals = RefusalEvents(self.event_sink, self.counters)
+        return self._refusals
 
     async def emit(self, event: Event, *, strict: bool = False) -> None:
         """Record an event (event store, webhook outbox, suppression) and hand it to ``on_event`` plugins.
@@ -200,7 +210,7 @@ class Gateway:
         credentials of the config file and ``credentials.db`` by name, the shared rate window."""
         authenticator = Authenticator(self.config, credentials)
 
-        def credential(name: str) -> tuple[Any, bool]:
+        def credential(name: str) -> tuple[Credential | None, bool]:
             for record in authenticator.records():
                 if record.name == name:
                     return record.credential(), record.disabled
@@ -208,7 +218,7 @@ class Gateway:
 
         accept = AcceptStep(self.config, self.chain, self.spool, self.event_sink, metrics=self.counters)
         return SendPorts(accept=accept, chain=self.chain, credential=credential, sent=self.sent,
-                         limits=self.config.limits)
+                         limits=self.config.limits, on_refusal=self.refusals.note)
 
     def build_services(self, workers: int | None = None) -> None:
         """Create the long-running services, in data-flow order. Each area adds its own line."""
@@ -235,6 +245,9 @@ class Gateway:
         for service, result in zip(self.services, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("stopping %s failed: %s", service.name, result)
+        if self._refusals is not None:  # the last windows' counts, before the event store closes
+            await self._refusals.aclose()
+            self._refusals = None
         if self._spool is not None:
             self._spool.close()
         if self._events is not None:

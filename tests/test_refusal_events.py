@@ -1,0 +1,191 @@
+"""Refusals are ``rejected`` events: SMTP refusals at each phase and refused HTTP sends, stored with
+their reply, phase, client and credential, aggregated under a flood, counted in /metrics, and listed by
+``GET /api/v1/events?type=rejected`` to the tenant whose credential it was. A real gateway (SMTP
+listener and API on ephemeral ports, real SQLite files) and real clients (smtplib, aiohttp)."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from jsonschema import Draft202012Validator
+
+from pipeline.accounts.api_tokens import ApiTokenStore
+from pipeline.app.gateway import Gateway
+from pipeline.config import parse_config
+from pipeline.contract.context import Event
+from pipeline.events.refusals import RefusalEvents, parse_reply
+
+EVENTS = "/api/v1/events"
+
+
+def config(tmp_path: Path) -> dict[str, Any]:
+    return {
+        "gateway": {"hostname": "gw.test", "data_dir": str(tmp_path / "data")},
+        "listeners": [{"name": "plain", "port": 0, "tls": "none", "require_tls": False}],
+        "chain": {"plugins": ["header_validation", "suppression"]},
+        "spool": {"workers": 0},
+        "egress": {"type": "maildir"},
+        "api": {"listen_port": 0},
+        "limits": {"shutdown_grace": 2.0},
+        "credentials": [
+            {"name": "shop", "username": "shop", "secret": "pw-shop", "allowed_sender_domains": ["shop.example"]},
+            {"name": "club", "username": "club", "secret": "pw-club"},
+        ],
+    }
+
+
+async def wait_for(pred: Callable[[], bool], timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not pred():
+            await asyncio.sleep(0.02)
+
+
+def smtp_session(port: int, user: str | None, password: str | None, script: Callable[[smtplib.SMTP], None]) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.ehlo("client.test")
+        if user is not None and password is not None:
+            s.login(user, password)
+        script(s)
+
+
+async def test_smtp_and_http_refusals_are_rejected_events_aggregated_counted_and_tenant_scoped(tmp_path: Path) -> None:
+    gw = Gateway(parse_config(config(tmp_path)))
+    (tmp_path / "data").mkdir()
+    store = ApiTokenStore(tmp_path / "data" / "credentials.db")
+    tokens = {name: store.add(name, cred) for name, cred in (("admin", None), ("shop", "shop"), ("club", "club"))}
+    store.close()
+    ingress, api = gw.ingress_service(), gw.api_service(port=0)
+    gw.services = [ingress, api]
+    await gw.start()
+    try:
+        gw.events.suppress("blocked@example.net")
+        port = ingress.port("plain")
+
+        def bad_login(s: smtplib.SMTP) -> None:
+            try:
+                s.login("shop", "wrong")
+            except smtplib.SMTPAuthenticationError as exc:
+                assert exc.smtp_code == 535
+            else:
+                raise AssertionError("a wrong password was accepted")
+
+        def shop_refusals(s: smtplib.SMTP) -> None:
+            assert s.mail("news@club.example")[0] == 553  # not the shop's sender domain
+            assert s.mail("news@shop.example")[0] == 250
+            for _ in range(50):  # a flood of one refusal: one stored event, then a count
+                assert s.rcpt("blocked@example.net")[0] == 550
+            assert s.rcpt("ok@example.net")[0] == 250
+            code, _ = s.data(b"From: a@shop.example, b@shop.example\r\nSubject: two\r\n\r\nbody\r\n")
+            assert code == 550
+
+        await asyncio.to_thread(smtp_session, port, None, None, bad_login)
+        await asyncio.to_thread(smtp_session, port, "shop", "pw-shop", shop_refusals)
+
+        def stored() -> list[Event]:
+            return [s.event for s in gw.events.events(type="rejected")]
+
+        await wait_for(lambda: len(stored()) == 4)  # auth, mail, the first rcpt, data
+        by_phase = {e.data["phase"]: e for e in stored()}
+        assert set(by_phase) == {"auth", "mail", "rcpt", "data"}
+        auth = by_phase["auth"]
+        assert auth.credential is None and auth.data["code"] == 535 and auth.data["enhanced"] == "5.7.8"
+        assert auth.data["client_ip"] == "127.0.0.1" and auth.data["listener"] == "plain"
+        mail = by_phase["mail"]
+        assert (mail.credential, mail.data["code"], mail.data["sender"]) == ("shop", 553, "news@club.example")
+        rcpt = by_phase["rcpt"]
+        assert (rcpt.credential, rcpt.recipient, rcpt.data["sender"]) == ("shop", "blocked@example.net",
+                                                                          "news@shop.example")
+        assert rcpt.data["code"] == 550 and rcpt.data["enhanced"] == "5.0.0" and "stoplist" in rcpt.data["text"]
+        assert rcpt.data["count"] == 1
+        data = by_phase["data"]
+        assert data.data["enhanced"] == "5.6.0" and "From" in data.data["text"]
+        # smtplib tries AUTH PLAIN, then LOGIN: the second 535 is a repeat of the first
+        assert gw.counters["rejected_events_total:aggregated"] == 49 + 1
+        assert gw.counters["smtp_refusals_total:550"] >= 51
+
+        # the window's repeats become one event with their count when it closes (here: flushed)
+        gw.refusals.flush()
+        await wait_for(lambda: len(stored()) == 6)
+        repeats = sorted((e.data["phase"], e.data["count"], e.credential) for e in stored() if e.data.get("repeated"))
+        assert repeats == [("auth", 1, None), ("rcpt", 49, "shop")]
+
+        async with aiohttp.ClientSession() as http:
+            async with http.get(api.url + "/api/v1/openapi.json") as r:
+                doc = await r.json()
+
+            async def get(who: str, **params: str) -> tuple[int, Any]:
+                async with http.get(api.url + EVENTS, params=params,
+                                    headers={"Authorization": f"Bearer {tokens[who]}"}) as r:
+                    got = await r.json()
+                schema = {**doc["paths"][EVENTS]["get"]["responses"][str(r.status)]["content"]["application/json"][
+                    "schema"], "components": doc["components"]}
+                assert [e.message for e in Draft202012Validator(schema).iter_errors(got)] == []
+                return r.status, got
+
+            # a refused HTTP send is a rejected event too (listener "api"), of the sending credential
+            async with http.post(api.url + "/api/v1/messages", headers={"Authorization": f"Bearer {tokens['shop']}"},
+                                 json={"from": "x@club.example", "to": ["y@example.net"], "subject": "s",
+                                       "text": "t"}) as r:
+                assert r.status == 422
+            await wait_for(lambda: len(stored()) == 7)
+
+            status, page = await get("admin", type="rejected")
+            assert status == 200 and len(page["events"]) == 7 and page["next"] is None
+            assert page["events"][0]["data"]["listener"] == "api"  # newest first
+            assert page["events"][0]["data"]["phase"] == "mail" and page["events"][0]["credential"] == "shop"
+            status, page = await get("shop", type="rejected")
+            assert {e["credential"] for e in page["events"]} == {"shop"} and len(page["events"]) == 5
+            status, page = await get("club", type="rejected")
+            assert page["events"] == []  # the shop's refusals are not the club's business
+            status, _ = await get("club", credential="shop")
+            assert status == 404
+            status, page = await get("admin", type="rejected", limit="2")
+            assert len(page["events"]) == 2 and page["next"]
+            status, page2 = await get("admin", type="rejected", limit="5", cursor=page["next"])
+            assert len(page2["events"]) == 5 and page2["next"] is None
+            assert {e["id"] for e in page["events"]}.isdisjoint(e["id"] for e in page2["events"])
+            for bad in ({"type": "nope"}, {"limit": "0"}, {"cursor": "!!"}, {"since": "someday"}, {"typo": "x"}):
+                status, _ = await get("admin", **bad)
+                assert status == 400, bad
+    finally:
+        await gw.stop(2.0)
+
+
+class Recorder:
+    """An EventSink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def emit(self, event: Event, *, strict: bool = False) -> None:
+        self.events.append(event)
+
+
+async def test_refusal_kinds_tracked_at_once_are_bounded_and_the_rest_only_counted() -> None:
+    sink, metrics = Recorder(), Counter[str]()
+    refusals = RefusalEvents(sink, metrics, max_keys=3)
+    for i in range(5):
+        refusals.note(reply="554 5.7.1 Relay access denied", phase="rcpt", client_ip=f"192.0.2.{i}")
+    await refusals.aclose()
+    assert [e.data["client_ip"] for e in sink.events] == ["192.0.2.0", "192.0.2.1", "192.0.2.2"]
+    assert (metrics["rejected_events_total:stored"], metrics["rejected_events_total:dropped"]) == (3, 2)
+
+
+async def test_a_window_that_ended_starts_a_new_stored_event_and_reports_the_old_count() -> None:
+    now = [1000.0]
+    sink, metrics = Recorder(), Counter[str]()
+    refusals = RefusalEvents(sink, metrics, window=60.0, clock=lambda: now[0])
+    for _ in range(3):
+        refusals.note(reply="535 5.7.8 Authentication credentials invalid", phase="auth", client_ip="198.51.100.7")
+    now[0] += 61
+    refusals.note(reply="535 5.7.8 Authentication credentials invalid", phase="auth", client_ip="198.51.100.7")
+    await refusals.aclose()
+    assert [(e.data["count"], e.data.get("repeated", False)) for e in sink.events] == [(1, False), (2, True),
+                                                                                       (1, False)]
+    assert parse_reply("550-5.1.1 first\r\n550 5.1.1 second") == (550, "5.1.1", "first second")
