@@ -34,7 +34,12 @@ def config(tmp_path: Path) -> dict[str, Any]:
         "api": {"listen_port": 0},
         "limits": {"shutdown_grace": 2.0},
         "credentials": [
-            {"name": "shop", "username": "shop", "secret": "pw-shop", "allowed_sender_domains": ["shop.example"]},
+            {
+                "name": "shop",
+                "username": "shop",
+                "secret": "pw-shop",
+                "allowed_sender_domains": ["shop.example"],
+            },
             {"name": "club", "username": "club", "secret": "pw-club"},
         ],
     }
@@ -46,7 +51,9 @@ async def wait_for(pred: Callable[[], bool], timeout: float = 20.0) -> None:
             await asyncio.sleep(0.02)
 
 
-def smtp_session(port: int, user: str | None, password: str | None, script: Callable[[smtplib.SMTP], None]) -> None:
+def smtp_session(
+    port: int, user: str | None, password: str | None, script: Callable[[smtplib.SMTP], None]
+) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
         s.ehlo("client.test")
         if user is not None and password is not None:
@@ -54,11 +61,15 @@ def smtp_session(port: int, user: str | None, password: str | None, script: Call
         script(s)
 
 
-async def test_smtp_and_http_refusals_are_rejected_events_aggregated_counted_and_tenant_scoped(tmp_path: Path) -> None:
+async def test_smtp_and_http_refusals_are_rejected_events_aggregated_counted_and_tenant_scoped(
+    tmp_path: Path,
+) -> None:
     gw = Gateway(parse_config(config(tmp_path)))
     (tmp_path / "data").mkdir()
     store = ApiTokenStore(tmp_path / "data" / "credentials.db")
-    tokens = {name: store.add(name, cred) for name, cred in (("admin", None), ("shop", "shop"), ("club", "club"))}
+    tokens = {
+        name: store.add(name, cred) for name, cred in (("admin", None), ("shop", "shop"), ("club", "club"))
+    }
     store.close()
     ingress, api = gw.ingress_service(), gw.api_service(port=0)
     gw.services = [ingress, api]
@@ -99,9 +110,14 @@ async def test_smtp_and_http_refusals_are_rejected_events_aggregated_counted_and
         mail = by_phase["mail"]
         assert (mail.credential, mail.data["code"], mail.data["sender"]) == ("shop", 553, "news@club.example")
         rcpt = by_phase["rcpt"]
-        assert (rcpt.credential, rcpt.recipient, rcpt.data["sender"]) == ("shop", "blocked@example.net",
-                                                                          "news@shop.example")
-        assert rcpt.data["code"] == 550 and rcpt.data["enhanced"] == "5.0.0" and "stoplist" in rcpt.data["text"]
+        assert (rcpt.credential, rcpt.recipient, rcpt.data["sender"]) == (
+            "shop",
+            "blocked@example.net",
+            "news@shop.example",
+        )
+        assert (
+            rcpt.data["code"] == 550 and rcpt.data["enhanced"] == "5.0.0" and "stoplist" in rcpt.data["text"]
+        )
         assert rcpt.data["count"] == 1
         data = by_phase["data"]
         assert data.data["enhanced"] == "5.6.0" and "From" in data.data["text"]
@@ -112,7 +128,9 @@ async def test_smtp_and_http_refusals_are_rejected_events_aggregated_counted_and
         # the window's repeats become one event with their count when it closes (here: flushed)
         gw.refusals.flush()
         await wait_for(lambda: len(stored()) == 6)
-        repeats = sorted((e.data["phase"], e.data["count"], e.credential) for e in stored() if e.data.get("repeated"))
+        repeats = sorted(
+            (e.data["phase"], e.data["count"], e.credential) for e in stored() if e.data.get("repeated")
+        )
         assert repeats == [("auth", 1, None), ("rcpt", 49, "shop")]
 
         async with aiohttp.ClientSession() as http:
@@ -120,18 +138,25 @@ async def test_smtp_and_http_refusals_are_rejected_events_aggregated_counted_and
                 doc = await r.json()
 
             async def get(who: str, **params: str) -> tuple[int, Any]:
-                async with http.get(api.url + EVENTS, params=params,
-                                    headers={"Authorization": f"Bearer {tokens[who]}"}) as r:
+                async with http.get(
+                    api.url + EVENTS, params=params, headers={"Authorization": f"Bearer {tokens[who]}"}
+                ) as r:
                     got = await r.json()
-                schema = {**doc["paths"][EVENTS]["get"]["responses"][str(r.status)]["content"]["application/json"][
-                    "schema"], "components": doc["components"]}
+                schema = {
+                    **doc["paths"][EVENTS]["get"]["responses"][str(r.status)]["content"]["application/json"][
+                        "schema"
+                    ],
+                    "components": doc["components"],
+                }
                 assert [e.message for e in Draft202012Validator(schema).iter_errors(got)] == []
                 return r.status, got
 
             # a refused HTTP send is a rejected event too (listener "api"), of the sending credential
-            async with http.post(api.url + "/api/v1/messages", headers={"Authorization": f"Bearer {tokens['shop']}"},
-                                 json={"from": "x@club.example", "to": ["y@example.net"], "subject": "s",
-                                       "text": "t"}) as r:
+            async with http.post(
+                api.url + "/api/v1/messages",
+                headers={"Authorization": f"Bearer {tokens['shop']}"},
+                json={"from": "x@club.example", "to": ["y@example.net"], "subject": "s", "text": "t"},
+            ) as r:
                 assert r.status == 422
             await wait_for(lambda: len(stored()) == 7)
 
@@ -150,7 +175,13 @@ async def test_smtp_and_http_refusals_are_rejected_events_aggregated_counted_and
             status, page2 = await get("admin", type="rejected", limit="5", cursor=page["next"])
             assert len(page2["events"]) == 5 and page2["next"] is None
             assert {e["id"] for e in page["events"]}.isdisjoint(e["id"] for e in page2["events"])
-            for bad in ({"type": "nope"}, {"limit": "0"}, {"cursor": "!!"}, {"since": "someday"}, {"typo": "x"}):
+            for bad in (
+                {"type": "nope"},
+                {"limit": "0"},
+                {"cursor": "!!"},
+                {"since": "someday"},
+                {"typo": "x"},
+            ):
                 status, _ = await get("admin", **bad)
                 assert status == 400, bad
     finally:
@@ -182,10 +213,62 @@ async def test_a_window_that_ended_starts_a_new_stored_event_and_reports_the_old
     sink, metrics = Recorder(), Counter[str]()
     refusals = RefusalEvents(sink, metrics, window=60.0, clock=lambda: now[0])
     for _ in range(3):
-        refusals.note(reply="535 5.7.8 Authentication credentials invalid", phase="auth", client_ip="198.51.100.7")
+        refusals.note(
+            reply="535 5.7.8 Authentication credentials invalid", phase="auth", client_ip="198.51.100.7"
+        )
     now[0] += 61
-    refusals.note(reply="535 5.7.8 Authentication credentials invalid", phase="auth", client_ip="198.51.100.7")
+    refusals.note(
+        reply="535 5.7.8 Authentication credentials invalid", phase="auth", client_ip="198.51.100.7"
+    )
     await refusals.aclose()
-    assert [(e.data["count"], e.data.get("repeated", False)) for e in sink.events] == [(1, False), (2, True),
-                                                                                       (1, False)]
+    assert [(e.data["count"], e.data.get("repeated", False)) for e in sink.events] == [
+        (1, False),
+        (2, True),
+        (1, False),
+    ]
     assert parse_reply("550-5.1.1 first\r\n550 5.1.1 second") == (550, "5.1.1", "first second")
+
+
+async def test_rejected_events_are_stored_and_listed_on_both_backends(tmp_path: Path, backend: Any) -> None:
+    data = config(tmp_path)
+    data["gateway"]["data_dir"] = str(backend.data_dir)
+    gw = Gateway(parse_config({**data, **backend.overrides}))
+    backend.data_dir.mkdir(parents=True, exist_ok=True)
+    store = ApiTokenStore(backend.data_dir / "credentials.db")
+    admin, club = store.add("admin"), store.add("club", "club")
+    store.close()
+    ingress, api = gw.ingress_service(), gw.api_service(port=0)
+    gw.services = [ingress, api]
+    await gw.start()
+    try:
+
+        def relay_attempt(s: smtplib.SMTP) -> None:  # no AUTH: refused at MAIL (no relay for strangers)
+            assert s.mail("a@elsewhere.example")[0] == 530
+
+        def club_refusal(s: smtplib.SMTP) -> None:
+            assert s.mail("x@club.example", options=["SIZE=999999999999"])[0] == 552
+
+        await asyncio.to_thread(smtp_session, ingress.port("plain"), None, None, relay_attempt)
+        await asyncio.to_thread(smtp_session, ingress.port("plain"), "club", "pw-club", club_refusal)
+        async with aiohttp.ClientSession() as http:
+
+            async def listed(token: str) -> list[dict[str, Any]]:
+                async with http.get(
+                    api.url + EVENTS,
+                    params={"type": "rejected"},
+                    headers={"Authorization": f"Bearer {token}"},
+                ) as r:
+                    assert r.status == 200
+                    return list((await r.json())["events"])
+
+            async with asyncio.timeout(20):
+                while len(await listed(admin)) < 2:
+                    await asyncio.sleep(0.02)
+            events = await listed(admin)
+            assert sorted(
+                (e["credential"] or "-", e["data"]["phase"], e["data"]["code"]) for e in events
+            ) == [("-", "mail", 530), ("club", "mail", 552)]
+            assert {e["data"]["client_ip"] for e in events} == {"127.0.0.1"}
+            assert [(e["credential"], e["data"]["phase"]) for e in await listed(club)] == [("club", "mail")]
+    finally:
+        await gw.stop(2.0)
