@@ -328,3 +328,23 @@ async def test_malformed_send_requests_are_400_naming_the_field_and_oversized_bo
         status, got, _ = await api.send("shop", huge)
         assert status == 413 and "larger than" in got["error"]
         assert gw.events.events(type="accepted") == []
+
+
+async def test_a_raw_message_with_unix_line_ends_is_sent_and_one_with_a_nul_is_refused(
+    tmp_path: Path, sinks: Callable[..., Any]
+) -> None:
+    async with running(tmp_path, sinks) as (gw, api, sink, _):
+        unix = raw_message("news@shop.example", "x@example.net", "unix").replace(b"\r\n", b"\n")
+        status, got, _ = await api.send(
+            "shop", {"mail_from": "news@shop.example", "rcpt_to": ["x@example.net"], "data": b64(unix)}
+        )
+        assert status == 202, got
+        await wait_for(lambda: len(sink.messages) == 1)
+        assert (
+            b"Subject: unix\r\n" in sink.messages[0].data and b"Hello over HTTP\r\n" in sink.messages[0].data
+        )
+        nul = raw_message("news@shop.example", "x@example.net", "nul").replace(b"Hello", b"Hel\x00lo")
+        status, got, _ = await api.send(
+            "shop", {"mail_from": "news@shop.example", "rcpt_to": ["x@example.net"], "data": b64(nul)}
+        )
+        assert status == 422 and got["reply"]["enhanced"] == "5.6.0" and "NUL" in got["reply"]["text"]

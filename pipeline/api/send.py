@@ -71,6 +71,23 @@ RATE_LIMITED = TempFail(451, "4.7.1", "Message rate limit exceeded, try again la
 NOT_QUEUED = TempFail(451, "4.3.0", "Temporary local problem: message not queued, try again later")
 
 
+NUL_CHARACTER = Reject(550, "5.6.0", "Message refused: it contains a NUL character (RFC 5322 2.3)")
+BARE_NEWLINE = Reject(
+    550, "5.6.0", "Message refused: bare CR or LF in the body (only CRLF ends a line; [limits] bare_newline)"
+)
+
+
+def crlf(raw: bytes) -> bytes:
+    """A message saved with Unix line ends (no CR at all) as SMTP carries it; anything else unchanged
+    (mixed line ends are the SMTP ingress's rules: normalised, or refused with ``bare_newline = reject``)."""
+    return raw.replace(b"\n", b"\r\n") if b"\r" not in raw else raw
+
+
+def _bare_newline_in(message: bytes) -> bool:
+    pairs = message.count(b"\r\n")
+    return message.count(b"\n") != pairs or message.count(b"\r") != pairs
+
+
 class RateWindow(Protocol):
     """Messages per credential in the last minute, shared with the SMTP ingress (one limit for both)."""
 
@@ -372,7 +389,7 @@ class SendHandlers:
             cred = self._credential(principal, parsed.credential)
             if isinstance(parsed, RawSend):
                 raw, mail_from, rcpts = (
-                    _b64(parsed.data),
+                    crlf(_b64(parsed.data)),
                     parsed.mail_from,
                     list(dict.fromkeys(parsed.rcpt_to)),
                 )
@@ -431,6 +448,10 @@ class SendHandlers:
     ) -> tuple[Verdict | None, dict[str, Any]]:
         """What SMTP checks between AUTH and DATA, in its order: a refusal and where, or ``(None, {})``."""
         limits = self.p.limits
+        if b"\0" in raw:
+            return NUL_CHARACTER, {"phase": "data"}
+        if limits.bare_newline == "reject" and _bare_newline_in(raw):
+            return BARE_NEWLINE, {"phase": "data"}
         size_limit = min(limits.max_message_size, cred.max_message_size or limits.max_message_size)
         if len(raw) > size_limit:
             return Reject(
