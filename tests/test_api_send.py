@@ -68,6 +68,7 @@ def gateway_config(tmp_path: Path, sink_port: int, key: Path, **limits: Any) -> 
                 "allowed_sender_domains": ["club.example"],
             },
             {"name": "gone", "username": "gone", "secret": "pw-gone", "disabled": True},
+            {"name": "quiet", "username": "quiet", "secret": "pw-quiet", "features": {"dkim": False}},
         ],
     }
 
@@ -109,7 +110,8 @@ async def running(
     (tmp_path / "data").mkdir(exist_ok=True)
     store = ApiTokenStore(tmp_path / "data" / "credentials.db")
     tokens = {
-        name: store.add(name, cred) for name, cred in (("admin", None), ("shop", "shop"), ("club", "club"))
+        name: store.add(name, cred)
+        for name, cred in (("admin", None), ("shop", "shop"), ("club", "club"), ("quiet", "quiet"))
     }
     store.close()
     api = gw.api_service(port=0)
@@ -290,6 +292,18 @@ async def test_tenants_send_as_their_own_credential_and_never_with_another_sende
         await wait_for(lambda: len(gw.events.events(type="accepted")) == 2)
         creds = gw.events.query("SELECT DISTINCT credential FROM events WHERE type = 'accepted'")
         assert creds == [("club",)]
+        # the credential's feature set applies: "quiet" has dkim off, so its shop.example mail is unsigned
+        status, got, _ = await api.send(
+            "quiet", {**club_mail, "from": "n@shop.example", "to": ["q@example.net"]}
+        )
+        assert status == 202
+        status, got, _ = await api.send(
+            "shop", {**club_mail, "from": "n@shop.example", "to": ["s@example.net"]}
+        )
+        assert status == 202
+        await wait_for(lambda: {"q@example.net", "s@example.net"} <= {m.rcpt_tos[0] for m in sink.messages})
+        signed = {m.rcpt_tos[0]: b"DKIM-Signature:" in m.data for m in sink.messages}
+        assert (signed["q@example.net"], signed["s@example.net"]) == (False, True)
         async with api.http.get(
             f"{api.base}{MSGS}/{club_qid}", headers={"Authorization": f"Bearer {api.tokens['shop']}"}
         ) as r:
@@ -310,6 +324,7 @@ async def test_malformed_send_requests_are_400_naming_the_field_and_oversized_bo
             ({**good, "attachments": [{"filename": "a", "content": "@@@"}]}, "attachments.0.content"),
             ({**good, "campaign_id": "no spaces allowed"}, "campaign_id"),
             ({**good, "surprise": 1}, "surprise"),
+            ({**good, "features": {"dkim": False}}, "features.dkim"),  # policy: never a message's choice
             ({"mail_from": "news@shop.example", "rcpt_to": [], "data": b64(b"x")}, "rcpt_to"),
             ({"mail_from": "news@shop.example", "rcpt_to": ["x@example.net"], "data": "%%%"}, "data"),
             ({k: v for k, v in good.items() if k != "to"}, "to"),
