@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 
 from pipeline.accounts.api_tokens import ApiTokenStore
+from pipeline.app.cli import main
 from pipeline.app.gateway import Gateway
 from pipeline.config import parse_config
 from pipeline.contract.context import Event
@@ -62,7 +64,7 @@ def smtp_session(
 
 
 async def test_smtp_and_http_refusals_are_rejected_events_aggregated_counted_and_tenant_scoped(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: Any
 ) -> None:
     gw = Gateway(parse_config(config(tmp_path)))
     (tmp_path / "data").mkdir()
@@ -175,6 +177,20 @@ async def test_smtp_and_http_refusals_are_rejected_events_aggregated_counted_and
             status, page2 = await get("admin", type="rejected", limit="5", cursor=page["next"])
             assert len(page2["events"]) == 5 and page2["next"] is None
             assert {e["id"] for e in page["events"]}.isdisjoint(e["id"] for e in page2["events"])
+            # the terminal twin lists the same refusals
+            monkeypatch.setenv("SMTPGATE_DATA_DIR", str(tmp_path / "data"))
+            out = CliRunner().invoke(main, ["events", "list", "--type", "rejected", "--credential", "shop"])
+            assert out.exit_code == 0, out.output
+            lines = out.stdout.splitlines()
+            assert len(lines) == 5 and all(
+                " rejected " in line and "credential=shop" in line for line in lines
+            )
+            assert any(
+                "rcpt" in line and "to=<blocked@example.net>" in line and " x49: 550 5.0.0" in line
+                for line in lines
+            )
+            out = CliRunner().invoke(main, ["events", "list", "--type", "nope"])
+            assert out.exit_code == 2 and "type must be one of" in out.output
             for bad in (
                 {"type": "nope"},
                 {"limit": "0"},
