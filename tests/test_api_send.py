@@ -190,6 +190,8 @@ async def test_raw_and_composed_sends_are_delivered_dkim_signed_with_the_attachm
         by_rcpt = {m.rcpt_tos[0]: m for m in sink.messages}
         raw_copy = by_rcpt["x@example.net"]
         assert raw_copy.mail_from == "news@shop.example" and b"Hello over HTTP" in raw_copy.data
+        received = email.message_from_bytes(raw_copy.data).get_all("Received")
+        assert f"by gw.test (smtpgate) with HTTP id {raw_qid}" in " ".join(received[-1].split())
         for m in sink.messages:
             assert dkim.verify(m.data, dnsfunc=dns), m.rcpt_tos  # signed by the shop.example key
         parsed = email.message_from_bytes(by_rcpt["hidden@example.net"].data, policy=email.policy.default)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import datetime
 import email.policy
 import email.utils
 import json
@@ -34,8 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.chain.accept import AcceptStep
 from pipeline.chain.runner import Chain
-from pipeline.config import LimitsSection
-from pipeline.contract.context import Credential, Session, Transaction
+from pipeline.config import GatewaySection, LimitsSection
+from pipeline.contract.context import Credential, Session, Transaction, new_queue_id
 from pipeline.contract.verdicts import Reject, TempFail, Verdict, refuses
 from pipeline.ports import ApiPrincipalView
 
@@ -113,6 +114,7 @@ class SendPorts:
     sent: RateWindow
     limits: LimitsSection
     on_refusal: Callable[..., None] | None = None  # reports a refusal (rejected events), when wired
+    gateway: GatewaySection | None = None  # hostname and [gateway] trace_header for the Received: header
 
 
 def max_request_size(limits: LimitsSection) -> int:
@@ -405,7 +407,15 @@ class SendHandlers:
         )
         verdict, extra = await self._envelope(session, cred, raw, mail_from, rcpts)
         if verdict is None:
-            outcome = await self.p.accept.accept(raw, mail_from, rcpts, session=session, credential=cred)
+            queue_id = new_queue_id()
+            outcome = await self.p.accept.accept(
+                self._received(session, cred, queue_id, rcpts) + raw,
+                mail_from,
+                rcpts,
+                session=session,
+                credential=cred,
+                queue_id=queue_id,
+            )
             if outcome.status == "queued":
                 if cred.messages_per_minute:
                     self.p.sent.add(cred.name)
@@ -433,6 +443,22 @@ class SendHandlers:
             )
             extra = {"phase": "data"}
         return self._refused(verdict, cred, session, mail_from, rcpts, extra)
+
+    def _received(self, session: Session, cred: Credential, queue_id: str, rcpts: list[str]) -> bytes:
+        """The ``Received:`` header SMTP mail gets from the ingress, for HTTP (``with HTTP``, RFC 5321 4.4)."""
+        gw = self.p.gateway
+        if gw is None or not gw.trace_header:
+            return b""
+        lines = [f"Received: from [{session.peer_ip}] (unknown [{session.peer_ip}])"]
+        if gw.trace_credential:
+            lines.append(f"\t(Authenticated sender: {cred.name})")
+        lines.append(f"\tby {gw.hostname} (smtpgate) with {'HTTPS' if session.tls else 'HTTP'} id {queue_id}")
+        when = email.utils.format_datetime(datetime.datetime.now(datetime.UTC))
+        if len(rcpts) == 1 and _ADDR.match(rcpts[0]) and len(rcpts[0]) < 900:
+            lines.append(f"\tfor <{rcpts[0]}>; {when}")
+        else:
+            lines[-1] += f"; {when}"
+        return ("\r\n".join(lines) + "\r\n").encode("ascii", "replace")
 
     def _check_features(self, features: dict[str, bool]) -> None:
         allowed = self.p.chain.features.header_switches

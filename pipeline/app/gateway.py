@@ -218,7 +218,7 @@ class Gateway:
 
         accept = AcceptStep(self.config, self.chain, self.spool, self.event_sink, metrics=self.counters)
         return SendPorts(accept=accept, chain=self.chain, credential=credential, sent=self.sent,
-                         limits=self.config.limits, on_refusal=self.refusals.note)
+                         limits=self.config.limits, on_refusal=self.refusals.note, gateway=self.config.gateway)
 
     def build_services(self, workers: int | None = None) -> None:
         """Create the long-running services, in data-flow order. Each area adds its own line."""
