@@ -224,6 +224,21 @@ async def test_refusal_kinds_tracked_at_once_are_bounded_and_the_rest_only_count
     assert (metrics["rejected_events_total:stored"], metrics["rejected_events_total:dropped"]) == (3, 2)
 
 
+async def test_new_kinds_stored_per_window_are_capped_for_all_clients_together() -> None:
+    now = [0.0]
+    sink, metrics = Recorder(), Counter[str]()
+    refusals = RefusalEvents(sink, metrics, max_stored=4, clock=lambda: now[0])
+    for i in range(10):  # ten clients, one refusal each, within one window
+        refusals.note(reply="554 5.7.1 Relay access denied", phase="rcpt", client_ip=f"203.0.113.{i}")
+    now[0] += 61  # the next window has its own budget
+    refusals.note(reply="554 5.7.1 Relay access denied", phase="rcpt", client_ip="203.0.113.99")
+    await refusals.aclose()
+    assert [e.data["client_ip"] for e in sink.events] == [f"203.0.113.{i}" for i in range(4)] + [
+        "203.0.113.99"
+    ]
+    assert (metrics["rejected_events_total:stored"], metrics["rejected_events_total:dropped"]) == (5, 6)
+
+
 async def test_a_window_that_ended_starts_a_new_stored_event_and_reports_the_old_count() -> None:
     now = [1000.0]
     sink, metrics = Recorder(), Counter[str]()

@@ -5,9 +5,10 @@ API) is noted here with its reply, phase, client address and, when known, creden
 recipient. The first refusal of a kind, keyed by (client address, phase, reply code, credential), is
 stored at once with ``count: 1``; the same kind again within ``window`` seconds is only counted, and
 when the window closes one more event carries how many there were (``count``, ``repeated: true``).
-So one client hammering one refusal costs at most two stored events a minute, and the number of
-kinds tracked at once is bounded (``max_keys``): beyond it refusals are counted in ``/metrics``
-only. Noting is a dict update; storing runs in a task, off the SMTP reply's path.
+So one client hammering one refusal costs at most two stored events a minute; new kinds stored per
+window are capped for all clients together (``max_stored``, 600 a minute: a botnet of many addresses
+costs at most about twice that), and so is the number of kinds tracked at once (``max_keys``); beyond
+either, refusals are counted in ``/metrics`` only. Noting is a dict update; storing runs in a task, off the SMTP reply's path.
 """
 
 from __future__ import annotations
@@ -65,11 +66,13 @@ class RefusalEvents:
         *,
         window: float = 60.0,
         max_keys: int = 10_000,
+        max_stored: int = 600,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.sink, self.metrics = sink, metrics
-        self.window, self.max_keys = window, max_keys
+        self.window, self.max_keys, self.max_stored = window, max_keys, max_stored
+        self._budget_until, self._stored = 0.0, 0  # new kinds stored in the current window (all clients)
         self.clock, self.wall = clock, wall
         self._slots: dict[Key, _Slot] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -92,8 +95,16 @@ class RefusalEvents:
     ) -> None:
         """One refusal was answered. Cheap: a dict update, and at most one task to store an event."""
         code, enhanced, text = parse_reply(reply)
-        details = {"code": code, "enhanced": enhanced, "text": text, "phase": phase, "client_ip": client_ip,
-                   "sender": sender, "recipient": recipient, "listener": listener}
+        details = {
+            "code": code,
+            "enhanced": enhanced,
+            "text": text,
+            "phase": phase,
+            "client_ip": client_ip,
+            "sender": sender,
+            "recipient": recipient,
+            "listener": listener,
+        }
         key: Key = (client_ip, phase, code, credential)
         now = self.clock()
         slot = self._slots.get(key)
@@ -110,18 +121,33 @@ class RefusalEvents:
             if len(self._slots) >= self.max_keys:
                 self._count("dropped")
                 return
+        if now >= self._budget_until:
+            self._budget_until, self._stored = now + self.window, 0
+        if self._stored >= self.max_stored:  # many clients at once (a botnet): count, do not store
+            self._count("dropped")
+            return
+        self._stored += 1
         self._slots[key] = _Slot(until=now + self.window, first=self.wall())
         self._count("stored")
         self._store(credential, details, count=1)
 
-    def _store(self, credential: str | None, details: dict[str, Any], *, count: int,
-               repeated: bool = False, since: float | None = None) -> None:
+    def _store(
+        self,
+        credential: str | None,
+        details: dict[str, Any],
+        *,
+        count: int,
+        repeated: bool = False,
+        since: float | None = None,
+    ) -> None:
         data = {k: v for k, v in details.items() if v is not None and k not in ("recipient",)}
         data["count"] = count
         if repeated:
             data["repeated"] = True
             data["since"] = since
-        event = Event(EventType.REJECTED, recipient=details.get("recipient"), credential=credential, data=data)
+        event = Event(
+            EventType.REJECTED, recipient=details.get("recipient"), credential=credential, data=data
+        )
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (a test calling note() synchronously): nothing can store it
