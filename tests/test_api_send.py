@@ -52,6 +52,7 @@ def gateway_config(tmp_path: Path, sink_port: int, key: Path, **limits: Any) -> 
         "spool": {**FAST_RETRIES, "workers": 0, "bounce_notices": False},
         "egress": smtp_egress(sink_port),
         "api": {"listen_port": 0},
+        "tracking": {"listen_port": 0, "bounce_domain": "bounces.gw.test"},
         "limits": {"shutdown_grace": 2.0, **limits},
         "credentials": [
             {
@@ -255,6 +256,10 @@ async def test_refusals_keep_the_smtp_reply_a_5xx_is_422_a_rate_limit_429_with_r
             },
         )
         assert status == 400 and got["error"].startswith("features.trackopens")
+        status, got, _ = await api.send(
+            "shop", {"from": "news@shop.example", "to": ["b1@bounces.gw.test"], "subject": "s", "text": "t"}
+        )
+        assert status == 422 and got["recipient"] == "b1@bounces.gw.test" and got["reply"]["code"] == 550
         # messages_per_minute = 3 for the shop: the 4th send within the minute is a 429 with Retry-After
         statuses = []
         for i in range(4):

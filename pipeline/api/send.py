@@ -69,6 +69,7 @@ RESERVED_HEADERS = frozenset(
 
 NOT_OWNED = Reject(553, "5.7.1", "Sender address rejected: not owned by user")
 RATE_LIMITED = TempFail(451, "4.7.1", "Message rate limit exceeded, try again later")
+OWN_DOMAIN = Reject(550, "5.7.1", "Recipient is in a domain the gateway receives itself (the bounce domain)")
 NOT_QUEUED = TempFail(451, "4.3.0", "Temporary local problem: message not queued, try again later")
 
 
@@ -508,6 +509,8 @@ class SendHandlers:
         if refuses(verdict):
             return verdict, {"phase": "mail"}
         for rcpt in rcpts:
+            if self.p.accept.inbound_handler(rcpt.rpartition("@")[2]) is not None:
+                return OWN_DOMAIN, {"phase": "rcpt", "recipient": rcpt}
             verdict = await self.p.chain.run(
                 "on_rcpt_to", features=features, session=session, transaction=txn, address=rcpt
             )

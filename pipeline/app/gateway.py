@@ -216,7 +216,9 @@ class Gateway:
                     return record.credential(), record.disabled
             return None, False
 
-        accept = AcceptStep(self.config, self.chain, self.spool, self.event_sink, metrics=self.counters)
+        # the bounce domain's handlers only so a send to them is refused: mail to them is not for sending
+        accept = AcceptStep(self.config, self.chain, self.spool, self.event_sink, metrics=self.counters,
+                            inbound=self.inbound_handlers)
         return SendPorts(accept=accept, chain=self.chain, credential=credential, sent=self.sent,
                          limits=self.config.limits, on_refusal=self.refusals.note, gateway=self.config.gateway)
 
