@@ -303,3 +303,40 @@ async def test_rejected_events_are_stored_and_listed_on_both_backends(tmp_path: 
             assert [(e["credential"], e["data"]["phase"]) for e in await listed(club)] == [("club", "mail")]
     finally:
         await gw.stop(2.0)
+
+
+def test_refusals_reach_only_webhook_endpoints_that_ask_for_them() -> None:
+    from pipeline.events.webhooks import webhook_urls
+
+    cfg = parse_config(
+        {
+            "webhooks": {
+                "urls": ["https://all.example/hook"],
+                "endpoints": [
+                    {"url": "https://refusals.example/hook", "events": ["rejected"]},
+                    {
+                        "url": "https://club-refusals.example/hook",
+                        "events": ["rejected"],
+                        "credential": "club",
+                    },
+                    {"url": "https://everything.example/hook"},
+                    {
+                        "url": "https://sendgrid.example/hook",
+                        "format": "sendgrid",
+                        "events": ["rejected", "delivered"],
+                    },
+                ],
+            },
+            "credentials": [
+                {"name": "shop", "username": "shop", "secret": "pw", "webhooks": ["https://shop.example/h"]}
+            ],
+        }
+    )
+    assert webhook_urls(cfg, "shop", None, "rejected") == ["https://refusals.example/hook"]
+    assert webhook_urls(cfg, "club", None, "rejected") == [
+        "https://refusals.example/hook",
+        "https://club-refusals.example/hook",
+    ]
+    delivered = webhook_urls(cfg, "shop", None, "delivered")
+    assert "https://all.example/hook" in delivered and "https://shop.example/h" in delivered
+    assert "https://everything.example/hook" in delivered and "https://refusals.example/hook" not in delivered
