@@ -16,12 +16,15 @@ import aiohttp
 from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 
+from pipeline import Plugin, Reject, hookimpl
 from pipeline.accounts.api_tokens import ApiTokenStore
 from pipeline.app.cli import main
 from pipeline.app.gateway import Gateway
 from pipeline.config import parse_config
 from pipeline.contract.context import Event
 from pipeline.events.refusals import RefusalEvents, parse_reply
+from pipeline.milter import milter_services
+from tests.support.milter_client import MilterClient
 
 EVENTS = "/api/v1/events"
 
@@ -340,3 +343,42 @@ def test_refusals_reach_only_webhook_endpoints_that_ask_for_them() -> None:
     delivered = webhook_urls(cfg, "shop", None, "delivered")
     assert "https://all.example/hook" in delivered and "https://shop.example/h" in delivered
     assert "https://everything.example/hook" in delivered and "https://refusals.example/hook" not in delivered
+
+
+class RefuseNobody(Plugin):
+    """Refuses RCPT for nobody@ (as a stoplist or a directory check would)."""
+
+    name = "refuse_nobody"
+
+    @hookimpl
+    def on_rcpt_to(self, address: str) -> Reject | None:
+        return Reject(550, "5.1.1", "No such user here") if address.startswith("nobody@") else None
+
+
+async def test_milter_refusals_are_rejected_events_of_the_mta_client(tmp_path: Path) -> None:
+    data = {**config(tmp_path), "milter": {"listen": ["inet:127.0.0.1:0"]}}
+    gw = Gateway(parse_config(data), extra_plugins=[RefuseNobody])
+    [milter] = milter_services(gw.config, gw.chain, gw.refusals)
+    gw.services = [milter]
+    await gw.start()
+    try:
+        ep = milter.bound[0]
+        c = await MilterClient.tcp(ep.host, ep.port)
+        await c.negotiate()
+        await c.connect(addr="192.0.2.99")
+        await c.helo()
+        await c.mail("sender@example.com")
+        assert await c.rcpt("nobody@example.org") == [(b"y", b"550 5.1.1 No such user here\x00")]
+        assert await c.rcpt("a@example.org") == [(b"c", b"")]
+        await c.close()
+        await wait_for(lambda: len(gw.events.events(type="rejected")) == 1)
+        [stored] = [s.event for s in gw.events.events(type="rejected")]
+        assert (stored.recipient, stored.data["phase"], stored.data["code"], stored.data["listener"]) == (
+            "nobody@example.org",
+            "rcpt",
+            550,
+            "milter",
+        )
+        assert stored.data["client_ip"] == "192.0.2.99" and stored.data["sender"] == "sender@example.com"
+    finally:
+        await gw.stop(2.0)

@@ -228,7 +228,7 @@ class Gateway:
         self.services.append(self.ingress_service())  # SMTP listeners -> admission -> spool
         self.services.append(self.delivery_service(workers))  # spool -> workers -> egress, retries
         self.services += self.tracking_services()  # HTTP clicks/opens/unsubscribe/stats, webhook sender
-        self.services += milter_services(self.config, self.chain)  # [milter] listen: the chain as an MTA's milter
+        self.services += milter_services(self.config, self.chain, self.refusals)  # [milter] listen: the chain as an MTA's milter
         self.services.append(self.api_service())  # /api/v1: the message log behind bearer tokens
 
     # -- lifecycle
