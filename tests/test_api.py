@@ -512,7 +512,10 @@ async def test_fuzzed_requests_get_no_5xx_and_every_answer_matches_the_schema(tm
                 body: Any = None
                 if "requestBody" in op:
                     body = rnd.choice([{"address": value()}, {"name": value(), "kind": value()}, [value()], value(),
-                                       {"address": value(), "reason": value(), "credential": value()}, None])
+                                       {"address": value(), "reason": value(), "credential": value()}, None,
+                                       {"from": value(), "to": [value()], "subject": value(), "text": value(),
+                                        "credential": rnd.choice(["shop", value()])},
+                                       {"mail_from": value(), "rcpt_to": [value()], "data": value()}])
                 # a few requests without a token (more would trip the failure throttle for the rest of the run)
                 token = None if i % 50 == 7 else rnd.choice([admin, shop])
                 headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -67,3 +67,25 @@ def test_bad_date_is_a_one_line_error(data_dir):
     r = run("--since", "last week")
     assert r.exit_code == 2
     assert r.output.strip() == "smtpgate: --since/--until: invalid date 'last week': expected YYYY-MM-DD or an ISO date-time"
+
+
+def test_stats_per_credential_keeps_two_credentials_same_campaign_apart(data_dir):
+    store = open_event_store(Config.model_validate({"gateway": {"data_dir": str(data_dir)}}))
+
+    async def go() -> None:
+        for cred, n in (("shop", 3), ("club", 1)):
+            for i in range(n):
+                await store.record(Event("accepted", queue_id=f"{cred}{i}", recipient=f"r{i}@x.net", credential=cred,
+                                         campaign_id="spring", time=D1))
+
+    asyncio.run(go())
+    store.close()
+    out = json.loads(run("--credential", "club", "--json").stdout)
+    assert [(r["campaign"], r["sent"]) for r in out["rows"]] == [("spring", 1)]
+    out = json.loads(run("--by-credential", "--json").stdout)
+    assert [(r["credential"], r["campaign"], r["sent"]) for r in out["rows"]] == [("club", "spring", 1),
+                                                                                  ("shop", "spring", 3)]
+    table = run("--by-credential").stdout.splitlines()
+    assert table[0].split()[:2] == ["credential/campaign", "sent"]
+    assert [line.split()[:2] for line in table[1:]] == [["club/spring", "1"], ["shop/spring", "3"], ["TOTAL", "4"]]
+    assert "of credential 'nobody'" in run("--credential", "nobody").stdout

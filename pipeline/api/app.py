@@ -25,7 +25,9 @@ from aiohttp import web
 
 from pipeline.api.console import ConsolePorts, add_console
 from pipeline.api.credentials import CredentialHandlers
+from pipeline.api.events import EventHandlers
 from pipeline.api.openapi import openapi_document
+from pipeline.api.send import SendHandlers, SendPorts
 from pipeline.api.suppressions import SuppressionHandlers
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType, RecipientState
@@ -342,6 +344,7 @@ class ApiPorts:
     declared_credentials: Sequence[dict[str, Any]] = field(default_factory=list)
     global_webhooks: Sequence[str] = field(default_factory=list)
     console: ConsolePorts | None = None  # the web console under /console/ (None: not served)
+    send: SendPorts | None = None  # POST /api/v1/messages (pipeline/api/send.py); absent: not offered
 
 
 def build_api_app(ports: ApiPorts) -> web.Application:
@@ -354,12 +357,15 @@ def build_api_app(ports: ApiPorts) -> web.Application:
     app.router.add_get("/api/v1/openapi.json", a.openapi, name="openapi")  # public: it describes, holds no data
     app.router.add_get("/api/v1/messages", a.authed(a.search), name="messages")
     app.router.add_get("/api/v1/messages/{queue_id}", a.authed(a.show), name="message")
+    if p.send is not None:
+        app.router.add_post("/api/v1/messages", a.authed(SendHandlers(p.send).send), name="message_send")
     app.router.add_get("/api/v1/messages/{queue_id}/raw", a.authed(a.raw), name="message_raw")
     app.router.add_delete("/api/v1/messages/{queue_id}", a.authed(a.delete), name="message_delete")
     app.router.add_post("/api/v1/messages/{queue_id}/retry", a.authed(a.retry), name="message_retry")
     app.router.add_post("/api/v1/messages/{queue_id}/hold", a.authed(a.hold), name="message_hold")
     app.router.add_post("/api/v1/messages/{queue_id}/release", a.authed(a.release), name="message_release")
     app.router.add_get("/api/v1/stats", a.authed(a.stats), name="stats")
+    app.router.add_get("/api/v1/events", a.authed(EventHandlers(p.store).list), name="events")
     app.router.add_get("/api/v1/credentials", a.authed(c.list), name="credentials")
     app.router.add_get("/api/v1/webhooks", a.authed(c.webhooks), name="webhooks")
     app.router.add_get("/api/v1/webhooks/deliveries", a.authed(a.webhook_deliveries), name="webhook_deliveries")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.api.events import add_events_operation
+from pipeline.api.send import add_send_operation
 from pipeline.events.messages import LOG_STATES
 
 _STATES = list(LOG_STATES)
@@ -85,7 +87,7 @@ def openapi_document() -> dict[str, Any]:
                   "description": "The credential's scope (an administrator's choice; a tenant has only its own)."}
     unauthorized = _error("No valid bearer token (`Authorization: Bearer sgt_...`).")
     throttled = _error("Too many failed tokens from this address; see Retry-After.")
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "smtpgate management API", "version": "1",
                  "description": "The message log of an smtpgate gateway. Tokens: `smtpgate api-tokens add`."},
@@ -441,3 +443,6 @@ def openapi_document() -> dict[str, Any]:
             },
         },
     }
+    add_send_operation(doc)  # POST /api/v1/messages, described beside its handler
+    add_events_operation(doc)  # GET /api/v1/events (refusals: type=rejected)
+    return doc

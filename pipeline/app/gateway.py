@@ -15,13 +15,16 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pipeline.accounts.api_tokens import ApiTokenStore
+from pipeline.accounts.authenticator import Authenticator
 from pipeline.accounts.store import CredentialStore, StoredWebhooks
 from pipeline.api import ApiPorts, ApiService, api_service
 from pipeline.api.console import ConsolePorts
+from pipeline.api.send import SendPorts
+from pipeline.chain.accept import AcceptStep
 from pipeline.chain.loader import PluginSet
 from pipeline.chain.runner import Chain
 from pipeline.config import Config
-from pipeline.contract.context import Event
+from pipeline.contract.context import Credential, Event
 from pipeline.contract.vocabulary import PluginSource
 from pipeline.delivery.notices import BounceNotices, notice_features
 from pipeline.delivery.results import JointResults, OutboxResults
@@ -31,9 +34,11 @@ from pipeline.events import EventEmitter, open_event_store, open_suppression_lis
 from pipeline.events.inbound import InboundHandler
 from pipeline.events.messages import SqliteMessageLog
 from pipeline.events.postgres import PostgresEventStore
+from pipeline.events.refusals import RefusalEvents
 from pipeline.events.sqlite import SqliteEventStore
 from pipeline.events.store import EventStoreBase
 from pipeline.ingress import IngressService
+from pipeline.ingress.limits import SlidingWindow
 from pipeline.milter import milter_services
 from pipeline.ports import InboundHandler as InboundPort
 from pipeline.spool import Spool, open_spool
@@ -79,13 +84,16 @@ class Gateway:
         self._inbound: dict[str, InboundPort] | None = None
         self._stored_webhooks = StoredWebhooks(config.data_dir / "credentials.db", config.storage.url)
         self._closers: list[Callable[[], None]] = []  # stores opened for one service (the API's)
+        self.sent = SlidingWindow(60.0)  # messages per credential per minute: SMTP and the HTTP send API alike
+        self._refusals: RefusalEvents | None = None
 
     # -- stores and ports (opened on first use, so commands that don't need them don't create them)
 
     def ingress_service(self) -> IngressService:
         """The SMTP listeners, handed the ports they feed: spool, events, metrics, inbound sinks."""
         return IngressService(self.config, self.chain, spool=self.spool, events=self.event_sink,
-                              metrics=self.counters, inbound=self.inbound_handlers)
+                              metrics=self.counters, inbound=self.inbound_handlers, sent=self.sent,
+                              refusals=self.refusals)
 
     @property
     def spool(self) -> Spool:
@@ -112,6 +120,13 @@ class Gateway:
                 self.events, self.config, self.counters, credential_webhooks=self._stored_webhooks, after=self.chain.emit
             )
         return self._emitter
+
+    @property
+    def refusals(self) -> RefusalEvents:
+        """Refusals (SMTP replies 4xx/5xx, HTTP send refusals) as aggregated ``rejected`` events."""
+        if self._refusals is None:
+            self._refusals = RefusalEvents(self.event_sink, self.counters)
+        return self._refusals
 
     async def emit(self, event: Event, *, strict: bool = False) -> None:
         """Record an event (event store, webhook outbox, suppression) and hand it to ``on_event`` plugins.
@@ -190,7 +205,8 @@ class Gateway:
                          suppressions=store, credentials=credentials, metrics=self.counters,
                          declared_credentials=declared, global_webhooks=list(self.config.webhooks.urls),
                          console=ConsolePorts(tokens=tokens, domains=self.dkim_domains) if self.config.api.console
-                         else None)
+                         else None,
+                         send=self._send_ports(credentials))
         return api_service(self.config, ports, host=host, port=port)
 
     def dkim_domains(self) -> list[dict[str, Any]]:
@@ -215,13 +231,30 @@ class Gateway:
                 out.append({"domain": key.domain, "selector": key.selector, "records": records})
         return sorted(out, key=lambda d: d["domain"])
 
+    def _send_ports(self, credentials: CredentialStore) -> SendPorts:
+        """The HTTP send API's ports: its own accept step on the shared spool and event sink, the
+        credentials of the config file and ``credentials.db`` by name, the shared rate window."""
+        authenticator = Authenticator(self.config, credentials)
+
+        def credential(name: str) -> tuple[Credential | None, bool]:
+            for record in authenticator.records():
+                if record.name == name:
+                    return record.credential(), record.disabled
+            return None, False
+
+        # the bounce domain's handlers only so a send to them is refused: mail to them is not for sending
+        accept = AcceptStep(self.config, self.chain, self.spool, self.event_sink, metrics=self.counters,
+                            inbound=self.inbound_handlers)
+        return SendPorts(accept=accept, chain=self.chain, credential=credential, sent=self.sent,
+                         limits=self.config.limits, on_refusal=self.refusals.note, gateway=self.config.gateway)
+
     def build_services(self, workers: int | None = None) -> None:
         """Create the long-running services, in data-flow order. Each area adds its own line."""
         self.services = []
         self.services.append(self.ingress_service())  # SMTP listeners -> admission -> spool
         self.services.append(self.delivery_service(workers))  # spool -> workers -> egress, retries
         self.services += self.tracking_services()  # HTTP clicks/opens/unsubscribe/stats, webhook sender
-        self.services += milter_services(self.config, self.chain)  # [milter] listen: the chain as an MTA's milter
+        self.services += milter_services(self.config, self.chain, self.refusals)  # [milter] listen: the chain as an MTA's milter
         self.services.append(self.api_service())  # /api/v1: the message log behind bearer tokens
 
     # -- lifecycle
@@ -240,6 +273,9 @@ class Gateway:
         for service, result in zip(self.services, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("stopping %s failed: %s", service.name, result)
+        if self._refusals is not None:  # the last windows' counts, before the event store closes
+            await self._refusals.aclose()
+            self._refusals = None
         if self._spool is not None:
             self._spool.close()
         if self._events is not None:

@@ -213,7 +213,7 @@ class TrackingSection(Section):
 
 WebhookEventType = Literal[
     "accepted", "discarded", "delivered", "deferred", "bounced", "expired", "failed",
-    "opened", "clicked", "unsubscribed", "complained",
+    "opened", "clicked", "unsubscribed", "complained", "rejected",
 ]
 
 

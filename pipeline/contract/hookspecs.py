@@ -94,7 +94,8 @@ def on_sign(ctx: MessageContext) -> Verdict | None:
 
 @hookspec
 def on_event(event: Event) -> None:
-    """A delivery or tracking event happened (accepted, delivered, bounced, opened, clicked, ...).
+    """A delivery or tracking event happened (accepted, delivered, bounced, opened, clicked, ...), or
+    the gateway refused something (``rejected``: no queue id, aggregated, ``data["count"]``).
 
     Return values are ignored; an exception is logged and does not stop other plugins.
     """

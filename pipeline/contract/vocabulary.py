@@ -56,6 +56,7 @@ class EventType(StrEnum):
     CLICKED = "clicked"
     UNSUBSCRIBED = "unsubscribed"
     COMPLAINED = "complained"
+    REJECTED = "rejected"  # a refusal the gateway answered (SMTP or HTTP send), aggregated: events/refusals.py
 
 
 class CredentialKind(StrEnum):

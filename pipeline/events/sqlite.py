@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_time ON events(time);
 CREATE INDEX IF NOT EXISTS events_campaign ON events(campaign_id, time);
 CREATE INDEX IF NOT EXISTS events_copy ON events(queue_id, recipient, type);
+CREATE INDEX IF NOT EXISTS events_credential ON events(credential, type, id);
+CREATE INDEX IF NOT EXISTS events_rejected ON events(id) WHERE type = 'rejected';
 CREATE TABLE IF NOT EXISTS webhook_outbox (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id     INTEGER NOT NULL REFERENCES events(id),

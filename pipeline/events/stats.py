@@ -82,7 +82,7 @@ def add_rates(row: dict[str, Any]) -> dict[str, Any]:
 def _where(
     campaign: str | None, since: float | None, until: float | None, credential: str | None = None
 ) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
+    clauses: list[str] = ["type <> 'rejected'"]  # refusals are not mail: no row, no bucket of their own
     args: list[Any] = []
     if credential is not None:
         clauses.append("credential = ?")
@@ -96,7 +96,7 @@ def _where(
     if until is not None:
         clauses.append("time < ?")
         args.append(until)
-    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+    return " WHERE " + " AND ".join(clauses), args
 
 
 def campaign_stats(

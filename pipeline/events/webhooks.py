@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 
 from pipeline.config import Config
+from pipeline.contract.vocabulary import EventType
 from pipeline.events import webhook_formats as formats
 from pipeline.events.metadata import message_meta
 from pipeline.events.store import EventStoreBase, OutboxItem, StoredEvent
@@ -104,7 +105,11 @@ def webhook_urls(
 ) -> list[str]:
     """Global URLs plus the credential's (from the config file, and ``lookup`` for stored ones),
     plus each ``[[webhooks.endpoints]]`` that wants this event type (and credential) in a format
-    that has it."""
+    that has it. ``rejected`` (refusals) only to endpoints that list it in ``events``: receivers that
+    never asked for refusals do not get them."""
+    if event_type == EventType.REJECTED:
+        return [e.url for e in config.webhooks.endpoints if event_type in e.events
+                and (e.credential is None or e.credential == credential) and formats.supports(e.format, event_type)]
     urls = list(config.webhooks.urls)
     for endpoint in config.webhooks.endpoints:
         if endpoint.credential is not None and endpoint.credential != credential:

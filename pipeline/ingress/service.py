@@ -19,6 +19,7 @@ from pipeline.accounts.store import CredentialStore, config_records, open_creden
 from pipeline.chain.accept import AcceptStep
 from pipeline.chain.runner import Chain
 from pipeline.config import Config, ListenerSection
+from pipeline.events.refusals import RefusalEvents
 from pipeline.ingress import replies as R
 from pipeline.ingress.limits import ConnectionLimiter, SlidingWindow
 from pipeline.ingress.server import GatewaySMTP
@@ -54,16 +55,19 @@ class IngressService:
         metrics: Metrics | None = None,
         inbound: MutableMapping[str, InboundHandler] | None = None,
         authenticator: Authenticator | None = None,
+        sent: SlidingWindow | None = None,
+        refusals: RefusalEvents | None = None,
     ) -> None:
         self.config = config
         self.chain = chain
         self.metrics = metrics
+        self.refusals = refusals  # 4xx/5xx replies as aggregated rejected events (None: not recorded)
         self.accept = AcceptStep(config, chain, spool, events, inbound=inbound, metrics=metrics)
         config_records(self.config)  # fail at build time on a bad [[credentials]] entry
         limits = self.config.limits
         self.connections = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
         self.auth_failures = SlidingWindow(60.0)
-        self.sent = SlidingWindow(60.0)
+        self.sent = sent if sent is not None else SlidingWindow(60.0)  # shared with the HTTP send API
         self.sessions: set[SessionBase] = set()
         self.draining = False
         self.servers: list[tuple[ListenerSection, asyncio.Server]] = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 import socket
 import ssl
 import time
@@ -26,6 +27,7 @@ from pipeline.chain.runner import Chain
 from pipeline.config import Config, ListenerSection
 from pipeline.contract.context import Credential, Session, Transaction
 from pipeline.contract.verdicts import Verdict, refuses
+from pipeline.events.refusals import RefusalEvents
 from pipeline.ingress import replies as R
 from pipeline.ingress.limits import ConnectionLimiter, SlidingWindow
 from pipeline.ports import Authenticator, Metrics
@@ -45,6 +47,7 @@ class Host(Protocol):
     sessions: set[Any]
     draining: bool
     metrics: Metrics | None  # /metrics: connections, AUTH failures, refusals by code
+    refusals: RefusalEvents | None  # every 4xx/5xx as an aggregated ``rejected`` event
 
     @property
     def authenticator(self) -> Authenticator: ...
@@ -63,6 +66,12 @@ def refusal(verdict: Verdict | None) -> str | None:
 
 def with_enhanced_multiline(reply: str) -> str:
     return "\r\n".join(R.with_enhanced(line) for line in reply.split("\r\n"))
+
+
+PHASE_OF = {"HELO": "helo", "EHLO": "helo", "STARTTLS": "helo", "AUTH": "auth", "MAIL": "mail", "RCPT": "rcpt",
+            "DATA": "data"}
+"""The phase a refusal is reported under (``rejected`` events); other commands are ``command``."""
+_PATH = re.compile(r"<([^<>]{0,320})>")
 
 
 class _Hooks:
@@ -88,6 +97,8 @@ class SessionBase(SMTP):
         self._messages = 0
         self._rejected = 0
         self._end = "closed"
+        self._phase = "connect"  # for rejected events: the phase of the command being answered
+        self._subject: tuple[str | None, str | None] = (None, None)  # its sender and recipient, when known
         self._writer = None  # type: ignore[assignment]  # aiosmtpd sets it in connection_made
         super().__init__(
             _Hooks(),
@@ -130,10 +141,13 @@ class SessionBase(SMTP):
             if name == "QUIT":
                 self._end = "quit"
             self._in_command = True
+            self._phase = PHASE_OF.get(name, "command")
+            self._subject = self._subject_of(name, arg)
             try:
                 await method(arg)
             finally:
                 self._in_command = False
+                self._phase = "command"
             if self.ingress.draining and self.txn is None and name != "QUIT":
                 self.shut_down()  # shutdown began during the command: 421 now, not at the next one
 
@@ -173,12 +187,28 @@ class SessionBase(SMTP):
                 status = with_enhanced_multiline(status)
             status = status.encode("ascii", "replace")
         self._raw_push = False
-        if status[:1] in (b"4", b"5") and self.ingress.metrics is not None:  # refusals by code (bounded)
-            self.ingress.metrics[f"smtp_refusals_total:{status[:3].decode('ascii', 'replace')}"] += 1
+        if status[:1] in (b"4", b"5"):
+            if self.ingress.metrics is not None:  # refusals by code (bounded)
+                self.ingress.metrics[f"smtp_refusals_total:{status[:3].decode('ascii', 'replace')}"] += 1
+            if self.ingress.refusals is not None:
+                cred = self.gw.credential
+                self.ingress.refusals.note(
+                    reply=status.decode("ascii", "replace"), phase=self._phase, client_ip=self.gw.peer_ip,
+                    credential=cred.name if cred is not None else None, sender=self._subject[0],
+                    recipient=self._subject[1], listener=self.listener.name)
         if self._writer is None or self._writer.is_closing():
             return
         self._writer.write(status + b"\r\n")
         await self._writer.drain()
+
+    def _subject_of(self, name: str, arg: Any) -> tuple[str | None, str | None]:
+        """Sender and recipient a refusal of this command concerns (the raw path, as the client sent it)."""
+        sender = self.txn.mail_from if self.txn is not None else None
+        if name not in ("MAIL", "RCPT") or not isinstance(arg, str):
+            return sender, None
+        m = _PATH.search(arg)
+        path = m.group(1) if m else None
+        return (path, None) if name == "MAIL" else (sender, path)
 
     async def _push_lines(self, lines: list[str]) -> None:
         """A multi-line reply written at once (EHLO), without enhanced codes (RFC 2034 s3)."""
@@ -291,6 +321,7 @@ class SessionBase(SMTP):
             await self.push(reply)
             self.close()
             return
+        self._phase = "command"  # admitted: from now on a refusal belongs to a command
         self._raw_push = True  # the greeting: "220 <hostname> ESMTP smtpgate", no enhanced code
         await super()._handle_client()
 

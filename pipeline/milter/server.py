@@ -20,7 +20,7 @@ from pipeline.chain.runner import Chain
 from pipeline.config import Config, MilterEndpoint
 from pipeline.milter import protocol as P
 from pipeline.milter.message import Delivery, FailPolicy
-from pipeline.milter.session import Credentials, MilterSession
+from pipeline.milter.session import Credentials, MilterSession, RefusalNotes
 
 log = logging.getLogger("smtpgate.milter")
 
@@ -38,8 +38,10 @@ class MilterServer:
         max_packet: int,
         idle_timeout: float,
         end_of_message: Callable[[Delivery], Awaitable[list[bytes]]] | None = None,
+        refusals: RefusalNotes | None = None,
     ) -> None:
         self.end_of_message = end_of_message
+        self.refusals = refusals
         self.chain = chain
         self.config = config
         self.credentials = credentials
@@ -105,7 +107,7 @@ class MilterServer:
         peer = writer.get_extra_info("peername")
         label = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
         session = MilterSession(
-            self.chain, self.config, self.credentials, self.policy, label, self.end_of_message
+            self.chain, self.config, self.credentials, self.policy, label, self.end_of_message, self.refusals
         )
         end = "quit"
         try:

@@ -17,6 +17,7 @@ from pipeline.contract.context import Credential
 from pipeline.contract.vocabulary import CredentialKind
 from pipeline.milter.message import FailPolicy, WorkerPool
 from pipeline.milter.server import MilterServer
+from pipeline.milter.session import RefusalNotes
 
 log = logging.getLogger("smtpgate.milter")
 
@@ -56,9 +57,11 @@ class MilterService:
 
     name = "milter"
 
-    def __init__(self, config: Config, chain: Chain, listen: list[str] | None = None) -> None:
+    def __init__(self, config: Config, chain: Chain, listen: list[str] | None = None,
+                 refusals: RefusalNotes | None = None) -> None:
         self.config = config
         self.chain = chain
+        self.refusals = refusals
         self.endpoints: list[MilterEndpoint] = [
             parse_milter_listen(s) for s in (listen or config.milter.listen)
         ]
@@ -82,6 +85,7 @@ class MilterService:
             max_packet=section.max_packet,
             idle_timeout=section.idle_timeout,
             end_of_message=self.pool.run if self.pool else None,
+            refusals=self.refusals,
         )
         await self.server.start(self.endpoints)
 
@@ -101,6 +105,6 @@ class MilterService:
             self._store = None
 
 
-def milter_services(config: Config, chain: Chain) -> list[MilterService]:
+def milter_services(config: Config, chain: Chain, refusals: RefusalNotes | None = None) -> list[MilterService]:
     """The milter service when ``[milter] listen`` names an endpoint, else nothing."""
-    return [MilterService(config, chain)] if config.milter.listen else []
+    return [MilterService(config, chain, refusals=refusals)] if config.milter.listen else []

@@ -47,6 +47,16 @@ class Credentials(Protocol):
     def by_login(self, login: str) -> Credential | None: ...
 
 
+class RefusalNotes(Protocol):
+    """Where refusals are noted (:class:`pipeline.events.refusals.RefusalEvents`)."""
+
+    def note(self, *, reply: str, phase: str, client_ip: str, credential: str | None = None,
+             sender: str | None = None, recipient: str | None = None, listener: str | None = None) -> None: ...
+
+
+_PHASES = {P.CONNECT: "connect", P.HELO: "helo", P.MAIL: "mail", P.RCPT: "rcpt", P.EOB: "data"}
+
+
 class MilterSession:
     """Feed it packets with :meth:`handle`; it returns the reply packets (possibly none)."""
 
@@ -58,8 +68,10 @@ class MilterSession:
         policy: FailPolicy,
         peer: str = "-",
         end_of_message: Callable[[Delivery], Awaitable[list[bytes]]] | None = None,
+        refusals: RefusalNotes | None = None,
     ) -> None:
         self.end_of_message = end_of_message or EndOfMessage(chain, config, policy).run
+        self.refusals = refusals  # each reply code the MTA is told to send: an aggregated rejected event
         self.chain = chain
         self.config = config
         self.credentials = credentials
@@ -91,7 +103,29 @@ class MilterSession:
 
     # -- dispatch -------------------------------------------------------------------------
     async def handle(self, packet: P.Packet) -> list[bytes]:
-        """The reply packets for one MTA packet; :class:`~.protocol.ProtocolError` if malformed."""
+        """The reply packets for one MTA packet; :class:`~.protocol.ProtocolError` if malformed.
+        A refusal among them (a reply code for the MTA to send) is noted as a ``rejected`` event."""
+        sender = self.txn.mail_from if self.txn is not None else None  # EOB resets the transaction
+        replies = await self._dispatch(packet)
+        if self.refusals is not None:
+            for reply in replies:
+                if reply[4:5] == P.R_REPLYCODE:
+                    self._note(packet, sender, P.text(reply[5:-1]).replace("%%", "%"))
+        return replies
+
+    def _note(self, packet: P.Packet, sender: str | None, reply: str) -> None:
+        phase = _PHASES.get(packet.command, "command")
+        recipient = None
+        if packet.command in (P.MAIL, P.RCPT):
+            address = P.strip_brackets(P.parse_args(packet.data, "SMFIC_" + phase.upper())[0])
+            sender, recipient = (address, None) if packet.command == P.MAIL else (sender, address)
+        cred = self.session.credential
+        assert self.refusals is not None
+        self.refusals.note(reply=reply, phase=phase, client_ip=self.session.peer[0] or self.peer,
+                           credential=cred.name if cred is not None else None, sender=sender,
+                           recipient=recipient, listener="milter")
+
+    async def _dispatch(self, packet: P.Packet) -> list[bytes]:
         cmd, data = packet.command, packet.data
         if cmd == P.OPTNEG:
             return [self._negotiate(P.parse_optneg(data))]

@@ -123,6 +123,14 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE UNIQUE INDEX events_origin ON events(origin);
         """,
     ),
+    (
+        5,
+        "events per credential (statistics, GET /api/v1/events) and refusals (type rejected)",
+        """
+        CREATE INDEX events_credential ON events(credential, type, id);
+        CREATE INDEX events_rejected ON events(id) WHERE type = 'rejected';
+        """,
+    ),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -53,6 +53,8 @@ COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
     "smtp_auth_failures_total": ((), "Failed SMTP AUTH attempts."),
     "accept_total": (("status",), "End-of-DATA outcomes of the ingress, by status."),
     "smtp_refusals_total": (("code",), "SMTP 4xx/5xx replies sent, by reply code."),
+    "rejected_events_total": (("result",), "Refusals (SMTP and the HTTP send API) as rejected events: stored, "
+                                           "aggregated into a later event's count, dropped (too many kinds)."),
     "api_auth_failures_total": (("result",), "Management API requests refused for their token (invalid, throttled)."),
 }
 # histogram name -> (label names, help, buckets in seconds)

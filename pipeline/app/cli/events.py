@@ -1,4 +1,5 @@
-"""``smtpgate events prune``: event retention for ``<data_dir>/events.db``.
+"""``smtpgate events prune``: event retention for ``<data_dir>/events.db``; ``smtpgate events list``:
+the newest events (``--type rejected``: refusals), as ``GET /api/v1/events`` lists them.
 
 Works whether or not the server runs (batches are short transactions). Pending webhook
 deliveries and the suppression list are never deleted (see :mod:`pipeline.events.retention`).
@@ -7,14 +8,17 @@ deliveries and the suppression list are never deleted (see :mod:`pipeline.events
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import sys
 import time
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
 from pipeline.app.cli import config_option, get_config, main
+from pipeline.events import open_event_store
+from pipeline.events.listing import EventQuery, event_page
 from pipeline.events.retention import BATCH, prune_events
 
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
@@ -96,3 +100,47 @@ def prune(config_path: str | None, before_text: str | None, age_text: str | None
 
 
 __all__ = ["events", "parse_age", "parse_date", "prune"]
+
+
+def _refusal_line(e: dict[str, Any]) -> str:
+    """One event on one line; a refusal says where, what and from whom (the grep habit)."""
+    d = e["data"]
+    when = datetime.datetime.fromtimestamp(e["time"], datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if e["type"] != "rejected":
+        return f"{when}  {e['type']:<12} {e['queue_id'] or '-'}  {e['recipient'] or '-'}  {e['credential'] or '-'}"
+    count = f" x{d.get('count', 1)}" if d.get("repeated") else ""
+    who = f"credential={e['credential'] or '-'} client={d.get('client_ip', '-')} listener={d.get('listener', '-')}"
+    envelope = f" from=<{d['sender']}>" if d.get("sender") is not None else ""
+    envelope += f" to=<{e['recipient']}>" if e["recipient"] else ""
+    reply = f"{d.get('code', '')} {d.get('enhanced') or ''} {d.get('text', '')}".replace("  ", " ")
+    return f"{when}  rejected {d.get('phase', '-'):<7} {who}{envelope}{count}: {reply}"
+
+
+@events.command("list")
+@config_option
+@click.option("--type", "type_", metavar="TYPE", default=None, help="Only this type, e.g. rejected (refusals).")
+@click.option("--credential", metavar="NAME", default=None, help="Only this credential's events.")
+@click.option("--since", metavar="DATE", default=None, help="From this UTC date or ISO time.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the events as JSON (as GET /api/v1/events).")
+def list_events(config_path: str | None, type_: str | None, credential: str | None, since: str | None, limit: int,
+                as_json: bool) -> None:
+    """The newest events, e.g. `--type rejected`: refusals with their reply, phase and client."""
+    try:
+        query = EventQuery(type=type_, credential=credential, since=parse_date(since) if since else None)
+    except ValueError as exc:
+        _fail(str(exc).replace("--before", "--since"))
+    store = open_event_store(get_config(config_path, existing=True))
+    try:
+        page, _ = event_page(store, query, limit)
+    except ValueError as exc:
+        _fail(f"--type: {exc}")
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps({"events": page}, indent=2))
+    elif not page:
+        click.echo("no events")
+    else:
+        for e in page:
+            click.echo(_refusal_line(e))

@@ -59,9 +59,12 @@ def render_table(rows: list[dict[str, Any]], by_day: bool, first: str = "campaig
 @click.option("--until", metavar="DATE", default=None, help="Up to the end of this UTC date.")
 @click.option("--daily", is_flag=True, help="One line per campaign and day.")
 @click.option("--by-tag", is_flag=True, help="One line per message tag (vendor categories and tags).")
+@click.option("--credential", metavar="NAME", default=None, help="Only this credential's mail.")
+@click.option("--by-credential", is_flag=True,
+              help="One line per credential and campaign (two credentials' same campaign id stay apart).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def stats(config_path: str | None, campaign: str | None, since: str | None, until: str | None, daily: bool,
-          by_tag: bool, as_json: bool) -> None:
+          by_tag: bool, credential: str | None, by_credential: bool, as_json: bool) -> None:
     """Campaign statistics: sent, delivered, bounces, opens, clicks (human and machine), unsubscribes."""
     try:
         since_ts = parse_date(since) if since else None
@@ -73,9 +76,10 @@ def stats(config_path: str | None, campaign: str | None, since: str | None, unti
     store = _store(config_path)
     try:
         if by_tag:
-            rows = tag_stats(store, since=since_ts, until=until_ts)
+            rows = tag_stats(store, since=since_ts, until=until_ts, credential=credential)
         else:
-            rows = campaign_stats(store, campaign=campaign, since=since_ts, until=until_ts, by_day=daily)
+            rows = campaign_stats(store, campaign=campaign, since=since_ts, until=until_ts, by_day=daily,
+                                  credential=credential, by_credential=by_credential)
     finally:
         store.close()
     if by_tag:  # a message with two tags counts under both: no total line
@@ -87,7 +91,11 @@ def stats(config_path: str | None, campaign: str | None, since: str | None, unti
     if as_json:
         click.echo(json.dumps({"rows": rows, "totals": totals(rows)}, indent=2))
     elif not rows:
-        click.echo("no events" + (f" for campaign {campaign!r}" if campaign is not None else ""))
+        click.echo("no events" + (f" for campaign {campaign!r}" if campaign is not None else "")
+                   + (f" of credential {credential!r}" if credential is not None else ""))
+    elif by_credential:  # "credential/campaign" in the first column
+        labelled = [{**r, "campaign": f"{r['credential'] or '-'}/{r['campaign'] or '-'}"} for r in rows]
+        click.echo(render_table(labelled, daily, "credential/campaign"))
     else:
         click.echo(render_table(rows, daily))
 
