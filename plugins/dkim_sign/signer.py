@@ -50,6 +50,8 @@ canonicalisation changes). Matches start only at a run's first byte and take the
 _TAB_TO_SPACE = bytes.maketrans(b"\t", b" ")
 _SPACES = re.compile(rb"  +")  # a literal prefix: the regex engine skips to each double space
 
+_PKCS1 = padding.PKCS1v15()
+_PREHASHED_SHA256 = Prehashed(hashes.SHA256())
 _FIELD_NAME = re.compile(rb"([\x21-\x7e]+?):")  # dkimpy's rfc822_parse
 _SHOULD_NOT_SIGN = frozenset(dkim.DKIM.SHOULD_NOT)
 
@@ -121,6 +123,24 @@ def _relaxed_field(name: bytes, value: bytes) -> bytes:
     return name.lower().rstrip() + b":" + value
 
 
+_last: tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes] | None = None
+"""The last message's parse and body hash: an RSA and an Ed25519 signature of one copy share it."""
+
+
+def _parsed(message: bytes, body_algo: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """``message``'s header fields and base64 body hash, reused when the same object is signed
+    again (identity, not equality: no 55 KB comparison; the reference keeps the id unique)."""
+    global _last
+    last = _last
+    if last is not None and last[0] is message and last[1] == body_algo:
+        return last[2], last[3]
+    headers, body = split_message(message)
+    body = relaxed_body(body) if body_algo == b"relaxed" else simple_body(body)
+    bodyhash = base64.b64encode(hashlib.sha256(body).digest())
+    _last = (message, body_algo, headers, bodyhash)
+    return headers, bodyhash
+
+
 def dkim_signature(
     message: bytes,
     *,
@@ -142,9 +162,7 @@ def dkim_signature(
         raise dkim.ParameterError("The From header field MUST be signed")
     for x in set(include).intersection(_SHOULD_NOT_SIGN):
         raise dkim.ParameterError(f"The {x!r} header field SHOULD NOT be signed")
-    headers, body = split_message(message)
-    body = relaxed_body(body) if body_algo == b"relaxed" else simple_body(body)
-    bodyhash = base64.b64encode(hashlib.sha256(body).digest())
+    headers, bodyhash = _parsed(message, body_algo)
     t = int(time.time()) if timestamp is None else timestamp
     fields = [
         (b"v", b"1"),
@@ -170,7 +188,7 @@ def dkim_signature(
         hashed = b"".join(n + b":" + v for n, v in selected) + b"DKIM-Signature:" + unsigned.rstrip()
     digest = hashlib.sha256(hashed).digest()
     if isinstance(key, rsa.RSAPrivateKey):
-        signature = key.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+        signature = key.sign(digest, _PKCS1, _PREHASHED_SHA256)
     else:
         signature = key.sign(digest)
     fields[-1] = (b"b", base64.b64encode(signature))
