@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,7 +149,7 @@ class Server:
     name: str
     port: int
     pid: int
-    stop: Callable[[], object]
+    stop: Callable[[], Awaitable[None]]
     log: list[str] = field(default_factory=list)
 
     def cpu(self) -> dict[int, float]:
@@ -190,6 +190,17 @@ exports.hook_queue = function (next) { next(OK) }
 """
 
 
+async def terminate(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then wait for the exit (SIGKILL after 15 s): no server outlives the run."""
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
 async def start_haraka(exe: str, tmp: Path) -> Server:
     inst = tmp / "haraka"
     subprocess.run([exe, "-i", str(inst)], check=True, capture_output=True)  # an instance with default config
@@ -202,13 +213,17 @@ async def start_haraka(exe: str, tmp: Path) -> Server:
     proc = await asyncio.create_subprocess_exec(
         exe, "-c", str(inst), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
     )
-    await wait_for_banner(port, "Haraka", lambda: proc.returncode is None)
-    return Server("Haraka", port, proc.pid, proc.terminate)
+    try:
+        await wait_for_banner(port, "Haraka", lambda: proc.returncode is None)
+    except BaseException:
+        await terminate(proc)
+        raise
+    return Server("Haraka", port, proc.pid, lambda: terminate(proc))
 
 
 async def start_bare(tmp: Path) -> Server:
     proc, port = ingress.start_server("bare", str(tmp))
-    return Server("bare aiosmtpd", port, proc.pid, lambda: ingress.stop_server(proc))
+    return Server("bare aiosmtpd", port, proc.pid, lambda: asyncio.to_thread(ingress.stop_server, proc))
 
 
 async def start_smtpgate(
@@ -223,14 +238,7 @@ async def start_smtpgate(
         text = text.replace("plugins = []", "plugins = " + repr(ADMISSION_PLUGINS).replace("'", '"'))
     cfg.write_text(text)
     proc, port, log = await e2e.start_server(cfg, tree)
-
-    def stop() -> None:
-        if proc.returncode is None:
-            proc.terminate()
-
-    server = Server(name, port, proc.pid, stop, log)
-    server.stop = stop
-    return server
+    return Server(name, port, proc.pid, lambda: terminate(proc), log)
 
 
 class Sink:
@@ -269,9 +277,9 @@ class Sink:
                 return False
         return True
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
+    async def stop(self) -> None:
+        if self.proc is not None:
+            await terminate(self.proc)
 
 
 # -- (a) ingress ---------------------------------------------------------------------------------
@@ -352,7 +360,7 @@ async def bench_ingress(
             print(f"  {s.name:<28}{main:>7.0f} + {kids:>4.0f} = {main + kids:>5.0f}")
     finally:
         for s in servers:
-            s.stop()
+            await s.stop()
 
 
 # -- (b) end to end ------------------------------------------------------------------------------
@@ -388,9 +396,11 @@ class E2EResult:
 async def bench_e2e(args: argparse.Namespace, tmp: Path, key: Path, trees: list[tuple[str, Path]]) -> None:
     raw = (e2e.CORPUS / "size-typical.eml").read_bytes()
     servers: list[tuple[Server, Sink]] = []
+    sinks: list[Sink] = []
     try:
         for name, tree in trees:
             sink = Sink()
+            sinks.append(sink)
             await sink.start()
             server = await start_smtpgate(name, tree, tmp, key, sink.port, args.workers, full_chain=True)
             servers.append((server, sink))
@@ -491,9 +501,10 @@ async def bench_e2e(args: argparse.Namespace, tmp: Path, key: Path, trees: list[
             main, kids = server.rss()
             print(f"  {server.name:<28}{main:>7.0f} + {kids:>4.0f} = {main + kids:>5.0f}")
     finally:
-        for server, sink in servers:
-            server.stop()
-            sink.stop()
+        for server, _ in servers:
+            await server.stop()
+        for sink in sinks:
+            await sink.stop()
 
 
 async def main_async(args: argparse.Namespace) -> None:
