@@ -14,11 +14,11 @@ tree, so one run gives before/after tables (e.g. ``--tree ../baseline --tree .``
     - a bare aiosmtpd server whose DATA handler only answers 250 (``bench_ingress.serve_bare``),
     - ``smtpgate serve`` per tree: the default chain's admission plugins, durable spool, the
       processing chain empty, null egress, delivery running.
-    Printed: msg/s (min / median / max over rounds) and the median of each round's ratio.
-(b) end to end: ``smtpgate serve`` per tree with the full default chain (every feature, css_inline
-    engine, RSA-2048 DKIM) relaying to Postfix's ``smtp-sink``; ``size-typical.eml`` with 1, 10
-    and 100 recipients per transaction, the same HTML in every message (shared template) and
-    different HTML in every message (``--unique``). Printed: copies/s, and server CPU per copy
+    Printed: msg/s and each round's ratio smtpgate / reference (min / median / max over rounds).
+(b) end to end: ``smtpgate serve`` per tree with the full default chain (every feature, the
+    css_inline engine or ``--engines css_inline premailer``, RSA-2048 DKIM) relaying to Postfix's
+    ``smtp-sink``; ``size-typical.eml`` with 1, 10 and 100 recipients per transaction, the same
+    HTML in every message (shared template) and different HTML in every message (unique). Printed: copies/s, and server CPU per copy
     split main process / worker processes (utime + stime of the process tree from /proc,
     before and after: CPU time, not wall time, answers "what does a copy cost" on a busy machine).
 (c) memory: RSS of each server's process tree, idle after its warm-up: smtpgate with the full
@@ -227,14 +227,14 @@ async def start_bare(tmp: Path) -> Server:
 
 
 async def start_smtpgate(
-    name: str, tree: Path, tmp: Path, key: Path, sink_port: int, workers: int, full_chain: bool
+    name: str, tree: Path, tmp: Path, key: Path, sink_port: int, workers: int, engine: str | None
 ) -> Server:
-    """``smtpgate serve`` from ``tree``: full default chain relaying to ``sink_port``, or the
-    admission plugins only with null egress."""
-    data_dir = tmp / f"data-{name}-{'full' if full_chain else 'ingress'}"
+    """``smtpgate serve`` from ``tree``: the full default chain with this CSS ``engine`` relaying
+    to ``sink_port``, or (``engine`` None) the admission plugins only with null egress."""
+    data_dir = tmp / f"data-{name}-{engine or 'ingress'}".replace(" ", "_")
     cfg = tmp / f"{data_dir.name}.toml"
-    text = e2e.config_text(data_dir, sink_port, workers, "css_inline" if full_chain else None, key)
-    if not full_chain:
+    text = e2e.config_text(data_dir, sink_port, workers, engine, key)
+    if engine is None:
         text = text.replace("plugins = []", "plugins = " + repr(ADMISSION_PLUGINS).replace("'", '"'))
     cfg.write_text(text)
     proc, port, log = await e2e.start_server(cfg, tree)
@@ -317,7 +317,7 @@ async def bench_ingress(
             servers.append(await start_haraka(exe, tmp))
         servers.append(await start_bare(tmp))
         for name, tree in trees:
-            servers.append(await start_smtpgate(name, tree, tmp, key, 0, args.workers, full_chain=False))
+            servers.append(await start_smtpgate(name, tree, tmp, key, 0, args.workers, None))
         for s in servers:  # warm-up: imports, caches, the first spool pages
             await smtp_source(s.port, 20, 2, 10240)
         rates: dict[tuple[int, int, str], list[float]] = {}
@@ -398,12 +398,14 @@ async def bench_e2e(args: argparse.Namespace, tmp: Path, key: Path, trees: list[
     servers: list[tuple[Server, Sink]] = []
     sinks: list[Sink] = []
     try:
-        for name, tree in trees:
-            sink = Sink()
-            sinks.append(sink)
-            await sink.start()
-            server = await start_smtpgate(name, tree, tmp, key, sink.port, args.workers, full_chain=True)
-            servers.append((server, sink))
+        for engine in args.engines:
+            for name, tree in trees:
+                sink = Sink()
+                sinks.append(sink)
+                await sink.start()
+                label = name if len(args.engines) == 1 else f"{name} {engine}"
+                server = await start_smtpgate(label, tree, tmp, key, sink.port, args.workers, engine)
+                servers.append((server, sink))
         first = 0
         for server, sink in servers:  # warm-up: every plugin loaded in every worker, caches filled
             await send_transactions(server.port, raw, 4 * args.workers, 2, 2, first, True)
@@ -439,7 +441,7 @@ async def bench_e2e(args: argparse.Namespace, tmp: Path, key: Path, trees: list[
                         res.main_ms.append(main * 1000 / copies)
                         res.workers_ms.append(workers * 1000 / copies)
         print(
-            f"\n(b) end to end: size-typical.eml ({len(raw) // 1024} KB), full default chain (css_inline, "
+            f"\n(b) end to end: size-typical.eml ({len(raw) // 1024} KB), full default chain ({'/'.join(args.engines)}, "
             f"RSA-2048), {args.workers} workers, {args.clients} clients, smarthost smtp-sink; about "
             f"{args.copies} copies per measurement, {args.rounds} interleaved rounds; min / median / max"
         )
@@ -458,8 +460,9 @@ async def bench_e2e(args: argparse.Namespace, tmp: Path, key: Path, trees: list[
                         f"{stats(res.workers_ms, '.2f'):>22}{stats(total, '.2f'):>22}",
                         flush=True,
                     )
-        for server, _ in servers[1:]:  # before/after: each later tree against the first
-            first_name = servers[0][0].name
+        groups = [servers[i : i + len(trees)] for i in range(0, len(servers), len(trees))]  # one per engine
+        for server, first_name in [(g[k][0], g[0][0].name) for g in groups for k in range(1, len(g))]:
+            # before/after: each later tree against the first, same engine
             print(f"{server.name} / {first_name}, per-round ratios (min / median / max):")
             for unique in (False, True):
                 for rcpts in args.rcpts:
@@ -538,6 +541,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", nargs="+", choices=["ingress", "e2e"], default=["ingress", "e2e"])
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--engines", nargs="+", choices=["css_inline", "premailer"], default=["css_inline"])
     ap.add_argument("--ingress-messages", type=int, default=200, help="messages per ingress measurement")
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 10, 50])
     ap.add_argument("--sizes-kb", type=int, nargs="+", default=[10, 60])
