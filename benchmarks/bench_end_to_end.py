@@ -107,10 +107,15 @@ listen_port = 0
 keys = {{ k1 = "bench-secret" }}
 base_url = "https://t.example.net"
 bounce_domain = "bounces.example.net"
+
+[api]
+listen_port = 0
 """
     if engine is None:
         return common + '\n[chain]\nplugins = []\n\n[egress]\ntype = "null"\n'
-    return common + f"""
+    return (
+        common
+        + f"""
 [features]
 inlinecss = true
 trackclicks = true
@@ -139,12 +144,24 @@ rsa_engine = "openssl"
 selector = "bench"
 key_file = "{key}"
 """
+    )
 
 
-async def start_server(config: Path) -> tuple[asyncio.subprocess.Process, int, list[str]]:
+async def start_server(config: Path, root: Path = ROOT) -> tuple[asyncio.subprocess.Process, int, list[str]]:
+    """``smtpgate serve`` from the source tree ``root``; its SMTP port once it listens, and its log."""
     proc = await asyncio.create_subprocess_exec(
-        *(os.environ["BENCH_SERVE"].split() if os.environ.get("BENCH_SERVE") else [sys.executable, "-c", "from pipeline.app.cli import main; main()"]), "serve", "-c", str(config),
-        cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        *(
+            os.environ["BENCH_SERVE"].split()
+            if os.environ.get("BENCH_SERVE")
+            else [sys.executable, "-c", "from pipeline.app.cli import main; main()"]
+        ),
+        "serve",
+        "-c",
+        str(config),
+        cwd=root,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(root)},
     )
     log: list[str] = []
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -186,8 +203,16 @@ async def send(port: int, raw: bytes, n: int, clients: int, first: int, unique: 
     return time.perf_counter() - start
 
 
-async def run_one(tmp: Path, raw: bytes, key: Path, clients: int, workers: int, engine: str | None,
-                  messages: int, unique: bool = False) -> tuple[float, float | None]:
+async def run_one(
+    tmp: Path,
+    raw: bytes,
+    key: Path,
+    clients: int,
+    workers: int,
+    engine: str | None,
+    messages: int,
+    unique: bool = False,
+) -> tuple[float, float | None]:
     handler = CountingSink()
     sink = SinkController(handler)
     sink.start()
@@ -206,7 +231,9 @@ async def run_one(tmp: Path, raw: bytes, key: Path, clients: int, workers: int, 
         e2e: float | None = None
         if engine is not None:
             if not await asyncio.to_thread(handler.wait_for, base + messages, 300):
-                raise SystemExit(f"only {handler.count - base}/{messages} delivered:\n" + "\n".join(log[-20:]))
+                raise SystemExit(
+                    f"only {handler.count - base}/{messages} delivered:\n" + "\n".join(log[-20:])
+                )
             e2e = messages / (time.perf_counter() - start)
         errors = [line for line in log if "failed closed" in line or "status=deferred" in line]
         if errors:
@@ -220,23 +247,31 @@ async def run_one(tmp: Path, raw: bytes, key: Path, clients: int, workers: int, 
 
 async def main_async(args: argparse.Namespace) -> None:
     raw = (CORPUS / "size-typical.eml").read_bytes()
-    print(f"message: size-typical.eml ({len(raw) // 1024} KB), {args.messages} messages per run after warm-up; "
-          "default chain, every feature on, RSA-2048 (OpenSSL), smarthost out to an aiosmtpd sink"
-          + ("; every message's HTML unique (--unique)" if args.unique else ""))
+    print(
+        f"message: size-typical.eml ({len(raw) // 1024} KB), {args.messages} messages per run after warm-up; "
+        "default chain, every feature on, RSA-2048 (OpenSSL), smarthost out to an aiosmtpd sink"
+        + ("; every message's HTML unique (--unique)" if args.unique else "")
+    )
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         key = write_key(tmp)
         bare: dict[int, float] = {}
         for clients in args.clients:
             bare[clients], _ = await run_one(tmp, raw, key, clients, 1, None, args.messages)
-        print(f"{'engine':<11}{'clients':>8}{'workers':>8}{'ingress msg/s':>15}{'end-to-end msg/s':>18}"
-              f"{'bare ingress msg/s':>20}")
+        print(
+            f"{'engine':<11}{'clients':>8}{'workers':>8}{'ingress msg/s':>15}{'end-to-end msg/s':>18}"
+            f"{'bare ingress msg/s':>20}"
+        )
         for engine in args.engines:
             for clients in args.clients:
                 for workers in args.workers:
-                    ingress, e2e = await run_one(tmp, raw, key, clients, workers, engine, args.messages, args.unique)
-                    print(f"{engine:<11}{clients:>8}{workers:>8}{ingress:>15.1f}{e2e or 0:>18.1f}{bare[clients]:>20.1f}",
-                          flush=True)
+                    ingress, e2e = await run_one(
+                        tmp, raw, key, clients, workers, engine, args.messages, args.unique
+                    )
+                    print(
+                        f"{engine:<11}{clients:>8}{workers:>8}{ingress:>15.1f}{e2e or 0:>18.1f}{bare[clients]:>20.1f}",
+                        flush=True,
+                    )
 
 
 def main() -> None:
@@ -245,7 +280,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[10, 50])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--engines", nargs="+", default=["css_inline", "premailer"])
-    ap.add_argument("--unique", action="store_true", help="a different HTML text in every message (no cache hits)")
+    ap.add_argument(
+        "--unique", action="store_true", help="a different HTML text in every message (no cache hits)"
+    )
     asyncio.run(main_async(ap.parse_args()))
 
 

@@ -25,7 +25,14 @@ from pipeline.chain.admission import admit_message
 from pipeline.chain.driver import make_chain, make_config, run_chain, run_chain_async
 from pipeline.config import ConfigError
 from pipeline.contract.message import Message
-from plugins.dkim_sign import DkimSign, _OpenSSLDKIM, dns_txt_value, relaxed_body, signed_headers
+from plugins.dkim_sign import (
+    DkimSign,
+    dkim_signature,
+    dns_txt_value,
+    relaxed_body,
+    signed_headers,
+    split_message,
+)
 from tests.support import SAMPLES, complete_message, corpus_files, sample_files
 from tests.support.smtp_sink import EventRecorder, start_sink
 
@@ -527,49 +534,105 @@ def test_relaxed_body_matches_dkimpy_on_edge_cases_and_random_input() -> None:
     ],
 )
 def test_signer_splits_header_and_body_exactly_like_dkimpy(message: bytes) -> None:
-    ours = _OpenSSLDKIM(message, rsa.generate_private_key(65537, 1024))
     headers, body = dkim.rfc822_parse(message)
-    assert ours.headers == headers
-    assert ours.body == body
+    assert split_message(message) == ([tuple(h) for h in headers], body)
 
 
 @pytest.fixture(scope="module")
-def rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(65537, 2048)
+def signing_keys() -> dict[str, Any]:
+    return {"rsa": rsa.generate_private_key(65537, 2048), "ed25519": ed25519.Ed25519PrivateKey.generate()}
 
 
-def _same_second_signatures(data: bytes, key: rsa.RSAPrivateKey, include: list[bytes]) -> tuple[bytes, bytes]:
-    """Ours and stock dkimpy's signature of ``data``; retried when a second boundary fell between
-    them (``t=`` would differ)."""
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+def _dkimpy_private(key: Any) -> bytes:
+    """The form dkimpy's ``sign`` takes: PKCS#1 PEM for RSA, the base64 seed for Ed25519."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        return _pem(key)
+    raw = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
-    for _ in range(5):
-        ours = _OpenSSLDKIM(data, key).sign(
-            b"s1", b"example.com", pem, canonicalize=(b"relaxed", b"relaxed"), include_headers=include
-        )
-        stock = dkim.DKIM(data, linesep=b"\r\n").sign(
-            b"s1", b"example.com", pem, canonicalize=(b"relaxed", b"relaxed"), include_headers=include
-        )
-        if re.search(rb"t=(\d+)", ours)[1] == re.search(rb"t=(\d+)", stock)[1]:  # type: ignore[index]
-            return ours, stock
-    raise AssertionError("could not sign twice within one second")
+    return base64.b64encode(raw)
 
 
+FIXED_TIME = 1_795_000_000
+
+
+@pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
+@pytest.mark.parametrize(
+    "canon", [(b"relaxed", b"relaxed"), (b"simple", b"simple")], ids=lambda c: c[0].decode()
+)
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_signature_field_is_byte_identical_to_stock_dkimpy_and_verifies(
-    path: Path, rsa_key: rsa.RSAPrivateKey
+    path: Path,
+    canon: tuple[bytes, bytes],
+    algorithm: str,
+    signing_keys: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    data = Message(path.read_bytes()).as_bytes()
-    include = signed_headers([h.name for h in Message(data).headers])
-    if not any(h.name.lower() == "from" for h in Message(data).headers):
-        include = [b"from", *include]
-    try:
-        ours, stock = _same_second_signatures(data, rsa_key, include)
-    except dkim.MessageFormatError:  # dkimpy cannot parse this header block: ours must refuse too
-        with pytest.raises(dkim.MessageFormatError):
-            dkim.DKIM(data).sign(b"s1", b"example.com", b"", include_headers=include)
-        return
-    assert ours == stock
-    record = dns_txt_value(rsa_key).encode()
-    assert dkim.verify(ours + data, dnsfunc=lambda name, timeout=5: record)
+    key = signing_keys[algorithm]
+    monkeypatch.setattr(dkim.time, "time", lambda: FIXED_TIME + 0.5)  # dkimpy's t= comes from time.time()
+    for data in (path.read_bytes(), Message(path.read_bytes()).as_bytes()):  # as received, and as we send
+        try:
+            names = [h[0].decode("latin-1") for h in dkim.rfc822_parse(data)[0]]
+        except dkim.MessageFormatError:  # dkimpy cannot parse this header block: ours must refuse too
+            with pytest.raises(dkim.MessageFormatError):
+                dkim_signature(data, selector=b"s1", domain=b"example.com", key=key, include=[b"from"])
+            continue
+        include = signed_headers(names)
+        stock = dkim.DKIM(data, linesep=b"\r\n").sign(
+            b"s1",
+            b"example.com",
+            _dkimpy_private(key),
+            canonicalize=canon,
+            include_headers=include,
+            signature_algorithm=b"rsa-sha256" if algorithm == "rsa" else b"ed25519-sha256",
+        )
+        ours = dkim_signature(
+            data,
+            selector=b"s1",
+            domain=b"example.com",
+            key=key,
+            include=include,
+            canonicalize=canon,
+            timestamp=FIXED_TIME,
+        )
+        assert ours == stock
+        assert b"t=%d;" % FIXED_TIME in ours
+        record = dns_txt_value(key).encode()
+        assert dkim.verify(ours + data, dnsfunc=lambda name, timeout=5, record=record: record)
+
+
+@pytest.mark.parametrize(
+    "canon", [(b"relaxed", b"relaxed"), (b"simple", b"simple")], ids=lambda c: c[0].decode()
+)
+def test_signature_field_matches_dkimpy_on_edge_case_bodies_and_folded_headers(
+    canon: tuple[bytes, bytes], signing_keys: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dkim.time, "time", lambda: FIXED_TIME)
+    head = b"From:  A \t B <a@example.com> \r\nSubject: folded\r\n \tover  lines \r\nTo: x@example.org\r\n"
+    messages = [head + b"\r\n" + body for body in EDGE_BODIES] + [
+        head,
+        head.replace(b"\r\n", b"\n") + b"\nbody\n",
+    ]
+    for data in messages:
+        for key in signing_keys.values():
+            include = signed_headers(["From", "Subject", "To"])
+            ours = dkim_signature(
+                data,
+                selector=b"s1",
+                domain=b"example.com",
+                key=key,
+                include=include,
+                canonicalize=canon,
+                timestamp=FIXED_TIME,
+            )
+            stock = dkim.DKIM(data, linesep=b"\r\n").sign(
+                b"s1",
+                b"example.com",
+                _dkimpy_private(key),
+                canonicalize=canon,
+                include_headers=include,
+                signature_algorithm=b"rsa-sha256"
+                if isinstance(key, rsa.RSAPrivateKey)
+                else b"ed25519-sha256",
+            )
+            assert ours == stock, data
