@@ -5,8 +5,10 @@ token (:mod:`pipeline.toolkit.tokens`) carries the original URL, queue id, recip
 id and credential, so the redirect needs no database. The URL signed is what a browser would
 request: entities decoded (``&amp;`` -> ``&``), percent escapes untouched.
 
-Only the ``href`` values are replaced, by offset, in the original text (:func:`pipeline.toolkit.html.splice`):
-every other byte of the part stays as it was, which is the only safe way with email HTML.
+Only the ``href`` values are replaced, by offset, in the original text (:func:`pipeline.toolkit.html.rewrite_html`):
+every other byte of the part stays as it was, which is the only safe way with email HTML. The
+tokenising pass is shared: every copy of one template reuses one scan, and the open pixel
+inserted after this plugin reuses the scan of this plugin's result.
 
 Never rewritten: other schemes (``mailto:``, ``tel:``, ...), ``#anchors`` and relative links,
 template placeholders (``{{ url }}``), links already on the tracking base, links carrying an
@@ -22,7 +24,7 @@ import re
 from typing import Any
 
 from pipeline import MessageContext, Verdict, hookimpl
-from pipeline.toolkit import Link, TrackingPlugin, copy_payload, find_links, is_placeholder, splice
+from pipeline.toolkit import Link, TrackingPlugin, copy_payload, is_placeholder, rewrite_html
 
 _HTTP = ("http://", "https://")
 _VISIBLE_URL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|www\.)\S+$", re.IGNORECASE)
@@ -78,16 +80,18 @@ class ClickTracking(TrackingPlugin):
     def on_personalize(self, ctx: MessageContext) -> Verdict | None:
         message = ctx.message
         base = self._payload(ctx)
+        skip_visible_urls = self.config.skip_visible_urls
+
+        def tracked(link: Link) -> str | None:
+            if skip_reason(link, self.base_url, skip_visible_urls) is not None:
+                return None
+            return self.tracking_url(link.url, base)
+
         for part in message.html_parts():
             text = part.text()
-            edits: list[tuple[int, int, str]] = []
-            for link in find_links(text):
-                if skip_reason(link, self.base_url, self.config.skip_visible_urls) is not None:
-                    continue
-                new = self.tracking_url(link.url, base)
-                edits.append((link.value_start, link.value_end, new if link.quote else f'"{new}"'))
-            if edits:
-                message.replace_html(part, splice(text, edits))
+            out = rewrite_html(text, href=tracked)
+            if out is not text:
+                message.replace_html(part, out)
         if self.config.text_parts:
             for part in message.text_parts():
                 text = part.text()

@@ -8,6 +8,9 @@ wrapped). It is spliced into the original text: nothing else in the part changes
 ``alt=""`` keeps screen readers and "images off" views quiet; ``width``/``height`` attributes
 and the inline style make it take no visible space (``display:block`` avoids the line box an
 inline image would open at the end of the body).
+
+The pixel goes in through :func:`pipeline.toolkit.html.rewrite_html`, the same tokenising pass
+click tracking uses: after click tracking, the scan of its result is reused, not redone.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import html as _html
 
 from pipeline import MessageContext, Verdict, hookimpl
-from pipeline.toolkit import TrackingPlugin, copy_payload, insert_before_body_end
+from pipeline.toolkit import TrackingPlugin, copy_payload, rewrite_html
 
 PIXEL_STYLE = (
     "display:block;width:1px;height:1px;max-width:1px;max-height:1px;"
@@ -47,5 +50,5 @@ class OpenPixel(TrackingPlugin):
             return None
         tag = self.pixel(ctx)
         for part in parts:
-            message.replace_html(part, insert_before_body_end(part.text(), tag))
+            message.replace_html(part, rewrite_html(part.text(), snippet=tag))
         return None

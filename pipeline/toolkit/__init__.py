@@ -10,6 +10,7 @@ plugin can do everything a built-in does; every name below is listed in ``docs/p
 
 from pipeline.toolkit.html import (
     HtmlDocument,
+    HtmlScan,
     Link,
     Protected,
     body_end_offset,
@@ -21,6 +22,8 @@ from pipeline.toolkit.html import (
     insert_before_body_end,
     is_placeholder,
     protect,
+    rewrite_html,
+    scan_html,
     splice,
 )
 from pipeline.toolkit.stoplist import HARD_BOUNCE_REPLY, STOPLIST_REPLY
@@ -33,6 +36,7 @@ __all__ = [
     "HARD_BOUNCE_REPLY",
     "STOPLIST_REPLY",
     "HtmlDocument",
+    "HtmlScan",
     "Link",
     "Protected",
     "TokenSigner",
@@ -51,6 +55,8 @@ __all__ = [
     "parse_verp",
     "protect",
     "recipient_hash",
+    "rewrite_html",
+    "scan_html",
     "splice",
     "validate_base_url",
     "verp_local_part",

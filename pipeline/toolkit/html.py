@@ -4,27 +4,35 @@ Email HTML is not web HTML: Outlook reads ``<!--[if mso]>`` comments, senders le
 placeholders for a later merge, lower-case ``<!doctype html>`` and entities must survive, and
 a changed byte in a URL breaks a link. So there are two ways to edit here:
 
-* **Splicing** (:func:`find_links`, :func:`splice`, :func:`insert_before_body_end`): a fast
-  tokenizer finds the exact character offsets of ``<a href>`` values and of ``</body>``
+* **Splicing** (:func:`rewrite_html`, and the pieces it is made of: :func:`scan_html`,
+  :func:`find_links`, :func:`splice`, :func:`insert_before_body_end`): one tokenising pass
+  finds the exact character offsets of ``<a href>`` values and of ``</body>``/``</html>``
   outside comments, ``<script>``/``<style>`` and other raw-text elements; the caller replaces
   just those ranges, so every other character of the part stays identical. Click tracking and
-  the open pixel use this.
+  the open pixel both call :func:`rewrite_html`. The pass is remembered per text, and the result
+  of an edit made here carries its own scan (offsets shifted, not re-tokenised): the pixel
+  inserted after click tracking, or every recipient copy of one template, costs no second pass.
 * **A document round trip** (:class:`HtmlDocument`): parse once with lxml, let a tool change the
   tree (premailer inlines CSS), serialise once. Before parsing, the text is *protected*: every
   ``&`` outside ``style`` attributes becomes a private-use marker (so entities come back
   exactly as written, ``&nbsp;`` stays ``&nbsp;``), URL attribute values (``href``, ``src``,
   ...) are replaced by opaque tokens (libxml2 would percent-escape spaces and non-ASCII in
   them, and ``{{ url }}`` with them), and the text before ``<html>`` (doctype, comments) and
-  after ``</html>`` is cut off and put back verbatim. lxml still normalises attribute quoting
-  to ``"`` and void tags to ``<br>``: a tree round trip cannot promise more.
+  after ``</html>`` is cut off and put back verbatim. Only tags holding a URL attribute or an
+  ``&`` are looked at one by one; everything else is handled by whole-text C-level scans, and
+  :meth:`Protected.restore` finds its tokens by their literal prefix. lxml still normalises
+  attribute quoting to ``"`` and void tags to ``<br>``: a tree round trip cannot promise more.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import html as _html
 import re
 import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from html.entities import html5 as _html5_entities
@@ -33,6 +41,7 @@ from lxml import etree
 
 __all__ = [
     "HtmlDocument",
+    "HtmlScan",
     "Link",
     "Protected",
     "body_end_offset",
@@ -44,6 +53,8 @@ __all__ = [
     "insert_before_body_end",
     "is_placeholder",
     "protect",
+    "rewrite_html",
+    "scan_html",
     "splice",
     "unescape_attribute",
 ]
@@ -51,14 +62,16 @@ __all__ = [
 # One pass over the text; only the constructs that matter are matched, in priority order.
 # Comments first (an MSO conditional block is one comment: links inside are Outlook-only VML and
 # are not touched), then raw-text elements whose content is not markup, then the tags we need.
+# Every alternative starts with the literal "<" (factored out), so the regex engine jumps from
+# one "<" to the next instead of trying the pattern at every position.
 # A tag never spans a "<" (not even in a quoted value): unterminated tags then fail fast
 # instead of each scanning to the end of the text (quadratic time on hostile input).
 _TAG_BODY = r"""(?:[^<>"']++|"[^<"]*+"|'[^<']*+')*+"""
 _TOKENS = re.compile(
-    r"<!--.*?(?:-->|\Z)"
-    r"|<(script|style|textarea|title|xmp|noembed|noframes)(?=[\s/>])" + _TAG_BODY + r">.*?(?:</\1\s*>|\Z)"
-    r"|<(a)(?=[\s/>])" + _TAG_BODY + r">"
-    r"|</(a|body|html)\s*>",
+    r"<(?:!--.*?(?:-->|\Z)"
+    r"|(script|style|textarea|title|xmp|noembed|noframes)(?=[\s/>])" + _TAG_BODY + r">.*?(?:</\1\s*>|\Z)"
+    r"|(a)(?=[\s/>])" + _TAG_BODY + r">"
+    r"|/(a|body|html)\s*>)",
     re.IGNORECASE | re.DOTALL,
 )
 _ATTR = re.compile(r"""([^\s"'>/=]++)(?:\s*+=\s*+("[^"]*+"|'[^']*+'|[^\s>]++))?""")
@@ -129,15 +142,26 @@ def is_placeholder(value: str) -> bool:
     return _PLACEHOLDER.search(value) is not None
 
 
-def _tokens(text: str) -> Iterable[re.Match[str]]:
-    return _TOKENS.finditer(text)
+@dataclass(frozen=True, slots=True)
+class HtmlScan:
+    """What one tokenising pass found in a text: its links, and where its last ``</body>`` and ``</html>`` start.
+
+    Treat it (and its :class:`Link` objects) as read-only: scans are remembered and shared
+    between callers that see the same text (every recipient copy of one template).
+    """
+
+    links: tuple[Link, ...]
+    body_end: int | None  # offset of the last real </body>
+    html_end: int | None  # offset of the last real </html>
 
 
-def find_links(text: str) -> list[Link]:
-    """Every ``<a ... href=...>`` outside comments and raw-text elements, in document order."""
+def _tokenise(text: str) -> HtmlScan:
+    """The one tokenising pass over ``text`` (everything else here reuses or shifts its result)."""
     links: list[Link] = []
     open_link: Link | None = None
     text_from = 0
+    body_end: int | None = None
+    html_end: int | None = None
 
     def close(at: int) -> None:
         nonlocal open_link
@@ -146,7 +170,7 @@ def find_links(text: str) -> list[Link]:
             open_link.text = _SPACES.sub(" ", _html.unescape(inner)).strip()
             open_link = None
 
-    for m in _tokens(text):
+    for m in _TOKENS.finditer(text):
         if m.group(2):  # <a ...>
             close(m.start())
             link = _parse_a(text, m)
@@ -154,12 +178,60 @@ def find_links(text: str) -> list[Link]:
                 links.append(link)
                 open_link = link
                 text_from = m.end()
-        elif m.group(3) and m.group(3).lower() == "a":
+            continue
+        end_tag = m.group(3)
+        if end_tag:  # </a>, </body> and </html> end any open link
             close(m.start())
-        elif m.group(3):  # </body> or </html> end any open link
-            close(m.start())
+            name = end_tag.lower()
+            if name == "body":
+                body_end = m.start()
+            elif name == "html":
+                html_end = m.start()
     close(len(text))
-    return links
+    return HtmlScan(tuple(links), body_end, html_end)
+
+
+# Scans remembered per text (least recently used out), bounded by the characters they stand for:
+# a campaign's template is scanned once for all its recipient copies, and a text produced by
+# :func:`rewrite_html` is entered with its shifted scan, so the next plugin's call is a lookup.
+_SCAN_BUDGET = 4_000_000  # characters (plus _ENTRY_COST per entry)
+_ENTRY_COST = 256
+_scans: OrderedDict[str, HtmlScan] = OrderedDict()
+_scans_size = 0
+_scans_lock = threading.Lock()
+
+
+def _remember(text: str, scan: HtmlScan) -> None:
+    global _scans_size
+    cost = len(text) + _ENTRY_COST
+    if cost > _SCAN_BUDGET:
+        return
+    with _scans_lock:
+        if text in _scans:
+            _scans.move_to_end(text)
+            return
+        _scans[text] = scan
+        _scans_size += cost
+        while _scans_size > _SCAN_BUDGET:
+            old, _ = _scans.popitem(last=False)
+            _scans_size -= len(old) + _ENTRY_COST
+
+
+def scan_html(text: str) -> HtmlScan:
+    """The links and closing tags of ``text``: one tokenising pass per distinct text, then remembered."""
+    with _scans_lock:
+        scan = _scans.get(text)
+        if scan is not None:
+            _scans.move_to_end(text)
+            return scan
+    scan = _tokenise(text)
+    _remember(text, scan)
+    return scan
+
+
+def find_links(text: str) -> list[Link]:
+    """Every ``<a ... href=...>`` outside comments and raw-text elements, in document order."""
+    return list(scan_html(text).links)
 
 
 def _parse_a(text: str, m: re.Match[str]) -> Link | None:
@@ -202,11 +274,16 @@ def splice(text: str, edits: Iterable[tuple[int, int, str]]) -> str:
 
 def body_end_offset(text: str) -> int | None:
     """Offset of the last real ``</body>`` (not inside a comment or raw-text element), else ``None``."""
-    last = None
-    for m in _tokens(text):
-        if m.group(3) and m.group(3).lower() == "body":
-            last = m.start()
-    return last
+    return scan_html(text).body_end
+
+
+def _snippet_offset(text: str, scan: HtmlScan) -> int:
+    """Before the last ``</body>``; else before the last ``</html>``; else after the last non-blank character."""
+    if scan.body_end is not None:
+        return scan.body_end
+    if scan.html_end is not None:
+        return scan.html_end
+    return len(text.rstrip())
 
 
 def insert_before_body_end(text: str, snippet: str) -> str:
@@ -216,18 +293,98 @@ def insert_before_body_end(text: str, snippet: str) -> str:
     still does. Inserting before ``</body>`` keeps a preheader (the first thing in ``<body>``)
     first.
     """
-    body_at: int | None = None
-    html_at: int | None = None
-    for m in _tokens(text):
-        tag = (m.group(3) or "").lower()
-        if tag == "body":
-            body_at = m.start()
-        elif tag == "html":
-            html_at = m.start()
-    at = body_at if body_at is not None else html_at
-    if at is None:
-        at = len(text.rstrip())
-    return text[:at] + snippet + text[at:]
+    return rewrite_html(text, snippet=snippet)
+
+
+_ATTR_ESCAPES = {"&": "&amp;", '"': "&quot;", "'": "&#39;", "<": "&lt;", ">": "&gt;"}
+_ATTR_SPECIAL = re.compile("[&\"'<>]")
+
+
+def _attribute_value(url: str) -> str:
+    """``url`` written so that an attribute value reads back as exactly ``url`` (and cannot end a tag)."""
+    if _ATTR_SPECIAL.search(url) is None:
+        return url
+    return _ATTR_SPECIAL.sub(lambda m: _ATTR_ESCAPES[m.group(0)], url)
+
+
+def _inert(snippet: str) -> bool:
+    """True when inserting ``snippet`` cannot add or hide a token (so the shifted scan stays exact)."""
+    return (
+        snippet[:1] == "<"
+        and snippet[-1:] == ">"
+        and "<!" not in snippet
+        and _TOKENS.search(snippet) is None
+    )
+
+
+def rewrite_html(
+    text: str,
+    *,
+    href: Callable[[Link], str | None] | None = None,
+    snippet: str | None = None,
+) -> str:
+    """One tokenising pass: new ``href`` URLs for links, and ``snippet`` before ``</body>``, spliced together.
+
+    ``href(link)`` returns the URL a link should lead to instead (``None``: leave it); it is
+    written escaped for an attribute (``&`` as ``&amp;``), so a browser reads exactly that URL,
+    in the link's own quotes (an unquoted value gets ``"``). ``snippet`` (e.g. an open pixel) goes
+    where :func:`insert_before_body_end` puts it. Nothing else in the text changes. The result's
+    scan is derived from this one by shifting offsets and remembered, so a later call on the
+    result (the next plugin of the same copy) does not tokenise again.
+    """
+    scan = scan_html(text)
+    edits: list[tuple[int, int, str]] = []
+    new_hrefs: dict[int, tuple[str, str]] = {}  # index in scan.links -> (raw value, quote) after its edit
+    if href is not None:
+        for i, link in enumerate(scan.links):
+            url = href(link)
+            if url is None:
+                continue
+            value = _attribute_value(url)
+            edits.append((link.value_start, link.value_end, value if link.quote else f'"{value}"'))
+            new_hrefs[i] = (value, link.quote or '"')
+    insert_at: int | None = None
+    if snippet is not None:
+        insert_at = _snippet_offset(text, scan)
+        edits.append((insert_at, insert_at, snippet))
+    if not edits:
+        return text
+    edits.sort(key=lambda e: e[0])
+    out = splice(text, edits)
+    if snippet is None or _inert(snippet):
+        _remember(out, _shifted(scan, edits, new_hrefs))
+    return out
+
+
+def _shifted(scan: HtmlScan, edits: list[tuple[int, int, str]], new_hrefs: dict[int, tuple[str, str]]) -> HtmlScan:
+    """The scan of the text :func:`splice` made from ``edits`` (sorted), without tokenising it again.
+
+    An edit shifts every offset at or after its end (so an insertion at a closing tag's offset
+    goes before the tag); a link's own href edit also changes its value (``new_hrefs``: index ->
+    raw value, quote)."""
+    ends = [end for _, end, _ in edits]
+    cumulative = [0]
+    for start, end, new in edits:
+        cumulative.append(cumulative[-1] + len(new) - (end - start))
+
+    def moved(pos: int) -> int:
+        return pos + cumulative[bisect.bisect_right(ends, pos)]
+
+    links: list[Link] = []
+    for i, link in enumerate(scan.links):
+        tag_start, tag_end, value_start = moved(link.tag_start), moved(link.tag_end), moved(link.value_start)
+        changed = new_hrefs.get(i)
+        if changed is None:
+            value_end, quote, raw, attrs = moved(link.value_end), link.quote, link.raw_href, link.attrs
+        else:
+            raw, quote = changed
+            value_start += 0 if link.quote else 1  # an unquoted value was given quotes
+            value_end = value_start + len(raw)
+            attrs = {**link.attrs, "href": unescape_attribute(raw)}
+        links.append(Link(tag_start, tag_end, value_start, value_end, quote, raw, attrs, link.text))
+    body_end = None if scan.body_end is None else moved(scan.body_end)
+    html_end = None if scan.html_end is None else moved(scan.html_end)
+    return HtmlScan(tuple(links), body_end, html_end)
 
 
 _COND_OPEN = re.compile(r"<!--\[if", re.IGNORECASE)
@@ -276,20 +433,32 @@ def fit_charset(text: str, codec: str) -> str:
 
 AMP_MARK = "\ue000"  # stands for "&" while a tool parses the HTML
 _TOKEN_PREFIX = "smtpgate-keep-"  # + a random part per document, so message text cannot collide
-# Any document's token (compiled once); restore() only replaces tokens of its own document.
-_KEPT_TOKEN = re.compile(r"""(["']?)(""" + re.escape(_TOKEN_PREFIX) + r"""[0-9a-f]{8}-\d+)\1""")
 _URL_ATTRS = ("href", "src", "action", "background", "cite", "longdesc", "usemap", "poster", "data")
+_URL_ATTR_NAMES = "|".join(_URL_ATTRS)
 _ATTR_IN_TAG = re.compile(
     r"""(?P<lead>\s)(?P<name>[^\s"'>/=]++)(?P<eq>\s*+=\s*+)(?P<val>"[^"]*+"|'[^']*+'|[^\s>"']++)"""
 )
-_URL_ATTR_HINT = re.compile(r"\s(?:" + "|".join(_URL_ATTRS) + r")\s*=", re.IGNORECASE)
-"""Could the tag hold a URL attribute? (A superset: a match in a quoted value only costs time.)"""
-_START_TAG = re.compile(r"<[A-Za-z][^\s/<>]*+" + _TAG_BODY + r">")
-_DOC_OPEN = re.compile(r"<!--.*?(?:-->|\Z)|<(html|head|body)(?=[\s/>])", re.IGNORECASE | re.DOTALL)
+# The tags protect() must look at one by one: start tags holding a URL attribute (an attribute
+# name at a token boundary, outside quoted values) or an "&" anywhere (outside ``style`` it is
+# marked, inside it is left for the CSS parser). The lookahead walks the tag once in C; every
+# other tag stays in the plain text between matches, where "&" is replaced by one str.replace.
+# Comments are matched only to be skipped: a parser keeps them verbatim. One literal "<" starts
+# every alternative, so the engine jumps from "<" to "<".
+_NEEDS_WORK = re.compile(
+    r"<(?:!--.*?(?:-->|\Z)"
+    r"|[A-Za-z][^\s/<>]*+"
+    r"(?=(?:[^<>\"'&]|\"[^<\"&]*+\"|'[^<'&]*+')*?"
+    r"(?:&|\"[^<\"&]*+&|'[^<'&]*+&|\s(?:" + _URL_ATTR_NAMES + r")\s*+=))"
+    + _TAG_BODY
+    + r">)",
+    re.IGNORECASE | re.DOTALL,
+)
+_DOC_OPEN = re.compile(r"<(?:!--.*?(?:-->|\Z)|(html|head|body)(?=[\s/>]))", re.IGNORECASE | re.DOTALL)
 _SURROGATE = re.compile("[\udc80-\udcff]")  # bytes the part's charset could not decode
 _SURROGATE_STANDIN = re.compile("[\uf780-\uf7ff]")  # private-use stand-ins while a tool parses
 _HTML_CLOSE = re.compile(r"</html\s*>", re.IGNORECASE)
 _COMMENT_OR_SPACE = re.compile(r"\A(?:\s++|<!--.*?-->)*+\Z", re.DOTALL)
+_DIGITS = re.compile(r"\d+")
 
 
 @dataclass
@@ -300,19 +469,46 @@ class Protected:
     prefix: str  # everything before <html ...> (doctype, comments), put back verbatim
     suffix: str  # whitespace/comments after </html>, put back verbatim
     fragment: bool  # no <html>, <head> or <body> tag: only the content is put back, unwrapped
-    kept: dict[str, str]  # token -> original quoted attribute value
+    kept: dict[str, str]  # token -> the attribute value as written (with its quotes, if it had any)
     amp: bool  # whether "&" was replaced by AMP_MARK
     surrogates: bool = False  # whether undecodable bytes were swapped for private-use stand-ins
+    marker: str = ""  # the literal prefix of this document's tokens
 
     def restore(self, out: str) -> str:
-        """Undo the protection on a tool's output."""
+        """Undo the protection on a tool's output (tokens found by their literal prefix, not a regex per position)."""
         if self.kept:
-            out = _KEPT_TOKEN.sub(lambda m: self.kept.get(m.group(2), m.group(0)), out)
+            out = self._restore_tokens(out)
         if self.amp:
             out = out.replace(AMP_MARK, "&")
         if self.surrogates:
             out = _SURROGATE_STANDIN.sub(lambda m: chr(ord(m.group(0)) - 0xF780 + 0xDC80), out)
         return self.prefix + out + self.suffix
+
+    def _restore_tokens(self, out: str) -> str:
+        """Each of this document's tokens back to its value; a quoted token gets the value in its original quotes."""
+        marker = self.marker
+        parts: list[str] = []
+        pos = 0
+        at = out.find(marker)
+        while at >= 0:
+            digits = _DIGITS.match(out, at + len(marker))
+            token_end = digits.end() if digits else at + len(marker)
+            original = self.kept.get(out[at:token_end])
+            if original is None:  # not one of ours (or mangled): left as it is
+                at = out.find(marker, token_end)
+                continue
+            start, end = at, token_end
+            quote = out[at - 1 : at] if at > 0 else ""
+            if quote in ('"', "'") and out[token_end : token_end + 1] == quote:
+                start, end = at - 1, token_end + 1  # the tool's quotes give way to the original's
+                if original[:1] not in ('"', "'"):
+                    original = f'"{original}"'
+            parts.append(out[pos:start])
+            parts.append(original)
+            pos = end
+            at = out.find(marker, pos)
+        parts.append(out[pos:])
+        return "".join(parts)
 
 
 def protect(text: str) -> Protected:
@@ -323,51 +519,49 @@ def protect(text: str) -> Protected:
         fragment = False  # a document (lxml adds <html> around a lone <head>/<body>)
         if _COMMENT_OR_SPACE.match(_strip_decls(text[: m.start()])):
             prefix, body = text[: m.start()], text[m.start() :]
-        ends = list(_HTML_CLOSE.finditer(body))
-        if ends:
-            tail = body[ends[-1].end() :]
+        last_end = None
+        for last_end in _HTML_CLOSE.finditer(body):
+            pass
+        if last_end is not None:
+            tail = body[last_end.end() :]
             if _COMMENT_OR_SPACE.match(tail):
-                suffix, body = tail, body[: ends[-1].end()]
+                suffix, body = tail, body[: last_end.end()]
     surrogates = False
-    if _SURROGATE.search(body) and not _SURROGATE_STANDIN.search(body):
+    if not body.isascii() and _SURROGATE.search(body) and not _SURROGATE_STANDIN.search(body):
         body = _SURROGATE.sub(lambda s: chr(ord(s.group(0)) - 0xDC80 + 0xF780), body)
         surrogates = True
     amp = AMP_MARK not in body
     kept: dict[str, str] = {}
-    token_prefix = f"{_TOKEN_PREFIX}{secrets.token_hex(4)}-"
+    marker = f"{_TOKEN_PREFIX}{secrets.token_hex(4)}-"
 
     def attr(am: re.Match[str]) -> str:
         name, val = am.group("name"), am.group("val")
         lname = name.lower()
         if lname in _URL_ATTRS:
-            token = f"{token_prefix}{len(kept)}"
-            kept[token] = val if val[:1] in ("'", '"') else f'"{val}"'
-            return f'{am.group("lead")}{name}{am.group("eq")}"{token}"'
+            token = f"{marker}{len(kept)}"
+            kept[token] = val
+            quote = val[0] if val[:1] in ("'", '"') else ""
+            return f"{am.group('lead')}{name}{am.group('eq')}{quote}{token}{quote}"
         if amp and lname != "style":
             val = val.replace("&", AMP_MARK)
         return f"{am.group('lead')}{name}{am.group('eq')}{val}"
 
-    def tag(tm: re.Match[str]) -> str:
-        text = tm.group(0)
-        # Most tags have neither a URL attribute nor an "&": ``attr`` would give every attribute
-        # back as written, so skip its per-attribute calls (non-ASCII tags always take them).
-        if (not amp or "&" not in text) and text.isascii() and not _URL_ATTR_HINT.search(text):
-            return text
-        return _ATTR_IN_TAG.sub(attr, text)
-
     out: list[str] = []
     pos = 0
-    for tm in _START_OR_SKIP.finditer(body):
+    for tm in _NEEDS_WORK.finditer(body):
         chunk = body[pos : tm.start()]
         out.append(chunk.replace("&", AMP_MARK) if amp else chunk)
-        out.append(tag(tm) if tm.group(0)[1:2].isalpha() else tm.group(0))
+        tag = tm.group(0)
+        out.append(tag if tag[1] == "!" else _protect_tag(tag, attr))
         pos = tm.end()
     rest = body[pos:]
     out.append(rest.replace("&", AMP_MARK) if amp else rest)
-    return Protected("".join(out), prefix, suffix, fragment, kept, amp, surrogates)
+    return Protected("".join(out), prefix, suffix, fragment, kept, amp, surrogates, marker)
 
 
-_START_OR_SKIP = re.compile(r"<!--.*?(?:-->|\Z)|<![^<>]*>|</[^<>]*>|" + _START_TAG.pattern, re.DOTALL)
+def _protect_tag(tag: str, attr: Callable[[re.Match[str]], str]) -> str:
+    """One start tag with a URL attribute or an ``&``: its attributes rewritten by ``attr``."""
+    return _ATTR_IN_TAG.sub(attr, tag)
 
 
 def _strip_decls(head: str) -> str:
@@ -380,12 +574,24 @@ def _strip_decls(head: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+_parsers = threading.local()
+
+
+def _html_parser() -> etree.HTMLParser:
+    """This thread's lxml HTML parser: building one per part cost as much as parsing a small part."""
+    parser: etree.HTMLParser | None = getattr(_parsers, "parser", None)
+    if parser is None:
+        parser = etree.HTMLParser(remove_comments=False, remove_pis=False, no_network=True, default_doctype=False)
+        _parsers.parser = parser
+    return parser
+
+
 class HtmlDocument:
     """An HTML part parsed once with lxml (after :func:`protect`), to be changed and serialised once."""
 
     def __init__(self, text: str) -> None:
         self.protected = protect(text)
-        parser = etree.HTMLParser(remove_comments=False, remove_pis=False, no_network=True, default_doctype=False)
+        parser = _html_parser()
         root = etree.fromstring(self.protected.text or "<html></html>", parser)
         if root is None:  # only whitespace or comments
             root = etree.fromstring("<html><body></body></html>", parser)
