@@ -63,16 +63,21 @@ __all__ = [
 # Comments first (an MSO conditional block is one comment: links inside are Outlook-only VML and
 # are not touched), then raw-text elements whose content is not markup, then the tags we need.
 # Every alternative starts with the literal "<" (factored out), so the regex engine jumps from
-# one "<" to the next instead of trying the pattern at every position.
+# one "<" to the next instead of trying the pattern at every position; each alternative is
+# told apart by its first character, and comments and raw text are consumed by possessive loops
+# (a lazy ".*?" tried the end condition at every character).
 # A tag never spans a "<" (not even in a quoted value): unterminated tags then fail fast
 # instead of each scanning to the end of the text (quadratic time on hostile input).
 _TAG_BODY = r"""(?:[^<>"']++|"[^<"]*+"|'[^<']*+')*+"""
 _TOKENS = re.compile(
-    r"<(?:!--.*?(?:-->|\Z)"
-    r"|(script|style|textarea|title|xmp|noembed|noframes)(?=[\s/>])" + _TAG_BODY + r">.*?(?:</\1\s*>|\Z)"
-    r"|(a)(?=[\s/>])" + _TAG_BODY + r">"
-    r"|/(a|body|html)\s*>)",
-    re.IGNORECASE | re.DOTALL,
+    r"<(?:!--(?:[^-]++|-(?!->))*+(?:-->)?"  # a comment, to its end (or the end of the text)
+    r"|(?=[sStTxXnN])((?:[sS](?:[cC][rR][iI][pP][tT]|[tT][yY][lL][eE])|[tT](?:[eE][xX][tT][aA][rR][eE][aA]|[iI][tT][lL][eE])"
+    r"|[xX][mM][pP]|[nN][oO](?:[eE][mM][bB][eE][dD]|[fF][rR][aA][mM][eE][sS])))(?=[\s/>])"  # a raw-text element
+    + _TAG_BODY
+    + r">(?:[^<]++|<(?!/(?i:\1)\s*>))*+(?:</(?i:\1)\s*>)?"
+    r"|([aA])(?=[\s/>])" + _TAG_BODY + r">"  # <a ...>
+    r"|/(?=[aAbBhH])([aA]|[bB][oO][dD][yY]|[hH][tT][mM][lL])\s*>)",  # </a>, </body>, </html>
+    re.DOTALL,
 )
 _ATTR = re.compile(r"""([^\s"'>/=]++)(?:\s*+=\s*+("[^"]*+"|'[^']*+'|[^\s>]++))?""")
 _URL_JUNK = re.compile(r"[\t\n\r]")  # the WHATWG URL parser drops these anywhere in a URL
@@ -310,10 +315,7 @@ def _attribute_value(url: str) -> str:
 def _inert(snippet: str) -> bool:
     """True when inserting ``snippet`` cannot add or hide a token (so the shifted scan stays exact)."""
     return (
-        snippet[:1] == "<"
-        and snippet[-1:] == ">"
-        and "<!" not in snippet
-        and _TOKENS.search(snippet) is None
+        snippet[:1] == "<" and snippet[-1:] == ">" and "<!" not in snippet and _TOKENS.search(snippet) is None
     )
 
 
@@ -356,7 +358,9 @@ def rewrite_html(
     return out
 
 
-def _shifted(scan: HtmlScan, edits: list[tuple[int, int, str]], new_hrefs: dict[int, tuple[str, str]]) -> HtmlScan:
+def _shifted(
+    scan: HtmlScan, edits: list[tuple[int, int, str]], new_hrefs: dict[int, tuple[str, str]]
+) -> HtmlScan:
     """The scan of the text :func:`splice` made from ``edits`` (sorted), without tokenising it again.
 
     An edit shifts every offset at or after its end (so an insertion at a closing tag's offset
@@ -438,20 +442,20 @@ _URL_ATTR_NAMES = "|".join(_URL_ATTRS)
 _ATTR_IN_TAG = re.compile(
     r"""(?P<lead>\s)(?P<name>[^\s"'>/=]++)(?P<eq>\s*+=\s*+)(?P<val>"[^"]*+"|'[^']*+'|[^\s>"']++)"""
 )
-# The tags protect() must look at one by one: start tags holding a URL attribute (an attribute
-# name at a token boundary, outside quoted values) or an "&" anywhere (outside ``style`` it is
-# marked, inside it is left for the CSS parser). The lookahead walks the tag once in C; every
-# other tag stays in the plain text between matches, where "&" is replaced by one str.replace.
-# Comments are matched only to be skipped: a parser keeps them verbatim. One literal "<" starts
-# every alternative, so the engine jumps from "<" to "<".
+# The tags protect() must look at one by one: start tags holding a URL attribute or an "&" (outside
+# ``style`` it is marked, inside it is left for the CSS parser). They are found from literal
+# searches (each "&" with str.find, each URL attribute name with a literal-prefix regex over a
+# lower-cased copy), never by trying a pattern at every tag; every other tag stays in the plain
+# text between them, where "&" is replaced by one str.replace.
+_START_TAG = re.compile(r"<[A-Za-z][^\s/<>]*+" + _TAG_BODY + r">")
+_URL_NAMES = tuple(re.compile(name + r"(?=\s*+=)") for name in _URL_ATTRS)
+# Below this size one alternation (tried at each of its first letters) beats nine literal passes.
+_URL_NAMES_SHORT = (re.compile("(?:" + _URL_ATTR_NAMES + r")(?=\s*+=)"),)
+_SHORT = 4096
+# The same set, for the rare text whose lower-case copy has another length (offsets would not match).
 _NEEDS_WORK = re.compile(
-    r"<(?:!--.*?(?:-->|\Z)"
-    r"|[A-Za-z][^\s/<>]*+"
-    r"(?=(?:[^<>\"'&]|\"[^<\"&]*+\"|'[^<'&]*+')*?"
-    r"(?:&|\"[^<\"&]*+&|'[^<'&]*+&|\s(?:" + _URL_ATTR_NAMES + r")\s*+=))"
-    + _TAG_BODY
-    + r">)",
-    re.IGNORECASE | re.DOTALL,
+    r"<[A-Za-z][^\s/<>]*+(?=[^<>]*?(?:&|\s(?:" + _URL_ATTR_NAMES + r")\s*+=))" + _TAG_BODY + r">",
+    re.IGNORECASE,
 )
 _DOC_OPEN = re.compile(r"<(?:!--.*?(?:-->|\Z)|(html|head|body)(?=[\s/>]))", re.IGNORECASE | re.DOTALL)
 _SURROGATE = re.compile("[\udc80-\udcff]")  # bytes the part's charset could not decode
@@ -519,9 +523,9 @@ def protect(text: str) -> Protected:
         fragment = False  # a document (lxml adds <html> around a lone <head>/<body>)
         if _COMMENT_OR_SPACE.match(_strip_decls(text[: m.start()])):
             prefix, body = text[: m.start()], text[m.start() :]
-        last_end = None
-        for last_end in _HTML_CLOSE.finditer(body):
-            pass
+        last_end: re.Match[str] | None = None
+        for close in _HTML_CLOSE.finditer(body):
+            last_end = close
         if last_end is not None:
             tail = body[last_end.end() :]
             if _COMMENT_OR_SPACE.match(tail):
@@ -537,6 +541,8 @@ def protect(text: str) -> Protected:
     def attr(am: re.Match[str]) -> str:
         name, val = am.group("name"), am.group("val")
         lname = name.lower()
+        if "&" not in val and lname not in _URL_ATTRS:
+            return am.group(0)
         if lname in _URL_ATTRS:
             token = f"{marker}{len(kept)}"
             kept[token] = val
@@ -548,20 +554,50 @@ def protect(text: str) -> Protected:
 
     out: list[str] = []
     pos = 0
-    for tm in _NEEDS_WORK.finditer(body):
-        chunk = body[pos : tm.start()]
+    for start, end in _tags_needing_work(body):
+        chunk = body[pos:start]
         out.append(chunk.replace("&", AMP_MARK) if amp else chunk)
-        tag = tm.group(0)
-        out.append(tag if tag[1] == "!" else _protect_tag(tag, attr))
-        pos = tm.end()
+        out.append(_ATTR_IN_TAG.sub(attr, body[start:end]))
+        pos = end
     rest = body[pos:]
     out.append(rest.replace("&", AMP_MARK) if amp else rest)
     return Protected("".join(out), prefix, suffix, fragment, kept, amp, surrogates, marker)
 
 
-def _protect_tag(tag: str, attr: Callable[[re.Match[str]], str]) -> str:
-    """One start tag with a URL attribute or an ``&``: its attributes rewritten by ``attr``."""
-    return _ATTR_IN_TAG.sub(attr, tag)
+def _tags_needing_work(body: str) -> list[tuple[int, int]]:
+    """Start and end of each start tag holding an ``&`` or a URL attribute, in order.
+
+    Linear: the candidates come from literal searches, each stretch of text between two
+    candidates is searched backwards for a ``<`` once, and each tag is matched once."""
+    low = body.lower()
+    if len(low) != len(body):  # a character whose lower case is longer (U+0130): match case-insensitively
+        return [m.span() for m in _NEEDS_WORK.finditer(body)]
+    candidates: list[int] = []
+    at = body.find("&")
+    while at >= 0:
+        candidates.append(at)
+        at = body.find("&", at + 1)
+    for name in _URL_NAMES if len(low) >= _SHORT else _URL_NAMES_SHORT:
+        candidates.extend(m.start() for m in name.finditer(low) if m.start() and low[m.start() - 1].isspace())
+    candidates.sort()
+    tags: list[tuple[int, int]] = []
+    last_lt = -1  # the last "<" before the candidate
+    searched = 0  # text before this offset has been searched for "<"
+    tag_end = 0
+    for at in candidates:
+        if at < tag_end:  # in the tag just taken
+            continue
+        lt = body.rfind("<", searched, at)
+        searched = at
+        if lt >= 0:
+            last_lt = lt
+        if last_lt < tag_end:  # no "<" since the last tag taken: text
+            continue
+        m = _START_TAG.match(body, last_lt)
+        if m is not None and m.end() > at:
+            tags.append((last_lt, m.end()))
+            tag_end = m.end()
+    return tags
 
 
 def _strip_decls(head: str) -> str:
@@ -581,7 +617,9 @@ def _html_parser() -> etree.HTMLParser:
     """This thread's lxml HTML parser: building one per part cost as much as parsing a small part."""
     parser: etree.HTMLParser | None = getattr(_parsers, "parser", None)
     if parser is None:
-        parser = etree.HTMLParser(remove_comments=False, remove_pis=False, no_network=True, default_doctype=False)
+        parser = etree.HTMLParser(
+            remove_comments=False, remove_pis=False, no_network=True, default_doctype=False
+        )
         _parsers.parser = parser
     return parser
 
