@@ -30,10 +30,11 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.chain.driver import make_chain, make_config, run_chain_async  # noqa: E402
 
-PLUGINS: list[tuple[str, dict[str, Any]]] = [
-    ("click_tracking", {}),
-    ("open_pixel", {}),
-    ("css_inline", {"css_inline": {"cache_size": 0}}),
+PLUGINS: list[tuple[str, str, dict[str, Any]]] = [  # (row label, plugin, its config)
+    ("click_tracking", "click_tracking", {}),
+    ("open_pixel", "open_pixel", {}),
+    ("css_inline/premailer", "css_inline", {"css_inline": {"cache_size": 0, "engine": "premailer"}}),
+    ("css_inline/css_inline", "css_inline", {"css_inline": {"cache_size": 0, "engine": "css_inline"}}),
 ]
 
 
@@ -68,12 +69,16 @@ def measure(sizes: list[int], runs: int) -> dict[str, dict[int, list[float]]]:
         base = {
             "gateway": {"data_dir": tmp},
             "tracking": {"keys": {"k1": "bench-secret"}, "base_url": "https://t.example.net"},
-            "limits": {"max_mime_parts": 100_000, "max_html_parts": 100_000, "max_links": 1_000_000,
-                       "max_html_bytes": 1 << 30},
+            "limits": {
+                "max_mime_parts": 100_000,
+                "max_html_parts": 100_000,
+                "max_links": 1_000_000,
+                "max_html_bytes": 1 << 30,
+            },
             "chain": {"timeout": 600.0},
         }
         switch = {"css_inline": "inlinecss", "click_tracking": "trackclicks", "open_pixel": "trackopens"}
-        for plugin, extra in PLUGINS:
+        for label, plugin, extra in PLUGINS:
             # only the loaded plugin's switch: naming another one is a config error since the registry
             base["features"] = {switch[plugin]: True}
             try:
@@ -86,17 +91,17 @@ def measure(sizes: list[int], runs: int) -> dict[str, dict[int, list[float]]]:
             for _ in range(runs):
                 for n in sizes:  # interleaved: every size sees the same machine state
                     samples[n].append(one_run(chain, raws[n], plugin))
-            out[plugin] = samples
+            out[label] = samples
     return out
 
 
 def table(title: str, results: dict[str, dict[int, list[float]]]) -> None:
     print(title)
-    print(f"{'plugin':<16}{'parts':>7}{'min ms':>10}{'median':>10}{'max':>10}{'ms/1k parts':>13}")
+    print(f"{'plugin':<24}{'parts':>7}{'min ms':>10}{'median':>10}{'max':>10}{'ms/1k parts':>13}")
     for plugin, by_size in results.items():
         for n, s in sorted(by_size.items()):
             med = statistics.median(s)
-            print(f"{plugin:<16}{n:>7}{min(s):>10.1f}{med:>10.1f}{max(s):>10.1f}{med * 1000 / n:>13.2f}")
+            print(f"{plugin:<24}{n:>7}{min(s):>10.1f}{med:>10.1f}{max(s):>10.1f}{med * 1000 / n:>13.2f}")
 
 
 def run_tree(tree: Path, sizes: list[int]) -> dict[str, dict[int, list[float]]]:
@@ -126,10 +131,14 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         before_tree = Path(tmp)
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before], check=True, capture_output=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", args.before], check=True, capture_output=True
+        )
         subprocess.run(["tar", "-x", "-C", str(before_tree)], input=archive.stdout, check=True)
         (before_tree / "benchmarks").mkdir(exist_ok=True)
-        (before_tree / "benchmarks" / Path(__file__).name).unlink(missing_ok=True)  # this version measures both
+        (before_tree / "benchmarks" / Path(__file__).name).unlink(
+            missing_ok=True
+        )  # this version measures both
         results: dict[str, dict[str, dict[int, list[float]]]] = {"before": {}, "after": {}}
         for _ in range(args.runs):
             for label, tree in (("before", before_tree), ("after", ROOT)):

@@ -363,23 +363,31 @@ def _shifted(
 ) -> HtmlScan:
     """The scan of the text :func:`splice` made from ``edits`` (sorted), without tokenising it again.
 
-    An edit shifts every offset at or after its end (so an insertion at a closing tag's offset
-    goes before the tag); a link's own href edit also changes its value (``new_hrefs``: index ->
+    An edit shifts every offset after its end, and a start offset at its end too (an insertion
+    at a closing tag's offset goes before the tag, one at a tag's end after it); a link's own
+    href edit also changes its value (``new_hrefs``: index ->
     raw value, quote)."""
     ends = [end for _, end, _ in edits]
     cumulative = [0]
     for start, end, new in edits:
         cumulative.append(cumulative[-1] + len(new) - (end - start))
 
-    def moved(pos: int) -> int:
+    def moved(pos: int) -> int:  # a start offset: an insertion there goes before it
         return pos + cumulative[bisect.bisect_right(ends, pos)]
+
+    def moved_end(pos: int) -> int:  # an end offset: an insertion there goes after it
+        return pos + cumulative[bisect.bisect_left(ends, pos)]
 
     links: list[Link] = []
     for i, link in enumerate(scan.links):
-        tag_start, tag_end, value_start = moved(link.tag_start), moved(link.tag_end), moved(link.value_start)
+        tag_start, tag_end, value_start = (
+            moved(link.tag_start),
+            moved_end(link.tag_end),
+            moved(link.value_start),
+        )
         changed = new_hrefs.get(i)
         if changed is None:
-            value_end, quote, raw, attrs = moved(link.value_end), link.quote, link.raw_href, link.attrs
+            value_end, quote, raw, attrs = moved_end(link.value_end), link.quote, link.raw_href, link.attrs
         else:
             raw, quote = changed
             value_start += 0 if link.quote else 1  # an unquoted value was given quotes
@@ -584,6 +592,8 @@ def _tags_needing_work(body: str) -> list[tuple[int, int]]:
     last_lt = -1  # the last "<" before the candidate
     searched = 0  # text before this offset has been searched for "<"
     tag_end = 0
+    # The last "<" matched as a start tag, and where that tag ends (-1: it is none).
+    matched_lt, matched_end = -1, -1
     for at in candidates:
         if at < tag_end:  # in the tag just taken
             continue
@@ -593,10 +603,12 @@ def _tags_needing_work(body: str) -> list[tuple[int, int]]:
             last_lt = lt
         if last_lt < tag_end:  # no "<" since the last tag taken: text
             continue
-        m = _START_TAG.match(body, last_lt)
-        if m is not None and m.end() > at:
-            tags.append((last_lt, m.end()))
-            tag_end = m.end()
+        if last_lt != matched_lt:  # each "<" is matched at most once
+            m = _START_TAG.match(body, last_lt)
+            matched_lt, matched_end = last_lt, (m.end() if m is not None else -1)
+        if matched_end > at:
+            tags.append((last_lt, matched_end))
+            tag_end = matched_end
     return tags
 
 
