@@ -1,6 +1,7 @@
 """Milliseconds per message for each built-in plugin and for the whole chain, over ../shared/corpus/eml.
 
     python benchmarks/bench_plugins.py [--repeat N]
+    python benchmarks/bench_plugins.py --html [--message EML] [--tree DIR ...] [--runs N] [--repeat N]
 
 Each plugin is timed by the chain itself (the per-hook time in the trace, so chain overhead is
 not charged to the plugin), one recipient per message, each message run ``--repeat`` times and
@@ -9,13 +10,25 @@ with every plugin on (parse, feature switches, control headers, serialisation in
 dkim_sign is included when plugins/dkim_sign/ exists, with throwaway keys in a temp dir.
 css_inline runs with its result cache off (``cache_size = 0``): every run measures the engine,
 as for a template the worker has not seen (with the cache, runs 2..N would time a dict lookup).
+
+``--html`` measures only the HTML plugins (css_inline with each engine, click_tracking,
+open_pixel, and the three together) on one message (default ``size-typical.eml``), per worker:
+the hook times the chain records, one recipient. ``unique`` rows give the message's HTML a new
+comment each time (nothing can be remembered from the previous run, as for a message whose HTML
+is its own); ``shared`` rows send the same bytes each time (a campaign's template). Each
+``--tree`` (a source tree, e.g. ``/work/wt/baseline`` for before, ``.`` for after) runs in its own
+subprocess; the trees alternate run by run (interleaved, so they share the machine's state) and
+each prints min/median/max over all its samples.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,13 +67,24 @@ def base_overrides(data_dir: Path) -> dict[str, Any]:
     return {
         "gateway": {"data_dir": str(data_dir)},
         "tracking": {"keys": {"k1": "bench-secret"}, "base_url": "https://t.example.net"},
-        "features": {"inlinecss": True, "trackclicks": True, "trackopens": True, "dkim": True, "campaign": True,
-                     "validate": True},
+        "features": {
+            "inlinecss": True,
+            "trackclicks": True,
+            "trackopens": True,
+            "dkim": True,
+            "campaign": True,
+            "validate": True,
+        },
     }
 
 
 def measure(
-    files: list[Path], plugins: list[str], plugin_cfg: dict[str, Any], data_dir: Path, repeat: int, timed: str | None
+    files: list[Path],
+    plugins: list[str],
+    plugin_cfg: dict[str, Any],
+    data_dir: Path,
+    repeat: int,
+    timed: str | None,
 ) -> list[float]:
     """Median ms per message: of the hooks of plugin ``timed``, or of the whole run when ``None``."""
     cfg = make_config({**base_overrides(data_dir), "plugins": plugin_cfg}, plugins)
@@ -84,10 +108,87 @@ def measure(
     return per_message
 
 
+# Runs in a subprocess with PYTHONPATH set to one tree: only names that every tree has.
+HTML_WORKER = r"""
+import asyncio, json, sys, tempfile
+from pipeline.chain.driver import make_chain, make_config, run_chain_async
+raw, repeat = open(sys.argv[1], "rb").read(), int(sys.argv[2])
+rows = [
+    ("css_inline (premailer)", ["css_inline"], {"engine": "premailer"}),
+    ("css_inline (css_inline)", ["css_inline"], {"engine": "css_inline"}),
+    ("click_tracking", ["click_tracking"], {}),
+    ("open_pixel", ["open_pixel"], {}),
+    ("all three (premailer)", ["css_inline", "click_tracking", "open_pixel"], {"engine": "premailer"}),
+    ("all three (css_inline)", ["css_inline", "click_tracking", "open_pixel"], {"engine": "css_inline"}),
+]
+SWITCHES = {"css_inline": "inlinecss", "click_tracking": "trackclicks", "open_pixel": "trackopens"}
+out = {}
+n = 0
+with tempfile.TemporaryDirectory() as tmp:
+    for label, plugins, css in rows:
+        cfg = make_config({
+            "gateway": {"data_dir": tmp},
+            "tracking": {"keys": {"k1": "bench-secret"}, "base_url": "https://t.example.net"},
+            "features": {switch: True for plugin, switch in SWITCHES.items() if plugin in plugins},
+            "plugins": {"css_inline": {**css, "cache_size": 0}},
+        }, plugins)
+        chain = make_chain(cfg)
+        for mode in ("unique", "shared"):
+            samples = []
+            for i in range(repeat + 1):  # the first run warms imports and caches up: not counted
+                n += 1
+                data = raw.replace(b"</body>", b"<!-- run %d -->\r\n</body>" % n, 1) if mode == "unique" else raw
+                result = asyncio.run(run_chain_async(data, chain, rcpt_tos=["bench@example.org"]))
+                if any(e.error for e in result.trace.entries) or not result.copies[0].deliverable:
+                    raise SystemExit(f"{label}: {result.verdict}")
+                if i:
+                    samples.append(sum(e.ms for e in result.trace.entries if e.plugin in plugins))
+            out[f"{label}, {mode}"] = samples
+print(json.dumps(out))
+"""
+
+
+def html_trees(message: Path, trees: list[Path], runs: int, repeat: int) -> None:
+    """The HTML plugins' per-message cost in each tree, trees interleaved run by run (see the docstring)."""
+    results: dict[str, dict[str, list[float]]] = {str(t): {} for t in trees}
+    for _ in range(runs):
+        for tree in trees:
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            cmd = [sys.executable, "-c", HTML_WORKER, str(message), str(repeat)]
+            done = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"{tree}: {done.stderr.strip()}")
+            for row, samples in json.loads(done.stdout.splitlines()[-1]).items():
+                results[str(tree)].setdefault(row, []).extend(samples)
+    print(
+        f"{message.name}: HTML plugins, ms per message (hook time), {runs} runs x {repeat} per tree, interleaved"
+    )
+    rows = list(next(iter(results.values())))
+    header = "".join(f"{t[-22:]:>28}" for t in results)
+    print(f"{'plugin':<36}{header}")
+    print(f"{'':<36}" + "".join(f"{'min / median / max':>28}" for _ in results))
+    for row in rows:
+        cells = []
+        for tree_rows in results.values():
+            s = tree_rows.get(row, [])
+            cells.append(f"{min(s):8.2f} {statistics.median(s):8.2f} {max(s):8.2f}" if s else f"{'-':>26}")
+        print(f"{row:<36}" + "".join(f"{c:>28}" for c in cells))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5, help="runs per message (median taken)")
+    ap.add_argument("--html", action="store_true", help="only the HTML plugins, on --message, per --tree")
+    ap.add_argument("--message", type=Path, default=CORPUS / "size-typical.eml")
+    ap.add_argument(
+        "--tree", type=Path, action="append", help="a source tree to measure (repeatable; default: this one)"
+    )
+    ap.add_argument("--runs", type=int, default=5, help="--html: interleaved rounds per tree")
     args = ap.parse_args()
+    if args.html:
+        trees = [t.resolve() for t in args.tree or [ROOT]]
+        html_trees(args.message.resolve(), trees, args.runs, args.repeat)
+        return
     files = sorted(CORPUS.glob("*.eml"))
     if not files:
         raise SystemExit(f"no .eml files in {CORPUS}")
@@ -100,24 +201,47 @@ def main() -> None:
         rows: list[tuple[str, list[str], dict[str, Any], str | None]] = [
             ("header_validation", ["header_validation"], {}, "header_validation"),
             ("campaign_tag", ["campaign_tag"], {}, "campaign_tag"),
-            ("css_inline (premailer)", ["css_inline"], {"css_inline": {"engine": "premailer", "cache_size": 0}},
-             "css_inline"),
-            ("css_inline (css_inline)", ["css_inline"], {"css_inline": {"engine": "css_inline", "cache_size": 0}},
-             "css_inline"),
+            (
+                "css_inline (premailer)",
+                ["css_inline"],
+                {"css_inline": {"engine": "premailer", "cache_size": 0}},
+                "css_inline",
+            ),
+            (
+                "css_inline (css_inline)",
+                ["css_inline"],
+                {"css_inline": {"engine": "css_inline", "cache_size": 0}},
+                "css_inline",
+            ),
             ("click_tracking", ["click_tracking"], {}, "click_tracking"),
             ("open_pixel", ["open_pixel"], {}, "open_pixel"),
         ]
         if have_dkim:
             rows += [
-                ("dkim_sign RSA (dkimpy math)", ["dkim_sign"], {"dkim_sign": dkim_config(rsa_file, None, "dkimpy")},
-                 "dkim_sign"),
-                ("dkim_sign RSA (OpenSSL math)", ["dkim_sign"],
-                 {"dkim_sign": dkim_config(rsa_file, None, "openssl")}, "dkim_sign"),
-                ("dkim_sign RSA+Ed25519 (OpenSSL)", ["dkim_sign"],
-                 {"dkim_sign": dkim_config(rsa_file, ed_file, "openssl")}, "dkim_sign"),
+                (
+                    "dkim_sign RSA (dkimpy math)",
+                    ["dkim_sign"],
+                    {"dkim_sign": dkim_config(rsa_file, None, "dkimpy")},
+                    "dkim_sign",
+                ),
+                (
+                    "dkim_sign RSA (OpenSSL math)",
+                    ["dkim_sign"],
+                    {"dkim_sign": dkim_config(rsa_file, None, "openssl")},
+                    "dkim_sign",
+                ),
+                (
+                    "dkim_sign RSA+Ed25519 (OpenSSL)",
+                    ["dkim_sign"],
+                    {"dkim_sign": dkim_config(rsa_file, ed_file, "openssl")},
+                    "dkim_sign",
+                ),
             ]
         all_plugins = ["header_validation", "campaign_tag", "css_inline", "click_tracking", "open_pixel"]
-        chains: list[tuple[str, str, str | None]] = [("premailer", "openssl", None), ("css_inline", "openssl", None)]
+        chains: list[tuple[str, str, str | None]] = [
+            ("premailer", "openssl", None),
+            ("css_inline", "openssl", None),
+        ]
         if have_dkim:
             chains = [
                 ("premailer", "dkimpy", None),
@@ -136,8 +260,10 @@ def main() -> None:
                 label += f", RSA ({rsa_engine})" + (" + Ed25519" if ed else "")
             rows.append((label, plugins, cfg, None))
 
-        print(f"{len(files)} messages from {CORPUS} ({sum(p.stat().st_size for p in files) // 1024} KiB), "
-              f"{args.repeat} runs each, median per message; 1 recipient")
+        print(
+            f"{len(files)} messages from {CORPUS} ({sum(p.stat().st_size for p in files) // 1024} KiB), "
+            f"{args.repeat} runs each, median per message; 1 recipient"
+        )
         if not have_dkim:
             print("plugins/dkim_sign/ not found: dkim_sign rows left out")
         print(f"{'step':<50}{'mean ms':>9}{'median':>9}{'max':>9}{'size-large':>12}")
@@ -148,11 +274,16 @@ def main() -> None:
             big = f"{ms[large]:12.2f}" if large is not None else f"{'-':>12}"
             print(f"{label:<50}{statistics.mean(ms):9.2f}{statistics.median(ms):9.2f}{max(ms):9.2f}{big}")
         steps = {k: v for k, v in results.items() if not k.startswith("whole chain")}
-        default_steps = {k: v for k, v in steps.items() if "(css_inline)" not in k and "dkimpy" not in k
-                         and "Ed25519" not in k}
+        default_steps = {
+            k: v
+            for k, v in steps.items()
+            if "(css_inline)" not in k and "dkimpy" not in k and "Ed25519" not in k
+        }
         top = max(default_steps, key=lambda k: default_steps[k])
-        print(f"\ndominant step in the default chain: {top} ({default_steps[top]:.2f} ms/message, "
-              f"{100 * default_steps[top] / sum(default_steps.values()):.0f}% of the plugin time)")
+        print(
+            f"\ndominant step in the default chain: {top} ({default_steps[top]:.2f} ms/message, "
+            f"{100 * default_steps[top] / sum(default_steps.values()):.0f}% of the plugin time)"
+        )
 
 
 if __name__ == "__main__":
