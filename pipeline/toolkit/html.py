@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import functools
 import html as _html
+import itertools
 import re
 import secrets
 import threading
@@ -199,7 +200,7 @@ def _tokenise(text: str) -> HtmlScan:
 # Scans remembered per text (least recently used out), bounded by the characters they stand for:
 # a campaign's template is scanned once for all its recipient copies, and a text produced by
 # :func:`rewrite_html` is entered with its shifted scan, so the next plugin's call is a lookup.
-_SCAN_BUDGET = 4_000_000  # characters (plus _ENTRY_COST per entry)
+_SCAN_BUDGET = 2_000_000  # characters (plus _ENTRY_COST per entry): a few messages, not a campaign
 _ENTRY_COST = 256
 _scans: OrderedDict[str, HtmlScan] = OrderedDict()
 _scans_size = 0
@@ -444,7 +445,9 @@ def fit_charset(text: str, codec: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 AMP_MARK = "\ue000"  # stands for "&" while a tool parses the HTML
-_TOKEN_PREFIX = "smtpgate-keep-"  # + a random part per document, so message text cannot collide
+_TOKEN_PREFIX = "smtpgate-keep-"  # + a random part per process and a number per document:
+_MARKER_SEED = secrets.token_hex(4)  # message text cannot guess it, so cannot collide with a token
+_documents = itertools.count()
 _URL_ATTRS = ("href", "src", "action", "background", "cite", "longdesc", "usemap", "poster", "data")
 _URL_ATTR_NAMES = "|".join(_URL_ATTRS)
 _ATTR_IN_TAG = re.compile(
@@ -539,12 +542,12 @@ def protect(text: str) -> Protected:
             if _COMMENT_OR_SPACE.match(tail):
                 suffix, body = tail, body[: last_end.end()]
     surrogates = False
-    if not body.isascii() and _SURROGATE.search(body) and not _SURROGATE_STANDIN.search(body):
+    if _has_surrogates(body) and not _SURROGATE_STANDIN.search(body):
         body = _SURROGATE.sub(lambda s: chr(ord(s.group(0)) - 0xDC80 + 0xF780), body)
         surrogates = True
     amp = AMP_MARK not in body
     kept: dict[str, str] = {}
-    marker = f"{_TOKEN_PREFIX}{secrets.token_hex(4)}-"
+    marker = f"{_TOKEN_PREFIX}{_MARKER_SEED}{next(_documents):x}-"
 
     def attr(am: re.Match[str]) -> str:
         name, val = am.group("name"), am.group("val")
@@ -612,9 +615,23 @@ def _tags_needing_work(body: str) -> list[tuple[int, int]]:
     return tags
 
 
+_DECLS = re.compile(r"<![Dd][Oo][Cc][Tt][Yy][Pp][Ee][^<>]*+>|<\?[^<>]*+>|\ufeff")
+
+
+def _has_surrogates(text: str) -> bool:
+    """Whether ``text`` holds undecodable bytes (lone surrogates): one C-level encode, not a regex per character."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _strip_decls(head: str) -> str:
     """``<!DOCTYPE ...>`` and ``<?xml ...?>`` removed, to check what else precedes ``<html>``."""
-    return re.sub(r"<![Dd][Oo][Cc][Tt][Yy][Pp][Ee][^<>]*+>|<\?[^<>]*+>|\ufeff", "", head)
+    return _DECLS.sub("", head) if head else head
 
 
 # --------------------------------------------------------------------------------------------
