@@ -148,53 +148,85 @@ def is_placeholder(value: str) -> bool:
     return _PLACEHOLDER.search(value) is not None
 
 
-@dataclass(frozen=True, slots=True)
 class HtmlScan:
     """What one tokenising pass found in a text: its links, and where its last ``</body>`` and ``</html>`` start.
 
-    Treat it (and its :class:`Link` objects) as read-only: scans are remembered and shared
-    between callers that see the same text (every recipient copy of one template).
+    The pass records where each ``<a>`` tag is and where its text ends; the :class:`Link`
+    objects (attributes decoded, visible text) are built on first use of :attr:`links`, so
+    inserting the pixel alone never pays for them. Treat a scan (and its links) as read-only:
+    scans are remembered and shared between callers that see the same text (every recipient
+    copy of one template).
     """
 
-    links: tuple[Link, ...]
-    body_end: int | None  # offset of the last real </body>
-    html_end: int | None  # offset of the last real </html>
+    __slots__ = ("_text", "_anchors", "_links", "body_end", "html_end")
+
+    def __init__(
+        self,
+        text: str,
+        anchors: list[tuple[int, int, int]] | None,
+        body_end: int | None,
+        html_end: int | None,
+        links: tuple[Link, ...] | None = None,
+    ) -> None:
+        self._text = text
+        self._anchors = anchors  # (tag start, tag end, where its text ends) of each <a> start tag
+        self._links = links
+        self.body_end = body_end  # offset of the last real </body>
+        self.html_end = html_end  # offset of the last real </html>
+
+    @property
+    def links(self) -> tuple[Link, ...]:
+        """Every ``<a ... href=...>`` outside comments and raw-text elements, in document order."""
+        if self._links is None:
+            self._links = tuple(_links(self._text, self._anchors or ()))
+        return self._links
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HtmlScan):
+            return NotImplemented
+        return (self.links, self.body_end, self.html_end) == (other.links, other.body_end, other.html_end)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"HtmlScan(links={self.links!r}, body_end={self.body_end!r}, html_end={self.html_end!r})"
 
 
 def _tokenise(text: str) -> HtmlScan:
     """The one tokenising pass over ``text`` (everything else here reuses or shifts its result)."""
-    links: list[Link] = []
-    open_link: Link | None = None
-    text_from = 0
+    anchors: list[tuple[int, int, int]] = []
+    open_at: tuple[int, int] | None = None  # the <a> tag whose text is still running
     body_end: int | None = None
     html_end: int | None = None
-
-    def close(at: int) -> None:
-        nonlocal open_link
-        if open_link is not None:
-            inner = _TAGS.sub(" ", text[text_from:at])
-            open_link.text = _SPACES.sub(" ", _html.unescape(inner)).strip()
-            open_link = None
-
     for m in _TOKENS.finditer(text):
         if m.group(2):  # <a ...>
-            close(m.start())
-            link = _parse_a(text, m)
-            if link is not None:
-                links.append(link)
-                open_link = link
-                text_from = m.end()
+            if open_at is not None:
+                anchors.append((*open_at, m.start()))
+            open_at = m.span()
             continue
         end_tag = m.group(3)
         if end_tag:  # </a>, </body> and </html> end any open link
-            close(m.start())
+            if open_at is not None:
+                anchors.append((*open_at, m.start()))
+                open_at = None
             name = end_tag.lower()
             if name == "body":
                 body_end = m.start()
             elif name == "html":
                 html_end = m.start()
-    close(len(text))
-    return HtmlScan(tuple(links), body_end, html_end)
+    if open_at is not None:
+        anchors.append((*open_at, len(text)))
+    return HtmlScan(text, anchors, body_end, html_end)
+
+
+def _links(text: str, anchors: Iterable[tuple[int, int, int]]) -> Iterable[Link]:
+    """The :class:`Link` of each ``<a>`` tag that has an ``href``, with its visible text."""
+    for start, end, text_end in anchors:
+        link = _parse_a(text, start, end)
+        if link is not None:
+            inner = _TAGS.sub(" ", text[end:text_end])
+            link.text = _SPACES.sub(" ", _html.unescape(inner)).strip()
+            yield link
 
 
 # Scans remembered per text (least recently used out), bounded by the characters they stand for:
@@ -240,9 +272,9 @@ def find_links(text: str) -> list[Link]:
     return list(scan_html(text).links)
 
 
-def _parse_a(text: str, m: re.Match[str]) -> Link | None:
-    start = m.start() + 2  # after "<a"
-    body = text[start : m.end() - 1]
+def _parse_a(text: str, tag_start: int, tag_end: int) -> Link | None:
+    start = tag_start + 2  # after "<a"
+    body = text[start : tag_end - 1]
     attrs: dict[str, str | None] = {}
     href: tuple[int, int, str, str] | None = None
     for am in _ATTR.finditer(body):
@@ -261,7 +293,7 @@ def _parse_a(text: str, m: re.Match[str]) -> Link | None:
             href = (vstart, vstart + len(value), quote, value)
     if href is None:
         return None
-    return Link(m.start(), m.end(), href[0], href[1], href[2], href[3], attrs)
+    return Link(tag_start, tag_end, href[0], href[1], href[2], href[3], attrs)
 
 
 def splice(text: str, edits: Iterable[tuple[int, int, str]]) -> str:
@@ -355,12 +387,12 @@ def rewrite_html(
     edits.sort(key=lambda e: e[0])
     out = splice(text, edits)
     if snippet is None or _inert(snippet):
-        _remember(out, _shifted(scan, edits, new_hrefs))
+        _remember(out, _shifted(scan, out, edits, new_hrefs))
     return out
 
 
 def _shifted(
-    scan: HtmlScan, edits: list[tuple[int, int, str]], new_hrefs: dict[int, tuple[str, str]]
+    scan: HtmlScan, out: str, edits: list[tuple[int, int, str]], new_hrefs: dict[int, tuple[str, str]]
 ) -> HtmlScan:
     """The scan of the text :func:`splice` made from ``edits`` (sorted), without tokenising it again.
 
@@ -379,6 +411,11 @@ def _shifted(
     def moved_end(pos: int) -> int:  # an end offset: an insertion there goes after it
         return pos + cumulative[bisect.bisect_left(ends, pos)]
 
+    body_end = None if scan.body_end is None else moved(scan.body_end)
+    html_end = None if scan.html_end is None else moved(scan.html_end)
+    if scan._links is None and not new_hrefs:  # links not built yet: shift where they are, build them later
+        anchors = [(moved(s), moved_end(e), moved(t)) for s, e, t in scan._anchors or ()]
+        return HtmlScan(out, anchors, body_end, html_end)
     links: list[Link] = []
     for i, link in enumerate(scan.links):
         tag_start, tag_end, value_start = (
@@ -395,9 +432,7 @@ def _shifted(
             value_end = value_start + len(raw)
             attrs = {**link.attrs, "href": unescape_attribute(raw)}
         links.append(Link(tag_start, tag_end, value_start, value_end, quote, raw, attrs, link.text))
-    body_end = None if scan.body_end is None else moved(scan.body_end)
-    html_end = None if scan.html_end is None else moved(scan.html_end)
-    return HtmlScan(tuple(links), body_end, html_end)
+    return HtmlScan(out, None, body_end, html_end, tuple(links))
 
 
 _COND_OPEN = re.compile(r"<!--\[if", re.IGNORECASE)
