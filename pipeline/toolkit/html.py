@@ -34,7 +34,7 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from html.entities import html5 as _html5_entities
 
@@ -219,7 +219,7 @@ def _tokenise(text: str) -> HtmlScan:
     return HtmlScan(text, anchors, body_end, html_end)
 
 
-def _links(text: str, anchors: Iterable[tuple[int, int, int]]) -> Iterable[Link]:
+def _links(text: str, anchors: Iterable[tuple[int, int, int]]) -> Iterator[Link]:
     """The :class:`Link` of each ``<a>`` tag that has an ``href``, with its visible text."""
     for start, end, text_end in anchors:
         link = _parse_a(text, start, end)
@@ -240,6 +240,7 @@ _scans_lock = threading.Lock()
 
 
 def _remember(text: str, scan: HtmlScan) -> None:
+    """Keep ``scan`` for ``text`` (the next plugin, or the next copy, asks for the same text)."""
     global _scans_size
     cost = len(text) + _ENTRY_COST
     if cost > _SCAN_BUDGET:
@@ -398,8 +399,8 @@ def _shifted(
 
     An edit shifts every offset after its end, and a start offset at its end too (an insertion
     at a closing tag's offset goes before the tag, one at a tag's end after it); a link's own
-    href edit also changes its value (``new_hrefs``: index ->
-    raw value, quote)."""
+    href edit also changes its value (``new_hrefs``: index -> raw value, quote).
+    """
     ends = [end for _, end, _ in edits]
     cumulative = [0]
     for start, end, new in edits:
