@@ -158,7 +158,7 @@ class HtmlScan:
     copy of one template).
     """
 
-    __slots__ = ("_text", "_anchors", "_links", "body_end", "html_end")
+    __slots__ = ("_text", "_anchors", "_links", "_derive", "body_end", "html_end")
 
     def __init__(
         self,
@@ -166,11 +166,12 @@ class HtmlScan:
         anchors: list[tuple[int, int, int]] | None,
         body_end: int | None,
         html_end: int | None,
-        links: tuple[Link, ...] | None = None,
+        derive: Callable[[], tuple[Link, ...]] | None = None,
     ) -> None:
         self._text = text
         self._anchors = anchors  # (tag start, tag end, where its text ends) of each <a> start tag
-        self._links = links
+        self._derive = derive  # or: how to shift an earlier scan's links onto this text
+        self._links: tuple[Link, ...] | None = None
         self.body_end = body_end  # offset of the last real </body>
         self.html_end = html_end  # offset of the last real </html>
 
@@ -178,7 +179,10 @@ class HtmlScan:
     def links(self) -> tuple[Link, ...]:
         """Every ``<a ... href=...>`` outside comments and raw-text elements, in document order."""
         if self._links is None:
-            self._links = tuple(_links(self._text, self._anchors or ()))
+            if self._derive is not None:
+                self._links, self._derive = self._derive(), None
+            else:
+                self._links = tuple(_links(self._text, self._anchors or ()))
         return self._links
 
     def __eq__(self, other: object) -> bool:
@@ -414,26 +418,37 @@ def _shifted(
 
     body_end = None if scan.body_end is None else moved(scan.body_end)
     html_end = None if scan.html_end is None else moved(scan.html_end)
-    if scan._links is None and not new_hrefs:  # links not built yet: shift where they are, build them later
+    if (
+        scan._links is None and scan._derive is None and not new_hrefs
+    ):  # links not built: shift where they are
         anchors = [(moved(s), moved_end(e), moved(t)) for s, e, t in scan._anchors or ()]
         return HtmlScan(out, anchors, body_end, html_end)
-    links: list[Link] = []
-    for i, link in enumerate(scan.links):
-        tag_start, tag_end, value_start = (
-            moved(link.tag_start),
-            moved_end(link.tag_end),
-            moved(link.value_start),
-        )
-        changed = new_hrefs.get(i)
-        if changed is None:
-            value_end, quote, raw, attrs = moved_end(link.value_end), link.quote, link.raw_href, link.attrs
-        else:
-            raw, quote = changed
-            value_start += 0 if link.quote else 1  # an unquoted value was given quotes
-            value_end = value_start + len(raw)
-            attrs = {**link.attrs, "href": unescape_attribute(raw)}
-        links.append(Link(tag_start, tag_end, value_start, value_end, quote, raw, attrs, link.text))
-    return HtmlScan(out, None, body_end, html_end, tuple(links))
+
+    def links() -> tuple[Link, ...]:  # built only if someone asks (the pixel after click tracking does not)
+        shifted: list[Link] = []
+        for i, link in enumerate(scan.links):
+            tag_start, tag_end, value_start = (
+                moved(link.tag_start),
+                moved_end(link.tag_end),
+                moved(link.value_start),
+            )
+            changed = new_hrefs.get(i)
+            if changed is None:
+                value_end, quote, raw, attrs = (
+                    moved_end(link.value_end),
+                    link.quote,
+                    link.raw_href,
+                    link.attrs,
+                )
+            else:
+                raw, quote = changed
+                value_start += 0 if link.quote else 1  # an unquoted value was given quotes
+                value_end = value_start + len(raw)
+                attrs = {**link.attrs, "href": unescape_attribute(raw)}
+            shifted.append(Link(tag_start, tag_end, value_start, value_end, quote, raw, attrs, link.text))
+        return tuple(shifted)
+
+    return HtmlScan(out, None, body_end, html_end, links)
 
 
 _COND_OPEN = re.compile(r"<!--\[if", re.IGNORECASE)
