@@ -164,7 +164,9 @@ PIECES = st.sampled_from(
 @settings(max_examples=300, deadline=None)
 @given(st.lists(PIECES, max_size=20).map("".join), st.booleans(), st.booleans())
 def test_the_scan_handed_on_is_the_scan_of_the_result(html: str, links: bool, pixel: bool) -> None:
-    html += uuid.uuid4().hex  # a text not scanned before, so this call tokenises
+    # long enough to be remembered, and not scanned before (so this call tokenises)
+    html = f"<p>{uuid.uuid4().hex * 40}</p>{html}"
+    assert len(html) >= H._REMEMBER_MIN
     out = rewrite_html(
         html,
         href=(lambda link: f"https://t.example.net/c/{link.tag_start}") if links else None,
@@ -198,9 +200,11 @@ def many_parts(n: int, nonce: str) -> bytes:
     part = (
         "--b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
         "<html><head><style>p{{color:red}}</style></head><body>"
-        '<p><a href="https://example.com/p?id={i}&amp;n={nonce}">link {i}</a></p></body></html>\r\n'
-    )
-    return (head + "".join(part.format(i=i, nonce=nonce) for i in range(n)) + "--b--\r\n").encode()
+        '<p><a href="https://example.com/p?id={i}&amp;n={nonce}">link {i}</a></p>'
+        "<p>{text}</p></body></html>\r\n"
+    )  # (text: parts long enough for their scans to be remembered; shorter ones are simply scanned again)
+    text = "Lorem ipsum dolor sit amet. " * 40
+    return (head + "".join(part.format(i=i, nonce=nonce, text=text) for i in range(n)) + "--b--\r\n").encode()
 
 
 @pytest.mark.parametrize("parts", [10, 200])

@@ -237,6 +237,7 @@ def _links(text: str, anchors: Iterable[tuple[int, int, int]]) -> Iterator[Link]
 # a campaign's template is scanned once for all its recipient copies, and a text produced by
 # :func:`rewrite_html` is entered with its shifted scan, so the next plugin's call is a lookup.
 _SCAN_BUDGET = 2_000_000  # characters (plus _ENTRY_COST per entry): a few messages, not a campaign
+_REMEMBER_MIN = 1024  # shorter texts are tokenised again: that costs less than remembering them
 _ENTRY_COST = 256
 _scans: OrderedDict[str, HtmlScan] = OrderedDict()
 _scans_size = 0
@@ -262,6 +263,8 @@ def _remember(text: str, scan: HtmlScan) -> None:
 
 def scan_html(text: str) -> HtmlScan:
     """The links and closing tags of ``text``: one tokenising pass per distinct text, then remembered."""
+    if len(text) < _REMEMBER_MIN:
+        return _tokenise(text)
     with _scans_lock:
         scan = _scans.get(text)
         if scan is not None:
@@ -303,9 +306,14 @@ def _parse_a(text: str, tag_start: int, tag_end: int) -> Link | None:
 
 def splice(text: str, edits: Iterable[tuple[int, int, str]]) -> str:
     """Replace ``text[start:end]`` by each new string; ranges must not overlap."""
+    return _splice_sorted(text, sorted(edits, key=lambda e: e[0]))
+
+
+def _splice_sorted(text: str, edits: list[tuple[int, int, str]]) -> str:
+    """:func:`splice` for edits already in order (rewrite_html sorts them once)."""
     out: list[str] = []
     pos = 0
-    for start, end, new in sorted(edits, key=lambda e: e[0]):
+    for start, end, new in edits:
         if start < pos:
             raise ValueError("overlapping edits")
         out.append(text[pos:start])
@@ -390,8 +398,8 @@ def rewrite_html(
     if not edits:
         return text
     edits.sort(key=lambda e: e[0])
-    out = splice(text, edits)
-    if snippet is None or _inert(snippet):
+    out = _splice_sorted(text, edits)
+    if len(out) >= _REMEMBER_MIN and (snippet is None or _inert(snippet)):
         _remember(out, _shifted(scan, out, edits, new_hrefs))
     return out
 
