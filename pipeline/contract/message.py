@@ -34,7 +34,7 @@ from pipeline.contract.headers import (  # noqa: F401 (re-exported: these names 
     format_header,
     normalize_newlines,
 )
-from pipeline.contract.mime import Part
+from pipeline.contract.mime import Part, Structure
 from pipeline.contract.vocabulary import EditAction
 
 
@@ -58,22 +58,45 @@ class Message:
         first_line = raw.split(CRLF, 1)[0]
         if first_line and not first_line.startswith((b" ", b"\t")) and b":" not in first_line:
             raise MessageError("not an RFC 5322 message: the first line is not a header field")
-        self.root = Part(raw, max_depth=max_depth, max_parts=max_parts)
+        # Only the top-level header block is parsed here; the MIME tree is split on first use of
+        # :attr:`root` (parts, bodies). Admission reads headers, and the worker parses the spooled
+        # bytes again anyway: splitting at DATA too was a fifth of the ingress process's time.
+        self._root = Part(raw, split=False)
+        self._bounds = (max_depth, max_parts)
+        self._unsplit = bool(self._root._boundary)
+        self._structure: Structure | None = None
         self._mail_from = mail_from
         self._rcpt_tos = list(rcpt_tos)
         self.edits: list[Edit] = []
         self.sealed_by: str | None = None
-        self._cache: bytes | None = raw if self.root._raw is not None else None
+        self._cache: bytes | None = raw if self._root._raw is not None else None
 
     @classmethod
     def from_file(cls, path: str) -> Message:
         with open(path, "rb") as fh:
             return cls(fh.read())
 
+    @property
+    def root(self) -> Part:
+        """The MIME tree (split now if it was not yet)."""
+        if self._unsplit:
+            self._unsplit = False
+            self._root.split_tree(*self._bounds)
+        return self._root
+
+    def structure(self) -> Structure:
+        """The MIME structure of the message as received, found by a scan that builds no tree
+        and decodes nothing (what the limits at DATA need); computed once."""
+        if self._structure is None:
+            self._structure = Structure(self._root, *self._bounds)
+        return self._structure
+
     # -- bookkeeping ----------------------------------------------------------------------
     def _record(self, action: EditAction, target: str, detail: str = "") -> None:
         if self.sealed_by is not None:
-            raise SealedError(f"message was signed by {self.sealed_by}; {current_actor.get()} tried to {action}")
+            raise SealedError(
+                f"message was signed by {self.sealed_by}; {current_actor.get()} tried to {action}"
+            )
         if len(detail) > 200:
             detail = detail[:197] + "..."
         self.edits.append(Edit(current_actor.get(), action, target, detail))
@@ -87,19 +110,19 @@ class Message:
     @property
     def headers(self) -> list[Header]:
         """The top-level header fields in order (read-only view; edit through the methods)."""
-        return list(self.root.headers)
+        return list(self._root.headers)
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """First value of a header, decoded; ``default`` when absent."""
-        value = self.root.get_header(name)
+        value = self._root.get_header(name)
         return default if value is None else value
 
     def get_all(self, name: str) -> list[str]:
         lname = name.lower()
-        return [h.value for h in self.root.headers if h.name.lower() == lname]
+        return [h.value for h in self._root.headers if h.name.lower() == lname]
 
     def __contains__(self, name: str) -> bool:
-        return self.root.get_header(name) is not None
+        return self._root.get_header(name) is not None
 
     def add_header(self, name: str, value: str, *, first: bool = False) -> None:
         """Add a header at the end of the header block (``first=True``: at the top)."""
@@ -128,33 +151,33 @@ class Message:
 
     def _insert(self, header: Header, first: bool) -> None:
         if first:
-            self.root.headers.insert(0, header)
+            self._root.headers.insert(0, header)
         else:
-            self.root.headers.append(header)
-        self.root._invalidate()
+            self._root.headers.append(header)
+        self._root._invalidate()
 
     def change_header(self, name: str, value: str, index: int = 0) -> None:
         """Change the ``index``-th occurrence of a header (milter chgheader); add it if absent."""
         lname = name.lower()
-        found = [h for h in self.root.headers if h.name.lower() == lname]
+        found = [h for h in self._root.headers if h.name.lower() == lname]
         if index < len(found):
             h = found[index]
             raw = format_header(h.name, value)  # validate before recording: a refused edit leaves no trace
             self._record(EditAction.CHANGE_HEADER, name, value)
             h.raw, h._value = raw, None
-            self.root._invalidate()
+            self._root._invalidate()
         else:
             self.add_header(name, value)
 
     def remove_header(self, name: str) -> int:
         """Remove every occurrence of a header; returns how many were removed."""
         lname = name.lower()
-        keep = [h for h in self.root.headers if h.name.lower() != lname]
-        removed = len(self.root.headers) - len(keep)
+        keep = [h for h in self._root.headers if h.name.lower() != lname]
+        removed = len(self._root.headers) - len(keep)
         if removed:
             self._record(EditAction.REMOVE_HEADER, name, f"{removed} field(s)" if removed > 1 else "")
-            self.root.headers[:] = keep
-            self.root._invalidate()
+            self._root.headers[:] = keep
+            self._root._invalidate()
         return removed
 
     # -- body ------------------------------------------------------------------------------
@@ -238,13 +261,16 @@ class Message:
     def as_bytes(self) -> bytes:
         """The message as it would go on the wire (CRLF line endings)."""
         if self._cache is None:
-            self._cache = self.root.as_bytes()
+            if self._unsplit and self._root._raw is None and self.structure().repairs_children:
+                self.root  # noqa: B018 - a child needs its missing empty line: serialise the tree
+            self._cache = self._root.as_bytes()
         return self._cache
 
     def copy(self, rcpt_tos: Sequence[str] | None = None) -> Message:
         """An independent copy (for per-recipient fan-out); the edit log is carried over."""
         clone = Message.__new__(Message)
-        clone.root = self.root.clone()  # parse once: fan-out copies the tree, it does not re-parse
+        clone._root = self._root.clone()  # parse once: fan-out copies the tree, it does not re-parse
+        clone._bounds, clone._unsplit, clone._structure = self._bounds, self._unsplit, self._structure
         clone._mail_from = self._mail_from
         clone._rcpt_tos = list(self._rcpt_tos if rcpt_tos is None else rcpt_tos)
         clone.edits = list(self.edits)
