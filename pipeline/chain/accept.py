@@ -86,7 +86,8 @@ async def enqueue(
     """
     await spool.enqueue(ctx, data, recipients)
     event_data = {**(event_data or {})}
-    event_data.setdefault("message", message_summary(ctx, data))
+    if "message" not in event_data:  # (not setdefault: that would build the summary every time)
+        event_data["message"] = message_summary(ctx, data)
     return [event_for("accepted", ctx, rcpt, event_data) for rcpt in recipients]
 
 
