@@ -26,6 +26,7 @@ from pipeline.chain.admission import admit_message
 from pipeline.chain.driver import make_chain, make_config
 from pipeline.config import ChainSection
 from pipeline.contract.message import Message
+from pipeline.contract.mime import _PendingText, _QPLines
 from pipeline.contract.vocabulary import EditAction
 from pipeline.delivery.workers import run_processing
 from tests.support import corpus_files, sample_files
@@ -87,14 +88,16 @@ def eager(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def count_encodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts transfer encodings of a part (quoted-printable or base64), however they are done."""
     calls = [0]
-    b2a_qp = binascii.b2a_qp
+    encoded = _PendingText.encoded
 
-    def counting(*args: Any, **kwargs: Any) -> bytes:
-        calls[0] += 1
-        return b2a_qp(*args, **kwargs)
+    def counting(self: _PendingText) -> bytes:
+        if self._encoded is None and self.mode != "identity":
+            calls[0] += 1
+        return encoded(self)
 
-    monkeypatch.setattr(binascii, "b2a_qp", counting)
+    monkeypatch.setattr(_PendingText, "encoded", counting)
     return calls
 
 
@@ -196,3 +199,27 @@ def test_text_of_an_edited_part_is_what_decoding_its_encoded_body_gives(
     assert deferred.root.text() == encoded.root.text()
     assert deferred.root.payload_bytes() == encoded.root.payload_bytes()
     assert deferred.as_bytes() == encoded.as_bytes()
+
+
+qp_lines = st.lists(
+    st.one_of(
+        st.binary(max_size=90),
+        st.text(alphabet='ab =.\t<>"é', max_size=200).map(lambda t: t.encode("utf-8")),
+        st.sampled_from([b".", b"", b" ", b"=", b"x" * 75, b"x" * 76, b"x" * 77, b"y" * 73 + b"=", b"a \t"]),
+    ).map(lambda line: line.replace(b"\n", b"").replace(b"\r", b"")),
+    max_size=12,
+)
+
+
+@given(qp_lines, st.lists(st.tuples(st.integers(0, 11), qp_lines), min_size=1, max_size=5), st.booleans())
+@SETTINGS
+def test_each_copy_s_quoted_printable_is_what_b2a_qp_gives(
+    base: list[bytes], variants: list[tuple[int, list[bytes]]], trailing_newline: bool
+) -> None:
+    """Copies after the first reuse the encodings of the lines they share with earlier copies;
+    the result must still be ``binascii.b2a_qp`` of the whole text, byte for byte."""
+    lines = _QPLines()
+    texts = [base] + [base[:at] + new + base[at + len(new) :] for at, new in variants]
+    for text in texts:
+        data = b"\n".join(text) + (b"\n" if trailing_newline else b"")
+        assert lines.encode(data) == binascii.b2a_qp(data, quotetabs=False, istext=True)
