@@ -1,6 +1,7 @@
 """End-of-DATA admission, shared by the SMTP ingress and ``smtpgate replay``.
 
-Parse the bytes once, resolve the feature switches (stripping control headers), run the
+Parse the header block (the MIME tree only if a plugin asks for the parts; the limits scan
+the structure without building it), resolve the feature switches (stripping control headers), run the
 ``on_message`` phase. The result is either a verdict for the client or a context ready for
 the spool.
 """
