@@ -24,7 +24,7 @@ from pipeline.chain.admission import admit_message
 from pipeline.chain.driver import make_chain, make_config
 from pipeline.chain.limits import _LINK, check_limits
 from pipeline.config import ChainSection, LimitsSection
-from pipeline.contract.message import Message
+from pipeline.contract.message import Message, normalize_newlines
 from pipeline.contract.mime import _delimiters
 from pipeline.contract.verdicts import Reject
 from tests.support import corpus_files, sample_files
@@ -235,3 +235,14 @@ def test_a_child_without_its_empty_line_is_repaired_as_the_parsed_tree_did() -> 
     assert lazy.as_bytes() == parsed.as_bytes()
     assert b"Content-Type: text/plain\r\n\r\nno empty line here" in lazy.as_bytes()
     assert Message(raw).as_bytes() == raw  # unedited: the bytes as received
+
+
+@given(
+    st.lists(st.sampled_from([b"\r\n", b"\r", b"\n", b"a", b"\n\r", b"\r\r\n"]), max_size=40).map(b"".join)
+)
+@SETTINGS
+def test_line_endings_are_normalised_to_crlf_exactly_when_one_is_bare(raw: bytes) -> None:
+    expected = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    assert normalize_newlines(raw) == expected
+    if expected == raw:
+        assert normalize_newlines(raw) is raw  # CRLF only: no copy

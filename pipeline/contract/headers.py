@@ -26,7 +26,18 @@ _NOT_A_FIELD = re.compile(rb"\r\n(?![ \t])(?![!-9;-~]+[ \t]*:)")
 _BAD_ADDRESS = re.compile(r"[\s<>\0]")  # would break out of MAIL FROM:<...> / RCPT TO:<...>
 
 ADDRESS_HEADERS = frozenset(
-    ["from", "to", "cc", "bcc", "reply-to", "sender", "resent-from", "resent-to", "resent-cc", "resent-sender"]
+    [
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "reply-to",
+        "sender",
+        "resent-from",
+        "resent-to",
+        "resent-cc",
+        "resent-sender",
+    ]
 )
 
 
@@ -52,12 +63,16 @@ class Edit:
         return f"{self.plugin}: {self.action} {self.target}{detail}"
 
 
+_ALL_BUT_CR_LF = bytes(b for b in range(256) if b not in (10, 13))
+
+
 def normalize_newlines(raw: bytes) -> bytes:
     """Every line ending becomes CRLF (bare CR and bare LF included)."""
     if b"\r" not in raw:
         return raw.replace(b"\n", CRLF)
-    crlf = raw.count(CRLF)
-    if crlf == raw.count(b"\r") == raw.count(b"\n"):  # already CRLF only: the common case, no copy
+    # Already CRLF only (the common case, no copy) when the CR and LF octets are exactly the
+    # CRLF pairs: two passes over the message (it runs at DATA for every message), not three.
+    if 2 * raw.count(CRLF) == len(raw.translate(None, _ALL_BUT_CR_LF)):
         return raw
     return raw.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
 
