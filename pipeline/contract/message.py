@@ -269,8 +269,10 @@ class Message:
     def copy(self, rcpt_tos: Sequence[str] | None = None) -> Message:
         """An independent copy (for per-recipient fan-out); the edit log is carried over."""
         clone = Message.__new__(Message)
-        clone._root = self._root.clone()  # parse once: fan-out copies the tree, it does not re-parse
-        clone._bounds, clone._unsplit, clone._structure = self._bounds, self._unsplit, self._structure
+        # Parse once: fan-out splits the tree (if nothing did yet) and copies it; N copies
+        # splitting it each would parse it N times.
+        clone._root = self.root.clone()
+        clone._bounds, clone._unsplit, clone._structure = self._bounds, False, self._structure
         clone._mail_from = self._mail_from
         clone._rcpt_tos = list(self._rcpt_tos if rcpt_tos is None else rcpt_tos)
         clone.edits = list(self.edits)
