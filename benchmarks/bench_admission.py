@@ -245,7 +245,7 @@ def main() -> None:
         for label, _ in trees:
             v = results[label][metric]
             cells.append(f"{label} {min(v):9.1f} {statistics.median(v):9.1f} {max(v):9.1f}")
-        print(f"{metric:<42} " + "   ".join(cells))
+        print(f"{metric:<60} " + "   ".join(cells))
 
 
 if __name__ == "__main__":
