@@ -213,7 +213,7 @@ qp_lines = st.lists(
 
 @given(qp_lines, st.lists(st.tuples(st.integers(0, 11), qp_lines), min_size=1, max_size=5), st.booleans())
 @SETTINGS
-def test_each_copy_s_quoted_printable_is_what_b2a_qp_gives(
+def test_quoted_printable_of_every_copy_is_what_b2a_qp_gives(
     base: list[bytes], variants: list[tuple[int, list[bytes]]], trailing_newline: bool
 ) -> None:
     """Copies after the first reuse the encodings of the lines they share with earlier copies;
