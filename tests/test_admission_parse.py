@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 from test_hostile_clients import many_html_parts, nested_multiparts
 from test_message_fuzz import SETTINGS, Tree, messages
 
+from pipeline import MessageContext, Plugin, hookimpl
 from pipeline.chain.admission import admit_message
-from pipeline.chain.driver import make_chain, make_config
+from pipeline.chain.driver import make_chain, make_config, run_chain
 from pipeline.chain.limits import _LINK, check_limits
 from pipeline.config import ChainSection, LimitsSection
 from pipeline.contract.message import Message, normalize_newlines
@@ -246,3 +247,26 @@ def test_line_endings_are_normalised_to_crlf_exactly_when_one_is_bare(raw: bytes
     assert normalize_newlines(raw) == expected
     if expected == raw:
         assert normalize_newlines(raw) is raw  # CRLF only: no copy
+
+
+def test_an_admission_plugin_reads_the_body_on_demand_through_the_same_api() -> None:
+    """Parts are there when a plugin asks for them at DATA: the first access splits the tree."""
+    seen: list[str] = []
+
+    class Reader(Plugin):
+        name = "reader"
+
+        @hookimpl
+        def on_message(self, ctx: MessageContext) -> Reject | None:
+            assert ctx.message._unsplit  # nothing asked for the parts before this hook
+            html = ctx.message.html_parts()
+            seen.append(html[0].text())
+            if "forbidden" in seen[-1]:
+                return Reject(550, "5.7.1", "Content refused")
+            return None
+
+    raw = html_message(b'<p>hello <a href="https://example.com/">x</a></p>', "quoted-printable")
+    result = run_chain(raw, [Reader], rcpt_tos=["user@local.test"])
+    assert result.verdict is None and seen == ['<p>hello <a href="https://example.com/">x</a></p>']
+    refused = run_chain(raw.replace(b"hello", b"forbidden"), [Reader], rcpt_tos=["user@local.test"])
+    assert refused.verdict is not None and refused.verdict.reply() == "550 5.7.1 Content refused"

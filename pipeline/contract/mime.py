@@ -2,9 +2,11 @@
 
 A message is split into a tree of raw byte ranges (:class:`Part`), without recursing on the
 Python stack per nesting level and within the depth/part budget the limits give; a part nobody
-edited is emitted from its original bytes, an edited one is re-encoded once in its own charset
-and transfer encoding. :class:`Header` keeps each field's raw bytes. Line endings are normalised
-to CRLF on parse, so no bare CR or LF ever reaches the next hop.
+edited is emitted from its original bytes, an edited one is re-encoded in its own charset and
+transfer encoding once, when the bytes are needed (:class:`_PendingText`), however many plugins
+edited it. :class:`Structure` finds the same tree without building it (offsets, nothing copied
+or decoded): what the limits at DATA read. :class:`Header` keeps each field's raw bytes. Line
+endings are normalised to CRLF on parse, so no bare CR or LF ever reaches the next hop.
 """
 
 from __future__ import annotations
@@ -304,6 +306,7 @@ class Entity:
         return self._end - self.body_start
 
     def body(self) -> bytes:
+        """The (still transfer-encoded) body: a copy, made only when asked for."""
         return self._buf[self.body_start : self._end]
 
     def payload_bytes(self) -> bytes:
