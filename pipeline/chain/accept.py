@@ -49,10 +49,17 @@ class Outcome:
 
 def event_for(kind: str, ctx: MessageContext, rcpt: str, data: dict[str, Any] | None = None) -> Event:
     """The event for one recipient copy of ``ctx`` (``accepted`` or ``discarded``)."""
-    return Event(kind, queue_id=ctx.queue_id, recipient=rcpt,
-                 credential=ctx.credential.name if ctx.credential else None,
-                 campaign_id=ctx.campaign_id, letter_id=ctx.letter_id, tags=tuple(ctx.tags),
-                 metadata=ctx.metadata, data=dict(data or {}))
+    return Event(
+        kind,
+        queue_id=ctx.queue_id,
+        recipient=rcpt,
+        credential=ctx.credential.name if ctx.credential else None,
+        campaign_id=ctx.campaign_id,
+        letter_id=ctx.letter_id,
+        tags=tuple(ctx.tags),
+        metadata=ctx.metadata,
+        data=dict(data or {}),
+    )
 
 
 MAX_LOGGED_HEADERS = 100
@@ -65,9 +72,14 @@ def message_summary(ctx: MessageContext, data: bytes, trace: Trace | None = None
     in the same transaction as the event and never disagrees with it."""
     msg, session = ctx.message, ctx.session
     summary: dict[str, Any] = {
-        "mail_from": msg.mail_from, "subject": msg.get("Subject"), "message_id": msg.get("Message-Id"),
-        "size": len(data), "client_ip": session.peer[0] if session else None, "tls": bool(session and session.tls),
-        "listener": session.listener if session else None, "helo": session.helo if session else None,
+        "mail_from": msg.mail_from,
+        "subject": msg.get("Subject"),
+        "message_id": msg.get("Message-Id"),
+        "size": len(data),
+        "client_ip": session.peer[0] if session else None,
+        "tls": bool(session and session.tls),
+        "listener": session.listener if session else None,
+        "helo": session.helo if session else None,
         "headers": [[h.name, h.value[:2000]] for h in msg.headers[:MAX_LOGGED_HEADERS]],
     }
     if trace is not None:
@@ -76,7 +88,11 @@ def message_summary(ctx: MessageContext, data: bytes, trace: Trace | None = None
 
 
 async def enqueue(
-    spool: SpoolWriter, ctx: MessageContext, data: bytes, recipients: list[str], *,
+    spool: SpoolWriter,
+    ctx: MessageContext,
+    data: bytes,
+    recipients: list[str],
+    *,
     event_data: dict[str, Any] | None = None,
 ) -> list[Event]:
     """Make one message durable and return its ``accepted`` events (to emit once answered).
@@ -157,14 +173,24 @@ class AcceptStep:
             return self._count(await self._to_inbound(raw, mail_from, rcpt_tos))
         trace = Trace()
         verdict, ctx = await admit_message(
-            self.chain, raw, mail_from, list(rcpt_tos),
-            session=session, credential=credential, queue_id=queue_id, trace=trace,
+            self.chain,
+            raw,
+            mail_from,
+            list(rcpt_tos),
+            session=session,
+            credential=credential,
+            queue_id=queue_id,
+            trace=trace,
         )
         if refuses(verdict) or ctx is None:
             return self._count(Outcome("refused", verdict=verdict, ctx=ctx))
         if drops(verdict):
-            log.info("queue_id=%s session=%s discarded by the chain: %s", ctx.queue_id, _session_id(ctx),
-                     verdict.reason)
+            log.info(
+                "queue_id=%s session=%s discarded by the chain: %s",
+                ctx.queue_id,
+                _session_id(ctx),
+                verdict.reason,
+            )
             for rcpt in ctx.message.rcpt_tos:
                 await self.events.emit(event_for("discarded", ctx, rcpt, {"reason": verdict.reason}))
             return self._count(Outcome("discarded", verdict=verdict, ctx=ctx))
@@ -173,11 +199,18 @@ class AcceptStep:
         if not recipients:
             return self._count(Outcome("discarded", verdict=verdict, ctx=ctx))
         data = ctx.message.as_bytes()
-        outcome = await self.enqueue(ctx, data, recipients, event_data={"message": message_summary(ctx, data, trace)})
+        outcome = await self.enqueue(
+            ctx, data, recipients, event_data={"message": message_summary(ctx, data, trace)}
+        )
         return self._count(outcome)
 
     async def enqueue(
-        self, ctx: MessageContext, data: bytes, recipients: list[str], *, event_data: dict[str, Any] | None = None
+        self,
+        ctx: MessageContext,
+        data: bytes,
+        recipients: list[str],
+        *,
+        event_data: dict[str, Any] | None = None,
     ) -> Outcome:
         """Spool ``data`` durably, then the ``accepted`` events (returned, not yet emitted).
 
@@ -187,8 +220,13 @@ class AcceptStep:
         try:
             events = await enqueue(self.spool, ctx, data, recipients, event_data=event_data)
         except Exception as exc:
-            log.error("session=%s message from=<%s> not queued: spool error %s: %s", _session_id(ctx),
-                      ctx.message.mail_from, type(exc).__name__, exc)
+            log.error(
+                "session=%s message from=<%s> not queued: spool error %s: %s",
+                _session_id(ctx),
+                ctx.message.mail_from,
+                type(exc).__name__,
+                exc,
+            )
             return Outcome("spool_failed", ctx=ctx, recipients=recipients, size=len(data))
         return Outcome("queued", ctx=ctx, recipients=list(recipients), size=len(data), events=events)
 
@@ -211,8 +249,12 @@ class AcceptStep:
         finally:
             current_actor.reset(token)
         for rcpt in dropped:
-            log.info("queue_id=%s session=%s sink address %s: accepted and dropped", ctx.queue_id, _session_id(ctx),
-                     rcpt)
+            log.info(
+                "queue_id=%s session=%s sink address %s: accepted and dropped",
+                ctx.queue_id,
+                _session_id(ctx),
+                rcpt,
+            )
             await self.events.emit(event_for("discarded", ctx, rcpt, {"reason": "sink address"}))
 
     async def _to_inbound(self, raw: bytes, mail_from: str, rcpt_tos: Sequence[str]) -> Outcome:

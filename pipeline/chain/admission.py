@@ -32,7 +32,9 @@ async def admit_message(
     """Run admission for one message: ``(verdict, ctx)``; ``ctx`` is ``None`` when unparseable."""
     limits = chain.plugins.config.limits
     try:
-        message = Message(raw, mail_from, rcpt_tos, max_depth=limits.max_mime_depth, max_parts=limits.max_mime_parts)
+        message = Message(
+            raw, mail_from, rcpt_tos, max_depth=limits.max_mime_depth, max_parts=limits.max_mime_parts
+        )
     except MessageError as exc:
         return Reject(550, "5.6.0", f"Message is not RFC 5322: {exc}"), None
     refusal = check_limits(message, limits)
