@@ -72,17 +72,31 @@ class Receiver:
 
 async def send(port: int, user: str, to: str, n: int) -> None:
     sender = f"a@{user}.example"
-    await aiosmtplib.send(mail(sender, to, f"Hook {n}", f"{n}@{user}.example", "hooks"), sender=sender,
-                          recipients=[to], hostname="127.0.0.1", port=port, username=user, password=f"pw-{user}",
-                          start_tls=False, use_tls=False)
+    await aiosmtplib.send(
+        mail(sender, to, f"Hook {n}", f"{n}@{user}.example", "hooks"),
+        sender=sender,
+        recipients=[to],
+        hostname="127.0.0.1",
+        port=port,
+        username=user,
+        password=f"pw-{user}",
+        start_tls=False,
+        use_tls=False,
+    )
 
 
 def tokens_for(conf: Path) -> dict[str, str]:
-    return {name: cli("api-tokens", "add", name, *(["--credential", cred] if cred else []), "--config", str(conf))
-            .stdout.strip() for name, cred in (("admin", None), ("shop", "shop"), ("club", "club"))}
+    return {
+        name: cli(
+            "api-tokens", "add", name, *(["--credential", cred] if cred else []), "--config", str(conf)
+        ).stdout.strip()
+        for name, cred in (("admin", None), ("shop", "shop"), ("club", "club"))
+    }
 
 
-async def test_webhook_endpoints_added_over_the_api_get_their_tenants_events_filtered_by_type(tmp_path: Path) -> None:
+async def test_webhook_endpoints_added_over_the_api_get_their_tenants_events_filtered_by_type(
+    tmp_path: Path,
+) -> None:
     conf = tmp_path / "smtpgate.toml"
     conf.write_text(TOML.format(data=tmp_path / "data") + FAST_WEBHOOKS)
     tokens = tokens_for(conf)
@@ -98,22 +112,34 @@ async def test_webhook_endpoints_added_over_the_api_get_their_tenants_events_fil
             async with http.get(api.url + "/api/v1/openapi.json") as r:
                 c = Checked(http, api.url, await r.json())
             r_shop, r_club, r_all = receiver.url + "/shop", receiver.url + "/club", receiver.url + "/all"
-            status, shop_hook = await c.call("POST", hooks, hooks, tokens["shop"],
-                                             body={"url": r_shop, "events": ["delivered"]})
-            assert status == 201 and shop_hook["credential"] == "shop" and shop_hook["events"] == ["delivered"]
+            status, shop_hook = await c.call(
+                "POST", hooks, hooks, tokens["shop"], body={"url": r_shop, "events": ["delivered"]}
+            )
+            assert (
+                status == 201 and shop_hook["credential"] == "shop" and shop_hook["events"] == ["delivered"]
+            )
             assert shop_hook["source"] == "api" and shop_hook["id"].startswith("wh_")
             status, club_hook = await c.call("POST", hooks, hooks, tokens["club"], body={"url": r_club})
             assert status == 201 and club_hook["events"] == []
-            status, all_hook = await c.call("POST", hooks, hooks, tokens["admin"],
-                                            body={"url": r_all, "events": ["accepted"]})
+            status, all_hook = await c.call(
+                "POST", hooks, hooks, tokens["admin"], body={"url": r_all, "events": ["accepted"]}
+            )
             assert status == 201 and all_hook["credential"] is None
 
             # refusals: another tenant's scope, bad URLs (a password in a URL would be logged), bad types
-            status, _ = await c.call("POST", hooks, hooks, tokens["club"], body={"url": r_club, "credential": "shop"})
+            status, _ = await c.call(
+                "POST", hooks, hooks, tokens["club"], body={"url": r_club, "credential": "shop"}
+            )
             assert status == 404
-            for bad in ({"url": "ftp://127.0.0.1/x"}, {"url": "http://user:pw@127.0.0.1/x"}, {"url": "http:///x"},
-                        {"url": r_club, "events": ["nope"]}, {"url": r_club, "events": "delivered"},
-                        {"url": r_club, "secret": "x"}, ["x"]):
+            for bad in (
+                {"url": "ftp://127.0.0.1/x"},
+                {"url": "http://user:pw@127.0.0.1/x"},
+                {"url": "http:///x"},
+                {"url": r_club, "events": ["nope"]},
+                {"url": r_club, "events": "delivered"},
+                {"url": r_club, "secret": "x"},
+                ["x"],
+            ):
                 status, _ = await c.call("POST", hooks, hooks, tokens["club"], body=bad)
                 assert status == 400, bad
             status, _ = await c.call("POST", hooks, hooks, tokens["club"], body={"url": r_club})
@@ -122,7 +148,11 @@ async def test_webhook_endpoints_added_over_the_api_get_their_tenants_events_fil
             status, listed = await c.get(hooks, hooks, tokens["shop"])
             assert [e["id"] for e in listed["endpoints"]] == [shop_hook["id"]]
             status, listed = await c.get(hooks, hooks, tokens["admin"])
-            assert {e["id"] for e in listed["endpoints"]} == {shop_hook["id"], club_hook["id"], all_hook["id"]}
+            assert {e["id"] for e in listed["endpoints"]} == {
+                shop_hook["id"],
+                club_hook["id"],
+                all_hook["id"],
+            }
 
             # events reach each endpoint of their credential, filtered by type
             port = ingress.port("plain")
@@ -134,34 +164,57 @@ async def test_webhook_endpoints_added_over_the_api_get_their_tenants_events_fil
             assert sorted(e["event"] for e in club_events) == ["accepted", "delivered"]
             assert {e["credential"] for e in club_events} == {"club"}
             all_events = await receiver.wait("/all", 2)
-            assert sorted((e["event"], e["credential"]) for e in all_events) == [("accepted", "club"),
-                                                                                  ("accepted", "shop")]
+            assert sorted((e["event"], e["credential"]) for e in all_events) == [
+                ("accepted", "club"),
+                ("accepted", "shop"),
+            ]
             secret = (tmp_path / "data" / "webhook.key").read_text().strip().encode()
             headers, body = receiver.got["/shop"][0]
-            assert verify_webhook(secret, headers["X-Smtpgate-Timestamp"], body, headers["X-Smtpgate-Signature"])
+            assert verify_webhook(
+                secret, headers["X-Smtpgate-Timestamp"], body, headers["X-Smtpgate-Signature"]
+            )
 
             # a signed test event, now; another tenant's endpoint is a 404
-            status, result = await c.call("POST", f"{hooks}/{shop_hook['id']}/test", one + "/test", tokens["shop"])
+            status, result = await c.call(
+                "POST", f"{hooks}/{shop_hook['id']}/test", one + "/test", tokens["shop"]
+            )
             assert status == 200 and result["delivered"] is True and result["status"] == 200
             [_, test_event] = await receiver.wait("/shop", 2)
             assert test_event["event"] == "test" and test_event["credential"] == "shop"
             headers, body = receiver.got["/shop"][1]
-            assert verify_webhook(secret, headers["X-Smtpgate-Timestamp"], body, headers["X-Smtpgate-Signature"])
+            assert verify_webhook(
+                secret, headers["X-Smtpgate-Timestamp"], body, headers["X-Smtpgate-Signature"]
+            )
             status, _ = await c.call("POST", f"{hooks}/{shop_hook['id']}/test", one + "/test", tokens["club"])
             assert status == 404
-            status, failing = await c.call("POST", hooks, hooks, tokens["admin"], body={"url": receiver.url + "/fail"})
-            status, result = await c.call("POST", f"{hooks}/{failing['id']}/test", one + "/test", tokens["admin"])
-            assert status == 200 and result == {**result, "delivered": False, "status": 500, "error": "HTTP 500"}
+            status, failing = await c.call(
+                "POST", hooks, hooks, tokens["admin"], body={"url": receiver.url + "/fail"}
+            )
+            status, result = await c.call(
+                "POST", f"{hooks}/{failing['id']}/test", one + "/test", tokens["admin"]
+            )
+            assert status == 200 and result == {
+                **result,
+                "delivered": False,
+                "status": 500,
+                "error": "HTTP 500",
+            }
 
             # recent attempts of one endpoint
             attempts = one + "/deliveries"
             status, got = await c.get(f"{hooks}/{shop_hook['id']}/deliveries", attempts, tokens["shop"])
-            assert [(d["event"], d["url"], d["state"]) for d in got["deliveries"]] == [("delivered", r_shop, "delivered")]
-            status, got = await c.get(f"{hooks}/{all_hook['id']}/deliveries", attempts, tokens["admin"], limit="1")
+            assert [(d["event"], d["url"], d["state"]) for d in got["deliveries"]] == [
+                ("delivered", r_shop, "delivered")
+            ]
+            status, got = await c.get(
+                f"{hooks}/{all_hook['id']}/deliveries", attempts, tokens["admin"], limit="1"
+            )
             assert len(got["deliveries"]) == 1 and got["deliveries"][0]["url"] == r_all
             status, _ = await c.get(f"{hooks}/{shop_hook['id']}/deliveries", attempts, tokens["club"])
             assert status == 404
-            status, _ = await c.get(f"{hooks}/{shop_hook['id']}/deliveries", attempts, tokens["shop"], limit="0")
+            status, _ = await c.get(
+                f"{hooks}/{shop_hook['id']}/deliveries", attempts, tokens["shop"], limit="0"
+            )
             assert status == 400
 
             # removed: the next event does not go there any more
@@ -176,7 +229,8 @@ async def test_webhook_endpoints_added_over_the_api_get_their_tenants_events_fil
             [later] = gw.events.events(type="delivered", recipient="s2@example.net")
             # only the administrator's global endpoint without a filter is left for a shop event
             assert [d["url"] for d in gw.events.webhook_deliveries() if d["event_id"] == later.id] == [
-                receiver.url + "/fail"]
+                receiver.url + "/fail"
+            ]
             assert receiver.got["/shop"][2:] == []
     finally:
         await gw.stop(2.0)
@@ -185,6 +239,7 @@ async def test_webhook_endpoints_added_over_the_api_get_their_tenants_events_fil
 
 def test_stored_webhook_endpoints_feed_the_event_recorder_on_both_backends(backend: Any) -> None:
     """One node adds an endpoint, another node's recorder writes the event's delivery to it."""
+
     def open_store() -> WebhookEndpointStore:
         if backend.url:
             return WebhookEndpointStore(url=backend.url)
@@ -203,16 +258,27 @@ def test_stored_webhook_endpoints_feed_the_event_recorder_on_both_backends(backe
         except ValueError:
             pass
         reader._next_check = 0.0  # SQLite: the file appeared; a real node looks again within RECHECK seconds
-        assert sorted(reader.urls_for("shop", "delivered")) == ["http://127.0.0.1:9/all", "http://127.0.0.1:9/shop"]
+        assert sorted(reader.urls_for("shop", "delivered")) == [
+            "http://127.0.0.1:9/all",
+            "http://127.0.0.1:9/shop",
+        ]
         assert reader.urls_for("shop", "opened") == ["http://127.0.0.1:9/all"]
         assert reader.urls_for("club", "delivered") == ["http://127.0.0.1:9/all"]
-        assert reader.get(shop["id"]) == shop and {r["id"] for r in reader.list()} == {shop["id"], everyone["id"]}
+        assert reader.get(shop["id"]) == shop and {r["id"] for r in reader.list()} == {
+            shop["id"],
+            everyone["id"],
+        }
 
         sink = EventEmitter(events, backend.config, GatewayMetrics(), api_webhooks=reader.urls_for)
-        event_id = events.record_sync(Event(EventType.DELIVERED, queue_id="q1", recipient="x@example.net",
-                                            credential="shop"), sink.webhook_urls_for(
-            Event(EventType.DELIVERED, queue_id="q1", recipient="x@example.net", credential="shop")))
-        rows = backend.fetch("SELECT url FROM webhook_outbox WHERE event_id = ? ORDER BY url", (event_id,), db="events")
+        event_id = events.record_sync(
+            Event(EventType.DELIVERED, queue_id="q1", recipient="x@example.net", credential="shop"),
+            sink.webhook_urls_for(
+                Event(EventType.DELIVERED, queue_id="q1", recipient="x@example.net", credential="shop")
+            ),
+        )
+        rows = backend.fetch(
+            "SELECT url FROM webhook_outbox WHERE event_id = ? ORDER BY url", (event_id,), db="events"
+        )
         assert [r[0] for r in rows] == ["http://127.0.0.1:9/all", "http://127.0.0.1:9/shop"]
 
         assert writer.remove(shop["id"]) is True and writer.remove(shop["id"]) is False
@@ -239,7 +305,9 @@ key_file = "{club_key}"
 """
 
 
-async def test_domains_list_their_dns_records_and_a_live_dns_check_reports_each_record(tmp_path: Path) -> None:
+async def test_domains_list_their_dns_records_and_a_live_dns_check_reports_each_record(
+    tmp_path: Path,
+) -> None:
     data = tmp_path / "data"
     shop_key, shop_txt = generate_key("shop.example", "s1", data / "dkim")
     shop_ed, shop_ed_txt = generate_key("shop.example", "e1", data / "dkim", "ed25519")
@@ -250,23 +318,39 @@ async def test_domains_list_their_dns_records_and_a_live_dns_check_reports_each_
     def txt_value(record: str) -> str:  # the zone-file record as one TXT string
         return "".join(part for part in record.split('"')[1::2])
 
-    zone.add("s1._domainkey.shop.example", "TXT", '"' + '" "'.join(txt_value(shop_txt)[i:i + 200] for i in
-                                                                   range(0, len(txt_value(shop_txt)), 200)) + '"')
+    zone.add(
+        "s1._domainkey.shop.example",
+        "TXT",
+        '"'
+        + '" "'.join(txt_value(shop_txt)[i : i + 200] for i in range(0, len(txt_value(shop_txt)), 200))
+        + '"',
+    )
     zone.add("e1._domainkey.shop.example", "TXT", f'"{txt_value(shop_ed_txt)}"')
     zone.add("shop.example", "TXT", '"v=spf1 a:gw.test ~all"', '"google-site-verification=x"')
     zone.add("_dmarc.shop.example", "TXT", '"v=DMARC1; p=quarantine"')
     zone.add("bounces.gw.test", "MX", "10 gw.test.")
-    zone.add("c1._domainkey.club.example", "TXT", '"' + '" "'.join(
-        txt_value(stranger_txt)[i:i + 200] for i in range(0, len(txt_value(stranger_txt)), 200)) + '"')
+    zone.add(
+        "c1._domainkey.club.example",
+        "TXT",
+        '"'
+        + '" "'.join(
+            txt_value(stranger_txt)[i : i + 200] for i in range(0, len(txt_value(stranger_txt)), 200)
+        )
+        + '"',
+    )
     zone.add("club.example", "TXT", '"v=spf1 ip4:192.0.2.0/24 -all"')
     zone.add("gw.test", "A", "198.51.100.7")
 
     conf = tmp_path / "smtpgate.toml"
     text = TOML.format(data=data).replace(
-        'secret = "pw-shop"\n', 'secret = "pw-shop"\nallowed_sender_domains = ["shop.example"]\n')
+        'secret = "pw-shop"\n', 'secret = "pw-shop"\nallowed_sender_domains = ["shop.example"]\n'
+    )
     dns_conf = zone.dns_config()
-    conf.write_text(text + DOMAINS_TOML.format(shop_key=shop_key, shop_ed=shop_ed, club_key=club_key)
-                    + f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dns_conf["port"]}\ntimeout = 2.0\n')
+    conf.write_text(
+        text
+        + DOMAINS_TOML.format(shop_key=shop_key, shop_ed=shop_ed, club_key=club_key)
+        + f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dns_conf["port"]}\ntimeout = 2.0\n'
+    )
     tokens = tokens_for(conf)
     gw = Gateway(load_config(str(conf)))
     api = gw.api_service(port=0)
@@ -278,23 +362,35 @@ async def test_domains_list_their_dns_records_and_a_live_dns_check_reports_each_
             async with http.get(api.url + "/api/v1/openapi.json") as r:
                 c = Checked(http, api.url, await r.json())
             status, listed = await c.get(doms, doms, tokens["admin"])
-            assert [(d["domain"], d["default"]) for d in listed["domains"]] == [("club.example", False),
-                                                                                ("shop.example", True)]
+            assert [(d["domain"], d["default"]) for d in listed["domains"]] == [
+                ("club.example", False),
+                ("shop.example", True),
+            ]
             [shop_rsa, shop_ed25519] = listed["domains"][1]["keys"]
-            assert shop_rsa["name"] == "s1._domainkey.shop.example" and shop_rsa["value"] == txt_value(shop_txt)
+            assert shop_rsa["name"] == "s1._domainkey.shop.example" and shop_rsa["value"] == txt_value(
+                shop_txt
+            )
             assert shop_ed25519["type"] == "ed25519" and shop_ed25519["value"] == txt_value(shop_ed_txt)
             assert "PRIVATE" not in json.dumps(listed)
             status, listed = await c.get(doms, doms, tokens["shop"])
             assert [d["domain"] for d in listed["domains"]] == ["shop.example"]
-            status, listed = await c.get(doms, doms, tokens["club"])  # club may send from any domain: none shown
+            status, listed = await c.get(
+                doms, doms, tokens["club"]
+            )  # club may send from any domain: none shown
             assert listed["domains"] == []
 
             status, shown = await c.get(f"{doms}/shop.example", one, tokens["shop"])
             assert [(r["purpose"], r["type"], r["name"]) for r in shown["records"]] == [
-                ("dkim", "TXT", "s1._domainkey.shop.example"), ("dkim", "TXT", "e1._domainkey.shop.example"),
-                ("spf", "TXT", "shop.example"), ("dmarc", "TXT", "_dmarc.shop.example"),
-                ("bounce_mx", "MX", "bounces.gw.test")]
-            assert shown["records"][4]["value"] == "10 gw.test." and shown["records"][2]["value"] == "v=spf1 a:gw.test ~all"
+                ("dkim", "TXT", "s1._domainkey.shop.example"),
+                ("dkim", "TXT", "e1._domainkey.shop.example"),
+                ("spf", "TXT", "shop.example"),
+                ("dmarc", "TXT", "_dmarc.shop.example"),
+                ("bounce_mx", "MX", "bounces.gw.test"),
+            ]
+            assert (
+                shown["records"][4]["value"] == "10 gw.test."
+                and shown["records"][2]["value"] == "v=spf1 a:gw.test ~all"
+            )
             assert all(len(part) <= 255 for line in shown["zone"] for part in line.split('"')[1::2])
             for token in ("shop", "club"):
                 status, _ = await c.get(f"{doms}/club.example", one, tokens[token])
@@ -321,7 +417,10 @@ async def test_domains_list_their_dns_records_and_a_live_dns_check_reports_each_
 
             zone.add("club.example", "TXT", '"v=spf1 ip4:198.51.100.0/24 -all"')  # now two SPF records
             status, result = await c.get(f"{doms}/club.example/check", check, tokens["admin"])
-            assert result["checks"]["spf"]["status"] == "mismatch" and "more than one" in result["checks"]["spf"]["detail"]
+            assert (
+                result["checks"]["spf"]["status"] == "mismatch"
+                and "more than one" in result["checks"]["spf"]["detail"]
+            )
             zone.records[("club.example", "TXT")] = ['"v=spf1 ip4:198.51.100.0/24 -all"']
             status, result = await c.get(f"{doms}/club.example/check", check, tokens["admin"])
             assert result["checks"]["spf"]["status"] == "ok"

@@ -39,8 +39,14 @@ _COLUMNS = "id, url, credential, events, created_by, created_at"
 
 def _row(r: tuple[Any, ...]) -> dict[str, Any]:
     id_, url, credential, events, created_by, created_at = r
-    return {"id": id_, "url": url, "credential": credential, "events": json.loads(events),
-            "created_by": created_by, "created_at": created_at}
+    return {
+        "id": id_,
+        "url": url,
+        "credential": credential,
+        "events": json.loads(events),
+        "created_by": created_by,
+        "created_at": created_at,
+    }
 
 
 class WebhookEndpointStore:
@@ -104,20 +110,29 @@ class WebhookEndpointStore:
                 self._conn = None
 
     # -- the API's operations -----------------------------------------------------------------
-    def add(self, url: str, credential: str | None, events: builtins.list[str],
-            created_by: str | None = None) -> dict[str, Any]:
+    def add(
+        self, url: str, credential: str | None, events: builtins.list[str], created_by: str | None = None
+    ) -> dict[str, Any]:
         """Store an endpoint; the row (its id is random: ids do not tell a tenant how many others exist).
         A URL already stored for the same credential is a ``ValueError`` (one delivery per event)."""
         with self._lock:
             self._open(create=True)
-            clash = self._q("SELECT id FROM webhook_endpoints WHERE url = ? AND credential IS ?"
-                            if self._pool is None else
-                            "SELECT id FROM webhook_endpoints WHERE url = ? AND credential IS NOT DISTINCT FROM ?",
-                            (url, credential))[0]
+            clash = self._q(
+                "SELECT id FROM webhook_endpoints WHERE url = ? AND credential IS ?"
+                if self._pool is None
+                else "SELECT id FROM webhook_endpoints WHERE url = ? AND credential IS NOT DISTINCT FROM ?",
+                (url, credential),
+            )[0]
             if clash:
                 raise ValueError(f"{url} is already an endpoint of this scope (id {clash[0][0]})")
-            row = (f"wh_{secrets.token_hex(8)}", url, credential, json.dumps(sorted(set(events))), created_by,
-                   time.time())
+            row = (
+                f"wh_{secrets.token_hex(8)}",
+                url,
+                credential,
+                json.dumps(sorted(set(events))),
+                created_by,
+                time.time(),
+            )
             self._q(f"INSERT INTO webhook_endpoints ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", row)
             self._version = None
         return _row(row)
@@ -160,6 +175,9 @@ class WebhookEndpointStore:
             if not self.path.exists():
                 self._next_check = now + self.RECHECK
                 return []
-        return [r["url"] for r in self.list()
-                if (r["credential"] is None or r["credential"] == credential)
-                and (not r["events"] or event_type is None or event_type in r["events"])]
+        return [
+            r["url"]
+            for r in self.list()
+            if (r["credential"] is None or r["credential"] == credential)
+            and (not r["events"] or event_type is None or event_type in r["events"])
+        ]

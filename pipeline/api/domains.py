@@ -55,9 +55,17 @@ class DomainSettings:
     timeout: float = 5.0
 
 
-def domain_settings(plugin_config: dict[str, Any], *, signing: bool, hostname: str, bounce_domain: str | None,
-                    data_dir: Path, nameservers: Sequence[str] = (), port: int = 53,
-                    timeout: float = 5.0) -> DomainSettings:
+def domain_settings(
+    plugin_config: dict[str, Any],
+    *,
+    signing: bool,
+    hostname: str,
+    bounce_domain: str | None,
+    data_dir: Path,
+    nameservers: Sequence[str] = (),
+    port: int = 53,
+    timeout: float = 5.0,
+) -> DomainSettings:
     """Settings from the raw ``[plugins.dkim_sign]`` table (the plugin validates it at start-up)."""
     keys: dict[str, list[DomainKey]] = {}
     for domain, entry in (plugin_config.get("domains") or {}).items():
@@ -65,12 +73,22 @@ def domain_settings(plugin_config: dict[str, Any], *, signing: bool, hostname: s
             continue
         found = [DomainKey(str(entry["selector"]), Path(entry["key_file"]), "rsa")]
         if entry.get("ed25519_selector") and entry.get("ed25519_key_file"):
-            found.append(DomainKey(str(entry["ed25519_selector"]), Path(entry["ed25519_key_file"]), "ed25519"))
+            found.append(
+                DomainKey(str(entry["ed25519_selector"]), Path(entry["ed25519_key_file"]), "ed25519")
+            )
         keys[str(domain).lower().rstrip(".")] = found
     default = plugin_config.get("default_domain")
-    return DomainSettings(keys, str(default).lower().rstrip(".") if default else None, signing, hostname.rstrip("."),
-                          bounce_domain.rstrip(".") if bounce_domain else None, data_dir, list(nameservers), port,
-                          min(timeout, 10.0))
+    return DomainSettings(
+        keys,
+        str(default).lower().rstrip(".") if default else None,
+        signing,
+        hostname.rstrip("."),
+        bounce_domain.rstrip(".") if bounce_domain else None,
+        data_dir,
+        list(nameservers),
+        port,
+        min(timeout, 10.0),
+    )
 
 
 def public_key_value(path: Path, key_type: str) -> tuple[str | None, str | None]:
@@ -89,7 +107,9 @@ def public_key_value(path: Path, key_type: str) -> tuple[str | None, str | None]
     except (ValueError, TypeError) as exc:
         return None, f"not a private key ({exc})"
     if isinstance(key, rsa.RSAPrivateKey):
-        der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        der = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         return base64.b64encode(der).decode("ascii"), None
     if isinstance(key, ed25519.Ed25519PrivateKey):
         raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -109,14 +129,18 @@ def _tags(record: str) -> dict[str, str]:
 
 def _quoted(value: str) -> str:
     """A TXT value as zone-file character-strings of at most 255 octets (RFC 1035 3.3)."""
-    return "( " + " ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255)) + " )"
+    return "( " + " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255)) + " )"
 
 
 class DomainHandlers:
     """The domain endpoints: list, one domain's records, a live DNS check."""
 
-    def __init__(self, settings: DomainSettings, credentials: CredentialAdmin,
-                 declared_credentials: Sequence[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        settings: DomainSettings,
+        credentials: CredentialAdmin,
+        declared_credentials: Sequence[dict[str, Any]],
+    ) -> None:
         self.s = settings
         self.credentials = credentials
         self.declared = {d["name"]: d for d in declared_credentials}
@@ -141,25 +165,42 @@ class DomainHandlers:
         return {"selector": key.selector, "type": key.type, "name": name, "value": value, "error": problem}
 
     def _entry(self, domain: str) -> dict[str, Any]:
-        return {"domain": domain, "default": domain == self.s.default_domain, "signing": self.s.signing,
-                "keys": [self._key(domain, k) for k in self.s.keys[domain]]}
+        return {
+            "domain": domain,
+            "default": domain == self.s.default_domain,
+            "signing": self.s.signing,
+            "keys": [self._key(domain, k) for k in self.s.keys[domain]],
+        }
 
     def _records(self, domain: str, entry: dict[str, Any]) -> list[dict[str, str]]:
         """The records to publish, in the order ``smtpgate init`` prints them."""
         host = self.s.hostname
-        out = [{"type": "TXT", "name": k["name"], "value": k["value"], "purpose": "dkim"}
-               for k in entry["keys"] if k["value"]]
+        out = [
+            {"type": "TXT", "name": k["name"], "value": k["value"], "purpose": "dkim"}
+            for k in entry["keys"]
+            if k["value"]
+        ]
         out.append({"type": "TXT", "name": domain, "value": f"v=spf1 a:{host} ~all", "purpose": "spf"})
-        out.append({"type": "TXT", "name": f"_dmarc.{domain}", "value": f"v=DMARC1; p=none; rua=mailto:dmarc@{domain}",
-                    "purpose": "dmarc"})
+        out.append(
+            {
+                "type": "TXT",
+                "name": f"_dmarc.{domain}",
+                "value": f"v=DMARC1; p=none; rua=mailto:dmarc@{domain}",
+                "purpose": "dmarc",
+            }
+        )
         if self.s.bounce_domain:
-            out.append({"type": "MX", "name": self.s.bounce_domain, "value": f"10 {host}.", "purpose": "bounce_mx"})
+            out.append(
+                {"type": "MX", "name": self.s.bounce_domain, "value": f"10 {host}.", "purpose": "bounce_mx"}
+            )
         return out
 
     # -- handlers ---------------------------------------------------------------------------------
     async def list(self, request: web.Request, principal: ApiPrincipalView) -> web.Response:
         if request.query:
-            return web.json_response({"error": "this endpoint takes no parameters"}, status=400, headers=NO_STORE)
+            return web.json_response(
+                {"error": "this endpoint takes no parameters"}, status=400, headers=NO_STORE
+            )
         domains = await self._visible(principal)
         rows = await asyncio.to_thread(lambda: [self._entry(d) for d in domains])
         return web.json_response({"domains": rows}, headers=NO_STORE)
@@ -174,8 +215,10 @@ class DomainHandlers:
             return web.json_response({"error": "no such domain"}, status=404, headers=NO_STORE)
         entry = await asyncio.to_thread(self._entry, domain)
         records = self._records(domain, entry)
-        zone = [f'{r["name"]}. IN {r["type"]} ' + (_quoted(r["value"]) if r["type"] == "TXT" else r["value"])
-                for r in records]
+        zone = [
+            f"{r['name']}. IN {r['type']} " + (_quoted(r["value"]) if r["type"] == "TXT" else r["value"])
+            for r in records
+        ]
         return web.json_response({**entry, "records": records, "zone": zone}, headers=NO_STORE)
 
     async def check(self, request: web.Request, principal: ApiPrincipalView) -> web.Response:
@@ -185,11 +228,15 @@ class DomainHandlers:
         entry = await asyncio.to_thread(self._entry, domain)
         checker = DnsChecker(self.s)
         dkim, spf, dmarc, mx = await asyncio.gather(
-            asyncio.gather(*(checker.dkim(k) for k in entry["keys"])), checker.spf(domain), checker.dmarc(domain),
-            checker.bounce_mx())
+            asyncio.gather(*(checker.dkim(k) for k in entry["keys"])),
+            checker.spf(domain),
+            checker.dmarc(domain),
+            checker.bounce_mx(),
+        )
         checks = {"dkim": list(dkim), "spf": spf, "dmarc": dmarc, "bounce_mx": mx}
         ok = all(c["status"] == "ok" for c in dkim) and all(
-            c["status"] in ("ok", "not_configured") for c in (spf, dmarc, mx))
+            c["status"] in ("ok", "not_configured") for c in (spf, dmarc, mx)
+        )
         return web.json_response({"domain": domain, "ok": ok, "checks": checks}, headers=NO_STORE)
 
 
@@ -213,7 +260,12 @@ class DnsChecker:
 
     @staticmethod
     def _failed(name: str, exc: Exception) -> dict[str, Any]:
-        return {"name": name, "status": "error", "found": [], "detail": f"DNS did not answer: {type(exc).__name__}"}
+        return {
+            "name": name,
+            "status": "error",
+            "found": [],
+            "detail": f"DNS did not answer: {type(exc).__name__}",
+        }
 
     async def dkim(self, key: dict[str, Any]) -> dict[str, Any]:
         name = key["name"]
@@ -228,8 +280,12 @@ class DnsChecker:
         want = (key["value"] and _tags(key["value"]).get("p")) or None
         if want is not None and any(_tags(r).get("p") == want for r in records):
             return {**base, "status": "ok", "found": records, "detail": "the published key is this gateway's"}
-        return {**base, "status": "mismatch", "found": records,
-                "detail": "a key is published but it is not this gateway's (signatures will fail)"}
+        return {
+            **base,
+            "status": "mismatch",
+            "found": records,
+            "detail": "a key is published but it is not this gateway's (signatures will fail)",
+        }
 
     async def spf(self, domain: str) -> dict[str, Any]:
         try:
@@ -240,7 +296,11 @@ class DnsChecker:
         if not found:
             return {**base, "status": "missing", "detail": "no v=spf1 record"}
         if len(found) > 1:
-            return {**base, "status": "mismatch", "detail": "more than one v=spf1 record (a permanent error, RFC 7208)"}
+            return {
+                **base,
+                "status": "mismatch",
+                "detail": "more than one v=spf1 record (a permanent error, RFC 7208)",
+            }
         terms = [t.lower() for t in found[0].split()[1:]]
         host = self.s.hostname.lower()
         if any(t.lstrip("+") in (f"a:{host}", f"mx:{host}") for t in terms):
@@ -278,7 +338,11 @@ class DnsChecker:
         if not found:
             return {**base, "status": "missing", "detail": "no v=DMARC1 record"}
         if len(found) > 1:
-            return {**base, "status": "mismatch", "detail": "more than one DMARC record (receivers ignore both)"}
+            return {
+                **base,
+                "status": "mismatch",
+                "detail": "more than one DMARC record (receivers ignore both)",
+            }
         policy = _tags(found[0]).get("p")
         if policy not in ("none", "quarantine", "reject"):
             return {**base, "status": "mismatch", "detail": "no valid p= policy"}
@@ -287,7 +351,12 @@ class DnsChecker:
     async def bounce_mx(self) -> dict[str, Any]:
         name = self.s.bounce_domain
         if not name:
-            return {"name": None, "status": "not_configured", "found": [], "detail": "no [tracking] bounce_domain"}
+            return {
+                "name": None,
+                "status": "not_configured",
+                "found": [],
+                "detail": "no [tracking] bounce_domain",
+            }
         try:
             answer = await self.r.resolve(name, "MX")
             found = sorted((rr.preference, rr.exchange.to_text(omit_final_dot=True).lower()) for rr in answer)
@@ -299,83 +368,163 @@ class DnsChecker:
         if not found:
             return {"name": name, "status": "missing", "found": shown, "detail": "no MX record"}
         if any(h == self.s.hostname.lower() for _, h in found):
-            return {"name": name, "status": "ok", "found": shown, "detail": f"mail for it reaches {self.s.hostname}"}
-        return {"name": name, "status": "mismatch", "found": shown,
-                "detail": f"its MX is not {self.s.hostname}: bounces will not come back here"}
+            return {
+                "name": name,
+                "status": "ok",
+                "found": shown,
+                "detail": f"mail for it reaches {self.s.hostname}",
+            }
+        return {
+            "name": name,
+            "status": "mismatch",
+            "found": shown,
+            "detail": f"its MX is not {self.s.hostname}: bounces will not come back here",
+        }
 
 
 def _err(text: str) -> dict[str, Any]:
-    return {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {
+        "description": text,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
 
 
 def _ok(text: str, schema: str) -> dict[str, Any]:
-    return {"description": text, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+    return {
+        "description": text,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
 
 
 _DOMAIN = {"name": "domain", "in": "path", "required": True, "schema": {"type": "string"}}
 _NULLABLE_STR = {"type": ["string", "null"]}
 _COMMON = {"401": _err("No valid bearer token."), "429": _err("Too many failed tokens; see Retry-After.")}
 _CHECK = {
-    "type": "object", "required": ["name", "status", "found", "detail"],
-    "properties": {"name": _NULLABLE_STR, "status": {"type": "string", "enum": STATUSES},
-                   "found": {"type": "array", "items": {"type": "string"}}, "detail": {"type": "string"},
-                   "selector": {"type": "string"}, "expected": _NULLABLE_STR},
+    "type": "object",
+    "required": ["name", "status", "found", "detail"],
+    "properties": {
+        "name": _NULLABLE_STR,
+        "status": {"type": "string", "enum": STATUSES},
+        "found": {"type": "array", "items": {"type": "string"}},
+        "detail": {"type": "string"},
+        "selector": {"type": "string"},
+        "expected": _NULLABLE_STR,
+    },
 }
 
 OPENAPI_PATHS: dict[str, Any] = {
-    "/api/v1/domains": {"get": {
-        "operationId": "listDomains",
-        "summary": "Sending domains with DKIM keys (a tenant: those its credential may send from).",
-        "responses": {"200": _ok("Domains", "DomainList"), "400": _err("A parameter was given."), **_COMMON},
-    }},
-    "/api/v1/domains/{domain}": {"get": {
-        "operationId": "getDomain",
-        "summary": "One domain's keys and the DNS records to publish (DKIM, SPF, DMARC, the bounce domain's MX).",
-        "parameters": [_DOMAIN],
-        "responses": {"200": _ok("The domain and its records", "DomainRecords"),
-                      "404": _err("No such domain (or not this token's)."), **_COMMON},
-    }},
-    "/api/v1/domains/{domain}/check": {"get": {
-        "operationId": "checkDomain",
-        "summary": "What DNS answers now, through the gateway's resolver: DKIM, SPF, DMARC, bounce MX.",
-        "parameters": [_DOMAIN],
-        "responses": {"200": _ok("Each check's status", "DomainCheck"),
-                      "404": _err("No such domain (or not this token's)."), **_COMMON},
-    }},
+    "/api/v1/domains": {
+        "get": {
+            "operationId": "listDomains",
+            "summary": "Sending domains with DKIM keys (a tenant: those its credential may send from).",
+            "responses": {
+                "200": _ok("Domains", "DomainList"),
+                "400": _err("A parameter was given."),
+                **_COMMON,
+            },
+        }
+    },
+    "/api/v1/domains/{domain}": {
+        "get": {
+            "operationId": "getDomain",
+            "summary": "One domain's keys and the DNS records to publish (DKIM, SPF, DMARC, the bounce domain's MX).",
+            "parameters": [_DOMAIN],
+            "responses": {
+                "200": _ok("The domain and its records", "DomainRecords"),
+                "404": _err("No such domain (or not this token's)."),
+                **_COMMON,
+            },
+        }
+    },
+    "/api/v1/domains/{domain}/check": {
+        "get": {
+            "operationId": "checkDomain",
+            "summary": "What DNS answers now, through the gateway's resolver: DKIM, SPF, DMARC, bounce MX.",
+            "parameters": [_DOMAIN],
+            "responses": {
+                "200": _ok("Each check's status", "DomainCheck"),
+                "404": _err("No such domain (or not this token's)."),
+                **_COMMON,
+            },
+        }
+    },
 }
 
 _DOMAIN_PROPS: dict[str, Any] = {
-    "domain": {"type": "string"}, "default": {"type": "boolean"}, "signing": {"type": "boolean"},
-    "keys": {"type": "array", "items": {
-        "type": "object", "additionalProperties": False, "required": ["selector", "type", "name", "value", "error"],
-        "properties": {"selector": {"type": "string"}, "type": {"type": "string", "enum": ["rsa", "ed25519"]},
-                       "name": {"type": "string"}, "value": _NULLABLE_STR, "error": _NULLABLE_STR}}},
+    "domain": {"type": "string"},
+    "default": {"type": "boolean"},
+    "signing": {"type": "boolean"},
+    "keys": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "type", "name", "value", "error"],
+            "properties": {
+                "selector": {"type": "string"},
+                "type": {"type": "string", "enum": ["rsa", "ed25519"]},
+                "name": {"type": "string"},
+                "value": _NULLABLE_STR,
+                "error": _NULLABLE_STR,
+            },
+        },
+    },
 }
 
 OPENAPI_SCHEMAS: dict[str, Any] = {
-    "Domain": {"type": "object", "additionalProperties": False, "required": ["domain", "default", "signing", "keys"],
-               "properties": _DOMAIN_PROPS},
-    "DomainList": {"type": "object", "required": ["domains"], "additionalProperties": False,
-                   "properties": {"domains": {"type": "array", "items": {"$ref": "#/components/schemas/Domain"}}}},
+    "Domain": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["domain", "default", "signing", "keys"],
+        "properties": _DOMAIN_PROPS,
+    },
+    "DomainList": {
+        "type": "object",
+        "required": ["domains"],
+        "additionalProperties": False,
+        "properties": {"domains": {"type": "array", "items": {"$ref": "#/components/schemas/Domain"}}},
+    },
     "DomainRecords": {
-        "type": "object", "additionalProperties": False,
+        "type": "object",
+        "additionalProperties": False,
         "required": ["domain", "default", "signing", "keys", "records", "zone"],
-        "properties": {**_DOMAIN_PROPS,
-                       "records": {"type": "array", "items": {
-                           "type": "object", "additionalProperties": False,
-                           "required": ["type", "name", "value", "purpose"],
-                           "properties": {"type": {"type": "string", "enum": ["TXT", "MX"]}, "name": {"type": "string"},
-                                          "value": {"type": "string"},
-                                          "purpose": {"type": "string",
-                                                      "enum": ["dkim", "spf", "dmarc", "bounce_mx"]}}}},
-                       "zone": {"type": "array", "items": {"type": "string"}}},
+        "properties": {
+            **_DOMAIN_PROPS,
+            "records": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["type", "name", "value", "purpose"],
+                    "properties": {
+                        "type": {"type": "string", "enum": ["TXT", "MX"]},
+                        "name": {"type": "string"},
+                        "value": {"type": "string"},
+                        "purpose": {"type": "string", "enum": ["dkim", "spf", "dmarc", "bounce_mx"]},
+                    },
+                },
+            },
+            "zone": {"type": "array", "items": {"type": "string"}},
+        },
     },
     "DomainCheck": {
-        "type": "object", "additionalProperties": False, "required": ["domain", "ok", "checks"],
-        "properties": {"domain": {"type": "string"}, "ok": {"type": "boolean"},
-                       "checks": {"type": "object", "additionalProperties": False,
-                                  "required": ["dkim", "spf", "dmarc", "bounce_mx"],
-                                  "properties": {"dkim": {"type": "array", "items": _CHECK}, "spf": _CHECK,
-                                                 "dmarc": _CHECK, "bounce_mx": _CHECK}}},
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["domain", "ok", "checks"],
+        "properties": {
+            "domain": {"type": "string"},
+            "ok": {"type": "boolean"},
+            "checks": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["dkim", "spf", "dmarc", "bounce_mx"],
+                "properties": {
+                    "dkim": {"type": "array", "items": _CHECK},
+                    "spf": _CHECK,
+                    "dmarc": _CHECK,
+                    "bounce_mx": _CHECK,
+                },
+            },
+        },
     },
 }

@@ -39,8 +39,9 @@ TEST_TIMEOUT = 10.0
 class WebhookEndpointAdmin(Protocol):
     """The stored endpoints (:class:`pipeline.accounts.webhook_endpoints.WebhookEndpointStore`)."""
 
-    def add(self, url: str, credential: str | None, events: list[str],
-            created_by: str | None = None) -> dict[str, Any]: ...
+    def add(
+        self, url: str, credential: str | None, events: list[str], created_by: str | None = None
+    ) -> dict[str, Any]: ...
 
     def remove(self, endpoint_id: str) -> bool: ...
 
@@ -64,13 +65,25 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def _view(row: dict[str, Any], source: str) -> dict[str, Any]:
-    return {"id": row.get("id"), "url": row["url"], "credential": row.get("credential"),
-            "events": list(row.get("events") or []), "format": row.get("format", "smtpgate"), "source": source}
+    return {
+        "id": row.get("id"),
+        "url": row["url"],
+        "credential": row.get("credential"),
+        "events": list(row.get("events") or []),
+        "format": row.get("format", "smtpgate"),
+        "source": source,
+    }
 
 
 def valid_url(value: Any) -> str | None:
     """An ``http(s)`` URL with a host, no user info, no fragment, printable; else ``None``."""
-    if not isinstance(value, str) or not value or len(value) > MAX_URL or not value.isprintable() or " " in value:
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > MAX_URL
+        or not value.isprintable()
+        or " " in value
+    ):
         return None
     try:
         parts = urlsplit(value)
@@ -87,9 +100,15 @@ def valid_url(value: Any) -> str | None:
 class WebhookHandlers:
     """The webhook endpoints on the store, the credential store (for credentials' own URLs) and the log."""
 
-    def __init__(self, store: WebhookEndpointAdmin, credentials: CredentialAdmin, log: MessageLog,
-                 declared_credentials: Sequence[dict[str, Any]], global_urls: Sequence[str],
-                 settings: WebhookSettings) -> None:
+    def __init__(
+        self,
+        store: WebhookEndpointAdmin,
+        credentials: CredentialAdmin,
+        log: MessageLog,
+        declared_credentials: Sequence[dict[str, Any]],
+        global_urls: Sequence[str],
+        settings: WebhookSettings,
+    ) -> None:
         self.store = store
         self.credentials = credentials
         self.log = log
@@ -102,11 +121,18 @@ class WebhookHandlers:
         """Every endpoint: the config file's, credentials' own, then those added over the API."""
         rows = [_view({"url": u}, "config") for u in self.global_urls]
         rows += [_view(d, "config") for d in self.settings.declared]
-        rows += [_view({"url": u, "credential": name}, "config")
-                 for name, d in self.declared_credentials.items() for u in d.get("webhooks") or []]
+        rows += [
+            _view({"url": u, "credential": name}, "config")
+            for name, d in self.declared_credentials.items()
+            for u in d.get("webhooks") or []
+        ]
         stored = await asyncio.to_thread(self.credentials.list)
-        rows += [_view({"url": u, "credential": r["name"]}, "credential")
-                 for r in stored if r["name"] not in self.declared_credentials for u in r.get("webhooks") or []]
+        rows += [
+            _view({"url": u, "credential": r["name"]}, "credential")
+            for r in stored
+            if r["name"] not in self.declared_credentials
+            for u in r.get("webhooks") or []
+        ]
         rows += [_view(r, "api") for r in await asyncio.to_thread(self.store.list)]
         return rows
 
@@ -134,14 +160,21 @@ class WebhookHandlers:
             return _error(400, "expected an object with url, optional events and credential")
         url = valid_url(body.get("url"))
         if url is None:
-            return _error(400, "url must be an http(s) URL with a host and without user:password@ "
-                               f"(at most {MAX_URL} characters)")
+            return _error(
+                400,
+                "url must be an http(s) URL with a host and without user:password@ "
+                f"(at most {MAX_URL} characters)",
+            )
         events = body.get("events", [])
         if not isinstance(events, list) or not all(isinstance(e, str) and e in EVENT_TYPES for e in events):
             return _error(400, f"events must be a list of: {', '.join(EVENT_TYPES)} (empty: every event)")
         credential = body.get("credential")
-        if credential is not None and (not isinstance(credential, str) or not credential
-                                       or len(credential) > 100 or not credential.isprintable()):
+        if credential is not None and (
+            not isinstance(credential, str)
+            or not credential
+            or len(credential) > 100
+            or not credential.isprintable()
+        ):
             return _error(400, "credential must be a credential name")
         if principal.credential is not None:
             if credential not in (None, principal.credential):
@@ -185,23 +218,40 @@ class WebhookHandlers:
         if row is None:
             return _error(404, "no such webhook endpoint")
         now = time.time()
-        payload = {"id": 0, "event": "test", "time": now, "queue_id": None, "recipient": None,
-                   "credential": row["credential"], "campaign_id": None, "letter_id": None,
-                   "gate": {"uniq": None}, "machine": False, "data": {"test": True, "endpoint": row["id"]},
-                   "tags": [], "metadata": {}}
+        payload = {
+            "id": 0,
+            "event": "test",
+            "time": now,
+            "queue_id": None,
+            "recipient": None,
+            "credential": row["credential"],
+            "campaign_id": None,
+            "letter_id": None,
+            "gate": {"uniq": None},
+            "machine": False,
+            "data": {"test": True, "endpoint": row["id"]},
+            "tags": [],
+            "metadata": {},
+        }
         body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
         ts = str(int(now))
-        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, "X-Smtpgate-Event": "test",
-                   "X-Smtpgate-Event-Id": "0", "X-Smtpgate-Timestamp": ts,
-                   "X-Smtpgate-Signature": sign_webhook(self.settings.secret, ts, body)}
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "X-Smtpgate-Event": "test",
+            "X-Smtpgate-Event-Id": "0",
+            "X-Smtpgate-Timestamp": ts,
+            "X-Smtpgate-Signature": sign_webhook(self.settings.secret, ts, body),
+        }
         started = time.monotonic()
         status: int | None = None
         problem: str | None = None
         try:
             timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
-            async with aiohttp.ClientSession(timeout=timeout) as http, http.post(
-                row["url"], data=body, headers=headers, allow_redirects=False
-            ) as resp:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as http,
+                http.post(row["url"], data=body, headers=headers, allow_redirects=False) as resp,
+            ):
                 await resp.read()
                 status = resp.status
                 if not 200 <= status < 300:
@@ -209,16 +259,31 @@ class WebhookHandlers:
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             problem = f"{type(exc).__name__}: {exc}"[:300]
         ms = round((time.monotonic() - started) * 1000, 1)
-        return web.json_response({"id": row["id"], "url": row["url"], "delivered": problem is None,
-                                  "status": status, "error": problem, "ms": ms}, headers=NO_STORE)
+        return web.json_response(
+            {
+                "id": row["id"],
+                "url": row["url"],
+                "delivered": problem is None,
+                "status": status,
+                "error": problem,
+                "ms": ms,
+            },
+            headers=NO_STORE,
+        )
 
 
 def _err(text: str) -> dict[str, Any]:
-    return {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {
+        "description": text,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
 
 
 def _ok(text: str, schema: str) -> dict[str, Any]:
-    return {"description": text, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+    return {
+        "description": text,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
 
 
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -230,69 +295,126 @@ OPENAPI_PATHS: dict[str, Any] = {
         "get": {
             "operationId": "listWebhooks",
             "summary": "Where events are POSTed: the config file's endpoints (id null) and those added here "
-                       "(a tenant: its own credential's).",
-            "responses": {"200": _ok("Endpoints", "WebhookEndpoints"), "400": _err("A parameter was given."),
-                          **_COMMON},
+            "(a tenant: its own credential's).",
+            "responses": {
+                "200": _ok("Endpoints", "WebhookEndpoints"),
+                "400": _err("A parameter was given."),
+                **_COMMON,
+            },
         },
         "post": {
             "operationId": "addWebhook",
             "summary": "Add an endpoint (smtpgate's signed JSON) for the token's credential, or (an "
-                       "administrator) for `credential` or every event; `events` filters by type.",
-            "requestBody": {"required": True,
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WebhookAdd"}}}},
-            "responses": {"201": _ok("Added", "WebhookEndpoint"), "400": _err("Not JSON, a bad URL or event type."),
-                          "404": _err("Not this token's credential."),
-                          "409": _err("Already an endpoint of this scope, or a config endpoint with a format."),
-                          "413": _err("Body over 64 KiB."), **_COMMON},
+            "administrator) for `credential` or every event; `events` filters by type.",
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WebhookAdd"}}},
+            },
+            "responses": {
+                "201": _ok("Added", "WebhookEndpoint"),
+                "400": _err("Not JSON, a bad URL or event type."),
+                "404": _err("Not this token's credential."),
+                "409": _err("Already an endpoint of this scope, or a config endpoint with a format."),
+                "413": _err("Body over 64 KiB."),
+                **_COMMON,
+            },
         },
     },
-    "/api/v1/webhooks/{id}": {"delete": {
-        "operationId": "removeWebhook",
-        "summary": "Remove an endpoint added over the API.",
-        "parameters": [_ID],
-        "responses": {"204": {"description": "Removed"}, "404": _err("No such endpoint (or not this token's)."),
-                      **_COMMON},
-    }},
-    "/api/v1/webhooks/{id}/test": {"post": {
-        "operationId": "testWebhook",
-        "summary": "POST a signed `test` event to the endpoint now; the receiver's answer.",
-        "parameters": [_ID],
-        "responses": {"200": _ok("What the receiver answered", "WebhookTest"),
-                      "404": _err("No such endpoint (or not this token's)."), **_COMMON},
-    }},
-    "/api/v1/webhooks/{id}/deliveries": {"get": {
-        "operationId": "listWebhookEndpointDeliveries",
-        "summary": "The endpoint's latest delivery attempts, newest first.",
-        "parameters": [_ID, {"name": "limit", "in": "query", "required": False,
-                             "schema": {"type": "integer", "minimum": 1, "maximum": 200}}],
-        "responses": {"200": _ok("Deliveries", "WebhookDeliveries"), "400": _err("Bad parameter."),
-                      "404": _err("No such endpoint (or not this token's)."), **_COMMON},
-    }},
+    "/api/v1/webhooks/{id}": {
+        "delete": {
+            "operationId": "removeWebhook",
+            "summary": "Remove an endpoint added over the API.",
+            "parameters": [_ID],
+            "responses": {
+                "204": {"description": "Removed"},
+                "404": _err("No such endpoint (or not this token's)."),
+                **_COMMON,
+            },
+        }
+    },
+    "/api/v1/webhooks/{id}/test": {
+        "post": {
+            "operationId": "testWebhook",
+            "summary": "POST a signed `test` event to the endpoint now; the receiver's answer.",
+            "parameters": [_ID],
+            "responses": {
+                "200": _ok("What the receiver answered", "WebhookTest"),
+                "404": _err("No such endpoint (or not this token's)."),
+                **_COMMON,
+            },
+        }
+    },
+    "/api/v1/webhooks/{id}/deliveries": {
+        "get": {
+            "operationId": "listWebhookEndpointDeliveries",
+            "summary": "The endpoint's latest delivery attempts, newest first.",
+            "parameters": [
+                _ID,
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+                },
+            ],
+            "responses": {
+                "200": _ok("Deliveries", "WebhookDeliveries"),
+                "400": _err("Bad parameter."),
+                "404": _err("No such endpoint (or not this token's)."),
+                **_COMMON,
+            },
+        }
+    },
 }
 
 OPENAPI_SCHEMAS: dict[str, Any] = {
     "WebhookEndpoint": {
-        "type": "object", "additionalProperties": False,
+        "type": "object",
+        "additionalProperties": False,
         "required": ["id", "url", "credential", "events", "format", "source"],
-        "properties": {"id": _NULLABLE_STR, "url": {"type": "string"}, "credential": _NULLABLE_STR,
-                       "events": {"type": "array", "items": {"type": "string", "enum": list(EVENT_TYPES)}},
-                       "format": {"type": "string", "enum": ["smtpgate", "sendgrid", "mailgun", "postmark"]},
-                       "source": {"type": "string", "enum": ["config", "credential", "api"],
-                                  "description": "config: the config file; credential: `smtpgate credentials "
-                                                 "add --webhook`; api: added here (only these have an id)."}},
+        "properties": {
+            "id": _NULLABLE_STR,
+            "url": {"type": "string"},
+            "credential": _NULLABLE_STR,
+            "events": {"type": "array", "items": {"type": "string", "enum": list(EVENT_TYPES)}},
+            "format": {"type": "string", "enum": ["smtpgate", "sendgrid", "mailgun", "postmark"]},
+            "source": {
+                "type": "string",
+                "enum": ["config", "credential", "api"],
+                "description": "config: the config file; credential: `smtpgate credentials "
+                "add --webhook`; api: added here (only these have an id).",
+            },
+        },
     },
-    "WebhookEndpoints": {"type": "object", "required": ["endpoints"], "additionalProperties": False,
-                         "properties": {"endpoints": {"type": "array",
-                                                      "items": {"$ref": "#/components/schemas/WebhookEndpoint"}}}},
+    "WebhookEndpoints": {
+        "type": "object",
+        "required": ["endpoints"],
+        "additionalProperties": False,
+        "properties": {
+            "endpoints": {"type": "array", "items": {"$ref": "#/components/schemas/WebhookEndpoint"}}
+        },
+    },
     "WebhookAdd": {
-        "type": "object", "required": ["url"], "additionalProperties": False,
-        "properties": {"url": {"type": "string", "maxLength": MAX_URL},
-                       "events": {"type": "array", "items": {"type": "string", "enum": list(EVENT_TYPES)}},
-                       "credential": {"type": "string"}},
+        "type": "object",
+        "required": ["url"],
+        "additionalProperties": False,
+        "properties": {
+            "url": {"type": "string", "maxLength": MAX_URL},
+            "events": {"type": "array", "items": {"type": "string", "enum": list(EVENT_TYPES)}},
+            "credential": {"type": "string"},
+        },
     },
     "WebhookTest": {
-        "type": "object", "required": ["id", "url", "delivered", "status", "error", "ms"], "additionalProperties": False,
-        "properties": {"id": {"type": "string"}, "url": {"type": "string"}, "delivered": {"type": "boolean"},
-                       "status": {"type": ["integer", "null"]}, "error": _NULLABLE_STR, "ms": {"type": "number"}},
+        "type": "object",
+        "required": ["id", "url", "delivered", "status", "error", "ms"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string"},
+            "url": {"type": "string"},
+            "delivered": {"type": "boolean"},
+            "status": {"type": ["integer", "null"]},
+            "error": _NULLABLE_STR,
+            "ms": {"type": "number"},
+        },
     },
 }
