@@ -349,7 +349,8 @@ def _document() -> dict[str, Any]:
                                    "properties": {"credentials": {"type": "array", "items": _ref("Credential")}}},
                 "CredentialAdd": {
                     "type": "object", "required": ["name"], "additionalProperties": False,
-                    "properties": {"name": {"type": "string"}, "kind": {"type": "string", "enum": ["apikey", "password"]},
+                    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100},
+                                   "kind": {"type": "string", "enum": ["apikey", "password"]},
                                    "username": {"type": "string"}, "sandbox": {"type": "boolean"},
                                    "features": {"type": "object", "additionalProperties": {"type": "boolean"}},
                                    "locked": {"type": "array", "items": {"type": "string"}},
@@ -416,8 +417,9 @@ def _document() -> dict[str, Any]:
                                     "properties": {"suppressions": {"type": "array", "items": _ref("Suppression")}}},
                 "SuppressionAdd": {
                     "type": "object", "required": ["address"], "additionalProperties": False,
-                    "properties": {"address": {"type": "string"}, "reason": {"type": "string", "maxLength": 200},
-                                   "credential": {"type": "string"}},
+                    "properties": {"address": {"type": "string", "format": "email", "maxLength": 254},
+                                   "reason": {"type": "string", "minLength": 1, "maxLength": 200},
+                                   "credential": {"type": "string", "minLength": 1, "maxLength": 100}},
                 },
                 "SuppressionAdded": {
                     "type": "object", "required": ["address", "credential", "reason", "added"],

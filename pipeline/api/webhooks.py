@@ -399,9 +399,9 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
         "required": ["url"],
         "additionalProperties": False,
         "properties": {
-            "url": {"type": "string", "maxLength": MAX_URL},
+            "url": {"type": "string", "format": "uri", "pattern": "^https?://[^/@ ]+", "maxLength": MAX_URL},
             "events": {"type": "array", "items": {"type": "string", "enum": list(EVENT_TYPES)}},
-            "credential": {"type": "string"},
+            "credential": {"type": "string", "minLength": 1, "maxLength": 100},
         },
     },
     "WebhookTest": {
