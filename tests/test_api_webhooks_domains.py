@@ -174,6 +174,26 @@ async def test_webhook_endpoints_added_over_the_api_get_their_tenants_events_fil
                 secret, headers["X-Smtpgate-Timestamp"], body, headers["X-Smtpgate-Signature"]
             )
 
+            # the filter changes: club's endpoint now wants bounces only (the URL and scope stay)
+            status, changed = await c.call(
+                "PATCH", f"{hooks}/{club_hook['id']}", one, tokens["club"], body={"events": ["bounced"]}
+            )
+            assert status == 200 and changed == {**club_hook, "events": ["bounced"]}
+            status, _ = await c.call(
+                "PATCH", f"{hooks}/{club_hook['id']}", one, tokens["shop"], body={"events": []}
+            )
+            assert status == 404
+            for bad in ({"events": ["nope"]}, {"events": ["bounced"], "url": r_shop}, {}):
+                status, _ = await c.call("PATCH", f"{hooks}/{club_hook['id']}", one, tokens["club"], body=bad)
+                assert status == 400, bad
+            club_event = Event(
+                EventType.DELIVERED, queue_id="q", recipient="c@example.net", credential="club"
+            )
+            assert r_club not in gw.event_sink.webhook_urls_for(club_event)
+            assert r_club in gw.event_sink.webhook_urls_for(
+                Event(EventType.BOUNCED, queue_id="q", recipient="c@example.net", credential="club")
+            )
+
             # a signed test event, now; another tenant's endpoint is a 404
             status, result = await c.call(
                 "POST", f"{hooks}/{shop_hook['id']}/test", one + "/test", tokens["shop"]

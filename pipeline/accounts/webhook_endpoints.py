@@ -137,6 +137,18 @@ class WebhookEndpointStore:
             self._version = None
         return _row(row)
 
+    def set_events(self, endpoint_id: str, events: builtins.list[str]) -> dict[str, Any] | None:
+        """Change an endpoint's event-type filter (empty: every event); the row, or ``None`` if unknown."""
+        with self._lock:
+            if not self._open(create=False):
+                return None
+            _, count = self._q(
+                "UPDATE webhook_endpoints SET events = ? WHERE id = ?",
+                (json.dumps(sorted(set(events))), endpoint_id),
+            )
+            self._version = None
+        return self.get(endpoint_id) if count else None
+
     def remove(self, endpoint_id: str) -> bool:
         with self._lock:
             if not self._open(create=False):

@@ -379,6 +379,7 @@ def build_api_app(ports: ApiPorts) -> web.Application:
         app.router.add_get("/api/v1/webhooks", a.authed(w.list), name="webhooks")
         app.router.add_post("/api/v1/webhooks", a.authed(w.add), name="webhook_add")
         app.router.add_delete("/api/v1/webhooks/{id}", a.authed(w.remove), name="webhook_remove")
+        app.router.add_patch("/api/v1/webhooks/{id}", a.authed(w.change), name="webhook_change")
         app.router.add_post("/api/v1/webhooks/{id}/test", a.authed(w.test), name="webhook_test")
         app.router.add_get("/api/v1/webhooks/{id}/deliveries", a.authed(w.deliveries), name="webhook_attempts")
     d = DomainHandlers(p.domains, p.credentials, p.declared_credentials)

@@ -45,6 +45,8 @@ class WebhookEndpointAdmin(Protocol):
 
     def remove(self, endpoint_id: str) -> bool: ...
 
+    def set_events(self, endpoint_id: str, events: list[str]) -> dict[str, Any] | None: ...
+
     def get(self, endpoint_id: str) -> dict[str, Any] | None: ...
 
     def list(self) -> list[dict[str, Any]]: ...
@@ -95,6 +97,13 @@ def valid_url(value: Any) -> str | None:
     if parts.password is not None or parts.fragment or (port is not None and port == 0):
         return None
     return value
+
+
+def _events(value: Any) -> list[str] | None:
+    """A valid event-type filter, or ``None``."""
+    if not isinstance(value, list) or not all(isinstance(e, str) and e in EVENT_TYPES for e in value):
+        return None
+    return list(value)
 
 
 class WebhookHandlers:
@@ -165,8 +174,8 @@ class WebhookHandlers:
                 "url must be an http(s) URL with a host and without user:password@ "
                 f"(at most {MAX_URL} characters)",
             )
-        events = body.get("events", [])
-        if not isinstance(events, list) or not all(isinstance(e, str) and e in EVENT_TYPES for e in events):
+        events = _events(body.get("events", []))
+        if events is None:
             return _error(400, f"events must be a list of: {', '.join(EVENT_TYPES)} (empty: every event)")
         credential = body.get("credential")
         if credential is not None and (
@@ -187,6 +196,27 @@ class WebhookHandlers:
         except ValueError as exc:
             return _error(409, str(exc))
         return web.json_response(_view(row, "api"), status=201, headers=NO_STORE)
+
+    async def change(self, request: web.Request, principal: ApiPrincipalView) -> web.Response:
+        """Change the event-type filter of an endpoint added over the API."""
+        row = await self._endpoint(request, principal)
+        if row is None:
+            return _error(404, "no such webhook endpoint (config endpoints change in the config file)")
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, 'the body must be JSON: {"events": [...]}')
+        if not isinstance(body, dict) or set(body) != {"events"}:
+            return _error(
+                400, "expected an object with events (the URL and scope do not change: add another)"
+            )
+        events = _events(body["events"])
+        if events is None:
+            return _error(400, f"events must be a list of: {', '.join(EVENT_TYPES)} (empty: every event)")
+        changed = await asyncio.to_thread(self.store.set_events, row["id"], events)
+        if changed is None:
+            return _error(404, "no such webhook endpoint")
+        return web.json_response(_view(changed, "api"), headers=NO_STORE)
 
     async def remove(self, request: web.Request, principal: ApiPrincipalView) -> web.Response:
         row = await self._endpoint(request, principal)
@@ -321,6 +351,22 @@ OPENAPI_PATHS: dict[str, Any] = {
         },
     },
     "/api/v1/webhooks/{id}": {
+        "patch": {
+            "operationId": "changeWebhook",
+            "summary": "Change the event-type filter of an endpoint added over the API (empty: every event).",
+            "parameters": [_ID],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WebhookChange"}}},
+            },
+            "responses": {
+                "200": _ok("Changed", "WebhookEndpoint"),
+                "400": _err("Not JSON, or not a list of event types."),
+                "404": _err("No such endpoint (or not this token's)."),
+                "413": _err("Body over 64 KiB."),
+                **_COMMON,
+            },
+        },
         "delete": {
             "operationId": "removeWebhook",
             "summary": "Remove an endpoint added over the API.",
@@ -330,7 +376,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "404": _err("No such endpoint (or not this token's)."),
                 **_COMMON,
             },
-        }
+        },
     },
     "/api/v1/webhooks/{id}/test": {
         "post": {
@@ -403,6 +449,12 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "events": {"type": "array", "items": {"type": "string", "enum": list(EVENT_TYPES)}},
             "credential": {"type": "string", "minLength": 1, "maxLength": 100},
         },
+    },
+    "WebhookChange": {
+        "type": "object",
+        "required": ["events"],
+        "additionalProperties": False,
+        "properties": {"events": {"type": "array", "items": {"type": "string", "enum": list(EVENT_TYPES)}}},
     },
     "WebhookTest": {
         "type": "object",
