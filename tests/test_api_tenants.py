@@ -220,7 +220,7 @@ def table(w: World) -> list[Row]:
 async def start(tmp_path: Path, zone: ZoneServer) -> tuple[Gateway, Any, Any, World]:
     data = tmp_path / "data"
     keys = {t: generate_key(f"{t}.example", t[0] + "1", data / "dkim")[0] for t in TENANTS}
-    text = TOML.format(data=data)
+    text = TOML.format(data=data).replace("[api]\n", "[api]\ntenant_webhook_private = true\n")
     for t in TENANTS:
         text = text.replace(
             f'secret = "pw-{t}"\n', f'secret = "pw-{t}"\nallowed_sender_domains = ["{t}.example"]\n'

@@ -98,7 +98,10 @@ async def test_webhook_endpoints_added_over_the_api_get_their_tenants_events_fil
     tmp_path: Path,
 ) -> None:
     conf = tmp_path / "smtpgate.toml"
-    conf.write_text(TOML.format(data=tmp_path / "data") + FAST_WEBHOOKS)
+    conf.write_text(
+        TOML.format(data=tmp_path / "data").replace("[api]\n", "[api]\ntenant_webhook_private = true\n")
+        + FAST_WEBHOOKS
+    )
     tokens = tokens_for(conf)
     receiver = await Receiver().start()
     gw = Gateway(load_config(str(conf)))
@@ -255,6 +258,59 @@ async def test_webhook_endpoints_added_over_the_api_get_their_tenants_events_fil
     finally:
         await gw.stop(2.0)
         await receiver.close()
+
+
+async def test_a_tenant_cannot_aim_webhooks_at_non_public_addresses(tmp_path: Path) -> None:
+    zone = await ZoneServer().start()
+    zone.add("public.example", "A", "93.184.216.34")
+    zone.add("inside.example", "A", "93.184.216.34")
+    zone.add("inside.example", "AAAA", "fd00::5")
+    zone.add("rebind.example", "A", "93.184.216.34")
+    conf = tmp_path / "smtpgate.toml"
+    conf.write_text(
+        TOML.format(data=tmp_path / "data")
+        + f'[dns]\nnameservers = ["127.0.0.1"]\nport = {zone.port}\ntimeout = 2.0\n'
+    )
+    tokens = tokens_for(conf)
+    gw = Gateway(load_config(str(conf)))
+    api = gw.api_service(port=0)
+    gw.services = [api]  # no webhook sender: nothing is POSTed anywhere
+    await gw.start()
+    hooks, one = "/api/v1/webhooks", "/api/v1/webhooks/{id}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(api.url + "/api/v1/openapi.json") as r:
+                c = Checked(http, api.url, await r.json())
+            for url in (
+                "http://127.0.0.1:8081/api/v1/messages",
+                "http://localhost/x",
+                "http://10.1.2.3/x",
+                "http://[::1]/x",
+                "http://169.254.169.254/latest/meta-data",
+                "http://inside.example/x",
+                "http://nowhere.example/x",
+            ):
+                status, body = await c.call("POST", hooks, hooks, tokens["shop"], body={"url": url})
+                assert status == 400 and "public address" in body["error"], url
+            status, public = await c.call(
+                "POST", hooks, hooks, tokens["shop"], body={"url": "https://public.example/h"}
+            )
+            assert status == 201
+            status, _ = await c.call(
+                "POST", hooks, hooks, tokens["admin"], body={"url": "http://127.0.0.1:9/ops"}
+            )
+            assert status == 201  # an administrator's endpoint may be anywhere
+
+            status, moved = await c.call(
+                "POST", hooks, hooks, tokens["shop"], body={"url": "http://rebind.example/h"}
+            )
+            assert status == 201
+            zone.records[("rebind.example", "A")] = ["10.0.0.5"]  # the name now points inside
+            status, body = await c.call("POST", f"{hooks}/{moved['id']}/test", one + "/test", tokens["shop"])
+            assert status == 409 and "10.0.0.5" in body["error"]
+    finally:
+        await gw.stop(2.0)
+        zone.close()
 
 
 def test_stored_webhook_endpoints_feed_the_event_recorder_on_both_backends(backend: Any) -> None:

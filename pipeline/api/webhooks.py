@@ -16,6 +16,7 @@ in the sender's log lines, so a password in it would leak (use a secret path or 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import time
 from collections.abc import Sequence
@@ -24,6 +25,9 @@ from typing import Any, Protocol, get_args
 from urllib.parse import urlsplit
 
 import aiohttp
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
 from aiohttp import web
 
 from pipeline.config import WebhookEventType
@@ -60,6 +64,10 @@ class WebhookSettings:
     declared: Sequence[dict[str, Any]] = field(default_factory=list)
     secret: bytes = b""
     timeout: float = TEST_TIMEOUT
+    tenant_private: bool = False  # [api] tenant_webhook_private
+    nameservers: Sequence[str] = ()  # [dns]: how a tenant URL's host name is resolved for that check
+    dns_port: int = 53
+    dns_timeout: float = 5.0
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -104,6 +112,39 @@ def _events(value: Any) -> list[str] | None:
     if not isinstance(value, list) or not all(isinstance(e, str) and e in EVENT_TYPES for e in value):
         return None
     return list(value)
+
+
+async def non_global_address(url: str, settings: WebhookSettings) -> str | None:
+    """Why ``url``'s host is not a public address (loopback, private, link-local, ...), or ``None``.
+
+    An IP literal is judged as it is; ``localhost`` names are local; any other name is resolved
+    (A and AAAA, through ``[dns]``) and every address must be global. A name that does not resolve
+    is refused too: the gateway could not deliver to it either.
+    """
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return f"{host} is this machine"
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        resolver = dns.asyncresolver.Resolver(configure=not settings.nameservers)
+        if settings.nameservers:
+            resolver.nameservers = list(settings.nameservers)
+        resolver.port, resolver.lifetime = settings.dns_port, settings.dns_timeout
+        addresses = []
+        for rdtype in ("A", "AAAA"):
+            try:
+                addresses += [ipaddress.ip_address(r.to_text()) for r in await resolver.resolve(host, rdtype)]
+            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+                continue
+            except dns.exception.DNSException:
+                return f"{host} could not be resolved"
+        if not addresses:
+            return f"{host} has no address"
+    for address in addresses:
+        if not address.is_global:
+            return f"{host} is a non-public address ({address})"
+    return None
 
 
 class WebhookHandlers:
@@ -191,6 +232,10 @@ class WebhookHandlers:
             credential = principal.credential
         if url in self.formatted:
             return _error(409, f"{url} is a config endpoint with its own payload format")
+        if principal.credential is not None and not self.settings.tenant_private:
+            why = await non_global_address(url, self.settings)
+            if why is not None:
+                return _error(400, f"{why}: a tenant's webhook must be on a public address")
         try:
             row = await asyncio.to_thread(self.store.add, url, credential, events, principal.name)
         except ValueError as exc:
@@ -247,6 +292,10 @@ class WebhookHandlers:
         row = await self._endpoint(request, principal)
         if row is None:
             return _error(404, "no such webhook endpoint")
+        if principal.credential is not None and not self.settings.tenant_private:
+            why = await non_global_address(row["url"], self.settings)  # the name may point elsewhere now
+            if why is not None:
+                return _error(409, f"{why}: not sent (a tenant's webhook must be on a public address)")
         now = time.time()
         payload = {
             "id": 0,
@@ -342,7 +391,7 @@ OPENAPI_PATHS: dict[str, Any] = {
             },
             "responses": {
                 "201": _ok("Added", "WebhookEndpoint"),
-                "400": _err("Not JSON, a bad URL or event type."),
+                "400": _err("Not JSON, a bad URL or event type; a tenant's URL on a non-public address."),
                 "404": _err("Not this token's credential."),
                 "409": _err("Already an endpoint of this scope, or a config endpoint with a format."),
                 "413": _err("Body over 64 KiB."),
@@ -386,6 +435,7 @@ OPENAPI_PATHS: dict[str, Any] = {
             "responses": {
                 "200": _ok("What the receiver answered", "WebhookTest"),
                 "404": _err("No such endpoint (or not this token's)."),
+                "409": _err("A tenant's endpoint whose host is now a non-public address: not sent."),
                 **_COMMON,
             },
         }

@@ -224,7 +224,9 @@ class Gateway:
         w = self.config.webhooks
         declared = [{"url": e.url, "credential": e.credential, "events": list(e.events), "format": e.format}
                     for e in w.endpoints]
-        return WebhookSettings(declared, load_webhook_secret(self.config), min(w.timeout, 10.0))
+        d = self.config.dns
+        return WebhookSettings(declared, load_webhook_secret(self.config), min(w.timeout, 10.0),
+                               self.config.api.tenant_webhook_private, list(d.nameservers), d.port, min(d.timeout, 5.0))
 
     def _domain_settings(self) -> DomainSettings:
         """The DKIM domains and what their DNS records name, for the API's domain handlers."""
