@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import aiosmtplib
 from aiohttp import web
 
 from pipeline.accounts.webhook_endpoints import WebhookEndpointStore
+from pipeline.api.domains import DnsChecker, DomainSettings
 from pipeline.app.gateway import Gateway
 from pipeline.config import load_config
 from pipeline.contract.context import Event
@@ -503,3 +505,27 @@ async def test_domains_list_their_dns_records_and_a_live_dns_check_reports_each_
     finally:
         await gw.stop(2.0)
         zone.close()
+
+
+async def test_a_dns_server_that_does_not_answer_is_an_error_not_a_missing_record(tmp_path: Path) -> None:
+    """A silent resolver must not make a published record look absent (an operator would re-publish)."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never read: queries time out
+    silent.bind(("127.0.0.1", 0))
+    try:
+        settings = DomainSettings(
+            hostname="gw.test",
+            bounce_domain="bounces.gw.test",
+            nameservers=["127.0.0.1"],
+            port=silent.getsockname()[1],
+            timeout=0.3,
+        )
+        checker = DnsChecker(settings)
+        for result in (
+            await checker.spf("shop.example"),
+            await checker.dmarc("shop.example"),
+            await checker.bounce_mx(),
+            await checker.dkim({"selector": "s1", "name": "s1._domainkey.shop.example", "value": None}),
+        ):
+            assert result["status"] == "error" and result["detail"].startswith("DNS did not answer"), result
+    finally:
+        silent.close()
