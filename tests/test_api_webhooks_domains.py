@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import aiosmtplib
+import pytest
 from aiohttp import web
 
 from pipeline.accounts.webhook_endpoints import WebhookEndpointStore
@@ -36,7 +38,7 @@ retry_min = 0.05
 
 
 class Receiver:
-    """An HTTP server that keeps every POST it gets, per path; ``/fail`` answers 500."""
+    """An HTTP server that keeps every POST it gets, per path; ``/fail...`` answers 500."""
 
     def __init__(self) -> None:
         self.got: dict[str, list[tuple[dict[str, str], bytes]]] = {}
@@ -49,7 +51,7 @@ class Receiver:
         async with self.changed:
             self.got.setdefault(request.path, []).append((dict(request.headers), body))
             self.changed.notify_all()
-        return web.Response(status=500 if request.path == "/fail" else 200)
+        return web.Response(status=500 if request.path.startswith("/fail") else 200)
 
     async def start(self) -> Receiver:
         app = web.Application()
@@ -529,3 +531,40 @@ async def test_a_dns_server_that_does_not_answer_is_an_error_not_a_missing_recor
             assert result["status"] == "error" and result["detail"].startswith("DNS did not answer"), result
     finally:
         silent.close()
+
+
+async def test_a_failing_webhook_is_logged_without_its_path_query_or_password(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Receivers put secrets in their URLs (an unguessable path, ?token=); the sender's log lines show
+    scheme and host only."""
+    conf = tmp_path / "smtpgate.toml"
+    secret_url_part = "s3cr3t-path-Zq81"
+    receiver = await Receiver().start()
+    failing = f"{receiver.url}/fail/{secret_url_part}?token={secret_url_part}"
+    conf.write_text(
+        TOML.format(data=tmp_path / "data")
+        + FAST_WEBHOOKS.replace("[webhooks]\n", "[webhooks]\nmax_attempts = 1\n")
+        + f'urls = ["{failing}", "http://u:{secret_url_part}@127.0.0.1:9/"]\n'
+    )
+    gw = Gateway(load_config(str(conf)))
+    ingress = gw.ingress_service()
+    gw.services = [ingress, *gw.tracking_services(port=0)]
+    caplog.set_level(logging.DEBUG)
+    await gw.start()
+    try:
+        await send(ingress.port("plain"), "shop", "x@example.net", 1)
+        await wait_for(
+            lambda: (
+                {d["state"] for d in gw.events.webhook_deliveries()} == {"dead"}
+                and len(gw.events.webhook_deliveries()) == 2
+            )
+        )
+    finally:
+        await gw.stop(2.0)
+        await receiver.close()
+    failures = [r.getMessage() for r in caplog.records if "attempt 1 failed" in r.getMessage()]
+    assert len(failures) == 2, failures
+    assert f"webhook {receiver.url}/... event" in "\n".join(failures)
+    assert "webhook http://127.0.0.1:9/ event" in "\n".join(failures)
+    assert all(secret_url_part not in f"{r.getMessage()} {r.args!r}" for r in caplog.records)

@@ -22,6 +22,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -48,6 +49,19 @@ def load_webhook_secret(config: Config) -> bytes:
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_urlsafe(32))
     return path.read_text().strip().encode("utf-8")
+
+
+def log_url(url: str) -> str:
+    """``url`` as a log line may show it: scheme and host only. Receivers often put their secret in
+    the path or query (an unguessable URL), and logs travel further than the config file."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(unparsable URL)"
+    host = parts.hostname or "?"
+    rest = "..." if parts.path not in ("", "/") or parts.query else ""
+    return f"{parts.scheme}://{host}{port}/{rest}"  # never user:password@ either
 
 
 def sign_webhook(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -243,7 +257,7 @@ class WebhookSender:
                 nxt = None if give_up else time.time() + self.backoff(attempts)
                 log.warning(
                     "webhook %s event %s attempt %d failed: %s%s",
-                    item.url, item.event.id, attempts, error, " (giving up)" if give_up else "",
+                    log_url(item.url), item.event.id, attempts, error, " (giving up)" if give_up else "",
                 )
                 await asyncio.to_thread(self.store.webhook_failed, item.id, error, nxt)
         except Exception as exc:
