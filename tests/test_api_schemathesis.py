@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -58,8 +56,7 @@ async def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_sche
     (tmp_path / "schemathesis.toml").write_text(
         f'[parameters]\n"path.queue_id" = "{accepted.event.queue_id}"\n"path.domain" = "shop.example"\n'
     )
-    st = shutil.which("schemathesis") or shutil.which("st")
-    command = [st] if st else [sys.executable, "-m", "schemathesis.cli"]
+    command = [sys.executable, "-m", "schemathesis.cli"]  # the schemathesis of this interpreter's environment
     report = tmp_path / "report.json"
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -95,7 +92,6 @@ async def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_sche
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             cwd=tmp_path,
-            env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
         )
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=240)
         text = out.decode("utf-8", "replace")
