@@ -372,9 +372,8 @@ async def test_bodies_over_the_limit_are_a_json_413_and_no_secret_reaches_a_log_
             async with http.post(
                 api.url + "/api/v1/webhooks", json={"url": "http://127.0.0.1:9/x"}, headers=admin
             ) as r:
-                hook = (await r.json())[
-                    "id"
-                ]  # a real endpoint: an unknown id is a 404 before the body is read
+                added = await r.json()  # a real endpoint: an unknown id is a 404 before the body is read
+                hook = added["id"]
             for path, method in with_body:
                 big = b'{"name": "' + b"x" * 70_000 + b'"}'
                 async with http.request(
@@ -388,7 +387,7 @@ async def test_bodies_over_the_limit_are_a_json_413_and_no_secret_reaches_a_log_
                     assert "413" in doc["paths"][path][method]["responses"]
 
             # secrets the API hands out or receives: tokens, a new credential's key, a rotated one
-            secrets = list(w.tokens.values())
+            secrets = [*w.tokens.values(), added["secret"]]
             async with http.post(api.url + "/api/v1/credentials", json={"name": "app2"}, headers=admin) as r:
                 secrets.append((await r.json())["secret"])
                 seen_urls.append(str(r.url))

@@ -175,17 +175,31 @@ async def test_webhook_endpoints_added_over_the_api_get_their_tenants_events_fil
                 ("accepted", "club"),
                 ("accepted", "shop"),
             ]
-            secret = (tmp_path / "data" / "webhook.key").read_text().strip().encode()
+            # each endpoint's deliveries are signed with its own secret (shown once, when added), so its
+            # tenant can verify them; not with the operator's [webhooks] secret
+            assert shop_hook["secret"].startswith("whsec_") and shop_hook["secret"] != club_hook["secret"]
+            assert all("secret" not in e for e in listed["endpoints"])
+            secret = shop_hook["secret"].encode()
+            global_secret = (tmp_path / "data" / "webhook.key").read_text().strip().encode()
             headers, body = receiver.got["/shop"][0]
+            stamp, signature = headers["X-Smtpgate-Timestamp"], headers["X-Smtpgate-Signature"]
+            assert verify_webhook(secret, stamp, body, signature)
+            assert not verify_webhook(global_secret, stamp, body, signature)
+            assert not verify_webhook(club_hook["secret"].encode(), stamp, body, signature)
+            headers, body = receiver.got["/all"][0]
             assert verify_webhook(
-                secret, headers["X-Smtpgate-Timestamp"], body, headers["X-Smtpgate-Signature"]
+                all_hook["secret"].encode(),
+                headers["X-Smtpgate-Timestamp"],
+                body,
+                headers["X-Smtpgate-Signature"],
             )
 
             # the filter changes: club's endpoint now wants bounces only (the URL and scope stay)
             status, changed = await c.call(
                 "PATCH", f"{hooks}/{club_hook['id']}", one, tokens["club"], body={"events": ["bounced"]}
             )
-            assert status == 200 and changed == {**club_hook, "events": ["bounced"]}
+            unchanged = {k: v for k, v in club_hook.items() if k not in ("events", "secret")}
+            assert status == 200 and changed == {**unchanged, "events": ["bounced"]}
             status, _ = await c.call(
                 "PATCH", f"{hooks}/{club_hook['id']}", one, tokens["shop"], body={"events": []}
             )
@@ -344,6 +358,9 @@ def test_stored_webhook_endpoints_feed_the_event_recorder_on_both_backends(backe
         ]
         assert reader.urls_for("shop", "opened") == ["http://127.0.0.1:9/all"]
         assert reader.urls_for("club", "delivered") == ["http://127.0.0.1:9/all"]
+        assert reader.secret_for("http://127.0.0.1:9/shop", "shop") == shop["secret"].encode()
+        assert reader.secret_for("http://127.0.0.1:9/shop", "club") is None  # not club's endpoint
+        assert reader.secret_for("http://127.0.0.1:9/all", "club") == everyone["secret"].encode()
         assert reader.get(shop["id"]) == shop and {r["id"] for r in reader.list()} == {
             shop["id"],
             everyone["id"],

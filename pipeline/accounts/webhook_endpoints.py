@@ -29,16 +29,17 @@ CREATE TABLE IF NOT EXISTS webhook_endpoints (
     credential  TEXT,
     events      TEXT NOT NULL DEFAULT '[]',
     created_by  TEXT,
-    created_at  REAL NOT NULL
+    created_at  REAL NOT NULL,
+    secret      TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS webhook_endpoints_credential ON webhook_endpoints(credential);
 """
 
-_COLUMNS = "id, url, credential, events, created_by, created_at"
+_COLUMNS = "id, url, credential, events, created_by, created_at, secret"
 
 
 def _row(r: tuple[Any, ...]) -> dict[str, Any]:
-    id_, url, credential, events, created_by, created_at = r
+    id_, url, credential, events, created_by, created_at, secret = r
     return {
         "id": id_,
         "url": url,
@@ -46,6 +47,7 @@ def _row(r: tuple[Any, ...]) -> dict[str, Any]:
         "events": json.loads(events),
         "created_by": created_by,
         "created_at": created_at,
+        "secret": secret,
     }
 
 
@@ -113,7 +115,8 @@ class WebhookEndpointStore:
     def add(
         self, url: str, credential: str | None, events: builtins.list[str], created_by: str | None = None
     ) -> dict[str, Any]:
-        """Store an endpoint; the row (its id is random: ids do not tell a tenant how many others exist).
+        """Store an endpoint; the row, with its signing secret (ids are random: they do not tell a tenant
+        how many others exist; the secret signs this endpoint's deliveries, so a tenant can check them).
         A URL already stored for the same credential is a ``ValueError`` (one delivery per event)."""
         with self._lock:
             self._open(create=True)
@@ -132,8 +135,9 @@ class WebhookEndpointStore:
                 json.dumps(sorted(set(events))),
                 created_by,
                 time.time(),
+                f"whsec_{secrets.token_urlsafe(32)}",
             )
-            self._q(f"INSERT INTO webhook_endpoints ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", row)
+            self._q(f"INSERT INTO webhook_endpoints ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
             self._version = None
         return _row(row)
 
@@ -177,6 +181,13 @@ class WebhookEndpointStore:
                 self._rows = [_row(r) for r in rows]
                 self._version = version
             return list(self._rows)
+
+    def secret_for(self, url: str, credential: str | None) -> bytes | None:
+        """The signing secret of the endpoint a delivery to ``url`` of this credential's event came from
+        (the credential's own row first, then a global one); ``None``: not an endpoint of the API."""
+        rows = [r for r in self.list() if r["url"] == url and r["credential"] in (credential, None)]
+        rows.sort(key=lambda r: r["credential"] is None)
+        return rows[0]["secret"].encode("utf-8") if rows and rows[0]["secret"] else None
 
     def urls_for(self, credential: str | None, event_type: str | None) -> builtins.list[str]:
         """The URLs that want this event: global rows and the event's credential's, by event type."""

@@ -240,7 +240,8 @@ class WebhookHandlers:
             row = await asyncio.to_thread(self.store.add, url, credential, events, principal.name)
         except ValueError as exc:
             return _error(409, str(exc))
-        return web.json_response(_view(row, "api"), status=201, headers=NO_STORE)
+        # the signing secret, shown once: this endpoint's deliveries are signed with it
+        return web.json_response({**_view(row, "api"), "secret": row["secret"]}, status=201, headers=NO_STORE)
 
     async def change(self, request: web.Request, principal: ApiPrincipalView) -> web.Response:
         """Change the event-type filter of an endpoint added over the API."""
@@ -320,7 +321,7 @@ class WebhookHandlers:
             "X-Smtpgate-Event": "test",
             "X-Smtpgate-Event-Id": "0",
             "X-Smtpgate-Timestamp": ts,
-            "X-Smtpgate-Signature": sign_webhook(self.settings.secret, ts, body),
+            "X-Smtpgate-Signature": sign_webhook(row["secret"].encode() or self.settings.secret, ts, body),
         }
         started = time.monotonic()
         status: int | None = None
@@ -390,7 +391,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WebhookAdd"}}},
             },
             "responses": {
-                "201": _ok("Added", "WebhookEndpoint"),
+                "201": _ok("Added, with its signing secret (shown once)", "WebhookEndpointWithSecret"),
                 "400": _err("Not JSON, a bad URL or event type; a tenant's URL on a non-public address."),
                 "404": _err("Not this token's credential."),
                 "409": _err("Already an endpoint of this scope, or a config endpoint with a format."),
@@ -463,22 +464,36 @@ OPENAPI_PATHS: dict[str, Any] = {
     },
 }
 
+_ENDPOINT_PROPS: dict[str, Any] = {
+    "id": _NULLABLE_STR,
+    "url": {"type": "string"},
+    "credential": _NULLABLE_STR,
+    "events": {"type": "array", "items": {"type": "string", "enum": list(EVENT_TYPES)}},
+    "format": {"type": "string", "enum": ["smtpgate", "sendgrid", "mailgun", "postmark"]},
+    "source": {
+        "type": "string",
+        "enum": ["config", "credential", "api"],
+        "description": "config: the config file; credential: `smtpgate credentials "
+        "add --webhook`; api: added here (only these have an id).",
+    },
+}
+
 OPENAPI_SCHEMAS: dict[str, Any] = {
     "WebhookEndpoint": {
         "type": "object",
         "additionalProperties": False,
         "required": ["id", "url", "credential", "events", "format", "source"],
+        "properties": _ENDPOINT_PROPS,
+    },
+    "WebhookEndpointWithSecret": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "url", "credential", "events", "format", "source", "secret"],
         "properties": {
-            "id": _NULLABLE_STR,
-            "url": {"type": "string"},
-            "credential": _NULLABLE_STR,
-            "events": {"type": "array", "items": {"type": "string", "enum": list(EVENT_TYPES)}},
-            "format": {"type": "string", "enum": ["smtpgate", "sendgrid", "mailgun", "postmark"]},
-            "source": {
+            **_ENDPOINT_PROPS,
+            "secret": {
                 "type": "string",
-                "enum": ["config", "credential", "api"],
-                "description": "config: the config file; credential: `smtpgate credentials "
-                "add --webhook`; api: added here (only these have an id).",
+                "description": "HMAC key of X-Smtpgate-Signature for this endpoint's deliveries; shown only here.",
             },
         },
     },

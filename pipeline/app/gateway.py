@@ -187,6 +187,7 @@ class Gateway:
         """The tracking HTTP service (clicks, opens, unsubscribe, stats) and the webhook sender."""
         tracking, sender = tracking_services(self.config, self.event_sink, self.events, self.counters,
                                              host=host, port=port)
+        sender.endpoint_secret = self.webhook_endpoints.secret_for  # API endpoints sign with their own secret
         self.event_sink.webhook_senders.append(sender)
         return [tracking, sender]
 

@@ -159,6 +159,8 @@ class WebhookSender:
                 self.keys[endpoint.url] = load_key(config, endpoint)
             elif endpoint.format == "mailgun":
                 self.keys[endpoint.url] = endpoint.signing_key.encode("utf-8") if endpoint.signing_key else self.secret
+        # the signing secret of an endpoint added over the API, by (url, event credential); None: the global one
+        self.endpoint_secret: Callable[[str, str | None], bytes | None] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[int] = set()
@@ -284,12 +286,20 @@ class WebhookSender:
             "X-Smtpgate-Event": item.stored.event.type,
             "X-Smtpgate-Event-Id": str(item.stored.id),
             "X-Smtpgate-Timestamp": ts,
-            "X-Smtpgate-Signature": sign_webhook(self.secret, ts, body),
+            "X-Smtpgate-Signature": sign_webhook(self._secret(group[0].url, item.stored.event.credential), ts, body),
         }
         if item.stored.event.letter_id:
             headers["X-Letter-Id"] = item.stored.event.letter_id
         headers.update(formats.basic_auth(endpoint))
         return formats.Request(body, headers)
+
+    def _secret(self, url: str, credential: str | None) -> bytes:
+        """An API endpoint's own secret (its tenant can verify with it), else ``[webhooks] secret``."""
+        if self.endpoint_secret is not None:
+            own = self.endpoint_secret(url, credential)
+            if own is not None:
+                return own
+        return self.secret
 
     async def _post(self, group: list[OutboxItem]) -> str | None:
         """One attempt; ``None`` on a 2xx answer, else what went wrong."""

@@ -141,7 +141,8 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             credential  TEXT,
             events      TEXT NOT NULL DEFAULT '[]',
             created_by  TEXT,
-            created_at  DOUBLE PRECISION NOT NULL
+            created_at  DOUBLE PRECISION NOT NULL,
+            secret      TEXT NOT NULL DEFAULT ''
         );
         CREATE INDEX webhook_endpoints_credential ON webhook_endpoints(credential);
         """,
