@@ -1,5 +1,6 @@
 """The management API's handlers (``/api/v1``): the message log's search, each message's story and
-the queue actions on it (retry, hold, release, delete); the stoplist is in :mod:`.suppressions`.
+the queue actions on it (retry, hold, release, delete); the stoplist is in :mod:`.suppressions`,
+credentials in :mod:`.credentials`, webhook endpoints in :mod:`.webhooks`, DKIM domains in :mod:`.domains`.
 
 Every answer is JSON, errors included (``{"error": ...}`` with the HTTP status). A request needs
 ``Authorization: Bearer <token>`` (never a query parameter: URLs end up in logs and histories);
