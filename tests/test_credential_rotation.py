@@ -13,7 +13,11 @@ from pipeline.accounts.store import CredentialError, CredentialStore
 
 
 def test_rotating_a_stored_secret_replaces_it_on_both_backends(backend: Any) -> None:
-    store = CredentialStore(url=backend.url) if backend.url else CredentialStore(backend.data_dir / "credentials.db")
+    store = (
+        CredentialStore(url=backend.url)
+        if backend.url
+        else CredentialStore(backend.data_dir / "credentials.db")
+    )
     try:
         first = store.add("app", "apikey")
         password = store.add("desk", "password", username="desk")
