@@ -273,6 +273,21 @@ async def test_webhook_endpoints_added_over_the_api_get_their_tenants_events_fil
                 receiver.url + "/fail"
             ]
             assert receiver.got["/shop"][2:] == []
+
+            # removing an endpoint drops its pending retries (the failing one keeps retrying until then)
+            fail_url = receiver.url + "/fail"
+            pending = [d for d in gw.events.webhook_deliveries() if d["url"] == fail_url]
+            assert len(pending) == 2 and {d["state"] for d in pending} == {
+                "pending"
+            }  # s2: accepted, delivered
+            status, _ = await c.call("DELETE", f"{hooks}/{failing['id']}", one, tokens["admin"])
+            assert status == 204
+            after = [d for d in gw.events.webhook_deliveries() if d["url"] == fail_url]
+            assert {(d["state"], d["last_error"]) for d in after} == {("dead", "endpoint removed")}
+            # another endpoint's pending deliveries are untouched
+            assert any(
+                d["state"] == "delivered" for d in gw.events.webhook_deliveries() if d["url"] == r_club
+            )
     finally:
         await gw.stop(2.0)
         await receiver.close()

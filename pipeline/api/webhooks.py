@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, get_args
 from urllib.parse import urlsplit
@@ -33,6 +34,8 @@ from aiohttp import web
 from pipeline.config import WebhookEventType
 from pipeline.events.webhooks import USER_AGENT, sign_webhook
 from pipeline.ports import ApiPrincipalView, CredentialAdmin, MessageLog
+
+log = logging.getLogger("smtpgate.api")
 
 NO_STORE = {"Cache-Control": "no-store"}
 EVENT_TYPES = get_args(WebhookEventType)
@@ -68,6 +71,8 @@ class WebhookSettings:
     nameservers: Sequence[str] = ()  # [dns]: how a tenant URL's host name is resolved for that check
     dns_port: int = 53
     dns_timeout: float = 5.0
+    # pending deliveries to a removed endpoint's URL (of a credential's events; None: all) are dropped
+    cancel_pending: Callable[[str, str | None], int] | None = None
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -265,9 +270,20 @@ class WebhookHandlers:
         return web.json_response(_view(changed, "api"), headers=NO_STORE)
 
     async def remove(self, request: web.Request, principal: ApiPrincipalView) -> web.Response:
+        """Remove an endpoint; its pending deliveries are dropped unless the URL is still wanted by
+        another endpoint (the config file's, a credential's own, or another one added here)."""
         row = await self._endpoint(request, principal)
         if row is None or not await asyncio.to_thread(self.store.remove, row["id"]):
             return _error(404, "no such webhook endpoint (config endpoints change in the config file)")
+        still_wanted = any(e["url"] == row["url"] for e in await self._all())
+        if self.settings.cancel_pending is not None and not still_wanted:
+            dropped = await asyncio.to_thread(self.settings.cancel_pending, row["url"], row["credential"])
+            log.info(
+                "webhook endpoint %s removed by API token %r; %d pending deliveries dropped",
+                row["id"],
+                principal.name,
+                dropped,
+            )
         return web.Response(status=204, headers=NO_STORE)
 
     async def deliveries(self, request: web.Request, principal: ApiPrincipalView) -> web.Response:

@@ -227,7 +227,8 @@ class Gateway:
                     for e in w.endpoints]
         d = self.config.dns
         return WebhookSettings(declared, load_webhook_secret(self.config), min(w.timeout, 10.0),
-                               self.config.api.tenant_webhook_private, list(d.nameservers), d.port, min(d.timeout, 5.0))
+                               self.config.api.tenant_webhook_private, list(d.nameservers), d.port, min(d.timeout, 5.0),
+                               self.events.cancel_webhooks)
 
     def _domain_settings(self) -> DomainSettings:
         """The DKIM domains and what their DNS records name, for the API's domain handlers."""
