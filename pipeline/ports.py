@@ -240,8 +240,9 @@ class MessageLog(Protocol):
 
     def message(self, queue_id: str) -> dict[str, Any] | None: ...
 
-    def webhook_deliveries(self, credential: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """The latest webhook deliveries with their event (one credential's when given)."""
+    def webhook_deliveries(self, credential: str | None = None, limit: int = 50,
+                           url: str | None = None) -> list[dict[str, Any]]:
+        """The latest webhook deliveries with their event (one credential's, one URL's when given)."""
         ...
 
 

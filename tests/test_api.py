@@ -568,10 +568,10 @@ async def test_webhook_endpoints_and_deliveries_are_tenant_scoped(tmp_path: Path
             async with http.get(api.url + "/api/v1/openapi.json") as r:
                 c = Checked(http, api.url, await r.json())
             status, body = await c.get(hooks, hooks, tokens["admin"])
-            assert body["endpoints"] == [{"url": "http://127.0.0.1:9/all", "credential": None},
-                                         {"url": "http://127.0.0.1:9/shop-hook", "credential": "shop"}]
+            assert [(e["url"], e["credential"], e["source"], e["id"]) for e in body["endpoints"]] == [
+                ("http://127.0.0.1:9/all", None, "config", None), ("http://127.0.0.1:9/shop-hook", "shop", "config", None)]
             status, body = await c.get(hooks, hooks, tokens["shop"])
-            assert body["endpoints"] == [{"url": "http://127.0.0.1:9/shop-hook", "credential": "shop"}]
+            assert [(e["url"], e["credential"]) for e in body["endpoints"]] == [("http://127.0.0.1:9/shop-hook", "shop")]
             status, body = await c.get(hooks, hooks, tokens["club"])
             assert body["endpoints"] == []
 

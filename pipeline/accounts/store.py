@@ -223,9 +223,10 @@ class CredentialStore:
         """A new generated secret for an ``apikey`` (new key id too) or ``password`` credential; the old
         one stops working at once. Returned once, stored only as a hash."""
         with self._lock:
-            row = self._conn.execute("SELECT kind FROM credentials WHERE name = ?", (name,)).fetchone()
-            if row is None:
+            rows = self._q("SELECT kind FROM credentials WHERE name = ?", (name,))[0]  # both backends
+            if not rows:
                 raise CredentialError(f"no credential named {name!r}")
+            row = rows[0]
             key_id: str | None
             if row[0] == CredentialKind.APIKEY:
                 key_id, secret = new_api_key()
@@ -233,7 +234,7 @@ class CredentialStore:
                 key_id, secret = None, new_password()
             else:
                 raise CredentialError(f"credential {name!r} is an IP allow-list: it has no secret to rotate")
-            self._conn.execute(
+            self._q(
                 "UPDATE credentials SET key_id = COALESCE(?, key_id), secret_hash = ? WHERE name = ?",
                 (key_id, hash_secret(secret), name),
             )

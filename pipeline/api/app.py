@@ -1,5 +1,6 @@
 """The management API's handlers (``/api/v1``): the message log's search, each message's story and
-the queue actions on it (retry, hold, release, delete); the stoplist is in :mod:`.suppressions`.
+the queue actions on it (retry, hold, release, delete); the stoplist is in :mod:`.suppressions`,
+credentials in :mod:`.credentials`, webhook endpoints in :mod:`.webhooks`, DKIM domains in :mod:`.domains`.
 
 Every answer is JSON, errors included (``{"error": ...}`` with the HTTP status). A request needs
 ``Authorization: Bearer <token>`` (never a query parameter: URLs end up in logs and histories);
@@ -25,10 +26,12 @@ from aiohttp import web
 
 from pipeline.api.console import ConsolePorts, add_console
 from pipeline.api.credentials import CredentialHandlers
+from pipeline.api.domains import DomainHandlers, DomainSettings
 from pipeline.api.events import EventHandlers
 from pipeline.api.openapi import openapi_document
 from pipeline.api.send import SendHandlers, SendPorts
 from pipeline.api.suppressions import SuppressionHandlers
+from pipeline.api.webhooks import WebhookEndpointAdmin, WebhookHandlers, WebhookSettings
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType, RecipientState
 from pipeline.events.messages import LOG_STATES
@@ -345,6 +348,9 @@ class ApiPorts:
     global_webhooks: Sequence[str] = field(default_factory=list)
     console: ConsolePorts | None = None  # the web console under /console/ (None: not served)
     send: SendPorts | None = None  # POST /api/v1/messages (pipeline/api/send.py); absent: not offered
+    webhook_endpoints: WebhookEndpointAdmin | None = None  # endpoints added over the API (none: not offered)
+    webhook_settings: WebhookSettings = field(default_factory=WebhookSettings)
+    domains: DomainSettings = field(default_factory=DomainSettings)
 
 
 def build_api_app(ports: ApiPorts) -> web.Application:
@@ -352,7 +358,7 @@ def build_api_app(ports: ApiPorts) -> web.Application:
     p = ports
     a = ApiApp(p.tokens, p.log, p.spool, p.events, p.store, p.metrics)
     s = SuppressionHandlers(p.suppressions)
-    c = CredentialHandlers(p.credentials, p.declared_credentials, p.global_webhooks)
+    c = CredentialHandlers(p.credentials, p.declared_credentials)
     app = web.Application(middlewares=[a.json_errors], client_max_size=MAX_BODY)
     app.router.add_get("/api/v1/openapi.json", a.openapi, name="openapi")  # public: it describes, holds no data
     app.router.add_get("/api/v1/messages", a.authed(a.search), name="messages")
@@ -367,8 +373,20 @@ def build_api_app(ports: ApiPorts) -> web.Application:
     app.router.add_get("/api/v1/stats", a.authed(a.stats), name="stats")
     app.router.add_get("/api/v1/events", a.authed(EventHandlers(p.store).list), name="events")
     app.router.add_get("/api/v1/credentials", a.authed(c.list), name="credentials")
-    app.router.add_get("/api/v1/webhooks", a.authed(c.webhooks), name="webhooks")
     app.router.add_get("/api/v1/webhooks/deliveries", a.authed(a.webhook_deliveries), name="webhook_deliveries")
+    if p.webhook_endpoints is not None:
+        w = WebhookHandlers(p.webhook_endpoints, p.credentials, p.log, p.declared_credentials, p.global_webhooks,
+                            p.webhook_settings)
+        app.router.add_get("/api/v1/webhooks", a.authed(w.list), name="webhooks")
+        app.router.add_post("/api/v1/webhooks", a.authed(w.add), name="webhook_add")
+        app.router.add_delete("/api/v1/webhooks/{id}", a.authed(w.remove), name="webhook_remove")
+        app.router.add_patch("/api/v1/webhooks/{id}", a.authed(w.change), name="webhook_change")
+        app.router.add_post("/api/v1/webhooks/{id}/test", a.authed(w.test), name="webhook_test")
+        app.router.add_get("/api/v1/webhooks/{id}/deliveries", a.authed(w.deliveries), name="webhook_attempts")
+    d = DomainHandlers(p.domains, p.credentials, p.declared_credentials)
+    app.router.add_get("/api/v1/domains", a.authed(d.list), name="domains")
+    app.router.add_get("/api/v1/domains/{domain}", a.authed(d.show), name="domain")
+    app.router.add_get("/api/v1/domains/{domain}/check", a.authed(d.check), name="domain_check")
     app.router.add_post("/api/v1/credentials", a.authed(c.add), name="credential_add")
     for action in ("disable", "enable", "rotate"):
         app.router.add_post(f"/api/v1/credentials/{{name}}/{action}", a.authed(getattr(c, action)),

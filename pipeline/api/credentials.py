@@ -44,11 +44,9 @@ def _view(row: dict[str, Any], source: str) -> dict[str, Any]:
 class CredentialHandlers:
     """The credential endpoints on the :class:`~pipeline.ports.CredentialAdmin` port."""
 
-    def __init__(self, store: CredentialAdmin, declared: Sequence[dict[str, Any]],
-                 global_webhooks: Sequence[str] = ()) -> None:
+    def __init__(self, store: CredentialAdmin, declared: Sequence[dict[str, Any]]) -> None:
         self.store = store
         self.declared = {d["name"]: d for d in declared}  # [[credentials]] of the config file
-        self.global_webhooks = list(global_webhooks)  # [webhooks] urls: every event goes there
 
     async def _all(self) -> list[dict[str, Any]]:
         stored = await asyncio.to_thread(self.store.list)
@@ -106,16 +104,6 @@ class CredentialHandlers:
             return _error(404 if "no credential" in str(exc) else 409, str(exc))
         [row] = [r for r in await self._all() if r["name"] == name]
         return web.json_response(row, headers=NO_STORE)
-
-    async def webhooks(self, request: web.Request, principal: ApiPrincipalView) -> web.Response:
-        """Where events are POSTed: the global URLs (administrators only) and each credential's."""
-        stored = await asyncio.to_thread(self.store.list)
-        rows = [*self.declared.values(), *(r for r in stored if r["name"] not in self.declared)]
-        endpoints = [{"url": u, "credential": None} for u in self.global_webhooks]
-        endpoints += [{"url": u, "credential": r["name"]} for r in rows for u in r.get("webhooks") or []]
-        if principal.credential is not None:
-            endpoints = [e for e in endpoints if e["credential"] == principal.credential]
-        return web.json_response({"endpoints": endpoints}, headers=NO_STORE)
 
     async def disable(self, request: web.Request, principal: ApiPrincipalView) -> web.Response:
         return await self._change(request, principal, "disable")

@@ -7,8 +7,10 @@ cannot drift apart silently.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+from pipeline.api import domains, webhooks
 from pipeline.api.events import add_events_operation
 from pipeline.api.send import add_send_operation
 from pipeline.events.messages import LOG_STATES
@@ -73,7 +75,19 @@ _QUERY = [
 
 
 def openapi_document() -> dict[str, Any]:
-    """The document; a fresh dict each call (callers may not share mutations)."""
+    """The document; a fresh dict each call (callers may not share mutations). The areas in their own
+    modules (webhooks, domains) add their paths and schemas (:func:`_with_areas`)."""
+    return _with_areas(_document())
+
+
+def _with_areas(doc: dict[str, Any]) -> dict[str, Any]:
+    for area in (webhooks, domains):
+        doc["paths"].update(copy.deepcopy(area.OPENAPI_PATHS))
+        doc["components"]["schemas"].update(copy.deepcopy(area.OPENAPI_SCHEMAS))
+    return doc
+
+
+def _document() -> dict[str, Any]:
     params: list[dict[str, Any]] = [
         {"name": n, "in": "query", "required": False, "description": d, "schema": {"type": "string"}} for n, d in _QUERY
     ]
@@ -198,11 +212,6 @@ def openapi_document() -> dict[str, Any]:
                 ("rotate", "A new secret, shown once; the old one stops working (administrators, or the "
                            "credential's own tenant token).", "RotatedSecret"),
             )},
-            "/api/v1/webhooks": {"get": {
-                "operationId": "listWebhooks",
-                "summary": "Where events are POSTed: global URLs (administrators) and each credential's.",
-                "responses": {"200": _json("Endpoints", "WebhookEndpoints"), "401": unauthorized, "429": throttled},
-            }},
             "/api/v1/webhooks/deliveries": {"get": {
                 "operationId": "listWebhookDeliveries",
                 "summary": "The latest webhook attempts, newest first (a tenant: its own events').",
@@ -340,7 +349,8 @@ def openapi_document() -> dict[str, Any]:
                                    "properties": {"credentials": {"type": "array", "items": _ref("Credential")}}},
                 "CredentialAdd": {
                     "type": "object", "required": ["name"], "additionalProperties": False,
-                    "properties": {"name": {"type": "string"}, "kind": {"type": "string", "enum": ["apikey", "password"]},
+                    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100},
+                                   "kind": {"type": "string", "enum": ["apikey", "password"]},
                                    "username": {"type": "string"}, "sandbox": {"type": "boolean"},
                                    "features": {"type": "object", "additionalProperties": {"type": "boolean"}},
                                    "locked": {"type": "array", "items": {"type": "string"}},
@@ -350,12 +360,6 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "RotatedSecret": {"type": "object", "required": ["name", "secret"], "additionalProperties": False,
                                   "properties": {"name": {"type": "string"}, "secret": {"type": "string"}}},
-                "WebhookEndpoints": {
-                    "type": "object", "required": ["endpoints"], "additionalProperties": False,
-                    "properties": {"endpoints": {"type": "array", "items": {
-                        "type": "object", "required": ["url", "credential"], "additionalProperties": False,
-                        "properties": {"url": {"type": "string"}, "credential": _NULLABLE_STR}}}},
-                },
                 "WebhookDeliveries": {
                     "type": "object", "required": ["deliveries"], "additionalProperties": False,
                     "properties": {"deliveries": {"type": "array", "items": {
@@ -413,8 +417,9 @@ def openapi_document() -> dict[str, Any]:
                                     "properties": {"suppressions": {"type": "array", "items": _ref("Suppression")}}},
                 "SuppressionAdd": {
                     "type": "object", "required": ["address"], "additionalProperties": False,
-                    "properties": {"address": {"type": "string"}, "reason": {"type": "string", "maxLength": 200},
-                                   "credential": {"type": "string"}},
+                    "properties": {"address": {"type": "string", "format": "email", "maxLength": 254},
+                                   "reason": {"type": "string", "minLength": 1, "maxLength": 200},
+                                   "credential": {"type": "string", "minLength": 1, "maxLength": 100}},
                 },
                 "SuppressionAdded": {
                     "type": "object", "required": ["address", "credential", "reason", "added"],

@@ -17,9 +17,12 @@ from typing import Any, Protocol
 from pipeline.accounts.api_tokens import ApiTokenStore
 from pipeline.accounts.authenticator import Authenticator
 from pipeline.accounts.store import CredentialStore, StoredWebhooks
+from pipeline.accounts.webhook_endpoints import WebhookEndpointStore
 from pipeline.api import ApiPorts, ApiService, api_service
 from pipeline.api.console import ConsolePorts
+from pipeline.api.domains import DomainSettings, domain_settings
 from pipeline.api.send import SendPorts
+from pipeline.api.webhooks import WebhookSettings
 from pipeline.chain.accept import AcceptStep
 from pipeline.chain.loader import PluginSet
 from pipeline.chain.runner import Chain
@@ -37,6 +40,7 @@ from pipeline.events.postgres import PostgresEventStore
 from pipeline.events.refusals import RefusalEvents
 from pipeline.events.sqlite import SqliteEventStore
 from pipeline.events.store import EventStoreBase
+from pipeline.events.webhooks import load_webhook_secret
 from pipeline.ingress import IngressService
 from pipeline.ingress.limits import SlidingWindow
 from pipeline.milter import milter_services
@@ -83,6 +87,9 @@ class Gateway:
         self._emitter: EventEmitter | None = None
         self._inbound: dict[str, InboundPort] | None = None
         self._stored_webhooks = StoredWebhooks(config.data_dir / "credentials.db", config.storage.url)
+        # webhook endpoints added over the API (credentials.db, or [storage] url's table), opened on first use
+        self.webhook_endpoints = (WebhookEndpointStore(url=config.storage.url) if config.storage.url
+                                  else WebhookEndpointStore(config.data_dir / "credentials.db"))
         self._closers: list[Callable[[], None]] = []  # stores opened for one service (the API's)
         self.sent = SlidingWindow(60.0)  # messages per credential per minute: SMTP and the HTTP send API alike
         self._refusals: RefusalEvents | None = None
@@ -117,7 +124,8 @@ class Gateway:
         """The :class:`~pipeline.ports.EventSink` every stage reports to (store, webhooks, ``on_event``)."""
         if self._emitter is None:
             self._emitter = EventEmitter(
-                self.events, self.config, self.counters, credential_webhooks=self._stored_webhooks, after=self.chain.emit
+                self.events, self.config, self.counters, credential_webhooks=self._stored_webhooks,
+                api_webhooks=self.webhook_endpoints.urls_for, after=self.chain.emit
             )
         return self._emitter
 
@@ -179,6 +187,7 @@ class Gateway:
         """The tracking HTTP service (clicks, opens, unsubscribe, stats) and the webhook sender."""
         tracking, sender = tracking_services(self.config, self.event_sink, self.events, self.counters,
                                              host=host, port=port)
+        sender.endpoint_secret = self.webhook_endpoints.secret_for  # API endpoints sign with their own secret
         self.event_sink.webhook_senders.append(sender)
         return [tracking, sender]
 
@@ -206,8 +215,28 @@ class Gateway:
                          declared_credentials=declared, global_webhooks=list(self.config.webhooks.urls),
                          console=ConsolePorts(tokens=tokens, domains=self.dkim_domains) if self.config.api.console
                          else None,
-                         send=self._send_ports(credentials))
+                         send=self._send_ports(credentials),
+                         webhook_endpoints=self.webhook_endpoints, webhook_settings=self._webhook_settings(),
+                         domains=self._domain_settings())
         return api_service(self.config, ports, host=host, port=port)
+
+    def _webhook_settings(self) -> WebhookSettings:
+        """The config file's webhook endpoints and the signing secret, for the API's webhook handlers."""
+        w = self.config.webhooks
+        declared = [{"url": e.url, "credential": e.credential, "events": list(e.events), "format": e.format}
+                    for e in w.endpoints]
+        d = self.config.dns
+        return WebhookSettings(declared, load_webhook_secret(self.config), min(w.timeout, 10.0),
+                               self.config.api.tenant_webhook_private, list(d.nameservers), d.port, min(d.timeout, 5.0),
+                               self.events.cancel_webhooks)
+
+    def _domain_settings(self) -> DomainSettings:
+        """The DKIM domains and what their DNS records name, for the API's domain handlers."""
+        c = self.config
+        return domain_settings(c.plugins.get("dkim_sign", {}), signing="dkim_sign" in c.chain.plugins,
+                               hostname=c.gateway.hostname, bounce_domain=c.tracking.bounce_domain,
+                               data_dir=c.data_dir, nameservers=c.dns.nameservers, port=c.dns.port,
+                               timeout=c.dns.timeout)
 
     def dkim_domains(self) -> list[dict[str, Any]]:
         """The ``dkim_sign`` plugin's domains and the TXT records to publish for their keys (the
@@ -284,6 +313,7 @@ class Gateway:
             self._emitter = None
             self._inbound = None
         self._stored_webhooks.close()
+        self.webhook_endpoints.close()
         for close in self._closers:
             close()
         self._closers = []

@@ -102,12 +102,14 @@ class EventEmitter:
         metrics: Metrics,
         *,
         credential_webhooks: Callable[[str], Iterable[str]] | None = None,
+        api_webhooks: Callable[[str | None, str], Iterable[str]] | None = None,
         after: Callable[[Event], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.metrics = metrics
         self.credential_webhooks = credential_webhooks
+        self.api_webhooks = api_webhooks  # endpoints added over the API: (credential, event type) -> URLs
         self.after = after
         self.webhook_senders: list[WebhookWaker] = []
 
@@ -139,8 +141,15 @@ class EventEmitter:
         return event_id
 
     def webhook_urls_for(self, event: Event) -> list[str]:
-        """Where this event is POSTed: the global URLs and its credential's (filtered by event type)."""
-        return webhook_urls(self.config, event.credential, self.credential_webhooks, event.type)
+        """Where this event is POSTed: the global URLs and its credential's (filtered by event type),
+        then the endpoints added over the API that want it."""
+        urls = webhook_urls(self.config, event.credential, self.credential_webhooks, event.type)
+        if self.api_webhooks is not None:
+            try:
+                urls = list(dict.fromkeys([*urls, *self.api_webhooks(event.credential, event.type)]))
+            except Exception as exc:  # the event itself must still be stored
+                log.error("webhook endpoints not read for event %s: %s", event.type, exc)
+        return urls
 
     async def committed(self, event: Event, urls: list[str]) -> None:
         """An event another store's transaction wrote (with its state): count it, wake the webhook

@@ -186,15 +186,21 @@ class SqliteMessageLog:
         out["events"] = [self._event(e) for e in events]
         return out
 
-    def webhook_deliveries(self, credential: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """The latest webhook deliveries (newest first) with their event; one credential's only when given.
-        Each row: the outbox state, attempts, last error, when it last changed."""
+    def webhook_deliveries(self, credential: str | None = None, limit: int = 50,
+                           url: str | None = None) -> list[dict[str, Any]]:
+        """The latest webhook deliveries (newest first) with their event; one credential's only when given,
+        to one URL only when given. Each row: the outbox state, attempts, last error, when it last changed."""
         sql = ("SELECT o.id, o.event_id, e.type, e.queue_id, e.credential, o.url, o.state, o.attempts, o.last_error,"
                " o.updated_at FROM webhook_outbox o JOIN events e ON e.id = o.event_id")
-        args: list[Any] = []
+        where, args = [], []
         if credential is not None:
-            sql += " WHERE e.credential = ?"
+            where.append("e.credential = ?")
             args.append(credential)
+        if url is not None:
+            where.append("o.url = ?")
+            args.append(url)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         with self._lock:
             rows = self._conn.execute(sql + " ORDER BY o.id DESC LIMIT ?", (*args, max(1, min(limit, MAX_PAGE))))
             keys = ("id", "event_id", "event", "queue_id", "credential", "url", "state", "attempts", "last_error",

@@ -308,9 +308,21 @@ class EventStoreBase(abc.ABC):
         state = "dead" if next_attempt is None else "pending"
         self._execute(
             "UPDATE webhook_outbox SET state = ?, attempts = attempts + 1, last_error = ?,"
-            " next_attempt = COALESCE(?, next_attempt), updated_at = ? WHERE id = ?",
-            (state, error[:500], next_attempt, time.time(), item_id),
+            " next_attempt = COALESCE(?, next_attempt), updated_at = ? WHERE id = ? AND state = 'pending'",
+            (state, error[:500], next_attempt, time.time(), item_id),  # a cancelled (dead) row stays dead
         )
+
+    def cancel_webhooks(self, url: str, credential: str | None) -> int:
+        """Pending deliveries to ``url`` become ``dead`` ("endpoint removed"): of one credential's
+        events, or of every event (``credential`` ``None``). An endpoint removed over the API stops
+        receiving at once, instead of retries signed with a secret it no longer has. The count."""
+        sql = ("UPDATE webhook_outbox SET state = 'dead', last_error = 'endpoint removed', updated_at = ?"
+               " WHERE url = ? AND state = 'pending'")
+        args: list[Any] = [time.time(), url]
+        if credential is not None:
+            sql += " AND event_id IN (SELECT id FROM events WHERE credential = ?)"
+            args.append(credential)
+        return self._execute(sql, tuple(args))
 
     def webhook_counts(self) -> dict[str, int]:
         rows = self._fetch("SELECT state, COUNT(*) FROM webhook_outbox GROUP BY state", hot=True)

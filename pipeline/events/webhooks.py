@@ -22,6 +22,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -48,6 +49,19 @@ def load_webhook_secret(config: Config) -> bytes:
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_urlsafe(32))
     return path.read_text().strip().encode("utf-8")
+
+
+def log_url(url: str) -> str:
+    """``url`` as a log line may show it: scheme and host only. Receivers often put their secret in
+    the path or query (an unguessable URL), and logs travel further than the config file."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(unparsable URL)"
+    host = parts.hostname or "?"
+    rest = "..." if parts.path not in ("", "/") or parts.query else ""
+    return f"{parts.scheme}://{host}{port}/{rest}"  # never user:password@ either
 
 
 def sign_webhook(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -145,6 +159,8 @@ class WebhookSender:
                 self.keys[endpoint.url] = load_key(config, endpoint)
             elif endpoint.format == "mailgun":
                 self.keys[endpoint.url] = endpoint.signing_key.encode("utf-8") if endpoint.signing_key else self.secret
+        # the signing secret of an endpoint added over the API, by (url, event credential); None: the global one
+        self.endpoint_secret: Callable[[str, str | None], bytes | None] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[int] = set()
@@ -243,7 +259,7 @@ class WebhookSender:
                 nxt = None if give_up else time.time() + self.backoff(attempts)
                 log.warning(
                     "webhook %s event %s attempt %d failed: %s%s",
-                    item.url, item.event.id, attempts, error, " (giving up)" if give_up else "",
+                    log_url(item.url), item.event.id, attempts, error, " (giving up)" if give_up else "",
                 )
                 await asyncio.to_thread(self.store.webhook_failed, item.id, error, nxt)
         except Exception as exc:
@@ -270,12 +286,20 @@ class WebhookSender:
             "X-Smtpgate-Event": item.stored.event.type,
             "X-Smtpgate-Event-Id": str(item.stored.id),
             "X-Smtpgate-Timestamp": ts,
-            "X-Smtpgate-Signature": sign_webhook(self.secret, ts, body),
+            "X-Smtpgate-Signature": sign_webhook(self._secret(group[0].url, item.stored.event.credential), ts, body),
         }
         if item.stored.event.letter_id:
             headers["X-Letter-Id"] = item.stored.event.letter_id
         headers.update(formats.basic_auth(endpoint))
         return formats.Request(body, headers)
+
+    def _secret(self, url: str, credential: str | None) -> bytes:
+        """An API endpoint's own secret (its tenant can verify with it), else ``[webhooks] secret``."""
+        if self.endpoint_secret is not None:
+            own = self.endpoint_secret(url, credential)
+            if own is not None:
+                return own
+        return self.secret
 
     async def _post(self, group: list[OutboxItem]) -> str | None:
         """One attempt; ``None`` on a 2xx answer, else what went wrong."""

@@ -131,6 +131,22 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX events_rejected ON events(id) WHERE type = 'rejected';
         """,
     ),
+    (
+        6,
+        "webhook endpoints added over the management API (pipeline/accounts/webhook_endpoints.py)",
+        """
+        CREATE TABLE webhook_endpoints (
+            id          TEXT PRIMARY KEY,
+            url         TEXT NOT NULL,
+            credential  TEXT,
+            events      TEXT NOT NULL DEFAULT '[]',
+            created_by  TEXT,
+            created_at  DOUBLE PRECISION NOT NULL,
+            secret      TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX webhook_endpoints_credential ON webhook_endpoints(credential);
+        """,
+    ),
 ]
 LATEST = MIGRATIONS[-1][0]
 
