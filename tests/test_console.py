@@ -4,6 +4,7 @@ The browser side (chromium, screenshots, overflow) is tests/test_console_browser
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 from html.parser import HTMLParser
@@ -11,11 +12,14 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pipeline.accounts.store import CredentialStore
 from pipeline.api.console.app import API_ROUTES, CONSOLE, PRESESSION_COOKIE, SESSION_COOKIE, safe_back
 from pipeline.api.console.sessions import PresessionSigner, SessionStore
 from tests.support.console import TOML, console_gateway, csrf_of, visitor, wait_for
+from tests.support.egress_net import ZoneServer
 
 PAGES = (
     "/console/messages",
@@ -258,8 +262,8 @@ async def test_a_tenant_sees_only_its_own_credentials_data_in_the_console(tmp_pa
             assert "<td>club</td>" in page and "<td>shop</td>" in page
             resp, _ = await shop.get("/console/stats?credential=club")
             assert resp.status == 400
-            resp, _ = await shop.get("/console/domains")
-            assert resp.status == 404
+            resp, page = await shop.get("/console/domains")  # no sender domain of shop's has a key
+            assert resp.status == 200 and "No DKIM domain you may see" in page
 
 
 async def test_sign_in_failures_are_throttled_and_no_token_reaches_the_log(tmp_path: Path, caplog) -> None:
@@ -522,3 +526,48 @@ async def test_with_the_console_switched_off_the_listener_serves_the_json_api_on
             run.api.url + "/api/v1/messages", headers={"Authorization": f"Bearer {run.tokens['admin']}"}
         ) as r:
             assert r.status == 200
+
+
+async def test_a_domain_page_shows_its_records_and_what_dns_answers_and_tenants_see_only_their_own(
+    tmp_path: Path,
+) -> None:
+    """The Domains pages are the API's domain handlers: records to publish, a live check through
+    ``[dns]`` (a local authoritative zone here), and a tenant limited to its sender domains."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "dkim.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))  # fmt: skip
+    zone = await ZoneServer().start()
+    try:
+        toml = (
+            TOML.replace('secret = "pw-shop"\n', 'secret = "pw-shop"\nallowed_sender_domains = ["shop.example"]\n')
+            + '[plugins.dkim_sign]\ndefault_domain = "shop.example"\n'
+            + f'[plugins.dkim_sign.domains."shop.example"]\nselector = "s1"\nkey_file = "{pem}"\n'
+            + f'[dns]\nnameservers = ["127.0.0.1"]\nport = {zone.port}\ntimeout = 2.0\n'
+        )
+        async with console_gateway(tmp_path / "gw", toml) as run:
+            async with visitor(run.api.url) as admin, visitor(run.api.url) as shop, visitor(run.api.url) as club:
+                for v, who in ((admin, "admin"), (shop, "shop"), (club, "club")):
+                    assert (await v.sign_in(run.tokens[who])).status == 303
+                _, page = await admin.get("/console/domains")
+                assert 'href="/console/domains/shop.example"' in page
+                resp, page = await shop.get("/console/domains/shop.example")
+                assert resp.status == 200 and "s1._domainkey.shop.example" in page and "v=DKIM1; k=rsa; p=" in page
+                assert "Check DNS now" in page
+                resp, _ = await club.get("/console/domains/shop.example")  # not club's sender domain
+                assert resp.status == 404
+                _, page = await club.get("/console/domains")
+                assert "shop.example" not in page
+
+                # nothing published yet: the live check says so; then the DKIM record appears
+                _, page = await shop.get("/console/domains/shop.example?check=1")
+                assert "Some records are missing or differ." in page and "state-missing" in page
+                public = key.public_key().public_bytes(serialization.Encoding.DER,
+                                                       serialization.PublicFormat.SubjectPublicKeyInfo)  # fmt: skip
+                value = f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode()}"
+                zone.add("s1._domainkey.shop.example", "TXT",  # character-strings of at most 255 octets
+                         " ".join(f'"{value[i : i + 200]}"' for i in range(0, len(value), 200)))  # fmt: skip
+                _, page = await shop.get("/console/domains/shop.example?check=1")
+                assert re.search(r"DKIM s1</td>.*?state-ok", page, re.S), page
+    finally:
+        zone.close()

@@ -141,8 +141,12 @@ async def test_operator_signs_in_finds_a_message_holds_releases_and_suppresses_i
                 await tab.goto(f"{base}/console/{page}")
                 await check_layout(tab, page, shots)
             await tab.goto(f"{base}/console/domains")
-            domains = await text_of(tab)
-            assert "s2026._domainkey.shop.example" in domains and "v=DKIM1; k=rsa; p=" in domains
+            assert "s2026 (rsa)" in await text_of(tab)
+            await tab.click("main table a")  # the domain's own page: its records (a long TXT value)
+            assert (await tab.evaluate("location.pathname")) == "/console/domains/shop.example"
+            domain = await text_of(tab)
+            assert "s2026._domainkey.shop.example" in domain and "v=DKIM1; k=rsa; p=" in domain
+            await check_layout(tab, "domain", shots)
             await tab.goto(f"{base}/console/stats")
             assert "spring" in await text_of(tab)
 
@@ -172,4 +176,4 @@ async def test_operator_signs_in_finds_a_message_holds_releases_and_suppresses_i
     print(f"screenshots: {shots}")
     assert sorted(p.name for p in shots.iterdir()) == sorted(
         f"{n}-{w}.png" for n in ("sign-in", "messages", "message", "queue", "suppressions", "credentials", "webhooks",
-                                 "domains", "stats", "tracking-stats") for w in WIDTHS)  # fmt: skip
+                                 "domains", "domain", "stats", "tracking-stats") for w in WIDTHS)  # fmt: skip

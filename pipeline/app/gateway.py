@@ -8,7 +8,6 @@ processes started by the processing service.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections.abc import Callable
@@ -213,7 +212,7 @@ class Gateway:
         ports = ApiPorts(tokens=tokens, log=message_log, spool=self.spool, events=self.event_sink, store=store,
                          suppressions=store, credentials=credentials, metrics=self.counters,
                          declared_credentials=declared, global_webhooks=list(self.config.webhooks.urls),
-                         console=ConsolePorts(tokens=tokens, domains=self.dkim_domains) if self.config.api.console
+                         console=ConsolePorts(tokens=tokens) if self.config.api.console
                          else None,
                          send=self._send_ports(credentials),
                          webhook_endpoints=self.webhook_endpoints, webhook_settings=self._webhook_settings(),
@@ -237,28 +236,6 @@ class Gateway:
                                hostname=c.gateway.hostname, bounce_domain=c.tracking.bounce_domain,
                                data_dir=c.data_dir, nameservers=c.dns.nameservers, port=c.dns.port,
                                timeout=c.dns.timeout)
-
-    def dkim_domains(self) -> list[dict[str, Any]]:
-        """The ``dkim_sign`` plugin's domains and the TXT records to publish for their keys (the
-        console's Domains page); empty when the plugin is not in the chain."""
-        from cryptography.hazmat.primitives import serialization
-
-        out: list[dict[str, Any]] = []
-        for loaded in self.plugins.plugins:
-            if loaded.name != "dkim_sign":
-                continue
-            for key in getattr(loaded.instance, "keys", {}).values():
-                der = key.rsa.public_key().public_bytes(serialization.Encoding.DER,
-                                                        serialization.PublicFormat.SubjectPublicKeyInfo)
-                records = [{"name": f"{key.selector}._domainkey.{key.domain}", "type": "TXT",
-                            "value": "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode("ascii")}]
-                if key.ed25519 is not None and key.ed25519_selector:
-                    raw = key.ed25519.public_key().public_bytes(serialization.Encoding.Raw,
-                                                                serialization.PublicFormat.Raw)
-                    records.append({"name": f"{key.ed25519_selector}._domainkey.{key.domain}", "type": "TXT",
-                                    "value": "v=DKIM1; k=ed25519; p=" + base64.b64encode(raw).decode("ascii")})
-                out.append({"domain": key.domain, "selector": key.selector, "records": records})
-        return sorted(out, key=lambda d: d["domain"])
 
     def _send_ports(self, credentials: CredentialStore) -> SendPorts:
         """The HTTP send API's ports: its own accept step on the shared spool and event sink, the

@@ -15,7 +15,7 @@ import ipaddress
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Protocol, cast
@@ -51,7 +51,7 @@ API_ROUTES = (
     ("messages", "GET"), ("message", "GET"), ("message_raw", "GET"), ("message_hold", "POST"),
     ("message_release", "POST"), ("message_retry", "POST"), ("suppressions", "GET"), ("credentials", "GET"),
     ("credential_disable", "POST"), ("credential_enable", "POST"), ("webhooks", "GET"),
-    ("webhook_deliveries", "GET"), ("stats", "GET"),
+    ("webhook_deliveries", "GET"), ("stats", "GET"), ("domains", "GET"), ("domain", "GET"), ("domain_check", "GET"),
 )  # fmt: skip
 """The ``/api/v1`` routes (name, method) whose handlers the console calls (tests/test_console.py checks
 that the API still serves each)."""
@@ -107,17 +107,11 @@ class ApiBackend(Protocol):
     def throttle(self) -> Throttle: ...
 
 
-def _no_domains() -> list[dict[str, Any]]:
-    return []
-
-
 @dataclass
 class ConsolePorts:
-    """What the console needs beyond the API's handlers: the token store (by id, for sessions)
-    and the DKIM domains with the DNS records to publish (from the ``dkim_sign`` plugin)."""
+    """What the console needs beyond the API's handlers: the token store (by id, for sessions)."""
 
     tokens: ConsoleTokens
-    domains: Callable[[], Sequence[dict[str, Any]]] = _no_domains
     sessions: SessionStore = field(default_factory=SessionStore)
 
 
@@ -655,12 +649,20 @@ class Console:
         )
 
     async def domains(self, request: web.Request, signed: Signed) -> web.StreamResponse:
-        if signed.principal.credential is not None:  # the gateway's DKIM keys are the operator's
-            return self.error_page(
-                request, 404, "Not found", "Domains are managed with an administrator's token.", signed
-            )
-        rows = await asyncio.to_thread(lambda: list(self.ports.domains()))
-        return self.render(request, "domains.html", signed, domains=rows)
+        """The domains this token may see (``GET /api/v1/domains``: a tenant its sender domains)."""
+        _, body = await self.call_api("domains", request, signed)
+        return self.render(request, "domains.html", signed, domains=body.get("domains", []))
+
+    async def domain(self, request: web.Request, signed: Signed) -> web.StreamResponse:
+        """One domain: the records to publish and, on demand (``?check=1``, a bookmarkable link),
+        what DNS answers now, from the API's own handlers."""
+        status, entry = await self.call_api("domain", request, signed)
+        if status == 404:
+            return self.error_page(request, 404, "No such domain", None, signed)
+        check = None
+        if request.query.get("check") == "1":
+            _, check = await self.call_api("domain_check", request, signed)
+        return self.render(request, "domain.html", signed, entry=entry, check=check)
 
     async def stats(self, request: web.Request, signed: Signed) -> web.StreamResponse:
         status, report = await self.call_api("stats", request, signed)
@@ -706,6 +708,7 @@ def add_console(app: web.Application, ports: ConsolePorts, api: ApiBackend,
     sub.router.add_post("/credentials/{name}/{action}", c.page(c.credential_action))
     sub.router.add_get("/webhooks", c.page(c.webhooks))
     sub.router.add_get("/domains", c.page(c.domains))
+    sub.router.add_get("/domains/{domain}", c.page(c.domain))
     sub.router.add_get("/stats", c.page(c.stats))
     app.add_subapp(PREFIX, sub)
     app.router.add_get("/", c.home)
