@@ -7,11 +7,13 @@ Fixtures live in ``tests/conftest.py``; every other helper module is in this pac
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SAMPLES = ROOT / "samples"
-CORPUS = ROOT.parent / "shared" / "corpus" / "eml"
+# The shared corpus sits beside the checkout; a git worktree elsewhere names it with SMTPGATE_CORPUS.
+CORPUS = Path(os.environ.get("SMTPGATE_CORPUS") or ROOT.parent / "shared" / "corpus") / "eml"
 
 
 def corpus_files() -> list[Path]:
