@@ -20,7 +20,6 @@ import hashlib
 import json
 import sys
 import tempfile
-from pathlib import Path
 from typing import Any
 
 from pipeline import Message, MessageContext
@@ -56,14 +55,14 @@ def html_as_message(html: bytes) -> bytes:
 #: ``unset``, floated images, basic attributes (bgcolor, width, align), ``media`` and
 #: ``data-premailer`` on <style>, several blocks, @media/@import/@font-face leftovers, fragments.
 SYNTHETIC: list[str] = [
-    "<html><head><style>p{color:red}</style></head><body><p><a href=\"https://example.com/p?id=1&amp;x=1\">link 1</a></p></body></html>\r\n",
+    '<html><head><style>p{color:red}</style></head><body><p><a href="https://example.com/p?id=1&amp;x=1">link 1</a></p></body></html>\r\n',
     "<!DOCTYPE html><html><head><style>p { color: #00f } .x { font-weight: bold } #y { color: green }"
     " p.x { color: black !important } a:hover { color: red } td:first-child { width: 10px }</style></head>"
     '<body><p class="x" id="y" style="margin: 0; color: unset">Hello &amp; welcome</p>'
     "<table><tr><td>a</td><td>b</td></tr></table></body></html>",
     "<html><head><style>img.l { float: left; width: 20px } img.r { float: right; height: 30px }"
     " td { background-color: #abc; text-align: center; vertical-align: top } .t { background-color: transparent }"
-    " * { margin: 0 } :root { color: red }</style></head><body><img class=\"l\" src=\"a.png\">"
+    ' * { margin: 0 } :root { color: red }</style></head><body><img class="l" src="a.png">'
     '<img class="r" src="b.png" style="border:0"><img src="c.png" style="float: left">'
     '<table><tr><td class="t">x</td><td width="5">y</td></tr></table></body></html>',
     '<html><head><style media="print">p { color: red }</style><style media="screen">p { color: blue }</style>'
@@ -71,9 +70,9 @@ SYNTHETIC: list[str] = [
     " @font-face { font-family: X; src: url(x.woff) } @media (max-width: 600px) { p { color: red } .w { width: 100% } }"
     " p { font-family: X, sans-serif }</style><style>h1, h2 { color: #123456 } h2 { color: #654321 }</style>"
     "</head><body><h1>t</h1><h2>u</h2><p>v</p></body></html>",
-    "<style>p { color: red } a { text-decoration: none }</style><p>fragment <a href=\"{{ url }}\">x</a></p>",
+    '<style>p { color: red } a { text-decoration: none }</style><p>fragment <a href="{{ url }}">x</a></p>',
     "<!--[if mso]><style>p{mso-line-height-rule:exactly}</style><![endif]--><html><body>"
-    "<style>.a{color:red;-webkit-text-size-adjust:100%}</style><div class=\"a\">\u00e9 &nbsp; &copy;</div></body></html>",
+    '<style>.a{color:red;-webkit-text-size-adjust:100%}</style><div class="a">\u00e9 &nbsp; &copy;</div></body></html>',
     "<html><head><style></style><style>p{}</style></head><body><p>empty</p></body></html>",
     "<html><head><style>ul li:nth-child(2) { color: red } li + li { color: blue } div > p { margin: 0 }"
     " [data-x] { color: green }</style></head><body><ul><li>1</li><li>2</li></ul><div data-x><p>q</p></div></body></html>",
@@ -88,7 +87,10 @@ def inputs(include_corpus: bool = True) -> dict[str, bytes]:
         found.update({f"corpus/eml/{p.name}": p.read_bytes() for p in sorted(CORPUS.glob("*.eml"))})
     if include_corpus and CORPUS_HTML.is_dir():
         found.update(
-            {f"corpus/html/{p.name}": html_as_message(p.read_bytes()) for p in sorted(CORPUS_HTML.glob("*.html"))}
+            {
+                f"corpus/html/{p.name}": html_as_message(p.read_bytes())
+                for p in sorted(CORPUS_HTML.glob("*.html"))
+            }
         )
     return found
 
