@@ -16,15 +16,22 @@ many messages, is inlined once.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import logging
+import operator
 import re
 import threading
+import warnings
 from collections import OrderedDict
 from typing import Any, Literal, Protocol
 
 import css_inline as _css_inline
 import cssutils
+from lxml import etree
+from lxml.cssselect import CSSSelector
 from premailer import Premailer
+from premailer import premailer as _premailer_module
+from premailer.merge_style import csstext_to_pairs, merge_styles
 from pydantic import Field
 
 from pipeline import MessageContext, Plugin, PluginConfig, PluginEnv, Verdict, hookimpl
@@ -69,11 +76,12 @@ class _Premailer(Premailer):
 
     _RULES_CACHE = 256  # distinct (stylesheet, position) pairs remembered per engine
 
-    def _parse_style_rules(self, css_body: str, ruleset_index: int) -> tuple[list[Any], list[Any]]:
+    def _rules_entry(self, css_body: str, ruleset_index: int) -> list[Any]:
+        """[rules, leftover, leftover written out (None until asked)] for one stylesheet at one position."""
         # A message with many HTML parts usually repeats one stylesheet: parsing and re-serialising
         # it with cssutils was half of premailer's time per part. premailer only reads the result
         # (it extends its own list with the rule tuples), so handing out the same lists is safe.
-        cache: dict[tuple[str, int], tuple[list[Any], list[Any]]] = self.__dict__.setdefault("_rules", {})
+        cache: dict[tuple[str, int], list[Any]] = self.__dict__.setdefault("_rules", {})
         key = (css_body, ruleset_index)
         hit = cache.get(key)
         if hit is not None:
@@ -84,13 +92,231 @@ class _Premailer(Premailer):
             leftover = [r for r in sheet if isinstance(r, _KEPT_AT_RULES)] + leftover
         if len(cache) >= self._RULES_CACHE:
             cache.pop(next(iter(cache)))
-        cache[key] = (rules, leftover)
+        entry = cache[key] = [rules, leftover, None]
+        return entry
+
+    def _parse_style_rules(self, css_body: str, ruleset_index: int) -> tuple[list[Any], list[Any]]:
+        rules, leftover, _ = self._rules_entry(css_body, ruleset_index)
         return rules, leftover
+
+    def _leftover_text(self, css_body: str, ruleset_index: int) -> str:
+        """``_css_rules_to_string`` of the stylesheet's leftover rules, written out once.
+
+        premailer rewrites the same (shared, cached) rule objects for every part: it marks each
+        ``@media`` declaration ``!important`` again, which changes nothing after the first time,
+        and serialises them again with cssutils, the costliest step of a part with ``@media``."""
+        entry = self._rules_entry(css_body, ruleset_index)
+        if entry[2] is None:
+            entry[2] = self._css_rules_to_string(entry[1])
+        text: str = entry[2]
+        return text
 
     def _css_rules_to_string(self, rules: list[Any]) -> str:
         kept = [r.cssText for r in rules if isinstance(r, _KEPT_AT_RULES)]
         rest = super()._css_rules_to_string([r for r in rules if not isinstance(r, _KEPT_AT_RULES)])
         return "\n".join(kept + [rest] if rest else kept)
+
+    def transform(self, html: Any = None, pretty_print: bool = True, **kwargs: Any) -> Any:
+        """premailer's ``transform`` of a tree, its per-part overheads done once per stylesheet.
+
+        A message's parts (and a campaign's messages) share their stylesheets: what depends on
+        the CSS alone (selectors compiled, rules sorted, declarations parsed, leftover rules
+        written out) is remembered per distinct set of ``<style>`` texts, and what depends on a
+        style string alone (merged styles, the ``bgcolor``/``width``/``align`` attributes, an
+        image's float) per string. The tree itself is walked and changed exactly as premailer
+        3.10 does; any other premailer version, or a call outside this engine's one shape (a
+        tree, no external CSS), runs premailer's own code.
+        """
+        if not self._fast or self.html is not None or not hasattr(html, "getroottree") or kwargs:
+            return super().transform(html, pretty_print, **kwargs)
+        return _transform_tree(self, html.getroottree())
+
+    @functools.cached_property
+    def _fast(self) -> bool:
+        """Whether :func:`_transform_tree` covers these settings (it mirrors premailer 3.10.0 only)."""
+        return (
+            _PREMAILER_3_10_0
+            and self.method == "html"
+            and not self.allow_network
+            and not self.external_styles
+            and not self.css_text
+            and not (self.base_url and not self.disable_link_rewrites)
+            and not self.remove_classes
+            and not self.capitalize_float_margin
+        )
+
+    @functools.cached_property
+    def _plans(self) -> dict[tuple[str | None, ...], _Plan]:
+        return {}  # sequence of <style> texts -> what premailer derives from them
+
+    @functools.cached_property
+    def _basic_attributes(self) -> dict[str, list[tuple[str, str]]]:
+        return {}  # merged style -> the HTML attributes premailer adds for it
+
+
+# premailer.transform as of 3.10.0, for the settings PremailerEngine passes, with its pure steps
+# memoised (see _Premailer.transform). The fidelity tests compare it with premailer's own code.
+_PREMAILER_3_10_0 = importlib.metadata.version("premailer") == "3.10.0"
+_MEMO_LIMIT = 4096  # entries per memo table; a full table is emptied (a new campaign's styles)
+_HEAD = CSSSelector("head")
+_BODY = CSSSelector("body")
+_STYLE = CSSSelector("style")
+_STYLED_IMG = etree.XPath("//img[@style]")
+_FILTER_PSEUDOSELECTORS = _premailer_module.FILTER_PSEUDOSELECTORS
+_by_specificity = operator.itemgetter(0)
+
+
+class _Plan:
+    """What premailer derives from one sequence of ``<style>`` texts, independent of the tree."""
+
+    __slots__ = ("rules", "merged")
+
+    def __init__(self, rules: list[tuple[CSSSelector, str, str, list[Any]]]) -> None:
+        # (compiled selector, pseudo-class kept for merge_styles, declarations, their pairs once parsed)
+        self.rules = rules
+        self.merged: dict[tuple[str, tuple[int, ...]], str] = {}  # (inline style, rules matched) -> style
+
+
+_selectors: dict[str, CSSSelector] = {}  # pure functions of the string: shared by every engine
+_image_floats: dict[str, str] = {}
+
+
+def _memo_put(table: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(table) >= _MEMO_LIMIT:
+        table.clear()
+    table[key] = value
+
+
+def _selector(selector: str) -> CSSSelector:
+    compiled = _selectors.get(selector)
+    if compiled is None:
+        compiled = CSSSelector(selector)
+        _memo_put(_selectors, selector, compiled)
+    return compiled
+
+
+def _plan(engine: _Premailer, bodies: tuple[str | None, ...], rules: list[tuple[Any, str, str]]) -> _Plan:
+    """The rules of these stylesheets in premailer's order, each with its selector compiled."""
+    plan = engine._plans.get(bodies)
+    if plan is None:
+        steps: list[tuple[CSSSelector, str, str, list[Any]]] = []
+        for _, selector, style in sorted(rules, key=_by_specificity):
+            new_selector = selector
+            class_ = ""
+            if ":" in selector:
+                new_selector, class_ = re.split(":", selector, maxsplit=1)
+                class_ = ":" + class_
+            if class_ in _FILTER_PSEUDOSELECTORS or class_.startswith(":nth-child"):
+                class_ = ""
+            else:
+                selector = new_selector
+            assert selector
+            steps.append((_selector(selector), class_, style, []))
+        plan = _Plan(steps)
+        _memo_put(engine._plans, bodies, plan)
+    return plan
+
+
+def _basic_html_attributes(engine: _Premailer, style_content: str) -> list[tuple[str, str]]:
+    """premailer's ``_style_to_basic_html_attributes`` minus the element: which attributes a style sets."""
+    found = engine._basic_attributes.get(style_content)
+    if found is None:
+        recorder = etree.Element("x")
+        engine._style_to_basic_html_attributes(recorder, style_content, force=True)
+        found = list(recorder.attrib.items())
+        _memo_put(engine._basic_attributes, style_content, found)
+    return found
+
+
+def _image_float(style: str) -> str:
+    found = _image_floats.get(style)
+    if found is None:
+        found = cssutils.parseStyle(style).float
+        _memo_put(_image_floats, style, found)
+    return found
+
+
+def _transform_tree(engine: _Premailer, tree: Any) -> Any:
+    """premailer 3.10's ``Premailer.transform`` on a tree (``html.getroottree()``), step for step.
+
+    The settings are PremailerEngine's: no base URL, no external styles or CSS text, network
+    off (``<style>`` only), ``strip_important`` and ``remove_classes`` off, images aligned."""
+    page = tree
+    if not engine.disable_leftover_css:  # get_or_create_head: it adds a <head> when there is none
+        if not _HEAD(tree):
+            head = etree.Element("head")
+            body = _BODY(tree)[0]
+            body.getparent().insert(0, head)
+    rules: list[Any] = []
+    bodies: list[str | None] = []
+    index = 0
+    for element in _STYLE(page):
+        media = element.attrib.get("media")
+        if media and media not in ("all", "screen"):
+            continue
+        data_attribute = element.attrib.get(engine.attribute_name)
+        if data_attribute:
+            if data_attribute == "ignore":
+                del element.attrib[engine.attribute_name]
+                continue
+            warnings.warn(
+                f"Unrecognized {engine.attribute_name} attribute ({data_attribute!r})", stacklevel=2
+            )
+        css_body = element.text
+        these_rules, these_leftover = engine._parse_style_rules(css_body, index)
+        bodies.append(css_body)
+        index += 1
+        rules.extend(these_rules)
+        parent_of_element = element.getparent()
+        if these_leftover or engine.keep_style_tags:
+            if engine.keep_style_tags:
+                element.text = css_body
+            else:
+                element.text = engine._leftover_text(css_body, index - 1)
+            if engine.strip_important:
+                element.text = _premailer_module._importants.sub("", element.text)
+        else:
+            parent_of_element.remove(element)
+    plan = _plan(engine, tuple(bodies), rules)
+    elements: dict[int, tuple[Any, list[int]]] = {}
+    for i, (sel, _, _, _) in enumerate(plan.rules):
+        for item in sel(page):
+            entry = elements.get(id(item))
+            if entry is None:
+                elements[id(item)] = (item, [i])
+            else:
+                entry[1].append(i)
+    validate = not engine.disable_validation
+    for item, matched in elements.values():
+        inline_style = item.attrib.get("style", "")
+        key = (inline_style, tuple(matched))
+        final_style = plan.merged.get(key)
+        if final_style is None:
+            styles = []
+            for i in matched:
+                step = plan.rules[i]
+                if not step[3]:
+                    step[3].append(csstext_to_pairs(step[2], validate=validate))
+                styles.append(step[3][0])
+            final_style = merge_styles(
+                inline_style,
+                styles,
+                [plan.rules[i][1] for i in matched],
+                remove_unset_properties=engine.remove_unset_properties,
+            )
+            _memo_put(plan.merged, key, final_style)
+        if final_style:
+            item.attrib["style"] = final_style
+        for name, value in _basic_html_attributes(engine, final_style):
+            item.attrib[name] = value
+    if engine.align_floating_images:
+        for item in _STYLED_IMG(page):
+            image_float = _image_float(item.attrib["style"])
+            if image_float == "right":
+                item.attrib["align"] = "right"
+            elif image_float == "left":
+                item.attrib["align"] = "left"
+    return tree
 
 
 class PremailerEngine:
