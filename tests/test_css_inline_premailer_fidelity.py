@@ -43,3 +43,69 @@ def test_every_html_part_is_inlined_to_exactly_the_golden_bytes(name: str, plugi
 def test_every_sample_is_in_the_golden_file() -> None:
     missing = [name for name in AVAILABLE if name not in EXPECTED]
     assert not missing, f"not in {GOLDEN.name}: {missing}"
+
+
+# premailer's own transform against the engine's (the per-stylesheet steps remembered): the same
+# text for every golden part, and for generated documents that reuse a few stylesheets, so the
+# second and later parts of a stylesheet take the remembered steps.
+
+STYLESHEETS = [
+    "p { color: #00f } .x { font-weight: bold } #y { color: green } p.x { color: black !important }"
+    " a:hover { color: red } td:first-child { width: 10px } li:nth-child(2) { color: red }",
+    "img.l { float: left; width: 20px } img.r { float: right; height: 30px } td { background-color: #abc;"
+    " text-align: center; vertical-align: top } .t { background-color: transparent } * { margin: 0 }",
+    "@import url(https://fonts.example.com/a.css); @font-face { font-family: X; src: url(x.woff) }"
+    " @media (max-width: 600px) { p { color: red } .w { width: 100% } } p, h1 { font-family: X, sans-serif }"
+    " div > p { margin: 0; color: unset } [data-x] { color: green } .w { width: 600px; height: 20px }",
+]
+ELEMENTS = [
+    '<p class="x">a &amp; b</p>',
+    '<p id="y" class="x w" style="margin: 1px; color: unset">c</p>',
+    '<img class="l" src="a.png">',
+    '<img class="r" src="b.png" style="border: 0">',
+    '<img src="c.png" style="float: right">',
+    '<table><tr><td class="t">x</td><td width="5">y</td></tr></table>',
+    '<ul><li>1</li><li class="w">2</li></ul>',
+    '<div data-x><p>q <a href="https://example.com/?a=1&amp;b=2">l</a></p></div>',
+    "<h1>t</h1>",
+    '<!--[if mso]><p class="x">o</p><![endif]-->',
+]
+
+
+def _premailer_engines(keep_style_tags: bool) -> tuple[Any, Any]:
+    from plugins.css_inline import PremailerEngine
+
+    fast, stock = PremailerEngine(keep_style_tags), PremailerEngine(keep_style_tags)
+    assert fast._premailer._fast, "the remembered steps are not in use with this premailer"
+    stock._premailer.__dict__["_fast"] = False  # premailer's own transform
+    return fast, stock
+
+
+def _generated_documents(seed: int, count: int) -> list[str]:
+    import random
+
+    rnd = random.Random(seed)
+    docs = []
+    for _ in range(count):
+        sheets = "".join(
+            f"<style{rnd.choice(['', ' media=screen', ' media=print'])}>{rnd.choice(STYLESHEETS)}</style>"
+            for _ in range(rnd.randint(1, 2))
+        )
+        body = "".join(rnd.choice(ELEMENTS) for _ in range(rnd.randint(0, 6)))
+        head = rnd.choice(
+            ["<html><head>{s}</head><body>{b}</body></html>", "{s}{b}", "<html><body>{s}{b}</body></html>"]
+        )
+        docs.append(rnd.choice(["", "<!DOCTYPE html>"]) + head.format(s=sheets, b=body))
+    return docs
+
+
+@pytest.mark.parametrize("keep_style_tags", [False, True])
+def test_engine_gives_what_premailers_own_transform_gives(keep_style_tags: bool) -> None:
+    from pipeline import Message
+    from pipeline.toolkit import has_stylesheet
+
+    fast, stock = _premailer_engines(keep_style_tags)
+    htmls = [p.text() for raw in AVAILABLE.values() for p in Message(raw).html_parts()]
+    htmls = [h for h in htmls if has_stylesheet(h)] + _generated_documents(10, 300)
+    for html in htmls + htmls:  # the second round takes the remembered steps everywhere
+        assert fast.inline(html) == stock.inline(html), html
