@@ -87,7 +87,9 @@ def css_server() -> Iterator[tuple[int, list[str]]]:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_css_import_in_a_submitted_message_is_never_fetched(engine: str, css_server: tuple[int, list[str]]) -> None:
+def test_css_import_in_a_submitted_message_is_never_fetched(
+    engine: str, css_server: tuple[int, list[str]]
+) -> None:
     """premailer's allow_network=False covers <link> only: cssutils fetched @import URLs while
     parsing. The rule stays for the reader's client; the gateway fetches nothing."""
     port, seen = css_server
@@ -96,7 +98,9 @@ def test_css_import_in_a_submitted_message_is_never_fetched(engine: str, css_ser
         f'<!DOCTYPE html><html><head><style>@import url("{url}");\n'
         "h1 { font-size: 20px; }</style></head><body><h1>x</h1><p>y</p></body></html>"
     )
-    result = run_chain(html_message(body), ["css_inline"], config={"plugins": {"css_inline": {"engine": engine}}})
+    result = run_chain(
+        html_message(body), ["css_inline"], config={"plugins": {"css_inline": {"engine": engine}}}
+    )
     html = Message(result.copies[0].data).html_parts()[0].text()
     assert seen == []
     assert "@import" in html and url in html  # kept for the reader's client
@@ -108,7 +112,9 @@ def test_css_import_in_a_submitted_message_is_never_fetched(engine: str, css_ser
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_link_stylesheet_is_never_fetched(engine: str, css_server: tuple[int, list[str]], tmp_path: Path) -> None:
+def test_link_stylesheet_is_never_fetched(
+    engine: str, css_server: tuple[int, list[str]], tmp_path: Path
+) -> None:
     port, seen = css_server
     url = f"http://127.0.0.1:{port}/x.css"
     body = (
@@ -140,7 +146,9 @@ def test_rules_inlined_and_media_queries_kept_with_important(engine: str, tmp_pa
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_lowercase_doctype_and_conditional_comments_survive_byte_for_byte(engine: str, tmp_path: Path) -> None:
+def test_lowercase_doctype_and_conditional_comments_survive_byte_for_byte(
+    engine: str, tmp_path: Path
+) -> None:
     raw = (SAMPLES / "03-mso-conditional.eml").read_bytes()
     before = Message(raw).html_parts()[0].text()
     after = inline(raw, engine, tmp_path).html_parts()[0].text()
@@ -208,8 +216,11 @@ def test_parts_without_a_stylesheet_and_other_parts_are_byte_identical(engine: s
     assert inline(raw, engine, tmp_path).as_bytes() == Message(raw).as_bytes()
     raw = (SAMPLES / "07-attachment-pdf.eml").read_bytes()
     before, after = Message(raw), inline(raw, engine, tmp_path)
-    changed = [(a.path, a.content_type) for a, b in zip(after.walk(), before.walk(), strict=True)
-               if not a.is_multipart and a.as_bytes() != b.as_bytes()]
+    changed = [
+        (a.path, a.content_type)
+        for a, b in zip(after.walk(), before.walk(), strict=True)
+        if not a.is_multipart and a.as_bytes() != b.as_bytes()
+    ]
     assert changed == [("1.1.2", "text/html")]
 
 
@@ -233,7 +244,9 @@ def test_keep_style_tags_keeps_the_original_block(tmp_path: Path) -> None:
 
 def test_unknown_engine_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
     cfg = make_config({"plugins": {"css_inline": {"engine": "juice"}}}, ["css_inline"])
-    with pytest.raises(ConfigError, match=r"plugins\.css_inline\.engine: Input should be 'premailer' or 'css_inline'"):
+    with pytest.raises(
+        ConfigError, match=r"plugins\.css_inline\.engine: Input should be 'premailer' or 'css_inline'"
+    ):
         make_chain(cfg)
 
 
@@ -251,7 +264,7 @@ def test_bytes_invalid_in_the_declared_charset_survive_inlining(engine: str, tmp
         b"<body><p>caf\xe9</p></body></html>"
     )
     part = inline(raw, engine, tmp_path).html_parts()[0]
-    assert b"<p style=\"color" in part.body and b"caf\xe9</p>" in part.body
+    assert b'<p style="color' in part.body and b"caf\xe9</p>" in part.body
     assert part.body.startswith(b"<!-- <html> in a comment --><!DOCTYPE html><html>")
 
 
@@ -260,7 +273,7 @@ def test_document_without_html_tag_keeps_head_and_body(engine: str, tmp_path: Pa
     body = "<!doctype html>\r\n<head><title>T</title><style>p { color: #ff0000; }</style></head><body><p>x</p></body>\r\n"
     html = inline(html_message(body), engine, tmp_path).html_parts()[0].text()
     assert html.startswith("<!doctype html>\r\n<html><head><title>T</title>")
-    assert "<body><p style=\"color" in html
+    assert '<body><p style="color' in html
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -340,3 +353,19 @@ def test_negative_cache_size_is_a_config_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="cache_size"):
         _css_plugin(tmp_path, "css_inline", -1)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("cache_size", [0, 4])
+def test_many_parts_inlined_together_equal_each_part_inlined_alone(
+    tmp_path: Path, engine: str, cache_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import plugins.css_inline as module
+
+    monkeypatch.setattr(module, "_BATCH_CHARS", 2000)  # several runs of parts, and parts larger than a run
+    htmls = [_template(i % 5) for i in range(40)] + ["<p>no stylesheet</p>"]
+    for path in FILES:
+        htmls += [p.text() for p in Message(path.read_bytes()).html_parts()]
+    together = _css_plugin(tmp_path, engine, cache_size).inline_many(htmls)
+    alone = _css_plugin(tmp_path, engine, 0)
+    assert together == [alone.engine.inline(html) for html in htmls]
