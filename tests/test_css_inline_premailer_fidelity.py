@@ -69,6 +69,8 @@ ELEMENTS = [
     '<div data-x><p>q <a href="https://example.com/?a=1&amp;b=2">l</a></p></div>',
     "<h1>t</h1>",
     '<!--[if mso]><p class="x">o</p><![endif]-->',
+    '<IMG SRC="d.png" STYLE="FLOAT: LEFT" CLASS="r"><svg><style>p { color: red }</style></svg>',
+    '<o:p class="x">mso</o:p><v:img style="float: left"></v:img><p class="x" style="">e</p>',
 ]
 
 
@@ -93,7 +95,11 @@ def _generated_documents(seed: int, count: int) -> list[str]:
         )
         body = "".join(rnd.choice(ELEMENTS) for _ in range(rnd.randint(0, 6)))
         head = rnd.choice(
-            ["<html><head>{s}</head><body>{b}</body></html>", "{s}{b}", "<html><body>{s}{b}</body></html>"]
+            [
+                "<HTML><HEAD>{s}</HEAD><BODY>{b}</BODY></HTML>",
+                "<html><head><title>t</title></head>{s}<body>{b}</body></html>",
+            ]
+            + ["<html><head>{s}</head><body>{b}</body></html>", "{s}{b}", "<html><body>{s}{b}</body></html>"]
         )
         docs.append(rnd.choice(["", "<!DOCTYPE html>"]) + head.format(s=sheets, b=body))
     return docs
@@ -106,6 +112,6 @@ def test_engine_gives_what_premailers_own_transform_gives(keep_style_tags: bool)
 
     fast, stock = _premailer_engines(keep_style_tags)
     htmls = [p.text() for raw in AVAILABLE.values() for p in Message(raw).html_parts()]
-    htmls = [h for h in htmls if has_stylesheet(h)] + _generated_documents(10, 300)
+    htmls = [h for h in htmls if has_stylesheet(h)] + _generated_documents(10, 400)
     for html in htmls + htmls:  # the second round takes the remembered steps everywhere
         assert fast.inline(html) == stock.inline(html), html
