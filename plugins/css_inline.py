@@ -184,9 +184,7 @@ class _Premailer(Premailer):
 # memoised (see _Premailer.transform). The fidelity tests compare it with premailer's own code.
 _PREMAILER_3_10_0 = importlib.metadata.version("premailer") == "3.10.0"
 _MEMO_LIMIT = 4096  # entries per memo table; a full table is emptied (a new campaign's styles)
-# premailer's fixed queries, as element iterations: CSSSelector("head") is the XPath
-# ``descendant-or-self::head`` from the root element, which is what ``tree.iter("head")`` yields
-# (the same elements, in document order), at a third of the cost for a small part.
+_PLAN_LIMIT = 256  # stylesheet sets per engine (as _Premailer._RULES_CACHE): a plan holds all its rules
 _FILTER_PSEUDOSELECTORS = _premailer_module.FILTER_PSEUDOSELECTORS
 _by_specificity = operator.itemgetter(0)
 
@@ -206,8 +204,8 @@ _selectors: dict[str, CSSSelector] = {}  # pure functions of the string: shared 
 _image_floats: dict[str, str] = {}
 
 
-def _memo_put(table: dict[Any, Any], key: Any, value: Any) -> None:
-    if len(table) >= _MEMO_LIMIT:
+def _memo_put(table: dict[Any, Any], key: Any, value: Any, limit: int = _MEMO_LIMIT) -> None:
+    if len(table) >= limit:
         table.clear()
     table[key] = value
 
@@ -238,7 +236,7 @@ def _plan(engine: _Premailer, bodies: tuple[str | None, ...], rules: list[tuple[
             assert selector
             steps.append((_selector(selector), class_, style, []))
         plan = _Plan(steps)
-        _memo_put(engine._plans, bodies, plan)
+        _memo_put(engine._plans, bodies, plan, _PLAN_LIMIT)
     return plan
 
 
@@ -265,7 +263,10 @@ def _transform_tree(engine: _Premailer, tree: Any) -> Any:
     """premailer 3.10's ``Premailer.transform`` on a tree (``html.getroottree()``), step for step.
 
     The settings are PremailerEngine's: no base URL, no external styles or CSS text, network
-    off (``<style>`` only), ``strip_important`` and ``remove_classes`` off, images aligned."""
+    off (``<style>`` only), ``strip_important`` and ``remove_classes`` off, images aligned.
+    premailer's fixed queries are element iterations here: ``CSSSelector("head")`` is the XPath
+    ``descendant-or-self::head`` from the root element, which is what ``tree.iter("head")``
+    yields (the same elements, in document order) at a third of the cost for a small part."""
     page = tree
     if not engine.disable_leftover_css:  # get_or_create_head: it adds a <head> when there is none
         if next(tree.iter("head"), None) is None:
