@@ -653,7 +653,9 @@ def _tags_needing_work(body: str) -> list[tuple[int, int]]:
         candidates.extend(m.start() + 1 for m in _URL_NAMES_SHORT.finditer(low))
     else:
         for name in _URL_NAMES:
-            candidates.extend(m.start() for m in name.finditer(low) if m.start() and low[m.start() - 1].isspace())
+            candidates.extend(
+                m.start() for m in name.finditer(low) if m.start() and low[m.start() - 1].isspace()
+            )
     candidates.sort()
     tags: list[tuple[int, int]] = []
     last_lt = -1  # the last "<" before the candidate
