@@ -56,6 +56,15 @@ secret = "pw-club"
 """
 
 
+def write_conf(path: Path, data_dir: Path, backend: Any = None) -> Path:
+    """The test config for ``data_dir``, on ``backend``'s storage when given (``[storage] url``)."""
+    text = TOML.format(data=data_dir)
+    if backend is not None and backend.url:
+        text += f'[storage]\nurl = "{backend.url}"\n'
+    path.write_text(text)
+    return path
+
+
 def mail(sender: str, to: str, subject: str, msgid: str, campaign: str) -> bytes:
     return (
         f"Message-Id: <{msgid}>\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\nFrom: <{sender}>\r\nTo: <{to}>\r\n"
@@ -108,9 +117,8 @@ async def wait_for(pred: Any, timeout: float = 20.0) -> None:
             await asyncio.sleep(0.05)
 
 
-def test_api_tokens_cli_prints_the_token_alone_and_stores_only_its_hash(tmp_path: Path) -> None:
-    conf = tmp_path / "smtpgate.toml"
-    conf.write_text(TOML.format(data=tmp_path / "data"))
+def test_api_tokens_cli_prints_the_token_alone_and_stores_only_its_hash(tmp_path: Path, backend: Any) -> None:
+    conf = write_conf(tmp_path / "smtpgate.toml", tmp_path / "data", backend)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-m", "pipeline.app.cli", "api-tokens", "add", "ops", "--credential", "shop",
                         "--config", str(conf)], capture_output=True, text=True, env=env, timeout=120)
@@ -141,9 +149,8 @@ def test_api_tokens_cli_prints_the_token_alone_and_stores_only_its_hash(tmp_path
     assert cli("api-tokens", "revoke", "ops", "--config", str(conf)).exit_code == 1
 
 
-async def test_message_log_over_the_api_and_the_cli_two_tenants(tmp_path: Path) -> None:
-    conf = tmp_path / "smtpgate.toml"
-    conf.write_text(TOML.format(data=tmp_path / "data"))
+async def test_message_log_over_the_api_and_the_cli_two_tenants(tmp_path: Path, backend: Any) -> None:
+    conf = write_conf(tmp_path / "smtpgate.toml", tmp_path / "data", backend)
     tokens = {name: cli("api-tokens", "add", name, *(["--credential", cred] if cred else []), "--config", str(conf))
               .stdout.strip() for name, cred in (("admin", None), ("shop", "shop"), ("club", "club"))}
     config = load_config(str(conf))

@@ -32,9 +32,8 @@ from pipeline.delivery.notices import BounceNotices, notice_features
 from pipeline.delivery.results import JointResults, OutboxResults
 from pipeline.delivery.scheduler import DeliveryService
 from pipeline.egress.resolver import Resolver
-from pipeline.events import EventEmitter, open_event_store, open_suppression_list
+from pipeline.events import EventEmitter, open_event_store, open_message_log, open_suppression_list
 from pipeline.events.inbound import InboundHandler
-from pipeline.events.messages import SqliteMessageLog
 from pipeline.events.postgres import PostgresEventStore
 from pipeline.events.refusals import RefusalEvents
 from pipeline.events.sqlite import SqliteEventStore
@@ -198,11 +197,11 @@ class Gateway:
 
     def api_service(self, host: str | None = None, port: int | None = None) -> ApiService:
         """The management API on its own listener: bearer tokens and credentials from ``credentials.db``,
-        the message log in ``events.db`` (its own read connection), the event store (statistics, the
-        stoplist), the spool for messages still queued."""
+        the message log (``events.db`` on its own read connection, or the shared PostgreSQL through the
+        event store), the event store (statistics, the stoplist), the spool for messages still queued."""
         store = self.events  # opened first: it creates events.db's tables the message log reads
         tokens = ApiTokenStore(self.config.data_dir / "credentials.db")
-        message_log = SqliteMessageLog(self.config.data_dir / "events.db")
+        message_log = open_message_log(self.config, store)
         credentials = CredentialStore(self.config.data_dir / "credentials.db")
         self._closers += [tokens.close, message_log.close, credentials.close]
         declared = [{k: getattr(c, k) for k in ("name", "kind", "username", "disabled", "sandbox", "features",

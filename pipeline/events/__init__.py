@@ -20,6 +20,7 @@ from pipeline.config import Config
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType
 from pipeline.events.machine import MachineDetector
+from pipeline.events.messages import MessageLogReader, SqliteMessageLog
 from pipeline.events.sqlite import (
     GLOBAL_SCOPE,
     HARD_BOUNCE_REASON,
@@ -55,6 +56,24 @@ def open_event_store(config: Config) -> EventStoreBase:
 
         return PostgresEventStore(config.storage.url, policy, pool_size=config.storage.pool_size)
     return SqliteEventStore(config.data_dir / "events.db", policy)
+
+
+def open_message_log(config: Config, store: EventStoreBase | None = None) -> MessageLogReader:
+    """The message log: ``[storage] url``'s shared tables (read through ``store`` when given, else a
+    store opened for it and closed with the log), else ``events.db`` on a read connection of its own."""
+    if config.storage.url is None:
+        return SqliteMessageLog(config.data_dir / "events.db")
+    if store is not None:
+        return MessageLogReader.on_store(store)
+    from pipeline.events.postgres import PostgresEventStore
+
+    own = PostgresEventStore(config.storage.url, pool_size=2)
+    return MessageLogReader.on_store(own, close=own.close)
+
+
+def has_message_log(config: Config) -> bool:
+    """Whether there is a log to read (a command must not create ``events.db`` just to search it)."""
+    return config.storage.url is not None or (config.data_dir / "events.db").is_file()
 
 
 class SuppressionList:
@@ -184,7 +203,9 @@ __all__ = [
     "SuppressionPolicy",
     "VerpToken",
     "normalize_address",
+    "has_message_log",
     "open_event_store",
+    "open_message_log",
     "open_suppression_list",
     "parse_verp",
     "recipient_hash",
