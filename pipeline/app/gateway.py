@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from pipeline.accounts.api_tokens import ApiTokenStore
+from pipeline.accounts.api_tokens import open_api_token_store
 from pipeline.accounts.authenticator import Authenticator
-from pipeline.accounts.store import CredentialStore, StoredWebhooks
+from pipeline.accounts.store import CredentialStore, StoredWebhooks, open_credential_store
 from pipeline.accounts.webhook_endpoints import WebhookEndpointStore
 from pipeline.api import ApiPorts, ApiService, api_service
 from pipeline.api.console import ConsolePorts
@@ -200,9 +200,9 @@ class Gateway:
         the message log (``events.db`` on its own read connection, or the shared PostgreSQL through the
         event store), the event store (statistics, the stoplist), the spool for messages still queued."""
         store = self.events  # opened first: it creates events.db's tables the message log reads
-        tokens = ApiTokenStore(self.config.data_dir / "credentials.db")
+        tokens = open_api_token_store(self.config.storage.url, self.config.data_dir)
         message_log = open_message_log(self.config, store)
-        credentials = CredentialStore(self.config.data_dir / "credentials.db")
+        credentials = open_credential_store(self.config)  # [storage] url's shared table, else credentials.db
         self._closers += [tokens.close, message_log.close, credentials.close]
         declared = [{k: getattr(c, k) for k in ("name", "kind", "username", "disabled", "sandbox", "features",
                                                 "locked", "allowed_sender_domains", "max_message_size",

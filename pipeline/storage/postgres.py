@@ -182,6 +182,19 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX message_log_recipients_address ON message_log_recipients(recipient, queue_id);
         """,
     ),
+    (
+        8,
+        "API tokens (smtpgate api-tokens, the management API's bearer tokens), shared by every node",
+        """
+        CREATE TABLE api_tokens (
+            id          TEXT PRIMARY KEY,
+            name        TEXT NOT NULL UNIQUE,
+            credential  TEXT,
+            token_hash  TEXT NOT NULL,
+            created_at  DOUBLE PRECISION NOT NULL
+        );
+        """,
+    ),
 ]
 LATEST = MIGRATIONS[-1][0]
 
