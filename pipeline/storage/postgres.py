@@ -195,6 +195,17 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        9,
+        "generated secrets (tracking/VERP key, webhook secret) every node must share (pipeline/storage/generated.py)",
+        """
+        CREATE TABLE generated_secrets (
+            name       TEXT PRIMARY KEY,
+            value      TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        );
+        """,
+    ),
 ]
 LATEST = MIGRATIONS[-1][0]
 
