@@ -150,6 +150,10 @@ class EventStoreBase(abc.ABC):
     def close(self) -> None:
         """Implemented by each backend (SQLite, PostgreSQL)."""
 
+    def transaction(self, fn: Callable[[Tx], R]) -> R:
+        """Run ``fn`` in one write transaction of this store (retention's batched deletes)."""
+        return self._transaction(fn)
+
     def _execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         """One write statement in its own transaction; its rowcount."""
         return self._transaction(lambda tx: tx(sql, args)[1])
