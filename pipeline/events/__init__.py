@@ -71,8 +71,9 @@ def open_message_log(config: Config, store: EventStoreBase | None = None) -> Mes
     return MessageLogReader.on_store(own, close=own.close)
 
 
-def has_message_log(config: Config) -> bool:
-    """Whether there is a log to read (a command must not create ``events.db`` just to search it)."""
+def has_event_store(config: Config) -> bool:
+    """Whether there is an event store (and message log) to read: a read-only command must not create
+    ``events.db``; with ``[storage] url`` the shared one is always there."""
     return config.storage.url is not None or (config.data_dir / "events.db").is_file()
 
 
@@ -203,7 +204,7 @@ __all__ = [
     "SuppressionPolicy",
     "VerpToken",
     "normalize_address",
-    "has_message_log",
+    "has_event_store",
     "open_event_store",
     "open_message_log",
     "open_suppression_list",

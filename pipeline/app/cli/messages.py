@@ -19,7 +19,7 @@ import click
 
 from pipeline.api.app import decode_cursor, encode_cursor
 from pipeline.app.cli import config_option, get_config, main
-from pipeline.events import has_message_log, open_message_log
+from pipeline.events import has_event_store, open_message_log
 from pipeline.events.messages import LOG_STATES
 from pipeline.events.stats import parse_date
 from pipeline.ports import MessageFilter
@@ -72,7 +72,7 @@ def search(config_path: str | None, recipient: str | None, sender: str | None, m
            since: str | None, until: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
     """Messages matching every given filter, newest first."""
     config = get_config(config_path)
-    if not has_message_log(config):
+    if not has_event_store(config):
         _fail(f"no message log yet ({config.data_dir / 'events.db'} does not exist)")
     f = MessageFilter(recipient=recipient, sender=sender, message_id=message_id, queue_id=queue_id,
                       campaign=campaign, credential=credential, state=state, since=_date(since),
@@ -123,7 +123,7 @@ def show(queue_id: str, config_path: str | None, as_json: bool) -> None:
     """The whole story of one message: acceptance, trace, attempts, events, headers."""
     config = get_config(config_path)
     story = None
-    if has_message_log(config):
+    if has_event_store(config):
         log = open_message_log(config)
         try:
             story = log.message(queue_id)
