@@ -29,7 +29,7 @@ from pipeline.config import Config
 from pipeline.contract.context import Credential, Event
 from pipeline.contract.vocabulary import PluginSource
 from pipeline.delivery.notices import BounceNotices, notice_features
-from pipeline.delivery.results import JointResults, OutboxResults
+from pipeline.delivery.results import JointAccepts, JointResults, OutboxResults
 from pipeline.delivery.scheduler import DeliveryService
 from pipeline.egress.resolver import Resolver
 from pipeline.events import EventEmitter, open_event_store, open_message_log, open_suppression_list
@@ -98,7 +98,7 @@ class Gateway:
         """The SMTP listeners, handed the ports they feed: spool, events, metrics, inbound sinks."""
         return IngressService(self.config, self.chain, spool=self.spool, events=self.event_sink,
                               metrics=self.counters, inbound=self.inbound_handlers, sent=self.sent,
-                              refusals=self.refusals)
+                              refusals=self.refusals, recorder=self.joint_accepts())
 
     @property
     def spool(self) -> Spool:
@@ -181,6 +181,14 @@ class Gateway:
             return OutboxResults(spool, events, self.event_sink)
         return None
 
+    def joint_accepts(self) -> JointAccepts | None:
+        """A message and its ``accepted`` events in one transaction, when spool and events share one
+        PostgreSQL database; ``None`` for the SQLite files (the spool commits, then the events)."""
+        spool, events = self.spool, self.events
+        if isinstance(spool, PostgresSpool) and isinstance(events, PostgresEventStore) and spool.url == events.url:
+            return JointAccepts(spool, events, self.event_sink)
+        return None
+
     def tracking_services(self, host: str | None = None, port: int | None = None) -> list[Service]:
         """The tracking HTTP service (clicks, opens, unsubscribe, stats) and the webhook sender."""
         tracking, sender = tracking_services(self.config, self.event_sink, self.events, self.counters,
@@ -249,7 +257,7 @@ class Gateway:
 
         # the bounce domain's handlers only so a send to them is refused: mail to them is not for sending
         accept = AcceptStep(self.config, self.chain, self.spool, self.event_sink, metrics=self.counters,
-                            inbound=self.inbound_handlers)
+                            inbound=self.inbound_handlers, recorder=self.joint_accepts())
         return SendPorts(accept=accept, chain=self.chain, credential=credential, sent=self.sent,
                          limits=self.config.limits, on_refusal=self.refusals.note, gateway=self.config.gateway)
 
