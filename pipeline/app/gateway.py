@@ -162,7 +162,7 @@ class Gateway:
         bounce_domain = self.config.tracking.bounce_domain
         notices = BounceNotices(
             self.config, self.spool, self.event_sink, notice_features(self.config, self.plugins.plugins),
-            own_domains=[bounce_domain] if bounce_domain else [],
+            own_domains=[bounce_domain] if bounce_domain else [], recorder=self.joint_accepts(),
         )
         extra = [type(p.instance) for p in self.plugins.plugins if p.origin is PluginSource.GIVEN]
         return DeliveryService(

@@ -136,8 +136,12 @@ class EventEmitter:
     async def emit(self, event: Event, *, strict: bool = False) -> None:
         """Record, then ``on_event`` plugins. A store failure is logged, not raised, unless ``strict``."""
         await self.record(event, strict=strict)
+        await self._after(event)
+
+    async def _after(self, event: Event) -> None:
+        """The ``on_event`` plugins, without the message log's summary (headers, trace: not for plugins)."""
         if self.after is not None:
-            if "message" in event.data:  # the message log's summary (headers, trace) is not for plugins
+            if "message" in event.data:
                 event = dataclasses.replace(event, data={k: v for k, v in event.data.items() if k != "message"})
             await self.after(event)
 
@@ -176,8 +180,7 @@ class EventEmitter:
         sender, run the ``on_event`` plugins; what ``emit`` does after its own write."""
         self._count(event)
         self._wake(urls)
-        if self.after is not None:
-            await self.after(event)
+        await self._after(event)
 
     def _count(self, event: Event) -> None:
         label = event.type if event.type in EVENT_TYPES else "other"
