@@ -56,6 +56,22 @@ class SpoolWriter(Protocol):
         ...
 
 
+class AcceptRecorder(Protocol):
+    """Makes an accepted message durable together with its ``accepted`` events, in one transaction
+    (issue 11 point 3 at acceptance: a crash right after the ``250`` cannot lose the event or the
+    message log's row). The composition root hands one to the accept step when the spool and the
+    event store share a database (PostgreSQL); otherwise the spool commits, then the events."""
+
+    async def enqueue(self, ctx: MessageContext, data: bytes, recipients: list[str], events: Sequence[Event]) -> None:
+        """Commit message and events before returning; raise on failure (nothing was committed)."""
+        ...
+
+    async def committed(self, event: Event) -> None:
+        """After the reply: what the event sink does after its own write (count, wake webhooks,
+        ``on_event``), for an event :meth:`enqueue` already wrote."""
+        ...
+
+
 @dataclass
 class QueuedMessage:
     """A claimed message: its bytes, envelope, context record and the recipients now leased to us."""

@@ -107,3 +107,59 @@ async def test_enqueue_raises_what_the_spool_raises_for_callers_that_must_fail(t
     spool.close()
     with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
         await enqueue(spool, ctx, RAW, ["app@shop.example"])
+
+
+async def test_on_postgresql_the_accepted_event_and_log_row_commit_with_the_message(tmp_path, pg_url, monkeypatch):
+    """A node that dies right after its 250 (before announcing) has lost nothing: the accepted event,
+    the message log's row and the spooled message were one transaction. Announcing (the node lives)
+    only counts the event: it is stored once."""
+    import aiosmtplib
+
+    from pipeline.app.gateway import Gateway
+    from pipeline.config import parse_config
+    from pipeline.events.messages import MessageLogReader
+    from pipeline.events.postgres import PostgresEventStore
+    from pipeline.ports import MessageFilter
+
+    config = parse_config({
+        "gateway": {"data_dir": str(tmp_path / "data"), "hostname": "gw.test"}, "storage": {"url": pg_url},
+        "listeners": [{"name": "plain", "port": 0, "tls": "none", "require_tls": False}],
+        "credentials": [{"name": "shop", "username": "shop", "secret": "pw-shop"}],
+        "chain": {"plugins": ["campaign_tag"]},
+        "limits": {"shutdown_grace": 2.0},
+    })
+
+    async def send(gw: Gateway, to: str) -> None:
+        ingress = gw.ingress_service()
+        gw.services = [ingress]
+        await gw.start()
+        try:
+            await aiosmtplib.send(RAW, sender="app@shop.example", recipients=[to], hostname="127.0.0.1",
+                                  port=ingress.port("plain"), username="shop", password="pw-shop",
+                                  start_tls=False, use_tls=False)
+        finally:
+            await gw.stop(2.0)
+
+    announced: list[str] = []
+
+    async def dies_after_the_reply(self: AcceptStep, outcome: object) -> None:
+        announced.append("never")  # the process is gone: nothing after the 250 runs
+
+    with monkeypatch.context() as m:
+        m.setattr(AcceptStep, "announce", dies_after_the_reply)
+        await send(Gateway(config), "a@example.net")
+    assert announced == ["never"]
+    living = Gateway(config)
+    await send(living, "b@example.net")
+    assert living.counters["events_total:accepted"] == 1  # announced once, stored by the enqueue
+
+    store = PostgresEventStore(pg_url)
+    try:
+        accepted = store.events(type="accepted")
+        assert sorted(e.event.recipient or "" for e in accepted) == ["a@example.net", "b@example.net"]
+        log = MessageLogReader.on_store(store)
+        page, _ = log.search(MessageFilter(recipient="a@example.net"))
+        assert [m["recipients"][0]["state"] for m in page] == ["queued"] and page[0]["mail_from"] == "app@shop.example"
+        assert store.query("SELECT COUNT(*) FROM messages") == [(2,)]  # and both are in the spool
+    finally:
+        store.close()

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
 
-from pipeline.accounts.api_tokens import ApiTokenStore
+from pipeline.accounts.api_tokens import open_api_token_store
 from pipeline.app.cli import main
 from pipeline.app.gateway import Gateway
 from pipeline.config import load_config
@@ -54,6 +54,15 @@ name = "club"
 username = "club"
 secret = "pw-club"
 """
+
+
+def write_conf(path: Path, data_dir: Path, backend: Any = None) -> Path:
+    """The test config for ``data_dir``, on ``backend``'s storage when given (``[storage] url``)."""
+    text = TOML.format(data=data_dir)
+    if backend is not None and backend.url:
+        text += f'[storage]\nurl = "{backend.url}"\n'
+    path.write_text(text)
+    return path
 
 
 def mail(sender: str, to: str, subject: str, msgid: str, campaign: str) -> bytes:
@@ -108,9 +117,8 @@ async def wait_for(pred: Any, timeout: float = 20.0) -> None:
             await asyncio.sleep(0.05)
 
 
-def test_api_tokens_cli_prints_the_token_alone_and_stores_only_its_hash(tmp_path: Path) -> None:
-    conf = tmp_path / "smtpgate.toml"
-    conf.write_text(TOML.format(data=tmp_path / "data"))
+def test_api_tokens_cli_prints_the_token_alone_and_stores_only_its_hash(tmp_path: Path, backend: Any) -> None:
+    conf = write_conf(tmp_path / "smtpgate.toml", tmp_path / "data", backend)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-m", "pipeline.app.cli", "api-tokens", "add", "ops", "--credential", "shop",
                         "--config", str(conf)], capture_output=True, text=True, env=env, timeout=120)
@@ -118,10 +126,14 @@ def test_api_tokens_cli_prints_the_token_alone_and_stores_only_its_hash(tmp_path
     token = r.stdout.strip()
     assert r.stdout == token + "\n" and token.startswith("sgt_")
     assert "shown only now" in r.stderr and token not in r.stderr
-    raw = (tmp_path / "data" / "credentials.db").read_bytes()
+    if backend.url is None:
+        raw = (tmp_path / "data" / "credentials.db").read_bytes()
+    else:
+        raw = repr(backend.fetch("SELECT * FROM api_tokens")).encode()
+        assert not (tmp_path / "data" / "credentials.db").exists()  # nothing of it on the node's disk
     secret = token.split("_", 2)[2]  # sgt_<id>_<secret>; the secret itself may contain "_"
     assert token.encode() not in raw and secret.encode() not in raw
-    store = ApiTokenStore(tmp_path / "data" / "credentials.db")
+    store = open_api_token_store(backend.url, tmp_path / "data")
     try:
         principal = store.verify(token)
         assert principal is not None and (principal.name, principal.credential) == ("ops", "shop")
@@ -133,7 +145,7 @@ def test_api_tokens_cli_prints_the_token_alone_and_stores_only_its_hash(tmp_path
     assert cli("api-tokens", "add", "x", "--credential", "nobody", "--config", str(conf)).exit_code == 1
     assert cli("api-tokens", "add", "ops", "--config", str(conf)).exit_code == 1  # duplicate name
     assert cli("api-tokens", "revoke", "ops", "--config", str(conf)).exit_code == 0
-    store = ApiTokenStore(tmp_path / "data" / "credentials.db")
+    store = open_api_token_store(backend.url, tmp_path / "data")
     try:
         assert store.verify(token) is None
     finally:
@@ -141,9 +153,8 @@ def test_api_tokens_cli_prints_the_token_alone_and_stores_only_its_hash(tmp_path
     assert cli("api-tokens", "revoke", "ops", "--config", str(conf)).exit_code == 1
 
 
-async def test_message_log_over_the_api_and_the_cli_two_tenants(tmp_path: Path) -> None:
-    conf = tmp_path / "smtpgate.toml"
-    conf.write_text(TOML.format(data=tmp_path / "data"))
+async def test_message_log_over_the_api_and_the_cli_two_tenants(tmp_path: Path, backend: Any) -> None:
+    conf = write_conf(tmp_path / "smtpgate.toml", tmp_path / "data", backend)
     tokens = {name: cli("api-tokens", "add", name, *(["--credential", cred] if cred else []), "--config", str(conf))
               .stdout.strip() for name, cred in (("admin", None), ("shop", "shop"), ("club", "club"))}
     config = load_config(str(conf))
@@ -590,3 +601,48 @@ async def test_webhook_endpoints_and_deliveries_are_tenant_scoped(tmp_path: Path
             assert status == 400
     finally:
         await gw.stop(2.0)
+
+
+async def test_one_node_accepts_and_another_finds_the_message_and_honours_its_tokens(
+        tmp_path: Path, pg_url: str) -> None:
+    """Two nodes on one PostgreSQL, each with its own (empty) data dir: node A's acceptance is in node
+    B's `messages search|show` and API; a token added on A works on B; revoked on B, A refuses it."""
+    shared = type("Shared", (), {"url": pg_url})()
+    conf_a = write_conf(tmp_path / "a.toml", tmp_path / "a", shared)
+    conf_b = write_conf(tmp_path / "b.toml", tmp_path / "b", shared)
+    token = cli("api-tokens", "add", "ops", "--config", str(conf_a)).stdout.strip()
+    node_a, node_b = Gateway(load_config(str(conf_a))), Gateway(load_config(str(conf_b)))
+    ingress, api_a = node_a.ingress_service(), node_a.api_service(port=0)
+    node_a.services = [ingress, api_a]
+    api_b = node_b.api_service(port=0)
+    node_b.services = [api_b]
+    await node_a.start()
+    await node_b.start()
+    try:
+        await aiosmtplib.send(mail("news@shop.example", "x@example.net", "Spring sale", "s1@shop.example", "spring"),
+                              sender="news@shop.example", recipients=["x@example.net"], hostname="127.0.0.1",
+                              port=ingress.port("plain"), username="shop", password="pw-shop",
+                              start_tls=False, use_tls=False)
+        found = cli("messages", "search", "--recipient", "x@example.net", "--json", "--config", str(conf_b))
+        assert found.exit_code == 0, found.output
+        import json
+        [msg] = json.loads(found.stdout)["messages"]
+        qid = msg["queue_id"]
+        assert msg["mail_from"] == "news@shop.example" and msg["recipients"][0]["state"] == "queued"
+        shown = cli("messages", "show", qid, "--config", str(conf_b))
+        assert shown.exit_code == 0 and "in queue:    yes" in shown.stdout and " accepted " in shown.stdout
+        auth = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession() as http:
+            async with http.get(api_b.url + "/api/v1/messages", params={"recipient": "x@example.net"},
+                                headers=auth) as r:
+                assert r.status == 200 and [m["queue_id"] for m in (await r.json())["messages"]] == [qid]
+            async with http.get(f"{api_b.url}/api/v1/messages/{qid}", headers=auth) as r:
+                story = await r.json()
+                assert r.status == 200 and story["spooled"] is True and story["subject"] == "Spring sale"
+            assert cli("api-tokens", "revoke", "ops", "--config", str(conf_b)).exit_code == 0
+            async with http.get(api_a.url + "/api/v1/messages", headers=auth) as r:
+                assert r.status == 401  # at the next request: token look-ups are not cached
+        assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())  # node B: nothing on disk
+    finally:
+        await node_a.stop(2.0)
+        await node_b.stop(2.0)

@@ -1,6 +1,6 @@
 """Issue 12's acceptance, to the end: a message sent over SMTP to x@example.net is found by its
 recipient, and after its tracking URLs are fetched its timeline shows ``opened`` and ``clicked``
-after ``accepted`` and ``delivered`` (the API and the CLI twin alike)."""
+after ``accepted`` and ``delivered`` (the API and the CLI twin alike), on both storage backends."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import email
 import email.policy
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import aiosmtplib
 
-from tests.support.console import TOML, console_gateway, wait_for
+from tests.support.console import TOML, console_gateway, on_storage, wait_for
 from tests.test_api import cli
 
 HTML_MAIL = (
@@ -24,12 +25,12 @@ HTML_MAIL = (
 )
 
 
-async def test_the_timeline_shows_accepted_delivered_then_opened_and_clicked(tmp_path: Path) -> None:
+async def test_the_timeline_shows_accepted_delivered_then_opened_and_clicked(tmp_path: Path, backend: Any) -> None:
     toml = TOML.replace(
         'plugins = ["header_validation", "campaign_tag"]',
         'plugins = ["header_validation", "campaign_tag", "click_tracking", "open_pixel"]',
     ) + '[tracking]\nlisten_port = 0\nbase_url = "https://t.example.com"\n[tracking.keys]\nk1 = "timeline-key"\n'
-    async with console_gateway(tmp_path, toml) as run:
+    async with console_gateway(tmp_path, on_storage(toml, backend.url)) as run:
         tracking = run.gw.tracking_service(port=0)
         await tracking.start()
         run.gw.services.append(tracking)

@@ -1,11 +1,11 @@
-"""``smtpgate events prune``: old events go in batches; pending webhooks and the stoplist stay."""
+"""``smtpgate events prune``: old events go in batches; pending webhooks and the stoplist stay (both
+backends: on PostgreSQL one run prunes the events every node wrote)."""
 
 from __future__ import annotations
 
 import datetime
-import sqlite3
 import time
-from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -13,8 +13,7 @@ from click.testing import CliRunner, Result
 from pipeline.app.cli import main
 from pipeline.app.cli.events import parse_age, parse_date
 from pipeline.contract.context import Event
-from pipeline.events.retention import prune_events
-from pipeline.events.sqlite import SqliteEventStore
+from pipeline.events.retention import prune_events, prune_store
 
 DAY = 86400.0
 
@@ -23,11 +22,18 @@ def run(*args: str) -> Result:
     return CliRunner().invoke(main, ["events", "prune", *args])
 
 
-def fill(path: Path) -> dict[str, int]:
+@pytest.fixture
+def eb(backend: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The backend, with CLI runs pointed at it."""
+    backend.export_env(monkeypatch)
+    return backend
+
+
+def fill(backend: Any) -> dict[str, int]:
     """Old and new events; an old one with a pending webhook, old ones with finished webhooks,
     and an old hard bounce that put its address on the stoplist. Their ids by name."""
     now = time.time()
-    store = SqliteEventStore(path)
+    store = backend.event_store()
     ids: dict[str, int] = {}
     for i in range(5):
         ids[f"old{i}"] = store.record_sync(Event("delivered", queue_id=f"Q{i}", recipient=f"r{i}@example.net",
@@ -46,17 +52,12 @@ def fill(path: Path) -> dict[str, int]:
     return ids
 
 
-def rows(path: Path, sql: str) -> list[tuple]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+def rows(backend: Any, sql: str) -> list[tuple[Any, ...]]:
+    return backend.fetch(sql, db="events")
 
 
-def test_older_than_deletes_old_events_but_keeps_pending_webhooks_and_the_stoplist(data_dir):
-    path = data_dir / "events.db"
-    ids = fill(path)
+def test_older_than_deletes_old_events_but_keeps_pending_webhooks_and_the_stoplist(eb):
+    ids = fill(eb)
     result = run("--older-than", "90d")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
@@ -65,40 +66,43 @@ def test_older_than_deletes_old_events_but_keeps_pending_webhooks_and_the_stopli
     ]
     assert result.stdout.startswith("deleted 7 event(s) recorded before ")
     assert "and 1 finished webhook delivery" in result.output
-    assert {r[0] for r in rows(path, "SELECT id FROM events")} == {ids["old_pending"], ids["new"]}
-    assert sorted(rows(path, "SELECT event_id, state FROM webhook_outbox")) == sorted(
+    assert {r[0] for r in rows(eb, "SELECT id FROM events")} == {ids["old_pending"], ids["new"]}
+    assert sorted(rows(eb, "SELECT event_id, state FROM webhook_outbox")) == sorted(
         [(ids["old_pending"], "pending"), (ids["new"], "pending")]
     )
-    assert rows(path, "SELECT address, reason FROM suppression") == [("gone@example.net", "hard bounce")]
+    assert rows(eb, "SELECT address, reason FROM suppression") == [("gone@example.net", "hard bounce")]
 
 
-def test_dry_run_counts_without_deleting(data_dir):
-    path = data_dir / "events.db"
-    fill(path)
+def test_dry_run_counts_without_deleting(eb):
+    fill(eb)
     result = run("--older-than", "90d", "--dry-run")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("would delete 7 event(s)") and "1 finished webhook delivery" in result.output
-    assert len(rows(path, "SELECT id FROM events")) == 9
+    assert len(rows(eb, "SELECT id FROM events")) == 9
 
 
-def test_before_date_and_small_batches_delete_everything_older(data_dir):
-    path = data_dir / "events.db"
-    ids = fill(path)
+def test_before_date_and_small_batches_delete_everything_older(eb):
+    ids = fill(eb)
     cutoff = datetime.datetime.fromtimestamp(time.time() - 30 * DAY, datetime.UTC).date().isoformat()
     result = run("--before", cutoff, "--batch-size", "2")
     assert result.exit_code == 0, result.output
     assert f"recorded before {cutoff} 00:00:00 UTC" in result.output
-    assert {r[0] for r in rows(path, "SELECT id FROM events")} == {ids["old_pending"], ids["new"]}
+    assert {r[0] for r in rows(eb, "SELECT id FROM events")} == {ids["old_pending"], ids["new"]}
 
 
-def test_prune_function_reports_counts_and_rejects_a_zero_batch(tmp_path):
-    path = tmp_path / "events.db"
-    fill(path)
-    result = prune_events(path, time.time() - 90 * DAY, batch=3)
-    assert (result.events, result.webhook_rows, result.kept_pending) == (7, 1, 1)
-    assert prune_events(path, time.time() - 90 * DAY).events == 0
+def test_prune_function_reports_counts_and_rejects_a_zero_batch(backend):
+    fill(backend)
+    store = backend.event_store()
+    try:
+        result = prune_store(store, time.time() - 90 * DAY, batch=3)
+        assert (result.events, result.webhook_rows, result.kept_pending) == (7, 1, 1)
+        assert prune_store(store, time.time() - 90 * DAY).events == 0
+        with pytest.raises(ValueError):
+            prune_store(store, time.time(), batch=0)
+    finally:
+        store.close()
     with pytest.raises(ValueError):
-        prune_events(path, time.time(), batch=0)
+        prune_events(backend.data_dir / "events.db", time.time(), batch=0)
 
 
 @pytest.mark.parametrize(
@@ -132,19 +136,23 @@ def test_age_and_date_parsing():
     assert parse_date("2026-08-01T02:00:00+02:00") == parse_date("2026-08-01")
 
 
-def test_prune_takes_old_finished_messages_out_of_the_message_log(data_dir):
-    data_dir.mkdir(parents=True)
-    path = data_dir / "events.db"
+def test_prune_takes_old_finished_messages_out_of_the_message_log(eb):
+    eb.data_dir.mkdir(parents=True)
     now = time.time()
-    store = SqliteEventStore(path)
+    store = eb.event_store()
     for qid, age, result in (("OLD", 200, "delivered"), ("WAITING", 200, "deferred"), ("NEW", 1, "delivered")):
         summary = {"mail_from": "a@shop.example", "subject": qid, "size": 10}
         store.record_sync(Event("accepted", queue_id=qid, recipient="x@example.net", time=now - age * DAY,
                                 data={"message": summary}))
         store.record_sync(Event(result, queue_id=qid, recipient="x@example.net", time=now - age * DAY + 1))
     store.close()
-    assert prune_events(path, now - 90 * DAY, dry_run=True).messages == 1
+    store = eb.event_store()
+    try:
+        assert prune_store(store, now - 90 * DAY, dry_run=True).messages == 1
+    finally:
+        store.close()
     result = run("--older-than", "90d", "--batch-size", "1")
     assert result.exit_code == 0 and "deleted 1 message(s) from the message log" in result.output, result.output
-    assert {r[0] for r in rows(path, "SELECT queue_id FROM messages")} == {"WAITING", "NEW"}
-    assert {r[0] for r in rows(path, "SELECT queue_id FROM message_recipients")} == {"WAITING", "NEW"}
+    log, log_rcpts = ("messages", "message_recipients") if eb.url is None else ("message_log", "message_log_recipients")
+    assert {r[0] for r in rows(eb, f"SELECT queue_id FROM {log}")} == {"WAITING", "NEW"}
+    assert {r[0] for r in rows(eb, f"SELECT queue_id FROM {log_rcpts}")} == {"WAITING", "NEW"}

@@ -9,6 +9,7 @@ import logging
 import re
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 import pytest
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pipeline.accounts.store import CredentialStore
 from pipeline.api.console.app import API_ROUTES, CONSOLE, PRESESSION_COOKIE, SESSION_COOKIE, safe_back
 from pipeline.api.console.sessions import PresessionSigner, SessionStore
-from tests.support.console import TOML, console_gateway, csrf_of, visitor, wait_for
+from tests.support.console import TOML, console_gateway, csrf_of, on_storage, visitor, wait_for
 from tests.support.egress_net import ZoneServer
 
 PAGES = (
@@ -492,8 +493,8 @@ async def smtp_login_works(port: int, user: str, password: str) -> bool:
         await smtp.quit()
 
 
-async def test_the_message_log_pages_through_bookmarkable_urls(tmp_path: Path) -> None:
-    async with console_gateway(tmp_path) as run, visitor(run.api.url) as v:
+async def test_the_message_log_pages_through_bookmarkable_urls(tmp_path: Path, backend: Any) -> None:
+    async with console_gateway(tmp_path, on_storage(TOML, backend.url)) as run, visitor(run.api.url) as v:
         for i in range(5):
             await run.send("shop", "news@shop.example", f"r{i}@example.net", f"Letter {i}", "autumn")
         await run.send("shop", "news@shop.example", "other@example.net", "Elsewhere", "spring")

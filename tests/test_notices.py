@@ -54,9 +54,11 @@ def _events():
     EventRecorder.reset()
 
 
-async def start(data_dir: Path, *, extra: tuple = (), chain: tuple[str, ...] = (), **overrides: Any
-                ) -> tuple[Gateway, DeliveryService]:
+async def start(data_dir: Path, *, extra: tuple = (), chain: tuple[str, ...] = (), storage_url: str | None = None,
+                **overrides: Any) -> tuple[Gateway, DeliveryService]:
     cfg: dict[str, Any] = {"gateway": {"data_dir": str(data_dir), "hostname": HOST}, "spool": dict(FAST_RETRIES)}
+    if storage_url:
+        cfg["storage"] = {"url": storage_url}
     for key, value in overrides.items():
         cfg[key] = {**cfg[key], **value} if isinstance(cfg.get(key), dict) else value
     gw = Gateway(make_config(cfg, chain), extra_plugins=[EventRecorder, *extra])
@@ -87,15 +89,19 @@ def delivery_status(data: bytes) -> tuple[email.message.Message, list[email.mess
 # -- delivery end to end ---------------------------------------------------------------------------
 
 
-async def test_5xx_bounces_get_one_dsn_delivered_to_the_sender_with_every_failed_recipient(sinks, data_dir):
+async def test_5xx_bounces_get_one_dsn_delivered_to_the_sender_with_every_failed_recipient(sinks, backend):
     controller, sink = sinks(replies={"gone@example.net": ["550 5.1.1 user unknown"],
                                       "left@example.net": ["550 5.1.1 no such user here"]})
-    gw, svc = await start(data_dir, egress=smtp_egress(controller.port))
+    gw, svc = await start(backend.data_dir, storage_url=backend.url, egress=smtp_egress(controller.port))
     try:
         qid = await enqueue(gw, ["gone@example.net", "here@example.net", "left@example.net"])
         await EventRecorder.until(lambda: bool(EventRecorder.of("delivered", SENDER)))
     finally:
         await stop(gw, svc)
+    # the notice's accepted event is stored once (on PostgreSQL with the notice, in its transaction)
+    stored = backend.fetch("SELECT recipient FROM events WHERE type = 'accepted' AND campaign_id = ?", (CAMPAIGN,),
+                           db="events")
+    assert stored == [(SENDER,)]
     notices = [m for m in sink.messages if m.mail_from == "<>"]  # aiosmtpd shows the null sender as <>
     assert len(notices) == 1 and notices[0].rcpt_tos == [SENDER]
     assert [m.rcpt_tos for m in sink.messages if m.mail_from != "<>"] == [["here@example.net"]]

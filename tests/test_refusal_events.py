@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 
 from pipeline import Plugin, Reject, hookimpl
-from pipeline.accounts.api_tokens import ApiTokenStore
+from pipeline.accounts.api_tokens import ApiTokenStore, open_api_token_store
 from pipeline.app.cli import main
 from pipeline.app.gateway import Gateway
 from pipeline.config import parse_config
@@ -268,7 +268,7 @@ async def test_rejected_events_are_stored_and_listed_on_both_backends(tmp_path: 
     data["gateway"]["data_dir"] = str(backend.data_dir)
     gw = Gateway(parse_config({**data, **backend.overrides}))
     backend.data_dir.mkdir(parents=True, exist_ok=True)
-    store = ApiTokenStore(backend.data_dir / "credentials.db")
+    store = open_api_token_store(backend.url, backend.data_dir)
     admin, club = store.add("admin"), store.add("club", "club")
     store.close()
     ingress, api = gw.ingress_service(), gw.api_service(port=0)

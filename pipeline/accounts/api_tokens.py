@@ -1,10 +1,12 @@
-"""Bearer tokens for the management API (``smtpgate api-tokens``), stored in ``credentials.db``.
+"""Bearer tokens for the management API (``smtpgate api-tokens``), stored in ``credentials.db``, or
+in the ``api_tokens`` table of ``[storage] url``'s PostgreSQL (migration 8), which every node reads.
 
 A token is ``sgt_<id>_<secret>`` with 256 random bits of secret. Only its SHA-256 is stored: the
 secret is random, so a slow salted hash (as for SMTP passwords, which people choose) would add a
 scrypt per API request and no protection. The id finds the row, so a wrong token costs one
 look-up and one constant-time compare. A token with a ``credential`` is a tenant's: the API shows
-it only that credential's data; one without is an administrator's.
+it only that credential's data; one without is an administrator's. Nothing is cached: every request looks its token up, so a token
+revoked on one node is refused by every node at its next request.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hmac
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,16 +57,48 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-class ApiTokenStore:
-    """The ``api_tokens`` table: add/list/revoke for the CLI, ``verify`` for the API."""
+HOT_WAIT = 1.0
+"""Seconds a token look-up (on the API's event loop) waits for a pooled PostgreSQL connection."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn = open_sqlite(path)
-        self._conn.executescript(SCHEMA)
+
+class ApiTokenStore:
+    """The ``api_tokens`` table: add/list/revoke for the CLI, ``verify`` for the API.
+
+    ``path``: the SQLite file; ``url``: the PostgreSQL several nodes share. Same SQL on both.
+    """
+
+    def __init__(self, path: Path | None = None, *, url: str | None = None) -> None:
+        self.path, self.url = path, url
         self._lock = threading.Lock()
+        self._pool: Any = None
+        if url is not None:
+            from pipeline.storage.postgres import open_pool
+
+            self._pool = open_pool(url, max_size=2)
+        elif path is not None:
+            self._conn = open_sqlite(path)
+            self._conn.executescript(SCHEMA)
+        else:
+            raise ValueError("an API token store needs a path or a url")
+
+    def _q(self, sql: str, args: Sequence[Any] = (), *, hot: bool = False) -> tuple[list[tuple[Any, ...]], int]:
+        """One statement, committed (``?`` placeholders): its rows and rowcount. ``hot``: on the event
+        loop, so a missing database fails within ``HOT_WAIT`` seconds instead of stalling every request."""
+        if self._pool is None:
+            with self._lock:
+                cur = self._conn.execute(sql, tuple(args))
+                return [tuple(r) for r in cur.fetchall()], cur.rowcount
+        from pipeline.storage.postgres import pg_sql
+
+        with self._pool.connection(timeout=HOT_WAIT if hot else None) as conn:
+            pcur = conn.execute(pg_sql(sql), tuple(args))
+            rows = pcur.fetchall() if pcur.description is not None else []
+            return [tuple(r) for r in rows], pcur.rowcount
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            return
         with self._lock:
             self._conn.close()
 
@@ -73,52 +108,47 @@ class ApiTokenStore:
             raise ApiTokenError("token names are 1-100 printable characters")
         token_id = secrets.token_hex(6)
         token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
-        with self._lock:
-            try:
-                self._conn.execute(
-                    "INSERT INTO api_tokens (id, name, credential, token_hash, created_at) VALUES (?, ?, ?, ?, ?)",
-                    (token_id, name, credential, _digest(token), time.time()),
-                )
-            except Exception as exc:
-                if "UNIQUE" in str(exc):
-                    raise ApiTokenError(f"a token named {name!r} already exists") from None
-                raise
+        try:
+            self._q(
+                "INSERT INTO api_tokens (id, name, credential, token_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+                (token_id, name, credential, _digest(token), time.time()),
+            )
+        except Exception as exc:
+            if "unique" in str(exc).lower():  # SQLite's UNIQUE constraint, PostgreSQL's unique_violation
+                raise ApiTokenError(f"a token named {name!r} already exists") from None
+            raise
         return token
 
     def list(self) -> list[dict[str, Any]]:
         """Every token without its hash (for ``api-tokens list``)."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT id, name, credential, created_at FROM api_tokens ORDER BY name"
-            ).fetchall()
+        rows = self._q("SELECT id, name, credential, created_at FROM api_tokens ORDER BY name")[0]
         keys = ("id", "name", "credential", "created_at")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def revoke(self, name: str) -> None:
-        """Delete a token (by name or id); it stops working at its next request."""
-        with self._lock:
-            cur = self._conn.execute("DELETE FROM api_tokens WHERE name = ? OR id = ?", (name, name))
-        if cur.rowcount == 0:
+        """Delete a token (by name or id); it stops working at its next request, on every node."""
+        if self._q("DELETE FROM api_tokens WHERE name = ? OR id = ?", (name, name))[1] == 0:
             raise ApiTokenError(f"no API token named {name!r}")
 
     def verify(self, token: str) -> ApiPrincipal | None:
         """The principal of a valid token, else ``None`` (constant-time compare of the hash)."""
-        if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 200 or "\x00" in token:
             return None
         token_id, sep, _ = token[len(TOKEN_PREFIX):].partition("_")
         if not sep:
             return None
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT name, credential, token_hash FROM api_tokens WHERE id = ?", (token_id,)
-            ).fetchone()
-        if row is None or not hmac.compare_digest(_digest(token), row[2]):
+        rows = self._q("SELECT name, credential, token_hash FROM api_tokens WHERE id = ?", (token_id,), hot=True)[0]
+        if not rows or not hmac.compare_digest(_digest(token), rows[0][2]):
             return None
-        return ApiPrincipal(token_id, row[0], row[1])
+        return ApiPrincipal(token_id, rows[0][0], rows[0][1])
 
     def principal(self, token_id: str) -> ApiPrincipal | None:
         """The principal of a token that still exists, by id: a console session remembers the id,
         never the token, and ends when the token is revoked."""
-        with self._lock:
-            row = self._conn.execute("SELECT name, credential FROM api_tokens WHERE id = ?", (token_id,)).fetchone()
-        return None if row is None else ApiPrincipal(token_id, row[0], row[1])
+        rows = self._q("SELECT name, credential FROM api_tokens WHERE id = ?", (token_id,), hot=True)[0]
+        return ApiPrincipal(token_id, rows[0][0], rows[0][1]) if rows else None
+
+
+def open_api_token_store(url: str | None, data_dir: Path) -> ApiTokenStore:
+    """The API tokens of a gateway: ``[storage] url``'s shared table, else ``<data_dir>/credentials.db``."""
+    return ApiTokenStore(url=url) if url is not None else ApiTokenStore(data_dir / "credentials.db")

@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from pipeline.accounts.api_tokens import ApiTokenStore
+from pipeline.accounts.api_tokens import open_api_token_store
 from pipeline.accounts.authenticator import Authenticator
-from pipeline.accounts.store import CredentialStore, StoredWebhooks
+from pipeline.accounts.store import CredentialStore, StoredWebhooks, open_credential_store
 from pipeline.accounts.webhook_endpoints import WebhookEndpointStore
 from pipeline.api import ApiPorts, ApiService, api_service
 from pipeline.api.console import ConsolePorts
@@ -29,12 +29,11 @@ from pipeline.config import Config
 from pipeline.contract.context import Credential, Event
 from pipeline.contract.vocabulary import PluginSource
 from pipeline.delivery.notices import BounceNotices, notice_features
-from pipeline.delivery.results import JointResults, OutboxResults
+from pipeline.delivery.results import JointAccepts, JointResults, OutboxResults
 from pipeline.delivery.scheduler import DeliveryService
 from pipeline.egress.resolver import Resolver
-from pipeline.events import EventEmitter, open_event_store, open_suppression_list
+from pipeline.events import EventEmitter, open_event_store, open_message_log, open_suppression_list
 from pipeline.events.inbound import InboundHandler
-from pipeline.events.messages import SqliteMessageLog
 from pipeline.events.postgres import PostgresEventStore
 from pipeline.events.refusals import RefusalEvents
 from pipeline.events.sqlite import SqliteEventStore
@@ -99,7 +98,7 @@ class Gateway:
         """The SMTP listeners, handed the ports they feed: spool, events, metrics, inbound sinks."""
         return IngressService(self.config, self.chain, spool=self.spool, events=self.event_sink,
                               metrics=self.counters, inbound=self.inbound_handlers, sent=self.sent,
-                              refusals=self.refusals)
+                              refusals=self.refusals, recorder=self.joint_accepts())
 
     @property
     def spool(self) -> Spool:
@@ -163,7 +162,7 @@ class Gateway:
         bounce_domain = self.config.tracking.bounce_domain
         notices = BounceNotices(
             self.config, self.spool, self.event_sink, notice_features(self.config, self.plugins.plugins),
-            own_domains=[bounce_domain] if bounce_domain else [],
+            own_domains=[bounce_domain] if bounce_domain else [], recorder=self.joint_accepts(),
         )
         extra = [type(p.instance) for p in self.plugins.plugins if p.origin is PluginSource.GIVEN]
         return DeliveryService(
@@ -182,6 +181,14 @@ class Gateway:
             return OutboxResults(spool, events, self.event_sink)
         return None
 
+    def joint_accepts(self) -> JointAccepts | None:
+        """A message and its ``accepted`` events in one transaction, when spool and events share one
+        PostgreSQL database; ``None`` for the SQLite files (the spool commits, then the events)."""
+        spool, events = self.spool, self.events
+        if isinstance(spool, PostgresSpool) and isinstance(events, PostgresEventStore) and spool.url == events.url:
+            return JointAccepts(spool, events, self.event_sink)
+        return None
+
     def tracking_services(self, host: str | None = None, port: int | None = None) -> list[Service]:
         """The tracking HTTP service (clicks, opens, unsubscribe, stats) and the webhook sender."""
         tracking, sender = tracking_services(self.config, self.event_sink, self.events, self.counters,
@@ -198,12 +205,12 @@ class Gateway:
 
     def api_service(self, host: str | None = None, port: int | None = None) -> ApiService:
         """The management API on its own listener: bearer tokens and credentials from ``credentials.db``,
-        the message log in ``events.db`` (its own read connection), the event store (statistics, the
-        stoplist), the spool for messages still queued."""
+        the message log (``events.db`` on its own read connection, or the shared PostgreSQL through the
+        event store), the event store (statistics, the stoplist), the spool for messages still queued."""
         store = self.events  # opened first: it creates events.db's tables the message log reads
-        tokens = ApiTokenStore(self.config.data_dir / "credentials.db")
-        message_log = SqliteMessageLog(self.config.data_dir / "events.db")
-        credentials = CredentialStore(self.config.data_dir / "credentials.db")
+        tokens = open_api_token_store(self.config.storage.url, self.config.data_dir)
+        message_log = open_message_log(self.config, store)
+        credentials = open_credential_store(self.config)  # [storage] url's shared table, else credentials.db
         self._closers += [tokens.close, message_log.close, credentials.close]
         declared = [{k: getattr(c, k) for k in ("name", "kind", "username", "disabled", "sandbox", "features",
                                                 "locked", "allowed_sender_domains", "max_message_size",
@@ -250,7 +257,7 @@ class Gateway:
 
         # the bounce domain's handlers only so a send to them is refused: mail to them is not for sending
         accept = AcceptStep(self.config, self.chain, self.spool, self.event_sink, metrics=self.counters,
-                            inbound=self.inbound_handlers)
+                            inbound=self.inbound_handlers, recorder=self.joint_accepts())
         return SendPorts(accept=accept, chain=self.chain, credential=credential, sent=self.sent,
                          limits=self.config.limits, on_refusal=self.refusals.note, gateway=self.config.gateway)
 

@@ -8,6 +8,10 @@ runs the admission part (:func:`~pipeline.chain.admission.admit_message`) and ne
 The step knows nothing about SMTP: it returns an :class:`Outcome` and the caller turns it into
 a reply. The ``accepted`` events are returned rather than emitted, so the ingress can answer the
 client first (event plugins must not delay the reply) and then call :meth:`AcceptStep.announce`.
+With an :class:`~pipeline.ports.AcceptRecorder` (spool and events in one PostgreSQL database) the
+events are written in the enqueue's own transaction, and announcing them only counts them, wakes
+the webhook sender and runs ``on_event``: a crash between the ``250`` and the announcement loses
+nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pipeline.config import Config
 from pipeline.contract.context import Credential, Event, MessageContext, Session
 from pipeline.contract.message import current_actor
 from pipeline.contract.verdicts import Verdict, drops, refuses
-from pipeline.ports import EventSink, InboundHandler, Metrics, SpoolWriter
+from pipeline.ports import AcceptRecorder, EventSink, InboundHandler, Metrics, SpoolWriter
 
 log = logging.getLogger("smtpgate.ingress.accept")
 
@@ -41,6 +45,7 @@ class Outcome:
     recipients: list[str] = field(default_factory=list)
     size: int = 0
     events: list[Event] = field(default_factory=list)  # to emit once the client has its reply
+    recorded: bool = False  # the events were committed with the message (an AcceptRecorder's)
 
     @property
     def queue_id(self) -> str | None:
@@ -94,17 +99,23 @@ async def enqueue(
     recipients: list[str],
     *,
     event_data: dict[str, Any] | None = None,
+    recorder: AcceptRecorder | None = None,
 ) -> list[Event]:
-    """Make one message durable and return its ``accepted`` events (to emit once answered).
+    """Make one message durable and return its ``accepted`` events (to emit once answered, or, with
+    ``recorder``, already committed with the message: to announce).
 
     Raises what the spool raises: whoever enqueues decides what a failure means (the ingress
     answers 451, a bounce notice fails like the results it belongs to).
     """
-    await spool.enqueue(ctx, data, recipients)
     event_data = {**(event_data or {})}
     if "message" not in event_data:  # (not setdefault: that would build the summary every time)
         event_data["message"] = message_summary(ctx, data)
-    return [event_for("accepted", ctx, rcpt, event_data) for rcpt in recipients]
+    events = [event_for("accepted", ctx, rcpt, event_data) for rcpt in recipients]
+    if recorder is not None:
+        await recorder.enqueue(ctx, data, recipients, events)
+    else:
+        await spool.enqueue(ctx, data, recipients)
+    return events
 
 
 def _session_id(ctx: MessageContext) -> str:
@@ -127,11 +138,13 @@ class AcceptStep:
         *,
         inbound: Mapping[str, InboundHandler] | None = None,
         metrics: Metrics | None = None,
+        recorder: AcceptRecorder | None = None,
     ) -> None:
         self.config = config
         self.chain = chain
         self.spool = spool
         self.events = events
+        self.recorder = recorder  # message and accepted events in one transaction (shared PostgreSQL)
         # kept by reference: the composition root may register a domain after the step is built
         self.inbound: Mapping[str, InboundHandler] = inbound if inbound is not None else {}
         self.metrics = metrics
@@ -218,7 +231,7 @@ class AcceptStep:
         keeps the message and retries.
         """
         try:
-            events = await enqueue(self.spool, ctx, data, recipients, event_data=event_data)
+            events = await enqueue(self.spool, ctx, data, recipients, event_data=event_data, recorder=self.recorder)
         except Exception as exc:
             log.error(
                 "session=%s message from=<%s> not queued: spool error %s: %s",
@@ -228,13 +241,21 @@ class AcceptStep:
                 exc,
             )
             return Outcome("spool_failed", ctx=ctx, recipients=recipients, size=len(data))
-        return Outcome("queued", ctx=ctx, recipients=list(recipients), size=len(data), events=events)
+        return Outcome("queued", ctx=ctx, recipients=list(recipients), size=len(data), events=events,
+                       recorded=self.recorder is not None)
 
     async def announce(self, outcome: Outcome) -> None:
-        """Emit the outcome's ``accepted`` events (after the client has been answered)."""
+        """Emit the outcome's ``accepted`` events (after the client has been answered); events already
+        committed with the message are only announced (counted, webhooks woken, ``on_event``)."""
         events, outcome.events = outcome.events, []
         for event in events:
-            await self.events.emit(event)
+            if outcome.recorded and self.recorder is not None:
+                try:
+                    await self.recorder.committed(event)
+                except Exception:  # committed already: an on_event plugin's failure must not undo it
+                    log.exception("%s: on_event for accepted of %s failed", event.queue_id, event.recipient)
+            else:
+                await self.events.emit(event)
 
     async def _drop_sink_addresses(self, ctx: MessageContext) -> None:
         """``[relay] sink_addresses``: accepted, recorded as discarded, never delivered."""

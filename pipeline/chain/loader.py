@@ -224,7 +224,7 @@ def plugin_env(
         features=dict(features.defaults) if features is not None else {},
         tracking_base_url=tracking.base_url,
         bounce_domain=tracking.bounce_domain,
-        open_signer=lambda: load_signer(tracking.keys, tracking.key_id, data_dir),
+        open_signer=lambda: load_signer(tracking.keys, tracking.key_id, data_dir, config.storage.url),
     )
     if open_suppression is not None:
         env.open_suppression = open_suppression

@@ -39,7 +39,7 @@ from pipeline.config import Config
 from pipeline.contract.context import MessageContext
 from pipeline.contract.message import Message
 from pipeline.contract.vocabulary import RecipientState
-from pipeline.ports import EventSink, QueuedMessage, RecipientOutcome, SpoolWriter
+from pipeline.ports import AcceptRecorder, EventSink, QueuedMessage, RecipientOutcome, SpoolWriter
 
 log = logging.getLogger("smtpgate.notices")
 
@@ -263,7 +263,8 @@ class BounceNotices:
     """Sends the sender's non-delivery notification for the failed recipients of a delivery round.
 
     Gets its ports from the composition root: the spool the notice is enqueued into, the event
-    sink its ``accepted`` event goes to, and the domains the gateway receives mail for itself.
+    sink its ``accepted`` event goes to, and the domains the gateway receives mail for itself;
+    with ``recorder`` (spool and events in one PostgreSQL) the event commits with the notice.
     """
 
     def __init__(
@@ -273,8 +274,10 @@ class BounceNotices:
         events: EventSink,
         features: NoticeFeatures,
         own_domains: Collection[str] = (),
+        recorder: AcceptRecorder | None = None,
     ) -> None:
         self.enabled = config.spool.bounce_notices
+        self.recorder = recorder
         self.hostname = config.gateway.hostname
         self.spool = spool
         self.events = events
@@ -329,11 +332,15 @@ class BounceNotices:
             log.exception("%s: building the sender non-delivery notification failed", msg.queue_id)
             return None
         accepted = await enqueue(self.spool, ctx, data, [msg.mail_from], event_data={
-            "notice_for": msg.queue_id, "failed_recipients": [f.recipient for f in failures]})
+            "notice_for": msg.queue_id, "failed_recipients": [f.recipient for f in failures]},
+            recorder=self.recorder)
         log.info("%s: sender non-delivery notification: %s", msg.queue_id, ctx.queue_id)
         try:
             for event in accepted:
-                await self.events.emit(event)
+                if self.recorder is not None:  # stored with the notice: count, wake webhooks, on_event
+                    await self.recorder.committed(event)
+                else:
+                    await self.events.emit(event)
         except Exception:  # the notice is queued; a failing event sink must not undo it
             log.exception("%s: emitting the accepted event of notice %s failed", msg.queue_id, ctx.queue_id)
         return ctx.queue_id

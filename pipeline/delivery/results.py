@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.contract.context import Event
+from pipeline.contract.context import Event, MessageContext
 from pipeline.events import EventEmitter
 from pipeline.events.store import EventStoreBase
 from pipeline.ports import RecipientOutcome
@@ -52,6 +52,24 @@ class JointResults:
                 await self.emitter.committed(event, urls)
             except Exception:  # committed already: an on_event plugin's failure must not undo it
                 log.exception("%s: on_event for %s of %s failed", event.queue_id, event.type, event.recipient)
+
+
+class JointAccepts:
+    """The :class:`~pipeline.ports.AcceptRecorder` for a PostgreSQL spool and event store in one
+    database: a message and its ``accepted`` events (event rows, message log, webhook outbox) commit
+    in the enqueue's group-committed transaction, so the ``250`` implies the event."""
+
+    def __init__(self, spool: PostgresSpool, store: EventStoreBase, emitter: EventEmitter) -> None:
+        self.spool = spool
+        self.store = store
+        self.emitter = emitter
+
+    async def enqueue(self, ctx: MessageContext, data: bytes, recipients: list[str], events: Sequence[Event]) -> None:
+        items = [(event, self.emitter.webhook_urls_for(event)) for event in events]
+        await self.spool.enqueue(ctx, data, recipients, items, self.store.write_event)
+
+    async def committed(self, event: Event) -> None:
+        await self.emitter.committed(event, self.emitter.webhook_urls_for(event))
 
 
 def event_from_record(rec: dict[str, Any]) -> Event:

@@ -20,6 +20,7 @@ from pipeline.config import Config
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType
 from pipeline.events.machine import MachineDetector
+from pipeline.events.messages import MessageLogReader, SqliteMessageLog
 from pipeline.events.sqlite import (
     GLOBAL_SCOPE,
     HARD_BOUNCE_REASON,
@@ -55,6 +56,25 @@ def open_event_store(config: Config) -> EventStoreBase:
 
         return PostgresEventStore(config.storage.url, policy, pool_size=config.storage.pool_size)
     return SqliteEventStore(config.data_dir / "events.db", policy)
+
+
+def open_message_log(config: Config, store: EventStoreBase | None = None) -> MessageLogReader:
+    """The message log: ``[storage] url``'s shared tables (read through ``store`` when given, else a
+    store opened for it and closed with the log), else ``events.db`` on a read connection of its own."""
+    if config.storage.url is None:
+        return SqliteMessageLog(config.data_dir / "events.db")
+    if store is not None:
+        return MessageLogReader.on_store(store)
+    from pipeline.events.postgres import PostgresEventStore
+
+    own = PostgresEventStore(config.storage.url, pool_size=2)
+    return MessageLogReader.on_store(own, close=own.close)
+
+
+def has_event_store(config: Config) -> bool:
+    """Whether there is an event store (and message log) to read: a read-only command must not create
+    ``events.db``; with ``[storage] url`` the shared one is always there."""
+    return config.storage.url is not None or (config.data_dir / "events.db").is_file()
 
 
 class SuppressionList:
@@ -116,8 +136,12 @@ class EventEmitter:
     async def emit(self, event: Event, *, strict: bool = False) -> None:
         """Record, then ``on_event`` plugins. A store failure is logged, not raised, unless ``strict``."""
         await self.record(event, strict=strict)
+        await self._after(event)
+
+    async def _after(self, event: Event) -> None:
+        """The ``on_event`` plugins, without the message log's summary (headers, trace: not for plugins)."""
         if self.after is not None:
-            if "message" in event.data:  # the message log's summary (headers, trace) is not for plugins
+            if "message" in event.data:
                 event = dataclasses.replace(event, data={k: v for k, v in event.data.items() if k != "message"})
             await self.after(event)
 
@@ -156,8 +180,7 @@ class EventEmitter:
         sender, run the ``on_event`` plugins; what ``emit`` does after its own write."""
         self._count(event)
         self._wake(urls)
-        if self.after is not None:
-            await self.after(event)
+        await self._after(event)
 
     def _count(self, event: Event) -> None:
         label = event.type if event.type in EVENT_TYPES else "other"
@@ -184,7 +207,9 @@ __all__ = [
     "SuppressionPolicy",
     "VerpToken",
     "normalize_address",
+    "has_event_store",
     "open_event_store",
+    "open_message_log",
     "open_suppression_list",
     "parse_verp",
     "recipient_hash",

@@ -41,7 +41,7 @@ class InboundHandler:
     def signer(self) -> TokenSigner:
         if self._signer is None:
             t = self.config.tracking
-            self._signer = load_signer(t.keys, t.key_id, self.config.data_dir)
+            self._signer = load_signer(t.keys, t.key_id, self.config.data_dir, self.config.storage.url)
         return self._signer
 
     async def __call__(self, mail_from: str, rcpts: list[str], data: bytes) -> None:

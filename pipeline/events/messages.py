@@ -1,4 +1,6 @@
-"""The message log: one row per accepted message and one per recipient copy, in ``events.db``.
+"""The message log: one row per accepted message and one per recipient copy, beside the events
+(``events.db``, or the ``message_log`` tables of ``[storage] url``'s PostgreSQL, which every node
+writes and searches).
 
 Why a table of its own: the spool forgets a message once every copy is final, and the events
 table has neither the envelope sender, the subject nor the Message-Id. The ``accepted`` event
@@ -10,15 +12,16 @@ log cannot disagree with the events it is derived from.
 Indexes (each search filter is served by one, newest first by ``id``): ``message_recipients
 (recipient, queue_id)``, ``messages(sender, id)``, ``(message_id)``, ``(campaign_id, id)``,
 ``(credential, id)``, ``(accepted_at)``; ``state`` is checked per candidate row through the
-recipients' primary key.
+recipients' primary key. On PostgreSQL the tables are ``message_log`` and
+``message_log_recipients`` (migration 7): the shared database already has the spool's ``messages``.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType, RecipientState
 from pipeline.ports import MessageFilter
 from pipeline.storage.sqlite import open_sqlite
+from pipeline.storage.tx import Tx
 
 MESSAGE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -67,6 +71,22 @@ LOG_STATES = ("queued", *sorted(RESULT_STATES))
 MAX_PAGE = 200
 
 
+@dataclass(frozen=True)
+class LogTables:
+    """The log's two table names in one backend (SQLite's predate the shared database)."""
+
+    messages: str
+    recipients: str
+
+
+SQLITE_TABLES = LogTables("messages", "message_recipients")
+POSTGRES_TABLES = LogTables("message_log", "message_log_recipients")
+
+
+def log_tables(dialect: str) -> LogTables:
+    return POSTGRES_TABLES if dialect == "postgres" else SQLITE_TABLES
+
+
 def _norm(address: str) -> str:
     return address.strip().strip("<>").strip().lower()
 
@@ -75,7 +95,7 @@ def _message_id(value: Any) -> str | None:
     return _norm(str(value)) if value else None
 
 
-def write_message_log(cur: sqlite3.Cursor, event: Event) -> None:
+def write_message_log(tx: Tx, event: Event, tables: LogTables = SQLITE_TABLES) -> None:
     """Inside the event store's transaction: the log rows an event creates or moves."""
     if not event.queue_id or not event.recipient:
         return
@@ -85,22 +105,24 @@ def write_message_log(cur: sqlite3.Cursor, event: Event) -> None:
         if isinstance(summary, Mapping):
             mail_from = str(summary.get("mail_from") or "")
             info = {k: v for k, v in summary.items() if k not in ("mail_from", "subject", "message_id", "size")}
-            cur.execute(
-                "INSERT OR IGNORE INTO messages (queue_id, accepted_at, mail_from, sender, subject, message_id,"
-                " credential, campaign_id, letter_id, size, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            tx(
+                f"INSERT INTO {tables.messages} (queue_id, accepted_at, mail_from, sender, subject, message_id,"
+                " credential, campaign_id, letter_id, size, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
                 (event.queue_id, event.time, mail_from, _norm(mail_from), summary.get("subject"),
                  _message_id(summary.get("message_id")), event.credential, event.campaign_id, event.letter_id,
                  int(summary.get("size") or 0), json.dumps(info, separators=(",", ":"), default=str)),
             )
-        cur.execute(
-            "INSERT OR IGNORE INTO message_recipients (queue_id, recipient, state, updated_at) VALUES (?, ?, 'queued', ?)",
+        tx(
+            f"INSERT INTO {tables.recipients} (queue_id, recipient, state, updated_at) VALUES (?, ?, 'queued', ?)"
+            " ON CONFLICT DO NOTHING",
             (event.queue_id, rcpt, event.time),
         )
     elif event.type in RESULT_STATES:
         # a delivery attempt's copy (processing trace, final headers) replaces the previous attempt's
         copy = event.data.get("message")
-        cur.execute(
-            "UPDATE message_recipients SET state = ?, updated_at = ?, copy = COALESCE(?, copy)"
+        tx(
+            f"UPDATE {tables.recipients} SET state = ?, updated_at = ?, copy = COALESCE(?, copy)"
             " WHERE queue_id = ? AND recipient = ?",
             (str(event.type), event.time, json.dumps(copy, default=str) if isinstance(copy, Mapping) else None,
              event.queue_id, rcpt),
@@ -111,17 +133,31 @@ _COLS = "m.id, m.queue_id, m.accepted_at, m.mail_from, m.subject, m.message_id, 
     " m.letter_id, m.size, m.info"
 
 
-class SqliteMessageLog:
-    """Reads the message log and each message's events (the :class:`~pipeline.ports.MessageLog` port)."""
+Fetch = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
+"""A read (``?`` placeholders) on the backend's connection: its rows."""
 
-    def __init__(self, path: Path) -> None:
-        self._conn = open_sqlite(path)
-        self._conn.executescript(MESSAGE_SCHEMA)
-        self._lock = threading.Lock()
+
+class MessageLogReader:
+    """Reads the message log and each message's events (the :class:`~pipeline.ports.MessageLog` port).
+
+    Built on one read primitive, so the same queries serve ``events.db`` and the shared PostgreSQL:
+    :meth:`on_store` reads through an event store's own read path (``query``) and ``dialect``.
+    """
+
+    def __init__(self, fetch: Fetch, dialect: str = "sqlite", close: Callable[[], None] | None = None) -> None:
+        self._fetch = fetch
+        self.dialect = dialect
+        self.tables = log_tables(dialect)
+        self._close = close
+
+    @classmethod
+    def on_store(cls, store: Any, close: Callable[[], None] | None = None) -> MessageLogReader:
+        """The log of an event store (anything with ``query(sql, args)`` and ``dialect``)."""
+        return cls(store.query, store.dialect, close)
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        if self._close is not None:
+            self._close()
 
     def search(
         self, f: MessageFilter, limit: int = 50, before: int | None = None
@@ -129,14 +165,19 @@ class SqliteMessageLog:
         """Newest first; ``before`` is the cursor a previous page returned (a row id). Returns the page
         and the next cursor (``None`` on the last page)."""
         limit = max(1, min(limit, MAX_PAGE))
+        if any("\x00" in v for v in (f.recipient, f.sender, f.message_id, f.queue_id, f.campaign, f.credential)
+               if v):
+            return [], None  # matches nothing stored (and PostgreSQL refuses NUL in text)
+        t = self.tables
         where: list[str] = []
         args: list[Any] = []
         if f.recipient:
-            where.append("m.queue_id IN (SELECT queue_id FROM message_recipients WHERE recipient = ?)")
+            where.append(f"m.queue_id IN (SELECT queue_id FROM {t.recipients} WHERE recipient = ?)")
             args.append(_norm(f.recipient))
         # With a near-unique filter, "+" keeps SQLite from walking a tenant's whole credential index instead
         # (without ANALYZE statistics it cannot know that a recipient or Message-Id is the rarer one).
-        narrow = bool(f.recipient or f.message_id or f.queue_id)
+        # PostgreSQL plans from its statistics (and "+" on text is an error there).
+        narrow = bool(f.recipient or f.message_id or f.queue_id) and self.dialect == "sqlite"
         cred_col = "+m.credential" if narrow else "m.credential"
         for col, val in (("m.sender", _norm(f.sender) if f.sender else None), ("m.message_id", _message_id(f.message_id)),
                          ("m.queue_id", f.queue_id), ("m.campaign_id", f.campaign), (cred_col, f.credential)):
@@ -144,7 +185,7 @@ class SqliteMessageLog:
                 where.append(f"{col} = ?")
                 args.append(val)
         if f.state:
-            where.append("EXISTS (SELECT 1 FROM message_recipients r WHERE r.queue_id = m.queue_id AND r.state = ?)")
+            where.append(f"EXISTS (SELECT 1 FROM {t.recipients} r WHERE r.queue_id = m.queue_id AND r.state = ?)")
             args.append(f.state)
         if f.since is not None:
             where.append("m.accepted_at >= ?")
@@ -155,15 +196,14 @@ class SqliteMessageLog:
         if before is not None:
             where.append("m.id < ?")
             args.append(before)
-        sql = f"SELECT {_COLS} FROM messages m"
+        sql = f"SELECT {_COLS} FROM {t.messages} m"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY m.id DESC LIMIT ?"
-        with self._lock:
-            rows = self._conn.execute(sql, (*args, limit + 1)).fetchall()
-            page = [self._summary(r) for r in rows[:limit]]
-            for msg in page:
-                msg["recipients"] = self._recipients(str(msg["queue_id"]))
+        rows = self._fetch(sql, (*args, limit + 1))
+        page = [self._summary(r) for r in rows[:limit]]
+        for msg in page:
+            msg["recipients"] = self._recipients(str(msg["queue_id"]))
         next_cursor = int(rows[limit - 1][0]) if len(rows) > limit else None
         for msg in page:  # the story's bulky parts are for messages/{queue_id}, not for a list
             for key in ("id", "headers", "trace"):
@@ -172,17 +212,18 @@ class SqliteMessageLog:
 
     def message(self, queue_id: str) -> dict[str, Any] | None:
         """One message's log row with its recipients and every event of it (oldest first), or ``None``."""
-        with self._lock:
-            row = self._conn.execute(f"SELECT {_COLS} FROM messages m WHERE m.queue_id = ?", (queue_id,)).fetchone()
-            events = self._conn.execute(
-                "SELECT type, time, recipient, credential, campaign_id, letter_id, url, machine, bounce_class, data"
-                " FROM events WHERE queue_id = ? ORDER BY id", (queue_id,),
-            ).fetchall()
-            if row is None and not events:
-                return None
-            out = self._summary(row) if row else self._from_events(queue_id, events)
-            out.pop("id", None)
-            out["recipients"] = self._recipients(queue_id, with_copy=True)
+        if "\x00" in queue_id:
+            return None
+        rows = self._fetch(f"SELECT {_COLS} FROM {self.tables.messages} m WHERE m.queue_id = ?", (queue_id,))
+        events = self._fetch(
+            "SELECT type, time, recipient, credential, campaign_id, letter_id, url, machine, bounce_class, data"
+            " FROM events WHERE queue_id = ? ORDER BY id", (queue_id,),
+        )
+        if not rows and not events:
+            return None
+        out = self._summary(rows[0]) if rows else self._from_events(queue_id, events)
+        out.pop("id", None)
+        out["recipients"] = self._recipients(queue_id, with_copy=True)
         out["events"] = [self._event(e) for e in events]
         return out
 
@@ -201,11 +242,10 @@ class SqliteMessageLog:
             args.append(url)
         if where:
             sql += " WHERE " + " AND ".join(where)
-        with self._lock:
-            rows = self._conn.execute(sql + " ORDER BY o.id DESC LIMIT ?", (*args, max(1, min(limit, MAX_PAGE))))
-            keys = ("id", "event_id", "event", "queue_id", "credential", "url", "state", "attempts", "last_error",
-                    "updated_at")
-            return [dict(zip(keys, r, strict=True)) for r in rows.fetchall()]
+        rows = self._fetch(sql + " ORDER BY o.id DESC LIMIT ?", (*args, max(1, min(limit, MAX_PAGE))))
+        keys = ("id", "event_id", "event", "queue_id", "credential", "url", "state", "attempts", "last_error",
+                "updated_at")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
 
     # -- rows -------------------------------------------------------------------------------------
     @staticmethod
@@ -224,10 +264,10 @@ class SqliteMessageLog:
 
     def _recipients(self, queue_id: str, with_copy: bool = False) -> list[dict[str, Any]]:
         """Each copy's state; ``with_copy``: also its last processing trace and final headers."""
-        rows = self._conn.execute(
-            "SELECT recipient, state, updated_at, copy FROM message_recipients WHERE queue_id = ? ORDER BY recipient",
-            (queue_id,),
-        ).fetchall()
+        rows = self._fetch(
+            f"SELECT recipient, state, updated_at, copy FROM {self.tables.recipients} WHERE queue_id = ?"
+            " ORDER BY recipient", (queue_id,),
+        )
         out = []
         for r, s, t, copy in rows:
             row: dict[str, Any] = {"address": r, "state": s, "updated_at": t}
@@ -253,3 +293,22 @@ class SqliteMessageLog:
         details.pop("message", None)
         out.update({k: v for k, v in details.items() if k not in out})
         return out
+
+
+class SqliteMessageLog(MessageLogReader):
+    """The log of one ``events.db`` on a read connection of its own (tables created if missing)."""
+
+    def __init__(self, path: Path) -> None:
+        conn = open_sqlite(path)
+        conn.executescript(MESSAGE_SCHEMA)
+        lock = threading.Lock()
+
+        def fetch(sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+            with lock:
+                return [tuple(r) for r in conn.execute(sql, tuple(args)).fetchall()]
+
+        def close() -> None:
+            with lock:
+                conn.close()
+
+        super().__init__(fetch, "sqlite", close)

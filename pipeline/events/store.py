@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType
 from pipeline.events.bounces import classify_status
-from pipeline.events.messages import write_message_log
+from pipeline.events.messages import log_tables, write_message_log
 from pipeline.events.metadata import store_meta
 from pipeline.storage.batching import GroupCommit
 from pipeline.storage.tx import Tx
@@ -122,16 +122,6 @@ class Suppressed:
 _EVENT_COLS = "id, type, time, queue_id, recipient, credential, campaign_id, letter_id, url, machine, bounce_class, data"
 
 
-class _TxCursor:
-    """What :func:`write_message_log` calls on a cursor, on a :class:`Tx`."""
-
-    def __init__(self, tx: Tx) -> None:
-        self.tx = tx
-
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
-        self.tx(sql, args)
-
-
 class EventStoreBase(abc.ABC):
     """The :class:`~pipeline.ports.EventStore` port and the outbox/stoplist operations, on primitives.
 
@@ -159,6 +149,10 @@ class EventStoreBase(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Implemented by each backend (SQLite, PostgreSQL)."""
+
+    def transaction(self, fn: Callable[[Tx], R]) -> R:
+        """Run ``fn`` in one write transaction of this store (retention's batched deletes)."""
+        return self._transaction(fn)
 
     def _execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         """One write statement in its own transaction; its rowcount."""
@@ -202,8 +196,7 @@ class EventStoreBase(abc.ABC):
         if not rows:  # stored before under this origin (a repeated outbox drain)
             return int(tx("SELECT id FROM events WHERE origin = ?", (origin,))[0][0][0])
         event_id = int(rows[0][0])
-        if self.dialect == "sqlite":  # the message log (smtpgate messages) is not on PostgreSQL yet
-            write_message_log(_TxCursor(tx), event)  # type: ignore[arg-type]
+        write_message_log(tx, event, log_tables(self.dialect))  # the log (smtpgate messages), same transaction
         store_meta(tx, event)
         for url in urls:
             tx("INSERT INTO webhook_outbox (event_id, url, next_attempt, updated_at) VALUES (?, ?, ?, ?)",

@@ -17,8 +17,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
-import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -31,6 +29,7 @@ from pipeline.contract.vocabulary import EventType
 from pipeline.events import webhook_formats as formats
 from pipeline.events.metadata import message_meta
 from pipeline.events.store import EventStoreBase, OutboxItem, StoredEvent
+from pipeline.storage.generated import generated_secret
 
 log = logging.getLogger("smtpgate.webhooks")
 
@@ -38,17 +37,11 @@ USER_AGENT = "smtpgate-webhooks/1"
 
 
 def load_webhook_secret(config: Config) -> bytes:
-    """The configured secret, or one generated once into ``<data_dir>/webhook.key`` (mode 0600)."""
+    """The configured secret, or one generated once: ``<data_dir>/webhook.key`` (mode 0600), or the
+    shared database's row with ``[storage] url`` (every node signs with the same secret)."""
     if config.webhooks.secret:
         return config.webhooks.secret.encode("utf-8")
-    path = config.data_dir / "webhook.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(32))
-    return path.read_text().strip().encode("utf-8")
+    return generated_secret("webhook.key", config.data_dir, config.storage.url).encode("utf-8")
 
 
 def log_url(url: str) -> str:

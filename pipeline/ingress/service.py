@@ -25,7 +25,7 @@ from pipeline.ingress.limits import ConnectionLimiter, SlidingWindow
 from pipeline.ingress.server import GatewaySMTP
 from pipeline.ingress.session import SessionBase
 from pipeline.ingress.tls import server_context
-from pipeline.ports import Authenticator, EventSink, InboundHandler, Metrics, SpoolWriter
+from pipeline.ports import AcceptRecorder, Authenticator, EventSink, InboundHandler, Metrics, SpoolWriter
 
 log = logging.getLogger("smtpgate.ingress")
 
@@ -57,12 +57,13 @@ class IngressService:
         authenticator: Authenticator | None = None,
         sent: SlidingWindow | None = None,
         refusals: RefusalEvents | None = None,
+        recorder: AcceptRecorder | None = None,
     ) -> None:
         self.config = config
         self.chain = chain
         self.metrics = metrics
         self.refusals = refusals  # 4xx/5xx replies as aggregated rejected events (None: not recorded)
-        self.accept = AcceptStep(config, chain, spool, events, inbound=inbound, metrics=metrics)
+        self.accept = AcceptStep(config, chain, spool, events, inbound=inbound, metrics=metrics, recorder=recorder)
         config_records(self.config)  # fail at build time on a bad [[credentials]] entry
         limits = self.config.limits
         self.connections = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)

@@ -26,4 +26,11 @@ def open_spool(config: Config) -> Spool:
 
     return SqliteSpool(config.data_dir / "spool.db")
 
-__all__ = ["FINAL_STATES", "STATES", "QueuedMessage", "RecipientOutcome", "RecipientState", "Spool", "open_spool"]
+
+def has_spool(config: Config) -> bool:
+    """Whether there is a spool to read (a read-only command must not create ``spool.db``)."""
+    return config.storage.url is not None or (config.data_dir / "spool.db").is_file()
+
+
+__all__ = ["FINAL_STATES", "STATES", "QueuedMessage", "RecipientOutcome", "RecipientState", "Spool", "has_spool",
+           "open_spool"]

@@ -38,9 +38,9 @@ _NOT_HELD = " AND lower(regexp_replace(recipient, '^.*@', '')) <> ALL(%(hold)s)"
 ROWS_PER_MESSAGE = 100
 """Recipient rows locked per message asked for (the default ``max_recipients``): one claim's row budget."""
 
-Enqueued = tuple[tuple[str, str, bytes, str, float], list[str], float]
 EventWriter = Callable[[Tx, Any, Sequence[str]], int]
 """Writes one event (with its webhook rows and suppression) inside a transaction: ``EventStoreBase.write_event``."""
+Enqueued = tuple[tuple[str, str, bytes, str, float], list[str], float, list[tuple[Any, list[str]]], "EventWriter | None"]
 Results = tuple[list[RecipientOutcome], list[tuple[Any, list[str]]], "EventWriter | None"]
 
 
@@ -69,21 +69,33 @@ class PostgresSpool:
         for callback in self._listeners:
             callback()
 
-    async def enqueue(self, ctx: MessageContext, data: bytes, recipients: list[str]) -> None:
-        """Return once the message is committed (synchronous commit); raise on failure."""
+    async def enqueue(
+        self, ctx: MessageContext, data: bytes, recipients: list[str],
+        events: Sequence[tuple[Any, list[str]]] = (), writer: EventWriter | None = None,
+    ) -> None:
+        """Return once the message is committed (synchronous commit); raise on failure. ``events``:
+        its ``accepted`` events ``(event, webhook_urls)``, written by ``writer`` in the same transaction
+        (a crash right after the ``250`` cannot lose them)."""
+        if events and writer is None:
+            raise ValueError("events need a writer")
         row = (ctx.queue_id, ctx.message.mail_from or "", data, json.dumps(ctx.to_record()), time.time())
         # Deferred delivery (a dialect's send_at): the recipients are due at not_before, not now.
-        await self._enqueues.submit((row, list(recipients), float(ctx.not_before or 0.0)))
+        await self._enqueues.submit((row, list(recipients), float(ctx.not_before or 0.0), list(events), writer))
 
     def _commit(self, batch: list[Enqueued]) -> list[None]:
         def run(conn: Connection[Any]) -> None:
             now = time.time()
             with conn.cursor() as cur:
-                cur.executemany("INSERT INTO messages VALUES (%s, %s, %s, %s, %s)", [row for row, _, _ in batch])
+                cur.executemany("INSERT INTO messages VALUES (%s, %s, %s, %s, %s)", [item[0] for item in batch])
                 cur.executemany(
                     "INSERT INTO recipients (queue_id, recipient, updated_at, next_attempt) VALUES (%s, %s, %s, %s)",
-                    [(row[0], r, now, nb) for row, rcpts, nb in batch for r in dict.fromkeys(rcpts)],
+                    [(row[0], r, now, nb) for row, rcpts, nb, _, _ in batch for r in dict.fromkeys(rcpts)],
                 )
+            tx = pg_tx(conn)
+            for _, _, _, events, writer in batch:
+                for event, urls in events:
+                    assert writer is not None
+                    writer(tx, event, urls)
 
         self._tx(run)
         return [None] * len(batch)

@@ -147,6 +147,65 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX webhook_endpoints_credential ON webhook_endpoints(credential);
         """,
     ),
+    (
+        7,
+        "the message log (smtpgate messages, GET /api/v1/messages), shared by every node",
+        # named message_log*: the spool's table is already called messages in this database
+        """
+        CREATE TABLE message_log (
+            id          BIGSERIAL PRIMARY KEY,
+            queue_id    TEXT NOT NULL UNIQUE,
+            accepted_at DOUBLE PRECISION NOT NULL,
+            mail_from   TEXT NOT NULL,
+            sender      TEXT NOT NULL,
+            subject     TEXT,
+            message_id  TEXT,
+            credential  TEXT,
+            campaign_id TEXT,
+            letter_id   TEXT,
+            size        INTEGER NOT NULL DEFAULT 0,
+            info        TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX message_log_sender ON message_log(sender, id);
+        CREATE INDEX message_log_message_id ON message_log(message_id);
+        CREATE INDEX message_log_campaign ON message_log(campaign_id, id);
+        CREATE INDEX message_log_credential ON message_log(credential, id);
+        CREATE INDEX message_log_accepted_at ON message_log(accepted_at);
+        CREATE TABLE message_log_recipients (
+            queue_id   TEXT NOT NULL,
+            recipient  TEXT NOT NULL,
+            state      TEXT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            copy       TEXT,
+            PRIMARY KEY (queue_id, recipient)
+        );
+        CREATE INDEX message_log_recipients_address ON message_log_recipients(recipient, queue_id);
+        """,
+    ),
+    (
+        8,
+        "API tokens (smtpgate api-tokens, the management API's bearer tokens), shared by every node",
+        """
+        CREATE TABLE api_tokens (
+            id          TEXT PRIMARY KEY,
+            name        TEXT NOT NULL UNIQUE,
+            credential  TEXT,
+            token_hash  TEXT NOT NULL,
+            created_at  DOUBLE PRECISION NOT NULL
+        );
+        """,
+    ),
+    (
+        9,
+        "generated secrets (tracking/VERP key, webhook secret) every node must share (pipeline/storage/generated.py)",
+        """
+        CREATE TABLE generated_secrets (
+            name       TEXT PRIMARY KEY,
+            value      TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        );
+        """,
+    ),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -27,8 +27,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
-import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +34,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from pipeline.storage.generated import generated_secret
 
 if TYPE_CHECKING:
     from pipeline.contract.context import MessageContext
@@ -151,21 +151,16 @@ class TokenSigner:
         return payload if isinstance(payload, dict) else None
 
 
-def load_signer(keys: dict[str, str], key_id: str, data_dir: Path) -> TokenSigner:
-    """The signer for a gateway: configured keys, or one generated once into the data dir.
+def load_signer(keys: dict[str, str], key_id: str, data_dir: Path, storage_url: str | None = None) -> TokenSigner:
+    """The signer for a gateway: configured keys, or one generated once.
 
-    A generated key is written with mode 0600 and reused on every start, so links in mail
-    already sent keep working after a restart.
+    A generated key is written with mode 0600 into the data dir and reused on every start, so links
+    in mail already sent keep working after a restart; with ``storage_url`` (``[storage] url``) it is
+    the shared database's one row instead, so every node verifies every other node's links.
     """
     if keys:
         return TokenSigner({k: v.encode("utf-8") for k, v in keys.items()}, key_id)
-    path = data_dir / "tracking.key"
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(32))
-    return TokenSigner({key_id: path.read_text().strip().encode("utf-8")}, key_id)
+    return TokenSigner({key_id: generated_secret("tracking.key", data_dir, storage_url).encode("utf-8")}, key_id)
 
 
 def validate_base_url(value: str) -> str:

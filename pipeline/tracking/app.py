@@ -87,7 +87,7 @@ class TrackingApp:
         self.events = events
         self.store = store
         self.webhooks = list(webhooks)
-        self.signer = load_signer(cfg.keys, cfg.key_id, config.data_dir)
+        self.signer = load_signer(cfg.keys, cfg.key_id, config.data_dir, config.storage.url)
         try:
             self.detector = MachineDetector(cfg.machine_user_agents, cfg.machine_seconds)
         except re.error as exc:

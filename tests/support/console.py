@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import aiosmtplib
 
-from pipeline.accounts.api_tokens import ApiTokenStore
+from pipeline.accounts.api_tokens import ApiTokenStore, open_api_token_store
 from pipeline.api import ApiService
 from pipeline.app.gateway import Gateway
 from pipeline.config import load_config
@@ -92,6 +92,11 @@ class Running:
         self.gw.services.append(delivery)
 
 
+def on_storage(toml: str, url: str | None) -> str:
+    """``toml`` with ``[storage] url`` when given (a ``backend`` fixture's PostgreSQL), else unchanged."""
+    return toml + f'[storage]\nurl = "{url}"\n' if url else toml
+
+
 @asynccontextmanager
 async def console_gateway(tmp_path: Path, toml: str = TOML) -> AsyncIterator[Running]:
     """Ingress and API (with the console) started; no delivery: messages stay queued."""
@@ -100,7 +105,7 @@ async def console_gateway(tmp_path: Path, toml: str = TOML) -> AsyncIterator[Run
     conf.write_text(toml.format(data=tmp_path / "data"))
     config = load_config(str(conf))
     gw = Gateway(config)
-    store = ApiTokenStore(config.data_dir / "credentials.db")
+    store = open_api_token_store(config.storage.url, config.data_dir)  # the gateway's own token store
     tokens = {
         "admin": store.add("admin"),
         "shop": store.add("shop-token", "shop"),

@@ -2,8 +2,9 @@
 
 As with ``credentials add``, the new token is printed once, alone on standard output (so
 ``TOKEN=$(smtpgate api-tokens add ci)`` works), with the explanation on standard error; only its
-hash is stored, in ``credentials.db`` next to the credentials. A running server sees a new or
-revoked token at its next request.
+hash is stored, in ``credentials.db`` next to the credentials (or ``[storage] url``'s PostgreSQL,
+shared by every node). A running server, any node of it, sees a new or revoked token at its next
+request.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import time
 
 import click
 
-from pipeline.accounts.api_tokens import ApiTokenError, ApiTokenStore
-from pipeline.accounts.store import CredentialStore
+from pipeline.accounts.api_tokens import ApiTokenError, ApiTokenStore, open_api_token_store
+from pipeline.accounts.store import has_credential_store, open_credential_store
 from pipeline.app.cli import config_option, get_config, main
 from pipeline.config import Config
 
@@ -26,13 +27,15 @@ def _fail(message: str) -> None:
 
 
 def _tokens(config: Config) -> ApiTokenStore:
-    return ApiTokenStore(config.data_dir / "credentials.db")
+    return open_api_token_store(config.storage.url, config.data_dir)
 
 
 def _credential_exists(config: Config, name: str) -> bool:
     if any(c.name == name for c in config.credentials):
         return True
-    store = CredentialStore(config.data_dir / "credentials.db")
+    if not has_credential_store(config):
+        return False
+    store = open_credential_store(config)
     try:
         return any(r["name"] == name for r in store.list())
     finally:

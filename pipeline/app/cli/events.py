@@ -1,4 +1,5 @@
-"""``smtpgate events prune``: event retention for ``<data_dir>/events.db``; ``smtpgate events list``:
+"""``smtpgate events prune``: event retention for ``<data_dir>/events.db`` or ``[storage] url``'s
+shared PostgreSQL (one run prunes every node's events); ``smtpgate events list``:
 the newest events (``--type rejected``: refusals), as ``GET /api/v1/events`` lists them.
 
 Works whether or not the server runs (batches are short transactions). Pending webhook
@@ -19,7 +20,7 @@ import click
 from pipeline.app.cli import config_option, get_config, main
 from pipeline.events import open_event_store
 from pipeline.events.listing import EventQuery, event_page
-from pipeline.events.retention import BATCH, prune_events
+from pipeline.events.retention import BATCH, prune_store
 
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -55,7 +56,7 @@ def _show(ts: float) -> str:
 
 @main.group()
 def events() -> None:
-    """The event store (<data_dir>/events.db)."""
+    """The event store (<data_dir>/events.db, or [storage] url)."""
 
 
 @events.command("prune")
@@ -78,16 +79,19 @@ def prune(config_path: str | None, before_text: str | None, age_text: str | None
     if before > now:
         _fail(f"--before {before_text}: that is in the future (it would delete every event)")
     config = get_config(config_path, existing=True)
-    if config.storage.url is not None:
-        _fail("events prune: not built for the PostgreSQL store yet ([storage] url); see docs/scaling.md", 1)
     path = config.data_dir / "events.db"
-    if not path.exists():
+    if config.storage.url is None and not path.exists():
         click.echo(f"{path}: no event store, nothing to prune")
         return
+    where = "the shared PostgreSQL store" if config.storage.url is not None else str(path)
     try:
-        result = prune_events(path, before, batch=batch_size, dry_run=dry_run)
-    except Exception as exc:  # a locked or damaged database: one line, no traceback
-        _fail(f"cannot prune {path}: {exc}", 1)
+        store = open_event_store(config)  # [storage] url: every node's events, pruned once
+        try:
+            result = prune_store(store, before, batch=batch_size, dry_run=dry_run)
+        finally:
+            store.close()
+    except Exception as exc:  # a locked, damaged or unreachable database: one line, no traceback
+        _fail(f"cannot prune {where}: {exc}", 1)
     verb = "would delete" if dry_run else "deleted"
     line = f"{verb} {result.events} event(s) recorded before {_show(before)}"
     if result.webhook_rows:

@@ -4,8 +4,8 @@
 The habit they replace is ``grep QUEUEID /var/log/mail.log``: ``search`` finds a message by
 recipient, sender, Message-Id, campaign, credential or state; ``show`` prints its whole story
 (acceptance, admission trace, every delivery attempt and tracking event, the headers). Both read
-``events.db`` (and the spool, for a message still queued) directly, so they work with or without
-a running server.
+the log (``events.db``, or ``[storage] url``'s PostgreSQL, where every node's messages are) and the
+spool, for a message still queued, directly, so they work with or without a running server.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import click
 
 from pipeline.api.app import decode_cursor, encode_cursor
 from pipeline.app.cli import config_option, get_config, main
-from pipeline.events.messages import LOG_STATES, SqliteMessageLog
+from pipeline.events import has_event_store, open_message_log
+from pipeline.events.messages import LOG_STATES
 from pipeline.events.stats import parse_date
 from pipeline.ports import MessageFilter
-from pipeline.spool.sqlite import SqliteSpool
+from pipeline.spool import has_spool, open_spool
 
 
 def _fail(message: str, status: int = 1) -> None:
@@ -48,7 +49,7 @@ def _date(text: str | None, end: bool = False) -> float | None:
 
 @main.group()
 def messages() -> None:
-    """Find a message and what happened to it (the message log in <data_dir>/events.db)."""
+    """Find a message and what happened to it (the message log: <data_dir>/events.db or [storage] url)."""
 
 
 @messages.command("search")
@@ -71,9 +72,8 @@ def search(config_path: str | None, recipient: str | None, sender: str | None, m
            since: str | None, until: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
     """Messages matching every given filter, newest first."""
     config = get_config(config_path)
-    path = config.data_dir / "events.db"
-    if not path.exists():
-        _fail(f"no message log yet ({path} does not exist)")
+    if not has_event_store(config):
+        _fail(f"no message log yet ({config.data_dir / 'events.db'} does not exist)")
     f = MessageFilter(recipient=recipient, sender=sender, message_id=message_id, queue_id=queue_id,
                       campaign=campaign, credential=credential, state=state, since=_date(since),
                       until=_date(until, end=True))
@@ -81,7 +81,7 @@ def search(config_path: str | None, recipient: str | None, sender: str | None, m
         before = decode_cursor(cursor) if cursor else None
     except ValueError as exc:
         _fail(f"--cursor: {exc}", 2)
-    log = SqliteMessageLog(path)
+    log = open_message_log(config)
     try:
         page, next_id = log.search(f, limit, before)
     finally:
@@ -122,10 +122,9 @@ def _trace(entries: list[dict[str, Any]]) -> None:
 def show(queue_id: str, config_path: str | None, as_json: bool) -> None:
     """The whole story of one message: acceptance, trace, attempts, events, headers."""
     config = get_config(config_path)
-    path = config.data_dir / "events.db"
     story = None
-    if path.exists():
-        log = SqliteMessageLog(path)
+    if has_event_store(config):
+        log = open_message_log(config)
         try:
             story = log.message(queue_id)
         finally:
@@ -134,8 +133,8 @@ def show(queue_id: str, config_path: str | None, as_json: bool) -> None:
         _fail(f"no message {queue_id!r} in the message log")
         return
     spooled = None
-    if (config.data_dir / "spool.db").exists():
-        spool = SqliteSpool(config.data_dir / "spool.db")
+    if has_spool(config):
+        spool = open_spool(config)
         try:
             spooled = spool.show(queue_id)
         finally:

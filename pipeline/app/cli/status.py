@@ -1,7 +1,8 @@
 """``smtpgate status``: like ``postfix status`` plus the last line of ``mailq``.
 
-Running or not (the pid file ``serve`` writes in the data directory), pid and uptime, the queue
-by state, the oldest queued message and the last delivery error. Exit 0 when running, 3 when
+Running or not (the pid file ``serve`` writes in the data directory: this node), pid and uptime,
+the queue by state, the oldest queued message and the last delivery error (with ``[storage] url``:
+the whole cluster's). Exit 0 when running, 3 when
 not (the LSB status code for "not running"), 1 when there is no instance at all.
 """
 
@@ -17,8 +18,8 @@ import click
 from pipeline.app.cli import config_option, get_config, main
 from pipeline.app.instance import read_pid_file
 from pipeline.config import Config
-from pipeline.events import open_event_store
-from pipeline.spool.sqlite import SqliteSpool
+from pipeline.events import has_event_store, open_event_store
+from pipeline.spool import has_spool, open_spool
 
 NOT_RUNNING = 3
 
@@ -37,8 +38,7 @@ def _age(seconds: float) -> str:
 
 def last_delivery_error(config: Config) -> str | None:
     """The newest deferred/bounced/expired/failed event: when, who, and the remote's reply."""
-    path = config.data_dir / "events.db"
-    if not path.exists():
+    if not has_event_store(config):  # no events.db yet (with [storage] url: the shared store)
         return None
     store = open_event_store(config)
     try:
@@ -70,10 +70,9 @@ def status(config_path: str | None) -> None:
         click.echo(f"smtpgate is not running (stale pid file: pid {info.pid} is gone)")
     else:
         click.echo("smtpgate is not running")
-    spool_path = config.data_dir / "spool.db"
     rows = []
-    if spool_path.exists():
-        spool = SqliteSpool(spool_path)
+    if has_spool(config):  # [storage] url: the whole cluster's queue
+        spool = open_spool(config)
         try:
             rows = spool.list_recipients()
         finally:

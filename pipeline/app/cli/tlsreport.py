@@ -28,7 +28,7 @@ from pipeline.contract.message import Message
 from pipeline.egress.mx import dns_resolver
 from pipeline.egress.state import EgressState
 from pipeline.egress.tlsrpt import build_reports, gzip_report, post_report, report_filename, rua_for
-from pipeline.spool.sqlite import SqliteSpool
+from pipeline.spool import Spool, open_spool
 
 
 def _sign_only(config: Config) -> dict[str, bool]:
@@ -76,7 +76,7 @@ async def _send(config: Config, reports: dict[str, dict[str, Any]], day: str) ->
     resolver = dns_resolver(config, config.tls_policy.mta_sts_timeout)
     ca_file = str(config.tls_policy.ca_file) if config.tls_policy.ca_file else None
     lines: list[str] = []
-    spool: SqliteSpool | None = None
+    spool: Spool | None = None
     try:
         for domain, report in sorted(reports.items()):
             targets = await rua_for(resolver, domain)
@@ -95,7 +95,7 @@ async def _send(config: Config, reports: dict[str, dict[str, Any]], day: str) ->
                             b"\n", b"\r\n")
                         ctx = MessageContext(message=Message(data, "", [to]), campaign_id="tls-reports",
                                              features=_sign_only(config))
-                        spool = spool or SqliteSpool(config.data_dir / "spool.db")
+                        spool = spool or open_spool(config)  # [storage] url: the shared queue
                         await spool.enqueue(ctx, data, [to])
                         lines.append(f"{domain}: mailed to {to} (queued as {ctx.queue_id})")
                 except Exception as exc:  # one domain's unreachable endpoint must not stop the others

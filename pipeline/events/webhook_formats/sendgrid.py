@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pipeline.events.webhook_formats.base import Request, WebhookEvent
+from pipeline.storage.generated import generated_secret
 
 if TYPE_CHECKING:
     from pipeline.config import Config, WebhookEndpointSection
@@ -45,29 +45,24 @@ RESERVED = {"email", "timestamp", "event", "sg_event_id", "sg_message_id", "cate
 
 
 def load_key(config: Config, endpoint: WebhookEndpointSection) -> ec.EllipticCurvePrivateKey:
-    """The endpoint's PEM P-256 key, or one generated once into ``<data_dir>/webhook-sendgrid.pem``."""
+    """The endpoint's PEM P-256 key, or one generated once: ``<data_dir>/webhook-sendgrid.pem``, or
+    the shared database's row with ``[storage] url`` (the receiver checks one public key, whichever
+    node posted)."""
     if endpoint.signing_key:
         pem = endpoint.signing_key.encode("ascii")
     else:
-        path = Path(config.data_dir) / "webhook-sendgrid.pem"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            key = ec.generate_private_key(ec.SECP256R1())
-            data = key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass  # another process generated it first
-            else:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-        pem = path.read_bytes()
+        pem = generated_secret("webhook-sendgrid.pem", Path(config.data_dir), config.storage.url, _new_pem).encode()
     loaded = serialization.load_pem_private_key(pem, password=None)
     if not isinstance(loaded, ec.EllipticCurvePrivateKey) or loaded.curve.name != "secp256r1":
         raise ValueError("webhooks.endpoints.signing_key: SendGrid signatures need a P-256 (prime256v1) EC key")
     return loaded
+
+
+def _new_pem() -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode("ascii")
 
 
 def public_key(key: ec.EllipticCurvePrivateKey) -> str:
