@@ -176,7 +176,11 @@ class ResultRecorder(Protocol):
     """Commits recipients' results together with the events describing them (one transaction),
     then does what the event sink does after a write (counters, webhook wake, ``on_event``)."""
 
-    async def record(self, outcomes: Sequence[RecipientOutcome], events: Sequence[Event]) -> None: ...
+    async def record(
+        self, outcomes: Sequence[RecipientOutcome], events: Sequence[Event], origins: Sequence[str] | None = None
+    ) -> None:
+        """``origins``: a unique key per event, kept across retries of the same result (idempotent)."""
+        ...
 
     async def drain(self) -> int:
         """Finish what a crash interrupted (events committed with their results but not yet

@@ -28,16 +28,16 @@ class PostgresEventStore(EventStoreBase):
     def __init__(self, url: str, policy: SuppressionPolicy | None = None, *, pool_size: int = 10) -> None:
         super().__init__(policy)
         self.url = url
-        self._pool = open_pool(url, max_size=pool_size)
+        self._pool = open_pool(url, max_size=pool_size, name="events")
 
     def _fetch(self, sql: str, args: Sequence[Any] = (), *, hot: bool = False) -> list[tuple[Any, ...]]:
         # Hot look-ups run on the event loop (tracking, admission): while the database is away they
         # must fail fast (the callers fall back), not stall every session for the pool's full wait.
-        with self._pool.connection(timeout=HOT_WAIT if hot else None) as conn:
+        with self._pool.connection(timeout=HOT_WAIT if hot else None, op="lookup" if hot else "event_read") as conn:
             return [tuple(r) for r in conn.execute(pg_sql(sql), tuple(args)).fetchall()]
 
     def _transaction(self, fn: Callable[[Tx], R]) -> R:
-        with self._pool.connection() as conn, conn.transaction():
+        with self._pool.connection(op="event_write") as conn, conn.transaction():
             return fn(pg_tx(conn))
 
     def close(self) -> None:
@@ -48,10 +48,10 @@ class PostgresSuppressionList:
     """The read-only stoplist view admission uses (one indexed look-up per RCPT), on PostgreSQL."""
 
     def __init__(self, url: str) -> None:
-        self._pool = open_pool(url, max_size=2)
+        self._pool = open_pool(url, max_size=2, name="stoplist")
 
     def _fetch(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
-        with self._pool.connection(timeout=HOT_WAIT) as conn:  # on the event loop, per RCPT
+        with self._pool.connection(timeout=HOT_WAIT, op="stoplist_lookup") as conn:  # per RCPT
             return [tuple(r) for r in conn.execute(pg_sql(sql), tuple(args)).fetchall()]
 
     def contains(self, address: str, credential: str | None = None) -> bool:

@@ -29,7 +29,6 @@ from pipeline.ports import QueuedMessage, RecipientOutcome
 from pipeline.spool.rows import RECIPIENT_COLUMNS, ROW_KEYS, recipient_rows, show_record
 from pipeline.storage.batching import GroupCommit
 from pipeline.storage.postgres import open_pool, pg_tx
-from pipeline.storage.tx import Tx
 
 _FINAL = sorted(FINAL_STATES)
 _DUE = "((state IN ('queued','deferred') AND next_attempt <= %(now)s) OR (state = 'processing' AND lease_until < %(now)s))"
@@ -39,9 +38,13 @@ ROWS_PER_MESSAGE = 100
 """Recipient rows locked per message asked for (the default ``max_recipients``): one claim's row budget."""
 
 Enqueued = tuple[tuple[str, str, bytes, str, float], list[str], float]
-EventWriter = Callable[[Tx, Any, Sequence[str]], int]
-"""Writes one event (with its webhook rows and suppression) inside a transaction: ``EventStoreBase.write_event``."""
-Results = tuple[list[RecipientOutcome], list[tuple[Any, list[str]]], "EventWriter | None"]
+EventWriter = Callable[..., int]
+"""Writes one event (with its webhook rows and suppression) inside a transaction:
+``EventStoreBase.write_event(tx, event, urls[, origin])``."""
+EventItem = tuple[Any, ...]
+"""``(event, webhook_urls)`` or ``(event, webhook_urls, origin)``: a unique ``origin`` makes a
+result's commit safe to repeat when the first COMMIT's outcome is unknown (the event is not stored twice)."""
+Results = tuple[list[RecipientOutcome], list[EventItem], "EventWriter | None"]
 
 
 class PostgresSpool:
@@ -49,14 +52,15 @@ class PostgresSpool:
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
-        self._pool = open_pool(url, max_size=pool_size)
+        self._pool = open_pool(url, max_size=pool_size, name="spool")
         self._listeners: list[Callable[[], None]] = []
         self._enqueues: GroupCommit[Enqueued, None] = GroupCommit(self._commit, self._notify)
         self._records: GroupCommit[Results, None] = GroupCommit(self._record_batch)
 
-    def _tx(self, fn: Callable[[Connection[Any]], Any]) -> Any:
-        """Run ``fn`` in one transaction on a pooled connection (committed on return, else rolled back)."""
-        with self._pool.connection() as conn, conn.transaction():
+    def _tx(self, fn: Callable[[Connection[Any]], Any], op: str | None = None) -> Any:
+        """Run ``fn`` in one transaction on a pooled connection (committed on return, else rolled back);
+        ``op`` names it in ``/metrics``."""
+        with self._pool.connection(op=op) as conn, conn.transaction():
             return fn(conn)
 
     # -- ingress side ---------------------------------------------------------------------
@@ -85,7 +89,7 @@ class PostgresSpool:
                     [(row[0], r, now, nb) for row, rcpts, nb in batch for r in dict.fromkeys(rcpts)],
                 )
 
-        self._tx(run)
+        self._tx(run, "enqueue")
         return [None] * len(batch)
 
     # -- delivery side --------------------------------------------------------------------
@@ -100,7 +104,7 @@ class PostgresSpool:
             )
             return cur.rowcount
 
-        return int(self._tx(run))
+        return int(self._tx(run, "recover"))
 
     def claim(
         self,
@@ -156,13 +160,13 @@ class PostgresSpool:
                 if qid in msgs
             ]
 
-        return list(self._tx(run))
+        return list(self._tx(run, "claim"))
 
     def next_due(self, hold: frozenset[str] = frozenset()) -> float | None:
         """When the earliest queued or deferred recipient is due (``None``: nothing waiting), not
         counting recipients at ``hold`` domains."""
         sql = "SELECT MIN(next_attempt) FROM recipients WHERE state IN ('queued','deferred')"
-        with self._pool.connection() as conn:
+        with self._pool.connection(op="next_due") as conn:
             if hold:
                 row = conn.execute(sql + _NOT_HELD, {"hold": sorted(hold)}).fetchone()
             else:
@@ -170,7 +174,7 @@ class PostgresSpool:
         return None if row is None or row[0] is None else float(row[0])
 
     async def record(
-        self, updates: Sequence[RecipientOutcome], events: Sequence[tuple[Any, list[str]]] = (),
+        self, updates: Sequence[RecipientOutcome], events: Sequence[EventItem] = (),
         writer: EventWriter | None = None,
     ) -> None:
         """Commit recipients' results (and, with ``writer``, the events describing them: issue 11
@@ -188,7 +192,7 @@ class PostgresSpool:
         return [None] * len(batch)
 
     def record_sync(
-        self, updates: Sequence[RecipientOutcome], events: Sequence[tuple[Any, list[str]]] = (),
+        self, updates: Sequence[RecipientOutcome], events: Sequence[EventItem] = (),
         writer: EventWriter | None = None,
     ) -> None:
         """Apply results in one transaction; drop messages whose recipients are all final.
@@ -221,10 +225,10 @@ class PostgresSpool:
             )
             if events and writer is not None:
                 tx = pg_tx(conn)
-                for event, urls in events:
-                    writer(tx, event, urls)
+                for item in events:
+                    writer(tx, *item)
 
-        self._tx(run)
+        self._tx(run, "record")
 
     def release(self, queue_id: str, recipients: Sequence[str]) -> None:
         """Hand claimed recipients back untouched (shutdown with the message still in hand)."""
