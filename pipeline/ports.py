@@ -45,7 +45,10 @@ class LatencyMetrics(Metrics, Protocol):
 class EventSink(Protocol):
     """Where a stage reports what happened (event store, webhook outbox, suppression, ``on_event``)."""
 
-    async def emit(self, event: Event, *, strict: bool = False) -> None: ...
+    async def emit(self, event: Event, *, strict: bool = False, origin: str | None = None) -> None:
+        """``strict``: raise a store failure (else logged); ``origin``: a unique key, so a retried
+        write (its first reply lost) stores the event once."""
+        ...
 
 
 class SpoolWriter(Protocol):

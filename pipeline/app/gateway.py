@@ -47,8 +47,9 @@ from pipeline.ports import InboundHandler as InboundPort
 from pipeline.spool import Spool, open_spool
 from pipeline.spool.postgres import PostgresSpool
 from pipeline.spool.sqlite import SqliteSpool
+from pipeline.storage.health import DatabaseHealth, health_of
 from pipeline.tracking import TrackingService, tracking_services
-from pipeline.tracking.metrics import GatewayCollector, GatewayMetrics
+from pipeline.tracking.metrics import DatabaseCollector, GatewayCollector, GatewayMetrics
 
 log = logging.getLogger("smtpgate")
 
@@ -80,7 +81,12 @@ class Gateway:
         # Process-wide metrics for /metrics: counters keyed "name:label" with bounded label
         # values, histograms, and the figures read when scraped (pipeline/tracking/metrics.py).
         self.counters = GatewayMetrics()
-        self.counters.add_collector(GatewayCollector(lambda: self.spool, lambda: self.events, lambda: self.services))
+        # the shared database's health (pipeline/storage/health.py): up/down, pools, errors, latency
+        self.database = health_of(config.storage.url) if config.storage.url else None
+        self.counters.add_collector(GatewayCollector(lambda: self.spool, lambda: self.events, lambda: self.services,
+                                                     self.database))
+        if self.database is not None:
+            self.counters.add_collector(DatabaseCollector(self.database))
         self._spool: Spool | None = None
         self._events: EventStoreBase | None = None
         self._emitter: EventEmitter | None = None
@@ -184,8 +190,10 @@ class Gateway:
 
     def tracking_services(self, host: str | None = None, port: int | None = None) -> list[Service]:
         """The tracking HTTP service (clicks, opens, unsubscribe, stats) and the webhook sender."""
+        database: DatabaseHealth | None = self.database
         tracking, sender = tracking_services(self.config, self.event_sink, self.events, self.counters,
-                                             host=host, port=port)
+                                             host=host, port=port,
+                                             database_up=(lambda: database.up) if database else (lambda: True))
         sender.endpoint_secret = self.webhook_endpoints.secret_for  # API endpoints sign with their own secret
         self.event_sink.webhook_senders.append(sender)
         return [tracking, sender]

@@ -113,30 +113,33 @@ class EventEmitter:
         self.after = after
         self.webhook_senders: list[WebhookWaker] = []
 
-    async def emit(self, event: Event, *, strict: bool = False) -> None:
-        """Record, then ``on_event`` plugins. A store failure is logged, not raised, unless ``strict``."""
-        await self.record(event, strict=strict)
+    async def emit(self, event: Event, *, strict: bool = False, origin: str | None = None) -> None:
+        """Record, then ``on_event`` plugins. A store failure is logged, not raised, unless ``strict``.
+        ``origin``: a unique key; an event already stored under it is not stored again."""
+        await self.record(event, strict=strict, origin=origin)
         if self.after is not None:
             if "message" in event.data:  # the message log's summary (headers, trace) is not for plugins
                 event = dataclasses.replace(event, data={k: v for k, v in event.data.items() if k != "message"})
             await self.after(event)
 
-    async def record(self, event: Event, *, strict: bool = False) -> int | None:
+    async def record(self, event: Event, *, strict: bool = False, origin: str | None = None) -> int | None:
         """Store an event with its webhook deliveries and suppression, count it, wake the sender.
 
         A store failure is logged and ``None`` returned (a delivered message must not be retried
-        because its event could not be written); ``strict=True`` raises it instead.
+        because its event could not be written); ``strict=True`` raises it instead, unlogged and
+        uncounted: the caller answers for it (a retry would otherwise log and count each attempt).
         """
-        self._count(event)
         try:
             urls = self.webhook_urls_for(event)
-            event_id = await self.store.record(event, urls)
+            event_id = await self.store.record(event, urls, origin)
         except Exception as exc:
-            self.metrics["event_store_errors_total"] += 1
-            log.error("event %s queue_id=%s not stored: %s", event.type, event.queue_id or "-", exc)
             if strict:
                 raise
+            self._count(event)
+            self.metrics["event_store_errors_total"] += 1
+            log.error("event %s queue_id=%s not stored: %s", event.type, event.queue_id or "-", exc)
             return None
+        self._count(event)
         self._wake(urls)
         return event_id
 
