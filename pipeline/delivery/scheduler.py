@@ -67,28 +67,33 @@ RETRY_MAX = 5.0
 
 
 class Outage:
-    """One kind of database work failing: logged when it starts failing and when it works again,
-    never per attempt (an outage would otherwise log a line per message per retry)."""
+    """One kind of database work failing: logged when it starts failing and when every caller that
+    failed has succeeded again, never per attempt (an outage would otherwise log a line per message
+    per retry). ``key``: who is retrying (the claim loop, a message's results)."""
 
     def __init__(self, what: str) -> None:
         self.what = what
         self.failures = 0
         self.since = 0.0
+        self._failing: set[str] = set()
 
-    def failed(self, exc: BaseException, attempt: int) -> float:
+    def failed(self, key: str, exc: BaseException, attempt: int) -> float:
         """Count a failure; the backoff before attempt ``attempt + 1``."""
-        if self.failures == 0:
+        if not self._failing:
             self.since = time.monotonic()
             log.error("%s failed (%s: %s); retrying with backoff, logged again when it works",
                       self.what, type(exc).__name__, str(exc).strip()[:300])
+        self._failing.add(key)
         self.failures += 1
         return min(RETRY_MAX, RETRY_MIN * 2 ** max(0, attempt - 1))
 
-    def ok(self) -> None:
-        if self.failures:
-            log.warning("%s works again after %d failed attempt(s) in %.1f s",
-                        self.what, self.failures, time.monotonic() - self.since)
-            self.failures = 0
+    def ok(self, key: str) -> None:
+        if key in self._failing:
+            self._failing.discard(key)
+            if not self._failing:
+                log.warning("%s works again after %d failed attempt(s) in %.1f s",
+                            self.what, self.failures, time.monotonic() - self.since)
+                self.failures = 0
 
 
 class DeliveryService:
@@ -197,10 +202,10 @@ class DeliveryService:
                     due = await asyncio.to_thread(spool.next_due, self._hold())
             except Exception as exc:  # a database away or locked must pause claiming, never end it
                 attempt += 1
-                await asyncio.sleep(self._claims.failed(exc, attempt))
+                await asyncio.sleep(self._claims.failed("claim", exc, attempt))
                 continue
             attempt = 0
-            self._claims.ok()
+            self._claims.ok("claim")
             for msg in claimed:
                 self._held.update((msg.queue_id, r) for r in msg.recipients)
                 task = asyncio.create_task(self._handle(msg), name=f"deliver-{msg.queue_id}")
@@ -364,7 +369,7 @@ class DeliveryService:
 
     # -- results --------------------------------------------------------------------------
 
-    async def _until_done(self, work: Callable[[], Awaitable[Any]]) -> None:
+    async def _until_done(self, key: str, work: Callable[[], Awaitable[Any]]) -> None:
         """Await ``work()`` until it succeeds: a database outage delays a result, never drops it
         (cancelled only at shutdown, when the lease hands the recipients to the next claim)."""
         attempt = 0
@@ -373,22 +378,22 @@ class DeliveryService:
                 await work()
             except Exception as exc:
                 attempt += 1
-                await asyncio.sleep(self._results.failed(exc, attempt))
+                await asyncio.sleep(self._results.failed(key, exc, attempt))
                 continue
-            self._results.ok()
+            self._results.ok(key)
             return
 
     async def _commit(self, msg: QueuedMessage, outcomes: list[RecipientOutcome]) -> None:
         # Bounced/expired/failed: the sender's DSN is spooled before the results, so a crash
         # repeats it rather than loses it (pipeline/delivery/notices.py).
-        await self._until_done(lambda: self.notices.send(msg, outcomes))
+        await self._until_done(msg.queue_id, lambda: self.notices.send(msg, outcomes))
         events = self._events_of(msg, outcomes)
         if self.results is not None:  # results and their events commit together (issue 11 point 3)
             results = self.results
             origins = [uuid.uuid4().hex for _ in events]  # the same keys on every retry: no event twice
-            await self._until_done(lambda: results.record(outcomes, events, origins))
+            await self._until_done(msg.queue_id, lambda: results.record(outcomes, events, origins))
         else:
-            await self._until_done(lambda: self.spool.record(outcomes))
+            await self._until_done(msg.queue_id, lambda: self.spool.record(outcomes))
         self._held.difference_update((msg.queue_id, o.recipient) for o in outcomes)
         for o, event in zip(outcomes, events, strict=True):
             delay = float(event.data["delay"])

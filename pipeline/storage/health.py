@@ -27,6 +27,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 log = logging.getLogger("smtpgate.storage")
 
+# psycopg_pool warns on every failed reconnection attempt and every dead connection it discards:
+# dozens of lines a second during an outage. The outage is logged here, once each way, instead.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
