@@ -25,9 +25,8 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.smtp_sink import start_sink  # noqa: E402
-
 from tests.support.pg_cluster import PgCluster  # noqa: E402
+from tests.support.smtp_sink import start_sink  # noqa: E402
 from tests.test_crash import Server, send_all, write_config  # noqa: E402
 
 

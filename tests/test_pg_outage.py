@@ -89,7 +89,7 @@ async def test_tracking_redirects_during_an_outage_and_writes_held_events_once_i
                     assert r.status == 302 and r.headers["Location"] == "https://shop.example/2"
                 assert tracking.backlog == 3
                 text = await metrics_text(http, tracking.url)
-                assert metric(text, "smtpgate_tracking_backlog_events") == 3
+                assert metric(text, 'smtpgate_event_backlog_events{source="tracking"}') == 3
                 assert metric(text, "smtpgate_db_up") == 0
                 async with http.get(f"{tracking.url}/healthz") as r:  # still answering clicks: keep it in rotation
                     assert r.status == 200 and "degraded" in await r.text()
@@ -98,7 +98,7 @@ async def test_tracking_redirects_during_an_outage_and_writes_held_events_once_i
             await until(lambda: tracking.backlog == 0)
             text = await metrics_text(http, tracking.url)
             assert metric(text, "smtpgate_db_up") == 1
-            assert 'smtpgate_tracking_backlog_total{result="written"} 3.0' in text
+            assert 'smtpgate_event_backlog_total{result="written",source="tracking"} 3.0' in text
     finally:
         await gw.stop()
     stored = rows(pg_url, "SELECT type, url FROM events ORDER BY id")

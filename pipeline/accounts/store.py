@@ -277,8 +277,8 @@ class CredentialStore:
                 now = time.monotonic()
                 fresh = self._version is not None and now - self._version < self.SHARED_TTL
                 version = now
-            if fresh:
-                return self._rows
+            if fresh or (self._pool is not None and self._version is not None and not self._pool.health.up):
+                return self._rows  # the database is known to be away: don't wait on it, the last rows serve
             try:
                 rows = self._q("SELECT name, kind, username, key_id, secret_hash, options, disabled FROM credentials",
                                wait=self.STALE_WAIT)[0]

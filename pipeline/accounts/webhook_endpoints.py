@@ -180,6 +180,8 @@ class WebhookEndpointStore:
                 now = time.monotonic()
                 fresh = self._version is not None and now - self._version < self.SHARED_TTL
                 version = now
+            if not fresh and self._pool is not None and self._version is not None and not self._pool.health.up:
+                fresh = True  # the database is known to be away: don't wait on it, the last rows serve
             if not fresh:
                 try:
                     rows = self._q(f"SELECT {_COLUMNS} FROM webhook_endpoints ORDER BY created_at, id",

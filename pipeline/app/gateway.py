@@ -33,6 +33,7 @@ from pipeline.delivery.results import JointResults, OutboxResults
 from pipeline.delivery.scheduler import DeliveryService
 from pipeline.egress.resolver import Resolver
 from pipeline.events import EventEmitter, open_event_store, open_suppression_list
+from pipeline.events.backlog import EventBacklog
 from pipeline.events.inbound import InboundHandler
 from pipeline.events.messages import SqliteMessageLog
 from pipeline.events.postgres import PostgresEventStore
@@ -83,8 +84,9 @@ class Gateway:
         self.counters = GatewayMetrics()
         # the shared database's health (pipeline/storage/health.py): up/down, pools, errors, latency
         self.database = health_of(config.storage.url) if config.storage.url else None
-        self.counters.add_collector(GatewayCollector(lambda: self.spool, lambda: self.events, lambda: self.services,
-                                                     self.database))
+        self.counters.add_collector(GatewayCollector(
+            lambda: self.spool, lambda: self.events, lambda: self.services, self.database,
+            lambda: {"events": len(self._emitter.backlog or ()) if self._emitter is not None else 0}))
         if self.database is not None:
             self.counters.add_collector(DatabaseCollector(self.database))
         self._spool: Spool | None = None
@@ -132,6 +134,7 @@ class Gateway:
                 self.events, self.config, self.counters, credential_webhooks=self._stored_webhooks,
                 api_webhooks=self.webhook_endpoints.urls_for, after=self.chain.emit
             )
+            self._emitter.backlog = EventBacklog(self._emitter, self.counters, "events")
         return self._emitter
 
     @property
@@ -290,6 +293,8 @@ class Gateway:
         if self._refusals is not None:  # the last windows' counts, before the event store closes
             await self._refusals.aclose()
             self._refusals = None
+        if self._emitter is not None and self._emitter.backlog is not None:
+            await self._emitter.backlog.close()  # what the database never took is logged as lost
         if self._spool is not None:
             self._spool.close()
         if self._events is not None:

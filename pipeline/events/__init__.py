@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType
+from pipeline.events.backlog import EventBacklog
 from pipeline.events.machine import MachineDetector
 from pipeline.events.sqlite import (
     GLOBAL_SCOPE,
@@ -34,6 +36,7 @@ from pipeline.events.store import EventStoreBase, is_suppressed, suppression_rea
 from pipeline.events.webhooks import webhook_urls
 from pipeline.ports import EventStore, Metrics, WebhookWaker
 from pipeline.ports import SuppressionList as SuppressionListPort
+from pipeline.storage.health import unreachable
 from pipeline.storage.sqlite import open_sqlite
 from pipeline.toolkit.stoplist import STOPLIST_REPLY
 from pipeline.toolkit.verp import VerpToken, parse_verp, recipient_hash, verp_local_part
@@ -116,6 +119,8 @@ class EventEmitter:
         self.api_webhooks = api_webhooks  # endpoints added over the API: (credential, event type) -> URLs
         self.after = after
         self.webhook_senders: list[WebhookWaker] = []
+        # set by the composition root: events the database could not take (it was away) wait there
+        self.backlog: EventBacklog | None = None
 
     async def emit(self, event: Event, *, strict: bool = False, origin: str | None = None) -> None:
         """Record, then ``on_event`` plugins. A store failure is logged, not raised, unless ``strict``.
@@ -139,6 +144,10 @@ class EventEmitter:
         except Exception as exc:
             if strict:
                 raise
+            if self.backlog is not None and unreachable(exc):
+                # the database is away (logged once by pipeline.storage.health): write it when it is back
+                self.backlog.hold(event, origin or uuid.uuid4().hex)
+                return None
             self._count(event)
             self.metrics["event_store_errors_total"] += 1
             log.error("event %s queue_id=%s not stored: %s", event.type, event.queue_id or "-", exc)

@@ -31,6 +31,8 @@ log = logging.getLogger("smtpgate.storage")
 # dozens of lines a second during an outage. The outage is logged here, once each way, instead.
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
+SUSPECT_SECONDS = 30.0
+"""Seconds after an outage during which pooled connections are checked before use."""
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -48,6 +50,8 @@ class DatabaseHealth:
         self.name = name
         self.up = True
         self.down_since = 0.0
+        self.changed_at = 0.0  # time.monotonic() of the last transition (either way)
+        self.suspect_until = 0.0  # until then, pooled connections are checked before use (see ``check``)
         self.outage_errors = 0
         self.last_error = ""
         self._lock = threading.Lock()
@@ -64,34 +68,52 @@ class DatabaseHealth:
         """Call ``callback(up)`` (from whichever thread saw it) when the database goes down or comes back."""
         self._listeners.append(callback)
 
-    def ok(self, op: str, seconds: float) -> None:
+    def ok(self, op: str, seconds: float, started: float) -> None:
+        """A success; ``started`` (``time.monotonic()``) must follow the outage's start to end it: an
+        operation that began before the database went away proves nothing about now."""
         self.seconds.labels(op).observe(seconds)
         if self.up:
             return
         with self._lock:
-            if self.up:
+            if self.up or started < self.changed_at:
                 return
             self.up = True
+            self.changed_at = time.monotonic()
+            self.suspect_until = self.changed_at + SUSPECT_SECONDS
             outage, errors = time.time() - self.down_since, self.outage_errors
         log.warning("database %s reachable again after %.1f s (%d failed operations during the outage)",
                     self.name, outage, errors)
         self._tell(True)
 
-    def failed(self, op: str, exc: BaseException) -> None:
+    def failed(self, op: str, exc: BaseException, started: float) -> None:
+        """A failure; it starts an outage when it means "unreachable" and the operation began after
+        the database was last seen coming back (a connection killed during the outage and used just
+        after it is not a new outage)."""
         self.errors.labels(op).inc()
         if not unreachable(exc):
             return
         with self._lock:
             self.outage_errors += 1
             self.last_error = f"{type(exc).__name__}: {str(exc).strip()}"[:300]
-            if not self.up:
+            if not self.up or started < self.changed_at:
                 return
             self.up = False
             self.down_since = time.time()
+            self.changed_at = time.monotonic()
+            self.suspect_until = float("inf")
             self.outage_errors = 1
         log.error("database %s unreachable (%s, in %s): SMTP answers 451, delivery pauses, tracking holds its "
                   "events in memory; retrying (logged again when it is back)", self.name, self.last_error, op)
         self._tell(False)
+
+    def check(self, conn: Any) -> None:
+        """The pools' ``check`` callback: during an outage and for ``SUSPECT_SECONDS`` after it, a
+        pooled connection is tried (one empty round trip) before it is handed out, so connections the
+        outage killed are replaced instead of failing the first operations after it; otherwise free."""
+        if time.monotonic() < self.suspect_until:
+            from psycopg_pool import ConnectionPool
+
+            ConnectionPool.check_connection(conn)
 
     def _tell(self, up: bool) -> None:
         for callback in list(self._listeners):
@@ -129,11 +151,12 @@ def observed(health: DatabaseHealth, op: str, connect: Any) -> Iterator[Any]:
     """Time ``connect`` (a pool's connection context manager) and report success or failure."""
     import psycopg
 
+    started = time.monotonic()
     start = time.perf_counter()
     try:
         with connect as conn:
             yield conn
     except psycopg.Error as exc:
-        health.failed(op, exc)
+        health.failed(op, exc, started)
         raise
-    health.ok(op, time.perf_counter() - start)
+    health.ok(op, time.perf_counter() - start, started)

@@ -12,7 +12,7 @@
 Recording waits for the event store's group commit but at most ``RECORD_TIMEOUT`` seconds:
 a redirect must not wait on a stuck disk (the commit still completes in the background). A click
 or an open the store did not take (failed, too slow, or the database known to be down) is held in
-the :class:`~pipeline.tracking.backlog.EventBacklog` and written, in order and once, when the store
+the :class:`~pipeline.events.backlog.EventBacklog` and written, in order and once, when the store
 answers again; while anything is held, new events queue behind it (order kept) and the redirect
 does not wait at all. The "delivered when?" look-up of machine detection runs in a thread of its
 own, at most ``LOOKUP_WAIT`` seconds, and is skipped while the database is down (fallback: unknown).
@@ -37,11 +37,11 @@ from aiohttp import web
 from pipeline.config import Config, ConfigError
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType
+from pipeline.events.backlog import EventBacklog
 from pipeline.events.machine import MachineDetector
 from pipeline.events.stats import parse_date, stats_report
 from pipeline.ports import EventSink, EventStore, Metrics
 from pipeline.toolkit.tokens import load_signer
-from pipeline.tracking.backlog import BACKLOG, EventBacklog
 from pipeline.tracking.metrics import WebhookStats, render_metrics
 from pipeline.tracking.page import render_stats_page
 
@@ -50,6 +50,8 @@ log = logging.getLogger("smtpgate.tracking")
 RECORD_TIMEOUT = 2.0
 LOOKUP_WAIT = 1.0
 """Seconds a click or an open waits for the "delivered when?" look-up before answering without it."""
+BACKLOG: web.AppKey[EventBacklog] = web.AppKey("backlog", EventBacklog)
+"""Where the app keeps its backlog (the service reads its size for ``/metrics``)."""
 
 PIXEL = (
     b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
@@ -98,7 +100,7 @@ class TrackingApp:
         self.events = events
         self.store = store
         self.database_up = database_up  # False while the shared database is known to be away
-        self.backlog = EventBacklog(events, metrics)
+        self.backlog = EventBacklog(events, metrics, "tracking")
         self._lookups = ThreadPoolExecutor(2, thread_name_prefix="tracking-lookup")  # never the loop's own
         self.webhooks = list(webhooks)
         self.signer = load_signer(cfg.keys, cfg.key_id, config.data_dir)

@@ -57,8 +57,9 @@ COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
     "rejected_events_total": (("result",), "Refusals (SMTP and the HTTP send API) as rejected events: stored, "
                                            "aggregated into a later event's count, dropped (too many kinds)."),
     "api_auth_failures_total": (("result",), "Management API requests refused for their token (invalid, throttled)."),
-    "tracking_backlog_total": (("result",), "Clicks and opens the event store did not take at once: held in memory, "
-                                            "written later, or dropped (backlog full, or still held at shutdown)."),
+    "event_backlog_total": (("source", "result"), "Events the event store did not take while the database was away "
+                                                  "(source: tracking clicks and opens, other events): held in memory, "
+                                                  "written later, or dropped (backlog full, or still held at shutdown)."),
 }
 # histogram name -> (label names, help, buckets in seconds)
 HISTOGRAMS: dict[str, tuple[tuple[str, ...], str, tuple[float, ...]]] = {
@@ -128,15 +129,18 @@ class GatewayCollector(Collector):
         events: Callable[[], EventStore],
         services: Callable[[], Sequence[object]],
         health: DatabaseHealth | None = None,
+        held: Callable[[], dict[str, int]] = dict,
     ) -> None:
         # Callables, not the stores: registering must not open them (read commands create nothing).
         self._spool, self._events, self._services = spool, events, services
         self._health = health  # the shared database's, when [storage] url is set
+        self._held = held  # events held in memory while the database is away, by source (besides tracking)
 
     def describe(self) -> list[GaugeMetricFamily]:
         return []  # registering must not open the spool or the event store (read commands create nothing)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        held = {"tracking": 0, **self._held()}
         for service in self._services():
             if getattr(service, "name", "") == "ingress":
                 yield GaugeMetricFamily("smtpgate_smtp_sessions_open", "SMTP sessions open now.",
@@ -148,8 +152,12 @@ class GatewayCollector(Collector):
                 g.add_metric(["error"], getattr(service, "failures", 0))
                 yield g
             if getattr(service, "name", "") == "tracking":
-                yield GaugeMetricFamily("smtpgate_tracking_backlog_events", "Clicks and opens held in memory until "
-                                        "the event store takes them.", value=getattr(service, "backlog", 0))
+                held["tracking"] = held.get("tracking", 0) + int(getattr(service, "backlog", 0))
+        g = GaugeMetricFamily("smtpgate_event_backlog_events", "Events held in memory until the event store takes "
+                              "them (the database is away), by source.", labels=["source"])
+        for source, n in sorted(held.items()):
+            g.add_metric([source], n)
+        yield g
         if self._health is not None and not self._health.up:
             return  # the database is away: /metrics answers now with what this process knows
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.toolkit.http_service import HttpService
-from pipeline.tracking.backlog import BACKLOG
+from pipeline.tracking.app import BACKLOG
 
 
 class TrackingService(HttpService):
@@ -13,6 +13,6 @@ class TrackingService(HttpService):
 
     @property
     def backlog(self) -> int:
-        """Events held in memory for the event store (``/metrics``: ``smtpgate_tracking_backlog_events``)."""
+        """Clicks and opens held in memory for the event store (``/metrics``: ``smtpgate_event_backlog_events``)."""
         held = self.app.get(BACKLOG)
         return len(held) if held is not None else 0
