@@ -86,7 +86,7 @@ class Gateway:
         self.database = health_of(config.storage.url) if config.storage.url else None
         self.counters.add_collector(GatewayCollector(
             lambda: self.spool, lambda: self.events, lambda: self.services, self.database,
-            lambda: {"events": len(self._emitter.backlog or ()) if self._emitter is not None else 0}))
+            lambda: {"other": len(self._emitter.backlog or ()) if self._emitter is not None else 0}))
         if self.database is not None:
             self.counters.add_collector(DatabaseCollector(self.database))
         self._spool: Spool | None = None
@@ -134,7 +134,7 @@ class Gateway:
                 self.events, self.config, self.counters, credential_webhooks=self._stored_webhooks,
                 api_webhooks=self.webhook_endpoints.urls_for, after=self.chain.emit
             )
-            self._emitter.backlog = EventBacklog(self._emitter, self.counters, "events")
+            self._emitter.backlog = EventBacklog(self._emitter, self.counters, "other")
         return self._emitter
 
     @property

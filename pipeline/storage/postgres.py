@@ -207,8 +207,8 @@ def status(url: str) -> SchemaStatus:
 
 CONNECT_WAIT = 10.0
 """Seconds a caller waits for a pooled connection while the database is unreachable."""
-RECONNECT_GIVE_UP = 3.0
-"""Seconds a pool's reconnection attempt lasts (tries at 0, ~1 and ~3 s) before it gives up; the next
+RECONNECT_GIVE_UP = 1.0
+"""Seconds a pool's reconnection attempt lasts (tries at 0 and ~1 s) before it gives up; the next
 caller starts a new one. psycopg_pool's own backoff doubles without bound (1, 2, 4 ... s for up to
 5 minutes), so after a 30 s outage the first new connection could come 30 s after the database;
 this way it comes within about a second, whatever the outage's length."""
