@@ -217,3 +217,37 @@ async def test_stoplist_lookup_fails_closed_during_an_outage_then_answers_again(
         assert (await rcpt_reply(port, "someone@example.net")).startswith("250")
     finally:
         await gw.stop()
+
+
+async def test_an_event_written_during_an_outage_is_held_and_stored_once_with_on_event_once(tmp_path, pg_url, pg_cluster):
+    """An ``accepted`` event follows its message's COMMIT in a write of its own: if the database goes
+    in between, the event waits in memory and is stored when it is back (before, it was logged and lost)."""
+    from pipeline import Plugin, hookimpl
+    from pipeline.contract.context import Event
+
+    seen: list[str] = []
+
+    class Listener(Plugin):
+        name = "listener"
+
+        @hookimpl
+        def on_event(self, event: Event) -> None:
+            seen.append(event.type)
+
+    gw = Gateway(tracking_config(tmp_path / "data", {"storage": {"url": pg_url}}), extra_plugins=[Listener])
+    outage = Outage(pg_cluster, pg_url)
+    try:
+        await gw.emit(Event("accepted", queue_id="Q0", recipient="a@example.net"))  # the pool is warm
+        outage.start()
+        try:
+            await gw.emit(Event("accepted", queue_id="Q1", recipient="b@example.net"))  # not raised
+            backlog = gw.event_sink.backlog
+            assert backlog is not None and len(backlog) == 1 and seen == ["accepted"]
+        finally:
+            outage.end()
+        await until(lambda: len(backlog) == 0)
+        assert seen == ["accepted", "accepted"]  # the plugins see it once, when it is stored
+        assert gw.counters["event_store_errors_total"] == 0
+    finally:
+        await gw.stop()
+    assert rows(pg_url, "SELECT queue_id FROM events ORDER BY id") == [("Q0",), ("Q1",)]

@@ -12,6 +12,7 @@ the ``env.suppression`` port, which the composition root opens with
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -42,6 +43,14 @@ from pipeline.toolkit.stoplist import STOPLIST_REPLY
 from pipeline.toolkit.verp import VerpToken, parse_verp, recipient_hash, verp_local_part
 
 log = logging.getLogger("smtpgate.events")
+
+class _Held(enum.Enum):
+    """What the emitter's store step returns for an event it held for later."""
+
+    HELD = 0
+
+
+_HELD = _Held.HELD
 
 EVENT_TYPES = tuple(EventType)
 """Known event types; metrics label anything else as ``other`` so label values stay bounded."""
@@ -124,8 +133,10 @@ class EventEmitter:
 
     async def emit(self, event: Event, *, strict: bool = False, origin: str | None = None) -> None:
         """Record, then ``on_event`` plugins. A store failure is logged, not raised, unless ``strict``.
-        ``origin``: a unique key; an event already stored under it is not stored again."""
-        await self.record(event, strict=strict, origin=origin)
+        ``origin``: a unique key; an event already stored under it is not stored again. An event held
+        for later (the database is away) reaches the plugins when it is written, not now."""
+        if await self._store(event, strict, origin) is _HELD:
+            return
         if self.after is not None:
             if "message" in event.data:  # the message log's summary (headers, trace) is not for plugins
                 event = dataclasses.replace(event, data={k: v for k, v in event.data.items() if k != "message"})
@@ -137,7 +148,13 @@ class EventEmitter:
         A store failure is logged and ``None`` returned (a delivered message must not be retried
         because its event could not be written); ``strict=True`` raises it instead, unlogged and
         uncounted: the caller answers for it (a retry would otherwise log and count each attempt).
+        With a backlog, an event the database could not take because it is away is held and
+        written when it is back (``None`` here).
         """
+        stored = await self._store(event, strict, origin)
+        return None if isinstance(stored, _Held) else stored
+
+    async def _store(self, event: Event, strict: bool, origin: str | None) -> int | None | _Held:
         try:
             urls = self.webhook_urls_for(event)
             event_id = await self.store.record(event, urls, origin)
@@ -147,7 +164,7 @@ class EventEmitter:
             if self.backlog is not None and unreachable(exc):
                 # the database is away (logged once by pipeline.storage.health): write it when it is back
                 self.backlog.hold(event, origin or uuid.uuid4().hex)
-                return None
+                return _HELD
             self._count(event)
             self.metrics["event_store_errors_total"] += 1
             log.error("event %s queue_id=%s not stored: %s", event.type, event.queue_id or "-", exc)
