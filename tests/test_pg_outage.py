@@ -99,6 +99,9 @@ async def test_tracking_redirects_during_an_outage_and_writes_held_events_once_i
             text = await metrics_text(http, tracking.url)
             assert metric(text, "smtpgate_db_up") == 1
             assert 'smtpgate_event_backlog_total{result="written",source="tracking"} 3.0' in text
+            assert 'smtpgate_db_pool_connections{pool="events",state="max"}' in text
+            assert metric(text, 'smtpgate_db_errors_total{op="event_write"}') or metric(text, 'smtpgate_db_errors_total{op="lookup"}')
+            assert 'smtpgate_db_operation_seconds_count{op="event_write"}' in text
     finally:
         await gw.stop()
     stored = rows(pg_url, "SELECT type, url FROM events ORDER BY id")
