@@ -171,8 +171,8 @@ class TrackingApp:
         except TimeoutError:
             log.warning("recording %s took over %g s; answering anyway", event.type, RECORD_TIMEOUT)
         except Exception as exc:
-            self.counters["event_store_errors_total"] += 1
-            if strict:
+            if strict:  # not stored, and not held: the client is told to retry
+                self.counters["event_store_errors_total"] += 1
                 log.error("recording %s failed: %s", event.type, exc)
         if not strict:
             self.backlog.hold(event, origin)
