@@ -1,9 +1,9 @@
 """PostgreSQL stopped for 10 s under load, and back: what the SMTP clients, the next hop and the
 operator see (issue 11 point 5, the failure-behaviour transcript).
 
-    python benchmarks/bench_pg_outage.py [--runs 3] [--clients 20] [--before 8] [--outage 10] [--after 12]
+    python benchmarks/bench_pg_outage.py [--runs 3] [--clients 20] [--before 8] [--outage 10] [--after 12] [--nodes 1]
 
-Each run starts one ``smtpgate serve`` node on a fresh database of a private PostgreSQL cluster
+Each run starts ``--nodes`` ``smtpgate serve`` node(s) (the clients spread over them) on a fresh database of a private PostgreSQL cluster
 (tests/support/pg_cluster.py; empty chain, 1 worker, smarthost egress to an aiosmtpd sink in this
 process). ``--clients`` SMTP clients send without pause (a new message after each reply; after a
 refusal they wait 0.2 s). After ``--before`` seconds the database stops taking connections and its
@@ -44,7 +44,7 @@ from tests.support.smtp_sink import start_sink  # noqa: E402
 from tests.support.tracking import KEY  # noqa: E402
 from tests.test_crash import Server, message, write_config  # noqa: E402
 
-WORDS = ("database", "claiming", "recording", "stoplist", "event store", "held", "backlog")
+WORDS = ("database", "claiming", "recording", "stoplist", "event store", "held", "backlog", "handed back")
 
 
 def free_port() -> int:
@@ -53,9 +53,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def node_config(tmp: Path, sink_port: int, url: str, tracking_port: int) -> Path:
-    path = tmp / "node.toml"
-    write_config(path, tmp / "node", sink_port)
+def node_config(tmp: Path, sink_port: int, url: str, tracking_port: int, name: str = "node") -> Path:
+    path = tmp / f"{name}.toml"
+    write_config(path, tmp / name, sink_port)
     text = path.read_text().replace("workers = 2", "workers = 1")
     text = text.replace("[tracking]\nlisten_port = 0\n", f'[tracking]\nlisten_port = {tracking_port}\n'
                         f'keys = {{ k1 = "{KEY}" }}\nkey_id = "k1"\n')
@@ -76,15 +76,18 @@ def metric(text: str, name: str) -> str:
     return "-"
 
 
-async def run(cluster: PgCluster, n_clients: int, before: float, outage: float, after: float) -> dict[str, float]:
+async def run(
+    cluster: PgCluster, n_clients: int, before: float, outage: float, after: float, nodes: int = 1
+) -> dict[str, float]:
     from pipeline.toolkit.tokens import TokenSigner
 
     url = cluster.new_database()
     db = url.rsplit("/", 1)[1]
     controller, sink = start_sink()
     tmp = Path(tempfile.mkdtemp(prefix="bench-outage-"))
-    tport = free_port()
-    server = Server(node_config(tmp, controller.port, url, tport))
+    tports = [free_port() for _ in range(nodes)]
+    servers = [Server(node_config(tmp, controller.port, url, p, f"node{i}")) for i, p in enumerate(tports)]
+    server, tport = servers[0], tports[0]
     click = TokenSigner({"k1": KEY.encode()}, "k1").sign({"k": "c", "q": "Q", "r": "a@example.net",
                                                           "u": "https://shop.example/"})
     counts: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
@@ -93,26 +96,27 @@ async def run(cluster: PgCluster, n_clients: int, before: float, outage: float, 
     marks: dict[str, float] = {}
     scrapes: list[str] = []
     try:
-        await server.start()
-        async with aiohttp.ClientSession() as http:  # the tracking listener starts after the SMTP one
-            for _ in range(100):
-                try:
-                    async with http.get(f"http://127.0.0.1:{tport}/healthz"):
-                        break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.1)
+        for node, port in zip(servers, tports, strict=True):
+            await node.start()
+            async with aiohttp.ClientSession() as http:  # the tracking listener starts after the SMTP one
+                for _ in range(100):
+                    try:
+                        async with http.get(f"http://127.0.0.1:{port}/healthz"):
+                            break
+                    except aiohttp.ClientError:
+                        await asyncio.sleep(0.1)
         t0 = time.monotonic()
         stop_at = t0 + before + outage + after
 
         def second() -> int:
             return int(time.monotonic() - t0)
 
-        async def client() -> None:
+        async def client(node: Server) -> None:
             while time.monotonic() < stop_at:
                 i = next(next_id)
                 try:
                     await aiosmtplib.send(message(i), sender="app@example.org", recipients=[f"user{i}@example.net"],
-                                          hostname="127.0.0.1", port=server.port, start_tls=False, timeout=60)
+                                          hostname="127.0.0.1", port=node.port, start_tls=False, timeout=60)
                 except aiosmtplib.SMTPResponseException as exc:
                     counts["451" if exc.code == 451 else "other"][second()] += 1
                     await asyncio.sleep(0.2)
@@ -128,9 +132,11 @@ async def run(cluster: PgCluster, n_clients: int, before: float, outage: float, 
                     marks["first_250"] = now - marks["restored"]
 
         async def clicker(http: aiohttp.ClientSession) -> None:
+            n = 0
             while time.monotonic() < stop_at:
+                n += 1
                 try:
-                    async with http.get(f"http://127.0.0.1:{tport}/c/{click}", allow_redirects=False) as r:
+                    async with http.get(f"http://127.0.0.1:{tports[n % nodes]}/c/{click}", allow_redirects=False) as r:
                         counts["302" if r.status == 302 else f"click_{r.status}"][second()] += 1
                 except aiohttp.ClientError as exc:
                     counts[f"click_{type(exc).__name__}"][second()] += 1
@@ -166,6 +172,8 @@ async def run(cluster: PgCluster, n_clients: int, before: float, outage: float, 
             await asyncio.sleep(before)
             marks["blocked"] = time.monotonic()
             marks["log_from"] = len(server.log)
+            for k, node in enumerate(servers):
+                marks[f"log_from{k}"] = len(node.log)
             await asyncio.to_thread(cluster.admin, f"ALTER DATABASE {db} ALLOW_CONNECTIONS false")
             await asyncio.to_thread(cluster.admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                                                    f" WHERE datname = '{db}'")
@@ -178,11 +186,13 @@ async def run(cluster: PgCluster, n_clients: int, before: float, outage: float, 
             await scrape(http, f"t={second()} s (database back)")
 
         async with aiohttp.ClientSession() as http:
-            await asyncio.gather(*(client() for _ in range(n_clients)), clicker(http), sampler(), operator(http))
+            await asyncio.gather(*(client(servers[c % nodes]) for c in range(n_clients)), clicker(http), sampler(),
+                                 operator(http))
         drained = await asyncio.to_thread(sink.wait_for, lambda: len(sink.messages) >= len(accepted), 120)
         await asyncio.sleep(1)
-        server.proc.terminate()  # type: ignore[union-attr]
-        await server.wait(30)
+        for node in servers:
+            node.proc.terminate()  # type: ignore[union-attr]
+            await node.wait(30)
     finally:
         controller.stop()
     delivered_ids = collections.Counter(int(m.header("X-Crash-Id") or -1) for m in sink.messages)
@@ -203,6 +213,10 @@ async def run(cluster: PgCluster, n_clients: int, before: float, outage: float, 
         print("  /metrics " + line)
     outage_log = [line for line in server.log[int(marks["log_from"]):] if any(w in line for w in WORDS)]
     warned = [line for line in server.log[int(marks["log_from"]):] if " WARNING " in line or " ERROR " in line]
+    if nodes > 1:
+        all_warned = sum(1 for k, node in enumerate(servers) for line in node.log[int(marks[f"log_from{k}"]):]
+                         if " WARNING " in line or " ERROR " in line)
+        print(f"  {nodes} nodes: {all_warned} warning/error lines from the block on, all nodes together; node 0's:")
     print(f"  log lines from the block on: {len(server.log) - int(marks['log_from'])} (one per delivery), of which "
           f"{len(warned)} warnings/errors; about the database:")
     for line in outage_log[:12]:
@@ -224,6 +238,11 @@ async def run(cluster: PgCluster, n_clients: int, before: float, outage: float, 
     print("  => " + ("OK: accepted == delivered == delivered events == accepted events; every redirected click "
                      "stored once"
                      if ok else "MISMATCH"))
+    if not drained:
+        with psycopg.connect(url) as conn:
+            for row in conn.execute("SELECT queue_id, state, attempts, lease_until - extract(epoch from now())"
+                                    " FROM recipients ORDER BY queue_id LIMIT 10").fetchall():
+                print(f"  left in the queue: {row[0]} state={row[1]} attempts={row[2]} lease ends in {row[3]:.0f} s")
     cluster.drop_database(url)
     return {"first_250": first_250, "first_delivery": first_delivery, "ok": float(ok)}
 
@@ -235,14 +254,16 @@ async def main() -> None:
     ap.add_argument("--before", type=float, default=8.0)
     ap.add_argument("--outage", type=float, default=10.0)
     ap.add_argument("--after", type=float, default=12.0)
+    ap.add_argument("--nodes", type=int, default=1)
     args = ap.parse_args()
     cluster = PgCluster()
     cluster.start()
     results = []
     try:
         for n in range(args.runs):
-            print(f"run {n + 1} of {args.runs}: {args.clients} SMTP clients, database away {args.outage:g} s", flush=True)
-            results.append(await run(cluster, args.clients, args.before, args.outage, args.after))
+            print(f"run {n + 1} of {args.runs}: {args.nodes} node(s), {args.clients} SMTP clients, database away "
+                  f"{args.outage:g} s", flush=True)
+            results.append(await run(cluster, args.clients, args.before, args.outage, args.after, args.nodes))
     finally:
         cluster.stop()
     firsts = [r["first_250"] for r in results]

@@ -11,8 +11,9 @@ Crash safety: results are committed only after the next hop accepted the copy, a
 everything left in ``processing`` is queued again, so a ``kill -9`` at any moment means at
 worst a duplicate, never a loss.
 
-Database outages (PostgreSQL down or restarting): a failed claim pauses claiming, and a failed
-result commit keeps the results in memory and retries them, both with backoff (``RETRY_MIN`` to
+Database outages (PostgreSQL down or restarting): a failed claim pauses claiming (and, once the
+database answers, hands back the rows it may have leased after all: its COMMIT can have happened
+with the reply lost), and a failed result commit keeps the results in memory and retries them, both with backoff (``RETRY_MIN`` to
 ``RETRY_MAX`` seconds), logged once when it starts failing and once when it works again. A retried
 result carries the same event keys (``origin``), so a COMMIT whose reply was lost stores no event twice.
 """
@@ -188,16 +189,27 @@ class DeliveryService:
     async def _run(self) -> None:
         spool = self.spool
         attempt = 0
+        unsure: list[float] = []  # lease_until of claims that failed: their COMMIT may have happened
         while not self._stopping:
             self._wake.clear()
             free = self.settings.max_in_flight - len(self._tasks)
             claimed: list[QueuedMessage] = []
             due: float | None = None
             try:
+                if unsure:
+                    released = await asyncio.to_thread(spool.release_leases, list(unsure))
+                    unsure.clear()
+                    if released:
+                        log.warning("handed back %d recipient(s) leased by a claim whose reply was lost", released)
                 if free > 0:
-                    claimed = await asyncio.to_thread(
-                        spool.claim, free, self.settings.lease, self.clock(), frozenset(self._held), self._hold()
-                    )
+                    now = self.clock()
+                    try:
+                        claimed = await asyncio.to_thread(
+                            spool.claim, free, self.settings.lease, now, frozenset(self._held), self._hold()
+                        )
+                    except Exception:
+                        unsure.append(now + self.settings.lease)  # the lease_until that claim set, if it did
+                        raise
                 if not (claimed and len(claimed) == free) and len(self._tasks) + len(claimed) < self.settings.max_in_flight:
                     due = await asyncio.to_thread(spool.next_due, self._hold())
             except Exception as exc:  # a database away or locked must pause claiming, never end it

@@ -242,6 +242,20 @@ class PostgresSpool:
 
         self._tx(run)
 
+    def release_leases(self, leases: Sequence[float]) -> int:
+        """Hand back recipients still leased until exactly one of ``leases``; how many.
+
+        Why: a claim whose COMMIT reached the server but whose reply did not (the connection died
+        in an outage) leased rows the caller never saw; they would wait the whole lease (default
+        300 s) before any node delivered them. A claim's ``lease_until`` (its clock reading plus the
+        lease) is, in practice, unique to it, so it names exactly those rows.
+        """
+        if not leases:
+            return 0
+        return int(self._tx(lambda conn: conn.execute(
+            "UPDATE recipients SET state='queued', lease_until=0 WHERE state='processing' AND lease_until = ANY(%s)",
+            (list(leases),)).rowcount, "release"))
+
     # -- queue tools (see the whole cluster's queue) ------------------------------------------
 
     def list_recipients(self) -> list[dict[str, Any]]:
