@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -55,7 +55,6 @@ class DatabaseHealth:
         self.outage_errors = 0
         self.last_error = ""
         self._lock = threading.Lock()
-        self._listeners: list[Callable[[bool], None]] = []
         self.pools: weakref.WeakSet[Any] = weakref.WeakSet()
         self.registry = CollectorRegistry(auto_describe=True)
         self.errors = Counter("smtpgate_db_errors_total", "Failed database operations, by operation "
@@ -63,10 +62,6 @@ class DatabaseHealth:
         self.seconds = Histogram("smtpgate_db_operation_seconds", "Seconds per database operation on a pooled "
                                  "connection (waiting for the connection and the COMMIT included), by operation.",
                                  ["op"], registry=self.registry, buckets=SECONDS_BUCKETS)
-
-    def add_listener(self, callback: Callable[[bool], None]) -> None:
-        """Call ``callback(up)`` (from whichever thread saw it) when the database goes down or comes back."""
-        self._listeners.append(callback)
 
     def ok(self, op: str, seconds: float, started: float) -> None:
         """A success; ``started`` (``time.monotonic()``) must follow the outage's start to end it: an
@@ -83,7 +78,6 @@ class DatabaseHealth:
             outage, errors = time.time() - self.down_since, self.outage_errors
         log.warning("database %s reachable again after %.1f s (%d failed operations during the outage)",
                     self.name, outage, errors)
-        self._tell(True)
 
     def failed(self, op: str, exc: BaseException, started: float) -> None:
         """A failure; it starts an outage when it means "unreachable" and the operation began after
@@ -104,7 +98,6 @@ class DatabaseHealth:
             self.outage_errors = 1
         log.error("database %s unreachable (%s, in %s): SMTP answers 451, delivery pauses, tracking holds its "
                   "events in memory; retrying (logged again when it is back)", self.name, self.last_error, op)
-        self._tell(False)
 
     def check(self, conn: Any) -> None:
         """The pools' ``check`` callback: during an outage and for ``SUSPECT_SECONDS`` after it, a
@@ -115,22 +108,27 @@ class DatabaseHealth:
 
             ConnectionPool.check_connection(conn)
 
-    def _tell(self, up: bool) -> None:
-        for callback in list(self._listeners):
-            try:
-                callback(up)
-            except Exception:  # a listener must not break the operation that noticed
-                log.exception("database health listener failed")
+
+AWAY_SQLSTATES = ("08", "53", "57P")
+"""SQLSTATE prefixes that mean the server is away or refusing: connection exceptions, insufficient
+resources (too many connections), operator intervention (shutdown, session terminated)."""
 
 
 def unreachable(exc: BaseException) -> bool:
-    """The errors that mean the database is away (not a bad statement): connection failures,
-    a pool that found no connection in time, a server shutting down or killing the session."""
+    """The errors that mean the database is away (not a bad statement): connection failures (no
+    SQLSTATE: the client saw the socket go or could not connect), a pool that found no connection
+    in time, a server shutting down or killing the session. A deadlock, a serialization failure or
+    a cancelled statement is an ``OperationalError`` too, but the database is there."""
     try:
         import psycopg
     except ImportError:  # pragma: no cover - psycopg is installed wherever a pool exists
         return False
-    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    if isinstance(exc, psycopg.InterfaceError):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    sqlstate = getattr(exc, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith(AWAY_SQLSTATES)
 
 
 _HEALTH: dict[str, DatabaseHealth] = {}
