@@ -254,3 +254,18 @@ async def test_an_event_written_during_an_outage_is_held_and_stored_once_with_on
     finally:
         await gw.stop()
     assert rows(pg_url, "SELECT queue_id FROM events ORDER BY id") == [("Q0",), ("Q1",)]
+
+
+def test_only_connection_failures_count_as_the_database_being_away():
+    """A deadlock or a cancelled statement must not log an outage or hold events: the database is there."""
+    from psycopg import errors
+    from psycopg_pool import PoolTimeout
+
+    from pipeline.storage.health import unreachable
+
+    away = [PoolTimeout("no connection"), errors.AdminShutdown("terminated"), psycopg.OperationalError("socket gone"),
+            psycopg.InterfaceError("connection closed"), errors.TooManyConnections("full")]
+    there = [errors.DeadlockDetected("deadlock"), errors.SerializationFailure("retry"),
+             errors.QueryCanceled("statement timeout"), errors.UniqueViolation("dup"), ValueError("bug")]
+    assert [unreachable(e) for e in away] == [True] * len(away)
+    assert [unreachable(e) for e in there] == [False] * len(there)
