@@ -6,7 +6,8 @@ Each run starts ``smtpgate serve`` subprocess(es) (empty chain, 1 worker, smarth
 aiosmtpd sink in this process), sends ``--messages`` messages over ``--clients`` SMTP connections
 (split evenly over the nodes), and prints: the ingress rate (all ``250`` replies received), the
 end-to-end rate (every copy at the sink), and for PostgreSQL the server's commits per second and
-per message over the run (``pg_stat_database.xact_commit``). PostgreSQL is a private cluster
+per message over the run (``pg_stat_database.xact_commit``), and after the table, the rows each
+message wrote per table (``pg_stat_user_tables``) and the WAL bytes per message. PostgreSQL is a private cluster
 started for the run (tests/support/pg_cluster.py), fsync and synchronous_commit on, on the same 2 cores.
 Rounds interleave the three set-ups so machine load hits them alike.
 """
@@ -46,6 +47,23 @@ def commits(url: str) -> int:
     return int(row[0]) if row else 0
 
 
+def row_writes(url: str) -> dict[str, tuple[int, int, int]]:
+    """Rows inserted, updated, deleted so far, by table (``pg_stat_user_tables``, cascades included)."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT relname, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables").fetchall()
+    return {str(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in rows}
+
+
+def wal_bytes(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+    return int(row[0]) if row else 0
+
+
+ROW_DETAILS: list[str] = []
+"""Per PostgreSQL run: rows written per message by table, and WAL bytes per message."""
+
+
 async def run(label: str, nodes: int, url: str | None, n: int, clients: int) -> str:
     controller, sink = start_sink()
     tmp = Path(tempfile.mkdtemp(prefix="bench-storage-"))
@@ -54,6 +72,8 @@ async def run(label: str, nodes: int, url: str | None, n: int, clients: int) -> 
         for s in servers:
             await s.start()
         before = commits(url) if url else 0
+        rows_before = row_writes(url) if url else {}
+        wal_before = wal_bytes(url) if url else 0
         accepted: set[int] = set()
         ids = list(range(n))
         t0 = time.perf_counter()
@@ -70,6 +90,17 @@ async def run(label: str, nodes: int, url: str | None, n: int, clients: int) -> 
             await s.wait(30)
         await asyncio.sleep(1)  # backends report their statistics as they exit
         after = commits(url) if url else 0
+        if url:
+            await asyncio.sleep(1)  # table statistics are reported by the backends a little later
+            rows_after, wal_after = row_writes(url), wal_bytes(url)
+            per = max(1, len(accepted))
+            parts = []
+            for table in sorted(rows_after):
+                ins, upd, dele = (a - b for a, b in zip(rows_after[table], rows_before.get(table, (0, 0, 0)), strict=True))
+                if ins or upd or dele:
+                    parts.append(f"{table} +{ins / per:.2f}/~{upd / per:.2f}/-{dele / per:.2f}")
+            ROW_DETAILS.append(f"{label}: rows per message (inserted/updated/deleted) " + ", ".join(parts)
+                               + f"; WAL {(wal_after - wal_before) / per / 1024:.1f} KiB per message")
     finally:
         controller.stop()
     line = (f"| {label} | {len(accepted)} | {len(accepted) / t_in:.0f} | {len(accepted) / t_all:.0f} |"
@@ -101,6 +132,9 @@ async def main() -> None:
             print(await run("PostgreSQL, 2 nodes", 2, url, args.messages, args.clients), flush=True)
     finally:
         cluster.stop()
+    print()
+    for line in ROW_DETAILS:
+        print(line)
 
 
 if __name__ == "__main__":

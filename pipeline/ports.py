@@ -45,7 +45,10 @@ class LatencyMetrics(Metrics, Protocol):
 class EventSink(Protocol):
     """Where a stage reports what happened (event store, webhook outbox, suppression, ``on_event``)."""
 
-    async def emit(self, event: Event, *, strict: bool = False) -> None: ...
+    async def emit(self, event: Event, *, strict: bool = False, origin: str | None = None) -> None:
+        """``strict``: raise a store failure (else logged); ``origin``: a unique key, so a retried
+        write (its first reply lost) stores the event once."""
+        ...
 
 
 class SpoolWriter(Protocol):
@@ -140,6 +143,11 @@ class Spool(SpoolWriter, Protocol):
 
     def release(self, queue_id: str, recipients: Sequence[str]) -> None: ...
 
+    def release_leases(self, leases: Sequence[float]) -> int:
+        """Hand back recipients leased until exactly one of ``leases`` (claims that failed with an
+        unknown outcome: their COMMIT may have happened); how many."""
+        ...
+
     def list_recipients(self) -> list[dict[str, Any]]: ...
 
     def show(self, queue_id: str) -> dict[str, Any] | None: ...
@@ -192,7 +200,11 @@ class ResultRecorder(Protocol):
     """Commits recipients' results together with the events describing them (one transaction),
     then does what the event sink does after a write (counters, webhook wake, ``on_event``)."""
 
-    async def record(self, outcomes: Sequence[RecipientOutcome], events: Sequence[Event]) -> None: ...
+    async def record(
+        self, outcomes: Sequence[RecipientOutcome], events: Sequence[Event], origins: Sequence[str] | None = None
+    ) -> None:
+        """``origins``: a unique key per event, kept across retries of the same result (idempotent)."""
+        ...
 
     async def drain(self) -> int:
         """Finish what a crash interrupted (events committed with their results but not yet

@@ -110,6 +110,23 @@ async def test_release_hands_back_and_delete_removes(backend):
     spool.close()
 
 
+async def test_a_claim_whose_reply_was_lost_is_handed_back_by_its_lease_until(backend):
+    """A claim can commit with its reply lost (the connection died in an outage): the scheduler then
+    hands back exactly the rows leased until that claim's ``now + lease``, and no one else's."""
+    spool = backend.spool()
+    await put(spool, ["x@example.net"])
+    await put(spool, ["y@example.net"])
+    now = time.time()
+    lost = spool.claim(1, lease=300, now=now)[0].queue_id  # "failed" as far as the caller knows
+    other = spool.claim(1, lease=300, now=now + 1)[0].queue_id  # another claim's rows: left alone
+    assert spool.release_leases([now + 300]) == 1
+    states = {q: spool.show(q)["recipients"][0]["state"] for q in (lost, other)}
+    assert states == {lost: "queued", other: "processing"}
+    [again] = spool.claim(10, lease=300)
+    assert again.queue_id == lost
+    spool.close()
+
+
 # -- several nodes on one PostgreSQL ------------------------------------------------------------
 
 

@@ -119,6 +119,8 @@ class CredentialStore:
     """
 
     SHARED_TTL = 2.0
+    STALE_WAIT = 1.0
+    """Seconds a re-read waits for a connection; if the database is away the last rows serve on."""
 
     def __init__(self, path: Path | None = None, *, url: str | None = None) -> None:
         self.path = path
@@ -137,14 +139,16 @@ class CredentialStore:
         else:
             raise ValueError("a credential store needs a path or a url")
 
-    def _q(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[builtins.list[tuple[Any, ...]], int]:
+    def _q(
+        self, sql: str, args: tuple[Any, ...] = (), wait: float | None = None
+    ) -> tuple[builtins.list[tuple[Any, ...]], int]:
         """One statement, committed (``?`` placeholders): its rows and rowcount."""
         if self._pool is None:
             cur = self._conn.execute(sql, args)
             return [tuple(r) for r in cur.fetchall()], cur.rowcount
         from pipeline.storage.postgres import pg_sql
 
-        with self._pool.connection() as conn:
+        with self._pool.connection(timeout=wait, op="credentials") as conn:
             pcur = conn.execute(pg_sql(sql), args)
             rows = pcur.fetchall() if pcur.description is not None else []
             return [tuple(r) for r in rows], pcur.rowcount
@@ -273,9 +277,16 @@ class CredentialStore:
                 now = time.monotonic()
                 fresh = self._version is not None and now - self._version < self.SHARED_TTL
                 version = now
-            if fresh:
+            if fresh or (self._pool is not None and self._version is not None and not self._pool.health.up):
+                return self._rows  # the database is known to be away: don't wait on it, the last rows serve
+            try:
+                rows = self._q("SELECT name, kind, username, key_id, secret_hash, options, disabled FROM credentials",
+                               wait=self.STALE_WAIT)[0]
+            except Exception:
+                if self._pool is None or self._version is None:
+                    raise
+                self._version = version  # the shared database is away: the last rows, again in SHARED_TTL
                 return self._rows
-            rows = self._q("SELECT name, kind, username, key_id, secret_hash, options, disabled FROM credentials")[0]
             self._version = version
         out = []
         for name, kind, username, key_id, secret_hash, options, disabled in rows:

@@ -61,6 +61,8 @@ class WebhookEndpointStore:
 
     SHARED_TTL = 2.0
     RECHECK = 5.0
+    STALE_WAIT = 1.0
+    """Seconds a re-read waits for a connection; if the database is away the last rows serve on."""
 
     def __init__(self, path: Path | None = None, *, url: str | None = None) -> None:
         if path is None and url is None:
@@ -91,13 +93,15 @@ class WebhookEndpointStore:
         self._conn.executescript(SCHEMA)
         return True
 
-    def _q(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[builtins.list[tuple[Any, ...]], int]:
+    def _q(
+        self, sql: str, args: tuple[Any, ...] = (), wait: float | None = None
+    ) -> tuple[builtins.list[tuple[Any, ...]], int]:
         if self._pool is None:
             cur = self._conn.execute(sql, args)
             return [tuple(r) for r in cur.fetchall()], cur.rowcount
         from pipeline.storage.postgres import pg_sql
 
-        with self._pool.connection() as conn:
+        with self._pool.connection(timeout=wait, op="webhook_endpoints") as conn:
             pcur = conn.execute(pg_sql(sql), args)
             rows = pcur.fetchall() if pcur.description is not None else []
             return [tuple(r) for r in rows], pcur.rowcount
@@ -176,8 +180,17 @@ class WebhookEndpointStore:
                 now = time.monotonic()
                 fresh = self._version is not None and now - self._version < self.SHARED_TTL
                 version = now
+            if not fresh and self._pool is not None and self._version is not None and not self._pool.health.up:
+                fresh = True  # the database is known to be away: don't wait on it, the last rows serve
             if not fresh:
-                rows = self._q(f"SELECT {_COLUMNS} FROM webhook_endpoints ORDER BY created_at, id")[0]
+                try:
+                    rows = self._q(f"SELECT {_COLUMNS} FROM webhook_endpoints ORDER BY created_at, id",
+                                   wait=self.STALE_WAIT if self._pool is not None else None)[0]
+                except Exception:
+                    if self._pool is None or self._version is None:
+                        raise
+                    self._version = version  # the shared database is away: the last rows, again in SHARED_TTL
+                    return list(self._rows)
                 self._rows = [_row(r) for r in rows]
                 self._version = version
             return list(self._rows)

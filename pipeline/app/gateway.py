@@ -33,6 +33,7 @@ from pipeline.delivery.results import JointAccepts, JointResults, OutboxResults
 from pipeline.delivery.scheduler import DeliveryService
 from pipeline.egress.resolver import Resolver
 from pipeline.events import EventEmitter, open_event_store, open_message_log, open_suppression_list
+from pipeline.events.backlog import EventBacklog
 from pipeline.events.inbound import InboundHandler
 from pipeline.events.postgres import PostgresEventStore
 from pipeline.events.refusals import RefusalEvents
@@ -46,8 +47,9 @@ from pipeline.ports import InboundHandler as InboundPort
 from pipeline.spool import Spool, open_spool
 from pipeline.spool.postgres import PostgresSpool
 from pipeline.spool.sqlite import SqliteSpool
+from pipeline.storage.health import DatabaseHealth, health_of
 from pipeline.tracking import TrackingService, tracking_services
-from pipeline.tracking.metrics import GatewayCollector, GatewayMetrics
+from pipeline.tracking.metrics import DatabaseCollector, GatewayCollector, GatewayMetrics
 
 log = logging.getLogger("smtpgate")
 
@@ -79,7 +81,13 @@ class Gateway:
         # Process-wide metrics for /metrics: counters keyed "name:label" with bounded label
         # values, histograms, and the figures read when scraped (pipeline/tracking/metrics.py).
         self.counters = GatewayMetrics()
-        self.counters.add_collector(GatewayCollector(lambda: self.spool, lambda: self.events, lambda: self.services))
+        # the shared database's health (pipeline/storage/health.py): up/down, pools, errors, latency
+        self.database = health_of(config.storage.url) if config.storage.url else None
+        self.counters.add_collector(GatewayCollector(
+            lambda: self.spool, lambda: self.events, lambda: self.services, self.database,
+            lambda: {"other": len(self._emitter.backlog or ()) if self._emitter is not None else 0}))
+        if self.database is not None:
+            self.counters.add_collector(DatabaseCollector(self.database))
         self._spool: Spool | None = None
         self._events: EventStoreBase | None = None
         self._emitter: EventEmitter | None = None
@@ -125,6 +133,7 @@ class Gateway:
                 self.events, self.config, self.counters, credential_webhooks=self._stored_webhooks,
                 api_webhooks=self.webhook_endpoints.urls_for, after=self.chain.emit
             )
+            self._emitter.backlog = EventBacklog(self._emitter, self.counters, "other")
         return self._emitter
 
     @property
@@ -191,8 +200,10 @@ class Gateway:
 
     def tracking_services(self, host: str | None = None, port: int | None = None) -> list[Service]:
         """The tracking HTTP service (clicks, opens, unsubscribe, stats) and the webhook sender."""
+        database: DatabaseHealth | None = self.database
         tracking, sender = tracking_services(self.config, self.event_sink, self.events, self.counters,
-                                             host=host, port=port)
+                                             host=host, port=port,
+                                             database_up=(lambda: database.up) if database else (lambda: True))
         sender.endpoint_secret = self.webhook_endpoints.secret_for  # API endpoints sign with their own secret
         self.event_sink.webhook_senders.append(sender)
         return [tracking, sender]
@@ -289,6 +300,8 @@ class Gateway:
         if self._refusals is not None:  # the last windows' counts, before the event store closes
             await self._refusals.aclose()
             self._refusals = None
+        if self._emitter is not None and self._emitter.backlog is not None:
+            await self._emitter.backlog.close()  # what the database never took is logged as lost
         if self._spool is not None:
             self._spool.close()
         if self._events is not None:

@@ -55,6 +55,9 @@ class EmptyStoplist:
     def reason(self, address: str, credential: str | None = None) -> str | None:
         return None
 
+    async def reason_async(self, address: str, credential: str | None = None) -> str | None:
+        return None
+
 
 def make_chain(
     config: Config,

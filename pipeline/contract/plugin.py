@@ -50,6 +50,11 @@ class SuppressionList(Protocol):
         """Why the address is suppressed (``"hard bounce"``, ``"unsubscribed"``, ...), or ``None``."""
         ...
 
+    async def reason_async(self, address: str, credential: str | None = None) -> str | None:
+        """``reason`` without blocking the event loop, bounded in time: raises (``TimeoutError``, a
+        database error) when the list cannot be read, so a hook can fail closed (``451``)."""
+        ...
+
 
 def _unavailable(what: str) -> Callable[[], Any]:
     def opener() -> Any:

@@ -44,10 +44,15 @@ class JointResults:
         """Nothing is ever left over: the events were committed with the results."""
         return 0
 
-    async def record(self, outcomes: Sequence[RecipientOutcome], events: Sequence[Event]) -> None:
-        items = [(event, self.emitter.webhook_urls_for(event)) for event in events]
+    async def record(
+        self, outcomes: Sequence[RecipientOutcome], events: Sequence[Event], origins: Sequence[str] | None = None
+    ) -> None:
+        """``origins``: one unique key per event, the same on every retry of this result, so a retry
+        after a COMMIT whose outcome was lost (the connection dropped) stores no event twice."""
+        keys = list(origins) if origins is not None else [uuid.uuid4().hex for _ in events]
+        items = [(event, self.emitter.webhook_urls_for(event), key) for event, key in zip(events, keys, strict=True)]
         await self.spool.record(outcomes, items, self.store.write_event)
-        for event, urls in items:
+        for event, urls, _ in items:
             try:
                 await self.emitter.committed(event, urls)
             except Exception:  # committed already: an on_event plugin's failure must not undo it
@@ -92,10 +97,13 @@ class OutboxResults:
         self.emitter = emitter
         self._draining = asyncio.Lock()
 
-    async def record(self, outcomes: Sequence[RecipientOutcome], events: Sequence[Event]) -> None:
+    async def record(
+        self, outcomes: Sequence[RecipientOutcome], events: Sequence[Event], origins: Sequence[str] | None = None
+    ) -> None:
+        keys = list(origins) if origins is not None else [uuid.uuid4().hex for _ in events]
         rows = [
-            (uuid.uuid4().hex, json.dumps(e.to_record(), default=str), json.dumps(self.emitter.webhook_urls_for(e)))
-            for e in events
+            (key, json.dumps(e.to_record(), default=str), json.dumps(self.emitter.webhook_urls_for(e)))
+            for e, key in zip(events, keys, strict=True)
         ]
         await self.spool.record(outcomes, rows)
         await self.drain()

@@ -10,6 +10,12 @@ emitted as an event and logged Postfix-style, so nothing is ever dropped without
 Crash safety: results are committed only after the next hop accepted the copy, and on start
 everything left in ``processing`` is queued again, so a ``kill -9`` at any moment means at
 worst a duplicate, never a loss.
+
+Database outages (PostgreSQL down or restarting): a failed claim pauses claiming (and, once the
+database answers, hands back the rows it may have leased after all: its COMMIT can have happened
+with the reply lost), and a failed result commit keeps the results in memory and retries them, both with backoff (``RETRY_MIN`` to
+``RETRY_MAX`` seconds), logged once when it starts failing and once when it works again. A retried
+result carries the same event keys (``origin``), so a COMMIT whose reply was lost stores no event twice.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from pipeline.chain.processing import CopyResult, copy_log
@@ -54,6 +61,41 @@ STATUS_WORD = {
     RecipientState.DISCARDED: "discarded",
 }
 """Postfix's ``status=`` word in the log line of each result."""
+
+RETRY_MIN = 0.25
+RETRY_MAX = 5.0
+"""Backoff (seconds) between retries of a failed claim or result commit: doubling from the first to the last."""
+
+
+class Outage:
+    """One kind of database work failing: logged when it starts failing and when every caller that
+    failed has succeeded again, never per attempt (an outage would otherwise log a line per message
+    per retry). ``key``: who is retrying (the claim loop, a message's results)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.failures = 0
+        self.since = 0.0
+        self._failing: set[str] = set()
+
+    def failed(self, key: str, exc: BaseException, attempt: int) -> float:
+        """Count a failure; the backoff before attempt ``attempt + 1``."""
+        if not self._failing:
+            self.since = time.monotonic()
+            log.error("%s failed (%s: %s); retrying with backoff, logged again when it works",
+                      self.what, type(exc).__name__, str(exc).strip()[:300])
+        self._failing.add(key)
+        self.failures += 1
+        return min(RETRY_MAX, RETRY_MIN * 2 ** max(0, attempt - 1))
+
+    def ok(self, key: str) -> None:
+        if key in self._failing:
+            self._failing.discard(key)
+            if not self._failing:
+                log.warning("%s works again after %d failed attempt(s) in %.1f s",
+                            self.what, self.failures, time.monotonic() - self.since)
+                self.failures = 0
+
 
 class DeliveryService:
     """Long-running service (see :class:`pipeline.app.gateway.Service`).
@@ -98,6 +140,8 @@ class DeliveryService:
         self._copy_logs: dict[str, dict[str, dict[str, Any]]] = {}  # queue id -> recipient -> copy_log()
         self._runner: asyncio.Task[None] | None = None
         self._stopping = False
+        self._claims = Outage("claiming from the spool")
+        self._results = Outage("recording delivery results")
         self._wire_shaping(metrics)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -144,17 +188,36 @@ class DeliveryService:
 
     async def _run(self) -> None:
         spool = self.spool
+        attempt = 0
+        unsure: list[float] = []  # lease_until of claims that failed: their COMMIT may have happened
         while not self._stopping:
             self._wake.clear()
             free = self.settings.max_in_flight - len(self._tasks)
             claimed: list[QueuedMessage] = []
-            if free > 0:
-                try:
-                    claimed = await asyncio.to_thread(
-                        spool.claim, free, self.settings.lease, self.clock(), frozenset(self._held), self._hold()
-                    )
-                except Exception:  # a locked or broken database must not kill the scheduler
-                    log.exception("claiming from the spool failed; retrying")
+            due: float | None = None
+            try:
+                if unsure:
+                    released = await asyncio.to_thread(spool.release_leases, list(unsure))
+                    unsure.clear()
+                    if released:
+                        log.warning("handed back %d recipient(s) leased by a claim whose reply was lost", released)
+                if free > 0:
+                    now = self.clock()
+                    try:
+                        claimed = await asyncio.to_thread(
+                            spool.claim, free, self.settings.lease, now, frozenset(self._held), self._hold()
+                        )
+                    except Exception:
+                        unsure.append(now + self.settings.lease)  # the lease_until that claim set, if it did
+                        raise
+                if not (claimed and len(claimed) == free) and len(self._tasks) + len(claimed) < self.settings.max_in_flight:
+                    due = await asyncio.to_thread(spool.next_due, self._hold())
+            except Exception as exc:  # a database away or locked must pause claiming, never end it
+                attempt += 1
+                await asyncio.sleep(self._claims.failed("claim", exc, attempt))
+                continue
+            attempt = 0
+            self._claims.ok("claim")
             for msg in claimed:
                 self._held.update((msg.queue_id, r) for r in msg.recipients)
                 task = asyncio.create_task(self._handle(msg), name=f"deliver-{msg.queue_id}")
@@ -163,10 +226,8 @@ class DeliveryService:
             if claimed and len(claimed) == free:
                 continue
             timeout = self.settings.poll_interval
-            if len(self._tasks) < self.settings.max_in_flight:
-                due = await asyncio.to_thread(spool.next_due, self._hold())
-                if due is not None:
-                    timeout = max(0.0, min(timeout, due - self.clock()))
+            if due is not None:
+                timeout = max(0.0, min(timeout, due - self.clock()))
             if timeout > 0:
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout)
@@ -320,15 +381,31 @@ class DeliveryService:
 
     # -- results --------------------------------------------------------------------------
 
+    async def _until_done(self, key: str, work: Callable[[], Awaitable[Any]]) -> None:
+        """Await ``work()`` until it succeeds: a database outage delays a result, never drops it
+        (cancelled only at shutdown, when the lease hands the recipients to the next claim)."""
+        attempt = 0
+        while True:
+            try:
+                await work()
+            except Exception as exc:
+                attempt += 1
+                await asyncio.sleep(self._results.failed(key, exc, attempt))
+                continue
+            self._results.ok(key)
+            return
+
     async def _commit(self, msg: QueuedMessage, outcomes: list[RecipientOutcome]) -> None:
         # Bounced/expired/failed: the sender's DSN is spooled before the results, so a crash
         # repeats it rather than loses it (pipeline/delivery/notices.py).
-        await self.notices.send(msg, outcomes)
+        await self._until_done(msg.queue_id, lambda: self.notices.send(msg, outcomes))
         events = self._events_of(msg, outcomes)
         if self.results is not None:  # results and their events commit together (issue 11 point 3)
-            await self.results.record(outcomes, events)
+            results = self.results
+            origins = [uuid.uuid4().hex for _ in events]  # the same keys on every retry: no event twice
+            await self._until_done(msg.queue_id, lambda: results.record(outcomes, events, origins))
         else:
-            await self.spool.record(outcomes)
+            await self._until_done(msg.queue_id, lambda: self.spool.record(outcomes))
         self._held.difference_update((msg.queue_id, o.recipient) for o in outcomes)
         for o, event in zip(outcomes, events, strict=True):
             delay = float(event.data["delay"])

@@ -12,13 +12,16 @@ the ``env.suppression`` port, which the composition root opens with
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType
+from pipeline.events.backlog import EventBacklog
 from pipeline.events.machine import MachineDetector
 from pipeline.events.messages import MessageLogReader, SqliteMessageLog
 from pipeline.events.sqlite import (
@@ -35,11 +38,20 @@ from pipeline.events.store import EventStoreBase, is_suppressed, suppression_rea
 from pipeline.events.webhooks import webhook_urls
 from pipeline.ports import EventStore, Metrics, WebhookWaker
 from pipeline.ports import SuppressionList as SuppressionListPort
+from pipeline.storage.health import unreachable
 from pipeline.storage.sqlite import open_sqlite
 from pipeline.toolkit.stoplist import STOPLIST_REPLY
 from pipeline.toolkit.verp import VerpToken, parse_verp, recipient_hash, verp_local_part
 
 log = logging.getLogger("smtpgate.events")
+
+class _Held(enum.Enum):
+    """What the emitter's store step returns for an event it held for later."""
+
+    HELD = 0
+
+
+_HELD = _Held.HELD
 
 EVENT_TYPES = tuple(EventType)
 """Known event types; metrics label anything else as ``other`` so label values stay bounded."""
@@ -91,6 +103,10 @@ class SuppressionList:
         """Why the address is suppressed (a hard bounce wins: see :func:`suppression_reason`)."""
         return suppression_reason(lambda sql, args: self._conn.execute(sql, args).fetchall(), address, credential)
 
+    async def reason_async(self, address: str, credential: str | None = None) -> str | None:
+        """A local indexed read (microseconds, the WAL file never waits on a writer): done in place."""
+        return self.reason(address, credential)
+
     def close(self) -> None:
         self._conn.close()
 
@@ -132,10 +148,15 @@ class EventEmitter:
         self.api_webhooks = api_webhooks  # endpoints added over the API: (credential, event type) -> URLs
         self.after = after
         self.webhook_senders: list[WebhookWaker] = []
+        # set by the composition root: events the database could not take (it was away) wait there
+        self.backlog: EventBacklog | None = None
 
-    async def emit(self, event: Event, *, strict: bool = False) -> None:
-        """Record, then ``on_event`` plugins. A store failure is logged, not raised, unless ``strict``."""
-        await self.record(event, strict=strict)
+    async def emit(self, event: Event, *, strict: bool = False, origin: str | None = None) -> None:
+        """Record, then ``on_event`` plugins. A store failure is logged, not raised, unless ``strict``.
+        ``origin``: a unique key; an event already stored under it is not stored again. An event held
+        for later (the database is away) reaches the plugins when it is written, not now."""
+        if await self._store(event, strict, origin) is _HELD:
+            return
         await self._after(event)
 
     async def _after(self, event: Event) -> None:
@@ -145,22 +166,34 @@ class EventEmitter:
                 event = dataclasses.replace(event, data={k: v for k, v in event.data.items() if k != "message"})
             await self.after(event)
 
-    async def record(self, event: Event, *, strict: bool = False) -> int | None:
+    async def record(self, event: Event, *, strict: bool = False, origin: str | None = None) -> int | None:
         """Store an event with its webhook deliveries and suppression, count it, wake the sender.
 
         A store failure is logged and ``None`` returned (a delivered message must not be retried
-        because its event could not be written); ``strict=True`` raises it instead.
+        because its event could not be written); ``strict=True`` raises it instead, unlogged and
+        uncounted: the caller answers for it (a retry would otherwise log and count each attempt).
+        With a backlog, an event the database could not take because it is away is held and
+        written when it is back (``None`` here).
         """
-        self._count(event)
+        stored = await self._store(event, strict, origin)
+        return None if isinstance(stored, _Held) else stored
+
+    async def _store(self, event: Event, strict: bool, origin: str | None) -> int | None | _Held:
         try:
             urls = self.webhook_urls_for(event)
-            event_id = await self.store.record(event, urls)
+            event_id = await self.store.record(event, urls, origin)
         except Exception as exc:
-            self.metrics["event_store_errors_total"] += 1
-            log.error("event %s queue_id=%s not stored: %s", event.type, event.queue_id or "-", exc)
             if strict:
                 raise
+            if self.backlog is not None and unreachable(exc):
+                # the database is away (logged once by pipeline.storage.health): write it when it is back
+                self.backlog.hold(event, origin or uuid.uuid4().hex)
+                return _HELD
+            self._count(event)
+            self.metrics["event_store_errors_total"] += 1
+            log.error("event %s queue_id=%s not stored: %s", event.type, event.queue_id or "-", exc)
             return None
+        self._count(event)
         self._wake(urls)
         return event_id
 

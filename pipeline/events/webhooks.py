@@ -157,6 +157,7 @@ class WebhookSender:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[int] = set()
+        self._read_failing = False  # the outbox read fails (database away): logged once each way
         self._session: aiohttp.ClientSession | None = None
         self.sent = 0
         self.failures = 0
@@ -194,10 +195,17 @@ class WebhookSender:
         try:
             while True:
                 self._wake.clear()
-                try:
-                    items = self.store.due_webhooks(time.time(), self.cfg.concurrency * 4, tuple(self._inflight))
+                try:  # in a thread: a slow or absent database must not stall the event loop
+                    items = await asyncio.to_thread(
+                        self.store.due_webhooks, time.time(), self.cfg.concurrency * 4, tuple(self._inflight))
+                    if self._read_failing:
+                        self._read_failing = False
+                        log.warning("webhook outbox readable again")
                 except Exception as exc:  # a locked or broken DB must not kill the sender
-                    log.error("webhook outbox read failed: %s", exc)
+                    if not self._read_failing:  # once per outage, not per poll
+                        self._read_failing = True
+                        log.error("webhook outbox read failed (retrying every poll, logged again when it works): %s",
+                                  exc)
                     items = []
                 for group in self._batches(items):
                     self._inflight.update(item.id for item in group)
@@ -214,7 +222,7 @@ class WebhookSender:
     async def _sleep(self) -> None:
         delay = self.cfg.poll_interval
         with contextlib.suppress(Exception):
-            nxt = self.store.next_webhook_at()
+            nxt = await asyncio.to_thread(self.store.next_webhook_at)
             if nxt is not None:
                 delay = min(delay, max(nxt - time.time(), 0.0))
         if delay <= 0 and self._inflight:

@@ -29,7 +29,6 @@ from pipeline.ports import QueuedMessage, RecipientOutcome
 from pipeline.spool.rows import RECIPIENT_COLUMNS, ROW_KEYS, recipient_rows, show_record
 from pipeline.storage.batching import GroupCommit
 from pipeline.storage.postgres import open_pool, pg_tx
-from pipeline.storage.tx import Tx
 
 _FINAL = sorted(FINAL_STATES)
 _DUE = "((state IN ('queued','deferred') AND next_attempt <= %(now)s) OR (state = 'processing' AND lease_until < %(now)s))"
@@ -38,10 +37,14 @@ _NOT_HELD = " AND lower(regexp_replace(recipient, '^.*@', '')) <> ALL(%(hold)s)"
 ROWS_PER_MESSAGE = 100
 """Recipient rows locked per message asked for (the default ``max_recipients``): one claim's row budget."""
 
-EventWriter = Callable[[Tx, Any, Sequence[str]], int]
-"""Writes one event (with its webhook rows and suppression) inside a transaction: ``EventStoreBase.write_event``."""
+EventWriter = Callable[..., int]
+"""Writes one event (with its webhook rows and suppression) inside a transaction:
+``EventStoreBase.write_event(tx, event, urls[, origin])``."""
+EventItem = tuple[Any, ...]
+"""``(event, webhook_urls)`` or ``(event, webhook_urls, origin)``: a unique ``origin`` makes a
+result's commit safe to repeat when the first COMMIT's outcome is unknown (the event is not stored twice)."""
 Enqueued = tuple[tuple[str, str, bytes, str, float], list[str], float, list[tuple[Any, list[str]]], "EventWriter | None"]
-Results = tuple[list[RecipientOutcome], list[tuple[Any, list[str]]], "EventWriter | None"]
+Results = tuple[list[RecipientOutcome], list[EventItem], "EventWriter | None"]
 
 
 class PostgresSpool:
@@ -49,14 +52,15 @@ class PostgresSpool:
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
-        self._pool = open_pool(url, max_size=pool_size)
+        self._pool = open_pool(url, max_size=pool_size, name="spool")
         self._listeners: list[Callable[[], None]] = []
         self._enqueues: GroupCommit[Enqueued, None] = GroupCommit(self._commit, self._notify)
         self._records: GroupCommit[Results, None] = GroupCommit(self._record_batch)
 
-    def _tx(self, fn: Callable[[Connection[Any]], Any]) -> Any:
-        """Run ``fn`` in one transaction on a pooled connection (committed on return, else rolled back)."""
-        with self._pool.connection() as conn, conn.transaction():
+    def _tx(self, fn: Callable[[Connection[Any]], Any], op: str | None = None) -> Any:
+        """Run ``fn`` in one transaction on a pooled connection (committed on return, else rolled back);
+        ``op`` names it in ``/metrics``."""
+        with self._pool.connection(op=op) as conn, conn.transaction():
             return fn(conn)
 
     # -- ingress side ---------------------------------------------------------------------
@@ -97,7 +101,7 @@ class PostgresSpool:
                     assert writer is not None
                     writer(tx, event, urls)
 
-        self._tx(run)
+        self._tx(run, "enqueue")
         return [None] * len(batch)
 
     # -- delivery side --------------------------------------------------------------------
@@ -112,7 +116,7 @@ class PostgresSpool:
             )
             return cur.rowcount
 
-        return int(self._tx(run))
+        return int(self._tx(run, "recover"))
 
     def claim(
         self,
@@ -168,13 +172,13 @@ class PostgresSpool:
                 if qid in msgs
             ]
 
-        return list(self._tx(run))
+        return list(self._tx(run, "claim"))
 
     def next_due(self, hold: frozenset[str] = frozenset()) -> float | None:
         """When the earliest queued or deferred recipient is due (``None``: nothing waiting), not
         counting recipients at ``hold`` domains."""
         sql = "SELECT MIN(next_attempt) FROM recipients WHERE state IN ('queued','deferred')"
-        with self._pool.connection() as conn:
+        with self._pool.connection(op="next_due") as conn:
             if hold:
                 row = conn.execute(sql + _NOT_HELD, {"hold": sorted(hold)}).fetchone()
             else:
@@ -182,7 +186,7 @@ class PostgresSpool:
         return None if row is None or row[0] is None else float(row[0])
 
     async def record(
-        self, updates: Sequence[RecipientOutcome], events: Sequence[tuple[Any, list[str]]] = (),
+        self, updates: Sequence[RecipientOutcome], events: Sequence[EventItem] = (),
         writer: EventWriter | None = None,
     ) -> None:
         """Commit recipients' results (and, with ``writer``, the events describing them: issue 11
@@ -200,7 +204,7 @@ class PostgresSpool:
         return [None] * len(batch)
 
     def record_sync(
-        self, updates: Sequence[RecipientOutcome], events: Sequence[tuple[Any, list[str]]] = (),
+        self, updates: Sequence[RecipientOutcome], events: Sequence[EventItem] = (),
         writer: EventWriter | None = None,
     ) -> None:
         """Apply results in one transaction; drop messages whose recipients are all final.
@@ -233,10 +237,10 @@ class PostgresSpool:
             )
             if events and writer is not None:
                 tx = pg_tx(conn)
-                for event, urls in events:
-                    writer(tx, event, urls)
+                for item in events:
+                    writer(tx, *item)
 
-        self._tx(run)
+        self._tx(run, "record")
 
     def release(self, queue_id: str, recipients: Sequence[str]) -> None:
         """Hand claimed recipients back untouched (shutdown with the message still in hand)."""
@@ -249,6 +253,20 @@ class PostgresSpool:
             )
 
         self._tx(run)
+
+    def release_leases(self, leases: Sequence[float]) -> int:
+        """Hand back recipients still leased until exactly one of ``leases``; how many.
+
+        Why: a claim whose COMMIT reached the server but whose reply did not (the connection died
+        in an outage) leased rows the caller never saw; they would wait the whole lease (default
+        300 s) before any node delivered them. A claim's ``lease_until`` (its clock reading plus the
+        lease) is, in practice, unique to it, so it names exactly those rows.
+        """
+        if not leases:
+            return 0
+        return int(self._tx(lambda conn: conn.execute(
+            "UPDATE recipients SET state='queued', lease_until=0 WHERE state='processing' AND lease_until = ANY(%s)",
+            (list(leases),)).rowcount, "release"))
 
     # -- queue tools (see the whole cluster's queue) ------------------------------------------
 

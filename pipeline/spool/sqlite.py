@@ -338,6 +338,19 @@ class SqliteSpool:
 
         self._transaction(run)
 
+    def release_leases(self, leases: Sequence[float]) -> int:
+        """Hand back recipients still leased until exactly one of ``leases`` (claims whose outcome was
+        lost; see :meth:`pipeline.spool.postgres.PostgresSpool.release_leases`); how many."""
+
+        def run(cur: sqlite3.Cursor) -> int:
+            n = 0
+            for until in leases:
+                n += cur.execute("UPDATE recipients SET state='queued', lease_until=0 "
+                                 "WHERE state='processing' AND lease_until=?", (until,)).rowcount
+            return n
+
+        return int(self._transaction(run))
+
     # -- queue tools ----------------------------------------------------------------------
 
     def list_recipients(self) -> list[dict[str, Any]]:

@@ -11,13 +11,15 @@ nodes starting at once serialise, and the second finds nothing left to do. Migra
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from pipeline.storage.health import DatabaseHealth, health_of, observed
 from pipeline.storage.tx import Tx
 
 MIGRATION_LOCK = 0x736D7470  # "smtp": the advisory lock key every node's migrator takes
@@ -264,6 +266,11 @@ def status(url: str) -> SchemaStatus:
 
 CONNECT_WAIT = 10.0
 """Seconds a caller waits for a pooled connection while the database is unreachable."""
+RECONNECT_GIVE_UP = 1.0
+"""Seconds a pool's reconnection attempt lasts (tries at 0 and ~1 s) before it gives up; the next
+caller starts a new one. psycopg_pool's own backoff doubles without bound (1, 2, 4 ... s for up to
+5 minutes), so after a 30 s outage the first new connection could come 30 s after the database;
+this way it comes within about a second, whatever the outage's length."""
 
 
 def _configure(conn: psycopg.Connection) -> None:
@@ -272,19 +279,36 @@ def _configure(conn: psycopg.Connection) -> None:
     conn.commit()
 
 
-def open_pool(url: str, *, max_size: int = 10, migrate: bool = True) -> ConnectionPool:
+class ObservedPool(ConnectionPool):
+    """A pool whose every ``connection()`` reports to the database's :class:`DatabaseHealth`:
+    up/down logged once per outage, errors by operation and latency in ``/metrics``."""
+
+    health: DatabaseHealth
+
+    @contextmanager
+    def connection(self, timeout: float | None = None, op: str | None = None) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection; ``op`` names the operation in ``/metrics`` (default: the pool's name)."""
+        with observed(self.health, op or self.name, super().connection(timeout)) as conn:
+            yield conn
+
+
+def open_pool(url: str, *, max_size: int = 10, migrate: bool = True, name: str = "other") -> ObservedPool:
     """A connection pool on ``url`` with ``synchronous_commit=on``, the schema upgraded first.
 
     Connections are made on demand (``min_size=1``): a CLI command needs one, a node more. The pool
     reconnects by itself after the server restarts; a caller sees the failed statement's error, or
     waits at most ``CONNECT_WAIT`` seconds for a connection (an SMTP client then hears ``451``
-    while its connection is still open, not a time-out).
+    while its connection is still open, not a time-out). ``name``: the store, as ``/metrics`` labels it.
     """
     if migrate:
         upgrade(url)
-    pool: ConnectionPool = ConnectionPool(
-        url, min_size=1, max_size=max_size, configure=_configure, open=False, name="smtpgate", timeout=CONNECT_WAIT
+    health = health_of(url)
+    pool = ObservedPool(
+        url, min_size=1, max_size=max_size, configure=_configure, open=False, name=name, timeout=CONNECT_WAIT,
+        reconnect_timeout=RECONNECT_GIVE_UP, check=health.check,
     )
+    pool.health = health
+    pool.health.pools.add(pool)
     pool.open(wait=True, timeout=30.0)
     return pool
 

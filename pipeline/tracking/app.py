@@ -10,7 +10,12 @@
 - ``/healthz``; ``/metrics``, ``/api/stats`` and ``/stats`` for admin networks (and token) only.
 
 Recording waits for the event store's group commit but at most ``RECORD_TIMEOUT`` seconds:
-a redirect must not wait on a stuck disk (the commit still completes in the background).
+a redirect must not wait on a stuck disk (the commit still completes in the background). A click
+or an open the store did not take (failed, too slow, or the database known to be down) is held in
+the :class:`~pipeline.events.backlog.EventBacklog` and written, in order and once, when the store
+answers again; while anything is held, new events queue behind it (order kept) and the redirect
+does not wait at all. The "delivered when?" look-up of machine detection runs in a thread of its
+own, at most ``LOOKUP_WAIT`` seconds, and is skipped while the database is down (fallback: unknown).
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ import ipaddress
 import logging
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +37,7 @@ from aiohttp import web
 from pipeline.config import Config, ConfigError
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType
+from pipeline.events.backlog import EventBacklog
 from pipeline.events.machine import MachineDetector
 from pipeline.events.stats import parse_date, stats_report
 from pipeline.ports import EventSink, EventStore, Metrics
@@ -40,6 +48,10 @@ from pipeline.tracking.page import render_stats_page
 log = logging.getLogger("smtpgate.tracking")
 
 RECORD_TIMEOUT = 2.0
+LOOKUP_WAIT = 1.0
+"""Seconds a click or an open waits for the "delivered when?" look-up before answering without it."""
+BACKLOG: web.AppKey[EventBacklog] = web.AppKey("backlog", EventBacklog)
+"""Where the app keeps its backlog (the service reads its size for ``/metrics``)."""
 
 PIXEL = (
     b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
@@ -82,10 +94,14 @@ class TrackingApp:
         store: EventStore,
         metrics: Metrics,
         webhooks: Sequence[WebhookStats] = (),
+        database_up: Callable[[], bool] = lambda: True,
     ) -> None:
         cfg = config.tracking
         self.events = events
         self.store = store
+        self.database_up = database_up  # False while the shared database is known to be away
+        self.backlog = EventBacklog(events, metrics, "tracking")
+        self._lookups = ThreadPoolExecutor(2, thread_name_prefix="tracking-lookup")  # never the loop's own
         self.webhooks = list(webhooks)
         self.signer = load_signer(cfg.keys, cfg.key_id, config.data_dir, config.storage.url)
         try:
@@ -106,17 +122,27 @@ class TrackingApp:
             return None
         return payload
 
-    def _event(self, type_: EventType, payload: dict[str, Any], request: web.Request, **extra: Any) -> Event:
+    async def _delivered_at(self, queue_id: str, recipient: str) -> float | None:
+        """When the copy was delivered, if the store says so within ``LOOKUP_WAIT``; else ``None``."""
+        if not self.database_up() or len(self.backlog):
+            return None  # known to be away: don't make every click wait to find out again
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._lookups, self.store.delivered_at, queue_id, recipient), LOOKUP_WAIT
+            )
+        except Exception as exc:  # a busy or absent database must not break a redirect
+            log.debug("delivered_at look-up failed: %s", exc)
+            return None
+
+    async def _event(self, type_: EventType, payload: dict[str, Any], request: web.Request, **extra: Any) -> Event:
         data: dict[str, Any] = {}
         ua = request.headers.get("User-Agent", "")
         now = time.time()
         if type_ in (EventType.OPENED, EventType.CLICKED):
             delivered = None
             if payload.get("q") and payload.get("r") and self.detector.seconds > 0:
-                try:
-                    delivered = self.store.delivered_at(payload["q"], payload["r"])
-                except Exception as exc:  # a busy database must not break a redirect
-                    log.warning("delivered_at look-up failed: %s", exc)
+                delivered = await self._delivered_at(payload["q"], payload["r"])
             reason = self.detector.reason(ua, now, delivered)
             data["machine"] = reason is not None
             if reason:
@@ -128,18 +154,29 @@ class TrackingApp:
         )
 
     async def _record(self, event: Event, *, strict: bool = False) -> bool:
-        """Record within ``RECORD_TIMEOUT``; ``False`` if that failed or took too long."""
-        task = asyncio.ensure_future(self.events.emit(event, strict=strict))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # late failures: already logged
+        """Record within ``RECORD_TIMEOUT``; ``False`` if that failed or took too long.
+
+        Not ``strict`` (clicks, opens): an event the store did not take is held in the backlog and
+        written later under the same ``origin`` (stored once even if the first attempt commits late);
+        while anything is held or the database is known down, the event goes straight to the backlog.
+        """
+        origin = uuid.uuid4().hex
+        if not strict and (len(self.backlog) or not self.database_up()):
+            return self.backlog.hold(event, origin)
+        task = asyncio.ensure_future(self.events.emit(event, strict=True, origin=origin))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # late failures: retried or answered
         try:
             await asyncio.wait_for(asyncio.shield(task), RECORD_TIMEOUT)
             return True
         except TimeoutError:
             log.warning("recording %s took over %g s; answering anyway", event.type, RECORD_TIMEOUT)
-            return False
         except Exception as exc:
-            log.error("recording %s failed: %s", event.type, exc)
-            return False
+            if strict:  # not stored, and not held: the client is told to retry
+                self.counters["event_store_errors_total"] += 1
+                log.error("recording %s failed: %s", event.type, exc)
+        if not strict:
+            self.backlog.hold(event, origin)
+        return False
 
     def _admin_ok(self, request: web.Request) -> bool:
         try:
@@ -168,7 +205,7 @@ class TrackingApp:
             self.counters["clicks_total:invalid"] += 1
             return self._not_found()
         assert isinstance(url, str)
-        await self._record(self._event(EventType.CLICKED, payload, request, url=url))
+        await self._record(await self._event(EventType.CLICKED, payload, request, url=url))
         location = url
         if not url.isascii():
             # RFC 3986 on the wire, the resource a browser would request for the same href: the
@@ -194,7 +231,7 @@ class TrackingApp:
     async def open(self, request: web.Request) -> web.Response:
         payload = self._payload(request.match_info["token"], "o")
         if payload is not None:
-            await self._record(self._event(EventType.OPENED, payload, request))
+            await self._record(await self._event(EventType.OPENED, payload, request))
         else:
             self.counters["opens_total:invalid"] += 1
         return web.Response(body=PIXEL, content_type="image/gif", headers=NO_STORE)
@@ -211,12 +248,20 @@ class TrackingApp:
         if payload is None:
             return self._not_found()
         await request.read()  # "List-Unsubscribe=One-Click" (RFC 8058); any body is accepted
-        if not await self._record(self._event(EventType.UNSUBSCRIBED, payload, request), strict=True):
+        if not await self._record(await self._event(EventType.UNSUBSCRIBED, payload, request), strict=True):
             return web.Response(status=503, text="Try again later", headers={"Retry-After": "60", **NO_STORE})
         page = _UNSUB_DONE.format(address=html.escape(str(payload.get("r") or "this address")))
         return web.Response(text=page, content_type="text/html", headers=NO_STORE)
 
+    async def close(self, app: web.Application) -> None:
+        """At shutdown: stop writing the backlog (what is still held is logged as lost)."""
+        await self.backlog.close()
+        self._lookups.shutdown(wait=False, cancel_futures=True)
+
     async def healthz(self, request: web.Request) -> web.Response:
+        if not self.database_up():
+            # still redirecting and counting: a load balancer must keep sending clicks here
+            return web.Response(text=f"degraded: database unreachable, {len(self.backlog)} event(s) held\n")
         try:
             await asyncio.to_thread(self.store.counts_by_type)
         except Exception as exc:
@@ -274,11 +319,15 @@ def _count_requests(counters: Metrics) -> Callable[..., Awaitable[web.StreamResp
 
 
 def build_app(
-    config: Config, events: EventSink, store: EventStore, metrics: Metrics, webhooks: Sequence[WebhookStats] = ()
+    config: Config, events: EventSink, store: EventStore, metrics: Metrics, webhooks: Sequence[WebhookStats] = (),
+    database_up: Callable[[], bool] = lambda: True,
 ) -> web.Application:
-    """The tracking endpoints on their ports; config errors (bad regex, bad network) raise here."""
-    t = TrackingApp(config, events, store, metrics, webhooks)
+    """The tracking endpoints on their ports; config errors (bad regex, bad network) raise here.
+    ``database_up``: whether the shared database is reachable (events go straight to the backlog if not)."""
+    t = TrackingApp(config, events, store, metrics, webhooks, database_up)
     app = web.Application(middlewares=[_count_requests(metrics)], client_max_size=64 * 1024)
+    app[BACKLOG] = t.backlog
+    app.on_cleanup.append(t.close)
     app.router.add_get("/c/{token}", t.click, name="click")
     app.router.add_get("/o/{token}.gif", t.open, name="open")
     app.router.add_get("/u/{token}", t.unsubscribe_form, name="unsubscribe_form")

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from pipeline.events import EVENT_TYPES
 from pipeline.ports import EventStore
+from pipeline.storage.health import DatabaseHealth
 
 
 class WebhookStats(Protocol):
@@ -56,6 +57,9 @@ COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
     "rejected_events_total": (("result",), "Refusals (SMTP and the HTTP send API) as rejected events: stored, "
                                            "aggregated into a later event's count, dropped (too many kinds)."),
     "api_auth_failures_total": (("result",), "Management API requests refused for their token (invalid, throttled)."),
+    "event_backlog_total": (("source", "result"), "Events the event store did not take while the database was away "
+                                                  "(source: tracking clicks and opens, other events): held in memory, "
+                                                  "written later, or dropped (backlog full, or still held at shutdown)."),
 }
 # histogram name -> (label names, help, buckets in seconds)
 HISTOGRAMS: dict[str, tuple[tuple[str, ...], str, tuple[float, ...]]] = {
@@ -124,22 +128,19 @@ class GatewayCollector(Collector):
         spool: Callable[[], object],
         events: Callable[[], EventStore],
         services: Callable[[], Sequence[object]],
+        health: DatabaseHealth | None = None,
+        held: Callable[[], dict[str, int]] = dict,
     ) -> None:
         # Callables, not the stores: registering must not open them (read commands create nothing).
         self._spool, self._events, self._services = spool, events, services
+        self._health = health  # the shared database's, when [storage] url is set
+        self._held = held  # events held in memory while the database is away, by source (besides tracking)
 
     def describe(self) -> list[GaugeMetricFamily]:
         return []  # registering must not open the spool or the event store (read commands create nothing)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        spool: Any = self._spool()
-        by_state, oldest = spool.queue_summary() if hasattr(spool, "queue_summary") else ({}, None)
-        g = GaugeMetricFamily("smtpgate_queue_recipients", "Recipients in the queue, by state.", labels=["state"])
-        for state in sorted({"queued", "processing", "deferred", *by_state}):
-            g.add_metric([state], by_state.get(state, 0))
-        yield g
-        yield GaugeMetricFamily("smtpgate_queue_oldest_age_seconds", "Age of the oldest message still queued (0: none).",
-                                value=max(0.0, time.time() - oldest) if oldest else 0.0)
+        held = {"tracking": 0, **self._held()}
         for service in self._services():
             if getattr(service, "name", "") == "ingress":
                 yield GaugeMetricFamily("smtpgate_smtp_sessions_open", "SMTP sessions open now.",
@@ -150,6 +151,32 @@ class GatewayCollector(Collector):
                 g.add_metric(["ok"], getattr(service, "sent", 0))
                 g.add_metric(["error"], getattr(service, "failures", 0))
                 yield g
+            if getattr(service, "name", "") == "tracking":
+                held["tracking"] = held.get("tracking", 0) + int(getattr(service, "backlog", 0))
+        g = GaugeMetricFamily("smtpgate_event_backlog_events", "Events held in memory until the event store takes "
+                              "them (the database is away), by source.", labels=["source"])
+        for source, n in sorted(held.items()):
+            g.add_metric([source], n)
+        yield g
+        if self._health is not None and not self._health.up:
+            return  # the database is away: /metrics answers now with what this process knows
+        try:
+            yield from self._stored()
+        except Exception:  # a scrape must not fail (or wait) because the database does
+            return
+
+    def _stored(self) -> Iterator[GaugeMetricFamily]:
+        """Figures read from the spool and the event store (skipped while the database is away)."""
+        spool: Any = self._spool()
+        by_state, oldest = spool.queue_summary() if hasattr(spool, "queue_summary") else ({}, None)
+        families = []
+        g = GaugeMetricFamily("smtpgate_queue_recipients", "Recipients in the queue, by state.", labels=["state"])
+        for state in sorted({"queued", "processing", "deferred", *by_state}):
+            g.add_metric([state], by_state.get(state, 0))
+        families.append(g)
+        families.append(GaugeMetricFamily("smtpgate_queue_oldest_age_seconds",
+                                          "Age of the oldest message still queued (0: none).",
+                                          value=max(0.0, time.time() - oldest) if oldest else 0.0))
         store = self._events()
         stored: dict[str, int] = {}
         for type_, n in store.counts_by_type().items():
@@ -158,14 +185,55 @@ class GatewayCollector(Collector):
         g = GaugeMetricFamily("smtpgate_stored_events", "Events in the event store, by type.", labels=["type"])
         for type_, n in sorted(stored.items()):
             g.add_metric([type_], n)
-        yield g
+        families.append(g)
         counts = store.webhook_counts()
         g = GaugeMetricFamily("smtpgate_webhook_outbox", "Webhook deliveries by state.", labels=["state"])
         for state in ("pending", "delivered", "dead"):
             g.add_metric([state], counts.get(state, 0))
-        yield g
-        yield GaugeMetricFamily("smtpgate_suppressed_addresses", "Addresses on the stoplist (all scopes).",
-                                value=store.suppressed_count())
+        families.append(g)
+        families.append(GaugeMetricFamily("smtpgate_suppressed_addresses", "Addresses on the stoplist (all scopes).",
+                                          value=store.suppressed_count()))
+        yield from families  # all or nothing: a half-read scrape would look like a drop to zero
+
+
+class DatabaseCollector(Collector):
+    """The shared database as this process sees it (:mod:`pipeline.storage.health`): up or down,
+    pools, errors by operation, operation latency. Read from memory: a scrape never touches the database."""
+
+    def __init__(self, health: DatabaseHealth) -> None:
+        self.health = health
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        h = self.health
+        yield GaugeMetricFamily("smtpgate_db_up", "1 while the database answers, 0 from the first failed connection "
+                                "until the next success.", value=1 if h.up else 0)
+        yield GaugeMetricFamily("smtpgate_db_down_seconds", "Seconds since the database stopped answering (0: up).",
+                                value=0.0 if h.up else max(0.0, time.time() - h.down_since))
+        size = GaugeMetricFamily("smtpgate_db_pool_connections", "Pooled connections, by pool (store) and state.",
+                                 labels=["pool", "state"])
+        waiting = GaugeMetricFamily("smtpgate_db_pool_waiting", "Callers waiting for a pooled connection, by pool.",
+                                    labels=["pool"])
+        totals: dict[tuple[str, str], int] = {}
+        waits: dict[str, int] = {}
+        for pool in list(h.pools):
+            try:
+                stats = pool.get_stats()
+            except Exception:  # a pool closing during the scrape
+                continue
+            name = str(pool.name)
+            for state, key in (("open", "pool_size"), ("idle", "pool_available"), ("max", "pool_max")):
+                totals[(name, state)] = totals.get((name, state), 0) + int(stats.get(key, 0))
+            waits[name] = waits.get(name, 0) + int(stats.get("requests_waiting", 0))
+        for (name, state), n in sorted(totals.items()):
+            size.add_metric([name, state], n)
+        for name, n in sorted(waits.items()):
+            waiting.add_metric([name], n)
+        yield size
+        yield waiting
+        yield from h.registry.collect()
 
 
 def render_metrics(metrics: object, accept: str | None = None) -> tuple[bytes, str]:
