@@ -113,11 +113,40 @@ class RecipientOutcome:
         return f"{self.dsn} {self.reply}".strip()[:1000]
 
 
+class EnqueueClaimer(Protocol):
+    """Delivery as the spool sees it at enqueue: takes a message in the enqueue's own transaction
+    (its recipients committed already ``processing``, leased), so a free delivery slot gets it with
+    no claim query and no extra commit (issue 17 item 4)."""
+
+    def reserve(self, recipients: Sequence[str], not_before: float) -> float | None:
+        """A delivery slot for a message about to be committed: the lease (seconds), or ``None``
+        (no free slot, not due yet, a held destination): then it is committed ``queued``."""
+        ...
+
+    def claimed(self, messages: list[QueuedMessage]) -> None:
+        """Reserved messages now committed ``processing``: deliver them (in the event loop)."""
+        ...
+
+    def cancel(self, n: int) -> None:
+        """``n`` reservations whose commit failed: the slots are free again."""
+        ...
+
+
 class Spool(SpoolWriter, Protocol):
     """The spool as delivery and the queue tools use it (SQLite today, PostgreSQL later)."""
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` in the event loop after each committed enqueue (wakes delivery)."""
+        ...
+
+    def set_claimer(self, claimer: EnqueueClaimer | None) -> None:
+        """Hand messages to ``claimer`` at enqueue when it has a free slot (a backend may ignore it)."""
+        ...
+
+    def changed_elsewhere(self) -> bool:
+        """Whether another process may have changed the queue since the last call (``smtpgate
+        queue retry``, another node): cheap, called from the event loop on the scheduler's poll
+        tick so an idle scheduler needs no queue query."""
         ...
 
     def recover(self) -> int:

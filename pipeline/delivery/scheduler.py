@@ -11,6 +11,13 @@ Crash safety: results are committed only after the next hop accepted the copy, a
 everything left in ``processing`` is queued again, so a ``kill -9`` at any moment means at
 worst a duplicate, never a loss.
 
+Idle costs nothing (issue 17 item 4): the scheduler sleeps until an enqueue or a finished message
+wakes it, or the earliest deferred recipient is due; it does not re-read the queue on a timer.
+Every ``[spool] poll_interval`` it only asks the spool whether another process changed the queue
+(SQLite: ``PRAGMA data_version``, no query of the queue; PostgreSQL: always yes, so a node
+claims other nodes' mail and expired leases within that interval). A message enqueued while a
+slot is free is handed over in its enqueue transaction (:meth:`DeliveryService.reserve`), not claimed.
+
 Database outages (PostgreSQL down or restarting): a failed claim pauses claiming (and, once the
 database answers, hands back the rows it may have leased after all: its COMMIT can have happened
 with the reply lost), and a failed result commit keeps the results in memory and retries them, both with backoff (``RETRY_MIN`` to
@@ -135,6 +142,10 @@ class DeliveryService:
         self.pool.metrics = metrics  # plugin latencies measured in the workers
         self.metrics = metrics
         self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reserved = 0  # slots promised to enqueues not yet committed (reserve/claimed/cancel)
+        self._more = True  # the queue may hold claimable work not yet claimed: a claim pass is due
+        self._due: float | None = None  # the earliest deferred recipient's next attempt, as last known
         self._tasks: dict[asyncio.Task[None], QueuedMessage] = {}
         self._held: set[tuple[str, str]] = set()  # (queue_id, recipient) claimed and not yet recorded
         self._copy_logs: dict[str, dict[str, dict[str, Any]]] = {}  # queue id -> recipient -> copy_log()
@@ -155,9 +166,11 @@ class DeliveryService:
             drained = await self.results.drain()
             if drained:
                 log.warning("stored %d event(s) committed with their results before a crash", drained)
+        self._loop = asyncio.get_running_loop()
         spool.add_listener(self.wakeup)
         await self.pool.start()
         self._stopping = False
+        spool.set_claimer(self)
         self._runner = asyncio.create_task(self._run(), name="delivery-scheduler")
 
     async def stop(self, grace: float) -> None:
@@ -177,8 +190,55 @@ class DeliveryService:
         await self.router.close()
 
     def wakeup(self) -> None:
-        """New work may be due (an enqueue, a finished message)."""
+        """New work may be due (an enqueue, a finished message, a retry from the API's thread)."""
+        loop = self._loop
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or running is loop:
+            self._poke()
+        elif not loop.is_closed():  # asyncio.Event is not thread-safe
+            loop.call_soon_threadsafe(self._poke)
+
+    def _poke(self) -> None:
+        self._more = True
         self._wake.set()
+
+    # -- hand-over at enqueue (pipeline.ports.EnqueueClaimer) ------------------------------
+
+    def _free(self) -> int:
+        return self.settings.max_in_flight - len(self._tasks) - self._reserved
+
+    def reserve(self, recipients: Sequence[str], not_before: float) -> float | None:
+        """Take a message being enqueued when a slot is free and it is due now and not held back by
+        shaping: it is committed already leased to us, with no claim query and no second commit."""
+        if self._stopping or self._runner is None or self._free() <= 0 or not_before > self.clock():
+            return None
+        hold = self._hold()
+        if hold and any(r.rpartition("@")[2].lower() in hold for r in recipients):
+            return None
+        self._reserved += 1
+        return self.settings.lease
+
+    def claimed(self, messages: list[QueuedMessage]) -> None:
+        """Reserved messages committed ``processing``: deliver them as a claim's. Once stopping,
+        they stay leased in the spool and ``recover`` queues them at the next start."""
+        self._reserved -= len(messages)
+        if self._stopping:
+            return
+        for msg in messages:
+            self._start(msg)
+
+    def cancel(self, n: int) -> None:
+        self._reserved -= n
+        self._wake.set()  # slots free again
+
+    def _start(self, msg: QueuedMessage) -> None:
+        self._held.update((msg.queue_id, r) for r in msg.recipients)
+        task = asyncio.create_task(self._handle(msg), name=f"deliver-{msg.queue_id}")
+        self._tasks[task] = msg
+        task.add_done_callback(self._finished)
 
     @property
     def in_flight(self) -> int:
@@ -191,52 +251,69 @@ class DeliveryService:
         attempt = 0
         unsure: list[float] = []  # lease_until of claims that failed: their COMMIT may have happened
         while not self._stopping:
-            self._wake.clear()
-            free = self.settings.max_in_flight - len(self._tasks)
+            await self._idle()
+            if self._stopping:
+                break
+            self._more = False  # an enqueue from now on sets it again
+            free = self._free()
             claimed: list[QueuedMessage] = []
-            due: float | None = None
             try:
                 if unsure:
                     released = await asyncio.to_thread(spool.release_leases, list(unsure))
                     unsure.clear()
                     if released:
                         log.warning("handed back %d recipient(s) leased by a claim whose reply was lost", released)
-                if free > 0:
-                    now = self.clock()
-                    try:
-                        claimed = await asyncio.to_thread(
-                            spool.claim, free, self.settings.lease, now, frozenset(self._held), self._hold()
-                        )
-                    except Exception:
-                        unsure.append(now + self.settings.lease)  # the lease_until that claim set, if it did
-                        raise
-                if not (claimed and len(claimed) == free) and len(self._tasks) + len(claimed) < self.settings.max_in_flight:
-                    due = await asyncio.to_thread(spool.next_due, self._hold())
+                now = self.clock()
+                try:
+                    claimed = await asyncio.to_thread(
+                        spool.claim, free, self.settings.lease, now, frozenset(self._held), self._hold()
+                    )
+                except Exception:
+                    unsure.append(now + self.settings.lease)  # the lease_until that claim set, if it did
+                    raise
+                if len(claimed) < free:
+                    self._due = await asyncio.to_thread(spool.next_due, self._hold())
             except Exception as exc:  # a database away or locked must pause claiming, never end it
+                self._more = True
                 attempt += 1
                 await asyncio.sleep(self._claims.failed("claim", exc, attempt))
                 continue
             attempt = 0
             self._claims.ok("claim")
             for msg in claimed:
-                self._held.update((msg.queue_id, r) for r in msg.recipients)
-                task = asyncio.create_task(self._handle(msg), name=f"deliver-{msg.queue_id}")
-                self._tasks[task] = msg
-                task.add_done_callback(self._finished)
-            if claimed and len(claimed) == free:
-                continue
+                self._start(msg)
+            if claimed and len(claimed) >= free:
+                self._more = True  # the queue may hold more than the slots took
+
+    async def _idle(self) -> None:
+        """Return when a claim pass is due: woken with work (``_more``) or the earliest deferred
+        recipient due, and a slot free. Meanwhile no queue query: every ``poll_interval`` only
+        :meth:`Spool.changed_elsewhere` (another process changed the queue)."""
+        while not self._stopping:
+            free = self._free() > 0
+            due = self._due
+            now = self.clock()
+            if free and (self._more or (due is not None and due <= now)):
+                return
             timeout = self.settings.poll_interval
-            if due is not None:
-                timeout = max(0.0, min(timeout, due - self.clock()))
-            if timeout > 0:
+            if free and due is not None:
+                timeout = min(timeout, due - now)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+                continue  # woken: look again (a finished message, an enqueue, a new due time)
+            except TimeoutError:
+                pass
+            if due is None or due > self.clock():  # the poll tick, not the due time
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                except TimeoutError:
-                    pass
+                    if self.spool.changed_elsewhere():
+                        self._more = True
+                except Exception:  # the claim pass will find out, and back off
+                    self._more = True
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
-        self._wake.set()
+        self._wake.set()  # a slot is free: _idle looks whether anything waits for it (no query)
 
     async def run_once(self) -> int:
         """Claim and fully handle everything due now (tools and tests); returns messages handled."""
@@ -407,6 +484,10 @@ class DeliveryService:
         else:
             await self._until_done(msg.queue_id, lambda: self.spool.record(outcomes))
         self._held.difference_update((msg.queue_id, o.recipient) for o in outcomes)
+        retries = [o.next_attempt for o in outcomes if o.state == RecipientState.DEFERRED]
+        if retries:  # the scheduler's next wake-up, known without asking the spool
+            self._due = min(retries) if self._due is None else min(self._due, *retries)
+            self._wake.set()
         for o, event in zip(outcomes, events, strict=True):
             delay = float(event.data["delay"])
             if o.state == RecipientState.DELIVERED and self.metrics is not None:

@@ -12,6 +12,10 @@ Same tables and states as the SQLite spool (``pipeline/spool/sqlite.py``). What 
   ``processing``, so a restarting node must not steal them (its own come back when their lease ends).
 - ``record`` locks the message rows first, so two nodes finishing the last recipients of one
   message concurrently cannot both miss that it is complete (and leave it in the queue for ever).
+- Other nodes' mail and expired leases are seen by polling: ``changed_elsewhere`` is always true,
+  so an idle scheduler runs one claim every ``[spool] poll_interval`` (1 s by default); the local
+  enqueue still wakes it at once. Messages are not handed to delivery at enqueue
+  (``set_claimer`` is ignored): the claim's ``SKIP LOCKED`` spreads them over the nodes.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from psycopg import Connection
 
 from pipeline.contract.context import MessageContext
 from pipeline.contract.vocabulary import FINAL_STATES
-from pipeline.ports import QueuedMessage, RecipientOutcome
+from pipeline.ports import EnqueueClaimer, QueuedMessage, RecipientOutcome
 from pipeline.spool.rows import RECIPIENT_COLUMNS, ROW_KEYS, recipient_rows, show_record
 from pipeline.storage.batching import GroupCommit
 from pipeline.storage.postgres import open_pool, pg_tx
@@ -72,6 +76,13 @@ class PostgresSpool:
     def _notify(self) -> None:
         for callback in self._listeners:
             callback()
+
+    def set_claimer(self, claimer: EnqueueClaimer | None) -> None:
+        """Ignored: on a shared database the nodes' claims share the queue out (see the module doc)."""
+
+    def changed_elsewhere(self) -> bool:
+        """Always: other nodes enqueue, and their leases expire, without telling this one."""
+        return True
 
     async def enqueue(
         self, ctx: MessageContext, data: bytes, recipients: list[str],

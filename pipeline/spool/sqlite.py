@@ -4,6 +4,12 @@ Concurrent sessions' commits are batched: every ``enqueue`` waits on one shared 
 that a single writer commits, so N sessions finishing DATA together cost one fsync, not N.
 Delivery results are batched the same way (:meth:`SqliteSpool.record`).
 
+Delivery costs nothing while there is nothing to do (issue 17 item 4): a message is handed to a free
+delivery slot in its enqueue's own transaction (committed ``processing`` with a lease: no claim
+query, no second commit; ``set_claimer``), and the scheduler learns of changes made by another
+process (``smtpgate queue retry``) from ``PRAGMA data_version`` on this connection
+(``changed_elsewhere``), not by re-reading the queue.
+
 State per recipient: ``queued`` -> ``processing`` (claimed, with a lease) -> ``delivered`` |
 ``deferred`` (with ``next_attempt``) | ``bounced`` | ``expired`` | ``failed`` | ``discarded``.
 A message row is removed once every recipient has reached a final state (like Postfix: the
@@ -23,7 +29,7 @@ from typing import Any
 
 from pipeline.contract.context import MessageContext
 from pipeline.contract.vocabulary import FINAL_STATES
-from pipeline.ports import QueuedMessage, RecipientOutcome
+from pipeline.ports import EnqueueClaimer, QueuedMessage, RecipientOutcome
 from pipeline.spool.rows import RECIPIENT_COLUMNS, ROW_KEYS, recipient_rows, show_record
 from pipeline.storage.sqlite import open_sqlite
 
@@ -64,6 +70,19 @@ _FINAL_SQL = ",".join(f"'{s}'" for s in sorted(FINAL_STATES))
 _NOT_HELD = " AND rcpt_domain(recipient) NOT IN (SELECT value FROM json_each(?))"
 
 
+Row = tuple[str, str, bytes, str, float]
+"""A ``messages`` row: ``(queue_id, mail_from, data, context JSON, created_at)``."""
+
+
+def _claimed(row: Row, recipients: list[str]) -> QueuedMessage:
+    """The message an enqueue committed already claimed, as :meth:`SqliteSpool.claim` would return it."""
+    return QueuedMessage(
+        queue_id=row[0], mail_from=row[1], data=row[2], context=json.loads(row[3]), created_at=row[4],
+        recipients=list(recipients), attempts=dict.fromkeys(recipients, 0),
+        plugin_failures=dict.fromkeys(recipients, 0),
+    )
+
+
 def recipient_domain(address: str | None) -> str:
     """The lower-cased domain of a recipient address (SQL function ``rcpt_domain``)."""
     return (address or "").rpartition("@")[2].lower()
@@ -78,12 +97,14 @@ class SqliteSpool:
         self._conn.executescript(SCHEMA)
         self._conn.create_function("rcpt_domain", 1, recipient_domain, deterministic=True)
         self._lock = threading.Lock()
-        self._pending: list[tuple[tuple[object, ...], list[str], float, asyncio.Future[None]]] = []
+        self._pending: list[tuple[Row, list[str], float, float | None, asyncio.Future[None]]] = []
         self._flushing = False
         self._updates: list[tuple[list[RecipientOutcome], list[OutboxRow], asyncio.Future[None]]] = []
         self._recording = False
         self._listeners: list[Callable[[], None]] = []
         self.commit_observer: Callable[[float], None] | None = None  # seconds per enqueue commit
+        self._claimer: EnqueueClaimer | None = None
+        self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
 
     # -- ingress side ---------------------------------------------------------------------
 
@@ -91,13 +112,39 @@ class SqliteSpool:
         """Call ``callback`` (in the event loop) after each committed enqueue: wakes the delivery service."""
         self._listeners.append(callback)
 
+    def _notify(self) -> None:
+        for callback in self._listeners:
+            callback()
+
+    def set_claimer(self, claimer: EnqueueClaimer | None) -> None:
+        """Hand each enqueued message to ``claimer`` in its enqueue transaction when it has a slot."""
+        self._claimer = claimer
+
+    def changed_elsewhere(self) -> bool:
+        """Whether another connection (another process: the queue CLI) committed to spool.db since
+        the last call. ``PRAGMA data_version`` reads the WAL index in shared memory: no table is
+        read and no thread is needed; this connection's own commits do not change it (they wake
+        the scheduler themselves). When a commit holds the connection, answer yes (look again)."""
+        if not self._lock.acquire(blocking=False):
+            return True
+        try:
+            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        finally:
+            self._lock.release()
+        changed = version != self._data_version
+        self._data_version = version
+        return bool(changed)
+
     async def enqueue(self, ctx: MessageContext, data: bytes, recipients: list[str]) -> None:
         """Commit the message durably (fsync'd) before returning; raise on failure."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        row = (ctx.queue_id, ctx.message.mail_from or "", data, json.dumps(ctx.to_record()), time.time())
+        row: Row = (ctx.queue_id, ctx.message.mail_from or "", data, json.dumps(ctx.to_record()), time.time())
         # Deferred delivery (a dialect's send_at): the recipients are due at not_before, not now.
-        self._pending.append((row, list(recipients), float(ctx.not_before or 0.0), fut))
+        not_before = float(ctx.not_before or 0.0)
+        rcpts = list(dict.fromkeys(recipients))
+        lease = self._claimer.reserve(rcpts, not_before) if self._claimer is not None else None
+        self._pending.append((row, rcpts, not_before, lease, fut))
         if not self._flushing:
             self._flushing = True
             loop.create_task(self._flush())
@@ -107,43 +154,58 @@ class SqliteSpool:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
+                leased = [(row, rcpts) for row, rcpts, _, lease, _ in batch if lease is not None]
                 try:
-                    await asyncio.to_thread(self._commit, [(r, rc, nb) for r, rc, nb, _ in batch])
+                    await asyncio.to_thread(self._commit, [(r, rc, nb, ls) for r, rc, nb, ls, _ in batch])
                 except Exception as exc:
-                    for _, _, _, fut in batch:
+                    if leased and self._claimer is not None:
+                        self._claimer.cancel(len(leased))
+                    for *_, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc)
                 else:
-                    for _, _, _, fut in batch:
+                    for *_, fut in batch:
                         if not fut.done():
                             fut.set_result(None)
-                    for callback in self._listeners:
-                        callback()
+                    if leased and self._claimer is not None:
+                        self._claimer.claimed([_claimed(row, rcpts) for row, rcpts in leased])
+                    if len(leased) < len(batch):
+                        self._notify()
         finally:
             self._flushing = False
 
-    def _commit(self, batch: list[tuple[tuple[object, ...], list[str], float]]) -> None:
+    def _commit(self, batch: list[tuple[Row, list[str], float, float | None]]) -> float:
         started = time.perf_counter()
-        self._commit_rows(batch)
+        now = self._commit_rows(batch)
         if self.commit_observer is not None:  # /metrics: store commit latency
             self.commit_observer(time.perf_counter() - started)
+        return now
 
-    def _commit_rows(self, batch: list[tuple[tuple[object, ...], list[str], float]]) -> None:
+    def _commit_rows(self, batch: list[tuple[Row, list[str], float, float | None]]) -> float:
+        """Insert the batch in one transaction; a message with a lease is inserted already claimed."""
         with self._lock:
             cur = self._conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
                 now = time.time()
-                for row, rcpts, not_before in batch:
+                for row, rcpts, not_before, lease in batch:
                     cur.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?)", row)
-                    cur.executemany(
-                        "INSERT INTO recipients (queue_id, recipient, updated_at, next_attempt) VALUES (?, ?, ?, ?)",
-                        [(row[0], r, now, not_before) for r in dict.fromkeys(rcpts)],
-                    )
+                    if lease is None:
+                        cur.executemany(
+                            "INSERT INTO recipients (queue_id, recipient, updated_at, next_attempt) VALUES (?, ?, ?, ?)",
+                            [(row[0], r, now, not_before) for r in rcpts],
+                        )
+                    else:
+                        cur.executemany(
+                            "INSERT INTO recipients (queue_id, recipient, updated_at, next_attempt, state, lease_until) "
+                            "VALUES (?, ?, ?, ?, 'processing', ?)",
+                            [(row[0], r, now, not_before, now + lease) for r in rcpts],
+                        )
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
+            return now
 
     # -- delivery side --------------------------------------------------------------------
 
@@ -391,7 +453,10 @@ class SqliteSpool:
                 )
             return cur.rowcount
 
-        return int(self._transaction(run))
+        n = int(self._transaction(run))
+        if n:
+            self._notify()  # due now: in this process data_version does not change, so wake delivery
+        return n
 
     def hold(self, queue_id: str) -> int:
         """Stop a message's waiting copies (``queued``, ``deferred``) from being attempted; how many.
@@ -418,8 +483,7 @@ class SqliteSpool:
 
         n = int(self._transaction(run))
         if n:
-            for callback in self._listeners:  # wake delivery, as an enqueue does
-                callback()
+            self._notify()  # wake delivery, as an enqueue does
         return n
 
     def delete(self, queue_id: str) -> bool:
