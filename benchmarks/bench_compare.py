@@ -14,7 +14,10 @@ tree, so one run gives before/after tables (e.g. ``--tree ../baseline --tree .``
     - a bare aiosmtpd server whose DATA handler only answers 250 (``bench_ingress.serve_bare``),
     - ``smtpgate serve`` per tree: the default chain's admission plugins, durable spool, the
       processing chain empty, null egress, delivery running.
-    Printed: msg/s and each round's ratio smtpgate / reference (min / median / max over rounds).
+    Printed: msg/s and each round's ratio smtpgate / reference (min / median / max over rounds),
+    and smtpgate's CPU ms per message (main process and workers, utime + stime from /proc, from
+    before the run until delivery has emptied the spool), then each smtpgate's CPU over
+    ``--idle-seconds`` of doing nothing (all trees in the same window).
 (b) end to end: ``smtpgate serve`` per tree with the full default chain (every feature, the
     css_inline engine or ``--engines css_inline premailer``, RSA-2048 DKIM) relaying to Postfix's
     ``smtp-sink``; ``size-typical.eml`` with 1, 10 and 100 recipients per transaction, the same
@@ -151,6 +154,7 @@ class Server:
     pid: int
     stop: Callable[[], Awaitable[None]]
     log: list[str] = field(default_factory=list)
+    spool: Path | None = None  # smtpgate's spool.db: delivery is done when its queue is empty
 
     def cpu(self) -> dict[int, float]:
         return {p: cpu_seconds(p) for p in process_tree(self.pid)}
@@ -238,7 +242,29 @@ async def start_smtpgate(
         text = text.replace("plugins = []", "plugins = " + repr(ADMISSION_PLUGINS).replace("'", '"'))
     cfg.write_text(text)
     proc, port, log = await e2e.start_server(cfg, tree)
-    return Server(name, port, proc.pid, lambda: terminate(proc), log)
+    return Server(name, port, proc.pid, lambda: terminate(proc), log, data_dir / "spool.db")
+
+
+async def spool_drained(spool: Path, timeout: float = 120.0) -> None:
+    """Wait until the spool holds no message (delivery caught up), reading it from this process."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout
+    conn = sqlite3.connect(f"file:{spool}?mode=ro", uri=True, timeout=30)
+    try:
+        while conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{spool}: delivery did not empty the spool in {timeout:.0f} s")
+            await asyncio.sleep(0.05)
+    finally:
+        conn.close()
+
+
+def split_cpu(server: Server, before: dict[int, float], after: dict[int, float]) -> tuple[float, float]:
+    """(main process, children) CPU seconds between two ``Server.cpu()`` readings."""
+    main = after.get(server.pid, 0.0) - before.get(server.pid, 0.0)
+    kids = sum(v - before.get(p, 0.0) for p, v in after.items() if p != server.pid)
+    return main, kids
 
 
 class Sink:
@@ -321,14 +347,21 @@ async def bench_ingress(
         for s in servers:  # warm-up: imports, caches, the first spool pages
             await smtp_source(s.port, 20, 2, 10240)
         rates: dict[tuple[int, int, str], list[float]] = {}
+        cpu_ms: dict[tuple[int, int, str], list[tuple[float, float]]] = {}
         sizes = [kb * 1024 for kb in args.sizes_kb]
         for r in range(args.rounds):
             for size in sizes:
                 for sessions in args.sessions:
                     order = servers[r % len(servers) :] + servers[: r % len(servers)]  # rotate who goes first
                     for s in order:
+                        before = s.cpu() if s.spool is not None else {}
                         rate = await smtp_source(s.port, args.ingress_messages, sessions, size)
                         rates.setdefault((size, sessions, s.name), []).append(rate)
+                        if s.spool is not None:
+                            await spool_drained(s.spool)
+                            main, kids = split_cpu(s, before, s.cpu())
+                            n = args.ingress_messages
+                            cpu_ms.setdefault((size, sessions, s.name), []).append((main * 1000 / n, kids * 1000 / n))
         print(
             f"\n(a) ingress: smtp-source, one connection per message, {args.ingress_messages} messages per "
             f"measurement, {args.rounds} interleaved rounds; msg/s min / median / max"
@@ -354,6 +387,23 @@ async def bench_ingress(
                         ]
                         row += f"{stats(ratios, '.2f'):>22}"
                 print(row, flush=True)
+        print("\nsmtpgate CPU ms per message until delivered (null egress): main process | workers, min / median / max")
+        print(f"{'size':>6}{'sessions':>9}" + "".join(f"{g:>44}" for g in gates))
+        for size in sizes:
+            for sessions in args.sessions:
+                row = f"{size // 1024:>4}KB{sessions:>9}"
+                for g in gates:
+                    ms = cpu_ms[(size, sessions, g)]
+                    row += f"{stats([m for m, _ in ms], '.2f') + ' | ' + stats([k for _, k in ms], '.2f'):>44}"
+                print(row, flush=True)
+        if args.idle_seconds > 0:
+            smtpgates = [s for s in servers if s.spool is not None]
+            before_idle = {s.name: s.cpu() for s in smtpgates}
+            await asyncio.sleep(args.idle_seconds)
+            print(f"\nsmtpgate idle (nothing sent for {args.idle_seconds:.0f} s, same window): CPU ms per second, main | workers")
+            for s in smtpgates:
+                main, kids = split_cpu(s, before_idle[s.name], s.cpu())
+                print(f"  {s.name:<28}{main * 1000 / args.idle_seconds:>7.2f} | {kids * 1000 / args.idle_seconds:.2f}")
         print("\n(c) memory, ingress servers idle after the run: RSS MiB (main + children = total)")
         for s in servers:
             main, kids = s.rss()
@@ -544,6 +594,7 @@ def main() -> None:
     ap.add_argument("--engines", nargs="+", choices=["css_inline", "premailer"], default=["css_inline"])
     ap.add_argument("--ingress-messages", type=int, default=200, help="messages per ingress measurement")
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 10, 50])
+    ap.add_argument("--idle-seconds", type=float, default=30.0, help="idle CPU window after the ingress runs (0: skip)")
     ap.add_argument("--sizes-kb", type=int, nargs="+", default=[10, 60])
     ap.add_argument("--copies", type=int, default=200, help="recipient copies per end-to-end measurement")
     ap.add_argument("--rcpts", type=int, nargs="+", default=[1, 10, 100])

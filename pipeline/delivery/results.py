@@ -112,7 +112,7 @@ class OutboxResults:
         """Store the outbox's events in events.db (group-committed), then forget them; how many.
         An event that cannot be stored stays in the outbox for the next drain."""
         async with self._draining:
-            rows = await asyncio.to_thread(self.spool.outbox)
+            rows = await self.spool.take_outbox()
             if not rows:
                 return 0
             items = [(id_, origin, event_from_record(json.loads(ev)), json.loads(urls)) for id_, origin, ev, urls in rows]
@@ -124,7 +124,7 @@ class OutboxResults:
                 if isinstance(result, BaseException):
                     log.error("event from the spool's outbox not stored yet (kept for the next drain): %s", result)
                     break
-            await asyncio.to_thread(self.spool.outbox_done, [id_ for id_, _, _, _ in done])
+            await self.spool.forget_outbox([id_ for id_, _, _, _ in done])
         for _, _, event, urls in done:
             try:
                 await self.emitter.committed(event, urls)

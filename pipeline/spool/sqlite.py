@@ -1,8 +1,9 @@
 """SQLite spool (WAL, ``synchronous=FULL``).
 
 Concurrent sessions' commits are batched: every ``enqueue`` waits on one shared transaction
-that a single writer commits, so N sessions finishing DATA together cost one fsync, not N.
-Delivery results are batched the same way (:meth:`SqliteSpool.record`).
+that a single writer thread commits (:class:`~pipeline.storage.sqlite.SqliteWriter`), so N
+sessions finishing DATA together cost one fsync, not N; delivery results and the event outbox
+go through the same writer, into the same transactions (:meth:`SqliteSpool.record`).
 
 Delivery costs nothing while there is nothing to do (issue 17 item 4): a message is handed to a free
 delivery slot in its enqueue's own transaction (committed ``processing`` with a lease: no claim
@@ -31,7 +32,7 @@ from pipeline.contract.context import MessageContext
 from pipeline.contract.vocabulary import FINAL_STATES
 from pipeline.ports import EnqueueClaimer, QueuedMessage, RecipientOutcome
 from pipeline.spool.rows import RECIPIENT_COLUMNS, ROW_KEYS, recipient_rows, show_record
-from pipeline.storage.sqlite import open_sqlite
+from pipeline.storage.sqlite import SqliteWriter, open_sqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -83,6 +84,49 @@ def _claimed(row: Row, recipients: list[str]) -> QueuedMessage:
     )
 
 
+def _insert(cur: sqlite3.Cursor, row: Row, rcpts: list[str], not_before: float, lease: float | None) -> None:
+    """One enqueued message; with a lease its recipients are inserted already claimed (``processing``)."""
+    now = time.time()
+    cur.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?)", row)
+    if lease is None:
+        cur.executemany(
+            "INSERT INTO recipients (queue_id, recipient, updated_at, next_attempt) VALUES (?, ?, ?, ?)",
+            [(row[0], r, now, not_before) for r in rcpts],
+        )
+    else:
+        cur.executemany(
+            "INSERT INTO recipients (queue_id, recipient, updated_at, next_attempt, state, lease_until) "
+            "VALUES (?, ?, ?, ?, 'processing', ?)",
+            [(row[0], r, now, not_before, now + lease) for r in rcpts],
+        )
+
+
+def _record_rows(cur: sqlite3.Cursor, updates: Sequence[RecipientOutcome], outbox: Sequence[OutboxRow]) -> None:
+    """Results (and their events' outbox rows); a message whose recipients are all final leaves."""
+    now = time.time()
+    cur.executemany("INSERT INTO event_outbox (origin, event, urls) VALUES (?, ?, ?)", list(outbox))
+    cur.executemany(
+        "UPDATE recipients SET state=?, attempts=?, next_attempt=?, last_reply=?, "
+        "plugin_failures=?, next_hop=?, lease_until=0, updated_at=? WHERE queue_id=? AND recipient=?",
+        [
+            (u.state, u.attempts, u.next_attempt, u.last_reply or None, u.plugin_failures, u.relay, now,
+             u.queue_id, u.recipient)
+            for u in updates
+        ],
+    )
+    for qid in {u.queue_id for u in updates}:
+        open_left = cur.execute(
+            f"SELECT 1 FROM recipients WHERE queue_id=? AND state NOT IN ({_FINAL_SQL}) LIMIT 1", (qid,)
+        ).fetchone()
+        if open_left is None:
+            cur.execute("DELETE FROM messages WHERE queue_id=?", (qid,))
+
+
+def _outbox_rows(cur: sqlite3.Cursor, limit: int) -> list[tuple[int, str, str, str]]:
+    rows = cur.execute("SELECT id, origin, event, urls FROM event_outbox ORDER BY id LIMIT ?", (limit,)).fetchall()
+    return [(int(i), str(o), str(e), str(u)) for i, o, e, u in rows]
+
+
 def recipient_domain(address: str | None) -> str:
     """The lower-cased domain of a recipient address (SQL function ``rcpt_domain``)."""
     return (address or "").rpartition("@")[2].lower()
@@ -97,14 +141,20 @@ class SqliteSpool:
         self._conn.executescript(SCHEMA)
         self._conn.create_function("rcpt_domain", 1, recipient_domain, deterministic=True)
         self._lock = threading.Lock()
-        self._pending: list[tuple[Row, list[str], float, float | None, asyncio.Future[None]]] = []
-        self._flushing = False
-        self._updates: list[tuple[list[RecipientOutcome], list[OutboxRow], asyncio.Future[None]]] = []
-        self._recording = False
+        self._writer = SqliteWriter(self._conn, self._lock, "spool-writer")
         self._listeners: list[Callable[[], None]] = []
-        self.commit_observer: Callable[[float], None] | None = None  # seconds per enqueue commit
+        self._wake_due = False
         self._claimer: EnqueueClaimer | None = None
         self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+
+    @property
+    def commit_observer(self) -> Callable[[float], None] | None:
+        """Called with the seconds of each commit of the writer (/metrics ``store_commit_seconds``)."""
+        return self._writer.observer
+
+    @commit_observer.setter
+    def commit_observer(self, observer: Callable[[float], None] | None) -> None:
+        self._writer.observer = observer
 
     # -- ingress side ---------------------------------------------------------------------
 
@@ -115,6 +165,10 @@ class SqliteSpool:
     def _notify(self) -> None:
         for callback in self._listeners:
             callback()
+
+    def _notify_batch(self) -> None:
+        self._wake_due = False
+        self._notify()
 
     def set_claimer(self, claimer: EnqueueClaimer | None) -> None:
         """Hand each enqueued message to ``claimer`` in its enqueue transaction when it has a slot."""
@@ -136,76 +190,26 @@ class SqliteSpool:
         return bool(changed)
 
     async def enqueue(self, ctx: MessageContext, data: bytes, recipients: list[str]) -> None:
-        """Commit the message durably (fsync'd) before returning; raise on failure."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        """Commit the message durably (fsync'd) before returning; raise on failure. Concurrent
+        enqueues (and delivery results) share the writer's transaction: one fsync for all."""
         row: Row = (ctx.queue_id, ctx.message.mail_from or "", data, json.dumps(ctx.to_record()), time.time())
         # Deferred delivery (a dialect's send_at): the recipients are due at not_before, not now.
         not_before = float(ctx.not_before or 0.0)
         rcpts = list(dict.fromkeys(recipients))
-        lease = self._claimer.reserve(rcpts, not_before) if self._claimer is not None else None
-        self._pending.append((row, rcpts, not_before, lease, fut))
-        if not self._flushing:
-            self._flushing = True
-            loop.create_task(self._flush())
-        await fut
+        claimer = self._claimer
+        lease = claimer.reserve(rcpts, not_before) if claimer is not None else None
 
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                leased = [(row, rcpts) for row, rcpts, _, lease, _ in batch if lease is not None]
-                try:
-                    await asyncio.to_thread(self._commit, [(r, rc, nb, ls) for r, rc, nb, ls, _ in batch])
-                except Exception as exc:
-                    if leased and self._claimer is not None:
-                        self._claimer.cancel(len(leased))
-                    for *_, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
+        def then(error: BaseException | None) -> None:
+            if claimer is not None and lease is not None:
+                if error is None:
+                    claimer.claimed([_claimed(row, rcpts)])
                 else:
-                    for *_, fut in batch:
-                        if not fut.done():
-                            fut.set_result(None)
-                    if leased and self._claimer is not None:
-                        self._claimer.claimed([_claimed(row, rcpts) for row, rcpts in leased])
-                    if len(leased) < len(batch):
-                        self._notify()
-        finally:
-            self._flushing = False
+                    claimer.cancel(1)
+            elif error is None and not self._wake_due:  # one wake-up per committed batch, not per message
+                self._wake_due = True
+                asyncio.get_running_loop().call_soon(self._notify_batch)
 
-    def _commit(self, batch: list[tuple[Row, list[str], float, float | None]]) -> float:
-        started = time.perf_counter()
-        now = self._commit_rows(batch)
-        if self.commit_observer is not None:  # /metrics: store commit latency
-            self.commit_observer(time.perf_counter() - started)
-        return now
-
-    def _commit_rows(self, batch: list[tuple[Row, list[str], float, float | None]]) -> float:
-        """Insert the batch in one transaction; a message with a lease is inserted already claimed."""
-        with self._lock:
-            cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                now = time.time()
-                for row, rcpts, not_before, lease in batch:
-                    cur.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?)", row)
-                    if lease is None:
-                        cur.executemany(
-                            "INSERT INTO recipients (queue_id, recipient, updated_at, next_attempt) VALUES (?, ?, ?, ?)",
-                            [(row[0], r, now, not_before) for r in rcpts],
-                        )
-                    else:
-                        cur.executemany(
-                            "INSERT INTO recipients (queue_id, recipient, updated_at, next_attempt, state, lease_until) "
-                            "VALUES (?, ?, ?, ?, 'processing', ?)",
-                            [(row[0], r, now, not_before, now + lease) for r in rcpts],
-                        )
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            return now
+        await self._writer.run(lambda cur: _insert(cur, row, rcpts, not_before, lease), then)
 
     # -- delivery side --------------------------------------------------------------------
 
@@ -315,74 +319,27 @@ class SqliteSpool:
     async def record(self, updates: Sequence[RecipientOutcome], outbox: Sequence[OutboxRow] = ()) -> None:
         """Commit recipients' results (with ``outbox``: the events describing them, as
         ``(origin, event JSON, webhook URLs JSON)`` rows of ``event_outbox``, drained into the event
-        store after the commit: issue 11 point 3); concurrent callers share one transaction (one fsync)."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        self._updates.append((list(updates), list(outbox), fut))
-        if not self._recording:
-            self._recording = True
-            loop.create_task(self._flush_updates())
-        await fut
-
-    async def _flush_updates(self) -> None:
-        try:
-            while self._updates:
-                batch, self._updates = self._updates, []
-                try:
-                    await asyncio.to_thread(
-                        self.record_sync, [u for ups, _, _ in batch for u in ups], [r for _, rows, _ in batch for r in rows]
-                    )
-                except Exception as exc:
-                    for _, _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                else:
-                    for _, _, fut in batch:
-                        if not fut.done():
-                            fut.set_result(None)
-        finally:
-            self._recording = False
+        store after the commit: issue 11 point 3), in the writer's shared transaction (one fsync)."""
+        updates, outbox = list(updates), list(outbox)
+        await self._writer.run(lambda cur: _record_rows(cur, updates, outbox))
 
     def record_sync(self, updates: Sequence[RecipientOutcome], outbox: Sequence[OutboxRow] = ()) -> None:
         """Apply results in one transaction; drop messages whose recipients are all final."""
+        self._transaction(lambda cur: _record_rows(cur, updates, outbox))
 
-        def run(cur: sqlite3.Cursor) -> None:
-            now = time.time()
-            cur.executemany("INSERT INTO event_outbox (origin, event, urls) VALUES (?, ?, ?)", list(outbox))
-            cur.executemany(
-                "UPDATE recipients SET state=?, attempts=?, next_attempt=?, last_reply=?, "
-                "plugin_failures=?, next_hop=?, lease_until=0, updated_at=? WHERE queue_id=? AND recipient=?",
-                [
-                    (
-                        u.state,
-                        u.attempts,
-                        u.next_attempt,
-                        u.last_reply or None,
-                        u.plugin_failures,
-                        u.relay,
-                        now,
-                        u.queue_id,
-                        u.recipient,
-                    )
-                    for u in updates
-                ],
-            )
-            for qid in {u.queue_id for u in updates}:
-                open_left = cur.execute(
-                    f"SELECT 1 FROM recipients WHERE queue_id=? AND state NOT IN ({_FINAL_SQL}) LIMIT 1", (qid,)
-                ).fetchone()
-                if open_left is None:
-                    cur.execute("DELETE FROM messages WHERE queue_id=?", (qid,))
+    async def take_outbox(self, limit: int = 500) -> list[tuple[int, str, str, str]]:
+        """:meth:`outbox` through the writer (no thread hop of its own)."""
+        return await self._writer.run(lambda cur: _outbox_rows(cur, limit))
 
-        self._transaction(run)
+    async def forget_outbox(self, ids: Sequence[int]) -> None:
+        """:meth:`outbox_done` through the writer, in its shared transaction."""
+        rows = [(i,) for i in ids]
+        await self._writer.run(lambda cur: cur.executemany("DELETE FROM event_outbox WHERE id = ?", rows))
 
     def outbox(self, limit: int = 500) -> list[tuple[int, str, str, str]]:
         """Events committed with their results and not yet in the event store: ``(id, origin, event, urls)``."""
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT id, origin, event, urls FROM event_outbox ORDER BY id LIMIT ?", (limit,)
-            ).fetchall()
-        return [(int(i), str(o), str(e), str(u)) for i, o, e, u in rows]
+            return _outbox_rows(self._conn.cursor(), limit)
 
     def outbox_done(self, ids: Sequence[int]) -> None:
         """Forget outbox rows the event store now holds (its ``origin`` key makes a repeat harmless)."""
@@ -512,5 +469,6 @@ class SqliteSpool:
             return int(self._conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
 
     def close(self) -> None:
+        self._writer.close()
         with self._lock:
             self._conn.close()

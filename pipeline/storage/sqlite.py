@@ -1,4 +1,5 @@
-"""SQLite opened the one way every store here needs it: WAL, ``synchronous=FULL``, a busy timeout.
+"""SQLite opened the one way every store here needs it: WAL, ``synchronous=FULL``, a busy timeout;
+and written from the event loop through one group-committing thread per database (:class:`SqliteWriter`).
 
 The spool and the event store both go through this, so a PostgreSQL backend later replaces one
 function per store, not every caller.
@@ -6,8 +7,16 @@ function per store, not every caller.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import sqlite3
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar, cast
+
+R = TypeVar("R")
 
 
 def open_sqlite(path: Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
@@ -19,3 +28,116 @@ def open_sqlite(path: Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=30000")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+class SqliteWriter:
+    """The one thread that writes a SQLite database for the event loop, group-committing.
+
+    Why (issue 17 item 4): each write used to be its own hop to a thread pool
+    (``asyncio.to_thread``: ``ThreadPoolExecutor.submit``, a concurrent future wrapped in an
+    asyncio one, a wake-up per call), the top own-time function of the main process. Here every
+    write of one database (enqueues, delivery results, event rows) is appended to one queue; the
+    writer drains whatever is there, runs each operation in a savepoint of one ``BEGIN IMMEDIATE``
+    transaction, commits once (one fsync with ``synchronous=FULL``) and resolves the callers'
+    futures with one call per batch. A caller returns only after the COMMIT that holds its write;
+    an operation that raises is rolled back alone and its caller gets the exception; a failed
+    COMMIT fails every caller of the batch (none of it was committed).
+    """
+
+    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock, name: str) -> None:
+        self._conn = conn
+        self._lock = lock  # the connection's lock: synchronous callers (queue tools) share it
+        self._queue: collections.deque[_Op] = collections.deque()
+        self._ready = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._name = name
+        self.observer: Callable[[float], None] | None = None  # seconds per committed batch (/metrics)
+
+    async def run(self, fn: Callable[[sqlite3.Cursor], R], then: Then | None = None) -> R:
+        """Run ``fn(cursor)`` inside the writer's next transaction; its result once committed.
+        ``then(error)`` runs in the event loop when the outcome is known (``None``: committed),
+        even if the caller was cancelled meanwhile (a committed claim must still be handed over)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        with self._ready:
+            if self._closed:
+                raise RuntimeError(f"{self._name}: the database is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread.start()
+            self._queue.append((fn, fut, loop, then))
+            self._ready.notify()
+        return cast("R", await fut)
+
+    def _loop(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue and not self._closed:
+                    self._ready.wait()
+                if not self._queue:
+                    return
+                batch = list(self._queue)
+                self._queue.clear()
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Op]) -> None:
+        done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        started = time.perf_counter()
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+                for fn, fut, _, _ in batch:
+                    cur.execute("SAVEPOINT op")
+                    try:
+                        result = fn(cur)
+                    except Exception as op_error:
+                        cur.execute("ROLLBACK TO op")
+                        cur.execute("RELEASE op")
+                        done.append((fut, None, op_error))
+                    else:
+                        cur.execute("RELEASE op")
+                        done.append((fut, result, None))
+                cur.execute("COMMIT")
+            except Exception as batch_error:  # BEGIN or COMMIT failed: nothing of the batch is stored
+                if self._conn.in_transaction:
+                    try:
+                        cur.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                done = [(fut, None, batch_error) for _, fut, _, _ in batch]
+        if self.observer is not None:
+            self.observer(time.perf_counter() - started)
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Done]] = {}
+        for (_, _, loop, then), (fut, result, error) in zip(batch, done, strict=True):
+            by_loop.setdefault(loop, []).append((fut, result, error, then))
+        for loop, items in by_loop.items():
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_resolve, items)
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the thread (before the connection is closed)."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+
+Then = Callable[[BaseException | None], None]
+_Op = tuple[Callable[[sqlite3.Cursor], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop, Then | None]
+_Done = tuple["asyncio.Future[Any]", Any, BaseException | None, Then | None]
+
+
+def _resolve(items: list[_Done]) -> None:
+    for fut, result, exc, then in items:
+        if then is not None:
+            then(exc)
+        if fut.done():
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)

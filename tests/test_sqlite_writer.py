@@ -1,0 +1,91 @@
+"""The one writer thread per SQLite database (issue 17 item 4): concurrent writes share commits, a
+failing write is rolled back alone, and a committed write's follow-up runs even if its caller left."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from pipeline.storage.sqlite import SqliteWriter, open_sqlite
+
+
+def writer_on(tmp_path: Path) -> tuple[sqlite3.Connection, SqliteWriter, list[float]]:
+    conn = open_sqlite(tmp_path / "w.db")
+    conn.execute("CREATE TABLE t (v INTEGER PRIMARY KEY)")
+    commits: list[float] = []
+    writer = SqliteWriter(conn, threading.Lock(), "test-writer")
+    writer.observer = commits.append
+    return conn, writer, commits
+
+
+def insert(v: int):  # type: ignore[no-untyped-def]
+    return lambda cur: cur.execute("INSERT INTO t VALUES (?)", (v,)).rowcount
+
+
+async def test_concurrent_writes_share_commits_and_each_caller_gets_its_result(tmp_path: Path) -> None:
+    conn, writer, commits = writer_on(tmp_path)
+    try:
+        results = await asyncio.gather(*(writer.run(insert(v)) for v in range(100)))
+    finally:
+        writer.close()
+    assert results == [1] * 100
+    assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 100
+    assert 1 <= len(commits) < 100
+
+
+async def test_a_failing_write_is_rolled_back_alone(tmp_path: Path) -> None:
+    conn, writer, _ = writer_on(tmp_path)
+
+    def half_then_fail(cur: sqlite3.Cursor) -> None:
+        cur.execute("INSERT INTO t VALUES (2)")
+        raise ValueError("bad row")
+
+    try:
+        results = await asyncio.gather(writer.run(insert(1)), writer.run(half_then_fail), writer.run(insert(3)),
+                                       return_exceptions=True)
+    finally:
+        writer.close()
+    assert results[0] == 1 and isinstance(results[1], ValueError) and results[2] == 1
+    assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 3]
+
+
+async def test_a_failed_commit_fails_every_caller_of_the_batch(tmp_path: Path) -> None:
+    conn, writer, _ = writer_on(tmp_path)
+    conn.execute("BEGIN")  # the writer's BEGIN IMMEDIATE then fails: nothing of its batch is stored
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            await writer.run(insert(1))
+    finally:
+        conn.execute("ROLLBACK")
+        writer.close()
+    assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 0
+
+
+async def test_the_follow_up_of_a_committed_write_runs_though_its_caller_was_cancelled(tmp_path: Path) -> None:
+    conn, writer, _ = writer_on(tmp_path)
+    outcome: list[BaseException | None] = []
+    seen = asyncio.Event()
+
+    def then(error: BaseException | None) -> None:
+        outcome.append(error)
+        seen.set()
+
+    gate = threading.Event()
+
+    def slow(cur: sqlite3.Cursor) -> None:
+        gate.wait(10)
+        cur.execute("INSERT INTO t VALUES (7)")
+
+    try:
+        task = asyncio.create_task(writer.run(slow, then))
+        await asyncio.sleep(0)  # queued
+        task.cancel()
+        gate.set()
+        await asyncio.wait_for(seen.wait(), 10)
+    finally:
+        writer.close()
+    assert outcome == [None] and conn.execute("SELECT v FROM t").fetchall() == [(7,)]
