@@ -8,8 +8,6 @@ import sqlite3
 import threading
 from pathlib import Path
 
-import pytest
-
 from pipeline.storage.sqlite import SqliteWriter, open_sqlite
 
 
@@ -55,13 +53,27 @@ async def test_a_failing_write_is_rolled_back_alone(tmp_path: Path) -> None:
 
 async def test_a_failed_commit_fails_every_caller_of_the_batch(tmp_path: Path) -> None:
     conn, writer, _ = writer_on(tmp_path)
-    conn.execute("BEGIN")  # the writer's BEGIN IMMEDIATE then fails: nothing of its batch is stored
+    conn.executescript("CREATE TABLE parent (id INTEGER PRIMARY KEY);"
+                       "CREATE TABLE child (ref INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);")
+    gate, running = threading.Event(), threading.Event()
+
+    def hold(cur: sqlite3.Cursor) -> None:  # holds the writer while the next two queue
+        running.set()
+        gate.wait(10)
+
     try:
-        with pytest.raises(sqlite3.OperationalError):
-            await writer.run(insert(1))
+        first = asyncio.create_task(writer.run(hold))
+        await asyncio.to_thread(running.wait, 10)
+        good = asyncio.create_task(writer.run(insert(1)))
+        orphan = asyncio.create_task(writer.run(lambda cur: cur.execute("INSERT INTO child VALUES (99)")))
+        await asyncio.sleep(0)
+        gate.set()
+        await first
+        results = await asyncio.gather(good, orphan, return_exceptions=True)
     finally:
-        conn.execute("ROLLBACK")
         writer.close()
+    # the orphan's foreign key is checked at COMMIT: the whole batch fails, the good row too
+    assert all(isinstance(r, sqlite3.IntegrityError) for r in results)
     assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 0
 
 
