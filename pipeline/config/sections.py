@@ -174,7 +174,7 @@ class SpoolSection(Section):
     lifetime: float = Field(default=5 * 86400.0, gt=0)  # Postfix maximal_queue_lifetime
     max_plugin_attempts: int = Field(default=5, ge=1)
     lease: float = Field(default=300.0, gt=0)  # seconds a claimed recipient stays "processing"
-    poll_interval: float = Field(default=1.0, gt=0)  # how often the queue is re-read (CLI retry/flush)
+    poll_interval: float = Field(default=1.0, gt=0)  # how soon another process's queue change is seen (CLI retry/flush)
     max_in_flight: int = Field(default=64, ge=1)  # messages being processed or delivered at once
     bounce_notices: bool = True  # RFC 3464 notice to the sender on bounce/expiry (pipeline/delivery/notices.py)
 
