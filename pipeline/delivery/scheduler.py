@@ -146,6 +146,7 @@ class DeliveryService:
         self._reserved = 0  # slots promised to enqueues not yet committed (reserve/claimed/cancel)
         self._more = True  # the queue may hold claimable work not yet claimed: a claim pass is due
         self._due: float | None = None  # the earliest deferred recipient's next attempt, as last known
+        self._early: float | None = None  # the earliest retry recorded while a next_due query ran
         self._tasks: dict[asyncio.Task[None], QueuedMessage] = {}
         self._held: set[tuple[str, str]] = set()  # (queue_id, recipient) claimed and not yet recorded
         self._copy_logs: dict[str, dict[str, dict[str, Any]]] = {}  # queue id -> recipient -> copy_log()
@@ -170,6 +171,7 @@ class DeliveryService:
         spool.add_listener(self.wakeup)
         await self.pool.start()
         self._stopping = False
+        self._more = True  # a claim pass first: what a previous run left is due
         spool.set_claimer(self)
         self._runner = asyncio.create_task(self._run(), name="delivery-scheduler")
 
@@ -272,7 +274,10 @@ class DeliveryService:
                     unsure.append(now + self.settings.lease)  # the lease_until that claim set, if it did
                     raise
                 if len(claimed) < free:
-                    self._due = await asyncio.to_thread(spool.next_due, self._hold())
+                    self._early = None
+                    due = await asyncio.to_thread(spool.next_due, self._hold())
+                    early = self._early  # a retry committed while the query ran may be missing from it
+                    self._due = due if early is None else early if due is None else min(due, early)
             except Exception as exc:  # a database away or locked must pause claiming, never end it
                 self._more = True
                 attempt += 1
@@ -486,7 +491,9 @@ class DeliveryService:
         self._held.difference_update((msg.queue_id, o.recipient) for o in outcomes)
         retries = [o.next_attempt for o in outcomes if o.state == RecipientState.DEFERRED]
         if retries:  # the scheduler's next wake-up, known without asking the spool
-            self._due = min(retries) if self._due is None else min(self._due, *retries)
+            first = min(retries)
+            self._due = first if self._due is None else min(self._due, first)
+            self._early = first if self._early is None else min(self._early, first)
             self._wake.set()
         for o, event in zip(outcomes, events, strict=True):
             delay = float(event.data["delay"])
