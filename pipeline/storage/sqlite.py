@@ -113,8 +113,10 @@ class SqliteWriter:
         for (_, _, loop, then), (fut, result, error) in zip(batch, done, strict=True):
             by_loop.setdefault(loop, []).append((fut, result, error, then))
         for loop, items in by_loop.items():
-            if not loop.is_closed():
+            try:
                 loop.call_soon_threadsafe(_resolve, items)
+            except RuntimeError:  # that loop is closed: nobody waits for these any more
+                pass
 
     def close(self) -> None:
         """Finish what is queued, then stop the thread (before the connection is closed)."""
