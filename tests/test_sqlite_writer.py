@@ -27,12 +27,15 @@ def insert(v: int):  # type: ignore[no-untyped-def]
 async def test_concurrent_writes_share_commits_and_each_caller_gets_its_result(tmp_path: Path) -> None:
     conn, writer, commits = writer_on(tmp_path)
     try:
-        results = await asyncio.gather(*(writer.run(insert(v)) for v in range(100)))
+        results = await asyncio.gather(*(writer.run(insert(v), measured=True) for v in range(100)))
+        measured_commits = len(commits)
+        await writer.run(insert(100))  # not measured (not an enqueue): its commit is not observed
     finally:
         writer.close()
     assert results == [1] * 100
-    assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 100
+    assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 101
     assert 1 <= len(commits) < 100
+    assert len(commits) == measured_commits
 
 
 async def test_a_failing_write_is_rolled_back_alone(tmp_path: Path) -> None:

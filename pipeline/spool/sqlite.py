@@ -149,7 +149,7 @@ class SqliteSpool:
 
     @property
     def commit_observer(self) -> Callable[[float], None] | None:
-        """Called with the seconds of each commit of the writer (/metrics ``store_commit_seconds``)."""
+        """Called with the seconds of each commit holding an enqueue (/metrics ``store_commit_seconds``)."""
         return self._writer.observer
 
     @commit_observer.setter
@@ -209,7 +209,7 @@ class SqliteSpool:
                 self._wake_due = True
                 asyncio.get_running_loop().call_soon(self._notify_batch)
 
-        await self._writer.run(lambda cur: _insert(cur, row, rcpts, not_before, lease), then)
+        await self._writer.run(lambda cur: _insert(cur, row, rcpts, not_before, lease), then, measured=True)
 
     # -- delivery side --------------------------------------------------------------------
 

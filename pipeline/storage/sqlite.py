@@ -52,12 +52,14 @@ class SqliteWriter:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._name = name
-        self.observer: Callable[[float], None] | None = None  # seconds per committed batch (/metrics)
+        # seconds per committed batch holding a ``measured`` operation (/metrics: accepted messages' commits)
+        self.observer: Callable[[float], None] | None = None
 
-    async def run(self, fn: Callable[[sqlite3.Cursor], R], then: Then | None = None) -> R:
+    async def run(self, fn: Callable[[sqlite3.Cursor], R], then: Then | None = None, *, measured: bool = False) -> R:
         """Run ``fn(cursor)`` inside the writer's next transaction; its result once committed.
         ``then(error)`` runs in the event loop when the outcome is known (``None``: committed),
-        even if the caller was cancelled meanwhile (a committed claim must still be handed over)."""
+        even if the caller was cancelled meanwhile (a committed claim must still be handed over).
+        ``measured``: the batch's commit time goes to ``observer`` (the enqueues' durable commits)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         with self._ready:
@@ -66,7 +68,7 @@ class SqliteWriter:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
                 self._thread.start()
-            self._queue.append((fn, fut, loop, then))
+            self._queue.append((fn, fut, loop, then, measured))
             self._ready.notify()
         return cast("R", await fut)
 
@@ -88,7 +90,7 @@ class SqliteWriter:
             cur = self._conn.cursor()
             try:
                 cur.execute("BEGIN IMMEDIATE")
-                for fn, fut, _, _ in batch:
+                for fn, fut, _, _, _ in batch:
                     cur.execute("SAVEPOINT op")
                     try:
                         result = fn(cur)
@@ -106,11 +108,11 @@ class SqliteWriter:
                         cur.execute("ROLLBACK")
                     except sqlite3.Error:
                         pass
-                done = [(fut, None, batch_error) for _, fut, _, _ in batch]
-        if self.observer is not None:
+                done = [(fut, None, batch_error) for _, fut, _, _, _ in batch]
+        if self.observer is not None and any(op[4] for op in batch):
             self.observer(time.perf_counter() - started)
         by_loop: dict[asyncio.AbstractEventLoop, list[_Done]] = {}
-        for (_, _, loop, then), (fut, result, error) in zip(batch, done, strict=True):
+        for (_, _, loop, then, _), (fut, result, error) in zip(batch, done, strict=True):
             by_loop.setdefault(loop, []).append((fut, result, error, then))
         for loop, items in by_loop.items():
             try:
@@ -129,7 +131,7 @@ class SqliteWriter:
 
 
 Then = Callable[[BaseException | None], None]
-_Op = tuple[Callable[[sqlite3.Cursor], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop, Then | None]
+_Op = tuple[Callable[[sqlite3.Cursor], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop, Then | None, bool]
 _Done = tuple["asyncio.Future[Any]", Any, BaseException | None, Then | None]
 
 
