@@ -73,7 +73,7 @@ async def test_a_worker_gets_the_queue_id_and_reads_the_bytes_from_the_spool(sin
     assert max(sent) < 4096, sent  # the message is 290 KB; the record and envelope are what crosses
     body = BIG.split(b"\r\n\r\n", 1)[1]
     assert len(sink.messages) == 3
-    assert all(m.raw.replace(b"\r\n", b"\n").endswith(body.replace(b"\r\n", b"\n")) for m in sink.messages)
+    assert all(m.data.replace(b"\r\n", b"\n").endswith(body.replace(b"\r\n", b"\n")) for m in sink.messages)
 
 
 async def test_a_message_the_worker_cannot_read_is_deferred_and_logged_with_its_queue_id(data_dir, tmp_path, caplog):
