@@ -125,9 +125,12 @@ def _shared_objects(pid: int) -> set[str]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_serve_workers_do_not_load_the_parents_main_module(tmp_path: Path) -> None:
-    """``python -m pipeline.app.cli serve``: multiprocessing would import the CLI (and with it
-    aiohttp, the API, the console) into every worker as ``__mp_main__``."""
-    proc, children, log = start_gateway(tmp_path)
+    """``smtpgate serve`` (a console script: ``__main__`` is a file): multiprocessing would run
+    that file, so import the CLI (and with it aiohttp, the API, the console) in every worker as
+    ``__mp_main__``."""
+    script = tmp_path / "smtpgate"  # what pip writes for the console script
+    script.write_text("import sys\nfrom pipeline.app.cli import main\nif __name__ == '__main__':\n    sys.exit(main())\n")
+    proc, children, log = start_gateway(tmp_path, [sys.executable, str(script)])
     try:
         workers = [p for p in children if "forkserver" in Path(f"/proc/{p}/cmdline").read_text()
                    and int(Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()[1]) != proc.pid]
