@@ -280,7 +280,8 @@ class WorkerPool:
 
     def _new_executor(self) -> ProcessPoolExecutor:
         in_main = any(getattr(p, "__module__", None) == "__main__" for p in self.extra_plugins)
-        ctx = multiprocessing.get_context("forkserver") if in_main else _WorkerContext()
+        known = sys.version_info < (3, 14)  # _WorkerPopen copies _launch as CPython 3.11-3.13 have it
+        ctx = _WorkerContext() if known and not in_main else multiprocessing.get_context("forkserver")
         start_forkserver()
         return ProcessPoolExecutor(
             max_workers=self.workers,
