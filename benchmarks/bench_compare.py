@@ -500,6 +500,15 @@ class E2EResult:
     workers_ms: list[float] = field(default_factory=list)  # server CPU per copy, worker processes
 
 
+async def workers_ready(server: Server, workers: int, timeout: float = 60) -> None:
+    """Until every worker process has logged that its chain is built (the pool starts after the
+    SMTP listener), so the idle figures include them."""
+    deadline = time.monotonic() + timeout
+    while sum("worker ready" in line for line in server.log) < workers and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1)  # settle
+
+
 async def bench_e2e(args: argparse.Namespace, tmp: Path, key: Path, trees: list[tuple[str, Path]]) -> None:
     raw = (e2e.CORPUS / "size-typical.eml").read_bytes()
     servers: list[tuple[Server, Sink]] = []
@@ -514,6 +523,7 @@ async def bench_e2e(args: argparse.Namespace, tmp: Path, key: Path, trees: list[
                 label = name if len(args.engines) == 1 else f"{name} {engine}"
                 server = await start_smtpgate(label, tree, tmp, key, sink.port, args.workers, engine)
                 servers.append((server, sink))
+                await workers_ready(server, args.workers)
                 idle[server.name] = (*server.rss(), server.per_process())
         first = 0
         for server, sink in servers:  # warm-up: every plugin loaded in every worker, caches filled
