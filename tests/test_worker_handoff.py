@@ -23,7 +23,9 @@ import pytest
 
 from pipeline.app.gateway import Gateway
 from pipeline.config.loading import parse_config
-from pipeline.delivery.workers import SpoolSource, loaded_modules
+from pipeline.contract.context import MessageContext
+from pipeline.contract.message import Message
+from pipeline.delivery.workers import SpoolReader, SpoolSource, loaded_modules
 from tests.support.smtp_sink import EventRecorder, smtp_egress
 from tests.test_delivery import enqueue, start_service, stop
 from tests.test_process_lifetime import alive, start_gateway
@@ -148,3 +150,28 @@ def test_serve_workers_do_not_load_the_parents_main_module(tmp_path: Path) -> No
         proc.wait()
         for pid in alive(children):
             os.kill(pid, signal.SIGKILL)
+
+
+async def test_the_worker_reader_reads_both_backends_checks_the_length_and_survives_a_dropped_connection(backend):
+    spool = backend.spool()
+    ctx = MessageContext(message=Message(BIG, "app@example.org", ["x@example.net"]))
+    await spool.enqueue(ctx, BIG, ["x@example.net"])
+    source = (SpoolSource("postgres", backend.url) if backend.url else
+              SpoolSource("sqlite", str(backend.config.data_dir / "spool.db")))
+    reader = SpoolReader(source)
+    try:
+        assert reader.read(ctx.queue_id, len(BIG)) == BIG
+        with pytest.raises(ValueError, match="the spool holds"):
+            reader.read(ctx.queue_id, len(BIG) + 1)
+        with pytest.raises(LookupError):
+            reader.read("no-such-id", 1)
+        if backend.url:  # a PostgreSQL restart drops the worker's connection: the next read reconnects
+            import psycopg
+
+            assert reader.read(ctx.queue_id, len(BIG)) == BIG
+            with psycopg.connect(backend.url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (reader._conn.info.backend_pid,))
+            assert reader.read(ctx.queue_id, len(BIG)) == BIG
+    finally:
+        reader.close()
+        spool.close()

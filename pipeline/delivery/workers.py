@@ -82,8 +82,14 @@ class SpoolReader:
         try:
             data = self._select(queue_id)
         except Exception:
-            self.close()  # a broken connection: the next message opens a new one
-            raise
+            # A connection the database dropped (a PostgreSQL restart) fails once: retry on a new one,
+            # so a restart does not count as a processing failure of the message in hand.
+            self.close()
+            try:
+                data = self._select(queue_id)
+            except Exception:
+                self.close()
+                raise
         if data is None:
             raise LookupError(f"{queue_id} is not in the spool")
         if len(data) != size:
@@ -106,7 +112,7 @@ class SpoolReader:
             return conn
         import psycopg  # only a worker of a PostgreSQL spool loads it
 
-        return psycopg.connect(self.source.where, autocommit=True)
+        return psycopg.connect(self.source.where, autocommit=True, connect_timeout=10)
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
