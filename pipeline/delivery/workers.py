@@ -30,6 +30,7 @@ import signal
 import sqlite3
 import sys
 import types
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -107,7 +108,8 @@ class SpoolReader:
 
     def _connect(self) -> Any:
         if self.source.kind == "sqlite":
-            conn = sqlite3.connect(f"file:{self.source.where}?mode=ro", uri=True, check_same_thread=False)
+            uri = f"file:{urllib.parse.quote(self.source.where)}?mode=ro"  # a data dir may have ? or # in its name
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout=5000")
             return conn
         import psycopg  # only a worker of a PostgreSQL spool loads it
