@@ -25,7 +25,7 @@ from pipeline.app.gateway import Gateway
 from pipeline.config.loading import parse_config
 from pipeline.contract.context import MessageContext
 from pipeline.contract.message import Message
-from pipeline.delivery.workers import SpoolReader, SpoolSource, loaded_modules
+from pipeline.delivery.workers import IdleTrim, SpoolReader, SpoolSource, loaded_modules
 from tests.support.smtp_sink import EventRecorder, smtp_egress
 from tests.test_delivery import enqueue, start_service, stop
 from tests.test_process_lifetime import alive, start_gateway
@@ -175,3 +175,18 @@ async def test_the_worker_reader_reads_both_backends_checks_the_length_and_survi
     finally:
         reader.close()
         spool.close()
+
+
+def test_a_worker_trims_its_heap_once_per_idle_spell_never_while_busy():
+    trims: list[int] = []
+    idle = IdleTrim(lambda: trims.append(1), after=1.0)
+    assert not idle.tick(100.0)  # no message yet: nothing was freed
+    idle.last_done = 100.0
+    assert not idle.tick(100.5)  # idle for less than a second
+    idle.busy = True
+    assert not idle.tick(105.0)  # a message in hand
+    idle.busy = False
+    assert idle.tick(105.0) and trims == [1]
+    assert not idle.tick(110.0)  # once per idle spell
+    idle.last_done = 111.0
+    assert idle.tick(112.0) and trims == [1, 1]

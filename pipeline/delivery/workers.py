@@ -20,6 +20,7 @@ forkserver, which dies with the main process, however that ends (SIGTERM to the 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import importlib.util
 import io
 import logging
@@ -29,6 +30,8 @@ import pickle
 import signal
 import sqlite3
 import sys
+import threading
+import time
 import types
 import urllib.parse
 from collections.abc import Callable
@@ -173,7 +176,7 @@ def _init_worker(
     ``settings`` is the pickled ``(config, extra plugin classes)``: unpickling it imports the
     plugin modules, which must happen after :func:`lazy_imports` (their libraries import
     ``requests`` and ``dns.resolver`` at module level)."""
-    global _worker, _reader
+    global _worker, _reader, _idle
     setup_logging(*log_settings)  # a forkserver child starts with logging unconfigured
     # The parent decides when to stop (SIGTERM/Ctrl-C reach the whole process group); a worker
     # killed mid-message would turn a clean shutdown into a retry. Ignoring them is safe only
@@ -185,6 +188,7 @@ def _init_worker(
     config, extra_plugins = pickle.loads(settings)
     _reader = SpoolReader(source) if source is not None else None
     _worker = (build_chain(config, extra_plugins), asyncio.new_event_loop())
+    _idle = IdleTrim.start()
     log.info("worker ready: %d plugins in the chain", len(_worker[0].plugins.plugins))
 
 
@@ -216,6 +220,54 @@ async def run_processing(
     return copies
 
 
+class IdleTrim:
+    """Hands freed heap back to the OS once processing has been idle for ``after`` seconds.
+
+    A copy is about the message's size and a 100-recipient message's copies are pickled back
+    together, so after a busy spell glibc keeps tens of MiB of freed heap (measured after a run:
+    a worker 84 MiB, 70 after ``malloc_trim(0)``; the main process, which receives the copies,
+    130 and 118). Trimming only when idle keeps the call off the processing path; ``tick`` is
+    driven by a thread, or directly in tests. Used in each worker and by the pool in the main
+    process."""
+
+    def __init__(self, trim: Callable[[], object], after: float = 1.0) -> None:
+        self.trim = trim
+        self.after = after
+        self.busy = False
+        self.last_done = 0.0  # monotonic time the last message finished
+        self._trimmed = 0.0  # last_done when we last trimmed: once per idle spell
+        self._stop = threading.Event()
+
+    def tick(self, now: float) -> bool:
+        """Trim if idle long enough since a message finished and not yet trimmed since; whether it did."""
+        if self.busy or self.last_done <= self._trimmed or now - self.last_done < self.after:
+            return False
+        self._trimmed = self.last_done
+        self.trim()
+        return True
+
+    def run(self) -> None:
+        while not self._stop.wait(self.after):
+            self.tick(time.monotonic())
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @classmethod
+    def start(cls) -> IdleTrim | None:
+        """A trimming thread where the C library has ``malloc_trim`` (glibc), else ``None``."""
+        try:
+            trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            return None
+        idle = cls(lambda: trim(0))
+        threading.Thread(target=idle.run, name="smtpgate-trim", daemon=True).start()
+        return idle
+
+
+_idle: IdleTrim | None = None
+
+
 def _process_in_worker(
     record: dict[str, Any], data: bytes | int, mail_from: str, recipients: list[str]
 ) -> tuple[list[CopyResult], Timings]:
@@ -228,7 +280,13 @@ def _process_in_worker(
             raise RuntimeError("worker process has no spool to read from")
         data = _reader.read(record["queue_id"], data)
     timings: Timings = []
-    return loop.run_until_complete(run_processing(chain, record, data, mail_from, recipients, timings)), timings
+    if _idle is not None:
+        _idle.busy = True
+    try:
+        return loop.run_until_complete(run_processing(chain, record, data, mail_from, recipients, timings)), timings
+    finally:
+        if _idle is not None:
+            _idle.busy, _idle.last_done = False, time.monotonic()
 
 
 MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
@@ -285,6 +343,8 @@ class WorkerPool:
         self._executor: ProcessPoolExecutor | None = None
         self.metrics: LatencyMetrics | None = None  # where the plugin latencies the processes measure go
         self.source: SpoolSource | None = None  # set: workers read the bytes of spooled messages themselves
+        self._idle: IdleTrim | None = None  # the main process's heap, trimmed when no message is in processing
+        self._in_flight = 0
 
     def _new_executor(self) -> ProcessPoolExecutor:
         in_main = any(getattr(p, "__module__", None) == "__main__" for p in self.extra_plugins)
@@ -300,6 +360,8 @@ class WorkerPool:
 
     async def start(self) -> None:
         """Start the processes and wait until each has built its chain (start-up errors show here)."""
+        if self._idle is None:
+            self._idle = IdleTrim.start()
         if self.workers == 0:
             return
         self._executor = self._new_executor()
@@ -310,6 +372,19 @@ class WorkerPool:
         self, record: dict[str, Any], data: bytes, mail_from: str, recipients: list[str]
     ) -> list[CopyResult]:
         """Copies for ``recipients``; raises if the worker failed (the caller defers the message)."""
+        self._in_flight += 1
+        if self._idle is not None:
+            self._idle.busy = True
+        try:
+            return await self._process(record, data, mail_from, recipients)
+        finally:
+            self._in_flight -= 1
+            if self._idle is not None and self._in_flight == 0:
+                self._idle.busy, self._idle.last_done = False, time.monotonic()
+
+    async def _process(
+        self, record: dict[str, Any], data: bytes, mail_from: str, recipients: list[str]
+    ) -> list[CopyResult]:
         timings: Timings = []
         if self.workers == 0 or self._executor is None:
             copies = await run_processing(self.chain, record, data, mail_from, recipients, timings)
@@ -342,6 +417,9 @@ class WorkerPool:
                 self.metrics.observe("plugin_latency_seconds", seconds, phase=phase, plugin=plugin)
 
     async def close(self) -> None:
+        if self._idle is not None:
+            self._idle.stop()
+            self._idle = None
         if self._executor is not None:
             executor, self._executor = self._executor, None
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
