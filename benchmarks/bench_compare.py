@@ -461,6 +461,8 @@ async def bench_ingress(
                 main_ms = used.get(s.pid, 0) / 1e6 / args.idle_seconds
                 kids_ms = sum(v for p, v in used.items() if p != s.pid) / 1e6 / args.idle_seconds
                 print(f"  {s.name:<28}{main_ms:>7.3f} | {kids_ms:.3f}")
+
+        await asyncio.sleep(5)  # idle: what a server keeps once the work is done (freed heap trimmed)
         print("\n(c) memory, ingress servers idle after the run: RSS MiB (main + children = total)")
         for s in servers:
             main, kids = s.rss()
@@ -618,6 +620,7 @@ async def bench_e2e(args: argparse.Namespace, tmp: Path, key: Path, trees: list[
                     }
                     extra = (per[most] * most - per[1]) / (most - 1)
                     print(f"  {'unique' if unique else 'shared':<8}{server.name:<22}{extra:>8.2f} ms")
+        await asyncio.sleep(5)  # idle: what a server keeps once the work is done (freed heap trimmed)
         print("\n(c) memory, full-chain servers: RSS MiB (main + children = total) [role RSS/PSS per process]")
         for server, _ in servers:
             main, kids, each = idle[server.name]
