@@ -60,7 +60,7 @@ _reader: SpoolReader | None = None
 
 LAZY_MODULES = ("requests", "dns.resolver")
 """Imported at module level by premailer (remote stylesheets, which the gateway never fetches)
-and dkimpy (DNS look-ups for verifying, never for signing): about 27 MiB per worker, so a worker
+and dkimpy (DNS look-ups for verifying, never for signing): about 9 MiB per worker, so a worker
 loads them on first attribute access instead (:class:`_Deferred`)."""
 
 
@@ -290,9 +290,10 @@ def _process_in_worker(
 
 
 MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
-"""Preparation data that makes a multiprocessing child import the parent's ``__main__`` (the
-``smtpgate`` script or ``python -m pipeline.app.cli``: the whole CLI, aiohttp, the API and the
-console, 30 MiB per worker that processing never uses)."""
+"""Preparation data that makes a multiprocessing child import the parent's ``__main__`` (for the
+``smtpgate`` console script: the whole CLI, aiohttp, the API, the console and psycopg, 30 MiB per
+worker that processing never uses; ``python -m pipeline.app.cli`` runs a package's ``__main__``,
+which multiprocessing already skips)."""
 
 
 class _WorkerPopen(popen_forkserver.Popen):
