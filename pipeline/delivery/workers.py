@@ -227,7 +227,8 @@ class IdleTrim:
     together, so after a busy spell glibc keeps tens of MiB of freed heap (measured after a run:
     a worker 84 MiB, 70 after ``malloc_trim(0)``; the main process, which receives the copies,
     130 and 118). Trimming only when idle keeps the call off the processing path; ``tick`` is
-    driven by a thread, or directly in tests. Used in each worker and by the pool in the main
+    driven by a thread that sleeps until a message finishes (no wake-ups while idle), or
+    directly in tests. Used in each worker and by the pool in the main
     process."""
 
     def __init__(self, trim: Callable[[], object], after: float = 1.0) -> None:
@@ -237,6 +238,7 @@ class IdleTrim:
         self.last_done = 0.0  # monotonic time the last message finished
         self._trimmed = 0.0  # last_done when we last trimmed: once per idle spell
         self._stop = threading.Event()
+        self._work = threading.Event()  # set when a message finishes: an idle process never wakes the thread
 
     def tick(self, now: float) -> bool:
         """Trim if idle long enough since a message finished and not yet trimmed since; whether it did."""
@@ -246,12 +248,22 @@ class IdleTrim:
         self.trim()
         return True
 
+    def done(self, now: float) -> None:
+        """A message finished at ``now`` (monotonic)."""
+        self.busy, self.last_done = False, now
+        self._work.set()
+
     def run(self) -> None:
-        while not self._stop.wait(self.after):
-            self.tick(time.monotonic())
+        while not self._stop.is_set():
+            self._work.wait()
+            self._work.clear()
+            while not self._stop.wait(self.after):  # until the trim after this busy spell is done
+                if self.tick(time.monotonic()) or (not self.busy and self.last_done <= self._trimmed):
+                    break
 
     def stop(self) -> None:
         self._stop.set()
+        self._work.set()
 
     @classmethod
     def start(cls) -> IdleTrim | None:
@@ -286,7 +298,7 @@ def _process_in_worker(
         return loop.run_until_complete(run_processing(chain, record, data, mail_from, recipients, timings)), timings
     finally:
         if _idle is not None:
-            _idle.busy, _idle.last_done = False, time.monotonic()
+            _idle.done(time.monotonic())
 
 
 MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
@@ -381,7 +393,7 @@ class WorkerPool:
         finally:
             self._in_flight -= 1
             if self._idle is not None and self._in_flight == 0:
-                self._idle.busy, self._idle.last_done = False, time.monotonic()
+                self._idle.done(time.monotonic())
 
     async def _process(
         self, record: dict[str, Any], data: bytes, mail_from: str, recipients: list[str]
