@@ -127,6 +127,33 @@ def rss_mib(pid: int) -> float:
         return 0.0
 
 
+def pss_mib(pid: int) -> float:
+    """Proportional set size of one process in MiB (/proc/PID/smaps_rollup); 0 when unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def role(pid: int, main: int) -> str:
+    """What a process of a server's tree is, from its command line (multiprocessing's helpers)."""
+    if pid == main:
+        return "main"
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "?"
+    if "resource_tracker" in cmd:
+        return "tracker"
+    if "forkserver" in cmd:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return "forkserver" if int(stat[1]) == main else "worker"
+    return "child"
+
+
 def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -179,6 +206,15 @@ class Server:
         """(main process, children) RSS in MiB."""
         pids = process_tree(self.pid)
         return rss_mib(pids[0]), sum(rss_mib(p) for p in pids[1:])
+
+    def per_process(self) -> str:
+        """Each process of the tree: its role and RSS / PSS in MiB (PSS splits pages shared with
+        the forkserver or a sibling between them, so the PSS column adds up to the tree's memory)."""
+        parts = []
+        for p in process_tree(self.pid):
+            parts.append(f"{role(p, self.pid)} {rss_mib(p):.0f}/{pss_mib(p):.0f}")
+        pss = sum(pss_mib(p) for p in process_tree(self.pid))
+        return ", ".join(parts) + f"; PSS total {pss:.0f}"
 
 
 def haraka_available() -> str | None:
@@ -425,10 +461,12 @@ async def bench_ingress(
                 main_ms = used.get(s.pid, 0) / 1e6 / args.idle_seconds
                 kids_ms = sum(v for p, v in used.items() if p != s.pid) / 1e6 / args.idle_seconds
                 print(f"  {s.name:<28}{main_ms:>7.3f} | {kids_ms:.3f}")
+
+        await asyncio.sleep(5)  # idle: what a server keeps once the work is done (freed heap trimmed)
         print("\n(c) memory, ingress servers idle after the run: RSS MiB (main + children = total)")
         for s in servers:
             main, kids = s.rss()
-            print(f"  {s.name:<28}{main:>7.0f} + {kids:>4.0f} = {main + kids:>5.0f}")
+            print(f"  {s.name:<28}{main:>7.0f} + {kids:>4.0f} = {main + kids:>5.0f}   [{s.per_process()}]")
     finally:
         for s in servers:
             await s.stop()
@@ -464,10 +502,20 @@ class E2EResult:
     workers_ms: list[float] = field(default_factory=list)  # server CPU per copy, worker processes
 
 
+async def workers_ready(server: Server, workers: int, timeout: float = 60) -> None:
+    """Until every worker process has logged that its chain is built (the pool starts after the
+    SMTP listener), so the idle figures include them."""
+    deadline = time.monotonic() + timeout
+    while sum("worker ready" in line for line in server.log) < workers and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1)  # settle
+
+
 async def bench_e2e(args: argparse.Namespace, tmp: Path, key: Path, trees: list[tuple[str, Path]]) -> None:
     raw = (e2e.CORPUS / "size-typical.eml").read_bytes()
     servers: list[tuple[Server, Sink]] = []
     sinks: list[Sink] = []
+    idle: dict[str, tuple[float, float, str]] = {}  # RSS right after start, before any message
     try:
         for engine in args.engines:
             for name, tree in trees:
@@ -477,6 +525,8 @@ async def bench_e2e(args: argparse.Namespace, tmp: Path, key: Path, trees: list[
                 label = name if len(args.engines) == 1 else f"{name} {engine}"
                 server = await start_smtpgate(label, tree, tmp, key, sink.port, args.workers, engine)
                 servers.append((server, sink))
+                await workers_ready(server, args.workers)
+                idle[server.name] = (*server.rss(), server.per_process())
         first = 0
         for server, sink in servers:  # warm-up: every plugin loaded in every worker, caches filled
             await send_transactions(server.port, raw, 4 * args.workers, 2, 2, first, True)
@@ -570,10 +620,14 @@ async def bench_e2e(args: argparse.Namespace, tmp: Path, key: Path, trees: list[
                     }
                     extra = (per[most] * most - per[1]) / (most - 1)
                     print(f"  {'unique' if unique else 'shared':<8}{server.name:<22}{extra:>8.2f} ms")
-        print("\n(c) memory, full-chain servers idle after the run: RSS MiB (main + workers = total)")
+        await asyncio.sleep(5)  # idle: what a server keeps once the work is done (freed heap trimmed)
+        print("\n(c) memory, full-chain servers: RSS MiB (main + children = total) [role RSS/PSS per process]")
         for server, _ in servers:
+            main, kids, each = idle[server.name]
+            print(f"  {server.name + ', started':<36}{main:>7.0f} + {kids:>4.0f} = {main + kids:>5.0f}   [{each}]")
             main, kids = server.rss()
-            print(f"  {server.name:<28}{main:>7.0f} + {kids:>4.0f} = {main + kids:>5.0f}")
+            print(f"  {server.name + ', idle after the run':<36}{main:>7.0f} + {kids:>4.0f} = {main + kids:>5.0f}"
+                  f"   [{server.per_process()}]")
     finally:
         for server, _ in servers:
             await server.stop()

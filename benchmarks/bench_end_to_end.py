@@ -34,7 +34,7 @@ import aiosmtplib
 from aiosmtpd.controller import Controller
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT.parent / "shared" / "corpus" / "eml"
+CORPUS = Path(os.environ.get("SMTPGATE_CORPUS") or ROOT.parent / "shared" / "corpus") / "eml"  # a worktree elsewhere names it
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 
 

@@ -78,14 +78,19 @@ def alive(pids: set[int]) -> set[int]:
     return left
 
 
-def start_gateway(tmp_path: Path) -> tuple[subprocess.Popen[bytes], set[int], Path]:
+def start_gateway(
+    tmp_path: Path, command: list[str] | None = None
+) -> tuple[subprocess.Popen[bytes], set[int], Path]:
+    """``command serve`` (default ``python -m pipeline.app.cli``) with two workers, running."""
     config = tmp_path / "smtpgate.toml"
     config.write_text(CONFIG.format(data_dir=tmp_path / "data"))
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.app.cli", "serve", "--config", str(config), "--workers", "2"],
+            [*(command or [sys.executable, "-m", "pipeline.app.cli"]), "serve", "--config", str(config),
+             "--workers", "2"],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
     deadline = time.monotonic() + 60
     while b"smtpgate running" not in log.read_bytes():  # the pool pings every worker before this line

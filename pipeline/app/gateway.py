@@ -31,6 +31,7 @@ from pipeline.contract.vocabulary import PluginSource
 from pipeline.delivery.notices import BounceNotices, notice_features
 from pipeline.delivery.results import JointAccepts, JointResults, OutboxResults
 from pipeline.delivery.scheduler import DeliveryService
+from pipeline.delivery.workers import SpoolSource
 from pipeline.egress.resolver import Resolver
 from pipeline.events import EventEmitter, open_event_store, open_message_log, open_suppression_list
 from pipeline.events.backlog import EventBacklog
@@ -174,11 +175,22 @@ class Gateway:
             own_domains=[bounce_domain] if bounce_domain else [], recorder=self.joint_accepts(),
         )
         extra = [type(p.instance) for p in self.plugins.plugins if p.origin is PluginSource.GIVEN]
-        return DeliveryService(
+        service = DeliveryService(
             self.config, self.spool, self.event_sink, self.chain, notices,
             extra_plugins=extra, workers=workers, resolver=resolver, clock=clock, metrics=self.counters,
             results=self.joint_results(),
         )
+        service.pool.source = self.spool_source()
+        return service
+
+    def spool_source(self) -> SpoolSource | None:
+        """Where worker processes read message bytes themselves (so 55 KB are not pickled to them)."""
+        spool = self.spool
+        if isinstance(spool, SqliteSpool):
+            return SpoolSource("sqlite", str(spool.path))
+        if isinstance(spool, PostgresSpool):
+            return SpoolSource("postgres", spool.url)
+        return None  # another Spool: the bytes go through the pipe
 
     def joint_results(self) -> JointResults | OutboxResults | None:
         """Results and their events in one transaction (issue 11 point 3): in the one PostgreSQL
