@@ -64,7 +64,8 @@ class SqliteWriter:
         fut: asyncio.Future[Any] = loop.create_future()
         with self._ready:
             if self._closed:
-                raise RuntimeError(f"{self._name}: the database is closed")
+                # what sqlite3 raises for a closed connection: callers handle one kind of error
+                raise sqlite3.ProgrammingError(f"{self._name}: Cannot operate on a closed database.")
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
                 self._thread.start()
@@ -87,8 +88,8 @@ class SqliteWriter:
         done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         started = time.perf_counter()
         with self._lock:
-            cur = self._conn.cursor()
-            try:
+            try:  # the connection itself may be gone (closed under us): every caller hears it
+                cur = self._conn.cursor()
                 cur.execute("BEGIN IMMEDIATE")
                 for fn, fut, _, _, _ in batch:
                     cur.execute("SAVEPOINT op")
@@ -103,11 +104,11 @@ class SqliteWriter:
                         done.append((fut, result, None))
                 cur.execute("COMMIT")
             except Exception as batch_error:  # BEGIN or COMMIT failed: nothing of the batch is stored
-                if self._conn.in_transaction:
-                    try:
-                        cur.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
+                try:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                except sqlite3.Error:  # a closed connection has nothing to roll back
+                    pass
                 done = [(fut, None, batch_error) for _, fut, _, _, _ in batch]
         if self.observer is not None and any(op[4] for op in batch):
             self.observer(time.perf_counter() - started)
