@@ -21,39 +21,9 @@ from pipeline.accounts.api_tokens import open_api_token_store
 from pipeline.app.cli import main
 from pipeline.app.gateway import Gateway
 from pipeline.config import load_config
+from tests.support.console import TOML
 
 ROOT = Path(__file__).resolve().parent.parent
-
-TOML = """
-[gateway]
-hostname = "gw.test"
-data_dir = "{data}"
-[[listeners]]
-name = "plain"
-port = 0
-tls = "none"
-require_tls = false
-[chain]
-plugins = ["header_validation", "campaign_tag"]
-[spool]
-workers = 0
-retry_min = 0.05
-poll_interval = 0.05
-[egress]
-type = "maildir"
-[api]
-listen_port = 0
-[limits]
-shutdown_grace = 2.0
-[[credentials]]
-name = "shop"
-username = "shop"
-secret = "pw-shop"
-[[credentials]]
-name = "club"
-username = "club"
-secret = "pw-club"
-"""
 
 
 def write_conf(path: Path, data_dir: Path, backend: Any = None) -> Path:

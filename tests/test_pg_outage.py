@@ -6,7 +6,6 @@ order; delivery pauses and records every result once; the stoplist look-up at RC
 from __future__ import annotations
 
 import asyncio
-import base64
 import threading
 import time
 from collections.abc import Callable
@@ -17,11 +16,10 @@ import aiohttp
 import psycopg
 
 from pipeline.app.gateway import Gateway
-from pipeline.app.harness import Dialogue
 from pipeline.contract.context import MessageContext
 from pipeline.contract.message import Message
 from tests.support.smtp_sink import FAST_RETRIES, SinkController, SinkHandler, smtp_egress
-from tests.support.tracking import signer, tracking_config
+from tests.support.tracking import rcpt_reply, signer, tracking_config
 
 RAW = b"From: app@example.org\r\nTo: someone@example.net\r\nSubject: outage\r\n\r\nHello\r\n"
 
@@ -171,21 +169,6 @@ async def test_delivery_pauses_during_an_outage_and_records_each_result_once(tmp
     assert sorted(delivered) == [(r, 1) for r in rcpts]  # one event each
 
 
-async def rcpt_reply(port: int, rcpt: str) -> str:
-    d = await Dialogue.connect("127.0.0.1", port)
-    try:
-        await d.reply()
-        await d.cmd("EHLO client.test")
-        auth = base64.b64encode(b"\0shop\0pw-shop").decode()
-        assert (await d.cmd(f"AUTH PLAIN {auth}")).code == 235
-        assert (await d.cmd("MAIL FROM:<news@shop.example>")).code == 250
-        r = await d.cmd(f"RCPT TO:<{rcpt}>")
-        await d.cmd("QUIT")
-        return f"{r.code} {r.text}"
-    finally:
-        await d.close()
-
-
 async def test_stoplist_lookup_fails_closed_during_an_outage_then_answers_again(tmp_path: Path, pg_url, pg_cluster):
     config = tracking_config(tmp_path / "data", {
         "storage": {"url": pg_url},
@@ -200,24 +183,24 @@ async def test_stoplist_lookup_fails_closed_during_an_outage_then_answers_again(
     try:
         gw.events.suppress("blocked@example.net")
         port = ingress.port("plain")
-        assert await rcpt_reply(port, "blocked@example.net") == "550 5.0.0 Email is in the account stoplist"
+        assert await rcpt_reply(port, "shop", "pw-shop", "blocked@example.net") == "550 5.0.0 Email is in the account stoplist"
         outage.start()
         try:
-            assert (await rcpt_reply(port, "someone@example.net")).startswith("451 4.3.0")
-            assert (await rcpt_reply(port, "blocked@example.net")).startswith("451 4.3.0")
+            assert (await rcpt_reply(port, "shop", "pw-shop", "someone@example.net")).startswith("451 4.3.0")
+            assert (await rcpt_reply(port, "shop", "pw-shop", "blocked@example.net")).startswith("451 4.3.0")
         finally:
             outage.end()
         replies: list[str] = []
 
         async def answered() -> bool:
-            replies.append(await rcpt_reply(port, "blocked@example.net"))
+            replies.append(await rcpt_reply(port, "shop", "pw-shop", "blocked@example.net"))
             return replies[-1].startswith("550")
 
         deadline = time.monotonic() + 60
         while not await answered():  # as a client retries a 451
             assert time.monotonic() < deadline, replies
             await asyncio.sleep(0.2)
-        assert (await rcpt_reply(port, "someone@example.net")).startswith("250")
+        assert (await rcpt_reply(port, "shop", "pw-shop", "someone@example.net")).startswith("250")
     finally:
         await gw.stop()
 

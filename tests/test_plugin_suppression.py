@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-
 import aiohttp
 import pytest
 
 from pipeline.app.gateway import Gateway
-from pipeline.app.harness import Dialogue
 from pipeline.chain.driver import make_chain
 from pipeline.contract.context import Credential, Event, Session, Transaction
 from pipeline.contract.verdicts import Reject, TempFail
 from pipeline.contract.vocabulary import EventType
 from pipeline.events import open_suppression_list
-from tests.support.tracking import signer, tracking_config
+from tests.support.tracking import rcpt_reply, signer, tracking_config
 
 STOPLIST = "550 5.0.0 Email is in the account stoplist"
 PERMANENT = "550 5.0.0 Email has permanent delivery errors"
@@ -30,21 +27,6 @@ def smtp_config(data_dir, **overrides):
     }
     base.update(overrides)
     return tracking_config(data_dir, base, plugins=["suppression"])
-
-
-async def rcpt_reply(port: int, user: str, password: str, rcpt: str) -> str:
-    d = await Dialogue.connect("127.0.0.1", port)
-    try:
-        await d.reply()
-        await d.cmd("EHLO client.test")
-        auth = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
-        assert (await d.cmd(f"AUTH PLAIN {auth}")).code == 235
-        assert (await d.cmd("MAIL FROM:<news@shop.example>")).code == 250
-        r = await d.cmd(f"RCPT TO:<{rcpt}>")
-        await d.cmd("QUIT")
-        return f"{r.code} {r.text}"
-    finally:
-        await d.close()
 
 
 async def test_one_click_unsubscribe_then_next_rcpt_gets_stoplist_reply(tmp_path):

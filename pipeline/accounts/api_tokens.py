@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.storage.sqlite import open_sqlite
+from pipeline.storage.statement import one_statement
 
 TOKEN_PREFIX = "sgt_"
 
@@ -86,14 +87,8 @@ class ApiTokenStore:
         loop, so a missing database fails within ``HOT_WAIT`` seconds instead of stalling every request."""
         if self._pool is None:
             with self._lock:
-                cur = self._conn.execute(sql, tuple(args))
-                return [tuple(r) for r in cur.fetchall()], cur.rowcount
-        from pipeline.storage.postgres import pg_sql
-
-        with self._pool.connection(timeout=HOT_WAIT if hot else None) as conn:
-            pcur = conn.execute(pg_sql(sql), tuple(args))
-            rows = pcur.fetchall() if pcur.description is not None else []
-            return [tuple(r) for r in rows], pcur.rowcount
+                return one_statement(self._conn, None, sql, args)
+        return one_statement(None, self._pool, sql, args, wait=HOT_WAIT if hot else None, op="api_tokens")
 
     def close(self) -> None:
         if self._pool is not None:

@@ -23,6 +23,7 @@ from pipeline.config import Config, ConfigError, CredentialSection, format_valid
 from pipeline.contract.context import Credential
 from pipeline.contract.vocabulary import CredentialKind
 from pipeline.storage.sqlite import open_sqlite
+from pipeline.storage.statement import one_statement
 
 log = logging.getLogger("smtpgate.ingress.auth")
 
@@ -143,15 +144,8 @@ class CredentialStore:
         self, sql: str, args: tuple[Any, ...] = (), wait: float | None = None
     ) -> tuple[builtins.list[tuple[Any, ...]], int]:
         """One statement, committed (``?`` placeholders): its rows and rowcount."""
-        if self._pool is None:
-            cur = self._conn.execute(sql, args)
-            return [tuple(r) for r in cur.fetchall()], cur.rowcount
-        from pipeline.storage.postgres import pg_sql
-
-        with self._pool.connection(timeout=wait, op="credentials") as conn:
-            pcur = conn.execute(pg_sql(sql), args)
-            rows = pcur.fetchall() if pcur.description is not None else []
-            return [tuple(r) for r in rows], pcur.rowcount
+        return one_statement(None if self._pool is not None else self._conn, self._pool, sql, args,
+                             wait=wait, op="credentials")
 
     def close(self) -> None:
         with self._lock:

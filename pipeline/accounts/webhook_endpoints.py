@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.storage.sqlite import open_sqlite
+from pipeline.storage.statement import one_statement
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS webhook_endpoints (
@@ -96,15 +97,7 @@ class WebhookEndpointStore:
     def _q(
         self, sql: str, args: tuple[Any, ...] = (), wait: float | None = None
     ) -> tuple[builtins.list[tuple[Any, ...]], int]:
-        if self._pool is None:
-            cur = self._conn.execute(sql, args)
-            return [tuple(r) for r in cur.fetchall()], cur.rowcount
-        from pipeline.storage.postgres import pg_sql
-
-        with self._pool.connection(timeout=wait, op="webhook_endpoints") as conn:
-            pcur = conn.execute(pg_sql(sql), args)
-            rows = pcur.fetchall() if pcur.description is not None else []
-            return [tuple(r) for r in rows], pcur.rowcount
+        return one_statement(self._conn, self._pool, sql, args, wait=wait, op="webhook_endpoints")
 
     def close(self) -> None:
         with self._lock:

@@ -15,3 +15,4 @@ class Tx(Protocol):
     """One statement inside an open transaction (``?`` placeholders): its rows (``RETURNING`` too) and rowcount."""
 
     def __call__(self, sql: str, args: Sequence[Any] = ()) -> tuple[list[tuple[Any, ...]], int]: ...
+

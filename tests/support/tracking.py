@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
 from pipeline.app.gateway import Gateway
+from pipeline.app.harness import Dialogue
 from pipeline.chain.driver import make_config
 from pipeline.toolkit.tokens import TokenSigner
 from pipeline.tracking import TrackingService
@@ -40,3 +42,19 @@ async def start_tracking(config: Any) -> tuple[Gateway, TrackingService]:
     gw.services = [service]
     await gw.start()
     return gw, service
+
+
+async def rcpt_reply(port: int, user: str, password: str, rcpt: str) -> str:
+    """AUTH as ``user``, MAIL, then the reply to ``RCPT TO:<rcpt>`` (the stoplist's decision point)."""
+    d = await Dialogue.connect("127.0.0.1", port)
+    try:
+        await d.reply()
+        await d.cmd("EHLO client.test")
+        auth = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        assert (await d.cmd(f"AUTH PLAIN {auth}")).code == 235
+        assert (await d.cmd("MAIL FROM:<news@shop.example>")).code == 250
+        r = await d.cmd(f"RCPT TO:<{rcpt}>")
+        await d.cmd("QUIT")
+        return f"{r.code} {r.text}"
+    finally:
+        await d.close()
