@@ -125,6 +125,7 @@ class SessionBase(SMTP):
         self._phase = "connect"  # for rejected events: the phase of the command being answered
         self._subject: tuple[str | None, str | None] = (None, None)  # its sender and recipient, when known
         self._writer = None  # type: ignore[assignment]  # aiosmtpd sets it in connection_made
+        self._deadline = 0.0  # the idle timeout: loop time after which the connection is cut (_reset_timeout)
         self._construct(
             data_size_limit=cfg.limits.max_message_size,
             hostname=cfg.gateway.hostname,
@@ -379,6 +380,28 @@ class SessionBase(SMTP):
                     time.monotonic() - self._started, self._end,
                 )
             self.ingress.session_closed()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """Push the idle deadline back (every command, every DATA read).
+
+        aiosmtpd cancels the timer and schedules a new one each time: a timer object, a heap push
+        and a cancelled entry left in the loop's heap for the whole idle timeout (300 s), per
+        command. Here the connection keeps one timer; activity only moves the deadline, and the
+        timer, when it fires early, sleeps again until the deadline.
+        """
+        self._deadline = self.loop.time() + (duration or self._timeout_duration)
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or handle.when() > self._deadline:
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_at(self._deadline, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """The timer fired: idle since the deadline, or busy since (then wait for the new deadline)."""
+        if self.loop.time() >= self._deadline:
+            self._timeout_cb()
+        else:
+            self._timeout_handle = self.loop.call_at(self._deadline, self._idle_check)
 
     def _timeout_cb(self) -> None:
         self._end = "idle timeout"
