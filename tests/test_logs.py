@@ -72,3 +72,13 @@ def test_a_json_line_has_the_same_fields_and_keeps_non_ascii() -> None:
 def test_a_record_formatted_without_the_filter_still_gets_its_message() -> None:
     assert TextFormatter().format(_record("plain %d", 7)).endswith("]: plain 7")
     assert json.loads(JsonFormatter().format(_record("plain %d", 7)))["message"] == "plain 7"
+
+
+def test_a_line_with_an_explicit_queue_id_and_bad_arguments_is_reported_not_raised(capsys) -> None:
+    """As before the message was kept by the filter: a malformed call fails inside emit (handleError
+    reports it on stderr), not in the caller."""
+    handler, out = _handler(TextFormatter())
+    record = _record("%d items", "not a number")
+    record.queue_id = "1krWY8jZPYRbMTXL"
+    handler.handle(record)
+    assert out.getvalue() == "" and "Logging error" in capsys.readouterr().err

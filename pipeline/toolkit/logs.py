@@ -30,8 +30,8 @@ class QueueIdFilter(logging.Filter):
     (what :meth:`logging.Formatter.format` sets too) so the line's text is formatted once."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.message = record.getMessage()
         if not getattr(record, "queue_id", None):
+            message = record.message = record.getMessage()
             match = _QUEUE_ID.match(message[:40])
             record.queue_id = match.group(1) if match else ""
         return True
