@@ -75,9 +75,9 @@ class WebhookEndpointStore:
         self._version: Any = None
         self._rows: list[dict[str, Any]] = []
         self._next_check = 0.0
-        # urls_for's answers by (credential, event type), for the rows list they were computed from
-        self._answers: dict[tuple[str | None, str | None], tuple[str, ...]] = {}
-        self._answered_for: list[dict[str, Any]] | None = None
+        # urls_for's answers by (credential, event type), with the rows list they were computed from
+        self._answers: tuple[list[dict[str, Any]] | None, dict[tuple[str | None, str | None], tuple[str, ...]]] = (
+            None, {})
 
     # -- connection ---------------------------------------------------------------------------
     def _open(self, create: bool) -> bool:
@@ -212,14 +212,16 @@ class WebhookEndpointStore:
                 self._next_check = now + self.RECHECK
                 return []
         rows = self._current()
-        if rows is not self._answered_for:  # the rows changed: forget the answers given for the old ones
-            self._answers, self._answered_for = {}, rows
+        answered_for, answers = self._answers
+        if rows is not answered_for:  # the rows changed: forget the answers given for the old ones
+            answers = {}
+            self._answers = (rows, answers)  # one assignment: an answer always goes with its rows
         key = (credential, event_type)
-        urls = self._answers.get(key)
+        urls = answers.get(key)
         if urls is None:
-            if len(self._answers) >= 10_000:  # bounded: credentials x event types
-                self._answers.clear()
-            urls = self._answers[key] = tuple(
+            if len(answers) >= 10_000:  # bounded: credentials x event types
+                answers.clear()
+            urls = answers[key] = tuple(
                 r["url"]
                 for r in rows
                 if (r["credential"] is None or r["credential"] == credential)
