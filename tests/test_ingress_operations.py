@@ -71,6 +71,21 @@ async def test_idle_session_is_closed_with_421(data_dir, tls_cert):
         assert await d.closed()
 
 
+async def test_the_idle_timeout_counts_from_the_last_command_not_from_the_connection(data_dir, tls_cert):
+    """A client that keeps talking outlives the idle timeout (one timer per connection, pushed back by
+    each command); once it goes quiet, the timeout cuts it."""
+    async with running_ingress(cfg(data_dir, tls_cert, limits={"idle_timeout": 2.0})) as (_, ingress):
+        d = await Dialogue.connect("127.0.0.1", ingress.port("plain"))
+        assert (await d.reply()).code == 220
+        started = time.monotonic()
+        while time.monotonic() - started < 3.0:  # pacing the client, not waiting for the server
+            assert (await d.cmd("NOOP")).code == 250
+            await asyncio.sleep(0.25)
+        r = await d.reply()
+        assert (r.code, r.text) == (421, "4.4.2 Idle timeout, closing connection")
+        assert await d.closed()
+
+
 async def test_sigterm_drain_finishes_transactions_and_refuses_new_sessions(data_dir, tls_cert):
     async with running_ingress(cfg(data_dir, tls_cert)) as (_, ingress):
         port = ingress.port("plain")

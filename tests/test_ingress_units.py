@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import pytest
@@ -249,3 +250,36 @@ def test_smuggling_check_with_its_fast_exit_flags_exactly_the_four_dot_line_sequ
         for combo in itertools.product((b"\r", b"\n", b".", b"a"), repeat=length):
             body = b"".join(combo)
             assert _smuggling(body) == reference(body), body
+
+
+async def test_a_session_is_set_up_as_aiosmtpds_own_constructor_would_set_it_up():
+    """SessionBase builds aiosmtpd's per-connection state itself (its command tables once per class):
+    every attribute aiosmtpd's constructor sets exists, with the same value where it is a plain one."""
+    import types
+
+    from aiosmtpd.smtp import SMTP
+
+    from pipeline.ingress.server import GatewaySMTP
+    from pipeline.ingress.session import _Hooks
+
+    config = make_config({"limits": {"max_message_size": 12345, "idle_timeout": 42.0}})
+    listener = config.listeners[0]
+    ours = GatewaySMTP(types.SimpleNamespace(config=config), listener, None)  # type: ignore[arg-type]
+    theirs = object.__new__(GatewaySMTP)
+    SMTP.__init__(theirs, _Hooks(), data_size_limit=12345, enable_SMTPUTF8=True, hostname=config.gateway.hostname,
+                  ident="ESMTP smtpgate", tls_context=None, require_starttls=False, timeout=42.0,
+                  auth_require_tls=listener.require_tls, loop=asyncio.get_running_loop())
+    missing = set(vars(theirs)) - set(vars(ours))
+    assert not missing
+    objects = {"_stream_reader_wr", "_stream_reader", "_strong_reader", "_loop", "loop", "_closed", "event_handler",
+               "_client_connected_cb", "_auth_methods", "_smtp_methods", "_handle_hooks", "_auth_callback"}
+    for name, value in vars(theirs).items():
+        if name not in objects and not callable(value):
+            assert getattr(ours, name) == value, name
+    assert ours._auth_callback is theirs._auth_callback
+    assert ours._handle_hooks == theirs._handle_hooks == {}
+    assert {k: v.is_builtin for k, v in ours._auth_methods.items()} == {
+        k: v.is_builtin for k, v in theirs._auth_methods.items()}
+    assert sorted(ours._smtp_methods) == sorted(theirs._smtp_methods)
+    assert ours._smtp_methods.get("NOSUCH") is None and ours._smtp_methods.get("DATA") is not None
+    assert ours._stream_reader._limit == theirs._stream_reader._limit  # type: ignore[attr-defined]

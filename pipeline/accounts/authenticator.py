@@ -47,19 +47,46 @@ class Authenticator:
         self._config_records = config_records(config)
         self._cache_key = secrets.token_bytes(32)
         self._verified: OrderedDict[bytes, float] = OrderedDict()
+        self._config_names = frozenset(r.name for r in self._config_records)
+        # derived from the store's rows, rebuilt when the store hands out a new list (it re-read them)
+        self._stored: list[Record] | None = None
+        self._records: list[Record] = self._config_records
+        self._by_ip: dict[str, Record | None] = {}
         store_names = {r.name for r in store.records()} if store else set()
         for rec in self._config_records:
             if rec.name in store_names:
                 log.warning("credential %r is in both the config file and credentials.db; the config wins", rec.name)
 
     def records(self) -> list[Record]:
-        seen = {r.name for r in self._config_records}
-        stored = [r for r in self.store.records() if r.name not in seen] if self.store else []
-        return self._config_records + stored
+        """The config file's credentials, then the store's that the config does not override (do not
+        modify the list: it is kept until the store's rows change)."""
+        if self.store is None:
+            return self._records
+        stored = self.store.records()  # the same list object as long as nothing changed (its cache)
+        if stored is not self._stored:
+            self._records = self._config_records + [r for r in stored if r.name not in self._config_names]
+            self._by_ip = {}
+            self._stored = stored
+        return self._records
 
     # -- IP allow-list
     def match_ip(self, ip: str) -> Credential | None:
-        """The enabled ``ip`` credential whose networks contain ``ip`` (most specific first)."""
+        """The enabled ``ip`` credential whose networks contain ``ip`` (most specific first).
+
+        Asked at every connection: the answer per address is remembered until the credentials
+        change (:meth:`records` still asks the store first, so a change is seen at once).
+        """
+        records = self.records()
+        try:
+            rec = self._by_ip[ip]
+        except KeyError:
+            if len(self._by_ip) >= _CACHE_SIZE:  # many distinct clients: start again rather than grow
+                self._by_ip.clear()
+            rec = self._by_ip[ip] = self._match_ip(ip, records)
+        return rec.credential() if rec is not None else None
+
+    @staticmethod
+    def _match_ip(ip: str, records: list[Record]) -> Record | None:
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:
@@ -67,13 +94,13 @@ class Authenticator:
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
             addr = addr.ipv4_mapped
         best: tuple[int, Record] | None = None
-        for rec in self.records():
+        for rec in records:
             if rec.section.kind != CredentialKind.IP or rec.disabled:
                 continue
             for net in rec.networks:
                 if addr.version == net.version and addr in net and (best is None or net.prefixlen > best[0]):
                     best = (net.prefixlen, rec)
-        return best[1].credential() if best else None
+        return best[1] if best else None
 
     # -- secrets
     def _cache_id(self, stored: str, secret: str) -> bytes:

@@ -321,6 +321,9 @@ class StoredWebhooks:
         self.url = url  # [storage] url: the shared store, opened on first use
         self._store: CredentialStore | None = None
         self._next_check = 0.0
+        # name -> URLs, built from the store's rows when it hands out a new list (it re-read them):
+        # a look-up per event is then the store's change check and one dict read, not a scan
+        self._by_name: tuple[builtins.list[Record] | None, dict[str, tuple[str, ...]]] = (None, {})
 
     def __call__(self, name: str) -> builtins.list[str]:
         if self._store is None:
@@ -334,7 +337,15 @@ class StoredWebhooks:
                 return []
             else:
                 self._store = CredentialStore(self.path)
-        return [url for rec in self._store.records() if rec.name == name for url in rec.section.webhooks]
+        rows = self._store.records()
+        built_from, by_name = self._by_name
+        if rows is not built_from:
+            by_name = {}
+            for rec in rows:
+                if rec.section.webhooks:
+                    by_name[rec.name] = by_name.get(rec.name, ()) + tuple(rec.section.webhooks)
+            self._by_name = (rows, by_name)  # one assignment: the map always goes with its rows
+        return list(by_name.get(name, ()))
 
     def close(self) -> None:
         if self._store is not None:

@@ -75,6 +75,9 @@ class WebhookEndpointStore:
         self._version: Any = None
         self._rows: list[dict[str, Any]] = []
         self._next_check = 0.0
+        # urls_for's answers by (credential, event type), with the rows list they were computed from
+        self._answers: tuple[list[dict[str, Any]] | None, dict[tuple[str | None, str | None], tuple[str, ...]]] = (
+            None, {})
 
     # -- connection ---------------------------------------------------------------------------
     def _open(self, create: bool) -> bool:
@@ -163,6 +166,10 @@ class WebhookEndpointStore:
 
     def list(self) -> builtins.list[dict[str, Any]]:
         """Every stored endpoint, oldest first (cached; see the module docstring)."""
+        return list(self._current())
+
+    def _current(self) -> builtins.list[dict[str, Any]]:
+        """The cached rows, re-read if they changed: the same list object until then (not to be modified)."""
         with self._lock:
             if not self._open(create=False):
                 return []
@@ -183,15 +190,15 @@ class WebhookEndpointStore:
                     if self._pool is None or self._version is None:
                         raise
                     self._version = version  # the shared database is away: the last rows, again in SHARED_TTL
-                    return list(self._rows)
+                    return self._rows
                 self._rows = [_row(r) for r in rows]
                 self._version = version
-            return list(self._rows)
+            return self._rows
 
     def secret_for(self, url: str, credential: str | None) -> bytes | None:
         """The signing secret of the endpoint a delivery to ``url`` of this credential's event came from
         (the credential's own row first, then a global one); ``None``: not an endpoint of the API."""
-        rows = [r for r in self.list() if r["url"] == url and r["credential"] in (credential, None)]
+        rows = [r for r in self._current() if r["url"] == url and r["credential"] in (credential, None)]
         rows.sort(key=lambda r: r["credential"] is None)
         return rows[0]["secret"].encode("utf-8") if rows and rows[0]["secret"] else None
 
@@ -204,9 +211,20 @@ class WebhookEndpointStore:
             if not self.path.exists():
                 self._next_check = now + self.RECHECK
                 return []
-        return [
-            r["url"]
-            for r in self.list()
-            if (r["credential"] is None or r["credential"] == credential)
-            and (not r["events"] or event_type is None or event_type in r["events"])
-        ]
+        rows = self._current()
+        answered_for, answers = self._answers
+        if rows is not answered_for:  # the rows changed: forget the answers given for the old ones
+            answers = {}
+            self._answers = (rows, answers)  # one assignment: an answer always goes with its rows
+        key = (credential, event_type)
+        urls = answers.get(key)
+        if urls is None:
+            if len(answers) >= 10_000:  # bounded: credentials x event types
+                answers.clear()
+            urls = answers[key] = tuple(
+                r["url"]
+                for r in rows
+                if (r["credential"] is None or r["credential"] == credential)
+                and (not r["events"] or event_type is None or event_type in r["events"])
+            )
+        return list(urls)

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import re
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, ClassVar, Protocol
 
-from aiosmtpd.smtp import SMTP, TLSSetupException
+from aiosmtpd.smtp import SMTP, TLSSetupException, _AuthMechAttr, login_always_fail
 
 from pipeline.chain.accept import AcceptStep
 from pipeline.chain.runner import Chain
@@ -78,6 +79,30 @@ class _Hooks:
     """aiosmtpd needs a handler object; every command it would delegate is overridden."""
 
 
+_HOOKS = _Hooks()
+_aiosmtpd_log = logging.getLogger("mail.log")
+
+
+class _GuardedCommands(Mapping[str, Callable[[Any], Awaitable[None]]]):
+    """aiosmtpd's command table (``SMTP._smtp_methods``) for one session: each command wrapped in
+    :meth:`SessionBase._command`, made when the command arrives instead of for all of them at connect."""
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: SessionBase) -> None:
+        self._session = session
+
+    def __getitem__(self, name: str) -> Callable[[Any], Awaitable[None]]:
+        session = self._session
+        return functools.partial(session._command, name, getattr(session, session._command_attrs[name]))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._session._command_attrs)
+
+    def __len__(self) -> int:
+        return len(self._session._command_attrs)
+
+
 class SessionBase(SMTP):
     """One connection on one listener: replies, hooks, admission, shutdown, logging."""
 
@@ -100,25 +125,85 @@ class SessionBase(SMTP):
         self._phase = "connect"  # for rejected events: the phase of the command being answered
         self._subject: tuple[str | None, str | None] = (None, None)  # its sender and recipient, when known
         self._writer = None  # type: ignore[assignment]  # aiosmtpd sets it in connection_made
-        super().__init__(
-            _Hooks(),
+        self._deadline = 0.0  # the idle timeout: loop time after which the connection is cut (_reset_timeout)
+        self._construct(
             data_size_limit=cfg.limits.max_message_size,
-            # decode command arguments as UTF-8 (surrogateescape) so an 8-bit address gets a precise
-            # 553 from our parser instead of "strict ASCII mode"; SMTPUTF8 itself is not offered.
-            enable_SMTPUTF8=True,
             hostname=cfg.gateway.hostname,
-            ident="ESMTP smtpgate",
             tls_context=tls_context if listener.tls == "starttls" else None,
-            require_starttls=False,
             timeout=cfg.limits.idle_timeout,
             auth_require_tls=listener.require_tls,
-            loop=asyncio.get_running_loop(),
         )
         # aiosmtpd keeps this dict on the class and grows it on every EHLO; keep ours private.
         self.command_size_limits = collections.defaultdict(lambda: 512, {"AUTH": 1000})  # type: ignore[misc]
         self.command_size_limit = 512
-        for name, method in list(self._smtp_methods.items()):
-            self._smtp_methods[name] = self._guard(name, method)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """The command and AUTH-mechanism tables of a session class, built once for the class.
+
+        aiosmtpd's constructor builds them for every connection with ``dir`` and
+        ``inspect.getmembers`` (which also evaluates every property of the session): about 6 %
+        of the main thread at one message per connection.
+        """
+        super().__init_subclass__(**kwargs)
+        names = dir(cls)
+        cls._command_attrs = {m.replace("smtp_", ""): m for m in names if m.startswith("smtp_")}
+        cls._auth_attrs = {
+            getattr(getattr(cls, m), "__auth_mechanism_name__", m.replace("auth_", "").replace("__", "-")): m
+            for m in names if m.startswith("auth_")
+        }
+
+    _command_attrs: ClassVar[dict[str, str]] = {}
+    _auth_attrs: ClassVar[dict[str, str]] = {}
+
+    def _construct(
+        self, *, data_size_limit: int, hostname: str, tls_context: ssl.SSLContext | None, timeout: float,
+        auth_require_tls: bool,
+    ) -> None:
+        """What ``aiosmtpd.smtp.SMTP.__init__`` (1.4.x, pinned) sets up, with the per-class tables.
+
+        Our fixed arguments: no handler hooks, SMTPUTF8 decoding of command arguments as UTF-8
+        (surrogateescape) so an 8-bit address gets a precise 553 from our parser instead of
+        "strict ASCII mode" (SMTPUTF8 itself is not offered), no proxy protocol, no call limits,
+        AUTH not required (smtpgate's own ``smtp_AUTH`` decides). ``tests/test_ingress_units.py``
+        checks that this sets the attributes aiosmtpd's constructor sets, to the same values.
+        """
+        self.__ident__ = "ESMTP smtpgate"
+        self.loop = asyncio.get_running_loop()
+        asyncio.StreamReaderProtocol.__init__(
+            self, asyncio.StreamReader(loop=self.loop, limit=self.line_length_limit),
+            client_connected_cb=self._cb_client_connected, loop=self.loop)
+        self.event_handler = _HOOKS
+        self.data_size_limit = data_size_limit
+        self.enable_SMTPUTF8 = True
+        self._decode_data = False
+        self.hostname = hostname
+        self.tls_context = tls_context
+        if tls_context and tls_context.verify_mode not in {ssl.CERT_NONE, ssl.CERT_OPTIONAL}:
+            _aiosmtpd_log.warning("tls_context.verify_mode not in {CERT_NONE, CERT_OPTIONAL}; "
+                                  "this might cause client connection problems")
+        elif tls_context and tls_context.check_hostname:
+            _aiosmtpd_log.warning("tls_context.check_hostname == True; this might cause client connection problems")
+        self.require_starttls = None if tls_context is None else False  # aiosmtpd: tls_context and False
+        self._timeout_duration = timeout
+        self._timeout_handle = None
+        self._tls_handshake_okay = True
+        self._tls_protocol = None
+        self._original_transport = None
+        self.session = None
+        self.envelope = None
+        self.transport = None
+        self._handler_coroutine = None
+        self._auth_require_tls = auth_require_tls
+        self._proxy_timeout = None
+        self._authenticator = None
+        self._auth_callback = login_always_fail
+        self._auth_required = False
+        self._auth_methods = {mech: _AuthMechAttr(getattr(self, attr), True)
+                              for mech, attr in self._auth_attrs.items()}
+        self._handle_hooks = {}
+        self._ehlo_hook_ver = None
+        self._smtp_methods = _GuardedCommands(self)  # type: ignore[assignment]  # aiosmtpd calls get() and items()
+        self._enforce_call_limit = False
 
     # -- plumbing --------------------------------------------------------------------------
     @property
@@ -129,29 +214,25 @@ class SessionBase(SMTP):
     def config(self) -> Config:
         return self.ingress.config
 
-    def _guard(self, name: str, method: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
-        """Wrap a command: during shutdown, a session between transactions gets 421 4.3.2."""
-
-        async def run(arg: Any) -> None:
-            if self.ingress.draining and name != "QUIT" and self.txn is None:
-                self._end = "shutdown"
-                await self.push(R.SHUTTING_DOWN)
-                self.close()
-                return
-            if name == "QUIT":
-                self._end = "quit"
-            self._in_command = True
-            self._phase = PHASE_OF.get(name, "command")
-            self._subject = self._subject_of(name, arg)
-            try:
-                await method(arg)
-            finally:
-                self._in_command = False
-                self._phase = "command"
-            if self.ingress.draining and self.txn is None and name != "QUIT":
-                self.shut_down()  # shutdown began during the command: 421 now, not at the next one
-
-        return run
+    async def _command(self, name: str, method: Callable[[Any], Awaitable[None]], arg: Any) -> None:
+        """Run a command: during shutdown, a session between transactions gets 421 4.3.2."""
+        if self.ingress.draining and name != "QUIT" and self.txn is None:
+            self._end = "shutdown"
+            await self.push(R.SHUTTING_DOWN)
+            self.close()
+            return
+        if name == "QUIT":
+            self._end = "quit"
+        self._in_command = True
+        self._phase = PHASE_OF.get(name, "command")
+        self._subject = self._subject_of(name, arg)
+        try:
+            await method(arg)
+        finally:
+            self._in_command = False
+            self._phase = "command"
+        if self.ingress.draining and self.txn is None and name != "QUIT":
+            self.shut_down()  # shutdown began during the command: 421 now, not at the next one
 
     @property
     def idle(self) -> bool:
@@ -299,6 +380,28 @@ class SessionBase(SMTP):
                     time.monotonic() - self._started, self._end,
                 )
             self.ingress.session_closed()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """Push the idle deadline back (every command, every DATA read).
+
+        aiosmtpd cancels the timer and schedules a new one each time: a timer object, a heap push
+        and a cancelled entry left in the loop's heap for the whole idle timeout (300 s), per
+        command. Here the connection keeps one timer; activity only moves the deadline, and the
+        timer, when it fires early, sleeps again until the deadline.
+        """
+        self._deadline = self.loop.time() + (duration or self._timeout_duration)
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or handle.when() > self._deadline:
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_at(self._deadline, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """The timer fired: idle since the deadline, or busy since (then wait for the new deadline)."""
+        if self.loop.time() >= self._deadline:
+            self._timeout_cb()
+        else:
+            self._timeout_handle = self.loop.call_at(self._deadline, self._idle_check)
 
     def _timeout_cb(self) -> None:
         self._end = "idle timeout"

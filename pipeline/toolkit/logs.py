@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import re
 import sys
 from typing import Any, TextIO
@@ -25,13 +26,21 @@ _HANDLER_NAME = "smtpgate"
 
 
 class QueueIdFilter(logging.Filter):
-    """Sets ``record.queue_id`` ("" when the line is about no message)."""
+    """Sets ``record.queue_id`` ("" when the line is about no message), and ``record.message``
+    (what :meth:`logging.Formatter.format` sets too) so the line's text is formatted once."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "queue_id", None):
-            match = _QUEUE_ID.match(record.getMessage()[:40])
+            message = record.message = record.getMessage()
+            match = _QUEUE_ID.match(message[:40])
             record.queue_id = match.group(1) if match else ""
         return True
+
+
+def _message(record: logging.LogRecord) -> str:
+    """The record's text: as :class:`QueueIdFilter` formatted it, else formatted now."""
+    message = record.__dict__.get("message")
+    return message if isinstance(message, str) else record.getMessage()
 
 
 class TextFormatter(logging.Formatter):
@@ -39,7 +48,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = (
-            f"{_timestamp(record)} {record.levelname} {record.name}[{record.process}]: {record.getMessage()}"
+            f"{_timestamp(record)} {record.levelname} {record.name}[{record.process}]: {_message(record)}"
         )
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
@@ -56,15 +65,34 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "pid": record.process,
             "queue_id": getattr(record, "queue_id", "") or None,
-            "message": record.getMessage(),
+            "message": _message(record),
         }
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
+        return _json(out)
+
+
+_json = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps(..., ensure_ascii=False) builds one per call
+
+_second: tuple[int, str, str] = (-1, "", "")
+"""The last second formatted: (Unix second, ``YYYY-MM-DDTHH:MM:SS``, UTC offset ``+HH:MM``)."""
 
 
 def _timestamp(record: logging.LogRecord) -> str:
-    return datetime.datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds")
+    """``datetime.fromtimestamp(created).astimezone().isoformat(timespec="milliseconds")``, the same
+    text, with the date, time and local offset computed once per second (two lines per message
+    made the time zone look-up a visible part of the main process's time)."""
+    global _second
+    fraction, whole = math.modf(record.created)
+    micro = round(fraction * 1e6)  # rounded as datetime.fromtimestamp rounds (half to even)
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, micro - 1_000_000
+    second = int(whole)
+    cached = _second  # one read: another thread may replace it meanwhile
+    if cached[0] != second:
+        text = datetime.datetime.fromtimestamp(second).astimezone().isoformat(timespec="seconds")
+        cached = _second = (second, text[:19], text[19:])
+    return f"{cached[1]}.{micro // 1000:03d}{cached[2]}"
 
 
 def setup_logging(level: str | int = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
