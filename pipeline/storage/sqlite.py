@@ -42,16 +42,24 @@ class SqliteWriter:
     futures with one call per batch. A caller returns only after the COMMIT that holds its write;
     an operation that raises is rolled back alone and its caller gets the exception; a failed
     COMMIT fails every caller of the batch (none of it was committed).
+
+    :meth:`defer` queues housekeeping nobody waits for (forgetting forwarded outbox rows): it rides
+    in the next transaction a caller causes instead of costing a commit (an fsync) of its own, and
+    commits alone only when no other write comes within ``defer_seconds``.
     """
 
-    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock, name: str) -> None:
+    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock, name: str, defer_seconds: float = 1.0) -> None:
         self._conn = conn
         self._lock = lock  # the connection's lock: synchronous callers (queue tools) share it
         self._queue: collections.deque[_Op] = collections.deque()
+        self._deferred: list[Callable[[sqlite3.Cursor], Any]] = []
+        self._deferred_since = 0.0
+        self.defer_seconds = defer_seconds
         self._ready = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
         self._name = name
+        self.commits = 0  # transactions committed (tests and benchmarks count round trips with it)
         # seconds per committed batch holding a ``measured`` operation (/metrics: accepted messages' commits)
         self.observer: Callable[[float], None] | None = None
 
@@ -63,34 +71,63 @@ class SqliteWriter:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         with self._ready:
-            if self._closed:
-                # what sqlite3 raises for a closed connection: callers handle one kind of error
-                raise sqlite3.ProgrammingError(f"{self._name}: Cannot operate on a closed database.")
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
-                self._thread.start()
+            self._check_open()
             self._queue.append((fn, fut, loop, then, measured))
             self._ready.notify()
         return cast("R", await fut)
+
+    def defer(self, fn: Callable[[sqlite3.Cursor], Any]) -> None:
+        """Run ``fn(cursor)`` at the start of the next transaction, whoever causes it (any thread);
+        alone after ``defer_seconds`` if none comes. Nobody waits for it: an error is rolled back
+        and dropped, a failed batch keeps it for the next one; :meth:`close` still runs it."""
+        with self._ready:
+            self._check_open()
+            if not self._deferred:
+                self._deferred_since = time.monotonic()
+            self._deferred.append(fn)
+            self._ready.notify()
+
+    def _check_open(self) -> None:
+        """Raise once closed; start the thread on first use (called holding ``_ready``)."""
+        if self._closed:
+            # what sqlite3 raises for a closed connection: callers handle one kind of error
+            raise sqlite3.ProgrammingError(f"{self._name}: Cannot operate on a closed database.")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+            self._thread.start()
 
     def _loop(self) -> None:
         while True:
             with self._ready:
                 while not self._queue and not self._closed:
-                    self._ready.wait()
-                if not self._queue:
-                    return
+                    if not self._deferred:
+                        self._ready.wait()
+                        continue
+                    left = self._deferred_since + self.defer_seconds - time.monotonic()
+                    if left <= 0:
+                        break  # deferred work waited long enough for company: commit it alone
+                    self._ready.wait(left)
+                if not self._queue and not self._deferred:
+                    return  # closed, and everything done
                 batch = list(self._queue)
                 self._queue.clear()
-            self._commit(batch)
+                deferred, self._deferred = self._deferred, []
+            self._commit(batch, deferred)
 
-    def _commit(self, batch: list[_Op]) -> None:
+    def _commit(self, batch: list[_Op], deferred: list[Callable[[sqlite3.Cursor], Any]]) -> None:
         done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         started = time.perf_counter()
         with self._lock:
             try:  # the connection itself may be gone (closed under us): every caller hears it
                 cur = self._conn.cursor()
                 cur.execute("BEGIN IMMEDIATE")
+                for work in deferred:
+                    cur.execute("SAVEPOINT op")
+                    try:
+                        work(cur)
+                    except Exception:  # housekeeping: undone alone, the batch goes on
+                        cur.execute("ROLLBACK TO op")
+                    cur.execute("RELEASE op")
                 for fn, fut, _, _, _ in batch:
                     cur.execute("SAVEPOINT op")
                     try:
@@ -103,6 +140,7 @@ class SqliteWriter:
                         cur.execute("RELEASE op")
                         done.append((fut, result, None))
                 cur.execute("COMMIT")
+                self.commits += 1
             except Exception as batch_error:  # BEGIN or COMMIT failed: nothing of the batch is stored
                 try:
                     if self._conn.in_transaction:
@@ -110,6 +148,13 @@ class SqliteWriter:
                 except sqlite3.Error:  # a closed connection has nothing to roll back
                     pass
                 done = [(fut, None, batch_error) for _, fut, _, _, _ in batch]
+                if deferred and not isinstance(batch_error, sqlite3.ProgrammingError):
+                    with self._ready:  # not stored: with the next batch (once closed or gone: never)
+                        if self._closed:
+                            deferred = []
+                        elif not self._deferred:
+                            self._deferred_since = time.monotonic()
+                        self._deferred[:0] = deferred
         if self.observer is not None and any(op[4] for op in batch):
             self.observer(time.perf_counter() - started)
         by_loop: dict[asyncio.AbstractEventLoop, list[_Done]] = {}
