@@ -104,3 +104,22 @@ async def test_the_follow_up_of_a_committed_write_runs_though_its_caller_was_can
     finally:
         writer.close()
     assert outcome == [None] and conn.execute("SELECT v FROM t").fetchall() == [(7,)]
+
+
+async def test_deferred_work_rides_in_the_next_transaction_and_close_still_runs_it(tmp_path: Path) -> None:
+    """Housekeeping nobody waits for (forgetting forwarded outbox rows) costs no commit of its own."""
+    conn, writer, _ = writer_on(tmp_path)
+    writer.defer_seconds = 3600.0  # no other write would come: it waits for one
+    try:
+        writer.defer(insert(1))
+        await writer.run(insert(2))
+        assert writer.commits == 1  # both in one transaction
+        assert [v for (v,) in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 2]
+        writer.defer(insert(1))  # fails (the key exists): rolled back alone, the batch goes on
+        writer.defer(insert(3))
+        assert await writer.run(insert(4)) == 1
+        assert [v for (v,) in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 2, 3, 4]
+        writer.defer(insert(5))
+    finally:
+        writer.close()  # finishes what is deferred too
+    assert writer.commits == 3 and conn.execute("SELECT COUNT(*) FROM t WHERE v = 5").fetchone()[0] == 1

@@ -152,13 +152,15 @@ def recipient_domain(address: str | None) -> str:
 class SqliteSpool:
     """Embedded spool in ``<data_dir>/spool.db``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, forget_after: float = 1.0) -> None:
+        """``forget_after``: how long forwarded outbox rows wait for another write to share its
+        transaction before their delete commits alone (:meth:`forget_outbox_later`)."""
         self.path = path
         self._conn = open_sqlite(path)
         self._conn.executescript(SCHEMA)
         self._conn.create_function("rcpt_domain", 1, recipient_domain, deterministic=True)
         self._lock = threading.Lock()
-        self._writer = SqliteWriter(self._conn, self._lock, "spool-writer")
+        self._writer = SqliteWriter(self._conn, self._lock, "spool-writer", defer_seconds=forget_after)
         self._forget: list[int] = []  # forwarded outbox rows to delete in the next transaction
         self._forget_lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
