@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import threading
 import time
 
@@ -297,6 +298,52 @@ async def test_sqlite_outbox_forwards_many_messages_events_in_one_commit_in_orde
         assert spool.outbox() == [] and spool.commits == spool_commits + 2
         assert await outbox.drain() == 0 and len(store.events()) == 10  # nothing twice
     finally:
+        await outbox.close()
+        spool.close()
+        store.close()
+
+
+async def test_sqlite_outbox_keeps_an_event_events_db_refuses_and_its_message_s_later_ones_in_order(tmp_path):
+    """An event events.db refuses stays in spool.db's outbox (nothing lost, nothing out of order: the
+    same message's delivered event waits behind its accepted one) while other messages' events go
+    through; once events.db takes it, both follow, each stored and announced once."""
+    import sqlite3
+
+    from pipeline.config import Config
+    from pipeline.contract.context import Event
+    from pipeline.delivery.results import OutboxResults
+    from pipeline.events import EventEmitter
+    from pipeline.events.sqlite import SqliteEventStore
+    from pipeline.spool.sqlite import SqliteSpool
+
+    spool, store = SqliteSpool(tmp_path / "spool.db"), SqliteEventStore(tmp_path / "events.db")
+    counters: collections.Counter[str] = collections.Counter()
+    outbox = OutboxResults(spool, store, EventEmitter(store, Config(), counters), linger=3600)
+    admin = sqlite3.connect(tmp_path / "events.db", isolation_level=None)
+    admin.execute("CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.recipient = 'poison@example.net' "
+                  "AND NEW.type = 'accepted' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+    try:
+        qids = {}
+        for rcpt in ("poison@example.net", "fine@example.net"):
+            ctx = MessageContext(message=Message(RAW, "a@example.org", [rcpt]))
+            await outbox.accepts().enqueue(ctx, RAW, [rcpt], [Event("accepted", queue_id=ctx.queue_id, recipient=rcpt)])
+            qids[rcpt] = ctx.queue_id
+        outcomes = [RecipientOutcome(m.queue_id, m.recipients[0], RecipientState.DELIVERED, 1, "2.0.0", "250 ok")
+                    for m in spool.claim(10, lease=60)]
+        await outbox.record(outcomes, [Event("delivered", queue_id=o.queue_id, recipient=o.recipient)
+                                       for o in outcomes])
+        assert [(e.event.type, e.event.recipient) for e in store.events()] == [
+            ("accepted", "fine@example.net"), ("delivered", "fine@example.net")]
+        assert {json.loads(ev)["recipient"] for _, _, ev, _ in spool.outbox()} >= {"poison@example.net"}
+        admin.execute("DROP TRIGGER refuse")
+        await outbox.drain()
+        by_message = {rcpt: [e.event.type for e in store.events(queue_id=qid)] for rcpt, qid in qids.items()}
+        assert by_message == {"poison@example.net": ["accepted", "delivered"],
+                              "fine@example.net": ["accepted", "delivered"]}
+        assert counters["events_total:accepted"] == 2 and counters["events_total:delivered"] == 2
+        assert spool.outbox() == []
+    finally:
+        admin.close()
         await outbox.close()
         spool.close()
         store.close()

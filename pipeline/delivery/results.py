@@ -243,8 +243,9 @@ class OutboxResults:
 
     async def _round(self) -> tuple[list[tuple[Event, list[str]]], Exception | None]:
         """One events.db transaction for what is pending: the events it stored (to announce) and
-        why some were not (they are pending again), or raise when nothing was stored."""
-        disk = (self._from_disk, self._read_upto)
+        why some were not, or raise when nothing was stored. Whatever was not stored is read from
+        spool.db again (from the first such row on, in order), not held in memory: an outage of
+        events.db costs no memory, and a message's later events never overtake an earlier one."""
         if self._from_disk:
             items = await self._catch_up()
         else:
@@ -255,25 +256,31 @@ class OutboxResults:
         try:
             results = await self.store.record_many([(event, urls, origin) for _, origin, event, urls in items])
         except BaseException:
-            if disk[0]:
-                self._from_disk, self._read_upto = disk  # read them from spool.db again
-            else:
-                self._pending[:0] = items
+            self._reread_from(items[0][0])
             raise
-        done, kept, stored = [], [], []
+        done, stored = [], []
+        failed: Exception | None = None
         for item, result in zip(items, results, strict=True):
             if isinstance(result, Exception):
-                kept.append(item)
+                if failed is None:
+                    failed = result
+                    self._reread_from(item[0])
                 continue
             done.append(item[0])
             if result is not None:  # None: stored before (a repeated drain): announced then
                 stored.append((item[2], item[3]))
-        self._pending[:0] = kept
         if done:
             self.spool.forget_outbox_later(done)
         self._forwarded += len(done)
-        self._release_waiters(max(item[0] for item in items))
-        return stored, next((r for r in results if isinstance(r, Exception)), None)
+        self._release_waiters(items[-1][0])
+        return stored, failed
+
+    def _reread_from(self, first: int) -> None:
+        """Forget what memory holds from outbox id ``first`` on: the next rounds read spool.db (rows
+        forwarded meanwhile and not yet deleted are stored again as no-ops: their origin)."""
+        self._from_disk = True
+        self._read_upto = first - 1
+        self._pending = []
 
     async def _catch_up(self, limit: int = 1000) -> list[_Item]:
         """The next rows of spool.db's outbox in id order (what a crash or another process left,
@@ -283,11 +290,9 @@ class OutboxResults:
             self._read_upto = rows[-1][0]
         if len(rows) < limit:
             self._from_disk = False
-        upto, read = self._read_upto, {row[0] for row in rows}
-        older = [item for item in self._pending if item[0] <= upto and item[0] not in read]  # kept by a round
+        upto = self._read_upto
         self._pending = [item for item in self._pending if item[0] > upto]  # the rest was just read
-        return older + [(i, origin, event_from_record(json.loads(ev)), list(json.loads(urls)))
-                        for i, origin, ev, urls in rows]
+        return [(i, origin, event_from_record(json.loads(ev)), list(json.loads(urls))) for i, origin, ev, urls in rows]
 
     def _release_waiters(self, upto: int | None) -> None:
         """Resolve the waiters whose rows a round took (``None``: every waiter)."""
