@@ -347,3 +347,26 @@ async def test_sqlite_outbox_keeps_an_event_events_db_refuses_and_its_message_s_
         await outbox.close()
         spool.close()
         store.close()
+
+
+async def test_sqlite_forwarded_outbox_rows_are_deleted_alone_when_no_other_write_comes(tmp_path):
+    """The deletion of forwarded outbox rows waits for another write of spool.db to ride in, but
+    not forever: after ``forget_after`` an empty transaction carries it."""
+    from pipeline.spool.sqlite import SqliteSpool
+    from tests.support.console import wait_for
+
+    spool = SqliteSpool(tmp_path / "spool.db", forget_after=0.0)
+    try:
+        qid = await put(spool, ["x@example.net"])
+        spool.claim(10, lease=60)
+        done = asyncio.Event()
+        ids: list[int] = []
+        await spool.record([RecipientOutcome(qid, "x@example.net", RecipientState.DELIVERED, 1, "2.0.0", "250 ok")],
+                           [("o1", "{}", "[]"), ("o2", "{}", "[]")], lambda got: (ids.extend(got), done.set()))
+        await done.wait()
+        commits = spool.commits
+        spool.forget_outbox_later(ids)
+        await wait_for(lambda: spool.commits > commits)  # the timer's empty transaction (nothing else writes)
+        assert spool.outbox() == [] and spool.commits == commits + 1
+    finally:
+        spool.close()

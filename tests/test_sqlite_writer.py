@@ -109,7 +109,6 @@ async def test_the_follow_up_of_a_committed_write_runs_though_its_caller_was_can
 async def test_deferred_work_rides_in_the_next_transaction_and_close_still_runs_it(tmp_path: Path) -> None:
     """Housekeeping nobody waits for (forgetting forwarded outbox rows) costs no commit of its own."""
     conn, writer, _ = writer_on(tmp_path)
-    writer.defer_seconds = 3600.0  # no other write would come: it waits for one
     try:
         writer.defer(insert(1))
         await writer.run(insert(2))

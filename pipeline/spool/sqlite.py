@@ -144,6 +144,17 @@ def _outbox_rows(cur: sqlite3.Cursor, limit: int, after: int = 0) -> list[tuple[
     return [(int(i), str(o), str(e), str(u)) for i, o, e, u in rows]
 
 
+def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
+    """``ids`` as ``(first, last)`` runs of consecutive ids (a run holds only ids of ``ids``)."""
+    runs: list[tuple[int, int]] = []
+    for i in sorted(set(ids)):
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
 def recipient_domain(address: str | None) -> str:
     """The lower-cased domain of a recipient address (SQL function ``rcpt_domain``)."""
     return (address or "").rpartition("@")[2].lower()
@@ -160,7 +171,8 @@ class SqliteSpool:
         self._conn.executescript(SCHEMA)
         self._conn.create_function("rcpt_domain", 1, recipient_domain, deterministic=True)
         self._lock = threading.Lock()
-        self._writer = SqliteWriter(self._conn, self._lock, "spool-writer", defer_seconds=forget_after)
+        self._writer = SqliteWriter(self._conn, self._lock, "spool-writer")
+        self._forget_after = forget_after
         self._forget: list[int] = []  # forwarded outbox rows to delete in the next transaction
         self._forget_lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
@@ -406,11 +418,23 @@ class SqliteSpool:
             self._forget.extend(ids)
         if first:
             self._writer.defer(self._forget_now)
+            # no other write within forget_after: an empty transaction carries the delete
+            asyncio.get_running_loop().call_later(self._forget_after, self._forget_alone)
+
+    def _forget_alone(self) -> None:
+        if self._forget:
+            asyncio.ensure_future(self._flush_quietly())
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self.flush()
+        except sqlite3.Error:  # closed meanwhile (close ran the delete), or failing: the next write retries
+            pass
 
     def _forget_now(self, cur: sqlite3.Cursor) -> None:
         with self._forget_lock:
             ids, self._forget = self._forget, []
-        cur.executemany("DELETE FROM event_outbox WHERE id = ?", [(i,) for i in ids])
+        cur.executemany("DELETE FROM event_outbox WHERE id BETWEEN ? AND ?", _runs(ids))
 
     async def flush(self) -> None:
         """Commit what :meth:`forget_outbox_later` still holds now (an empty batch carries it)."""

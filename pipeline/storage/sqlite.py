@@ -45,16 +45,14 @@ class SqliteWriter:
 
     :meth:`defer` queues housekeeping nobody waits for (forgetting forwarded outbox rows): it rides
     in the next transaction a caller causes instead of costing a commit (an fsync) of its own, and
-    commits alone only when no other write comes within ``defer_seconds``.
+    wakes nobody (the caller decides when an empty :meth:`run` should carry it alone).
     """
 
-    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock, name: str, defer_seconds: float = 1.0) -> None:
+    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock, name: str) -> None:
         self._conn = conn
         self._lock = lock  # the connection's lock: synchronous callers (queue tools) share it
         self._queue: collections.deque[_Op] = collections.deque()
         self._deferred: list[Callable[[sqlite3.Cursor], Any]] = []
-        self._deferred_since = 0.0
-        self.defer_seconds = defer_seconds
         self._ready = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -77,15 +75,12 @@ class SqliteWriter:
         return cast("R", await fut)
 
     def defer(self, fn: Callable[[sqlite3.Cursor], Any]) -> None:
-        """Run ``fn(cursor)`` at the start of the next transaction, whoever causes it (any thread);
-        alone after ``defer_seconds`` if none comes. Nobody waits for it: an error is rolled back
-        and dropped, a failed batch keeps it for the next one; :meth:`close` still runs it."""
+        """Run ``fn(cursor)`` at the start of the next transaction, whoever causes it (any thread),
+        without waking the writer for it. Nobody waits for it: an error is rolled back and dropped,
+        a failed batch keeps it for the next one; :meth:`close` still runs it."""
         with self._ready:
             self._check_open()
-            if not self._deferred:
-                self._deferred_since = time.monotonic()
             self._deferred.append(fn)
-            self._ready.notify()
 
     def _check_open(self) -> None:
         """Raise once closed; start the thread on first use (called holding ``_ready``)."""
@@ -100,13 +95,7 @@ class SqliteWriter:
         while True:
             with self._ready:
                 while not self._queue and not self._closed:
-                    if not self._deferred:
-                        self._ready.wait()
-                        continue
-                    left = self._deferred_since + self.defer_seconds - time.monotonic()
-                    if left <= 0:
-                        break  # deferred work waited long enough for company: commit it alone
-                    self._ready.wait(left)
+                    self._ready.wait()
                 if not self._queue and not self._deferred:
                     return  # closed, and everything done
                 batch = list(self._queue)
@@ -150,11 +139,8 @@ class SqliteWriter:
                 done = [(fut, None, batch_error) for _, fut, _, _, _ in batch]
                 if deferred and not isinstance(batch_error, sqlite3.ProgrammingError):
                     with self._ready:  # not stored: with the next batch (once closed or gone: never)
-                        if self._closed:
-                            deferred = []
-                        elif not self._deferred:
-                            self._deferred_since = time.monotonic()
-                        self._deferred[:0] = deferred
+                        if not self._closed:
+                            self._deferred[:0] = deferred
         if self.observer is not None and any(op[4] for op in batch):
             self.observer(time.perf_counter() - started)
         by_loop: dict[asyncio.AbstractEventLoop, list[_Done]] = {}
