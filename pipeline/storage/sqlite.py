@@ -117,19 +117,28 @@ class SqliteWriter:
                     except Exception:  # housekeeping: undone alone, the batch goes on
                         cur.execute("ROLLBACK TO op")
                     cur.execute("RELEASE op")
-                for fn, fut, _, _, _ in batch:
-                    cur.execute("SAVEPOINT op")
+                if len(batch) == 1 and not deferred:  # alone (one session): no savepoint needed
+                    fn, fut = batch[0][0], batch[0][1]
                     try:
-                        result = fn(cur)
+                        done.append((fut, fn(cur), None))
                     except Exception as op_error:
-                        cur.execute("ROLLBACK TO op")
-                        cur.execute("RELEASE op")
+                        cur.execute("ROLLBACK")
                         done.append((fut, None, op_error))
-                    else:
-                        cur.execute("RELEASE op")
-                        done.append((fut, result, None))
-                cur.execute("COMMIT")
-                self.commits += 1
+                else:
+                    for fn, fut, _, _, _ in batch:
+                        cur.execute("SAVEPOINT op")
+                        try:
+                            result = fn(cur)
+                        except Exception as op_error:
+                            cur.execute("ROLLBACK TO op")
+                            cur.execute("RELEASE op")
+                            done.append((fut, None, op_error))
+                        else:
+                            cur.execute("RELEASE op")
+                            done.append((fut, result, None))
+                if self._conn.in_transaction:
+                    cur.execute("COMMIT")
+                    self.commits += 1
             except Exception as batch_error:  # BEGIN or COMMIT failed: nothing of the batch is stored
                 try:
                     if self._conn.in_transaction:
