@@ -11,7 +11,8 @@ plugins, durable SQLite spool, empty processing chain, null egress), then wait u
 emptied the spool and the event store holds every ``delivered`` event; CPU is the scheduler's
 clock of each thread (``/proc/PID/task/TID/schedstat``, nanoseconds) from before the run until
 then, divided by the messages. Thread names come from ``py-spy dump`` (native ids). Trees run
-interleaved round by round; printed min / median / max over rounds.
+interleaved round by round; printed min / median / max over rounds, with the msg/s smtp-source
+saw (until its last message's reply, not until delivery).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import bench_compare as bc  # noqa: E402
 import bench_end_to_end as e2e  # noqa: E402
 
 GROUPS = ("MainThread", "spool-writer", "events-writer", "other threads", "main process", "workers")
+ROWS = (*GROUPS, "msg/s (ingress)")
 
 
 def thread_names(pid: int) -> dict[int, str]:
@@ -73,7 +75,7 @@ async def one_run(server: bc.Server, messages: int, sessions: int, size: int, do
     """CPU ms per message of each group for one smtp-source run; ``done``: delivered events so far."""
     names = thread_names(server.pid)
     before, kids_before = thread_ns(server.pid), children_ns(server.pid)
-    await bc.smtp_source(server.port, messages, sessions, size)
+    rate = await bc.smtp_source(server.port, messages, sessions, size)
     assert server.spool is not None
     await bc.spool_drained(server.spool)
     await events_stored(server.spool.with_name("events.db"), done + messages)
@@ -86,6 +88,7 @@ async def one_run(server: bc.Server, messages: int, sessions: int, size: int, do
         ms[name if name in GROUPS else "other threads"] += spent
         ms["main process"] += spent
     ms["workers"] = (kids_after - kids_before) / 1e6 / messages
+    ms["msg/s (ingress)"] = rate
     return ms
 
 
@@ -116,11 +119,12 @@ async def main(args: argparse.Namespace) -> None:
                 for sessions in args.sessions:
                     print(f"\n{size_kb} KB, {sessions} session(s)")
                     print(f"  {'thread':<15}" + "".join(f"{s.name:>26}" for s in servers))
-                    for group in GROUPS:
+                    for group in ROWS:
                         cells = []
+                        fmt = ".0f" if group.startswith("msg/s") else ".2f"
                         for s in servers:
                             vals = [m[group] for m in results[(s.name, sessions, size_kb)]]
-                            cells.append(f"{min(vals):.2f} / {statistics.median(vals):.2f} / {max(vals):.2f}")
+                            cells.append(f"{min(vals):{fmt}} / {statistics.median(vals):{fmt}} / {max(vals):{fmt}}")
                         print(f"  {group:<15}" + "".join(f"{c:>26}" for c in cells))
         finally:
             for s in servers:
