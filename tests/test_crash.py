@@ -203,3 +203,56 @@ async def test_sigkill_during_load_loses_no_accepted_message(tmp_path: Path):
     # copy handed over again after the kill has one event per recorded delivery, at most.
     assert set(events) == {f"user{i}@example.net" for i in accepted}
     assert len(set(delivered)) <= sum(events.values()) <= len(delivered)
+
+
+@pytest.mark.slow  # a few seconds: two server processes
+async def test_sigkill_right_after_the_250_keeps_the_message_and_its_accepted_event(tmp_path: Path):
+    """SQLite: the ``accepted`` event and its message-log row commit with the message (spool.db's
+    event outbox), so a kill -9 right after the ``250`` loses neither. events.db is held by another
+    writer meanwhile, so nothing of this message can reach it before the kill: the event can only
+    survive in spool.db, and the restarted server forwards it."""
+    controller, sink = start_sink()
+    config = tmp_path / "smtpgate.toml"
+    write_config(config, tmp_path / "data", controller.port)
+    events_db = tmp_path / "data" / "events.db"
+    try:
+        server = Server(config)
+        await server.start()
+        hold = sqlite3.connect(events_db, isolation_level=None, timeout=30)
+        hold.execute("BEGIN IMMEDIATE")  # events.db's write lock: the gateway's writes to it wait
+        try:
+            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=server.port, start_tls=False, timeout=20)
+            await client.connect()
+            errors, reply = await client.sendmail("app@example.org", ["user7@example.net"], message(7))
+            assert errors == {} and "queued as" in reply, reply
+            server.kill()  # right after the 250
+            assert await server.wait(15) == -signal.SIGKILL
+            client.close()
+        finally:
+            hold.execute("ROLLBACK")
+            hold.close()
+
+        server = Server(config)
+        await server.start()
+        assert await asyncio.to_thread(sink.wait_for, lambda: len(sink.messages) >= 1, 30)
+
+        def stored(type_: str) -> list[tuple[str, str]]:
+            with sqlite3.connect(events_db) as conn:
+                return conn.execute("SELECT queue_id, recipient FROM events WHERE type = ?", (type_,)).fetchall()
+
+        async with asyncio.timeout(30):  # the delivered event is forwarded after the accepted one
+            while not stored("delivered"):
+                await asyncio.sleep(0.05)
+        server.proc.send_signal(signal.SIGTERM)
+        assert await server.wait(30) == 0, "\n".join(server.log[-20:])
+    finally:
+        controller.stop()
+    accepted = stored("accepted")
+    assert [r for _, r in accepted] == ["user7@example.net"]
+    with sqlite3.connect(events_db) as conn:  # the message log's row rode with it
+        [(qid, state)] = conn.execute("SELECT m.queue_id, r.state FROM messages m JOIN message_recipients r "
+                                      "ON r.queue_id = m.queue_id").fetchall()
+        order = [t for (t,) in conn.execute("SELECT type FROM events WHERE queue_id = ? ORDER BY id", (qid,))]
+    assert qid == accepted[0][0] and state == "delivered"
+    assert order == ["accepted", "delivered"]
+    assert [int(m.header("X-Crash-Id")) for m in sink.messages] == [7]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import threading
 import time
 
@@ -250,3 +251,122 @@ async def test_sqlite_outbox_events_reach_the_event_store_once_whatever_the_cras
     assert store.counts_by_type() == {"delivered": 2, "bounced": 1} and store.is_suppressed("z@example.net")
     spool.close()
     store.close()
+
+
+async def test_sqlite_outbox_forwards_many_messages_events_in_one_commit_in_order_once(tmp_path):
+    """SQLite (issue 17 item 4): the accepted events of several messages (committed with them) and
+    their delivered events (committed with the results) reach events.db in one transaction, each
+    message's accepted before its delivered, each event once and announced once; the forwarded rows
+    leave spool.db with its next transaction, not in a commit of their own."""
+    from pipeline.config import Config
+    from pipeline.contract.context import Event
+    from pipeline.delivery.results import OutboxResults
+    from pipeline.events import EventEmitter
+    from pipeline.events.sqlite import SqliteEventStore
+    from pipeline.spool.sqlite import SqliteSpool
+
+    spool = SqliteSpool(tmp_path / "spool.db", forget_after=3600)  # the delete waits for company
+    store = SqliteEventStore(tmp_path / "events.db")
+    counters: collections.Counter[str] = collections.Counter()
+    outbox = OutboxResults(spool, store, EventEmitter(store, Config(), counters), linger=3600)
+    accepts = outbox.accepts()  # as the SMTP ingress has it: nobody waits for the accepted events
+    try:
+        assert await outbox.drain() == 0  # caught up with spool.db (empty): from memory from now on
+        qids = []
+        for i in range(5):
+            rcpt = f"r{i}@example.net"
+            ctx = MessageContext(message=Message(RAW, "a@example.org", [rcpt]))
+            await accepts.enqueue(ctx, RAW, [rcpt], [Event("accepted", queue_id=ctx.queue_id, recipient=rcpt)])
+            qids.append(ctx.queue_id)
+        assert store.events() == [] and len(spool.outbox()) == 5  # committed with the messages, lingering
+        claimed = spool.claim(10, lease=60)
+        outcomes = [RecipientOutcome(m.queue_id, m.recipients[0], RecipientState.DELIVERED, 1, "2.0.0", "250 ok")
+                    for m in claimed]
+        events_commits, spool_commits = store.commits, spool.commits
+        await outbox.record(outcomes, [Event("delivered", queue_id=o.queue_id, recipient=o.recipient)
+                                       for o in outcomes])
+        assert store.commits == events_commits + 1  # ten events of five messages: one events.db commit
+        assert spool.commits == spool_commits + 1  # the results' own commit, nothing else yet
+        stored = store.events()
+        assert len(stored) == 10 and sorted(e.event.queue_id for e in stored) == sorted(qids * 2)
+        for qid in qids:
+            assert [e.event.type for e in stored if e.event.queue_id == qid] == ["accepted", "delivered"]
+        assert [e.id for e in stored] == sorted(e.id for e in stored)
+        assert counters["events_total:accepted"] == 5 and counters["events_total:delivered"] == 5
+        assert len(spool.outbox()) == 10  # forwarded, forgotten in spool.db's next transaction:
+        await put(spool, ["next@example.net"])
+        assert spool.outbox() == [] and spool.commits == spool_commits + 2
+        assert await outbox.drain() == 0 and len(store.events()) == 10  # nothing twice
+    finally:
+        await outbox.close()
+        spool.close()
+        store.close()
+
+
+async def test_sqlite_outbox_keeps_an_event_events_db_refuses_and_its_message_s_later_ones_in_order(tmp_path):
+    """An event events.db refuses stays in spool.db's outbox (nothing lost, nothing out of order: the
+    same message's delivered event waits behind its accepted one) while other messages' events go
+    through; once events.db takes it, both follow, each stored and announced once."""
+    import sqlite3
+
+    from pipeline.config import Config
+    from pipeline.contract.context import Event
+    from pipeline.delivery.results import OutboxResults
+    from pipeline.events import EventEmitter
+    from pipeline.events.sqlite import SqliteEventStore
+    from pipeline.spool.sqlite import SqliteSpool
+
+    spool, store = SqliteSpool(tmp_path / "spool.db"), SqliteEventStore(tmp_path / "events.db")
+    counters: collections.Counter[str] = collections.Counter()
+    outbox = OutboxResults(spool, store, EventEmitter(store, Config(), counters), linger=3600)
+    admin = sqlite3.connect(tmp_path / "events.db", isolation_level=None)
+    admin.execute("CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.recipient = 'poison@example.net' "
+                  "AND NEW.type = 'accepted' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+    try:
+        qids = {}
+        for rcpt in ("poison@example.net", "fine@example.net"):
+            ctx = MessageContext(message=Message(RAW, "a@example.org", [rcpt]))
+            await outbox.accepts().enqueue(ctx, RAW, [rcpt], [Event("accepted", queue_id=ctx.queue_id, recipient=rcpt)])
+            qids[rcpt] = ctx.queue_id
+        outcomes = [RecipientOutcome(m.queue_id, m.recipients[0], RecipientState.DELIVERED, 1, "2.0.0", "250 ok")
+                    for m in spool.claim(10, lease=60)]
+        await outbox.record(outcomes, [Event("delivered", queue_id=o.queue_id, recipient=o.recipient)
+                                       for o in outcomes])
+        assert [(e.event.type, e.event.recipient) for e in store.events()] == [
+            ("accepted", "fine@example.net"), ("delivered", "fine@example.net")]
+        assert {json.loads(ev)["recipient"] for _, _, ev, _ in spool.outbox()} >= {"poison@example.net"}
+        admin.execute("DROP TRIGGER refuse")
+        await outbox.drain()
+        by_message = {rcpt: [e.event.type for e in store.events(queue_id=qid)] for rcpt, qid in qids.items()}
+        assert by_message == {"poison@example.net": ["accepted", "delivered"],
+                              "fine@example.net": ["accepted", "delivered"]}
+        assert counters["events_total:accepted"] == 2 and counters["events_total:delivered"] == 2
+        assert spool.outbox() == []
+    finally:
+        admin.close()
+        await outbox.close()
+        spool.close()
+        store.close()
+
+
+async def test_sqlite_forwarded_outbox_rows_are_deleted_alone_when_no_other_write_comes(tmp_path):
+    """The deletion of forwarded outbox rows waits for another write of spool.db to ride in, but
+    not forever: after ``forget_after`` an empty transaction carries it."""
+    from pipeline.spool.sqlite import SqliteSpool
+    from tests.support.console import wait_for
+
+    spool = SqliteSpool(tmp_path / "spool.db", forget_after=0.0)
+    try:
+        qid = await put(spool, ["x@example.net"])
+        spool.claim(10, lease=60)
+        done = asyncio.Event()
+        ids: list[int] = []
+        await spool.record([RecipientOutcome(qid, "x@example.net", RecipientState.DELIVERED, 1, "2.0.0", "250 ok")],
+                           [("o1", "{}", "[]"), ("o2", "{}", "[]")], lambda got: (ids.extend(got), done.set()))
+        await done.wait()
+        commits = spool.commits
+        spool.forget_outbox_later(ids)
+        await wait_for(lambda: spool.commits > commits)  # the timer's empty transaction (nothing else writes)
+        assert spool.outbox() == [] and spool.commits == commits + 1
+    finally:
+        spool.close()

@@ -8,6 +8,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
+
 from pipeline.storage.sqlite import SqliteWriter, open_sqlite
 
 
@@ -52,6 +54,26 @@ async def test_a_failing_write_is_rolled_back_alone(tmp_path: Path) -> None:
         writer.close()
     assert results[0] == 1 and isinstance(results[1], ValueError) and results[2] == 1
     assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 3]
+
+
+async def test_a_failing_write_alone_in_its_transaction_leaves_nothing_and_the_next_one_commits(
+    tmp_path: Path,
+) -> None:
+    conn, writer, _ = writer_on(tmp_path)
+
+    def half_then_fail(cur: sqlite3.Cursor) -> None:
+        cur.execute("INSERT INTO t VALUES (2)")
+        raise ValueError("bad row")
+
+    try:
+        with pytest.raises(ValueError, match="bad row"):
+            await writer.run(half_then_fail)  # one caller, one transaction (no savepoint)
+        commits = writer.commits
+        assert await writer.run(insert(3)) == 1
+    finally:
+        writer.close()
+    assert commits == 0 and writer.commits == 1
+    assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == [3]
 
 
 async def test_a_failed_commit_fails_every_caller_of_the_batch(tmp_path: Path) -> None:
@@ -104,3 +126,21 @@ async def test_the_follow_up_of_a_committed_write_runs_though_its_caller_was_can
     finally:
         writer.close()
     assert outcome == [None] and conn.execute("SELECT v FROM t").fetchall() == [(7,)]
+
+
+async def test_deferred_work_rides_in_the_next_transaction_and_close_still_runs_it(tmp_path: Path) -> None:
+    """Housekeeping nobody waits for (forgetting forwarded outbox rows) costs no commit of its own."""
+    conn, writer, _ = writer_on(tmp_path)
+    try:
+        writer.defer(insert(1))
+        await writer.run(insert(2))
+        assert writer.commits == 1  # both in one transaction
+        assert [v for (v,) in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 2]
+        writer.defer(insert(1))  # fails (the key exists): rolled back alone, the batch goes on
+        writer.defer(insert(3))
+        assert await writer.run(insert(4)) == 1
+        assert [v for (v,) in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 2, 3, 4]
+        writer.defer(insert(5))
+    finally:
+        writer.close()  # finishes what is deferred too
+    assert writer.commits == 3 and conn.execute("SELECT COUNT(*) FROM t WHERE v = 5").fetchone()[0] == 1

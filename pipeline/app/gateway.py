@@ -29,7 +29,7 @@ from pipeline.config import Config
 from pipeline.contract.context import Credential, Event
 from pipeline.contract.vocabulary import PluginSource
 from pipeline.delivery.notices import BounceNotices, notice_features
-from pipeline.delivery.results import JointAccepts, JointResults, OutboxResults
+from pipeline.delivery.results import JointAccepts, JointResults, OutboxAccepts, OutboxResults
 from pipeline.delivery.scheduler import DeliveryService
 from pipeline.delivery.workers import SpoolSource
 from pipeline.egress.resolver import Resolver
@@ -100,6 +100,7 @@ class Gateway:
         self._closers: list[Callable[[], None]] = []  # stores opened for one service (the API's)
         self.sent = SlidingWindow(60.0)  # messages per credential per minute: SMTP and the HTTP send API alike
         self._refusals: RefusalEvents | None = None
+        self._outbox: OutboxResults | None = None  # spool.db's event outbox forwarder (SQLite files)
 
     # -- stores and ports (opened on first use, so commands that don't need them don't create them)
 
@@ -198,17 +199,24 @@ class Gateway:
         spool, events = self.spool, self.events
         if isinstance(spool, PostgresSpool) and isinstance(events, PostgresEventStore) and spool.url == events.url:
             return JointResults(spool, events, self.event_sink)
-        if isinstance(spool, SqliteSpool) and isinstance(events, SqliteEventStore):
-            return OutboxResults(spool, events, self.event_sink)
-        return None
+        return self._sqlite_outbox()
 
-    def joint_accepts(self) -> JointAccepts | None:
-        """A message and its ``accepted`` events in one transaction, when spool and events share one
-        PostgreSQL database; ``None`` for the SQLite files (the spool commits, then the events)."""
+    def joint_accepts(self, *, stored: bool = False) -> JointAccepts | OutboxAccepts | None:
+        """A message and its ``accepted`` events in one transaction: the shared PostgreSQL database's,
+        or spool.db's (its event outbox, forwarded to events.db after the reply; ``stored``: before
+        the enqueue returns, for the HTTP send API)."""
         spool, events = self.spool, self.events
         if isinstance(spool, PostgresSpool) and isinstance(events, PostgresEventStore) and spool.url == events.url:
             return JointAccepts(spool, events, self.event_sink)
-        return None
+        outbox = self._sqlite_outbox()
+        return outbox.accepts(wait=stored) if outbox is not None else None
+
+    def _sqlite_outbox(self) -> OutboxResults | None:
+        """The one forwarder of spool.db's event outbox (results, accepts and notices share it)."""
+        spool, events = self.spool, self.events
+        if self._outbox is None and isinstance(spool, SqliteSpool) and isinstance(events, SqliteEventStore):
+            self._outbox = OutboxResults(spool, events, self.event_sink)
+        return self._outbox
 
     def tracking_services(self, host: str | None = None, port: int | None = None) -> list[Service]:
         """The tracking HTTP service (clicks, opens, unsubscribe, stats) and the webhook sender."""
@@ -280,7 +288,7 @@ class Gateway:
 
         # the bounce domain's handlers only so a send to them is refused: mail to them is not for sending
         accept = AcceptStep(self.config, self.chain, self.spool, self.event_sink, metrics=self.counters,
-                            inbound=self.inbound_handlers, recorder=self.joint_accepts())
+                            inbound=self.inbound_handlers, recorder=self.joint_accepts(stored=True))
         return SendPorts(accept=accept, chain=self.chain, credential=credential, sent=self.sent,
                          limits=self.config.limits, on_refusal=self.refusals.note, gateway=self.config.gateway)
 
@@ -314,6 +322,9 @@ class Gateway:
             self._refusals = None
         if self._emitter is not None and self._emitter.backlog is not None:
             await self._emitter.backlog.close()  # what the database never took is logged as lost
+        if self._outbox is not None:  # spool.db's event outbox into events.db, before both close
+            await self._outbox.close()
+            self._outbox = None
         if self._spool is not None:
             self._spool.close()
         if self._events is not None:

@@ -19,11 +19,12 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipeline.contract.context import Event, MessageContext
 from pipeline.events import EventEmitter
+from pipeline.events.sqlite import SqliteEventStore
 from pipeline.events.store import EventStoreBase
 from pipeline.ports import RecipientOutcome
 from pipeline.spool.postgres import PostgresSpool
@@ -87,47 +88,239 @@ def event_from_record(rec: dict[str, Any]) -> Event:
     )
 
 
-class OutboxResults:
-    """The :class:`~pipeline.ports.ResultRecorder` for the SQLite files: results and their events
-    commit together in spool.db (``event_outbox``), then move to events.db idempotently."""
+_Item = tuple[int, str, Event, list[str]]
+"""A committed outbox row as the forwarder holds it: ``(outbox id, origin, event, webhook URLs)``."""
 
-    def __init__(self, spool: SqliteSpool, store: EventStoreBase, emitter: EventEmitter) -> None:
+RETRY_MIN = 0.25
+RETRY_MAX = 5.0
+"""Backoff (seconds) between forwarding attempts while events.db refuses them."""
+
+
+class OutboxResults:
+    """The :class:`~pipeline.ports.ResultRecorder` for the SQLite files, and (:meth:`accepts`) their
+    :class:`~pipeline.ports.AcceptRecorder`: results and ``accepted`` events commit with the state
+    they describe in spool.db (``event_outbox``), then move to events.db idempotently.
+
+    Why batched (issue 17 item 4): forwarding used to cost three round trips per message and
+    event kind (read the outbox, store the events, delete the rows). Here each commit hands its rows'
+    ids back in the event loop (``on_commit``); one forwarder task moves everything pending (many
+    messages' accepted and delivered events) into events.db in one operation of its writer, in
+    outbox id order (accepted before delivered, event ids increasing), and the rows are forgotten
+    in spool.db's next transaction (:meth:`SqliteSpool.forget_outbox_later`), not one of their own.
+    Only then are the events counted, the webhook sender woken and ``on_event`` run, once, by the
+    process that stored them. A result's caller waits for its events (the forwarding starts at
+    once); ``accepted`` events nobody waits for linger up to ``linger`` seconds to share that commit.
+    Rows committed before this object existed (a crash, another process) are read from spool.db
+    on the first round.
+    """
+
+    def __init__(self, spool: SqliteSpool, store: SqliteEventStore, emitter: EventEmitter,
+                 linger: float = 0.05) -> None:
         self.spool = spool
         self.store = store
         self.emitter = emitter
-        self._draining = asyncio.Lock()
+        self.linger = linger
+        self._pending: list[_Item] = []  # committed, not yet forwarded, in id order
+        self._from_disk = True  # spool.db may hold rows this object never saw (read them first)
+        self._read_upto = 0  # the last id read from spool.db while catching up
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (highest id, resolved once forwarded)
+        self._hurry = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._failing = 0  # consecutive failed rounds (backoff; logged on the first and on recovery)
+        self._forwarded = 0
+
+    # -- the two recorders ------------------------------------------------------------------
 
     async def record(
         self, outcomes: Sequence[RecipientOutcome], events: Sequence[Event], origins: Sequence[str] | None = None
     ) -> None:
+        """Commit results with their events; return once the events are in events.db (or kept in
+        the outbox for a retry: the results are committed either way, and must not be recorded again)."""
         keys = list(origins) if origins is not None else [uuid.uuid4().hex for _ in events]
-        rows = [
-            (key, json.dumps(e.to_record(), default=str), json.dumps(self.emitter.webhook_urls_for(e)))
-            for e, key in zip(events, keys, strict=True)
-        ]
-        await self.spool.record(outcomes, rows)
-        await self.drain()
+        items = [(e, key, self.emitter.webhook_urls_for(e)) for e, key in zip(events, keys, strict=True)]
+        waiter = asyncio.get_running_loop().create_future() if items else None
+        await self.spool.record(outcomes, _rows(items), self._on_commit(items, waiter))
+        if waiter is not None:
+            await waiter
+
+    def accepts(self, *, wait: bool = False) -> OutboxAccepts:
+        """The accept step's recorder: message and ``accepted`` events in the enqueue's transaction.
+        ``wait``: the enqueue returns once the events are in events.db too (the HTTP send API
+        promises the message log has the message before its 202); else they follow within ``linger``."""
+        return OutboxAccepts(self, wait)
+
+    async def enqueue(self, ctx: MessageContext, data: bytes, recipients: list[str], events: Sequence[Event],
+                      wait: bool = False) -> None:
+        items = [(e, uuid.uuid4().hex, self.emitter.webhook_urls_for(e)) for e in events]
+        waiter = asyncio.get_running_loop().create_future() if items and wait else None
+        await self.spool.enqueue(ctx, data, recipients, _rows(items), self._on_commit(items, waiter))
+        if waiter is not None:
+            await waiter
+
+    def _on_commit(
+        self, items: list[tuple[Event, str, list[str]]], waiter: asyncio.Future[None] | None
+    ) -> Callable[[list[int]], None]:
+        def committed(ids: list[int]) -> None:
+            self._pending.extend((i, key, e, urls) for i, (e, key, urls) in zip(ids, items, strict=True))
+            if waiter is not None:
+                self._waiters.append((max(ids), waiter))
+                self._hurry.set()
+            self._kick()
+
+        return committed
+
+    # -- forwarding -------------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="event-outbox")
 
     async def drain(self) -> int:
-        """Store the outbox's events in events.db (group-committed), then forget them; how many.
-        An event that cannot be stored stays in the outbox for the next drain."""
-        async with self._draining:
-            rows = await self.spool.take_outbox()
-            if not rows:
-                return 0
-            items = [(id_, origin, event_from_record(json.loads(ev)), json.loads(urls)) for id_, origin, ev, urls in rows]
-            stored = await asyncio.gather(
-                *(self.store.record(event, urls, origin) for _, origin, event, urls in items), return_exceptions=True
-            )
-            done = [item for item, result in zip(items, stored, strict=True) if not isinstance(result, BaseException)]
-            for result in stored:
-                if isinstance(result, BaseException):
-                    log.error("event from the spool's outbox not stored yet (kept for the next drain): %s", result)
-                    break
-            await self.spool.forget_outbox([id_ for id_, _, _, _ in done])
-        for _, _, event, urls in done:
+        """Forward everything committed so far now (rows a crash left included) and forget it in
+        spool.db before returning; how many rows were forwarded (events already stored count too)."""
+        before = self._forwarded
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((0, waiter))  # resolved by the next round, which reads spool.db if due
+        self._hurry.set()
+        self._kick()
+        await waiter
+        while self._pending or self._from_disk:  # a round forwards what was pending when it began
+            if self._failing:
+                break
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append((0, waiter))
+            self._hurry.set()
+            self._kick()
+            await waiter
+        await self.spool.flush()
+        return self._forwarded - before
+
+    async def close(self) -> None:
+        """Forward what is pending (one attempt if events.db refuses: the rows stay in spool.db for
+        the next start), then stop; before the stores close."""
+        self._closing = True
+        self._hurry.set()
+        if self._pending or self._from_disk:
+            self._kick()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        for _, waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending or self._from_disk or self._waiters:
+            if not self._hurry.is_set() and not self._closing:
+                timer = loop.call_later(self.linger, self._hurry.set)  # accepted events wait for company
+                await self._hurry.wait()
+                timer.cancel()
+            self._hurry.clear()
             try:
-                await self.emitter.committed(event, urls)
-            except Exception:  # stored already: an on_event plugin's failure must not undo it
-                log.exception("%s: on_event for %s of %s failed", event.queue_id, event.type, event.recipient)
-        return len(done)
+                stored, kept = await self._round()
+            except Exception as exc:
+                self._release_waiters(None)  # their state is committed: nobody waits for an outage
+                stored, kept = [], exc
+            if kept is None and self._failing:
+                log.warning("events of spool.db's outbox stored again after %d failed attempt(s)", self._failing)
+                self._failing = 0
+            for event, urls in stored:
+                try:
+                    await self.emitter.committed(event, urls)
+                except Exception:  # stored already: an on_event plugin's failure must not undo it
+                    log.exception("%s: on_event for %s of %s failed", event.queue_id, event.type, event.recipient)
+            if kept is not None:  # kept in spool.db's outbox: nothing is lost, it is retried
+                self._failing += 1
+                if self._failing == 1:
+                    log.error("events of spool.db's outbox not stored in events.db yet (%s: %s); kept there, "
+                              "retrying with backoff", type(kept).__name__, str(kept).strip()[:300])
+                if self._closing:
+                    return  # the next start forwards them
+                await asyncio.sleep(min(RETRY_MAX, RETRY_MIN * 2 ** (self._failing - 1)))
+                self._hurry.set()
+
+    async def _round(self) -> tuple[list[tuple[Event, list[str]]], Exception | None]:
+        """One events.db transaction for what is pending: the events it stored (to announce) and
+        why some were not, or raise when nothing was stored. Whatever was not stored is read from
+        spool.db again (from the first such row on, in order), not held in memory: an outage of
+        events.db costs no memory, and a message's later events never overtake an earlier one."""
+        if self._from_disk:
+            items = await self._catch_up()
+        else:
+            items, self._pending = self._pending, []
+        if not items:
+            self._release_waiters(None)
+            return [], None
+        try:
+            results = await self.store.record_many([(event, urls, origin) for _, origin, event, urls in items])
+        except BaseException:
+            self._reread_from(items[0][0])
+            raise
+        done, stored = [], []
+        failed: Exception | None = None
+        for item, result in zip(items, results, strict=True):
+            if isinstance(result, Exception):
+                if failed is None:
+                    failed = result
+                    self._reread_from(item[0])
+                continue
+            done.append(item[0])
+            if result is not None:  # None: stored before (a repeated drain): announced then
+                stored.append((item[2], item[3]))
+        if done:
+            self.spool.forget_outbox_later(done)
+        self._forwarded += len(done)
+        self._release_waiters(items[-1][0])
+        return stored, failed
+
+    def _reread_from(self, first: int) -> None:
+        """Forget what memory holds from outbox id ``first`` on: the next rounds read spool.db (rows
+        forwarded meanwhile and not yet deleted are stored again as no-ops: their origin)."""
+        self._from_disk = True
+        self._read_upto = first - 1
+        self._pending = []
+
+    async def _catch_up(self, limit: int = 1000) -> list[_Item]:
+        """The next rows of spool.db's outbox in id order (what a crash or another process left,
+        and what this object was told of meanwhile); once they are exhausted, back to memory."""
+        rows = await self.spool.take_outbox(limit, self._read_upto)
+        if rows:
+            self._read_upto = rows[-1][0]
+        if len(rows) < limit:
+            self._from_disk = False
+        upto = self._read_upto
+        self._pending = [item for item in self._pending if item[0] > upto]  # the rest was just read
+        return [(i, origin, event_from_record(json.loads(ev)), list(json.loads(urls))) for i, origin, ev, urls in rows]
+
+    def _release_waiters(self, upto: int | None) -> None:
+        """Resolve the waiters whose rows a round took (``None``: every waiter)."""
+        keep = []
+        for highest, waiter in self._waiters:
+            if upto is None or highest <= upto:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                keep.append((highest, waiter))
+        self._waiters = keep
+
+
+class OutboxAccepts:
+    """:class:`~pipeline.ports.AcceptRecorder` over :class:`OutboxResults` (the SQLite files)."""
+
+    def __init__(self, outbox: OutboxResults, wait: bool) -> None:
+        self.outbox = outbox
+        self.wait = wait
+
+    async def enqueue(self, ctx: MessageContext, data: bytes, recipients: list[str], events: Sequence[Event]) -> None:
+        await self.outbox.enqueue(ctx, data, recipients, events, self.wait)
+
+    async def committed(self, event: Event) -> None:
+        """Nothing: the forwarder counts, wakes the webhook sender and runs ``on_event`` once it
+        has stored the event in events.db."""
+
+
+def _rows(items: Sequence[tuple[Event, str, list[str]]]) -> list[tuple[str, str, str]]:
+    """``event_outbox`` rows: ``(origin, event JSON, webhook URLs JSON)``."""
+    return [(key, json.dumps(e.to_record(), default=str), json.dumps(urls)) for e, key, urls in items]

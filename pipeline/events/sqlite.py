@@ -126,6 +126,41 @@ class SqliteEventStore(EventStoreBase):
         urls = list(dict.fromkeys(webhook_urls))
         return await self._writer.run(lambda cur: self.write_event(_tx_on(cur), event, urls, origin))
 
+    async def record_many(self, items: Sequence[tuple[Event, Sequence[str], str]]) -> list[int | None | Exception]:
+        """Store ``(event, webhook URLs, origin)`` items in one operation of the writer's next commit
+        (the SQLite spool's outbox forwards everything pending at once: one events.db transaction for
+        many messages' events, not a round trip per event). Per item: its new id, ``None`` when an
+        event was already stored under its origin, or the exception that kept it out (rolled back
+        alone); an item of a message whose earlier item failed is not written (its events keep their
+        order), and gets that exception too. Raises when the commit itself fails (nothing stored)."""
+        batch = [(event, list(dict.fromkeys(urls)), origin) for event, urls, origin in items]
+
+        def write(cur: sqlite3.Cursor) -> list[int | None | Exception]:
+            tx = _tx_on(cur)
+            out: list[int | None | Exception] = []
+            failed: dict[str | None, Exception] = {}
+            for event, urls, origin in batch:
+                earlier = failed.get(event.queue_id) if event.queue_id is not None else None
+                if earlier is not None:
+                    out.append(earlier)
+                    continue
+                cur.execute("SAVEPOINT item")
+                try:
+                    out.append(self.write_event_once(tx, event, urls, origin))
+                except Exception as exc:
+                    cur.execute("ROLLBACK TO item")
+                    failed[event.queue_id] = exc
+                    out.append(exc)
+                cur.execute("RELEASE item")
+            return out
+
+        return await self._writer.run(write)
+
+    @property
+    def commits(self) -> int:
+        """Transactions the writer has committed (tests and benchmarks count round trips)."""
+        return self._writer.commits
+
     def _transaction(self, fn: Callable[[Tx], R]) -> R:
         with self._lock:
             cur = self._conn.cursor()

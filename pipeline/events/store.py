@@ -179,6 +179,14 @@ class EventStoreBase(abc.ABC):
         idempotent: an event already stored under that key is left as it is (its id returned),
         which is what draining the SQLite spool's event outbox after a crash needs.
         """
+        event_id = self.write_event_once(tx, event, urls, origin)
+        if event_id is None:  # stored before under this origin (a repeated outbox drain)
+            return int(tx("SELECT id FROM events WHERE origin = ?", (origin,))[0][0][0])
+        return event_id
+
+    def write_event_once(self, tx: Tx, event: Event, urls: Sequence[str], origin: str | None = None) -> int | None:
+        """:meth:`write_event`, but ``None`` when an event is already stored under ``origin``: the
+        caller then knows it was not this write that stored it (no second ``on_event``, count, wake)."""
         now = time.time()
         rows, _ = tx(
             "INSERT INTO events (type, time, day, queue_id, recipient, credential, campaign_id,"
@@ -193,8 +201,8 @@ class EventStoreBase(abc.ABC):
                 origin,
             ),
         )
-        if not rows:  # stored before under this origin (a repeated outbox drain)
-            return int(tx("SELECT id FROM events WHERE origin = ?", (origin,))[0][0][0])
+        if not rows:
+            return None
         event_id = int(rows[0][0])
         write_message_log(tx, event, log_tables(self.dialect))  # the log (smtpgate messages), same transaction
         store_meta(tx, event)

@@ -84,8 +84,11 @@ def _claimed(row: Row, recipients: list[str]) -> QueuedMessage:
     )
 
 
-def _insert(cur: sqlite3.Cursor, row: Row, rcpts: list[str], not_before: float, lease: float | None) -> None:
-    """One enqueued message; with a lease its recipients are inserted already claimed (``processing``)."""
+def _insert(
+    cur: sqlite3.Cursor, row: Row, rcpts: list[str], not_before: float, lease: float | None, outbox: Sequence[OutboxRow]
+) -> list[int]:
+    """One enqueued message (with a lease its recipients are inserted already claimed:
+    ``processing``) and its events' outbox rows; the rows' ids."""
     now = time.time()
     cur.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?)", row)
     if lease is None:
@@ -99,12 +102,23 @@ def _insert(cur: sqlite3.Cursor, row: Row, rcpts: list[str], not_before: float, 
             "VALUES (?, ?, ?, ?, 'processing', ?)",
             [(row[0], r, now, not_before, now + lease) for r in rcpts],
         )
+    return _insert_outbox(cur, outbox)
 
 
-def _record_rows(cur: sqlite3.Cursor, updates: Sequence[RecipientOutcome], outbox: Sequence[OutboxRow]) -> None:
-    """Results (and their events' outbox rows); a message whose recipients are all final leaves."""
+def _insert_outbox(cur: sqlite3.Cursor, outbox: Sequence[OutboxRow]) -> list[int]:
+    """Outbox rows, in order; their ids (increasing: the order the event store gets them in)."""
+    ids = []
+    for item in outbox:
+        cur.execute("INSERT INTO event_outbox (origin, event, urls) VALUES (?, ?, ?)", item)
+        ids.append(int(cur.lastrowid or 0))
+    return ids
+
+
+def _record_rows(cur: sqlite3.Cursor, updates: Sequence[RecipientOutcome], outbox: Sequence[OutboxRow]) -> list[int]:
+    """Results (and their events' outbox rows, whose ids it returns); a message whose recipients
+    are all final leaves."""
     now = time.time()
-    cur.executemany("INSERT INTO event_outbox (origin, event, urls) VALUES (?, ?, ?)", list(outbox))
+    ids = _insert_outbox(cur, outbox)
     cur.executemany(
         "UPDATE recipients SET state=?, attempts=?, next_attempt=?, last_reply=?, "
         "plugin_failures=?, next_hop=?, lease_until=0, updated_at=? WHERE queue_id=? AND recipient=?",
@@ -120,11 +134,25 @@ def _record_rows(cur: sqlite3.Cursor, updates: Sequence[RecipientOutcome], outbo
         ).fetchone()
         if open_left is None:
             cur.execute("DELETE FROM messages WHERE queue_id=?", (qid,))
+    return ids
 
 
-def _outbox_rows(cur: sqlite3.Cursor, limit: int) -> list[tuple[int, str, str, str]]:
-    rows = cur.execute("SELECT id, origin, event, urls FROM event_outbox ORDER BY id LIMIT ?", (limit,)).fetchall()
+def _outbox_rows(cur: sqlite3.Cursor, limit: int, after: int = 0) -> list[tuple[int, str, str, str]]:
+    rows = cur.execute(
+        "SELECT id, origin, event, urls FROM event_outbox WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+    ).fetchall()
     return [(int(i), str(o), str(e), str(u)) for i, o, e, u in rows]
+
+
+def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
+    """``ids`` as ``(first, last)`` runs of consecutive ids (a run holds only ids of ``ids``)."""
+    runs: list[tuple[int, int]] = []
+    for i in sorted(set(ids)):
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
 
 
 def recipient_domain(address: str | None) -> str:
@@ -135,17 +163,27 @@ def recipient_domain(address: str | None) -> str:
 class SqliteSpool:
     """Embedded spool in ``<data_dir>/spool.db``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, forget_after: float = 1.0) -> None:
+        """``forget_after``: how long forwarded outbox rows wait for another write to share its
+        transaction before their delete commits alone (:meth:`forget_outbox_later`)."""
         self.path = path
         self._conn = open_sqlite(path)
         self._conn.executescript(SCHEMA)
         self._conn.create_function("rcpt_domain", 1, recipient_domain, deterministic=True)
         self._lock = threading.Lock()
         self._writer = SqliteWriter(self._conn, self._lock, "spool-writer")
+        self._forget_after = forget_after
+        self._forget: list[int] = []  # forwarded outbox rows to delete in the next transaction
+        self._forget_lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self._wake_due = False
         self._claimer: EnqueueClaimer | None = None
         self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+
+    @property
+    def commits(self) -> int:
+        """Transactions the writer has committed (tests and benchmarks count round trips)."""
+        return self._writer.commits
 
     @property
     def commit_observer(self) -> Callable[[float], None] | None:
@@ -189,9 +227,22 @@ class SqliteSpool:
         self._data_version = version
         return bool(changed)
 
-    async def enqueue(self, ctx: MessageContext, data: bytes, recipients: list[str]) -> None:
+    async def enqueue(
+        self,
+        ctx: MessageContext,
+        data: bytes,
+        recipients: list[str],
+        outbox: Sequence[OutboxRow] = (),
+        on_commit: Callable[[list[int]], None] | None = None,
+    ) -> None:
         """Commit the message durably (fsync'd) before returning; raise on failure. Concurrent
-        enqueues (and delivery results) share the writer's transaction: one fsync for all."""
+        enqueues (and delivery results) share the writer's transaction: one fsync for all.
+
+        ``outbox``: the message's ``accepted`` events, committed with it (a kill -9 right after the
+        ``250`` keeps message and event); ``on_commit(ids)`` gets their outbox ids in the event loop
+        once committed, before the message is handed to delivery (so its results' events, later
+        ids, always follow)."""
+        rows = list(outbox)
         row: Row = (ctx.queue_id, ctx.message.mail_from or "", data, json.dumps(ctx.to_record()), time.time())
         # Deferred delivery (a dialect's send_at): the recipients are due at not_before, not now.
         not_before = float(ctx.not_before or 0.0)
@@ -200,6 +251,8 @@ class SqliteSpool:
         lease = claimer.reserve(rcpts, not_before) if claimer is not None else None
 
         def then(error: BaseException | None) -> None:
+            if error is None and on_commit is not None and rows:
+                on_commit(ids)
             if claimer is not None and lease is not None:
                 if error is None:
                     claimer.claimed([_claimed(row, rcpts)])
@@ -209,7 +262,12 @@ class SqliteSpool:
                 self._wake_due = True
                 asyncio.get_running_loop().call_soon(self._notify_batch)
 
-        await self._writer.run(lambda cur: _insert(cur, row, rcpts, not_before, lease), then, measured=True)
+        ids: list[int] = []
+
+        def write(cur: sqlite3.Cursor) -> None:
+            ids[:] = _insert(cur, row, rcpts, not_before, lease, rows)
+
+        await self._writer.run(write, then, measured=True)
 
     # -- delivery side --------------------------------------------------------------------
 
@@ -316,25 +374,71 @@ class SqliteSpool:
                 row = self._conn.execute(sql).fetchone()
         return None if row[0] is None else float(row[0])
 
-    async def record(self, updates: Sequence[RecipientOutcome], outbox: Sequence[OutboxRow] = ()) -> None:
+    async def record(
+        self,
+        updates: Sequence[RecipientOutcome],
+        outbox: Sequence[OutboxRow] = (),
+        on_commit: Callable[[list[int]], None] | None = None,
+    ) -> None:
         """Commit recipients' results (with ``outbox``: the events describing them, as
-        ``(origin, event JSON, webhook URLs JSON)`` rows of ``event_outbox``, drained into the event
-        store after the commit: issue 11 point 3), in the writer's shared transaction (one fsync)."""
+        ``(origin, event JSON, webhook URLs JSON)`` rows of ``event_outbox``, forwarded into the event
+        store after the commit: issue 11 point 3), in the writer's shared transaction (one fsync).
+        ``on_commit(ids)``: the outbox rows' ids, in the event loop, once committed."""
         updates, outbox = list(updates), list(outbox)
-        await self._writer.run(lambda cur: _record_rows(cur, updates, outbox))
+        ids: list[int] = []
+
+        def write(cur: sqlite3.Cursor) -> None:
+            ids[:] = _record_rows(cur, updates, outbox)
+
+        def then(error: BaseException | None) -> None:
+            if error is None and on_commit is not None and outbox:
+                on_commit(ids)
+
+        await self._writer.run(write, then)
 
     def record_sync(self, updates: Sequence[RecipientOutcome], outbox: Sequence[OutboxRow] = ()) -> None:
         """Apply results in one transaction; drop messages whose recipients are all final."""
         self._transaction(lambda cur: _record_rows(cur, updates, outbox))
 
-    async def take_outbox(self, limit: int = 500) -> list[tuple[int, str, str, str]]:
-        """:meth:`outbox` through the writer (no thread hop of its own)."""
-        return await self._writer.run(lambda cur: _outbox_rows(cur, limit))
+    async def take_outbox(self, limit: int = 500, after: int = 0) -> list[tuple[int, str, str, str]]:
+        """:meth:`outbox` (rows with an id above ``after``) through the writer (no thread hop of its own)."""
+        return await self._writer.run(lambda cur: _outbox_rows(cur, limit, after))
 
     async def forget_outbox(self, ids: Sequence[int]) -> None:
         """:meth:`outbox_done` through the writer, in its shared transaction."""
         rows = [(i,) for i in ids]
         await self._writer.run(lambda cur: cur.executemany("DELETE FROM event_outbox WHERE id = ?", rows))
+
+    def forget_outbox_later(self, ids: Sequence[int]) -> None:
+        """Forget outbox rows the event store now holds in the next transaction of spool.db, whoever
+        causes it (an enqueue, a result), not in a commit of its own: until then a restart would
+        forward them again, which their ``origin`` key makes a no-op."""
+        with self._forget_lock:
+            first = not self._forget
+            self._forget.extend(ids)
+        if first:
+            self._writer.defer(self._forget_now)
+            # no other write within forget_after: an empty transaction carries the delete
+            asyncio.get_running_loop().call_later(self._forget_after, self._forget_alone)
+
+    def _forget_alone(self) -> None:
+        if self._forget:
+            asyncio.ensure_future(self._flush_quietly())
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self.flush()
+        except sqlite3.Error:  # closed meanwhile (close ran the delete), or failing: the next write retries
+            pass
+
+    def _forget_now(self, cur: sqlite3.Cursor) -> None:
+        with self._forget_lock:
+            ids, self._forget = self._forget, []
+        cur.executemany("DELETE FROM event_outbox WHERE id BETWEEN ? AND ?", _runs(ids))
+
+    async def flush(self) -> None:
+        """Commit what :meth:`forget_outbox_later` still holds now (an empty batch carries it)."""
+        await self._writer.run(lambda cur: None)
 
     def outbox(self, limit: int = 500) -> list[tuple[int, str, str, str]]:
         """Events committed with their results and not yet in the event store: ``(id, origin, event, urls)``."""

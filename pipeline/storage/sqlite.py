@@ -42,16 +42,22 @@ class SqliteWriter:
     futures with one call per batch. A caller returns only after the COMMIT that holds its write;
     an operation that raises is rolled back alone and its caller gets the exception; a failed
     COMMIT fails every caller of the batch (none of it was committed).
+
+    :meth:`defer` queues housekeeping nobody waits for (forgetting forwarded outbox rows): it rides
+    in the next transaction a caller causes instead of costing a commit (an fsync) of its own, and
+    wakes nobody (the caller decides when an empty :meth:`run` should carry it alone).
     """
 
     def __init__(self, conn: sqlite3.Connection, lock: threading.Lock, name: str) -> None:
         self._conn = conn
         self._lock = lock  # the connection's lock: synchronous callers (queue tools) share it
         self._queue: collections.deque[_Op] = collections.deque()
+        self._deferred: list[Callable[[sqlite3.Cursor], Any]] = []
         self._ready = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
         self._name = name
+        self.commits = 0  # transactions committed (tests and benchmarks count round trips with it)
         # seconds per committed batch holding a ``measured`` operation (/metrics: accepted messages' commits)
         self.observer: Callable[[float], None] | None = None
 
@@ -63,46 +69,76 @@ class SqliteWriter:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         with self._ready:
-            if self._closed:
-                # what sqlite3 raises for a closed connection: callers handle one kind of error
-                raise sqlite3.ProgrammingError(f"{self._name}: Cannot operate on a closed database.")
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
-                self._thread.start()
+            self._check_open()
             self._queue.append((fn, fut, loop, then, measured))
             self._ready.notify()
         return cast("R", await fut)
+
+    def defer(self, fn: Callable[[sqlite3.Cursor], Any]) -> None:
+        """Run ``fn(cursor)`` at the start of the next transaction, whoever causes it (any thread),
+        without waking the writer for it. Nobody waits for it: an error is rolled back and dropped,
+        a failed batch keeps it for the next one; :meth:`close` still runs it."""
+        with self._ready:
+            self._check_open()
+            self._deferred.append(fn)
+
+    def _check_open(self) -> None:
+        """Raise once closed; start the thread on first use (called holding ``_ready``)."""
+        if self._closed:
+            # what sqlite3 raises for a closed connection: callers handle one kind of error
+            raise sqlite3.ProgrammingError(f"{self._name}: Cannot operate on a closed database.")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+            self._thread.start()
 
     def _loop(self) -> None:
         while True:
             with self._ready:
                 while not self._queue and not self._closed:
                     self._ready.wait()
-                if not self._queue:
-                    return
+                if not self._queue and not self._deferred:
+                    return  # closed, and everything done
                 batch = list(self._queue)
                 self._queue.clear()
-            self._commit(batch)
+                deferred, self._deferred = self._deferred, []
+            self._commit(batch, deferred)
 
-    def _commit(self, batch: list[_Op]) -> None:
+    def _commit(self, batch: list[_Op], deferred: list[Callable[[sqlite3.Cursor], Any]]) -> None:
         done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         started = time.perf_counter()
         with self._lock:
             try:  # the connection itself may be gone (closed under us): every caller hears it
                 cur = self._conn.cursor()
                 cur.execute("BEGIN IMMEDIATE")
-                for fn, fut, _, _, _ in batch:
+                for work in deferred:
                     cur.execute("SAVEPOINT op")
                     try:
-                        result = fn(cur)
-                    except Exception as op_error:
+                        work(cur)
+                    except Exception:  # housekeeping: undone alone, the batch goes on
                         cur.execute("ROLLBACK TO op")
-                        cur.execute("RELEASE op")
+                    cur.execute("RELEASE op")
+                if len(batch) == 1 and not deferred:  # alone (one session): no savepoint needed
+                    fn, fut = batch[0][0], batch[0][1]
+                    try:
+                        done.append((fut, fn(cur), None))
+                    except Exception as op_error:
+                        cur.execute("ROLLBACK")
                         done.append((fut, None, op_error))
-                    else:
-                        cur.execute("RELEASE op")
-                        done.append((fut, result, None))
-                cur.execute("COMMIT")
+                else:
+                    for fn, fut, _, _, _ in batch:
+                        cur.execute("SAVEPOINT op")
+                        try:
+                            result = fn(cur)
+                        except Exception as op_error:
+                            cur.execute("ROLLBACK TO op")
+                            cur.execute("RELEASE op")
+                            done.append((fut, None, op_error))
+                        else:
+                            cur.execute("RELEASE op")
+                            done.append((fut, result, None))
+                if self._conn.in_transaction:
+                    cur.execute("COMMIT")
+                    self.commits += 1
             except Exception as batch_error:  # BEGIN or COMMIT failed: nothing of the batch is stored
                 try:
                     if self._conn.in_transaction:
@@ -110,6 +146,10 @@ class SqliteWriter:
                 except sqlite3.Error:  # a closed connection has nothing to roll back
                     pass
                 done = [(fut, None, batch_error) for _, fut, _, _, _ in batch]
+                if deferred and not isinstance(batch_error, sqlite3.ProgrammingError):
+                    with self._ready:  # not stored: with the next batch (once closed or gone: never)
+                        if not self._closed:
+                            self._deferred[:0] = deferred
         if self.observer is not None and any(op[4] for op in batch):
             self.observer(time.perf_counter() - started)
         by_loop: dict[asyncio.AbstractEventLoop, list[_Done]] = {}

@@ -1,0 +1,142 @@
+"""CPU per message of each thread of ``smtpgate serve``'s main process: where the durable ingress
+and the delivery side spend it (the writer threads' commits, the event loop), before and after.
+
+    python benchmarks/bench_threads.py [--tree PATH ...] [--rounds 3] [--sessions 1 10] [--sizes-kb 10 60]
+
+Why a script of its own (issue 17 item 4): ``bench_compare`` reports the main process as one
+figure; which thread of it pays (the spool's writer, the event store's writer, the event loop)
+is what tells whether a commit or a thread hop was saved. Per run: Postfix's ``smtp-source``
+(one connection per message) into ``smtpgate serve`` per tree (the default chain's admission
+plugins, durable SQLite spool, empty processing chain, null egress), then wait until delivery has
+emptied the spool and the event store holds every ``delivered`` event; CPU is the scheduler's
+clock of each thread (``/proc/PID/task/TID/schedstat``, nanoseconds) from before the run until
+then, divided by the messages. Thread names come from ``py-spy dump`` (native ids). Trees run
+interleaved round by round; printed min / median / max over rounds, with the msg/s smtp-source
+saw (until its last message's reply, not until delivery).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_compare as bc  # noqa: E402
+import bench_end_to_end as e2e  # noqa: E402
+
+GROUPS = ("MainThread", "spool-writer", "events-writer", "other threads", "main process", "workers")
+ROWS = (*GROUPS, "msg/s (ingress)")
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Native thread id -> Python thread name, from ``py-spy dump``."""
+    out = subprocess.run(["py-spy", "dump", "-p", str(pid)], capture_output=True, text=True, check=False).stdout
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r'^Thread (\d+) \([^)]*\): "([^"]*)"', out, re.M)}
+
+
+def thread_ns(pid: int) -> dict[int, int]:
+    """Nanoseconds on a CPU of each live thread of ``pid``."""
+    out: dict[int, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def children_ns(pid: int) -> int:
+    return sum(bc.run_ns(p) for p in bc.process_tree(pid) if p != pid)
+
+
+async def events_stored(events_db: Path, n: int, timeout: float = 120.0) -> None:
+    """Wait until events.db holds ``n`` ``delivered`` events (the delivery side is done)."""
+    deadline = time.monotonic() + timeout
+    conn = sqlite3.connect(f"file:{events_db}?mode=ro", uri=True, timeout=30)
+    try:
+        while conn.execute("SELECT COUNT(*) FROM events WHERE type = 'delivered'").fetchone()[0] < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{events_db}: {n} delivered events not stored in {timeout:.0f} s")
+            await asyncio.sleep(0.02)
+    finally:
+        conn.close()
+
+
+async def one_run(server: bc.Server, messages: int, sessions: int, size: int, done: int) -> dict[str, float]:
+    """CPU ms per message of each group for one smtp-source run; ``done``: delivered events so far."""
+    names = thread_names(server.pid)
+    before, kids_before = thread_ns(server.pid), children_ns(server.pid)
+    rate = await bc.smtp_source(server.port, messages, sessions, size)
+    assert server.spool is not None
+    await bc.spool_drained(server.spool)
+    await events_stored(server.spool.with_name("events.db"), done + messages)
+    after, kids_after = thread_ns(server.pid), children_ns(server.pid)
+    names.update({t: n for t, n in thread_names(server.pid).items() if t not in names})
+    ms: dict[str, float] = dict.fromkeys(GROUPS, 0.0)
+    for tid, ns in after.items():
+        spent = (ns - before.get(tid, 0)) / 1e6 / messages
+        name = names.get(tid, "")
+        ms[name if name in GROUPS else "other threads"] += spent
+        ms["main process"] += spent
+    ms["workers"] = (kids_after - kids_before) / 1e6 / messages
+    ms["msg/s (ingress)"] = rate
+    return ms
+
+
+async def main(args: argparse.Namespace) -> None:
+    trees = [(Path(t).name or str(t), Path(t).resolve()) for t in args.tree] or [("this tree", bc.ROOT)]
+    with tempfile.TemporaryDirectory(prefix="bench-threads-") as tmp_name:
+        tmp = Path(tmp_name)
+        key = e2e.write_key(tmp)
+        servers = [await bc.start_smtpgate(name, tree, tmp, key, 0, args.workers, None) for name, tree in trees]
+        try:
+            delivered = {s.name: 0 for s in servers}
+            for s in servers:  # warm-up: imports, caches, the writer threads started
+                await bc.smtp_source(s.port, 50, 2, 10240)
+                delivered[s.name] += 50
+                assert s.spool is not None
+                await events_stored(s.spool.with_name("events.db"), delivered[s.name])
+            results: dict[tuple[str, int, int], list[dict[str, float]]] = {}
+            for r in range(args.rounds):
+                for size_kb in args.sizes_kb:
+                    for sessions in args.sessions:
+                        for s in servers if r % 2 == 0 else list(reversed(servers)):
+                            ms = await one_run(s, args.messages, sessions, size_kb * 1024, delivered[s.name])
+                            delivered[s.name] += args.messages
+                            results.setdefault((s.name, sessions, size_kb), []).append(ms)
+                print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+            print(f"CPU ms per message (min / median / max over {args.rounds} rounds, {args.messages} messages each)")
+            for size_kb in args.sizes_kb:
+                for sessions in args.sessions:
+                    print(f"\n{size_kb} KB, {sessions} session(s)")
+                    print(f"  {'thread':<15}" + "".join(f"{s.name:>26}" for s in servers))
+                    for group in ROWS:
+                        cells = []
+                        fmt = ".0f" if group.startswith("msg/s") else ".2f"
+                        for s in servers:
+                            vals = [m[group] for m in results[(s.name, sessions, size_kb)]]
+                            cells.append(f"{min(vals):{fmt}} / {statistics.median(vals):{fmt}} / {max(vals):{fmt}}")
+                        print(f"  {group:<15}" + "".join(f"{c:>26}" for c in cells))
+        finally:
+            for s in servers:
+                await s.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tree", action="append", default=[], help="a source tree to run (repeatable)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 10])
+    parser.add_argument("--sizes-kb", type=int, nargs="+", default=[10, 60])
+    parser.add_argument("--workers", type=int, default=2)
+    asyncio.run(main(parser.parse_args()))
