@@ -117,8 +117,7 @@ def test_workers_exit_after_sigkill_of_the_main_process(tmp_path: Path) -> None:
     try:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-        assert_all_exit(children, log)
-        assert "the gateway process" in log.read_text()  # the workers said why they left
+        assert_all_exit(children, log)  # the kernel kills them (PR_SET_PDEATHSIG): they have no time to log
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
