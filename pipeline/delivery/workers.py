@@ -536,7 +536,12 @@ class WorkerPool:
         worker = _Worker(self, slot, proc)
         self._slots[slot] = worker
         loop = asyncio.get_running_loop()
-        await loop.create_unix_connection(lambda: worker, sock=parent_end)
+        try:
+            await loop.create_unix_connection(lambda: worker, sock=parent_end)
+        except BaseException:  # cancelled by close(): the process must not wait for a pipe nobody holds
+            parent_end.close()
+            _kill(proc)
+            raise
         if worker.transport is not None and not worker.gone:
             worker.transport.write(self._init)
         timer = loop.call_later(READY_TIMEOUT, self._ready_timeout, worker)
@@ -709,7 +714,7 @@ class WorkerPool:
         self, record: dict[str, Any], data: bytes, mail_from: str, recipients: list[str]
     ) -> list[CopyResult]:
         timings: Timings = []
-        if self.workers == 0:
+        if self.workers == 0 or not self._slots:  # no processes (or not started, or closed): in-process
             copies = await run_processing(self.chain, record, data, mail_from, recipients, timings)
             self._observe(timings)
             return copies
@@ -751,7 +756,7 @@ class WorkerPool:
                 w.transport.close()  # the worker reads EOF; connection_lost fails what it had in hand
             else:
                 self._lost(w)
-        self._slots = [None] * len(self._slots)
+        self._slots = []
         procs, self._spawned = self._spawned, []
         await asyncio.gather(*(_wait_exit(p) for p in procs if p.returncode is None), *self._reaping,
                              return_exceptions=True)
