@@ -569,6 +569,9 @@ class WorkerPool:
             await self.close()
             raise
         self._running = True
+        for slot, worker in enumerate(self._slots):
+            if worker is None:  # ready, then died before the pool was running: replace it now
+                self._restart(slot)
 
     def _restart(self, slot: int) -> None:
         self._restarts.pop(slot, None)
