@@ -373,12 +373,17 @@ def worker_main(fd: int) -> None:
 
             multiprocessing.spawn.prepare({"init_main_from_path": init["main_path"]})
         _init_worker(init["settings"], init["gateway_pid"], init["log_settings"], init["source"])
-        chain = _worker[0] if _worker is not None else None
-        sock.sendall(_frame(0, OK, pickle.dumps((os.getpid(), len(chain.plugins.plugins) if chain else 0))))
     except BaseException as exc:
         log.exception("worker start-up failed")
-        sock.sendall(_frame(0, ERROR, _dump_error(exc)))
+        try:
+            sock.sendall(_frame(0, ERROR, _dump_error(exc)))
+        except OSError:
+            pass
         raise SystemExit(1) from None
+    try:
+        sock.sendall(_frame(0, OK, pickle.dumps(os.getpid())))
+    except OSError:  # the gateway stopped (or died) while this worker was starting
+        return
     while True:
         head = _read_exact(stream, HEADER.size)
         if head is None:
