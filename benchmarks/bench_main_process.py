@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,6 +33,26 @@ import bench_end_to_end as e2e  # noqa: E402
 
 def threads(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/task").iterdir()))
+
+
+def thread_ms(pid: int) -> dict[int, float]:
+    """CPU ms of each live thread of ``pid`` (scheduler clock)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out[int(tid)] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0]) / 1e6
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Python thread names by native id, from ``py-spy dump`` when installed (Python 3.11 does not
+    name OS threads, so /proc shows "python3" for all)."""
+    if shutil.which("py-spy") is None:
+        return {}
+    dump = subprocess.run(["py-spy", "dump", "-p", str(pid)], capture_output=True, text=True).stdout
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r'^Thread (\d+) .*"(.*)"', dump, re.M)}
 
 
 def tree_rss(server: bc.Server) -> str:
@@ -47,24 +71,31 @@ async def main_async(args: argparse.Namespace) -> None:
             for n, tree in enumerate(trees):
                 servers.append(await bc.start_smtpgate(f"t{n}", tree, tmp, key, 0, args.workers, None))
             for s in servers:
+                assert s.spool is not None
                 await bc.smtp_source(s.port, 50, 2, 61440)
                 await bc.spool_drained(s.spool)
             await asyncio.sleep(3)  # idle: the heap trim runs after a second without work
             idle_before = {s.name: tree_rss(s) for s in servers}
             ms: dict[tuple[str, int], list[float]] = {}
             rate: dict[tuple[str, int], list[float]] = {}
+            per_thread: dict[tuple[str, int, int], list[float]] = {}
             for _ in range(args.rounds):
                 for sessions in args.sessions:
                     for s in servers:
-                        before = bc.run_ns(s.pid)
+                        assert s.spool is not None
+                        before, per_before = bc.run_ns(s.pid), thread_ms(s.pid)
                         rate.setdefault((s.name, sessions), []).append(
                             await bc.smtp_source(s.port, args.messages, sessions, 61440))
                         await bc.spool_drained(s.spool)
                         ms.setdefault((s.name, sessions), []).append(
                             (bc.run_ns(s.pid) - before) / 1e6 / args.messages)
+                        for tid, spent in thread_ms(s.pid).items():
+                            per_thread.setdefault((s.name, sessions, tid), []).append(
+                                (spent - per_before.get(tid, 0.0)) / args.messages)
             await asyncio.sleep(3)
             idle_after = {s.name: tree_rss(s) for s in servers}
             for s, tree in zip(servers, trees, strict=True):
+                names = thread_names(s.pid)
                 print(f"== {tree} (workers {args.workers}); main-process threads: {threads(s.pid)}")
                 for sessions in args.sessions:
                     v = ms[(s.name, sessions)]
@@ -72,6 +103,11 @@ async def main_async(args: argparse.Namespace) -> None:
                     print(f"  {sessions:>2} sessions: main CPU ms/msg {min(v):.2f} / {statistics.median(v):.2f} / "
                           f"{max(v):.2f} (min/median/max of {len(v)}); msg/s {min(r):.0f} / "
                           f"{statistics.median(r):.0f} / {max(r):.0f}")
+                    rows = [(tid, t) for (n, se, tid), t in per_thread.items()
+                            if n == s.name and se == sessions and len(t) == len(v) and statistics.median(t) >= 0.01]
+                    for tid, t in sorted(rows, key=lambda row: -statistics.median(row[1])):
+                        print(f"      thread {names.get(tid, tid)}: {min(t):.2f} / {statistics.median(t):.2f} / "
+                              f"{max(t):.2f} ms/msg")
                 print(f"  idle RSS before load: {idle_before[s.name]}")
                 print(f"  idle RSS after load:  {idle_after[s.name]}")
         finally:
