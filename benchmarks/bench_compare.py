@@ -148,6 +148,8 @@ def role(pid: int, main: int) -> str:
         return "?"
     if "resource_tracker" in cmd:
         return "tracker"
+    if "pipeline.delivery.worker_main" in cmd:
+        return "worker"
     if "forkserver" in cmd:
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return "forkserver" if int(stat[1]) == main else "worker"

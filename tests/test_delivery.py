@@ -320,7 +320,7 @@ async def test_dead_worker_process_defers_and_retry_delivers(data_dir):
     finally:
         await stop(gw, svc)
     [deferred] = EventRecorder.of("deferred")
-    assert "BrokenProcessPool" in deferred.data["reply"]
+    assert "WorkerDied" in deferred.data["reply"]
     assert (data_dir / "died-once").exists()
 
 

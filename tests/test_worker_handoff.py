@@ -11,13 +11,11 @@ HTTP services, the CLI, the metrics library or the PostgreSQL driver, and not th
 from __future__ import annotations
 
 import logging
-import multiprocessing.connection
 import os
 import signal
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,6 +23,7 @@ from pipeline.app.gateway import Gateway
 from pipeline.config.loading import parse_config
 from pipeline.contract.context import MessageContext
 from pipeline.contract.message import Message
+from pipeline.delivery import workers
 from pipeline.delivery.workers import IdleTrim, SpoolReader, SpoolSource, loaded_modules
 from tests.support.smtp_sink import EventRecorder, smtp_egress
 from tests.test_delivery import enqueue, start_service, stop
@@ -51,15 +50,16 @@ def _events():
 
 
 def _count_sent(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Sizes of every write to a multiprocessing pipe from this process (the executor's call queue)."""
+    """Sizes of every frame the pool sends to its workers from now on."""
     sizes: list[int] = []
-    real = multiprocessing.connection.Connection._send_bytes
+    real = workers._frame
 
-    def send(self: Any, buf: Any) -> None:
-        sizes.append(len(buf))
-        real(self, buf)
+    def frame(task_id: int, kind: int, payload: bytes) -> bytes:
+        out = real(task_id, kind, payload)
+        sizes.append(len(out))
+        return out
 
-    monkeypatch.setattr(multiprocessing.connection.Connection, "_send_bytes", send)
+    monkeypatch.setattr(workers, "_frame", frame)
     return sizes
 
 
@@ -129,13 +129,12 @@ def _shared_objects(pid: int) -> set[str]:
 def test_serve_workers_do_not_load_the_parents_main_module(tmp_path: Path) -> None:
     """``smtpgate serve`` (a console script: ``__main__`` is a file): multiprocessing would run
     that file, so import the CLI (and with it aiohttp, the API, the console) in every worker as
-    ``__mp_main__``."""
+    ``__mp_main__``; a worker is a fresh ``python -m pipeline.delivery.worker_main``."""
     script = tmp_path / "smtpgate"  # what pip writes for the console script
     script.write_text("import sys\nfrom pipeline.app.cli import main\nif __name__ == '__main__':\n    sys.exit(main())\n")
     proc, children, log = start_gateway(tmp_path, [sys.executable, str(script)])
     try:
-        workers = [p for p in children if "forkserver" in Path(f"/proc/{p}/cmdline").read_text()
-                   and int(Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()[1]) != proc.pid]
+        workers = [p for p in children if "pipeline.delivery.worker_main" in Path(f"/proc/{p}/cmdline").read_text()]
         assert len(workers) == 2, log.read_text()
         main_libs = _shared_objects(proc.pid)
         assert any("/aiohttp/" in lib for lib in main_libs)  # the main process serves HTTP

@@ -1,23 +1,19 @@
 """Worker processes never outlive the gateway.
 
-The processing workers are children of multiprocessing's forkserver, which is a child of the
-gateway process. Workers ignore SIGTERM and SIGINT (the gateway decides when they stop, so a
-drain does not cut a message in half), so without help they survive a gateway that is killed,
-reparented to init, forever; and the resource tracker lives as long as any of them holds its pipe.
+The processing workers are children of the gateway process (:class:`~pipeline.delivery.workers.WorkerPool`
+starts them itself). Workers ignore SIGTERM and SIGINT (the gateway decides when they stop, so a
+drain does not cut a message in half; they are started with both blocked, so not even a signal
+that arrives while the interpreter starts reaches them), so without help they would survive a
+gateway that is killed, reparented to init, forever.
 
 Three ties, strongest first:
 
-1. The forkserver is started with SIGTERM blocked (:func:`start_forkserver`), so a SIGTERM to the
-   whole process group (systemd ``KillMode=control-group``, ``timeout``, a supervisor) does not
-   kill it while the gateway drains; it exits by itself when the gateway process ends, however
-   that happens (EOF on the pipe only the gateway holds).
-2. On Linux each worker asks the kernel for SIGKILL when its parent, the forkserver, exits
+1. On Linux each worker asks the kernel for SIGKILL when its parent, the gateway, exits
    (``prctl(PR_SET_PDEATHSIG)``): works even while the worker is stuck in C code holding the GIL.
-3. A daemon thread in each worker watches the gateway process itself (a pidfd where the kernel
-   has them, else polling its parent pid every second) and exits the worker when it is gone:
-   the fallback on other systems, and the check for a gateway that died before step 2 ran.
-
-Once the workers and the forkserver are gone, the resource tracker reads EOF and exits.
+2. A daemon thread in each worker watches the gateway process (a pidfd where the kernel has
+   them, else polling its parent pid every second) and exits the worker when it is gone: the
+   fallback on other systems, and the check for a gateway that died before step 1 ran.
+3. A worker between tasks reads EOF on its pipe when the gateway's end closes, and exits.
 """
 
 from __future__ import annotations
@@ -25,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import multiprocessing.forkserver
 import os
 import select
 import signal
@@ -37,23 +32,6 @@ log = logging.getLogger("smtpgate.workers")
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 EXIT_ORPHANED = 70  # EX_SOFTWARE: nobody is left to read the status anyway
-
-
-def start_forkserver() -> None:
-    """Start multiprocessing's forkserver (when not yet running) with SIGTERM blocked in it.
-
-    A blocked signal mask is inherited across fork and exec (the resource tracker is started
-    the same way, CPython bpo-33613), so the forkserver never acts on SIGTERM and ends only when
-    the gateway does; the workers it forks inherit the mask as well.
-    """
-    if not hasattr(signal, "pthread_sigmask"):
-        multiprocessing.forkserver.ensure_running()
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    try:
-        multiprocessing.forkserver.ensure_running()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:

@@ -1,45 +1,57 @@
 """Processing workers: the processing phases (transform, fan-out, personalize, sign) in separate
 processes, so CSS inlining, HTML rewriting and RSA signing use every core (the GIL rules out threads).
 
-Each worker process builds the plugin chain once from the config and the plugin set
-(initializer) and then turns ``(context record, envelope)`` into per-recipient copies. The
-message bytes do not cross the pipe: with a :class:`SpoolSource` the worker reads them from the
-spool by queue id (a read-only SQLite connection, or its own PostgreSQL connection), so only a
-few hundred bytes go to the worker per message. The copies come back whole: delivery (egress)
-stays in the main process's event loop. ``workers = 0`` runs the chain in the main process
-(debugging, small tests).
+The pool runs its N worker processes itself: each is ``python -m pipeline.delivery.worker_main``
+(a fresh interpreter, never the parent's ``__main__``) connected by a socketpair whose parent end
+the event loop reads directly (an :class:`asyncio.Protocol`): no executor manager thread, no
+queue feeder thread, no multiprocessing locks (so no resource tracker) and no forkserver. Both
+ends speak length-prefixed pickle frames (:data:`HEADER`); the first frame hands the worker the
+config, the extra plugins, the logging settings and ``sys.path``, and the worker answers "ready"
+once it has built the plugin chain. Tasks go to the worker with the fewest in flight (at most
+:data:`PIPELINE` each) and their results come back matched by task id.
+
+Each worker turns ``(context record, envelope)`` into per-recipient copies. The message bytes do
+not cross the pipe: with a :class:`SpoolSource` the worker reads them from the spool by queue id
+(a read-only SQLite connection, or its own PostgreSQL connection), so only a few hundred bytes go
+to the worker per message. The copies come back whole: delivery (egress) stays in the main
+process's event loop. ``workers = 0`` runs the chain in the main process (debugging, small tests).
+
+A worker that dies (a segfault, the OOM killer, ``kill -9``) fails only the tasks it had in hand,
+with :class:`WorkerDied` (a temporary failure: the scheduler defers and retries the message), and
+is replaced at once; one that keeps dying before it is ready is restarted with a growing delay.
 
 A worker imports what processing needs and no more (no aiohttp, API, console, metrics, CLI or
 psycopg unless the spool is on PostgreSQL); third-party modules that plugin libraries import at
 module level but processing never calls (:data:`LAZY_MODULES`) load on first use only.
 
-Workers never outlive the gateway (:mod:`pipeline.delivery.lifeline`): they die with the
-forkserver, which dies with the main process, however that ends (SIGTERM to the group, SIGKILL).
+Workers never outlive the gateway (:mod:`pipeline.delivery.lifeline`): the kernel kills them when
+the main process ends, however that ends (SIGKILL included), and they exit on EOF of their pipe.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes
 import importlib.util
-import io
+import itertools
 import logging
-import multiprocessing
 import os
 import pickle
 import signal
+import site
+import socket
 import sqlite3
+import struct
+import subprocess
 import sys
 import threading
 import time
 import types
 import urllib.parse
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
-from multiprocessing.context import ForkServerContext, ForkServerProcess, set_spawning_popen
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.chain.loader import PluginSet
@@ -48,7 +60,7 @@ from pipeline.chain.runner import Chain, Trace
 from pipeline.config import Config
 from pipeline.contract.context import MessageContext
 from pipeline.contract.message import Message
-from pipeline.delivery.lifeline import die_with_parent, start_forkserver
+from pipeline.delivery.lifeline import die_with_parent
 from pipeline.ports import LatencyMetrics
 from pipeline.toolkit.logs import current_settings, setup_logging
 
@@ -177,12 +189,7 @@ def _init_worker(
     plugin modules, which must happen after :func:`lazy_imports` (their libraries import
     ``requests`` and ``dns.resolver`` at module level)."""
     global _worker, _reader, _idle
-    setup_logging(*log_settings)  # a forkserver child starts with logging unconfigured
-    # The parent decides when to stop (SIGTERM/Ctrl-C reach the whole process group); a worker
-    # killed mid-message would turn a clean shutdown into a retry. Ignoring them is safe only
-    # because the worker exits by itself once the gateway is gone.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    setup_logging(*log_settings)  # a new interpreter starts with logging unconfigured
     die_with_parent(gateway_pid)
     lazy_imports()
     config, extra_plugins = pickle.loads(settings)
@@ -190,10 +197,6 @@ def _init_worker(
     _worker = (build_chain(config, extra_plugins), asyncio.new_event_loop())
     _idle = IdleTrim.start()
     log.info("worker ready: %d plugins in the chain", len(_worker[0].plugins.plugins))
-
-
-def _ping() -> bool:
-    return _worker is not None
 
 
 def loaded_modules() -> list[str]:
@@ -301,75 +304,259 @@ def _process_in_worker(
             _idle.done(time.monotonic())
 
 
-MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
-"""Preparation data that makes a multiprocessing child import the parent's ``__main__`` (for the
-``smtpgate`` console script: the whole CLI, aiohttp, the API, the console and psycopg, 30 MiB per
-worker that processing never uses; ``python -m pipeline.app.cli`` runs a package's ``__main__``,
-which multiprocessing already skips)."""
+HEADER = struct.Struct("!QQB")
+"""A frame's header: payload length, task id, kind (to a worker) or status (from one); the
+payload is a pickle. Task id 0 is the start-up handshake."""
+INIT, PROCESS, CALL = 0, 1, 2  # kinds of the frames a worker reads
+OK, ERROR = 0, 1  # statuses of the frames a worker writes
+PIPELINE = 2
+"""Tasks in flight per worker: one being processed and one waiting in its pipe, so a worker never
+idles for the round trip through the main process's event loop; a worker that dies fails these."""
+WORKER_MODULE = "pipeline.delivery.worker_main"
+READY_TIMEOUT = 120.0  # seconds a new worker may take to import and build its chain
+MAX_RESTART_DELAY = 60.0
 
 
-class _WorkerPopen(popen_forkserver.Popen):
-    """The forkserver's ``Popen`` with the parent's ``__main__`` left out of the preparation data.
+class WorkerDied(RuntimeError):
+    """The worker process ended with this task in hand (a temporary failure: the scheduler defers
+    the message and retries it, on a new worker)."""
 
-    Same steps as CPython's ``popen_forkserver.Popen._launch`` (3.11-3.13); the one difference is
-    the filtered ``prep_data``. Processing needs nothing from ``__main__``: the worker's functions
-    and every plugin class live in importable modules (a plugin class defined in ``__main__``
-    keeps the standard behaviour, :meth:`WorkerPool._new_executor`)."""
 
-    def _launch(self, process_obj: Any) -> None:
-        prep_data = {k: v for k, v in spawn.get_preparation_data(process_obj._name).items() if k not in MAIN_KEYS}
-        buf = io.BytesIO()
-        set_spawning_popen(self)
+class WorkerUnavailable(RuntimeError):
+    """No worker process is running or starting (they keep dying at start-up): a temporary failure."""
+
+
+def _frame(task_id: int, kind: int, payload: bytes) -> bytes:
+    return HEADER.pack(len(payload), task_id, kind) + payload
+
+
+def _dump_error(exc: BaseException) -> bytes:
+    """An exception as a pickle the parent can load (else a RuntimeError naming it)."""
+    try:
+        out = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
+        pickle.loads(out)  # an exception class with extra required arguments pickles but does not load
+        return out
+    except Exception:
+        return pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"), pickle.HIGHEST_PROTOCOL)
+
+
+def _read_exact(stream: Any, n: int) -> bytes | None:
+    data = stream.read(n)
+    return data if len(data) == n else None  # short: EOF, the parent closed the pipe or is gone
+
+
+def worker_main(fd: int) -> None:
+    """The body of a worker process: the start-up frame, then one task after another until EOF.
+
+    Started by :class:`WorkerPool` with SIGINT and SIGTERM blocked: the parent decides when to
+    stop (SIGTERM/Ctrl-C reach the whole process group) and a worker killed mid-message would turn
+    a clean shutdown into a retry. Ignoring them is safe only because the worker exits when the
+    gateway is gone (:func:`die_with_parent`, and EOF here)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    lazy_imports()  # before anything imports the plugin libraries
+    sock = socket.socket(fileno=fd)
+    stream = sock.makefile("rb")
+    head = _read_exact(stream, HEADER.size)
+    if head is None:
+        return
+    size, _, _ = HEADER.unpack(head)
+    body = _read_exact(stream, size)
+    if body is None:
+        return
+    try:
+        init = pickle.loads(body)
+        sys.path[:] = init["sys_path"]
+        if init.get("main_path"):  # a plugin class defined in the parent's __main__ (a script)
+            import multiprocessing.spawn  # only the import machinery: no helper process
+
+            multiprocessing.spawn.prepare({"init_main_from_path": init["main_path"]})
+        _init_worker(init["settings"], init["gateway_pid"], init["log_settings"], init["source"])
+    except BaseException as exc:
+        log.exception("worker start-up failed")
         try:
-            reduction.dump(prep_data, buf)
-            reduction.dump(process_obj, buf)
-        finally:
-            set_spawning_popen(None)
-        self.sentinel, w = forkserver.connect_to_new_process(self._fds)  # type: ignore[attr-defined]
-        _parent_w = os.dup(w)
-        self.finalizer = util.Finalize(self, util.close_fds, (_parent_w, self.sentinel))  # type: ignore[attr-defined]
-        with open(w, "wb", closefd=True) as f:
-            f.write(buf.getbuffer())
-        self.pid = forkserver.read_signed(self.sentinel)
+            sock.sendall(_frame(0, ERROR, _dump_error(exc)))
+        except OSError:
+            pass
+        raise SystemExit(1) from None
+    try:
+        sock.sendall(_frame(0, OK, pickle.dumps(os.getpid())))
+    except OSError:  # the gateway stopped (or died) while this worker was starting
+        return
+    while True:
+        head = _read_exact(stream, HEADER.size)
+        if head is None:
+            return
+        size, task_id, kind = HEADER.unpack(head)
+        body = _read_exact(stream, size)
+        if body is None:
+            return
+        status = OK
+        try:
+            args = pickle.loads(body)
+            value: Any = _process_in_worker(*args) if kind == PROCESS else args()
+            out = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            status, out = ERROR, _dump_error(exc)
+        try:
+            if len(out) < 65536:
+                sock.sendall(_frame(task_id, status, out))
+            else:  # no copy of megabytes of copies just to put 17 bytes in front
+                sock.sendall(HEADER.pack(len(out), task_id, status))
+                sock.sendall(out)
+        except OSError:  # the parent closed its end (shutdown) or is gone
+            return
 
 
-class _WorkerProcess(ForkServerProcess):
-    @staticmethod
-    def _Popen(process_obj: Any) -> Any:
-        return _WorkerPopen(process_obj)
+class _Task:
+    __slots__ = ("task_id", "kind", "payload", "future")
+
+    def __init__(self, task_id: int, kind: int, payload: bytes, future: asyncio.Future[Any]) -> None:
+        self.task_id, self.kind, self.payload, self.future = task_id, kind, payload, future
 
 
-class _WorkerContext(ForkServerContext):
-    """The forkserver context, starting processes without the parent's ``__main__``."""
+class _Worker(asyncio.Protocol):
+    """One worker process and the parent end of its socketpair, read by the event loop."""
 
-    Process = _WorkerProcess  # type: ignore[assignment]
+    def __init__(self, pool: WorkerPool, slot: int, proc: subprocess.Popen[bytes]) -> None:
+        self.pool = pool
+        self.slot = slot
+        self.proc = proc
+        self.pid = proc.pid
+        self.transport: asyncio.Transport | None = None
+        self.tasks: dict[int, asyncio.Future[Any]] = {}
+        self.ready = False
+        self.ready_at = 0.0
+        self.gone = False
+        self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._buf = bytearray()
+        self._need = HEADER.size  # bytes the next frame needs in the buffer before it can be parsed
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def send(self, task: _Task) -> None:
+        assert self.transport is not None
+        self.tasks[task.task_id] = task.future
+        self.transport.write(_frame(task.task_id, task.kind, task.payload))
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        if not buf and len(data) >= HEADER.size:
+            size = HEADER.unpack_from(data)[0]
+            if len(data) == HEADER.size + size:  # the usual case: one whole frame, parsed without a copy
+                self._deliver(data, 0)
+                return
+        buf += data
+        if len(buf) < self._need:
+            return
+        pos = 0
+        while len(buf) - pos >= HEADER.size:
+            size = HEADER.unpack_from(buf, pos)[0]
+            end = pos + HEADER.size + size
+            if len(buf) < end:
+                self._need = end - pos
+                break
+            self._deliver(buf, pos)
+            pos = end
+        else:
+            self._need = HEADER.size
+        if pos:
+            del buf[:pos]
+            if not buf:
+                self._need = HEADER.size
+
+    def _deliver(self, data: bytes | bytearray, pos: int) -> None:
+        size, task_id, status = HEADER.unpack_from(data, pos)
+        with memoryview(data) as view, view[pos + HEADER.size:pos + HEADER.size + size] as body:
+            try:
+                value = pickle.loads(body)
+            except Exception as exc:  # a result that does not load fails its task, not the worker
+                value, status = exc, ERROR
+        self.pool._result(self, task_id, status, value)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pool._lost(self)
 
 
 class WorkerPool:
-    """N worker processes (forkserver), rebuilt if one dies; or the main process when N is 0."""
+    """N worker processes, each replaced when it dies; or the main process when N is 0."""
 
     def __init__(self, config: Config, workers: int, chain: Chain, extra_plugins: list[Any] | None = None) -> None:
         self.config = config
         self.workers = workers
         self.chain = chain
         self.extra_plugins = list(extra_plugins or [])
-        self._executor: ProcessPoolExecutor | None = None
         self.metrics: LatencyMetrics | None = None  # where the plugin latencies the processes measure go
         self.source: SpoolSource | None = None  # set: workers read the bytes of spooled messages themselves
         self._idle: IdleTrim | None = None  # the main process's heap, trimmed when no message is in processing
         self._in_flight = 0
+        self._slots: list[_Worker | None] = []
+        self._failures: list[int] = []  # per slot: deaths in a row before (or just after) becoming ready
+        self._restarts: dict[int, asyncio.TimerHandle | asyncio.Task[Any]] = {}
+        self._queue: collections.deque[_Task] = collections.deque()
+        self._ids = itertools.count(1)
+        self._init: bytes = b""
+        self._running = False
+        self._reaping: set[asyncio.Task[None]] = set()
+        self._spawned: list[subprocess.Popen[bytes]] = []  # every process not known to be reaped
 
-    def _new_executor(self) -> ProcessPoolExecutor:
+    # -- processes ------------------------------------------------------------------------
+
+    def _init_frame(self) -> bytes:
+        main = sys.modules.get("__main__")
         in_main = any(getattr(p, "__module__", None) == "__main__" for p in self.extra_plugins)
-        known = sys.version_info < (3, 14)  # _WorkerPopen copies _launch as CPython 3.11-3.13 have it
-        ctx = _WorkerContext() if known and not in_main else multiprocessing.get_context("forkserver")
-        start_forkserver()
-        return ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(pickle.dumps((self.config, self.extra_plugins)), os.getpid(), current_settings(), self.source),
-        )
+        init = {
+            "sys_path": list(sys.path),
+            "main_path": getattr(main, "__file__", None) if in_main else None,
+            # pickled apart: loading it imports the plugin modules, after lazy_imports in the worker
+            "settings": pickle.dumps((self.config, self.extra_plugins)),
+            "gateway_pid": os.getpid(),
+            "log_settings": current_settings(),
+            "source": self.source,
+        }
+        return _frame(0, INIT, pickle.dumps(init, pickle.HIGHEST_PROTOCOL))
+
+    async def _spawn(self, slot: int) -> _Worker:
+        """Start the worker of ``slot`` (from the event loop's thread: the kernel's parent-death
+        signal fires when the thread that forked the child ends)."""
+        parent_end, child_end = socket.socketpair()
+        flags: Callable[[], list[str]] = getattr(subprocess, "_args_from_interpreter_flags", list)
+        command = [sys.executable, *flags(), "-m", WORKER_MODULE, str(child_end.fileno())]
+        blocked = {signal.SIGINT, signal.SIGTERM}
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)  # inherited: the worker ignores them from birth
+        try:
+            proc = subprocess.Popen(command, pass_fds=(child_end.fileno(),), stdin=subprocess.DEVNULL,
+                                    env=_worker_env())
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            child_end.close()
+        self._spawned = [p for p in self._spawned if p.returncode is None]
+        self._spawned.append(proc)
+        worker = _Worker(self, slot, proc)
+        self._slots[slot] = worker
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_unix_connection(lambda: worker, sock=parent_end)
+        except BaseException:  # cancelled by close(): the process must not wait for a pipe nobody holds
+            parent_end.close()
+            _kill(proc)
+            raise
+        if worker.transport is not None and not worker.gone:
+            worker.transport.write(self._init)
+        timer = loop.call_later(READY_TIMEOUT, self._ready_timeout, worker)
+        worker.started.add_done_callback(lambda _: timer.cancel())
+        return worker
+
+    def _ready_timeout(self, worker: _Worker) -> None:
+        if not worker.ready and not worker.gone:
+            log.error("worker process %d not ready after %.0f s; killing it", worker.pid, READY_TIMEOUT)
+            _kill(worker.proc)
 
     async def start(self) -> None:
         """Start the processes and wait until each has built its chain (start-up errors show here)."""
@@ -377,9 +564,145 @@ class WorkerPool:
             self._idle = IdleTrim.start()
         if self.workers == 0:
             return
-        self._executor = self._new_executor()
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(self._executor, _ping) for _ in range(self.workers)))
+        self._init = self._init_frame()
+        self._slots = [None] * self.workers
+        self._failures = [0] * self.workers
+        started = [await self._spawn(slot) for slot in range(self.workers)]
+        try:
+            await asyncio.gather(*(w.started for w in started))
+        except BaseException:
+            await self.close()
+            raise
+        self._running = True
+        for slot, worker in enumerate(self._slots):
+            if worker is None:  # ready, then died before the pool was running: replace it now
+                self._restart(slot)
+
+    def _restart(self, slot: int) -> None:
+        self._restarts.pop(slot, None)
+        if not self._running:
+            return
+        task = asyncio.ensure_future(self._spawn(slot))
+        self._restarts[slot] = task
+
+        def done(t: asyncio.Task[Any]) -> None:
+            if self._restarts.get(slot) is t:
+                del self._restarts[slot]
+            if not t.cancelled() and t.exception() is not None:  # could not even start the process
+                log.error("starting worker process %d failed: %s", slot, t.exception())
+                self._schedule_restart(slot)
+
+        task.add_done_callback(done)
+
+    def _schedule_restart(self, slot: int) -> None:
+        self._failures[slot] += 1
+        failures = self._failures[slot]
+        delay = 0.0 if failures <= 1 else min(MAX_RESTART_DELAY, 0.5 * 2 ** (failures - 2))
+        if delay:
+            log.error("worker process %d failed %d times in a row at start-up; next try in %.1f s",
+                      slot, failures, delay)
+            self._restarts[slot] = asyncio.get_running_loop().call_later(delay, self._restart, slot)
+            self._fail_queue_if_nobody_serves()
+        else:
+            self._restart(slot)
+
+    def _lost(self, worker: _Worker) -> None:
+        """The worker's pipe closed: it exited, was killed, or the pool closed it."""
+        if worker.gone:
+            return
+        worker.gone = True
+        if self._slots and self._slots[worker.slot] is worker:
+            self._slots[worker.slot] = None
+        tasks, worker.tasks = worker.tasks, {}
+        reason = WorkerDied(f"worker process {worker.pid} ended with this message in hand")
+        for future in tasks.values():
+            if not future.done():
+                future.set_exception(reason)
+        if not worker.started.done():
+            worker.started.set_exception(WorkerDied(f"worker process {worker.pid} ended before it was ready"))
+            worker.started.exception()  # retrieved: a restart's failure is logged, not left to the loop
+        if not self._running:
+            return  # closing (close() waits for the process) or a failed start (start() raises)
+        reap = asyncio.ensure_future(self._reap(worker, len(tasks)))
+        self._reaping.add(reap)
+        reap.add_done_callback(self._reaping.discard)
+        quick = not worker.ready or time.monotonic() - worker.ready_at < 1.0
+        if quick:
+            self._schedule_restart(worker.slot)
+        else:
+            self._failures[worker.slot] = 0
+            self._restart(worker.slot)
+
+    async def _reap(self, worker: _Worker, in_flight: int) -> None:
+        """Collect the exit status of a worker that died (one that closed its pipe but lives on is killed)."""
+        _kill(worker.proc)
+        code = await _wait_exit(worker.proc)
+        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        log.error("worker process %d ended (%s) with %d messages in hand; starting another",
+                  worker.pid, how, in_flight)
+
+    def _serving(self) -> bool:
+        """A worker is running or starting (else all are waiting out a start-up failure delay)."""
+        return any(w is not None for w in self._slots) or any(
+            isinstance(r, asyncio.Task) for r in self._restarts.values())
+
+    def _fail_queue_if_nobody_serves(self) -> None:
+        if self._serving():
+            return
+        error = WorkerUnavailable("no worker process is running (restarting after start-up failures)")
+        while self._queue:
+            future = self._queue.popleft().future
+            if not future.done():
+                future.set_exception(error)
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Send queued tasks to the ready workers with the fewest in flight."""
+        queue = self._queue
+        while queue:
+            best: _Worker | None = None
+            for w in self._slots:
+                if w is not None and w.ready and len(w.tasks) < PIPELINE and (
+                        best is None or len(w.tasks) < len(best.tasks)):
+                    best = w
+            if best is None:
+                return
+            task = queue.popleft()
+            if not task.future.done():  # cancelled while queued
+                best.send(task)
+
+    def _result(self, worker: _Worker, task_id: int, status: int, value: Any) -> None:
+        if task_id == 0:  # the start-up handshake
+            if status == OK:
+                worker.ready, worker.ready_at = True, time.monotonic()
+                if not worker.started.done():
+                    worker.started.set_result(None)
+                log.debug("worker process %d ready", worker.pid)
+                self._dispatch()
+            else:
+                log.error("worker process %d failed to start: %s: %s", worker.pid, type(value).__name__, value)
+                if not worker.started.done():
+                    worker.started.set_exception(value if isinstance(value, Exception) else RuntimeError(value))
+                    worker.started.exception()
+            return
+        future = worker.tasks.pop(task_id, None)
+        if future is not None and not future.done():
+            if status == OK:
+                future.set_result(value)
+            else:
+                future.set_exception(value if isinstance(value, BaseException) else RuntimeError(value))
+        self._dispatch()
+
+    async def _submit(self, kind: int, args: Any) -> Any:
+        if not self._running:
+            raise RuntimeError("no worker processes")
+        if not self._serving():
+            raise WorkerUnavailable("no worker process is running (restarting after start-up failures)")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Task(next(self._ids), kind, pickle.dumps(args, pickle.HIGHEST_PROTOCOL), future))
+        self._dispatch()
+        return await future
 
     async def process(
         self, record: dict[str, Any], data: bytes, mail_from: str, recipients: list[str]
@@ -399,30 +722,22 @@ class WorkerPool:
         self, record: dict[str, Any], data: bytes, mail_from: str, recipients: list[str]
     ) -> list[CopyResult]:
         timings: Timings = []
-        if self.workers == 0 or self._executor is None:
+        if self.workers == 0 or not self._slots:  # no processes (or not started, or closed): in-process
             copies = await run_processing(self.chain, record, data, mail_from, recipients, timings)
             self._observe(timings)
             return copies
-        loop = asyncio.get_running_loop()
-        executor = self._executor
         sent: bytes | int = len(data) if self.source is not None and record.get("queue_id") else data
-        try:
-            copies, timings = await loop.run_in_executor(
-                executor, _process_in_worker, record, sent, mail_from, recipients)
-            self._observe(timings)
-            return copies
-        except BrokenProcessPool:
-            if self._executor is executor:
-                log.error("a worker process died; starting a new pool")
-                executor.shutdown(wait=False, cancel_futures=True)
-                self._executor = self._new_executor()
-            raise
+        copies, timings = await self._submit(PROCESS, (record, sent, mail_from, recipients))
+        self._observe(timings)
+        return copies  # type: ignore[no-any-return]
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` (an importable function) in one worker process (tests and diagnostics)."""
-        if self._executor is None:
-            raise RuntimeError("no worker processes")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        return await self._submit(CALL, fn)  # type: ignore[no-any-return]
+
+    def pids(self) -> list[int]:
+        """The process ids of the running workers (diagnostics, tests)."""
+        return [w.pid for w in self._slots if w is not None and not w.gone]
 
     def _observe(self, timings: Timings) -> None:
         if self.metrics is not None:
@@ -430,9 +745,57 @@ class WorkerPool:
                 self.metrics.observe("plugin_latency_seconds", seconds, phase=phase, plugin=plugin)
 
     async def close(self) -> None:
+        """Stop the workers: each finishes the task in hand and exits on EOF of its pipe."""
         if self._idle is not None:
             self._idle.stop()
             self._idle = None
-        if self._executor is not None:
-            executor, self._executor = self._executor, None
-            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        self._running = False
+        for pending in self._restarts.values():
+            pending.cancel()
+        self._restarts.clear()
+        closing = WorkerDied("the worker pool is closing")
+        while self._queue:
+            future = self._queue.popleft().future
+            if not future.done():
+                future.set_exception(closing)
+        workers = [w for w in self._slots if w is not None]
+        for w in workers:
+            if w.transport is not None:
+                w.transport.close()  # the worker reads EOF; connection_lost fails what it had in hand
+            else:
+                self._lost(w)
+        self._slots = []
+        procs, self._spawned = self._spawned, []
+        await asyncio.gather(*(_wait_exit(p) for p in procs if p.returncode is None), *self._reaping,
+                             return_exceptions=True)
+
+
+async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    """The exit status of a worker that was asked to stop (EOF), killed if it does not within ``timeout``."""
+    try:
+        return await asyncio.to_thread(proc.wait, timeout)
+    except subprocess.TimeoutExpired:
+        log.error("worker process %d did not exit %.0f s after its pipe closed; killing it", proc.pid, timeout)
+        _kill(proc)
+        return await asyncio.to_thread(proc.wait)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.returncode is None:
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+
+
+def _worker_env() -> dict[str, str]:
+    """The environment of a worker: the gateway's, with this package's root on PYTHONPATH unless a
+    new interpreter finds it anyway (installed; the working directory). The full ``sys.path``
+    follows in the start-up frame."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    paths = env.get("PYTHONPATH", "")
+    known = [*paths.split(os.pathsep), os.getcwd(), *site.getsitepackages(), site.getusersitepackages()]
+    if os.path.realpath(root) not in {os.path.realpath(p) for p in known if p}:
+        env["PYTHONPATH"] = root + (os.pathsep + paths if paths else "")
+    return env
