@@ -70,6 +70,10 @@ def startup_summary(gateway: Gateway) -> list[tuple[int, str]]:
         if url:
             lines.append((logging.INFO, f"tracking: {url} (public links: {config.tracking.base_url})"))
             lines.append((logging.INFO, f"api: {url}/stats {url}/api/stats {url}/metrics"))
+        api_url = getattr(service, "url", None) if service.name == "api" else None
+        if api_url:  # the bound port: with listen_port = 0 this line is the only place it shows
+            console = f" console: {api_url}/console/" if config.api.console else ""
+            lines.append((logging.INFO, f"management api: {api_url}/api/v1{console}"))
     lines.append((logging.INFO, f"egress: {egress_summary(config)}"))
     has_signer, domains = dkim_summary(gateway.plugins.plugins)
     if has_signer and config.features.get("dkim", True) and domains:
