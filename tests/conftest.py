@@ -5,11 +5,28 @@ Helpers (paths, message builders, servers to test against) are in ``tests/suppor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+import os
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+TEST_LOOP = os.environ.get("SMTPGATE_TEST_LOOP", "asyncio")
+"""The event loop the in-process tests run on: ``SMTPGATE_TEST_LOOP=uvloop`` runs them on uvloop, as
+``serve`` does with ``[gateway] event_loop = "uvloop"`` (CI runs the ingress, TLS and serve files so)."""
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]] | None:
+    """pytest-asyncio's hook: every async test and fixture on :data:`TEST_LOOP`."""
+    if TEST_LOOP == "asyncio":
+        return None  # pytest-asyncio's own loop
+    if TEST_LOOP != "uvloop":
+        raise pytest.UsageError(f"SMTPGATE_TEST_LOOP={TEST_LOOP!r}: asyncio or uvloop")
+    import uvloop
+
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")
