@@ -15,18 +15,21 @@ import pytest
 
 TEST_LOOP = os.environ.get("SMTPGATE_TEST_LOOP", "asyncio")
 """The event loop the in-process tests run on: ``SMTPGATE_TEST_LOOP=uvloop`` runs them on uvloop, as
-``serve`` does with ``[gateway] event_loop = "uvloop"`` (CI runs the ingress, TLS and serve files so)."""
+``serve`` does with ``[gateway] event_loop = "uvloop"`` (docs/benchmarks.md#event-loop names the files checked so)."""
 
 
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]] | None:
-    """pytest-asyncio's hook: every async test and fixture on :data:`TEST_LOOP`."""
-    if TEST_LOOP == "asyncio":
-        return None  # pytest-asyncio's own loop
-    if TEST_LOOP != "uvloop":
-        raise pytest.UsageError(f"SMTPGATE_TEST_LOOP={TEST_LOOP!r}: asyncio or uvloop")
-    import uvloop
+if TEST_LOOP == "uvloop":  # defined only then: pytest-asyncio refuses a hook that returns no factory
 
-    return {"uvloop": uvloop.new_event_loop}
+    def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item
+    ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+        """pytest-asyncio's hook: every async test and fixture on uvloop."""
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
+
+elif TEST_LOOP != "asyncio":
+    raise pytest.UsageError(f"SMTPGATE_TEST_LOOP={TEST_LOOP!r}: asyncio or uvloop")
 
 
 @pytest.fixture(scope="session")
