@@ -1,26 +1,29 @@
 """The event loop ``serve`` runs the main process on: asyncio's own, or uvloop (libuv, in C).
 
-``[gateway] event_loop``: ``asyncio``, ``uvloop`` (a config error when it is not installed), or
-``auto``: uvloop when it is installed (the ``smtpgate[speed]`` extra), else asyncio's. Only the
-main process's loop changes; every service runs on either (tests/test_event_loop.py runs the
-listeners, TLS, signals and subprocesses under both).
+``[gateway] event_loop``: ``asyncio``, ``uvloop`` (the ``smtpgate[speed]`` extra; a config error
+when it is not installed), or ``auto``, the default: asyncio's loop for now. uvloop measured no
+better for the gateway (docs/benchmarks.md#event-loop: the main thread's CPU per message and the
+ingress rate within noise of asyncio's, RSS 1-2 MiB more), so ``auto`` does not pick it; the
+setting exists so that it can once it does. Only the main process's loop changes; every service
+runs on either (tests/test_event_loop.py: TLS listeners, the worker, HTTP listeners, SIGTERM).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
+AUTO = "asyncio"
+"""What ``auto`` means: the loop that measured best for the gateway (uvloop did not: see above)."""
+
+
 def loop_name(setting: str) -> str:
     """The loop ``setting`` stands for here: ``uvloop`` or ``asyncio``."""
-    if setting == "auto":
-        return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
-    return setting
+    return AUTO if setting == "auto" else setting
 
 
 def loop_factory(setting: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

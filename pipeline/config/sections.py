@@ -38,7 +38,7 @@ class GatewaySection(Section):
     trace_credential: bool = False  # name the authenticated credential in it (privacy: off)
     reverse_dns: bool = False  # look up the client's PTR name for it (else "unknown")
     log_format: Literal["text", "json"] = "text"  # json: one object per line (pipeline/toolkit/logs.py)
-    # the main process's asyncio event loop (pipeline/app/loop.py): auto = uvloop when installed
+    # the main process's event loop (pipeline/app/loop.py): auto = asyncio's until uvloop measures better
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
     @field_validator("event_loop")
