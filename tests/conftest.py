@@ -15,7 +15,8 @@ import pytest
 
 TEST_LOOP = os.environ.get("SMTPGATE_TEST_LOOP", "asyncio")
 """The event loop the in-process tests run on: ``SMTPGATE_TEST_LOOP=uvloop`` runs them on uvloop, as
-``serve`` does with ``[gateway] event_loop = "uvloop"`` (docs/benchmarks.md#event-loop names the files checked so)."""
+``serve`` does with ``[gateway] event_loop = "uvloop"`` (docs/benchmarks.md names the files
+checked so, under "The main process: imports, and the event loop")."""
 
 
 if TEST_LOOP == "uvloop":  # defined only then: pytest-asyncio refuses a hook that returns no factory

@@ -135,7 +135,7 @@ def test_serve_on_each_event_loop_takes_mail_over_both_tls_modes_delivers_serves
 
 
 def test_auto_runs_asyncios_loop_as_uvloop_measured_no_better() -> None:
-    assert loop_name("auto") == "asyncio"  # docs/benchmarks.md#event-loop
+    assert loop_name("auto") == "asyncio"  # docs/benchmarks.md#the-main-process-imports-and-the-event-loop
     assert loop_name("uvloop") == "uvloop"
 
 

@@ -2,8 +2,9 @@
 
 ``[gateway] event_loop``: ``asyncio``, ``uvloop`` (the ``smtpgate[speed]`` extra; a config error
 when it is not installed), or ``auto``, the default: asyncio's loop for now. uvloop measured no
-better for the gateway (docs/benchmarks.md#event-loop: the main thread's CPU per message and the
-ingress rate within noise of asyncio's, RSS 1-2 MiB more), so ``auto`` does not pick it; the
+better for the gateway (the main thread's CPU per message and the ingress rate within noise of
+asyncio's, RSS 1-2 MiB more: docs/benchmarks.md, "The main process: imports, and the event
+loop"), so ``auto`` does not pick it; the
 setting exists so that it can once it does. Only the main process's loop changes; every service
 runs on either (tests/test_event_loop.py: TLS listeners, the worker, HTTP listeners, SIGTERM).
 """
