@@ -1,6 +1,6 @@
 """The composition root wires each backend's joint writes: on PostgreSQL (spool and event store in
 one database) a message and its ``accepted`` events, and a result and its events, commit in one
-transaction and the workers read message bytes from PostgreSQL; on SQLite the results go through
+transaction and the workers read message bytes from PostgreSQL; on SQLite both go through
 spool.db's event outbox and the workers read spool.db. The gateway tells them apart without
 importing the PostgreSQL stores itself (they load psycopg; pipeline/app/gateway.py ``_one_postgres``).
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.app.gateway import Gateway
 from pipeline.config import load_config
-from pipeline.delivery.results import JointAccepts, JointResults, OutboxResults
+from pipeline.delivery.results import JointAccepts, JointResults, OutboxAccepts, OutboxResults
 
 
 def test_each_backend_gets_its_joint_writes_and_the_workers_read_its_spool(tmp_path: Path, backend: Any) -> None:
@@ -33,7 +33,7 @@ def test_each_backend_gets_its_joint_writes_and_the_workers_read_its_spool(tmp_p
             assert (source.kind, source.where) == ("postgres", backend.url)
         else:
             assert isinstance(gateway.joint_results(), OutboxResults)
-            assert gateway.joint_accepts() is None
+            assert isinstance(gateway.joint_accepts(), OutboxAccepts)
             assert (source.kind, source.where) == ("sqlite", str(tmp_path / "data" / "spool.db"))
     finally:
         gateway.spool.close()
