@@ -99,3 +99,32 @@ def test_core_commands_do_not_load_plugin_commands(tmp_path):
         env={**os.environ, "SMTPGATE_DATA_DIR": str(env_data)},
     ).stdout.split()
     assert out == ["True", "False", "True"]
+
+
+def test_each_core_command_is_listed_with_its_module_and_only_its_module_loads():
+    """``COMMAND_MODULES`` names every command the CLI package's modules define (a command missing
+    from it would not exist), and running one command imports that command's module alone."""
+    import importlib
+    import pkgutil
+
+    import pipeline.app.cli as cli
+
+    for mod in pkgutil.iter_modules(cli.__path__):
+        if not mod.name.startswith("_"):
+            importlib.import_module(f"pipeline.app.cli.{mod.name}")
+    defined = {name: cmd.callback.__module__.rsplit(".", 1)[1] for name, cmd in main.commands.items()
+               if cmd.callback is not None}
+    assert defined == cli.COMMAND_MODULES
+
+    code = textwrap.dedent(
+        """
+        import sys
+        from click.testing import CliRunner
+        from pipeline.app.cli import main
+        result = CliRunner().invoke(main, ["status", "--help"])
+        assert result.exit_code == 0, result.output
+        print(sorted(m for m in sys.modules if m.startswith("pipeline.app.cli.")))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['pipeline.app.cli.status']"

@@ -15,6 +15,7 @@ import os
 import signal
 import sqlite3
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,12 @@ def test_serve_workers_do_not_load_the_parents_main_module(tmp_path: Path) -> No
     try:
         workers = [p for p in children if "pipeline.delivery.worker_main" in Path(f"/proc/{p}/cmdline").read_text()]
         assert len(workers) == 2, log.read_text()
+        # Each worker logs this once its chain is built: lxml comes with the HTML plugins then, not
+        # with pipeline.toolkit (which imports its names on first use).
+        deadline = time.monotonic() + 60
+        while log.read_text().count("worker ready:") < 2:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
         main_libs = _shared_objects(proc.pid)
         assert any("/aiohttp/" in lib for lib in main_libs)  # the main process serves HTTP
         for pid in workers:

@@ -28,7 +28,6 @@ from pipeline.api.console import ConsolePorts, add_console
 from pipeline.api.credentials import CredentialHandlers
 from pipeline.api.domains import DomainHandlers, DomainSettings
 from pipeline.api.events import EventHandlers
-from pipeline.api.openapi import openapi_document
 from pipeline.api.send import SendHandlers, SendPorts
 from pipeline.api.suppressions import SuppressionHandlers
 from pipeline.api.webhooks import WebhookEndpointAdmin, WebhookHandlers, WebhookSettings
@@ -167,6 +166,8 @@ class ApiApp:
 
     # -- handlers ---------------------------------------------------------------------------------
     async def openapi(self, request: web.Request) -> web.Response:
+        from pipeline.api.openapi import openapi_document  # built on the first request, not at start-up
+
         return web.json_response(openapi_document(), headers=NO_STORE)
 
     @staticmethod

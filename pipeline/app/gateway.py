@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from pipeline.accounts.api_tokens import open_api_token_store
 from pipeline.accounts.authenticator import Authenticator
@@ -36,7 +37,6 @@ from pipeline.egress.resolver import Resolver
 from pipeline.events import EventEmitter, open_event_store, open_message_log, open_suppression_list
 from pipeline.events.backlog import EventBacklog
 from pipeline.events.inbound import InboundHandler
-from pipeline.events.postgres import PostgresEventStore
 from pipeline.events.refusals import RefusalEvents
 from pipeline.events.sqlite import SqliteEventStore
 from pipeline.events.store import EventStoreBase
@@ -46,13 +46,32 @@ from pipeline.ingress.limits import SlidingWindow
 from pipeline.milter import milter_services
 from pipeline.ports import InboundHandler as InboundPort
 from pipeline.spool import Spool, open_spool
-from pipeline.spool.postgres import PostgresSpool
 from pipeline.spool.sqlite import SqliteSpool
 from pipeline.storage.health import DatabaseHealth, health_of
 from pipeline.tracking import TrackingService, tracking_services
 from pipeline.tracking.metrics import DatabaseCollector, GatewayCollector, GatewayMetrics
 
+if TYPE_CHECKING:  # their modules load psycopg: imported by whoever opens a PostgreSQL store, never here
+    from pipeline.events.postgres import PostgresEventStore
+    from pipeline.spool.postgres import PostgresSpool
+
 log = logging.getLogger("smtpgate")
+
+
+def _one_postgres(spool: Spool, events: EventStoreBase) -> tuple[PostgresSpool, PostgresEventStore] | None:
+    """The spool and the event store when both are in one PostgreSQL database, else ``None``.
+
+    Their classes are looked up in ``sys.modules``, not imported: importing them loads psycopg
+    (about 12 MiB), and a PostgreSQL store can only exist once its module was imported by
+    whoever opened it (:func:`pipeline.spool.open_spool`), so a SQLite gateway never loads it.
+    """
+    spools, stores = sys.modules.get("pipeline.spool.postgres"), sys.modules.get("pipeline.events.postgres")
+    if spools is None or stores is None:
+        return None
+    if isinstance(spool, spools.PostgresSpool) and isinstance(events, stores.PostgresEventStore) \
+            and spool.url == events.url:
+        return cast("PostgresSpool", spool), cast("PostgresEventStore", events)
+    return None
 
 
 class Service(Protocol):
@@ -189,7 +208,8 @@ class Gateway:
         spool = self.spool
         if isinstance(spool, SqliteSpool):
             return SpoolSource("sqlite", str(spool.path))
-        if isinstance(spool, PostgresSpool):
+        spools = sys.modules.get("pipeline.spool.postgres")  # not imported here: see _one_postgres
+        if spools is not None and isinstance(spool, spools.PostgresSpool):
             return SpoolSource("postgres", spool.url)
         return None  # another Spool: the bytes go through the pipe
 
@@ -197,17 +217,18 @@ class Gateway:
         """Results and their events in one transaction (issue 11 point 3): in the one PostgreSQL
         database, or through spool.db's event outbox for the SQLite files."""
         spool, events = self.spool, self.events
-        if isinstance(spool, PostgresSpool) and isinstance(events, PostgresEventStore) and spool.url == events.url:
-            return JointResults(spool, events, self.event_sink)
+        shared = _one_postgres(spool, events)
+        if shared is not None:
+            return JointResults(*shared, self.event_sink)
         return self._sqlite_outbox()
 
     def joint_accepts(self, *, stored: bool = False) -> JointAccepts | OutboxAccepts | None:
         """A message and its ``accepted`` events in one transaction: the shared PostgreSQL database's,
         or spool.db's (its event outbox, forwarded to events.db after the reply; ``stored``: before
         the enqueue returns, for the HTTP send API)."""
-        spool, events = self.spool, self.events
-        if isinstance(spool, PostgresSpool) and isinstance(events, PostgresEventStore) and spool.url == events.url:
-            return JointAccepts(spool, events, self.event_sink)
+        shared = _one_postgres(self.spool, self.events)
+        if shared is not None:
+            return JointAccepts(*shared, self.event_sink)
         outbox = self._sqlite_outbox()
         return outbox.accepts(wait=stored) if outbox is not None else None
 

@@ -9,6 +9,7 @@ about what a newcomer would otherwise find out from a recipient: unsigned mail a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -61,6 +62,8 @@ def startup_summary(gateway: Gateway) -> list[tuple[int, str]]:
         lines.append((logging.INFO, f"hostname: {host}"))
     lines.append((logging.INFO, f"config: {config.source}"))
     lines.append((logging.INFO, f"data dir: {config.data_dir.absolute()}"))
+    running = type(asyncio.get_running_loop()).__module__.split(".")[0]  # what [gateway] event_loop chose
+    lines.append((logging.INFO, f"event loop: {'uvloop' if running == 'uvloop' else 'asyncio'}"))
     for service in gateway.services:
         for name, (address, port) in sorted(getattr(service, "bound", {}).items()):
             listener = next((li for li in config.listeners if (li.name or f"{li.address}:{li.port}") == name), None)
@@ -70,6 +73,10 @@ def startup_summary(gateway: Gateway) -> list[tuple[int, str]]:
         if url:
             lines.append((logging.INFO, f"tracking: {url} (public links: {config.tracking.base_url})"))
             lines.append((logging.INFO, f"api: {url}/stats {url}/api/stats {url}/metrics"))
+        api_url = getattr(service, "url", None) if service.name == "api" else None
+        if api_url:  # the bound port: with listen_port = 0 this line is the only place it shows
+            console = f" console: {api_url}/console/" if config.api.console else ""
+            lines.append((logging.INFO, f"management api: {api_url}/api/v1{console}"))
     lines.append((logging.INFO, f"egress: {egress_summary(config)}"))
     has_signer, domains = dkim_summary(gateway.plugins.plugins)
     if has_signer and config.features.get("dkim", True) and domains:

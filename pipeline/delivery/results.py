@@ -20,15 +20,17 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.contract.context import Event, MessageContext
 from pipeline.events import EventEmitter
 from pipeline.events.sqlite import SqliteEventStore
 from pipeline.events.store import EventStoreBase
 from pipeline.ports import RecipientOutcome
-from pipeline.spool.postgres import PostgresSpool
 from pipeline.spool.sqlite import SqliteSpool
+
+if TYPE_CHECKING:  # annotations only: importing the PostgreSQL spool loads psycopg (a SQLite gateway never needs it)
+    from pipeline.spool.postgres import PostgresSpool
 
 log = logging.getLogger("smtpgate.delivery")
 

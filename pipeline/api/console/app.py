@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import ipaddress
 import json
 import logging
@@ -18,16 +19,18 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlencode
 
-import jinja2
 from aiohttp import web
 
 from pipeline.api.console.sessions import PresessionSigner, Session, SessionStore, csrf_ok
 from pipeline.api.suppressions import MAX_REASON, SuppressionHandlers, _valid_address
 from pipeline.events.messages import LOG_STATES
 from pipeline.ports import ApiPrincipalView, MessageFilter, MessageLog, Metrics, Spool
+
+if TYPE_CHECKING:  # imported on the first page rendered (_environment): a console nobody opens costs no Jinja2
+    import jinja2
 
 log = logging.getLogger("smtpgate.console")
 
@@ -156,6 +159,8 @@ def _details(event: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _environment() -> jinja2.Environment:
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("pipeline.api.console", "templates"),
         autoescape=True,  # every template, whatever its name: values are text, never markup
@@ -214,8 +219,15 @@ class Console:
         self.suppressions = suppressions
         self.root = root  # the API's app: its handlers are found by route name
         self.signer = PresessionSigner()
-        self.env = _environment()
-        self.css = (resources.files("pipeline.api.console") / "static" / "console.css").read_bytes()
+
+    @functools.cached_property
+    def env(self) -> jinja2.Environment:
+        """The templates, loaded on the first page: the gateway serves mail without ever loading Jinja2."""
+        return _environment()
+
+    @functools.cached_property
+    def css(self) -> bytes:
+        return (resources.files("pipeline.api.console") / "static" / "console.css").read_bytes()
 
     def api_handler(self, name: str, method: str = "GET") -> ApiHandler | None:
         """The ``/api/v1`` handler the API serves under route ``name`` (unwrapped from its bearer-token

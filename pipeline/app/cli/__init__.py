@@ -1,5 +1,7 @@
-"""The ``smtpgate`` command. Each module in this package adds its commands to :data:`main`;
-plugins add theirs through the ``smtpgate_cli_commands`` hook (:func:`plugin_commands`), so the
+"""The ``smtpgate`` command. Each module in this package adds its commands to :data:`main`, and is
+imported only when one of its commands runs (:data:`COMMAND_MODULES`): ``serve`` is a long-lived
+process and must not carry every other command's imports (psycopg for ``db``, the resolver for
+``verify``...). Plugins add theirs through the ``smtpgate_cli_commands`` hook (:func:`plugin_commands`), so the
 core never imports a plugin.
 
 Errors a user can cause (bad config, missing file, bad argument) print one line and exit
@@ -12,7 +14,6 @@ import functools
 import importlib
 import importlib.metadata
 import logging
-import pkgutil
 import sys
 from typing import Any
 
@@ -60,13 +61,40 @@ def plugin_commands() -> dict[str, click.Command]:
     return commands
 
 
+# Each core command and the module of this package that defines it (tests/test_cli.py checks the
+# list against what the modules define). A module is imported when one of its commands is asked for.
+COMMAND_MODULES = {
+    "api-tokens": "api_tokens",
+    "check-config": "core",
+    "credentials": "credentials",
+    "db": "db",
+    "events": "events",
+    "init": "init",
+    "messages": "messages",
+    "milter": "milter",
+    "plugins": "core",
+    "queue": "queue",
+    "replay": "core",
+    "serve": "serve",
+    "stats": "tracking",
+    "status": "status",
+    "suppression": "tracking",
+    "tls-report": "tlsreport",
+    "verify": "verify",
+    "webhooks": "tracking",
+}
+
+
 class _Group(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            importlib.import_module(f"{__name__}.{module}")  # registers its commands on main
         core = super().get_command(ctx, cmd_name)
         return core if core is not None else plugin_commands().get(cmd_name)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(plugin_commands()))
+        return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES) | set(plugin_commands()))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -122,8 +150,3 @@ def get_config(path: str | None, *, existing: bool = False, quiet: bool = False)
         )
         sys.exit(1)
     return config
-
-
-for _mod in pkgutil.iter_modules(__path__):
-    if not _mod.name.startswith("_"):  # __main__ is `python -m pipeline.app.cli`, not a command module
-        importlib.import_module(f"{__name__}.{_mod.name}")

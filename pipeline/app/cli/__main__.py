@@ -2,5 +2,5 @@
 
 from pipeline.app.cli import main
 
-if __name__ == "__main__":  # the package imports every module of itself, this one included
+if __name__ == "__main__":  # imported as a module (by tools that walk the package), it runs nothing
     main()
