@@ -5,32 +5,11 @@ Helpers (paths, message builders, servers to test against) are in ``tests/suppor
 
 from __future__ import annotations
 
-import asyncio
-import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-TEST_LOOP = os.environ.get("SMTPGATE_TEST_LOOP", "asyncio")
-"""The event loop the in-process tests run on: ``SMTPGATE_TEST_LOOP=uvloop`` runs them on uvloop, as
-``serve`` does with ``[gateway] event_loop = "uvloop"`` (docs/benchmarks.md names the files
-checked so, under "The main process: imports, and the event loop")."""
-
-
-if TEST_LOOP == "uvloop":  # defined only then: pytest-asyncio refuses a hook that returns no factory
-
-    def pytest_asyncio_loop_factories(
-        config: pytest.Config, item: pytest.Item
-    ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-        """pytest-asyncio's hook: every async test and fixture on uvloop."""
-        import uvloop
-
-        return {"uvloop": uvloop.new_event_loop}
-
-elif TEST_LOOP != "asyncio":
-    raise pytest.UsageError(f"SMTPGATE_TEST_LOOP={TEST_LOOP!r}: asyncio or uvloop")
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ about what a newcomer would otherwise find out from a recipient: unsigned mail a
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -62,8 +61,6 @@ def startup_summary(gateway: Gateway) -> list[tuple[int, str]]:
         lines.append((logging.INFO, f"hostname: {host}"))
     lines.append((logging.INFO, f"config: {config.source}"))
     lines.append((logging.INFO, f"data dir: {config.data_dir.absolute()}"))
-    running = type(asyncio.get_running_loop()).__module__.split(".")[0]  # what [gateway] event_loop chose
-    lines.append((logging.INFO, f"event loop: {'uvloop' if running == 'uvloop' else 'asyncio'}"))
     for service in gateway.services:
         for name, (address, port) in sorted(getattr(service, "bound", {}).items()):
             listener = next((li for li in config.listeners if (li.name or f"{li.address}:{li.port}") == name), None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 from pathlib import Path
@@ -38,15 +37,6 @@ class GatewaySection(Section):
     trace_credential: bool = False  # name the authenticated credential in it (privacy: off)
     reverse_dns: bool = False  # look up the client's PTR name for it (else "unknown")
     log_format: Literal["text", "json"] = "text"  # json: one object per line (pipeline/toolkit/logs.py)
-    # the main process's event loop (pipeline/app/loop.py): auto = asyncio's until uvloop measures better
-    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
-
-    @field_validator("event_loop")
-    @classmethod
-    def _loop_installed(cls, v: str) -> str:
-        if v == "uvloop" and importlib.util.find_spec("uvloop") is None:
-            raise ValueError("uvloop is not installed (pip install 'smtpgate[speed]'), or choose \"auto\" or \"asyncio\"")
-        return v
 
 
 class ListenerSection(Section):

@@ -19,7 +19,6 @@ from pipeline.app import systemd
 from pipeline.app.cli import config_option, get_config, main
 from pipeline.app.gateway import Gateway
 from pipeline.app.instance import remove_pid_file, startup_summary, write_pid_file
-from pipeline.app.loop import run_on
 from pipeline.toolkit.logs import setup_logging
 
 log = logging.getLogger("smtpgate")
@@ -84,7 +83,7 @@ def serve(config_path: str | None, workers: int | None) -> None:
     gateway = Gateway(config)
     gateway.build_services(workers)
     try:
-        run_on(config.gateway.event_loop, run_gateway(gateway))
+        asyncio.run(run_gateway(gateway))
     except OSError as exc:
         click.echo(f"smtpgate: cannot start: {exc.strerror or exc}", err=True)
         sys.exit(1)
