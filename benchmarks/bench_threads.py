@@ -12,7 +12,8 @@ emptied the spool and the event store holds every ``delivered`` event; CPU is th
 clock of each thread (``/proc/PID/task/TID/schedstat``, nanoseconds) from before the run until
 then, divided by the messages. Thread names come from ``py-spy dump`` (native ids). Trees run
 interleaved round by round; printed min / median / max over rounds, with the msg/s smtp-source
-saw (until its last message's reply, not until delivery).
+saw (until its last message's reply, not until delivery); before that, the idle tree's RSS per
+process before and after the load, and the main process's thread count.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ def thread_ns(pid: int) -> dict[int, int]:
         except (OSError, ValueError, IndexError):
             continue
     return out
+
+
+def tree_rss(server: bc.Server) -> str:
+    """RSS of the idle process tree, per process (main, workers): issue 17's memory goal."""
+    pids = bc.process_tree(server.pid)
+    parts = ", ".join(f"{bc.role(p, server.pid)} {bc.rss_mib(p):.0f}" for p in pids)
+    return f"{sum(bc.rss_mib(p) for p in pids):.0f} MiB ({parts})"
 
 
 def children_ns(pid: int) -> int:
@@ -105,6 +113,8 @@ async def main(args: argparse.Namespace) -> None:
                 delivered[s.name] += 50
                 assert s.spool is not None
                 await events_stored(s.spool.with_name("events.db"), delivered[s.name])
+            await asyncio.sleep(3)  # idle: the heap trim runs a second after the last message
+            idle_before = {s.name: tree_rss(s) for s in servers}
             results: dict[tuple[str, int, int], list[dict[str, float]]] = {}
             for r in range(args.rounds):
                 for size_kb in args.sizes_kb:
@@ -114,6 +124,11 @@ async def main(args: argparse.Namespace) -> None:
                             delivered[s.name] += args.messages
                             results.setdefault((s.name, sessions, size_kb), []).append(ms)
                 print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+            await asyncio.sleep(3)
+            print("idle RSS of the process tree, before / after the load:")
+            for s in servers:
+                threads = len(list(Path(f"/proc/{s.pid}/task").iterdir()))
+                print(f"  {s.name}: {idle_before[s.name]} / {tree_rss(s)}; main-process threads: {threads}")
             print(f"CPU ms per message (min / median / max over {args.rounds} rounds, {args.messages} messages each)")
             for size_kb in args.sizes_kb:
                 for sessions in args.sessions:

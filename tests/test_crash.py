@@ -215,8 +215,8 @@ async def test_sigkill_right_after_the_250_keeps_the_message_and_its_accepted_ev
     config = tmp_path / "smtpgate.toml"
     write_config(config, tmp_path / "data", controller.port)
     events_db = tmp_path / "data" / "events.db"
+    server = Server(config)
     try:
-        server = Server(config)
         await server.start()
         hold = sqlite3.connect(events_db, isolation_level=None, timeout=30)
         hold.execute("BEGIN IMMEDIATE")  # events.db's write lock: the gateway's writes to it wait
@@ -246,6 +246,8 @@ async def test_sigkill_right_after_the_250_keeps_the_message_and_its_accepted_ev
         server.proc.send_signal(signal.SIGTERM)
         assert await server.wait(30) == 0, "\n".join(server.log[-20:])
     finally:
+        if server.proc is not None and server.proc.returncode is None:  # a failed assertion: no server left behind
+            server.kill()
         controller.stop()
     accepted = stored("accepted")
     assert [r for _, r in accepted] == ["user7@example.net"]
