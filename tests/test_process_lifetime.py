@@ -93,7 +93,7 @@ def start_gateway(
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
     deadline = time.monotonic() + 60
-    while b"smtpgate running" not in log.read_bytes():  # the pool pings every worker before this line
+    while b"smtpgate running" not in log.read_bytes():  # the pool waits for every worker's ready frame first
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.05)
@@ -101,6 +101,15 @@ def start_gateway(
     # the 2 workers and nothing else: no forkserver, no resource tracker
     assert len(children) == 2, (children, log.read_text())
     return proc, children, log
+
+
+def stop_gateway(proc: subprocess.Popen[bytes], children: set[int]) -> None:
+    """Clean-up after a test: the gateway's process group killed if still running, any child left killed."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for pid in alive(children):
+        os.kill(pid, signal.SIGKILL)
 
 
 def assert_all_exit(children: set[int], log: Path, bound: float = 20.0) -> float:
@@ -119,11 +128,7 @@ def test_workers_exit_after_sigkill_of_the_main_process(tmp_path: Path) -> None:
         proc.wait(timeout=10)
         assert_all_exit(children, log)  # the kernel kills them (PR_SET_PDEATHSIG): they have no time to log
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        for pid in alive(children):
-            os.kill(pid, signal.SIGKILL)
+        stop_gateway(proc, children)
 
 
 def test_every_process_exits_after_sigterm_to_the_process_group(tmp_path: Path) -> None:
@@ -134,8 +139,4 @@ def test_every_process_exits_after_sigterm_to_the_process_group(tmp_path: Path) 
         assert_all_exit(children, log)
         assert "received SIGTERM: draining" in log.read_text()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        for pid in alive(children):
-            os.kill(pid, signal.SIGKILL)
+        stop_gateway(proc, children)

@@ -11,8 +11,6 @@ HTTP services, the CLI, the metrics library or the PostgreSQL driver, and not th
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import sqlite3
 import sys
 import time
@@ -28,7 +26,7 @@ from pipeline.delivery import workers
 from pipeline.delivery.workers import IdleTrim, SpoolReader, SpoolSource, loaded_modules
 from tests.support.smtp_sink import EventRecorder, smtp_egress
 from tests.test_delivery import enqueue, start_service, stop
-from tests.test_process_lifetime import alive, start_gateway
+from tests.test_process_lifetime import start_gateway, stop_gateway
 
 pytestmark = pytest.mark.slow  # worker processes
 
@@ -152,10 +150,7 @@ def test_serve_workers_do_not_load_the_parents_main_module(tmp_path: Path) -> No
                                                                            "markupsafe", "psycopg_binary"))]
             assert web == [], web
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        for pid in alive(children):
-            os.kill(pid, signal.SIGKILL)
+        stop_gateway(proc, children)
 
 
 async def test_the_worker_reader_reads_both_backends_checks_the_length_and_survives_a_dropped_connection(backend):

@@ -29,7 +29,7 @@ from pipeline.chain.driver import make_config
 from pipeline.delivery.workers import WorkerDied, WorkerPool, WorkerUnavailable, build_chain
 from tests.support.smtp_sink import EventRecorder
 from tests.test_delivery import enqueue, start_service, stop
-from tests.test_process_lifetime import alive, start_gateway
+from tests.test_process_lifetime import alive, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.slow  # worker processes
 
@@ -143,10 +143,7 @@ def test_the_process_tree_of_serve_is_the_main_process_and_its_workers_only(tmp_
             assert ppid == proc.pid
         assert log.read_text().count("worker ready: ") == 2
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        for pid in alive(children):
-            os.kill(pid, signal.SIGKILL)
+        stop_gateway(proc, children)
 
 
 async def test_the_main_process_runs_no_executor_manager_nor_queue_feeder_thread(data_dir):

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.storage.sqlite import open_sqlite
-from pipeline.storage.statement import one_statement
+from pipeline.storage.statement import one_statement, open_store
 
 TOKEN_PREFIX = "sgt_"
 
@@ -71,16 +70,7 @@ class ApiTokenStore:
     def __init__(self, path: Path | None = None, *, url: str | None = None) -> None:
         self.path, self.url = path, url
         self._lock = threading.Lock()
-        self._pool: Any = None
-        if url is not None:
-            from pipeline.storage.postgres import open_pool
-
-            self._pool = open_pool(url, max_size=2)
-        elif path is not None:
-            self._conn = open_sqlite(path)
-            self._conn.executescript(SCHEMA)
-        else:
-            raise ValueError("an API token store needs a path or a url")
+        self._conn, self._pool = open_store(path, url, SCHEMA, "an API token store")
 
     def _q(self, sql: str, args: Sequence[Any] = (), *, hot: bool = False) -> tuple[list[tuple[Any, ...]], int]:
         """One statement, committed (``?`` placeholders): its rows and rowcount. ``hot``: on the event

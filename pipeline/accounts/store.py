@@ -22,8 +22,7 @@ from pipeline.accounts.secrets import check_hash_format, hash_secret, new_api_ke
 from pipeline.config import Config, ConfigError, CredentialSection, format_validation_error
 from pipeline.contract.context import Credential
 from pipeline.contract.vocabulary import CredentialKind
-from pipeline.storage.sqlite import open_sqlite
-from pipeline.storage.statement import one_statement
+from pipeline.storage.statement import one_statement, open_store
 
 log = logging.getLogger("smtpgate.ingress.auth")
 
@@ -129,22 +128,13 @@ class CredentialStore:
         self._lock = threading.Lock()
         self._version: Any = None
         self._rows: list[Record] = []
-        self._pool: Any = None
-        if url is not None:
-            from pipeline.storage.postgres import open_pool
-
-            self._pool = open_pool(url, max_size=2)
-        elif path is not None:
-            self._conn = open_sqlite(path)
-            self._conn.executescript(SCHEMA)
-        else:
-            raise ValueError("a credential store needs a path or a url")
+        self._conn, self._pool = open_store(path, url, SCHEMA, "a credential store")
 
     def _q(
         self, sql: str, args: tuple[Any, ...] = (), wait: float | None = None
     ) -> tuple[builtins.list[tuple[Any, ...]], int]:
         """One statement, committed (``?`` placeholders): its rows and rowcount."""
-        return one_statement(None if self._pool is not None else self._conn, self._pool, sql, args,
+        return one_statement(self._conn, self._pool, sql, args,
                              wait=wait, op="credentials")
 
     def close(self) -> None:

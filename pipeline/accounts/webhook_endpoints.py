@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.storage.sqlite import open_sqlite
-from pipeline.storage.statement import one_statement
+from pipeline.storage.statement import one_statement, open_store
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS webhook_endpoints (
@@ -84,17 +83,12 @@ class WebhookEndpointStore:
         """Whether a connection is open (opening it if the file exists or ``create``)."""
         if self._conn is not None or self._pool is not None:
             return True
-        if self.url is not None:
-            from pipeline.storage.postgres import open_pool
-
-            self._pool = open_pool(self.url, max_size=2)
-            return True
-        assert self.path is not None
-        if not create and not self.path.exists():
-            return False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = open_sqlite(self.path)
-        self._conn.executescript(SCHEMA)
+        if self.url is None:
+            assert self.path is not None
+            if not create and not self.path.exists():
+                return False
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn, self._pool = open_store(self.path, self.url, SCHEMA, "a webhook endpoint store")
         return True
 
     def _q(

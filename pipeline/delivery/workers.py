@@ -340,9 +340,15 @@ def _dump_error(exc: BaseException) -> bytes:
         return pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"), pickle.HIGHEST_PROTOCOL)
 
 
-def _read_exact(stream: Any, n: int) -> bytes | None:
-    data = stream.read(n)
-    return data if len(data) == n else None  # short: EOF, the parent closed the pipe or is gone
+def _read_frame(stream: Any) -> tuple[int, int, bytes] | None:
+    """The next frame from the parent: (task id, kind, payload); ``None`` at EOF (a short read: the
+    parent closed the pipe or is gone)."""
+    head = stream.read(HEADER.size)
+    if len(head) != HEADER.size:
+        return None
+    size, task_id, kind = HEADER.unpack(head)
+    body = stream.read(size)
+    return (task_id, kind, body) if len(body) == size else None
 
 
 def worker_main(fd: int) -> None:
@@ -358,15 +364,11 @@ def worker_main(fd: int) -> None:
     lazy_imports()  # before anything imports the plugin libraries
     sock = socket.socket(fileno=fd)
     stream = sock.makefile("rb")
-    head = _read_exact(stream, HEADER.size)
-    if head is None:
-        return
-    size, _, _ = HEADER.unpack(head)
-    body = _read_exact(stream, size)
-    if body is None:
+    frame = _read_frame(stream)
+    if frame is None:
         return
     try:
-        init = pickle.loads(body)
+        init = pickle.loads(frame[2])
         sys.path[:] = init["sys_path"]
         if init.get("main_path"):  # a plugin class defined in the parent's __main__ (a script)
             import multiprocessing.spawn  # only the import machinery: no helper process
@@ -385,13 +387,10 @@ def worker_main(fd: int) -> None:
     except OSError:  # the gateway stopped (or died) while this worker was starting
         return
     while True:
-        head = _read_exact(stream, HEADER.size)
-        if head is None:
+        frame = _read_frame(stream)
+        if frame is None:
             return
-        size, task_id, kind = HEADER.unpack(head)
-        body = _read_exact(stream, size)
-        if body is None:
-            return
+        task_id, kind, body = frame
         status = OK
         try:
             args = pickle.loads(body)

@@ -7,7 +7,24 @@ PostgreSQL, and a SQLite-only process never imports psycopg.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+from pipeline.storage.sqlite import open_sqlite
+
+
+def open_store(path: Path | None, url: str | None, schema: str, what: str) -> tuple[Any, Any]:
+    """Where a small store lives: ``(SQLite connection with its schema applied, None)`` for ``path``,
+    ``(None, a small PostgreSQL pool)`` for ``url``; the pair :func:`one_statement` takes."""
+    if url is not None:
+        from pipeline.storage.postgres import open_pool  # psycopg only where PostgreSQL is configured
+
+        return None, open_pool(url, max_size=2)
+    if path is None:
+        raise ValueError(f"{what} needs a path or a url")
+    conn = open_sqlite(path)
+    conn.executescript(schema)
+    return conn, None
 
 
 def one_statement(
