@@ -6,6 +6,8 @@ feeder thread. A worker killed in the middle of a message fails that message onl
 temporary failure the scheduler retries; the worker is replaced and the others keep serving.
 A worker that dies while starting is retried with a growing delay, never in a tight loop.
 Results come back to the task that asked for them, however many are in flight.
+Workers idle for ``[spool] worker_max_idle`` seconds exit (the idle tree is the main process
+alone) and are started again on demand; a start that crashes defers the task, never holds it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,6 +73,10 @@ class Hold(Plugin):
         return None
 
 
+def in_worker() -> bool:
+    return getattr(sys.modules["__main__"].__spec__, "name", None) == "pipeline.delivery.worker_main"
+
+
 class CrashAtStart(Plugin):
     """Kills its worker while the chain is being built, as long as ``<data_dir>/crash`` exists."""
 
@@ -77,9 +84,21 @@ class CrashAtStart(Plugin):
 
     def __init__(self, config: Any, env: Any) -> None:
         super().__init__(config, env)
-        in_worker = getattr(sys.modules["__main__"].__spec__, "name", None) == "pipeline.delivery.worker_main"
-        if in_worker and (env.data_dir / "crash").exists():
+        if in_worker() and (env.data_dir / "crash").exists():
             os._exit(3)
+
+
+class SlowStart(Plugin):
+    """Holds its worker's start-up while ``<data_dir>/slow`` exists (a start in progress for as
+    long as the test needs; a minute at most)."""
+
+    name = "slow_start"
+
+    def __init__(self, config: Any, env: Any) -> None:
+        super().__init__(config, env)
+        deadline = time.monotonic() + 60
+        while in_worker() and (env.data_dir / "slow").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
 
 
 class Holds:
@@ -126,10 +145,35 @@ def pool_log():
     logger.setLevel(level)
 
 
-def new_pool(data_dir: Path, workers: int, plugins: list[Any] | None = None) -> WorkerPool:
+def new_pool(
+    data_dir: Path, workers: int, plugins: list[Any] | None = None, max_idle: float | None = None
+) -> WorkerPool:
     data_dir.mkdir(parents=True, exist_ok=True)
-    config = make_config({"gateway": {"data_dir": str(data_dir)}, "egress": {"type": "null"}})
+    overrides: dict[str, Any] = {"gateway": {"data_dir": str(data_dir)}, "egress": {"type": "null"}}
+    if max_idle is not None:
+        overrides["spool"] = {"worker_max_idle": max_idle}
+    config = make_config(overrides)
     return WorkerPool(config, workers, build_chain(config, plugins or []), plugins or [])
+
+
+def children() -> set[int]:
+    """This process's child processes, zombies included (a worker not reaped is a leak)."""
+    return {int(pid) for f in Path("/proc/self/task").glob("*/children") for pid in f.read_text().split()}
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait until ``predicate()`` holds; fails the test after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+def stopped_idle(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.endswith("; stopped") and " idle for " in line]
+
+
+def on_demand(lines: list[str]) -> list[str]:
+    return [line for line in lines if "on demand" in line]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -244,3 +288,119 @@ async def test_a_worker_killed_mid_message_defers_it_the_retry_delivers_it_and_t
     assert deferred.queue_id == first and "451 4.3.0 processing failed: WorkerDied" in deferred.data["reply"]
     assert [e.queue_id for e in EventRecorder.of("delivered")] == [second, first]
     assert not alive({pid})
+
+
+def test_worker_max_idle_is_validated_and_defaults_to_a_minute() -> None:
+    assert make_config({}).spool.worker_max_idle == 60.0
+    assert make_config({"spool": {"worker_max_idle": 0}}).spool.worker_max_idle == 0.0
+    with pytest.raises(Exception, match="worker_max_idle"):
+        make_config({"spool": {"worker_max_idle": -1}})
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+async def test_workers_idle_for_worker_max_idle_exit_and_the_tree_is_the_main_process_alone(data_dir, pool_log):
+    pool = new_pool(data_dir, 2, max_idle=0.3)
+    await pool.start()
+    try:
+        started = set(pool.pids())
+        assert len(started) == 2 and children() == started
+        [copy] = await pool.process({"queue_id": "q1"}, RAW, "app@example.org", ["x@example.net"])
+        assert copy.recipient == "x@example.net"
+        await until(lambda: not children())  # exited and reaped: no zombie either
+        assert pool.pids() == []
+        await pool_log.until(lambda lines: len(stopped_idle(lines)) == 2)
+        assert sorted(stopped_idle(pool_log.lines)) == sorted(
+            f"worker process {pid} idle for 0.3 s; stopped" for pid in started)
+        # a stop for being idle is not a death: no error, no replacement, no back-off
+        assert not [line for line in pool_log.lines
+                    if "ended (" in line or "starting another" in line or "next try" in line or "on demand" in line]
+    finally:
+        await pool.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+async def test_a_message_after_the_workers_exited_idle_is_processed_by_a_freshly_started_worker(
+        data_dir, pool_log):
+    pool = new_pool(data_dir, 2, max_idle=0.3)
+    await pool.start()
+    try:
+        first = set(pool.pids())
+        await until(lambda: not children())
+        copies = await pool.process({"queue_id": "q2"}, RAW, "app@example.org", ["y@example.net"])
+        assert [c.recipient for c in copies] == ["y@example.net"]
+        [fresh] = pool.pids()  # one task: one worker started
+        assert fresh not in first and children() == {fresh}
+        assert len(on_demand(pool_log.lines)) == 1
+        # more tasks than one worker takes: the pool starts as many as they need, up to `workers`
+        await until(lambda: not children())
+        answers = await asyncio.gather(*(pool.call(functools.partial(echo, i)) for i in range(8)))
+        assert [i for i, _ in answers] == list(range(8))
+        assert len(on_demand(pool_log.lines)) == 3
+        assert not [line for line in pool_log.lines if "ended (" in line or "next try" in line]
+    finally:
+        await pool.close()
+    assert not children()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+async def test_with_worker_max_idle_0_workers_never_exit_when_idle(tmp_path, pool_log):
+    never, soon = new_pool(tmp_path / "never", 1, max_idle=0), new_pool(tmp_path / "soon", 1, max_idle=0.3)
+    await never.start()
+    await soon.start()
+    try:
+        kept, gone = set(never.pids()), set(soon.pids())
+        for pool in (never, soon):
+            await pool.process({"queue_id": "q3"}, RAW, "app@example.org", ["z@example.net"])
+        await until(lambda: not alive(gone))  # longer than the other pool's idle limit, by its own clock
+        await pool_log.until(lambda lines: len(stopped_idle(lines)) == 1)
+        assert never.pids() == list(kept) and alive(kept) == kept
+        assert never._idle_timer is None  # nothing armed: an idle gateway is not woken for this
+    finally:
+        await never.close()
+        await soon.close()
+
+
+async def test_an_on_demand_start_that_crashes_at_start_up_defers_the_task_instead_of_hanging(data_dir, pool_log):
+    pool = new_pool(data_dir, 1, [CrashAtStart], max_idle=0.3)
+    await pool.start()
+    try:
+        await pool_log.until(lambda lines: len(stopped_idle(lines)) == 1)
+        (data_dir / "crash").write_text("x")
+        with pytest.raises(WorkerUnavailable):  # the scheduler defers the message and retries it later
+            async with asyncio.timeout(30):
+                await pool.call(functools.partial(echo, 1))
+        assert any("failed 2 times in a row at start-up; next try in 0.5 s" in line for line in pool_log.lines)
+        (data_dir / "crash").unlink()
+        fixed = len(pool_log.lines)
+        await pool_log.until(lambda lines: any(line.endswith(" ready") for line in lines[fixed:]))
+        assert (await pool.call(functools.partial(echo, 2)))[0] == 2
+    finally:
+        await pool.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+async def test_closing_the_pool_while_an_on_demand_start_is_in_progress_leaves_no_process(data_dir):
+    pool = new_pool(data_dir, 2, [SlowStart], max_idle=0.3)
+    await pool.start()
+    await until(lambda: not children())
+    (data_dir / "slow").write_text("x")
+    waiting = asyncio.ensure_future(pool.call(functools.partial(echo, 1)))
+    await until(lambda: bool(children()))  # the new worker's process exists, its start-up held
+    assert not waiting.done() and len(pool.pids()) == 1
+    closing = asyncio.ensure_future(pool.close())
+    await asyncio.sleep(0)  # close() has closed the pipes and waits for the processes
+    (data_dir / "slow").unlink()
+    await closing
+    assert not children()
+    with pytest.raises(WorkerDied):
+        await waiting
+    # closed before the process of an on-demand start even began: nothing is left either
+    pool = new_pool(data_dir, 1, max_idle=0.3)
+    await pool.start()
+    await until(lambda: not children())
+    waiting = asyncio.ensure_future(pool.call(functools.partial(echo, 2)))
+    await asyncio.sleep(0)  # the call is queued and the start scheduled, not run
+    await pool.close()
+    assert not children()
+    with pytest.raises(WorkerDied):
+        await waiting

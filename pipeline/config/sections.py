@@ -169,6 +169,7 @@ class RelaySection(Section):
 
 class SpoolSection(Section):
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=0)  # 0: in the main process
+    worker_max_idle: float = Field(default=60.0, ge=0)  # idle seconds before a worker exits (0: never)
     retry_min: float = Field(default=300.0, gt=0)  # seconds; Postfix minimal_backoff_time
     retry_max: float = Field(default=3600.0, gt=0)  # Postfix maximal_backoff_time
     lifetime: float = Field(default=5 * 86400.0, gt=0)  # Postfix maximal_queue_lifetime

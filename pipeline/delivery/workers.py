@@ -20,6 +20,10 @@ A worker that dies (a segfault, the OOM killer, ``kill -9``) fails only the task
 with :class:`WorkerDied` (a temporary failure: the scheduler defers and retries the message), and
 is replaced at once; one that keeps dying before it is ready is restarted with a growing delay.
 
+A worker with no task in flight for ``[spool] worker_max_idle`` seconds is stopped (like
+Postfix's ``max_idle``): an idle gateway is the main process alone. When tasks queue and fewer
+than N workers are running or starting, the pool starts another on demand.
+
 A worker imports what processing needs and no more (no aiohttp, API, console, metrics, CLI or
 psycopg unless the spool is on PostgreSQL); third-party modules that plugin libraries import at
 module level but processing never calls (:data:`LAZY_MODULES`) load on first use only.
@@ -427,7 +431,9 @@ class _Worker(asyncio.Protocol):
         self.tasks: dict[int, asyncio.Future[Any]] = {}
         self.ready = False
         self.ready_at = 0.0
+        self.idle_since = 0.0  # monotonic time its last task finished (or it became ready)
         self.gone = False
+        self.retiring = False  # stopped by the pool for being idle: its end is not a death
         self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._buf = bytearray()
         self._need = HEADER.size  # bytes the next frame needs in the buffer before it can be parsed
@@ -501,6 +507,9 @@ class WorkerPool:
         self._running = False
         self._reaping: set[asyncio.Task[None]] = set()
         self._spawned: list[subprocess.Popen[bytes]] = []  # every process not known to be reaped
+        self.max_idle = config.spool.worker_max_idle  # seconds; 0: workers never exit when idle
+        self._idle_timer: asyncio.TimerHandle | None = None  # one per pool: the earliest idle worker's deadline
+        self._vacant: list[int] = []  # slots whose worker exited idle: started again when tasks queue
 
     # -- processes ------------------------------------------------------------------------
 
@@ -576,6 +585,7 @@ class WorkerPool:
         for slot, worker in enumerate(self._slots):
             if worker is None:  # ready, then died before the pool was running: replace it now
                 self._restart(slot)
+        self._stop_idle()  # arms the idle timer for the workers that are all idle now
 
     def _restart(self, slot: int) -> None:
         self._restarts.pop(slot, None)
@@ -622,6 +632,11 @@ class WorkerPool:
             worker.started.exception()  # retrieved: a restart's failure is logged, not left to the loop
         if not self._running:
             return  # closing (close() waits for the process) or a failed start (start() raises)
+        if worker.retiring:  # stopped for being idle: collect its exit status, nothing to replace
+            reap = asyncio.ensure_future(self._collect(worker))
+            self._reaping.add(reap)
+            reap.add_done_callback(self._reaping.discard)
+            return
         reap = asyncio.ensure_future(self._reap(worker, len(tasks)))
         self._reaping.add(reap)
         reap.add_done_callback(self._reaping.discard)
@@ -639,6 +654,64 @@ class WorkerPool:
         how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
         log.error("worker process %d ended (%s) with %d messages in hand; starting another",
                   worker.pid, how, in_flight)
+
+    async def _collect(self, worker: _Worker) -> None:
+        """Wait for a worker stopped for being idle to exit (it does on EOF; killed after a while if not)."""
+        await _wait_exit(worker.proc)
+
+    # -- idle workers ---------------------------------------------------------------------
+
+    def _idle_from(self, worker: _Worker, now: float) -> None:
+        """``worker`` has no task in flight since ``now``: arm the pool's idle timer unless it is
+        armed already (for an earlier deadline), so finishing a task creates no timer object."""
+        worker.idle_since = now
+        if self._idle_timer is None and self.max_idle > 0 and self._running:
+            self._idle_timer = asyncio.get_running_loop().call_later(self.max_idle, self._stop_idle)
+
+    def _stop_idle(self) -> None:
+        """Stop the workers idle for ``max_idle`` seconds, then re-arm the pool's one timer for the
+        next idle worker's deadline (a busy worker re-arms it when its last task finishes)."""
+        self._idle_timer = None
+        if not self._running or self.max_idle <= 0:
+            return
+        now = time.monotonic()
+        due: float | None = None
+        for worker in self._slots:
+            if worker is None or not worker.ready or worker.gone or worker.tasks:
+                continue
+            deadline = worker.idle_since + self.max_idle
+            if deadline <= now:
+                self._retire(worker)
+            elif due is None or deadline < due:
+                due = deadline
+        if due is not None:
+            self._idle_timer = asyncio.get_running_loop().call_later(due - now, self._stop_idle)
+
+    def _retire(self, worker: _Worker) -> None:
+        """Stop an idle worker: it reads EOF and exits; its slot is free for an on-demand start."""
+        log.info("worker process %d idle for %g s; stopped", worker.pid, self.max_idle)
+        worker.retiring = True
+        self._slots[worker.slot] = None
+        self._failures[worker.slot] = 0  # it started and served: not a start-up failure in a row
+        self._vacant.append(worker.slot)
+        if worker.transport is not None:
+            worker.transport.close()  # connection_lost -> _lost, which only collects the exit status
+        else:
+            self._lost(worker)
+
+    def _grow(self) -> None:
+        """Start workers in vacant slots for the tasks that wait (one per :data:`PIPELINE` tasks
+        not covered by workers already starting), up to ``workers`` in all."""
+        starting = 0
+        for slot, worker in enumerate(self._slots):
+            if (worker is not None and not worker.ready) or isinstance(self._restarts.get(slot), asyncio.Task):
+                starting += 1
+        need = -(-len(self._queue) // PIPELINE) - starting
+        while need > 0 and self._vacant:
+            slot = self._vacant.pop()
+            log.info("starting worker process %d on demand (%d tasks waiting)", slot, len(self._queue))
+            self._restart(slot)
+            need -= 1
 
     def _serving(self) -> bool:
         """A worker is running or starting (else all are waiting out a start-up failure delay)."""
@@ -666,6 +739,8 @@ class WorkerPool:
                         best is None or len(w.tasks) < len(best.tasks)):
                     best = w
             if best is None:
+                if self._vacant:
+                    self._grow()
                 return
             task = queue.popleft()
             if not task.future.done():  # cancelled while queued
@@ -675,6 +750,7 @@ class WorkerPool:
         if task_id == 0:  # the start-up handshake
             if status == OK:
                 worker.ready, worker.ready_at = True, time.monotonic()
+                self._idle_from(worker, worker.ready_at)
                 if not worker.started.done():
                     worker.started.set_result(None)
                 log.debug("worker process %d ready", worker.pid)
@@ -685,18 +761,21 @@ class WorkerPool:
                     worker.started.set_exception(value if isinstance(value, Exception) else RuntimeError(value))
                     worker.started.exception()
             return
-        future = worker.tasks.pop(task_id, None)
+        tasks = worker.tasks
+        future = tasks.pop(task_id, None)
         if future is not None and not future.done():
             if status == OK:
                 future.set_result(value)
             else:
                 future.set_exception(value if isinstance(value, BaseException) else RuntimeError(value))
+        if not tasks:  # idle from now on, unless _dispatch hands it more
+            self._idle_from(worker, time.monotonic())
         self._dispatch()
 
     async def _submit(self, kind: int, args: Any) -> Any:
         if not self._running:
             raise RuntimeError("no worker processes")
-        if not self._serving():
+        if not self._serving() and not self._vacant:  # a vacant slot starts a worker for this task
             raise WorkerUnavailable("no worker process is running (restarting after start-up failures)")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append(_Task(next(self._ids), kind, pickle.dumps(args, pickle.HIGHEST_PROTOCOL), future))
@@ -735,7 +814,7 @@ class WorkerPool:
         return await self._submit(CALL, fn)  # type: ignore[no-any-return]
 
     def pids(self) -> list[int]:
-        """The process ids of the running workers (diagnostics, tests)."""
+        """The process ids of the running (or starting) workers; not of those stopped for being idle."""
         return [w.pid for w in self._slots if w is not None and not w.gone]
 
     def _observe(self, timings: Timings) -> None:
@@ -749,6 +828,10 @@ class WorkerPool:
             self._idle.stop()
             self._idle = None
         self._running = False
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self._vacant.clear()
         for pending in self._restarts.values():
             pending.cancel()
         self._restarts.clear()
@@ -772,11 +855,42 @@ class WorkerPool:
 async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
     """The exit status of a worker that was asked to stop (EOF), killed if it does not within ``timeout``."""
     try:
-        return await asyncio.to_thread(proc.wait, timeout)
-    except subprocess.TimeoutExpired:
+        async with asyncio.timeout(timeout):
+            return await _exited(proc)
+    except TimeoutError:
         log.error("worker process %d did not exit %.0f s after its pipe closed; killing it", proc.pid, timeout)
         _kill(proc)
+        return await _exited(proc)
+
+
+async def _exited(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for ``proc`` to end and reap it: on its pidfd in the event loop (Linux 5.3+), so a
+    worker stopped for being idle costs no thread; else in a thread blocked in ``wait``."""
+    if proc.returncode is not None:
+        return proc.returncode
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # no pidfd (old kernel, not Linux), or already reaped
         return await asyncio.to_thread(proc.wait)
+    try:
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        try:
+            loop.add_reader(fd, readable)
+        except NotImplementedError:  # an event loop without add_reader
+            return await asyncio.to_thread(proc.wait)
+        try:
+            await ended
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        os.close(fd)
+    return proc.wait()  # a zombie by now: returns at once
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
