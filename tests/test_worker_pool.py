@@ -404,3 +404,24 @@ async def test_closing_the_pool_while_an_on_demand_start_is_in_progress_leaves_n
     assert not children()
     with pytest.raises(WorkerDied):
         await waiting
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+async def test_the_delivery_service_after_its_workers_exited_idle_delivers_or_defers_never_holds(data_dir):
+    spool = {"worker_max_idle": 0.3, "retry_min": 0.5, "retry_max": 1.0, "max_plugin_attempts": 50}
+    gw, svc = await start_service(data_dir, egress={"type": "null"}, spool=spool, plugins=(CrashAtStart,),
+                                  workers=1)
+    try:
+        first = await enqueue(gw, ["a@example.net"])
+        await EventRecorder.until(lambda: bool(EventRecorder.of("delivered", "a@example.net")), timeout=30)
+        await until(lambda: not children())
+        (data_dir / "crash").write_text("x")  # the next worker the pool starts dies while starting
+        second = await enqueue(gw, ["b@example.net"])
+        await EventRecorder.until(lambda: bool(EventRecorder.of("deferred", "b@example.net")), timeout=30)
+        (data_dir / "crash").unlink()
+        await EventRecorder.until(lambda: bool(EventRecorder.of("delivered", "b@example.net")), timeout=30)
+    finally:
+        await stop(gw, svc)
+    assert [e.queue_id for e in EventRecorder.of("delivered")] == [first, second]
+    assert "WorkerUnavailable" in EventRecorder.of("deferred", "b@example.net")[0].data["reply"]
+    assert not children()
