@@ -25,7 +25,10 @@ tree, so one run gives before/after tables (e.g. ``--tree ../baseline --tree .``
     split main process / worker processes (utime + stime of the process tree from /proc,
     before and after: CPU time, not wall time, answers "what does a copy cost" on a busy machine).
 (c) memory: RSS of each server's process tree, idle after its warm-up: smtpgate with the full
-    chain (main + workers) and with the admission-only chain, Haraka, bare aiosmtpd.
+    chain (main + workers) and with the admission-only chain, Haraka, bare aiosmtpd; read a few
+    seconds after the run, and again once every server has been idle for ``--idle-memory-seconds``
+    (default 65: longer than smtpgate's ``[spool] worker_max_idle``, 60 s by default, after which
+    a tree that has the setting has stopped its idle workers; an older tree keeps them).
 """
 
 from __future__ import annotations
@@ -383,6 +386,13 @@ async def smtp_source(port: int, messages: int, sessions: int, size: int) -> flo
     return messages / elapsed
 
 
+def print_memory(servers: list[Server]) -> None:
+    """One line per server: main, children and total RSS, then each process's role and RSS/PSS."""
+    for s in servers:
+        main, kids = s.rss()
+        print(f"  {s.name:<28}{main:>7.0f} + {kids:>4.0f} = {main + kids:>5.0f}   [{s.per_process()}]", flush=True)
+
+
 def stats(values: list[float], fmt: str = ".0f") -> str:
     return f"{min(values):{fmt}} / {statistics.median(values):{fmt}} / {max(values):{fmt}}"
 
@@ -416,6 +426,7 @@ async def bench_ingress(
                             main, kids = split_cpu(s, before, s.cpu())
                             n = args.ingress_messages
                             cpu_ms.setdefault((size, sessions, s.name), []).append((main * 1000 / n, kids * 1000 / n))
+        last_done = time.monotonic()  # every server idle from here on
         print(
             f"\n(a) ingress: smtp-source, one connection per message, {args.ingress_messages} messages per "
             f"measurement, {args.rounds} interleaved rounds; msg/s min / median / max"
@@ -459,16 +470,20 @@ async def bench_ingress(
             print(f"\nsmtpgate idle (nothing sent for {args.idle_seconds:.0f} s, same window): CPU ms per second "
                   "from schedstat, main process | workers")
             for s in smtpgates:
-                used = {p: run_ns(p) - before_ns[s.name][p] for p in trees[s.name]}
+                # a worker that exited idle during the window reads 0 now: count it as 0, not negative
+                used = {p: max(0, run_ns(p) - before_ns[s.name][p]) for p in trees[s.name]}
                 main_ms = used.get(s.pid, 0) / 1e6 / args.idle_seconds
                 kids_ms = sum(v for p, v in used.items() if p != s.pid) / 1e6 / args.idle_seconds
                 print(f"  {s.name:<28}{main_ms:>7.3f} | {kids_ms:.3f}")
 
         await asyncio.sleep(5)  # idle: what a server keeps once the work is done (freed heap trimmed)
         print("\n(c) memory, ingress servers idle after the run: RSS MiB (main + children = total)")
-        for s in servers:
-            main, kids = s.rss()
-            print(f"  {s.name:<28}{main:>7.0f} + {kids:>4.0f} = {main + kids:>5.0f}   [{s.per_process()}]")
+        print_memory(servers)
+        if args.idle_memory_seconds > 0:
+            await asyncio.sleep(max(0.0, last_done + args.idle_memory_seconds - time.monotonic()))
+            print(f"\n(c) memory, ingress servers idle for {time.monotonic() - last_done:.0f} s after the run "
+                  "(smtpgate's [spool] worker_max_idle: 60 s by default): RSS MiB (main + children = total)")
+            print_memory(servers)
     finally:
         for s in servers:
             await s.stop()
@@ -563,6 +578,7 @@ async def bench_e2e(args: argparse.Namespace, tmp: Path, key: Path, trees: list[
                         res.copies_per_s.append(copies / elapsed)
                         res.main_ms.append(main * 1000 / copies)
                         res.workers_ms.append(workers * 1000 / copies)
+        last_done = time.monotonic()  # every server idle from here on
         print(
             f"\n(b) end to end: size-typical.eml ({len(raw) // 1024} KB), full default chain ({'/'.join(args.engines)}, "
             f"RSA-2048), {args.workers} workers, {args.clients} clients, smarthost smtp-sink; about "
@@ -630,6 +646,13 @@ async def bench_e2e(args: argparse.Namespace, tmp: Path, key: Path, trees: list[
             main, kids = server.rss()
             print(f"  {server.name + ', idle after the run':<36}{main:>7.0f} + {kids:>4.0f} = {main + kids:>5.0f}"
                   f"   [{server.per_process()}]")
+        if args.idle_memory_seconds > 0:
+            await asyncio.sleep(max(0.0, last_done + args.idle_memory_seconds - time.monotonic()))
+            idle_for = f", idle {time.monotonic() - last_done:.0f} s"
+            for server, _ in servers:
+                main, kids = server.rss()
+                print(f"  {server.name + idle_for:<36}{main:>7.0f} + {kids:>4.0f} = {main + kids:>5.0f}"
+                      f"   [{server.per_process()}]", flush=True)
     finally:
         for server, _ in servers:
             await server.stop()
@@ -673,6 +696,11 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 10, 50])
     ap.add_argument("--idle-seconds", type=float, default=30.0, help="idle CPU window after the ingress runs (0: skip)")
     ap.add_argument("--sizes-kb", type=int, nargs="+", default=[10, 60])
+    ap.add_argument(
+        "--idle-memory-seconds", type=float, default=65.0,
+        help="second memory reading once the servers have been idle this long, past smtpgate's "
+        "[spool] worker_max_idle (60 s default) (0: skip)",
+    )
     ap.add_argument("--copies", type=int, default=200, help="recipient copies per end-to-end measurement")
     ap.add_argument("--rcpts", type=int, nargs="+", default=[1, 10, 100])
     ap.add_argument("--clients", type=int, default=10, help="SMTP connections sending in the end-to-end part")

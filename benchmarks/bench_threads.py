@@ -13,7 +13,9 @@ clock of each thread (``/proc/PID/task/TID/schedstat``, nanoseconds) from before
 then, divided by the messages. Thread names come from ``py-spy dump`` (native ids). Trees run
 interleaved round by round; printed min / median / max over rounds, with the msg/s smtp-source
 saw (until its last message's reply, not until delivery); before that, the idle tree's RSS per
-process before and after the load, and the main process's thread count.
+process before and after the load, and the main process's thread count; last, the RSS once the
+tree has been idle for ``--idle-memory-seconds`` (default 65: past ``[spool] worker_max_idle``,
+60 s by default, when a tree that has the setting has stopped its idle workers).
 """
 
 from __future__ import annotations
@@ -124,6 +126,7 @@ async def main(args: argparse.Namespace) -> None:
                             delivered[s.name] += args.messages
                             results.setdefault((s.name, sessions, size_kb), []).append(ms)
                 print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+            last_done = time.monotonic()
             await asyncio.sleep(3)
             print("idle RSS of the process tree, before / after the load:")
             for s in servers:
@@ -141,6 +144,12 @@ async def main(args: argparse.Namespace) -> None:
                             vals = [m[group] for m in results[(s.name, sessions, size_kb)]]
                             cells.append(f"{min(vals):{fmt}} / {statistics.median(vals):{fmt}} / {max(vals):{fmt}}")
                         print(f"  {group:<15}" + "".join(f"{c:>26}" for c in cells))
+            if args.idle_memory_seconds > 0:
+                await asyncio.sleep(max(0.0, last_done + args.idle_memory_seconds - time.monotonic()))
+                print(f"\nidle RSS of the process tree {time.monotonic() - last_done:.0f} s after the load "
+                      "([spool] worker_max_idle: 60 s by default):")
+                for s in servers:
+                    print(f"  {s.name}: {tree_rss(s)}")
         finally:
             for s in servers:
                 await s.stop()
@@ -154,4 +163,6 @@ if __name__ == "__main__":
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--sizes-kb", type=int, nargs="+", default=[10, 60])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--idle-memory-seconds", type=float, default=65.0,
+                        help="RSS again once idle this long, past [spool] worker_max_idle (0: skip)")
     asyncio.run(main(parser.parse_args()))
