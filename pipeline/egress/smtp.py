@@ -461,8 +461,8 @@ async def _pipelined(conn: aiosmtplib.SMTP, protocol: SMTPProtocol, copy: Copy, 
         else:
             refusal = aiosmtplib.SMTPSenderRefused(mail.code, mail.message, copy.mail_from)
             reset = mail.code != 421 and await reader.skip(2)
-        if not reset and refusal is not None:
-            conn.close()  # a 421: the server is closing the session (aiosmtplib closes it too)
+        if not reset:
+            conn.close()  # a 421 (the server is closing the session; aiosmtplib closes it too) or unpaired replies
     finally:
         transport.set_protocol(protocol)
     if reset:
