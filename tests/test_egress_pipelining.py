@@ -533,3 +533,31 @@ def test_replies_are_parsed_as_aiosmtplib_parses_them_however_they_are_split() -
         _parse_reply(bytearray(b"hello\r\n"))
     with pytest.raises(aiosmtplib.SMTPResponseException, match="Response too long"):
         _parse_reply(bytearray(b"250 " + b"x" * 9000 + b"\r\n"))
+
+
+async def test_gateway_to_gateway_pipelined_over_starttls_with_auth(data_dir: Path, tls_cert: tuple[Path, Path]) -> None:
+    """Our own ingress offers PIPELINING: copies go to it pipelined, after STARTTLS and AUTH, and arrive
+    byte for byte (behind the Received header it adds)."""
+    from pipeline.accounts.secrets import hash_secret_pbkdf2
+    from pipeline.app.harness import ingress_test_config, running_ingress, spooled
+
+    key = {"name": "key", "kind": "apikey", "secret_hash": hash_secret_pbkdf2("key-0123456789", 1000)}
+    config = ingress_test_config(data_dir, tls_cert, credentials=[key])
+    bodies = [MSG, DOTTED, "Subject: ü\r\n\r\nGrüße\r\n".encode()]
+    async with running_ingress(config) as (_, ingress):
+        port = ingress.port("starttls")
+        egress = SmtpEgress(EgressSection(type="smtp", host="127.0.0.1", port=port, tls="starttls",
+                                          ca_file=tls_cert[0], username="apikey", password="key-0123456789",
+                                          connections_per_hop=1), "gw2.test")
+        try:
+            results = await egress.deliver([_copy(f"user{i}@example.com", "app@shop.example", b)
+                                            for i, b in enumerate(bodies)])
+            [idle] = egress.pool._idle
+            assert idle.conn.supports_extension("pipelining")
+        finally:
+            await egress.close()
+    assert [r.status for r in results] == ["sent"] * 3, results
+    assert all(r.reply.startswith("250 2.0.0 Ok: queued as") and r.tls.endswith("verified") for r in results)
+    got = {m["recipients"][0]: m["data"] for m in spooled(data_dir)}
+    assert got["user0@example.com"].endswith(b"\r\n" + MSG) and got["user2@example.com"].endswith(b"\r\n" + bodies[2])
+    assert got["user1@example.com"].endswith(b"\r\n" + DOTTED + b"\r\n")
