@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pipeline.contract.context import Event, MessageContext
 from pipeline.events import EventEmitter
+from pipeline.events.encoding import EncodedColumns, EventEncoder
 from pipeline.events.sqlite import SqliteEventStore
 from pipeline.events.store import EventStoreBase
 from pipeline.ports import RecipientOutcome
@@ -90,8 +92,45 @@ def event_from_record(rec: dict[str, Any]) -> Event:
     )
 
 
-_Item = tuple[int, str, Event, list[str]]
-"""A committed outbox row as the forwarder holds it: ``(outbox id, origin, event, webhook URLs)``."""
+_Item = tuple[int, str, Event, list[str], EncodedColumns | None]
+"""A committed outbox row as the forwarder holds it: ``(outbox id, origin, event, webhook URLs, its
+events.db JSON columns as encoded for the outbox, or None when read back from spool.db)``."""
+
+_Encoded = tuple[Event, str, list[str], str, EncodedColumns]
+"""An event on its way into the outbox: ``(event, origin, webhook URLs, event JSON, its columns)``."""
+
+
+def new_origins(n: int) -> list[str]:
+    """``n`` outbox origins: unique keys of 32 hex digits (128 random bits, as ``uuid4().hex``
+    had 122), from one ``os.urandom`` call instead of a UUID object per event."""
+    raw = os.urandom(16 * n).hex()
+    return [raw[i : i + 32] for i in range(0, 32 * n, 32)]
+
+
+def webhook_urls_of(emitter: EventEmitter, events: Sequence[Event]) -> list[list[str]]:
+    """Each event's webhook URLs, asked once per credential and event type of the batch (all they
+    depend on): a message's N recipients' events cost one look-up (each reads the credential and
+    endpoint stores' change counters), not N. Events of one kind share one list (read only)."""
+    known: dict[tuple[str | None, str], list[str]] = {}
+    out = []
+    for event in events:
+        kind = (event.credential, str(event.type))
+        urls = known.get(kind)
+        if urls is None:
+            urls = known[kind] = emitter.webhook_urls_for(event)
+        out.append(urls)
+    return out
+
+
+def encode_items(events: Sequence[Event], origins: Sequence[str], urls: Sequence[list[str]]) -> list[_Encoded]:
+    """The events with their outbox JSON and events.db columns, each value shared by several
+    events encoded once (:class:`~pipeline.events.encoding.EventEncoder`)."""
+    encoder = EventEncoder()
+    out = []
+    for event, origin, event_urls in zip(events, origins, urls, strict=True):
+        record, columns = encoder.encode(event)
+        out.append((event, origin, event_urls, record, columns))
+    return out
 
 RETRY_MIN = 0.25
 RETRY_MAX = 5.0
@@ -139,8 +178,8 @@ class OutboxResults:
     ) -> None:
         """Commit results with their events; return once the events are in events.db (or kept in
         the outbox for a retry: the results are committed either way, and must not be recorded again)."""
-        keys = list(origins) if origins is not None else [uuid.uuid4().hex for _ in events]
-        items = [(e, key, self.emitter.webhook_urls_for(e)) for e, key in zip(events, keys, strict=True)]
+        keys = list(origins) if origins is not None else new_origins(len(events))
+        items = encode_items(events, keys, webhook_urls_of(self.emitter, events))
         waiter = asyncio.get_running_loop().create_future() if items else None
         await self.spool.record(outcomes, _rows(items), self._on_commit(items, waiter))
         if waiter is not None:
@@ -154,17 +193,17 @@ class OutboxResults:
 
     async def enqueue(self, ctx: MessageContext, data: bytes, recipients: list[str], events: Sequence[Event],
                       wait: bool = False) -> None:
-        items = [(e, uuid.uuid4().hex, self.emitter.webhook_urls_for(e)) for e in events]
+        items = encode_items(events, new_origins(len(events)), webhook_urls_of(self.emitter, events))
         waiter = asyncio.get_running_loop().create_future() if items and wait else None
         await self.spool.enqueue(ctx, data, recipients, _rows(items), self._on_commit(items, waiter))
         if waiter is not None:
             await waiter
 
-    def _on_commit(
-        self, items: list[tuple[Event, str, list[str]]], waiter: asyncio.Future[None] | None
-    ) -> Callable[[list[int]], None]:
+    def _on_commit(self, items: list[_Encoded], waiter: asyncio.Future[None] | None) -> Callable[[list[int]], None]:
         def committed(ids: list[int]) -> None:
-            self._pending.extend((i, key, e, urls) for i, (e, key, urls) in zip(ids, items, strict=True))
+            self._pending.extend(
+                (i, key, e, urls, columns) for i, (e, key, urls, _, columns) in zip(ids, items, strict=True)
+            )
             if waiter is not None:
                 self._waiters.append((max(ids), waiter))
                 self._hurry.set()
@@ -256,7 +295,8 @@ class OutboxResults:
             self._release_waiters(None)
             return [], None
         try:
-            results = await self.store.record_many([(event, urls, origin) for _, origin, event, urls in items])
+            results = await self.store.record_many([(event, urls, origin) for _, origin, event, urls, _ in items],
+                                                   [columns for *_, columns in items])
         except BaseException:
             self._reread_from(items[0][0])
             raise
@@ -294,7 +334,8 @@ class OutboxResults:
             self._from_disk = False
         upto = self._read_upto
         self._pending = [item for item in self._pending if item[0] > upto]  # the rest was just read
-        return [(i, origin, event_from_record(json.loads(ev)), list(json.loads(urls))) for i, origin, ev, urls in rows]
+        return [(i, origin, event_from_record(json.loads(ev)), list(json.loads(urls)), None)
+                for i, origin, ev, urls in rows]
 
     def _release_waiters(self, upto: int | None) -> None:
         """Resolve the waiters whose rows a round took (``None``: every waiter)."""
@@ -323,6 +364,14 @@ class OutboxAccepts:
         has stored the event in events.db."""
 
 
-def _rows(items: Sequence[tuple[Event, str, list[str]]]) -> list[tuple[str, str, str]]:
-    """``event_outbox`` rows: ``(origin, event JSON, webhook URLs JSON)``."""
-    return [(key, json.dumps(e.to_record(), default=str), json.dumps(urls)) for e, key, urls in items]
+def _rows(items: Sequence[_Encoded]) -> list[tuple[str, str, str]]:
+    """``event_outbox`` rows: ``(origin, event JSON, webhook URLs JSON)``; a URL list several events
+    share is encoded once."""
+    encoded: dict[int, tuple[list[str], str]] = {}
+    rows = []
+    for _, key, urls, record, _ in items:
+        hit = encoded.get(id(urls))
+        if hit is None or hit[0] is not urls:
+            hit = encoded[id(urls)] = (urls, json.dumps(urls))
+        rows.append((key, record, hit[1]))
+    return rows

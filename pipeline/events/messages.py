@@ -27,6 +27,7 @@ from typing import Any
 
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType, RecipientState
+from pipeline.events.encoding import EncodedColumns, TxMemo
 from pipeline.ports import MessageFilter
 from pipeline.storage.sqlite import open_sqlite
 from pipeline.storage.tx import Tx
@@ -95,14 +96,21 @@ def _message_id(value: Any) -> str | None:
     return _norm(str(value)) if value else None
 
 
-def write_message_log(tx: Tx, event: Event, tables: LogTables = SQLITE_TABLES) -> None:
-    """Inside the event store's transaction: the log rows an event creates or moves."""
+def write_message_log(
+    tx: Tx, event: Event, tables: LogTables = SQLITE_TABLES, *,
+    columns: EncodedColumns | None = None, memo: TxMemo | None = None,
+) -> None:
+    """Inside the event store's transaction: the log rows an event creates or moves.
+
+    ``columns``: the copy's JSON already encoded (the SQLite outbox's encoder); ``memo``: the
+    message rows this transaction wrote already, so the ``accepted`` events of a message's other
+    recipients neither encode its summary again nor run an insert that would do nothing."""
     if not event.queue_id or not event.recipient:
         return
     rcpt = _norm(event.recipient)
     if event.type == EventType.ACCEPTED:
         summary = event.data.get("message")
-        if isinstance(summary, Mapping):
+        if isinstance(summary, Mapping) and (memo is None or event.queue_id not in memo.messages):
             mail_from = str(summary.get("mail_from") or "")
             info = {k: v for k, v in summary.items() if k not in ("mail_from", "subject", "message_id", "size")}
             tx(
@@ -113,6 +121,8 @@ def write_message_log(tx: Tx, event: Event, tables: LogTables = SQLITE_TABLES) -
                  _message_id(summary.get("message_id")), event.credential, event.campaign_id, event.letter_id,
                  int(summary.get("size") or 0), json.dumps(info, separators=(",", ":"), default=str)),
             )
+            if memo is not None:
+                memo.messages.add(event.queue_id)
         tx(
             f"INSERT INTO {tables.recipients} (queue_id, recipient, state, updated_at) VALUES (?, ?, 'queued', ?)"
             " ON CONFLICT DO NOTHING",
@@ -120,12 +130,15 @@ def write_message_log(tx: Tx, event: Event, tables: LogTables = SQLITE_TABLES) -
         )
     elif event.type in RESULT_STATES:
         # a delivery attempt's copy (processing trace, final headers) replaces the previous attempt's
-        copy = event.data.get("message")
+        if columns is not None:
+            copy_json = columns.copy
+        else:
+            copy = event.data.get("message")
+            copy_json = json.dumps(copy, default=str) if isinstance(copy, Mapping) else None
         tx(
             f"UPDATE {tables.recipients} SET state = ?, updated_at = ?, copy = COALESCE(?, copy)"
             " WHERE queue_id = ? AND recipient = ?",
-            (str(event.type), event.time, json.dumps(copy, default=str) if isinstance(copy, Mapping) else None,
-             event.queue_id, rcpt),
+            (str(event.type), event.time, copy_json, event.queue_id, rcpt),
         )
 
 

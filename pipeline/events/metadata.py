@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pipeline.contract.context import Event
+from pipeline.events.encoding import TxMemo
 
 META_SCHEMA = """
 CREATE TABLE IF NOT EXISTS message_meta (
@@ -28,14 +29,19 @@ class _Queryable(Protocol):
     def query(self, sql: str, args: Any = ()) -> list[tuple[Any, ...]]: ...
 
 
-def store_meta(tx: Callable[..., Any], event: Event) -> None:
+def store_meta(tx: Callable[..., Any], event: Event, memo: TxMemo | None = None) -> None:
     """Record the event's message metadata once per queue id (inside the event's transaction, on
-    either backend)."""
+    either backend). ``memo``: queue ids this transaction recorded already (skipped: the insert
+    could only do nothing, and encoding the metadata again is what a 100-recipient message paid)."""
     if event.queue_id and (event.tags or event.metadata):
+        if memo is not None and event.queue_id in memo.meta:
+            return
         tx(
             "INSERT INTO message_meta (queue_id, tags, metadata) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
             (event.queue_id, json.dumps(list(event.tags)), json.dumps(event.metadata, default=str)),
         )
+        if memo is not None:
+            memo.meta.add(event.queue_id)
 
 
 def message_meta(store: _Queryable, queue_ids: list[str]) -> dict[str, tuple[list[str], dict[str, Any]]]:

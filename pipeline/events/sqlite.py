@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.contract.context import Event
+from pipeline.events.encoding import EncodedColumns, TxMemo
 from pipeline.events.messages import MESSAGE_SCHEMA
 from pipeline.events.metadata import META_SCHEMA
 from pipeline.events.store import (
@@ -89,14 +90,24 @@ def add_origin(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_origin ON events(origin)")
 
 
+class CursorTx:
+    """The :class:`Tx` shape over a cursor inside an open transaction; the cursor stays reachable
+    for what SQLite does cheaper than the shared SQL (:meth:`SqliteEventStore._insert_event`)."""
+
+    __slots__ = ("cur",)
+
+    def __init__(self, cur: sqlite3.Cursor) -> None:
+        self.cur = cur
+
+    def __call__(self, sql: str, args: Sequence[Any] = ()) -> tuple[list[tuple[Any, ...]], int]:
+        cur = self.cur
+        cur.execute(sql, args if isinstance(args, tuple | list) else tuple(args))
+        return cur.fetchall(), cur.rowcount  # rows are tuples already (no row factory here)
+
+
 def _tx_on(cur: sqlite3.Cursor) -> Tx:
     """The :class:`Tx` shape over a cursor inside an open transaction."""
-
-    def tx(sql: str, args: Sequence[Any] = ()) -> tuple[list[tuple[Any, ...]], int]:
-        cur.execute(sql, tuple(args))
-        return [tuple(r) for r in cur.fetchall()], cur.rowcount
-
-    return tx
+    return CursorTx(cur)
 
 
 class SqliteEventStore(EventStoreBase):
@@ -121,34 +132,51 @@ class SqliteEventStore(EventStoreBase):
         with lock:
             return [tuple(r) for r in conn.execute(sql, tuple(args)).fetchall()]
 
+    def _insert_event(self, tx: Tx, args: tuple[Any, ...]) -> int | None:
+        """The shared insert without ``RETURNING id``: SQLite runs a ``RETURNING`` statement through
+        a temporary table (measured: 26 against 12 us per row); the row's id is the cursor's
+        ``lastrowid`` (``id`` is the rowid), and a row not inserted (its origin is stored) leaves
+        ``rowcount`` at 0."""
+        if not isinstance(tx, CursorTx):
+            return super()._insert_event(tx, args)
+        cur = tx.cur
+        cur.execute(self._INSERT_EVENT, args)
+        return int(cur.lastrowid or 0) if cur.rowcount > 0 else None
+
     async def record(self, event: Event, webhook_urls: Sequence[str] = (), origin: str | None = None) -> int:
         """Store ``event`` (webhook deliveries, suppression) in the writer's next shared commit; its id."""
         urls = list(dict.fromkeys(webhook_urls))
         return await self._writer.run(lambda cur: self.write_event(_tx_on(cur), event, urls, origin))
 
-    async def record_many(self, items: Sequence[tuple[Event, Sequence[str], str]]) -> list[int | None | Exception]:
+    async def record_many(
+        self, items: Sequence[tuple[Event, Sequence[str], str]], columns: Sequence[EncodedColumns | None] | None = None
+    ) -> list[int | None | Exception]:
         """Store ``(event, webhook URLs, origin)`` items in one operation of the writer's next commit
         (the SQLite spool's outbox forwards everything pending at once: one events.db transaction for
         many messages' events, not a round trip per event). Per item: its new id, ``None`` when an
         event was already stored under its origin, or the exception that kept it out (rolled back
         alone); an item of a message whose earlier item failed is not written (its events keep their
-        order), and gets that exception too. Raises when the commit itself fails (nothing stored)."""
+        order), and gets that exception too. Raises when the commit itself fails (nothing stored).
+        ``columns``: per item, its JSON columns as the outbox encoded them (or ``None``)."""
         batch = [(event, list(dict.fromkeys(urls)), origin) for event, urls, origin in items]
+        encoded = list(columns) if columns is not None else [None] * len(batch)
 
         def write(cur: sqlite3.Cursor) -> list[int | None | Exception]:
-            tx = _tx_on(cur)
+            tx = CursorTx(cur)
+            memo = TxMemo()  # this operation's writes; a rolled-back item's message is forgotten
             out: list[int | None | Exception] = []
             failed: dict[str | None, Exception] = {}
-            for event, urls, origin in batch:
+            for (event, urls, origin), cols in zip(batch, encoded, strict=True):
                 earlier = failed.get(event.queue_id) if event.queue_id is not None else None
                 if earlier is not None:
                     out.append(earlier)
                     continue
                 cur.execute("SAVEPOINT item")
                 try:
-                    out.append(self.write_event_once(tx, event, urls, origin))
+                    out.append(self.write_event_once(tx, event, urls, origin, columns=cols, memo=memo))
                 except Exception as exc:
                     cur.execute("ROLLBACK TO item")
+                    memo.forget(event.queue_id)
                     failed[event.queue_id] = exc
                     out.append(exc)
                 cur.execute("RELEASE item")

@@ -12,7 +12,9 @@ concurrent ``record`` calls share one commit (:class:`~pipeline.storage.batching
 from __future__ import annotations
 
 import abc
+import functools
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from typing import Any, TypeVar
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType
 from pipeline.events.bounces import classify_status
+from pipeline.events.encoding import EncodedColumns, TxMemo
 from pipeline.events.messages import log_tables, write_message_log
 from pipeline.events.metadata import store_meta
 from pipeline.storage.batching import GroupCommit
@@ -39,7 +42,14 @@ def normalize_address(address: str) -> str:
 
 
 def utc_day(ts: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+    """The UTC date of a timestamp (``YYYY-MM-DD``), as ``time.gmtime`` gives it (which floors)."""
+    return _utc_day(math.floor(ts) // 86400)
+
+
+@functools.lru_cache(maxsize=16)
+def _utc_day(day: int) -> str:
+    """Why cached: every event row stores its day, and a batch's events share one or two."""
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
 
 
 def bounce_class(event: Event) -> str | None:
@@ -169,9 +179,15 @@ class EventStoreBase(abc.ABC):
         return self._commit([(event, list(dict.fromkeys(webhook_urls)), origin)])[0]
 
     def _commit(self, batch: list[tuple[Event, list[str], str | None]]) -> list[int]:
-        return self._transaction(lambda tx: [self.write_event(tx, e, urls, origin) for e, urls, origin in batch])
+        def write(tx: Tx) -> list[int]:
+            memo = TxMemo()  # one transaction, committed or rolled back whole
+            return [self.write_event(tx, e, urls, origin, memo=memo) for e, urls, origin in batch]
 
-    def write_event(self, tx: Tx, event: Event, urls: Sequence[str], origin: str | None = None) -> int:
+        return self._transaction(write)
+
+    def write_event(
+        self, tx: Tx, event: Event, urls: Sequence[str], origin: str | None = None, *, memo: TxMemo | None = None
+    ) -> int:
         """Insert one event, its webhook deliveries and its suppression inside ``tx``; its id.
 
         Public so a caller holding a transaction on the same database (the spool recording a
@@ -179,33 +195,48 @@ class EventStoreBase(abc.ABC):
         idempotent: an event already stored under that key is left as it is (its id returned),
         which is what draining the SQLite spool's event outbox after a crash needs.
         """
-        event_id = self.write_event_once(tx, event, urls, origin)
+        event_id = self.write_event_once(tx, event, urls, origin, memo=memo)
         if event_id is None:  # stored before under this origin (a repeated outbox drain)
             return int(tx("SELECT id FROM events WHERE origin = ?", (origin,))[0][0][0])
         return event_id
 
-    def write_event_once(self, tx: Tx, event: Event, urls: Sequence[str], origin: str | None = None) -> int | None:
+    _INSERT_EVENT = (
+        "INSERT INTO events (type, time, day, queue_id, recipient, credential, campaign_id,"
+        " letter_id, url, machine, bounce_class, weight, data, origin)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (origin) DO NOTHING"
+    )
+
+    def _insert_event(self, tx: Tx, args: tuple[Any, ...]) -> int | None:
+        """The ``events`` row: its id, or ``None`` when one is stored under its origin already."""
+        rows, _ = tx(self._INSERT_EVENT + " RETURNING id", args)
+        return int(rows[0][0]) if rows else None
+
+    def write_event_once(
+        self, tx: Tx, event: Event, urls: Sequence[str], origin: str | None = None, *,
+        columns: EncodedColumns | None = None, memo: TxMemo | None = None,
+    ) -> int | None:
         """:meth:`write_event`, but ``None`` when an event is already stored under ``origin``: the
-        caller then knows it was not this write that stored it (no second ``on_event``, count, wake)."""
+        caller then knows it was not this write that stored it (no second ``on_event``, count, wake).
+
+        ``columns``: the event's JSON columns as its writer encoded them already (the SQLite
+        outbox), not encoded again; ``memo``: what this transaction wrote already for the same
+        message (:class:`~pipeline.events.encoding.TxMemo`)."""
         now = time.time()
-        rows, _ = tx(
-            "INSERT INTO events (type, time, day, queue_id, recipient, credential, campaign_id,"
-            " letter_id, url, machine, bounce_class, weight, data, origin)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (origin) DO NOTHING RETURNING id",
-            (
-                str(event.type), event.time, utc_day(event.time), event.queue_id,
-                normalize_address(event.recipient) if event.recipient else None,
-                event.credential, event.campaign_id, event.letter_id, event.url,
-                1 if event.data.get("machine") else 0, bounce_class(event), _weight(event),
-                json.dumps({k: v for k, v in event.data.items() if k != "message"}, separators=(",", ":"), default=str),
-                origin,
-            ),
-        )
-        if not rows:
+        data = event.data
+        event_id = self._insert_event(tx, (
+            str(event.type), event.time, utc_day(event.time), event.queue_id,
+            normalize_address(event.recipient) if event.recipient else None,
+            event.credential, event.campaign_id, event.letter_id, event.url,
+            1 if data.get("machine") else 0, bounce_class(event), _weight(event),
+            columns.data if columns is not None else
+            json.dumps({k: v for k, v in data.items() if k != "message"}, separators=(",", ":"), default=str),
+            origin,
+        ))
+        if event_id is None:
             return None
-        event_id = int(rows[0][0])
-        write_message_log(tx, event, log_tables(self.dialect))  # the log (smtpgate messages), same transaction
-        store_meta(tx, event)
+        # the log (smtpgate messages), same transaction
+        write_message_log(tx, event, log_tables(self.dialect), columns=columns, memo=memo)
+        store_meta(tx, event, memo)
         for url in urls:
             tx("INSERT INTO webhook_outbox (event_id, url, next_attempt, updated_at) VALUES (?, ?, ?, ?)",
                (event_id, url, now, now))

@@ -1,0 +1,126 @@
+"""Events encoded to JSON once per batch: the SQLite outbox row and the columns events.db stores.
+
+Why (issue 17, per extra recipient copy): a message with N recipients has N ``accepted`` events that
+differ only in recipient and time; each carried the same message summary (headers, admission
+trace), and each was encoded whole (``json.dumps(event.to_record(), default=str)``) for spool.db's
+outbox, then its ``data`` column and its copy's message-log JSON were encoded again for events.db.
+:class:`EventEncoder` builds the same text from pieces: every dict or list value is encoded once per
+batch (by identity) and spliced into each event that holds it, and the columns events.db needs are
+kept with the event (:class:`EncodedColumns`) for the forwarder. The output is byte-identical to
+the ``json.dumps`` calls it replaces (``tests/test_event_encoding.py`` compares them).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
+from typing import Any
+
+from pipeline.contract.context import Event
+
+Encode = Callable[[Any], str]
+
+
+def _encoder(item_separator: str, key_separator: str) -> Encode:
+    """``json.dumps(value, separators=(item_separator, key_separator), default=str)`` as one C
+    encoder built once: ``dumps`` builds a ``JSONEncoder`` and a C encoder on every call when given
+    ``default`` (2-3 us of the 5-8 an event's JSON costs). The same C encoder, the same arguments
+    (``check_circular`` included): the same text."""
+    if c_make_encoder is None:  # pragma: no cover - CPython always has _json
+        return json.JSONEncoder(separators=(item_separator, key_separator), default=str).encode
+    run = c_make_encoder({}, str, encode_basestring_ascii, None, key_separator, item_separator, False, False, True)
+    return lambda value: "".join(run(value, 0))
+
+
+_SPLICE = "\x00smtpgate-splice-" + secrets.token_hex(8)
+_SPLICE_JSON = json.dumps(_SPLICE)
+"""A string no event holds, put where a shared message summary goes and replaced by its JSON; used
+only when it occurs exactly once in the output (else the event is encoded whole), so the result is
+always what encoding the event whole gives."""
+
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedColumns:
+    """An event's JSON columns in events.db, encoded already by whoever encoded the event (the
+    SQLite outbox): ``data`` (without ``"message"``, compact) and the message log's ``copy``
+    (``json.dumps(data["message"], default=str)`` when that is a mapping, else ``None``)."""
+
+    data: str
+    copy: str | None
+
+
+@dataclass(slots=True)
+class TxMemo:
+    """What one transaction of the event store wrote already, by queue id: a later event of the same
+    message skips a statement that could only do nothing (``ON CONFLICT DO NOTHING`` on the message
+    log's row or the metadata row this transaction inserted). Only for a transaction that is rolled back whole, or whose caller forgets a queue id whose
+    write was rolled back (:meth:`forget`)."""
+
+    messages: set[str] = field(default_factory=set)
+    meta: set[str] = field(default_factory=set)
+
+    def forget(self, queue_id: str | None) -> None:
+        if queue_id is not None:
+            self.messages.discard(queue_id)
+            self.meta.discard(queue_id)
+
+
+class EventEncoder:
+    """Encodes the events of one batch; the ``data["message"]`` that several events share (a
+    message's summary on each recipient's ``accepted`` event) is encoded once.
+
+    It is remembered by identity for the encoder's life: use one per synchronous batch (no event
+    may change while it encodes), in one thread; after an error, a new one (the C encoders keep
+    their circular-reference markers).
+    """
+
+    def __init__(self) -> None:
+        self._messages: dict[int, tuple[Any, str]] = {}
+        self._spaced = _encoder(", ", ": ")
+        self._compact = _encoder(",", ":")
+
+    def _message(self, value: Any) -> str:
+        hit = self._messages.get(id(value))
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        text = self._spaced(value)
+        self._messages[id(value)] = (value, text)  # the value is held: its id is not reused meanwhile
+        return text
+
+    def encode(self, event: Event) -> tuple[str, EncodedColumns]:
+        """``(json.dumps(event.to_record(), default=str), the columns events.db stores)``."""
+        data = event.data
+        message = data.get("message", _MISSING)
+        record = event.to_record()
+        text: str | None = None
+        copy: str | None = None
+        if type(message) in (dict, list):
+            encoded = self._message(message)
+            record["data"] = {**data, "message": _SPLICE}  # same key order: the value is replaced in place
+            spliced = self._spaced(record)
+            if spliced.count(_SPLICE_JSON) == 1:
+                text = spliced.replace(_SPLICE_JSON, encoded)
+            else:  # an event that holds the marker itself: encoded whole
+                record["data"] = data
+            if isinstance(message, dict):
+                copy = encoded
+        if text is None:
+            text = self._spaced(record)
+        if copy is None and isinstance(message, Mapping):
+            copy = self._spaced(message)
+        if len(data) == (0 if message is _MISSING else 1):
+            column = "{}"
+        else:
+            column = self._compact({k: v for k, v in data.items() if k != "message"})
+        return text, EncodedColumns(column, copy)
+
+
+def encode_events(events: Sequence[Event]) -> list[tuple[str, EncodedColumns]]:
+    """Each event's outbox JSON and events.db columns, shared values encoded once."""
+    encoder = EventEncoder()
+    return [encoder.encode(e) for e in events]
