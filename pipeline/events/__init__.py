@@ -15,8 +15,9 @@ import dataclasses
 import enum
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import Config
 from pipeline.contract.context import Event
@@ -96,12 +97,16 @@ class SuppressionList:
         self._conn = open_sqlite(path)
         self._conn.executescript(SCHEMA)
 
+    def _fetch(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        """One read in autocommit mode: it sees every commit made before it, by any process."""
+        return self._conn.execute(sql, args).fetchall()
+
     def contains(self, address: str, credential: str | None = None) -> bool:
-        return is_suppressed(lambda sql, args: self._conn.execute(sql, args).fetchall(), address, credential)
+        return is_suppressed(self._fetch, address, credential)
 
     def reason(self, address: str, credential: str | None = None) -> str | None:
         """Why the address is suppressed (a hard bounce wins: see :func:`suppression_reason`)."""
-        return suppression_reason(lambda sql, args: self._conn.execute(sql, args).fetchall(), address, credential)
+        return suppression_reason(self._fetch, address, credential)
 
     async def reason_async(self, address: str, credential: str | None = None) -> str | None:
         """A local indexed read (microseconds, the WAL file never waits on a writer): done in place."""

@@ -398,16 +398,25 @@ class EventStoreBase(abc.ABC):
         return is_suppressed(lambda sql, args: self._fetch(sql, args, hot=True), address, credential)
 
 
+_SCOPES_OF = "SELECT scope, reason FROM suppression WHERE address = ? ORDER BY scope"
+"""The stoplist look-up (one per RCPT): every scope of the address in one index seek of the
+primary key ``(address, scope)``, in its order (the global scope ``''`` first), filtered here.
+Measured on SQLite: 4.5 us against 7.5 for ``scope IN (?, ?)`` (a seek per scope)."""
+
+
+def _entries(
+    fetch: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]], address: str, credential: str | None
+) -> list[str]:
+    """The reasons the address is on the stoplist globally or for ``credential``, global first."""
+    rows = fetch(_SCOPES_OF, (normalize_address(address),))
+    return [reason for scope, reason in rows if scope == GLOBAL_SCOPE or (credential and scope == credential)]
+
+
 def is_suppressed(
     fetch: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]], address: str, credential: str | None
 ) -> bool:
     """The one stoplist look-up (store and read-only list alike): global scope, or this credential's."""
-    scopes = (GLOBAL_SCOPE, credential) if credential else (GLOBAL_SCOPE,)
-    rows = fetch(
-        f"SELECT 1 FROM suppression WHERE address = ? AND scope IN ({','.join('?' * len(scopes))}) LIMIT 1",
-        (normalize_address(address), *scopes),
-    )
-    return bool(rows)
+    return bool(_entries(fetch, address, credential))
 
 
 def suppression_reason(
@@ -415,12 +424,7 @@ def suppression_reason(
 ) -> str | None:
     """Why the address is suppressed; a hard bounce wins over other reasons (it says the address
     is broken, which the sender must hear rather than "stoplist")."""
-    scopes = (GLOBAL_SCOPE, credential) if credential else (GLOBAL_SCOPE,)
-    rows = fetch(
-        f"SELECT reason FROM suppression WHERE address = ? AND scope IN ({','.join('?' * len(scopes))})",
-        (normalize_address(address), *scopes),
-    )
-    reasons = [r[0] for r in rows]
+    reasons = _entries(fetch, address, credential)
     if HARD_BOUNCE_REASON in reasons:
         return HARD_BOUNCE_REASON
     return reasons[0] if reasons else None
