@@ -231,7 +231,7 @@ async def test_sqlite_outbox_events_reach_the_event_store_once_whatever_the_cras
 
     spool, store = SqliteSpool(tmp_path / "spool.db"), SqliteEventStore(tmp_path / "events.db")
     emitter = EventEmitter(store, Config(), collections.Counter())
-    results = OutboxResults(spool, store, emitter)
+    results = OutboxResults(spool, store, emitter, wait_results=True)
     qid = await put(spool, ["x@example.net", "y@example.net"])
     spool.claim(10, lease=60)
     outcomes = [RecipientOutcome(qid, r, RecipientState.DELIVERED, 1, "2.0.0", "250 ok")
@@ -268,7 +268,7 @@ async def test_sqlite_outbox_forwards_many_messages_events_in_one_commit_in_orde
     spool = SqliteSpool(tmp_path / "spool.db", forget_after=3600)  # the delete waits for company
     store = SqliteEventStore(tmp_path / "events.db")
     counters: collections.Counter[str] = collections.Counter()
-    outbox = OutboxResults(spool, store, EventEmitter(store, Config(), counters), linger=3600)
+    outbox = OutboxResults(spool, store, EventEmitter(store, Config(), counters), linger=3600, wait_results=True)
     accepts = outbox.accepts()  # as the SMTP ingress has it: nobody waits for the accepted events
     try:
         assert await outbox.drain() == 0  # caught up with spool.db (empty): from memory from now on
@@ -303,6 +303,40 @@ async def test_sqlite_outbox_forwards_many_messages_events_in_one_commit_in_orde
         store.close()
 
 
+async def test_sqlite_results_return_once_committed_and_their_events_share_one_later_events_db_commit(tmp_path):
+    """By default a result's caller does not wait for events.db (issue 17: a commit per delivered
+    message at one session): its results and events are committed in spool.db when it returns, and
+    the events of a burst of results reach events.db together within ``linger``, announced once."""
+    from pipeline.config import Config
+    from pipeline.contract.context import Event
+    from pipeline.delivery.results import OutboxResults
+    from pipeline.events import EventEmitter
+    from pipeline.events.sqlite import SqliteEventStore
+    from pipeline.spool.sqlite import SqliteSpool
+    from tests.support.console import wait_for
+
+    spool, store = SqliteSpool(tmp_path / "spool.db"), SqliteEventStore(tmp_path / "events.db")
+    counters: collections.Counter[str] = collections.Counter()
+    outbox = OutboxResults(spool, store, EventEmitter(store, Config(), counters), linger=0.3)
+    try:
+        assert await outbox.drain() == 0
+        qids = [await put(spool, [f"r{i}@example.net"]) for i in range(5)]
+        claimed = spool.claim(10, lease=60)
+        commits = store.commits
+        for m in claimed:  # five results, one after the other, as five delivery slots finish
+            outcome = RecipientOutcome(m.queue_id, m.recipients[0], RecipientState.DELIVERED, 1, "2.0.0", "250 ok")
+            await outbox.record([outcome], [Event("delivered", queue_id=m.queue_id, recipient=m.recipients[0])])
+        assert spool.count() == 0 and len(spool.outbox()) == 5  # committed with the results
+        assert store.events() == [] and store.commits == commits  # not yet in events.db
+        await wait_for(lambda: len(store.events()) == 5)
+        assert store.commits == commits + 1 and counters["events_total:delivered"] == 5
+        assert sorted(e.event.queue_id for e in store.events()) == sorted(qids)
+    finally:
+        await outbox.close()
+        spool.close()
+        store.close()
+
+
 async def test_sqlite_outbox_keeps_an_event_events_db_refuses_and_its_message_s_later_ones_in_order(tmp_path):
     """An event events.db refuses stays in spool.db's outbox (nothing lost, nothing out of order: the
     same message's delivered event waits behind its accepted one) while other messages' events go
@@ -318,7 +352,7 @@ async def test_sqlite_outbox_keeps_an_event_events_db_refuses_and_its_message_s_
 
     spool, store = SqliteSpool(tmp_path / "spool.db"), SqliteEventStore(tmp_path / "events.db")
     counters: collections.Counter[str] = collections.Counter()
-    outbox = OutboxResults(spool, store, EventEmitter(store, Config(), counters), linger=3600)
+    outbox = OutboxResults(spool, store, EventEmitter(store, Config(), counters), linger=3600, wait_results=True)
     admin = sqlite3.connect(tmp_path / "events.db", isolation_level=None)
     admin.execute("CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.recipient = 'poison@example.net' "
                   "AND NEW.type = 'accepted' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
