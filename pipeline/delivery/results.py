@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,7 +26,7 @@ from pipeline.contract.context import Event, MessageContext
 from pipeline.events import EventEmitter
 from pipeline.events.encoding import EncodedColumns, EventEncoder
 from pipeline.events.sqlite import SqliteEventStore
-from pipeline.events.store import EventStoreBase
+from pipeline.events.store import EventStoreBase, new_origins
 from pipeline.ports import RecipientOutcome
 from pipeline.spool.sqlite import SqliteSpool
 
@@ -98,13 +97,6 @@ events.db JSON columns as encoded for the outbox, or None when read back from sp
 
 _Encoded = tuple[Event, str, list[str], str, EncodedColumns]
 """An event on its way into the outbox: ``(event, origin, webhook URLs, event JSON, its columns)``."""
-
-
-def new_origins(n: int) -> list[str]:
-    """``n`` outbox origins: unique keys of 32 hex digits (128 random bits, as ``uuid4().hex``
-    had 122), from one ``os.urandom`` call instead of a UUID object per event."""
-    raw = os.urandom(16 * n).hex()
-    return [raw[i : i + 32] for i in range(0, 32 * n, 32)]
 
 
 def webhook_urls_of(emitter: EventEmitter, events: Sequence[Event]) -> list[list[str]]:

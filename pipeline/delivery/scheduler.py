@@ -31,7 +31,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -47,6 +46,7 @@ from pipeline.egress.base import Copy, DeliveryResult
 from pipeline.egress.pools import pool_for
 from pipeline.egress.resolver import Resolver
 from pipeline.egress.router import EgressRouter, UnknownEgress
+from pipeline.events.store import new_origins
 from pipeline.ports import (
     EventSink,
     LatencyMetrics,
@@ -484,7 +484,7 @@ class DeliveryService:
         events = self._events_of(msg, outcomes)
         if self.results is not None:  # results and their events commit together (issue 11 point 3)
             results = self.results
-            origins = [uuid.uuid4().hex for _ in events]  # the same keys on every retry: no event twice
+            origins = new_origins(len(events))  # the same keys on every retry: no event twice
             await self._until_done(msg.queue_id, lambda: results.record(outcomes, events, origins))
         else:
             await self._until_done(msg.queue_id, lambda: self.spool.record(outcomes))
