@@ -129,6 +129,18 @@ def test_any_events_encode_to_what_json_dumps_gives(shared, rest, share, tags, m
         assert cols.copy == old_copy(event)
 
 
+def test_origins_are_unique_hex_keys_that_sort_in_the_order_they_were_made():
+    """32 hex digits like ``uuid4().hex``; a batch's keys are consecutive and a later batch's sort
+    after it (the origin indexes are appended to), and no two are the same."""
+    first = new_origins(100)
+    time.sleep(0.002)
+    second = new_origins(100)
+    keys = first + second
+    assert all(len(k) == 32 and int(k, 16) >= 0 and k == k.lower() for k in keys)
+    assert len(set(keys)) == 200 and first == sorted(first) and min(second) > max(first)
+    assert len({k for _ in range(200) for k in new_origins(3)}) == 600
+
+
 def test_utc_day_is_what_gmtime_gives():
     for ts in (0.0, -0.5, -86400.0, 86399.999, 86400.0, 1_764_800_000.25, 1_764_806_399.9999, 4_102_444_800):
         assert utc_day(ts) == time.strftime("%Y-%m-%d", time.gmtime(ts))

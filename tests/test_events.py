@@ -194,3 +194,49 @@ async def test_emit_survives_a_broken_store_unless_strict(tmp_path):
     assert gw.counters["event_store_errors_total"] == 1
     with pytest.raises(Exception, match="closed"):
         await gw.emit(Event("delivered", queue_id="Q"), strict=True)
+
+
+async def test_on_event_plugins_get_events_without_the_summary_and_a_chain_without_hooks_is_not_called(tmp_path):
+    """``on_event`` hooks see an event without the message log's summary; a chain with no such hook
+    is not called at all (copying each event without its summary for nobody was 4.7 us an event)."""
+    import collections
+
+    from pipeline.config import Config
+    from pipeline.events import EventEmitter
+    from pipeline.events.sqlite import SqliteEventStore
+
+    seen: list[dict] = []
+
+    class Listener:
+        name = "listener"
+
+        from pipeline import hookimpl
+
+        @hookimpl
+        def on_event(self, event: Event) -> None:
+            seen.append(dict(event.data))
+
+        def __init__(self, config, env) -> None:
+            pass
+
+    gw = Gateway(tracking_config(tmp_path / "data"), extra_plugins=[Listener])
+    await gw.emit(Event("accepted", queue_id="Q", recipient="a@x.net", data={"message": {"subject": "s"}, "n": 1}))
+    assert seen == [{"n": 1}]
+    await gw.stop()
+
+    class Hookless:
+        def calls(self, phase: str) -> list:
+            return []
+
+        async def emit(self, event: Event) -> None:
+            raise AssertionError("a chain without on_event hooks is not called")
+
+    store = SqliteEventStore(tmp_path / "events.db")
+    counters: collections.Counter[str] = collections.Counter()
+    try:
+        emitter = EventEmitter(store, Config(), counters, after=Hookless().emit)
+        await emitter.emit(Event("accepted", queue_id="Q", recipient="a@x.net", data={"message": {"subject": "s"}}))
+        await emitter.committed(Event("delivered", queue_id="Q", recipient="a@x.net"), [])
+        assert counters["events_total:accepted"] == 1 and counters["events_total:delivered"] == 1
+    finally:
+        store.close()
