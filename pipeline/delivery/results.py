@@ -115,8 +115,8 @@ def webhook_urls_of(emitter: EventEmitter, events: Sequence[Event]) -> list[list
 
 
 def encode_items(events: Sequence[Event], origins: Sequence[str], urls: Sequence[list[str]]) -> list[_Encoded]:
-    """The events with their outbox JSON and events.db columns, each value shared by several
-    events encoded once (:class:`~pipeline.events.encoding.EventEncoder`)."""
+    """The events with their outbox JSON and events.db columns; a summary several events share is
+    encoded once (:class:`~pipeline.events.encoding.EventEncoder`)."""
     encoder = EventEncoder()
     out = []
     for event, origin, event_urls in zip(events, origins, urls, strict=True):

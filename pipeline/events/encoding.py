@@ -4,17 +4,17 @@ Why (issue 17, per extra recipient copy): a message with N recipients has N ``ac
 differ only in recipient and time; each carried the same message summary (headers, admission
 trace), and each was encoded whole (``json.dumps(event.to_record(), default=str)``) for spool.db's
 outbox, then its ``data`` column and its copy's message-log JSON were encoded again for events.db.
-:class:`EventEncoder` builds the same text from pieces: every dict or list value is encoded once per
-batch (by identity) and spliced into each event that holds it, and the columns events.db needs are
-kept with the event (:class:`EncodedColumns`) for the forwarder. The output is byte-identical to
-the ``json.dumps`` calls it replaces (``tests/test_event_encoding.py`` compares them).
+:class:`EventEncoder` encodes a summary the batch's events share once (by identity) and splices it
+into each event's text, with C encoders built once per batch; the columns events.db needs are kept
+with the event (:class:`EncodedColumns`) for the forwarder. The output is byte-identical to the
+``json.dumps`` calls it replaces (``tests/test_event_encoding.py`` compares them).
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
@@ -58,8 +58,8 @@ class EncodedColumns:
 class TxMemo:
     """What one transaction of the event store wrote already, by queue id: a later event of the same
     message skips a statement that could only do nothing (``ON CONFLICT DO NOTHING`` on the message
-    log's row or the metadata row this transaction inserted). Only for a transaction that is rolled back whole, or whose caller forgets a queue id whose
-    write was rolled back (:meth:`forget`)."""
+    log's row or the metadata row this transaction inserted). Only for a transaction that is rolled
+    back whole, or whose caller forgets the queue id of a write it rolled back (:meth:`forget`)."""
 
     messages: set[str] = field(default_factory=set)
     meta: set[str] = field(default_factory=set)
@@ -118,9 +118,3 @@ class EventEncoder:
         else:
             column = self._compact({k: v for k, v in data.items() if k != "message"})
         return text, EncodedColumns(column, copy)
-
-
-def encode_events(events: Sequence[Event]) -> list[tuple[str, EncodedColumns]]:
-    """Each event's outbox JSON and events.db columns, shared values encoded once."""
-    encoder = EventEncoder()
-    return [encoder.encode(e) for e in events]
