@@ -65,11 +65,19 @@ def relaxed_body(body: bytes) -> bytes:
     run that ended a line, now a single space before CRLF, goes with a plain ``replace``. Same
     result; HTML indented with tabs has thousands of lone tabs, each a regex match in dkimpy.
     """
-    body = body.translate(_TAB_TO_SPACE)
+    return dkim.canonicalization.correct_empty_body(dkim.canonicalization.strip_trailing_lines(_relaxed_lines(body)))
+
+
+def _relaxed_lines(body: bytes) -> bytes:
+    """Relaxed canonicalisation of whole lines, without the end-of-body rules (trailing empty
+    lines, empty body): a piece of a body that ends with CRLF canonicalises the same alone as
+    inside the body (nothing it changes spans a CRLF), which is what lets :func:`_body_hash` reuse
+    the previous copy's pieces."""
+    if b"\t" in body:  # (a memchr: cheaper than translating a body without tabs)
+        body = body.translate(_TAB_TO_SPACE)
     if b"  " in body:
         body = _SPACES.sub(b" ", body)
-    body = body.replace(b" \r\n", b"\r\n")
-    return dkim.canonicalization.correct_empty_body(dkim.canonicalization.strip_trailing_lines(body))
+    return body.replace(b" \r\n", b"\r\n")
 
 
 def simple_body(body: bytes) -> bytes:
@@ -84,12 +92,26 @@ def split_message(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     produces) the body is the bytes after the first empty line and only the header block is
     split into lines; anything else goes to dkimpy's own parser.
     """
-    sep = message.find(b"\r\n\r\n")
-    if sep < 0 or message.startswith(b"\r\n") or message.count(b"\n") != message.count(b"\r\n"):
+    sep = _header_end(message)
+    if sep < 0 or message.count(b"\n", sep) != message.count(b"\r\n", sep):
         headers, body = dkim.rfc822_parse(message)
         return [(bytes(n), bytes(v)) for n, v in headers], body
+    return _header_fields(message[:sep]), message[sep + 4 :]
+
+
+def _header_end(message: bytes) -> int:
+    """Where the header block ends (the first CRLF CRLF) when it can be split on CRLF alone (no
+    bare LF in it, not empty), else -1: then only dkimpy's parser says what the fields are."""
+    sep = message.find(b"\r\n\r\n")
+    if sep < 0 or message.startswith(b"\r\n") or message.count(b"\n", 0, sep) != message.count(b"\r\n", 0, sep):
+        return -1
+    return sep
+
+
+def _header_fields(block: bytes) -> list[tuple[bytes, bytes]]:
+    """The fields of a header block that has only CRLF line ends, as ``dkim.rfc822_parse`` gives them."""
     fields: list[list[bytes]] = []
-    for line in message[:sep].split(b"\r\n"):
+    for line in block.split(b"\r\n"):
         if line[0] in (9, 32):
             fields[-1][1] += line + b"\r\n"  # as dkimpy: IndexError for a leading continuation
             continue
@@ -98,7 +120,7 @@ def split_message(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
             fields.append([m.group(1), line[m.end() :] + b"\r\n"])
         elif not line.startswith(b"From "):
             raise dkim.MessageFormatError(f"Unexpected characters in RFC822 header: {line!r}")
-    return [(n, v) for n, v in fields], message[sep + 4 :]
+    return [(n, v) for n, v in fields]
 
 
 def _select(headers: list[tuple[bytes, bytes]], include: tuple[bytes, ...]) -> list[tuple[bytes, bytes]]:
@@ -134,11 +156,93 @@ def _parsed(message: bytes, body_algo: bytes) -> tuple[list[tuple[bytes, bytes]]
     last = _last
     if last is not None and last[0] is message and last[1] == body_algo:
         return last[2], last[3]
-    headers, body = split_message(message)
-    body = relaxed_body(body) if body_algo == b"relaxed" else simple_body(body)
-    bodyhash = base64.b64encode(hashlib.sha256(body).digest())
+    sep = _header_end(message)
+    bodyhash = _body_hash(message, sep + 4, body_algo) if sep >= 0 else None
+    if bodyhash is not None:
+        headers = _header_fields(message[:sep])
+    else:  # a bare LF somewhere: dkimpy's parser decides (it turns the body's bare LFs into CRLF)
+        headers, body = split_message(message)
+        body = relaxed_body(body) if body_algo == b"relaxed" else simple_body(body)
+        bodyhash = base64.b64encode(hashlib.sha256(body).digest())
     _last = (message, body_algo, headers, bodyhash)
     return headers, bodyhash
+
+
+_PIECE = 2048
+"""Bytes per body piece (to the next CRLF) after which :func:`_body_hash` keeps a hash state."""
+
+
+class _Pieces:
+    """The last body hashed, cut into pieces that end with CRLF, with the SHA-256 state after
+    the canonical form of each (end-of-body rules not applied). Never changed once made (states
+    are copied before use), so a signer in another thread can read it while a new one replaces it."""
+
+    __slots__ = ("algo", "pieces", "states")
+
+    def __init__(self, algo: bytes, pieces: list[bytes], states: list[Any]) -> None:
+        self.algo = algo
+        self.pieces = pieces  # each ends with CRLF, has no bare LF, and some content follows it
+        self.states = states
+
+
+_pieces: _Pieces | None = None
+
+
+def _body_hash(message: bytes, start: int, algo: bytes) -> bytes | None:
+    """The base64 body hash of ``message[start:]`` (canonicalised with ``algo``), or ``None``
+    when the body has a bare LF (dkimpy's parser rewrites those: the caller takes its path).
+
+    The copies of a message differ only where each recipient's links and pixel are: the body
+    before the first such byte is the one the previous copy had. So the body is hashed piece by
+    piece, and the pieces at the start equal to the last body's (a ``startswith`` each) are not
+    canonicalised or hashed again: their SHA-256 state is taken over. That is exact because
+    relaxed (and simple) canonicalisation is line by line except at the end of the body, where
+    trailing empty lines go and an empty body stays empty: a piece ends with CRLF and is only
+    cut where content (a byte other than space, tab, CR, LF) still follows, so the end-of-body
+    rules apply to the last piece alone, as to the whole body.
+    """
+    global _pieces
+    canon = _relaxed_lines if algo == b"relaxed" else _same
+    # Pieces are cut before ``limit``, the end of the body's last content byte (found in its last
+    # 256 bytes without copying the body, unless those are all whitespace).
+    window = min(256, len(message))
+    tail = message[-window:].rstrip(b" \t\r\n")
+    limit = len(message) - window + len(tail) if tail else len(message.rstrip(b" \t\r\n"))
+    pieces: list[bytes] = []
+    states: list[Any] = []
+    pos = start
+    last = _pieces
+    if last is not None and last.algo == algo:
+        for piece, state in zip(last.pieces, last.states, strict=True):
+            after = pos + len(piece)
+            if after >= limit or not message.startswith(piece, pos):
+                break
+            pieces.append(piece)
+            states.append(state)
+            pos = after
+    h = states[-1].copy() if states else hashlib.sha256()
+    while True:
+        cut = message.find(b"\r\n", pos + _PIECE)
+        if cut < 0 or cut + 2 >= limit:
+            break
+        piece = message[pos : cut + 2]
+        if piece.count(b"\n") != piece.count(b"\r\n"):
+            return None
+        h.update(canon(piece))
+        pieces.append(piece)
+        states.append(h.copy())
+        pos = cut + 2
+    rest = message[pos:]
+    if rest.count(b"\n") != rest.count(b"\r\n"):
+        return None
+    h.update(relaxed_body(rest) if algo == b"relaxed" else simple_body(rest))
+    _pieces = _Pieces(algo, pieces, states)
+    return base64.b64encode(h.digest())
+
+
+def _same(piece: bytes) -> bytes:
+    """Simple canonicalisation of whole lines: nothing changes."""
+    return piece
 
 
 def dkim_signature(
