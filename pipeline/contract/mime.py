@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import codecs
 import email.header
 import email.message
@@ -47,6 +48,19 @@ def _html_encode_errors(exc: UnicodeError) -> tuple[bytes, int]:
 
 _HTML_ERRORS = "smtpgate-html"
 codecs.register_error(_HTML_ERRORS, _html_encode_errors)
+
+
+@functools.lru_cache(maxsize=64)
+def _newlines_are_bytes(codec: str) -> bool:
+    """Whether ``codec`` encodes text character by character (no state) with ``\\r`` and ``\\n``
+    as the bytes 13 and 10 and no other character giving either byte: then replacing line ends
+    in the encoded bytes is the same as replacing them in the text. UTF-8 and the single-byte
+    ASCII-based charsets mail uses; not UTF-16/32, EBCDIC or the stateful ISO-2022 family."""
+    try:
+        name = codecs.lookup(codec).name
+    except LookupError:
+        return False
+    return name in ("utf-8", "ascii") or name.startswith(("iso8859-", "cp125", "koi8-"))
 
 
 def _parse_headers(block: bytes) -> list[Header]:
@@ -199,58 +213,141 @@ def decode_payload(body: bytes, cte: str) -> bytes:
     return body
 
 
+def _common_prefix(a: bytes, b: bytes) -> int:
+    """How many leading bytes ``a`` and ``b`` share: compared 4 KB at a time by ``startswith``
+    (C speed, no Python loop per byte or line), the differing block narrowed down by halving."""
+    n = min(len(a), len(b))
+    lo = 0
+    while lo < n:
+        hi = min(lo + 4096, n)
+        if not a.startswith(b[lo:hi], lo):
+            while hi - lo > 1:  # a[:lo] == b[:lo], and they differ before hi
+                mid = (lo + hi) // 2
+                if a.startswith(b[lo:mid], lo):
+                    lo = mid
+                else:
+                    hi = mid
+            return lo
+        lo = hi
+    return n
+
+
+def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
+    """How many trailing bytes ``a`` and ``b`` share, at most ``limit`` (as :func:`_common_prefix`)."""
+    la, lb = len(a), len(b)
+    lo = 0
+    while lo < limit:
+        hi = min(lo + 4096, limit)
+        if not a.endswith(b[lb - hi : lb - lo], 0, la - lo):
+            while hi - lo > 1:  # the last lo bytes are equal, the last hi are not
+                mid = (lo + hi) // 2
+                if a.endswith(b[lb - mid : lb - lo], 0, la - lo):
+                    lo = mid
+                else:
+                    hi = mid
+            return lo
+        lo = hi
+    return limit
+
+
 class _QPLines:
-    """Quoted-printable encodings of the lines of one part's successive edits, shared by the
-    copies of a message: each copy's HTML differs from the others only on the lines its links
-    and pixel are on, and quoted-printable is line-local, so a line equal to the same line of
-    the first copy reuses its encoding (less than half the cost of encoding the part). Kept only
-    from the second encode on: a message with one recipient pays nothing for it."""
+    """Quoted-printable encodings (CRLF line ends) of one part's successive edits, shared by the
+    copies of a message: each copy's HTML differs from the first copy's only on the lines its
+    links and pixel are on, and quoted-printable is line-local, so only those lines are encoded
+    again. The lines before the first differing byte and after the last one are found by two
+    block comparisons and taken from the first copy's encoding as one slice each; lines between
+    them that are equal, by position, to the first copy's reuse their encoding. Kept only from
+    the second encode on: a message with one recipient pays nothing for it."""
 
     __slots__ = ("first", "base")
 
     def __init__(self) -> None:
-        self.first: tuple[bytes, bytes] | None = None  # (data, b2a_qp output) of the first encode
-        self.base: tuple[list[bytes], list[bytes]] | None = None  # its lines, and each one's encoding
+        self.first: tuple[bytes, bytes] | None = None  # (data, CRLF encoding) of the first encode
+        # the first encode's lines, each one's encoding (LF line ends, without its hard break),
+        # and where each line starts in the data and in the CRLF encoding
+        self.base: tuple[list[bytes], list[bytes], list[int], list[int]] | None = None
 
     def encode(self, data: bytes) -> bytes:
-        """``binascii.b2a_qp(data, quotetabs=False, istext=True)``, byte for byte (``data`` has
-        no CR). Per line, ``b2a_qp`` only depends on the line and on whether a newline follows
-        it, so each line but the last is encoded as ``line + "\n"`` would be; a hard line break
-        in the output is a ``\n`` not after ``=`` (a literal ``=`` is always ``=3D``)."""
+        """``binascii.b2a_qp(data, quotetabs=False, istext=True)``, byte for byte (``data`` has no CR)."""
+        return self.encode_crlf(data).replace(CRLF, b"\n")
+
+    def encode_crlf(self, data: bytes) -> bytes:
+        """:meth:`encode` with every ``\\n`` of the result a CRLF, as the part goes on the wire.
+
+        Per line, ``b2a_qp`` only depends on the line and on whether a newline follows it, so
+        each line but the last is encoded as ``line + "\\n"`` would be, and a run of whole lines
+        as that run alone would be; a hard line break in the output is a ``\\n`` not after ``=``
+        (a literal ``=`` is always ``=3D``)."""
         if self.first is None:
-            out = binascii.b2a_qp(data, quotetabs=False, istext=True)
+            out = binascii.b2a_qp(data, quotetabs=False, istext=True).replace(b"\n", CRLF)
             self.first = (data, out)
             return out
+        first, out = self.first
+        if data == first:
+            return out
         if self.base is None:
-            first, out = self.first
-            lines, chunks = first.split(b"\n"), out.replace(b"=\n", b"=\0").split(b"\n")
-            same = len(lines) == len(chunks)
-            self.base = (lines, [c.replace(b"=\0", b"=\n") for c in chunks]) if same else ([], [])
-        base_lines, base_chunks = self.base
-        lines = data.split(b"\n")
-        if len(lines) != len(base_lines):  # lines added or removed: no line matches by position
-            return binascii.b2a_qp(data, quotetabs=False, istext=True)
-        last = lines[-1]
+            lines = first.split(b"\n")
+            chunks = out.replace(b"=\r\n", b"=\0").split(CRLF)
+            if len(lines) != len(chunks):
+                self.base = ([], [], [], [])
+            else:
+                starts, enc_starts = [0], [0]
+                for line, chunk in zip(lines[:-1], chunks[:-1], strict=True):
+                    starts.append(starts[-1] + len(line) + 1)
+                    enc_starts.append(enc_starts[-1] + len(chunk) + chunk.count(b"\0") + 2)  # a soft break is 3 bytes
+                self.base = (lines, [c.replace(b"=\0", b"=\n") for c in chunks], starts, enc_starts)
+        lines, _, starts, enc_starts = self.base
+        if not lines:
+            return binascii.b2a_qp(data, quotetabs=False, istext=True).replace(b"\n", CRLF)
+        # lines [i, j) of the first copy hold every differing byte: the lines before i end before
+        # the first one, and the line break before line j is in the common suffix
+        i = bisect.bisect_right(starts, _common_prefix(data, first)) - 1
+        same_end = _common_suffix(data, first, min(len(data), len(first)) - starts[i])
+        j = bisect.bisect_right(starts, len(first) - same_end)
+        n = len(lines)
+        tail_start = len(data) - (len(first) - starts[j]) if j < n else len(data)
+        middle = self._middle(data[starts[i] : tail_start], i, j)
+        return b"".join((out[: enc_starts[i]], middle, out[enc_starts[j] :] if j < n else b""))
+
+    def _middle(self, middle: bytes, i: int, j: int) -> bytes:
+        """The CRLF encoding of ``middle``, the data that stands where the first copy's lines
+        ``[i, j)`` were (ending with their last line break, unless ``j`` is past the last line)."""
+        lines, chunks, _, _ = self.base or ([], [], [], [])
+        ours = middle.split(b"\n")
+        last: bytes | None = None
+        if j < len(lines):
+            if len(ours) - 1 != j - i:  # lines added or removed: no line matches by position
+                return binascii.b2a_qp(middle, quotetabs=False, istext=True).replace(b"\n", CRLF)
+            ours.pop()  # (empty: what follows the last line break)
+        else:
+            if len(ours) != j - i:
+                return binascii.b2a_qp(middle, quotetabs=False, istext=True).replace(b"\n", CRLF)
+            last = ours.pop()
         encoded = [
             chunk if line == base else binascii.b2a_qp(line + b"\n", False, True)[:-1]
-            for line, base, chunk in zip(lines[:-1], base_lines, base_chunks, strict=False)
+            for line, base, chunk in zip(ours, lines[i:j], chunks[i:j], strict=False)
         ]
-        encoded.append(base_chunks[-1] if last == base_lines[-1] else binascii.b2a_qp(last, False, True))
-        return b"\n".join(encoded)
+        if last is None:
+            encoded.append(b"")
+        else:
+            encoded.append(chunks[-1] if last == lines[-1] else binascii.b2a_qp(last, False, True))
+        return b"\n".join(encoded).replace(b"\n", CRLF)
 
 
 class _PendingText:
     """An edited part's new content, charset-encoded (LF line endings), and its transfer encoding
-    done at most once. Shared by the copies of a message (it never changes, the encoded form is
-    only filled in), so copies that leave the part alone encode it once between them."""
+    done at most once. Shared by the copies of a message (it never changes, the encoded form and
+    the decoded text are only filled in), so copies that leave the part alone encode it once
+    between them, and the plugins of every copy that read it before editing it decode it once."""
 
-    __slots__ = ("data", "mode", "_encoded", "lines")
+    __slots__ = ("data", "mode", "_encoded", "lines", "text")
 
     def __init__(self, data: bytes, mode: str, lines: _QPLines | None = None) -> None:
         self.data = data
         self.mode = mode  # "base64", "quoted-printable" or "identity"
         self._encoded: bytes | None = None
         self.lines = lines if lines is not None else _QPLines()  # shared with the edits before it
+        self.text: tuple[str, str] | None = None  # (codec, what Part.text() gave for it)
 
     def encoded(self) -> bytes:
         if self._encoded is None:
@@ -259,10 +356,9 @@ class _PendingText:
                 self._encoded = base64.encodebytes(data.replace(b"\n", CRLF)).replace(b"\n", CRLF)
             elif self.mode == "quoted-printable":
                 if b"\r" in data:  # (only from a charset like utf-16: text has no CR left)
-                    qp = binascii.b2a_qp(data, quotetabs=False, istext=True)
+                    self._encoded = binascii.b2a_qp(data, quotetabs=False, istext=True).replace(b"\n", CRLF)
                 else:
-                    qp = self.lines.encode(data)
-                self._encoded = qp.replace(b"\n", CRLF)
+                    self._encoded = self.lines.encode_crlf(data)
             else:
                 self._encoded = data.replace(b"\n", CRLF)
         return self._encoded
@@ -495,21 +591,35 @@ class Part:
         return self.charset or "us-ascii"
 
     def text(self) -> str:
-        """The decoded text (charset honoured; undecodable bytes survive a round trip)."""
+        """The decoded text (charset honoured; undecodable bytes survive a round trip).
+
+        For an edit not yet encoded the text is kept with it: every copy's click tracking and
+        open pixel read the part the transform left, and decoding it for each was a copy's
+        tenth of a millisecond (kept only where it depends on the data and charset alone)."""
+        edit, codec = self._edit, self.codec
+        if edit is not None and edit.text is not None and edit.text[0] == codec:
+            return edit.text[1]
         data = self.payload_bytes()
         try:
-            return data.decode(self.codec, "surrogateescape")
+            text = data.decode(codec, "surrogateescape")
         except (LookupError, UnicodeError):
             # an unknown charset, or one surrogateescape cannot serve (utf-16, idna)
-            return data.decode("utf-8", "surrogateescape")
+            text = data.decode("utf-8", "surrogateescape")
+        if edit is not None and b"\r" not in edit.data:  # (the transfer encoding plays no part)
+            edit.text = (codec, text)
+        return text
 
     def _set_text(self, text: str) -> None:
         """Record ``text`` as this part's new content, charset-encoded now (a charset change is
         visible at once) but transfer-encoded only when the bytes are needed (:attr:`body`): the
         HTML plugins edit the same part one after another, and encoding after each edit was a
         tenth of a worker's time."""
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
         codec = self.codec
+        # Line ends become LF. In a charset where a CR or LF byte only ever stands for that
+        # character this is done on the encoded bytes (several times cheaper than on the str).
+        crlf = "\r" in text
+        if crlf and not _newlines_are_bytes(codec):
+            text, crlf = text.replace("\r\n", "\n").replace("\r", "\n"), False
         # HTML keeps its declared charset (its <meta> says so too): characters the charset cannot
         # hold become numeric character references. Plain text has no such escape: it goes utf-8.
         errors = _HTML_ERRORS if self.content_type == "text/html" else "surrogateescape"
@@ -518,6 +628,10 @@ class Part:
         except (UnicodeError, LookupError):
             data = text.encode("utf-8", "surrogateescape")
             self._set_param("charset", "utf-8")
+        if crlf:
+            data = data.replace(CRLF, b"\n")
+            if b"\r" in data:
+                data = data.replace(b"\r", b"\n")
         cte = self.cte
         if cte == "base64":
             mode = "base64"
