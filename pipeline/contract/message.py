@@ -70,6 +70,7 @@ class Message:
         self.edits: list[Edit] = []
         self.sealed_by: str | None = None
         self._cache: bytes | None = raw if self._root._raw is not None else None
+        self._assembled = False  # whether _cache was assembled from the tree (not the bytes as received)
 
     @classmethod
     def from_file(cls, path: str) -> Message:
@@ -146,8 +147,13 @@ class Message:
             raise MessageError("raw header must be one field, continuation lines indented")
         header = Header(name.decode("ascii", "replace"), raw)
         check_header(header.name, "")
+        before = self._cache if self._assembled and self._root.headers else None
         self._record(EditAction.ADD_HEADER, header.name, header.raw_value)
         self._insert(header, first)
+        if first and before is not None:
+            # A field on top of an assembled message (a signature, on every copy) is the only
+            # change: assembling again would give the new field, CRLF, then the same bytes.
+            self._cache = raw + CRLF + before
 
     def _insert(self, header: Header, first: bool) -> None:
         if first:
@@ -263,6 +269,7 @@ class Message:
         if self._cache is None:
             if self._unsplit and self._root._raw is None and self.structure().repairs_children:
                 self.root  # noqa: B018 - a child needs its missing empty line: serialise the tree
+            self._assembled = self._root._raw is None
             self._cache = self._root.as_bytes()
         return self._cache
 
@@ -277,7 +284,7 @@ class Message:
         clone._rcpt_tos = list(self._rcpt_tos if rcpt_tos is None else rcpt_tos)
         clone.edits = list(self.edits)
         clone.sealed_by = None
-        clone._cache = self._cache
+        clone._cache, clone._assembled = self._cache, self._assembled
         return clone
 
     def addresses(self, name: str) -> list[tuple[str, str]]:

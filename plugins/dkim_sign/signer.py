@@ -156,16 +156,47 @@ def _parsed(message: bytes, body_algo: bytes) -> tuple[list[tuple[bytes, bytes]]
     last = _last
     if last is not None and last[0] is message and last[1] == body_algo:
         return last[2], last[3]
+    global _fields
     sep = _header_end(message)
     bodyhash = _body_hash(message, sep + 4, body_algo) if sep >= 0 else None
     if bodyhash is not None:
-        headers = _header_fields(message[:sep])
+        block = message[:sep]
+        fields = _fields
+        if fields is not None and fields[0] == block:  # the copies of a message share their header block
+            headers = fields[1]
+        else:
+            headers = _header_fields(block)
+            _fields = (block, headers)
     else:  # a bare LF somewhere: dkimpy's parser decides (it turns the body's bare LFs into CRLF)
         headers, body = split_message(message)
         body = relaxed_body(body) if body_algo == b"relaxed" else simple_body(body)
         bodyhash = base64.b64encode(hashlib.sha256(body).digest())
     _last = (message, body_algo, headers, bodyhash)
     return headers, bodyhash
+
+
+_fields: tuple[bytes, list[tuple[bytes, bytes]]] | None = None
+"""The last header block split into fields, and the fields (reused as they are: never changed)."""
+
+_signed_part: tuple[list[tuple[bytes, bytes]], tuple[bytes, ...], bytes, bytes] | None = None
+"""For the last fields, ``h=`` list and header canonicalisation: the signed fields as hashed."""
+
+
+def _signed_fields(headers: list[tuple[bytes, bytes]], include: tuple[bytes, ...], header_algo: bytes) -> bytes:
+    """The fields named in ``h=``, canonicalised and joined as they are hashed (without the
+    signature field itself); reused while the fields are the same list object (every copy of a
+    message whose header block is the same: :data:`_fields`)."""
+    global _signed_part
+    last = _signed_part
+    if last is not None and last[0] is headers and last[1] == include and last[2] == header_algo:
+        return last[3]
+    selected = _select(headers, include)
+    if header_algo == b"relaxed":  # each signed field with its CRLF
+        joined = b"".join(_relaxed_field(n, v) + b"\r\n" for n, v in selected)
+    else:
+        joined = b"".join(n + b":" + v for n, v in selected)
+    _signed_part = (headers, include, header_algo, joined)
+    return joined
 
 
 _PIECE = 2048
@@ -283,13 +314,11 @@ def dkim_signature(
     ]
     unsigned = dkim.fold(b"; ".join(b"=".join(x) for x in fields), namelen=14, linesep=b"\r\n")
     unsigned = b" " + dkim.RE_BTAG.sub(b"\\1", unsigned)
-    selected = _select(headers, include)
-    if header_algo == b"relaxed":  # each signed field with its CRLF, the signature field without
-        canon = [_relaxed_field(n, v) for n, v in selected]
-        canon.append(_relaxed_field(b"DKIM-Signature", unsigned))
-        hashed = b"\r\n".join(canon)
+    signed = _signed_fields(headers, include, header_algo)
+    if header_algo == b"relaxed":  # the signature field last, without its CRLF
+        hashed = signed + _relaxed_field(b"DKIM-Signature", unsigned)
     else:
-        hashed = b"".join(n + b":" + v for n, v in selected) + b"DKIM-Signature:" + unsigned.rstrip()
+        hashed = signed + b"DKIM-Signature:" + unsigned.rstrip()
     digest = hashlib.sha256(hashed).digest()
     if isinstance(key, rsa.RSAPrivateKey):
         signature = key.sign(digest, _PKCS1, _PREHASHED_SHA256)
@@ -341,6 +370,12 @@ def sign_ed25519(data: bytes, key: SigningKey, include: list[bytes], timestamp: 
 
 def signed_headers(header_names: list[str]) -> list[bytes]:
     """The ``h=`` list: every occurrence of the fields we sign, plus one more of the oversigned ones."""
+    return list(_signed_headers(tuple(header_names)))
+
+
+@functools.lru_cache(maxsize=256)
+def _signed_headers(header_names: tuple[str, ...]) -> tuple[bytes, ...]:
+    """:func:`signed_headers`, cached: every copy of a message has the same field names."""
     counts: dict[bytes, int] = {}
     for name in header_names:
         key = name.lower().encode("ascii", "replace")
@@ -351,7 +386,7 @@ def signed_headers(header_names: list[str]) -> list[bytes]:
     for field in SIGNED_WHEN_PRESENT:
         include += [field] * counts.get(field, 0)
     include += OVERSIGNED
-    return include
+    return tuple(include)
 
 
 def author_domain(headers: list[Any]) -> str | None:
