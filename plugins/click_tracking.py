@@ -24,7 +24,7 @@ import re
 from typing import Any
 
 from pipeline import MessageContext, Verdict, hookimpl
-from pipeline.toolkit import Link, TrackingPlugin, copy_payload, is_placeholder, rewrite_html
+from pipeline.toolkit import Link, TrackingPlugin, copy_payload, is_placeholder, rewrite_html, scan_html
 
 _HTTP = ("http://", "https://")
 _VISIBLE_URL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|www\.)\S+$", re.IGNORECASE)
@@ -70,8 +70,22 @@ class ClickTracking(TrackingPlugin):
         text_parts: bool = False  # also rewrite bare URLs in text/plain parts
         skip_visible_urls: bool = True  # SMTPeter's preventscam rule
 
+    _last_skips: tuple[tuple[Link, ...], dict[int, bool]] | None = None
+
     def _payload(self, ctx: MessageContext) -> dict[str, Any]:
         return {**copy_payload("c", ctx), "u": None}
+
+    def _skips(self, links: tuple[Link, ...]) -> dict[int, bool]:
+        """Whether each link (by id) is left alone: a pure function of the link and the config,
+        so worked out once per scan, and every recipient copy of the same text (one scan, the
+        same link objects) reuses it. The links are kept with it, so their ids stay theirs."""
+        last = self._last_skips
+        if last is not None and last[0] is links:
+            return last[1]
+        visible = self.config.skip_visible_urls
+        skips = {id(link): skip_reason(link, self.base_url, visible) is not None for link in links}
+        self._last_skips = (links, skips)
+        return skips
 
     def tracking_url(self, url: str, base: dict[str, Any]) -> str:
         return f"{self.base_url}/c/{self.signer.sign({**base, 'u': url})}"
@@ -83,12 +97,14 @@ class ClickTracking(TrackingPlugin):
         skip_visible_urls = self.config.skip_visible_urls
 
         def tracked(link: Link) -> str | None:
-            if skip_reason(link, self.base_url, skip_visible_urls) is not None:
-                return None
-            return self.tracking_url(link.url, base)
+            skip = skips.get(id(link))  # (a text too short to be remembered is scanned anew)
+            if skip is None:
+                skip = skip_reason(link, self.base_url, skip_visible_urls) is not None
+            return None if skip else self.tracking_url(link.url, base)
 
         for part in message.html_parts():
             text = part.text()
+            skips = self._skips(scan_html(text).links)
             out = rewrite_html(text, href=tracked)
             if out is not text:
                 message.replace_html(part, out)

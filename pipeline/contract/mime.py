@@ -328,15 +328,20 @@ class _QPLines:
             if len(ours) != j - i:
                 return binascii.b2a_qp(middle, quotetabs=False, istext=True).replace(b"\n", CRLF)
             last = ours.pop()
-        encoded = [
-            chunk if line == base else binascii.b2a_qp(line + b"\n", False, True)[:-1]
-            for line, base, chunk in zip(ours, lines[i:j], chunks[i:j], strict=False)
-        ]
+        encoded = [chunk if line == base else None for line, base, chunk in zip(ours, lines[i:j], chunks[i:j], strict=False)]
+        changed = [k for k, chunk in enumerate(encoded) if chunk is None]
+        if changed:  # one b2a_qp call for all of them (a copy with 200 links has 200 such lines)
+            fresh = binascii.b2a_qp(b"\n".join([ours[k] for k in changed]) + b"\n", False, True)
+            parts = fresh.replace(b"=\n", b"=\0").split(b"\n")
+            if len(parts) != len(changed) + 1:  # (cannot happen: one hard break per line)
+                return binascii.b2a_qp(middle, quotetabs=False, istext=True).replace(b"\n", CRLF)
+            for k, part in zip(changed, parts, strict=False):
+                encoded[k] = part.replace(b"=\0", b"=\n")
         if last is None:
             encoded.append(b"")
         else:
             encoded.append(chunks[-1] if last == lines[-1] else binascii.b2a_qp(last, False, True))
-        return b"\n".join(encoded).replace(b"\n", CRLF)
+        return b"\n".join(encoded).replace(b"\n", CRLF)  # type: ignore[arg-type]  # (no None left)
 
 
 class _PendingText:
