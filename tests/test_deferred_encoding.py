@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import codecs
+import encodings.aliases
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ from pipeline.chain.admission import admit_message
 from pipeline.chain.driver import make_chain, make_config
 from pipeline.config import ChainSection
 from pipeline.contract.message import Message
-from pipeline.contract.mime import _PendingText, _QPLines
+from pipeline.contract.mime import _newlines_are_bytes, _PendingText, _QPLines
 from pipeline.contract.vocabulary import EditAction
 from pipeline.delivery.workers import run_processing
 from tests.support import SAMPLES, corpus_files, sample_files
@@ -239,3 +242,116 @@ def test_the_samples_left_out_above_are_refused_at_data(name: str, default_chain
         admit_message(default_chain, (SAMPLES / name).read_bytes(), "app@example.com", RCPTS)
     )
     assert verdict is not None and verdict.code == 550, verdict  # type: ignore[attr-defined]
+
+
+qp_edits = st.lists(
+    st.tuples(st.integers(0, 10_000), st.integers(0, 6), st.sampled_from([b"", b"\n", b"x", b" ", b"=", b"\t\n", b"y" * 80])),
+    min_size=1,
+    max_size=4,
+)
+
+
+def _apply(data: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
+    for at, removed, inserted in edits:
+        at %= len(data) + 1
+        data = data[:at] + inserted + data[at + removed :]
+    return data
+
+
+@given(qp_lines, st.lists(qp_edits, min_size=1, max_size=5), st.booleans())
+@SETTINGS
+def test_quoted_printable_of_copies_changed_anywhere_is_what_b2a_qp_gives(
+    base: list[bytes], copies: list[list[tuple[int, int, bytes]]], trailing_newline: bool
+) -> None:
+    """Bytes inserted or removed anywhere, lines added or joined, at the start, the end, inside a
+    long line: the reused prefix and suffix and the re-encoded middle are ``b2a_qp`` of the copy."""
+    lines = _QPLines()
+    first = b"\n".join(base) + (b"\n" if trailing_newline else b"")
+    assert lines.encode_crlf(first) == binascii.b2a_qp(first, quotetabs=False, istext=True).replace(b"\n", b"\r\n")
+    for edits in copies:
+        data = _apply(first, edits).replace(b"\r", b"")
+        expected = binascii.b2a_qp(data, quotetabs=False, istext=True)
+        assert lines.encode(data) == expected
+        assert lines.encode_crlf(data) == expected.replace(b"\n", b"\r\n")
+
+
+line_end_edits = st.lists(
+    st.tuples(
+        st.integers(0, 10_000), st.integers(0, 4), st.sampled_from([b"", b"\r\n", b"\n", b"\r", b"a", b"\r\r\n", b"<img>"])
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@given(st.lists(st.sampled_from([b"a", b"bc", b"\n", b"\n\n", b" ", b"x" * 30]), max_size=40), line_end_edits)
+@SETTINGS
+def test_an_edit_read_as_crlf_is_brought_to_lf_exactly_as_the_regex_does(
+    pieces: list[bytes], edits: list[tuple[int, int, bytes]]
+) -> None:
+    """``with_lf`` compares the edited bytes with the CRLF form they were read from and rewrites
+    only the lines between: the result must be the whole-text conversion (CRLF and lone CR to LF),
+    and "only CRLF line ends" must be true exactly when the CRLF form round-trips."""
+    data = b"".join(pieces)
+    edit = _PendingText(data, "identity", crlf=data.replace(b"\n", b"\r\n"))
+    new = _apply(edit.crlf or b"", edits)
+    lf, only_crlf = edit.with_lf(new)
+    assert lf == re.sub(rb"\r\n?", b"\n", new)
+    assert only_crlf == (lf.replace(b"\n", b"\r\n") == new)
+
+
+def test_line_ends_are_replaced_on_encoded_bytes_only_where_a_cr_or_lf_byte_is_that_character() -> None:
+    """``_newlines_are_bytes``: in each charset it accepts, the only characters whose encoding has
+    a byte 10 or 13 are LF and CR themselves (each single-byte charset's whole repertoire; UTF-8
+    by construction, checked on every character class). UTF-16 and the ISO-2022 family are refused."""
+    accepted = []
+    for name in sorted(set(encodings.aliases.aliases.values())):
+        if not _newlines_are_bytes(name):
+            continue
+        accepted.append(name)
+        repertoire = "".join(bytes([b]).decode(name, "ignore") for b in range(256))
+        if codecs.lookup(name).name == "utf-8":
+            repertoire = "".join(map(chr, [*range(0, 0x800, 7), *range(0x800, 0xD800, 97), 0xFFFD, 0x1F600]))
+        for ch in repertoire:
+            encoded = ch.encode(name)
+            assert (10 in encoded or 13 in encoded) == (ch in "\r\n"), (name, ch)
+    assert {"utf_8", "latin_1", "cp1251", "ascii"} <= set(accepted)
+    for name in ("utf-16", "utf-32", "iso2022_jp", "cp037", "shift_jis", "no-such-charset"):
+        assert not _newlines_are_bytes(name)
+
+
+@given(
+    st.sampled_from(["utf-8", "iso-8859-1", "windows-1251", "us-ascii", "utf-16", "iso-2022-jp"]),
+    st.sampled_from(["quoted-printable", "base64", "8bit"]),
+    st.lists(st.sampled_from(["ab", "é", "Ж", "中", "\r\n", "\n", "\r", " ", "\r\r\n", "<a>"]), max_size=30),
+    line_end_edits,
+)
+@SETTINGS
+def test_every_edit_is_stored_as_the_text_with_lf_line_ends_in_its_charset(
+    charset: str, cte: str, words: list[str], edits: list[tuple[int, int, bytes]]
+) -> None:
+    """Two edits of a part, the second made on what ``text()`` gave (the comparison path): the
+    stored bytes are the text with CRLF and lone CR made LF, then encoded, as before; and the
+    part's text and payload are what decoding its encoded body gives."""
+    raw = (
+        f"From: a@example.com\r\nContent-Type: text/html; charset={charset}\r\n"
+        f"Content-Transfer-Encoding: {cte}\r\n\r\n"
+    ).encode() + encode_body("start", "us-ascii", cte)
+    msg = Message(raw)
+    part = msg.root
+    first = "".join(words)
+    msg.replace_html(part, first)
+    read = part.text()
+    second = _apply(read.encode("utf-8", "surrogateescape"), edits).decode("utf-8", "surrogateescape")
+    msg.replace_html(part, second)
+    edit = part._edit
+    assert edit is not None
+    normalised = second.replace("\r\n", "\n").replace("\r", "\n")
+    try:
+        expected = normalised.encode(part.codec, "smtpgate-html")
+    except (UnicodeError, LookupError):
+        expected = normalised.encode("utf-8", "surrogateescape")
+    assert edit.data == expected
+    decoded = Message(msg.as_bytes()).root
+    assert part.payload_bytes() == decoded.payload_bytes()
+    assert part.text() == decoded.text()

@@ -514,3 +514,34 @@ def test_removing_every_top_level_header_keeps_the_body_a_body():
     msg = Message(b"X-A: 1\r\n\r\nbody line: with a colon\r\n")
     msg.remove_header("X-A")
     assert msg.as_bytes() == b"\r\nbody line: with a colon\r\n"
+
+
+SIGNATURE = b"DKIM-Signature: v=1; a=rsa-sha256;\r\n b=abc"
+
+
+@pytest.mark.parametrize("path", ALL_INPUTS, ids=lambda p: p.name)
+def test_a_field_inserted_on_top_after_serialising_gives_the_bytes_assembling_gives(path):
+    """A signer serialises the copy, then puts its field on top: the message's bytes are then the
+    field, CRLF and the bytes before (not assembled again), which must be what assembling gives,
+    for an edited copy, an unedited one, and one whose tree repairs a child."""
+    raw = path.read_bytes()
+    for edit in (True, False):
+        msg = Message(raw).copy()
+        if edit and msg.html_parts():
+            part = msg.html_parts()[0]
+            msg.replace_html(part, part.text() + "<!-- edited -->")
+        before = msg.as_bytes()
+        msg.insert_raw_header(SIGNATURE, first=True)
+        ours = msg.as_bytes()
+        assert ours == SIGNATURE + b"\r\n" + before or path.name == "24-enkod-literal.eml"
+        _forget_raw(msg)
+        assert ours == msg.as_bytes()
+
+
+def test_a_field_inserted_on_top_of_a_message_without_an_empty_line_is_assembled():
+    """Bytes as received that end with their header block have no empty line to put the field
+    before: the message is assembled again (with the empty line), not prefixed."""
+    msg = Message(b"From: a@example.com\r\nSubject: no body\r\n")
+    assert msg.as_bytes() == b"From: a@example.com\r\nSubject: no body\r\n"
+    msg.insert_raw_header(SIGNATURE, first=True)
+    assert msg.as_bytes() == SIGNATURE + b"\r\nFrom: a@example.com\r\nSubject: no body\r\n\r\n"

@@ -295,3 +295,23 @@ def test_url_with_undecodable_bytes_is_left_as_sent(tmp_path: Path) -> None:
     part = Message(track(raw, tmp_path).copies[0].data).html_parts()[0]
     assert b'href="https://example.com/caf\xe9"' in part.body
     assert [decode(t)["u"] for t in TRACKED.findall(part.text())] == ["https://example.com/ok"]
+
+
+@pytest.mark.parametrize("padding", [0, 3000], ids=["short text, scanned per copy", "long text, one scan"])
+def test_every_copy_tracks_exactly_the_links_the_first_copy_tracks(padding: int, tmp_path: Path) -> None:
+    """Which links are left alone is worked out once per scan and reused by the next copies (a
+    text too short to be remembered is scanned anew for each): with tracked and untouched links
+    mixed, every copy of three tracks the same links, with its own tokens."""
+    links = "".join(f'<p><a href="{u}">link</a></p>' for u in TRICKY_TRACKED) + "".join(
+        f"<p><a {a}>x</a></p>" if a.startswith("href") else f"<p>{a}</p>" for a in TRICKY_UNTOUCHED
+    )
+    html = f"<html><body><!--{'p' * padding}-->{links}</body></html>"
+    raw = (
+        "From: a@example.com\r\nTo: b@example.org\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+        f"Content-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n"
+    ).encode()
+    result = track(raw, tmp_path, ["ann@example.com", "bob@example.org", "cid@example.net"])
+    for copy in result.copies:
+        out = html_of(copy.data)[0]
+        assert [decode(t)["u"] for t in TRACKED.findall(out)] == TRICKY_TRACKED
+        assert all(untouched in out for untouched in TRICKY_UNTOUCHED)

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import email
 import email.policy
+import hashlib
 import logging
 import random
 import re
@@ -31,6 +32,7 @@ from plugins.dkim_sign import (
     dns_txt_value,
     relaxed_body,
     signed_headers,
+    signer,
     split_message,
 )
 from tests.support import SAMPLES, complete_message, corpus_files, sample_files
@@ -636,3 +638,87 @@ def test_signature_field_matches_dkimpy_on_edge_case_bodies_and_folded_headers(
                 else b"ed25519-sha256",
             )
             assert ours == stock, data
+
+
+def _dkimpy_body_hash(message: bytes, canon: bytes) -> bytes:
+    """The ``bh=`` dkimpy computes: its own parse, its own canonicalisation, SHA-256, base64."""
+    _, body = dkim.rfc822_parse(message)
+    algorithm = dkim.canonicalization.ALGORITHMS[canon]
+    return base64.b64encode(hashlib.sha256(algorithm.canonicalize_body(body)).digest())
+
+
+def _mutated(rng: random.Random, body: bytes, pieces: list[bytes]) -> bytes:
+    """``body`` with one to three random spans replaced (what differs between two copies)."""
+    out = bytearray(body)
+    for _ in range(rng.randrange(1, 4)):
+        at = rng.randrange(0, len(out) + 1)
+        out[at : at + rng.randrange(0, 4)] = rng.choice(pieces)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("canon", [b"relaxed", b"simple"])
+def test_body_hash_of_each_successive_copy_equals_dkimpy_with_pieces_reused(
+    canon: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each copy's body hash reuses the pieces the previous body shared with it: generated bodies
+    with tabs, space runs, trailing whitespace, empty lines at the end, bare LF and lone CR,
+    each followed by copies changed at random places, must all hash as dkimpy hashes them."""
+    monkeypatch.setattr(signer, "_PIECE", 8)  # many pieces in short bodies: every boundary case
+    monkeypatch.setattr(signer, "_pieces", None)
+    rng = random.Random(20261203)
+    tokens = [b" ", b"\t", b"  \t ", b"\r\n", b"\r\n", b"\r\n\r\n", b"a", b"bc", b" \r\n", b"x" * 9]
+    rare = [b"\n", b"\r", b"\r\r\n"]  # bare LF (dkimpy's parser rewrites it) and lone CR
+    reused = 0
+    for _ in range(400):
+        body = b"".join(rng.choice(tokens) for _ in range(rng.randrange(0, 80)))
+        for _ in range(8):
+            message = b"From: a@example.com\r\nSubject: copy\r\n\r\n" + body
+            monkeypatch.setattr(signer, "_last", None)  # (only the piece memo may be reused)
+            before = signer._pieces
+            _, bodyhash = signer._parsed(message, canon)
+            assert bodyhash == _dkimpy_body_hash(message, canon), message
+            after = signer._pieces
+            if before is not None and after is not None and after is not before:
+                reused += sum(1 for a, b in zip(after.states, before.states, strict=False) if a is b)
+            body = _mutated(rng, body, tokens + rare if rng.random() < 0.1 else tokens)
+    assert reused > 1000  # the memo was really used, not just rebuilt
+
+
+def test_body_pieces_are_cut_only_where_content_follows() -> None:
+    """Trailing empty lines are dropped by the end-of-body rule: a piece boundary inside them
+    would hash them. Bodies ending in many empty or blank lines still hash as dkimpy does."""
+    for tail in (b"\r\n" * 3000, b" \t\r\n" * 2000, b"\r\n \r\n\t\r\n" * 900, b""):
+        for head in (b"", b"text\r\n", b"x" * 5000 + b"\r\n"):
+            message = b"From: a@example.com\r\n\r\n" + head + tail
+            for canon in (b"relaxed", b"simple"):
+                signer._last = None
+                assert signer._parsed(message, canon)[1] == _dkimpy_body_hash(message, canon)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_successive_copies_of_a_message_are_signed_as_stock_dkimpy_signs_each(
+    path: Path, signing_keys: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copies that differ near the end (a pixel), near the start (a first link) or not at all,
+    signed one after another as a worker does: each field is the one dkimpy gives that copy."""
+    monkeypatch.setattr(dkim.time, "time", lambda: FIXED_TIME + 0.5)
+    data = Message(path.read_bytes()).as_bytes()
+    try:
+        names = [h[0].decode("latin-1") for h in dkim.rfc822_parse(data)[0]]
+    except dkim.MessageFormatError:
+        return  # refused by both (test_signature_field_is_byte_identical_to_stock_dkimpy_and_verifies)
+    include = signed_headers(names)
+    cut = data.find(b"\r\n\r\n") + 4
+    end = data.rfind(b"\r\n", cut, len(data) - 2) + 2 if data.rfind(b"\r\n", cut, len(data) - 2) >= cut else cut
+    copies = [data, data]
+    for n in range(3):
+        copies.append(data[:end] + b"<img src=3D\"https://t.example/o/%d\">\r\n" % n + data[end:])
+        copies.append(data[:cut] + b"copy %d  \t \r\n" % n + data[cut:])
+    key = signing_keys["rsa"]
+    for copy in copies:
+        copy = bytes(bytearray(copy))  # a new object each time, as each copy is
+        stock = dkim.DKIM(copy, linesep=b"\r\n").sign(
+            b"s1", b"example.com", _dkimpy_private(key), canonicalize=(b"relaxed", b"relaxed"), include_headers=include
+        )
+        ours = dkim_signature(copy, selector=b"s1", domain=b"example.com", key=key, include=include, timestamp=FIXED_TIME)
+        assert ours == stock
