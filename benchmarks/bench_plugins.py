@@ -19,6 +19,15 @@ is its own); ``shared`` rows send the same bytes each time (a campaign's templat
 ``--tree`` (a source tree, e.g. ``/work/wt/baseline`` for before, ``.`` for after) runs in its own
 subprocess; the trees alternate run by run (interleaved, so they share the machine's state) and
 each prints min/median/max over all its samples.
+
+``--copies`` measures what one more recipient costs a worker: the message (default
+``size-typical.eml``, made unique each round) is admitted and transformed once with the default
+chain, every feature on and RSA-2048 DKIM (OpenSSL), then ``--recipients`` copies are made as a
+worker makes them (``for_recipient``, ``personalize_and_sign``, ``as_bytes``, the copies pickled
+back): CPU time (``time.process_time``) of that loop divided by the number of copies. Trees
+interleave as for ``--html`` (``--runs`` subprocesses each, ``--repeat`` rounds per subprocess).
+
+    python benchmarks/bench_plugins.py --copies [--tree OLD --tree .] [--recipients 100]
 """
 
 from __future__ import annotations
@@ -155,6 +164,83 @@ print(json.dumps(out))
 """
 
 
+# Runs in a subprocess with PYTHONPATH set to one tree: only names that every tree has.
+COPIES_WORKER = r"""
+import asyncio, json, pickle, sys, tempfile, time
+from pathlib import Path
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pipeline.chain.admission import admit_message
+from pipeline.chain.driver import make_chain, make_config, submission_session
+from pipeline.chain.processing import CopyResult, personalize_and_sign, trace_summary
+from pipeline.chain.runner import Trace
+from pipeline.config import ChainSection
+from pipeline.contract.context import MessageContext
+from pipeline.contract.message import Message
+raw, rounds, n, seed = open(sys.argv[1], "rb").read(), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+features = ["inlinecss", "trackclicks", "trackopens", "trackbounces", "dkim", "campaign", "validate", "listunsubscribe"]
+samples = []
+with tempfile.TemporaryDirectory() as tmp:
+    key = Path(tmp) / "rsa.pem"
+    fmt = (serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    key.write_bytes(rsa.generate_private_key(65537, 2048).private_bytes(*fmt))
+    cfg = make_config({
+        "gateway": {"data_dir": tmp},
+        "tracking": {"keys": {"k1": "bench-secret"}, "base_url": "https://t.example.net",
+                     "bounce_domain": "bounces.example.net"},
+        "features": {f: True for f in features},
+        "plugins": {"css_inline": {"engine": "css_inline"}, "dkim_sign": {
+            "default_domain": "example.com", "rsa_engine": "openssl",
+            "domains": {"example.com": {"selector": "bench", "key_file": str(key)}}}},
+    }, ChainSection().plugins)
+    chain = make_chain(cfg)
+    loop = asyncio.new_event_loop()
+    rcpts = [f"user{i}@example.org" for i in range(n)]
+    for r in range(rounds + 1):  # the first round warms imports and caches up: not counted
+        data = raw.replace(b"</body>", b"<!-- %s %d -->\r\n</body>" % (seed.encode(), r), 1)
+        verdict, admitted = loop.run_until_complete(
+            admit_message(chain, data, "sender@example.com", rcpts, session=submission_session(None)))
+        assert admitted is not None and verdict is None, verdict
+        spooled = admitted.message.as_bytes()  # the worker parses the spooled bytes again
+        ctx = MessageContext.from_record(admitted.to_record(), Message(spooled, "sender@example.com", rcpts))
+        trace = Trace(ctx.queue_id)
+        loop.run_until_complete(chain.run("on_transform", ctx=ctx, trace=trace))
+        start = time.process_time()
+        copies = []
+        for rcpt in rcpts:
+            copy = ctx.for_recipient(rcpt)
+            first = len(trace.entries)
+            v = loop.run_until_complete(personalize_and_sign(chain, copy, trace))
+            assert v is None, v
+            copies.append(CopyResult(rcpt, copy.message.mail_from or "", copy.message.as_bytes(), None,
+                                     trace_summary(trace.entries[first:])))
+        pickle.dumps(copies, pickle.HIGHEST_PROTOCOL)
+        if r:
+            samples.append((time.process_time() - start) * 1000 / n)
+print(json.dumps(samples))
+"""
+
+
+def copies_trees(message: Path, trees: list[Path], runs: int, repeat: int, recipients: int) -> None:
+    """Worker CPU per recipient copy in each tree, trees interleaved run by run (see the docstring)."""
+    results: dict[str, list[float]] = {str(t): [] for t in trees}
+    for run in range(runs):
+        for tree in trees:
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            cmd = [sys.executable, "-c", COPIES_WORKER, str(message), str(repeat), str(recipients), str(run)]
+            done = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"{tree}: {done.stderr.strip()}")
+            results[str(tree)].extend(json.loads(done.stdout.splitlines()[-1]))
+    print(
+        f"{message.name}: worker CPU ms per recipient copy (default chain, every feature on, RSA-2048), "
+        f"{recipients} recipients, {runs} runs x {repeat} messages per tree, interleaved"
+    )
+    print(f"{'tree':<40}{'min':>8}{'median':>8}{'max':>8}")
+    for tree, s in results.items():
+        print(f"{tree[-40:]:<40}{min(s):8.3f}{statistics.median(s):8.3f}{max(s):8.3f}")
+
+
 def html_trees(message: Path, trees: list[Path], runs: int, repeat: int) -> None:
     """The HTML plugins' per-message cost in each tree, trees interleaved run by run (see the docstring)."""
     results: dict[str, dict[str, list[float]]] = {str(t): {} for t in trees}
@@ -190,8 +276,14 @@ def main() -> None:
     ap.add_argument(
         "--tree", type=Path, action="append", help="a source tree to measure (repeatable; default: this one)"
     )
-    ap.add_argument("--runs", type=int, default=5, help="--html: interleaved rounds per tree")
+    ap.add_argument("--runs", type=int, default=5, help="--html, --copies: interleaved rounds per tree")
+    ap.add_argument("--copies", action="store_true", help="worker CPU per recipient copy, per --tree")
+    ap.add_argument("--recipients", type=int, default=100, help="--copies: recipients per message")
     args = ap.parse_args()
+    if args.copies:
+        trees = [t.resolve() for t in args.tree or [ROOT]]
+        copies_trees(args.message.resolve(), trees, args.runs, args.repeat, args.recipients)
+        return
     if args.html:
         trees = [t.resolve() for t in args.tree or [ROOT]]
         html_trees(args.message.resolve(), trees, args.runs, args.repeat)
