@@ -153,7 +153,7 @@ class Message:
         if first and before is not None:
             # A field on top of an assembled message (a signature, on every copy) is the only
             # change: assembling again would give the new field, CRLF, then the same bytes.
-            self._cache = raw + CRLF + before
+            self._cache = b"".join((raw, CRLF, before))
 
     def _insert(self, header: Header, first: bool) -> None:
         if first:

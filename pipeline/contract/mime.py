@@ -312,7 +312,8 @@ class _QPLines:
         n = len(lines)
         tail_start = len(data) - (len(first) - starts[j]) if j < n else len(data)
         middle = self._middle(data[starts[i] : tail_start], i, j)
-        return b"".join((out[: enc_starts[i]], middle, out[enc_starts[j] :] if j < n else b""))
+        view = memoryview(out)  # (joined without copying the two slices first)
+        return b"".join((view[: enc_starts[i]], middle, view[enc_starts[j] :] if j < n else b""))
 
     def _middle(self, middle: bytes, i: int, j: int) -> bytes:
         """The CRLF encoding of ``middle``, the data that stands where the first copy's lines
@@ -382,8 +383,9 @@ class _PendingText:
         middle = new[crlf_starts[i] : len(new) - (len(old) - crlf_starts[j]) if j < len(starts) else len(new)]
         crlfs = middle.count(CRLF)
         only_crlf = middle.count(b"\n") == crlfs == middle.count(b"\r")
-        rest = self.data[starts[j] :] if j < len(starts) else b""
-        return b"".join((self.data[: starts[i]], _CR_LINE_END.sub(b"\n", middle), rest)), only_crlf
+        view = memoryview(self.data)  # (joined without copying the two slices first)
+        rest = view[starts[j] :] if j < len(starts) else b""
+        return b"".join((view[: starts[i]], _CR_LINE_END.sub(b"\n", middle), rest)), only_crlf
 
     def encoded(self) -> bytes:
         if self._encoded is None:
@@ -662,8 +664,12 @@ class Part:
         # HTML keeps its declared charset (its <meta> says so too): characters the charset cannot
         # hold become numeric character references. Plain text has no such escape: it goes utf-8.
         errors = _HTML_ERRORS if self.content_type == "text/html" else "surrogateescape"
+        lossless = False  # whether decoding the bytes gives this very text back
         try:
-            data = text.encode(codec, errors)
+            try:
+                data, lossless = text.encode(codec), True
+            except UnicodeEncodeError:
+                data = text.encode(codec, errors)
         except (UnicodeError, LookupError):
             data = text.encode("utf-8", "surrogateescape")
             self._set_param("charset", "utf-8")
@@ -687,6 +693,10 @@ class Part:
             else:
                 mode = "identity"
         self._edit = _PendingText(data, mode, before.lines if before is not None else None, wire)
+        if wire is not None and lossless:
+            # text() would decode the payload back to this text: the next plugin gets this very
+            # object (and the scan rewrite_html remembered for it, found without hashing it again)
+            self._edit.text = (self.codec, text)
         self._body = b""
         self._raw = None
 
