@@ -152,11 +152,10 @@ _last: tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes] | None = None
 def _parsed(message: bytes, body_algo: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """``message``'s header fields and base64 body hash, reused when the same object is signed
     again (identity, not equality: no 55 KB comparison; the reference keeps the id unique)."""
-    global _last
+    global _last, _fields
     last = _last
     if last is not None and last[0] is message and last[1] == body_algo:
         return last[2], last[3]
-    global _fields
     sep = _header_end(message)
     bodyhash = _body_hash(message, sep + 4, body_algo) if sep >= 0 else None
     if bodyhash is not None:
