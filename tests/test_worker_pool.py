@@ -156,9 +156,24 @@ def new_pool(
     return WorkerPool(config, workers, build_chain(config, plugins or []), plugins or [])
 
 
-def children() -> set[int]:
-    """This process's child processes, zombies included (a worker not reaped is a leak)."""
+def _all_children() -> set[int]:
     return {int(pid) for f in Path("/proc/self/task").glob("*/children") for pid in f.read_text().split()}
+
+
+_before: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _children_of_other_tests() -> None:
+    """Children this process had before the test (another test's servers, in a shared pytest
+    process) are not this test's: :func:`children` leaves them out."""
+    _before.clear()
+    _before.update(_all_children())
+
+
+def children() -> set[int]:
+    """The child processes this test started, zombies included (a worker not reaped is a leak)."""
+    return _all_children() - _before
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
