@@ -22,8 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,42 +30,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("SMTPGATE_CORPUS") or ROOT.parent / "shared" / "corpus") / "eml"
-SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.postfix_sink import offers_pipelining, start_smtp_sink  # noqa: E402
 
 
 def start_sink(pipelining: bool) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    args = [SMTP_SINK, "-u", "nobody", *([] if pipelining else ["-p"]), f"127.0.0.1:{port}", "256"]
-    sink = subprocess.Popen(args)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return sink, port
-        except OSError:
-            time.sleep(0.05)
-    sink.kill()
-    raise SystemExit("smtp-sink did not start")
-
-
-def offers_pipelining(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), 5) as s:
-        f = s.makefile("rwb")
-        f.readline()
-        f.write(b"EHLO bench\r\n")
-        f.flush()
-        lines = [f.readline()]
-        while lines[-1][3:4] == b"-":
-            lines.append(f.readline())
-        f.write(b"QUIT\r\n")
-        f.flush()
-    return any(line[4:].strip().upper() == b"PIPELINING" for line in lines)
+    """smtp-sink offering PIPELINING, or (``-p``) not."""
+    return start_smtp_sink(*([] if pipelining else ["-p"]), backlog=256)
 
 
 async def child(port: int, copies: int, connections: int) -> dict[str, float]:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
 import socket
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from pipeline.config import EgressSection
 from pipeline.egress.base import Copy, DeliveryResult
 from pipeline.egress.smtp import HopPool, SmtpEgress, _parse_reply, mailbox, open_connection, send_copy
 from tests.support import corpus_files, sample_files
+from tests.support.postfix_sink import SMTP_SINK, offers_pipelining, start_smtp_sink
 
 MSG = b"From: s@example.com\r\nTo: r@example.net\r\nSubject: hi\r\n\r\nhello\r\n"
 DOTTED = b"Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nlast line without CRLF"
@@ -427,39 +426,6 @@ async def test_a_large_message_to_a_slow_reader_pauses_and_resumes_writing(hop: 
     assert hop.data_phases[0] == big + b".\r\n" and hop.connections == 1
 
 
-SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-
-
-async def _smtp_sink(*args: str) -> tuple[subprocess.Popen[bytes], int]:
-    """Postfix's smtp-sink on a free loopback port, accepting connections."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    sink = subprocess.Popen([SMTP_SINK, "-u", "nobody", *args, f"127.0.0.1:{port}", "64"])
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.1).close()
-            return sink, port
-        except OSError:
-            await asyncio.sleep(0.02)
-    sink.kill()
-    raise RuntimeError("smtp-sink did not start")
-
-
-def _offers_pipelining(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), 5) as s:
-        f = s.makefile("rwb")
-        f.readline()
-        f.write(b"EHLO probe\r\n")
-        f.flush()
-        lines = [f.readline()]
-        while lines[-1][3:4] == b"-":
-            lines.append(f.readline())
-        f.write(b"QUIT\r\n")
-        f.flush()
-    return any(line[4:].strip().upper() == b"PIPELINING" for line in lines)
-
-
 @pytest.mark.skipif(not Path(SMTP_SINK).exists(), reason="Postfix's smtp-sink is not installed")
 @pytest.mark.parametrize("flags", [[], ["-q", "rcpt"], ["-q", "data"], ["-q", "."], ["-Q", "mail"], ["-Q", "rcpt"],
                                    ["-Q", "data"], ["-Q", "."]], ids=" ".join)
@@ -469,11 +435,11 @@ async def test_smtp_sink_with_and_without_pipelining_gives_the_same_results(flag
     PIPELINING off: the scripted hop above covers refusals.)"""
     outcomes = []
     for pipelining in (False, True):
-        sink, port = await _smtp_sink(*flags, *([] if pipelining else ["-p"]))
+        sink, port = await asyncio.to_thread(start_smtp_sink, *flags, *([] if pipelining else ["-p"]))
         egress = SmtpEgress(EgressSection(type="smtp", host="127.0.0.1", port=port, tls="none",
                                           connections_per_hop=2), "gw.test")
         try:
-            assert _offers_pipelining(port) == pipelining
+            assert offers_pipelining(port) == pipelining
             results = await egress.deliver([_copy(f"r{i}@example.net", data=DOTTED) for i in range(6)])
         finally:
             await egress.close()

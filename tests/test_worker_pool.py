@@ -175,6 +175,14 @@ def children() -> set[int]:
     """The child processes this test started, zombies included (a worker not reaped is a leak)."""
     return _all_children() - _before
 
+async def serves_again_once_the_crash_is_gone(pool: WorkerPool, pool_log: Any, data_dir: Path) -> None:
+    """Remove the file that makes a worker crash at start-up; the next start is ready and serves."""
+    (data_dir / "crash").unlink()
+    fixed = len(pool_log.lines)
+    await pool_log.until(lambda lines: any(line.endswith(" ready") for line in lines[fixed:]))
+    assert (await pool.call(functools.partial(echo, 2)))[0] == 2
+
+
 
 async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
     """Wait until ``predicate()`` holds; fails the test after ``timeout`` seconds."""
@@ -269,10 +277,7 @@ async def test_a_worker_that_dies_at_start_up_is_retried_with_a_growing_delay(da
         assert any("failed 2 times in a row at start-up; next try in 0.5 s" in line for line in pool_log.lines)
         with pytest.raises(WorkerUnavailable):  # the only worker waits out its delay: fail now, retry later
             await pool.call(functools.partial(echo, 1))
-        (data_dir / "crash").unlink()
-        fixed = len(pool_log.lines)
-        await pool_log.until(lambda lines: any(line.endswith(" ready") for line in lines[fixed:]))
-        assert (await pool.call(functools.partial(echo, 2)))[0] == 2
+        await serves_again_once_the_crash_is_gone(pool, pool_log, data_dir)
     finally:
         await pool.close()
 
@@ -385,10 +390,7 @@ async def test_an_on_demand_start_that_crashes_at_start_up_defers_the_task_inste
             async with asyncio.timeout(30):
                 await pool.call(functools.partial(echo, 1))
         assert any("failed 2 times in a row at start-up; next try in 0.5 s" in line for line in pool_log.lines)
-        (data_dir / "crash").unlink()
-        fixed = len(pool_log.lines)
-        await pool_log.until(lambda lines: any(line.endswith(" ready") for line in lines[fixed:]))
-        assert (await pool.call(functools.partial(echo, 2)))[0] == 2
+        await serves_again_once_the_crash_is_gone(pool, pool_log, data_dir)
     finally:
         await pool.close()
 

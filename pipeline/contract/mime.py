@@ -255,6 +255,16 @@ def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
     return limit
 
 
+def _changed_lines(new: bytes, old: bytes, starts: list[int]) -> tuple[int, int]:
+    """``(i, j)``: ``old``'s lines ``[i, j)`` (``starts``: where each begins) hold every byte in
+    which ``new`` differs from ``old``; the lines before ``i`` end before the first differing byte,
+    and the line break before line ``j`` is in the common suffix. Two block comparisons, no loop
+    per line: a recipient's copy differs from the first only where its links and pixel are."""
+    i = bisect.bisect_right(starts, _common_prefix(new, old)) - 1
+    same_end = _common_suffix(new, old, min(len(new), len(old)) - starts[i])
+    return i, bisect.bisect_right(starts, len(old) - same_end)
+
+
 class _QPLines:
     """Quoted-printable encodings (CRLF line ends) of one part's successive edits, shared by the
     copies of a message: each copy's HTML differs from the first copy's only on the lines its
@@ -304,11 +314,7 @@ class _QPLines:
         lines, _, starts, enc_starts = self.base
         if not lines:
             return binascii.b2a_qp(data, quotetabs=False, istext=True).replace(b"\n", CRLF)
-        # lines [i, j) of the first copy hold every differing byte: the lines before i end before
-        # the first one, and the line break before line j is in the common suffix
-        i = bisect.bisect_right(starts, _common_prefix(data, first)) - 1
-        same_end = _common_suffix(data, first, min(len(data), len(first)) - starts[i])
-        j = bisect.bisect_right(starts, len(first) - same_end)
+        i, j = _changed_lines(data, first, starts)  # the first copy's lines holding every change
         n = len(lines)
         tail_start = len(data) - (len(first) - starts[j]) if j < n else len(data)
         middle = self._middle(data[starts[i] : tail_start], i, j)
@@ -377,9 +383,7 @@ class _PendingText:
             starts.pop()
             self._starts = (starts, [start + k for k, start in enumerate(starts)])
         starts, crlf_starts = self._starts
-        i = bisect.bisect_right(crlf_starts, _common_prefix(new, old)) - 1
-        same_end = _common_suffix(new, old, min(len(new), len(old)) - crlf_starts[i])
-        j = bisect.bisect_right(crlf_starts, len(old) - same_end)  # its line break is common too
+        i, j = _changed_lines(new, old, crlf_starts)
         middle = new[crlf_starts[i] : len(new) - (len(old) - crlf_starts[j]) if j < len(starts) else len(new)]
         crlfs = middle.count(CRLF)
         only_crlf = middle.count(b"\n") == crlfs == middle.count(b"\r")

@@ -105,11 +105,6 @@ class CursorTx:
         return cur.fetchall(), cur.rowcount  # rows are tuples already (no row factory here)
 
 
-def _tx_on(cur: sqlite3.Cursor) -> Tx:
-    """The :class:`Tx` shape over a cursor inside an open transaction."""
-    return CursorTx(cur)
-
-
 class SqliteEventStore(EventStoreBase):
     """Event store, webhook outbox and suppression list in ``events.db``."""
 
@@ -146,7 +141,7 @@ class SqliteEventStore(EventStoreBase):
     async def record(self, event: Event, webhook_urls: Sequence[str] = (), origin: str | None = None) -> int:
         """Store ``event`` (webhook deliveries, suppression) in the writer's next shared commit; its id."""
         urls = list(dict.fromkeys(webhook_urls))
-        return await self._writer.run(lambda cur: self.write_event(_tx_on(cur), event, urls, origin))
+        return await self._writer.run(lambda cur: self.write_event(CursorTx(cur), event, urls, origin))
 
     async def record_many(
         self, items: Sequence[tuple[Event, Sequence[str], str]], columns: Sequence[EncodedColumns | None] | None = None
@@ -211,7 +206,7 @@ class SqliteEventStore(EventStoreBase):
     def _transaction(self, fn: Callable[[Tx], R]) -> R:
         with self._lock:
             cur = self._conn.cursor()
-            tx = _tx_on(cur)
+            tx = CursorTx(cur)
             cur.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(tx)
