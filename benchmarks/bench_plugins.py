@@ -28,6 +28,15 @@ back): CPU time (``time.process_time``) of that loop divided by the number of co
 interleave as for ``--html`` (``--runs`` subprocesses each, ``--repeat`` rounds per subprocess).
 
     python benchmarks/bench_plugins.py --copies [--tree OLD --tree .] [--recipients 100]
+
+``--unique`` measures a worker's whole share of one message whose HTML is its own (nothing
+remembered from the message before): the spooled bytes parsed, the transform phase (CSS inlined
+with the css_inline engine), ``--recipients`` copies personalised, signed (RSA-2048, OpenSSL)
+and serialised, the copies pickled back, as ``run_processing`` does in a worker: CPU time
+(``time.process_time``) per message. Admission runs before the clock starts. Trees interleave
+as for ``--copies``.
+
+    python benchmarks/bench_plugins.py --unique [--tree OLD --tree .] [--recipients 1]
 """
 
 from __future__ import annotations
@@ -221,19 +230,53 @@ print(json.dumps(samples))
 """
 
 
-def copies_trees(message: Path, trees: list[Path], runs: int, repeat: int, recipients: int) -> None:
-    """Worker CPU per recipient copy in each tree, trees interleaved run by run (see the docstring)."""
+# Runs in a subprocess with PYTHONPATH set to one tree: only names that every tree has.
+UNIQUE_WORKER = COPIES_WORKER.replace(
+    """        ctx = MessageContext.from_record(admitted.to_record(), Message(spooled, "sender@example.com", rcpts))
+        trace = Trace(ctx.queue_id)
+        loop.run_until_complete(chain.run("on_transform", ctx=ctx, trace=trace))
+        start = time.process_time()
+        copies = []
+        for rcpt in rcpts:
+            copy = ctx.for_recipient(rcpt)
+            first = len(trace.entries)
+            v = loop.run_until_complete(personalize_and_sign(chain, copy, trace))
+            assert v is None, v
+            copies.append(CopyResult(rcpt, copy.message.mail_from or "", copy.message.as_bytes(), None,
+                                     trace_summary(trace.entries[first:])))
+        pickle.dumps(copies, pickle.HIGHEST_PROTOCOL)
+        if r:
+            samples.append((time.process_time() - start) * 1000 / n)""",
+    """        record = admitted.to_record()
+        start = time.process_time()
+        ctx = MessageContext.from_record(record, Message(spooled, "sender@example.com", rcpts))
+        copies = loop.run_until_complete(process_message(chain, ctx, Trace(ctx.queue_id), list(rcpts)))
+        assert all(c.deliverable for c in copies), [c.verdict for c in copies]
+        pickle.dumps(copies, pickle.HIGHEST_PROTOCOL)
+        if r:
+            samples.append((time.process_time() - start) * 1000)""",
+).replace("CopyResult, personalize_and_sign, trace_summary", "process_message")
+
+
+def copies_trees(
+    message: Path, trees: list[Path], runs: int, repeat: int, recipients: int, unique: bool = False
+) -> None:
+    """Worker CPU per recipient copy (or per unique message) in each tree, trees interleaved run by run."""
     results: dict[str, list[float]] = {str(t): [] for t in trees}
+    script = UNIQUE_WORKER if unique else COPIES_WORKER
+    if unique and script == COPIES_WORKER:
+        raise SystemExit("UNIQUE_WORKER no longer matches COPIES_WORKER")
     for run in range(runs):
         for tree in trees:
             env = {**os.environ, "PYTHONPATH": str(tree)}
-            cmd = [sys.executable, "-c", COPIES_WORKER, str(message), str(repeat), str(recipients), str(run)]
+            cmd = [sys.executable, "-c", script, str(message), str(repeat), str(recipients), str(run)]
             done = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True)
             if done.returncode:
                 raise SystemExit(f"{tree}: {done.stderr.strip()}")
             results[str(tree)].extend(json.loads(done.stdout.splitlines()[-1]))
+    what = "per message, HTML unique, transform included" if unique else "per recipient copy"
     print(
-        f"{message.name}: worker CPU ms per recipient copy (default chain, every feature on, RSA-2048), "
+        f"{message.name}: worker CPU ms {what} (default chain, every feature on, RSA-2048), "
         f"{recipients} recipients, {runs} runs x {repeat} messages per tree, interleaved"
     )
     print(f"{'tree':<40}{'min':>8}{'median':>8}{'max':>8}")
@@ -276,13 +319,21 @@ def main() -> None:
     ap.add_argument(
         "--tree", type=Path, action="append", help="a source tree to measure (repeatable; default: this one)"
     )
-    ap.add_argument("--runs", type=int, default=5, help="--html, --copies: interleaved rounds per tree")
+    ap.add_argument(
+        "--runs", type=int, default=5, help="--html, --copies, --unique: interleaved rounds per tree"
+    )
     ap.add_argument("--copies", action="store_true", help="worker CPU per recipient copy, per --tree")
-    ap.add_argument("--recipients", type=int, default=100, help="--copies: recipients per message")
+    ap.add_argument(
+        "--unique", action="store_true", help="worker CPU per unique message (parse, transform, copies)"
+    )
+    ap.add_argument(
+        "--recipients", type=int, help="--copies, --unique: recipients per message (default 100, 1)"
+    )
     args = ap.parse_args()
-    if args.copies:
+    if args.copies or args.unique:
         trees = [t.resolve() for t in args.tree or [ROOT]]
-        copies_trees(args.message.resolve(), trees, args.runs, args.repeat, args.recipients)
+        recipients = args.recipients or (1 if args.unique else 100)
+        copies_trees(args.message.resolve(), trees, args.runs, args.repeat, recipients, args.unique)
         return
     if args.html:
         trees = [t.resolve() for t in args.tree or [ROOT]]
