@@ -19,7 +19,6 @@ import email.header
 import email.message
 import email.utils
 import functools
-import itertools
 import re
 from collections.abc import Iterator, Sequence
 from typing import Protocol
@@ -309,7 +308,9 @@ class _QPLines:
                 starts, enc_starts = [0], [0]
                 for line, chunk in zip(lines[:-1], chunks[:-1], strict=True):
                     starts.append(starts[-1] + len(line) + 1)
-                    enc_starts.append(enc_starts[-1] + len(chunk) + chunk.count(b"\0") + 2)  # a soft break is 3 bytes
+                    enc_starts.append(
+                        enc_starts[-1] + len(chunk) + chunk.count(b"\0") + 2
+                    )  # a soft break is 3 bytes
                 self.base = (lines, [c.replace(b"=\0", b"=\n") for c in chunks], starts, enc_starts)
         lines, _, starts, enc_starts = self.base
         if not lines:
@@ -335,7 +336,10 @@ class _QPLines:
             if len(ours) != j - i:
                 return binascii.b2a_qp(middle, quotetabs=False, istext=True).replace(b"\n", CRLF)
             last = ours.pop()
-        encoded = [chunk if line == base else None for line, base, chunk in zip(ours, lines[i:j], chunks[i:j], strict=False)]
+        encoded = [
+            chunk if line == base else None
+            for line, base, chunk in zip(ours, lines[i:j], chunks[i:j], strict=False)
+        ]
         changed = [k for k, chunk in enumerate(encoded) if chunk is None]
         if changed:  # one b2a_qp call for all of them (a copy with 200 links has 200 such lines)
             fresh = binascii.b2a_qp(b"\n".join([ours[k] for k in changed]) + b"\n", False, True)
@@ -357,16 +361,17 @@ class _PendingText:
     the decoded text are only filled in), so copies that leave the part alone encode it once
     between them, and the plugins of every copy that read it before editing it decode it once."""
 
-    __slots__ = ("data", "mode", "_encoded", "lines", "text", "crlf", "_starts")
+    __slots__ = ("data", "mode", "_encoded", "lines", "text", "crlf")
 
-    def __init__(self, data: bytes, mode: str, lines: _QPLines | None = None, crlf: bytes | None = None) -> None:
+    def __init__(
+        self, data: bytes, mode: str, lines: _QPLines | None = None, crlf: bytes | None = None
+    ) -> None:
         self.data = data
         self.mode = mode  # "base64", "quoted-printable" or "identity"
         self._encoded: bytes | None = None
         self.lines = lines if lines is not None else _QPLines()  # shared with the edits before it
         self.text: tuple[str, str] | None = None  # (codec, what Part.text() gave for it)
         self.crlf = crlf  # data with CRLF line ends (only for data without CR): the payload
-        self._starts: tuple[list[int], list[int]] | None = None  # line starts in data and in crlf
 
     def with_lf(self, new: bytes) -> tuple[bytes, bool]:
         """``new`` with each CRLF or lone CR made an LF, as ``_CR_LINE_END.sub`` gives it, for
@@ -375,21 +380,34 @@ class _PendingText:
 
         The lines before the first byte that differs from ``self.crlf`` and after the last one
         are this edit's own LF lines: two block comparisons and two slices of ``self.data``; only
-        the lines between are rewritten (a recipient's links and pixel, not the whole part)."""
+        the lines between are rewritten (a recipient's links and pixel, not the whole part). The
+        two line starts are found around the differing bytes (``rfind``/``find`` of the LF and a
+        count of the LFs before them, all C scans), not from a table of every line of the part:
+        building that table was most of a single-recipient message's cost here."""
         old = self.crlf
         assert old is not None
-        if self._starts is None:
-            starts = [0, *itertools.accumulate(len(line) + 1 for line in self.data.split(b"\n"))]
-            starts.pop()
-            self._starts = (starts, [start + k for k, start in enumerate(starts)])
-        starts, crlf_starts = self._starts
-        i, j = _changed_lines(new, old, crlf_starts)
-        middle = new[crlf_starts[i] : len(new) - (len(old) - crlf_starts[j]) if j < len(starts) else len(new)]
+        lines = len(old) - len(self.data)  # line breaks in old (each LF of self.data is a CRLF there)
+
+        def in_data(pos: int) -> int:  # the offset in self.data of a line start in old
+            if pos <= len(old) // 2:  # one CR less per line break before it (counted on the shorter side)
+                return pos - old.count(b"\n", 0, pos)
+            return pos - (lines - old.count(b"\n", pos))
+
+        prefix = _common_prefix(new, old)
+        start = old.rfind(b"\n", 0, prefix) + 1  # the first changed line's start in old
+        same_end = _common_suffix(new, old, min(len(new), len(old)) - start)
+        after = old.find(b"\n", len(old) - same_end)  # the line break ending the last changed line
+        rest: bytes | memoryview = b""
+        if after < 0:  # the change reaches into the last line: it is rewritten to the end
+            middle = new[start:]
+        else:
+            middle = new[start : len(new) - (len(old) - after - 1)]
+            rest = memoryview(self.data)[in_data(after + 1) :]
+        start_lf = in_data(start)
         crlfs = middle.count(CRLF)
         only_crlf = middle.count(b"\n") == crlfs == middle.count(b"\r")
         view = memoryview(self.data)  # (joined without copying the two slices first)
-        rest = view[starts[j] :] if j < len(starts) else b""
-        return b"".join((view[: starts[i]], _CR_LINE_END.sub(b"\n", middle), rest)), only_crlf
+        return b"".join((view[:start_lf], _CR_LINE_END.sub(b"\n", middle), rest)), only_crlf
 
     def encoded(self) -> bytes:
         if self._encoded is None:
