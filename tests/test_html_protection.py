@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from pipeline.toolkit import html as H
 from pipeline.toolkit.html import AMP_MARK, protect
+from tests.support import html_reference as reference
 
 # -- protect ----------------------------------------------------------------------------------
 
@@ -34,7 +35,7 @@ def test_protect_takes_the_attribute_path_for_non_ascii_tags() -> None:
     assert prot.restore(prot.text) == html
 
 
-# -- which tags protect() works on: the short texts' shortcut against the nine literal passes --
+# -- which tags protect() works on: the one pass over the reversed text against the nine literal passes --
 
 TAG_NAMES = st.sampled_from(["<a", "<td", "<IMG", "<p", "<", "text", "<!--", "-->", "/", ">", "&amp;"])
 ATTRS = st.sampled_from(
@@ -53,11 +54,7 @@ PIECES = st.lists(st.tuples(TAG_NAMES, st.lists(ATTRS, max_size=4)), max_size=12
 
 @settings(max_examples=400, deadline=None)
 @given(PIECES)
-def test_short_texts_single_alternation_finds_the_tags_the_nine_literal_passes_find(html: str) -> None:
-    short = H._tags_needing_work(html)
-    assert len(html) < H._SHORT
-    H._SHORT, saved = 0, H._SHORT  # every text takes the nine literal passes
-    try:
-        assert short == H._tags_needing_work(html)
-    finally:
-        H._SHORT = saved
+def test_one_pass_over_the_reversed_text_finds_the_tags_the_nine_literal_passes_find(html: str) -> None:
+    assert H._tags_needing_work(html) == reference.tags_needing_work(html)
+    padded = html + " " * reference._SHORT  # (past 4096 characters: the reference's nine passes)
+    assert H._tags_needing_work(padded) == reference.tags_needing_work(padded)

@@ -1,0 +1,208 @@
+"""The fast paths of the HTML layer give exactly what the straightforward computations give.
+
+protect()'s tag search (one reversed-text pass for the URL attribute names), protect() itself,
+and Protected.restore() are compared with the code as it was before (tests/support/html_reference.py)
+on generated HTML and on every HTML part of every message in samples/ and the shared corpus.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.contract.message import Message
+from pipeline.toolkit import html as H
+from tests.support import corpus_files, sample_files
+from tests.support import html_reference as ref
+
+# -- inputs -----------------------------------------------------------------------------------
+
+
+def html_parts_of_every_message() -> list[tuple[str, str]]:
+    """(id, text) of every HTML part of every message in samples/ and the corpus."""
+    found = []
+    for path in sample_files() + corpus_files():
+        try:
+            msg = Message(path.read_bytes())
+        except Exception:  # (a sample that is refused as a message has no parts to test)
+            continue
+        for i, part in enumerate(msg.html_parts()):
+            found.append((f"{path.parent.name}/{path.name}#{i}", part.text()))
+    return found
+
+
+PARTS = html_parts_of_every_message()
+PART_IDS = [name for name, _ in PARTS]
+
+BLANKS = [" ", "\t", "\n", "\r\n", "\u3000", "\x0b", ""]
+NAMES = [*H._URL_ATTRS, "HREF", "Src", "BackGround", "xhref", "datasrc", "data-x", "title", "style", "alt"]
+PIECES = st.sampled_from(
+    [
+        "<a",
+        "<td",
+        "<IMG",
+        "<p",
+        "<",
+        ">",
+        "/>",
+        "</a>",
+        "</html>",
+        "</HTML >",
+        "<html>",
+        "<body>",
+        "<!DOCTYPE html>",
+        "<!--",
+        "-->",
+        "text",
+        "&",
+        "&amp;",
+        "&nbsp;",
+        "=",
+        '"',
+        "'",
+        '"x&y"',
+        "'a>b'",
+        '"<"',
+        "{{ url }}",
+        "é",
+        "\u0130",  # lower-cases to two characters
+        "\u212a",  # KELVIN SIGN, lower-cases to "k"
+        H.AMP_MARK,
+        "\udc80",
+        "\uf780",
+    ]
+    + [f"{blank}{name}" for name in NAMES for blank in BLANKS]
+    + [f"{blank}={blank}" for blank in BLANKS]
+)
+HTML = st.lists(PIECES, max_size=60).map("".join)
+
+
+def attribute_soup(draw_tags: list[tuple[str, list[tuple[str, str, str]]]]) -> str:
+    out = []
+    for tag, attrs in draw_tags:
+        out.append(f"<{tag}")
+        for name, eq, value in attrs:
+            out.append(f" {name}{eq}{value}")
+        out.append(">text &nbsp; more</" + tag + ">\n")
+    return "".join(out)
+
+
+TAGS = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "td", "img", "p", "A", "table", "v:rect"]),
+        st.lists(
+            st.tuples(
+                st.sampled_from(NAMES),
+                st.sampled_from(["=", " = ", "\t=", ""]),
+                st.sampled_from(
+                    ['"https://e.com/?a=1&b=2"', "'x y'", "plain", '"a > b"', '""', "&x", '"{{ u }}"']
+                ),
+            ),
+            max_size=5,
+        ),
+    ),
+    max_size=30,
+).map(attribute_soup)
+
+
+def same_protection(got: H.Protected, want: H.Protected) -> None:
+    assert got.text == want.text
+    assert (got.prefix, got.suffix, got.fragment, got.kept, got.amp, got.surrogates) == (
+        want.prefix,
+        want.suffix,
+        want.fragment,
+        want.kept,
+        want.amp,
+        want.surrogates,
+    )
+
+
+def check_protect(text: str) -> None:
+    assert H._tags_needing_work(text) == ref.tags_needing_work(text)
+    got = H.protect(text)
+    same_protection(got, ref.protect(text, got.marker))
+
+
+# -- the tag search ---------------------------------------------------------------------------
+
+
+@settings(max_examples=600, deadline=None)
+@given(HTML)
+def test_the_tag_search_finds_what_the_nine_literal_passes_and_the_definition_find(html: str) -> None:
+    found = H._tags_needing_work(html)
+    assert found == ref.tags_needing_work(html)
+    assert found == ref.tags_needing_work_by_definition(html)
+    long = html + " " * ref._SHORT  # (the reference takes its nine-pass path past 4096 characters)
+    assert H._tags_needing_work(long) == ref.tags_needing_work(long)
+
+
+@settings(max_examples=300, deadline=None)
+@given(TAGS)
+def test_the_tag_search_finds_every_url_attribute_and_ampersand_in_generated_tags(html: str) -> None:
+    assert (
+        H._tags_needing_work(html) == ref.tags_needing_work_by_definition(html) == ref.tags_needing_work(html)
+    )
+
+
+# -- protect and restore ----------------------------------------------------------------------
+
+
+@settings(max_examples=600, deadline=None)
+@given(HTML)
+def test_protect_gives_what_it_gave_before_on_generated_html(html: str) -> None:
+    check_protect(html)
+    check_protect(f"<!DOCTYPE html>\n<html><body>{html}</body></html>\n<!-- end -->\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    HTML,
+    st.lists(st.sampled_from(["", "x", '"', "'", "&", H.AMP_MARK, "\uf780", "smtpgate-keep-"]), max_size=8),
+)
+def test_restore_gives_what_it_gave_before_on_any_tool_output(html: str, noise: list[str]) -> None:
+    prot = H.protect(html)
+    tokens = list(prot.kept)
+    # what a tool might return: the protected text, tokens requoted, moved, doubled, mangled or dropped
+    outputs = [prot.text, prot.text.replace("'", '"'), "".join(noise) + prot.text[::-1], "".join(tokens)]
+    outputs += [f'"{t}"' + n for t, n in zip(tokens, noise, strict=False)]
+    outputs += [t[:-1] + n for t, n in zip(tokens, noise, strict=False)]
+    for out in outputs:
+        assert prot.restore(out) == ref.restore(prot, out)
+
+
+def test_there_are_html_parts_to_compare() -> None:
+    assert len(PARTS) >= 10
+
+
+@pytest.mark.parametrize("text", [text for _, text in PARTS], ids=PART_IDS)
+def test_protect_and_restore_give_what_they_gave_before_on_every_html_part(text: str) -> None:
+    check_protect(text)
+    prot = H.protect(text)
+    assert prot.restore(prot.text) == ref.restore(prot, prot.text) == text
+    variants = [text.upper(), text.replace("\r\n", "\n"), text.replace("<html", "<!-- x --><html", 1)]
+    for variant in variants:
+        check_protect(variant)
+
+
+@pytest.mark.parametrize("text", [text for _, text in PARTS], ids=PART_IDS)
+@pytest.mark.parametrize("engine", ["premailer", "css_inline"])
+def test_each_engine_gives_what_it_gave_before_on_every_html_part(
+    text: str, engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole inline step, fast protect/restore against the reference pair, byte for byte."""
+    from plugins import css_inline as plugin
+
+    fast = plugin.CssInlineEngine(False) if engine == "css_inline" else plugin.PremailerEngine(False)
+    got = fast.inline(text)
+
+    fast_protect = H.protect
+
+    def slow_protect(html: str) -> H.Protected:
+        slow = ref.protect(html, fast_protect(html).marker)
+        slow.restore = lambda out: ref.restore(slow, out)  # type: ignore[method-assign]
+        return slow
+
+    monkeypatch.setattr(plugin, "protect", slow_protect)
+    monkeypatch.setattr(H, "protect", slow_protect)
+    assert got == fast.inline(text)
