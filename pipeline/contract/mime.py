@@ -701,7 +701,10 @@ class Part:
             wire = data if only_crlf else None  # the payload, as payload_bytes() would give it
             data = lf
         elif crlf:
-            data = _CR_LINE_END.sub(b"\n", data)
+            lf = _CR_LINE_END.sub(b"\n", data)
+            if len(lf) + lf.count(b"\n") == len(data):  # every line end was a CRLF (one byte less each)
+                wire = data  # then the next plugin's text() is this text, not decoded again
+            data = lf
         cte = self.cte
         if cte == "base64":
             mode = "base64"
