@@ -206,3 +206,82 @@ def test_each_engine_gives_what_it_gave_before_on_every_html_part(
     monkeypatch.setattr(plugin, "protect", slow_protect)
     monkeypatch.setattr(H, "protect", slow_protect)
     assert got == fast.inline(text)
+
+
+# -- smaller pieces ---------------------------------------------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["</html>", "</HTML \t>", "</htm>", "</a>", "</", "<", ">", "x", " ", "\n"]),
+        max_size=40,
+    )
+)
+def test_the_last_html_close_found_backwards_is_the_last_one_a_whole_text_regex_finds(
+    pieces: list[str],
+) -> None:
+    body = "".join(pieces)
+    found = H._last_html_close(body)
+    assert (None if found is None else found.span()) == ref.last_html_close(body)
+
+
+def test_collapsing_blanks_by_split_and_join_is_the_regex_and_strip_on_every_character() -> None:
+    """link.text: ``" ".join(s.split())`` treats exactly the characters ``\\s`` matches as blanks."""
+    import re
+    import sys
+
+    blanks = "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
+    assert all(re.fullmatch(r"\s", ch) for ch in blanks)
+    assert re.findall(
+        r"\s", "".join(chr(c) for c in range(sys.maxunicode + 1) if 0xD800 > c or c > 0xDFFF)
+    ) == list(blanks)
+    sample = f"{blanks}a{blanks}b c\u00a0d\u3000 e{blanks}"
+    assert " ".join(sample.split()) == re.sub(r"\s+", " ", sample).strip()
+
+
+LINK_HTML = st.lists(
+    st.sampled_from(
+        [
+            '<a href="https://e.com/x">',
+            "<a href='#'>",
+            "<A HREF=x>",
+            "</a>",
+            "<b>",
+            "</b>",
+            "<img src=x>",
+            " ",
+            "\u00a0",
+            "\u3000",
+            "\t\n",
+            "&amp;",
+            "&nbsp;",
+            "https://www.example.com",
+            "text",
+            "<",
+            ">",
+            "<!-- c -->",
+            "</body>",
+        ]
+    ),
+    max_size=40,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(LINK_HTML)
+def test_the_visible_text_of_each_link_is_what_it_was_before(html: str) -> None:
+    got = [
+        (link.tag_start, link.value_start, link.text)
+        for link in H._links(html, H._tokenise(html)._anchors or ())
+    ]
+    assert got == ref.link_texts(html)
+
+
+@pytest.mark.parametrize("text", [text for _, text in PARTS], ids=PART_IDS)
+def test_the_visible_text_of_each_link_is_what_it_was_before_on_every_html_part(text: str) -> None:
+    got = [
+        (link.tag_start, link.value_start, link.text)
+        for link in H._links(text, H._tokenise(text)._anchors or ())
+    ]
+    assert got == ref.link_texts(text)

@@ -161,3 +161,27 @@ def restore(prot: H.Protected, out: str) -> str:
     if prot.surrogates:
         out = H._SURROGATE_STANDIN.sub(lambda m: chr(ord(m.group(0)) - 0xF780 + 0xDC80), out)
     return prot.prefix + out + prot.suffix
+
+
+_TAGS = re.compile(r"<[^<>]*>")
+_SPACES = re.compile(r"\s+")
+
+
+def link_texts(text: str) -> list[tuple[int, int, str]]:
+    """(tag start, value start, visible text) of each link, computed as ``_links`` did before:
+    every tag made a blank by a regex, entities decoded, blank runs collapsed by a regex."""
+    import html as _html
+
+    found = []
+    for start, end, text_end in H._tokenise(text)._anchors or ():
+        link = H._parse_a(text, start, end)
+        if link is not None:
+            inner = _TAGS.sub(" ", text[end:text_end])
+            found.append((link.tag_start, link.value_start, _SPACES.sub(" ", _html.unescape(inner)).strip()))
+    return found
+
+
+def last_html_close(body: str) -> tuple[int, int] | None:
+    """The span of the last ``</html>`` match of a regex over the whole text."""
+    spans = [m.span() for m in _HTML_CLOSE.finditer(body)]
+    return spans[-1] if spans else None
