@@ -510,6 +510,7 @@ _MARKER_SEED = secrets.token_hex(4)  # message text cannot guess it, so cannot c
 _documents = itertools.count()
 _URL_ATTRS = ("href", "src", "action", "background", "cite", "longdesc", "usemap", "poster", "data")
 _URL_ATTR_NAMES = "|".join(_URL_ATTRS)
+_URL_ATTR_SET = frozenset(_URL_ATTRS)
 _ATTR_IN_TAG = re.compile(
     r"""(?P<lead>\s)(?P<name>[^\s"'>/=]++)(?P<eq>\s*+=\s*+)(?P<val>"[^"]*+"|'[^']*+'|[^\s>"']++)"""
 )
@@ -608,19 +609,19 @@ def protect(text: str) -> Protected:
     kept: dict[str, str] = {}
     marker = f"{_TOKEN_PREFIX}{_MARKER_SEED}{next(_documents):x}-"
 
-    def attr(am: re.Match[str]) -> str:
-        name, val = am.group("name"), am.group("val")
+    def attr(am: re.Match[str]) -> str:  # (called for every attribute of those tags: kept lean)
+        lead, name, eq, val = am.groups()
         lname = name.lower()
-        if "&" not in val and lname not in _URL_ATTRS:
-            return am.group(0)
-        if lname in _URL_ATTRS:
+        if lname in _URL_ATTR_SET:
             token = f"{marker}{len(kept)}"
             kept[token] = val
-            quote = val[0] if val[:1] in ("'", '"') else ""
-            return f"{am.group('lead')}{name}{am.group('eq')}{quote}{token}{quote}"
+            quote = val[0] if val[0] in ("'", '"') else ""  # (a value is never empty)
+            return f"{lead}{name}{eq}{quote}{token}{quote}"
+        if "&" not in val:
+            return am.group(0)
         if amp and lname != "style":
             val = val.replace("&", AMP_MARK)
-        return f"{am.group('lead')}{name}{am.group('eq')}{val}"
+        return f"{lead}{name}{eq}{val}"
 
     out: list[str] = []
     pos = 0
@@ -663,10 +664,11 @@ def _tags_needing_work(body: str) -> list[tuple[int, int]]:
     if len(low) != len(body):  # a character whose lower case is longer (U+0130): match case-insensitively
         return [m.span() for m in _NEEDS_WORK.finditer(body)]
     candidates: list[int] = []
-    at = body.find("&")
+    find, rfind, start_tag = body.find, body.rfind, _START_TAG.match  # (bound once: the loops below are hot)
+    at = find("&")
     while at >= 0:
         candidates.append(at)
-        at = body.find("&", at + 1)
+        at = find("&", at + 1)
     if "=" in body:
         end = len(low)  # a match's end in the reversed text is where the name starts, counted from the end
         candidates.extend([end - m.end() for m in _URL_NAMES_REVERSED.finditer(low[::-1])])
@@ -680,14 +682,14 @@ def _tags_needing_work(body: str) -> list[tuple[int, int]]:
     for at in candidates:
         if at < tag_end:  # in the tag just taken
             continue
-        lt = body.rfind("<", searched, at)
+        lt = rfind("<", searched, at)
         searched = at
         if lt >= 0:
             last_lt = lt
         if last_lt < tag_end:  # no "<" since the last tag taken: text
             continue
         if last_lt != matched_lt:  # each "<" is matched at most once
-            m = _START_TAG.match(body, last_lt)
+            m = start_tag(body, last_lt)
             matched_lt, matched_end = last_lt, (m.end() if m is not None else -1)
         if matched_end > at:
             tags.append((last_lt, matched_end))
