@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.contract.message import Message
-from pipeline.contract.mime import _PendingText
+from pipeline.contract.mime import _crlf_only, _PendingText
 from tests.support import corpus_files, sample_files
 
 
@@ -120,3 +120,10 @@ def test_a_first_edit_reads_back_as_decoding_the_serialised_part_gives(
             assert part.text() == again.text()
             assert part.payload_bytes() == again.payload_bytes()
             msg.replace_html(part, part.text() + second)
+
+
+@settings(max_examples=500, deadline=None)
+@given(LINES)
+def test_crlf_only_is_true_exactly_when_every_line_end_is_a_crlf(data: bytes) -> None:
+    lf = lf_by_regex(data)
+    assert _crlf_only(data, lf) == (data.count(b"\r\n") == data.count(b"\r") == data.count(b"\n"))

@@ -264,6 +264,17 @@ def _changed_lines(new: bytes, old: bytes, starts: list[int]) -> tuple[int, int]
     return i, bisect.bisect_right(starts, len(old) - same_end)
 
 
+def _crlf_only(data: bytes, lf: bytes) -> bool:
+    """Whether every line end of ``data`` is a CRLF, given ``lf``, ``data`` with each CRLF or lone
+    CR made an LF: then ``lf`` is one byte shorter per line end. A line end near the middle is
+    looked at first, so a text whose lines end in LF (what an HTML serialiser writes between the
+    original's CRLF doctype and end) is told apart without counting."""
+    middle = data.find(b"\n", len(data) // 2)
+    if middle > 0 and data[middle - 1] != 13:
+        return False
+    return len(lf) + lf.count(b"\n") == len(data)
+
+
 class _QPLines:
     """Quoted-printable encodings (CRLF line ends) of one part's successive edits, shared by the
     copies of a message: each copy's HTML differs from the first copy's only on the lines its
@@ -702,8 +713,8 @@ class Part:
             data = lf
         elif crlf:
             lf = _CR_LINE_END.sub(b"\n", data)
-            if len(lf) + lf.count(b"\n") == len(data):  # every line end was a CRLF (one byte less each)
-                wire = data  # then the next plugin's text() is this text, not decoded again
+            if _crlf_only(data, lf):
+                wire = data  # the payload as it is: the next plugin's text() is this text, not decoded again
             data = lf
         cte = self.cte
         if cte == "base64":
