@@ -553,10 +553,10 @@ class Protected:
 
     def restore(self, out: str) -> str:
         """Undo the protection on a tool's output (tokens found by their literal prefix, not a regex per position)."""
+        if self.amp:  # first: the token pass then reads a one-byte-per-character (ASCII) text, twice as fast
+            out = out.replace(AMP_MARK, "&")  # (the kept values hold no AMP_MARK when amp is set)
         if self.kept:
             out = self._restore_tokens(out)
-        if self.amp:
-            out = out.replace(AMP_MARK, "&")
         if self.surrogates:
             out = _SURROGATE_STANDIN.sub(lambda m: chr(ord(m.group(0)) - 0xF780 + 0xDC80), out)
         return self.prefix + out + self.suffix
