@@ -553,7 +553,7 @@ class Protected:
 
     def restore(self, out: str) -> str:
         """Undo the protection on a tool's output (tokens found by their literal prefix, not a regex per position)."""
-        if self.amp:  # first: the token pass then reads a one-byte-per-character (ASCII) text, twice as fast
+        if self.amp:  # first: the marker made the text two bytes a character, the token pass reads one
             out = out.replace(AMP_MARK, "&")  # (the kept values hold no AMP_MARK when amp is set)
         if self.kept:
             out = self._restore_tokens(out)
