@@ -231,7 +231,10 @@ class Chain:
                     raise PluginTimeout()
                 if result is not None:
                     if inspect.isawaitable(result):
-                        result = await asyncio.wait_for(result, timeout)
+                        # awaited in this task under a deadline, as wait_for would but without a
+                        # task of its own (and the loop iteration that starts it) per async hook
+                        async with asyncio.timeout(timeout):
+                            result = await result
                     if result is not None and not isinstance(result, Verdict):
                         raise TypeError(f"hook returned {type(result).__name__}, not a verdict or None")
             except (PluginTimeout, TimeoutError):

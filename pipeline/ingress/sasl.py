@@ -156,8 +156,7 @@ class SaslSession(SessionBase):
             else:
                 await self.push(R.AUTH_DISABLED if outcome.reason == "disabled" else R.AUTH_INVALID)
             return
-        reply = refusal(await self.ingress.chain.run(
-            "on_auth", features=self._features_for(cred), session=self.gw, credential=cred))
+        reply = refusal(await self._run_phase("on_auth", cred, session=self.gw, credential=cred))
         if reply:
             await self.push(reply)
             return

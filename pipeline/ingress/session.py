@@ -21,7 +21,16 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, ClassVar, Protocol
 
-from aiosmtpd.smtp import SMTP, TLSSetupException, _AuthMechAttr, login_always_fail
+from aiosmtpd.smtp import (
+    ALLOWED_BEFORE_STARTTLS,
+    BOGUS_LIMIT,
+    SMTP,
+    TLSSetupException,
+    _AuthMechAttr,
+    login_always_fail,
+    sanitized_log,
+    syntax,
+)
 
 from pipeline.chain.accept import AcceptStep
 from pipeline.chain.runner import Chain
@@ -67,6 +76,23 @@ def refusal(verdict: Verdict | None) -> str | None:
 
 def with_enhanced_multiline(reply: str) -> str:
     return "\r\n".join(R.with_enhanced(line) for line in reply.split("\r\n"))
+
+
+_WIRE: dict[str, bytes] = {}
+"""reply -> its octets with enhanced codes: most replies are a handful of constants (bounded: a
+reply naming a queue id is new each time, so the map starts again when full)."""
+_WIRE_SIZE = 256
+
+
+def wire_reply(reply: str) -> bytes:
+    """``with_enhanced_multiline(reply)`` as ASCII octets, remembered for the constant replies."""
+    octets = _WIRE.get(reply)
+    if octets is None:
+        octets = with_enhanced_multiline(reply).encode("ascii", "replace")
+        if len(_WIRE) >= _WIRE_SIZE:
+            _WIRE.clear()
+        _WIRE[reply] = octets
+    return octets
 
 
 PHASE_OF = {"HELO": "helo", "EHLO": "helo", "STARTTLS": "helo", "AUTH": "auth", "MAIL": "mail", "RCPT": "rcpt",
@@ -123,7 +149,10 @@ class SessionBase(SMTP):
         self._rejected = 0
         self._end = "closed"
         self._phase = "connect"  # for rejected events: the phase of the command being answered
-        self._subject: tuple[str | None, str | None] = (None, None)  # its sender and recipient, when known
+        # the command being answered, for its refusal's sender and recipient: (name, argument, sender)
+        self._subject_cmd: tuple[str, Any, str | None] = ("", None, None)
+        self._features: tuple[Credential | None, dict[str, bool]] | None = None  # _features_for's last answer
+        self._quit = False  # QUIT answered: the command loop ends
         self._writer = None  # type: ignore[assignment]  # aiosmtpd sets it in connection_made
         self._deadline = 0.0  # the idle timeout: loop time after which the connection is cut (_reset_timeout)
         self._construct(
@@ -225,7 +254,8 @@ class SessionBase(SMTP):
             self._end = "quit"
         self._in_command = True
         self._phase = PHASE_OF.get(name, "command")
-        self._subject = self._subject_of(name, arg)
+        txn = self.txn
+        self._subject_cmd = (name, arg, txn.mail_from if txn is not None else None)
         try:
             await method(arg)
         finally:
@@ -264,27 +294,36 @@ class SessionBase(SMTP):
     async def push(self, status: str | bytes) -> None:
         """Send a reply; str replies get their enhanced status code here (the one place)."""
         if isinstance(status, str):
-            if not self._raw_push:
-                status = with_enhanced_multiline(status)
-            status = status.encode("ascii", "replace")
+            if self._raw_push:
+                status = status.encode("ascii", "replace")
+            else:
+                status = wire_reply(status)
         self._raw_push = False
         if status[:1] in (b"4", b"5"):
             if self.ingress.metrics is not None:  # refusals by code (bounded)
                 self.ingress.metrics[f"smtp_refusals_total:{status[:3].decode('ascii', 'replace')}"] += 1
             if self.ingress.refusals is not None:
                 cred = self.gw.credential
+                sender, recipient = self._subject_of(*self._subject_cmd)
                 self.ingress.refusals.note(
                     reply=status.decode("ascii", "replace"), phase=self._phase, client_ip=self.gw.peer_ip,
-                    credential=cred.name if cred is not None else None, sender=self._subject[0],
-                    recipient=self._subject[1], listener=self.listener.name)
-        if self._writer is None or self._writer.is_closing():
+                    credential=cred.name if cred is not None else None, sender=sender,
+                    recipient=recipient, listener=self.listener.name)
+        writer = self._writer
+        if writer is None or writer.is_closing():
             return
-        self._writer.write(status + b"\r\n")
-        await self._writer.drain()
+        writer.write(status + b"\r\n")
+        # StreamWriter.drain() only does something when the reader failed, the transport is
+        # paused (a full send buffer) or the connection is lost: two coroutines per reply otherwise
+        reader = self._reader
+        paused, lost = self._paused, self._connection_lost  # type: ignore[attr-defined]  # asyncio's FlowControlMixin
+        if paused or lost or (reader is not None and reader.exception() is not None):
+            await writer.drain()
 
-    def _subject_of(self, name: str, arg: Any) -> tuple[str | None, str | None]:
-        """Sender and recipient a refusal of this command concerns (the raw path, as the client sent it)."""
-        sender = self.txn.mail_from if self.txn is not None else None
+    @staticmethod
+    def _subject_of(name: str, arg: Any, sender: str | None) -> tuple[str | None, str | None]:
+        """Sender and recipient a refusal of this command concerns (the raw path, as the client sent it);
+        ``sender``: the transaction's when the command arrived. Worked out only when there is a refusal."""
         if name not in ("MAIL", "RCPT") or not isinstance(arg, str):
             return sender, None
         m = _PATH.search(arg)
@@ -309,11 +348,24 @@ class SessionBase(SMTP):
         return R.INTERNAL_ERROR
 
     def _features_for(self, cred: Credential | None) -> dict[str, bool]:
-        return self.ingress.chain.features.session(cred)
+        """The switches before DATA for ``cred``; worked out once per credential of the session (they
+        depend only on the config's defaults and the credential; read-only for :meth:`Chain.run`)."""
+        cached = self._features
+        if cached is not None and cached[0] is cred:
+            return cached[1]
+        features = self.ingress.chain.features.session(cred)
+        self._features = (cred, features)
+        return features
 
     async def _hook(self, phase: str, **kwargs: Any) -> Verdict | None:
-        return await self.ingress.chain.run(
-            phase, features=self._features_for(self.gw.credential), session=self.gw, **kwargs)
+        return await self._run_phase(phase, self.gw.credential, session=self.gw, **kwargs)
+
+    async def _run_phase(self, phase: str, cred: Credential | None, **kwargs: Any) -> Verdict | None:
+        """``chain.run(phase)`` with ``cred``'s switches; a phase no plugin implements costs nothing."""
+        chain = self.ingress.chain
+        if not chain.calls(phase):
+            return None  # what Chain.run answers for a phase without hooks
+        return await chain.run(phase, features=self._features_for(cred), **kwargs)
 
     def _set_post_data_state(self) -> None:
         super()._set_post_data_state()
@@ -426,7 +478,114 @@ class SessionBase(SMTP):
             return
         self._phase = "command"  # admitted: from now on a refusal belongs to a command
         self._raw_push = True  # the greeting: "220 <hostname> ESMTP smtpgate", no enhanced code
-        await super()._handle_client()
+        await self._command_loop()
+
+    async def _command_loop(self) -> None:
+        """aiosmtpd's ``SMTP._handle_client`` (1.4.x, pinned) after the PROXY step we never enable, with
+        our fixed settings: the same replies, checks and ``mail.log`` lines in the same order.
+
+        Why our own copy: aiosmtpd formats two log calls per command line (sanitising the line) whose
+        level is off, looks the command up through its method table, and ends a session at QUIT by
+        cancelling its own task (the next read raises). Here the command goes straight to
+        :meth:`_command`, and the loop ends once QUIT is answered.
+        """
+        assert self.session is not None
+        await self.push(f"220 {self.hostname} {self.__ident__}")
+        bogus_budget = BOGUS_LIMIT
+        reader = self._reader
+        attrs = self._command_attrs
+        while self.transport is not None and not self._quit:
+            try:
+                try:
+                    line: bytes = await reader.readuntil()
+                except asyncio.LimitOverrunError as error:
+                    # Line too long. Read until end of line before sending 500.
+                    await reader.read(error.consumed)
+                    while True:
+                        try:
+                            await reader.readuntil()
+                            break
+                        except asyncio.LimitOverrunError as e:
+                            await reader.read(e.consumed)
+                            continue
+                    await self.push("500 Command line too long")
+                    continue
+                if _aiosmtpd_log.isEnabledFor(logging.DEBUG):
+                    sanitized_log(_aiosmtpd_log.debug, "_handle_client readline: %r", line)
+                line = line.rstrip(b"\r\n")
+                if _aiosmtpd_log.isEnabledFor(logging.INFO):
+                    sanitized_log(_aiosmtpd_log.info, "%r >> %r", self.session.peer, line)
+                if not line:
+                    await self.push("500 Error: bad syntax")
+                    continue
+                command_bytes, _, arg_bytes = line.partition(b" ")
+                try:
+                    command = command_bytes.upper().decode(encoding="ascii")
+                except UnicodeDecodeError:
+                    await self.push("500 Error: bad syntax")
+                    continue
+                # SMTPUTF8 decoding (enable_SMTPUTF8): an 8-bit argument keeps its octets
+                arg = str(arg_bytes.strip(), encoding="utf-8", errors="surrogateescape") if arg_bytes else None
+                max_sz = (self.command_size_limits[command] if self.session.extended_smtp
+                          else self.command_size_limit)
+                if len(line) > max_sz:
+                    await self.push("500 Command line too long")
+                    continue
+                if not self._tls_handshake_okay and command != "QUIT":
+                    await self.push("554 Command refused due to lack of security")
+                    continue
+                if self.require_starttls and not self._tls_protocol and command not in ALLOWED_BEFORE_STARTTLS:
+                    await self.push("530 Must issue a STARTTLS command first")
+                    continue
+                attr = attrs.get(command)
+                if attr is None:
+                    _aiosmtpd_log.warning("%r unrecognised: %s", self.session.peer, command)
+                    bogus_budget -= 1
+                    if bogus_budget < 1:
+                        _aiosmtpd_log.warning("%r too many bogus commands", self.session.peer)
+                        await self.push("502 5.5.1 Too many unrecognized commands, goodbye.")
+                        self.transport.close()
+                        continue
+                    await self.push(f'500 Error: command "{command}" not recognized')
+                    continue
+                self._reset_timeout()  # a valid command: the idle timer starts again
+                await self._command(command, getattr(self, attr), arg)
+            except asyncio.CancelledError:
+                # The connection got reset during the DATA command.
+                _aiosmtpd_log.info("%r Connection lost during _handle_client()", self.session.peer)
+                self._writer.close()
+                raise
+            except ConnectionResetError:
+                _aiosmtpd_log.info("%r Connection lost during _handle_client()", self.session.peer)
+                self._writer.close()
+                raise
+            except Exception as error:
+                status = None
+                try:
+                    status = await self.handle_exception(error)
+                except Exception as inner_error:
+                    try:
+                        _aiosmtpd_log.exception("%r Exception in handle_exception()", self.session.peer)
+                        status = f"500 Error: ({inner_error.__class__.__name__}) {inner_error}"
+                    except Exception:
+                        status = "500 Error: Cannot describe error"
+                finally:
+                    if isinstance(error, TLSSetupException):
+                        self.transport.close()
+                        self.connection_lost(error)
+                    else:
+                        await self.push(status)  # type: ignore[arg-type]
+
+    @syntax("QUIT")
+    async def smtp_QUIT(self, arg: str) -> None:
+        """aiosmtpd's QUIT (no handler hook), ending the command loop instead of cancelling its task."""
+        if arg:
+            await self.push("501 Syntax: QUIT")
+        else:
+            await self.push("221 Bye")
+            self._quit = True
+            assert self.transport is not None
+            self.transport.close()
 
     async def _admit(self) -> str | None:
         """Limits, shutdown, ``on_connect`` and the IP allow-list: a refusal reply, or ``None``."""
@@ -437,8 +596,7 @@ class SessionBase(SMTP):
             if reply is None:
                 cred = self.ingress.authenticator.match_ip(self.gw.peer_ip)
                 if cred is not None:
-                    verdict = await self.ingress.chain.run(
-                        "on_auth", features=self._features_for(cred), session=self.gw, credential=cred)
+                    verdict = await self._run_phase("on_auth", cred, session=self.gw, credential=cred)
                     if refusal(verdict) is None:
                         self.gw.credential = cred
                     else:

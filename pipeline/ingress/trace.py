@@ -16,13 +16,33 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+_CLEAN = re.compile(r"[!-'*-~]+")  # printable ASCII but space and parentheses: kept as it is
 
 
 def _clean(text: str, limit: int = 255) -> str:
     """Client-supplied text as it may appear in a header: printable ASCII, no spaces or parens."""
+    if len(text) <= limit and _CLEAN.fullmatch(text):
+        return text  # the usual case (a host name, an address), without a look at every character
     return "".join(ch if "!" <= ch <= "~" and ch not in "()" else "?" for ch in text[:limit]) or "?"
+
+
+_date: tuple[int, str] = (-1, "")
+"""The last second written as a ``Received:`` date: (Unix second, RFC 5322 date)."""
+
+
+def _now_date() -> str:
+    """``email.utils.format_datetime`` of the current UTC time (whole seconds), formatted once per second."""
+    global _date
+    now = datetime.datetime.now(datetime.UTC)
+    second = int(now.timestamp())
+    cached = _date  # one read: another thread may replace it meanwhile
+    if cached[0] != second:
+        cached = _date = (second, email.utils.format_datetime(now.replace(microsecond=0)))
+    return cached[1]
 
 
 @dataclass(frozen=True)
@@ -57,7 +77,7 @@ class Trace:
         if self.credential is not None:
             lines.append(f"\t(Authenticated sender: {_clean(self.credential)})")
         lines.append(f"\tby {self.hostname} (smtpgate) with {self.protocol} id {self.queue_id}")
-        when = email.utils.format_datetime(self.when or datetime.datetime.now(datetime.UTC))
+        when = email.utils.format_datetime(self.when) if self.when is not None else _now_date()
         if len(self.recipients) == 1:
             lines.append(f"\tfor <{_clean(self.recipients[0], 998 - 16)}>; {when}")
         else:

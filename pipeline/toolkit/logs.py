@@ -113,7 +113,18 @@ def setup_logging(level: str | int = "info", fmt: str = "text", stream: TextIO |
     handler.addFilter(QueueIdFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root.addHandler(handler)
+    skip_unused_record_fields()
     logging.captureWarnings(True)  # warnings.warn() lines get the same format
+
+
+def skip_unused_record_fields() -> None:
+    """Stop every log record from collecting what neither of our formats prints: the calling function
+    (a walk up the stack per line), the thread and the multiprocessing process name (the "Optimization"
+    switches of the logging documentation); the pid, which both print, stays. Applied only where our
+    handler is the root's, so another's format (a test runner's capture) keeps those fields."""
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logMultiprocessing = False
 
 
 def current_settings() -> tuple[int, str]:
