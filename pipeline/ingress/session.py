@@ -1,7 +1,8 @@
 """The aiosmtpd protocol adapter: one connection's plumbing, under every command.
 
-aiosmtpd does the socket work, command loop, STARTTLS and line limits; this base class adapts it
-to smtpgate: every reply gets its enhanced status code on the way out (:meth:`push`), a session
+aiosmtpd does the socket work, STARTTLS and its built-in commands (NOOP, RSET, VRFY, HELP...);
+the command loop is our copy of aiosmtpd's (:meth:`SessionBase._command_loop`, the same replies and
+line limits, less work per line); this base class adapts it to smtpgate: every reply gets its enhanced status code on the way out (:meth:`push`), a session
 between transactions gets ``421 4.3.2`` during shutdown, the connection is admitted (limits,
 ``on_connect``, IP allow-list) before the greeting, and closing logs one line per session. The
 commands themselves are in :mod:`pipeline.ingress.sasl` (AUTH) and
