@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from pipeline.storage.sqlite import SqliteWriter, open_sqlite
+from pipeline.storage.sqlite import MAX_LINGERING, SqliteWriter, open_sqlite
 
 
 def writer_on(tmp_path: Path) -> tuple[sqlite3.Connection, SqliteWriter, list[float]]:
@@ -144,3 +145,68 @@ async def test_deferred_work_rides_in_the_next_transaction_and_close_still_runs_
     finally:
         writer.close()  # finishes what is deferred too
     assert writer.commits == 3 and conn.execute("SELECT COUNT(*) FROM t WHERE v = 5").fetchone()[0] == 1
+
+
+async def test_a_lingering_write_shares_the_commit_of_the_next_write(tmp_path: Path) -> None:
+    """``run(linger=...)``: a delivery result waits for the next enqueue and rides in its commit."""
+    conn, writer, _ = writer_on(tmp_path)
+    try:
+        lingering = asyncio.ensure_future(writer.run(insert(1), linger=3600))
+        await asyncio.sleep(0)  # queued, and the writer told of its deadline
+        await asyncio.to_thread(time.sleep, 0.05)  # the writer thread had every chance to commit it alone
+        assert not lingering.done() and writer.commits == 0
+        assert await writer.run(insert(2)) == 1
+        assert await lingering == 1
+    finally:
+        writer.close()
+    assert writer.commits == 1
+    assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 2]
+
+
+async def test_a_lingering_write_alone_commits_once_its_linger_is_over(tmp_path: Path) -> None:
+    conn, writer, _ = writer_on(tmp_path)
+    try:
+        started = time.monotonic()
+        results = await asyncio.gather(writer.run(insert(1), linger=0.2), writer.run(insert(2), linger=0.2))
+        waited = time.monotonic() - started
+    finally:
+        writer.close()
+    assert results == [1, 1] and writer.commits == 1  # the second joined the first's linger
+    assert waited >= 0.2
+    assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 2]
+
+
+async def test_lingering_writes_commit_at_once_when_many_wait_or_when_hurried_or_closed(tmp_path: Path) -> None:
+    conn, writer, _ = writer_on(tmp_path)
+    try:
+        many = await asyncio.wait_for(
+            asyncio.gather(*(writer.run(insert(v), linger=3600) for v in range(MAX_LINGERING))), 30)
+        assert many == [1] * MAX_LINGERING
+        hurried = asyncio.ensure_future(writer.run(insert(100), linger=3600))
+        await asyncio.sleep(0)
+        writer.hurry()
+        assert await asyncio.wait_for(hurried, 30) == 1
+        closing = asyncio.ensure_future(writer.run(insert(101), linger=3600))
+        await asyncio.sleep(0)
+    finally:
+        await asyncio.to_thread(writer.close)  # finishes what lingers
+    assert await asyncio.wait_for(closing, 30) == 1
+    assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == MAX_LINGERING + 2
+
+
+async def test_a_failing_lingering_write_is_rolled_back_alone(tmp_path: Path) -> None:
+    conn, writer, _ = writer_on(tmp_path)
+
+    def fail(cur: sqlite3.Cursor) -> None:
+        cur.execute("INSERT INTO t VALUES (5)")
+        raise ValueError("bad row")
+
+    try:
+        failing = asyncio.ensure_future(writer.run(fail, linger=3600))
+        await asyncio.sleep(0)
+        assert await writer.run(insert(6)) == 1
+        with pytest.raises(ValueError, match="bad row"):
+            await failing
+    finally:
+        writer.close()
+    assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == [6]

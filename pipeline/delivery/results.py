@@ -128,6 +128,10 @@ RETRY_MIN = 0.25
 RETRY_MAX = 5.0
 """Backoff (seconds) between forwarding attempts while events.db refuses them."""
 
+RESULT_LINGER = 0.05
+"""Seconds a result commit may wait in spool.db's writer for another write (the next enqueue) to
+share its commit (:meth:`SqliteSpool.record`); the default of :class:`OutboxResults`."""
+
 
 class OutboxResults:
     """The :class:`~pipeline.ports.ResultRecorder` for the SQLite files, and (:meth:`accepts`) their
@@ -152,15 +156,23 @@ class OutboxResults:
     (measured, one-recipient messages one at a time: events-writer 0.65 -> 0.14 ms per message,
     the whole process 2.0 -> 1.2). Events reach events.db (the message log, webhooks) up to
     ``linger`` later; ``drain`` still forwards everything at once.
+
+    Why results linger too (issue 17, one session): a result's commit waits up to ``result_linger``
+    seconds for another write of spool.db (the next message's enqueue) and shares its commit and
+    its wake-up of the event loop, instead of costing both alone for every delivered message. Until
+    it is committed the copy is ``processing`` in spool.db: a crash meanwhile hands it out again at
+    the next start (a duplicate at worst, as a crash between the next hop's ``250`` and the commit
+    always did), never loses it (tests/test_crash.py).
     """
 
     def __init__(self, spool: SqliteSpool, store: SqliteEventStore, emitter: EventEmitter,
-                 linger: float = 0.05, *, wait_results: bool = False) -> None:
+                 linger: float = 0.05, *, wait_results: bool = False, result_linger: float | None = None) -> None:
         self.spool = spool
         self.store = store
         self.emitter = emitter
         self.linger = linger
         self.wait_results = wait_results
+        self.result_linger = RESULT_LINGER if result_linger is None else result_linger
         self._pending: list[_Item] = []  # committed, not yet forwarded, in id order
         self._from_disk = True  # spool.db may hold rows this object never saw (read them first)
         self._read_upto = 0  # the last id read from spool.db while catching up
@@ -182,9 +194,14 @@ class OutboxResults:
         keys = list(origins) if origins is not None else new_origins(len(events))
         items = encode_items(events, keys, webhook_urls_of(self.emitter, events))
         waiter = asyncio.get_running_loop().create_future() if items and self.wait_results else None
-        await self.spool.record(outcomes, _rows(items), self._on_commit(items, waiter))
+        await self.spool.record(outcomes, _rows(items), self._on_commit(items, waiter),
+                                linger=0.0 if waiter is not None else self.result_linger)
         if waiter is not None:
             await waiter
+
+    def hurry(self) -> None:
+        """Commit lingering results now (a caller that cannot wait: shutdown, full delivery slots)."""
+        self.spool.hurry()
 
     def accepts(self, *, wait: bool = False) -> OutboxAccepts:
         """The accept step's recorder: message and ``accepted`` events in the enqueue's transaction.

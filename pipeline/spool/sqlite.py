@@ -379,11 +379,15 @@ class SqliteSpool:
         updates: Sequence[RecipientOutcome],
         outbox: Sequence[OutboxRow] = (),
         on_commit: Callable[[list[int]], None] | None = None,
+        *,
+        linger: float = 0.0,
     ) -> None:
         """Commit recipients' results (with ``outbox``: the events describing them, as
         ``(origin, event JSON, webhook URLs JSON)`` rows of ``event_outbox``, forwarded into the event
         store after the commit: issue 11 point 3), in the writer's shared transaction (one fsync).
-        ``on_commit(ids)``: the outbox rows' ids, in the event loop, once committed."""
+        ``on_commit(ids)``: the outbox rows' ids, in the event loop, once committed. ``linger``:
+        seconds the results may wait for another write (an enqueue) to share its commit
+        (:meth:`SqliteWriter.run`); until they are committed a crash hands the copies out again."""
         updates, outbox = list(updates), list(outbox)
         ids: list[int] = []
 
@@ -394,7 +398,11 @@ class SqliteSpool:
             if error is None and on_commit is not None and outbox:
                 on_commit(ids)
 
-        await self._writer.run(write, then)
+        await self._writer.run(write, then, linger=linger)
+
+    def hurry(self) -> None:
+        """Commit lingering results now (:meth:`record` with ``linger``)."""
+        self._writer.hurry()
 
     def record_sync(self, updates: Sequence[RecipientOutcome], outbox: Sequence[OutboxRow] = ()) -> None:
         """Apply results in one transaction; drop messages whose recipients are all final."""

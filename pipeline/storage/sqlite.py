@@ -46,12 +46,19 @@ class SqliteWriter:
     :meth:`defer` queues housekeeping nobody waits for (forgetting forwarded outbox rows): it rides
     in the next transaction a caller causes instead of costing a commit (an fsync) of its own, and
     wakes nobody (the caller decides when an empty :meth:`run` should carry it alone).
+
+    ``run(..., linger=s)`` is for a write whose caller may wait a little (delivery results, issue
+    17): it waits up to ``s`` seconds for another write to share its commit (an enqueue), and is
+    committed alone only when none comes, or once :data:`MAX_LINGERING` writes linger. At one
+    session every delivered message otherwise cost a commit (an fsync) and a loop wake-up of its own.
     """
 
     def __init__(self, conn: sqlite3.Connection, lock: threading.Lock, name: str) -> None:
         self._conn = conn
         self._lock = lock  # the connection's lock: synchronous callers (queue tools) share it
         self._queue: collections.deque[_Op] = collections.deque()
+        self._lingering: list[_Op] = []  # run(linger=...) writes waiting for company
+        self._linger_until = 0.0  # monotonic deadline of the oldest lingering write
         self._deferred: list[Callable[[sqlite3.Cursor], Any]] = []
         self._ready = threading.Condition()
         self._closed = False
@@ -61,18 +68,40 @@ class SqliteWriter:
         # seconds per committed batch holding a ``measured`` operation (/metrics: accepted messages' commits)
         self.observer: Callable[[float], None] | None = None
 
-    async def run(self, fn: Callable[[sqlite3.Cursor], R], then: Then | None = None, *, measured: bool = False) -> R:
+    async def run(
+        self, fn: Callable[[sqlite3.Cursor], R], then: Then | None = None, *, measured: bool = False,
+        linger: float = 0.0,
+    ) -> R:
         """Run ``fn(cursor)`` inside the writer's next transaction; its result once committed.
         ``then(error)`` runs in the event loop when the outcome is known (``None``: committed),
         even if the caller was cancelled meanwhile (a committed claim must still be handed over).
-        ``measured``: the batch's commit time goes to ``observer`` (the enqueues' durable commits)."""
+        ``measured``: the batch's commit time goes to ``observer`` (the enqueues' durable commits).
+        ``linger``: seconds the write may wait for another to share its commit (see the class)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
+        op: _Op = (fn, fut, loop, then, measured)
         with self._ready:
             self._check_open()
-            self._queue.append((fn, fut, loop, then, measured))
-            self._ready.notify()
+            if linger <= 0:
+                self._queue.append(op)
+                self._ready.notify()
+            else:
+                lingering = self._lingering
+                lingering.append(op)
+                if len(lingering) == 1:  # the writer learns the deadline (it waits without one now)
+                    self._linger_until = time.monotonic() + linger
+                    self._ready.notify()
+                elif len(lingering) >= MAX_LINGERING:
+                    self._linger_until = 0.0
+                    self._ready.notify()
         return cast("R", await fut)
+
+    def hurry(self) -> None:
+        """Commit the lingering writes now (from any thread)."""
+        with self._ready:
+            if self._lingering:
+                self._linger_until = 0.0
+                self._ready.notify()
 
     def defer(self, fn: Callable[[sqlite3.Cursor], Any]) -> None:
         """Run ``fn(cursor)`` at the start of the next transaction, whoever causes it (any thread),
@@ -95,10 +124,18 @@ class SqliteWriter:
         while True:
             with self._ready:
                 while not self._queue and not self._closed:
-                    self._ready.wait()
-                if not self._queue and not self._deferred:
+                    if not self._lingering:
+                        self._ready.wait()
+                        continue
+                    wait = self._linger_until - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._ready.wait(wait)
+                if not self._queue and not self._lingering and not self._deferred:
                     return  # closed, and everything done
-                batch = list(self._queue)
+                batch = self._lingering  # submitted before what is queued now: they go first
+                batch.extend(self._queue)
+                self._lingering = []
                 self._queue.clear()
                 deferred, self._deferred = self._deferred, []
             self._commit(batch, deferred)
@@ -170,6 +207,10 @@ class SqliteWriter:
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
+
+MAX_LINGERING = 16
+"""Lingering writes (``run(linger=...)``) committed at once without waiting any longer: a commit
+shared by this many is cheap enough, and their callers (delivery slots) wait no more."""
 
 Then = Callable[[BaseException | None], None]
 _Op = tuple[Callable[[sqlite3.Cursor], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop, Then | None, bool]
