@@ -9,7 +9,6 @@ addresses, until one takes the copy or refuses it. A throttling reply suspends t
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
 import logging
@@ -29,7 +28,7 @@ from pipeline.egress.resolver import (
     Resolver,
 )
 from pipeline.egress.shaping import Path, Shaper
-from pipeline.egress.smtp import ConnectFailed, send_on
+from pipeline.egress.smtp import ConnectFailed, send_on, sharing_wires
 from pipeline.egress.state import EgressState
 from pipeline.egress.tlspolicy import LEVEL_RANK, Requirement, TlsPolicyFailed
 from pipeline.egress.tlsrpt import TlsReports
@@ -105,7 +104,7 @@ class MxEgress:
         self.ca_file = str(shared.policies.settings.ca_file or settings.ca_file or "") or None
 
     async def deliver(self, copies: Sequence[Copy]) -> list[DeliveryResult]:
-        return list(await asyncio.gather(*(self._one(c) for c in copies)))
+        return await sharing_wires(copies, self._one)
 
     async def _one(self, copy: Copy) -> DeliveryResult:
         domain = copy.recipient.rpartition("@")[2]
