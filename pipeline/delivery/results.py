@@ -199,10 +199,6 @@ class OutboxResults:
         if waiter is not None:
             await waiter
 
-    def hurry(self) -> None:
-        """Commit lingering results now (a caller that cannot wait: shutdown, full delivery slots)."""
-        self.spool.hurry()
-
     def accepts(self, *, wait: bool = False) -> OutboxAccepts:
         """The accept step's recorder: message and ``accepted`` events in the enqueue's transaction.
         ``wait``: the enqueue returns once the events are in events.db too (the HTTP send API

@@ -400,10 +400,6 @@ class SqliteSpool:
 
         await self._writer.run(write, then, linger=linger)
 
-    def hurry(self) -> None:
-        """Commit lingering results now (:meth:`record` with ``linger``)."""
-        self._writer.hurry()
-
     def record_sync(self, updates: Sequence[RecipientOutcome], outbox: Sequence[OutboxRow] = ()) -> None:
         """Apply results in one transaction; drop messages whose recipients are all final."""
         self._transaction(lambda cur: _record_rows(cur, updates, outbox))
