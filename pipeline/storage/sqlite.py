@@ -58,7 +58,9 @@ class SqliteWriter:
         self._lock = lock  # the connection's lock: synchronous callers (queue tools) share it
         self._queue: collections.deque[_Op] = collections.deque()
         self._lingering: list[_Op] = []  # run(linger=...) writes waiting for company
-        self._linger_until = 0.0  # monotonic deadline of the oldest lingering write
+        self._linger_until = 0.0  # monotonic deadline of the oldest lingering write (0: commit them now)
+        self._linger_timer: asyncio.TimerHandle | None = None  # the event loop's, for that deadline
+        self._linger_loop: asyncio.AbstractEventLoop | None = None  # the loop that timer runs in
         self._deferred: list[Callable[[sqlite3.Cursor], Any]] = []
         self._ready = threading.Condition()
         self._closed = False
@@ -80,6 +82,7 @@ class SqliteWriter:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         op: _Op = (fn, fut, loop, then, measured)
+        first = False
         with self._ready:
             self._check_open()
             if linger <= 0:
@@ -88,13 +91,34 @@ class SqliteWriter:
             else:
                 lingering = self._lingering
                 lingering.append(op)
-                if len(lingering) == 1:  # the writer learns the deadline (it waits without one now)
+                if len(lingering) == 1:
                     self._linger_until = time.monotonic() + linger
-                    self._ready.notify()
+                    first = True
                 elif len(lingering) >= MAX_LINGERING:
                     self._linger_until = 0.0
                     self._ready.notify()
+        timer = self._linger_timer
+        if first and (timer is None or self._linger_loop is not loop or timer.when() > loop.time() + linger):
+            # the deadline is kept by the event loop, not the writer thread: waking that thread to
+            # learn it cost a thread switch (and a wait for the GIL) per result
+            if timer is not None:
+                timer.cancel()
+            self._linger_timer, self._linger_loop = loop.call_later(linger, self._linger_over), loop
         return cast("R", await fut)
+
+    def _linger_over(self) -> None:
+        """The event loop's timer: commit what lingers once its deadline has come (a write may have
+        carried the lingering ones meanwhile, and newer ones started lingering: wait for theirs)."""
+        self._linger_timer = None
+        with self._ready:
+            if not self._lingering:
+                return
+            left = self._linger_until - time.monotonic()
+            if left <= 0.001:  # the loop may run a timer up to its clock resolution early
+                self._linger_until = 0.0
+                self._ready.notify()
+                return
+        self._linger_timer = asyncio.get_running_loop().call_later(left, self._linger_over)
 
     def hurry(self) -> None:
         """Commit the lingering writes now (from any thread)."""
@@ -123,14 +147,8 @@ class SqliteWriter:
     def _loop(self) -> None:
         while True:
             with self._ready:
-                while not self._queue and not self._closed:
-                    if not self._lingering:
-                        self._ready.wait()
-                        continue
-                    wait = self._linger_until - time.monotonic()
-                    if wait <= 0:
-                        break
-                    self._ready.wait(wait)
+                while not self._queue and not self._closed and not (self._lingering and not self._linger_until):
+                    self._ready.wait()
                 if not self._queue and not self._lingering and not self._deferred:
                     return  # closed, and everything done
                 batch = self._lingering  # submitted before what is queued now: they go first
