@@ -34,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from pipeline.chain.processing import CopyResult, copy_log
+from pipeline.chain.processing import CopyResult, final_headers
 from pipeline.chain.runner import Chain
 from pipeline.config import Config
 from pipeline.contract.context import Event
@@ -72,6 +72,24 @@ STATUS_WORD = {
 RETRY_MIN = 0.25
 RETRY_MAX = 5.0
 """Backoff (seconds) between retries of a failed claim or result commit: doubling from the first to the last."""
+
+
+def copy_logs(copies: Sequence[CopyResult]) -> dict[str, dict[str, Any]]:
+    """Recipient -> :func:`~pipeline.chain.processing.copy_log` of its copy (the message log's trace and
+    final headers). Copies no plugin changed per recipient are one bytes object (the worker's
+    serialisation is cached and pickled once): their headers are read once, not once per recipient."""
+    headers: dict[int, tuple[bytes, list[list[str]]]] = {}
+    out: dict[str, dict[str, Any]] = {}
+    for c in copies:
+        data = c.data
+        if data is None:
+            out[c.recipient] = {"trace": c.trace}
+            continue
+        hit = headers.get(id(data))
+        if hit is None or hit[0] is not data:
+            hit = headers[id(data)] = (data, final_headers(data))
+        out[c.recipient] = {"trace": c.trace, "headers": hit[1]}
+    return out
 
 
 class Outage:
@@ -362,7 +380,7 @@ class DeliveryService:
         outcomes: dict[str, RecipientOutcome] = {}
         to_send: list[Copy] = []
         # for the message log: each copy's processing trace and final headers, carried by its result event
-        self._copy_logs[msg.queue_id] = {c.recipient: copy_log(c) for c in copies}
+        self._copy_logs[msg.queue_id] = copy_logs(copies)
         for c in copies:
             if c.recipient not in msg.attempts or c.recipient in outcomes:
                 continue
@@ -372,8 +390,9 @@ class DeliveryService:
             else:
                 to_send.append(Copy(msg.queue_id, c.recipient, c.mail_from, c.data or b"", self._pool_of(msg),
                                     msg.context.get("require_tls")))
+        sending = {c.recipient for c in to_send}  # a set: N recipients cost N look-ups, not N * N
         for r in msg.recipients:
-            if r not in outcomes and all(c.recipient != r for c in to_send):
+            if r not in outcomes and r not in sending:
                 outcomes[r] = self._defer(msg, r, "4.3.0", "451 4.3.0 processing produced no copy", "none", True)
         if to_send:
             for res in await self._deliver(msg, to_send):
@@ -425,15 +444,18 @@ class DeliveryService:
     def _result_outcome(self, msg: QueuedMessage, res: DeliveryResult) -> RecipientOutcome:
         attempts = msg.attempts[res.recipient] + 1
         pf = msg.plugin_failures.get(res.recipient, 0)
+        # built with the TLS outcome and source address (``dataclasses.replace`` cost twice a construction
+        # per recipient); a deferral's outcome is replaced only when they differ from its defaults
         if res.status == "sent":
-            out = RecipientOutcome(msg.queue_id, res.recipient, RecipientState.DELIVERED, attempts, res.dsn,
-                                   res.reply, res.relay, plugin_failures=pf)
-        elif res.status == "bounced":
-            out = RecipientOutcome(msg.queue_id, res.recipient, RecipientState.BOUNCED, attempts, res.dsn,
-                                   res.reply, res.relay, plugin_failures=pf)
-        else:
-            out = self._shaped(msg, res) or self._defer(msg, res.recipient, res.dsn, res.reply, res.relay, False)
-        return dataclasses.replace(out, tls=res.tls, source=res.source)
+            return RecipientOutcome(msg.queue_id, res.recipient, RecipientState.DELIVERED, attempts, res.dsn,
+                                    res.reply, res.relay, plugin_failures=pf, tls=res.tls, source=res.source)
+        if res.status == "bounced":
+            return RecipientOutcome(msg.queue_id, res.recipient, RecipientState.BOUNCED, attempts, res.dsn,
+                                    res.reply, res.relay, plugin_failures=pf, tls=res.tls, source=res.source)
+        out = self._shaped(msg, res) or self._defer(msg, res.recipient, res.dsn, res.reply, res.relay, False)
+        if out.tls != res.tls or out.source != res.source:
+            out = dataclasses.replace(out, tls=res.tls, source=res.source)
+        return out
 
     def _defer(self, msg: QueuedMessage, rcpt: str, dsn: str, reply: str, relay: str, plugin: bool) -> RecipientOutcome:
         """A temporary failure: retry on the schedule, or fail/expire when out of chances."""
