@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.storage import sqlite as storage_sqlite
 from pipeline.storage.sqlite import MAX_LINGERING, SqliteWriter, open_sqlite
 
 
@@ -210,3 +211,26 @@ async def test_a_failing_lingering_write_is_rolled_back_alone(tmp_path: Path) ->
     finally:
         writer.close()
     assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == [6]
+
+
+async def test_after_a_linger_ran_out_alone_writes_do_not_linger_for_a_while(tmp_path: Path, monkeypatch) -> None:
+    """A caller awaiting each write before the next (or a trickle of results) gains nothing from
+    lingering: after one linger runs out alone, the next writes commit at once for LINGER_BACKOFF."""
+    conn, writer, _ = writer_on(tmp_path)
+    try:
+        monkeypatch.setattr(storage_sqlite, "LINGER_BACKOFF", 0.0)
+        await writer.run(insert(1), linger=0.05)  # nobody came: committed alone once the linger ran out
+        lingering = asyncio.ensure_future(writer.run(insert(2), linger=3600))  # no back-off: lingers
+        await asyncio.sleep(0)
+        await asyncio.to_thread(time.sleep, 0.05)
+        assert not lingering.done()
+        assert await writer.run(insert(3)) == 1
+        assert await lingering == 1
+        assert writer.commits == 2
+        monkeypatch.setattr(storage_sqlite, "LINGER_BACKOFF", 3600.0)
+        await writer.run(insert(4), linger=0.05)  # runs out alone: writes stop lingering for the back-off
+        assert await asyncio.wait_for(writer.run(insert(5), linger=3600), 30) == 1  # committed at once
+    finally:
+        writer.close()
+    assert writer.commits == 4
+    assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 2, 3, 4, 5]

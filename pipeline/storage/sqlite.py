@@ -51,6 +51,8 @@ class SqliteWriter:
     17): it waits up to ``s`` seconds for another write to share its commit (an enqueue), and is
     committed alone only when none comes, or once :data:`MAX_LINGERING` writes linger. At one
     session every delivered message otherwise cost a commit (an fsync) and a loop wake-up of its own.
+    When a linger runs out with no other write, writes do not linger for :data:`LINGER_BACKOFF`
+    seconds (no traffic to share with: results trickle in, or a caller awaits each write in turn).
     """
 
     def __init__(self, conn: sqlite3.Connection, lock: threading.Lock, name: str) -> None:
@@ -61,6 +63,7 @@ class SqliteWriter:
         self._linger_until = 0.0  # monotonic deadline of the oldest lingering write (0: commit them now)
         self._linger_timer: asyncio.TimerHandle | None = None  # the event loop's, for that deadline
         self._linger_loop: asyncio.AbstractEventLoop | None = None  # the loop that timer runs in
+        self._no_linger_until = 0.0  # monotonic: a linger ran out alone lately, writes do not linger till then
         self._deferred: list[Callable[[sqlite3.Cursor], Any]] = []
         self._ready = threading.Condition()
         self._closed = False
@@ -83,6 +86,8 @@ class SqliteWriter:
         fut: asyncio.Future[Any] = loop.create_future()
         op: _Op = (fn, fut, loop, then, measured)
         first = False
+        if linger > 0 and self._no_linger_until and time.monotonic() < self._no_linger_until:
+            linger = 0.0  # nobody came lately: waiting would only delay the write
         with self._ready:
             self._check_open()
             if linger <= 0:
@@ -113,10 +118,14 @@ class SqliteWriter:
         with self._ready:
             if not self._lingering:
                 return
-            left = self._linger_until - time.monotonic()
+            now = time.monotonic()
+            left = self._linger_until - now
             if left <= 0.001:  # the loop may run a timer up to its clock resolution early
                 self._linger_until = 0.0
                 self._ready.notify()
+                # no write came for them: the next ones are not held back either for a while (a
+                # trickle of results, or a caller that waits for its result before the next write)
+                self._no_linger_until = now + LINGER_BACKOFF
                 return
         self._linger_timer = asyncio.get_running_loop().call_later(left, self._linger_over)
 
@@ -225,6 +234,10 @@ class SqliteWriter:
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
+
+LINGER_BACKOFF = 1.0
+"""Seconds writes do not linger after a linger ran out with no other write to share its commit: a
+wrong guess costs one delayed write per this time, not one per write."""
 
 MAX_LINGERING = 16
 """Lingering writes (``run(linger=...)``) committed at once without waiting any longer: a commit
