@@ -116,7 +116,7 @@ class SqliteWriter:
         carried the lingering ones meanwhile, and newer ones started lingering: wait for theirs)."""
         self._linger_timer = None
         with self._ready:
-            if not self._lingering:
+            if not self._lingering or not self._linger_until:  # none, or committed at once already
                 return
             now = time.monotonic()
             left = self._linger_until - now
