@@ -18,6 +18,7 @@ import re
 from pydantic import field_validator
 
 from pipeline import MessageContext, Plugin, PluginConfig, Reject, hookimpl
+from pipeline.toolkit.dialects import fields_by_name
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CAMPAIGN_HEADER = "X-Campaign-Id"
@@ -70,8 +71,7 @@ def read_id(ctx: MessageContext, name: str) -> str | Reject | None:
     The raw value is checked (not the RFC 2047-decoded one): an id is a plain ASCII token, and
     an encoded word could smuggle CR/LF past a check made after decoding.
     """
-    lname = name.lower()
-    fields = [h for h in ctx.message.headers if h.name.lower() == lname]
+    fields = fields_by_name(ctx.message).get(name.lower(), [])
     if not fields:
         return None
     if len(fields) > 1:

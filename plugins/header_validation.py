@@ -92,6 +92,24 @@ _HOSTNAME = re.compile(
 )
 
 
+class _Names:
+    """The configured header lists as the check reads them: ``(name, lower-case name)`` pairs."""
+
+    __slots__ = ("required", "add_missing", "wanted", "unique")
+
+    def __init__(
+        self, required: tuple[str, ...], add_missing: tuple[str, ...], unique: tuple[str, ...]
+    ) -> None:
+        self.required = frozenset(n.lower() for n in required)
+        self.add_missing = {n.lower(): n for n in add_missing}  # (the last spelling of a name wins)
+        # required, then add_missing, in order; a name's first spelling is the one a refusal uses
+        wanted: dict[str, str] = {}
+        for name in required + add_missing:
+            wanted.setdefault(name.lower(), name)
+        self.wanted = [(name, lname) for lname, name in wanted.items()]
+        self.unique = [(name, name.lower()) for name in unique]
+
+
 class HeaderValidation(Plugin):
     """Required, unique and well-formed top-level headers, checked at the end of DATA."""
 
@@ -151,29 +169,33 @@ class HeaderValidation(Plugin):
     def on_message(self, ctx: MessageContext) -> Reject | None:
         msg = ctx.message
         headers = msg.headers
-        verdict = self._check_shape(headers) or self._check_unique(headers)
-        if verdict:
-            return verdict
-        present = {h.name.lower() for h in headers}
-        required = {n.lower() for n in self.config.required}
-        add_missing = {n.lower(): n for n in self.config.add_missing}
+        counts = self._check_shape(headers)
+        if isinstance(counts, Reject):
+            return counts
+        plan = self._names()
+        for name, lname in plan.unique:
+            n = counts.get(lname, 0)
+            if n > 1:
+                return Reject(550, "5.6.0", f"Message has {n} {name}: headers")
         to_add: dict[str, tuple[str, str]] = {}
-        for name in self.config.required + self.config.add_missing:
-            lname = name.lower()
-            if lname in present or lname in to_add:
+        for name, lname in plan.wanted:
+            if lname in counts or lname in to_add:
                 continue
-            value = self._generate(add_missing[lname], ctx) if lname in add_missing else None
+            add_as = plan.add_missing.get(lname)
+            value = self._generate(add_as, ctx) if add_as is not None else None
             if value is None:
-                if lname in required:
+                if lname in plan.required:
                     return Reject(550, "5.6.0", f"Message has no {name}: header")
                 continue
-            to_add[lname] = (add_missing[lname], value)
+            to_add[lname] = (add_as, value)  # type: ignore[assignment]
         rewrites = self._plan_8bit(headers)
         if isinstance(rewrites, Reject):
             return rewrites
         # The raw (not RFC 2047-decoded) value: a decoded display name may hold a comma.
-        from_value = next((h.raw_value for h in headers if h.name.lower() == "from"), None)
-        from_value = next((v for (h, _, v) in rewrites if h.name.lower() == "from"), from_value)
+        from_value = None
+        if "from" in counts:
+            from_value = next(h.raw_value for h in headers if h.lname == "from")
+        from_value = next((v for (h, _, v) in rewrites if h.lname == "from"), from_value)
         if from_value is None and "from" in to_add:
             from_value = to_add["from"][1]
         if from_value is not None:
@@ -186,8 +208,22 @@ class HeaderValidation(Plugin):
             msg.add_header(name, value)
         return None
 
+    def _names(self) -> _Names:
+        """The configured header lists, lower-cased once (not for every message): rebuilt only
+        when the lists are not what they were."""
+        config = self.config
+        key = (tuple(config.required), tuple(config.add_missing), tuple(config.unique))
+        cached: tuple[tuple[tuple[str, ...], ...], _Names] | None = getattr(self, "_names_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        names = _Names(*key)
+        self._names_cache = (key, names)
+        return names
+
     # -- checks ---------------------------------------------------------------------------
-    def _check_shape(self, headers: list[Header]) -> Reject | None:
+    def _check_shape(self, headers: list[Header]) -> dict[str, int] | Reject:
+        """The first malformed, overlong or excess field as a refusal; otherwise how many fields
+        of each (lower-case) name there are, counted in the same pass."""
         if len(headers) > self.config.max_headers:
             return Reject(
                 552,
@@ -195,25 +231,20 @@ class HeaderValidation(Plugin):
                 f"Message has too many header fields ({len(headers)}, limit {self.config.max_headers})",
             )
         limit = self.config.max_header_line
+        counts: dict[str, int] = {}
         for number, header in enumerate(headers, 1):
-            if not header.name or not _FIELD_START.match(header.raw):
+            raw = header.raw
+            if not header.name or not _FIELD_START.match(raw):
                 return Reject(550, "5.6.0", f"Malformed header field number {number}: expected Name: value")
-            longest = max(len(line) for line in header.raw.split(CRLF))
+            counts[header.lname] = counts.get(header.lname, 0) + 1
+            if len(raw) <= limit:  # no line of it can be longer: the common case, nothing split
+                continue
+            longest = max(len(line) for line in raw.split(CRLF))
             if longest > limit:
                 return Reject(
                     550, "5.6.0", f"Header line too long in {header.name}: ({longest} octets, limit {limit})"
                 )
-        return None
-
-    def _check_unique(self, headers: list[Header]) -> Reject | None:
-        counts: dict[str, int] = {}
-        for header in headers:
-            counts[header.name.lower()] = counts.get(header.name.lower(), 0) + 1
-        for name in self.config.unique:
-            n = counts.get(name.lower(), 0)
-            if n > 1:
-                return Reject(550, "5.6.0", f"Message has {n} {name}: headers")
-        return None
+        return counts
 
     # -- missing headers ------------------------------------------------------------------
     def _generate(self, name: str, ctx: MessageContext) -> str | None:
@@ -238,9 +269,11 @@ class HeaderValidation(Plugin):
     def _plan_8bit(self, headers: list[Header]) -> list[tuple[Header, int, str]] | Reject:
         """``(header, occurrence index, new ASCII value)`` for each 8-bit header, or a Reject."""
         plan: list[tuple[Header, int, str]] = []
+        if all(header.raw.isascii() for header in headers):
+            return plan  # (the common case: no occurrence index to count)
         seen: dict[str, int] = {}
         for header in headers:
-            lname = header.name.lower()
+            lname = header.lname
             index = seen.get(lname, 0)
             seen[lname] = index + 1
             if not header.has_8bit():

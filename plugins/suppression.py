@@ -13,6 +13,7 @@ Failures are logged when they start and when look-ups work again, not per RCPT.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from pipeline import (
@@ -62,12 +63,18 @@ class Suppression(Plugin):
         return self.hard_bounce_reply if reason == "hard bounce" else self.reply
 
     @hookimpl
-    async def on_message(self, ctx: MessageContext) -> Verdict | None:
+    def on_message(self, ctx: MessageContext) -> Awaitable[Verdict | None] | None:
         """Recipients a plugin added at DATA (SendGrid's ``to``) never went through RCPT: drop the
-        stoplisted ones here; a message left with nobody is refused like a RCPT would be."""
+        stoplisted ones here; a message left with nobody is refused like a RCPT would be.
+
+        Synchronous when no recipient was added (nearly every message): the chain then has no
+        coroutine to await under a timeout; otherwise the look-ups' coroutine (awaited by the chain)."""
         added = [e.detail for e in ctx.message.edits if e.action == "add_rcpt"]
         if not added:
             return None
+        return self._check_added(ctx, added)
+
+    async def _check_added(self, ctx: MessageContext, added: list[str]) -> Verdict | None:
         credential = ctx.credential.name if ctx.credential else None
         for address in dict.fromkeys(added):
             if address not in ctx.message.rcpt_tos:

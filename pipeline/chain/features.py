@@ -50,9 +50,9 @@ def resolve_features(
         locked = credential.locked
     if message is None:
         return features
-    controls = [h for h in message.headers if h.name.lower().startswith(CONTROL_PREFIX)]
+    controls = [h for h in message.headers if h.lname.startswith(CONTROL_PREFIX)]
     for header in controls:
-        feature = header.name.lower()[len(CONTROL_PREFIX) :]
+        feature = header.lname[len(CONTROL_PREFIX) :]
         if feature not in header_switches:
             log.info("ignoring control header %s: not a switch a message may set", header.name)
             continue
@@ -67,7 +67,7 @@ def resolve_features(
             log.info("credential locks %s; %s ignored", feature, header.name)
             continue
         features[feature] = wanted
-    for name in {h.name.lower() for h in controls}:
+    for name in {h.lname for h in controls}:
         message.remove_header(name)
     return features
 
@@ -155,7 +155,8 @@ def strip_header_prefixes(message: Message, prefixes: Sequence[str]) -> list[str
     Applied after ``on_message`` whether or not a dialect plugin is enabled or in the chain, so a
     vendor's control headers (and the recipient list of ``X-SMTPAPI``) never reach a recipient.
     """
-    names = {h.name.lower() for h in message.headers if h.name.lower().startswith(tuple(prefixes))}
+    starts = tuple(prefixes)
+    names = {h.lname for h in message.headers if h.lname.startswith(starts)}
     token = current_actor.set("gateway")
     try:
         for name in sorted(names):

@@ -24,6 +24,7 @@ _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' (RFC 532
 _NOT_A_FIELD = re.compile(rb"\r\n(?![ \t])(?![!-9;-~]+[ \t]*:)")
 """A line break inside a header block followed by neither a continuation nor ``Name:`` (Postfix's is_header)."""
 _BAD_ADDRESS = re.compile(r"[\s<>\0]")  # would break out of MAIL FROM:<...> / RCPT TO:<...>
+_FOLD = re.compile(r"\r\n(?=[ \t])")  # a folding line break (the CRLF before a continuation line)
 
 ADDRESS_HEADERS = frozenset(
     [
@@ -125,10 +126,13 @@ def format_header(name: str, value: str) -> bytes:
 class Header:
     """One header field as it stands on the wire (folding kept)."""
 
-    __slots__ = ("name", "raw", "_value")
+    __slots__ = ("name", "lname", "raw", "_value")
 
     def __init__(self, name: str, raw: bytes) -> None:
         self.name = name
+        #: ``name.lower()``, computed once: every header look-up compares it (admission looks the
+        #: same fields up a few dozen times per message). The name of a field never changes.
+        self.lname = name.lower()
         self.raw = raw
         self._value: str | None = None
 
@@ -137,7 +141,9 @@ class Header:
         """The unfolded value, not RFC 2047-decoded (undecodable bytes kept as surrogates)."""
         text = self.raw.decode("utf-8", "surrogateescape")
         _, _, value = text.partition(":")
-        return re.sub(r"\r\n(?=[ \t])", "", value).strip()
+        if "\r\n" in value:  # folded (most fields are not: no regex pass for them)
+            value = _FOLD.sub("", value)
+        return value.strip()
 
     @property
     def value(self) -> str:

@@ -120,7 +120,7 @@ class Message:
 
     def get_all(self, name: str) -> list[str]:
         lname = name.lower()
-        return [h.value for h in self._root.headers if h.name.lower() == lname]
+        return [h.value for h in self._root.headers if h.lname == lname]
 
     def __contains__(self, name: str) -> bool:
         return self._root.get_header(name) is not None
@@ -165,7 +165,7 @@ class Message:
     def change_header(self, name: str, value: str, index: int = 0) -> None:
         """Change the ``index``-th occurrence of a header (milter chgheader); add it if absent."""
         lname = name.lower()
-        found = [h for h in self._root.headers if h.name.lower() == lname]
+        found = [h for h in self._root.headers if h.lname == lname]
         if index < len(found):
             h = found[index]
             raw = format_header(h.name, value)  # validate before recording: a refused edit leaves no trace
@@ -178,7 +178,7 @@ class Message:
     def remove_header(self, name: str) -> int:
         """Remove every occurrence of a header; returns how many were removed."""
         lname = name.lower()
-        keep = [h for h in self._root.headers if h.name.lower() != lname]
+        keep = [h for h in self._root.headers if h.lname != lname]
         removed = len(self._root.headers) - len(keep)
         if removed:
             self._record(EditAction.REMOVE_HEADER, name, f"{removed} field(s)" if removed > 1 else "")

@@ -103,9 +103,29 @@ def _header_value(headers: list[Header], name: str) -> str | None:
     """The decoded value of the first field called ``name`` (any case)."""
     lname = name.lower()
     for h in headers:
-        if h.name.lower() == lname:
+        if h.lname == lname:
             return h.value
     return None
+
+
+def _mime_fields(headers: list[Header]) -> tuple[str | None, str | None, str | None]:
+    """The decoded values of the first Content-Type, Content-Disposition and
+    Content-Transfer-Encoding fields (what the structure scan reads of each entity): one pass,
+    as three :func:`_header_value` calls would find them."""
+    ctype = disposition = cte = None
+    for h in headers:
+        lname = h.lname
+        if not lname.startswith("content-"):
+            continue
+        if lname == "content-type":
+            if ctype is None:
+                ctype = h.value
+        elif lname == "content-disposition":
+            if disposition is None:
+                disposition = h.value
+        elif lname == "content-transfer-encoding" and cte is None:
+            cte = h.value
+    return ctype, disposition, cte
 
 
 def _cte(value: str | None) -> str:
@@ -456,11 +476,10 @@ class Entity:
         head_end, self.body_start, self.intact = _entity_spans(buf, start, end)
         headers = _parse_headers(buf[start:head_end])
         self._buf, self._end, self.depth = buf, end, depth
-        self.content_type, self._boundary, _ = _content_type_info(
-            _header_value(headers, "Content-Type") or ""
-        )
-        self.is_attachment = _is_attachment(_header_value(headers, "Content-Disposition"))
-        self.cte = _cte(_header_value(headers, "Content-Transfer-Encoding"))
+        ctype, disposition, cte = _mime_fields(headers)
+        self.content_type, self._boundary, _ = _content_type_info(ctype or "")
+        self.is_attachment = _is_attachment(disposition)
+        self.cte = _cte(cte)
         self.children: list[Entity] | None = None
 
     @property
@@ -755,7 +774,7 @@ class Part:
         raw = format_header(name, value)
         lname = name.lower()
         for h in self.headers:
-            if h.name.lower() == lname:
+            if h.lname == lname:
                 h.raw, h._value = raw, None
                 break
         else:

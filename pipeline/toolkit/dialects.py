@@ -15,10 +15,13 @@ import email.utils
 import json
 import logging
 import re
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pipeline.contract.context import MessageContext
+from pipeline.contract.headers import Header
+from pipeline.contract.message import Message
 from pipeline.contract.plugin import Plugin, PluginConfig
 from pipeline.contract.verdicts import Reject
 
@@ -38,27 +41,54 @@ def invalid(name: str, expected: str) -> Reject:
     return Reject(550, "5.6.0", f"Invalid {name} header: {expected}")
 
 
+_last_index: tuple[weakref.ref[Message], int, dict[str, list[Header]]] | None = None
+"""The field index of the last message looked at, with its edit count when built."""
+
+
+def fields_by_name(message: Message) -> dict[str, list[Header]]:
+    """The message's top-level fields by lower-case name, in order: the dialects look up about
+    twenty names per message at DATA, and scanning every field for each was most of their cost.
+
+    Built once per message and state: every change to the header block goes through a
+    :class:`Message` method that records an edit, so the edit count tells when it is stale (a
+    changed value needs no rebuild: the index holds the fields themselves)."""
+    global _last_index
+    edits = len(message.edits)
+    last = _last_index
+    if last is not None and last[1] == edits and last[0]() is message:
+        return last[2]
+    index: dict[str, list[Header]] = {}
+    for h in message.headers:
+        same = index.get(h.lname)
+        if same is None:
+            index[h.lname] = [h]
+        else:
+            same.append(h)
+    _last_index = (weakref.ref(message), edits, index)
+    return index
+
+
 def single(ctx: MessageContext, name: str) -> str | Reject | None:
     """The unfolded raw value of a header that may appear once; ``None`` when absent."""
-    lname = name.lower()
-    values = [h.raw_value for h in ctx.message.headers if h.name.lower() == lname]
-    if not values:
+    found = fields_by_name(ctx.message).get(name.lower())
+    if not found:
         return None
-    if len(values) > 1:
-        return Reject(550, "5.6.0", f"Message has {len(values)} {name}: headers")
-    return values[0]
+    if len(found) > 1:
+        return Reject(550, "5.6.0", f"Message has {len(found)} {name}: headers")
+    return found[0].raw_value
 
 
 def every(ctx: MessageContext, name: str) -> list[str]:
     """The unfolded raw values of a header that may repeat (X-Mailgun-Tag)."""
-    lname = name.lower()
-    return [h.raw_value for h in ctx.message.headers if h.name.lower() == lname]
+    return [h.raw_value for h in fields_by_name(ctx.message).get(name.lower(), ())]
 
 
 def with_prefix(ctx: MessageContext, prefix: str) -> list[tuple[str, str]]:
     """``(name without the prefix, raw value)`` of each header whose name starts with ``prefix``."""
     lp = prefix.lower()
-    return [(h.name[len(prefix) :], h.raw_value) for h in ctx.message.headers if h.name.lower().startswith(lp)]
+    if not any(lname.startswith(lp) for lname in fields_by_name(ctx.message)):
+        return []
+    return [(h.name[len(prefix) :], h.raw_value) for h in ctx.message.headers if h.lname.startswith(lp)]
 
 
 def flag(name: str, value: str, true: Iterable[str] = ("yes", "true"), false: Iterable[str] = ("no", "false")) -> bool | Reject:

@@ -79,6 +79,9 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._values: dict[str, int] = {}
         self._counters: dict[str, Counter] = {}
+        # key -> the counter (labelled child) it increments: prometheus_client's labels() takes a
+        # lock and validates the label values on every call, and counting is per message
+        self._children: dict[str, Any] = {}
         self._histograms = {
             name: Histogram(f"smtpgate_{name}", text, labels, registry=self.registry, buckets=buckets)
             for name, (labels, text, buckets) in HISTOGRAMS.items()
@@ -101,9 +104,13 @@ class GatewayMetrics:
         if delta < 0:
             raise ValueError(f"counter {key} cannot decrease")
         self._values[key] = value
-        name, _, label = key.partition(":")
-        counter = self._counter(name)
-        (counter.labels(*label.split("|")) if label else counter).inc(delta)
+        child = self._children.get(key)
+        if child is None:
+            name, _, label = key.partition(":")
+            counter = self._counter(name)
+            child = counter.labels(*label.split("|")) if label else counter
+            self._children[key] = child
+        child.inc(delta)
 
     def keys(self) -> Iterable[str]:
         return list(self._values)
