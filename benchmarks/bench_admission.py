@@ -1,6 +1,6 @@
 """Main-process CPU per message at DATA, and the worker's transfer-encode cost per copy.
 
-    python3 benchmarks/bench_admission.py [--runs 5] [--messages 300] [--tree /work/wt/baseline]
+    python3 benchmarks/bench_admission.py [--runs 5] [--messages 300] [--tree /work/wt/baseline] [--admission]
 
 Issue 17 items 2 and 3. At DATA the ingress process runs, for every message: the framing and
 octet checks (``pipeline/ingress/data.py``), then the accept step (``pipeline/chain/accept.py``:
@@ -16,6 +16,11 @@ copy) and with its links made real URLs (links and pixel edit each copy).
 With ``--tree`` the same measurement also runs on that tree (e.g. the pre-session baseline),
 each run alternating between the two trees in fresh subprocesses (``PYTHONPATH`` = the tree),
 so both see the same machine state; min/median/max over the runs are printed side by side.
+
+``--admission`` times the admission step alone (:func:`admit_message` with the chain's admission
+plugins only: header_validation, campaign_tag and the vendor dialects, suppression) on every
+message of samples/ and the corpus, on a 10 KB message shaped like ``smtp-source``'s and on
+``size-typical.eml``, and one ``metrics[key] += 1`` of the gateway's prometheus counters.
 """
 
 from __future__ import annotations
@@ -190,6 +195,87 @@ def worker_copy(chain: Any, raw: bytes, n: int) -> tuple[float, float]:
     return spent[0] / copies * 1e6, elapsed / copies * 1e3
 
 
+ADMISSION_PLUGINS = [
+    "header_validation",
+    "campaign_tag",
+    "sendgrid_smtpapi",
+    "mailgun_headers",
+    "postmark_headers",
+    "ses_headers",
+    "mailerq_headers",
+    "suppression",
+]
+"""The chain's admission-phase plugins (what runs ``on_message`` at DATA before the 250)."""
+
+
+def source_like(size: int = 10_240) -> bytes:
+    """A message shaped like Postfix's ``smtp-source -l SIZE`` sends (a few headers, filler lines)."""
+    head = (
+        b"From: <bench@example.com>\r\nTo: <rcpt@example.net>\r\nDate: Thu, 03 Dec 2026 10:00:00 +0000\r\n"
+        b"Message-Id: <20261203100000.1@client.bench>\r\nSubject: bench\r\n\r\n"
+    )
+    line = b"La de da de da 1.\r\nLa de da de da 2.\r\nLa de da de da 3.\r\nLa de da de da 4.\r\n"
+    return head + line * max(1, (size - len(head)) // len(line))
+
+
+def corpus_messages() -> list[bytes]:
+    """Every message in samples/ and ../shared/corpus/eml."""
+    dirs = [ROOT / "samples", TYPICAL.parent]
+    return [p.read_bytes() for d in dirs for p in sorted(d.glob("*.eml"))]
+
+
+def admission_us(chain: Any, raws: list[bytes], n: int) -> float:
+    """CPU microseconds per message of the admission step alone (:func:`admit_message`: the
+    header parse, the ``[limits]`` check, feature switches, every ``on_message`` hook)."""
+    from pipeline.chain.admission import admit_message
+
+    loop = asyncio.new_event_loop()
+
+    async def all_of_them() -> None:
+        for raw in raws:
+            verdict, ctx = await admit_message(chain, raw, "app@example.com", ["user@example.org"])
+            if ctx is None:
+                raise SystemExit(f"unparseable: {verdict}")
+
+    for _ in range(3):
+        loop.run_until_complete(all_of_them())
+    start = time.process_time()
+    for _ in range(n):
+        loop.run_until_complete(all_of_them())
+    elapsed = time.process_time() - start
+    loop.close()
+    return elapsed / (n * len(raws)) * 1e6
+
+
+def metrics_us(n: int) -> float:
+    """CPU microseconds per ``metrics[key] += 1`` of the gateway's metrics (labelled counter)."""
+    from pipeline.tracking.metrics import GatewayMetrics
+
+    metrics = GatewayMetrics()
+    keys = ["accept_total:queued", "events_total:accepted", "smtp_connections_total:accepted"]
+    start = time.process_time()
+    for _ in range(n):
+        for key in keys:
+            metrics[key] += 1
+    return (time.process_time() - start) / (n * len(keys)) * 1e6
+
+
+def measure_admission(messages: int) -> dict[str, float]:
+    """One run of ``--admission`` in this process's tree."""
+    sys.path.insert(0, str(ROOT))
+    from pipeline.chain.driver import make_chain, make_config
+
+    chain = make_chain(make_config({}, ADMISSION_PLUGINS))
+    every = corpus_messages()
+    rounds = max(1, messages // len(every))
+    return {
+        f"admission, each of {len(every)} samples+corpus (us/msg)": admission_us(chain, every, rounds),
+        "admission, 10 KB smtp-source message (us/msg)": admission_us(chain, [source_like()], messages),
+        "admission, 55 KB typical (us/msg)": admission_us(chain, [TYPICAL.read_bytes()], messages),
+        "metrics[key] += 1 (us)": metrics_us(messages * 10),
+    }
+
+
 def measure(messages: int) -> dict[str, float]:
     """One run in this process's tree."""
     sys.path.insert(0, str(ROOT))
@@ -212,10 +298,11 @@ def measure(messages: int) -> dict[str, float]:
         return out
 
 
-def run_tree(tree: Path, messages: int) -> dict[str, float]:
+def run_tree(tree: Path, messages: int, admission: bool = False) -> dict[str, float]:
     """One run in a subprocess importing ``tree``'s code (this script, not the tree's)."""
     env = {**os.environ, "PYTHONPATH": str(tree), "BENCH_ROOT": str(tree)}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--json", "--messages", str(messages)]
+    cmd += ["--admission"] if admission else []
     out = subprocess.run(cmd, env=env, cwd=tree, check=True, capture_output=True, text=True).stdout
     return json.loads(out.splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -226,18 +313,25 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--messages", type=int, default=300, help="messages per run at DATA")
     ap.add_argument("--tree", help="another checkout to compare with (e.g. /work/wt/baseline)")
+    ap.add_argument(
+        "--admission",
+        action="store_true",
+        help="only the admission step (the admission plugins' on_message, limits, header reads) on "
+        "every message of samples/ and the corpus, a smtp-source-like 10 KB one and size-typical; "
+        "and the metrics counter increment",
+    )
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.json:
         ROOT = Path(os.environ.get("BENCH_ROOT", ROOT))
-        print(json.dumps(measure(args.messages)))
+        print(json.dumps(measure_admission(args.messages) if args.admission else measure(args.messages)))
         return
     trees = [("before", Path(args.tree).resolve())] if args.tree else []
     trees.append(("after", ROOT))
     results: dict[str, dict[str, list[float]]] = {label: {} for label, _ in trees}
     for _ in range(args.runs):
         for label, tree in trees:  # interleaved: both trees see the same machine state
-            for metric, value in run_tree(tree, args.messages).items():
+            for metric, value in run_tree(tree, args.messages, args.admission).items():
                 results[label].setdefault(metric, []).append(value)
     print(f"{args.runs} interleaved runs, {args.messages} messages per run at DATA; min / median / max")
     for metric in results["after"]:
