@@ -55,14 +55,34 @@ class CampaignTag(Plugin):
         if isinstance(letter, Reject):
             return letter
         if campaign is None and self.config.daily_campaign:
-            arrived = datetime.datetime.fromtimestamp(ctx.received_at, datetime.UTC)
-            campaign = arrived.strftime(self.config.daily_campaign)
+            campaign = daily_campaign(self.config.daily_campaign, ctx.received_at)
         ctx.campaign_id = campaign
         ctx.letter_id = letter
         if not self.config.keep_headers:
             ctx.message.remove_header(CAMPAIGN_HEADER)
             ctx.message.remove_header(LETTER_HEADER)
         return None
+
+
+_DAY_DIRECTIVES = frozenset("%YmdyCjuwUWGgV")
+"""strftime directives whose output is the same all through a UTC day (and not locale-dependent)."""
+_last_day: tuple[str, int, str] | None = None  # (format, UTC day number, its campaign)
+
+
+def daily_campaign(fmt: str, received_at: float) -> str:
+    """``fmt`` formatted with the UTC arrival time: remembered for the day when ``fmt`` names
+    nothing finer than a day (the default ``%Y-%m-%d``), so each message costs no strftime."""
+    global _last_day
+    day = int(received_at // 86400)
+    # (not within a millisecond of midnight: fromtimestamp rounds to the microsecond)
+    mid_day = 0.001 < received_at - day * 86400 < 86399.999
+    last = _last_day
+    if mid_day and last is not None and last[0] == fmt and last[1] == day:
+        return last[2]
+    value = datetime.datetime.fromtimestamp(received_at, datetime.UTC).strftime(fmt)
+    if mid_day and all(d in _DAY_DIRECTIVES for d in re.findall("%(.)", fmt, re.DOTALL)):
+        _last_day = (fmt, day, value)
+    return value
 
 
 def read_id(ctx: MessageContext, name: str) -> str | Reject | None:

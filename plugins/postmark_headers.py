@@ -28,6 +28,8 @@ class PostmarkHeaders(d.DialectPlugin):
 
     @hookimpl
     def on_message(self, ctx: MessageContext) -> Reject | None:
+        if not d.has_prefix(ctx, "X-PM-"):
+            return None  # (every step reads an X-PM-* header: none to read)
         tag = d.single(ctx, "X-PM-Tag")
         if isinstance(tag, Reject):
             return tag

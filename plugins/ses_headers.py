@@ -28,6 +28,8 @@ class SesHeaders(d.DialectPlugin):
 
     @hookimpl
     def on_message(self, ctx: MessageContext) -> Reject | None:
+        if not d.has_prefix(ctx, "X-SES-"):
+            return None  # (both steps read an X-SES-* header: none to read)
         config_set = d.single(ctx, "X-SES-CONFIGURATION-SET")
         if isinstance(config_set, Reject):
             return config_set

@@ -302,6 +302,8 @@ def test_the_admission_step_equals_the_chain_running_the_reference_code(
     monkeypatch.setattr(dialects, "every", ref.every)
     monkeypatch.setattr(dialects, "with_prefix", ref.with_prefix)
     monkeypatch.setattr(campaign_tag, "read_id", ref.read_id)
+    monkeypatch.setattr(campaign_tag, "daily_campaign", ref.daily_campaign)
+    monkeypatch.setattr(dialects, "has_prefix", lambda ctx, prefix: True)  # every dialect reads every field
     reference = make_chain(make_config({}, ADMISSION))
     calls = reference._calls["on_message"]
     for i, call in enumerate(calls):
@@ -384,3 +386,18 @@ def test_metrics_counters_export_what_labels_on_every_increment_exported() -> No
     assert len(counted(registry)) == len(keys)
     with pytest.raises(ValueError):
         metrics["accept_total:queued"] = 0  # a counter never goes down
+
+
+def test_the_daily_campaign_equals_strftime_of_the_arrival_time() -> None:
+    """Remembered per UTC day only for formats finer than nothing below a day; near midnight
+    (and for any other format) formatted each time."""
+    rnd = random.Random(5)
+    formats = ["%Y-%m-%d", "%Y%m%d", "day_%j-%y", "%Y-%m-%d-%H", "%G-W%V-%u", "%Y%m%d%M%S%f", "%%Y-%d", "x"]
+    days = [20_000 + rnd.randrange(2000) for _ in range(20)]
+    times = [
+        d * 86400 + o for d in days for o in (0.0, 0.0004, 0.0009999, 1.5, 3600.25, 86399.9991, 86399.9999996)
+    ]
+    times += [rnd.uniform(0, 2_000_000_000) for _ in range(2000)]
+    for fmt in formats:
+        for when in times + sorted(times) + [times[0]] * 3:
+            assert campaign_tag.daily_campaign(fmt, when) == ref.daily_campaign(fmt, when), (fmt, when)

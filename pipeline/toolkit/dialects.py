@@ -68,6 +68,13 @@ def fields_by_name(message: Message) -> dict[str, list[Header]]:
     return index
 
 
+def has_prefix(ctx: MessageContext, prefix: str) -> bool:
+    """Whether any top-level field's name starts with ``prefix`` (any case): a dialect whose
+    headers are all absent (nearly every message) reads nothing else."""
+    lp = prefix.lower()
+    return any(lname.startswith(lp) for lname in fields_by_name(ctx.message))
+
+
 def single(ctx: MessageContext, name: str) -> str | Reject | None:
     """The unfolded raw value of a header that may appear once; ``None`` when absent."""
     found = fields_by_name(ctx.message).get(name.lower())
@@ -85,9 +92,9 @@ def every(ctx: MessageContext, name: str) -> list[str]:
 
 def with_prefix(ctx: MessageContext, prefix: str) -> list[tuple[str, str]]:
     """``(name without the prefix, raw value)`` of each header whose name starts with ``prefix``."""
-    lp = prefix.lower()
-    if not any(lname.startswith(lp) for lname in fields_by_name(ctx.message)):
+    if not has_prefix(ctx, prefix):
         return []
+    lp = prefix.lower()
     return [(h.name[len(prefix) :], h.raw_value) for h in ctx.message.headers if h.lname.startswith(lp)]
 
 

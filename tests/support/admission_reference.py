@@ -8,6 +8,7 @@ headers and on every message in samples/ and the shared corpus.
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Any
 
@@ -67,6 +68,11 @@ def read_id(ctx: MessageContext, name: str) -> str | Reject | None:
     if not ID_PATTERN.fullmatch(value):
         return Reject(550, "5.6.0", f"Invalid {name} header: expected 1-64 characters from A-Z a-z 0-9 _ -")
     return value
+
+
+def daily_campaign(fmt: str, received_at: float) -> str:
+    """campaign_tag's daily campaign as it was: strftime of the arrival time for each message."""
+    return datetime.datetime.fromtimestamp(received_at, datetime.UTC).strftime(fmt)
 
 
 def header_validation(plugin: Any, ctx: MessageContext) -> Reject | None:
