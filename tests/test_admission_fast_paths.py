@@ -25,7 +25,7 @@ from pipeline.chain.driver import make_chain, make_config
 from pipeline.chain.limits import check_limits
 from pipeline.contract import mime
 from pipeline.contract.context import MessageContext
-from pipeline.contract.headers import Header
+from pipeline.contract.headers import Header, normalize_newlines
 from pipeline.contract.message import Message, MessageError
 from pipeline.toolkit import dialects
 from plugins import campaign_tag, header_validation
@@ -401,3 +401,26 @@ def test_the_daily_campaign_equals_strftime_of_the_arrival_time() -> None:
     for fmt in formats:
         for when in times + sorted(times) + [times[0]] * 3:
             assert campaign_tag.daily_campaign(fmt, when) == ref.daily_campaign(fmt, when), (fmt, when)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"no colon", b"no colon\r\nX: y\r\n\r\nb", b" leading: space\r\n", b"\tx", b"X: y", b"X: y\r\n", b"\r\nbody",
+     b"a\nb: c", b"a:\rb", b"   ", b"\r\n\r\n"],
+)  # fmt: skip
+def test_the_first_line_check_refuses_what_it_refused(raw: bytes) -> None:
+    def reference(raw: bytes) -> str | None:
+        raw = normalize_newlines(raw)
+        if not raw or raw.isspace():
+            return "empty message"
+        first_line = raw.split(b"\r\n", 1)[0]
+        if first_line and not first_line.startswith((b" ", b"\t")) and b":" not in first_line:
+            return "not an RFC 5322 message: the first line is not a header field"
+        return None
+
+    try:
+        Message(raw)
+        got = None
+    except MessageError as exc:
+        got = str(exc)
+    assert got == reference(raw)

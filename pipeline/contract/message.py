@@ -55,7 +55,8 @@ class Message:
         raw = normalize_newlines(bytes(raw))
         if not raw or raw.isspace():  # (no strip(): that would copy the whole message)
             raise MessageError("empty message")
-        first_line = raw.split(CRLF, 1)[0]
+        end = raw.find(CRLF)  # (not split(): that copied the whole rest of the message)
+        first_line = raw if end < 0 else raw[:end]
         if first_line and not first_line.startswith((b" ", b"\t")) and b":" not in first_line:
             raise MessageError("not an RFC 5322 message: the first line is not a header field")
         # Only the top-level header block is parsed here; the MIME tree is split on first use of
