@@ -339,6 +339,9 @@ def main() -> None:
         for label, _ in trees:
             v = results[label][metric]
             cells.append(f"{label} {min(v):9.1f} {statistics.median(v):9.1f} {max(v):9.1f}")
+        if len(trees) == 2:  # runs are paired (same moment): their differences are steadier than either side
+            diffs = [a - b for a, b in zip(results["after"][metric], results["before"][metric], strict=True)]
+            cells.append(f"after-before median {statistics.median(diffs):+8.1f}")
         print(f"{metric:<60} " + "   ".join(cells))
 
 
