@@ -29,9 +29,23 @@ class CopyResult:
 
 
 def trace_summary(entries: list[TraceEntry]) -> list[dict[str, Any]]:
-    """Trace entries as plain data (they cross from worker processes and go into the message log)."""
-    return [{"phase": e.phase, "plugin": e.plugin, "verdict": e.verdict, "ms": round(e.ms, 3),
-             "edits": [str(edit) for edit in e.edits], **({"error": e.error} if e.error else {})} for e in entries]
+    """Trace entries as plain data (they cross from worker processes and go into the message log).
+
+    Made for every recipient copy (a row per hook): a plain loop, no per-row unpacking."""
+    rows = []
+    for e in entries:
+        edits = e.edits
+        row = {
+            "phase": e.phase,
+            "plugin": e.plugin,
+            "verdict": e.verdict,
+            "ms": round(e.ms, 3),
+            "edits": [str(edit) for edit in edits] if edits else [],
+        }
+        if e.error:
+            row["error"] = e.error
+        rows.append(row)
+    return rows
 
 
 MAX_LOGGED_HEADERS = 100
@@ -82,7 +96,9 @@ async def process_message(
     return results
 
 
-async def personalize_and_sign(chain: Chain, ctx: MessageContext, trace: Trace | None = None) -> Verdict | None:
+async def personalize_and_sign(
+    chain: Chain, ctx: MessageContext, trace: Trace | None = None
+) -> Verdict | None:
     """The per-copy phases on ``ctx`` as it is: the refusing verdict, or ``None`` when the copy is ready."""
     v = await chain.run("on_personalize", ctx=ctx, trace=trace)
     if not ends(v):

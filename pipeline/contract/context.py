@@ -16,6 +16,17 @@ from typing import Any
 from pipeline.contract.message import Message
 from pipeline.contract.vocabulary import CredentialKind, EventType
 
+_ATOMIC = frozenset({str, int, float, bool, type(None)})
+
+
+def _copy_state(value: dict[str, Any]) -> dict[str, Any]:
+    """``copy.deepcopy(value)``, without its memo and dispatch for a flat dict of plain values (the
+    usual notes and metadata, copied once per recipient copy): those values are immutable, and
+    deepcopy returns such a value itself, so a new dict holding them is what it would make."""
+    if type(value) is dict and all(type(k) in _ATOMIC and type(v) in _ATOMIC for k, v in value.items()):
+        return dict(value)
+    return copy.deepcopy(value)
+
 
 def new_queue_id() -> str:
     """A short, sortable, unguessable queue id (time prefix + randomness), like Postfix's long ids."""
@@ -68,7 +79,7 @@ class Credential:
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Credential:
-        known = set(cls.__dataclass_fields__)
+        known = cls.__dataclass_fields__
         rec = {k: v for k, v in rec.items() if k in known}  # a record from an older version loads
         rec["kind"] = CredentialKind(rec.get("kind", CredentialKind.PASSWORD))
         rec["locked"] = frozenset(rec.get("locked", ()))
@@ -151,9 +162,9 @@ class MessageContext:
             recipient=recipient,
             session=self.session,
             received_at=self.received_at,
-            notes=copy.deepcopy(self.notes),  # one recipient's plugin state must not leak to another's
+            notes=_copy_state(self.notes),  # one recipient's plugin state must not leak to another's
             tags=list(self.tags),
-            metadata=copy.deepcopy(self.metadata),
+            metadata=_copy_state(self.metadata),
             not_before=self.not_before,
             deliver_by=self.deliver_by,
             require_tls=self.require_tls,

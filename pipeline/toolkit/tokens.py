@@ -24,6 +24,7 @@ shape) still verify, so links in mail already sent keep working; they are never 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -45,10 +46,16 @@ _TAG_BYTES = 16  # the GCM-SIV tag
 _NONCE = bytes(12)  # deterministic AEAD (see the module docstring)
 _FIELDS = ("k", "u", "q", "r", "c", "l", "s", "h")
 _FIELD_SET = frozenset(_FIELDS)
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+# What ``json.dumps(..., ensure_ascii=False)`` writes for a str (the C function it calls itself).
+_JSON_STR = json.encoder.encode_basestring
+# json.dumps with these options builds a new encoder per call; one made once encodes the same.
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _b64e(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    """base64url without padding (``urlsafe_b64encode`` is this translate after this call)."""
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def _b64d(text: str) -> bytes:
@@ -56,15 +63,29 @@ def _b64d(text: str) -> bytes:
 
 
 def _pack(payload: dict[str, Any]) -> bytes:
-    """Positional compact JSON: ``["c","https://...","Q1",...]`` (``None`` values dropped)."""
-    row: list[Any] = [payload.get(name) for name in _FIELDS]
+    """Positional compact JSON: ``["c","https://...","Q1",...]`` (``None`` values dropped).
+
+    Called once per link per recipient copy: a row of strings and ``None`` (every token the
+    built-in plugins make) is written directly, as the JSON encoder writes it (``"[" + items
+    joined by "," + "]"``, each string by the encoder's own function); anything else goes
+    through the encoder."""
+    row: list[Any] = list(map(payload.get, _FIELDS))
     while row and row[-1] is None:
         row.pop()
     if not _FIELD_SET.issuperset(payload):
         extra = {k: v for k, v in payload.items() if k not in _FIELD_SET and v is not None}
         if extra:
             row += [None] * (len(_FIELDS) - len(row)) + [extra]
-    return json.dumps(row, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            return _JSON.encode(row).encode("utf-8")
+    items = []
+    for value in row:
+        if value is None:
+            items.append("null")
+        elif type(value) is str:
+            items.append(_JSON_STR(value))
+        else:
+            return _JSON.encode(row).encode("utf-8")
+    return f"[{','.join(items)}]".encode()
 
 
 def _unpack(data: bytes) -> dict[str, Any] | None:
@@ -90,6 +111,9 @@ class TokenSigner:
                 raise ValueError(f"tracking key id {kid!r} must be non-empty without '.'")
         self._keys = dict(keys)
         self._aead = {kid: AESGCMSIV(self._derive(kid, secret)) for kid, secret in keys.items()}
+        self._aad = {kid: kid.encode("utf-8") for kid in keys}  # the key id as associated data
+        # HMAC-SHA256 with each key, its key schedule done once: a MAC copies it (VERP per copy)
+        self._hmac = {kid: hmac.new(secret, digestmod=hashlib.sha256) for kid, secret in keys.items()}
         self.key_id = current_key_id
 
     @staticmethod
@@ -98,19 +122,22 @@ class TokenSigner:
         info = b"smtpgate tracking token v2 " + kid.encode("utf-8")
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
 
-    def _mac(self, key: bytes, signed: str) -> str:
-        return _b64e(hmac.new(key, signed.encode("ascii"), hashlib.sha256).digest()[:_MAC_BYTES])
+    def _mac(self, kid: str, signed: str) -> str:
+        """HMAC-SHA256 of ``signed`` with key ``kid`` (a known one), 128 bits, base64url."""
+        h = self._hmac[kid].copy()
+        h.update(signed.encode("ascii"))
+        return _b64e(h.digest()[:_MAC_BYTES])
 
     def mac(self, text: str, key_id: str | None = None) -> str | None:
         """HMAC-SHA256 (128 bits, base64url) of ``text`` with a key id's secret (default: the
         current one); ``None`` for an unknown key id. For compact signed ids such as VERP."""
-        key = self._keys.get(key_id or self.key_id)
-        return None if key is None else self._mac(key, text)
+        kid = key_id or self.key_id
+        return self._mac(kid, text) if kid in self._hmac else None
 
     def sign(self, payload: dict[str, Any]) -> str:
         """An opaque token holding ``payload`` (a JSON-able dict; ``None`` values dropped)."""
         kid = self.key_id
-        sealed = self._aead[kid].encrypt(_NONCE, _pack(payload), kid.encode("utf-8"))
+        sealed = self._aead[kid].encrypt(_NONCE, _pack(payload), self._aad[kid])
         return f"{_b64e(sealed[:-_TAG_BYTES])}.{kid}.{_b64e(sealed[-_TAG_BYTES:])}"
 
     def verify(self, token: str) -> dict[str, Any] | None:
@@ -142,7 +169,7 @@ class TokenSigner:
 
     def _verify_legacy(self, body: str, kid: str, mac: str) -> dict[str, Any] | None:
         """A token of the earlier HMAC-signed format (links already sent keep working)."""
-        if not hmac.compare_digest(self._mac(self._keys[kid], f"{body}.{kid}"), mac):
+        if not hmac.compare_digest(self._mac(kid, f"{body}.{kid}"), mac):
             return None
         try:
             payload = json.loads(_b64d(body))
@@ -151,7 +178,9 @@ class TokenSigner:
         return payload if isinstance(payload, dict) else None
 
 
-def load_signer(keys: dict[str, str], key_id: str, data_dir: Path, storage_url: str | None = None) -> TokenSigner:
+def load_signer(
+    keys: dict[str, str], key_id: str, data_dir: Path, storage_url: str | None = None
+) -> TokenSigner:
     """The signer for a gateway: configured keys, or one generated once.
 
     A generated key is written with mode 0600 into the data dir and reused on every start, so links
@@ -160,7 +189,9 @@ def load_signer(keys: dict[str, str], key_id: str, data_dir: Path, storage_url: 
     """
     if keys:
         return TokenSigner({k: v.encode("utf-8") for k, v in keys.items()}, key_id)
-    return TokenSigner({key_id: generated_secret("tracking.key", data_dir, storage_url).encode("utf-8")}, key_id)
+    return TokenSigner(
+        {key_id: generated_secret("tracking.key", data_dir, storage_url).encode("utf-8")}, key_id
+    )
 
 
 def validate_base_url(value: str) -> str:

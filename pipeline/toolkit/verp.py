@@ -25,12 +25,28 @@ from pipeline.contract.plugin import TokenSigner
 
 MAX_LOCAL_PART = 64
 _QUEUE_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_B32 = "abcdefghijklmnopqrstuvwxyz234567"  # RFC 4648 base32, lower-cased
+_JSON_STR = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str (ensure_ascii)
 
 
 def recipient_hash(address: str) -> str:
-    """8 base32 characters naming a recipient within one queue id."""
+    """8 base32 characters naming a recipient within one queue id.
+
+    Made once per recipient copy: the 40 bits are spelled out directly, 5 bits a character
+    (what ``base64.b32encode(digest[:5]).lower()`` gives, without its general loop)."""
     digest = hashlib.sha256(address.strip().strip("<>").lower().encode("utf-8")).digest()
-    return base64.b32encode(digest[:5]).decode("ascii").lower()
+    n = int.from_bytes(digest[:5], "big")
+    b32 = _B32
+    return (
+        b32[n >> 35]
+        + b32[(n >> 30) & 31]
+        + b32[(n >> 25) & 31]
+        + b32[(n >> 20) & 31]
+        + b32[(n >> 15) & 31]
+        + b32[(n >> 10) & 31]
+        + b32[(n >> 5) & 31]
+        + b32[n & 31]
+    )
 
 
 @dataclass(frozen=True)
@@ -48,8 +64,11 @@ class VerpToken:
 
 
 def _signed_text(kind: str, queue_id: str, rcpt_hash: str, kid: str) -> str:
-    """What the MAC covers: the compact id as base64url JSON, then the key id (the historical form)."""
-    body = json.dumps({"k": kind, "q": queue_id, "h": rcpt_hash}, separators=(",", ":")).encode("utf-8")
+    """What the MAC covers: the compact id as base64url JSON, then the key id (the historical form).
+
+    The JSON is ``json.dumps({"k": kind, "q": queue_id, "h": rcpt_hash}, separators=(",", ":"))``,
+    written directly (each value by the encoder's own string function): one per recipient copy."""
+    body = f'{{"k":{_JSON_STR(kind)},"q":{_JSON_STR(queue_id)},"h":{_JSON_STR(rcpt_hash)}}}'.encode("ascii")
     return f"{base64.urlsafe_b64encode(body).rstrip(b'=').decode('ascii')}.{kid}"
 
 
@@ -62,7 +81,9 @@ def verp_local_part(signer: TokenSigner, prefix: str, kind: str, queue_id: str, 
     mac = signer.mac(_signed_text(kind, queue_id, h, kid), kid)
     local = f"{prefix}+{queue_id}.{h}.{kid}.{mac}"
     if len(local) > MAX_LOCAL_PART:
-        raise ValueError(f"bounce address local part is {len(local)} characters (max 64); use a shorter key id")
+        raise ValueError(
+            f"bounce address local part is {len(local)} characters (max 64); use a shorter key id"
+        )
     return local
 
 
