@@ -77,14 +77,10 @@ def _pack(payload: dict[str, Any]) -> bytes:
         if extra:
             row += [None] * (len(_FIELDS) - len(row)) + [extra]
             return _JSON.encode(row).encode("utf-8")
-    items = []
-    for value in row:
-        if value is None:
-            items.append("null")
-        elif type(value) is str:
-            items.append(_JSON_STR(value))
-        else:
-            return _JSON.encode(row).encode("utf-8")
+    try:  # the string function refuses anything but a str (as the encoder does not)
+        items = ["null" if value is None else _JSON_STR(value) for value in row]
+    except TypeError:
+        return _JSON.encode(row).encode("utf-8")
     return f"[{','.join(items)}]".encode()
 
 
