@@ -148,6 +148,23 @@ def test_a_token_with_any_json_values_is_the_one_the_straightforward_sealing_mad
     assert signer().sign(payload) == ref_sign(signer(), payload)
 
 
+def test_a_repeated_link_gets_the_token_sealing_it_again_gives() -> None:
+    """Tokens are kept per (key id, payload): a link twice in a copy is sealed once, a rotated
+    key id seals anew, and the kept set stays bounded."""
+    s = signer()
+    payload = {"k": "c", "u": "https://shop.example/", "q": "Q1", "r": "a@example.org"}
+    first = s.sign(payload)
+    assert s.sign(dict(payload)) == first == ref_sign(s, payload)
+    s.key_id = "old"
+    assert s.sign(payload) == ref_sign(s, payload) != first
+    s.key_id = "k1"
+    for i in range(3 * tokens._SEALED_KEPT):
+        p = {**payload, "r": f"u{i}@example.org"}
+        assert s.sign(p) == ref_sign(s, p)
+    assert len(s._sealed) <= tokens._SEALED_KEPT
+    assert s.sign(payload) == first
+
+
 def test_surrogates_and_unknown_types_fail_as_before() -> None:
     s = signer()
     for bad in ({"u": "\udcff"}, {"u": object()}, {"zz": {1, 2}}):

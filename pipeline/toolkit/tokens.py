@@ -46,6 +46,7 @@ _TAG_BYTES = 16  # the GCM-SIV tag
 _NONCE = bytes(12)  # deterministic AEAD (see the module docstring)
 _FIELDS = ("k", "u", "q", "r", "c", "l", "s", "h")
 _FIELD_SET = frozenset(_FIELDS)
+_SEALED_KEPT = 256  # recent tokens kept per signer (the links of the copy being made)
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 # What ``json.dumps(..., ensure_ascii=False)`` writes for a str (the C function it calls itself).
 _JSON_STR = json.encoder.encode_basestring
@@ -110,6 +111,9 @@ class TokenSigner:
         self._aad = {kid: kid.encode("utf-8") for kid in keys}  # the key id as associated data
         # HMAC-SHA256 with each key, its key schedule done once: a MAC copies it (VERP per copy)
         self._hmac = {kid: hmac.new(secret, digestmod=hashlib.sha256) for kid, secret in keys.items()}
+        # Sealing is a pure function of (key id, packed payload): a link that appears twice in a copy
+        # (logo and button to the same page) is sealed once. Bounded; cleared when full.
+        self._sealed: dict[tuple[str, bytes], str] = {}
         self.key_id = current_key_id
 
     @staticmethod
@@ -133,8 +137,15 @@ class TokenSigner:
     def sign(self, payload: dict[str, Any]) -> str:
         """An opaque token holding ``payload`` (a JSON-able dict; ``None`` values dropped)."""
         kid = self.key_id
-        sealed = self._aead[kid].encrypt(_NONCE, _pack(payload), self._aad[kid])
-        return f"{_b64e(sealed[:-_TAG_BYTES])}.{kid}.{_b64e(sealed[-_TAG_BYTES:])}"
+        key = (kid, _pack(payload))
+        token = self._sealed.get(key)
+        if token is None:
+            sealed = self._aead[kid].encrypt(_NONCE, key[1], self._aad[kid])
+            token = f"{_b64e(sealed[:-_TAG_BYTES])}.{kid}.{_b64e(sealed[-_TAG_BYTES:])}"
+            if len(self._sealed) >= _SEALED_KEPT:
+                self._sealed.clear()
+            self._sealed[key] = token
+        return token
 
     def verify(self, token: str) -> dict[str, Any] | None:
         """The payload of a genuine token, else ``None`` (tampered, truncated, unknown key)."""
