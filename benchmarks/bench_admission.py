@@ -195,17 +195,6 @@ def worker_copy(chain: Any, raw: bytes, n: int) -> tuple[float, float]:
     return spent[0] / copies * 1e6, elapsed / copies * 1e3
 
 
-ADMISSION_PLUGINS = [
-    "header_validation",
-    "campaign_tag",
-    "sendgrid_smtpapi",
-    "mailgun_headers",
-    "postmark_headers",
-    "ses_headers",
-    "mailerq_headers",
-    "suppression",
-]
-"""The chain's admission-phase plugins (what runs ``on_message`` at DATA before the 250)."""
 
 
 def source_like(size: int = 10_240) -> bytes:
@@ -263,6 +252,8 @@ def metrics_us(n: int) -> float:
 def measure_admission(messages: int) -> dict[str, float]:
     """One run of ``--admission`` in this process's tree."""
     sys.path.insert(0, str(ROOT))
+    from bench_compare import ADMISSION_PLUGINS  # (the list every tree runs, old ones included)
+
     from pipeline.chain.driver import make_chain, make_config
 
     chain = make_chain(make_config({}, ADMISSION_PLUGINS))

@@ -173,15 +173,16 @@ print(json.dumps(out))
 """
 
 
-# Runs in a subprocess with PYTHONPATH set to one tree: only names that every tree has.
-COPIES_WORKER = r"""
+# Runs in a subprocess with PYTHONPATH set to one tree: only names that every tree has. IMPORTS and
+# MEASURE are filled in: the loop over recipient copies (--copies) or one whole message (--unique).
+_WORKER = r"""
 import asyncio, json, pickle, sys, tempfile, time
 from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pipeline.chain.admission import admit_message
 from pipeline.chain.driver import make_chain, make_config, submission_session
-from pipeline.chain.processing import CopyResult, personalize_and_sign, trace_summary
+from pipeline.chain.processing import IMPORTS
 from pipeline.chain.runner import Trace
 from pipeline.config import ChainSection
 from pipeline.contract.context import MessageContext
@@ -211,6 +212,9 @@ with tempfile.TemporaryDirectory() as tmp:
             admit_message(chain, data, "sender@example.com", rcpts, session=submission_session(None)))
         assert admitted is not None and verdict is None, verdict
         spooled = admitted.message.as_bytes()  # the worker parses the spooled bytes again
+MEASUREprint(json.dumps(samples))
+"""
+_PER_COPY = r"""
         ctx = MessageContext.from_record(admitted.to_record(), Message(spooled, "sender@example.com", rcpts))
         trace = Trace(ctx.queue_id)
         loop.run_until_complete(chain.run("on_transform", ctx=ctx, trace=trace))
@@ -226,36 +230,20 @@ with tempfile.TemporaryDirectory() as tmp:
         pickle.dumps(copies, pickle.HIGHEST_PROTOCOL)
         if r:
             samples.append((time.process_time() - start) * 1000 / n)
-print(json.dumps(samples))
 """
-
-
-# Runs in a subprocess with PYTHONPATH set to one tree: only names that every tree has.
-UNIQUE_WORKER = COPIES_WORKER.replace(
-    """        ctx = MessageContext.from_record(admitted.to_record(), Message(spooled, "sender@example.com", rcpts))
-        trace = Trace(ctx.queue_id)
-        loop.run_until_complete(chain.run("on_transform", ctx=ctx, trace=trace))
-        start = time.process_time()
-        copies = []
-        for rcpt in rcpts:
-            copy = ctx.for_recipient(rcpt)
-            first = len(trace.entries)
-            v = loop.run_until_complete(personalize_and_sign(chain, copy, trace))
-            assert v is None, v
-            copies.append(CopyResult(rcpt, copy.message.mail_from or "", copy.message.as_bytes(), None,
-                                     trace_summary(trace.entries[first:])))
-        pickle.dumps(copies, pickle.HIGHEST_PROTOCOL)
-        if r:
-            samples.append((time.process_time() - start) * 1000 / n)""",
-    """        record = admitted.to_record()
+_PER_MESSAGE = r"""
+        record = admitted.to_record()
         start = time.process_time()
         ctx = MessageContext.from_record(record, Message(spooled, "sender@example.com", rcpts))
         copies = loop.run_until_complete(process_message(chain, ctx, Trace(ctx.queue_id), list(rcpts)))
         assert all(c.deliverable for c in copies), [c.verdict for c in copies]
         pickle.dumps(copies, pickle.HIGHEST_PROTOCOL)
         if r:
-            samples.append((time.process_time() - start) * 1000)""",
-).replace("CopyResult, personalize_and_sign, trace_summary", "process_message")
+            samples.append((time.process_time() - start) * 1000)
+"""
+COPIES_WORKER = _WORKER.replace("IMPORTS", "CopyResult, personalize_and_sign, trace_summary").replace(
+    "MEASURE", _PER_COPY.lstrip("\n"))
+UNIQUE_WORKER = _WORKER.replace("IMPORTS", "process_message").replace("MEASURE", _PER_MESSAGE.lstrip("\n"))
 
 
 def copies_trees(
@@ -264,8 +252,6 @@ def copies_trees(
     """Worker CPU per recipient copy (or per unique message) in each tree, trees interleaved run by run."""
     results: dict[str, list[float]] = {str(t): [] for t in trees}
     script = UNIQUE_WORKER if unique else COPIES_WORKER
-    if unique and script == COPIES_WORKER:
-        raise SystemExit("UNIQUE_WORKER no longer matches COPIES_WORKER")
     for run in range(runs):
         for tree in trees:
             env = {**os.environ, "PYTHONPATH": str(tree)}

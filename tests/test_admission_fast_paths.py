@@ -23,6 +23,7 @@ import pytest
 from pipeline.chain import admission
 from pipeline.chain.driver import make_chain, make_config
 from pipeline.chain.limits import check_limits
+from pipeline.config.sections import DEFAULT_ADMISSION_PLUGINS
 from pipeline.contract import mime
 from pipeline.contract.context import MessageContext
 from pipeline.contract.headers import Header, normalize_newlines
@@ -32,16 +33,7 @@ from plugins import campaign_tag, header_validation
 from tests.support import admission_reference as ref
 from tests.support import corpus_files, sample_files
 
-ADMISSION = [
-    "header_validation",
-    "campaign_tag",
-    "sendgrid_smtpapi",
-    "mailgun_headers",
-    "postmark_headers",
-    "ses_headers",
-    "mailerq_headers",
-    "suppression",
-]
+ADMISSION = list(DEFAULT_ADMISSION_PLUGINS)
 
 NAMES = [
     "From", "FROM", "from", "To", "Cc", "Subject", "Date", "Message-Id", "MESSAGE-ID", "MIME-Version",

@@ -77,19 +77,25 @@ class LimitsSection(Section):
     max_html_bytes: int = Field(default=10 * 1024 * 1024, gt=0)  # decoded HTML, all parts together
 
 
+DEFAULT_ADMISSION_PLUGINS = (
+    "header_validation",
+    "campaign_tag",
+    "sendgrid_smtpapi",
+    "mailgun_headers",
+    "postmark_headers",
+    "ses_headers",
+    "mailerq_headers",
+    "suppression",
+)
+"""The default chain's plugins that only have admission hooks (what runs at DATA before the 250)."""
+
+
 class ChainSection(Section):
     """Which plugins run, in which order (one list both enables and orders, like Haraka)."""
 
     plugins: list[str] = Field(
         default_factory=lambda: [
-            "header_validation",
-            "campaign_tag",
-            "sendgrid_smtpapi",
-            "mailgun_headers",
-            "postmark_headers",
-            "ses_headers",
-            "mailerq_headers",
-            "suppression",
+            *DEFAULT_ADMISSION_PLUGINS,
             "css_inline",
             "click_tracking",
             "open_pixel",
