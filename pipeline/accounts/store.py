@@ -9,6 +9,7 @@ import builtins
 import ipaddress
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -297,20 +298,92 @@ def has_credential_store(config: Config) -> bool:
     return config.storage.url is not None or (config.data_dir / "credentials.db").is_file()
 
 
+class CommitStamp:
+    """A cheap answer to "has any connection committed to this SQLite database since?", for caches
+    consulted per event (the event recorder's webhook URLs): the WAL-index header, the first 48
+    bytes of ``<db>-shm``, read with one ``pread``. SQLite's WAL format documents it: ``iChange``
+    counts write transactions, and ``mxFrame``, the salts and the checksums move with every commit
+    and every reset of the WAL; a reader sees a commit only once this header says so. Equal stamps
+    therefore mean no commit in between, by any connection of any process.
+
+    Why (issue 17, main process per message): ``PRAGMA data_version`` is two ``fcntl`` locks and
+    an ``fstat`` (about 20 us here), and the recorder asked it of two stores per event; the
+    ``pread`` costs about 2 us.
+
+    Valid only while a connection of this process keeps the database open in WAL mode (SQLite
+    then keeps the ``-shm`` file: no other process deletes or reinitialises it): the owner opens
+    it after its connection has read, and closes it first. :meth:`stamp` is ``None`` whenever it
+    cannot tell (no ``-shm``, a short read), and callers then ask as before. The file's identity
+    (device, inode) is part of the stamp and checked again every ``RECHECK`` seconds.
+    """
+
+    RECHECK = 1.0
+    SIZE = 48
+
+    def __init__(self, path: Path) -> None:
+        self.shm = Path(f"{path}-shm")
+        self._fd: int | None = None
+        self._ident: tuple[int, int] = (0, 0)
+        self._next_check = 0.0
+
+    def stamp(self) -> tuple[tuple[int, int], bytes] | None:
+        """``(file identity, WAL-index header)`` now, or ``None`` when it cannot be read."""
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + self.RECHECK
+            self._follow()
+        if self._fd is None:
+            return None
+        try:
+            head = os.pread(self._fd, self.SIZE, 0)
+        except OSError:
+            return None
+        return (self._ident, head) if len(head) == self.SIZE else None
+
+    def _follow(self) -> None:
+        """(Re)open ``-shm`` if it is not the file open here (first use, or replaced)."""
+        try:
+            st = os.stat(self.shm)
+        except OSError:
+            self.close()
+            return
+        if self._fd is not None and (st.st_dev, st.st_ino) == self._ident:
+            return
+        self.close()
+        try:
+            fd = os.open(self.shm, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return
+        st = os.fstat(fd)
+        self._fd, self._ident = fd, (st.st_dev, st.st_ino)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class StoredWebhooks:
     """``name -> webhook URLs`` of the credentials in ``credentials.db``, for the event recorder.
 
     The file is opened on first use once it exists (``smtpgate credentials add`` may create it
     while the gateway runs); until then a look-up stats it at most every 5 seconds, not per click.
+    :meth:`stamp` says cheaply whether ``credentials.db`` changed (see :class:`CommitStamp`).
     """
 
     RECHECK = 5.0
+    STAMP_AFTER = 5.0
+    """Seconds after the file was opened here before :meth:`stamp` answers: the API's endpoint
+    store in the same file looks for it every ``WebhookEndpointStore.RECHECK`` (5) seconds until
+    it exists, and must have opened it before an answer that includes it may be cached."""
 
     def __init__(self, path: Path, url: str | None = None) -> None:
         self.path = path
         self.url = url  # [storage] url: the shared store, opened on first use
         self._store: CredentialStore | None = None
         self._next_check = 0.0
+        self._stamp: CommitStamp | None = None
+        self._stamp_from = 0.0  # when stamp() starts answering (STAMP_AFTER after the file was opened)
         # name -> URLs, built from the store's rows when it hands out a new list (it re-read them):
         # a look-up per event is then the store's change check and one dict read, not a scan
         self._by_name: tuple[builtins.list[Record] | None, dict[str, tuple[str, ...]]] = (None, {})
@@ -328,6 +401,9 @@ class StoredWebhooks:
             else:
                 self._store = CredentialStore(self.path)
         rows = self._store.records()
+        if self._stamp is None and self.url is None:  # the connection has read: it holds the -shm file
+            self._stamp = CommitStamp(self.path)
+            self._stamp_from = time.monotonic() + self.STAMP_AFTER
         built_from, by_name = self._by_name
         if rows is not built_from:
             by_name = {}
@@ -337,7 +413,18 @@ class StoredWebhooks:
             self._by_name = (rows, by_name)  # one assignment: the map always goes with its rows
         return list(by_name.get(name, ()))
 
+    def stamp(self) -> object | None:
+        """A value that stays equal while nobody commits to ``credentials.db`` (SQLite only; ``None``:
+        no cheap answer, ask the stores). Read before the answers it is to guard."""
+        probe = self._stamp
+        if probe is None or time.monotonic() < self._stamp_from:
+            return None
+        return probe.stamp()
+
     def close(self) -> None:
+        if self._stamp is not None:  # before the connection that keeps the -shm file valid
+            self._stamp.close()
+            self._stamp = None
         if self._store is not None:
             self._store.close()
             self._store = None

@@ -153,6 +153,8 @@ class Gateway:
             self._emitter = EventEmitter(
                 self.events, self.config, self.counters, credential_webhooks=self._stored_webhooks,
                 api_webhooks=self.webhook_endpoints.urls_for,
+                # both sources read credentials.db (SQLite): its commit stamp guards their cached answers
+                webhooks_stamp=self._stored_webhooks.stamp,
                 # decided once: a chain without on_event hooks is not called for each event (the
                 # emitter would copy every event without its summary for nobody: 4.7 us an event)
                 after=self.chain.emit if self.chain.calls("on_event") else None,
