@@ -11,6 +11,7 @@ import collections
 import os
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +273,42 @@ def test_the_commit_stamp_moves_with_every_commit_and_is_none_without_a_shm_file
         probe.close()
         writer.close()
         reader.close()
+
+
+def test_endpoints_of_a_file_created_while_running_are_in_the_first_cached_answers(tmp_path):
+    """The endpoint store looks for a missing file every RECHECK seconds: nothing is cached until
+    it must have looked again (STAMP_AFTER past the file's appearance), so no answer without them."""
+    path = tmp_path / "credentials.db"
+    stored = StoredWebhooks(path)
+    stored.STAMP_AFTER = 0.3
+    stored.RECHECK = 0.0
+    endpoints = WebhookEndpointStore(path)
+    endpoints.RECHECK = 0.3
+    sink = EventEmitter(
+        None,
+        Config(),
+        collections.Counter(),
+        credential_webhooks=stored,  # type: ignore[arg-type]
+        api_webhooks=endpoints.urls_for,
+        webhooks_stamp=stored.stamp,
+    )
+    event = Event(EventType.DELIVERED, queue_id="Q1", recipient="a@example.net", credential="shop")
+    other = WebhookEndpointStore(path)
+    try:
+        assert sink.webhook_urls_for(event) == []  # no file: both stores answer nothing
+        other.add("http://127.0.0.1:9/api", "shop", [])  # creates the file (another connection)
+        cached: list[list[str]] = []
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            urls = sink.webhook_urls_for(event)
+            if sink._urls:
+                cached.append(urls)
+            time.sleep(0.01)
+        assert cached and all(urls == ["http://127.0.0.1:9/api"] for urls in cached)
+    finally:
+        other.close()
+        stored.close()
+        endpoints.close()
 
 
 def test_no_stamp_before_the_endpoint_store_may_have_opened_the_file(tmp_path):

@@ -373,9 +373,10 @@ class StoredWebhooks:
 
     RECHECK = 5.0
     STAMP_AFTER = 5.0
-    """Seconds after the file was opened here before :meth:`stamp` answers: the API's endpoint
-    store in the same file looks for it every ``WebhookEndpointStore.RECHECK`` (5) seconds until
-    it exists, and must have opened it before an answer that includes it may be cached."""
+    """Seconds after the file appeared (its ``st_ctime``, never earlier than its creation) before
+    :meth:`stamp` answers: the API's endpoint store in the same file looks for it every
+    ``WebhookEndpointStore.RECHECK`` (5) seconds until it exists, and must have opened it before an
+    answer that includes its rows may be cached (every answer computed later asks it, and it opens)."""
 
     def __init__(self, path: Path, url: str | None = None) -> None:
         self.path = path
@@ -383,7 +384,7 @@ class StoredWebhooks:
         self._store: CredentialStore | None = None
         self._next_check = 0.0
         self._stamp: CommitStamp | None = None
-        self._stamp_from = 0.0  # when stamp() starts answering (STAMP_AFTER after the file was opened)
+        self._stamp_from = 0.0  # when stamp() starts answering (time.time(): STAMP_AFTER after the file appeared)
         # name -> URLs, built from the store's rows when it hands out a new list (it re-read them):
         # a look-up per event is then the store's change check and one dict read, not a scan
         self._by_name: tuple[builtins.list[Record] | None, dict[str, tuple[str, ...]]] = (None, {})
@@ -402,8 +403,12 @@ class StoredWebhooks:
                 self._store = CredentialStore(self.path)
         rows = self._store.records()
         if self._stamp is None and self.url is None:  # the connection has read: it holds the -shm file
-            self._stamp = CommitStamp(self.path)
-            self._stamp_from = time.monotonic() + self.STAMP_AFTER
+            try:
+                self._stamp_from = os.stat(self.path).st_ctime + self.STAMP_AFTER
+            except OSError:  # gone meanwhile: no stamp, the stores are asked
+                pass
+            else:
+                self._stamp = CommitStamp(self.path)
         built_from, by_name = self._by_name
         if rows is not built_from:
             by_name = {}
@@ -417,7 +422,7 @@ class StoredWebhooks:
         """A value that stays equal while nobody commits to ``credentials.db`` (SQLite only; ``None``:
         no cheap answer, ask the stores). Read before the answers it is to guard."""
         probe = self._stamp
-        if probe is None or time.monotonic() < self._stamp_from:
+        if probe is None or time.time() < self._stamp_from:
             return None
         return probe.stamp()
 
