@@ -40,7 +40,7 @@ from pipeline.config import Config
 from pipeline.contract.context import Event
 from pipeline.contract.verdicts import Discard, Reject, TempFail
 from pipeline.contract.vocabulary import EventType, RecipientState
-from pipeline.delivery.notices import BounceNotices
+from pipeline.delivery.notices import NOTICE_STATES, BounceNotices
 from pipeline.delivery.workers import WorkerPool
 from pipeline.egress.base import Copy, DeliveryResult
 from pipeline.egress.pools import pool_for
@@ -381,6 +381,7 @@ class DeliveryService:
         to_send: list[Copy] = []
         # for the message log: each copy's processing trace and final headers, carried by its result event
         self._copy_logs[msg.queue_id] = copy_logs(copies)
+        pool, require_tls = self._pool_of(msg), msg.context.get("require_tls")  # the message's, for every copy
         for c in copies:
             if c.recipient not in msg.attempts or c.recipient in outcomes:
                 continue
@@ -388,8 +389,7 @@ class DeliveryService:
             if out is not None:
                 outcomes[c.recipient] = out
             else:
-                to_send.append(Copy(msg.queue_id, c.recipient, c.mail_from, c.data or b"", self._pool_of(msg),
-                                    msg.context.get("require_tls")))
+                to_send.append(Copy(msg.queue_id, c.recipient, c.mail_from, c.data or b"", pool, require_tls))
         sending = {c.recipient for c in to_send}  # a set: N recipients cost N look-ups, not N * N
         for r in msg.recipients:
             if r not in outcomes and r not in sending:
@@ -485,31 +485,44 @@ class DeliveryService:
 
     # -- results --------------------------------------------------------------------------
 
-    async def _until_done(self, key: str, work: Callable[[], Awaitable[Any]]) -> None:
+    async def _until_done(self, key: str, work: Callable[[], Awaitable[Any]], failed: Exception | None = None) -> None:
         """Await ``work()`` until it succeeds: a database outage delays a result, never drops it
-        (cancelled only at shutdown, when the lease hands the recipients to the next claim)."""
+        (cancelled only at shutdown, when the lease hands the recipients to the next claim).
+        ``failed``: the first attempt, made by the caller, raised this (the usual first attempt
+        succeeds without this coroutine and the closure it takes)."""
         attempt = 0
         while True:
-            try:
-                await work()
-            except Exception as exc:
+            if failed is None:
+                try:
+                    await work()
+                except Exception as exc:
+                    failed = exc
+            if failed is not None:
                 attempt += 1
-                await asyncio.sleep(self._results.failed(key, exc, attempt))
+                await asyncio.sleep(self._results.failed(key, failed, attempt))
+                failed = None
                 continue
             self._results.ok(key)
             return
 
     async def _commit(self, msg: QueuedMessage, outcomes: list[RecipientOutcome]) -> None:
         # Bounced/expired/failed: the sender's DSN is spooled before the results, so a crash
-        # repeats it rather than loses it (pipeline/delivery/notices.py).
-        await self._until_done(msg.queue_id, lambda: self.notices.send(msg, outcomes))
+        # repeats it rather than loses it (pipeline/delivery/notices.py). Only those have one.
+        key = msg.queue_id
+        if any(o.state in NOTICE_STATES for o in outcomes):
+            await self._until_done(key, lambda: self.notices.send(msg, outcomes))
         events = self._events_of(msg, outcomes)
         if self.results is not None:  # results and their events commit together (issue 11 point 3)
             results = self.results
             origins = new_origins(len(events))  # the same keys on every retry: no event twice
-            await self._until_done(msg.queue_id, lambda: results.record(outcomes, events, origins))
+            try:  # the first attempt in place: a retry loop (a coroutine and a closure) only once it failed
+                await results.record(outcomes, events, origins)
+            except Exception as exc:
+                await self._until_done(key, lambda: results.record(outcomes, events, origins), exc)
+            else:
+                self._results.ok(key)
         else:
-            await self._until_done(msg.queue_id, lambda: self.spool.record(outcomes))
+            await self._until_done(key, lambda: self.spool.record(outcomes))
         self._held.difference_update((msg.queue_id, o.recipient) for o in outcomes)
         retries = [o.next_attempt for o in outcomes if o.state == RecipientState.DEFERRED]
         if retries:  # the scheduler's next wake-up, known without asking the spool

@@ -772,7 +772,9 @@ class WorkerPool:
             self._idle_from(worker, time.monotonic())
         self._dispatch()
 
-    async def _submit(self, kind: int, args: Any) -> Any:
+    def _submit(self, kind: int, args: Any) -> asyncio.Future[Any]:
+        """Queue a task; the future its result resolves (a plain function: awaited by the caller,
+        no coroutine of its own per message)."""
         if not self._running:
             raise RuntimeError("no worker processes")
         if not self._serving() and not self._vacant:  # a vacant slot starts a worker for this task
@@ -780,7 +782,7 @@ class WorkerPool:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append(_Task(next(self._ids), kind, pickle.dumps(args, pickle.HIGHEST_PROTOCOL), future))
         self._dispatch()
-        return await future
+        return future
 
     async def process(
         self, record: dict[str, Any], data: bytes, mail_from: str, recipients: list[str]
@@ -790,24 +792,20 @@ class WorkerPool:
         if self._idle is not None:
             self._idle.busy = True
         try:
-            return await self._process(record, data, mail_from, recipients)
+            timings: Timings
+            if self.workers == 0 or not self._slots:  # no processes (or not started, or closed): in-process
+                timings = []
+                copies = await run_processing(self.chain, record, data, mail_from, recipients, timings)
+            else:
+                sent: bytes | int = len(data) if self.source is not None and record.get("queue_id") else data
+                copies, timings = await self._submit(PROCESS, (record, sent, mail_from, recipients))
+            if timings:
+                self._observe(timings)
+            return copies  # type: ignore[no-any-return]
         finally:
             self._in_flight -= 1
             if self._idle is not None and self._in_flight == 0:
                 self._idle.done(time.monotonic())
-
-    async def _process(
-        self, record: dict[str, Any], data: bytes, mail_from: str, recipients: list[str]
-    ) -> list[CopyResult]:
-        timings: Timings = []
-        if self.workers == 0 or not self._slots:  # no processes (or not started, or closed): in-process
-            copies = await run_processing(self.chain, record, data, mail_from, recipients, timings)
-            self._observe(timings)
-            return copies
-        sent: bytes | int = len(data) if self.source is not None and record.get("queue_id") else data
-        copies, timings = await self._submit(PROCESS, (record, sent, mail_from, recipients))
-        self._observe(timings)
-        return copies  # type: ignore[no-any-return]
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` (an importable function) in one worker process (tests and diagnostics)."""
