@@ -92,6 +92,50 @@ def copy_logs(copies: Sequence[CopyResult]) -> dict[str, dict[str, Any]]:
     return out
 
 
+class Wake:
+    """An :class:`asyncio.Event` for its one waiter (the scheduler loop), whose wait with a timeout
+    costs a future and a timer. Why (issue 17, main process per message): the loop waits after every
+    finished message and enqueue, and ``asyncio.wait_for(event.wait(), t)`` wrapped each wait in a
+    task with its own coroutine, callbacks and cancellation."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[bool] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self, timeout: float) -> bool:
+        """Whether it was set (``True``) before ``timeout`` seconds passed (``False``)."""
+        if self._set:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(max(0.0, timeout), _timed_out, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            if self._waiter is waiter:
+                self._waiter = None
+
+
+def _timed_out(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
 class Outage:
     """One kind of database work failing: logged when it starts failing and when every caller that
     failed has succeeded again, never per attempt (an outage would otherwise log a line per message
@@ -159,7 +203,7 @@ class DeliveryService:
         self.pool = WorkerPool(self.config, n, chain, list(extra_plugins))
         self.pool.metrics = metrics  # plugin latencies measured in the workers
         self.metrics = metrics
-        self._wake = asyncio.Event()
+        self._wake = Wake()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reserved = 0  # slots promised to enqueues not yet committed (reserve/claimed/cancel)
         self._more = True  # the queue may hold claimable work not yet claimed: a claim pass is due
@@ -322,11 +366,8 @@ class DeliveryService:
             if free and due is not None:
                 timeout = min(timeout, due - now)
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            if await self._wake.wait(timeout):
                 continue  # woken: look again (a finished message, an enqueue, a new due time)
-            except TimeoutError:
-                pass
             if due is None or due > self.clock():  # the poll tick, not the due time
                 try:
                     if self.spool.changed_elsewhere():

@@ -1,0 +1,101 @@
+"""The delivery scheduler's cheaper paths behave as the ones they replace: the loop's wake-up
+(:class:`Wake`, a future and a timer instead of ``wait_for`` and a task) and a result commit tried
+once in place, retried with the same event keys only when it failed."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.app.gateway import Gateway
+from pipeline.chain.driver import make_config
+from pipeline.contract.context import Event, MessageContext
+from pipeline.contract.message import Message
+from pipeline.delivery.scheduler import Wake
+from pipeline.ports import RecipientOutcome
+from tests.support.smtp_sink import FAST_RETRIES, EventRecorder
+
+RAW = b"From: app@example.org\r\nTo: someone@example.net\r\nSubject: test\r\n\r\nHello\r\n"
+
+
+async def test_wake_returns_at_once_when_set_and_false_after_its_timeout():
+    wake = Wake()
+    wake.set()
+    assert await wake.wait(3600) is True
+    wake.clear()
+    assert await wake.wait(0.01) is False
+    assert await wake.wait(-1) is False  # a due time already past: the next loop turn
+
+
+async def test_wake_set_during_a_wait_ends_it_and_its_timer():
+    wake = Wake()
+    loop = asyncio.get_running_loop()
+    waiting = asyncio.ensure_future(wake.wait(3600))
+    await asyncio.sleep(0)
+    timers = len(loop._scheduled)  # type: ignore[attr-defined]
+    loop.call_soon(wake.set)
+    assert await waiting is True
+    assert len([t for t in loop._scheduled if not t.cancelled()]) < timers  # type: ignore[attr-defined]
+    wake.set()  # no waiter: nothing to resolve
+    assert wake.is_set()
+
+
+async def test_a_cancelled_wait_leaves_the_wake_usable():
+    wake = Wake()
+    waiting = asyncio.ensure_future(wake.wait(3600))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    wake.set()  # the cancelled waiter is not resolved again
+    assert await wake.wait(3600) is True
+
+
+class FailingOnce:
+    """The gateway's result recorder, whose first commit raises as a locked database would."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: list[tuple[list[str], list[str]]] = []
+
+    async def drain(self) -> int:
+        return int(await self.inner.drain())
+
+    async def record(
+        self,
+        outcomes: Sequence[RecipientOutcome],
+        events: Sequence[Event],
+        origins: Sequence[str] | None = None,
+    ) -> None:
+        self.calls.append(([o.recipient for o in outcomes], list(origins or ())))
+        if len(self.calls) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        await self.inner.record(outcomes, events, origins)
+
+
+async def test_a_result_commit_that_fails_is_retried_with_the_same_event_keys_and_stored_once(tmp_path: Path):
+    EventRecorder.reset()
+    config = make_config(
+        {"gateway": {"data_dir": str(tmp_path)}, "spool": {**FAST_RETRIES, "bounce_notices": False}}
+    )
+    gw = Gateway(config, extra_plugins=[EventRecorder])
+    svc = gw.delivery_service(workers=0)
+    assert svc.results is not None
+    flaky = svc.results = FailingOnce(svc.results)
+    await svc.start()
+    try:
+        ctx = MessageContext(message=Message(RAW, "app@example.org", ["a@example.net"]))
+        await gw.spool.enqueue(ctx, RAW, ["a@example.net"])
+        await EventRecorder.until(lambda: bool(EventRecorder.of("delivered")))
+        await gw.joint_results().drain()  # type: ignore[union-attr]
+    finally:
+        await svc.stop(5.0)
+        gw.spool.close()
+    assert len(flaky.calls) == 2 and flaky.calls[0] == flaky.calls[1]  # same recipients, same origins
+    assert len(EventRecorder.of("delivered")) == 1
+    assert not svc._results._failing  # the outage is over (logged once each way)
+    stored = [e for e in gw.events.events(queue_id=ctx.queue_id) if e.event.type == "delivered"]
+    assert len(stored) == 1
+    EventRecorder.reset()
