@@ -221,18 +221,19 @@ class EventEmitter:
         stamp = probe() if probe is not None else None
         if stamp is None:
             return self._webhook_urls(event)[0]
+        cache = self._urls
         if stamp != self._urls_stamp:
-            self._urls = {}
+            cache = self._urls = {}  # an answer computed meanwhile for the old stamp goes to the old dict
             self._urls_stamp = stamp
         key = (event.credential, str(event.type))
-        hit = self._urls.get(key)
+        hit = cache.get(key)
         if hit is None:
             urls, complete = self._webhook_urls(event)
             if not complete:  # an endpoint store that failed: asked again next time
                 return urls
-            if len(self._urls) >= 10_000:  # bounded: credentials x event types
-                self._urls.clear()
-            hit = self._urls[key] = tuple(urls)
+            if len(cache) >= 10_000:  # bounded: credentials x event types
+                cache.clear()
+            hit = cache[key] = tuple(urls)
         return list(hit)
 
     def _webhook_urls(self, event: Event) -> tuple[list[str], bool]:
