@@ -1,10 +1,13 @@
-"""The delivery scheduler's cheaper paths behave as the ones they replace: the loop's wake-up
-(:class:`Wake`, a future and a timer instead of ``wait_for`` and a task) and a result commit tried
-once in place, retried with the same event keys only when it failed."""
+"""The delivery side's cheaper paths behave as the ones they replace: the scheduler loop's wake-up
+(:class:`Wake`, a future and a timer instead of ``wait_for`` and a task), a result commit tried
+once in place (retried with the same event keys only when it failed), the outbox rows' URL JSON
+remembered by value, the result events' types read from a dict."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +17,9 @@ from pipeline.app.gateway import Gateway
 from pipeline.chain.driver import make_config
 from pipeline.contract.context import Event, MessageContext
 from pipeline.contract.message import Message
-from pipeline.delivery.scheduler import Wake
+from pipeline.contract.vocabulary import EventType, RecipientState
+from pipeline.delivery.results import urls_json
+from pipeline.delivery.scheduler import EVENT_OF_STATE, STATUS_WORD, Wake
 from pipeline.ports import RecipientOutcome
 from tests.support.smtp_sink import FAST_RETRIES, EventRecorder
 
@@ -99,3 +104,23 @@ async def test_a_result_commit_that_fails_is_retried_with_the_same_event_keys_an
     stored = [e for e in gw.events.events(queue_id=ctx.queue_id) if e.event.type == "delivered"]
     assert len(stored) == 1
     EventRecorder.reset()
+
+
+def test_remembered_url_list_json_equals_json_dumps_on_generated_lists():
+    rng = random.Random(17)
+    alphabet = 'abc/:?&="\\é☃\x01 '
+    lists = [[]] + [
+        [
+            "http://" + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+            for _ in range(rng.randint(1, 4))
+        ]
+        for _ in range(500)
+    ]
+    for urls in lists + lists:  # the second time from the cache
+        assert urls_json(urls) == json.dumps(urls)
+
+
+def test_each_result_state_has_the_event_type_of_its_value():
+    for state in RecipientState:
+        if state in STATUS_WORD:
+            assert EVENT_OF_STATE[state] is EventType(state)

@@ -380,12 +380,27 @@ class OutboxAccepts:
 
 def _rows(items: Sequence[_Encoded]) -> list[tuple[str, str, str]]:
     """``event_outbox`` rows: ``(origin, event JSON, webhook URLs JSON)``; a URL list several events
-    share is encoded once."""
+    share is encoded once, and a list seen lately (a gateway has few) not again (:func:`urls_json`)."""
     encoded: dict[int, tuple[list[str], str]] = {}
     rows = []
     for _, key, urls, record, _ in items:
         hit = encoded.get(id(urls))
         if hit is None or hit[0] is not urls:
-            hit = encoded[id(urls)] = (urls, json.dumps(urls))
+            hit = encoded[id(urls)] = (urls, urls_json(urls))
         rows.append((key, record, hit[1]))
     return rows
+
+
+_URLS_JSON: dict[tuple[str, ...], str] = {}
+
+
+def urls_json(urls: list[str]) -> str:
+    """``json.dumps(urls)``, remembered by value: every message's events carry one of a few URL lists
+    (often the empty one), and encoding one cost more than the look-up (issue 17, per message)."""
+    key = tuple(urls)
+    text = _URLS_JSON.get(key)
+    if text is None:
+        if len(_URLS_JSON) >= 1024:  # bounded: credentials x event kinds, normally
+            _URLS_JSON.clear()
+        text = _URLS_JSON[key] = json.dumps(urls)
+    return text

@@ -69,6 +69,9 @@ STATUS_WORD = {
 }
 """Postfix's ``status=`` word in the log line of each result."""
 
+EVENT_OF_STATE = {state: EventType(state.value) for state in STATUS_WORD}
+"""The event type of each result state (same values): a dict read, not an enum look-up by value per event."""
+
 RETRY_MIN = 0.25
 RETRY_MAX = 5.0
 """Backoff (seconds) between retries of a failed claim or result commit: doubling from the first to the last."""
@@ -597,7 +600,7 @@ class DeliveryService:
         for o in outcomes:
             delay = now - msg.created_at
             events.append(Event(
-                type=EventType(o.state),
+                type=EVENT_OF_STATE.get(o.state) or EventType(o.state),
                 queue_id=msg.queue_id,
                 recipient=o.recipient,
                 credential=cred,

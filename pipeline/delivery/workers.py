@@ -258,7 +258,8 @@ class IdleTrim:
     def done(self, now: float) -> None:
         """A message finished at ``now`` (monotonic)."""
         self.busy, self.last_done = False, now
-        self._work.set()
+        if not self._work.is_set():  # set already: the thread has not looked yet, and reads last_done when it does
+            self._work.set()
 
     def run(self) -> None:
         while not self._stop.is_set():
