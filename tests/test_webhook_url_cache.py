@@ -324,3 +324,35 @@ def test_no_stamp_before_the_endpoint_store_may_have_opened_the_file(tmp_path):
     finally:
         stored.close()
     assert StoredWebhooks(path, url="postgresql://unused/").stamp() is None  # shared database: no stamp
+
+
+def test_events_without_a_credential_are_cached_too_and_see_a_new_global_endpoint(tmp_path):
+    path = tmp_path / "credentials.db"
+    CredentialStore(path).close()
+    stored = StoredWebhooks(path)
+    stored.STAMP_AFTER = 0.0
+    endpoints = WebhookEndpointStore(path)
+    api_lookup = Counting(endpoints.urls_for)
+    sink = EventEmitter(
+        None,
+        Config(),
+        collections.Counter(),
+        credential_webhooks=stored,  # type: ignore[arg-type]
+        api_webhooks=api_lookup,
+        webhooks_stamp=stored.stamp,
+    )
+    event = Event(EventType.REJECTED, queue_id=None, recipient=None, credential=None)
+    other = WebhookEndpointStore(path)
+    try:
+        assert sink.webhook_urls_for(event) == []  # the stamp opens credentials.db: not cached yet
+        assert sink.webhook_urls_for(event) == []
+        calls = api_lookup.calls
+        for _ in range(5):
+            assert sink.webhook_urls_for(event) == []
+        assert api_lookup.calls == calls
+        other.add("http://127.0.0.1:9/all", None, ["rejected"])
+        assert sink.webhook_urls_for(event) == ["http://127.0.0.1:9/all"]
+    finally:
+        other.close()
+        stored.close()
+        endpoints.close()

@@ -390,15 +390,29 @@ class StoredWebhooks:
         self._by_name: tuple[builtins.list[Record] | None, dict[str, tuple[str, ...]]] = (None, {})
 
     def __call__(self, name: str) -> builtins.list[str]:
+        rows = self._records()
+        if rows is None:
+            return []
+        built_from, by_name = self._by_name
+        if rows is not built_from:
+            by_name = {}
+            for rec in rows:
+                if rec.section.webhooks:
+                    by_name[rec.name] = by_name.get(rec.name, ()) + tuple(rec.section.webhooks)
+            self._by_name = (rows, by_name)  # one assignment: the map always goes with its rows
+        return list(by_name.get(name, ()))
+
+    def _records(self) -> builtins.list[Record] | None:
+        """The stored credentials (``None``: no file yet), opening the store on first use."""
         if self._store is None:
             now = time.monotonic()
             if now < self._next_check:
-                return []
+                return None
             if self.url is not None:
                 self._store = CredentialStore(url=self.url)
             elif not self.path.exists():
                 self._next_check = now + self.RECHECK
-                return []
+                return None
             else:
                 self._store = CredentialStore(self.path)
         rows = self._store.records()
@@ -409,20 +423,22 @@ class StoredWebhooks:
                 pass
             else:
                 self._stamp = CommitStamp(self.path)
-        built_from, by_name = self._by_name
-        if rows is not built_from:
-            by_name = {}
-            for rec in rows:
-                if rec.section.webhooks:
-                    by_name[rec.name] = by_name.get(rec.name, ()) + tuple(rec.section.webhooks)
-            self._by_name = (rows, by_name)  # one assignment: the map always goes with its rows
-        return list(by_name.get(name, ()))
+        return rows
 
     def stamp(self) -> object | None:
         """A value that stays equal while nobody commits to ``credentials.db`` (SQLite only; ``None``:
-        no cheap answer, ask the stores). Read before the answers it is to guard."""
+        no cheap answer, ask the stores). Read before the answers it is to guard. Opens the file
+        itself if no event with a credential has yet (events without one are cached too)."""
+        if self.url is not None:
+            return None
         probe = self._stamp
-        if probe is None or time.time() < self._stamp_from:
+        if probe is None:
+            try:
+                self._records()
+            except Exception:  # the stores will say why when asked
+                return None
+            return None  # opened just now: from the next look-up on (and STAMP_AFTER past the file's appearance)
+        if time.time() < self._stamp_from:
             return None
         return probe.stamp()
 
