@@ -295,6 +295,59 @@ def _crlf_only(data: bytes, lf: bytes) -> bool:
     return len(lf) + lf.count(b"\n") == len(data)
 
 
+_QP_PLAIN = b"\t\n" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+"""The bytes :func:`qp_encode_crlf` encodes itself (any other byte: ``b2a_qp`` does it all)."""
+_QP_HIGH_BYTES = bytes(range(0x80, 0x100))
+_QP_HIGH = re.compile(rb"[\x80-\xff]+")
+# One output line of a long encoded line: ``b2a_qp`` fills a line while it stays within 75
+# columns and breaks it (``=``, CRLF) before the token that would not fit, an escape (``=XX``)
+# that would reach column 76 or a literal byte that would, unless that byte ends the line. So a
+# piece is 75 bytes, or 73 or 74 when an escape starts at column 74 or 75, and is only cut off
+# when more than one literal byte (or an escape) follows it; else the line's rest.
+_QP_PIECE = re.compile(rb".{73}(?:[^=]{2}(?=..)|(?==)|[^=](?==))|.+", re.DOTALL)
+_QP_BLANK_END = (b" ", b"\t")
+_QP_BLANK = {32: b"=20", 9: b"=09"}
+
+
+def _qp_escape_high(m: re.Match[bytes]) -> bytes:
+    return b"=" + binascii.hexlify(m.group(), b"=").upper()
+
+
+def _qp_line(line: bytes) -> bytes:
+    """One escaped line that is long or ends with a blank, as ``b2a_qp`` writes it (CRLF soft breaks)."""
+    if len(line) >= 76:
+        line = b"=\r\n".join(_QP_PIECE.findall(line))
+    last = line[-1]
+    if last in _QP_BLANK:  # a blank before a line break is escaped after the line was cut
+        line = line[:-1] + _QP_BLANK[last]
+    return line
+
+
+def qp_encode_crlf(data: bytes) -> bytes:
+    """``binascii.b2a_qp(data, quotetabs=False, istext=True)`` with CRLF line ends, byte for byte.
+
+    ``b2a_qp`` walks the data twice a byte at a time (0.42 ms for a 50 KB HTML part). For text
+    of printable ASCII, tabs and newlines (and a few UTF-8 bytes) the same output is built from
+    whole-text C operations: every ``=`` becomes ``=3D`` and each run of high bytes its escapes,
+    lines that fit are kept as they are, and only the long ones (and those ending with a blank)
+    are cut by one regex each (0.30 ms). Anything rarer (control bytes, a CR, a line that is a
+    lone ``.``, a blank at the very end, mostly non-ASCII text) goes to ``b2a_qp`` itself."""
+    if data.translate(None, _QP_PLAIN) or data.endswith(_QP_BLANK_END):
+        return binascii.b2a_qp(data, quotetabs=False, istext=True).replace(b"\n", CRLF)
+    escaped = data.replace(b"=", b"=3D")
+    if not escaped.isascii():
+        if len(escaped) - len(escaped.translate(None, _QP_HIGH_BYTES)) > len(escaped) >> 6:
+            return binascii.b2a_qp(data, quotetabs=False, istext=True).replace(b"\n", CRLF)
+        escaped = _QP_HIGH.sub(_qp_escape_high, escaped)
+    lines = escaped.split(b"\n")
+    if b"." in lines:  # b2a_qp escapes a lone "." line (an SMTP end of data)
+        return binascii.b2a_qp(data, quotetabs=False, istext=True).replace(b"\n", CRLF)
+    blank = _QP_BLANK_END
+    return CRLF.join(
+        [line if len(line) < 76 and line[-1:] not in blank else _qp_line(line) for line in lines]
+    )
+
+
 class _QPLines:
     """Quoted-printable encodings (CRLF line ends) of one part's successive edits, shared by the
     copies of a message: each copy's HTML differs from the first copy's only on the lines its
@@ -324,7 +377,7 @@ class _QPLines:
         as that run alone would be; a hard line break in the output is a ``\\n`` not after ``=``
         (a literal ``=`` is always ``=3D``)."""
         if self.first is None:
-            out = binascii.b2a_qp(data, quotetabs=False, istext=True).replace(b"\n", CRLF)
+            out = qp_encode_crlf(data)
             self.first = (data, out)
             return out
         first, out = self.first
@@ -345,7 +398,7 @@ class _QPLines:
                 self.base = (lines, [c.replace(b"=\0", b"=\n") for c in chunks], starts, enc_starts)
         lines, _, starts, enc_starts = self.base
         if not lines:
-            return binascii.b2a_qp(data, quotetabs=False, istext=True).replace(b"\n", CRLF)
+            return qp_encode_crlf(data)
         i, j = _changed_lines(data, first, starts)  # the first copy's lines holding every change
         n = len(lines)
         tail_start = len(data) - (len(first) - starts[j]) if j < n else len(data)

@@ -1,0 +1,137 @@
+"""``qp_encode_crlf`` is ``binascii.b2a_qp(data, quotetabs=False, istext=True)`` with CRLF line ends, byte for byte.
+
+Checked on generated texts built to hit the line-cutting rules (lines around 76 columns, escapes
+at every column near the cut, blanks before line ends and at the very end, lone ``.`` lines, high
+and control bytes), and on every HTML part of every message in samples/ and the shared corpus,
+as written and as each CSS engine inlines it (the text a part is encoded from after editing).
+"""
+
+from __future__ import annotations
+
+import binascii
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.contract.message import Message
+from pipeline.contract.mime import _QPLines, qp_encode_crlf
+from plugins.css_inline import CssInlineEngine, PremailerEngine
+from tests.support import corpus_files, sample_files
+
+
+def b2a_qp_crlf(data: bytes) -> bytes:
+    return binascii.b2a_qp(data, quotetabs=False, istext=True).replace(b"\n", b"\r\n")
+
+
+def html_texts() -> list[tuple[str, str]]:
+    found = []
+    for path in sample_files() + corpus_files():
+        try:
+            msg = Message(path.read_bytes())
+        except Exception:  # (a sample refused as a message has no parts to test)
+            continue
+        for i, part in enumerate(msg.html_parts()):
+            found.append((f"{path.name}#{i}", part.text()))
+    return found
+
+
+TEXTS = html_texts()
+ENGINES = [CssInlineEngine(False), PremailerEngine(False)]
+
+
+def encodings_of(text: str) -> list[bytes]:
+    """The LF data a part is encoded from: in UTF-8 and Latin-1 (as its charset may be), as written."""
+    lf = text.replace("\r\n", "\n").replace("\r", "\n")
+    return [lf.encode("utf-8", "surrogateescape"), lf.encode("latin-1", "xmlcharrefreplace")]
+
+
+@pytest.mark.parametrize("text", [text for _, text in TEXTS], ids=[name for name, _ in TEXTS])
+def test_qp_encode_is_b2a_qp_on_every_html_part(text: str) -> None:
+    inlined = [engine.inline(text) for engine in ENGINES]
+    for version in [text, *inlined]:
+        for data in encodings_of(version):
+            assert qp_encode_crlf(data) == b2a_qp_crlf(data)
+            assert _QPLines().encode_crlf(data) == b2a_qp_crlf(data)
+
+
+def test_the_html_corpus_is_there() -> None:
+    assert len(TEXTS) >= 10  # (so the parametrised test above is not silently empty)
+
+
+PIECES = st.sampled_from(
+    [
+        b"a",
+        b"xy",
+        b"=",
+        b"==",
+        b" ",
+        b"\t",
+        b".",
+        b"\n",
+        b"\n.\n",
+        b'<a href="x">',
+        b"\xc3\xa9",
+        b"\xe2\x80\x99",
+        b"\xff",
+    ]
+)
+
+
+@st.composite
+def lines_near_the_cut(draw: st.DrawFn) -> bytes:
+    """Lines of 60 to 240 bytes with ``=`` (an escape) and blanks placed around columns 72 to 77."""
+    out = []
+    for _ in range(draw(st.integers(1, 5))):
+        length = draw(st.sampled_from([0, 1, 72, 73, 74, 75, 76, 77, 78, 150, 151, 152, 225, 226, 240]))
+        line = bytearray(b"y" * length)
+        for at in draw(st.lists(st.integers(0, max(length - 1, 0)), max_size=6)):
+            if length:
+                line[at] = draw(st.sampled_from(b"= \t.\xe9"))
+        out.append(bytes(line))
+    data = b"\n".join(out)
+    return data + draw(st.sampled_from([b"", b"\n", b" ", b"\t", b"\n\n", b"."]))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(PIECES, max_size=200).map(b"".join))
+def test_qp_encode_is_b2a_qp_on_generated_text(data: bytes) -> None:
+    assert qp_encode_crlf(data) == b2a_qp_crlf(data)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(lines_near_the_cut())
+def test_qp_encode_is_b2a_qp_where_lines_are_cut(data: bytes) -> None:
+    assert qp_encode_crlf(data) == b2a_qp_crlf(data)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=400))
+def test_qp_encode_is_b2a_qp_on_any_bytes(data: bytes) -> None:
+    assert qp_encode_crlf(data) == b2a_qp_crlf(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b".",
+        b"a\n.\nb",
+        b".\n",
+        b"x \n",
+        b"x\t\ny",
+        b"x ",
+        b"y" * 75 + b" \n",
+        b"y" * 76 + b"\n",
+        b"y" * 77,
+        b"y" * 73 + b"=" + b"y" * 5,
+        b"y" * 74 + b"=" + b"y" * 5,
+        b"y" * 72 + b"=",
+        b"\xe2\x80\x99" * 40,
+        "Привет, мир! ".encode() * 200,
+        b"a\x00b",
+        b"a\rb\r\n",
+    ],
+)
+def test_qp_encode_is_b2a_qp_on_the_edge_cases(data: bytes) -> None:
+    assert qp_encode_crlf(data) == b2a_qp_crlf(data)
