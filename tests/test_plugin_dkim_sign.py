@@ -684,6 +684,15 @@ def test_body_hash_of_each_successive_copy_equals_dkimpy_with_pieces_reused(
     assert reused > 500  # the memo was really used, not just rebuilt
 
 
+def test_bare_lf_search_agrees_with_counting_lf_and_crlf() -> None:
+    """The body's bare-LF check (one regex scan) says what comparing the LF and CRLF counts said."""
+    rng = random.Random(17)
+    tokens = [b"\n", b"\r", b"\r\n", b"\r\r\n", b"\n\r", b"a", b" "]
+    for _ in range(3000):
+        data = b"".join(rng.choice(tokens) for _ in range(rng.randrange(0, 12)))
+        assert (signer._BARE_LF.search(data) is not None) == (data.count(b"\n") != data.count(b"\r\n")), data
+
+
 def test_body_pieces_are_cut_only_where_content_follows() -> None:
     """Trailing empty lines are dropped by the end-of-body rule: a piece boundary inside them
     would hash them. Bodies ending in many empty or blank lines still hash as dkimpy does."""
@@ -709,16 +718,24 @@ def test_successive_copies_of_a_message_are_signed_as_stock_dkimpy_signs_each(
         return  # refused by both (test_signature_field_is_byte_identical_to_stock_dkimpy_and_verifies)
     include = signed_headers(names)
     cut = data.find(b"\r\n\r\n") + 4
-    end = data.rfind(b"\r\n", cut, len(data) - 2) + 2 if data.rfind(b"\r\n", cut, len(data) - 2) >= cut else cut
+    end = (
+        data.rfind(b"\r\n", cut, len(data) - 2) + 2 if data.rfind(b"\r\n", cut, len(data) - 2) >= cut else cut
+    )
     copies = [data, data]
     for n in range(3):
-        copies.append(data[:end] + b"<img src=3D\"https://t.example/o/%d\">\r\n" % n + data[end:])
+        copies.append(data[:end] + b'<img src=3D"https://t.example/o/%d">\r\n' % n + data[end:])
         copies.append(data[:cut] + b"copy %d  \t \r\n" % n + data[cut:])
     key = signing_keys["rsa"]
     for copy in copies:
         copy = bytes(bytearray(copy))  # a new object each time, as each copy is
         stock = dkim.DKIM(copy, linesep=b"\r\n").sign(
-            b"s1", b"example.com", _dkimpy_private(key), canonicalize=(b"relaxed", b"relaxed"), include_headers=include
+            b"s1",
+            b"example.com",
+            _dkimpy_private(key),
+            canonicalize=(b"relaxed", b"relaxed"),
+            include_headers=include,
         )
-        ours = dkim_signature(copy, selector=b"s1", domain=b"example.com", key=key, include=include, timestamp=FIXED_TIME)
+        ours = dkim_signature(
+            copy, selector=b"s1", domain=b"example.com", key=key, include=include, timestamp=FIXED_TIME
+        )
         assert ours == stock

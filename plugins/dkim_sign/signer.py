@@ -54,6 +54,9 @@ _PKCS1 = padding.PKCS1v15()
 _PREHASHED_SHA256 = Prehashed(hashes.SHA256())
 _FIELD_NAME = re.compile(rb"([\x21-\x7e]+?):")  # dkimpy's rfc822_parse
 _SHOULD_NOT_SIGN = frozenset(dkim.DKIM.SHOULD_NOT)
+_BARE_LF = re.compile(rb"\n(?<!\r\n)")
+"""An LF not after a CR: one regex scan from LF to LF (its literal prefix), where comparing the
+counts of LF and CRLF took two passes over the body."""
 
 
 def relaxed_body(body: bytes) -> bytes:
@@ -65,7 +68,9 @@ def relaxed_body(body: bytes) -> bytes:
     run that ended a line, now a single space before CRLF, goes with a plain ``replace``. Same
     result; HTML indented with tabs has thousands of lone tabs, each a regex match in dkimpy.
     """
-    return dkim.canonicalization.correct_empty_body(dkim.canonicalization.strip_trailing_lines(_relaxed_lines(body)))
+    return dkim.canonicalization.correct_empty_body(
+        dkim.canonicalization.strip_trailing_lines(_relaxed_lines(body))
+    )
 
 
 def _relaxed_lines(body: bytes) -> bytes:
@@ -103,7 +108,11 @@ def _header_end(message: bytes) -> int:
     """Where the header block ends (the first CRLF CRLF) when it can be split on CRLF alone (no
     bare LF in it, not empty), else -1: then only dkimpy's parser says what the fields are."""
     sep = message.find(b"\r\n\r\n")
-    if sep < 0 or message.startswith(b"\r\n") or message.count(b"\n", 0, sep) != message.count(b"\r\n", 0, sep):
+    if (
+        sep < 0
+        or message.startswith(b"\r\n")
+        or message.count(b"\n", 0, sep) != message.count(b"\r\n", 0, sep)
+    ):
         return -1
     return sep
 
@@ -181,7 +190,9 @@ _signed_part: tuple[list[tuple[bytes, bytes]], tuple[bytes, ...], bytes, bytes] 
 """For the last fields, ``h=`` list and header canonicalisation: the signed fields as hashed."""
 
 
-def _signed_fields(headers: list[tuple[bytes, bytes]], include: tuple[bytes, ...], header_algo: bytes) -> bytes:
+def _signed_fields(
+    headers: list[tuple[bytes, bytes]], include: tuple[bytes, ...], header_algo: bytes
+) -> bytes:
     """The fields named in ``h=``, canonicalised and joined as they are hashed (without the
     signature field itself); reused while the fields are the same list object (every copy of a
     message whose header block is the same: :data:`_fields`)."""
@@ -262,14 +273,14 @@ def _body_hash(message: bytes, start: int, algo: bytes) -> bytes | None:
         if cut < 0 or cut + 2 >= limit:
             break
         piece = message[pos : cut + 2]
-        if piece.count(b"\n") != piece.count(b"\r\n"):
+        if _BARE_LF.search(piece) is not None:
             return None
         h.update(canon(piece))
         pieces.append(piece)
         states.append(h.copy())
         pos = cut + 2
     rest = message[pos:]
-    if rest.count(b"\n") != rest.count(b"\r\n"):
+    if _BARE_LF.search(rest) is not None:
         return None
     h.update(relaxed_body(rest) if algo == b"relaxed" else simple_body(rest))
     _pieces = _Pieces(algo, pieces, states)
