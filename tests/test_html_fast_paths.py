@@ -285,3 +285,60 @@ def test_the_visible_text_of_each_link_is_what_it_was_before_on_every_html_part(
         for link in H._links(text, H._tokenise(text)._anchors or ())
     ]
     assert got == ref.link_texts(text)
+
+
+def _links_read_twice_and_before(text: str) -> None:
+    """Each ``<a>`` read by ``_parse_a`` (twice: the second comes from the per-tag cache) equals the
+    uncached reading, and no two links share their attribute dict."""
+    seen: list[H.Link] = []
+    for start, end, _ in H._tokenise(text)._anchors or ():
+        before = ref.parse_a_before(text, start, end)
+        first, again = H._parse_a(text, start, end), H._parse_a(text, start, end)
+        assert first == again == before
+        if first is not None and again is not None:
+            assert first.attrs is not again.attrs
+            seen.append(first)
+    for link in seen:  # a plugin that changed one link's attrs would change no other link
+        link.attrs["x-edited"] = "1"
+    assert all(
+        link is None or "x-edited" not in link.attrs
+        for link in (H._parse_a(text, s, e) for s, e, _ in H._tokenise(text)._anchors or ())
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(LINK_HTML)
+def test_each_link_tag_reads_as_it_did_before_the_tag_cache(html: str) -> None:
+    _links_read_twice_and_before(html)
+    _links_read_twice_and_before(html + html)  # the same tags again, at other offsets
+
+
+@pytest.mark.parametrize("text", [text for _, text in PARTS], ids=PART_IDS)
+def test_each_link_tag_reads_as_it_did_before_the_tag_cache_on_every_html_part(text: str) -> None:
+    _links_read_twice_and_before(text)
+
+
+_A_ATTR = st.tuples(
+    st.sampled_from(
+        ["href", "HREF", "Href", "class", "style", "title", "data-no-track", "clicktracking", "x"]
+    ),
+    st.sampled_from(["", "=", " = "]),
+    st.sampled_from(['"', "'", ""]),
+    st.lists(
+        st.sampled_from(
+            ["https://e.com/?a=1", "&amp;", "&reg", "&region=eu", "&#39;", "&quot;", "{{ u }}", " ", "x"]
+        ),
+        max_size=4,
+    ).map("".join),
+).map(lambda a: f" {a[0]}" + (f"{a[1]}{a[2]}{a[3]}{a[2]}" if a[1] and (a[2] or a[3].strip()) else ""))
+A_TAGS = st.lists(
+    st.lists(_A_ATTR, max_size=5).map(lambda attrs: "<a" + "".join(attrs) + ">x</a> "), max_size=6
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(A_TAGS)
+def test_link_tags_with_entities_and_repeated_attributes_read_as_before(tags: list[str]) -> None:
+    html = "".join(tags)
+    _links_read_twice_and_before(html)
+    _links_read_twice_and_before(html + html)

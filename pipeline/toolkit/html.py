@@ -222,16 +222,27 @@ def _tokenise(text: str) -> HtmlScan:
     return HtmlScan(text, anchors, body_end, html_end)
 
 
+_CACHED_TAG_MAX = 2048  # longer <a> tags (or link texts) are read again, not kept by the caches
+
+
 def _links(text: str, anchors: Iterable[tuple[int, int, int]]) -> Iterator[Link]:
     """The :class:`Link` of each ``<a>`` tag that has an ``href``, with its visible text."""
     for start, end, text_end in anchors:
         link = _parse_a(text, start, end)
         if link is not None:
             inner = text[end:text_end]
-            if "<" in inner:
-                inner = _TAGS.sub(" ", inner)
-            link.text = " ".join(_html.unescape(inner).split())  # (blank runs made one space, ends stripped)
+            link.text = _link_text(inner) if len(inner) <= _CACHED_TAG_MAX else _read_link_text(inner)
             yield link
+
+
+def _read_link_text(inner: str) -> str:
+    """What a link shows: tags made blanks, entities decoded, blank runs one space, ends stripped."""
+    if "<" in inner:
+        inner = _TAGS.sub(" ", inner)
+    return " ".join(_html.unescape(inner).split())
+
+
+_link_text = functools.lru_cache(maxsize=4096)(_read_link_text)  # (a template's links show the same texts)
 
 
 # Scans remembered per text (least recently used out), bounded by the characters they stand for:
@@ -282,8 +293,22 @@ def find_links(text: str) -> list[Link]:
 
 
 def _parse_a(text: str, tag_start: int, tag_end: int) -> Link | None:
-    start = tag_start + 2  # after "<a"
-    body = text[start : tag_end - 1]
+    tag = text[tag_start:tag_end]
+    attrs, href = _a_tag(tag) if len(tag) <= _CACHED_TAG_MAX else _read_a_tag(tag)
+    if href is None:
+        return None
+    return Link(tag_start, tag_end, tag_start + href[0], tag_start + href[1], href[2], href[3], dict(attrs))
+
+
+def _read_a_tag(tag: str) -> tuple[tuple[tuple[str, str | None], ...], tuple[int, int, str, str] | None]:
+    """The attributes of one ``<a ...>`` tag (names lower-cased, values decoded, first occurrence
+    wins) and its ``href`` (value start and end relative to the tag, quote, raw value), or ``None``.
+
+    Cached by the tag's text (:func:`_a_tag`): a pure function of it, and a template repeats its
+    link tags (in one part, and in every message made from it), each a regex pass and a decode
+    per attribute. The attributes are copied into each :class:`Link`'s own dict."""
+    start = 2  # after "<a"
+    body = tag[start:-1]
     attrs: dict[str, str | None] = {}
     href: tuple[int, int, str, str] | None = None
     for am in _ATTR.finditer(body):
@@ -300,9 +325,10 @@ def _parse_a(text: str, tag_start: int, tag_end: int) -> Link | None:
         if name == "href":
             vstart = start + am.start(2) + (1 if quote else 0)
             href = (vstart, vstart + len(value), quote, value)
-    if href is None:
-        return None
-    return Link(tag_start, tag_end, href[0], href[1], href[2], href[3], attrs)
+    return tuple(attrs.items()), href
+
+
+_a_tag = functools.lru_cache(maxsize=4096)(_read_a_tag)
 
 
 def splice(text: str, edits: Iterable[tuple[int, int, str]]) -> str:

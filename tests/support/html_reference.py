@@ -185,3 +185,28 @@ def last_html_close(body: str) -> tuple[int, int] | None:
     """The span of the last ``</html>`` match of a regex over the whole text."""
     spans = [m.span() for m in _HTML_CLOSE.finditer(body)]
     return spans[-1] if spans else None
+
+
+def parse_a_before(text: str, tag_start: int, tag_end: int) -> H.Link | None:
+    """``_parse_a`` before its per-tag cache: the tag's attributes read from the text each time."""
+    start = tag_start + 2  # after "<a"
+    body = text[start : tag_end - 1]
+    attrs: dict[str, str | None] = {}
+    href: tuple[int, int, str, str] | None = None
+    for am in H._ATTR.finditer(body):
+        name, raw = am.groups()
+        name = name.lower()
+        if name in attrs:
+            continue
+        if raw is None:
+            attrs[name] = None
+            continue
+        quote = raw[0] if raw[:1] in ("'", '"') else ""
+        value = raw[1:-1] if quote else raw
+        attrs[name] = H.unescape_attribute(value)
+        if name == "href":
+            vstart = start + am.start(2) + (1 if quote else 0)
+            href = (vstart, vstart + len(value), quote, value)
+    if href is None:
+        return None
+    return H.Link(tag_start, tag_end, href[0], href[1], href[2], href[3], attrs)
