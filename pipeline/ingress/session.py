@@ -96,6 +96,11 @@ def wire_reply(reply: str) -> bytes:
     return octets
 
 
+GROUPED = frozenset({"MAIL", "RCPT", "RSET"})
+"""Commands whose replies may wait to go out with the next reply when the client pipelined (RFC 2920
+3.1: a server may buffer the responses to grouped RSET, MAIL and RCPT commands and send them as a
+unit; EHLO, DATA, QUIT and NOOP replies go out at once)."""
+
 PHASE_OF = {"HELO": "helo", "EHLO": "helo", "STARTTLS": "helo", "AUTH": "auth", "MAIL": "mail", "RCPT": "rcpt",
             "DATA": "data"}
 """The phase a refusal is reported under (``rejected`` events); other commands are ``command``."""
@@ -154,6 +159,8 @@ class SessionBase(SMTP):
         self._subject_cmd: tuple[str, Any, str | None] = ("", None, None)
         self._features: tuple[Credential | None, dict[str, bool]] | None = None  # _features_for's last answer
         self._quit = False  # QUIT answered: the command loop ends
+        self._grouped = False  # the command being answered is one of GROUPED
+        self._held: list[bytes] = []  # replies to pipelined GROUPED commands, written with the next reply
         self._writer = None  # type: ignore[assignment]  # aiosmtpd sets it in connection_made
         self._deadline = 0.0  # the idle timeout: loop time after which the connection is cut (_reset_timeout)
         self._construct(
@@ -182,6 +189,7 @@ class SessionBase(SMTP):
             for m in names if m.startswith("auth_")
         }
 
+    grouped_replies: ClassVar[frozenset[str]] = GROUPED  # (tests compare with a session that holds none)
     _command_attrs: ClassVar[dict[str, str]] = {}
     _auth_attrs: ClassVar[dict[str, str]] = {}
 
@@ -254,13 +262,14 @@ class SessionBase(SMTP):
         if name == "QUIT":
             self._end = "quit"
         self._in_command = True
+        self._grouped = name in self.grouped_replies
         self._phase = PHASE_OF.get(name, "command")
         txn = self.txn
         self._subject_cmd = (name, arg, txn.mail_from if txn is not None else None)
         try:
             await method(arg)
         finally:
-            self._in_command = False
+            self._in_command = self._grouped = False
             self._phase = "command"
         if self.ingress.draining and self.txn is None and name != "QUIT":
             self.shut_down()  # shutdown began during the command: 421 now, not at the next one
@@ -271,6 +280,7 @@ class SessionBase(SMTP):
         return self.txn is None and not self._in_command
 
     def close(self) -> None:
+        self._flush_held()
         if self.transport is not None:
             self.transport.close()
         self.ingress.session_closed()  # wakes a shutdown waiting for this session
@@ -288,6 +298,7 @@ class SessionBase(SMTP):
     def shut_down(self) -> None:
         """At shutdown, an idle session: ``421 4.3.2`` and closed at once."""
         self._end = "shutdown"
+        self._flush_held()
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(R.SHUTTING_DOWN.encode() + b"\r\n")
         self.close()
@@ -313,13 +324,31 @@ class SessionBase(SMTP):
         writer = self._writer
         if writer is None or writer.is_closing():
             return
-        writer.write(status + b"\r\n")
+        reader = self._reader
+        if self._grouped and reader is not None and b"\n" in reader._buffer:  # type: ignore[attr-defined]
+            # the client pipelined: the next command is here already, and it is answered at once
+            # (a loop step, no wait for input), so this reply goes out with that one, in one write
+            self._held.append(status + b"\r\n")
+            return
+        if self._held:
+            self._held.append(status + b"\r\n")
+            writer.write(b"".join(self._held))
+            self._held.clear()
+        else:
+            writer.write(status + b"\r\n")
         # StreamWriter.drain() only does something when the reader failed, the transport is
         # paused (a full send buffer) or the connection is lost: two coroutines per reply otherwise
-        reader = self._reader
         paused, lost = self._paused, self._connection_lost  # type: ignore[attr-defined]  # asyncio's FlowControlMixin
         if paused or lost or (reader is not None and reader.exception() is not None):
             await writer.drain()
+
+    def _flush_held(self) -> None:
+        """Write the replies held for pipelined commands (before anything else is written, or the
+        connection closes)."""
+        if self._held:
+            if self._writer is not None and not self._writer.is_closing():
+                self._writer.write(b"".join(self._held))
+            self._held.clear()
 
     @staticmethod
     def _subject_of(name: str, arg: Any, sender: str | None) -> tuple[str | None, str | None]:
@@ -461,6 +490,7 @@ class SessionBase(SMTP):
         try:
             handshaking = self._tls_protocol is not None and not self.is_tls  # no plaintext inside TLS
             if self._writer is not None and not self._writer.is_closing() and not handshaking:
+                self._flush_held()
                 self._writer.write(R.IDLE_TIMEOUT.encode() + b"\r\n")
         finally:
             super()._timeout_cb()
@@ -497,6 +527,8 @@ class SessionBase(SMTP):
         attrs = self._command_attrs
         while self.transport is not None and not self._quit:
             try:
+                if self._held and b"\n" not in reader._buffer:  # type: ignore[attr-defined]
+                    self._flush_held()  # (held only while a line is here; never wait for input with them)
                 try:
                     line: bytes = await reader.readuntil()
                 except asyncio.LimitOverrunError as error:
