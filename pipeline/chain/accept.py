@@ -207,7 +207,8 @@ class AcceptStep:
             for rcpt in ctx.message.rcpt_tos:
                 await self.events.emit(event_for("discarded", ctx, rcpt, {"reason": verdict.reason}))
             return self._count(Outcome("discarded", verdict=verdict, ctx=ctx))
-        await self._drop_sink_addresses(ctx)
+        if self.config.relay.sink_addresses:
+            await self._drop_sink_addresses(ctx)
         recipients = ctx.message.rcpt_tos
         if not recipients:
             return self._count(Outcome("discarded", verdict=verdict, ctx=ctx))

@@ -33,8 +33,15 @@ class GatewaySMTP(SaslSession):
     """The SMTP protocol for one connection on one listener."""
 
     def _client(self) -> relay.Client:
-        return relay.Client(authorized=self.gw.credential is not None, tls=self.is_tls,
-                            require_tls=self.listener.require_tls)
+        """What the relay decision needs to know of the session now (remembered while it holds)."""
+        authorized, tls = self.gw.credential is not None, self.is_tls
+        client = self._relay_client
+        if client is None or client.authorized is not authorized or client.tls is not tls:
+            client = self._relay_client = relay.Client(authorized=authorized, tls=tls,
+                                                       require_tls=self.listener.require_tls)
+        return client
+
+    _relay_client: relay.Client | None = None
 
     # -- HELO / EHLO / STARTTLS ------------------------------------------------------------
     async def _greet(self, verb: str, hostname: str, extended: bool) -> bool:
@@ -131,7 +138,9 @@ class GatewaySMTP(SaslSession):
         return refusal(await self._hook("on_mail_from", transaction=txn, address=path.address)), txn
 
     async def smtp_MAIL(self, arg: str | None) -> None:
-        if await self._out_of_sequence():
+        reply = self._sequence_reply()
+        if reply is not None:
+            await self.push(reply)
             return
         rest = self._strip_keyword("FROM:", arg)
         if rest is None:
@@ -162,7 +171,9 @@ class GatewaySMTP(SaslSession):
         return limit
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        if await self._out_of_sequence(mail=True):
+        reply = self._sequence_reply(mail=True)
+        if reply is not None:
+            await self.push(reply)
             return
         assert self.txn is not None
         rest = self._strip_keyword("TO:", arg)
@@ -207,7 +218,9 @@ class GatewaySMTP(SaslSession):
 
     # -- DATA ------------------------------------------------------------------------------
     async def smtp_DATA(self, arg: str | None) -> None:
-        if await self._out_of_sequence(mail=True, rcpt=True):
+        reply = self._sequence_reply(mail=True, rcpt=True)
+        if reply is not None:
+            await self.push(reply)
             return
         assert self.txn is not None
         if arg:
@@ -231,7 +244,10 @@ class GatewaySMTP(SaslSession):
             await self.push(reply or R.INTERNAL_ERROR)
         else:
             outcome = await self._accept(txn, content)
-            await self.push(self._reply(outcome, txn))
+            reply = self._reply(outcome, txn)
+            if outcome.status == "queued":  # new text each time: not worth remembering (wire_reply)
+                self._raw_push = True
+            await self.push(reply)
             await self.ingress.accept.announce(outcome)  # after the reply: event plugins must not delay it
 
     def _checked(self, body: bytes) -> tuple[bytes, str | None]:
@@ -296,4 +312,4 @@ class GatewaySMTP(SaslSession):
             cred.name if cred else "-", " sandbox" if cred is not None and cred.sandbox else "",
             f" campaign={ctx.campaign_id}" if ctx.campaign_id else "",
         )
-        return R.queued(ctx.queue_id)
+        return R.queued(ctx.queue_id)  # (has its enhanced code: smtp_DATA sends it as it is)

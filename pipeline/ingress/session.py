@@ -388,7 +388,11 @@ class SessionBase(SMTP):
         return features
 
     async def _hook(self, phase: str, **kwargs: Any) -> Verdict | None:
-        return await self._run_phase(phase, self.gw.credential, session=self.gw, **kwargs)
+        """``chain.run(phase)`` for this session (:meth:`_run_phase` inlined: one coroutine, not two)."""
+        chain = self.ingress.chain
+        if not chain.calls(phase):
+            return None  # what Chain.run answers for a phase without hooks
+        return await chain.run(phase, features=self._features_for(self.gw.credential), session=self.gw, **kwargs)
 
     async def _run_phase(self, phase: str, cred: Credential | None, **kwargs: Any) -> Verdict | None:
         """``chain.run(phase)`` with ``cred``'s switches; a phase no plugin implements costs nothing."""
@@ -401,17 +405,24 @@ class SessionBase(SMTP):
         super()._set_post_data_state()
         self.txn = None
 
-    async def _out_of_sequence(self, *, mail: bool = False, rcpt: bool = False) -> bool:
-        """Answer a command sent before its prerequisites (HELO, then MAIL, then RCPT); True if so."""
+    def _sequence_reply(self, *, mail: bool = False, rcpt: bool = False) -> str | None:
+        """The reply to a command sent before its prerequisites (HELO, then MAIL, then RCPT), or
+        ``None`` (a plain check: MAIL, RCPT and DATA await nothing when the order is right)."""
         assert self.session is not None
         if not self.session.host_name:
-            await self.push(R.NEED_HELO)
-        elif mail and self.txn is None:
-            await self.push(R.NEED_MAIL)
-        elif rcpt and self.txn is not None and not self.txn.rcpt_tos:
-            await self.push(R.NEED_RCPT)
-        else:
+            return R.NEED_HELO
+        if mail and self.txn is None:
+            return R.NEED_MAIL
+        if rcpt and self.txn is not None and not self.txn.rcpt_tos:
+            return R.NEED_RCPT
+        return None
+
+    async def _out_of_sequence(self, *, mail: bool = False, rcpt: bool = False) -> bool:
+        """Answer a command sent before its prerequisites (HELO, then MAIL, then RCPT); True if so."""
+        reply = self._sequence_reply(mail=mail, rcpt=rcpt)
+        if reply is None:
             return False
+        await self.push(reply)
         return True
 
     # -- connection ------------------------------------------------------------------------
