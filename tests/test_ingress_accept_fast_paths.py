@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
+import weakref
 from types import SimpleNamespace
 from typing import Any
 
@@ -124,3 +126,47 @@ async def test_a_transaction_gets_the_replies_it_got_before(data_dir):
         b"354 End data with <CR><LF>.<CR><LF>\r\n",
     ]
     assert out[-1] == b"221 2.0.0 Bye\r\n"
+
+
+async def _session_freed(ingress: Any, steps: list[bytes], close_early: bool) -> bool:
+    """Run one connection with the cyclic garbage collector off: whether its session object was
+    freed (by reference counting) once it ended."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", ingress.port("plain"))
+    await reader.readline()
+    [session] = list(ingress.sessions)
+    ref = weakref.ref(session)
+    del session
+    for step in steps:  # (each answered with one line)
+        writer.write(step)
+        await asyncio.wait_for(reader.readline(), 10)
+    if close_early:
+        writer.transport.abort()
+    else:
+        await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+    for _ in range(500):  # a few loop steps: the loop's own handles let go of the connection
+        if ref() is None:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def test_an_ended_session_is_freed_without_the_cyclic_collector(data_dir):
+    config = ingress_test_config(data_dir, relay={"local_domains": ["example.net"]})
+    transaction = [
+        b"HELO client.test\r\n",
+        b"MAIL FROM:<a@example.com>\r\n",
+        b"RCPT TO:<b@example.net>\r\n",
+        b"DATA\r\n",
+        b"Subject: x\r\n\r\nbody\r\n.\r\n",
+    ]
+    gc.collect()
+    gc.disable()
+    try:
+        async with running_ingress(config) as (_, ingress):
+            assert await _session_freed(ingress, [*transaction, b"QUIT\r\n"], close_early=False)
+            assert await _session_freed(ingress, transaction[:3], close_early=True)  # the client vanishes
+            assert await _session_freed(ingress, transaction[:4], close_early=True)  # ... during DATA
+            assert await _session_freed(ingress, [b"HELO x\r\n", b"FOO\r\n", b"QUIT\r\n"], close_early=False)
+    finally:
+        gc.enable()

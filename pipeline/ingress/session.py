@@ -161,6 +161,7 @@ class SessionBase(SMTP):
         self._quit = False  # QUIT answered: the command loop ends
         self._grouped = False  # the command being answered is one of GROUPED
         self._held: list[bytes] = []  # replies to pipelined GROUPED commands, written with the next reply
+        self._loop_done = False  # _handle_client has returned (with connection_lost: _release)
         self._writer = None  # type: ignore[assignment]  # aiosmtpd sets it in connection_made
         self._deadline = 0.0  # the idle timeout: loop time after which the connection is cut (_reset_timeout)
         self._construct(
@@ -236,12 +237,21 @@ class SessionBase(SMTP):
         self._authenticator = None
         self._auth_callback = login_always_fail
         self._auth_required = False
-        self._auth_methods = {mech: _AuthMechAttr(getattr(self, attr), True)
-                              for mech, attr in self._auth_attrs.items()}
+        # (_auth_methods and _smtp_methods: properties, made when read; see _release)
         self._handle_hooks = {}
         self._ehlo_hook_ver = None
-        self._smtp_methods = _GuardedCommands(self)  # type: ignore[assignment]  # aiosmtpd calls get() and items()
         self._enforce_call_limit = False
+
+    @property
+    def _auth_methods(self) -> dict[str, _AuthMechAttr]:  # type: ignore[override]
+        """aiosmtpd's AUTH mechanism table, made when read (smtpgate's AUTH does not read it): kept
+        on the session, its bound methods would make the session a reference cycle."""
+        return {mech: _AuthMechAttr(getattr(self, attr), True) for mech, attr in self._auth_attrs.items()}
+
+    @property
+    def _smtp_methods(self) -> _GuardedCommands:  # type: ignore[override]
+        """aiosmtpd's command table (its HELP and its own command loop read it), made when read."""
+        return _GuardedCommands(self)
 
     # -- plumbing --------------------------------------------------------------------------
     @property
@@ -439,6 +449,7 @@ class SessionBase(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         starttls = self._original_transport is not None
         super().connection_made(transport)
+        self._client_connected_cb = None  # called once, above; kept, a bound method makes a cycle
         if starttls:
             # RFC 3207 4.2: forget what the client told us before TLS (EHLO, AUTH), keep the peer.
             self._note_tls(transport)
@@ -473,6 +484,18 @@ class SessionBase(SMTP):
                     time.monotonic() - self._started, self._end,
                 )
             self.ingress.session_closed()
+            if self._loop_done:
+                self._release()
+
+    def _release(self) -> None:
+        """The connection is gone and the command loop has ended: drop the stream writer, whose
+        reference back to this protocol was the last reference cycle of a session, so the session
+        and what it holds (buffers, transport, message) are freed at once by reference counting
+        instead of waiting for the cyclic garbage collector (whose passes over every connection's
+        leftovers were part of the main process's time per message). The finished command-loop task
+        goes too: cancelled (the client went away), it holds the traceback of its frames."""
+        self._writer = None  # type: ignore[assignment]
+        self._handler_coroutine = None
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         """Push the idle deadline back (every command, every DATA read).
@@ -507,6 +530,14 @@ class SessionBase(SMTP):
             super()._timeout_cb()
 
     async def _handle_client(self) -> None:
+        try:
+            await self._serve_client()
+        finally:
+            self._loop_done = True
+            if self.transport is None:  # the connection is gone already (connection_lost ran)
+                self._release()
+
+    async def _serve_client(self) -> None:
         try:
             reply = await self._admit()
         except Exception as exc:  # fail closed, and never leave a client without a greeting
