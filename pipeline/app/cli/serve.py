@@ -8,6 +8,7 @@ cuts the grace period short.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -22,6 +23,18 @@ from pipeline.app.instance import remove_pid_file, startup_summary, write_pid_fi
 from pipeline.toolkit.logs import setup_logging
 
 log = logging.getLogger("smtpgate")
+
+
+def freeze_startup_heap() -> None:
+    """Move what start-up left alive (modules, config, plugins, stores: a few hundred thousand
+    objects) to the collector's permanent generation, as CPython's docs advise for servers.
+
+    Why (issue 17, main process per message): every full collection otherwise walks all of it,
+    about 80 us per message at 10 sessions; afterwards it walks only what traffic allocates.
+    Frozen objects are still freed by reference counting; only cycles among them stay.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def run_gateway(gateway: Gateway) -> None:
@@ -47,6 +60,7 @@ async def run_gateway(gateway: Gateway) -> None:
     watchdog: asyncio.Task[None] | None = None
     try:
         await gateway.start()
+        freeze_startup_heap()
         write_pid_file(gateway.config.data_dir)
         for level, line in startup_summary(gateway):
             log.log(level, "%s", line)
