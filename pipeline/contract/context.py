@@ -8,6 +8,7 @@ to a worker process; plugins keep their own cross-phase data in ``notes`` (JSON 
 from __future__ import annotations
 
 import copy
+import random
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,13 @@ def new_queue_id() -> str:
         n, r = divmod(n, len(alphabet))
         tail += alphabet[r]
     return head + tail
+
+
+def _spool_session_id() -> str:
+    """An id for the session a spooled message's context is rebuilt with (a worker, per message):
+    the format of :class:`Session`'s own, from the process's seeded generator (it names the session
+    in logs; nothing secret), not a ``getrandom`` system call per message."""
+    return f"{random.getrandbits(48):012x}"
 
 
 @dataclass
@@ -201,7 +209,9 @@ class MessageContext:
             letter_id=rec.get("letter_id"),
             received_at=rec.get("received_at", time.time()),
             notes=dict(rec.get("notes", {})),
-            session=Session(peer=(peer[0], peer[1]), listener="spool") if peer else None,
+            session=Session(peer=(peer[0], peer[1]), listener="spool", session_id=_spool_session_id())
+            if peer
+            else None,
             tags=list(rec.get("tags", ())),
             metadata=dict(rec.get("metadata") or {}),
             not_before=rec.get("not_before"),

@@ -291,10 +291,19 @@ _idle: IdleTrim | None = None
 def _process_in_worker(
     record: dict[str, Any], data: bytes | int, mail_from: str, recipients: list[str]
 ) -> tuple[list[CopyResult], Timings]:
-    """``data``: the message bytes, or their length when the worker reads them from the spool."""
+    """``data``: the message bytes, or their length when the worker reads them from the spool.
+    (A loop run of its own: :func:`worker_main` awaits :func:`_process_task` in one task instead.)"""
     if _worker is None:
         raise RuntimeError("worker process was not initialised")
-    chain, loop = _worker
+    return _worker[1].run_until_complete(_process_task(record, data, mail_from, recipients))
+
+
+async def _process_task(
+    record: dict[str, Any], data: bytes | int, mail_from: str, recipients: list[str]
+) -> tuple[list[CopyResult], Timings]:
+    """The copies of one message and the plugin timings, in the worker's event loop."""
+    if _worker is None:
+        raise RuntimeError("worker process was not initialised")
     if isinstance(data, int):
         if _reader is None:
             raise RuntimeError("worker process has no spool to read from")
@@ -303,7 +312,7 @@ def _process_in_worker(
     if _idle is not None:
         _idle.busy = True
     try:
-        return loop.run_until_complete(run_processing(chain, record, data, mail_from, recipients, timings)), timings
+        return await run_processing(_worker[0], record, data, mail_from, recipients, timings), timings
     finally:
         if _idle is not None:
             _idle.done(time.monotonic())
@@ -356,6 +365,63 @@ def _read_frame(stream: Any) -> tuple[int, int, bytes] | None:
     return (task_id, kind, body) if len(body) == size else None
 
 
+def _send_frame(sock: socket.socket, task_id: int, status: int, payload: bytes) -> bool:
+    """Write one frame to the parent; ``False`` when the parent closed its end (shutdown) or is gone.
+
+    One ``sendmsg`` gathers the header and the payload: no copy of the payload (the copies of a
+    message) to put 17 bytes in front of it, and one system call however large it is."""
+    head = HEADER.pack(len(payload), task_id, status)
+    try:
+        sent = sock.sendmsg((head, payload))
+        if sent < len(head) + len(payload):  # cut short (a signal during a long write): the rest
+            if sent < len(head):
+                sock.sendall(head[sent:])
+                sent = len(head)
+            with memoryview(payload) as view:
+                sock.sendall(view[sent - len(head) :])
+    except OSError:
+        return False
+    return True
+
+
+def _answer(sock: socket.socket, frame: tuple[int, int, bytes]) -> bool:
+    """Run a task outside the event loop (a :meth:`WorkerPool.call` function may run a loop of
+    its own) and send its answer; ``False`` when the parent is gone."""
+    task_id, kind, body = frame
+    status = OK
+    try:
+        args = pickle.loads(body)
+        value: Any = _process_in_worker(*args) if kind == PROCESS else args()
+        out = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        status, out = ERROR, _dump_error(exc)
+    return _send_frame(sock, task_id, status, out)
+
+
+async def _serve(sock: socket.socket, stream: Any) -> tuple[int, int, bytes] | None:
+    """Process message frames one after another in one task of the worker's event loop; return
+    the first other frame (for :func:`_answer`), or ``None`` at EOF or when the parent is gone.
+
+    One task for all messages: a ``run_until_complete`` per message cost a task, the loop's set-up
+    and two loop iterations (each an ``epoll_wait``) even when every hook is synchronous. An async
+    hook is awaited here as it was there (in a task, under its timeout); after each message the
+    loop gets one turn, so callbacks a hook scheduled still run then, as they did."""
+    while True:
+        frame = _read_frame(stream)
+        if frame is None or frame[1] != PROCESS:
+            return frame
+        task_id, _, body = frame
+        status = OK
+        try:
+            value = await _process_task(*pickle.loads(body))
+            out = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            status, out = ERROR, _dump_error(exc)
+        if not _send_frame(sock, task_id, status, out):
+            return None
+        await asyncio.sleep(0)
+
+
 def worker_main(fd: int) -> None:
     """The body of a worker process: the start-up frame, then one task after another until EOF.
 
@@ -391,25 +457,11 @@ def worker_main(fd: int) -> None:
         sock.sendall(_frame(0, OK, pickle.dumps(os.getpid())))
     except OSError:  # the gateway stopped (or died) while this worker was starting
         return
+    assert _worker is not None
+    loop = _worker[1]
     while True:
-        frame = _read_frame(stream)
-        if frame is None:
-            return
-        task_id, kind, body = frame
-        status = OK
-        try:
-            args = pickle.loads(body)
-            value: Any = _process_in_worker(*args) if kind == PROCESS else args()
-            out = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            status, out = ERROR, _dump_error(exc)
-        try:
-            if len(out) < 65536:
-                sock.sendall(_frame(task_id, status, out))
-            else:  # no copy of megabytes of copies just to put 17 bytes in front
-                sock.sendall(HEADER.pack(len(out), task_id, status))
-                sock.sendall(out)
-        except OSError:  # the parent closed its end (shutdown) or is gone
+        frame = loop.run_until_complete(_serve(sock, stream))
+        if frame is None or not _answer(sock, frame):
             return
 
 
