@@ -84,8 +84,9 @@ async def process_message(
     if ends(verdict):
         return [CopyResult(r, mail_from, None, verdict, list(shared)) for r in rcpts]
     results = []
+    only = len(rcpts) == 1
     for rcpt in rcpts:
-        copy = ctx.for_recipient(rcpt)
+        copy = ctx.for_recipient(rcpt, only=only)
         first = len(trace.entries)
         v = await personalize_and_sign(chain, copy, trace)
         own = shared + trace_summary(trace.entries[first:])

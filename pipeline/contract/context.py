@@ -158,10 +158,11 @@ class MessageContext:
         """Whether a feature is on for this message (``None`` means "always on")."""
         return True if feature is None else bool(self.features.get(feature, False))
 
-    def for_recipient(self, recipient: str) -> MessageContext:
-        """The context of one recipient's copy (fan-out after ``transform``)."""
+    def for_recipient(self, recipient: str, *, only: bool = False) -> MessageContext:
+        """The context of one recipient's copy (fan-out after ``transform``); ``only``: the one
+        copy made of this message (its MIME tree is split when first needed, not to be cloned)."""
         return MessageContext(
-            message=self.message.copy(rcpt_tos=[recipient]),
+            message=self.message.copy(rcpt_tos=[recipient], split=not only),
             queue_id=self.queue_id,
             credential=self.credential,
             features=dict(self.features),
