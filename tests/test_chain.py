@@ -182,10 +182,12 @@ async def test_each_sync_hook_gets_its_own_full_timeout():
     """The timer is shared between calls; a hook that starts late must not inherit a short deadline."""
 
     def busy() -> None:
-        time.sleep(0.25)
+        time.sleep(0.5)
 
-    chain = chain_of(make_plugin("a", result=busy), make_plugin("b", result=busy), timeout=0.4)
-    assert await chain.run("on_message", ctx=ctx_for()) is None  # 0.5 s in all, 0.25 s each
+    # 1 s in all, 0.5 s each: a deadline shared by both would cut the second hook 0.2 s before its
+    # end; each hook's own leaves it 0.3 s to spare, for a sleep that overshoots on a loaded machine
+    chain = chain_of(make_plugin("a", result=busy), make_plugin("b", result=busy), timeout=0.8)
+    assert await chain.run("on_message", ctx=ctx_for()) is None
 
 
 async def test_a_pending_long_timer_does_not_delay_a_shorter_timeout():

@@ -19,7 +19,11 @@ from tests.support.milter_client import dkim_key
 from tests.support.postfix import MilterProcess, Postfix, available
 from tests.support.smtp_sink import start_sink
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not available(), reason="needs Debian postfix and root")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not available(), reason="needs Debian postfix and root"),
+    pytest.mark.xdist_group("milter_postfix"),  # one xdist worker, so the module's Postfix starts once
+]
 
 POLICY = """
 from pipeline import Plugin, Reject, hookimpl

@@ -51,7 +51,9 @@ from pipeline.chain.driver import make_chain, make_config, run_chain_async
 from pipeline.config import ChainSection
 from tests.support import CORPUS, SAMPLES, corpus_files, sample_files
 
-pytestmark = pytest.mark.browser  # drives the headless chromium
+# drives the headless chromium; one xdist worker runs the whole file, so the module-scoped
+# ``rendering`` (every file through the chain, then one chromium: ~20 s) is built once, not per worker
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("visual_fidelity")]
 
 ENGINES = ("premailer", "css_inline")
 FEATURES = ("inlinecss", "trackclicks", "trackopens", "trackbounces", "dkim", "campaign", "validate")

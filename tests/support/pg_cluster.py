@@ -61,13 +61,28 @@ class PgCluster:
     def start(self) -> None:
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
                   "-E", "UTF8", "--locale=C", "--no-sync")
-        opts = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200 "
-                "-c fsync=on -c synchronous_commit=on -c shared_buffers=32MB")
-        self._run(str(self.bin / "pg_ctl"), "start", "-D", str(self.data), "-w", "-t", "60",
-                  "-l", str(self.root / "server.log"), "-o", opts)
+        for attempt in range(3):
+            opts = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200 "
+                    "-c fsync=on -c synchronous_commit=on -c shared_buffers=32MB")
+            try:
+                self._run(str(self.bin / "pg_ctl"), "start", "-D", str(self.data), "-w", "-t", "60",
+                          "-l", str(self.root / "server.log"), "-o", opts)
+                break
+            except subprocess.CalledProcessError:
+                # the free port was taken before the postmaster bound it (another test process,
+                # pytest-xdist): try another one
+                if attempt == 2 or "Address already in use" not in self._log():
+                    raise
+                self.port = free_port()
         # The postmaster's PID is the first line of postmaster.pid: we stop exactly that process.
         self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
         self.admin("CREATE DATABASE smtpgate_template")
+
+    def _log(self) -> str:
+        try:
+            return (self.root / "server.log").read_text(errors="replace")
+        except OSError:
+            return ""
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"

@@ -169,13 +169,19 @@ FAST_RETRIES: dict[str, Any] = {"retry_min": 0.05, "retry_max": 0.2, "lifetime":
 """``[spool]`` timings that let retry tests finish in well under a second."""
 
 
+_reserved: list[socket.socket] = []
+
+
 def closed_port() -> int:
-    """A loopback port nothing listens on (bound, read, released): a refused connection."""
+    """A loopback port nothing listens on: a refused connection.
+
+    The socket stays bound (never listening) until the test process ends, so no server, of this
+    process or of another one running tests beside it (pytest-xdist), can take the port meanwhile;
+    a connection to a bound port nobody listens on is refused like one to a free port."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return int(port)
+    _reserved.append(s)
+    return int(s.getsockname()[1])
 
 
 def smtp_egress(port: int, **kw: Any) -> dict[str, Any]:
