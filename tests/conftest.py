@@ -10,6 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests check results, not speed: no per-example deadline (200 ms by default) and no "data
+# generation is too slow" health check, which both fail, or report a replay as Flaky, when another
+# test (pytest-xdist's other worker) shares the CPU. A test that sets either itself still wins.
+settings.register_profile("smtpgate", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("smtpgate")
 
 
 @pytest.fixture(scope="session")
