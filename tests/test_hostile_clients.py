@@ -110,9 +110,10 @@ async def server(data_dir, tls_cert, caplog) -> AsyncIterator[Server]:
 @pytest.fixture
 async def patient_server(data_dir, tls_cert, caplog) -> AsyncIterator[Server]:
     """Idle timeout 60 s, for the attacks that make the server (or the client) work for a while
-    between two commands: the idle timer runs from the last read, so with IDLE a scan of a bomb
-    that takes longer than 0.5 s on a loaded machine (another test on the other core) would end
-    the session with 421 before the next command, which is not what these tests are about."""
+    between two commands: with IDLE, the client's own slow sending of a huge line or bomb on a
+    loaded machine (another test on the other core) could end the session with 421 before the next
+    command, which is not what these tests are about. (The server's work after DATA, the scan
+    among it, no longer counts against the client: tests/test_ingress_idle_timer.py.)"""
     async with serving(data_dir, tls_cert, caplog, 60.0) as s:
         yield s
 

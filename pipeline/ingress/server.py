@@ -235,20 +235,25 @@ class GatewaySMTP(SaslSession):
             return
         txn = self.txn
         self._set_post_data_state()
-        if isinstance(content, bytes):
-            content, reply = self._checked(content)
-        else:
-            reply = content
-        if reply is not None or not isinstance(content, bytes):
-            self._rejected += 1
-            await self.push(reply or R.INTERNAL_ERROR)
-        else:
-            outcome = await self._accept(txn, content)
-            reply = self._reply(outcome, txn)
-            if outcome.status == "queued":  # new text each time: not worth remembering (wire_reply)
-                self._raw_push = True
-            await self.push(reply)
-            await self.ingress.accept.announce(outcome)  # after the reply: event plugins must not delay it
+        self._hold_idle_timer()  # from here on the client waits for us, until the reply is out
+        try:
+            if isinstance(content, bytes):
+                content, reply = self._checked(content)
+            else:
+                reply = content
+            if reply is not None or not isinstance(content, bytes):
+                self._rejected += 1
+                await self.push(reply or R.INTERNAL_ERROR)
+            else:
+                outcome = await self._accept(txn, content)
+                reply = self._reply(outcome, txn)
+                if outcome.status == "queued":  # new text each time: not worth remembering (wire_reply)
+                    self._raw_push = True
+                await self.push(reply)
+                await self.ingress.accept.announce(outcome)  # after the reply: event plugins must not delay it
+        finally:
+            if self.transport is not None:  # the client's turn: its idle time starts now (also after an error)
+                self._reset_timeout()
 
     def _checked(self, body: bytes) -> tuple[bytes, str | None]:
         """The unstuffed message and the refusal for octets that must not pass (or ``None``)."""

@@ -15,6 +15,7 @@ import asyncio
 import collections
 import functools
 import logging
+import math
 import re
 import socket
 import ssl
@@ -512,8 +513,21 @@ class SessionBase(SMTP):
                 handle.cancel()
             self._timeout_handle = self.loop.call_at(self._deadline, self._idle_check)
 
+    def _hold_idle_timer(self) -> None:
+        """The client waits for us (its message is being admitted and spooled): the idle timeout is
+        the client's time, as Postfix's ``smtpd_timeout`` is, so it stops until :meth:`_reset_timeout`.
+
+        Why: with the deadline counted from the last DATA read, an admission slower than what is
+        left of the timeout (a milter-like hook, a loaded machine, a short ``idle_timeout``) cut the
+        session with 421 while its message was being queued, and the client, told to retry, sent it
+        twice."""
+        self._deadline = math.inf
+
     def _idle_check(self) -> None:
         """The timer fired: idle since the deadline, or busy since (then wait for the new deadline)."""
+        if self._deadline == math.inf:  # held: look again a timeout later (connection_lost cancels it)
+            self._timeout_handle = self.loop.call_at(self.loop.time() + self._timeout_duration, self._idle_check)
+            return
         if self.loop.time() >= self._deadline:
             self._timeout_cb()
         else:
