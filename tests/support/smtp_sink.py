@@ -6,6 +6,7 @@ first, then 2xx...), and optionally requires STARTTLS and AUTH.
 
 from __future__ import annotations
 
+import atexit
 import email
 import socket
 import ssl
@@ -170,6 +171,13 @@ FAST_RETRIES: dict[str, Any] = {"retry_min": 0.05, "retry_max": 0.2, "lifetime":
 
 
 _reserved: list[socket.socket] = []
+
+
+@atexit.register
+def _release_reserved() -> None:
+    """Close the ports :func:`closed_port` kept bound, when the test process ends (no ResourceWarning)."""
+    while _reserved:
+        _reserved.pop().close()
 
 
 def closed_port() -> int:
