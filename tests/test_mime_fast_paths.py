@@ -16,22 +16,9 @@ from hypothesis import strategies as st
 
 from pipeline.contract.message import Message
 from pipeline.contract.mime import _crlf_only, _PendingText
-from tests.support import corpus_files, sample_files
+from tests.support import html_part_texts
 
-
-def html_parts() -> list[tuple[str, str]]:
-    found = []
-    for path in sample_files() + corpus_files():
-        try:
-            msg = Message(path.read_bytes())
-        except Exception:  # (a sample refused as a message has no parts to test)
-            continue
-        for i, part in enumerate(msg.html_parts()):
-            found.append((f"{path.name}#{i}", part.text()))
-    return found
-
-
-PARTS = html_parts()
+PARTS = html_part_texts()
 
 
 def lf_by_regex(new: bytes) -> bytes:

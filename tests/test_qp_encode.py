@@ -14,29 +14,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.contract.message import Message
 from pipeline.contract.mime import _QPLines, qp_encode_crlf
 from plugins.css_inline import CssInlineEngine, PremailerEngine
-from tests.support import corpus_files, sample_files
+from tests.support import html_part_texts
 
 
 def b2a_qp_crlf(data: bytes) -> bytes:
     return binascii.b2a_qp(data, quotetabs=False, istext=True).replace(b"\n", b"\r\n")
 
 
-def html_texts() -> list[tuple[str, str]]:
-    found = []
-    for path in sample_files() + corpus_files():
-        try:
-            msg = Message(path.read_bytes())
-        except Exception:  # (a sample refused as a message has no parts to test)
-            continue
-        for i, part in enumerate(msg.html_parts()):
-            found.append((f"{path.name}#{i}", part.text()))
-    return found
-
-
-TEXTS = html_texts()
+TEXTS = html_part_texts()
 ENGINES = [CssInlineEngine(False), PremailerEngine(False)]
 
 

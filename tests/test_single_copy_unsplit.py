@@ -19,17 +19,9 @@ from pipeline.chain.processing import process_message
 from pipeline.config import ChainSection
 from pipeline.contract.context import MessageContext
 from pipeline.contract.message import Message
-from tests.support import corpus_files, sample_files
+from tests.support import PROCESSING_FEATURES, corpus_files, sample_files
 
-FEATURES = [
-    "inlinecss",
-    "trackclicks",
-    "trackopens",
-    "trackbounces",
-    "campaign",
-    "validate",
-    "listunsubscribe",
-]
+FEATURES = PROCESSING_FEATURES
 ADMISSION_ONLY = ["header_validation", "campaign_tag", "suppression"]
 
 

@@ -133,6 +133,18 @@ def _change(rng: random.Random, creds: CredentialStore, api: WebhookEndpointStor
             api.set_events(rng.choice(rows)["id"], rng.sample(KINDS, rng.randint(0, 2)))
 
 
+def cached_emitter(stored: StoredWebhooks, endpoints: WebhookEndpointStore) -> EventEmitter:
+    """The event recorder as the gateway wires it: both stores, and credentials.db's commit stamp."""
+    return EventEmitter(
+        None,
+        Config(),
+        collections.Counter(),
+        credential_webhooks=stored,  # type: ignore[arg-type]
+        api_webhooks=endpoints.urls_for,
+        webhooks_stamp=stored.stamp,
+    )
+
+
 def test_cached_webhook_urls_equal_asking_every_source_on_generated_changes(tmp_path):
     for seed in range(6):
         rng = random.Random(seed)
@@ -222,14 +234,7 @@ async def test_a_credential_webhook_changed_by_another_process_is_seen_at_the_ne
     stored = StoredWebhooks(path)
     stored.STAMP_AFTER = 0.0
     endpoints = WebhookEndpointStore(path)
-    sink = EventEmitter(
-        None,
-        Config(),
-        collections.Counter(),
-        credential_webhooks=stored,  # type: ignore[arg-type]
-        api_webhooks=endpoints.urls_for,
-        webhooks_stamp=stored.stamp,
-    )
+    sink = cached_emitter(stored, endpoints)
     event = Event(EventType.DELIVERED, queue_id="Q1", recipient="a@example.net", credential="shop")
     try:
         assert sink.webhook_urls_for(event) == []
@@ -284,14 +289,7 @@ def test_endpoints_of_a_file_created_while_running_are_in_the_first_cached_answe
     stored.RECHECK = 0.0
     endpoints = WebhookEndpointStore(path)
     endpoints.RECHECK = 0.3
-    sink = EventEmitter(
-        None,
-        Config(),
-        collections.Counter(),
-        credential_webhooks=stored,  # type: ignore[arg-type]
-        api_webhooks=endpoints.urls_for,
-        webhooks_stamp=stored.stamp,
-    )
+    sink = cached_emitter(stored, endpoints)
     event = Event(EventType.DELIVERED, queue_id="Q1", recipient="a@example.net", credential="shop")
     other = WebhookEndpointStore(path)
     try:

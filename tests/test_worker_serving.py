@@ -25,19 +25,11 @@ from pipeline.config import ChainSection
 from pipeline.contract.context import MessageContext
 from pipeline.contract.message import Message
 from pipeline.delivery.workers import HEADER, OK, WorkerPool, _send_frame, build_chain, run_processing
-from tests.support import corpus_files, sample_files
+from tests.support import PROCESSING_FEATURES, corpus_files, sample_files
 
 pytestmark = pytest.mark.slow  # worker processes
 
-FEATURES = [
-    "inlinecss",
-    "trackclicks",
-    "trackopens",
-    "trackbounces",
-    "campaign",
-    "validate",
-    "listunsubscribe",
-]
+FEATURES = PROCESSING_FEATURES
 RCPTS = ["one@example.org", "two@example.org", "three@example.net"]
 RAW = b"From: app@example.org\r\nTo: x@example.net\r\nSubject: hi\r\n\r\nhello\r\n"
 

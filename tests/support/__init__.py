@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pipeline.contract.message import Message
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 SAMPLES = ROOT / "samples"
 # The shared corpus sits beside the checkout; a git worktree elsewhere names it with SMTPGATE_CORPUS.
@@ -23,6 +25,26 @@ def corpus_files() -> list[Path]:
 
 def sample_files() -> list[Path]:
     return sorted(SAMPLES.glob("*.eml"))
+
+
+def html_part_texts() -> list[tuple[str, str]]:
+    """Every HTML part of samples/ and the corpus as ``(file#index, decoded text)``: the golden
+    inputs of the HTML and encoding fast-path tests."""
+    found = []
+    for path in sample_files() + corpus_files():
+        try:
+            msg = Message(path.read_bytes())
+        except Exception:  # (a sample refused as a message has no parts to test)
+            continue
+        for i, part in enumerate(msg.html_parts()):
+            found.append((f"{path.name}#{i}", part.text()))
+    return found
+
+
+# Every processing feature of the default chain except DKIM (whose keys a test sets up itself).
+PROCESSING_FEATURES = [
+    "inlinecss", "trackclicks", "trackopens", "trackbounces", "campaign", "validate", "listunsubscribe",
+]
 
 
 def complete_message(
