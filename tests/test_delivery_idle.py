@@ -16,7 +16,7 @@ import pytest
 from pipeline.app.gateway import Gateway
 from pipeline.contract.context import MessageContext
 from pipeline.contract.message import Message
-from pipeline.delivery.scheduler import DeliveryService
+from pipeline.delivery.scheduler import DeliveryService, Wake
 from pipeline.ports import QueuedMessage
 from pipeline.spool.sqlite import SqliteSpool
 from tests.support.smtp_sink import EventRecorder, smtp_egress
@@ -105,6 +105,38 @@ async def test_a_full_house_leaves_the_message_queued_and_a_freed_slot_claims_it
     finally:
         await stop(gw, svc)
     assert {e.queue_id for e in EventRecorder.of("delivered")} == {first, second} and left == 0
+
+
+async def test_a_finished_message_does_not_wake_a_scheduler_waiting_with_a_slot_free(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Enqueued messages are handed over in their transaction; their end frees a slot the waiting
+    scheduler does not need (one was free already): it stays asleep (no loop pass, future or timer
+    per message), and every message is still delivered."""
+    woken: list[bool] = []
+    real_wait = Wake.wait
+
+    async def wait(self: Wake, timeout: float) -> bool:
+        got = await real_wait(self, timeout)
+        woken.append(got)
+        return got
+
+    monkeypatch.setattr(Wake, "wait", wait)
+    gw, svc = await start_service(data_dir, spool={"poll_interval": HOUR})
+    try:
+        await enqueue(gw, "warm@example.net")
+        await EventRecorder.until(lambda: len(EventRecorder.of("delivered")) == 1)
+        await asyncio.sleep(0)  # the first message's done callback
+        woken.clear()
+        ids = []
+        for i in range(5):
+            ids.append(await enqueue(gw, f"r{i}@example.net"))
+            await EventRecorder.until(lambda n=i: len(EventRecorder.of("delivered")) == n + 2)
+        await asyncio.sleep(0)
+    finally:
+        await stop(gw, svc)
+    assert woken.count(True) <= 1  # at most stop()'s wake-up
+    assert set(ids) <= {e.queue_id for e in EventRecorder.of("delivered")}
 
 
 def deferred_once(sinks: Any) -> Any:

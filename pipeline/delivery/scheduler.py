@@ -210,6 +210,8 @@ class DeliveryService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reserved = 0  # slots promised to enqueues not yet committed (reserve/claimed/cancel)
         self._more = True  # the queue may hold claimable work not yet claimed: a claim pass is due
+        # _idle waits with a slot free: a finished message changes nothing it waits for (_finished)
+        self._parked_free = False
         self._due: float | None = None  # the earliest deferred recipient's next attempt, as last known
         self._early: float | None = None  # the earliest retry recorded while a next_due query ran
         self._tasks: dict[asyncio.Task[None], QueuedMessage] = {}
@@ -369,7 +371,12 @@ class DeliveryService:
             if free and due is not None:
                 timeout = min(timeout, due - now)
             self._wake.clear()
-            if await self._wake.wait(timeout):
+            self._parked_free = free
+            try:
+                woken = await self._wake.wait(timeout)
+            finally:
+                self._parked_free = False
+            if woken:
                 continue  # woken: look again (a finished message, an enqueue, a new due time)
             if due is None or due > self.clock():  # the poll tick, not the due time
                 try:
@@ -380,7 +387,12 @@ class DeliveryService:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
-        self._wake.set()  # a slot is free: _idle looks whether anything waits for it (no query)
+        if not self._parked_free:
+            # a slot is free: _idle looks whether anything waits for it (no query). Parked with a
+            # slot free already, it waits for work (an enqueue, a retry: they wake it) or the due
+            # time (its timeout): one more free slot changes neither, and waking it for nothing
+            # cost a loop pass, a future and a timer per message (issue 17).
+            self._wake.set()
 
     async def run_once(self) -> int:
         """Claim and fully handle everything due now (tools and tests); returns messages handled."""
