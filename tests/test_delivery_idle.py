@@ -133,8 +133,10 @@ async def test_a_finished_message_does_not_wake_a_scheduler_waiting_with_a_slot_
             ids.append(await enqueue(gw, f"r{i}@example.net"))
             await EventRecorder.until(lambda n=i: len(EventRecorder.of("delivered")) == n + 2)
         await asyncio.sleep(0)
+        in_flight = svc.in_flight  # each delivery task took itself out at its end
     finally:
         await stop(gw, svc)
+    assert in_flight == 0 and svc.in_flight == 0
     assert woken.count(True) <= 1  # at most stop()'s wake-up
     assert set(ids) <= {e.queue_id for e in EventRecorder.of("delivered")}
 

@@ -255,6 +255,7 @@ class DeliveryService:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            self._tasks.clear()  # all done: those cancelled before their first step never took themselves out
         await self.pool.close()
         await self.router.close()
 
@@ -306,8 +307,7 @@ class DeliveryService:
     def _start(self, msg: QueuedMessage) -> None:
         self._held.update((msg.queue_id, r) for r in msg.recipients)
         task = asyncio.create_task(self._handle(msg), name=f"deliver-{msg.queue_id}")
-        self._tasks[task] = msg
-        task.add_done_callback(self._finished)
+        self._tasks[task] = msg  # (it takes itself out at its end: _handle's _finished)
 
     @property
     def in_flight(self) -> int:
@@ -385,8 +385,11 @@ class DeliveryService:
                 except Exception:  # the claim pass will find out, and back off
                     self._more = True
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(task, None)
+    def _finished(self) -> None:
+        """A delivery task's last step, run by the task itself (a done callback cost a loop callback
+        per message). A task cancelled before its first step never runs it: :meth:`stop` forgets those."""
+        if self._tasks.pop(asyncio.current_task(), None) is None:  # type: ignore[arg-type]
+            return  # run_once's, not a slot's
         if not self._parked_free:
             # a slot is free: _idle looks whether anything waits for it (no query). Parked with a
             # slot free already, it waits for work (an enqueue, a retry: they wake it) or the due
@@ -418,6 +421,7 @@ class DeliveryService:
         finally:
             self._held.difference_update((msg.queue_id, r) for r in msg.recipients)
             self._copy_logs.pop(msg.queue_id, None)
+            self._finished()
 
     # -- one attempt ----------------------------------------------------------------------
 
