@@ -32,7 +32,7 @@ from pipeline.contract.message import Message
 from pipeline.contract.mime import _newlines_are_bytes, _PendingText, _QPLines
 from pipeline.contract.vocabulary import EditAction
 from pipeline.delivery.workers import run_processing
-from tests.support import SAMPLES, corpus_files, sample_files
+from tests.support import REFUSED_AT_DATA, SAMPLES, corpus_files, processed_files, sample_files
 
 RCPTS = ["ann@example.com", "bob@example.org"]
 
@@ -110,14 +110,9 @@ def process(chain: Any, record: dict[str, Any], data: bytes) -> list[bytes]:
     return [c.data for c in copies if c.data is not None]
 
 
-# Samples the default chain refuses at DATA by design (an invalid X-Campaign-Id, two From: headers)
-# never reach processing: they have no copies to compare. The test below asserts they are refused.
-REFUSED_AT_DATA = {"14-invalid-campaign-id.eml", "17-two-from-headers.eml"}
-
-
 @pytest.mark.parametrize(
     "path",
-    [p for p in sample_files() + corpus_files() if p.name not in REFUSED_AT_DATA],
+    processed_files(),
     ids=lambda p: p.name,
 )
 def test_deferred_encoding_gives_the_bytes_eager_encoding_gave(

@@ -11,28 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.contract.message import Message
 from pipeline.toolkit import html as H
-from tests.support import corpus_files, sample_files
+from tests.support import html_part_texts
 from tests.support import html_reference as ref
 
 # -- inputs -----------------------------------------------------------------------------------
 
 
-def html_parts_of_every_message() -> list[tuple[str, str]]:
-    """(id, text) of every HTML part of every message in samples/ and the corpus."""
-    found = []
-    for path in sample_files() + corpus_files():
-        try:
-            msg = Message(path.read_bytes())
-        except Exception:  # (a sample that is refused as a message has no parts to test)
-            continue
-        for i, part in enumerate(msg.html_parts()):
-            found.append((f"{path.parent.name}/{path.name}#{i}", part.text()))
-    return found
-
-
-PARTS = html_parts_of_every_message()
+PARTS = html_part_texts()
 PART_IDS = [name for name, _ in PARTS]
 
 BLANKS = [" ", "\t", "\n", "\r\n", "\u3000", "\x0b", ""]

@@ -43,7 +43,7 @@ from pipeline.contract.message import Message
 from pipeline.contract.vocabulary import EditAction
 from pipeline.delivery.workers import run_processing
 from pipeline.toolkit.tokens import TokenSigner
-from tests.support import complete_message, corpus_files, sample_files
+from tests.support import REFUSED_AT_DATA, complete_message, corpus_files, processed_files, sample_files
 
 FIELDS = ("k", "u", "q", "r", "c", "l", "s", "h")
 KEYS = {"k1": b"per-copy secret", "old": "pass phrase \u00e9".encode()}
@@ -282,7 +282,6 @@ def test_trace_rows_are_the_ones_the_comprehension_made(rows: list[Any]) -> None
 
 # -- the whole chain, old computations patched in ------------------------------------------------
 RCPTS = ["ann@example.com", "Bob.Smith@Example.ORG", "\u00fcser@example.net"]
-REFUSED_AT_DATA = {"14-invalid-campaign-id.eml", "17-two-from-headers.eml"}
 
 
 @pytest.fixture(scope="module")
@@ -344,7 +343,7 @@ def copies(chain: Any, record: dict[str, Any], data: bytes) -> list[tuple[Any, .
 
 @pytest.mark.parametrize(
     "path",
-    [p for p in sample_files() + corpus_files() if p.name not in REFUSED_AT_DATA],
+    processed_files(),
     ids=lambda p: p.name,
 )
 def test_every_copy_is_the_one_the_straightforward_computation_made(

@@ -19,25 +19,13 @@ from pipeline.chain.processing import process_message
 from pipeline.config import ChainSection
 from pipeline.contract.context import MessageContext
 from pipeline.contract.message import Message
-from tests.support import PROCESSING_FEATURES, corpus_files, sample_files
+from tests.support import PROCESSING_FEATURES, parseable_messages
 
 FEATURES = PROCESSING_FEATURES
 ADMISSION_ONLY = ["header_validation", "campaign_tag", "suppression"]
 
 
-def messages() -> list[tuple[str, bytes]]:
-    found = []
-    for path in sample_files() + corpus_files():
-        raw = path.read_bytes()
-        try:
-            Message(raw)
-        except Exception:  # (a sample refused as a message is never copied)
-            continue
-        found.append((path.name, raw))
-    return found
-
-
-MESSAGES = messages()
+MESSAGES = parseable_messages()
 
 
 def tree(msg: Message) -> list[tuple[Any, ...]]:

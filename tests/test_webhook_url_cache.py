@@ -72,28 +72,22 @@ class Counting:
         return self.fn(*args)
 
 
+def recorder(credential_webhooks: Any, api_webhooks: Any, stamp: Any = None, config: Config | None = None) -> EventEmitter:
+    """The event recorder as the gateway wires it (``stamp``: credentials.db's commit stamp, which
+    turns the cache on; ``None``: every source asked for every event)."""
+    return EventEmitter(None, config or Config(), collections.Counter(), credential_webhooks=credential_webhooks,
+                        api_webhooks=api_webhooks, webhooks_stamp=stamp)
+
+
 def _emitters(config: Config, path: Path) -> tuple[EventEmitter, EventEmitter, list[Any]]:
     """(the cached recorder, a recorder asking every source every time with readers of its own, closers)."""
     stored = StoredWebhooks(path)
     stored.STAMP_AFTER = 0.0
     endpoints = WebhookEndpointStore(path)
-    cached = EventEmitter(
-        None,
-        config,
-        collections.Counter(),
-        credential_webhooks=stored,  # type: ignore[arg-type]
-        api_webhooks=endpoints.urls_for,
-        webhooks_stamp=stored.stamp,
-    )
+    cached = recorder(stored, endpoints.urls_for, stored.stamp, config)
     ref_stored = StoredWebhooks(path)
     ref_endpoints = WebhookEndpointStore(path)
-    plain = EventEmitter(
-        None,
-        config,
-        collections.Counter(),
-        credential_webhooks=ref_stored,  # type: ignore[arg-type]
-        api_webhooks=ref_endpoints.urls_for,
-    )
+    plain = recorder(ref_stored, ref_endpoints.urls_for, None, config)
     return cached, plain, [stored.close, endpoints.close, ref_stored.close, ref_endpoints.close]
 
 
@@ -131,18 +125,6 @@ def _change(rng: random.Random, creds: CredentialStore, api: WebhookEndpointStor
         rows = api.list()
         if rows:
             api.set_events(rng.choice(rows)["id"], rng.sample(KINDS, rng.randint(0, 2)))
-
-
-def cached_emitter(stored: StoredWebhooks, endpoints: WebhookEndpointStore) -> EventEmitter:
-    """The event recorder as the gateway wires it: both stores, and credentials.db's commit stamp."""
-    return EventEmitter(
-        None,
-        Config(),
-        collections.Counter(),
-        credential_webhooks=stored,  # type: ignore[arg-type]
-        api_webhooks=endpoints.urls_for,
-        webhooks_stamp=stored.stamp,
-    )
 
 
 def test_cached_webhook_urls_equal_asking_every_source_on_generated_changes(tmp_path):
@@ -185,14 +167,7 @@ def test_webhook_urls_are_answered_without_asking_the_stores_until_credentials_d
     stored.STAMP_AFTER = 0.0
     endpoints = WebhookEndpointStore(path)
     lookup, api_lookup = Counting(stored), Counting(endpoints.urls_for)
-    sink = EventEmitter(
-        None,
-        Config(),
-        collections.Counter(),
-        credential_webhooks=lookup,  # type: ignore[arg-type]
-        api_webhooks=api_lookup,
-        webhooks_stamp=stored.stamp,
-    )
+    sink = recorder(lookup, api_lookup, stored.stamp)
     event = Event(EventType.DELIVERED, queue_id="Q1", recipient="a@example.net", credential="shop")
     try:
         assert sink.webhook_urls_for(event) == ["http://127.0.0.1:9/shop"]  # opens the store: not cached yet
@@ -234,7 +209,7 @@ async def test_a_credential_webhook_changed_by_another_process_is_seen_at_the_ne
     stored = StoredWebhooks(path)
     stored.STAMP_AFTER = 0.0
     endpoints = WebhookEndpointStore(path)
-    sink = cached_emitter(stored, endpoints)
+    sink = recorder(stored, endpoints.urls_for, stored.stamp)
     event = Event(EventType.DELIVERED, queue_id="Q1", recipient="a@example.net", credential="shop")
     try:
         assert sink.webhook_urls_for(event) == []
@@ -289,7 +264,7 @@ def test_endpoints_of_a_file_created_while_running_are_in_the_first_cached_answe
     stored.RECHECK = 0.0
     endpoints = WebhookEndpointStore(path)
     endpoints.RECHECK = 0.3
-    sink = cached_emitter(stored, endpoints)
+    sink = recorder(stored, endpoints.urls_for, stored.stamp)
     event = Event(EventType.DELIVERED, queue_id="Q1", recipient="a@example.net", credential="shop")
     other = WebhookEndpointStore(path)
     try:
@@ -331,14 +306,7 @@ def test_events_without_a_credential_are_cached_too_and_see_a_new_global_endpoin
     stored.STAMP_AFTER = 0.0
     endpoints = WebhookEndpointStore(path)
     api_lookup = Counting(endpoints.urls_for)
-    sink = EventEmitter(
-        None,
-        Config(),
-        collections.Counter(),
-        credential_webhooks=stored,  # type: ignore[arg-type]
-        api_webhooks=api_lookup,
-        webhooks_stamp=stored.stamp,
-    )
+    sink = recorder(stored, api_lookup, stored.stamp)
     event = Event(EventType.REJECTED, queue_id=None, recipient=None, credential=None)
     other = WebhookEndpointStore(path)
     try:

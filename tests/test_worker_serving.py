@@ -25,7 +25,7 @@ from pipeline.config import ChainSection
 from pipeline.contract.context import MessageContext
 from pipeline.contract.message import Message
 from pipeline.delivery.workers import HEADER, OK, WorkerPool, _send_frame, build_chain, run_processing
-from tests.support import PROCESSING_FEATURES, corpus_files, sample_files
+from tests.support import PROCESSING_FEATURES, parseable_messages
 
 pytestmark = pytest.mark.slow  # worker processes
 
@@ -114,18 +114,6 @@ def outcome(copies: list[Any]) -> list[tuple[Any, ...]]:
     ]
 
 
-def messages() -> list[tuple[str, bytes]]:
-    found = []
-    for path in sample_files() + corpus_files():
-        raw = path.read_bytes()
-        try:
-            Message(raw)
-        except Exception:  # (a sample refused as a message never reaches a worker)
-            continue
-        found.append((path.name, raw))
-    return found
-
-
 async def test_copies_made_by_a_worker_equal_those_made_in_process_for_every_sample_and_corpus_message(
     data_dir,
 ):
@@ -134,7 +122,7 @@ async def test_copies_made_by_a_worker_equal_those_made_in_process_for_every_sam
     pool = WorkerPool(config, 1, build_chain(config, []), [])
     await pool.start()
     try:
-        found = messages()
+        found = parseable_messages()
         assert found
         for i, (name, raw) in enumerate(found):
             record = record_for(raw, f"q{i}")
