@@ -130,6 +130,10 @@ class CredentialStore:
         self._version: Any = None
         self._rows: list[Record] = []
         self._conn, self._pool = open_store(path, url, SCHEMA, "a credential store")
+        # SQLite: the file's commit stamp (its connection above has read: it holds the -shm file);
+        # equal to the one read before the rows were last read, the rows serve without a statement
+        self._commits = CommitStamp(path) if self._pool is None and path is not None else None
+        self._read_at: object | None = None
 
     def _q(
         self, sql: str, args: tuple[Any, ...] = (), wait: float | None = None
@@ -140,6 +144,9 @@ class CredentialStore:
 
     def close(self) -> None:
         with self._lock:
+            self._read_at = None
+            if self._commits is not None:  # before the connection that keeps the -shm file valid
+                self._commits.close()
             if self._pool is not None:
                 self._pool.close()
             else:
@@ -194,7 +201,7 @@ class CredentialStore:
                     (name, str(kind), username, key_id, secret_hash,
                      json.dumps({**opts, "networks": list(section.networks)}), time.time()),
                 )
-                self._version = None
+                self._version = self._read_at = None
             except Exception as exc:
                 if "unique" in str(exc).lower():  # SQLite's UNIQUE constraint, PostgreSQL's unique_violation
                     raise CredentialError(f"a credential named {name!r} already exists") from None
@@ -204,7 +211,7 @@ class CredentialStore:
     def set_disabled(self, name: str, disabled: bool = True) -> None:
         with self._lock:
             _, count = self._q("UPDATE credentials SET disabled = ? WHERE name = ?", (int(disabled), name))
-            self._version = None  # data_version only moves for other connections' commits
+            self._version = self._read_at = None  # data_version only moves for other connections' commits
         if count == 0:
             raise CredentialError(f"no credential named {name!r}")
 
@@ -227,13 +234,13 @@ class CredentialStore:
                 "UPDATE credentials SET key_id = COALESCE(?, key_id), secret_hash = ? WHERE name = ?",
                 (key_id, hash_secret(secret), name),
             )
-            self._version = None
+            self._version = self._read_at = None
         return secret
 
     def remove(self, name: str) -> None:
         with self._lock:
             _, count = self._q("DELETE FROM credentials WHERE name = ?", (name,))
-            self._version = None
+            self._version = self._read_at = None
         if count == 0:
             raise CredentialError(f"no credential named {name!r}")
 
@@ -253,16 +260,30 @@ class CredentialStore:
 
     def records(self) -> builtins.list[Record]:  # builtins: this class has a method named list
         """All stored credentials; re-read only when another connection changed the file (SQLite),
-        or at most every ``SHARED_TTL`` seconds (PostgreSQL)."""
+        or at most every ``SHARED_TTL`` seconds (PostgreSQL).
+
+        Why the commit stamp first (issue 17, main process per connection): ``PRAGMA data_version``
+        is a statement (two ``fcntl`` locks, an ``fstat``: about 16-20 us), asked at every SMTP
+        connection; the stamp is one ``pread`` (about 2 us). It is read before the check and the
+        rows it guards, so a commit by any connection, this one included, made meanwhile is asked
+        about at the next call; ``None`` (no ``-shm`` to read) asks the statement as before."""
         with self._lock:
+            stamp: object | None = None
             if self._pool is None:
+                probe = self._commits
+                stamp = probe.stamp() if probe is not None else None
+                if stamp is not None and stamp == self._read_at:
+                    return self._rows  # no commit to the file since the rows were known current
                 version: Any = self._conn.execute("PRAGMA data_version").fetchone()[0]
                 fresh = version == self._version
             else:
                 now = time.monotonic()
                 fresh = self._version is not None and now - self._version < self.SHARED_TTL
                 version = now
-            if fresh or (self._pool is not None and self._version is not None and not self._pool.health.up):
+            if fresh:
+                self._read_at = stamp  # read before data_version said nothing changed
+                return self._rows
+            if self._pool is not None and self._version is not None and not self._pool.health.up:
                 return self._rows  # the database is known to be away: don't wait on it, the last rows serve
             try:
                 rows = self._q("SELECT name, kind, username, key_id, secret_hash, options, disabled FROM credentials",
@@ -272,17 +293,18 @@ class CredentialStore:
                     raise
                 self._version = version  # the shared database is away: the last rows, again in SHARED_TTL
                 return self._rows
-            self._version = version
-        out = []
-        for name, kind, username, key_id, secret_hash, options, disabled in rows:
-            try:
-                section = CredentialSection.model_validate(
-                    {"name": name, "kind": kind, "username": username, "disabled": bool(disabled), **json.loads(options)}
-                )
-                out.append(Record(section, "store", secret_hash, key_id, _networks(section, name)))
-            except (ValidationError, ConfigError, ValueError) as exc:
-                log.error("credentials.db: skipping unreadable credential %r: %s", name, exc)
-        self._rows = out
+            out = []
+            for name, kind, username, key_id, secret_hash, options, disabled in rows:
+                try:
+                    section = CredentialSection.model_validate(
+                        {"name": name, "kind": kind, "username": username, "disabled": bool(disabled),
+                         **json.loads(options)}
+                    )
+                    out.append(Record(section, "store", secret_hash, key_id, _networks(section, name)))
+                except (ValidationError, ConfigError, ValueError) as exc:
+                    log.error("credentials.db: skipping unreadable credential %r: %s", name, exc)
+            # rows, version and stamp set together (a thread reading meanwhile waits for the lock)
+            self._rows, self._version, self._read_at = out, version, stamp
         return out
 
 
