@@ -82,6 +82,8 @@ class GatewayMetrics:
         # key -> the counter (labelled child) it increments: prometheus_client's labels() takes a
         # lock and validates the label values on every call, and counting is per message
         self._children: dict[str, Any] = {}
+        # (histogram, its label items) -> the labelled child it observes (see observe)
+        self._observed: dict[tuple[Any, ...], Any] = {}
         self._histograms = {
             name: Histogram(f"smtpgate_{name}", text, labels, registry=self.registry, buckets=buckets)
             for name, (labels, text, buckets) in HISTOGRAMS.items()
@@ -119,9 +121,19 @@ class GatewayMetrics:
         return self._values.get(key, default)
 
     def observe(self, name: str, seconds: float, **labels: str) -> None:
-        """One observation of the histogram ``name`` (see :data:`HISTOGRAMS`)."""
-        histogram = self._histograms[name]
-        (histogram.labels(**labels) if labels else histogram).observe(seconds)
+        """One observation of the histogram ``name`` (see :data:`HISTOGRAMS`).
+
+        Why the labelled child is kept (issue 17, main process per message): ``labels()`` takes a
+        lock and validates and converts every label value on each call, and every message observes
+        each processing plugin's time (as counting keeps its children: :meth:`__setitem__`)."""
+        if not labels:
+            self._histograms[name].observe(seconds)
+            return
+        key = (name, *labels.items())
+        child = self._observed.get(key)
+        if child is None:
+            child = self._observed[key] = self._histograms[name].labels(**labels)
+        child.observe(seconds)
 
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)
