@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.accounts.store import CommitStamp
 from pipeline.config import Config
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType
@@ -91,15 +92,44 @@ def has_event_store(config: Config) -> bool:
 
 
 class SuppressionList:
-    """Read-only view of the stoplist for admission (one indexed look-up per RCPT)."""
+    """Read-only view of the stoplist for admission (one indexed look-up per RCPT).
+
+    Why answers are cached (issue 17, main process per message): each look-up was a read transaction
+    of its own (about 15 us: the WAL-index locks, the statement). An answer is kept while events.db's
+    commit stamp (:class:`~pipeline.accounts.store.CommitStamp`, one ``pread`` of its WAL index) is
+    unchanged: read before the statement, it moves with every commit of any connection of any
+    process, so a change by the CLI, the API or another gateway is seen at the next look-up, as
+    before. Any commit to events.db (each batch of events) starts the cache again: what it saves is
+    the same address asked again between two commits; a new address costs the ``pread`` more.
+    """
+
+    CACHE_SIZE = 10_000
 
     def __init__(self, path: Path) -> None:
         self._conn = open_sqlite(path)
         self._conn.executescript(SCHEMA)
+        self._commits = CommitStamp(path)  # the connection above has read: it holds the -shm file
+        self._stamp: object | None = None
+        self._answers: dict[tuple[str, tuple[Any, ...]], list[Any]] = {}
 
     def _fetch(self, sql: str, args: Sequence[Any]) -> list[Any]:
-        """One read in autocommit mode: it sees every commit made before it, by any process."""
-        return self._conn.execute(sql, args).fetchall()
+        """One read in autocommit mode: it sees every commit made before it, by any process; or its
+        answer while no connection has committed since it was read (do not modify the list)."""
+        stamp = self._commits.stamp()
+        if stamp is None:
+            return self._conn.execute(sql, args).fetchall()
+        answers = self._answers
+        if stamp != self._stamp:
+            answers = self._answers = {}  # a statement run meanwhile for the old stamp fills the old dict
+            self._stamp = stamp
+        key = (sql, tuple(args))
+        rows = answers.get(key)
+        if rows is None:
+            rows = self._conn.execute(sql, args).fetchall()
+            if len(answers) >= self.CACHE_SIZE:
+                answers.clear()
+            answers[key] = rows
+        return rows
 
     def contains(self, address: str, credential: str | None = None) -> bool:
         return is_suppressed(self._fetch, address, credential)
@@ -113,6 +143,8 @@ class SuppressionList:
         return self.reason(address, credential)
 
     def close(self) -> None:
+        self._commits.close()  # before the connection that keeps the -shm file valid
+        self._answers = {}
         self._conn.close()
 
 
