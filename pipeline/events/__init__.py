@@ -100,7 +100,8 @@ class SuppressionList:
     unchanged: read before the statement, it moves with every commit of any connection of any
     process, so a change by the CLI, the API or another gateway is seen at the next look-up, as
     before. Any commit to events.db (each batch of events) starts the cache again: what it saves is
-    the same address asked again between two commits; a new address costs the ``pread`` more.
+    the same address asked again between two commits. An address asked for the first time is
+    only noted (it costs a set look-up more, no ``pread``): see :meth:`_fetch`.
     """
 
     CACHE_SIZE = 10_000
@@ -111,10 +112,21 @@ class SuppressionList:
         self._commits = CommitStamp(path)  # the connection above has read: it holds the -shm file
         self._stamp: object | None = None
         self._answers: dict[tuple[str, tuple[Any, ...]], list[Any]] = {}
+        self._asked: set[tuple[str, tuple[Any, ...]]] = set()  # questions asked before: worth keeping
 
     def _fetch(self, sql: str, args: Sequence[Any]) -> list[Any]:
         """One read in autocommit mode: it sees every commit made before it, by any process; or its
-        answer while no connection has committed since it was read (do not modify the list)."""
+        answer while no connection has committed since it was read (do not modify the list).
+
+        A question asked for the first time is only remembered as asked (no stamp read, nothing
+        kept): most addresses of a mailing are asked once, and should not pay for the cache."""
+        key = (sql, tuple(args))
+        asked = self._asked
+        if key not in asked:
+            if len(asked) >= self.CACHE_SIZE:
+                asked.clear()
+            asked.add(key)
+            return self._conn.execute(sql, args).fetchall()
         stamp = self._commits.stamp()
         if stamp is None:
             return self._conn.execute(sql, args).fetchall()
@@ -122,7 +134,6 @@ class SuppressionList:
         if stamp != self._stamp:
             answers = self._answers = {}  # a statement run meanwhile for the old stamp fills the old dict
             self._stamp = stamp
-        key = (sql, tuple(args))
         rows = answers.get(key)
         if rows is None:
             rows = self._conn.execute(sql, args).fetchall()
@@ -145,6 +156,7 @@ class SuppressionList:
     def close(self) -> None:
         self._commits.close()  # before the connection that keeps the -shm file valid
         self._answers = {}
+        self._asked.clear()
         self._conn.close()
 
 
