@@ -1,0 +1,312 @@
+"""The look-ups the main process makes per connection, per RCPT and per event answer from memory
+while the store is unchanged, and give what asking the store gives after any change by another
+connection or process (issue 17, main process per message).
+
+- ``CredentialStore.records`` (every SMTP connection) and ``SuppressionList`` (every RCPT, for an
+  address asked before) keep their answers while the SQLite file's commit stamp (``CommitStamp``:
+  its WAL-index header) is unchanged; the stamp moves with every commit of any connection.
+- ``new_origins`` counts from a random start per process (reseeded in a forked child).
+- ``EventEncoder`` reuses its thread's C encoders, renewed after an error.
+- ``GatewayMetrics.observe`` keeps each labelled histogram child.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.accounts.store import CredentialStore
+from pipeline.contract.context import Event
+from pipeline.contract.vocabulary import EventType
+from pipeline.events import SuppressionList
+from pipeline.events.encoding import EventEncoder
+from pipeline.events.sqlite import SqliteEventStore
+from pipeline.events.store import new_origins, suppression_reason
+from pipeline.tracking.metrics import GatewayMetrics, render_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def statements(conn: sqlite3.Connection) -> list[str]:
+    """Every statement ``conn`` runs from now on."""
+    seen: list[str] = []
+    conn.set_trace_callback(seen.append)
+    return seen
+
+
+def smtpgate(data_dir: Path, *args: str) -> str:
+    """``smtpgate ARGS`` in a process of its own."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.app.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "SMTPGATE_DATA_DIR": str(data_dir)},
+    )
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.stdout
+
+
+def summary(records: list[Any]) -> list[tuple[Any, ...]]:
+    return sorted(
+        (r.name, r.section.kind, r.disabled, r.secret_hash, r.key_id, r.section.webhooks) for r in records
+    )
+
+
+# -- credentials ----------------------------------------------------------------------------------
+
+
+def test_cached_credential_records_equal_a_fresh_read_on_random_changes_by_another_connection(tmp_path):
+    path = tmp_path / "credentials.db"
+    cached, other = CredentialStore(path), CredentialStore(path)
+    rng = random.Random(17)
+    names: list[str] = []
+    try:
+        for step in range(120):
+            action = rng.random()
+            if action < 0.3 or not names:
+                name = f"c{step}"
+                other.add(name, "apikey", options={"webhooks": [f"http://127.0.0.1:9/{step}"]})
+                names.append(name)
+            elif action < 0.5:
+                other.set_disabled(rng.choice(names), rng.random() < 0.5)
+            elif action < 0.6:
+                other.rotate(rng.choice(names))
+            elif action < 0.7:
+                name = names.pop(rng.randrange(len(names)))
+                other.remove(name)
+            elif action < 0.8:  # a change through the caching store itself
+                cached.set_disabled(rng.choice(names), rng.random() < 0.5)
+            # else: no change, the cache answers
+            fresh = CredentialStore(path)
+            try:
+                assert summary(cached.records()) == summary(fresh.records())
+            finally:
+                fresh.close()
+    finally:
+        cached.close()
+        other.close()
+
+
+def test_credential_records_are_not_read_again_until_the_file_changes(tmp_path):
+    path = tmp_path / "credentials.db"
+    store = CredentialStore(path)
+    store.add("office", "ip", networks=["127.0.0.0/8"])
+    try:
+        first = store.records()
+        ran = statements(store._conn)
+        for _ in range(5):
+            assert store.records() is first
+        assert ran == []  # neither the rows nor PRAGMA data_version: the commit stamp said unchanged
+        other = CredentialStore(path)
+        other.set_disabled("office")
+        other.close()
+        assert [r.disabled for r in store.records()] == [True]
+        assert any("FROM credentials" in s for s in ran)
+    finally:
+        store.close()
+
+
+def test_a_credential_disabled_by_another_process_is_seen_at_the_next_cached_look_up(data_dir):
+    store = CredentialStore(data_dir / "credentials.db")
+    store.add("office", "ip", networks=["127.0.0.0/8"])
+    try:
+        assert [r.disabled for r in store.records()] == [False]
+        assert [r.disabled for r in store.records()] == [False]  # from the cache
+        smtpgate(data_dir, "credentials", "disable", "office")
+        assert [r.disabled for r in store.records()] == [True]
+        smtpgate(data_dir, "credentials", "enable", "office")
+        assert [r.disabled for r in store.records()] == [False]
+    finally:
+        store.close()
+
+
+def test_without_a_commit_stamp_credential_records_ask_data_version_as_before(tmp_path):
+    path = tmp_path / "credentials.db"
+    store = CredentialStore(path)
+    store.add("office", "ip", networks=["127.0.0.0/8"])
+    try:
+        store._commits.stamp = lambda: None  # type: ignore[union-attr,method-assign]  # no -shm to read
+        first = store.records()
+        ran = statements(store._conn)
+        assert store.records() is first
+        assert ran == ["PRAGMA data_version"]
+        other = CredentialStore(path)
+        other.remove("office")
+        other.close()
+        assert store.records() == []
+    finally:
+        store.close()
+
+
+# -- suppression ----------------------------------------------------------------------------------
+
+
+def test_cached_suppression_answers_equal_asking_the_store_on_random_changes_by_another_connection(tmp_path):
+    path = tmp_path / "events.db"
+    store = SqliteEventStore(path)  # another connection: the CLI's, the API's, the event writer's
+    stoplist = SuppressionList(path)
+    plain = sqlite3.connect(path)  # the look-up without any cache
+
+    def fetch(sql: str, args: Any) -> list[Any]:
+        return plain.execute(sql, args).fetchall()
+
+    rng = random.Random(24)
+    addresses = [f"user{i}@example.net" for i in range(6)]
+    scopes = ["", "shop", "blog"]
+    try:
+        for step in range(300):
+            action = rng.random()
+            address = rng.choice(addresses)
+            if action < 0.25:
+                store.suppress(
+                    address.upper(), rng.choice(scopes), rng.choice(["manual", "hard bounce", "complaint"])
+                )
+            elif action < 0.4:
+                store.unsuppress(address, rng.choice([None, *scopes]))
+            elif action < 0.5:  # a commit that does not touch the stoplist
+                store.record_sync(Event(EventType.DELIVERED, queue_id=f"Q{step}", recipient=address))
+            # else: nothing committed, the cache answers
+            for _ in range(3):
+                asked, credential = rng.choice(addresses), rng.choice([None, "shop", "blog", "other"])
+                assert stoplist.reason(asked, credential) == suppression_reason(fetch, asked, credential)
+                assert stoplist.contains(asked, credential) == (
+                    suppression_reason(fetch, asked, credential) is not None
+                )
+    finally:
+        plain.close()
+        stoplist.close()
+        store.close()
+
+
+def test_suppression_answers_are_not_read_again_until_events_db_changes(tmp_path):
+    path = tmp_path / "events.db"
+    store = SqliteEventStore(path)
+    stoplist = SuppressionList(path)
+    try:
+        store.suppress("gone@example.net", "", "manual")
+        ran = statements(stoplist._conn)
+        assert stoplist.reason("gone@example.net") == "manual"
+        assert stoplist.reason("other@example.net", "shop") is None
+        assert len(ran) == 2  # asked for the first time: read, and only noted as asked
+        for _ in range(5):
+            assert stoplist.reason("gone@example.net") == "manual"
+            assert stoplist.reason("other@example.net", "shop") is None
+        assert len(ran) == 4  # asked again: read once more and kept, then answered from memory
+        store.unsuppress("gone@example.net")
+        assert stoplist.reason("gone@example.net") is None
+        assert stoplist.reason("gone@example.net") is None
+        assert len(ran) == 5  # events.db changed: read again, then kept
+    finally:
+        stoplist.close()
+        store.close()
+
+
+def test_an_address_suppressed_by_another_process_is_refused_at_the_next_look_up(data_dir):
+    path = data_dir / "events.db"
+    store = SqliteEventStore(path)  # the gateway's own store keeps the file open, as when serving
+    stoplist = SuppressionList(path)
+    try:
+        assert stoplist.reason("gone@example.net") is None
+        assert stoplist.reason("gone@example.net") is None  # from the cache
+        smtpgate(data_dir, "suppression", "add", "gone@example.net", "--reason", "complaint")
+        assert stoplist.reason("gone@example.net") == "complaint"
+        smtpgate(data_dir, "suppression", "remove", "gone@example.net")
+        assert stoplist.reason("gone@example.net") is None
+    finally:
+        stoplist.close()
+        store.close()
+
+
+def test_without_a_commit_stamp_every_suppression_look_up_asks_the_database(tmp_path):
+    path = tmp_path / "events.db"
+    stoplist = SuppressionList(path)
+    try:
+        stoplist._commits.stamp = lambda: None  # type: ignore[method-assign]  # no -shm to read
+        ran = statements(stoplist._conn)
+        for _ in range(3):
+            assert stoplist.reason("a@example.net") is None
+        assert len(ran) == 3
+    finally:
+        stoplist.close()
+
+
+# -- origins --------------------------------------------------------------------------------------
+
+
+def _child_origins(conn: Any) -> None:
+    conn.send(new_origins(50))
+    conn.close()
+
+
+def test_origins_are_unique_ordered_and_differ_in_a_forked_child():
+    keys = [k for _ in range(200) for k in new_origins(3)]
+    assert len(set(keys)) == len(keys)
+    assert all(len(k) == 32 and int(k, 16) >= 0 for k in keys)
+    assert keys == sorted(keys)  # later keys sort after earlier ones (time first, then the counter)
+    parent, child = multiprocessing.get_context("fork").Pipe()
+    proc = multiprocessing.get_context("fork").Process(target=_child_origins, args=(child,))
+    proc.start()
+    theirs = parent.recv()
+    proc.join()
+    ours = new_origins(50)
+    low = {k[12:] for k in ours}
+    assert not low & {k[12:] for k in theirs}  # the child counts from a start of its own
+
+
+# -- encoding -------------------------------------------------------------------------------------
+
+
+def test_events_encoded_after_an_encoding_error_equal_json_dumps():
+    loop: dict[str, Any] = {"name": "loop"}
+    loop["self"] = loop
+    bad = Event(EventType.ACCEPTED, queue_id="Q1", recipient="a@example.net", data={"message": loop})
+    with pytest.raises(ValueError):
+        EventEncoder().encode(bad)
+    del loop["self"]  # the same objects, no longer circular: no marker of the failed run may remain
+    for encoder in (EventEncoder(), EventEncoder()):
+        event = Event(
+            EventType.ACCEPTED, queue_id="Q1", recipient="a@example.net", data={"message": loop, "n": 1}
+        )
+        text, columns = encoder.encode(event)
+        assert text == json.dumps(event.to_record(), default=str)
+        assert columns.copy == json.dumps(loop, default=str)
+        assert columns.data == json.dumps({"n": 1}, separators=(",", ":"))
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+
+def test_observations_through_kept_children_equal_labelling_each_time():
+    rng = random.Random(3)
+    kept, reference = GatewayMetrics(), GatewayMetrics()
+    for _ in range(500):
+        seconds = rng.choice([0.0001, 0.003, 0.2, 7.0, rng.random()])
+        if rng.random() < 0.3:
+            kept.observe("delivery_latency_seconds", seconds)
+            reference._histograms["delivery_latency_seconds"].observe(seconds)
+        else:
+            labels = {
+                "phase": rng.choice(["process", "admit"]),
+                "plugin": rng.choice(["css", "dkim", "pixel"]),
+            }
+            if rng.random() < 0.5:
+                labels = dict(reversed(list(labels.items())))  # the same child, named in another order
+            kept.observe("plugin_latency_seconds", seconds, **labels)
+            reference._histograms["plugin_latency_seconds"].labels(**labels).observe(seconds)
+
+    def exposition(metrics: GatewayMetrics) -> list[bytes]:
+        """The scrape without the ``_created`` lines (each child's creation time)."""
+        return [line for line in render_metrics(metrics)[0].splitlines() if b"_created" not in line]
+
+    assert exposition(kept) == exposition(reference)
+    assert any(b'plugin="dkim"' in line for line in exposition(kept))
