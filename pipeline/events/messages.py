@@ -27,7 +27,7 @@ from typing import Any
 
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType, RecipientState
-from pipeline.events.encoding import EncodedColumns, TxMemo
+from pipeline.events.encoding import EncodedColumns, TxMemo, dumps_compact, dumps_spaced
 from pipeline.ports import MessageFilter
 from pipeline.storage.sqlite import open_sqlite
 from pipeline.storage.tx import Tx
@@ -119,7 +119,7 @@ def write_message_log(
                 " ON CONFLICT DO NOTHING",
                 (event.queue_id, event.time, mail_from, _norm(mail_from), summary.get("subject"),
                  _message_id(summary.get("message_id")), event.credential, event.campaign_id, event.letter_id,
-                 int(summary.get("size") or 0), json.dumps(info, separators=(",", ":"), default=str)),
+                 int(summary.get("size") or 0), dumps_compact(info)),
             )
             if memo is not None:
                 memo.messages.add(event.queue_id)
@@ -134,7 +134,7 @@ def write_message_log(
             copy_json = columns.copy
         else:
             copy = event.data.get("message")
-            copy_json = json.dumps(copy, default=str) if isinstance(copy, Mapping) else None
+            copy_json = dumps_spaced(copy) if isinstance(copy, Mapping) else None
         tx(
             f"UPDATE {tables.recipients} SET state = ?, updated_at = ?, copy = COALESCE(?, copy)"
             " WHERE queue_id = ? AND recipient = ?",

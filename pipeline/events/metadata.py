@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pipeline.contract.context import Event
-from pipeline.events.encoding import TxMemo
+from pipeline.events.encoding import TxMemo, dumps_spaced
 
 META_SCHEMA = """
 CREATE TABLE IF NOT EXISTS message_meta (
@@ -38,7 +38,7 @@ def store_meta(tx: Callable[..., Any], event: Event, memo: TxMemo | None = None)
             return
         tx(
             "INSERT INTO message_meta (queue_id, tags, metadata) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-            (event.queue_id, json.dumps(list(event.tags)), json.dumps(event.metadata, default=str)),
+            (event.queue_id, json.dumps(list(event.tags)), dumps_spaced(event.metadata)),
         )
         if memo is not None:
             memo.meta.add(event.queue_id)

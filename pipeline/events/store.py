@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType
 from pipeline.events.bounces import classify_status
-from pipeline.events.encoding import EncodedColumns, TxMemo
+from pipeline.events.encoding import EncodedColumns, TxMemo, dumps_compact
 from pipeline.events.messages import log_tables, write_message_log
 from pipeline.events.metadata import store_meta
 from pipeline.storage.batching import GroupCommit
@@ -268,7 +268,7 @@ class EventStoreBase(abc.ABC):
             event.credential, event.campaign_id, event.letter_id, event.url,
             1 if data.get("machine") else 0, bounce_class(event), _weight(event),
             columns.data if columns is not None else
-            json.dumps({k: v for k, v in data.items() if k != "message"}, separators=(",", ":"), default=str),
+            dumps_compact({k: v for k, v in data.items() if k != "message"}),
             origin,
         ))
         if event_id is None:
