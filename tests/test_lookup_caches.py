@@ -148,6 +148,35 @@ def test_without_a_commit_stamp_credential_records_ask_data_version_as_before(tm
         store.close()
 
 
+def test_each_credential_of_a_record_equals_building_it_and_is_its_own(tmp_path):
+    rng = random.Random(5)
+    store = CredentialStore(tmp_path / "credentials.db")
+    try:
+        for i in range(40):
+            options = {
+                "features": {rng.choice(["click_tracking", "open_pixel", "dkim"]): rng.random() < 0.5},
+                "locked": rng.sample(["click_tracking", "open_pixel", "dkim"], rng.randrange(3)),
+                "sandbox": rng.random() < 0.5,
+                "allowed_sender_domains": rng.sample(["a.test", "b.test"], rng.randrange(3)),
+                "max_message_size": rng.choice([None, 1000, 10**7]),
+                "max_recipients": rng.choice([None, 5]),
+                "messages_per_minute": rng.choice([None, 60]),
+                "egress": rng.choice([None, "pool-a"]),
+                "webhooks": [f"http://127.0.0.1:9/{i}"] if rng.random() < 0.5 else [],
+            }
+            kind = rng.choice(["ip", "apikey"])
+            store.add(f"c{i}", kind, networks=["10.0.0.0/8"] if kind == "ip" else [], options=options)
+        for record in store.records():
+            first, second = record.credential(), record.credential()
+            assert first == second == record.section.to_credential()
+            assert first is not second and first.features is not second.features
+            first.features["dkim"] = not first.features.get("dkim", False)  # a session changes its own
+            first.name = "changed"
+            assert record.credential() == record.section.to_credential()
+    finally:
+        store.close()
+
+
 # -- suppression ----------------------------------------------------------------------------------
 
 
