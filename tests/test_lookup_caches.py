@@ -12,6 +12,7 @@ connection or process (issue 17, main process per message).
 
 from __future__ import annotations
 
+import collections
 import json
 import multiprocessing
 import os
@@ -27,7 +28,7 @@ import pytest
 from pipeline.accounts.store import CredentialStore
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType
-from pipeline.events import SuppressionList
+from pipeline.events import EVENT_TYPES, EventEmitter, SuppressionList
 from pipeline.events.encoding import EventEncoder, dumps_compact, dumps_spaced
 from pipeline.events.sqlite import SqliteEventStore
 from pipeline.events.store import new_origins, suppression_reason
@@ -347,6 +348,17 @@ def test_the_threads_json_encoders_equal_json_dumps_on_generated_values_and_afte
             assert dumps_spaced({"x": loop}) == json.dumps({"x": loop}, default=str)
         assert dumps_spaced(value) == json.dumps(value, default=str)
         assert dumps_compact(value) == json.dumps(value, separators=(",", ":"), default=str)
+
+
+def test_events_are_counted_under_the_same_keys_as_before():
+    emitter = EventEmitter.__new__(EventEmitter)  # only its counting is exercised
+    emitter.metrics = collections.Counter()  # type: ignore[assignment]
+    expected: collections.Counter[str] = collections.Counter()
+    kinds: list[Any] = [*EventType, *(str(t) for t in EventType), "custom", "Delivered", ""]
+    for kind in random.Random(1).choices(kinds, k=300):
+        emitter._count(Event(kind, queue_id="Q1"))
+        expected[f"events_total:{kind if kind in EVENT_TYPES else 'other'}"] += 1  # the former computation
+    assert emitter.metrics == expected
 
 
 # -- metrics --------------------------------------------------------------------------------------

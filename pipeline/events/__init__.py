@@ -58,6 +58,10 @@ _HELD = _Held.HELD
 EVENT_TYPES = tuple(EventType)
 """Known event types; metrics label anything else as ``other`` so label values stay bounded."""
 
+_COUNTED = {str(t): f"events_total:{t}" for t in EVENT_TYPES}
+"""Event type -> its counter's key (a type's str or its enum member: equal hashes), made once: the
+recorder counted every event with a tuple scan and a format."""
+
 
 
 def open_event_store(config: Config) -> EventStoreBase:
@@ -299,8 +303,7 @@ class EventEmitter:
         await self._after(event)
 
     def _count(self, event: Event) -> None:
-        label = event.type if event.type in EVENT_TYPES else "other"
-        self.metrics[f"events_total:{label}"] += 1
+        self.metrics[_COUNTED.get(event.type, "events_total:other")] += 1
 
     def _wake(self, urls: list[str]) -> None:
         if urls:
