@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.accounts.store import CredentialStore
+from pipeline.accounts.store import CommitStamp, CredentialStore
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType
 from pipeline.events import EVENT_TYPES, EventEmitter, SuppressionList
@@ -178,6 +178,21 @@ def test_each_credential_of_a_record_equals_building_it_and_is_its_own(tmp_path)
         store.close()
 
 
+def test_a_database_not_in_wal_mode_gets_no_commit_stamp(tmp_path):
+    rollback = sqlite3.connect(tmp_path / "rollback.db")
+    rollback.execute("PRAGMA journal_mode=DELETE")
+    (tmp_path / "rollback.db-shm").write_bytes(bytes(64))  # a stale file proves nothing
+    assert CommitStamp.of(rollback, tmp_path / "rollback.db") is None
+    wal = sqlite3.connect(tmp_path / "wal.db")
+    wal.execute("PRAGMA journal_mode=WAL")
+    wal.execute("CREATE TABLE t (x)")
+    probe = CommitStamp.of(wal, tmp_path / "wal.db")
+    assert probe is not None and probe.stamp() is not None
+    probe.close()
+    rollback.close()
+    wal.close()
+
+
 # -- suppression ----------------------------------------------------------------------------------
 
 
@@ -261,7 +276,7 @@ def test_without_a_commit_stamp_every_suppression_look_up_asks_the_database(tmp_
     path = tmp_path / "events.db"
     stoplist = SuppressionList(path)
     try:
-        stoplist._commits.stamp = lambda: None  # type: ignore[method-assign]  # no -shm to read
+        stoplist._commits.stamp = lambda: None  # type: ignore[union-attr,method-assign]  # no -shm to read
         ran = statements(stoplist._conn)
         for _ in range(3):
             assert stoplist.reason("a@example.net") is None

@@ -144,7 +144,7 @@ class CredentialStore:
         self._conn, self._pool = open_store(path, url, SCHEMA, "a credential store")
         # SQLite: the file's commit stamp (its connection above has read: it holds the -shm file);
         # equal to the one read before the rows were last read, the rows serve without a statement
-        self._commits = CommitStamp(path) if self._pool is None and path is not None else None
+        self._commits = CommitStamp.of(self._conn, path) if self._pool is None and path is not None else None
         self._read_at: object | None = None
 
     def _q(
@@ -353,6 +353,13 @@ class CommitStamp:
 
     RECHECK = 1.0
     SIZE = 48
+
+    @classmethod
+    def of(cls, conn: Any, path: Path) -> CommitStamp | None:
+        """A stamp for ``path`` if ``conn`` (open on it, kept open by the caller) has it in WAL mode;
+        ``None`` otherwise (no WAL index: the caller asks the database as before)."""
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        return cls(path) if str(mode).lower() == "wal" else None
 
     def __init__(self, path: Path) -> None:
         self.shm = Path(f"{path}-shm")

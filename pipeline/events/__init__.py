@@ -113,7 +113,7 @@ class SuppressionList:
     def __init__(self, path: Path) -> None:
         self._conn = open_sqlite(path)
         self._conn.executescript(SCHEMA)
-        self._commits = CommitStamp(path)  # the connection above has read: it holds the -shm file
+        self._commits = CommitStamp.of(self._conn, path)  # the connection above has read: it holds the -shm file
         self._stamp: object | None = None
         self._answers: dict[tuple[str, tuple[Any, ...]], list[Any]] = {}
         self._asked: set[tuple[str, tuple[Any, ...]]] = set()  # questions asked before: worth keeping
@@ -131,7 +131,8 @@ class SuppressionList:
                 asked.clear()
             asked.add(key)
             return self._conn.execute(sql, args).fetchall()
-        stamp = self._commits.stamp()
+        probe = self._commits
+        stamp = probe.stamp() if probe is not None else None
         if stamp is None:
             return self._conn.execute(sql, args).fetchall()
         answers = self._answers
@@ -158,7 +159,8 @@ class SuppressionList:
         return self.reason(address, credential)
 
     def close(self) -> None:
-        self._commits.close()  # before the connection that keeps the -shm file valid
+        if self._commits is not None:  # before the connection that keeps the -shm file valid
+            self._commits.close()
         self._answers = {}
         self._asked.clear()
         self._conn.close()
