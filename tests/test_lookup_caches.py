@@ -2,9 +2,10 @@
 while the store is unchanged, and give what asking the store gives after any change by another
 connection or process (issue 17, main process per message).
 
-- ``CredentialStore.records`` (every SMTP connection) and ``SuppressionList`` (every RCPT, for an
-  address asked before) keep their answers while the SQLite file's commit stamp (``CommitStamp``:
-  its WAL-index header) is unchanged; the stamp moves with every commit of any connection.
+- ``CredentialStore.records`` (every SMTP connection) keeps its answer while credentials.db's
+  commit stamp (``CommitStamp``: its WAL-index header) is unchanged; the stamp moves with every
+  commit of any connection. (``SuppressionList`` is asked afresh per RCPT: a cache of its answers
+  only served an address asked twice between two commits of events.db, a benchmark's pattern.)
 - ``new_origins`` counts from a random start per process (reseeded in a forked child).
 - ``EventEncoder`` reuses its thread's C encoders, renewed after an error.
 - ``GatewayMetrics.observe`` keeps each labelled histogram child.
@@ -31,7 +32,7 @@ from pipeline.contract.vocabulary import EventType
 from pipeline.events import EVENT_TYPES, EventEmitter, SuppressionList
 from pipeline.events.encoding import EventEncoder, dumps_compact, dumps_spaced
 from pipeline.events.sqlite import SqliteEventStore
-from pipeline.events.store import new_origins, suppression_reason
+from pipeline.events.store import new_origins
 from pipeline.tracking.metrics import GatewayMetrics, render_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,73 +197,12 @@ def test_a_database_not_in_wal_mode_gets_no_commit_stamp(tmp_path):
 # -- suppression ----------------------------------------------------------------------------------
 
 
-def test_cached_suppression_answers_equal_asking_the_store_on_random_changes_by_another_connection(tmp_path):
-    path = tmp_path / "events.db"
-    store = SqliteEventStore(path)  # another connection: the CLI's, the API's, the event writer's
-    stoplist = SuppressionList(path)
-    plain = sqlite3.connect(path)  # the look-up without any cache
-
-    def fetch(sql: str, args: Any) -> list[Any]:
-        return plain.execute(sql, args).fetchall()
-
-    rng = random.Random(24)
-    addresses = [f"user{i}@example.net" for i in range(6)]
-    scopes = ["", "shop", "blog"]
-    try:
-        for step in range(300):
-            action = rng.random()
-            address = rng.choice(addresses)
-            if action < 0.25:
-                store.suppress(
-                    address.upper(), rng.choice(scopes), rng.choice(["manual", "hard bounce", "complaint"])
-                )
-            elif action < 0.4:
-                store.unsuppress(address, rng.choice([None, *scopes]))
-            elif action < 0.5:  # a commit that does not touch the stoplist
-                store.record_sync(Event(EventType.DELIVERED, queue_id=f"Q{step}", recipient=address))
-            # else: nothing committed, the cache answers
-            for _ in range(3):
-                asked, credential = rng.choice(addresses), rng.choice([None, "shop", "blog", "other"])
-                assert stoplist.reason(asked, credential) == suppression_reason(fetch, asked, credential)
-                assert stoplist.contains(asked, credential) == (
-                    suppression_reason(fetch, asked, credential) is not None
-                )
-    finally:
-        plain.close()
-        stoplist.close()
-        store.close()
-
-
-def test_suppression_answers_are_not_read_again_until_events_db_changes(tmp_path):
-    path = tmp_path / "events.db"
-    store = SqliteEventStore(path)
-    stoplist = SuppressionList(path)
-    try:
-        store.suppress("gone@example.net", "", "manual")
-        ran = statements(stoplist._conn)
-        assert stoplist.reason("gone@example.net") == "manual"
-        assert stoplist.reason("other@example.net", "shop") is None
-        assert len(ran) == 2  # asked for the first time: read, and only noted as asked
-        for _ in range(5):
-            assert stoplist.reason("gone@example.net") == "manual"
-            assert stoplist.reason("other@example.net", "shop") is None
-        assert len(ran) == 4  # asked again: read once more and kept, then answered from memory
-        store.unsuppress("gone@example.net")
-        assert stoplist.reason("gone@example.net") is None
-        assert stoplist.reason("gone@example.net") is None
-        assert len(ran) == 5  # events.db changed: read again, then kept
-    finally:
-        stoplist.close()
-        store.close()
-
-
 def test_an_address_suppressed_by_another_process_is_refused_at_the_next_look_up(data_dir):
     path = data_dir / "events.db"
     store = SqliteEventStore(path)  # the gateway's own store keeps the file open, as when serving
     stoplist = SuppressionList(path)
     try:
         assert stoplist.reason("gone@example.net") is None
-        assert stoplist.reason("gone@example.net") is None  # from the cache
         smtpgate(data_dir, "suppression", "add", "gone@example.net", "--reason", "complaint")
         assert stoplist.reason("gone@example.net") == "complaint"
         smtpgate(data_dir, "suppression", "remove", "gone@example.net")
@@ -270,19 +210,6 @@ def test_an_address_suppressed_by_another_process_is_refused_at_the_next_look_up
     finally:
         stoplist.close()
         store.close()
-
-
-def test_without_a_commit_stamp_every_suppression_look_up_asks_the_database(tmp_path):
-    path = tmp_path / "events.db"
-    stoplist = SuppressionList(path)
-    try:
-        stoplist._commits.stamp = lambda: None  # type: ignore[union-attr,method-assign]  # no -shm to read
-        ran = statements(stoplist._conn)
-        for _ in range(3):
-            assert stoplist.reason("a@example.net") is None
-        assert len(ran) == 3
-    finally:
-        stoplist.close()
 
 
 # -- origins --------------------------------------------------------------------------------------

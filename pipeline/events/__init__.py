@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.accounts.store import CommitStamp
 from pipeline.config import Config
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType
@@ -96,56 +95,15 @@ def has_event_store(config: Config) -> bool:
 
 
 class SuppressionList:
-    """Read-only view of the stoplist for admission (one indexed look-up per RCPT).
-
-    Why answers are cached (issue 17, main process per message): each look-up was a read transaction
-    of its own (about 15 us: the WAL-index locks, the statement). An answer is kept while events.db's
-    commit stamp (:class:`~pipeline.accounts.store.CommitStamp`, one ``pread`` of its WAL index) is
-    unchanged: read before the statement, it moves with every commit of any connection of any
-    process, so a change by the CLI, the API or another gateway is seen at the next look-up, as
-    before. Any commit to events.db (each batch of events) starts the cache again: what it saves is
-    the same address asked again between two commits. An address asked for the first time is
-    only noted (it costs a set look-up more, no ``pread``): see :meth:`_fetch`.
-    """
-
-    CACHE_SIZE = 10_000
+    """Read-only view of the stoplist for admission (one indexed look-up per RCPT)."""
 
     def __init__(self, path: Path) -> None:
         self._conn = open_sqlite(path)
         self._conn.executescript(SCHEMA)
-        self._commits = CommitStamp.of(self._conn, path)  # the connection above has read: it holds the -shm file
-        self._stamp: object | None = None
-        self._answers: dict[tuple[str, tuple[Any, ...]], list[Any]] = {}
-        self._asked: set[tuple[str, tuple[Any, ...]]] = set()  # questions asked before: worth keeping
 
     def _fetch(self, sql: str, args: Sequence[Any]) -> list[Any]:
-        """One read in autocommit mode: it sees every commit made before it, by any process; or its
-        answer while no connection has committed since it was read (do not modify the list).
-
-        A question asked for the first time is only remembered as asked (no stamp read, nothing
-        kept): most addresses of a mailing are asked once, and should not pay for the cache."""
-        key = (sql, tuple(args))
-        asked = self._asked
-        if key not in asked:
-            if len(asked) >= self.CACHE_SIZE:
-                asked.clear()
-            asked.add(key)
-            return self._conn.execute(sql, args).fetchall()
-        probe = self._commits
-        stamp = probe.stamp() if probe is not None else None
-        if stamp is None:
-            return self._conn.execute(sql, args).fetchall()
-        answers = self._answers
-        if stamp != self._stamp:
-            answers = self._answers = {}  # a statement run meanwhile for the old stamp fills the old dict
-            self._stamp = stamp
-        rows = answers.get(key)
-        if rows is None:
-            rows = self._conn.execute(sql, args).fetchall()
-            if len(answers) >= self.CACHE_SIZE:
-                answers.clear()
-            answers[key] = rows
-        return rows
+        """One read in autocommit mode: it sees every commit made before it, by any process."""
+        return self._conn.execute(sql, args).fetchall()
 
     def contains(self, address: str, credential: str | None = None) -> bool:
         return is_suppressed(self._fetch, address, credential)
@@ -159,10 +117,6 @@ class SuppressionList:
         return self.reason(address, credential)
 
     def close(self) -> None:
-        if self._commits is not None:  # before the connection that keeps the -shm file valid
-            self._commits.close()
-        self._answers = {}
-        self._asked.clear()
         self._conn.close()
 
 
