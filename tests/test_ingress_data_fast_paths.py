@@ -1,0 +1,125 @@
+"""The DATA octet checks' shortcuts answer exactly what the line-by-line computations answered.
+
+* the header-block check proves a message clean with three counts over the text before its first
+  empty line, and scans line by line only otherwise: the same answer as the scan for every short
+  octet string, for generated header blocks with a bare CR or LF anywhere, and for every sample and
+  corpus message (as it is and with a bare line end injected), and the same reply over a real socket.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.app.harness import Dialogue, ingress_test_config, running_ingress
+from pipeline.ingress import data as D
+from pipeline.ingress import replies as R
+from tests.support import corpus_files, sample_files
+
+
+def reference(message: bytes) -> str | None:
+    """The header-block check as it was: every header line scanned."""
+    return D._header_block_scan(message)
+
+
+def test_the_header_block_check_agrees_with_the_scan_on_every_short_octet_string() -> None:
+    alphabet = (b"\r", b"\n", b"a", b":", b" ")
+    for length in range(8):
+        for combo in itertools.product(alphabet, repeat=length):
+            message = b"".join(combo)
+            assert D.header_block_problem(message) == reference(message), message
+
+
+_NAMES = st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,12}", fullmatch=True)
+_VALUES = st.binary(max_size=30).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    fields=st.lists(st.tuples(_NAMES, _VALUES, st.booleans()), min_size=0, max_size=8),
+    separator=st.sampled_from([b"\r\n", b"", b"<html>\r\n", b"\n", b"\r"]),
+    body=st.binary(max_size=60),
+    injections=st.lists(
+        st.tuples(st.integers(0, 400), st.sampled_from([b"\r", b"\n", b"\r\n", b"\r\n\r\n"])), max_size=3
+    ),
+)
+def test_the_header_block_check_agrees_with_the_scan_on_generated_messages(
+    fields, separator, body, injections
+):
+    head = b"".join(
+        name.encode() + b": " + value + (b"\r\n\tfolded" if folded else b"") + b"\r\n"
+        for name, value, folded in fields
+    )
+    message = head + separator + body
+    for at, octets in injections:
+        at = min(at, len(message))
+        message = message[:at] + octets + message[at:]
+    assert D.header_block_problem(message) == reference(message)
+
+
+def _messages() -> list[tuple[str, bytes]]:
+    """Every sample and corpus message as a client sends it (CRLF line ends), and with a bare LF or
+    CR put into its first, middle and last header line and into its body."""
+    found = []
+    for path in sample_files() + corpus_files():
+        raw = path.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        found.append((path.name, raw))
+        end = raw.find(b"\r\n\r\n")
+        lines = raw[: max(end, 0)].split(b"\r\n")
+        starts = list(itertools.accumulate([0] + [len(line) + 2 for line in lines[:-1]]))
+        for which, octet in ((0, b"\n"), (len(lines) // 2, b"\r"), (len(lines) - 1, b"\n")):
+            at = starts[which] + len(lines[which]) // 2 + 1
+            found.append((f"{path.name}+{octet!r}@header{which}", raw[:at] + octet + raw[at:]))
+        if end != -1:
+            at = end + 4 + (len(raw) - end) // 2
+            found.append((f"{path.name}+LF@body", raw[:at] + b"\n" + raw[at:]))
+    return found
+
+
+MESSAGES = _messages()
+
+
+def test_the_header_block_check_agrees_with_the_scan_on_every_sample_and_corpus_message() -> None:
+    assert len(MESSAGES) > 20
+    flagged = 0
+    for name, message in MESSAGES:
+        expected = reference(message)
+        assert D.header_block_problem(message) == expected, name
+        flagged += expected is not None
+    assert flagged > len(MESSAGES) // 3  # the injected bare line ends were found
+
+
+def _stuffed(message: bytes) -> bytes:
+    return (b"." if message.startswith(b".") else b"") + message.replace(b"\r\n.", b"\r\n..")
+
+
+@pytest.mark.parametrize("chunk", range(4))
+async def test_data_replies_over_a_real_socket_are_those_of_the_line_by_line_check(data_dir, chunk):
+    """Each message in a transaction of its own: a bare line end in the header block is refused
+    naming the line exactly as the scan names it; any other message is not refused for it."""
+    messages = MESSAGES[chunk::4]
+    config = ingress_test_config(data_dir, relay={"local_domains": ["local.test"]})
+    async with running_ingress(config) as (_, ingress):
+        d = await Dialogue.connect("127.0.0.1", ingress.port("plain"))
+        assert (await d.reply()).code == 220
+        assert (await d.cmd("EHLO client.test")).code == 250
+        refused = 0
+        for name, message in messages:
+            assert (await d.cmd("MAIL FROM:<app@shop.example>")).code == 250
+            assert (await d.cmd("RCPT TO:<user@local.test>")).code == 250
+            assert (await d.cmd("DATA")).code == 354
+            body = message if message.endswith(b"\r\n") else message + b"\r\n"
+            r = await d.cmd(_stuffed(body) + b".\r\n")
+            problem = reference(D.unstuff(_stuffed(body)))
+            if problem is not None:
+                expected = R.with_enhanced(R.bare_newline_in_header(problem))
+                assert f"{r.code} {r.text}" == expected, name
+                refused += 1
+            else:
+                assert "bare" not in r.text, (name, r)
+        assert (await d.cmd("QUIT")).code == 221
+        await d.close()
+    assert refused > len(messages) // 3
