@@ -3,7 +3,11 @@
 * the header-block check proves a message clean with three counts over the text before its first
   empty line, and scans line by line only otherwise: the same answer as the scan for every short
   octet string, for generated header blocks with a bare CR or LF anywhere, and for every sample and
-  corpus message (as it is and with a bare line end injected), and the same reply over a real socket.
+  corpus message (as it is and with a bare line end injected), and the same reply over a real socket;
+* the long-line check jumps from line start to the last CRLF within ``limit + 2`` octets: the same
+  answer as splitting every line, for every short string, for generated lines around the limit
+  and for every sample and corpus message with a line of 998 to 1,001 octets put anywhere, and the
+  same reply over a real socket.
 """
 
 from __future__ import annotations
@@ -123,3 +127,64 @@ async def test_data_replies_over_a_real_socket_are_those_of_the_line_by_line_che
         assert (await d.cmd("QUIT")).code == 221
         await d.close()
     assert refused > len(messages) // 3
+
+
+def split_reference(body: bytes, limit: int = D.MAX_LINE) -> bool:
+    """The long-line check as it first was: every line split out."""
+    return bool(body) and max(map(len, body.split(b"\r\n"))) > limit
+
+
+def test_the_long_line_check_agrees_with_splitting_on_every_short_octet_string() -> None:
+    for limit in range(1, 5):
+        for length in range(9):
+            for combo in itertools.product((b"\r", b"\n", b"a"), repeat=length):
+                body = b"".join(combo)
+                assert D.has_long_line(body, limit) == split_reference(body, limit), (body, limit)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(
+        st.tuples(st.integers(0, 1003), st.sampled_from([b"x", b"\r", b"\n", b"x\r"])),
+        min_size=0,
+        max_size=12,
+    ),
+    ending=st.sampled_from([b"\r\n", b"", b"\r", b"\n"]),
+)
+def test_the_long_line_check_agrees_with_splitting_on_generated_lines_around_the_limit(lines, ending):
+    body = b"\r\n".join((fill * length)[:length] for length, fill in lines) + ending
+    assert D.has_long_line(body) == split_reference(body)
+
+
+def test_the_long_line_check_agrees_with_splitting_on_every_sample_and_corpus_message() -> None:
+    for name, message in MESSAGES:
+        stuffed = _stuffed(message)
+        assert D.has_long_line(stuffed) == split_reference(stuffed), name
+        for length in (D.MAX_LINE - 1, D.MAX_LINE, D.MAX_LINE + 1, D.MAX_LINE + 2):
+            for at in (0, len(stuffed) // 3, len(stuffed) - 2, len(stuffed)):
+                at = stuffed.rfind(b"\r\n", 0, at) + 2 if at else 0  # a line of its own
+                body = stuffed[:at] + b"y" * length + b"\r\n" + stuffed[at:]
+                assert D.has_long_line(body) == split_reference(body) == (length > D.MAX_LINE), (
+                    name,
+                    length,
+                    at,
+                )
+
+
+@pytest.mark.parametrize("length", [D.MAX_LINE, D.MAX_LINE + 1])
+async def test_a_line_over_the_limit_gets_the_same_reply_over_a_real_socket(data_dir, length):
+    config = ingress_test_config(data_dir, relay={"local_domains": ["local.test"]})
+    async with running_ingress(config) as (_, ingress):
+        d = await Dialogue.connect("127.0.0.1", ingress.port("plain"))
+        assert (await d.reply()).code == 220
+        assert (await d.cmd("EHLO client.test")).code == 250
+        assert (await d.cmd("MAIL FROM:<app@shop.example>")).code == 250
+        assert (await d.cmd("RCPT TO:<user@local.test>")).code == 250
+        assert (await d.cmd("DATA")).code == 354
+        r = await d.cmd(b"Subject: hi\r\n\r\n" + b"z" * (length - 1) + b"\r\n" + b"." * length + b"\r\n.\r\n")
+        if length > D.MAX_LINE:
+            assert f"{r.code} {r.text}" == R.with_enhanced(R.LINE_TOO_LONG), r
+        else:
+            assert r.code == 250, r
+        assert (await d.cmd("QUIT")).code == 221
+        await d.close()
