@@ -7,20 +7,28 @@
 * the long-line check jumps from line start to the last CRLF within ``limit + 2`` octets: the same
   answer as splitting every line, for every short string, for generated lines around the limit
   and for every sample and corpus message with a line of 998 to 1,001 octets put anywhere, and the
-  same reply over a real socket.
+  same reply over a real socket;
+* a bracketed MAIL/RCPT path without a quote before its first ``>`` is split there at once: the same
+  split (or refusal) as the character-by-character scan, for every short string and generated paths;
+* the command loop asks once per line whether aiosmtpd's ``mail.log`` is on: the same lines as
+  aiosmtpd's loop at DEBUG, INFO and WARNING.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import re
 
 import pytest
+from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.app.harness import Dialogue, ingress_test_config, running_ingress
 from pipeline.ingress import data as D
 from pipeline.ingress import replies as R
+from pipeline.ingress.server import GatewaySMTP
 from tests.support import corpus_files, sample_files
 
 
@@ -188,3 +196,106 @@ async def test_a_line_over_the_limit_gets_the_same_reply_over_a_real_socket(data
             assert r.code == 250, r
         assert (await d.cmd("QUIT")).code == 221
         await d.close()
+
+
+# -- MAIL / RCPT paths ------------------------------------------------------------------------
+
+
+def split_path_reference(arg: str) -> tuple[str, str]:
+    """``_split_path`` as it was: the bracketed path found character by character."""
+    from pipeline.ingress.addresses import AddressError
+
+    arg = arg.strip()
+    if not arg.startswith("<"):
+        path, _, rest = arg.partition(" ")
+        return path, rest
+    in_quotes = escaped = False
+    for i, ch in enumerate(arg):
+        if escaped:
+            escaped = False
+        elif ch == "\\" and in_quotes:
+            escaped = True
+        elif ch == '"':
+            in_quotes = not in_quotes
+        elif ch == ">" and not in_quotes:
+            return arg[1:i], arg[i + 1 :]
+    raise AddressError("syntax", "unbalanced angle brackets")
+
+
+def _outcome(fn, arg):  # type: ignore[no-untyped-def]
+    try:
+        return fn(arg)
+    except ValueError as exc:
+        return (type(exc).__name__, getattr(exc, "kind", None), str(exc))
+
+
+def test_the_path_split_agrees_with_the_character_scan_on_every_short_string() -> None:
+    from pipeline.ingress.addresses import _split_path
+
+    for length in range(7):
+        for combo in itertools.product('<>"\\a @', repeat=length):
+            arg = "".join(combo)
+            assert _outcome(_split_path, arg) == _outcome(split_path_reference, arg), arg
+
+
+@settings(max_examples=300, deadline=None)
+@given(arg=st.text(st.sampled_from('<>"\\ab@.:, =-\t'), max_size=40))
+def test_parsed_paths_are_those_of_the_character_scan(arg):
+    from pipeline.ingress import addresses as A
+
+    fast = _outcome(lambda a: A.parse_path(a, allow_null=True), arg)
+    saved = A._split_path
+    A._split_path = split_path_reference
+    try:
+        slow = _outcome(lambda a: A.parse_path(a, allow_null=True), arg)
+    finally:
+        A._split_path = saved
+    assert fast == slow
+
+
+# -- the command loop's aiosmtpd log lines ----------------------------------------------------
+
+
+class AiosmtpdLoop(GatewaySMTP):
+    """The session with aiosmtpd's own command loop (and its QUIT), for its ``mail.log`` lines."""
+
+    async def _command_loop(self) -> None:
+        await SMTP._handle_client(self)
+
+    smtp_QUIT = SMTP.smtp_QUIT
+
+
+async def _mail_log_lines(config, caplog, level: int) -> list[str]:  # type: ignore[no-untyped-def]
+    caplog.clear()
+    async with running_ingress(config) as (_, ingress):
+        logging.getLogger("mail.log").setLevel(level)  # (the service sets WARNING at start)
+        d = await Dialogue.connect("127.0.0.1", ingress.port("plain"))
+        assert (await d.reply()).code == 220
+        assert (await d.cmd("EHLO client.test")).code == 250
+        assert (await d.cmd("NOOP")).code == 250
+        assert (await d.cmd("MAIL FROM:<a@shop.example> BODY=8BITMIME")).code == 250
+        assert (await d.cmd("QUIT")).code == 221
+        assert await d.closed()
+        await d.close()
+    return [
+        re.sub(r"\('127\.0\.0\.1', \d+\)", "PEER", r.getMessage())
+        for r in caplog.records
+        if r.name == "mail.log" and (">>" in r.getMessage() or "readline" in r.getMessage())
+    ]
+
+
+@pytest.mark.parametrize("level", [logging.DEBUG, logging.INFO, logging.WARNING])
+async def test_the_command_loop_logs_each_line_as_aiosmtpds_loop_at_every_level(
+    data_dir, monkeypatch, caplog, level
+):
+    caplog.set_level(logging.DEBUG)
+    config = ingress_test_config(data_dir, relay={"local_domains": ["local.test"]})
+    saved = logging.getLogger("mail.log").level
+    try:
+        ours = await _mail_log_lines(config, caplog, level)
+        monkeypatch.setattr("pipeline.ingress.service.GatewaySMTP", AiosmtpdLoop)
+        theirs = await _mail_log_lines(config, caplog, level)
+    finally:
+        logging.getLogger("mail.log").setLevel(saved)
+    assert ours == theirs
+    assert len(ours) == {logging.DEBUG: 8, logging.INFO: 4, logging.WARNING: 0}[level], ours

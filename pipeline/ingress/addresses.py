@@ -61,6 +61,9 @@ def _split_path(arg: str) -> tuple[str, str]:
     if not arg.startswith("<"):
         path, _, rest = arg.partition(" ")
         return path, rest
+    end = arg.find(">")
+    if end != -1 and arg.find('"', 0, end) == -1:  # no quote before the first ">": it closes the path
+        return arg[1:end], arg[end + 1 :]
     in_quotes = escaped = False
     for i, ch in enumerate(arg):
         if escaped:

@@ -599,11 +599,11 @@ class SessionBase(SMTP):
                             continue
                     await self.push("500 Command line too long")
                     continue
-                if _aiosmtpd_log.isEnabledFor(logging.DEBUG):
-                    sanitized_log(_aiosmtpd_log.debug, "_handle_client readline: %r", line)
+                if _aiosmtpd_log.isEnabledFor(logging.INFO):  # (off: DEBUG is too, one look per line)
+                    if _aiosmtpd_log.isEnabledFor(logging.DEBUG):
+                        sanitized_log(_aiosmtpd_log.debug, "_handle_client readline: %r", line)
+                    sanitized_log(_aiosmtpd_log.info, "%r >> %r", self.session.peer, line.rstrip(b"\r\n"))
                 line = line.rstrip(b"\r\n")
-                if _aiosmtpd_log.isEnabledFor(logging.INFO):
-                    sanitized_log(_aiosmtpd_log.info, "%r >> %r", self.session.peer, line)
                 if not line:
                     await self.push("500 Error: bad syntax")
                     continue
