@@ -299,3 +299,47 @@ async def test_the_command_loop_logs_each_line_as_aiosmtpds_loop_at_every_level(
         logging.getLogger("mail.log").setLevel(saved)
     assert ours == theirs
     assert len(ours) == {logging.DEBUG: 8, logging.INFO: 4, logging.WARNING: 0}[level], ours
+
+
+# -- reading DATA -----------------------------------------------------------------------------
+
+
+def read_reference(stream: bytes, limit: int) -> bytes | str | None:
+    """What DATA is by definition: up to the first ``CRLF . CRLF`` (the DATA line's CRLF counts)."""
+    end = (b"\r\n" + stream).find(b"\r\n.\r\n")
+    if end == -1:
+        return None
+    body = stream[:end]
+    return R.TOO_BIG if limit and len(body) > limit else body
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    stream=st.lists(
+        st.sampled_from([b".", b"\r", b"\n", b"a", b"\r\n", b".\r\n", b"\r\n.\r\n"]), max_size=30
+    ).map(b"".join),
+    cuts=st.lists(st.integers(0, 80), max_size=6),
+    limit=st.sampled_from([0, 4, 16]),
+    chunk=st.sampled_from([4, 7, 1 << 20]),
+)
+async def test_reading_data_ends_at_the_first_crlf_dot_crlf_as_by_definition(stream, cuts, limit, chunk):
+    import asyncio
+
+    saved = D.DATA_CHUNK
+    D.DATA_CHUNK = chunk  # small: the reads that hit the limit without a ".CRLF" are tried too
+    try:
+        reader = asyncio.StreamReader(limit=512)
+        edges = sorted({0, len(stream), *[min(c, len(stream)) for c in cuts]})
+
+        async def feed() -> None:
+            for a, b in itertools.pairwise(edges):
+                reader.feed_data(stream[a:b])
+                await asyncio.sleep(0)
+            reader.feed_eof()
+
+        feeder = asyncio.ensure_future(feed())
+        got = await D.read_data(reader, limit, lambda: None)
+        await feeder
+    finally:
+        D.DATA_CHUNK = saved
+    assert got == read_reference(stream, limit)

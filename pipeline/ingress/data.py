@@ -162,7 +162,9 @@ async def read_data(
             activity()
             if found:
                 head = piece[:-3]
-                if (tail + head)[-2:] == b"\r\n":  # the dot starts a line: end of DATA
+                # the dot starts a line: end of DATA (the last two octets before it, without
+                # copying the whole piece behind ``tail`` to find them)
+                if (tail + head[-2:])[-2:] == b"\r\n":
                     if not too_big:
                         chunks.append(head)
                     break
@@ -173,7 +175,7 @@ async def read_data(
                     chunks.clear()
                 else:
                     chunks.append(piece)
-            tail = (tail + piece)[-2:]
+            tail = (tail + piece[-2:])[-2:]
     finally:
         reader._limit = saved_limit  # type: ignore[attr-defined]
     if too_big:
