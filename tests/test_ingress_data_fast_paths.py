@@ -343,3 +343,32 @@ async def test_reading_data_ends_at_the_first_crlf_dot_crlf_as_by_definition(str
     finally:
         D.DATA_CHUNK = saved
     assert got == read_reference(stream, limit)
+
+
+@pytest.mark.parametrize("pad", range(-6, 7))
+@pytest.mark.parametrize("where", [None, 0, -1])
+@pytest.mark.parametrize("octet", [b"\n", b"\r"])
+def test_header_blocks_around_the_counted_prefix_agree_with_the_scan(pad, where, octet):
+    """Header blocks whose first empty line lies just inside, at and just beyond ``HEADER_PREFIX``
+    (long ones are scanned), with no bare line end or one in the first or last header line."""
+    line = b"X-Long: " + b"v" * 90
+    count = D.HEADER_PREFIX // (len(line) + 2)
+    lines = [line] * count
+    lines[-1] = b"X-Last: " + b"w" * (D.HEADER_PREFIX - count * (len(line) + 2) + len(line) - 8 + 2 + pad)
+    if where is not None:
+        lines[where] = lines[where][:10] + octet + lines[where][10:]
+    message = b"\r\n".join(lines) + b"\r\n\r\nbody\nwith a bare LF\r\n"
+    assert D.header_block_problem(message) == reference(message)
+    if where is not None:
+        assert reference(message) is not None
+
+
+def test_a_message_without_an_empty_line_before_its_html_is_scanned_only_up_to_it() -> None:
+    """enKod's form: the header block ends at the first line that is not a header field; the body's
+    bare line ends (and an empty line deep in it) do not count."""
+    head = b"Subject: x\r\nMIME-Version: 1.0\r\n<!DOCTYPE html>\n<html>\r\n"
+    for body in (b"", b"x\n" * 5000, b"y\r\n" * 5000 + b"\r\n\r\nz\n"):
+        assert D.header_block_problem(head + body) is None
+        assert reference(head + body) is None
+        bad = b"Subject: x\rBcc: y\r\n" + head + body
+        assert D.header_block_problem(bad) == reference(bad) == "bare CR in header line 1"
