@@ -185,7 +185,7 @@ def _is_tls_error(exc: BaseException) -> bool:
 
 def _options(conn: aiosmtplib.SMTP, copy: Copy) -> list[str]:
     opts = []
-    if not (copy.mail_from + copy.recipient).isascii():
+    if not (copy.mail_from.isascii() and copy.recipient.isascii()):
         opts.append("SMTPUTF8")
     if conn.supports_extension("8bitmime") and not copy.data.isascii():
         opts.append("BODY=8BITMIME")
@@ -299,7 +299,7 @@ async def transact(conn: aiosmtplib.SMTP, copy: Copy) -> str:
         _, reply = await conn.sendmail(mail_from, [recipient], data, mail_options=options)
         return reply
     sender, rcpt = mailbox(mail_from), mailbox(recipient)
-    if any(o.lower() == "smtputf8" for o in options):
+    if "SMTPUTF8" in options:  # _options' spelling
         if not conn.supports_extension("smtputf8"):
             raise aiosmtplib.SMTPNotSupported("SMTPUTF8 is not supported by this server")
         encoding = "utf-8"
@@ -342,6 +342,10 @@ class _PipelineReader(asyncio.Protocol):
     afterwards. Replies are parsed exactly as ``SMTPProtocol._read_response_from_buffer`` does;
     connection loss and flow control are passed on to aiosmtplib's protocol, so the ``SMTP``
     object learns that the connection is gone and its writers stay paused or resumed.
+
+    One reader serves every transaction on its connection (:meth:`of`), so the per-reply time-out
+    needs no timer per reply: one timer, re-armed lazily (:meth:`_expire`), covers the waits of
+    consecutive transactions; the connection's transactions no longer schedule and cancel two.
     """
 
     def __init__(self, conn: aiosmtplib.SMTP, inner: SMTPProtocol) -> None:
@@ -352,6 +356,21 @@ class _PipelineReader(asyncio.Protocol):
         self._replies: collections.deque[aiosmtplib.SMTPResponse] = collections.deque()
         self._error: aiosmtplib.SMTPException | None = None
         self._waiter: asyncio.Future[bool] | None = None
+        self._since = 0.0  # when the current wait for a reply began
+        self._timer: asyncio.TimerHandle | None = None  # due at or before the current wait's deadline
+
+    @classmethod
+    def of(cls, conn: aiosmtplib.SMTP, protocol: SMTPProtocol) -> _PipelineReader:
+        """The reader of ``protocol``'s connection, its state reset for a new transaction (as a new one)."""
+        reader = cast("_PipelineReader | None", getattr(protocol, "_smtpgate_reader", None))
+        if reader is None or reader._conn is not conn or reader._loop is not asyncio.get_running_loop():
+            reader = cls(conn, protocol)
+            protocol._smtpgate_reader = reader  # type: ignore[attr-defined]
+        else:
+            reader._buffer.clear()
+            reader._replies.clear()
+            reader._error = None
+        return reader
 
     def data_received(self, data: bytes) -> None:
         if self._error is not None:
@@ -398,15 +417,20 @@ class _PipelineReader(asyncio.Protocol):
         or a malformed reply the connection is closed (the replies can no longer be paired) and the
         error aiosmtplib would raise is raised."""
         if not self._replies and self._error is None:
-            waiter = self._waiter = self._loop.create_future()
+            loop = self._loop
+            waiter = self._waiter = loop.create_future()
             timeout = self._conn.timeout
-            timer = None if timeout is None else self._loop.call_later(timeout, self._wake, False)
+            if timeout is not None:
+                self._since = loop.time()
+                deadline = self._since + timeout
+                if self._timer is None or self._timer.when() > deadline:  # (a shorter time-out than before)
+                    if self._timer is not None:
+                        self._timer.cancel()
+                    self._timer = loop.call_at(deadline, self._expire)
             try:
                 in_time = await waiter
             finally:
                 self._waiter = None
-                if timer is not None:
-                    timer.cancel()
             if not in_time:
                 self._conn.close()
                 raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response")
@@ -414,6 +438,19 @@ class _PipelineReader(asyncio.Protocol):
             return self._replies.popleft()
         self._conn.close()
         raise cast(aiosmtplib.SMTPException, self._error)
+
+    def _expire(self) -> None:
+        """The timer: the waiting reply is late when its own wait has lasted the time-out, else the
+        timer is set again for that wait's deadline; with nothing waiting it is simply dropped."""
+        self._timer = None
+        waiter, timeout = self._waiter, self._conn.timeout
+        if waiter is None or waiter.done() or timeout is None:
+            return
+        deadline = self._since + timeout
+        if self._loop.time() >= deadline:
+            waiter.set_result(False)
+        else:
+            self._timer = self._loop.call_at(deadline, self._expire)
 
     async def skip(self, count: int) -> bool:
         """Read and drop the replies to the ``count`` commands pipelined behind a refused one (RFC 2920:
@@ -469,7 +506,7 @@ async def _pipelined(conn: aiosmtplib.SMTP, protocol: SMTPProtocol, copy: Copy, 
     if transport is None or transport.is_closing():
         conn.close()
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-    reader = _PipelineReader(conn, protocol)
+    reader = _PipelineReader.of(conn, protocol)
     refusal: aiosmtplib.SMTPException
     reset = False
     transport.set_protocol(reader)
@@ -568,7 +605,8 @@ async def send_copy(pool: HopPool, copy: Copy, verified: bool = False) -> Delive
     try:
         tls = tls_outcome(conn, verified)
         result, reusable = await send_on(conn, copy, relay_name(pool.host, conn, pool.port))
-        return dataclasses.replace(result, tls=tls)
+        # the results carry "none" already: a copy of the frozen result only for a TLS session
+        return result if result.tls == tls else dataclasses.replace(result, tls=tls)
     finally:
         pool.release(conn, reusable)
 
