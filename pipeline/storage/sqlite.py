@@ -12,6 +12,7 @@ import collections
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -220,10 +221,7 @@ class SqliteWriter:
         for (_, _, loop, then, _), (fut, result, error) in zip(batch, done, strict=True):
             by_loop.setdefault(loop, []).append((fut, result, error, then))
         for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_resolve, items)
-            except RuntimeError:  # that loop is closed: nobody waits for these any more
-                pass
+            inbox_of(loop).post(items)
 
     def close(self) -> None:
         """Finish what is queued, then stop the thread (before the connection is closed)."""
@@ -248,10 +246,72 @@ _Op = tuple[Callable[[sqlite3.Cursor], Any], "asyncio.Future[Any]", asyncio.Abst
 _Done = tuple["asyncio.Future[Any]", Any, BaseException | None, Then | None]
 
 
+class Inbox:
+    """Finished writes on their way back to one event loop, from every writer thread of the process
+    (spool.db's, events.db's): a writer wakes the loop only when no wake-up is pending already.
+
+    Why (issue 17, main process per message): ``call_soon_threadsafe`` writes a byte to the loop's
+    self-pipe on every call, and each wake-up costs both threads a switch (the write, the loop's
+    reads, the GIL handed over); two writers finishing while the loop is busy now cost one."""
+
+    __slots__ = ("_items", "_lock", "_loop", "wakeups", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = weakref.ref(loop)  # the registry is keyed weakly by the loop: no strong cycle
+        self._lock = threading.Lock()
+        self._items: list[_Done] = []  # posted, not yet resolved: non-empty means a wake-up is pending
+        self.wakeups = 0  # wake-ups of the loop (tests and benchmarks count them)
+
+    def post(self, items: list[_Done]) -> None:
+        """Hand ``items`` to the loop (from a writer thread); wake it unless a wake-up is pending."""
+        with self._lock:
+            pending = bool(self._items)
+            self._items.extend(items)
+        if pending:
+            return  # the pending drain takes these too
+        loop = self._loop()
+        try:
+            if loop is None:
+                raise RuntimeError("event loop gone")
+            loop.call_soon_threadsafe(self._drain)
+            self.wakeups += 1
+        except RuntimeError:  # that loop is closed: nobody waits for these any more
+            with self._lock:
+                self._items.clear()
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        _resolve(items)
+
+
+_INBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Inbox] = weakref.WeakKeyDictionary()
+_INBOXES_LOCK = threading.Lock()
+
+
+def inbox_of(loop: asyncio.AbstractEventLoop) -> Inbox:
+    """The one :class:`Inbox` of ``loop`` (made on first use, from any thread)."""
+    inbox = _INBOXES.get(loop)
+    if inbox is None:
+        with _INBOXES_LOCK:
+            inbox = _INBOXES.get(loop)
+            if inbox is None:
+                inbox = _INBOXES[loop] = Inbox(loop)
+    return inbox
+
+
 def _resolve(items: list[_Done]) -> None:
+    """Run each finished write's follow-up and resolve its caller's future, in order; a follow-up
+    that raises is reported to the loop and does not keep the next writes unresolved (one drain
+    carries several batches, of several writers)."""
     for fut, result, exc, then in items:
         if then is not None:
-            then(exc)
+            try:
+                then(exc)
+            except Exception as error:
+                fut.get_loop().call_exception_handler(
+                    {"message": "a committed write's follow-up failed", "exception": error, "future": fut}
+                )
         if fut.done():
             continue
         if exc is not None:
