@@ -78,14 +78,24 @@ Row = tuple[str, str, bytes, str, float]
 def _claimed(row: Row, recipients: list[str]) -> QueuedMessage:
     """The message an enqueue committed already claimed, as :meth:`SqliteSpool.claim` would return it."""
     return QueuedMessage(
-        queue_id=row[0], mail_from=row[1], data=row[2], context=json.loads(row[3]), created_at=row[4],
-        recipients=list(recipients), attempts=dict.fromkeys(recipients, 0),
+        queue_id=row[0],
+        mail_from=row[1],
+        data=row[2],
+        context=json.loads(row[3]),
+        created_at=row[4],
+        recipients=list(recipients),
+        attempts=dict.fromkeys(recipients, 0),
         plugin_failures=dict.fromkeys(recipients, 0),
     )
 
 
 def _insert(
-    cur: sqlite3.Cursor, row: Row, rcpts: list[str], not_before: float, lease: float | None, outbox: Sequence[OutboxRow]
+    cur: sqlite3.Cursor,
+    row: Row,
+    rcpts: list[str],
+    not_before: float,
+    lease: float | None,
+    outbox: Sequence[OutboxRow],
 ) -> list[int]:
     """One enqueued message (with a lease its recipients are inserted already claimed:
     ``processing``) and its events' outbox rows; the rows' ids."""
@@ -114,7 +124,9 @@ def _insert_outbox(cur: sqlite3.Cursor, outbox: Sequence[OutboxRow]) -> list[int
     return ids
 
 
-def _record_rows(cur: sqlite3.Cursor, updates: Sequence[RecipientOutcome], outbox: Sequence[OutboxRow]) -> list[int]:
+def _record_rows(
+    cur: sqlite3.Cursor, updates: Sequence[RecipientOutcome], outbox: Sequence[OutboxRow]
+) -> list[int]:
     """Results (and their events' outbox rows, whose ids it returns); a message whose recipients
     are all final leaves."""
     now = time.time()
@@ -123,18 +135,30 @@ def _record_rows(cur: sqlite3.Cursor, updates: Sequence[RecipientOutcome], outbo
         "UPDATE recipients SET state=?, attempts=?, next_attempt=?, last_reply=?, "
         "plugin_failures=?, next_hop=?, lease_until=0, updated_at=? WHERE queue_id=? AND recipient=?",
         [
-            (u.state, u.attempts, u.next_attempt, u.last_reply or None, u.plugin_failures, u.relay, now,
-             u.queue_id, u.recipient)
+            (
+                u.state,
+                u.attempts,
+                u.next_attempt,
+                u.last_reply or None,
+                u.plugin_failures,
+                u.relay,
+                now,
+                u.queue_id,
+                u.recipient,
+            )
             for u in updates
         ],
     )
-    for qid in {u.queue_id for u in updates}:
-        open_left = cur.execute(
-            f"SELECT 1 FROM recipients WHERE queue_id=? AND state NOT IN ({_FINAL_SQL}) LIMIT 1", (qid,)
-        ).fetchone()
-        if open_left is None:
-            cur.execute("DELETE FROM messages WHERE queue_id=?", (qid,))
+    for qid in {u.queue_id for u in updates}:  # one statement per message, not a query and a delete
+        cur.execute(_DELETE_IF_FINAL, (qid, qid))
     return ids
+
+
+_DELETE_IF_FINAL = (
+    "DELETE FROM messages WHERE queue_id=? AND NOT EXISTS "
+    f"(SELECT 1 FROM recipients WHERE queue_id=? AND state NOT IN ({_FINAL_SQL}))"
+)
+"""A message whose recipients are all final leaves (its recipients with it: ``ON DELETE CASCADE``)."""
 
 
 def _outbox_rows(cur: sqlite3.Cursor, limit: int, after: int = 0) -> list[tuple[int, str, str, str]]:
@@ -451,7 +475,9 @@ class SqliteSpool:
 
     def outbox_done(self, ids: Sequence[int]) -> None:
         """Forget outbox rows the event store now holds (its ``origin`` key makes a repeat harmless)."""
-        self._transaction(lambda cur: cur.executemany("DELETE FROM event_outbox WHERE id = ?", [(i,) for i in ids]))
+        self._transaction(
+            lambda cur: cur.executemany("DELETE FROM event_outbox WHERE id = ?", [(i,) for i in ids])
+        )
 
     def release(self, queue_id: str, recipients: Sequence[str]) -> None:
         """Hand claimed recipients back untouched (shutdown with the message still in hand)."""
@@ -472,8 +498,11 @@ class SqliteSpool:
         def run(cur: sqlite3.Cursor) -> int:
             n = 0
             for until in leases:
-                n += cur.execute("UPDATE recipients SET state='queued', lease_until=0 "
-                                 "WHERE state='processing' AND lease_until=?", (until,)).rowcount
+                n += cur.execute(
+                    "UPDATE recipients SET state='queued', lease_until=0 "
+                    "WHERE state='processing' AND lease_until=?",
+                    (until,),
+                ).rowcount
             return n
 
         return int(self._transaction(run))
