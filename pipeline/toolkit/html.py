@@ -754,14 +754,16 @@ def _tags_needing_work(body: str) -> list[tuple[int, int]]:
             continue
         if last_lt != matched_lt:  # each "<" is matched at most once
             matched_lt = last_lt
-            before = body[last_lt:at]  # (a template repeats its tags: the same text, the same match)
-            ended = seen.get(before)
+            # (a template repeats its tags: the same text before an "&", the same match; a URL
+            # attribute's name is nearly always in its tag, and is matched directly)
+            before = body[last_lt:at] if body[at] == "&" else ""
+            ended = seen.get(before) if before else None
             if ended is not None:
                 matched_end = last_lt + ended
             else:
                 m = start_tag(body, last_lt)
                 matched_end = m.end() if m is not None else -1
-                if 0 <= matched_end <= at:  # a match that ended within ``before`` depends on it alone
+                if before and 0 <= matched_end <= at:  # (a match ended within ``before``: its text alone)
                     seen[before] = matched_end - last_lt
         if matched_end > at:
             tags.append((last_lt, matched_end))
