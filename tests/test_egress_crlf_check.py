@@ -8,7 +8,8 @@ from __future__ import annotations
 import itertools
 import random
 
-from pipeline.egress.smtp import crlf_only, wire_data
+from pipeline.contract.headers import crlf_only
+from pipeline.egress.smtp import wire_data
 from tests.support import corpus_files, sample_files
 from tests.test_egress_wire_shared import aiosmtplib_wire
 

@@ -51,9 +51,9 @@ async def test_copies_sharing_their_bytes_share_one_wire_form_and_arrive_identic
     made: list[int] = []
     real = smtp.wire_data
 
-    def counted(data: bytes) -> bytes | None:
+    def counted(data: bytes, crlf: bool | None = None) -> bytes | None:
         made.append(id(data))
-        return real(data)
+        return real(data, crlf)
 
     monkeypatch.setattr(smtp, "wire_data", counted)
     controller, sink = start_sink()

@@ -22,6 +22,9 @@ class CopyResult:
     data: bytes | None
     verdict: Verdict | None = None
     trace: list[dict[str, Any]] = field(default_factory=list)  # the hooks that made this copy (message log)
+    # whether ``data`` holds no bare CR or LF, when a worker process checked it (see
+    # pipeline.delivery.workers.mark_line_ends); None: not checked, the egress checks
+    crlf: bool | None = None
 
     @property
     def deliverable(self) -> bool:

@@ -449,7 +449,7 @@ class DeliveryService:
             if out is not None:
                 outcomes[c.recipient] = out
             else:
-                to_send.append(Copy(msg.queue_id, c.recipient, c.mail_from, c.data or b"", pool, require_tls))
+                to_send.append(Copy(msg.queue_id, c.recipient, c.mail_from, c.data or b"", pool, require_tls, c.crlf))
         sending = {c.recipient for c in to_send}  # a set: N recipients cost N look-ups, not N * N
         for r in msg.recipients:
             if r not in outcomes and r not in sending:

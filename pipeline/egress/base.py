@@ -24,6 +24,10 @@ class Copy:
     #: The message's own TLS demand (``MessageContext.require_tls``): ``encrypt`` or ``verify``.
     #: An egress may only raise its level for it; a hop that cannot meet it defers the copy.
     require_tls: str | None = None
+    #: Whether ``data`` holds no bare CR or LF, as :func:`pipeline.contract.headers.crlf_only` found
+    #: where the bytes were made (a worker process checks its copies, off the main process's event
+    #: loop); ``None``: not checked, the egress checks. Set it only from that check of these bytes.
+    crlf: bool | None = None
 
 
 @dataclass(frozen=True)
