@@ -18,6 +18,7 @@ from pipeline import Message
 from pipeline.chain.driver import run_chain
 from pipeline.toolkit import html as H
 from pipeline.toolkit.html import Link, protect, rewrite_html, scan_html
+from tests.support import html_reference as ref
 
 PIXEL = '<img src="https://t.example.net/o/x.gif" alt="">'
 
@@ -246,15 +247,7 @@ def test_one_tokenising_pass_per_html_part_for_all_copies_clicks_and_pixel(
 
 
 def test_protect_looks_only_at_tags_with_a_url_or_an_ampersand(monkeypatch: pytest.MonkeyPatch) -> None:
-    matched: list[int] = []
-    real = H._START_TAG
-
-    class CountingPattern:
-        def match(self, text: str, pos: int) -> re.Match[str] | None:
-            matched.append(pos)
-            return real.match(text, pos)
-
-    monkeypatch.setattr(H, "_START_TAG", CountingPattern())
+    matched = ref.count_start_tag_matches(monkeypatch)
     plain = '<tr><td class="c" style="color:red; background: url(x.png)" width=1>cell</td></tr>' * 500
     linked = '<td><a href="https://e.example/?a=1&amp;b=2">x</a><img src="p.gif" alt="a&amp;b"></td>' * 3
     html = f"<html><body><table>{plain}{linked}</table></body></html>"

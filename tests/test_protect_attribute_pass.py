@@ -78,32 +78,17 @@ TEXT = st.sampled_from(["", "text", "&nbsp;", " &amp; ", "a > b", '"', "'", "&co
 DOCUMENT = st.lists(st.one_of(tag(), TEXT), max_size=40).map("".join)
 
 
-def same_as_reference(text: str) -> None:
-    got = H.protect(text)
-    want = ref.protect(text, got.marker)
-    assert got.text == want.text
-    assert (got.prefix, got.suffix, got.fragment, got.kept, got.amp, got.surrogates) == (
-        want.prefix,
-        want.suffix,
-        want.fragment,
-        want.kept,
-        want.amp,
-        want.surrogates,
-    )
-    assert got.restore(got.text) == ref.restore(want, want.text) == text
-
-
 @settings(max_examples=500, deadline=None)
 @given(DOCUMENT)
 def test_only_the_changed_attributes_change_as_the_reference_changed_them(html: str) -> None:
-    same_as_reference(html)
-    same_as_reference(f"<!doctype html><html><body>{html}</body></html>")
+    ref.protects_as_reference(html)
+    ref.protects_as_reference(f"<!doctype html><html><body>{html}</body></html>")
 
 
 @settings(max_examples=200, deadline=None)
 @given(DOCUMENT)
 def test_text_already_holding_the_marker_keeps_every_ampersand_as_the_reference_did(html: str) -> None:
-    same_as_reference(html + H.AMP_MARK)  # (amp off: only URL attributes change)
+    ref.protects_as_reference(html + H.AMP_MARK)  # (amp off: only URL attributes change)
 
 
 @settings(max_examples=500, deadline=None)
@@ -124,20 +109,13 @@ def test_a_repeated_tag_before_an_ampersand_is_matched_once_and_read_as_before(
     inside = '<td title="a&amp;b" style="x">&nbsp;</td>'  # same start, "&" inside the tag
     quoted = "<td title='a>b'>&nbsp;</td><td title=\"x>&y\">z</td>"  # a ">" in quotes
     html = f"<html><body><table><tr>{cell * 50}{inside}{cell * 50}{quoted}{cell}</tr></table></body></html>"
-    matched: list[int] = []
     real = H._START_TAG
-
-    class CountingPattern:
-        def match(self, text: str, pos: int) -> re.Match[str] | None:
-            matched.append(pos)
-            return real.match(text, pos)
-
-    monkeypatch.setattr(H, "_START_TAG", CountingPattern())
+    matched = ref.count_start_tag_matches(monkeypatch)
     tags = H._tags_needing_work(html)
     monkeypatch.setattr(H, "_START_TAG", real)
     assert tags == ref.tags_needing_work(html) == ref.tags_needing_work_by_definition(html)
     assert len(matched) == 4  # the cell once (of 101), and each of the three other tags
-    same_as_reference(html)
+    ref.protects_as_reference(html)
 
 
 def with_odd_attribute_spelling(text: str) -> str:
@@ -153,6 +131,6 @@ def test_there_are_html_parts_to_compare() -> None:
 
 @pytest.mark.parametrize("text", [text for _, text in PARTS], ids=PART_IDS)
 def test_every_html_part_is_protected_and_restored_as_the_reference_did(text: str) -> None:
-    same_as_reference(text)
-    same_as_reference(with_odd_attribute_spelling(text))
-    same_as_reference(text.replace('"', "'"))
+    ref.protects_as_reference(text)
+    ref.protects_as_reference(with_odd_attribute_spelling(text))
+    ref.protects_as_reference(text.replace('"', "'"))

@@ -9,6 +9,8 @@ not clean); copies sharing one bytes object are checked once."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from pipeline.chain.processing import CopyResult
@@ -27,6 +29,18 @@ from tests.test_worker_serving import RCPTS, config_for, record_for
 # bare LFs: ``Message`` makes them CRLF when it parses (a worker's copy of it is clean); a Copy
 # built with these bytes as they are is not
 BARE_LF = b"From: app@example.org\r\nTo: x@example.net\r\nSubject: lf\r\n\r\nfirst line\nsecond line\r\n"
+
+
+def checks_in(module: Any, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The bytes ``module`` runs ``crlf_only`` on from now on."""
+    checked: list[bytes] = []
+
+    def counting(data: bytes) -> bool:
+        checked.append(data)
+        return crlf_only(data)
+
+    monkeypatch.setattr(module, "crlf_only", counting)
+    return checked
 
 
 @pytest.mark.slow  # a worker process
@@ -49,13 +63,7 @@ async def test_copies_made_in_a_worker_carry_the_answer_of_the_line_end_check(da
 
 
 def test_copies_sharing_their_bytes_are_checked_once(monkeypatch) -> None:
-    checked: list[bytes] = []
-
-    def counting(data: bytes) -> bool:
-        checked.append(data)
-        return crlf_only(data)
-
-    monkeypatch.setattr(workers, "crlf_only", counting)
+    checked = checks_in(workers, monkeypatch)
     shared, own = b"Subject: a\r\n\r\nbody\r\n", b"Subject: b\r\n\r\nbare\nLF\r\n"
     copies = [CopyResult(f"r{i}@example.net", "app@example.org", shared) for i in range(3)]
     copies += [
@@ -68,13 +76,7 @@ def test_copies_sharing_their_bytes_are_checked_once(monkeypatch) -> None:
 
 
 def test_the_egress_takes_a_copys_mark_and_checks_only_an_unmarked_copy(monkeypatch) -> None:
-    calls: list[bytes] = []
-
-    def counting(data: bytes) -> bool:
-        calls.append(data)
-        return crlf_only(data)
-
-    monkeypatch.setattr(smtp, "crlf_only", counting)
+    calls = checks_in(smtp, monkeypatch)
     clean = b"Subject: x\r\n\r\n.dot\r\nbody\r\n"
     assert wire_data(clean, True) == aiosmtplib_wire(clean) and calls == []
     assert wire_data(clean, False) is None and calls == []  # (the worker said no: aiosmtplib's path)

@@ -8,6 +8,7 @@ every HTML part of every message in samples/ and the shared corpus.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from pipeline.toolkit import html as H
 
@@ -210,3 +211,39 @@ def parse_a_before(text: str, tag_start: int, tag_end: int) -> H.Link | None:
     if href is None:
         return None
     return H.Link(tag_start, tag_end, href[0], href[1], href[2], href[3], attrs)
+
+
+# -- helpers for the tests that compare the fast paths with the computations above ---------------
+
+
+def same_protection(got: H.Protected, want: H.Protected) -> None:
+    """Two protections are the same: text, the parts put back verbatim, the kept values, the flags."""
+    assert got.text == want.text
+    assert (got.prefix, got.suffix, got.fragment, got.kept, got.amp, got.surrogates) == (
+        want.prefix,
+        want.suffix,
+        want.fragment,
+        want.kept,
+        want.amp,
+        want.surrogates,
+    )
+
+
+def protects_as_reference(text: str) -> None:
+    """``protect(text)`` equals :func:`protect` above (with the fast path's own marker)."""
+    got = H.protect(text)
+    same_protection(got, protect(text, got.marker))
+
+
+def count_start_tag_matches(monkeypatch: Any) -> list[int]:
+    """Where ``_START_TAG`` is tried from now on (``monkeypatch``'s life): the offsets, in order."""
+    matched: list[int] = []
+    real = H._START_TAG
+
+    class CountingPattern:
+        def match(self, text: str, pos: int) -> re.Match[str] | None:
+            matched.append(pos)
+            return real.match(text, pos)
+
+    monkeypatch.setattr(H, "_START_TAG", CountingPattern())
+    return matched
