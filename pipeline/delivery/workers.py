@@ -289,16 +289,6 @@ class IdleTrim:
 _idle: IdleTrim | None = None
 
 
-def _process_in_worker(
-    record: dict[str, Any], data: bytes | int, mail_from: str, recipients: list[str]
-) -> tuple[list[CopyResult], Timings]:
-    """``data``: the message bytes, or their length when the worker reads them from the spool.
-    (A loop run of its own: :func:`worker_main` awaits :func:`_process_task` in one task instead.)"""
-    if _worker is None:
-        raise RuntimeError("worker process was not initialised")
-    return _worker[1].run_until_complete(_process_task(record, data, mail_from, recipients))
-
-
 async def _process_task(
     record: dict[str, Any], data: bytes | int, mail_from: str, recipients: list[str]
 ) -> tuple[list[CopyResult], Timings]:
@@ -407,13 +397,12 @@ def _send_frame(sock: socket.socket, task_id: int, status: int, payload: bytes) 
 
 
 def _answer(sock: socket.socket, frame: tuple[int, int, bytes]) -> bool:
-    """Run a task outside the event loop (a :meth:`WorkerPool.call` function may run a loop of
-    its own) and send its answer; ``False`` when the parent is gone."""
-    task_id, kind, body = frame
+    """Run a :meth:`WorkerPool.call` function outside the event loop (it may run a loop of its
+    own; messages are :func:`_serve`'s) and send its answer; ``False`` when the parent is gone."""
+    task_id, _, body = frame
     status = OK
     try:
-        args = pickle.loads(body)
-        value: Any = _process_in_worker(*args) if kind == PROCESS else args()
+        value: Any = pickle.loads(body)()
         out = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         status, out = ERROR, _dump_error(exc)

@@ -60,8 +60,6 @@ def new_origins(n: int) -> list[str]:
     number of keys they make in the same millisecond (as likely as two random bases were)."""
     head = int(time.time() * 1000) << 80
     count = _ORIGIN_COUNT
-    if n == 1:
-        return [f"{head | (next(count) & _RANDOM_MASK):032x}"]
     return [f"{head | (next(count) & _RANDOM_MASK):032x}" for _ in range(n)]
 
 

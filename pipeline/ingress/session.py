@@ -20,7 +20,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from typing import Any, ClassVar, Protocol
 
 from aiosmtpd.smtp import (
@@ -399,18 +399,25 @@ class SessionBase(SMTP):
         return features
 
     async def _hook(self, phase: str, **kwargs: Any) -> Verdict | None:
-        """``chain.run(phase)`` for this session (:meth:`_run_phase` inlined: one coroutine, not two)."""
-        chain = self.ingress.chain
-        if not chain.calls(phase):
-            return None  # what Chain.run answers for a phase without hooks
-        return await chain.run(phase, features=self._features_for(self.gw.credential), session=self.gw, **kwargs)
+        """``chain.run(phase)`` for this session."""
+        run = self._phase_run(phase, self.gw.credential, session=self.gw, **kwargs)
+        return None if run is None else await run
 
     async def _run_phase(self, phase: str, cred: Credential | None, **kwargs: Any) -> Verdict | None:
-        """``chain.run(phase)`` with ``cred``'s switches; a phase no plugin implements costs nothing."""
+        """``chain.run(phase)`` with ``cred``'s switches."""
+        run = self._phase_run(phase, cred, **kwargs)
+        return None if run is None else await run
+
+    def _phase_run(
+        self, phase: str, cred: Credential | None, **kwargs: Any
+    ) -> Coroutine[Any, Any, Verdict | None] | None:
+        """The chain's run of ``phase`` with ``cred``'s switches, to await; ``None`` (what it would
+        answer) for a phase no plugin implements, which so costs no coroutine. Not a coroutine
+        itself: awaited through :meth:`_hook`, a command's hook costs one coroutine, not two."""
         chain = self.ingress.chain
         if not chain.calls(phase):
-            return None  # what Chain.run answers for a phase without hooks
-        return await chain.run(phase, features=self._features_for(cred), **kwargs)
+            return None
+        return chain.run(phase, features=self._features_for(cred), **kwargs)
 
     def _set_post_data_state(self) -> None:
         super()._set_post_data_state()

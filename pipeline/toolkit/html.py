@@ -537,12 +537,8 @@ _MARKER_SEED = secrets.token_hex(4)  # message text cannot guess it, so cannot c
 _documents = itertools.count()
 _URL_ATTRS = ("href", "src", "action", "background", "cite", "longdesc", "usemap", "poster", "data")
 _URL_ATTR_NAMES = "|".join(_URL_ATTRS)
-_URL_ATTR_SET = frozenset(_URL_ATTRS)
-_ATTR_IN_TAG = re.compile(
-    r"""(?P<lead>\s)(?P<name>[^\s"'>/=]++)(?P<eq>\s*+=\s*+)(?P<val>"[^"]*+"|'[^']*+'|[^\s>"']++)"""
-)
-# What protect() changes in a tag: the attributes ``_ATTR_IN_TAG`` finds, read left to right, of
-# which only two kinds are changed: a URL attribute (its value becomes a token) and, when "&" is
+# What protect() changes in a tag: of its attributes (``name = value``, quoted or not), read left
+# to right, only two kinds are changed: a URL attribute (its value becomes a token) and, when "&" is
 # being marked, another attribute but ``style`` whose value holds an "&". One match runs from
 # where the last one ended over the attributes left as they are (each taken whole, so a name in
 # a quoted value is never mistaken for an attribute) up to the next changed one, or to the tag's

@@ -12,6 +12,10 @@ from typing import Any
 
 from pipeline.toolkit import html as H
 
+# protect()'s attribute pass before it handed only changed attributes to Python: every attribute
+_ATTR_IN_TAG = re.compile(
+    r"""(?P<lead>\s)(?P<name>[^\s"'>/=]++)(?P<eq>\s*+=\s*+)(?P<val>"[^"]*+"|'[^']*+'|[^\s>"']++)"""
+)
 _URL_NAMES = tuple(re.compile(name + r"(?=\s*+=)") for name in H._URL_ATTRS)
 _URL_NAMES_SHORT = re.compile(r"\s(?:" + H._URL_ATTR_NAMES + r")(?=\s*+=)")
 _SHORT = 4096
@@ -120,7 +124,7 @@ def protect(text: str, marker: str) -> H.Protected:
     for start, end in tags_needing_work(body):
         chunk = body[pos:start]
         out.append(chunk.replace("&", H.AMP_MARK) if amp else chunk)
-        out.append(H._ATTR_IN_TAG.sub(attr, body[start:end]))
+        out.append(_ATTR_IN_TAG.sub(attr, body[start:end]))
         pos = end
     rest = body[pos:]
     out.append(rest.replace("&", H.AMP_MARK) if amp else rest)
