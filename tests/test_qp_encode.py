@@ -9,11 +9,13 @@ as written and as each CSS engine inlines it (the text a part is encoded from af
 from __future__ import annotations
 
 import binascii
+import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.contract import mime
 from pipeline.contract.mime import _QPLines, qp_encode_crlf
 from plugins.css_inline import CssInlineEngine, PremailerEngine
 from tests.support import html_part_texts
@@ -122,3 +124,31 @@ def test_qp_encode_is_b2a_qp_on_any_bytes(data: bytes) -> None:
 )
 def test_qp_encode_is_b2a_qp_on_the_edge_cases(data: bytes) -> None:
     assert qp_encode_crlf(data) == b2a_qp_crlf(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.integers(0x80, 0xFF), min_size=1, max_size=40), st.integers(0, 2**32))
+def test_qp_encode_escapes_sparse_high_bytes_as_b2a_qp_by_either_route(high: list[int], seed: int) -> None:
+    """Sparse high bytes (under 1 in 64) are escaped by one replace per distinct value when they are
+    few (a no-break space, curly quotes) and by the regex when there are more than a dozen."""
+    rng = random.Random(seed)
+    text = bytearray(
+        b"".join(
+            rng.choice([b'<td style="a:b">', b"word ", b"y" * 80, b"\n", b"="]) for _ in range(64 * len(high))
+        )
+    )
+    for value in high:
+        text.insert(rng.randrange(len(text) + 1), value)
+    data = bytes(text).rstrip(b" \t")
+    assert qp_encode_crlf(data) == b2a_qp_crlf(data)
+
+
+def test_qp_encode_takes_both_escape_routes() -> None:
+    """The cases above reach both branches: a dozen distinct values or fewer, and more."""
+    few = (b"x" * 200 + b"\xc2\xa0") * 20
+    many = b"".join(b"y" * 100 + bytes((v,)) for v in range(0x80, 0xA0))
+    assert len(set(few.translate(None, mime._QP_ASCII))) <= mime._QP_REPLACE_MAX
+    assert len(set(many.translate(None, mime._QP_ASCII))) > mime._QP_REPLACE_MAX
+    for data in (few, many):
+        assert len(data.translate(None, mime._QP_ASCII)) <= len(data) >> 6  # sparse: not left to b2a_qp
+        assert qp_encode_crlf(data) == b2a_qp_crlf(data)

@@ -297,7 +297,12 @@ def _crlf_only(data: bytes, lf: bytes) -> bool:
 
 _QP_PLAIN = b"\t\n" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 """The bytes :func:`qp_encode_crlf` encodes itself (any other byte: ``b2a_qp`` does it all)."""
-_QP_HIGH_BYTES = bytes(range(0x80, 0x100))
+_QP_ASCII = bytes(range(0x80))
+_QP_BYTE = [bytes((b,)) for b in range(0x100)]
+_QP_ESCAPE = [b"=%02X" % b for b in range(0x100)]
+_QP_REPLACE_MAX = 12
+"""Up to this many distinct high byte values are escaped by one ``bytes.replace`` each (UTF-8 text
+in a Latin script, a few symbols and no-break spaces); more by one regex over the text."""
 _QP_HIGH = re.compile(rb"[\x80-\xff]+")
 # One output line of a long encoded line: ``b2a_qp`` fills a line while it stays within 75
 # columns and breaks it (``=``, CRLF) before the token that would not fit, an escape (``=XX``)
@@ -336,9 +341,17 @@ def qp_encode_crlf(data: bytes) -> bytes:
         return binascii.b2a_qp(data, quotetabs=False, istext=True).replace(b"\n", CRLF)
     escaped = data.replace(b"=", b"=3D")
     if not escaped.isascii():
-        if len(escaped) - len(escaped.translate(None, _QP_HIGH_BYTES)) > len(escaped) >> 6:
+        high = escaped.translate(None, _QP_ASCII)
+        if len(high) > len(escaped) >> 6:
             return binascii.b2a_qp(data, quotetabs=False, istext=True).replace(b"\n", CRLF)
-        escaped = _QP_HIGH.sub(_qp_escape_high, escaped)
+        distinct = set(high)
+        if len(distinct) <= _QP_REPLACE_MAX:  # a whole-text replace per byte value: 0.04 ms for a
+            # 50 KB part with its no-break spaces, where the regex's search, which tries each of
+            # the 50,000 positions, takes 0.8 ms (twice what b2a_qp costs for all of it)
+            for byte in distinct:
+                escaped = escaped.replace(_QP_BYTE[byte], _QP_ESCAPE[byte])
+        else:
+            escaped = _QP_HIGH.sub(_qp_escape_high, escaped)
     lines = escaped.split(b"\n")
     if b"." in lines:  # b2a_qp escapes a lone "." line (an SMTP end of data)
         return binascii.b2a_qp(data, quotetabs=False, istext=True).replace(b"\n", CRLF)
