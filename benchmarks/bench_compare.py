@@ -13,7 +13,10 @@ tree, so one run gives before/after tables (e.g. ``--tree ../baseline --tree .``
       on first use; skipped with a message when npm or the install is unavailable),
     - a bare aiosmtpd server whose DATA handler only answers 250 (``bench_ingress.serve_bare``),
     - ``smtpgate serve`` per tree: the default chain's admission plugins, durable spool, the
-      processing chain empty, null egress, delivery running.
+      processing chain empty, null egress, delivery running;
+    - with ``--ingress-alone``, also each tree's ingress service on its own (the same config, no
+      delivery service in the process): the difference is what delivery in the same process costs
+      the ingress (its spool only grows; CPU is read once the last 250 came).
     Printed: msg/s and each round's ratio smtpgate / reference (min / median / max over rounds),
     and smtpgate's CPU ms per message (main process and workers, utime + stime from /proc, from
     before the run until delivery has emptied the spool), then each smtpgate's CPU over
@@ -203,6 +206,12 @@ class Server:
     stop: Callable[[], Awaitable[None]]
     log: list[str] = field(default_factory=list)
     spool: Path | None = None  # smtpgate's spool.db: delivery is done when its queue is empty
+    measured: bool = False  # smtpgate without delivery: its CPU is read when the client is done
+
+    @property
+    def smtpgate(self) -> bool:
+        """Whether this is an smtpgate server (its CPU per message is printed)."""
+        return self.spool is not None or self.measured
 
     def cpu(self) -> dict[int, float]:
         return {p: cpu_seconds(p) for p in process_tree(self.pid)}
@@ -300,6 +309,42 @@ async def start_smtpgate(
     cfg.write_text(text)
     proc, port, log = await e2e.start_server(cfg, tree)
     return Server(name, port, proc.pid, lambda: terminate(proc), log, data_dir / "spool.db")
+
+
+INGRESS_ALONE = """
+import asyncio, signal, sys
+from pipeline.app.gateway import Gateway
+from pipeline.config import load_config
+from pipeline.toolkit.logs import setup_logging
+
+async def main() -> None:
+    config = load_config(sys.argv[1])
+    setup_logging(config.gateway.log_level, config.gateway.log_format)
+    gateway = Gateway(config)
+    gateway.services = [gateway.ingress_service()]  # no delivery, tracking, API: the SMTP side alone
+    await gateway.start()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await gateway.stop(1.0)
+
+asyncio.run(main())
+"""
+"""The ingress service of a tree on its own (``--ingress-alone``): the same config, admission plugins
+and durable spool as the full server, with nothing delivering; what the delivery side running in the
+same process costs the ingress is the difference between the two."""
+
+
+async def start_ingress_alone(name: str, tree: Path, tmp: Path, key: Path, workers: int) -> Server:
+    """``tree``'s ingress service alone, configured as :func:`start_smtpgate` configures the ingress
+    server; the spool only grows (nobody delivers), so its CPU is read as soon as the last ``250`` came."""
+    data_dir = tmp / f"data-{name}".replace(" ", "_")
+    cfg = tmp / f"{data_dir.name}.toml"
+    text = e2e.config_text(data_dir, 0, workers, None, key)
+    cfg.write_text(text.replace("plugins = []", "plugins = " + repr(ADMISSION_PLUGINS).replace("'", '"')))
+    proc, port, log = await e2e.start_server(cfg, tree, [sys.executable, "-c", INGRESS_ALONE])
+    return Server(name, port, proc.pid, lambda: terminate(proc), log, None, measured=True)
 
 
 async def spool_drained(spool: Path, timeout: float = 120.0) -> None:
@@ -408,6 +453,9 @@ async def bench_ingress(
         servers.append(await start_bare(tmp))
         for name, tree in trees:
             servers.append(await start_smtpgate(name, tree, tmp, key, 0, args.workers, None))
+        if args.ingress_alone:
+            for name, tree in trees:
+                servers.append(await start_ingress_alone(f"{name} ingress alone", tree, tmp, key, args.workers))
         for s in servers:  # warm-up: imports, caches, the first spool pages
             await smtp_source(s.port, 20, 2, 10240)
         rates: dict[tuple[int, int, str], list[float]] = {}
@@ -418,11 +466,12 @@ async def bench_ingress(
                 for sessions in args.sessions:
                     order = servers[r % len(servers) :] + servers[: r % len(servers)]  # rotate who goes first
                     for s in order:
-                        before = s.cpu() if s.spool is not None else {}
+                        before = s.cpu() if s.smtpgate else {}
                         rate = await smtp_source(s.port, args.ingress_messages, sessions, size)
                         rates.setdefault((size, sessions, s.name), []).append(rate)
-                        if s.spool is not None:
-                            await spool_drained(s.spool)
+                        if s.smtpgate:
+                            if s.spool is not None:
+                                await spool_drained(s.spool)
                             main, kids = split_cpu(s, before, s.cpu())
                             n = args.ingress_messages
                             cpu_ms.setdefault((size, sessions, s.name), []).append((main * 1000 / n, kids * 1000 / n))
@@ -433,15 +482,16 @@ async def bench_ingress(
         )
         refs = [s.name for s in servers if not s.name.startswith("smtpgate")]
         gates = [s.name for s in servers if s.name.startswith("smtpgate")]
-        head = f"{'size':>6}{'sessions':>9}" + "".join(f"{n:>22}" for n in refs + gates)
+        width = max(22, *(len(n) + 2 for n in refs + gates))  # a column per server, ratios after
+        head = f"{'size':>6}{'sessions':>9}" + "".join(f"{n:>{width}}" for n in refs + gates)
         head += "".join(
-            f"{g.removeprefix('smtpgate ') + ' / ' + ref.split()[0]:>22}" for g in gates for ref in refs
+            f"{g.removeprefix('smtpgate ') + ' / ' + ref.split()[0]:>{width}}" for g in gates for ref in refs
         )
         print(head)
         for size in sizes:
             for sessions in args.sessions:
                 row = f"{size // 1024:>4}KB{sessions:>9}"
-                row += "".join(f"{stats(rates[(size, sessions, n)]):>22}" for n in refs + gates)
+                row += "".join(f"{stats(rates[(size, sessions, n)]):>{width}}" for n in refs + gates)
                 for g in gates:
                     for ref in refs:
                         ratios = [
@@ -450,7 +500,7 @@ async def bench_ingress(
                                 rates[(size, sessions, g)], rates[(size, sessions, ref)], strict=True
                             )
                         ]
-                        row += f"{stats(ratios, '.2f'):>22}"
+                        row += f"{stats(ratios, '.2f'):>{width}}"
                 print(row, flush=True)
         print("\nsmtpgate CPU ms per message until delivered (null egress): main process | workers, min / median / max")
         print(f"{'size':>6}{'sessions':>9}" + "".join(f"{g:>44}" for g in gates))
@@ -693,6 +743,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--engines", nargs="+", choices=["css_inline", "premailer"], default=["css_inline"])
     ap.add_argument("--ingress-messages", type=int, default=200, help="messages per ingress measurement")
+    ap.add_argument(
+        "--ingress-alone", action="store_true",
+        help="also run each tree's ingress service without delivery (what the delivery side costs the ingress)",
+    )  # fmt: skip
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 10, 50])
     ap.add_argument("--idle-seconds", type=float, default=30.0, help="idle CPU window after the ingress runs (0: skip)")
     ap.add_argument("--sizes-kb", type=int, nargs="+", default=[10, 60])

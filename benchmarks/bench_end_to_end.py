@@ -147,16 +147,23 @@ key_file = "{key}"
     )
 
 
-async def start_server(config: Path, root: Path = ROOT) -> tuple[asyncio.subprocess.Process, int, list[str]]:
-    """``smtpgate serve`` from the source tree ``root``; its SMTP port once it listens, and its log."""
+async def start_server(
+    config: Path, root: Path = ROOT, command: list[str] | None = None
+) -> tuple[asyncio.subprocess.Process, int, list[str]]:
+    """``smtpgate serve`` from the source tree ``root`` (or ``command`` with the config's path
+    after it); its SMTP port once it listens, and its log."""
+    if command is None:
+        command = [
+            *(
+                os.environ["BENCH_SERVE"].split()
+                if os.environ.get("BENCH_SERVE")
+                else [sys.executable, "-c", "from pipeline.app.cli import main; main()"]
+            ),
+            "serve",
+            "-c",
+        ]
     proc = await asyncio.create_subprocess_exec(
-        *(
-            os.environ["BENCH_SERVE"].split()
-            if os.environ.get("BENCH_SERVE")
-            else [sys.executable, "-c", "from pipeline.app.cli import main; main()"]
-        ),
-        "serve",
-        "-c",
+        *command,
         str(config),
         cwd=root,
         stdout=asyncio.subprocess.DEVNULL,
