@@ -5,7 +5,9 @@
 The HTML parts of the message (default ``size-typical.eml`` of the shared corpus) are protected
 (``protect``: the tag search and the tokens), restored from the css_inline library's output
 (``restore``: ``CssInlineEngine._restore``, the wrapper's undoing of the protection) and inlined
-by the whole engine (``engine``: protect, the Rust call, restore). Each ``--tree`` (a source
+by the whole engine (``engine``: protect, the Rust call, restore); the inlined part is then encoded
+quoted-printable (``qp``: :func:`pipeline.contract.mime.qp_encode_crlf`, beside ``b2a_qp``, the C
+function whose output it reproduces byte for byte). Each ``--tree`` (a source
 tree, e.g. a detached worktree of main for before, ``.`` for after) runs in its own subprocess,
 ``--runs`` times, the trees alternating run by run (interleaved, so they share the machine's
 state); each run times ``--rounds`` batches of ``--batch`` calls with ``time.thread_time`` (CPU
@@ -22,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from binascii import b2a_qp
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +35,7 @@ def measure(root: str, message: str, rounds: int, batch: int) -> dict[str, list[
     """Per-call milliseconds of each step, one sample per batch (run inside the tree's subprocess)."""
     sys.path.insert(0, root)
     from pipeline.contract.message import Message
+    from pipeline.contract.mime import qp_encode_crlf
     from pipeline.toolkit.html import protect
     from plugins.css_inline import CssInlineEngine
 
@@ -39,10 +43,14 @@ def measure(root: str, message: str, rounds: int, batch: int) -> dict[str, list[
     engine = CssInlineEngine(False)
     prots = [protect(text) for text in texts]
     outs = [engine._inliner.inline(prot.text) for prot in prots]
+    # the inlined part as its quoted-printable encoding starts from (UTF-8, LF line ends)
+    inlined = [engine.inline(text).replace("\r\n", "\n").encode("utf-8") for text in texts]
     steps = {
         "protect": lambda: [protect(text) for text in texts],
         "restore": lambda: [engine._restore(prot, out) for prot, out in zip(prots, outs, strict=True)],
         "engine": lambda: [engine.inline(text) for text in texts],
+        "qp": lambda: [qp_encode_crlf(data) for data in inlined],
+        "b2a_qp": lambda: [b2a_qp(data, quotetabs=False, istext=True).replace(b"\n", b"\r\n") for data in inlined],
     }
     samples: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
