@@ -31,7 +31,7 @@ from pipeline.contract.message import Message
 from pipeline.contract.vocabulary import EventType, RecipientState
 from pipeline.delivery.results import OutboxResults, _rows, encode_items, new_origins
 from pipeline.events import EventEmitter
-from pipeline.events.encoding import _SPLICE, EventEncoder
+from pipeline.events.encoding import _SPLICE, LOGGED_APART, EventEncoder
 from pipeline.events.sqlite import SqliteEventStore
 from pipeline.events.store import SuppressionPolicy, bounce_class, utc_day
 from pipeline.ports import RecipientOutcome
@@ -129,6 +129,31 @@ def test_any_events_encode_to_what_json_dumps_gives(shared, rest, share, tags, m
         assert cols.copy == old_copy(event)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    head=st.tuples(st.one_of(st.none(), st.text(max_size=6)), st.one_of(st.none(), st.text(max_size=6)),
+                   st.one_of(st.none(), st.text(max_size=6)), st.integers(0, 10**7)),
+    rest=st.dictionaries(_key.filter(lambda k: k not in LOGGED_APART), _value, max_size=4),
+    recipients=st.integers(1, 3),
+)
+def test_a_summary_and_its_message_log_info_come_from_one_encode_as_json_dumps_gives_them(head, rest, recipients):
+    """An accepted summary (the four keys the message log keeps in columns, then the rest): the
+    event's text is what ``json.dumps`` gives for the whole event, and the info column is what it
+    gives for the rest, for every recipient's event sharing the summary; any other message: no info."""
+    summary = dict(zip(LOGGED_APART, head, strict=True)) | rest
+    encoder = EventEncoder()
+    for i in range(recipients):
+        event = Event(type=EventType.ACCEPTED, queue_id="q1", recipient=f"r{i}@example.org", time=1.5,
+                      data={"message": summary})
+        text, cols = encoder.encode(event)
+        assert text == json.dumps(event.to_record(), default=str)
+        assert cols.copy == json.dumps(summary, default=str)
+        assert cols.info == (json.dumps(rest, default=str) if rest else None)
+    reordered = {"size": 1, **dict(zip(LOGGED_APART[:3], head[:3], strict=True)), "client_ip": "192.0.2.1"}
+    _, cols = EventEncoder().encode(Event(type=EventType.ACCEPTED, queue_id="q2", data={"message": reordered}))
+    assert cols.info is None  # not in the summary's order: the message log encodes its info itself
+
+
 def test_origins_are_unique_hex_keys_that_sort_in_the_order_they_were_made():
     """32 hex digits like ``uuid4().hex``; a batch's keys are consecutive and a later batch's sort
     after it (the origin indexes are appended to), and no two are the same."""
@@ -182,7 +207,8 @@ def reference_write(cur: sqlite3.Cursor, event: Event, urls: Sequence[str], orig
                 " ON CONFLICT DO NOTHING",
                 (event.queue_id, event.time, mail_from, _norm(mail_from), summary.get("subject"),
                  _norm(str(message_id)) if message_id else None, event.credential, event.campaign_id,
-                 event.letter_id, int(summary.get("size") or 0), json.dumps(info, separators=(",", ":"), default=str)),
+                 # info is spaced since the outbox's one encode of the summary gives it (json.loads reads either)
+                 event.letter_id, int(summary.get("size") or 0), json.dumps(info, default=str)),
             )
         cur.execute("INSERT INTO message_recipients (queue_id, recipient, state, updated_at)"
                     " VALUES (?, ?, 'queued', ?) ON CONFLICT DO NOTHING", (event.queue_id, rcpt, event.time))

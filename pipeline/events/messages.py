@@ -27,7 +27,7 @@ from typing import Any
 
 from pipeline.contract.context import Event
 from pipeline.contract.vocabulary import EventType, RecipientState
-from pipeline.events.encoding import EncodedColumns, TxMemo, dumps_compact, dumps_spaced
+from pipeline.events.encoding import LOGGED_APART, EncodedColumns, TxMemo, dumps_spaced
 from pipeline.ports import MessageFilter
 from pipeline.storage.sqlite import open_sqlite
 from pipeline.storage.tx import Tx
@@ -112,14 +112,15 @@ def write_message_log(
         summary = event.data.get("message")
         if isinstance(summary, Mapping) and (memo is None or event.queue_id not in memo.messages):
             mail_from = str(summary.get("mail_from") or "")
-            info = {k: v for k, v in summary.items() if k not in ("mail_from", "subject", "message_id", "size")}
+            info = columns.info if columns is not None and columns.info is not None else dumps_spaced(
+                {k: v for k, v in summary.items() if k not in LOGGED_APART})
             tx(
                 f"INSERT INTO {tables.messages} (queue_id, accepted_at, mail_from, sender, subject, message_id,"
                 " credential, campaign_id, letter_id, size, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING",
                 (event.queue_id, event.time, mail_from, _norm(mail_from), summary.get("subject"),
                  _message_id(summary.get("message_id")), event.credential, event.campaign_id, event.letter_id,
-                 int(summary.get("size") or 0), dumps_compact(info)),
+                 int(summary.get("size") or 0), info),
             )
             if memo is not None:
                 memo.messages.add(event.queue_id)
