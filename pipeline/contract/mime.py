@@ -345,9 +345,9 @@ def qp_encode_crlf(data: bytes) -> bytes:
         if len(high) > len(escaped) >> 6:
             return binascii.b2a_qp(data, quotetabs=False, istext=True).replace(b"\n", CRLF)
         distinct = set(high)
-        if len(distinct) <= _QP_REPLACE_MAX:  # a whole-text replace per byte value: 0.04 ms for a
-            # 50 KB part with its no-break spaces, where the regex's search, which tries each of
-            # the 50,000 positions, takes 0.8 ms (twice what b2a_qp costs for all of it)
+        if len(distinct) <= _QP_REPLACE_MAX:  # a whole-text replace per byte value. The regex's
+            # search tries every position (0.8 ms over 50 KB, twice what b2a_qp costs for all of
+            # it): the corpus's postmark-example.eml part now encodes in 0.18 ms, not 0.45
             for byte in distinct:
                 escaped = escaped.replace(_QP_BYTE[byte], _QP_ESCAPE[byte])
         else:
