@@ -312,24 +312,17 @@ async def start_smtpgate(
 
 
 INGRESS_ALONE = """
-import asyncio, signal, sys
+import asyncio, sys
+from pipeline.app.cli.serve import run_gateway
 from pipeline.app.gateway import Gateway
 from pipeline.config import load_config
 from pipeline.toolkit.logs import setup_logging
 
-async def main() -> None:
-    config = load_config(sys.argv[1])
-    setup_logging(config.gateway.log_level, config.gateway.log_format)
-    gateway = Gateway(config)
-    gateway.services = [gateway.ingress_service()]  # no delivery, tracking, API: the SMTP side alone
-    await gateway.start()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await gateway.stop(1.0)
-
-asyncio.run(main())
+config = load_config(sys.argv[1])
+setup_logging(config.gateway.log_level, config.gateway.log_format)
+gateway = Gateway(config)
+gateway.services = [gateway.ingress_service()]  # no delivery, tracking, API: the SMTP side alone
+asyncio.run(run_gateway(gateway))  # as `smtpgate serve` runs its services (signals, frozen start-up heap)
 """
 """The ingress service of a tree on its own (``--ingress-alone``): the same config, admission plugins
 and durable spool as the full server, with nothing delivering; what the delivery side running in the
@@ -480,8 +473,8 @@ async def bench_ingress(
             f"\n(a) ingress: smtp-source, one connection per message, {args.ingress_messages} messages per "
             f"measurement, {args.rounds} interleaved rounds; msg/s min / median / max"
         )
-        refs = [s.name for s in servers if not s.name.startswith("smtpgate")]
-        gates = [s.name for s in servers if s.name.startswith("smtpgate")]
+        refs = [s.name for s in servers if not s.smtpgate]
+        gates = [s.name for s in servers if s.smtpgate]
         width = max(22, *(len(n) + 2 for n in refs + gates))  # a column per server, ratios after
         head = f"{'size':>6}{'sessions':>9}" + "".join(f"{n:>{width}}" for n in refs + gates)
         head += "".join(

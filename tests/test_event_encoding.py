@@ -154,6 +154,16 @@ def test_a_summary_and_its_message_log_info_come_from_one_encode_as_json_dumps_g
     assert cols.info is None  # not in the summary's order: the message log encodes its info itself
 
 
+def test_the_accept_step_s_summary_gives_the_message_log_its_info_from_the_one_encode():
+    """message_summary puts the log's own columns first, so the outbox's encode also yields ``info``
+    (were that order lost, the events writer would silently encode every summary twice again)."""
+    _, accepted, _ = message_events()
+    summary = accepted[0].data["message"]
+    assert tuple(summary)[: len(LOGGED_APART)] == LOGGED_APART
+    _, cols = EventEncoder().encode(accepted[0])
+    assert cols.info == json.dumps({k: v for k, v in summary.items() if k not in LOGGED_APART}, default=str)
+
+
 def test_origins_are_unique_hex_keys_that_sort_in_the_order_they_were_made():
     """32 hex digits like ``uuid4().hex``; a batch's keys are consecutive and a later batch's sort
     after it (the origin indexes are appended to), and no two are the same."""

@@ -145,9 +145,10 @@ class EventEncoder:
         if hit is not None and hit[0] is value:
             return hit[1], hit[2]
         info: str | None = None
-        if type(value) is dict and len(value) > len(LOGGED_APART) and tuple(islice(value, 4)) == LOGGED_APART:
+        apart = len(LOGGED_APART)
+        if type(value) is dict and len(value) > apart and tuple(islice(value, apart)) == LOGGED_APART:
             keys = iter(value.items())
-            head = self._spaced(dict(islice(keys, 4)))
+            head = self._spaced(dict(islice(keys, apart)))
             info = self._spaced(dict(keys))
             text = f"{head[:-1]}, {info[1:]}"
         else:
