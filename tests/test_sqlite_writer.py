@@ -234,3 +234,24 @@ async def test_after_a_linger_ran_out_alone_writes_do_not_linger_for_a_while(tmp
         writer.close()
     assert writer.commits == 4
     assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 2, 3, 4, 5]
+
+
+def test_deleting_a_delivered_body_does_not_write_its_pages_again(tmp_path: Path) -> None:
+    """secure_delete=FAST (Debian builds SQLite with it on): a deleted 55 KB body's freed overflow
+    pages are not overwritten with zeros through the WAL (they stay free for the next body), while
+    what is deleted inside b-tree pages is still zeroed."""
+    conn = open_sqlite(tmp_path / "s.db")
+    assert conn.execute("PRAGMA secure_delete").fetchone()[0] == 2  # FAST
+    conn.execute("CREATE TABLE m (q TEXT PRIMARY KEY, data BLOB)")
+    body = bytes(range(256)) * 215  # 55 KB: 14 overflow pages of 4 KB
+    conn.execute("INSERT INTO m VALUES ('q1', ?)", (body,))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute("DELETE FROM m WHERE q = 'q1'")
+    wal = tmp_path / "s.db-wal"
+    frames = (wal.stat().st_size - 32) // (4096 + 24)  # WAL header, then one header + page per frame
+    assert 0 < frames <= 4  # the leaf, the freelist trunk, the index (zeroing the body: 14 more)
+    conn.execute("INSERT INTO m VALUES ('q2', ?)", (body[::-1],))  # the freed pages are reused
+    assert conn.execute("PRAGMA page_count").fetchone()[0] == pages
+    assert conn.execute("SELECT data FROM m").fetchone()[0] == body[::-1]
+    conn.close()

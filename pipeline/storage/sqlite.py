@@ -28,6 +28,12 @@ def open_sqlite(path: Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=30000")
     conn.execute("PRAGMA foreign_keys=ON")
+    # Debian's SQLite is built with SECURE_DELETE on: deleting a delivered message's row overwrote
+    # its freed overflow pages (the whole body) with zeros, writing them to the WAL and again at the
+    # checkpoint. FAST still zeroes what is deleted inside b-tree pages (rows, small values) but
+    # leaves freed whole pages as they are until the next message reuses them, as Postfix leaves an
+    # unlinked queue file's blocks: 0.1 ms of the spool writer's CPU per 55 KB message (issue 17).
+    conn.execute("PRAGMA secure_delete=FAST")
     return conn
 
 
