@@ -507,14 +507,14 @@ async def bench_ingress(
         if args.idle_seconds > 0:
             smtpgates = [s for s in servers if s.spool is not None]
             await asyncio.sleep(2.0)  # the last run's stragglers (logs, webhooks) settle
-            trees = {s.name: process_tree(s.pid) for s in smtpgates}
-            before_ns = {s.name: {p: run_ns(p) for p in trees[s.name]} for s in smtpgates}
+            pids = {s.name: process_tree(s.pid) for s in smtpgates}
+            before_ns = {s.name: {p: run_ns(p) for p in pids[s.name]} for s in smtpgates}
             await asyncio.sleep(args.idle_seconds)
             print(f"\nsmtpgate idle (nothing sent for {args.idle_seconds:.0f} s, same window): CPU ms per second "
                   "from schedstat, main process | workers")
             for s in smtpgates:
                 # a worker that exited idle during the window reads 0 now: count it as 0, not negative
-                used = {p: max(0, run_ns(p) - before_ns[s.name][p]) for p in trees[s.name]}
+                used = {p: max(0, run_ns(p) - before_ns[s.name][p]) for p in pids[s.name]}
                 main_ms = used.get(s.pid, 0) / 1e6 / args.idle_seconds
                 kids_ms = sum(v for p, v in used.items() if p != s.pid) / 1e6 / args.idle_seconds
                 print(f"  {s.name:<28}{main_ms:>7.3f} | {kids_ms:.3f}")
