@@ -2,6 +2,7 @@
 and the delivery side spend it (the writer threads' commits, the event loop), before and after.
 
     python benchmarks/bench_threads.py [--tree PATH ...] [--rounds 3] [--sessions 1 10] [--sizes-kb 10 60]
+    python benchmarks/bench_threads.py --full-chain [--tree PATH ...] [--sessions 10] [--messages 1500]
 
 Why a script of its own (issue 17 item 4): ``bench_compare`` reports the main process as one
 figure; which thread of it pays (the spool's writer, the event store's writer, the event loop)
@@ -16,6 +17,12 @@ saw (until its last message's reply, not until delivery); before that, the idle 
 process before and after the load, and the main process's thread count; last, the RSS once the
 tree has been idle for ``--idle-memory-seconds`` (default 65: past ``[spool] worker_max_idle``,
 60 s by default, when a tree that has the setting has stopped its idle workers).
+
+``--full-chain`` runs each tree as ``bench_compare``'s end to end does instead (the full default
+chain with the css_inline engine and RSA-2048 DKIM, relaying to Postfix's ``smtp-sink``), sends
+``size-typical.eml`` with its HTML unique per message, one recipient each, over ``--sessions``
+aiosmtplib connections, and waits for the sink and the event store: the threads of the main process
+per unique 55 KB message (the spool writer holds its bodies), and the msg/s end to end.
 """
 
 from __future__ import annotations
@@ -102,16 +109,62 @@ async def one_run(server: bc.Server, messages: int, sessions: int, size: int, do
     return ms
 
 
+async def one_full_run(
+    server: bc.Server, sink: bc.Sink, raw: bytes, messages: int, sessions: int, first: int, done: int
+) -> dict[str, float]:
+    """As :func:`one_run`, with the full default chain: ``messages`` unique copies of ``raw`` (one
+    recipient each) over ``sessions`` aiosmtplib connections, until the sink has them all and the
+    event store every ``delivered`` event."""
+    names = thread_names(server.pid)
+    before, kids_before = thread_ns(server.pid), children_ns(server.pid)
+    base, start = sink.count, time.perf_counter()
+    await bc.send_transactions(server.port, raw, messages, 1, sessions, first, True)
+    if not await sink.wait_for(base + messages, 300):
+        raise RuntimeError(f"{server.name}: only {sink.count - base}/{messages} copies arrived")
+    rate = messages / (time.perf_counter() - start)
+    assert server.spool is not None
+    await events_stored(server.spool.with_name("events.db"), done + messages)
+    after, kids_after = thread_ns(server.pid), children_ns(server.pid)
+    names.update({t: n for t, n in thread_names(server.pid).items() if t not in names})
+    ms: dict[str, float] = dict.fromkeys(GROUPS, 0.0)
+    for tid, ns in after.items():
+        spent = (ns - before.get(tid, 0)) / 1e6 / messages
+        name = names.get(tid, "")
+        ms[name if name in GROUPS else "other threads"] += spent
+        ms["main process"] += spent
+    ms["workers"] = (kids_after - kids_before) / 1e6 / messages
+    ms["msg/s (ingress)"] = rate
+    return ms
+
+
 async def main(args: argparse.Namespace) -> None:
     trees = [(Path(t).name or str(t), Path(t).resolve()) for t in args.tree] or [("this tree", bc.ROOT)]
     with tempfile.TemporaryDirectory(prefix="bench-threads-") as tmp_name:
         tmp = Path(tmp_name)
         key = e2e.write_key(tmp)
-        servers = [await bc.start_smtpgate(name, tree, tmp, key, 0, args.workers, None) for name, tree in trees]
+        sinks: dict[str, bc.Sink] = {}
+        raw = (e2e.CORPUS / "size-typical.eml").read_bytes()
+        servers = []
+        for name, tree in trees:
+            if args.full_chain:  # the default chain relaying to a sink, as bench_compare's end to end
+                sinks[name] = sink = bc.Sink()
+                await sink.start()
+                server = await bc.start_smtpgate(name, tree, tmp, key, sink.port, args.workers, "css_inline")
+                await bc.workers_ready(server, args.workers)
+            else:
+                server = await bc.start_smtpgate(name, tree, tmp, key, 0, args.workers, None)
+            servers.append(server)
+        sizes = [0] if args.full_chain else args.sizes_kb  # 0: size-typical.eml, HTML unique per message
+        first = 0  # the number the next unique message gets
         try:
             delivered = {s.name: 0 for s in servers}
             for s in servers:  # warm-up: imports, caches, the writer threads started
-                await bc.smtp_source(s.port, 50, 2, 10240)
+                if args.full_chain:
+                    await bc.send_transactions(s.port, raw, 50, 1, 2, first, True)
+                    first += 50
+                    await sinks[s.name].wait_for(50, 120)
+                else:
+                    await bc.smtp_source(s.port, 50, 2, 10240)
                 delivered[s.name] += 50
                 assert s.spool is not None
                 await events_stored(s.spool.with_name("events.db"), delivered[s.name])
@@ -119,10 +172,15 @@ async def main(args: argparse.Namespace) -> None:
             idle_before = {s.name: tree_rss(s) for s in servers}
             results: dict[tuple[str, int, int], list[dict[str, float]]] = {}
             for r in range(args.rounds):
-                for size_kb in args.sizes_kb:
+                for size_kb in sizes:
                     for sessions in args.sessions:
                         for s in servers if r % 2 == 0 else list(reversed(servers)):
-                            ms = await one_run(s, args.messages, sessions, size_kb * 1024, delivered[s.name])
+                            if args.full_chain:
+                                ms = await one_full_run(s, sinks[s.name], raw, args.messages, sessions, first,
+                                                        delivered[s.name])
+                                first += args.messages
+                            else:
+                                ms = await one_run(s, args.messages, sessions, size_kb * 1024, delivered[s.name])
                             delivered[s.name] += args.messages
                             results.setdefault((s.name, sessions, size_kb), []).append(ms)
                 print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
@@ -133,9 +191,10 @@ async def main(args: argparse.Namespace) -> None:
                 threads = len(list(Path(f"/proc/{s.pid}/task").iterdir()))
                 print(f"  {s.name}: {idle_before[s.name]} / {tree_rss(s)}; main-process threads: {threads}")
             print(f"CPU ms per message (min / median / max over {args.rounds} rounds, {args.messages} messages each)")
-            for size_kb in args.sizes_kb:
+            for size_kb in sizes:
                 for sessions in args.sessions:
-                    print(f"\n{size_kb} KB, {sessions} session(s)")
+                    what = "size-typical.eml, full default chain, unique HTML" if args.full_chain else f"{size_kb} KB"
+                    print(f"\n{what}, {sessions} session(s)")
                     print(f"  {'thread':<15}" + "".join(f"{s.name:>26}" for s in servers))
                     for group in ROWS:
                         cells = []
@@ -143,7 +202,8 @@ async def main(args: argparse.Namespace) -> None:
                         for s in servers:
                             vals = [m[group] for m in results[(s.name, sessions, size_kb)]]
                             cells.append(f"{min(vals):{fmt}} / {statistics.median(vals):{fmt}} / {max(vals):{fmt}}")
-                        print(f"  {group:<15}" + "".join(f"{c:>26}" for c in cells))
+                        label = "msg/s (to sink)" if args.full_chain and group.startswith("msg/s") else group
+                        print(f"  {label:<15}" + "".join(f"{c:>26}" for c in cells))
             if args.idle_memory_seconds > 0:
                 await asyncio.sleep(max(0.0, last_done + args.idle_memory_seconds - time.monotonic()))
                 print(f"\nidle RSS of the process tree {time.monotonic() - last_done:.0f} s after the load "
@@ -153,6 +213,8 @@ async def main(args: argparse.Namespace) -> None:
         finally:
             for s in servers:
                 await s.stop()
+            for sink in sinks.values():
+                await sink.stop()
 
 
 if __name__ == "__main__":
@@ -163,6 +225,10 @@ if __name__ == "__main__":
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--sizes-kb", type=int, nargs="+", default=[10, 60])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--full-chain", action="store_true",
+                        help="the full default chain (css_inline, RSA-2048) relaying to a sink, size-typical.eml "
+                        "with unique HTML over --sessions aiosmtplib connections, instead of smtp-source's messages "
+                        "into the admission plugins and null egress (--sizes-kb ignored)")
     parser.add_argument("--idle-memory-seconds", type=float, default=65.0,
                         help="RSS again once idle this long, past [spool] worker_max_idle (0: skip)")
     asyncio.run(main(parser.parse_args()))
