@@ -239,19 +239,22 @@ async def test_after_a_linger_ran_out_alone_writes_do_not_linger_for_a_while(tmp
 def test_deleting_a_delivered_body_does_not_write_its_pages_again(tmp_path: Path) -> None:
     """secure_delete=FAST (Debian builds SQLite with it on): a deleted 55 KB body's freed overflow
     pages are not overwritten with zeros through the WAL (they stay free for the next body), while
-    what is deleted inside b-tree pages is still zeroed."""
-    conn = open_sqlite(tmp_path / "s.db")
+    what is deleted inside b-tree pages (a recipient's address) is still zeroed."""
+    path = tmp_path / "s.db"
+    conn = open_sqlite(path)
     assert conn.execute("PRAGMA secure_delete").fetchone()[0] == 2  # FAST
-    conn.execute("CREATE TABLE m (q TEXT PRIMARY KEY, data BLOB)")
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.execute("CREATE TABLE m (q TEXT PRIMARY KEY, rcpt TEXT, data BLOB)")
     body = bytes(range(256)) * 215  # 55 KB: 14 overflow pages of 4 KB
-    conn.execute("INSERT INTO m VALUES ('q1', ?)", (body,))
+    conn.execute("INSERT INTO m VALUES ('q1', 'jane.doe@example.org', ?)", (body,))
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute("DELETE FROM m WHERE q = 'q1'")
-    wal = tmp_path / "s.db-wal"
-    frames = (wal.stat().st_size - 32) // (4096 + 24)  # WAL header, then one header + page per frame
+    frames = ((tmp_path / "s.db-wal").stat().st_size - 32) // (page + 24)  # WAL header, then header + page
     assert 0 < frames <= 4  # the leaf, the freelist trunk, the index (zeroing the body: 14 more)
-    conn.execute("INSERT INTO m VALUES ('q2', ?)", (body[::-1],))  # the freed pages are reused
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert b"jane.doe@example.org" not in path.read_bytes()  # the row itself was zeroed in its page
+    conn.execute("INSERT INTO m VALUES ('q2', 'x@example.org', ?)", (body[::-1],))  # freed pages reused
     assert conn.execute("PRAGMA page_count").fetchone()[0] == pages
     assert conn.execute("SELECT data FROM m").fetchone()[0] == body[::-1]
     conn.close()
