@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -88,14 +89,12 @@ async def events_stored(events_db: Path, n: int, timeout: float = 120.0) -> None
         conn.close()
 
 
-async def one_run(server: bc.Server, messages: int, sessions: int, size: int, done: int) -> dict[str, float]:
-    """CPU ms per message of each group for one smtp-source run; ``done``: delivered events so far."""
+async def measured(server: bc.Server, messages: int, load: Callable[[], Awaitable[float]]) -> dict[str, float]:
+    """CPU ms per message of each group while ``load`` runs (it returns the msg/s it saw), until
+    the event store holds every message's ``delivered`` event."""
     names = thread_names(server.pid)
     before, kids_before = thread_ns(server.pid), children_ns(server.pid)
-    rate = await bc.smtp_source(server.port, messages, sessions, size)
-    assert server.spool is not None
-    await bc.spool_drained(server.spool)
-    await events_stored(server.spool.with_name("events.db"), done + messages)
+    rate = await load()
     after, kids_after = thread_ns(server.pid), children_ns(server.pid)
     names.update({t: n for t, n in thread_names(server.pid).items() if t not in names})
     ms: dict[str, float] = dict.fromkeys(GROUPS, 0.0)
@@ -107,6 +106,20 @@ async def one_run(server: bc.Server, messages: int, sessions: int, size: int, do
     ms["workers"] = (kids_after - kids_before) / 1e6 / messages
     ms["msg/s (ingress)"] = rate
     return ms
+
+
+async def one_run(server: bc.Server, messages: int, sessions: int, size: int, done: int) -> dict[str, float]:
+    """CPU ms per message of each group for one smtp-source run; ``done``: delivered events so far."""
+    assert server.spool is not None
+    spool = server.spool
+
+    async def load() -> float:
+        rate = await bc.smtp_source(server.port, messages, sessions, size)
+        await bc.spool_drained(spool)
+        await events_stored(spool.with_name("events.db"), done + messages)
+        return rate
+
+    return await measured(server, messages, load)
 
 
 async def one_full_run(
@@ -115,26 +128,19 @@ async def one_full_run(
     """As :func:`one_run`, with the full default chain: ``messages`` unique copies of ``raw`` (one
     recipient each) over ``sessions`` aiosmtplib connections, until the sink has them all and the
     event store every ``delivered`` event."""
-    names = thread_names(server.pid)
-    before, kids_before = thread_ns(server.pid), children_ns(server.pid)
-    base, start = sink.count, time.perf_counter()
-    await bc.send_transactions(server.port, raw, messages, 1, sessions, first, True)
-    if not await sink.wait_for(base + messages, 300):
-        raise RuntimeError(f"{server.name}: only {sink.count - base}/{messages} copies arrived")
-    rate = messages / (time.perf_counter() - start)
     assert server.spool is not None
-    await events_stored(server.spool.with_name("events.db"), done + messages)
-    after, kids_after = thread_ns(server.pid), children_ns(server.pid)
-    names.update({t: n for t, n in thread_names(server.pid).items() if t not in names})
-    ms: dict[str, float] = dict.fromkeys(GROUPS, 0.0)
-    for tid, ns in after.items():
-        spent = (ns - before.get(tid, 0)) / 1e6 / messages
-        name = names.get(tid, "")
-        ms[name if name in GROUPS else "other threads"] += spent
-        ms["main process"] += spent
-    ms["workers"] = (kids_after - kids_before) / 1e6 / messages
-    ms["msg/s (ingress)"] = rate
-    return ms
+    spool = server.spool
+
+    async def load() -> float:
+        base, start = sink.count, time.perf_counter()
+        await bc.send_transactions(server.port, raw, messages, 1, sessions, first, True)
+        if not await sink.wait_for(base + messages, 300):
+            raise RuntimeError(f"{server.name}: only {sink.count - base}/{messages} copies arrived")
+        rate = messages / (time.perf_counter() - start)
+        await events_stored(spool.with_name("events.db"), done + messages)
+        return rate
+
+    return await measured(server, messages, load)
 
 
 async def main(args: argparse.Namespace) -> None:
