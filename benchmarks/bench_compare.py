@@ -302,13 +302,20 @@ async def start_smtpgate(
     """``smtpgate serve`` from ``tree``: the full default chain with this CSS ``engine`` relaying
     to ``sink_port``, or (``engine`` None) the admission plugins only with null egress."""
     data_dir = tmp / f"data-{name}-{engine or 'ingress'}".replace(" ", "_")
-    cfg = tmp / f"{data_dir.name}.toml"
+    proc, port, log = await e2e.start_server(write_config(data_dir, sink_port, workers, engine, key), tree)
+    return Server(name, port, proc.pid, lambda: terminate(proc), log, data_dir / "spool.db")
+
+
+def write_config(data_dir: Path, sink_port: int, workers: int, engine: str | None, key: Path) -> Path:
+    """The config file of a server under test beside ``data_dir``: the full default chain with this
+    CSS ``engine`` relaying to ``sink_port``, or (``engine`` None) the admission plugins only with
+    null egress (:data:`ADMISSION_PLUGINS`)."""
     text = e2e.config_text(data_dir, sink_port, workers, engine, key)
     if engine is None:
         text = text.replace("plugins = []", "plugins = " + repr(ADMISSION_PLUGINS).replace("'", '"'))
+    cfg = data_dir.with_name(f"{data_dir.name}.toml")
     cfg.write_text(text)
-    proc, port, log = await e2e.start_server(cfg, tree)
-    return Server(name, port, proc.pid, lambda: terminate(proc), log, data_dir / "spool.db")
+    return cfg
 
 
 INGRESS_ALONE = """
@@ -332,10 +339,7 @@ same process costs the ingress is the difference between the two."""
 async def start_ingress_alone(name: str, tree: Path, tmp: Path, key: Path, workers: int) -> Server:
     """``tree``'s ingress service alone, configured as :func:`start_smtpgate` configures the ingress
     server; the spool only grows (nobody delivers), so its CPU is read as soon as the last ``250`` came."""
-    data_dir = tmp / f"data-{name}".replace(" ", "_")
-    cfg = tmp / f"{data_dir.name}.toml"
-    text = e2e.config_text(data_dir, 0, workers, None, key)
-    cfg.write_text(text.replace("plugins = []", "plugins = " + repr(ADMISSION_PLUGINS).replace("'", '"')))
+    cfg = write_config(tmp / f"data-{name}".replace(" ", "_"), 0, workers, None, key)
     proc, port, log = await e2e.start_server(cfg, tree, [sys.executable, "-c", INGRESS_ALONE])
     return Server(name, port, proc.pid, lambda: terminate(proc), log, None, measured=True)
 

@@ -28,7 +28,6 @@ import asyncio
 import datetime
 import os
 import socket
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -36,12 +35,15 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(ROOT))
 
 import bench_compare as bc  # noqa: E402
 import bench_end_to_end as e2e  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from pipeline.storage.sqlite import open_sqlite  # noqa: E402
+
 STEPS = ("connect+banner", "EHLO", "MAIL", "RCPT", "DATA", "body", "QUIT", "cycle")
 
 
@@ -92,10 +94,9 @@ def sessions(port: int, n: int, body: bytes) -> dict[str, list[float]]:
 
 
 def commit_floor(directory: Path, size: int, n: int) -> list[float]:
-    """Seconds per durable insert + commit of one ``size``-byte message row (the spool's pragmas)."""
-    conn = sqlite3.connect(str(directory / "floor.db"), isolation_level=None)
-    for pragma in ("journal_mode=WAL", "synchronous=FULL", "secure_delete=FAST"):
-        conn.execute(f"PRAGMA {pragma}")
+    """Seconds per durable insert + commit of one ``size``-byte message row, on a database opened
+    as the spool opens its own (:func:`pipeline.storage.sqlite.open_sqlite`)."""
+    conn = open_sqlite(directory / "floor.db")  # as the spool opens spool.db (WAL, synchronous=FULL ...)
     conn.execute("CREATE TABLE messages (queue_id TEXT PRIMARY KEY, data BLOB NOT NULL, context TEXT NOT NULL)")
     data, context = os.urandom(size), "{}" * 200
     times = []
