@@ -1,4 +1,4 @@
-"""Where one SMTP session's time goes, step by step: smtpgate beside Haraka and a bare aiosmtpd, same run.
+"""Where one SMTP session's time goes, step by step: smtpgate beside Haraka, Postfix and a bare aiosmtpd, same run.
 
     python benchmarks/bench_latency.py [--tree PATH ...] [--rounds 3] [--messages 1000] [--size-kb 10]
 
@@ -10,15 +10,17 @@ from sending the command to reading the last line of its reply. The per-step med
 are kept; rounds interleave the servers; printed min / median / max over rounds, in microseconds.
 
 Servers, as ``bench_compare.py --only ingress --ingress-alone`` starts them: Haraka accepting and
-discarding (installed into ``~/.cache/smtpgate-bench`` on first use; skipped without npm), a bare
-aiosmtpd whose DATA handler only answers 250, and per ``--tree`` ``smtpgate serve`` (the default
+discarding (installed into ``~/.cache/smtpgate-bench`` on first use; skipped without npm), a private
+Postfix that fsyncs each queue file before its ``250`` and then discards it (as root with Debian's
+``postfix`` package; skipped otherwise): the durable reference, a bare aiosmtpd whose DATA handler
+only answers 250, and per ``--tree`` ``smtpgate serve`` (the default
 chain's admission plugins, durable SQLite spool, empty processing chain, null egress, delivery
 running) and its ingress service alone (no delivery in the process).
 
 The last lines time what a durable commit of one such message costs on this disk: SQLite in WAL
 mode with ``synchronous=FULL`` and the spool's other pragmas, one message row inserted and
 committed (then deleted, as delivery does), median of ``--messages``. smtpgate pays it inside its
-``body`` step before the ``250``; Haraka, discarding, writes nothing.
+``body`` step before the ``250``, as Postfix pays its queue file's; Haraka, discarding, writes nothing.
 """
 
 from __future__ import annotations
@@ -129,6 +131,8 @@ async def run(args: argparse.Namespace) -> None:
             exe = bc.haraka_available()
             if exe is not None:
                 servers.append(await bc.start_haraka(exe, tmp))
+            if bc.postfix_available():
+                servers.append(await bc.start_postfix())
             servers.append(await bc.start_bare(tmp))
             for i, tree in enumerate(trees):
                 name = f"smtpgate {tree.name}" if len(trees) == 1 else f"smtpgate {i}:{tree.name}"
@@ -141,6 +145,8 @@ async def run(args: argparse.Namespace) -> None:
             for r in range(args.rounds):
                 for server in servers[r % len(servers):] + servers[: r % len(servers)]:
                     steps = await asyncio.to_thread(sessions, server.port, args.messages, body)
+                    if server.settle is not None:  # Postfix: its queue empty before the next server runs
+                        await server.settle()
                     for step, values in steps.items():
                         medians[server.name][step].append(statistics.median(values))
         finally:
