@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -48,9 +49,23 @@ GROUPS = ("MainThread", "spool-writer", "events-writer", "other threads", "main 
 ROWS = (*GROUPS, "msg/s (ingress)")
 
 
+def py_spy() -> str | None:
+    """The ``py-spy`` executable: on PATH, or beside this interpreter (a venv's ``bin`` that is not
+    on PATH, as ``.venv/bin/python benchmarks/bench_threads.py`` runs it)."""
+    found = shutil.which("py-spy")
+    if found is None:
+        beside = Path(sys.executable).parent / "py-spy"
+        found = str(beside) if beside.exists() else None
+    return found
+
+
+PY_SPY = py_spy()
+
+
 def thread_names(pid: int) -> dict[int, str]:
     """Native thread id -> Python thread name, from ``py-spy dump``."""
-    out = subprocess.run(["py-spy", "dump", "-p", str(pid)], capture_output=True, text=True, check=False).stdout
+    assert PY_SPY is not None  # checked before any server starts
+    out = subprocess.run([PY_SPY, "dump", "-p", str(pid)], capture_output=True, text=True, check=False).stdout
     return {int(m.group(1)): m.group(2) for m in re.finditer(r'^Thread (\d+) \([^)]*\): "([^"]*)"', out, re.M)}
 
 
@@ -237,4 +252,8 @@ if __name__ == "__main__":
                         "into the admission plugins and null egress (--sizes-kb ignored)")
     parser.add_argument("--idle-memory-seconds", type=float, default=65.0,
                         help="RSS again once idle this long, past [spool] worker_max_idle (0: skip)")
-    asyncio.run(main(parser.parse_args()))
+    parsed = parser.parse_args()
+    if PY_SPY is None:  # it names the threads: without it no figure can be attributed
+        sys.exit("bench_threads.py needs py-spy for the thread names: pip install py-spy "
+                 "(into the interpreter that runs this script, or anywhere on PATH)")
+    asyncio.run(main(parsed))
