@@ -29,8 +29,8 @@ from pipeline.storage.sqlite import SqliteWriter
 results.RESULT_LINGER = 3600.0
 run = SqliteWriter.run
 
-async def announced(self, fn, then=None, *, measured=False, linger=0.0):
-    pending = asyncio.ensure_future(run(self, fn, then, measured=measured, linger=linger))
+async def announced(self, fn, then=None, *, measured=False, linger=0.0, **more):
+    pending = asyncio.ensure_future(run(self, fn, then, measured=measured, linger=linger, **more))
     await asyncio.sleep(0)  # queued in the writer by now
     if linger > 0 and self._lingering:
         print({LINGERING!r}, file=sys.stderr, flush=True)

@@ -1,5 +1,6 @@
 """The one writer thread per SQLite database (issue 17 item 4): concurrent writes share commits, a
-failing write is rolled back alone, and a committed write's follow-up runs even if its caller left."""
+failing write is rolled back alone, and a committed write's follow-up runs even if its caller left;
+with one SMTP session, an enqueue commits on the loop's own thread when the writer is idle."""
 
 from __future__ import annotations
 
@@ -234,6 +235,101 @@ async def test_after_a_linger_ran_out_alone_writes_do_not_linger_for_a_while(tmp
         writer.close()
     assert writer.commits == 4
     assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 2, 3, 4, 5]
+
+
+async def test_an_inline_write_commits_on_the_calling_thread_before_run_returns(tmp_path: Path) -> None:
+    """``run(inline=True)`` with the writer idle (one SMTP session, issue 17): no thread hop; the
+    row is committed, visible to another connection, when ``run`` returns, and ``then`` has run."""
+    conn, writer, commits = writer_on(tmp_path)
+    threads: list[int] = []
+    followed: list[BaseException | None] = []
+
+    def write(cur: sqlite3.Cursor) -> int:
+        threads.append(threading.get_ident())
+        return int(cur.execute("INSERT INTO t VALUES (1)").rowcount)
+
+    try:
+        assert await writer.run(write, followed.append, measured=True, inline=True) == 1
+        other = sqlite3.connect(tmp_path / "w.db")
+        assert other.execute("SELECT v FROM t").fetchall() == [(1,)]
+        other.close()
+        assert followed == [None]
+        assert await writer.run(insert(2)) == 1  # not inline: the writer thread still serves
+    finally:
+        writer.close()
+    assert threads == [threading.get_ident()]
+    assert writer.commits == 2 and writer.inline_commits == 1
+    assert len(commits) == 1  # the measured (enqueue) commit was observed as on the writer thread
+
+
+async def test_an_inline_write_carries_the_lingering_writes_in_its_commit(tmp_path: Path) -> None:
+    """A delivery result lingering for company rides in the next enqueue's commit, inline or not."""
+    conn, writer, _ = writer_on(tmp_path)
+    try:
+        lingering = asyncio.ensure_future(writer.run(insert(1), linger=3600))
+        await asyncio.sleep(0)
+        assert not lingering.done()
+        assert await writer.run(insert(2), inline=True) == 1
+        await asyncio.sleep(0)  # its task resumes: the future it awaits was resolved by the inline commit
+        assert lingering.done() and lingering.result() == 1
+    finally:
+        writer.close()
+    assert writer.commits == 1 and writer.inline_commits == 1
+    assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 2]
+
+
+async def test_a_failing_inline_write_raises_to_its_caller_and_leaves_nothing(tmp_path: Path) -> None:
+    conn, writer, _ = writer_on(tmp_path)
+
+    def half_then_fail(cur: sqlite3.Cursor) -> None:
+        cur.execute("INSERT INTO t VALUES (2)")
+        raise ValueError("bad row")
+
+    try:
+        with pytest.raises(ValueError, match="bad row"):
+            await writer.run(half_then_fail, inline=True)
+        assert await writer.run(insert(3), inline=True) == 1
+    finally:
+        writer.close()
+    assert writer.inline_commits == 1
+    assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == [3]
+
+
+async def test_an_inline_write_goes_to_the_writer_thread_when_the_connection_is_busy(tmp_path: Path) -> None:
+    """A synchronous caller (the queue CLI's tools, a claim) holds the connection: the loop does
+    not wait for it; the write is queued for the writer thread, which commits it once free."""
+    conn = open_sqlite(tmp_path / "w.db")
+    conn.execute("CREATE TABLE t (v INTEGER PRIMARY KEY)")
+    lock = threading.Lock()
+    writer = SqliteWriter(conn, lock, "test-writer")
+    threads: list[int] = []
+
+    def write(cur: sqlite3.Cursor) -> int:
+        threads.append(threading.get_ident())
+        return int(cur.execute("INSERT INTO t VALUES (1)").rowcount)
+
+    try:
+        with lock:
+            pending = asyncio.ensure_future(writer.run(write, inline=True))
+            await asyncio.sleep(0.05)
+            assert not pending.done()  # run returned to the loop instead of blocking it
+        assert await asyncio.wait_for(pending, 30) == 1
+    finally:
+        writer.close()
+    assert writer.inline_commits == 0 and writer.commits == 1
+    assert threads and threads[0] != threading.get_ident()
+
+
+async def test_an_inline_write_waits_its_turn_behind_queued_writes(tmp_path: Path) -> None:
+    """Writes already queued for the writer thread go first: an inline write then joins them."""
+    conn, writer, _ = writer_on(tmp_path)
+    try:
+        results = await asyncio.gather(*(writer.run(insert(v)) for v in range(5)), writer.run(insert(5), inline=True))
+    finally:
+        writer.close()
+    assert results == [1] * 6
+    assert writer.inline_commits == 0
+    assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == list(range(6))
 
 
 def test_deleting_a_delivered_body_does_not_write_its_pages_again(tmp_path: Path) -> None:

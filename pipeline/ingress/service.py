@@ -150,6 +150,11 @@ class IngressService:
     def session_closed(self) -> None:
         self._closed.set()
 
+    def alone(self) -> bool:
+        """Whether at most one SMTP session is open: nobody else waits on the event loop for a
+        reply (the spool may then commit an enqueue on the loop's thread, issue 17)."""
+        return len(self.sessions) <= 1
+
     async def stop(self, grace: float) -> None:
         """Drain: 421 for new and idle sessions, let transactions finish within ``grace``, then close.
 
