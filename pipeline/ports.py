@@ -54,8 +54,10 @@ class EventSink(Protocol):
 class SpoolWriter(Protocol):
     """The one thing the ingress needs from the spool: make an accepted message durable."""
 
-    async def enqueue(self, ctx: MessageContext, data: bytes, recipients: list[str]) -> None:
-        """Commit the message durably (fsync'd) before returning; raise on failure."""
+    async def enqueue(self, ctx: MessageContext, data: bytes, recipients: list[str], *, inline: bool = False) -> None:
+        """Commit the message durably (fsync'd) before returning; raise on failure. ``inline``: the
+        caller is the only one waiting on its event loop (one SMTP session open), so a store may
+        commit on the caller's thread rather than hand the write to a thread of its own."""
         ...
 
 
@@ -65,8 +67,11 @@ class AcceptRecorder(Protocol):
     message log's row). The composition root hands one to the accept step when the spool and the
     event store share a database (PostgreSQL); otherwise the spool commits, then the events."""
 
-    async def enqueue(self, ctx: MessageContext, data: bytes, recipients: list[str], events: Sequence[Event]) -> None:
-        """Commit message and events before returning; raise on failure (nothing was committed)."""
+    async def enqueue(
+        self, ctx: MessageContext, data: bytes, recipients: list[str], events: Sequence[Event], *, inline: bool = False
+    ) -> None:
+        """Commit message and events before returning; raise on failure (nothing was committed).
+        ``inline``: as :meth:`SpoolWriter.enqueue`'s."""
         ...
 
     async def committed(self, event: Event) -> None:

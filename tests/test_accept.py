@@ -56,6 +56,23 @@ async def test_a_queued_message_is_durable_before_its_accepted_events_are_announ
     spool.close()
 
 
+async def test_enqueues_commit_on_the_callers_thread_only_while_the_caller_says_it_is_alone(tmp_path):
+    """The SMTP ingress passes ``alone`` (one session open); the HTTP send API, whose requests
+    come in parallel, does not: its enqueues keep the writer thread's group commit."""
+    accept, spool, _, _ = step(tmp_path)  # as the HTTP send API builds it: no ``alone``
+    await accept.accept(RAW, "app@shop.example", ["a@example.net"], queue_id="q1")
+    assert spool.inline_commits == 0
+    sessions = [1]
+    accept.alone = lambda: sessions[0] <= 1
+    await accept.accept(RAW, "app@shop.example", ["a@example.net"], queue_id="q2")
+    assert spool.inline_commits == 1
+    sessions[0] = 2
+    await accept.accept(RAW, "app@shop.example", ["a@example.net"], queue_id="q3")
+    assert spool.inline_commits == 1 and spool.commits == 3
+    assert all(spool.show(q) is not None for q in ("q1", "q2", "q3"))
+    spool.close()
+
+
 async def test_a_refusal_spools_nothing_and_a_spool_error_is_an_outcome(tmp_path):
     accept, spool, events, metrics = step(tmp_path)
     refused = await accept.accept(RAW + b"spam\r\n", "app@shop.example", ["a@example.net"])

@@ -125,14 +125,9 @@ class Gateway:
 
     def ingress_service(self) -> IngressService:
         """The SMTP listeners, handed the ports they feed: spool, events, metrics, inbound sinks."""
-        service = IngressService(self.config, self.chain, spool=self.spool, events=self.event_sink,
-                                 metrics=self.counters, inbound=self.inbound_handlers, sent=self.sent,
-                                 refusals=self.refusals, recorder=self.joint_accepts())
-        if isinstance(self.spool, SqliteSpool):
-            # one session open: its enqueue commits on the loop's thread, without two thread hops
-            # (with more, the writer thread's group commit serves them better; issue 17)
-            self.spool.commit_inline_when(service.alone)
-        return service
+        return IngressService(self.config, self.chain, spool=self.spool, events=self.event_sink,
+                              metrics=self.counters, inbound=self.inbound_handlers, sent=self.sent,
+                              refusals=self.refusals, recorder=self.joint_accepts())
 
     @property
     def spool(self) -> Spool:

@@ -17,7 +17,7 @@ nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -100,21 +100,23 @@ async def enqueue(
     *,
     event_data: dict[str, Any] | None = None,
     recorder: AcceptRecorder | None = None,
+    inline: bool = False,
 ) -> list[Event]:
     """Make one message durable and return its ``accepted`` events (to emit once answered, or, with
     ``recorder``, already committed with the message: to announce).
 
     Raises what the spool raises: whoever enqueues decides what a failure means (the ingress
-    answers 451, a bounce notice fails like the results it belongs to).
+    answers 451, a bounce notice fails like the results it belongs to). ``inline``: the caller is
+    alone on its event loop (:meth:`~pipeline.ports.SpoolWriter.enqueue`).
     """
     event_data = {**(event_data or {})}
     if "message" not in event_data:  # (not setdefault: that would build the summary every time)
         event_data["message"] = message_summary(ctx, data)
     events = [event_for("accepted", ctx, rcpt, event_data) for rcpt in recipients]
     if recorder is not None:
-        await recorder.enqueue(ctx, data, recipients, events)
+        await recorder.enqueue(ctx, data, recipients, events, inline=inline)
     else:
-        await spool.enqueue(ctx, data, recipients)
+        await spool.enqueue(ctx, data, recipients, inline=inline)
     return events
 
 
@@ -139,7 +141,12 @@ class AcceptStep:
         inbound: Mapping[str, InboundHandler] | None = None,
         metrics: Metrics | None = None,
         recorder: AcceptRecorder | None = None,
+        alone: Callable[[], bool] | None = None,
     ) -> None:
+        """``alone()``: whether the caller (the SMTP ingress) has one session open, nobody else
+        waiting on the event loop; its enqueues are then committed on the loop's thread when the
+        store can (issue 17: at one session the writer thread's two hops were a fifth of the cycle;
+        with more sessions its group commit serves them better)."""
         self.config = config
         self.chain = chain
         self.spool = spool
@@ -148,6 +155,7 @@ class AcceptStep:
         # kept by reference: the composition root may register a domain after the step is built
         self.inbound: Mapping[str, InboundHandler] = inbound if inbound is not None else {}
         self.metrics = metrics
+        self.alone = alone
 
     def inbound_handler(self, domain: str) -> InboundHandler | None:
         """The sink for mail to ``domain`` that the gateway receives itself (e.g. the bounce domain)."""
@@ -232,7 +240,8 @@ class AcceptStep:
         keeps the message and retries.
         """
         try:
-            events = await enqueue(self.spool, ctx, data, recipients, event_data=event_data, recorder=self.recorder)
+            events = await enqueue(self.spool, ctx, data, recipients, event_data=event_data, recorder=self.recorder,
+                                   inline=self.alone is not None and self.alone())
         except Exception as exc:
             log.error(
                 "session=%s message from=<%s> not queued: spool error %s: %s",

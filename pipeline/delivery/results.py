@@ -73,7 +73,10 @@ class JointAccepts:
         self.store = store
         self.emitter = emitter
 
-    async def enqueue(self, ctx: MessageContext, data: bytes, recipients: list[str], events: Sequence[Event]) -> None:
+    async def enqueue(
+        self, ctx: MessageContext, data: bytes, recipients: list[str], events: Sequence[Event], *, inline: bool = False
+    ) -> None:
+        """``inline`` is a SQLite hint: PostgreSQL commits on the server, the caller always waits."""
         items = [(event, self.emitter.webhook_urls_for(event)) for event in events]
         await self.spool.enqueue(ctx, data, recipients, items, self.store.write_event)
 
@@ -206,10 +209,10 @@ class OutboxResults:
         return OutboxAccepts(self, wait)
 
     async def enqueue(self, ctx: MessageContext, data: bytes, recipients: list[str], events: Sequence[Event],
-                      wait: bool = False) -> None:
+                      wait: bool = False, *, inline: bool = False) -> None:
         items = encode_items(events, new_origins(len(events)), webhook_urls_of(self.emitter, events))
         waiter = asyncio.get_running_loop().create_future() if items and wait else None
-        await self.spool.enqueue(ctx, data, recipients, _rows(items), self._on_commit(items, waiter))
+        await self.spool.enqueue(ctx, data, recipients, _rows(items), self._on_commit(items, waiter), inline=inline)
         if waiter is not None:
             await waiter
 
@@ -370,8 +373,10 @@ class OutboxAccepts:
         self.outbox = outbox
         self.wait = wait
 
-    async def enqueue(self, ctx: MessageContext, data: bytes, recipients: list[str], events: Sequence[Event]) -> None:
-        await self.outbox.enqueue(ctx, data, recipients, events, self.wait)
+    async def enqueue(
+        self, ctx: MessageContext, data: bytes, recipients: list[str], events: Sequence[Event], *, inline: bool = False
+    ) -> None:
+        await self.outbox.enqueue(ctx, data, recipients, events, self.wait, inline=inline)
 
     async def committed(self, event: Event) -> None:
         """Nothing: the forwarder counts, wakes the webhook sender and runs ``on_event`` once it

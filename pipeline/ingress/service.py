@@ -63,7 +63,8 @@ class IngressService:
         self.chain = chain
         self.metrics = metrics
         self.refusals = refusals  # 4xx/5xx replies as aggregated rejected events (None: not recorded)
-        self.accept = AcceptStep(config, chain, spool, events, inbound=inbound, metrics=metrics, recorder=recorder)
+        self.accept = AcceptStep(config, chain, spool, events, inbound=inbound, metrics=metrics, recorder=recorder,
+                                 alone=self.alone)
         config_records(self.config)  # fail at build time on a bad [[credentials]] entry
         limits = self.config.limits
         self.connections = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
@@ -152,7 +153,7 @@ class IngressService:
 
     def alone(self) -> bool:
         """Whether at most one SMTP session is open: nobody else waits on the event loop for a
-        reply (the spool may then commit an enqueue on the loop's thread, issue 17)."""
+        reply, so the spool may commit this session's enqueue on the loop's thread (issue 17)."""
         return len(self.sessions) <= 1
 
     async def stop(self, grace: float) -> None:

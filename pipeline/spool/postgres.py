@@ -86,11 +86,12 @@ class PostgresSpool:
 
     async def enqueue(
         self, ctx: MessageContext, data: bytes, recipients: list[str],
-        events: Sequence[tuple[Any, list[str]]] = (), writer: EventWriter | None = None,
+        events: Sequence[tuple[Any, list[str]]] = (), writer: EventWriter | None = None, *, inline: bool = False,
     ) -> None:
         """Return once the message is committed (synchronous commit); raise on failure. ``events``:
         its ``accepted`` events ``(event, webhook_urls)``, written by ``writer`` in the same transaction
-        (a crash right after the ``250`` cannot lose them)."""
+        (a crash right after the ``250`` cannot lose them). ``inline`` is ignored: the commit happens
+        on the server, and the enqueues of every node share its group commit."""
         if events and writer is None:
             raise ValueError("events need a writer")
         row = (ctx.queue_id, ctx.message.mail_from or "", data, json.dumps(ctx.to_record()), time.time())

@@ -202,7 +202,6 @@ class SqliteSpool:
         self._listeners: list[Callable[[], None]] = []
         self._wake_due = False
         self._claimer: EnqueueClaimer | None = None
-        self._inline_when: Callable[[], bool] | None = None
         self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
 
     @property
@@ -212,14 +211,8 @@ class SqliteSpool:
 
     @property
     def inline_commits(self) -> int:
-        """Of :attr:`commits`, those made on the enqueuing thread (:meth:`commit_inline_when`)."""
+        """Of :attr:`commits`, those made on the enqueuing thread (``enqueue(inline=True)``)."""
         return self._writer.inline_commits
-
-    def commit_inline_when(self, predicate: Callable[[], bool] | None) -> None:
-        """Commit an enqueue on the event loop's thread, when the writer thread is idle, whenever
-        ``predicate()`` is true at the enqueue: the composition root passes "one SMTP session is
-        open" (nobody else waits on the loop during the fsync; see :class:`SqliteWriter`)."""
-        self._inline_when = predicate
 
     @property
     def commit_observer(self) -> Callable[[float], None] | None:
@@ -270,6 +263,8 @@ class SqliteSpool:
         recipients: list[str],
         outbox: Sequence[OutboxRow] = (),
         on_commit: Callable[[list[int]], None] | None = None,
+        *,
+        inline: bool = False,
     ) -> None:
         """Commit the message durably (fsync'd) before returning; raise on failure. Concurrent
         enqueues (and delivery results) share the writer's transaction: one fsync for all.
@@ -303,7 +298,6 @@ class SqliteSpool:
         def write(cur: sqlite3.Cursor) -> None:
             ids[:] = _insert(cur, row, rcpts, not_before, lease, rows)
 
-        inline = self._inline_when is not None and self._inline_when()
         await self._writer.run(write, then, measured=True, inline=inline)
 
     # -- delivery side --------------------------------------------------------------------
