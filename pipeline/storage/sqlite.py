@@ -145,12 +145,12 @@ class SqliteWriter:
                 loop: asyncio.AbstractEventLoop) -> None:
         """Write ``batch`` on this thread, holding the connection's lock (taken by :meth:`run`)."""
         try:
-            commits = self.commits
             try:
+                commits = self.commits
                 done = self._transact(batch, deferred)
+                self.inline_commits += self.commits - commits  # 0 when the transaction failed
             finally:
                 self._lock.release()
-            self.inline_commits += self.commits - commits
             self._deliver(batch, done, loop)
         finally:
             with self._ready:
