@@ -320,6 +320,37 @@ async def test_an_inline_write_goes_to_the_writer_thread_when_the_connection_is_
     assert threads and threads[0] != threading.get_ident()
 
 
+async def test_inline_writes_go_to_the_writer_thread_while_commits_are_slow(tmp_path: Path, monkeypatch) -> None:
+    """A slow disk's fsync would block the event loop (other sessions' greetings, tracking
+    redirects): while recent commits are slow the writer thread commits, keeping the loop free;
+    its commits keep the average current, and inline writes resume once they are fast again."""
+    conn, writer, _ = writer_on(tmp_path)
+    monkeypatch.setattr(storage_sqlite, "INLINE_MAX_SECONDS", 0.010)
+    slow = [0.1]
+
+    def write(v: int):  # type: ignore[no-untyped-def]
+        def fn(cur: sqlite3.Cursor) -> int:
+            time.sleep(slow[0])  # the transaction's time, as a slow fsync would make it
+            return int(cur.execute("INSERT INTO t VALUES (?)", (v,)).rowcount)
+        return fn
+
+    try:
+        assert await writer.run(write(1), inline=True) == 1  # no history yet: inline
+        assert writer.inline_commits == 1 and writer.commit_seconds > 0.010
+        for v in range(2, 5):
+            assert await writer.run(write(v), inline=True) == 1
+        assert writer.inline_commits == 1  # slow: the writer thread took them
+        slow[0] = 0.0
+        for v in range(5, 40):
+            await writer.run(write(v), inline=True)
+            if writer.inline_commits > 1:
+                break
+        assert writer.inline_commits == 2  # fast again: back on the caller's thread
+    finally:
+        writer.close()
+    assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == v
+
+
 async def test_an_inline_write_waits_its_turn_behind_queued_writes(tmp_path: Path) -> None:
     """Writes already queued for the writer thread go first: an inline write then joins them."""
     conn, writer, _ = writer_on(tmp_path)

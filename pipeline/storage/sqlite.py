@@ -69,7 +69,8 @@ class SqliteWriter:
     writer's wake-up, the loop's, a GIL handover each) are saved: at one session the message body
     step of ``bench_latency.py`` went from 2.0 to 1.25 ms. With more sessions the writer thread's
     group commit wins (inline at 10 and 50 sessions measured 10-15 % fewer msg/s), so the caller
-    decides; when the writer is busy the write is queued as usual.
+    decides; when the writer is busy, or while commits are slow (:data:`INLINE_MAX_SECONDS`), the
+    write is queued as usual.
     """
 
     def __init__(self, conn: sqlite3.Connection, lock: threading.Lock, name: str) -> None:
@@ -89,6 +90,7 @@ class SqliteWriter:
         self._name = name
         self.commits = 0  # transactions committed (tests and benchmarks count round trips with it)
         self.inline_commits = 0  # of those, committed on a caller's thread (``run(inline=True)``)
+        self.commit_seconds = 0.0  # moving average of a transaction's time: inline only while it is short
         # seconds per committed batch holding a ``measured`` operation (/metrics: accepted messages' commits)
         self.observer: Callable[[float], None] | None = None
 
@@ -111,7 +113,8 @@ class SqliteWriter:
         batch: list[_Op] = []
         with self._ready:
             self._check_open()
-            if inline and linger <= 0 and not self._queue and not self._busy and self._lock.acquire(blocking=False):
+            if (inline and linger <= 0 and not self._queue and not self._busy
+                    and self.commit_seconds <= INLINE_MAX_SECONDS and self._lock.acquire(blocking=False)):
                 self._busy = True  # the writer thread waits for this batch to be done
                 batch = self._lingering  # they waited for company: this write is it
                 batch.append(op)
@@ -272,8 +275,10 @@ class SqliteWriter:
                 with self._ready:  # not stored: with the next batch (once closed or gone: never)
                     if not self._closed:
                         self._deferred[:0] = deferred
+        took = time.perf_counter() - started
+        self.commit_seconds += (took - self.commit_seconds) * 0.2  # recent commits weigh most
         if self.observer is not None and any(op[4] for op in batch):
-            self.observer(time.perf_counter() - started)
+            self.observer(took)
         return done
 
     @staticmethod
@@ -299,6 +304,13 @@ class SqliteWriter:
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
+
+INLINE_MAX_SECONDS = 0.002
+"""An inline write blocks its event loop for the whole transaction, fsync included: other listeners'
+greetings, tracking redirects, the API wait meanwhile. While recent transactions (a moving average)
+take longer than this (a slow or busy disk) writes go to the writer thread, which keeps the loop
+free; the writer's commits keep the average current, so inline writes resume once the disk is fast.
+A durable commit takes 0.12-0.25 ms on the development machine's disk."""
 
 LINGER_BACKOFF = 1.0
 """Seconds writes do not linger after a linger ran out with no other write to share its commit: a
