@@ -6,9 +6,12 @@ Either way the ``250`` comes after the COMMIT: the message is in spool.db when t
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from pipeline.app.harness import Dialogue, ingress_test_config, running_ingress
+from pipeline.ingress.service import IngressService
 from pipeline.spool.sqlite import SqliteSpool
 
 MESSAGE = b"From: app@shop.example\r\nTo: user@local.test\r\nSubject: hi\r\n\r\nbody\r\n.\r\n"
@@ -46,12 +49,19 @@ async def opened(port: int) -> Dialogue:
     return d
 
 
-async def test_the_only_session_commits_on_the_loop_thread_and_is_durable_at_the_250(data_dir: Path) -> None:
+@asynccontextmanager
+async def gateway_on(data_dir: Path) -> AsyncIterator[tuple[SqliteSpool, IngressService]]:
+    """The ingress on an embedded spool with no housekeeping commit of its own (see :func:`quiet`)."""
     config = ingress_test_config(data_dir, relay={"local_domains": ["local.test"]})
     async with running_ingress(config) as (gateway, ingress):
         spool = gateway.spool
         assert isinstance(spool, SqliteSpool)
         quiet(spool)
+        yield spool, ingress
+
+
+async def test_the_only_session_commits_on_the_loop_thread_and_is_durable_at_the_250(data_dir: Path) -> None:
+    async with gateway_on(data_dir) as (spool, ingress):
         d = await opened(ingress.port("plain"))
         ids = [await send_one(d) for _ in range(3)]
         assert all(in_spool(data_dir, q) for q in ids)
@@ -61,11 +71,7 @@ async def test_the_only_session_commits_on_the_loop_thread_and_is_durable_at_the
 
 
 async def test_with_two_sessions_open_the_writer_thread_commits(data_dir: Path) -> None:
-    config = ingress_test_config(data_dir, relay={"local_domains": ["local.test"]})
-    async with running_ingress(config) as (gateway, ingress):
-        spool = gateway.spool
-        assert isinstance(spool, SqliteSpool)
-        quiet(spool)
+    async with gateway_on(data_dir) as (spool, ingress):
         first = await opened(ingress.port("plain"))
         second = await opened(ingress.port("plain"))  # open, idle: it may speak at any moment
         ids = [await send_one(first), await send_one(second)]

@@ -59,9 +59,11 @@ async def test_a_failing_write_is_rolled_back_alone(tmp_path: Path) -> None:
     assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 3]
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["writer thread", "inline"])
 async def test_a_failing_write_alone_in_its_transaction_leaves_nothing_and_the_next_one_commits(
-    tmp_path: Path,
+    tmp_path: Path, inline: bool
 ) -> None:
+    """On the writer thread or inline (raised to the caller either way, and nothing stored)."""
     conn, writer, _ = writer_on(tmp_path)
 
     def half_then_fail(cur: sqlite3.Cursor) -> None:
@@ -70,12 +72,13 @@ async def test_a_failing_write_alone_in_its_transaction_leaves_nothing_and_the_n
 
     try:
         with pytest.raises(ValueError, match="bad row"):
-            await writer.run(half_then_fail)  # one caller, one transaction (no savepoint)
+            await writer.run(half_then_fail, inline=inline)  # one caller, one transaction (no savepoint)
         commits = writer.commits
-        assert await writer.run(insert(3)) == 1
+        assert await writer.run(insert(3), inline=inline) == 1
     finally:
         writer.close()
     assert commits == 0 and writer.commits == 1
+    assert writer.inline_commits == (1 if inline else 0)
     assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == [3]
 
 
@@ -276,23 +279,6 @@ async def test_an_inline_write_carries_the_lingering_writes_in_its_commit(tmp_pa
         writer.close()
     assert writer.commits == 1 and writer.inline_commits == 1
     assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 2]
-
-
-async def test_a_failing_inline_write_raises_to_its_caller_and_leaves_nothing(tmp_path: Path) -> None:
-    conn, writer, _ = writer_on(tmp_path)
-
-    def half_then_fail(cur: sqlite3.Cursor) -> None:
-        cur.execute("INSERT INTO t VALUES (2)")
-        raise ValueError("bad row")
-
-    try:
-        with pytest.raises(ValueError, match="bad row"):
-            await writer.run(half_then_fail, inline=True)
-        assert await writer.run(insert(3), inline=True) == 1
-    finally:
-        writer.close()
-    assert writer.inline_commits == 1
-    assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == [3]
 
 
 async def test_an_inline_write_goes_to_the_writer_thread_when_the_connection_is_busy(tmp_path: Path) -> None:
