@@ -16,6 +16,13 @@ from pipeline.storage import sqlite as storage_sqlite
 from pipeline.storage.sqlite import MAX_LINGERING, SqliteWriter, open_sqlite
 
 
+@pytest.fixture(autouse=True)
+def inline_on_any_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inline writes whatever the disk's speed under a loaded test run (a slow first commit would
+    send the next inline write to the writer thread); the slow-disk test sets its own limit."""
+    monkeypatch.setattr(storage_sqlite, "INLINE_MAX_SECONDS", 60.0)
+
+
 def writer_on(tmp_path: Path) -> tuple[sqlite3.Connection, SqliteWriter, list[float]]:
     conn = open_sqlite(tmp_path / "w.db")
     conn.execute("CREATE TABLE t (v INTEGER PRIMARY KEY)")

@@ -154,12 +154,12 @@ class SqliteWriter:
                 self.inline_commits += self.commits - commits  # 0 when the transaction failed
             finally:
                 self._lock.release()
-            self._deliver(batch, done, loop)
         finally:
-            with self._ready:
+            with self._ready:  # the connection is free before anyone hears of the outcome
                 self._busy = False
                 if self._queue or self._closed or (self._lingering and not self._linger_until):
                     self._ready.notify()  # what came meanwhile (another thread's write) is the writer's
+        self._deliver(batch, done, loop)
 
     def _linger_over(self) -> None:
         """The event loop's timer: commit what lingers once its deadline has come (a write may have
@@ -221,10 +221,10 @@ class SqliteWriter:
             try:
                 with self._lock:
                     done = self._transact(batch, deferred)
-                self._deliver(batch, done, None)
             finally:
-                with self._ready:
+                with self._ready:  # free before the callers resume: the next write may go inline
                     self._busy = False
+            self._deliver(batch, done, None)
 
     def _transact(
         self, batch: list[_Op], deferred: list[Callable[[sqlite3.Cursor], Any]]
