@@ -801,7 +801,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=["ingress", "e2e"], default=["ingress", "e2e"])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--engines", nargs="+", choices=["css_inline", "premailer"], default=["css_inline"])
-    ap.add_argument("--ingress-messages", type=int, default=200, help="messages per ingress measurement")
+    ap.add_argument("--ingress-messages", type=int, default=1000,
+                    help="messages per ingress measurement (at 200 one lasted under half a second: a moment of a "
+                    "shared machine's load decided it)")
     ap.add_argument(
         "--ingress-alone", action="store_true",
         help="also run each tree's ingress service without delivery (what the delivery side costs the ingress)",
