@@ -54,7 +54,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -211,7 +211,7 @@ class Server:
     log: list[str] = field(default_factory=list)
     spool: Path | None = None  # smtpgate's spool.db: delivery is done when its queue is empty
     measured: bool = False  # smtpgate without delivery: its CPU is read when the client is done
-    settle: Callable[[], Awaitable[None]] | None = None  # a reference with a queue: until it is empty
+    settle: Callable[[], Awaitable[None]] | None = None  # a server with a queue: until it is empty
 
     @property
     def smtpgate(self) -> bool:
@@ -315,7 +315,7 @@ def postfix_available() -> bool:
     return True
 
 
-def postfix_support() -> Any:
+def postfix_support() -> ModuleType:
     """``tests/support/postfix.py``: the one private-Postfix helper, shared with the tests."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
@@ -337,16 +337,9 @@ async def start_postfix() -> Server:
         default_process_limit="100", in_flow_delay="0",
     )
     await asyncio.to_thread(pf.start)
-
-    async def drained() -> None:
-        deadline = time.monotonic() + 120
-        while not pf.queue_is_empty():
-            if time.monotonic() > deadline:
-                raise RuntimeError("Postfix did not empty its queue in 120 s")
-            await asyncio.sleep(0.05)
-
     assert pf.master_pid is not None  # start() returned: the master answered
-    return Server("Postfix", pf.port, pf.master_pid, lambda: asyncio.to_thread(pf.stop), settle=drained)
+    return Server("Postfix", pf.port, pf.master_pid, lambda: asyncio.to_thread(pf.stop),
+                  settle=lambda: until(pf.queue_is_empty, "Postfix did not empty its queue"))
 
 
 async def start_bare(tmp: Path) -> Server:
@@ -361,7 +354,8 @@ async def start_smtpgate(
     to ``sink_port``, or (``engine`` None) the admission plugins only with null egress."""
     data_dir = tmp / f"data-{name}-{engine or 'ingress'}".replace(" ", "_")
     proc, port, log = await e2e.start_server(write_config(data_dir, sink_port, workers, engine, key), tree)
-    return Server(name, port, proc.pid, lambda: terminate(proc), log, data_dir / "spool.db")
+    spool = data_dir / "spool.db"
+    return Server(name, port, proc.pid, lambda: terminate(proc), log, spool, settle=lambda: spool_drained(spool))
 
 
 def write_config(data_dir: Path, sink_port: int, workers: int, engine: str | None, key: Path) -> Path:
@@ -402,17 +396,24 @@ async def start_ingress_alone(name: str, tree: Path, tmp: Path, key: Path, worke
     return Server(name, port, proc.pid, lambda: terminate(proc), log, None, measured=True)
 
 
+async def until(done: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    """Poll ``done()`` every 50 ms (a server's queue, read from outside it) until it holds; raise
+    naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} in {timeout:.0f} s")
+        await asyncio.sleep(0.05)
+
+
 async def spool_drained(spool: Path, timeout: float = 120.0) -> None:
     """Wait until the spool holds no message (delivery caught up), reading it from this process."""
     import sqlite3
 
-    deadline = time.monotonic() + timeout
     conn = sqlite3.connect(f"file:{spool}?mode=ro", uri=True, timeout=30)
     try:
-        while conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{spool}: delivery did not empty the spool in {timeout:.0f} s")
-            await asyncio.sleep(0.05)
+        await until(lambda: not conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0],
+                    f"{spool}: delivery did not empty the spool", timeout)
     finally:
         conn.close()
 
@@ -526,11 +527,9 @@ async def bench_ingress(
                         before = s.cpu() if s.smtpgate else {}
                         rate = await smtp_source(s.port, args.ingress_messages, sessions, size)
                         rates.setdefault((size, sessions, s.name), []).append(rate)
-                        if s.settle is not None:  # its queue empty before the next server runs
+                        if s.settle is not None:  # its queue empty (delivered) before the next server runs
                             await s.settle()
                         if s.smtpgate:
-                            if s.spool is not None:
-                                await spool_drained(s.spool)
                             main, kids = split_cpu(s, before, s.cpu())
                             n = args.ingress_messages
                             cpu_ms.setdefault((size, sessions, s.name), []).append((main * 1000 / n, kids * 1000 / n))

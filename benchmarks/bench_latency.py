@@ -145,7 +145,7 @@ async def run(args: argparse.Namespace) -> None:
             for r in range(args.rounds):
                 for server in servers[r % len(servers):] + servers[: r % len(servers)]:
                     steps = await asyncio.to_thread(sessions, server.port, args.messages, body)
-                    if server.settle is not None:  # Postfix: its queue empty before the next server runs
+                    if server.settle is not None:  # its queue delivered before the next server runs
                         await server.settle()
                     for step, values in steps.items():
                         medians[server.name][step].append(statistics.median(values))

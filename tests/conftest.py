@@ -42,6 +42,16 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def inline_on_any_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lone session's writes go inline whatever the disk's speed: on a loaded test run one slow
+    commit would lift the spool writer's moving average past ``INLINE_MAX_SECONDS`` and send the
+    next write to the writer thread (a test of that fallback sets its own limit)."""
+    from pipeline.storage import sqlite as storage_sqlite
+
+    monkeypatch.setattr(storage_sqlite, "INLINE_MAX_SECONDS", 60.0)
+
+
+@pytest.fixture
 def sinks() -> Iterator[Callable[..., Any]]:
     """Start real aiosmtpd sinks on ephemeral ports: ``sinks(**kw) -> (controller, handler)``;
     every sink started is stopped at the end of the test."""

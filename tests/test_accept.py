@@ -15,7 +15,6 @@ from pipeline.chain.driver import make_chain, make_config
 from pipeline.contract.context import MessageContext
 from pipeline.contract.message import Message
 from pipeline.spool.sqlite import SqliteSpool
-from pipeline.storage import sqlite as storage_sqlite
 
 RAW = b"From: app@shop.example\r\nTo: a@example.net\r\nSubject: hi\r\nX-Campaign-Id: spring\r\n\r\nhello\r\n"
 
@@ -57,10 +56,10 @@ async def test_a_queued_message_is_durable_before_its_accepted_events_are_announ
     spool.close()
 
 
-async def test_enqueues_commit_on_the_callers_thread_only_while_the_caller_says_it_is_alone(tmp_path, monkeypatch):
+@pytest.mark.usefixtures("inline_on_any_disk")
+async def test_enqueues_commit_on_the_callers_thread_only_while_the_caller_says_it_is_alone(tmp_path):
     """The SMTP ingress passes ``alone`` (one session open); the HTTP send API, whose requests
     come in parallel, does not: its enqueues keep the writer thread's group commit."""
-    monkeypatch.setattr(storage_sqlite, "INLINE_MAX_SECONDS", 60.0)  # whatever the disk's speed now
     accept, spool, _, _ = step(tmp_path)  # as the HTTP send API builds it: no ``alone``
     await accept.accept(RAW, "app@shop.example", ["a@example.net"], queue_id="q1")
     assert spool.inline_commits == 0

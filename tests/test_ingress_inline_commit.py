@@ -15,7 +15,8 @@ import pytest
 from pipeline.app.harness import Dialogue, ingress_test_config, running_ingress
 from pipeline.ingress.service import IngressService
 from pipeline.spool.sqlite import SqliteSpool
-from pipeline.storage import sqlite as storage_sqlite
+
+pytestmark = pytest.mark.usefixtures("inline_on_any_disk")
 
 MESSAGE = b"From: app@shop.example\r\nTo: user@local.test\r\nSubject: hi\r\n\r\nbody\r\n.\r\n"
 
@@ -44,11 +45,6 @@ def quiet(spool: SqliteSpool) -> None:
     enqueue's transaction, not after a second alone): the writer is idle between the test's messages."""
     spool._forget_after = 3600.0  # noqa: SLF001
 
-
-@pytest.fixture(autouse=True)
-def inline_on_any_disk(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A commit slowed by a loaded test run must not send the next one to the writer thread."""
-    monkeypatch.setattr(storage_sqlite, "INLINE_MAX_SECONDS", 60.0)
 
 
 async def opened(port: int) -> Dialogue:

@@ -15,12 +15,7 @@ import pytest
 from pipeline.storage import sqlite as storage_sqlite
 from pipeline.storage.sqlite import MAX_LINGERING, SqliteWriter, open_sqlite
 
-
-@pytest.fixture(autouse=True)
-def inline_on_any_disk(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Inline writes whatever the disk's speed under a loaded test run (a slow first commit would
-    send the next inline write to the writer thread); the slow-disk test sets its own limit."""
-    monkeypatch.setattr(storage_sqlite, "INLINE_MAX_SECONDS", 60.0)
+pytestmark = pytest.mark.usefixtures("inline_on_any_disk")  # the slow-disk test sets its own limit
 
 
 def writer_on(tmp_path: Path) -> tuple[sqlite3.Connection, SqliteWriter, list[float]]:

@@ -132,8 +132,8 @@ class SqliteWriter:
                 elif len(lingering) >= MAX_LINGERING:
                     self._linger_until = 0.0
                     self._ready.notify()
-        if batch:  # inline: written by the time _inline returns
-            self._inline(batch, deferred, loop)
+        if batch:  # inline: written, and this loop's futures resolved, by the time _write returns
+            self._write(batch, deferred, loop)
             return cast("R", fut.result())  # the op's result, or its error raised
         timer = self._linger_timer
         if first and (timer is None or self._linger_loop is not loop or timer.when() > loop.time() + linger):
@@ -144,22 +144,25 @@ class SqliteWriter:
             self._linger_timer, self._linger_loop = loop.call_later(linger, self._linger_over), loop
         return cast("R", await fut)
 
-    def _inline(self, batch: list[_Op], deferred: list[Callable[[sqlite3.Cursor], Any]],
-                loop: asyncio.AbstractEventLoop) -> None:
-        """Write ``batch`` on this thread, holding the connection's lock (taken by :meth:`run`)."""
+    def _write(self, batch: list[_Op], deferred: list[Callable[[sqlite3.Cursor], Any]],
+               here: asyncio.AbstractEventLoop | None) -> None:
+        """Write ``batch`` (the writer marked busy, the connection's lock held: released here), free
+        the writer, then tell the callers. ``here``: the loop of an inline write, running this (its
+        futures are resolved at once); ``None`` on the writer thread."""
         try:
             try:
                 commits = self.commits
                 done = self._transact(batch, deferred)
-                self.inline_commits += self.commits - commits  # 0 when the transaction failed
+                if here is not None:
+                    self.inline_commits += self.commits - commits  # 0 when the transaction failed
             finally:
                 self._lock.release()
         finally:
-            with self._ready:  # the connection is free before anyone hears of the outcome
+            with self._ready:  # free before the callers resume: their next write may go inline
                 self._busy = False
-                if self._queue or self._closed or (self._lingering and not self._linger_until):
+                if here is not None and (self._queue or self._closed or (self._lingering and not self._linger_until)):
                     self._ready.notify()  # what came meanwhile (another thread's write) is the writer's
-        self._deliver(batch, done, loop)
+        self._deliver(batch, done, here)
 
     def _linger_over(self) -> None:
         """The event loop's timer: commit what lingers once its deadline has come (a write may have
@@ -218,13 +221,8 @@ class SqliteWriter:
                 self._queue.clear()
                 deferred, self._deferred = self._deferred, []
                 self._busy = True
-            try:
-                with self._lock:
-                    done = self._transact(batch, deferred)
-            finally:
-                with self._ready:  # free before the callers resume: the next write may go inline
-                    self._busy = False
-            self._deliver(batch, done, None)
+            self._lock.acquire()
+            self._write(batch, deferred, None)
 
     def _transact(
         self, batch: list[_Op], deferred: list[Callable[[sqlite3.Cursor], Any]]
