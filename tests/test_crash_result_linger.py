@@ -103,7 +103,10 @@ async def test_sigkill_while_a_result_lingers_redelivers_and_loses_nothing(tmp_p
             await client.connect()
             errors, reply = await client.sendmail("app@example.org", ["user7@example.net"], message(7))
             assert errors == {} and "queued as" in reply, reply
-            await asyncio.wait_for(server.lingering.wait(), 30)  # delivered, its result not committed
+            try:  # delivered, its result not committed
+                await asyncio.wait_for(server.lingering.wait(), 30)
+            except TimeoutError:
+                pytest.fail("no result lingered; the server logged:\n" + "\n".join(server.log[-30:]))
             assert len(sink.messages) == 1
             assert recipient_states(spool_db) == ["processing"]
             server.kill()

@@ -124,3 +124,39 @@ def test_each_result_state_has_the_event_type_of_its_value():
     for state in RecipientState:
         if state in STATUS_WORD:
             assert EVENT_OF_STATE[state] is EventType(state)
+
+
+async def test_delivery_starts_and_delivers_while_events_db_is_locked(tmp_path: Path):
+    """Storing the events a previous run left in spool.db's outbox runs beside delivery, not before
+    it: with events.db's write lock held elsewhere (a backup, an operator's sqlite3 shell) for its
+    whole busy timeout, the scheduler starts at once and delivers; the events follow once the lock
+    is released, each once."""
+    config = make_config({"gateway": {"data_dir": str(tmp_path)}, "spool": {**FAST_RETRIES, "bounce_notices": False}})
+    gw = Gateway(config)
+    outbox = gw.joint_results()
+    assert outbox is not None
+    ctx = MessageContext(message=Message(RAW, "app@example.org", ["a@example.net"]))
+    accepted = [Event("accepted", queue_id=ctx.queue_id, recipient="a@example.net")]
+    await gw.joint_accepts().enqueue(ctx, RAW, ["a@example.net"], accepted)  # its event: in the outbox
+    hold = sqlite3.connect(tmp_path / "events.db", isolation_level=None)
+    hold.execute("BEGIN IMMEDIATE")
+    svc = gw.delivery_service(workers=0)
+    try:
+        await asyncio.wait_for(svc.start(), 10)  # not the 30 s of events.db's busy timeout
+        async with asyncio.timeout(10):
+            while gw.spool.count():
+                await asyncio.sleep(0.02)
+        assert len(list((tmp_path / "maildir" / "new").iterdir())) == 1
+        assert gw.events.events() == []  # still waiting for the lock
+        hold.execute("ROLLBACK")
+        async with asyncio.timeout(20):
+            while len(gw.events.events()) < 2:
+                await asyncio.sleep(0.02)
+    finally:
+        if hold.in_transaction:
+            hold.execute("ROLLBACK")
+        hold.close()
+        await svc.stop(5.0)
+        await outbox.close()
+        gw.spool.close()
+    assert sorted(e.event.type for e in gw.events.events(queue_id=ctx.queue_id)) == ["accepted", "delivered"]

@@ -303,6 +303,48 @@ async def test_sqlite_outbox_forwards_many_messages_events_in_one_commit_in_orde
         store.close()
 
 
+async def test_sqlite_outbox_drain_does_not_chase_events_committed_after_it_began(tmp_path):
+    """``drain`` (called at start, beside delivery) forwards what was committed when it was called;
+    events committed while it waits are the forwarder's, so steady traffic cannot keep it going,
+    hurrying every round past its linger."""
+    from pipeline.config import Config
+    from pipeline.contract.context import Event
+    from pipeline.delivery.results import OutboxResults
+    from pipeline.events import EventEmitter
+    from pipeline.events.sqlite import SqliteEventStore
+    from pipeline.spool.sqlite import SqliteSpool
+
+    spool, store = SqliteSpool(tmp_path / "spool.db"), SqliteEventStore(tmp_path / "events.db")
+    outbox = OutboxResults(spool, store, EventEmitter(store, Config(), collections.Counter()), linger=3600)
+    accepts = outbox.accepts()
+    record_many, in_round, go_on = store.record_many, asyncio.Event(), asyncio.Event()
+
+    async def slow_record_many(*args, **kwargs):  # a round that takes a while: traffic goes on meanwhile
+        in_round.set()
+        await go_on.wait()
+        return await record_many(*args, **kwargs)
+
+    async def accept(rcpt: str) -> None:
+        ctx = MessageContext(message=Message(RAW, "a@example.org", [rcpt]))
+        await accepts.enqueue(ctx, RAW, [rcpt], [Event("accepted", queue_id=ctx.queue_id, recipient=rcpt)])
+
+    try:
+        assert await outbox.drain() == 0  # caught up with spool.db: from memory from now on
+        await accept("first@example.net")
+        store.record_many = slow_record_many  # type: ignore[method-assign]
+        draining = asyncio.create_task(outbox.drain())
+        await in_round.wait()
+        await accept("later@example.net")  # committed after drain began
+        go_on.set()
+        assert await asyncio.wait_for(draining, 10) == 1
+        assert [e.event.recipient for e in store.events()] == ["first@example.net"]  # the later one lingers
+    finally:
+        go_on.set()
+        await outbox.close()
+        spool.close()
+        store.close()
+
+
 async def test_sqlite_results_return_once_committed_and_their_events_share_one_later_events_db_commit(tmp_path):
     """By default a result's caller does not wait for events.db (issue 17: a commit per delivered
     message at one session): its results and events are committed in spool.db when it returns, and

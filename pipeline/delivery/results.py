@@ -236,14 +236,17 @@ class OutboxResults:
 
     async def drain(self) -> int:
         """Forward everything committed so far now (rows a crash left included) and forget it in
-        spool.db before returning; how many rows were forwarded (events already stored count too)."""
+        spool.db before returning; how many rows were forwarded (events already stored count too).
+        Events committed after the call are not waited for: under steady traffic the wait ends."""
         before = self._forwarded
+        known = self._pending[-1][0] if self._pending else 0  # outbox ids grow: later ones are newer
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append((0, waiter))  # resolved by the next round, which reads spool.db if due
         self._hurry.set()
         self._kick()
         await waiter
-        while self._pending or self._from_disk:  # a round forwards what was pending when it began
+        # a round forwards what was pending when it began
+        while self._from_disk or (self._pending and self._pending[0][0] <= known):
             if self._failing:
                 break
             waiter = asyncio.get_running_loop().create_future()

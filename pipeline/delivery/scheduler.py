@@ -218,6 +218,7 @@ class DeliveryService:
         self._held: set[tuple[str, str]] = set()  # (queue_id, recipient) claimed and not yet recorded
         self._copy_logs: dict[str, dict[str, dict[str, Any]]] = {}  # queue id -> recipient -> copy_log()
         self._runner: asyncio.Task[None] | None = None
+        self._catching_up: asyncio.Task[None] | None = None  # storing the previous run's leftover events
         self._stopping = False
         self._claims = Outage("claiming from the spool")
         self._results = Outage("recording delivery results")
@@ -230,10 +231,8 @@ class DeliveryService:
         resumed = await asyncio.to_thread(spool.recover)
         if resumed:
             log.warning("resumed %d recipient(s) left in processing by the previous run", resumed)
-        if self.results is not None:
-            drained = await self.results.drain()
-            if drained:
-                log.warning("stored %d event(s) committed with their results before a crash", drained)
+        if self.results is not None:  # beside delivery, not before it: a locked events.db holds nothing back
+            self._catching_up = asyncio.create_task(self._store_leftover_events(self.results), name="event-catch-up")
         self._loop = asyncio.get_running_loop()
         spool.add_listener(self.wakeup)
         await self.pool.start()
@@ -242,9 +241,24 @@ class DeliveryService:
         spool.set_claimer(self)
         self._runner = asyncio.create_task(self._run(), name="delivery-scheduler")
 
+    async def _store_leftover_events(self, results: ResultRecorder) -> None:
+        """Events a crash left committed with their results, stored in the event store (order is
+        the recorder's: later results' events follow them)."""
+        try:
+            drained = await results.drain()
+        except Exception:  # the recorder retries them on its own; this only reports
+            log.exception("storing events left by the previous run failed; retried with the next results")
+            return
+        if drained:
+            log.warning("stored %d event(s) committed with their results before a crash", drained)
+
     async def stop(self, grace: float) -> None:
         """Stop claiming; let messages in hand finish for ``grace`` seconds, then hand the rest back."""
         self._stopping = True
+        if self._catching_up is not None:
+            self._catching_up.cancel()
+            await asyncio.gather(self._catching_up, return_exceptions=True)
+            self._catching_up = None
         self._wake.set()
         if self._runner is not None:
             self._runner.cancel()
