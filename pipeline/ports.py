@@ -242,7 +242,8 @@ class ResultRecorder(Protocol):
 
     async def drain(self) -> int:
         """Finish what a crash interrupted (events committed with their results but not yet
-        stored where the event store reads them); how many. Called at start."""
+        stored where the event store reads them); how many. Called at start, in a task of its own:
+        delivery does not wait for it (the event store may be locked for a while)."""
         ...
 
 

@@ -56,7 +56,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pipeline.chain.loader import PluginSet
 from pipeline.chain.processing import CopyResult, process_message
@@ -503,8 +503,8 @@ class _Worker(asyncio.Protocol):
         self._need = HEADER.size  # bytes the next frame needs in the buffer before it can be parsed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a socket's transport: asyncio's is an asyncio.Transport, uvloop's only behaves as one
+        self.transport = cast(asyncio.Transport, transport)
 
     def send(self, task: _Task) -> None:
         assert self.transport is not None
