@@ -308,6 +308,35 @@ async def test_an_inline_write_goes_to_the_writer_thread_when_the_connection_is_
     assert threads and threads[0] != threading.get_ident()
 
 
+async def test_an_inline_write_does_not_wait_on_the_loop_for_another_process_s_write_lock(tmp_path: Path) -> None:
+    """Another connection (a queue tool in another process, an operator's ``sqlite3`` shell) holds
+    the database's write lock: the inline write begins nothing and goes to the writer thread, which
+    waits for the lock, instead of blocking the event loop for up to the busy timeout. Lingering
+    writes it carried go with it; the busy timeout is the connection's again afterwards."""
+    conn, writer, _ = writer_on(tmp_path)
+    hold = sqlite3.connect(tmp_path / "w.db", isolation_level=None)
+    hold.execute("BEGIN IMMEDIATE")
+    try:
+        lingering = asyncio.ensure_future(writer.run(insert(1), linger=3600))
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        pending = asyncio.ensure_future(writer.run(insert(2), inline=True))
+        await asyncio.sleep(0.2)  # the loop runs: the write waits elsewhere
+        assert time.monotonic() - started < 5 and not pending.done() and not lingering.done()
+        hold.execute("ROLLBACK")
+        assert await asyncio.wait_for(pending, 30) == 1
+        assert await asyncio.wait_for(lingering, 30) == 1
+        assert await writer.run(insert(3), inline=True) == 1  # the lock is free: inline again
+    finally:
+        if hold.in_transaction:
+            hold.execute("ROLLBACK")
+        hold.close()
+        writer.close()
+    assert writer.inline_commits == 1 and writer.commits == 2
+    assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 2, 3]
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == storage_sqlite.BUSY_TIMEOUT_MS
+
+
 async def test_inline_writes_go_to_the_writer_thread_while_commits_are_slow(tmp_path: Path, monkeypatch) -> None:
     """A slow disk's fsync would block the event loop (other sessions' greetings, tracking
     redirects): while recent commits are slow the writer thread commits, keeping the loop free;

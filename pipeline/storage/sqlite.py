@@ -19,6 +19,10 @@ from typing import Any, TypeVar, cast
 
 R = TypeVar("R")
 
+BUSY_TIMEOUT_MS = 30000
+"""How long a write waits for another connection's write lock (another process: a queue tool, an
+operator's shell) before failing with "database is locked"."""
+
 
 def open_sqlite(path: Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
     """Open (creating the folder) a SQLite database for concurrent use by several processes."""
@@ -26,7 +30,7 @@ def open_sqlite(path: Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys=ON")
     # Debian's SQLite is built with SECURE_DELETE on: deleting a delivered message's row overwrote
     # its freed overflow pages (the whole body) with zeros, writing them to the WAL and again at the
@@ -132,8 +136,7 @@ class SqliteWriter:
                 elif len(lingering) >= MAX_LINGERING:
                     self._linger_until = 0.0
                     self._ready.notify()
-        if batch:  # inline: written, and this loop's futures resolved, by the time _write returns
-            self._write(batch, deferred, loop)
+        if batch and self._write(batch, deferred, loop):  # inline: written, this loop's futures resolved
             return cast("R", fut.result())  # the op's result, or its error raised
         timer = self._linger_timer
         if first and (timer is None or self._linger_loop is not loop or timer.when() > loop.time() + linger):
@@ -145,14 +148,17 @@ class SqliteWriter:
         return cast("R", await fut)
 
     def _write(self, batch: list[_Op], deferred: list[Callable[[sqlite3.Cursor], Any]],
-               here: asyncio.AbstractEventLoop | None) -> None:
+               here: asyncio.AbstractEventLoop | None) -> bool:
         """Write ``batch`` (the writer marked busy, the connection's lock held: released here), free
         the writer, then tell the callers. ``here``: the loop of an inline write, running this (its
-        futures are resolved at once); ``None`` on the writer thread."""
+        futures are resolved at once); ``None`` on the writer thread. ``False``: an inline write
+        found another process writing the database and handed the batch to the writer thread
+        instead (its futures resolve later)."""
+        done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] | None = None
         try:
             try:
                 commits = self.commits
-                done = self._transact(batch, deferred)
+                done = self._transact(batch, deferred, wait=here is None)
                 if here is not None:
                     self.inline_commits += self.commits - commits  # 0 when the transaction failed
             finally:
@@ -160,9 +166,15 @@ class SqliteWriter:
         finally:
             with self._ready:  # free before the callers resume: their next write may go inline
                 self._busy = False
+                if done is None:  # not begun (or interrupted): the writer thread waits for the lock
+                    self._queue.extendleft(reversed(batch))
+                    self._deferred[:0] = deferred
                 if here is not None and (self._queue or self._closed or (self._lingering and not self._linger_until)):
                     self._ready.notify()  # what came meanwhile (another thread's write) is the writer's
+        if done is None:
+            return False
         self._deliver(batch, done, here)
+        return True
 
     def _linger_over(self) -> None:
         """The event loop's timer: commit what lingers once its deadline has come (a write may have
@@ -225,14 +237,28 @@ class SqliteWriter:
             self._write(batch, deferred, None)
 
     def _transact(
-        self, batch: list[_Op], deferred: list[Callable[[sqlite3.Cursor], Any]]
-    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
-        """One transaction for ``batch`` (holding the connection's lock): each op's outcome."""
+        self, batch: list[_Op], deferred: list[Callable[[sqlite3.Cursor], Any]], wait: bool = True
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]] | None:
+        """One transaction for ``batch`` (holding the connection's lock): each op's outcome.
+        ``wait=False`` (an inline write, on the event loop): when another connection holds the
+        write lock, begin nothing and return ``None`` at once rather than block the loop for up to
+        the busy timeout (a queue tool or an operator's shell in another process)."""
         done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         started = time.perf_counter()
         try:  # the connection itself may be gone (closed under us): every caller hears it
             cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
+            if wait:
+                cur.execute("BEGIN IMMEDIATE")
+            else:
+                cur.execute("PRAGMA busy_timeout=0")
+                try:
+                    cur.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as busy:
+                    if busy.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                        raise
+                    return None
+                finally:
+                    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             for work in deferred:
                 cur.execute("SAVEPOINT op")
                 try:
