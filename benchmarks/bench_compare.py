@@ -498,22 +498,31 @@ def stats(values: list[float], fmt: str = ".0f") -> str:
     return f"{min(values):{fmt}} / {statistics.median(values):{fmt}} / {max(values):{fmt}}"
 
 
+async def start_ingress_servers(
+    servers: list[Server], tmp: Path, key: Path, trees: list[tuple[str, Path]], workers: int, *, alone: bool
+) -> None:
+    """The ingress comparison's line-up, appended to ``servers`` as each one starts (the caller
+    stops them, those of a failed start-up too): Haraka and Postfix where they can run, a bare
+    aiosmtpd, ``smtpgate serve`` per tree and, with ``alone``, each tree's ingress service alone."""
+    exe = haraka_available()
+    if exe is not None:
+        servers.append(await start_haraka(exe, tmp))
+    if postfix_available():
+        servers.append(await start_postfix())
+    servers.append(await start_bare(tmp))
+    for name, tree in trees:
+        servers.append(await start_smtpgate(name, tree, tmp, key, 0, workers, None))
+    if alone:
+        for name, tree in trees:
+            servers.append(await start_ingress_alone(f"{name} ingress alone", tree, tmp, key, workers))
+
+
 async def bench_ingress(
     args: argparse.Namespace, tmp: Path, key: Path, trees: list[tuple[str, Path]]
 ) -> None:
     servers: list[Server] = []
     try:
-        exe = haraka_available()
-        if exe is not None:
-            servers.append(await start_haraka(exe, tmp))
-        if postfix_available():
-            servers.append(await start_postfix())
-        servers.append(await start_bare(tmp))
-        for name, tree in trees:
-            servers.append(await start_smtpgate(name, tree, tmp, key, 0, args.workers, None))
-        if args.ingress_alone:
-            for name, tree in trees:
-                servers.append(await start_ingress_alone(f"{name} ingress alone", tree, tmp, key, args.workers))
+        await start_ingress_servers(servers, tmp, key, trees, args.workers, alone=args.ingress_alone)
         for s in servers:  # warm-up: imports, caches, the first spool pages
             await smtp_source(s.port, 20, 2, 10240)
         rates: dict[tuple[int, int, str], list[float]] = {}

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import dkim
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jsonschema import Draft202012Validator
@@ -24,6 +25,7 @@ from jsonschema import Draft202012Validator
 from pipeline.accounts.api_tokens import ApiTokenStore
 from pipeline.app.gateway import Gateway
 from pipeline.config import parse_config
+from pipeline.spool.sqlite import SqliteSpool
 from plugins.dkim_sign.keys import dns_txt_value
 from tests.support.smtp_sink import FAST_RETRIES, SinkHandler, smtp_egress
 
@@ -370,3 +372,21 @@ async def test_a_raw_message_with_unix_line_ends_is_sent_and_one_with_a_nul_is_r
             "shop", {"mail_from": "news@shop.example", "rcpt_to": ["x@example.net"], "data": b64(nul)}
         )
         assert status == 422 and got["reply"]["enhanced"] == "5.6.0" and "NUL" in got["reply"]["text"]
+
+
+@pytest.mark.usefixtures("inline_on_any_disk")
+async def test_http_sends_keep_the_writer_thread_s_group_commit_with_no_smtp_session_open(
+    tmp_path: Path, sinks: Callable[..., Any]
+) -> None:
+    """Only the SMTP ingress with one session open commits on the event loop's thread (issue 17);
+    HTTP sends arrive in parallel, so theirs go to the writer thread even while no session is open."""
+    async with running(tmp_path, sinks) as (gw, api, sink, _):
+        assert isinstance(gw.spool, SqliteSpool)
+        replies = await asyncio.gather(*(
+            api.send("club", {"mail_from": "news@club.example", "rcpt_to": [f"r{i}@example.net"],
+                              "data": b64(raw_message("news@club.example", f"r{i}@example.net", f"g{i}"))})
+            for i in range(3)
+        ))
+        assert [status for status, _, _ in replies] == [202] * 3
+        assert gw.spool.inline_commits == 0
+        await wait_for(lambda: len(sink.messages) == 3)

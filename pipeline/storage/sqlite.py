@@ -169,7 +169,7 @@ class SqliteWriter:
                 if done is None:  # not begun (or interrupted): the writer thread waits for the lock
                     self._queue.extendleft(reversed(batch))
                     self._deferred[:0] = deferred
-                if here is not None and (self._queue or self._closed or (self._lingering and not self._linger_until)):
+                if here is not None and self._has_work():
                     self._ready.notify()  # what came meanwhile (another thread's write) is the writer's
         if done is None:
             return False
@@ -209,6 +209,11 @@ class SqliteWriter:
             self._check_open()
             self._deferred.append(fn)
 
+    def _has_work(self) -> bool:
+        """Whether the writer thread has something to do (called holding ``_ready``): queued
+        writes, lingering ones whose wait is over, or closing."""
+        return bool(self._queue) or self._closed or bool(self._lingering and not self._linger_until)
+
     def _check_open(self) -> None:
         """Raise once closed; start the thread on first use (called holding ``_ready``)."""
         if self._closed:
@@ -221,9 +226,7 @@ class SqliteWriter:
     def _loop(self) -> None:
         while True:
             with self._ready:
-                while self._busy or (
-                    not self._queue and not self._closed and not (self._lingering and not self._linger_until)
-                ):
+                while self._busy or not self._has_work():
                     self._ready.wait()
                 if not self._queue and not self._lingering and not self._deferred:
                     return  # closed, and everything done
