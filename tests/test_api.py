@@ -22,6 +22,7 @@ from pipeline.app.cli import main
 from pipeline.app.gateway import Gateway
 from pipeline.config import load_config
 from tests.support.console import TOML
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,12 +80,6 @@ class Checked:
 
     async def get(self, path: str, template: str, bearer: str | None, **params: str) -> tuple[int, Any]:
         return await self.call("GET", path, template, bearer, **params)
-
-
-async def wait_for(pred: Any, timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.05)
 
 
 def test_api_tokens_cli_prints_the_token_alone_and_stores_only_its_hash(tmp_path: Path, backend: Any) -> None:

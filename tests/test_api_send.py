@@ -28,6 +28,7 @@ from pipeline.config import parse_config
 from pipeline.spool.sqlite import SqliteSpool
 from plugins.dkim_sign.keys import dns_txt_value
 from tests.support.smtp_sink import FAST_RETRIES, SinkHandler, smtp_egress
+from tests.support.waiting import wait_for
 
 MSGS = "/api/v1/messages"
 
@@ -127,12 +128,6 @@ async def running(
             yield gw, Api(http, api.url, doc, tokens), sink, lambda name, timeout=5: dns.get(name)
     finally:
         await gw.stop(2.0)
-
-
-async def wait_for(pred: Callable[[], bool], timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.02)
 
 
 def raw_message(sender: str, to: str, subject: str) -> bytes:

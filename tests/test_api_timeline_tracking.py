@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import aiosmtplib
 
-from tests.support.console import TOML, console_gateway, on_storage, wait_for
+from tests.support.console import TOML, console_gateway, on_storage
+from tests.support.waiting import wait_for
 from tests.test_api import cli
 
 HTML_MAIL = (

@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pipeline.accounts.store import CredentialStore
 from pipeline.api.console.app import API_ROUTES, CONSOLE, PRESESSION_COOKIE, SESSION_COOKIE, safe_back
 from pipeline.api.console.sessions import PresessionSigner, SessionStore
-from tests.support.console import TOML, console_gateway, csrf_of, on_storage, visitor, wait_for
+from tests.support.console import TOML, console_gateway, csrf_of, on_storage, visitor
 from tests.support.egress_net import ZoneServer
+from tests.support.waiting import wait_for
 
 PAGES = (
     "/console/messages",

@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pipeline.api.console.app import SESSION_COOKIE
 from tests.support.cdp import Browser, Tab
-from tests.support.console import TOML, console_gateway, wait_for
+from tests.support.console import TOML, console_gateway
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.browser  # drives the headless chromium
 

@@ -16,7 +16,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -24,21 +24,13 @@ from pipeline.accounts.secrets import hash_secret_pbkdf2
 from pipeline.app.harness import Dialogue, client_tls, ingress_test_config, running_ingress, spooled
 from pipeline.ingress import replies as R
 from pipeline.ingress.service import IngressService
+from tests.support.waiting import wait_for
 
 KEY = {"name": "key", "kind": "apikey", "secret_hash": hash_secret_pbkdf2("key-0123456789", 1000)}
 AUTH_PLAIN = "AUTH PLAIN " + base64.b64encode(b"\0apikey\0key-0123456789").decode()
 IDLE = 0.5  # seconds: the stalled-client tests wait for this
 BODY = b"From: app@shop.example\r\nTo: user@local.test\r\nSubject: hi\r\n\r\nhello\r\n"
 BAD_LOG = ("Traceback", "Task exception was never retrieved", "Exception in callback", "never awaited")
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Wait (bounded) until ``condition()`` holds: the server's bookkeeping runs in callbacks."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 class Server:
@@ -75,11 +67,11 @@ class Server:
         assert (await d.cmd("QUIT")).code == 221
         await d.close()
         ingress = self.ingress
-        await until(lambda: not ingress.sessions, what="every session to end")
-        await until(lambda: ingress.connections.total == 0, what="connection counters to drop to 0")
+        await wait_for(lambda: not ingress.sessions, what="every session to end")
+        await wait_for(lambda: ingress.connections.total == 0, what="connection counters to drop to 0")
         assert not any(ingress.connections.per_ip.values())
         me = asyncio.current_task()
-        await until(lambda: not (asyncio.all_tasks() - self.baseline - {me}), what="session tasks to finish")
+        await wait_for(lambda: not (asyncio.all_tasks() - self.baseline - {me}), what="session tasks to finish")
         assert len(spooled(self.data_dir)) == queued
         for record in self.caplog.records:
             text = record.getMessage() + (self.caplog.text if record.exc_info else "")
@@ -279,7 +271,7 @@ async def test_tls_client_that_stalls_mid_handshake_is_cut_by_the_idle_timeout(s
     writer.write(client_hello()[:10])
     await writer.drain()
     await read_until_closed(reader, timeout=IDLE + 6)
-    await until(lambda: not server.ingress.sessions, timeout=IDLE + 6, what="the stalled TLS session to end")
+    await wait_for(lambda: not server.ingress.sessions, timeout=IDLE + 6, what="the stalled TLS session to end")
     writer.close()
     await server.healthy()
 

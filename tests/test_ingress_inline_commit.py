@@ -15,6 +15,7 @@ import pytest
 from pipeline.app.harness import Dialogue, ingress_test_config, running_ingress
 from pipeline.ingress.service import IngressService
 from pipeline.spool.sqlite import SqliteSpool
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("inline_on_any_disk")
 
@@ -40,13 +41,6 @@ def in_spool(data_dir: Path, queue_id: str) -> bool:
         conn.close()
 
 
-def quiet(spool: SqliteSpool) -> None:
-    """No housekeeping commit of its own (forwarded event-outbox rows are deleted in the next
-    enqueue's transaction, not after a second alone): the writer is idle between the test's messages."""
-    spool._forget_after = 3600.0  # noqa: SLF001
-
-
-
 async def opened(port: int) -> Dialogue:
     d = await Dialogue.connect("127.0.0.1", port)
     assert (await d.reply()).code == 220
@@ -56,12 +50,14 @@ async def opened(port: int) -> Dialogue:
 
 @asynccontextmanager
 async def gateway_on(data_dir: Path) -> AsyncIterator[tuple[SqliteSpool, IngressService]]:
-    """The ingress on an embedded spool with no housekeeping commit of its own (see :func:`quiet`)."""
+    """The ingress on an embedded spool with no housekeeping commit of its own (forwarded
+    event-outbox rows are deleted in the next enqueue's transaction, not after a second alone): the
+    writer is idle between the test's messages."""
     config = ingress_test_config(data_dir, relay={"local_domains": ["local.test"]})
     async with running_ingress(config) as (gateway, ingress):
         spool = gateway.spool
         assert isinstance(spool, SqliteSpool)
-        quiet(spool)
+        spool._forget_after = 3600.0  # noqa: SLF001
         yield spool, ingress
 
 
@@ -85,12 +81,7 @@ async def test_with_two_sessions_open_the_writer_thread_commits(data_dir: Path) 
         assert (await second.cmd("QUIT")).code == 221
         await second.close()
         assert await second.closed()
-        # alone again once the other session is gone
-        for _ in range(100):
-            if ingress.alone():
-                break
-            await first.cmd("NOOP")
-        assert ingress.alone()
+        await wait_for(ingress.alone, 10, "the second session to close")  # alone again
         queue_id = await send_one(first)
         assert in_spool(data_dir, queue_id) and spool.inline_commits == 1
         await first.cmd("QUIT")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from pipeline.contract.context import MessageContext
 from pipeline.contract.message import Message
 from tests.support.smtp_sink import FAST_RETRIES, SinkController, SinkHandler, smtp_egress
 from tests.support.tracking import rcpt_reply, signer, tracking_config
+from tests.support.waiting import wait_for
 
 RAW = b"From: app@example.org\r\nTo: someone@example.net\r\nSubject: outage\r\n\r\nHello\r\n"
 
@@ -41,14 +41,6 @@ class Outage:
 def rows(url: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as conn:
         return [tuple(r) for r in conn.execute(sql.encode()).fetchall()]
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Wait for a condition (polled: it is read from another process's tables or another thread)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
 
 
 async def metrics_text(http: aiohttp.ClientSession, url: str) -> str:
@@ -93,7 +85,7 @@ async def test_tracking_redirects_during_an_outage_and_writes_held_events_once_i
                     assert r.status == 200 and "degraded" in await r.text()
             finally:
                 outage.end()
-            await until(lambda: tracking.backlog == 0)
+            await wait_for(lambda: tracking.backlog == 0, timeout=60)
             text = await metrics_text(http, tracking.url)
             assert metric(text, "smtpgate_db_up") == 1
             assert 'smtpgate_event_backlog_total{result="written",source="tracking"} 3.0' in text
@@ -151,16 +143,16 @@ async def test_delivery_pauses_during_an_outage_and_records_each_result_once(tmp
         outage.start()
         try:
             handler.gate.set()  # the next hop accepts: the results cannot be committed now
-            await until(lambda: delivery._results.failures > 0 and delivery._claims.failures > 0)
+            await wait_for(lambda: delivery._results.failures > 0 and delivery._claims.failures > 0, timeout=60)
             assert gw.database is not None and not gw.database.up
             assert delivery._runner is not None and not delivery._runner.done()
         finally:
             outage.end()
         await enqueue(rcpts[4:])  # as the ingress does once the database is back
         assert await asyncio.to_thread(handler.wait_for, lambda: len(handler.messages) >= 8, 60)
-        await until(lambda: rows(pg_url, "SELECT COUNT(*) FROM messages") == [(0,)])
-        await until(lambda: len(rows(pg_url, "SELECT 1 FROM events WHERE type = 'delivered'")) >= 8)
-        await until(lambda: delivery._results.failures == 0 and delivery._claims.failures == 0)
+        await wait_for(lambda: rows(pg_url, "SELECT COUNT(*) FROM messages") == [(0,)], timeout=60)
+        await wait_for(lambda: len(rows(pg_url, "SELECT 1 FROM events WHERE type = 'delivered'")) >= 8, timeout=60)
+        await wait_for(lambda: delivery._results.failures == 0 and delivery._claims.failures == 0, timeout=60)
     finally:
         await gw.stop()
         controller.stop()
@@ -231,7 +223,7 @@ async def test_an_event_written_during_an_outage_is_held_and_stored_once_with_on
             assert backlog is not None and len(backlog) == 1 and seen == ["accepted"]
         finally:
             outage.end()
-        await until(lambda: len(backlog) == 0)
+        await wait_for(lambda: len(backlog) == 0, timeout=60)
         assert seen == ["accepted", "accepted"]  # the plugins see it once, when it is stored
         assert gw.counters["event_store_errors_total"] == 0
     finally:

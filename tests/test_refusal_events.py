@@ -25,6 +25,7 @@ from pipeline.contract.context import Event
 from pipeline.events.refusals import RefusalEvents, parse_reply
 from pipeline.milter import milter_services
 from tests.support.milter_client import MilterClient
+from tests.support.waiting import wait_for
 
 EVENTS = "/api/v1/events"
 
@@ -48,12 +49,6 @@ def config(tmp_path: Path) -> dict[str, Any]:
             {"name": "club", "username": "club", "secret": "pw-club"},
         ],
     }
-
-
-async def wait_for(pred: Callable[[], bool], timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.02)
 
 
 def smtp_session(

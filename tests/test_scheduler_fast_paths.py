@@ -22,6 +22,7 @@ from pipeline.delivery.results import urls_json
 from pipeline.delivery.scheduler import EVENT_OF_STATE, STATUS_WORD, Wake
 from pipeline.ports import RecipientOutcome
 from tests.support.smtp_sink import FAST_RETRIES, EventRecorder
+from tests.support.waiting import wait_for
 
 RAW = b"From: app@example.org\r\nTo: someone@example.net\r\nSubject: test\r\n\r\nHello\r\n"
 
@@ -143,15 +144,11 @@ async def test_delivery_starts_and_delivers_while_events_db_is_locked(tmp_path: 
     svc = gw.delivery_service(workers=0)
     try:
         await asyncio.wait_for(svc.start(), 10)  # not the 30 s of events.db's busy timeout
-        async with asyncio.timeout(10):
-            while gw.spool.count():
-                await asyncio.sleep(0.02)
+        await wait_for(lambda: not gw.spool.count(), 10, "delivery with events.db locked")
         assert len(list((tmp_path / "maildir" / "new").iterdir())) == 1
         assert gw.events.events() == []  # still waiting for the lock
         hold.execute("ROLLBACK")
-        async with asyncio.timeout(20):
-            while len(gw.events.events()) < 2:
-                await asyncio.sleep(0.02)
+        await wait_for(lambda: len(gw.events.events()) >= 2, 20, "the events once events.db is free")
     finally:
         if hold.in_transaction:
             hold.execute("ROLLBACK")

@@ -355,7 +355,7 @@ async def test_sqlite_results_return_once_committed_and_their_events_share_one_l
     from pipeline.events import EventEmitter
     from pipeline.events.sqlite import SqliteEventStore
     from pipeline.spool.sqlite import SqliteSpool
-    from tests.support.console import wait_for
+    from tests.support.waiting import wait_for
 
     spool, store = SqliteSpool(tmp_path / "spool.db"), SqliteEventStore(tmp_path / "events.db")
     counters: collections.Counter[str] = collections.Counter()
@@ -429,7 +429,7 @@ async def test_sqlite_forwarded_outbox_rows_are_deleted_alone_when_no_other_writ
     """The deletion of forwarded outbox rows waits for another write of spool.db to ride in, but
     not forever: after ``forget_after`` an empty transaction carries it."""
     from pipeline.spool.sqlite import SqliteSpool
-    from tests.support.console import wait_for
+    from tests.support.waiting import wait_for
 
     spool = SqliteSpool(tmp_path / "spool.db", forget_after=0.0)
     try:

@@ -31,6 +31,7 @@ from pipeline import Plugin, hookimpl
 from pipeline.chain.driver import make_config
 from pipeline.delivery.workers import WorkerDied, WorkerPool, WorkerUnavailable, build_chain
 from tests.support.smtp_sink import EventRecorder
+from tests.support.waiting import wait_for
 from tests.test_delivery import enqueue, start_service, stop
 from tests.test_process_lifetime import alive, start_gateway, stop_gateway
 
@@ -184,13 +185,6 @@ async def serves_again_once_the_crash_is_gone(pool: WorkerPool, pool_log: Any, d
 
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Wait until ``predicate()`` holds; fails the test after ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-
 def stopped_idle(lines: list[str]) -> list[str]:
     return [line for line in lines if line.endswith("; stopped") and " idle for " in line]
 
@@ -330,7 +324,7 @@ async def test_workers_idle_for_worker_max_idle_exit_and_the_tree_is_the_main_pr
         assert len(started) == 2 and children() == started
         [copy] = await pool.process({"queue_id": "q1"}, RAW, "app@example.org", ["x@example.net"])
         assert copy.recipient == "x@example.net"
-        await until(lambda: not children())  # exited and reaped: no zombie either
+        await wait_for(lambda: not children())  # exited and reaped: no zombie either
         assert pool.pids() == []
         await pool_log.until(lambda lines: len(stopped_idle(lines)) == 2)
         assert sorted(stopped_idle(pool_log.lines)) == sorted(
@@ -349,14 +343,14 @@ async def test_a_message_after_the_workers_exited_idle_is_processed_by_a_freshly
     await pool.start()
     try:
         first = set(pool.pids())
-        await until(lambda: not children())
+        await wait_for(lambda: not children())
         copies = await pool.process({"queue_id": "q2"}, RAW, "app@example.org", ["y@example.net"])
         assert [c.recipient for c in copies] == ["y@example.net"]
         [fresh] = pool.pids()  # one task: one worker started
         assert fresh not in first and children() == {fresh}
         assert len(on_demand(pool_log.lines)) == 1
         # more tasks than one worker takes: the pool starts as many as they need, up to `workers`
-        await until(lambda: not children())
+        await wait_for(lambda: not children())
         answers = await asyncio.gather(*(pool.call(functools.partial(echo, i)) for i in range(8)))
         assert [i for i, _ in answers] == list(range(8))
         assert len(on_demand(pool_log.lines)) == 3
@@ -375,7 +369,7 @@ async def test_with_worker_max_idle_0_workers_never_exit_when_idle(tmp_path, poo
         kept, gone = set(never.pids()), set(soon.pids())
         for pool in (never, soon):
             await pool.process({"queue_id": "q3"}, RAW, "app@example.org", ["z@example.net"])
-        await until(lambda: not alive(gone))  # longer than the other pool's idle limit, by its own clock
+        await wait_for(lambda: not alive(gone))  # longer than the other pool's idle limit, by its own clock
         await pool_log.until(lambda lines: len(stopped_idle(lines)) == 1)
         assert never.pids() == list(kept) and alive(kept) == kept
         assert never._idle_timer is None  # nothing armed: an idle gateway is not woken for this
@@ -403,10 +397,10 @@ async def test_an_on_demand_start_that_crashes_at_start_up_defers_the_task_inste
 async def test_closing_the_pool_while_an_on_demand_start_is_in_progress_leaves_no_process(data_dir):
     pool = new_pool(data_dir, 2, [SlowStart], max_idle=0.3)
     await pool.start()
-    await until(lambda: not children())
+    await wait_for(lambda: not children())
     (data_dir / "slow").write_text("x")
     waiting = asyncio.ensure_future(pool.call(functools.partial(echo, 1)))
-    await until(lambda: bool(children()))  # the new worker's process exists, its start-up held
+    await wait_for(lambda: bool(children()))  # the new worker's process exists, its start-up held
     assert not waiting.done() and len(pool.pids()) == 1
     closing = asyncio.ensure_future(pool.close())
     await asyncio.sleep(0)  # close() has closed the pipes and waits for the processes
@@ -418,7 +412,7 @@ async def test_closing_the_pool_while_an_on_demand_start_is_in_progress_leaves_n
     # closed before the process of an on-demand start even began: nothing is left either
     pool = new_pool(data_dir, 1, max_idle=0.3)
     await pool.start()
-    await until(lambda: not children())
+    await wait_for(lambda: not children())
     waiting = asyncio.ensure_future(pool.call(functools.partial(echo, 2)))
     await asyncio.sleep(0)  # the call is queued and the start scheduled, not run
     await pool.close()
@@ -435,7 +429,7 @@ async def test_the_delivery_service_after_its_workers_exited_idle_delivers_or_de
     try:
         first = await enqueue(gw, ["a@example.net"])
         await EventRecorder.until(lambda: bool(EventRecorder.of("delivered", "a@example.net")), timeout=30)
-        await until(lambda: not children())
+        await wait_for(lambda: not children())
         (data_dir / "crash").write_text("x")  # the next worker the pool starts dies while starting
         second = await enqueue(gw, ["b@example.net"])
         await EventRecorder.until(lambda: bool(EventRecorder.of("deferred", "b@example.net")), timeout=30)

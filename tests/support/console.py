@@ -4,14 +4,12 @@ another; delivery is started by the test when it wants messages to leave the que
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import aiosmtplib
@@ -120,13 +118,6 @@ async def console_gateway(tmp_path: Path, toml: str = TOML) -> AsyncIterator[Run
     finally:
         await gw.stop(2.0)
         store.close()
-
-
-async def wait_for(pred: Any, timeout: float = 20.0) -> None:
-    """Poll a condition the gateway makes true (the event store has no async notification)."""
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.02)
 
 
 @dataclass
